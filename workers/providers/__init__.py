@@ -1,0 +1,1 @@
+"""Provider adapters: one interface (see ``base``) over each provider's batch and sync APIs."""
