@@ -1,0 +1,333 @@
+"""All of batchshift's settings: one model, read from the environment and a TOML file.
+
+The environment (prefix ``BATCHSHIFT_``, nested delimiter ``__``) overrides the TOML file named
+by ``BATCHSHIFT_CONFIG`` (default ``config/batchshift.toml``), which overrides the defaults
+here. The names below are a contract relied on by tooling outside the repo. Nothing reads the
+environment at import time: entry points call :func:`load_settings` once and pass the result down.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEFAULT_CONFIG_PATH = Path(__file__).with_name("batchshift.toml")
+DEFAULT_PRICING_PATH = Path(__file__).with_name("pricing.toml")
+
+OPENAI_MAX_BATCH_REQUESTS = 50_000
+OPENAI_MAX_BATCH_BYTES = 200 * 1024 * 1024
+ANTHROPIC_MAX_BATCH_REQUESTS = 100_000
+ANTHROPIC_MAX_BATCH_BYTES = 256 * 1024 * 1024
+
+
+class _Strict(BaseModel):
+    """Base for nested settings: unknown keys are a typo, so they are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class HttpSettings(_Strict):
+    """Timeouts and retry schedule for one outbound HTTP client (seconds)."""
+
+    connect_timeout: float = 5.0
+    read_timeout: float = 60.0
+    write_timeout: float = 60.0
+    pool_timeout: float = 10.0
+    max_retries: int = Field(default=4, ge=0)
+    backoff_base: float = Field(default=0.5, gt=0)
+    backoff_max: float = Field(default=30.0, gt=0)
+
+
+class ProviderSettings(_Strict):
+    """One configured provider account: where it lives, how to authenticate, its limits."""
+
+    kind: Literal["openai", "anthropic"]
+    base_url: str
+    api_key: SecretStr = SecretStr("")
+    # OpenAI-compatible APIs (Azure, Groq, Together) differ in header and path prefix.
+    auth_header: str | None = None  # default: "Authorization" (openai), "x-api-key" (anthropic)
+    auth_scheme: str | None = None  # default: "Bearer" for Authorization, none otherwise
+    path_prefix: str = ""  # prepended to every path after base_url
+    anthropic_version: str = "2023-06-01"
+    max_batch_requests: int | None = Field(default=None, gt=0)  # None: the kind's documented limit
+    max_batch_bytes: int | None = Field(default=None, gt=0)
+    completion_window_s: float = Field(default=24 * 3600, gt=0)
+    # Flex: OpenAI's service_tier "flex" is priced like batch but answers synchronously.
+    flex: bool = False
+    flex_latency_s: float = Field(default=120.0, gt=0)
+    # The sync lane's limits for this provider.
+    sync_concurrency: int = Field(default=16, gt=0)
+    sync_rpm: int | None = Field(default=None, gt=0)
+    sync_tpm: int | None = Field(default=None, gt=0)
+    http: HttpSettings = HttpSettings()
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL")
+        return value.rstrip("/")
+
+    def batch_request_limit(self) -> int:
+        """The most requests one batch may hold for this provider."""
+        default = OPENAI_MAX_BATCH_REQUESTS if self.kind == "openai" else ANTHROPIC_MAX_BATCH_REQUESTS
+        return self.max_batch_requests or default
+
+    def batch_byte_limit(self) -> int:
+        """The largest batch input, in bytes, this provider accepts."""
+        default = OPENAI_MAX_BATCH_BYTES if self.kind == "openai" else ANTHROPIC_MAX_BATCH_BYTES
+        return self.max_batch_bytes or default
+
+
+class TenantSettings(_Strict):
+    """A producer team: its API key, webhook signing secrets and budget."""
+
+    api_key: SecretStr
+    webhook_secrets: list[SecretStr] = []
+    monthly_budget_usd: float | None = Field(default=None, ge=0)
+    budget_policy: Literal["reject", "batch_only"] = "reject"
+    max_job_cost_usd: float | None = Field(default=None, gt=0)
+
+
+class LaneSettings(_Strict):
+    """How one lane batches. Every field is optional so a lane override names only what it changes."""
+
+    max_batch_requests: int | None = Field(default=None, gt=0)
+    max_batch_bytes: int | None = Field(default=None, gt=0)
+    max_wait: float | None = Field(default=None, ge=0)
+    min_batch_requests: int | None = Field(default=None, gt=0)
+    cron: list[str] | None = None  # croniter expressions; a window opens at each match
+    cron_window_s: float | None = Field(default=None, gt=0)  # how long a window stays open
+    timezone: str | None = None
+    default_deadline: float | None = Field(default=None, gt=0)
+
+
+class LaneDefaults(LaneSettings):
+    """Defaults every lane starts from."""
+
+    max_wait: float | None = Field(default=60.0, ge=0)
+    default_deadline: float | None = Field(default=24 * 3600.0, gt=0)
+    cron_window_s: float | None = Field(default=3600.0, gt=0)
+    timezone: str | None = "UTC"
+
+
+class LimitSettings(_Strict):
+    """What one API request may carry."""
+
+    max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    max_bulk_items: int = Field(default=10_000, gt=0)
+    max_deadline_horizon_s: float = Field(default=7 * 24 * 3600.0, gt=0)
+    idempotency_ttl_s: int = Field(default=24 * 3600, gt=0)
+    max_wait_s: float = Field(default=60.0, gt=0)  # the longest long poll on GET /v1/jobs/{id}?wait=
+
+
+class SchedulerSettings(_Strict):
+    """The tick loop, its leader lease, submission and polling."""
+
+    tick_interval_s: float = Field(default=1.0, gt=0)
+    lease_ttl_s: float = Field(default=5.0, gt=0)
+    reserve_chunk: int = Field(default=5_000, gt=0)  # jobs moved per Lua call, so Redis never blocks long
+    planned_timeout_s: float = Field(default=120.0, gt=0)  # a planned batch older than this is reconciled
+    reconcile_interval_s: float = Field(default=60.0, gt=0)
+    poll_initial_s: float = Field(default=5.0, gt=0)
+    poll_max_s: float = Field(default=300.0, gt=0)
+    poll_backoff: float = Field(default=1.5, ge=1)
+    max_attempts: int = Field(default=3, gt=0)
+    token_limit_backoff_s: float = Field(default=300.0, ge=0)
+
+
+class WorkerSettings(_Strict):
+    """The arq worker."""
+
+    max_jobs: int = Field(default=50, gt=0)
+    job_timeout_s: float = Field(default=300.0, gt=0)
+    ingest_chunk: int = Field(default=500, gt=0)
+    result_retention_s: int = Field(default=7 * 24 * 3600, gt=0)
+    sync_max_attempts: int = Field(default=5, gt=0)
+
+
+class WebhookSettings(_Strict):
+    """Completion webhook delivery."""
+
+    timeout_s: float = Field(default=15.0, gt=0)
+    # Delays after each failed attempt, close to the Standard Webhooks example (about three days).
+    retry_schedule_s: list[float] = [5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400]
+    jitter: float = Field(default=0.2, ge=0, le=1)
+    concurrency: int = Field(default=64, gt=0)
+    claim_batch: int = Field(default=500, gt=0)
+    lease_s: float = Field(default=60.0, gt=0)
+
+
+class PagerDutySettings(_Strict):
+    routing_key: SecretStr
+    url: str = "https://events.pagerduty.com/v2/enqueue"
+
+
+class SlackSettings(_Strict):
+    webhook_url: SecretStr
+
+
+class AlertWebhookSettings(_Strict):
+    url: str
+    secret: SecretStr | None = None
+
+
+class AlertSettings(_Strict):
+    """Where on-call hears about lanes (contract: ``BATCHSHIFT_ALERTS``)."""
+
+    pagerduty: PagerDutySettings | None = None
+    slack: SlackSettings | None = None
+    webhook: AlertWebhookSettings | None = None
+    renotify_s: float = Field(default=4 * 3600.0, gt=0)
+    resolve_after_s: float = Field(default=300.0, ge=0)
+
+
+class BurnRule(_Strict):
+    """One multi-window burn-rate rule (SRE Workbook): fire when both windows burn faster than ``factor``."""
+
+    severity: Literal["page", "ticket"]
+    factor: float = Field(gt=0)
+    long_window_s: float = Field(gt=0)
+    short_window_s: float = Field(gt=0)
+
+
+class SloSettings(_Strict):
+    """The SLO tracker: predictions, flips, lane states."""
+
+    on_time_target: float = Field(default=0.999, gt=0, lt=1)
+    turnaround_quantile: float = Field(default=0.95, gt=0, lt=1)
+    history_size: int = Field(default=200, gt=0)
+    history_max_age_s: float = Field(default=7 * 24 * 3600.0, gt=0)
+    min_samples: int = Field(default=5, gt=0)
+    prior_turnaround_s: float | None = None  # None: the provider's completion window
+    sync_retry_allowance: float = Field(default=2.0, ge=1)
+    default_sync_latency_s: float = Field(default=30.0, gt=0)
+    lagging_factor: float = Field(default=2.0, gt=1)
+    recover_ticks: int = Field(default=3, gt=0)
+    sync_share_alert: float = Field(default=0.2, gt=0, le=1)
+    burn_rules: list[BurnRule] = [
+        BurnRule(severity="page", factor=14.4, long_window_s=3600, short_window_s=300),
+        BurnRule(severity="page", factor=6, long_window_s=6 * 3600, short_window_s=1800),
+        BurnRule(severity="ticket", factor=1, long_window_s=3 * 86400, short_window_s=6 * 3600),
+    ]
+
+
+class Settings(BaseSettings):
+    """Every setting batchshift reads. See README's configuration reference."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BATCHSHIFT_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        toml_file=None,
+    )
+
+    redis_url: str = "redis://localhost:6379/0"
+    admin_api_key: SecretStr | None = None
+    tenants: dict[str, TenantSettings] = {}
+    providers: dict[str, ProviderSettings] = {}
+    lane_defaults: LaneDefaults = LaneDefaults()
+    lanes: dict[str, LaneSettings] = {}
+    limits: LimitSettings = LimitSettings()
+    scheduler: SchedulerSettings = SchedulerSettings()
+    worker: WorkerSettings = WorkerSettings()
+    webhooks: WebhookSettings = WebhookSettings()
+    webhook_allowlist: list[str] = []
+    alerts: AlertSettings = AlertSettings()
+    slo: SloSettings = SloSettings()
+    pricing_file: Path = DEFAULT_PRICING_PATH
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: str = "INFO"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_path = _config_path()
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_path is not None:
+            sources.append(
+                _ShadowedTomlSource(settings_cls, toml_path, shadowed_by=(init_settings, env_settings))
+            )
+        return tuple(sources)
+
+    def lane_settings(self, lane: str) -> LaneSettings:
+        """The lane's effective settings: its overrides on top of the defaults."""
+        merged = self.lane_defaults.model_dump()
+        override = self.lanes.get(lane)
+        if override is not None:
+            merged.update(override.model_dump(exclude_none=True))
+        return LaneSettings(**merged)
+
+
+class _ShadowedTomlSource(TomlConfigSettingsSource):
+    """The TOML file, minus every top-level key a higher source sets.
+
+    pydantic-settings deep-merges sources; for ``tenants`` that would keep the file's development
+    tenant (and its well-known key) alive beside production's. A key set in the environment
+    replaces the file's value whole instead.
+    """
+
+    def __init__(
+        self,
+        settings_cls: type[BaseSettings],
+        path: Path,
+        shadowed_by: tuple[PydanticBaseSettingsSource, ...],
+    ) -> None:
+        super().__init__(settings_cls, toml_file=path)
+        self._shadowed_by = shadowed_by
+
+    def __call__(self) -> dict[str, Any]:
+        values = super().__call__()
+        for source in self._shadowed_by:
+            for key in source():
+                values.pop(key, None)
+        return values
+
+
+class SettingsError(Exception):
+    """Raised when a setting is invalid; the message names the setting."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+
+
+def _config_path() -> Path | None:
+    """The TOML file to read, or None when ``BATCHSHIFT_CONFIG`` is set empty (tests do that)."""
+    raw = os.environ.get("BATCHSHIFT_CONFIG")
+    if raw is None:
+        return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else None
+    if raw == "":
+        return None
+    path = Path(raw)
+    if not path.exists():
+        raise SettingsError(f"BATCHSHIFT_CONFIG: file not found: {raw}")
+    return path
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings once for an entry point; raise SettingsError naming any bad setting."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            name = "BATCHSHIFT_" + "__".join(str(p).upper() for p in err["loc"] if not isinstance(p, int))
+            problems.append(f"{name}: {err['msg']}")
+        raise SettingsError("invalid settings:\n  " + "\n  ".join(problems)) from exc
+    except ValueError as exc:  # malformed JSON in an env var surfaces as SettingsError from pydantic
+        raise SettingsError(f"invalid settings: {exc}") from exc

@@ -1,0 +1,164 @@
+"""What a job is: its states, its stored record, and the view the API and webhooks show."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final, Literal
+
+import orjson
+
+JobState = Literal["queued", "batched", "sync", "succeeded", "failed", "cancelled"]
+Route = Literal["batch", "flex", "sync"]
+
+STATES: Final = ("queued", "batched", "sync", "succeeded", "failed", "cancelled")
+TERMINAL: Final = frozenset({"succeeded", "failed", "cancelled"})
+LIVE: Final = frozenset({"queued", "batched", "sync"})
+
+
+def lane_name(provider: str, model: str, endpoint: str) -> str:
+    """A lane's name as the job view shows it and ``BATCHSHIFT_LANES`` keys it."""
+    return f"{provider}:{model}:{endpoint}"
+
+
+def iso(ms: int | None) -> str | None:
+    """Epoch milliseconds as RFC 3339 UTC, or None."""
+    if ms is None:
+        return None
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat().replace("+00:00", "Z")
+
+
+@dataclass(slots=True)
+class NewJob:
+    """A validated job, ready for the enqueue script."""
+
+    id: str
+    tenant: str
+    provider: str
+    endpoint: str
+    model: str
+    body: bytes
+    deadline_ms: int
+    created_ms: int
+    callback_url: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    idempotency_key: str | None = None
+    request_hash: str = ""
+    state: Literal["queued", "sync"] = "queued"
+
+    @property
+    def lane(self) -> str:
+        return lane_name(self.provider, self.model, self.endpoint)
+
+    def fields(self) -> dict[str, str | int | bytes]:
+        """The job hash's fields at enqueue."""
+        return {
+            "id": self.id,
+            "tenant": self.tenant,
+            "provider": self.provider,
+            "endpoint": self.endpoint,
+            "model": self.model,
+            "lane": self.lane,
+            "state": self.state,
+            "route": "sync" if self.state == "sync" else "",
+            "deadline_ms": self.deadline_ms,
+            "created_ms": self.created_ms,
+            "body": self.body,
+            "size": len(self.body),
+            "callback_url": self.callback_url or "",
+            "tags": orjson.dumps(self.tags),
+            "feature": self.tags.get("feature", ""),
+            "idempotency_key": self.idempotency_key or "",
+            "attempts": 0,
+            "batch_id": "",
+        }
+
+
+@dataclass(slots=True)
+class JobRecord:
+    """A job as stored in its Redis hash, decoded."""
+
+    id: str
+    tenant: str
+    provider: str
+    endpoint: str
+    model: str
+    lane: str
+    state: JobState
+    route: Route | None
+    deadline_ms: int
+    created_ms: int
+    completed_ms: int | None
+    body: bytes
+    size: int
+    callback_url: str | None
+    tags: dict[str, str]
+    attempts: int
+    batch_id: str | None
+    usage: dict[str, Any] | None
+    cost: dict[str, Any] | None
+    error: dict[str, Any] | None
+    raw: dict[str, bytes]
+
+    @classmethod
+    def from_hash(cls, raw: dict[bytes, bytes]) -> JobRecord:
+        """Decode a job hash as HGETALL returns it (bytes keys and values)."""
+        h = {k.decode(): v for k, v in raw.items()}
+
+        def s(name: str) -> str:
+            return h.get(name, b"").decode()
+
+        def opt_json(name: str) -> Any:
+            value = h.get(name)
+            return orjson.loads(value) if value else None
+
+        completed = s("completed_ms")
+        return cls(
+            id=s("id"),
+            tenant=s("tenant"),
+            provider=s("provider"),
+            endpoint=s("endpoint"),
+            model=s("model"),
+            lane=s("lane"),
+            state=s("state"),  # type: ignore[arg-type]
+            route=s("route") or None,  # type: ignore[arg-type]
+            deadline_ms=int(s("deadline_ms")),
+            created_ms=int(s("created_ms")),
+            completed_ms=int(completed) if completed else None,
+            body=h.get("body", b""),
+            size=int(s("size") or 0),
+            callback_url=s("callback_url") or None,
+            tags=opt_json("tags") or {},
+            attempts=int(s("attempts") or 0),
+            batch_id=s("batch_id") or None,
+            usage=opt_json("usage"),
+            cost=opt_json("cost"),
+            error=opt_json("error"),
+            raw=h,
+        )
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL
+
+    def view(self, result: bytes | None = None) -> dict[str, Any]:
+        """The job as the API and completion webhooks show it."""
+        return {
+            "id": self.id,
+            "status": self.state,
+            "route": self.route,
+            "provider": self.provider,
+            "endpoint": self.endpoint,
+            "model": self.model,
+            "lane": self.lane,
+            "deadline": iso(self.deadline_ms),
+            "created_at": iso(self.created_ms),
+            "completed_at": iso(self.completed_ms),
+            "tags": self.tags,
+            "callback_url": self.callback_url,
+            "attempts": self.attempts,
+            "result": orjson.loads(result) if result else None,
+            "error": self.error,
+            "usage": self.usage,
+            "cost": self.cost,
+        }

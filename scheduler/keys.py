@@ -1,0 +1,164 @@
+"""Every Redis key batchshift uses, with what it holds and why its TTL.
+
+A lane's keys share the hash tag ``{lane}`` so a move to Redis Cluster keeps a lane on one shard.
+All times are epoch milliseconds, UTC.
+"""
+
+from __future__ import annotations
+
+PREFIX = "bs"
+
+# Seconds a job's result is kept by default; the job record itself is kept (status, usage, cost).
+DEFAULT_RESULT_TTL_S = 7 * 24 * 3600
+
+
+def job(job_id: str) -> str:
+    """Hash: one job's record (state, lane, tenant, deadline_ms, body, batch_id, attempts ...)."""
+    return f"{PREFIX}:job:{job_id}"
+
+
+def result(job_id: str) -> str:
+    """String: the provider-native response body of a finished job, with a TTL (retention)."""
+    return f"{PREFIX}:result:{job_id}"
+
+
+def lane_queue(lane: str) -> str:
+    """Sorted set: a lane's queued job ids scored by deadline_ms, so batches take earliest first."""
+    return f"{PREFIX}:lane:{{{lane}}}:queue"
+
+
+def lane_arrivals(lane: str) -> str:
+    """Sorted set: a lane's queued job ids scored by enqueue time, for ``max_wait`` and oldest age."""
+    return f"{PREFIX}:lane:{{{lane}}}:arrivals"
+
+
+def lane_bytes(lane: str) -> str:
+    """Integer: bytes of request bodies queued in a lane, so the byte cap needs no scan."""
+    return f"{PREFIX}:lane:{{{lane}}}:bytes"
+
+
+def lane_meta(lane: str) -> str:
+    """Hash: a lane's provider, model and endpoint (lane names are never parsed)."""
+    return f"{PREFIX}:lane:{{{lane}}}:meta"
+
+
+# Set: every lane that has ever held a job; the scheduler walks it each tick.
+LANES = f"{PREFIX}:lanes"
+
+# List: a wake-up signal pushed on enqueue so the scheduler ticks early (trimmed to a few entries).
+WAKEUP = f"{PREFIX}:scheduler:wakeup"
+
+
+def idempotency(tenant: str, key: str) -> str:
+    """String "job_id|request_hash": a producer's idempotency key, with the configured TTL."""
+    return f"{PREFIX}:idem:{tenant}:{key}"
+
+
+def tenant_jobs(tenant: str) -> str:
+    """Sorted set (all scores 0): a tenant's job ids; ids sort by time, so lex order is age order."""
+    return f"{PREFIX}:tenant:{tenant}:jobs"
+
+
+def batch(batch_id: str) -> str:
+    """Hash: one batch record (state, lane, provider, provider_batch_id, counts, timestamps)."""
+    return f"{PREFIX}:batch:{batch_id}"
+
+
+def batch_jobs(batch_id: str) -> str:
+    """Set: the job ids reserved into a batch."""
+    return f"{PREFIX}:batch:{batch_id}:jobs"
+
+
+def batch_cursor(batch_id: str) -> str:
+    """Integer: result lines of a batch already applied, so a resumed ingestion skips them."""
+    return f"{PREFIX}:batch:{batch_id}:cursor"
+
+
+# Sorted set: batches in the `planned` state scored by planning time, for reconciliation.
+BATCHES_PLANNED = f"{PREFIX}:batches:planned"
+
+# Sorted set: batches in flight scored by their next poll time (ms); the scheduler enqueues due polls.
+BATCHES_POLL = f"{PREFIX}:batches:poll"
+
+# Sorted set: every batch not yet ingested, scored by submission time, for the SLO tracker.
+BATCHES_LIVE = f"{PREFIX}:batches:live"
+
+# Sorted set: jobs routed to the sync lane, scored by deadline_ms.
+SYNC_QUEUE = f"{PREFIX}:sync:queue"
+
+# String with PX: the scheduler leader lease, value = holder id.
+LEADER_LEASE = f"{PREFIX}:scheduler:leader"
+
+# Integer: the fencing token, incremented at every lease acquisition.
+LEADER_FENCE = f"{PREFIX}:scheduler:fence"
+
+# Sorted set: webhook delivery ids scored by next attempt time (ms); claimed with a lease.
+WEBHOOKS_DUE = f"{PREFIX}:webhooks:due"
+
+# Sorted set: dead-lettered webhook delivery ids scored by when they died.
+WEBHOOKS_DEAD = f"{PREFIX}:webhooks:dead"
+
+
+def webhook_delivery(delivery_id: str) -> str:
+    """Hash: one webhook delivery (job, tenant, url, event id, payload, attempts, status, last error)."""
+    return f"{PREFIX}:webhook:{delivery_id}"
+
+
+def tenant_deliveries(tenant: str) -> str:
+    """Sorted set: a tenant's delivery ids scored by creation time, for the deliveries API."""
+    return f"{PREFIX}:tenant:{tenant}:deliveries"
+
+
+def disabled_url(url_hash: str) -> str:
+    """String: set when a receiver answered 410; deliveries to that URL stop."""
+    return f"{PREFIX}:webhooks:disabled:{url_hash}"
+
+
+# Cost and SLO aggregates are written by the Lua scripts in scheduler/lua/ (see _lib.lua, which
+# builds the same names from PREFIX). Per UTC day and per tenant, so reports cost O(groups):
+#   bs:agg:{day}:tenants                       set of tenants with figures that day
+#   bs:agg:{day}:t:{tenant}:{dim}              set of values of one dimension (feature, lane, model, route)
+#   bs:agg:{day}:t:{tenant}:{dim}:{value}      hash: jobs, input_tokens, output_tokens, actual_usd,
+#                                              sync_equivalent_usd, saved_usd, sync_jobs, flex_jobs,
+#                                              duplicate_usd, wasted_usd, on_time, late
+#   bs:agg:{day}:t:{tenant}:all                hash: the tenant's day total (same fields)
+# They expire after AGG_TTL_S.
+AGG_TTL_S = 400 * 24 * 3600
+AGG_DIMENSIONS = ("feature", "lane", "model", "route")
+
+
+def agg_tenants(day: str) -> str:
+    """Set: tenants with cost figures on ``day`` (YYYY-MM-DD, UTC)."""
+    return f"{PREFIX}:agg:{day}:tenants"
+
+
+def agg_values(day: str, tenant: str, dim: str) -> str:
+    """Set: the values of one dimension a tenant had figures for on ``day``."""
+    return f"{PREFIX}:agg:{day}:t:{tenant}:{dim}"
+
+
+def agg_group(day: str, tenant: str, dim: str, value: str) -> str:
+    """Hash: one group's figures for a tenant on ``day``."""
+    return f"{PREFIX}:agg:{day}:t:{tenant}:{dim}:{value}"
+
+
+def agg_total(day: str, tenant: str) -> str:
+    """Hash: a tenant's figures for ``day``, all groups together."""
+    return f"{PREFIX}:agg:{day}:t:{tenant}:all"
+
+
+def slo_buckets(lane: str) -> str:
+    """Hash: a lane's finished-job outcomes in time buckets: ``<bucket_s>:good|bad|sync|all`` → count.
+
+    The SLO tracker sums buckets over its burn-rate windows and deletes those older than the longest.
+    """
+    return f"{PREFIX}:slo:{{{lane}}}:buckets"
+
+
+# Seconds one SLO bucket spans by default (tests pass a smaller width).
+SLO_BUCKET_S = 10
+
+
+def budget_spend(tenant: str, month: str) -> str:
+    """Float string: what a tenant spent in ``month`` (YYYY-MM, UTC), actual + duplicate + wasted."""
+    return f"{PREFIX}:budget:{tenant}:{month}"

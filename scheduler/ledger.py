@@ -1,0 +1,282 @@
+"""The job ledger: every job state change, each one atomic Lua step guarded by the prior state.
+
+A task that runs twice, or a batch result that arrives after its job moved on, changes nothing it
+should not: the script checks the state (and the batch) it expects and otherwise reports what it
+found. This one rule is what makes crashes and retries safe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import orjson
+from redis.asyncio import Redis
+
+from scheduler import keys, scripts
+from scheduler.errors import IllegalTransition, NotFound
+from scheduler.jobs import JobRecord, NewJob
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueOutcome:
+    """What enqueue did: ``created`` a job, found the ``existing`` one for the key, or a ``conflict``."""
+
+    status: Literal["created", "existing", "conflict"]
+    job_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """What a guarded state change did: ``ok`` (from ``prior``), ``refused`` (in ``prior``), ``missing``."""
+
+    status: Literal["ok", "refused", "missing"]
+    prior: str
+
+
+@dataclass(slots=True)
+class Finish:
+    """One job's end: its result or error, usage and cost, applied only from the expected state."""
+
+    id: str
+    state: Literal["succeeded", "failed"]
+    route: Literal["batch", "flex", "sync"]
+    from_states: Sequence[str] = ("batched",)
+    batch_id: str | None = None  # for batch results: the job must still be in this batch
+    result: bytes | None = None
+    usage: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    cost: dict[str, Any] | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    actual_usd: float = 0.0
+    sync_usd: float = 0.0
+    billed: bool = False  # a billed result that is not applied counts as duplicate spend
+    wasted_usd: float = 0.0  # billed attempts that failed
+
+    def encode(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "from": list(self.from_states),
+            "batch": self.batch_id,
+            "state": self.state,
+            "route": self.route,
+            "result": self.result.decode() if self.result is not None else None,
+            "usage": orjson.dumps(self.usage).decode() if self.usage is not None else None,
+            "cost": orjson.dumps(self.cost).decode() if self.cost is not None else None,
+            "error": orjson.dumps(self.error).decode() if self.error is not None else None,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "actual_usd": self.actual_usd,
+            "sync_usd": self.sync_usd,
+            "billed": self.billed,
+            "wasted_usd": self.wasted_usd,
+        }
+
+
+@dataclass(slots=True)
+class Requeue:
+    """Send a job back to its lane (``lane``) or on to the sync lane (``sync``)."""
+
+    id: str
+    target: Literal["lane", "sync"]
+    from_states: Sequence[str] = ("batched",)
+    batch_id: str | None = None
+    attempt: bool = True  # count a batch attempt
+    error: dict[str, Any] | None = None
+
+    def encode(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "from": list(self.from_states),
+            "batch": self.batch_id,
+            "target": self.target,
+            "attempt": self.attempt,
+            "error": orjson.dumps(self.error).decode() if self.error is not None else None,
+        }
+
+
+def day_of(ms: int) -> str:
+    """The UTC day (YYYY-MM-DD) that epoch milliseconds fall on."""
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d")
+
+
+class Ledger:
+    """Reads and changes jobs in Redis. Construct once per process; it holds only script handles."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        idempotency_ttl_s: int = 24 * 3600,
+        result_ttl_s: int = keys.DEFAULT_RESULT_TTL_S,
+        slo_bucket_s: int = keys.SLO_BUCKET_S,
+    ) -> None:
+        self.redis = redis
+        self.idempotency_ttl_s = idempotency_ttl_s
+        self.result_ttl_s = result_ttl_s
+        self.slo_bucket_s = slo_bucket_s
+        self._enqueue = scripts.load(redis, "enqueue")
+        self._cancel = scripts.load(redis, "cancel")
+        self._finish = scripts.load(redis, "finish")
+        self._requeue = scripts.load(redis, "requeue")
+        self._transition = scripts.load(redis, "transition")
+
+    # -- intake ---------------------------------------------------------------------------------
+
+    def _enqueue_call(self, job: NewJob) -> tuple[list[str], list[Any]]:
+        queue = keys.SYNC_QUEUE if job.state == "sync" else keys.lane_queue(job.lane)
+        idem = keys.idempotency(job.tenant, job.idempotency_key) if job.idempotency_key else ""
+        call_keys = [
+            keys.job(job.id),
+            queue,
+            keys.lane_arrivals(job.lane),
+            keys.lane_bytes(job.lane),
+            keys.lane_meta(job.lane),
+            keys.LANES,
+            idem,
+            keys.tenant_jobs(job.tenant),
+            keys.WAKEUP,
+        ]
+        args: list[Any] = [
+            job.id,
+            job.request_hash,
+            self.idempotency_ttl_s,
+            job.deadline_ms,
+            job.created_ms,
+            len(job.body),
+            job.lane,
+            job.provider,
+            job.model,
+            job.endpoint,
+            job.state,
+        ]
+        for name, value in job.fields().items():
+            args.extend((name, value))
+        return call_keys, args
+
+    async def enqueue(self, job: NewJob) -> EnqueueOutcome:
+        """Store and queue one job, or return the job an idempotency key already names."""
+        call_keys, args = self._enqueue_call(job)
+        status, job_id = await self._enqueue(keys=call_keys, args=args)
+        return EnqueueOutcome(status.decode(), job_id.decode())
+
+    async def enqueue_many(self, jobs: Sequence[NewJob]) -> list[EnqueueOutcome]:
+        """Enqueue jobs in one pipeline; each is its own atomic step, so one conflict rejects only itself."""
+        if not jobs:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job in jobs:
+                call_keys, args = self._enqueue_call(job)
+                await self._enqueue(keys=call_keys, args=args, client=pipe)
+            replies = await pipe.execute()
+        return [EnqueueOutcome(s.decode(), i.decode()) for s, i in replies]
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        """The job's record, or None."""
+        raw: dict[bytes, bytes] = await self.redis.hgetall(keys.job(job_id))  # type: ignore[misc]
+        return JobRecord.from_hash(raw) if raw else None
+
+    async def get_many(self, job_ids: Sequence[str]) -> list[JobRecord | None]:
+        """Records for many jobs in one round trip, in order."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hgetall(keys.job(job_id))
+            raws = await pipe.execute()
+        return [JobRecord.from_hash(raw) if raw else None for raw in raws]
+
+    async def result(self, job_id: str) -> bytes | None:
+        """The job's result body while retention keeps it."""
+        value: bytes | None = await self.redis.get(keys.result(job_id))
+        return value
+
+    async def list_jobs(
+        self,
+        tenant: str,
+        *,
+        status: str | None = None,
+        feature: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[JobRecord], str | None]:
+        """A tenant's jobs, newest first, from after ``cursor``; returns the page and the next cursor.
+
+        Filters are applied while walking the tenant's index in slices, so a rare status costs
+        more reads, never a wrong page.
+        """
+        index = keys.tenant_jobs(tenant)
+        upper: bytes | str = f"({cursor}" if cursor else "+"
+        page: list[JobRecord] = []
+        scan = max(limit * 2, 100)
+        while len(page) < limit:
+            ids = await self.redis.zrevrangebylex(index, upper, "-", start=0, num=scan)
+            if not ids:
+                return page, None
+            records = await self.get_many([i.decode() for i in ids])
+            for job_id, record in zip(ids, records, strict=True):
+                upper = b"(" + job_id
+                if record is None:
+                    continue
+                if status and record.state != status:
+                    continue
+                if feature and record.tags.get("feature") != feature:
+                    continue
+                page.append(record)
+                if len(page) == limit:
+                    return page, record.id
+            if len(ids) < scan:
+                return page, None
+        return page, page[-1].id if page else None
+
+    # -- state changes --------------------------------------------------------------------------
+
+    async def transition(
+        self, job_id: str, from_states: Iterable[str], to_state: str, **fields: str | int | bytes
+    ) -> Transition:
+        """Move a job to ``to_state`` only from one of ``from_states``, setting ``fields`` with it."""
+        args: list[Any] = [",".join(from_states), to_state]
+        for name, value in fields.items():
+            args.extend((name, value))
+        status, prior = await self._transition(keys=[keys.job(job_id)], args=args)
+        return Transition(status.decode(), prior.decode())
+
+    async def cancel(self, job_id: str, now_ms: int) -> Transition:
+        """Cancel a live job; raise NotFound or IllegalTransition (already terminal)."""
+        status, prior = await self._cancel(keys=[keys.job(job_id)], args=[job_id, now_ms])
+        outcome = Transition(status.decode(), prior.decode())
+        if outcome.status == "missing":
+            raise NotFound(f"no job {job_id}")
+        if outcome.status == "refused":
+            raise IllegalTransition(f"job {job_id} is already {outcome.prior}", "status")
+        return outcome
+
+    async def finish(self, items: Sequence[Finish], now_ms: int) -> list[str]:
+        """Apply a chunk of job ends; returns one code per item (``ok``, ``skip:<state>``, ``missing``)."""
+        if not items:
+            return []
+        payload = orjson.dumps([item.encode() for item in items])
+        month = day_of(now_ms)[:7]
+        codes = await self._finish(
+            args=[
+                payload,
+                now_ms,
+                self.result_ttl_s * 1000,
+                day_of(now_ms),
+                month,
+                self.slo_bucket_s,
+                keys.AGG_TTL_S,
+            ]
+        )
+        return [c.decode() for c in codes]
+
+    async def requeue(self, items: Sequence[Requeue], now_ms: int) -> list[str]:
+        """Send a chunk of jobs back to their lane or on to sync; one code per item."""
+        if not items:
+            return []
+        payload = orjson.dumps([item.encode() for item in items])
+        codes = await self._requeue(args=[payload, now_ms])
+        return [c.decode() for c in codes]

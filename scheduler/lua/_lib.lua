@@ -1,0 +1,42 @@
+-- Shared helpers prepended to every ledger script. PREFIX is defined before this file by the loader.
+-- Key names mirror scheduler/keys.py; they are built here because a job's lane is only known
+-- from its record. (Standalone Redis; under Cluster a lane's keys share the {lane} hash tag.)
+
+local function k_job(id) return PREFIX .. ':job:' .. id end
+local function k_result(id) return PREFIX .. ':result:' .. id end
+local function k_queue(lane) return PREFIX .. ':lane:{' .. lane .. '}:queue' end
+local function k_arrivals(lane) return PREFIX .. ':lane:{' .. lane .. '}:arrivals' end
+local function k_bytes(lane) return PREFIX .. ':lane:{' .. lane .. '}:bytes' end
+local K_SYNC_QUEUE = PREFIX .. ':sync:queue'
+local K_WEBHOOKS_DUE = PREFIX .. ':webhooks:due'
+local function k_delivery(id) return PREFIX .. ':webhook:' .. id end
+local function k_tenant_deliveries(t) return PREFIX .. ':tenant:' .. t .. ':deliveries' end
+
+local function contains(list, value)
+  for _, v in ipairs(list) do
+    if v == value then return true end
+  end
+  return false
+end
+
+-- Take a job out of its lane queue (it was `queued`): the queue, the arrival index and the byte counter.
+local function unqueue(id, lane, size)
+  if redis.call('ZREM', k_queue(lane), id) == 1 then
+    redis.call('ZREM', k_arrivals(lane), id)
+    redis.call('DECRBY', k_bytes(lane), size)
+  end
+end
+
+-- A terminal job with a callback URL gets one delivery record; its event id never changes.
+local function enqueue_webhook(id, event_type, now_ms)
+  local url = redis.call('HGET', k_job(id), 'callback_url')
+  if not url or url == '' then return end
+  local tenant = redis.call('HGET', k_job(id), 'tenant')
+  local did = 'wh_' .. id
+  if redis.call('EXISTS', k_delivery(did)) == 1 then return end
+  redis.call('HSET', k_delivery(did),
+    'id', did, 'job_id', id, 'tenant', tenant, 'url', url, 'event_id', 'msg_' .. id,
+    'type', event_type, 'created_ms', now_ms, 'attempts', 0, 'status', 'pending')
+  redis.call('ZADD', K_WEBHOOKS_DUE, now_ms, did)
+  redis.call('ZADD', k_tenant_deliveries(tenant), now_ms, did)
+end

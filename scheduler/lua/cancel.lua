@@ -1,0 +1,16 @@
+-- Cancel a job that is queued, batched or sync. A batch still holding it discards its result later.
+-- KEYS: 1 job.  ARGV: 1 job id, 2 now ms.
+-- Returns {'ok', prior state} | {'refused', state} | {'missing', ''}.
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return {'missing', ''} end
+if not contains({'queued', 'batched', 'sync'}, state) then return {'refused', state} end
+local id = ARGV[1]
+if state == 'queued' then
+  local lane = redis.call('HGET', KEYS[1], 'lane')
+  unqueue(id, lane, tonumber(redis.call('HGET', KEYS[1], 'size')))
+elseif state == 'sync' then
+  redis.call('ZREM', K_SYNC_QUEUE, id)
+end
+redis.call('HSET', KEYS[1], 'state', 'cancelled', 'completed_ms', ARGV[2])
+enqueue_webhook(id, 'job.cancelled', ARGV[2])
+return {'ok', state}
