@@ -1,0 +1,238 @@
+"""Outbound HTTP: the one place that builds httpx clients, maps httpx and provider errors, and retries.
+
+* :func:`build_client` makes the process's ``httpx.AsyncClient`` with every timeout explicit.
+* :func:`translate_errors` turns httpx's exceptions into ours (always ``raise ... from exc``) and
+  :func:`error_for_response` turns a provider's error answer (OpenAI's ``{"error": {...}}`` or
+  Anthropic's ``{"type": "error", "error": {...}}``) into a :class:`~workers.errors.ProviderHTTPError`.
+* :func:`retry_delay` is the one decision between "wait and retry" and "give up"; :func:`send` and
+  :func:`open_stream` apply it. Only idempotent calls are retried after the request may have
+  reached the provider; a non-idempotent call is retried only when the provider surely did nothing
+  (connect failures, 429, 529).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import random
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
+
+import httpx
+import orjson
+import structlog
+
+from config.settings import HttpSettings
+from workers.errors import (
+    AuthenticationError,
+    ConnectionFailed,
+    InvalidRequest,
+    MalformedResponse,
+    NotFound,
+    Overloaded,
+    ProviderHTTPError,
+    RateLimited,
+    ResponseTimeout,
+    ServerError,
+    WorkerError,
+)
+
+log = structlog.get_logger(__name__)
+
+# Anthropic's "API-wide overload" status; OpenAI never sends it.
+STATUS_OVERLOADED = 529
+# Bytes of an error body we read before giving up on it; error bodies are small JSON objects.
+MAX_ERROR_BODY = 64 * 1024
+
+
+def build_client(http: HttpSettings, *, max_connections: int = 100) -> httpx.AsyncClient:
+    """The process's HTTP client for provider calls, with every timeout taken from settings."""
+    timeout = httpx.Timeout(
+        connect=http.connect_timeout,
+        read=http.read_timeout,
+        write=http.write_timeout,
+        pool=http.pool_timeout,
+    )
+    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+    return httpx.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False)
+
+
+@contextmanager
+def translate_errors(method: str, url: str) -> Iterator[None]:
+    """Map httpx's transport errors raised inside the block to ours."""
+    try:
+        yield
+    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol) as exc:
+        raise ConnectionFailed(method, url, f"{type(exc).__name__}: {exc}") from exc
+    except httpx.DecodingError as exc:
+        raise MalformedResponse(f"{method} {url}: undecodable body: {exc}") from exc
+    except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+        # Read/write timeouts, dropped connections: the request may have taken effect.
+        raise ResponseTimeout(method, url, f"{type(exc).__name__}: {exc}") from exc
+    except httpx.TransportError as exc:  # proxy errors and anything httpx adds later
+        raise ConnectionFailed(method, url, f"{type(exc).__name__}: {exc}") from exc
+
+
+def retry_after(headers: httpx.Headers, now: float | None = None) -> float | None:
+    """Seconds the provider asked us to wait: ``retry-after-ms``, or ``retry-after`` as seconds or a date."""
+    raw_ms = headers.get("retry-after-ms")
+    if raw_ms is not None:
+        try:
+            return max(0.0, float(raw_ms) / 1000)
+        except ValueError:
+            pass
+    raw = headers.get("retry-after")
+    if raw is None:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def error_for_response(status: int, headers: httpx.Headers, body: bytes) -> ProviderHTTPError:
+    """The error a provider's non-2xx answer stands for, typed by status, worded by the provider's body."""
+    err_type, message = _error_fields(body)
+    wait = retry_after(headers)
+    cls: type[ProviderHTTPError]
+    if status == 429:
+        cls, retriable = RateLimited, True
+    elif status == STATUS_OVERLOADED or (status == 503 and "overload" in (err_type + message).lower()):
+        cls, retriable = Overloaded, True
+    elif status >= 500 or status == 408:
+        cls, retriable = ServerError, True
+    elif status in (401, 403):
+        cls, retriable = AuthenticationError, False
+    elif status == 404:
+        cls, retriable = NotFound, False
+    else:
+        cls, retriable = InvalidRequest, False
+    should_retry = headers.get("x-should-retry")
+    if should_retry in ("true", "false"):
+        retriable = should_retry == "true"
+    return cls(status, err_type or f"http_{status}", message or f"HTTP {status}", retriable, wait)
+
+
+def _error_fields(body: bytes) -> tuple[str, str]:
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return "", body[:200].decode("utf-8", "replace").strip()
+    error = doc.get("error") if isinstance(doc, dict) else None
+    if isinstance(error, dict):
+        # OpenAI: {"error": {"type", "code", "message"}}; Anthropic: {"type": "error", "error": {...}}.
+        err_type = error.get("type") or error.get("code") or ""
+        return str(err_type), str(error.get("message") or "")
+    if isinstance(error, str):
+        return "", error
+    return "", ""
+
+
+def retry_delay(exc: WorkerError, attempt: int, http: HttpSettings, *, idempotent: bool) -> float | None:
+    """Seconds to wait before retry number ``attempt + 1``, or None to give up and raise ``exc``.
+
+    Retries 429, 529, 5xx and transport errors with exponential backoff and equal jitter, or
+    exactly the provider's ``retry-after`` when it sent one (a wait longer than ``backoff_max``
+    is left to the caller's own scheduling). A non-idempotent call is retried only when the
+    provider surely did nothing with it.
+    """
+    if attempt >= http.max_retries or not getattr(exc, "retriable", False):
+        return None
+    if not idempotent and not isinstance(exc, ConnectionFailed | RateLimited | Overloaded):
+        return None
+    if isinstance(exc, ProviderHTTPError) and exc.retry_after is not None:
+        return exc.retry_after if exc.retry_after <= http.backoff_max else None
+    if not isinstance(exc, ProviderHTTPError | ConnectionFailed | ResponseTimeout):
+        return None
+    ceiling = min(http.backoff_max, http.backoff_base * 2.0**attempt)
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+async def send(
+    client: httpx.AsyncClient,
+    method: str,
+    url: str,
+    *,
+    http: HttpSettings,
+    idempotent: bool,
+    max_retries: int | None = None,
+    stream: bool = False,
+    **request: Any,
+) -> httpx.Response:
+    """Send a request, retrying as :func:`retry_delay` says; raise our error for any non-2xx answer.
+
+    ``request`` goes to ``client.build_request`` on every attempt, so file and iterable contents
+    must be re-readable (the spooled batch input rewinds itself). With ``stream=True`` the body is
+    left unread and the caller must close the response.
+    """
+    policy = http if max_retries is None else http.model_copy(update={"max_retries": max_retries})
+    attempt = 0
+    while True:
+        try:
+            return await _send_once(client, method, url, stream=stream, **request)
+        except WorkerError as exc:
+            delay = retry_delay(exc, attempt, policy, idempotent=idempotent)
+            if delay is None:
+                raise
+            log.info(
+                "provider.retry", method=method, url=url, attempt=attempt + 1, delay=delay, error=str(exc)
+            )
+            attempt += 1
+            await asyncio.sleep(delay)
+
+
+async def _send_once(
+    client: httpx.AsyncClient, method: str, url: str, *, stream: bool, **request: Any
+) -> httpx.Response:
+    with translate_errors(method, url):
+        response = await client.send(client.build_request(method, url, **request), stream=True)
+        try:
+            if response.is_success:
+                if not stream:
+                    await response.aread()
+                return response
+            body = b""
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) >= MAX_ERROR_BODY:
+                    break
+        finally:
+            if not stream or not response.is_success:
+                await response.aclose()
+    raise error_for_response(response.status_code, response.headers, body)
+
+
+@asynccontextmanager
+async def open_stream(
+    client: httpx.AsyncClient, method: str, url: str, *, http: HttpSettings, **request: Any
+) -> AsyncIterator[httpx.Response]:
+    """An idempotent streamed GET-like call: retried until it answers 2xx, then closed on exit."""
+    response = await send(client, method, url, http=http, idempotent=True, stream=True, **request)
+    try:
+        yield response
+    finally:
+        await response.aclose()
+
+
+async def iter_lines(response: httpx.Response, chunk_size: int = 1 << 16) -> AsyncIterator[bytes]:
+    """The non-empty lines of a streamed body, without their line ends; one line in memory at a time."""
+    method, url = response.request.method, str(response.request.url)
+    pending = b""
+    with translate_errors(method, url):
+        async for chunk in response.aiter_bytes(chunk_size):
+            pending += chunk
+            if b"\n" not in chunk:
+                continue
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                if line.strip():
+                    yield line
+    if pending.strip():
+        yield pending
