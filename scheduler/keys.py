@@ -162,3 +162,15 @@ SLO_BUCKET_S = 10
 def budget_spend(tenant: str, month: str) -> str:
     """Float string: what a tenant spent in ``month`` (YYYY-MM, UTC), actual + duplicate + wasted."""
     return f"{PREFIX}:budget:{tenant}:{month}"
+
+
+# SLO samples, written where the I/O happens and read by the SLO tracker. Capped lists, newest
+# first, each entry "<end_ms>:<seconds>", trimmed to settings.slo.history_size.
+def lane_turnarounds(lane: str) -> str:
+    """List: recent batch turnarounds (submission to end) of a lane, pushed when a batch ends."""
+    return f"{PREFIX}:lane:{{{lane}}}:turnarounds"
+
+
+def lane_sync_latencies(lane: str) -> str:
+    """List: recent sync call latencies of a lane, pushed by the sync task."""
+    return f"{PREFIX}:lane:{{{lane}}}:sync_latencies"
