@@ -1,0 +1,1 @@
+"""The arq tasks, one module per family (batches, ingest, sync); registered in :mod:`workers.worker`."""

@@ -1,0 +1,88 @@
+"""The arq worker: which tasks it runs (registered by name), and the ``ctx`` it builds for them.
+
+:data:`FUNCTIONS` is the one registry: each task is added with one line, under the name
+:mod:`scheduler.tasks` gives it, and a test checks every name the scheduler enqueues is here.
+``job_timeout`` is short (settings.worker.job_timeout_s) because arq only re-runs a dead worker's
+task once that timeout has passed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from arq.connections import RedisSettings
+from arq.worker import Function, Worker
+
+from config.settings import HttpSettings, Settings
+from scheduler.ledger import Ledger
+from workers import providers
+from workers.context import Hook, WorkerContext
+from workers.http import build_client
+
+log = structlog.get_logger(__name__)
+
+# Every task the worker runs, registered explicitly under its scheduler.tasks name.
+# Polls keep no result: a poll that died must be enqueueable again under the same id next tick.
+FUNCTIONS: list[Function] = []
+
+
+async def startup(ctx: dict[str, Any]) -> None:
+    """Build the shared resources: ledger, the one HTTP client, one adapter per configured provider."""
+    settings: Settings = ctx["settings"]
+    ctx.setdefault("hooks", {})
+    ctx["ledger"] = Ledger(
+        ctx["redis"],
+        idempotency_ttl_s=settings.limits.idempotency_ttl_s,
+        result_ttl_s=settings.worker.result_retention_s,
+    )
+    client = build_client(_http_settings(settings))
+    ctx["http"] = client
+    ctx["adapters"] = {
+        name: providers.make_adapter(name, provider, client) for name, provider in settings.providers.items()
+    }
+    log.info("worker.started", providers=sorted(settings.providers))
+
+
+async def shutdown(ctx: dict[str, Any]) -> None:
+    """Close what startup opened."""
+    client = ctx.get("http")
+    if client is not None:
+        await client.aclose()
+    log.info("worker.stopped")
+
+
+def _http_settings(settings: Settings) -> HttpSettings:
+    """The HTTP timeouts of the process's client: the slowest configured provider's, so none is cut short."""
+    configured = [p.http for p in settings.providers.values()]
+    if not configured:
+        return HttpSettings()
+    return max(configured, key=lambda h: h.read_timeout)
+
+
+def worker_settings(settings: Settings, *, hooks: dict[str, Hook] | None = None) -> dict[str, Any]:
+    """Keyword arguments for ``arq.worker.Worker`` built from settings (tests add ``burst=True``)."""
+    return {
+        "functions": list(FUNCTIONS),
+        "redis_settings": RedisSettings.from_dsn(settings.redis_url),
+        "on_startup": startup,
+        "on_shutdown": shutdown,
+        "ctx": {"settings": settings, "hooks": dict(hooks or {})},
+        "job_timeout": settings.worker.job_timeout_s,
+        "max_jobs": settings.worker.max_jobs,
+    }
+
+
+async def run_burst(settings: Settings, *, hooks: dict[str, Hook] | None = None) -> Worker:
+    """Run a worker until the queue is empty, then close it; returns it for its counters (tests, demo)."""
+    worker = Worker(**worker_settings(settings, hooks=hooks), burst=True, poll_delay=0, handle_signals=False)
+    try:
+        await worker.main()
+    finally:
+        await worker.close()
+    return worker
+
+
+def context_of(ctx: dict[str, Any]) -> WorkerContext:
+    """The arq ctx, typed (arq passes a plain dict)."""
+    return ctx  # type: ignore[return-value]
