@@ -1,0 +1,1 @@
+"""The HTTP API: the app factory, authentication, error mapping and the routers."""

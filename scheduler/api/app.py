@@ -1,0 +1,55 @@
+"""The API's app factory: one Redis client and one Ledger per process, built in the lifespan.
+
+Routers register here, one ``include_router`` line each. State other code may read:
+``app.state.settings``, ``app.state.redis`` and ``app.state.ledger``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from redis.asyncio import Redis
+
+from config.settings import Settings
+from scheduler.api import health
+from scheduler.api.errors import install_error_handlers
+from scheduler.api.request_id import RequestIdMiddleware
+from scheduler.api.responses import JsonResponse
+from scheduler.ledger import Ledger
+
+# Seconds to wait for Redis to accept a connection; beyond it a request fails rather than hangs.
+REDIS_CONNECT_TIMEOUT_S = 5.0
+
+
+def create_app(settings: Settings, *, redis: Redis | None = None) -> FastAPI:
+    """Build the API. Pass ``redis`` to share a client (tests, ``batchshift run``); it is then not closed."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        client = redis or Redis.from_url(settings.redis_url, socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S)
+        app.state.redis = client
+        app.state.ledger = Ledger(
+            client,
+            idempotency_ttl_s=settings.limits.idempotency_ttl_s,
+            result_ttl_s=settings.worker.result_retention_s,
+        )
+        try:
+            yield
+        finally:
+            if redis is None:
+                await client.aclose()
+
+    app = FastAPI(
+        title="batchshift",
+        summary="Latency-tolerant LLM jobs, sent to provider batch APIs at about half price.",
+        version="0.1.0",
+        lifespan=lifespan,
+        default_response_class=JsonResponse,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.add_middleware(RequestIdMiddleware)
+    app.include_router(health.router)
+    return app

@@ -1,0 +1,73 @@
+"""Maps every failure to the API's one error shape: ``{"error": {"type", "message", "field"}}``.
+
+Our own errors (scheduler.errors) carry their status; FastAPI's validation errors become 422
+naming the field (400 when the body is not JSON); unknown routes and methods keep their status;
+anything else is a logged 500 that reveals nothing of the cause.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+
+from scheduler.api.responses import JsonResponse
+from scheduler.errors import BatchshiftError, Unauthorized
+
+log = structlog.get_logger(__name__)
+
+# Locations FastAPI puts before the field's own path; the client cares about the field.
+_LOCATION_PARTS = frozenset({"body", "query", "path", "header", "cookie"})
+
+
+def error_body(error_type: str, message: str, field: str | None = None) -> dict[str, Any]:
+    """The error envelope every non-2xx answer carries."""
+    return {"error": {"type": error_type, "message": message, "field": field}}
+
+
+def field_name(loc: Sequence[Any]) -> str | None:
+    """A validation error location as a dotted field name (``jobs.3.body.model``)."""
+    parts = [str(p) for p in loc if str(p) not in _LOCATION_PARTS]
+    return ".".join(parts) or None
+
+
+async def _batchshift_error(request: Request, exc: Exception) -> JsonResponse:
+    assert isinstance(exc, BatchshiftError)
+    headers = {"www-authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+    return JsonResponse({"error": exc.to_dict()}, status_code=exc.status_code, headers=headers)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JsonResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    first = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": ""}
+    if first.get("type") == "json_invalid":
+        return JsonResponse(error_body("malformed_json", "request body is not valid JSON"), 400)
+    field = field_name(first.get("loc", ()))
+    message = str(first.get("msg", "invalid value"))
+    if field:
+        message = f"{field}: {message}"
+    return JsonResponse(error_body("invalid_request", message, field), 422)
+
+
+async def _http_error(request: Request, exc: Exception) -> JsonResponse:
+    assert isinstance(exc, HTTPException)
+    kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return JsonResponse(error_body(kind, str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JsonResponse:
+    log.exception("request.failed", path=request.url.path, error_class=type(exc).__name__)
+    return JsonResponse(error_body("internal_error", "internal error"), 500)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the handlers on ``app``."""
+    app.add_exception_handler(BatchshiftError, _batchshift_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)

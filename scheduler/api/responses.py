@@ -1,0 +1,19 @@
+"""The API's JSON response class: orjson, because job views and bulk answers are on the hot path.
+
+FastAPI deprecated its own ``ORJSONResponse`` in favour of typed return values; our routes return
+plain dicts built by ``JobRecord.view`` (no per-item pydantic pass), so we keep one small class here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.responses import JSONResponse
+
+
+class JsonResponse(JSONResponse):
+    """A JSON response rendered with orjson."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS)
