@@ -189,6 +189,12 @@ class AlertSettings(_Strict):
     webhook: AlertWebhookSettings | None = None
     renotify_s: float = Field(default=4 * 3600.0, gt=0)
     resolve_after_s: float = Field(default=300.0, ge=0)
+    # Delivery (workers/alerts.py): per-call timeout, delays after each failed attempt (then the
+    # notification is dropped as dead), how long a claimed notification stays hidden from others.
+    timeout_s: float = Field(default=10.0, gt=0)
+    retry_schedule_s: list[float] = [5, 30, 120, 300, 900, 1800, 3600]
+    lease_s: float = Field(default=60.0, gt=0)
+    claim_batch: int = Field(default=100, gt=0)
 
 
 class BurnRule(_Strict):
@@ -214,6 +220,10 @@ class SloSettings(_Strict):
     lagging_factor: float = Field(default=2.0, gt=1)
     recover_ticks: int = Field(default=3, gt=0)
     sync_share_alert: float = Field(default=0.2, gt=0, le=1)
+    sync_share_window_s: float = Field(default=3600.0, gt=0)  # the window the sync share is measured over
+    sync_share_min_jobs: int = Field(default=20, gt=0)  # fewer finished jobs than this say nothing
+    bucket_s: int = Field(default=10, gt=0)  # width of the ledger's SLO buckets (Ledger(slo_bucket_s=))
+    max_flips_per_tick: int = Field(default=1000, gt=0)  # bounds one tick's work; the rest flip next tick
     burn_rules: list[BurnRule] = [
         BurnRule(severity="page", factor=14.4, long_window_s=3600, short_window_s=300),
         BurnRule(severity="page", factor=6, long_window_s=6 * 3600, short_window_s=1800),
