@@ -210,3 +210,50 @@ def lane_hold(lane: str) -> str:
 
 # Sorted set: batches refused or failed for good, scored by when, so operators can list them.
 BATCHES_FAILED = f"{PREFIX}:batches:failed"
+
+
+# -- the SLO tracker and alerting (engineer E) -----------------------------------------------------
+
+
+def lane_slo(lane: str) -> str:
+    """String (JSON): a lane's SLO snapshot written every tick (state with its hysteresis counters,
+    burn rates, sync share, predictions). The scheduler reads it back after a restart or a leader
+    change; GET /v1/lanes shows it. Expires after LANE_SLO_TTL_S so a removed lane fades away."""
+    return f"{PREFIX}:slo:{{{lane}}}:status"
+
+
+# Seconds a lane's SLO snapshot outlives the last tick that wrote it.
+LANE_SLO_TTL_S = 7 * 24 * 3600
+
+
+def batch_deadlines(batch_id: str) -> str:
+    """Sorted set: a batch's job ids scored by deadline_ms, built once when the SLO tracker first sees
+    the batch in flight, so finding its at-risk jobs is one ZRANGEBYSCORE instead of a scan. Flipped
+    and finished jobs are removed; expires with BATCH_DEADLINES_TTL_S."""
+    return f"{PREFIX}:slo:batch:{batch_id}:deadlines"
+
+
+# Seconds a batch's deadline index is kept: past any provider's completion window (24 h) with room.
+BATCH_DEADLINES_TTL_S = 3 * 24 * 3600
+
+
+def alert_state(lane: str) -> str:
+    """Hash: per alert rule of a lane, the open incident as JSON (opened, last notified, clear since)."""
+    return f"{PREFIX}:alerts:{{{lane}}}:state"
+
+
+# Sorted set: alert notification ids (``<event_id>.<channel>``) scored by next attempt time (ms). A
+# worker claims due ones by moving their score to now + lease, so a dead worker's claims come back.
+ALERTS_DUE = f"{PREFIX}:alerts:due"
+
+# Sorted set: alert notifications given up on (retries exhausted or refused for good), by when.
+ALERTS_DEAD = f"{PREFIX}:alerts:dead"
+
+
+def alert_notification(notification_id: str) -> str:
+    """Hash: one alert notification (channel, event JSON, attempts, last error); deleted once sent."""
+    return f"{PREFIX}:alert:{notification_id}"
+
+
+# Seconds a dead alert notification is kept for inspection.
+ALERT_DEAD_TTL_S = 7 * 24 * 3600
