@@ -1,0 +1,210 @@
+"""The emulated OpenAI API: files, batches, and the chat, embeddings and responses endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from starlette.datastructures import UploadFile
+from starlette.responses import Response
+
+from workers.emulator import faults, openai_batch, outputs
+from workers.emulator.responses import error, json_response, retry_headers
+from workers.emulator.state import EmulatorState, OpenAIBatch, first_line_model, new_id
+
+BATCH_ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings", "/v1/responses")
+MAX_BATCH_FILE_BYTES = 200 * 1024 * 1024
+FILE_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
+MAX_LIST_LIMIT = 100
+MAX_METADATA_PAIRS = 16
+
+router = APIRouter()
+
+
+def _state(request: Request) -> EmulatorState:
+    state: EmulatorState = request.app.state.emulator
+    return state
+
+
+async def _json(request: Request) -> Any:
+    try:
+        return orjson.loads(await request.body())
+    except orjson.JSONDecodeError as exc:
+        raise error(request.url.path, 400, "We could not parse the JSON body of your request.") from exc
+
+
+@router.post("/v1/files")
+async def create_file(request: Request) -> Response:
+    state = _state(request)
+    form = await request.form()
+    upload, purpose = form.get("file"), form.get("purpose")
+    if not isinstance(upload, UploadFile):
+        raise error(request.url.path, 400, "Missing required parameter: 'file'.")
+    if purpose not in FILE_PURPOSES:
+        raise error(request.url.path, 400, f"Invalid value for 'purpose': {purpose!r}.")
+    content = await upload.read()
+    await form.close()
+    if purpose == "batch" and len(content) > MAX_BATCH_FILE_BYTES:
+        raise error(request.url.path, 400, "Batch input files may be at most 200 MB.")
+    obj = state.add_file(upload.filename or "upload.jsonl", str(purpose), content)
+    return json_response(obj.to_json())
+
+
+def _file(request: Request, file_id: str) -> Any:
+    obj = _state(request).files.get(file_id)
+    if obj is None:
+        raise error(request.url.path, 404, f"No such File object: {file_id}")
+    return obj
+
+
+@router.get("/v1/files/{file_id}")
+async def get_file(request: Request, file_id: str) -> Response:
+    return json_response(_file(request, file_id).to_json())
+
+
+@router.get("/v1/files/{file_id}/content")
+async def get_file_content(request: Request, file_id: str) -> Response:
+    return Response(_file(request, file_id).content, media_type="application/octet-stream")
+
+
+@router.post("/v1/batches")
+async def create_batch(request: Request) -> Response:
+    state, path = _state(request), request.url.path
+    body = await _json(request)
+    if not isinstance(body, dict):
+        raise error(path, 400, "The body must be a JSON object.")
+    endpoint, window = body.get("endpoint"), body.get("completion_window")
+    if endpoint not in BATCH_ENDPOINTS:
+        raise error(path, 400, f"Invalid value for 'endpoint': {endpoint!r}.", code="invalid_value")
+    if window != "24h":
+        raise error(path, 400, "Invalid value for 'completion_window': only '24h' is supported.")
+    metadata = body.get("metadata")
+    if metadata is not None and not (
+        isinstance(metadata, dict)
+        and len(metadata) <= MAX_METADATA_PAIRS
+        and all(
+            isinstance(k, str) and len(k) <= 64 and isinstance(v, str) and len(v) <= 512
+            for k, v in metadata.items()
+        )
+    ):
+        raise error(
+            path, 400, "Invalid 'metadata': up to 16 string pairs, keys <= 64 and values <= 512 chars."
+        )
+    file_id = body.get("input_file_id")
+    input_file = state.files.get(file_id) if isinstance(file_id, str) else None
+    if input_file is None:
+        raise error(path, 400, f"Invalid 'input_file_id': no such file {file_id!r}.")
+    if input_file.purpose != "batch":
+        raise error(path, 400, "The input file must be uploaded with purpose 'batch'.")
+    now = time.time()
+    model = first_line_model(input_file.content)
+    batch = OpenAIBatch(
+        id=new_id("batch_"),
+        endpoint=endpoint,
+        input_file_id=input_file.id,
+        completion_window=window,
+        metadata=metadata,
+        model=model,
+        run=state.new_run(model, now, validating=True),
+        created_at=int(now),
+        invalid_file=faults.model_listed(state.config["invalid_file"], model),
+        line_error_rate=faults.per_model(state.config["line_error_rate"], model),
+        line_error_status=int(state.config["line_error_status"]),
+    )
+    state.openai_batches[batch.id] = batch
+    return json_response(openai_batch.view(state, batch, now))
+
+
+def _batch(request: Request, batch_id: str) -> OpenAIBatch:
+    batch = _state(request).openai_batches.get(batch_id)
+    if batch is None:
+        raise error(request.url.path, 404, f"No batch found with id '{batch_id}'.")
+    return batch
+
+
+@router.get("/v1/batches/{batch_id}")
+async def get_batch(request: Request, batch_id: str) -> Response:
+    return json_response(openai_batch.view(_state(request), _batch(request, batch_id), time.time()))
+
+
+@router.get("/v1/batches")
+async def list_batches(request: Request) -> Response:
+    state, now = _state(request), time.time()
+    limit = _limit(request, default=20, most=MAX_LIST_LIMIT)
+    newest_first = sorted(state.openai_batches.values(), key=lambda b: b.run.created, reverse=True)
+    after = request.query_params.get("after")
+    if after:
+        ids = [b.id for b in newest_first]
+        newest_first = newest_first[ids.index(after) + 1 :] if after in ids else []
+    page = newest_first[:limit]
+    return json_response(
+        {
+            "object": "list",
+            "data": [openai_batch.view(state, b, now) for b in page],
+            "first_id": page[0].id if page else None,
+            "last_id": page[-1].id if page else None,
+            "has_more": len(newest_first) > limit,
+        }
+    )
+
+
+def _limit(request: Request, *, default: int, most: int) -> int:
+    raw = request.query_params.get("limit")
+    try:
+        limit = default if raw is None else int(raw)
+    except ValueError as exc:
+        raise error(request.url.path, 400, f"Invalid 'limit': {raw!r}.") from exc
+    if not 1 <= limit <= most:
+        raise error(request.url.path, 400, f"Invalid 'limit': must be between 1 and {most}.")
+    return limit
+
+
+@router.post("/v1/batches/{batch_id}/cancel")
+async def cancel_batch(request: Request, batch_id: str) -> Response:
+    state, now = _state(request), time.time()
+    batch = _batch(request, batch_id)
+    current, _ = openai_batch.status(state, batch, now)
+    if current in openai_batch.ENDED:
+        raise error(request.url.path, 400, f"Cannot cancel a batch with status '{current}'.")
+    if batch.run.cancel_at is None:
+        batch.run.cancel(now)
+    return json_response(openai_batch.view(state, batch, now))
+
+
+async def _sync(request: Request, endpoint: str) -> Response:
+    state, path = _state(request), request.url.path
+    body = await _json(request)
+    problem = outputs.validate_openai(endpoint, body)
+    if problem is not None:
+        raise error(path, 400, problem)
+    tier = body.get("service_tier") or "auto"
+    request.state.log.update(model=body["model"], service_tier=tier)
+    if tier == "flex" and state.rng.random() < float(state.config["flex_unavailable"]):
+        refusal = error(
+            path, 429, "Resource unavailable, please try again later.", code="resource_unavailable"
+        )
+        refusal.headers.update(retry_headers(float(state.config["retry_after_s"])))
+        raise refusal
+    latency = faults.per_model(state.config["sync_latency_s"], body["model"])
+    if latency > 0:
+        await asyncio.sleep(latency)
+    answered_tier = tier if tier in ("flex", "priority", "scale") else "default"
+    return json_response(outputs.openai_answer(endpoint, body, state.cache, answered_tier))
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    return await _sync(request, "/v1/chat/completions")
+
+
+@router.post("/v1/embeddings")
+async def embeddings(request: Request) -> Response:
+    return await _sync(request, "/v1/embeddings")
+
+
+@router.post("/v1/responses")
+async def responses(request: Request) -> Response:
+    return await _sync(request, "/v1/responses")
