@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 import tomllib
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -238,3 +239,9 @@ class Pricing:
         sync = price.sync_usd(normal)
         actual = sync if route == "sync" else price.route_usd(normal, factor, stacks=stacks)
         return JobCost(normal, actual, sync)
+
+
+@cache
+def shared(path: Path) -> Pricing:
+    """The process's Pricing for ``path`` (settings.pricing_file), loaded on first use."""
+    return Pricing.load(path)

@@ -44,6 +44,26 @@ local function add(keys, field, amount)
   end
 end
 
+-- Prometheus counters per lane (scheduler/metrics.py reads them; keys.lane_metrics). The bucket
+-- bounds (seconds) must equal metrics.LATENCY_BUCKETS_S; a test compares them.
+local LATENCY_BUCKETS = {1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 21600, 43200,
+  86400, 129600, 172800}
+local function k_metrics(lane) return PREFIX .. ':metrics:{' .. lane .. '}' end
+
+local function observe(mk, name, seconds)
+  local le = '+Inf'
+  for _, bound in ipairs(LATENCY_BUCKETS) do
+    if seconds <= bound then le = tostring(bound) break end
+  end
+  redis.call('HINCRBY', mk, name .. ':' .. le, 1)
+  redis.call('HINCRBY', mk, name .. ':count', 1)
+  redis.call('HINCRBYFLOAT', mk, name .. ':sum', seconds)
+end
+
+local function count_usd(mk, field, amount)
+  if amount ~= 0 then redis.call('HINCRBYFLOAT', mk, field, amount) end
+end
+
 local function spend(tenant, amount)
   if amount > 0 then
     local k = PREFIX .. ':budget:' .. tenant .. ':' .. month
@@ -56,7 +76,7 @@ local out = {}
 for i, it in ipairs(items) do
   local jk = k_job(it.id)
   local rec = redis.call('HMGET', jk, 'state', 'batch_id', 'tenant', 'feature', 'lane', 'model',
-    'deadline_ms', 'size')
+    'deadline_ms', 'size', 'created_ms')
   local state = rec[1]
   if not state then
     out[i] = 'missing'
@@ -87,6 +107,14 @@ for i, it in ipairs(items) do
       local on_time = now <= tonumber(rec[7])
       if on_time then add(keys, 'on_time', 1) else add(keys, 'late', 1) end
       spend(rec[3], actual + num(it.wasted_usd))
+      local mk = k_metrics(rec[5])
+      redis.call('HINCRBY', mk, 'jobs:' .. it.state .. ':' .. route, 1)
+      redis.call('HINCRBY', mk, on_time and 'on_time' or 'late', 1)
+      count_usd(mk, 'actual_usd', actual)
+      count_usd(mk, 'sync_equivalent_usd', sync_usd)
+      count_usd(mk, 'saved_usd', sync_usd - actual)
+      count_usd(mk, 'wasted_usd', num(it.wasted_usd))
+      observe(mk, 'e2e', math.max(0, now - (tonumber(rec[9]) or now)) / 1000)
       local sk = PREFIX .. ':slo:{' .. rec[5] .. '}:buckets'
       redis.call('HINCRBY', sk, bucket .. ':all', 1)
       redis.call('HINCRBY', sk, bucket .. (on_time and ':good' or ':bad'), 1)
@@ -98,6 +126,7 @@ for i, it in ipairs(items) do
         local keys = agg_keys(rec[3], feature, rec[5], rec[6], it.route)
         add(keys, 'duplicate_usd', num(it.actual_usd))
         spend(rec[3], num(it.actual_usd))
+        count_usd(k_metrics(rec[5]), 'duplicate_usd', num(it.actual_usd))
       end
       out[i] = 'skip:' .. state
     end

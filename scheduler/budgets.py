@@ -1,0 +1,222 @@
+"""Tenant budgets: a monthly spending envelope, its policy once spent, and a per-job cost ceiling.
+
+Spend per tenant and UTC month lives in ``keys.budget_spend``; ``finish.lua`` adds every billed
+amount to it (actual, duplicate and wasted) in the same step that finishes the job, so the figure
+is never behind the ledger. The envelope (``TenantSettings.monthly_budget_usd``) resets on the
+first day of the next month, UTC. Once it is spent the tenant's ``budget_policy`` applies:
+
+- ``reject``: intake refuses new jobs with 402 ``budget_exceeded`` (:func:`check_intake`).
+- ``batch_only``: jobs are still accepted, but none flips to paid sync; the SLO tracker asks
+  :func:`allows_sync` (or :func:`sync_blocked` once per tick) before a flip. Deadlines may be
+  missed; they show up as late in the cost report and the on-time metrics.
+
+The per-job ceiling (``max_job_cost_usd``) refuses one job, not the tenant: it is a property of
+the request, so it answers 422 ``invalid_request`` naming ``max_tokens`` (the field to change),
+while 402 stays reserved for "the account's envelope is spent".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from redis.asyncio import Redis
+
+from config.settings import Settings
+from scheduler import keys
+from scheduler.errors import BudgetExceeded, InvalidRequest
+from scheduler.pricing import Pricing, RouteName, Usage
+
+# Prompt tokens estimated from the request body: about 4 bytes of text per token (OpenAI's and
+# Anthropic's rule of thumb; JSON framing makes this an overestimate, which a ceiling wants).
+BYTES_PER_TOKEN = 4
+OUTPUT_CAP_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+
+
+def month_of(now_ms: int) -> str:
+    """The UTC month (YYYY-MM) epoch milliseconds fall in."""
+    return datetime.fromtimestamp(now_ms / 1000, tz=UTC).strftime("%Y-%m")
+
+
+def resets_at(month: str) -> datetime:
+    """When a month's envelope resets: 00:00 UTC on the first day of the next month."""
+    year, number = (int(part) for part in month.split("-"))
+    return datetime(year + number // 12, number % 12 + 1, 1, tzinfo=UTC)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetState:
+    """A tenant's envelope this month, as ``GET /v1/budget`` shows it."""
+
+    tenant: str
+    month: str
+    spent_usd: float
+    budget_usd: float | None  # None: no envelope
+    remaining_usd: float | None
+    policy: str
+    exhausted: bool
+    resets_at: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+async def spent_usd(redis: Redis, tenant: str, month: str) -> float:
+    """What the tenant was billed in ``month`` (actual + duplicate + wasted)."""
+    raw = await redis.get(keys.budget_spend(tenant, month))
+    return float(raw) if raw else 0.0
+
+
+def _state(settings: Settings, tenant: str, month: str, spent: float) -> BudgetState:
+    config = settings.tenants.get(tenant)
+    budget = config.monthly_budget_usd if config else None
+    return BudgetState(
+        tenant=tenant,
+        month=month,
+        spent_usd=round(spent, 6),
+        budget_usd=budget,
+        remaining_usd=None if budget is None else round(max(0.0, budget - spent), 6),
+        policy=config.budget_policy if config else "reject",
+        exhausted=budget is not None and spent >= budget,
+        resets_at=_iso(resets_at(month)),
+    )
+
+
+async def state(redis: Redis, settings: Settings, tenant: str, now_ms: int) -> BudgetState:
+    """The tenant's envelope this month."""
+    month = month_of(now_ms)
+    return _state(settings, tenant, month, await spent_usd(redis, tenant, month))
+
+
+async def check_intake(redis: Redis, settings: Settings, tenant: str, now_ms: int) -> None:
+    """Refuse a new job (BudgetExceeded, 402) when the envelope is spent and the policy is ``reject``."""
+    config = settings.tenants.get(tenant)
+    if config is None or config.monthly_budget_usd is None or config.budget_policy != "reject":
+        return
+    current = await state(redis, settings, tenant, now_ms)
+    if current.exhausted:
+        raise BudgetExceeded(
+            f"tenant {tenant!r} has spent its monthly budget of ${config.monthly_budget_usd:.2f} "
+            f"for {current.month} (${current.spent_usd:.2f} billed); it resets at {current.resets_at}"
+        )
+
+
+async def sync_blocked(redis: Redis, settings: Settings, tenants: Iterable[str], now_ms: int) -> set[str]:
+    """Tenants whose jobs may not flip to paid sync now (``batch_only`` with the envelope spent).
+
+    One MGET for all of them, so the SLO tracker can ask once per tick.
+    """
+    month = month_of(now_ms)
+    watched = [
+        t
+        for t in dict.fromkeys(tenants)
+        if (c := settings.tenants.get(t)) is not None
+        and c.monthly_budget_usd is not None
+        and c.budget_policy == "batch_only"
+    ]
+    if not watched:
+        return set()
+    raws = await redis.mget([keys.budget_spend(t, month) for t in watched])
+    return {
+        t
+        for t, raw in zip(watched, raws, strict=True)
+        if _state(settings, t, month, float(raw or 0)).exhausted
+    }
+
+
+async def allows_sync(redis: Redis, settings: Settings, tenant: str, now_ms: int) -> bool:
+    """Whether a job of ``tenant`` may flip to paid sync now (False: ``batch_only`` and spent)."""
+    return tenant not in await sync_blocked(redis, settings, [tenant], now_ms)
+
+
+def output_cap(body: dict[str, Any]) -> int | None:
+    """The body's output token cap (``max_tokens``, ``max_completion_tokens`` or ``max_output_tokens``)."""
+    for name in OUTPUT_CAP_FIELDS:
+        value = body.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+    return None
+
+
+def estimate_usd(
+    pricing: Pricing,
+    *,
+    provider: str,
+    kind: str,
+    model: str,
+    endpoint: str,
+    route: RouteName,
+    body: dict[str, Any],
+    body_bytes: int,
+) -> float | None:
+    """The most a job may cost on ``route``: output cap × output price + body size as input tokens.
+
+    None when the model is not priced, or when the body sets no output cap on an endpoint that
+    generates text (its cost is then unbounded).
+    """
+    price = pricing.model_price(provider, kind, model)
+    if price is None:
+        return None
+    generates = "embeddings" not in endpoint
+    cap = output_cap(body) if generates else 0
+    if cap is None:
+        return None
+    usage = Usage(
+        input_tokens=max(1, body_bytes // BYTES_PER_TOKEN),
+        output_tokens=cap,
+        cache_read_tokens=0,
+        cache_write_tokens=0,
+    )
+    return price.route_usd(usage, pricing.discount(provider, kind, route), stacks=True)
+
+
+def check_job_ceiling(
+    settings: Settings,
+    pricing: Pricing,
+    *,
+    tenant: str,
+    provider: str,
+    kind: str,
+    model: str,
+    endpoint: str,
+    route: RouteName,
+    body: dict[str, Any],
+    body_bytes: int,
+) -> None:
+    """Refuse (InvalidRequest, 422, field ``max_tokens``) a job that could cost more than the tenant's ceiling.
+
+    A job without an output cap is refused too when a ceiling is set, since its cost has no bound.
+    A model missing from the pricing table is let through (its cost is unknown, and logged).
+    """
+    config = settings.tenants.get(tenant)
+    ceiling = config.max_job_cost_usd if config else None
+    if ceiling is None:
+        return
+    if "embeddings" not in endpoint and output_cap(body) is None:
+        raise InvalidRequest(
+            f"tenant {tenant!r} has a per-job cost ceiling of ${ceiling:.4f}: "
+            "set max_tokens (or max_completion_tokens / max_output_tokens) so the job's cost is bounded",
+            "max_tokens",
+        )
+    estimate = estimate_usd(
+        pricing,
+        provider=provider,
+        kind=kind,
+        model=model,
+        endpoint=endpoint,
+        route=route,
+        body=body,
+        body_bytes=body_bytes,
+    )
+    if estimate is not None and estimate > ceiling:
+        raise InvalidRequest(
+            f"this job could cost up to ${estimate:.4f} at the {route} price, over tenant {tenant!r}'s "
+            f"per-job ceiling of ${ceiling:.4f}; lower max_tokens or shorten the request",
+            "max_tokens",
+        )
