@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from redis.asyncio import Redis
 
 from config.settings import Settings
-from scheduler.api import health
+from scheduler.api import costs, health
 from scheduler.api.errors import install_error_handlers
 from scheduler.api.request_id import RequestIdMiddleware
 from scheduler.api.responses import JsonResponse
@@ -52,4 +52,5 @@ def create_app(settings: Settings, *, redis: Redis | None = None) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(RequestIdMiddleware)
     app.include_router(health.router)
+    app.include_router(costs.router)
     return app
