@@ -176,24 +176,6 @@ def lane_sync_latencies(lane: str) -> str:
     return f"{PREFIX}:lane:{{{lane}}}:sync_latencies"
 
 
-# Prometheus counters and histogram buckets, read by scheduler/metrics.py at scrape time. They
-# never expire: counters must only grow (Prometheus handles resets, not shrinking). Bounded: one
-# hash per lane plus one global hash, whatever the job count.
-def lane_metrics(lane: str) -> str:
-    """Hash: a lane's counters since it first held a job.
-
-    Written by finish.lua: ``jobs:<succeeded|failed>:<route>``, ``actual_usd``,
-    ``sync_equivalent_usd``, ``saved_usd``, ``duplicate_usd``, ``wasted_usd``, ``on_time``, ``late``,
-    and the end-to-end histogram ``e2e:<le>`` / ``e2e:sum`` / ``e2e:count`` (per-bucket counts, not
-    cumulative). Written by ``metrics.observe_turnaround``: ``turnaround:<le>`` / ``:sum`` / ``:count``.
-    """
-    return f"{PREFIX}:metrics:{{{lane}}}"
-
-
-# Hash: counters that are not per lane: ``webhook:<outcome>`` and ``alert:<severity>:<action>``.
-METRICS_GLOBAL = f"{PREFIX}:metrics:global"
-
-
 # -- batch planning and the scheduler (engineer C) -------------------------------------------------
 
 
