@@ -241,6 +241,12 @@ def alert_notification(notification_id: str) -> str:
 ALERT_DEAD_TTL_S = 7 * 24 * 3600
 
 
+# Pub/sub channel: a job's id, published when the job turns terminal (every terminal transition
+# passes through _lib.lua's enqueue_webhook), so a long poll on GET /v1/jobs/{id}?wait= answers at
+# once. Messages are not kept: a waiter subscribes first, then re-reads the job, then waits.
+JOBS_ENDED = f"{PREFIX}:jobs:ended"
+
+
 # Prometheus counters and histogram buckets, read by scheduler/metrics.py at scrape time. They
 # never expire: counters must only grow (Prometheus handles resets, not shrinking). Bounded: one
 # hash per lane plus one global hash, whatever the job count.

@@ -1,7 +1,7 @@
 """The API's app factory: one Redis client and one Ledger per process, built in the lifespan.
 
 Routers register here, one ``include_router`` line each. State other code may read:
-``app.state.settings``, ``app.state.redis`` and ``app.state.ledger``.
+``app.state.settings``, ``app.state.redis``, ``app.state.ledger`` and ``app.state.watcher``.
 """
 
 from __future__ import annotations
@@ -13,10 +13,12 @@ from fastapi import FastAPI
 from redis.asyncio import Redis
 
 from config.settings import Settings
-from scheduler.api import costs, health
+from scheduler.api import costs, health, jobs
 from scheduler.api.errors import install_error_handlers
 from scheduler.api.request_id import RequestIdMiddleware
 from scheduler.api.responses import JsonResponse
+from scheduler.api.schemas import document
+from scheduler.api.watcher import JobWatcher
 from scheduler.ledger import Ledger
 
 # Seconds to wait for Redis to accept a connection; beyond it a request fails rather than hangs.
@@ -35,9 +37,11 @@ def create_app(settings: Settings, *, redis: Redis | None = None) -> FastAPI:
             idempotency_ttl_s=settings.limits.idempotency_ttl_s,
             result_ttl_s=settings.worker.result_retention_s,
         )
+        app.state.watcher = JobWatcher(client)
         try:
             yield
         finally:
+            await app.state.watcher.close()
             if redis is None:
                 await client.aclose()
 
@@ -53,4 +57,6 @@ def create_app(settings: Settings, *, redis: Redis | None = None) -> FastAPI:
     app.add_middleware(RequestIdMiddleware)
     app.include_router(health.router)
     app.include_router(costs.router)
+    app.include_router(jobs.router)
+    document(app)
     return app

@@ -28,7 +28,9 @@ local function unqueue(id, lane, size)
 end
 
 -- A terminal job with a callback URL gets one delivery record; its event id never changes.
+-- Every terminal transition calls this, so it also tells long polls (keys.JOBS_ENDED) the job ended.
 local function enqueue_webhook(id, event_type, now_ms)
+  redis.call('PUBLISH', PREFIX .. ':jobs:ended', id)
   local url = redis.call('HGET', k_job(id), 'callback_url')
   if not url or url == '' then return end
   local tenant = redis.call('HGET', k_job(id), 'tenant')

@@ -1,0 +1,292 @@
+"""Intake: turns a producer's request into a validated NewJob, or refuses it naming the field.
+
+Validation is a pipeline of small steps over a ``Draft``; each step checks one thing and fills
+what it owns, and the first refusal wins. ``STEPS`` is the one list: a new rule is one function
+appended there. Admission checks that need Redis (a budget, routing a near deadline to the sync
+lane) are async steps in ``ADMISSION``, run on the finished NewJob before it is stored.
+
+Everything here is cheap on purpose: bulk intake validates thousands of items per request with
+plain dict checks and one orjson serialisation per body (with sorted keys, so the stored body
+doubles as the input of the idempotency hash), no per-item pydantic model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import orjson
+from redis.asyncio import Redis
+
+from config.settings import ProviderSettings, Settings
+from scheduler import ids
+from scheduler.errors import InvalidRequest, PayloadTooLarge
+from scheduler.jobs import NewJob, lane_name
+
+# The endpoints each provider kind serves; the first is the default.
+ENDPOINTS: Final[Mapping[str, tuple[str, ...]]] = {
+    "openai": ("/v1/chat/completions", "/v1/embeddings", "/v1/responses"),
+    "anthropic": ("/v1/messages",),
+}
+
+FIELDS: Final = frozenset(
+    {"provider", "endpoint", "body", "deadline", "deadline_in", "callback_url", "idempotency_key", "tags"}
+)
+MAX_TAGS = 32  # tags feed cost aggregates per value; a bound keeps them groups, not ids
+MAX_TAG_KEY = 64
+MAX_TAG_VALUE = 256
+MAX_URL = 2048
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")  # printable ASCII, no spaces: it is part of a key
+_TAG_KEY = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+@dataclass(slots=True)
+class Draft:
+    """A request on its way to becoming a NewJob; steps read ``raw`` and fill the rest."""
+
+    raw: dict[str, Any]
+    tenant: str
+    now_ms: int
+    settings: Settings
+    idempotency_header: str | None = None
+    provider: str = ""
+    provider_settings: ProviderSettings | None = None
+    endpoint: str = ""
+    model: str = ""
+    body: bytes = b""
+    deadline_ms: int = 0
+    absolute_deadline: bool = False  # a relative deadline_in is left out of the request hash
+    callback_url: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    idempotency_key: str | None = None
+
+
+Step = Callable[[Draft], None]
+
+
+def _fields(draft: Draft) -> None:
+    unknown = sorted(set(draft.raw) - FIELDS)
+    if unknown:
+        raise InvalidRequest(f"unknown field {unknown[0]!r}", unknown[0])
+
+
+def _provider(draft: Draft) -> None:
+    name = draft.raw.get("provider")
+    if name is None:
+        raise InvalidRequest("provider is required", "provider")
+    if not isinstance(name, str):
+        raise InvalidRequest("provider must be a string", "provider")
+    provider = draft.settings.providers.get(name)
+    if provider is None:
+        known = ", ".join(sorted(draft.settings.providers)) or "none"
+        raise InvalidRequest(f"unknown provider {name!r} (configured: {known})", "provider")
+    draft.provider, draft.provider_settings = name, provider
+
+
+def _endpoint(draft: Draft) -> None:
+    assert draft.provider_settings is not None
+    served = ENDPOINTS[draft.provider_settings.kind]
+    endpoint = draft.raw.get("endpoint")
+    if endpoint is None:
+        draft.endpoint = served[0]
+        return
+    if not isinstance(endpoint, str) or endpoint not in served:
+        raise InvalidRequest(
+            f"provider {draft.provider!r} does not serve endpoint {endpoint!r} (serves: {', '.join(served)})",
+            "endpoint",
+        )
+    draft.endpoint = endpoint
+
+
+def _body(draft: Draft) -> None:
+    body = draft.raw.get("body")
+    if body is None:
+        raise InvalidRequest("body is required", "body")
+    if not isinstance(body, dict):
+        raise InvalidRequest("body must be a JSON object (the provider-native request)", "body")
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise InvalidRequest("body.model is required (a non-empty string)", "body.model")
+    if body.get("stream") not in (None, False):
+        raise InvalidRequest("streaming is not available for batched jobs; leave stream unset", "body.stream")
+    encoded = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    limit = draft.settings.limits.max_body_bytes
+    if len(encoded) > limit:
+        raise PayloadTooLarge(f"body is {len(encoded)} bytes, over the limit of {limit}", "body")
+    draft.model, draft.body = model, encoded
+
+
+def _deadline(draft: Draft) -> None:
+    absolute, relative = draft.raw.get("deadline"), draft.raw.get("deadline_in")
+    if absolute is not None and relative is not None:
+        raise InvalidRequest("give deadline or deadline_in, not both", "deadline_in")
+    horizon_ms = int(draft.settings.limits.max_deadline_horizon_s * 1000)
+    if absolute is not None:
+        deadline_ms = _parse_rfc3339(absolute)
+        draft.absolute_deadline = True
+        name = "deadline"
+    elif relative is not None:
+        if isinstance(relative, bool) or not isinstance(relative, int | float) or not math.isfinite(relative):
+            raise InvalidRequest("deadline_in must be a number of seconds", "deadline_in")
+        deadline_ms = draft.now_ms + int(relative * 1000)
+        name = "deadline_in"
+    else:
+        lane = lane_name(draft.provider, draft.model, draft.endpoint)
+        default_s = (
+            draft.settings.lane_settings(lane).default_deadline
+            or draft.settings.limits.max_deadline_horizon_s
+        )
+        draft.deadline_ms = draft.now_ms + min(int(default_s * 1000), horizon_ms)
+        return
+    if deadline_ms <= draft.now_ms:
+        raise InvalidRequest(f"{name} is in the past", name)
+    if deadline_ms > draft.now_ms + horizon_ms:
+        raise InvalidRequest(
+            f"{name} is beyond the horizon of {draft.settings.limits.max_deadline_horizon_s:g} seconds", name
+        )
+    draft.deadline_ms = deadline_ms
+
+
+def _parse_rfc3339(value: object) -> int:
+    if not isinstance(value, str):
+        raise InvalidRequest("deadline must be an RFC 3339 timestamp string", "deadline")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidRequest(f"deadline {value!r} is not an RFC 3339 timestamp", "deadline") from None
+    if parsed.tzinfo is None:
+        raise InvalidRequest("deadline needs a time zone offset (e.g. Z or +02:00)", "deadline")
+    return int(parsed.timestamp() * 1000)
+
+
+def _callback_url(draft: Draft) -> None:
+    url = draft.raw.get("callback_url")
+    if url is None:
+        return
+    if not isinstance(url, str) or len(url) > MAX_URL:
+        raise InvalidRequest(
+            f"callback_url must be a URL string of at most {MAX_URL} characters", "callback_url"
+        )
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        raise InvalidRequest("callback_url is not a valid URL", "callback_url") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidRequest("callback_url must be an http(s) URL with a host", "callback_url")
+    draft.callback_url = url
+
+
+def _tags(draft: Draft) -> None:
+    tags = draft.raw.get("tags")
+    if tags is None:
+        return
+    if not isinstance(tags, dict):
+        raise InvalidRequest("tags must be an object of string to string", "tags")
+    if len(tags) > MAX_TAGS:
+        raise InvalidRequest(f"at most {MAX_TAGS} tags", "tags")
+    for key, value in tags.items():
+        if not _TAG_KEY.match(key):
+            raise InvalidRequest(f"tag name {key!r} must match [A-Za-z0-9_.:-]{{1,{MAX_TAG_KEY}}}", "tags")
+        if not isinstance(value, str) or len(value) > MAX_TAG_VALUE:
+            raise InvalidRequest(
+                f"tag value must be a string of at most {MAX_TAG_VALUE} characters", f"tags.{key}"
+            )
+    draft.tags = tags
+
+
+def _idempotency_key(draft: Draft) -> None:
+    in_body, header = draft.raw.get("idempotency_key"), draft.idempotency_header
+    if in_body is not None and not isinstance(in_body, str):
+        raise InvalidRequest("idempotency_key must be a string", "idempotency_key")
+    if in_body is not None and header is not None and in_body != header:
+        raise InvalidRequest("the Idempotency-Key header and idempotency_key differ", "idempotency_key")
+    key = in_body if in_body is not None else header
+    if key is not None and not _IDEMPOTENCY_KEY.match(key):
+        raise InvalidRequest("idempotency_key must be 1-255 printable ASCII characters", "idempotency_key")
+    draft.idempotency_key = key
+
+
+# The validation pipeline, in order; the first refusal wins. Append a rule here.
+STEPS: tuple[Step, ...] = (
+    _fields,
+    _provider,
+    _endpoint,
+    _body,
+    _deadline,
+    _callback_url,
+    _tags,
+    _idempotency_key,
+)
+
+
+def request_hash(draft: Draft) -> str:
+    """What makes two requests "the same" for an idempotency key.
+
+    Covers provider, endpoint, body, callback URL, tags and an absolute deadline; a relative
+    ``deadline_in`` is left out, because a retry sent later would otherwise never match.
+    """
+    digest = hashlib.sha256()
+    for part in (
+        draft.provider,
+        draft.endpoint,
+        draft.callback_url or "",
+        str(draft.deadline_ms) if draft.absolute_deadline else "",
+    ):
+        digest.update(part.encode())
+        digest.update(b"\0")
+    digest.update(orjson.dumps(draft.tags, option=orjson.OPT_SORT_KEYS))
+    digest.update(b"\0")
+    digest.update(draft.body)
+    return digest.hexdigest()
+
+
+def validate(
+    raw: object, *, tenant: str, now_ms: int, settings: Settings, idempotency_header: str | None = None
+) -> NewJob:
+    """Run every step on one request; return the NewJob or raise the first refusal."""
+    if not isinstance(raw, dict):
+        raise InvalidRequest("a job must be a JSON object")
+    draft = Draft(raw, tenant, now_ms, settings, idempotency_header)
+    for step in STEPS:
+        step(draft)
+    return NewJob(
+        id=ids.job_id(now_ms),
+        tenant=tenant,
+        provider=draft.provider,
+        endpoint=draft.endpoint,
+        model=draft.model,
+        body=draft.body,
+        deadline_ms=draft.deadline_ms,
+        created_ms=now_ms,
+        callback_url=draft.callback_url,
+        tags=draft.tags,
+        idempotency_key=draft.idempotency_key,
+        request_hash=request_hash(draft) if draft.idempotency_key else "",
+    )
+
+
+# Async admission steps, run on each validated job before it is stored: they may refuse it
+# (raise a BatchshiftError, e.g. a spent budget) or change its route (state "sync"). Append yours.
+@dataclass(frozen=True, slots=True)
+class Gate:
+    """What admission steps may read: the settings and the process's Redis client."""
+
+    settings: Settings
+    redis: Redis
+
+
+Admission = Callable[[NewJob, Gate], Awaitable[None]]
+ADMISSION: tuple[Admission, ...] = ()
+
+
+async def admit(job: NewJob, gate: Gate) -> NewJob:
+    """Run the admission steps on a validated job; raise the first refusal."""
+    for step in ADMISSION:
+        await step(job, gate)
+    return job
