@@ -1,0 +1,275 @@
+"""Completion webhooks: signatures the reference library verifies, retries, 410, timeouts, redirects, SSRF, leases."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import orjson
+import pytest
+from redis.asyncio import Redis
+from standardwebhooks import Webhook
+
+from config.settings import Settings, TenantSettings, WebhookSettings
+from scheduler import keys
+from scheduler.ids import job_id
+from scheduler.jobs import NewJob
+from scheduler.ledger import Finish, Ledger
+from tests.conftest import make_settings
+from tests.workers.receiver import Answer, running_receiver
+from workers.webhooks import Deliverer, build_client, sign, url_hash
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+NEW_SECRET = "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldY"  # base64 of 24 letters
+
+
+class Clock:
+    """A clock the test moves; starts at the real time so signature timestamps stay fresh."""
+
+    def __init__(self) -> None:
+        self.t = time.time()
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def hook_settings(redis_url: str, *, allow: bool = True, **webhooks: object) -> Settings:
+    base: dict[str, object] = {"retry_schedule_s": [1, 2, 4], "jitter": 0.0, "timeout_s": 2.0}
+    base.update(webhooks)
+    return make_settings(
+        redis_url,
+        webhooks=WebhookSettings(**base),
+        webhook_allowlist=["127.0.0.0/8"] if allow else [],
+        tenants={
+            "acme": TenantSettings(api_key="acme-key", webhook_secrets=[SECRET, NEW_SECRET]),
+            "globex": TenantSettings(api_key="globex-key"),
+        },
+    )
+
+
+async def finished_job(
+    ledger: Ledger, url: str, *, tenant: str = "acme", result: bytes = b'{"ok": 1}'
+) -> str:
+    """A job that went through the sync lane and succeeded, so its delivery record exists."""
+    jid = job_id()
+    now = int(time.time() * 1000) - 1000  # a second ago, so it is due at any test clock
+    job = NewJob(
+        jid,
+        tenant,
+        "openai",
+        "/v1/chat/completions",
+        "gpt-4o-mini",
+        b'{"model":"gpt-4o-mini"}',
+        now + 60_000,
+        now,
+        callback_url=url,
+        state="sync",
+    )
+    await ledger.enqueue(job)
+    assert await ledger.finish(
+        [Finish(jid, "succeeded", "sync", from_states=("sync",), result=result)], now
+    ) == ["ok"]
+    return jid
+
+
+async def delivery(redis: Redis, jid: str) -> dict[str, str]:
+    raw = await redis.hgetall(keys.webhook_delivery(f"wh_{jid}"))  # type: ignore[misc]
+    return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+@pytest.fixture
+def ledger(redis: Redis) -> Ledger:
+    return Ledger(redis)
+
+
+def test_known_answer_vector() -> None:
+    """The upstream Standard Webhooks vector (reference §1.2)."""
+    header = sign([SECRET], "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, b'{"test": 2432232314}')
+    assert header == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+
+
+def test_every_active_secret_signs_and_each_verifies_alone() -> None:
+    body, ts = b'{"a": 1}', int(time.time())
+    header = sign([SECRET, NEW_SECRET], "msg_x", ts, body)
+    assert len(header.split(" ")) == 2
+    for secret in (SECRET, NEW_SECRET):
+        Webhook(secret).verify(
+            body, {"webhook-id": "msg_x", "webhook-timestamp": str(ts), "webhook-signature": header}
+        )
+
+
+async def run(settings: Settings, redis: Redis, clock: Clock) -> dict[str, int]:
+    async with build_client(settings) as client:
+        report = await Deliverer(settings, redis, client, rng=random.Random(1)).run(clock)
+    return {k: getattr(report, k) for k in ("claimed", "delivered", "retry", "dead", "disabled")}
+
+
+async def test_a_delivery_carries_the_job_view_and_verified_signatures(redis_url, redis, ledger) -> None:
+    settings = hook_settings(redis_url)
+    with running_receiver(secrets=(SECRET, NEW_SECRET)) as rx:
+        jid = await finished_job(ledger, rx.url, result=b'{"id": "chatcmpl-1", "choices": []}')
+        report = await run(settings, redis, Clock())
+    assert report["delivered"] == 1
+    [req] = rx.requests
+    assert req.verified
+    assert req.headers["webhook-id"] == f"msg_{jid}"
+    doc = orjson.loads(req.body)
+    assert doc["type"] == "job.succeeded"
+    assert doc["data"]["id"] == jid
+    assert doc["data"]["status"] == "succeeded"
+    assert doc["data"]["result"] == {"id": "chatcmpl-1", "choices": []}
+    record = await delivery(redis, jid)
+    assert record["status"] == "delivered"
+    assert record["attempts"] == "1"
+    assert await redis.zcard(keys.WEBHOOKS_DUE) == 0
+
+
+async def test_three_500s_then_200_delivers_on_the_fourth_attempt_under_one_id(
+    redis_url, redis, ledger
+) -> None:
+    settings = hook_settings(redis_url)
+    clock = Clock()
+
+    def answer(n: int) -> Answer:
+        return (500 if n < 3 else 200), {}, 0.0
+
+    with running_receiver(answer, secrets=(SECRET,)) as rx:
+        jid = await finished_job(ledger, rx.url)
+        for _ in range(4):
+            await run(settings, redis, clock)
+            clock.t += 5  # past the longest scheduled delay (4 s)
+    assert [r.verified for r in rx.requests] == [True] * 4
+    assert {r.headers["webhook-id"] for r in rx.requests} == {f"msg_{jid}"}
+    record = await delivery(redis, jid)
+    assert record["status"] == "delivered"
+    assert record["attempts"] == "4"
+
+
+async def test_nothing_is_sent_before_the_next_attempt_is_due(redis_url, redis, ledger) -> None:
+    settings = hook_settings(redis_url)
+    clock = Clock()
+    with running_receiver(lambda n: (500, {}, 0.0)) as rx:
+        jid = await finished_job(ledger, rx.url)
+        await run(settings, redis, clock)
+        clock.t += 0.5  # the first retry waits 1 s
+        assert (await run(settings, redis, clock))["claimed"] == 0
+    assert len(rx.requests) == 1
+    assert (await delivery(redis, jid))["status"] == "failing"
+
+
+async def test_after_the_last_attempt_the_delivery_is_dead_lettered(redis_url, redis, ledger) -> None:
+    settings = hook_settings(redis_url, retry_schedule_s=[1, 1])
+    clock = Clock()
+    with running_receiver(lambda n: (503, {}, 0.0)) as rx:
+        jid = await finished_job(ledger, rx.url)
+        for _ in range(4):
+            await run(settings, redis, clock)
+            clock.t += 2
+    assert len(rx.requests) == 3  # the first attempt and two retries
+    record = await delivery(redis, jid)
+    assert record["status"] == "dead"
+    assert record["last_status"] == "503"
+    assert await redis.zscore(keys.WEBHOOKS_DEAD, f"wh_{jid}") is not None
+    assert await redis.zscore(keys.WEBHOOKS_DUE, f"wh_{jid}") is None
+
+
+async def test_410_disables_the_url(redis_url, redis, ledger) -> None:
+    settings = hook_settings(redis_url)
+    with running_receiver(lambda n: (410, {}, 0.0)) as rx:
+        first = await finished_job(ledger, rx.url)
+        await run(settings, redis, Clock())
+        second = await finished_job(ledger, rx.url)
+        await run(settings, redis, Clock())
+    assert len(rx.requests) == 1  # the second event never went out
+    assert (await delivery(redis, first))["status"] == "disabled"
+    assert (await delivery(redis, second))["status"] == "disabled"
+    assert await redis.exists(keys.disabled_url(url_hash(rx.url)))
+
+
+async def test_a_timeout_is_retried(redis_url, redis, ledger) -> None:
+    settings = hook_settings(redis_url, timeout_s=0.2)
+    clock = Clock()
+    with running_receiver(lambda n: (200, {}, 1.0 if n == 0 else 0.0)) as rx:
+        jid = await finished_job(ledger, rx.url)
+        await run(settings, redis, clock)
+        record = await delivery(redis, jid)
+        assert record["status"] == "failing"
+        assert "timeout" in record["last_error"]
+        clock.t += 2
+        await run(settings, redis, clock)
+    assert (await delivery(redis, jid))["status"] == "delivered"
+
+
+async def test_a_redirect_is_not_followed(redis_url, redis, ledger) -> None:
+    settings = hook_settings(redis_url)
+
+    with running_receiver(lambda n: (302, {"location": "/elsewhere"}, 0.0)) as rx:
+        jid = await finished_job(ledger, rx.url)
+        await run(settings, redis, Clock())
+    assert [r.path for r in rx.requests] == ["/hook"]
+    record = await delivery(redis, jid)
+    assert record["status"] == "failing"
+    assert record["last_status"] == "302"
+
+
+async def test_retry_after_is_honoured(redis_url, redis, ledger) -> None:
+    settings = hook_settings(redis_url, retry_schedule_s=[1, 60])
+    clock = Clock()
+    with running_receiver(lambda n: (503, {"retry-after": "30"}, 0.0)) as rx:
+        jid = await finished_job(ledger, rx.url)
+        await run(settings, redis, clock)
+    score = await redis.zscore(keys.WEBHOOKS_DUE, f"wh_{jid}")
+    assert score is not None
+    assert score >= int((clock.t + 30) * 1000)
+    assert len(rx.requests) == 1
+
+
+async def test_loopback_is_refused_without_the_allowlist(redis_url, redis, ledger) -> None:
+    settings = hook_settings(redis_url, allow=False)
+    with running_receiver() as rx:
+        jid = await finished_job(ledger, rx.url)
+        await run(settings, redis, Clock())
+    assert rx.requests == []
+    record = await delivery(redis, jid)
+    assert record["status"] == "dead"
+    assert "refused" in record["last_error"]
+
+
+async def test_a_tenant_without_secrets_gets_nothing_unsigned(redis_url, redis, ledger) -> None:
+    settings = hook_settings(redis_url)
+    with running_receiver() as rx:
+        jid = await finished_job(ledger, rx.url, tenant="globex")
+        await run(settings, redis, Clock())
+    assert rx.requests == []
+    assert "no webhook secret" in (await delivery(redis, jid))["last_error"]
+
+
+async def test_a_dead_workers_claims_come_back_after_the_lease(redis_url, redis, ledger) -> None:
+    settings = hook_settings(redis_url, lease_s=30)
+    clock = Clock()
+    with running_receiver() as rx:
+        jid = await finished_job(ledger, rx.url)
+        async with build_client(settings) as client:
+            deliverer = Deliverer(settings, redis, client)
+            now_ms = int(clock() * 1000)
+            # A worker claims and dies before sending.
+            await deliverer._claim(
+                keys=[keys.WEBHOOKS_DUE],
+                args=[now_ms, now_ms + 30_000, 10, "dead-worker", keys.webhook_delivery("")],
+            )
+        assert (await run(settings, redis, clock))["claimed"] == 0
+        clock.t += 31
+        assert (await run(settings, redis, clock))["delivered"] == 1
+    assert len(rx.requests) == 1
+    assert (await delivery(redis, jid))["status"] == "delivered"
+
+
+async def test_fan_out_is_concurrent(redis_url, redis, ledger) -> None:
+    """Many deliveries overlap in flight instead of waiting on one HTTP call at a time."""
+    settings = hook_settings(redis_url, concurrency=20, claim_batch=40)
+    with running_receiver(lambda n: (200, {}, 0.05)) as rx:
+        ids = [await finished_job(ledger, rx.url) for _ in range(100)]
+        report = await run(settings, redis, Clock())
+    assert report["delivered"] == 100
+    assert {r.headers["webhook-id"] for r in rx.requests} == {f"msg_{j}" for j in ids}
+    assert 1 < rx.peak <= 20
