@@ -1,0 +1,210 @@
+"""Alert decisions: which incidents a lane opens, re-notifies and resolves, written to an outbox.
+
+The scheduler decides; workers do the I/O. Each tick, every rule of a lane reports a
+:class:`Condition` (active or not, with severity and figures). An incident opens with one
+``trigger`` when its rule becomes active, re-notifies after ``settings.alerts.renotify_s`` while
+it stays active, and resolves once the rule has stayed clear for ``settings.alerts.resolve_after_s``
+(a rule that comes back before then is the same incident, so a flapping lane pages once). Each
+incident has a stable ``dedup_key`` per lane and rule (:func:`dedup_key`), so PagerDuty folds
+repeats into the open alert and a resolve closes it.
+
+Rules: ``health`` (the lane is lagging or breaching; pages), one per burn rule
+(``burn_page_3600s`` ...; page rules page, ticket rules notify), ``sync_share`` (the savings are
+leaking; notifies). Pages go to PagerDuty, Slack and the webhook; notices to Slack and the
+webhook. An escalation of an open incident (lagging to breaching) is a notice, not a second page.
+
+Each event becomes one outbox notification per channel (``keys.ALERTS_DUE``), written in the same
+MULTI as the incident's state, and ``workers.alerts`` delivers them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+from redis.asyncio import Redis
+
+from config.settings import Settings
+from scheduler import keys
+from scheduler.ids import new_id
+
+Severity = Literal["critical", "error", "warning", "info"]
+Action = Literal["trigger", "resolve", "escalate"]
+Channel = Literal["pagerduty", "slack", "webhook"]
+SEVERITY_RANK: dict[str, int] = {"info": 0, "warning": 1, "error": 2, "critical": 3}
+# PagerDuty caps dedup_key at 255 characters; longer keys keep a readable head plus a hash.
+MAX_DEDUP_KEY = 255
+
+
+def dedup_key(lane: str, rule: str) -> str:
+    """The incident's stable key: ``batchshift/<lane>/<rule>``."""
+    key = f"batchshift/{lane}/{rule}"
+    if len(key) <= MAX_DEDUP_KEY:
+        return key
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return f"{key[: MAX_DEDUP_KEY - 17]}~{digest}"
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    """One rule's verdict for a lane at one tick."""
+
+    rule: str
+    active: bool
+    severity: Severity
+    page: bool  # pages on-call (PagerDuty) rather than only notifying
+    summary: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Incident:
+    """An open incident of one rule on one lane."""
+
+    opened_ms: int
+    notified_ms: int
+    severity: Severity
+    clear_since_ms: int | None = None
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(
+            {
+                "opened_ms": self.opened_ms,
+                "notified_ms": self.notified_ms,
+                "severity": self.severity,
+                "clear_since_ms": self.clear_since_ms,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> Incident:
+        doc = orjson.loads(raw)
+        return cls(doc["opened_ms"], doc["notified_ms"], doc["severity"], doc.get("clear_since_ms"))
+
+
+def decide(
+    incident: Incident | None, cond: Condition, now_ms: int, settings: Settings
+) -> tuple[Incident | None, Action | None]:
+    """The incident after this tick and the event to send, if any (a pure function of its inputs)."""
+    alerts = settings.alerts
+    if cond.active:
+        if incident is None:
+            return Incident(now_ms, now_ms, cond.severity), "trigger"
+        incident.clear_since_ms = None
+        if now_ms - incident.notified_ms >= alerts.renotify_s * 1000:
+            incident.notified_ms = now_ms
+            incident.severity = cond.severity
+            return incident, "trigger"
+        if SEVERITY_RANK[cond.severity] > SEVERITY_RANK[incident.severity]:
+            incident.severity = cond.severity
+            return incident, "escalate"
+        return incident, None
+    if incident is None:
+        return None, None
+    if incident.clear_since_ms is None:
+        incident.clear_since_ms = now_ms
+    if now_ms - incident.clear_since_ms >= alerts.resolve_after_s * 1000:
+        return None, "resolve"
+    return incident, None
+
+
+def channels_for(settings: Settings, action: Action, page: bool) -> list[Channel]:
+    """The configured channels an event goes to: pages and their resolves reach PagerDuty too."""
+    out: list[Channel] = []
+    if settings.alerts.pagerduty is not None and page and action != "escalate":
+        out.append("pagerduty")
+    if settings.alerts.slack is not None:
+        out.append("slack")
+    if settings.alerts.webhook is not None:
+        out.append("webhook")
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class AlertEvent:
+    """An event decided this tick (also what :func:`evaluate` returns for the tick's report)."""
+
+    id: str
+    action: Action
+    lane: str
+    rule: str
+    dedup_key: str
+    severity: Severity
+    summary: str
+    channels: tuple[Channel, ...]
+
+    def payload(self, cond: Condition, now_ms: int) -> bytes:
+        return orjson.dumps(
+            {
+                "id": self.id,
+                "action": self.action,
+                "lane": self.lane,
+                "rule": self.rule,
+                "dedup_key": self.dedup_key,
+                "severity": self.severity,
+                "summary": self.summary,
+                "details": cond.details,
+                "timestamp_ms": now_ms,
+            }
+        )
+
+
+async def evaluate(
+    redis: Redis, settings: Settings, lane: str, conditions: list[Condition], now_ms: int
+) -> list[AlertEvent]:
+    """Decide a lane's alerts for this tick; store incidents and queue notifications in one MULTI."""
+    state_key = keys.alert_state(lane)
+    raw: dict[bytes, bytes] = await redis.hgetall(state_key)  # type: ignore[misc]
+    events: list[AlertEvent] = []
+    async with redis.pipeline(transaction=True) as pipe:
+        for cond in conditions:
+            stored = raw.get(cond.rule.encode())
+            incident = Incident.from_json(stored) if stored else None
+            after, action = decide(incident, cond, now_ms, settings)
+            if after is None:
+                if stored:
+                    pipe.hdel(state_key, cond.rule)
+            else:
+                pipe.hset(state_key, cond.rule, after.to_json().decode())
+            if action is None:
+                continue
+            severity = cond.severity if action != "resolve" else (incident.severity if incident else "info")
+            summary = cond.summary if action != "resolve" else f"resolved: {lane} {cond.rule}"
+            event = AlertEvent(
+                id=new_id("alt", now_ms),
+                action=action,
+                lane=lane,
+                rule=cond.rule,
+                dedup_key=dedup_key(lane, cond.rule),
+                severity=severity,
+                summary=summary[:1024],
+                channels=tuple(channels_for(settings, action, cond.page)),
+            )
+            events.append(event)
+            body = event.payload(cond, now_ms)
+            for channel in event.channels:
+                nid = f"{event.id}.{channel}"
+                pipe.hset(
+                    keys.alert_notification(nid),
+                    mapping={
+                        "id": nid,
+                        "channel": channel,
+                        "event": body,
+                        "attempts": 0,
+                        "created_ms": now_ms,
+                    },
+                )
+                pipe.zadd(keys.ALERTS_DUE, {nid: now_ms})
+        await pipe.execute()
+    return events
+
+
+async def due_count(redis: Redis, now_ms: int) -> tuple[int, int | None]:
+    """How many notifications are due now, and the earliest due time (for the send task's id)."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zcount(keys.ALERTS_DUE, "-inf", now_ms)
+        pipe.zrange(keys.ALERTS_DUE, 0, 0, withscores=True)
+        count, first = await pipe.execute()
+    return int(count), (int(first[0][1]) if first else None)

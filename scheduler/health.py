@@ -1,0 +1,154 @@
+"""Lane health: recent batch turnarounds and sync latencies of a lane, and the quantiles drawn from them.
+
+Workers push one sample per ended batch (submission to end) and per sync call into capped Redis
+lists (:func:`scheduler.keys.lane_turnarounds`, :func:`scheduler.keys.lane_sync_latencies`), each
+entry ``"<end_ms>:<seconds>"``, newest first. Here a window bounded by count
+(``settings.slo.history_size``) and by age (``settings.slo.history_max_age_s``) is read back. Until a
+lane has ``settings.slo.min_samples`` samples, its turnaround is the prior
+(``settings.slo.prior_turnaround_s``, else the provider's completion window) and its sync latency is
+``settings.slo.default_sync_latency_s``: with no evidence we assume the slow end, so deadlines win.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from config.settings import Settings
+from scheduler import keys
+
+# Sync latencies are judged at their tail: a retry allowance on top of p99 is the sync margin.
+SYNC_QUANTILE = 0.99
+# The "usual" turnaround a lagging lane is compared with.
+USUAL_QUANTILE = 0.5
+
+
+def quantile(values: Sequence[float], q: float) -> float:
+    """The ``q`` quantile of sorted ``values`` by linear interpolation between closest ranks."""
+    if not values:
+        raise ValueError("quantile of no values")
+    pos = q * (len(values) - 1)
+    low = math.floor(pos)
+    high = min(low + 1, len(values) - 1)
+    return values[low] + (values[high] - values[low]) * (pos - low)
+
+
+def parse_samples(raw: Sequence[bytes], now_ms: int, max_age_s: float, limit: int) -> list[float]:
+    """Seconds of the newest ``limit`` well-formed samples no older than ``max_age_s``, sorted."""
+    oldest_ms = now_ms - max_age_s * 1000
+    out: list[float] = []
+    for entry in raw[:limit]:
+        end, _, seconds = entry.partition(b":")
+        try:
+            end_ms, value = int(end), float(seconds)
+        except ValueError:
+            continue  # a malformed sample teaches nothing; skip it rather than fail the tick
+        if end_ms >= oldest_ms and value >= 0:
+            out.append(value)
+    out.sort()
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class LaneHealth:
+    """What a lane's recent history says: sorted samples, plus the priors used until there are enough."""
+
+    lane: str
+    turnarounds: tuple[float, ...]  # seconds, sorted
+    latest_turnaround_s: float | None  # the newest sample: a lane that just slowed shows here first
+    sync_latencies: tuple[float, ...]  # seconds, sorted
+    prior_turnaround_s: float
+    window_s: float  # the provider's completion window: a batch ends by then, one way or another
+    default_sync_latency_s: float
+    retry_allowance: float
+    min_samples: int
+
+    @property
+    def has_history(self) -> bool:
+        """Whether enough turnarounds exist to trust them over the prior."""
+        return len(self.turnarounds) >= self.min_samples
+
+    def turnaround(self, q: float) -> float:
+        """The ``q`` quantile of turnaround, or the prior while history is short."""
+        if not self.has_history:
+            return self.prior_turnaround_s
+        return quantile(self.turnarounds, q)
+
+    def usual_turnaround(self) -> float:
+        """The median turnaround (the prior while history is short): what "lagging" is measured against."""
+        return self.turnaround(USUAL_QUANTILE)
+
+    def remaining_after(self, elapsed_s: float, q: float) -> float:
+        """Total turnaround to expect for a batch already in flight ``elapsed_s`` seconds.
+
+        Conditioning on having waited: the ``q`` quantile of the samples longer than the elapsed
+        time. When none is longer (or there is no history and the prior has passed), the batch is
+        behaving worse than anything seen, so it is predicted to run to the window's end.
+        """
+        if not self.has_history:
+            return self.prior_turnaround_s if elapsed_s < self.prior_turnaround_s else self.window_s
+        longer = self.turnarounds[bisect.bisect_right(self.turnarounds, elapsed_s) :]
+        if not longer:
+            return max(self.window_s, elapsed_s)
+        return quantile(longer, q)
+
+    def sync_latency(self, q: float = SYNC_QUANTILE) -> float:
+        """The ``q`` quantile of sync latency, or the configured default while history is short."""
+        if len(self.sync_latencies) < self.min_samples:
+            return self.default_sync_latency_s
+        return quantile(self.sync_latencies, q)
+
+    def sync_margin(self) -> float:
+        """Seconds a flipped job needs on the sync lane: p99 latency times the retries we allow."""
+        return self.sync_latency() * self.retry_allowance
+
+    def figures(self, quantiles: Sequence[float] = (0.5, 0.95, 0.99)) -> dict[str, float | int | None]:
+        """The numbers an operator sees for this lane (API, alert details)."""
+        out: dict[str, float | int | None] = {"turnaround_samples": len(self.turnarounds)}
+        for q in quantiles:
+            name = f"turnaround_p{round(q * 100)}_s"
+            out[name] = round(quantile(self.turnarounds, q), 3) if self.turnarounds else None
+        out["sync_p99_s"] = round(self.sync_latency(), 3)
+        out["sync_margin_s"] = round(self.sync_margin(), 3)
+        return out
+
+
+def prior_for(settings: Settings, lane_provider: str | None) -> tuple[float, float]:
+    """(prior turnaround, completion window) in seconds for a lane of ``lane_provider``."""
+    provider = settings.providers.get(lane_provider or "")
+    window = provider.completion_window_s if provider is not None else 24 * 3600.0
+    prior = settings.slo.prior_turnaround_s
+    return (window if prior is None else min(prior, window)), window
+
+
+async def read_health(
+    redis: Redis, settings: Settings, lane: str, provider: str | None, now_ms: int
+) -> LaneHealth:
+    """Read a lane's sample windows from Redis (two list reads, one round trip)."""
+    slo = settings.slo
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.lrange(keys.lane_turnarounds(lane), 0, slo.history_size - 1)
+        pipe.lrange(keys.lane_sync_latencies(lane), 0, slo.history_size - 1)
+        raw_turn, raw_sync = await pipe.execute()
+    prior, window = prior_for(settings, provider)
+    newest = parse_samples(raw_turn[:1], now_ms, slo.history_max_age_s, 1)
+    return LaneHealth(
+        lane=lane,
+        turnarounds=tuple(parse_samples(raw_turn, now_ms, slo.history_max_age_s, slo.history_size)),
+        latest_turnaround_s=newest[0] if newest else None,
+        sync_latencies=tuple(parse_samples(raw_sync, now_ms, slo.history_max_age_s, slo.history_size)),
+        prior_turnaround_s=prior,
+        window_s=window,
+        default_sync_latency_s=slo.default_sync_latency_s,
+        retry_allowance=slo.sync_retry_allowance,
+        min_samples=slo.min_samples,
+    )
+
+
+def sample(end_ms: int, seconds: float) -> str:
+    """One sample entry as the lists hold it (writers and tests build entries with this)."""
+    return f"{end_ms}:{seconds:.3f}"

@@ -1,0 +1,153 @@
+"""Predicted completion, every tick: when will a lane's queued jobs and its batches in flight be done?
+
+A queued job waits for the lane's next flush, then a batch's turnaround at
+``settings.slo.turnaround_quantile``. The next flush is the oldest job's ``max_wait``, or sooner
+when the earliest deadline presses (the planner flushes a lane once its earliest deadline leaves
+no more than the flush lead: turnaround plus sync margin plus two ticks). A batch in flight for
+``e`` seconds is predicted from the history conditioned on having waited ``e``
+(:meth:`LaneHealth.remaining_after`): a batch slower than anything seen runs to the window's end.
+A job is at risk when its predicted completion plus the sync margin passes its deadline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from redis.asyncio import Redis
+
+from config.settings import Settings
+from scheduler import keys
+from scheduler.health import LaneHealth
+from scheduler.planner import PRESSURE_TICKS
+
+
+@dataclass(frozen=True, slots=True)
+class LiveBatch:
+    """A batch not yet ended, as the SLO tracker needs it."""
+
+    id: str
+    lane: str
+    state: str
+    submitted_ms: int | None  # None while only planned
+
+
+@dataclass(frozen=True, slots=True)
+class BatchPrediction:
+    """A batch in flight and when it is predicted to end."""
+
+    batch: LiveBatch
+    elapsed_s: float
+    predicted_end_ms: int
+
+
+@dataclass(slots=True)
+class LanePrediction:
+    """A lane's predictions at ``now_ms``."""
+
+    lane: str
+    now_ms: int
+    turnaround_s: float  # at the configured quantile
+    sync_margin_s: float
+    next_flush_ms: int | None  # None with nothing queued
+    oldest_arrival_ms: int | None
+    batches: list[BatchPrediction] = field(default_factory=list)
+
+    @property
+    def queued_completion_ms(self) -> int | None:
+        """When a job queued now is predicted to complete (next flush + turnaround)."""
+        if self.next_flush_ms is None:
+            return None
+        return self.next_flush_ms + int(self.turnaround_s * 1000)
+
+    @property
+    def queued_horizon_ms(self) -> int | None:
+        """Queued jobs with a deadline before this are at risk."""
+        done = self.queued_completion_ms
+        return None if done is None else done + int(self.sync_margin_s * 1000)
+
+    def batch_horizon_ms(self, prediction: BatchPrediction) -> int:
+        """Jobs of this batch with a deadline before this are at risk."""
+        return prediction.predicted_end_ms + int(self.sync_margin_s * 1000)
+
+    def oldest_completion_ms(self) -> int | None:
+        """Predicted completion of the lane's oldest job: the oldest batch in flight, else the queue."""
+        if self.batches:
+            oldest = min(self.batches, key=lambda b: b.batch.submitted_ms or self.now_ms)
+            return oldest.predicted_end_ms
+        return self.queued_completion_ms
+
+
+def expected_turnaround_s(health: LaneHealth, settings: Settings) -> float:
+    """The turnaround the planner's deadline-pressure rule should plan with: quantile + sync margin.
+
+    Planning with the sync margin included makes a lane flush before its jobs would flip.
+    """
+    return health.turnaround(settings.slo.turnaround_quantile) + health.sync_margin()
+
+
+def flush_lead_s(health: LaneHealth, settings: Settings) -> float:
+    """Seconds before its earliest deadline a lane flushes under deadline pressure (as the planner does)."""
+    return expected_turnaround_s(health, settings) + PRESSURE_TICKS * settings.scheduler.tick_interval_s
+
+
+def predict_batch(health: LaneHealth, batch: LiveBatch, now_ms: int, q: float) -> BatchPrediction:
+    """When ``batch`` is predicted to end, given how long it has been in flight."""
+    start = batch.submitted_ms if batch.submitted_ms is not None else now_ms
+    elapsed = max(0.0, (now_ms - start) / 1000)
+    total = health.remaining_after(elapsed, q)
+    return BatchPrediction(batch, elapsed, start + int(total * 1000))
+
+
+async def live_batches(redis: Redis) -> dict[str, list[LiveBatch]]:
+    """Every batch not yet ended (``keys.BATCHES_LIVE``), grouped by lane, in one round trip per read."""
+    ids = [i.decode() for i in await redis.zrange(keys.BATCHES_LIVE, 0, -1)]
+    if not ids:
+        return {}
+    async with redis.pipeline(transaction=False) as pipe:
+        for batch_id in ids:
+            pipe.hmget(keys.batch(batch_id), ["lane", "state", "submitted_ms", "ended_ms"])
+        rows = await pipe.execute()
+    out: dict[str, list[LiveBatch]] = {}
+    for batch_id, (lane, state, submitted, ended) in zip(ids, rows, strict=True):
+        if lane is None or ended:
+            continue  # gone, or ended and waiting for ingestion: nothing left to predict
+        out.setdefault(lane.decode(), []).append(
+            LiveBatch(batch_id, lane.decode(), (state or b"").decode(), int(submitted) if submitted else None)
+        )
+    return out
+
+
+async def predict_lane(
+    redis: Redis,
+    settings: Settings,
+    health: LaneHealth,
+    batches: list[LiveBatch],
+    now_ms: int,
+) -> LanePrediction:
+    """The lane's predictions: its next flush, its queued jobs' completion, each batch's end."""
+    lane = health.lane
+    q = settings.slo.turnaround_quantile
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zrange(keys.lane_arrivals(lane), 0, 0, withscores=True)
+        pipe.zrange(keys.lane_queue(lane), 0, 0, withscores=True)
+        oldest, earliest = await pipe.execute()
+    prediction = LanePrediction(
+        lane=lane,
+        now_ms=now_ms,
+        turnaround_s=health.turnaround(q),
+        sync_margin_s=health.sync_margin(),
+        next_flush_ms=None,
+        oldest_arrival_ms=int(oldest[0][1]) if oldest else None,
+    )
+    if earliest:
+        max_wait = settings.lane_settings(lane).max_wait
+        by_wait = (
+            prediction.oldest_arrival_ms + int(max_wait * 1000)
+            if max_wait is not None and prediction.oldest_arrival_ms is not None
+            else None
+        )
+        by_deadline = int(earliest[0][1]) - int(flush_lead_s(health, settings) * 1000)
+        candidates = [by_deadline] if by_wait is None else [by_wait, by_deadline]
+        prediction.next_flush_ms = max(now_ms, min(candidates))
+    prediction.batches = [predict_batch(health, b, now_ms, q) for b in batches]
+    return prediction
