@@ -1,0 +1,217 @@
+"""The scheduler: a tick loop under the leader lease that plans batches and hands I/O to workers.
+
+``tick(now)`` is a function of Redis state and the clock: it takes or renews the lease, then runs
+:attr:`Scheduler.steps` in order, each a coroutine ``step(tick) -> None`` that records what it did
+on ``tick.report``. Add a step with one line in ``__init__`` (e.g. ``("webhooks", dispatch_webhooks)``).
+``run_forever()`` only alternates ``tick(clock())`` and waiting for the tick interval or a wake-up
+(a job enqueued pushes to ``keys.WAKEUP``).
+
+Steps here: ``plan`` (flush decisions, reservation into planned batches, ``submit_batch``),
+``polls`` (``poll_batch`` for every batch whose next poll is due) and ``reconcile`` (at start and
+every ``reconcile_interval_s``, the ``reconcile_batches`` task for stale planned batches).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import structlog
+from arq.connections import ArqRedis
+from redis.asyncio import Redis
+
+from config.settings import Settings
+from scheduler import ids, keys, tasks
+from scheduler.batches import Batches, Fenced
+from scheduler.lanes import Lane, load_lanes
+from scheduler.leader import Leader, holder_id
+from scheduler.planner import Decision, LaneState, decide, pressure_horizon_ms
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class TickReport:
+    """What one tick did."""
+
+    now: float
+    leader: bool = False
+    token: int | None = None
+    fenced: bool = False  # the fencing token was refused mid-tick: we are not the leader any more
+    decisions: dict[str, Decision] = field(default_factory=dict)  # lane -> flush decision
+    planned: list[str] = field(default_factory=list)  # batch ids planned this tick
+    reserved: int = 0  # jobs moved from lanes into planned batches
+    submits: int = 0  # submit_batch tasks enqueued
+    polls: int = 0  # poll_batch tasks enqueued
+    reconcile: bool = False  # the reconcile_batches task was enqueued
+    steps: dict[str, Any] = field(default_factory=dict)  # other steps' summaries, by step name
+    errors: dict[str, str] = field(default_factory=dict)  # step name -> error, for steps that failed
+
+
+@dataclass
+class Tick:
+    """One tick's inputs, handed to every step."""
+
+    scheduler: Scheduler
+    now: float
+    now_ms: int
+    token: int
+    report: TickReport
+
+
+Step = Callable[[Tick], Awaitable[None]]
+TurnaroundEstimator = Callable[[Lane, float], Awaitable[float]]
+
+
+class Scheduler:
+    """The tick loop. ``async with Scheduler(settings, redis, arq_pool) as s: await s.run_forever()``."""
+
+    def __init__(
+        self, settings: Settings, redis: Redis, arq_pool: ArqRedis, *, holder: str | None = None
+    ) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.arq = arq_pool
+        self.batches = Batches(redis)
+        self.leader = Leader(redis, holder=holder or holder_id(), ttl_s=settings.scheduler.lease_ttl_s)
+        # The expected batch turnaround of a lane, for deadline pressure; the SLO tracker may replace it.
+        self.turnaround: TurnaroundEstimator = self.median_turnaround
+        self.steps: list[tuple[str, Step]] = [
+            ("plan", plan_step),
+            ("polls", polls_step),
+            ("reconcile", reconcile_step),
+        ]
+        self.last_reconcile: float | None = None  # None: reconcile at the first tick we lead
+        self._stopping = False
+
+    async def __aenter__(self) -> Scheduler:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Stop the loop and hand the lease over."""
+        self._stopping = True
+        await self.leader.release()
+
+    async def tick(self, now: float) -> TickReport:
+        """Take or renew the lease, then, as leader, run every step at ``now`` (epoch seconds)."""
+        token = await self.leader.ensure()
+        if token is None:
+            self.last_reconcile = None
+            return TickReport(now=now)
+        return await self.act(now, token)
+
+    async def act(self, now: float, token: int) -> TickReport:
+        """Run the steps with ``token``; a step's fenced write stops the tick (we no longer lead)."""
+        report = TickReport(now=now, leader=True, token=token)
+        tick = Tick(self, now, int(now * 1000), token, report)
+        for name, step in self.steps:
+            try:
+                await step(tick)
+            except Fenced:
+                report.fenced = True
+                report.leader = False
+                self.leader.token = None
+                self.last_reconcile = None
+                log.warning("scheduler.fenced", step=name, token=token)
+                break
+            except Exception as exc:  # one failing step must not stop the others or the loop
+                report.errors[name] = f"{type(exc).__name__}: {exc}"
+                log.exception("scheduler.step_failed", step=name)
+        return report
+
+    async def run_forever(self, clock: Callable[[], float] = time.time) -> None:
+        """Tick, then wait for the interval or a wake-up, until closed."""
+        interval = self.settings.scheduler.tick_interval_s
+        while not self._stopping:
+            await self.tick(clock())
+            if await self.redis.blpop([keys.WAKEUP], timeout=interval):  # type: ignore[misc, arg-type]  # Redis >= 6 takes fractions
+                await self.redis.delete(keys.WAKEUP)
+
+    async def median_turnaround(self, lane: Lane, now: float) -> float:
+        """The lane's median recent turnaround; before any sample, the configured prior."""
+        raw = await self.redis.lrange(keys.lane_turnarounds(lane.name), 0, -1)  # type: ignore[misc]
+        samples = []
+        for entry in raw:
+            _, _, seconds = entry.decode().partition(":")
+            try:
+                samples.append(float(seconds))
+            except ValueError:
+                continue
+        if samples:
+            return float(statistics.median(samples))
+        return self.settings.slo.prior_turnaround_s or lane.completion_window_s
+
+    async def lane_state(self, lane: Lane, now: float, turnaround_s: float) -> LaneState:
+        """What the lane holds, in one round trip."""
+        horizon = pressure_horizon_ms(now, turnaround_s, self.settings.scheduler.tick_interval_s)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(keys.lane_queue(lane.name))
+            pipe.get(keys.lane_bytes(lane.name))
+            pipe.zrange(keys.lane_arrivals(lane.name), 0, 0, withscores=True)
+            pipe.zrange(keys.lane_queue(lane.name), 0, 0, withscores=True)
+            pipe.zcount(keys.lane_queue(lane.name), "-inf", horizon)
+            pipe.get(keys.lane_hold(lane.name))
+            queued, nbytes, oldest, earliest, pressured, hold = await pipe.execute()
+        return LaneState(
+            queued=int(queued),
+            queued_bytes=int(nbytes or 0),
+            oldest_arrival_ms=int(oldest[0][1]) if oldest else None,
+            earliest_deadline_ms=int(earliest[0][1]) if earliest else None,
+            pressured=int(pressured),
+            hold_until_ms=int(hold or 0),
+        )
+
+
+async def plan_step(tick: Tick) -> None:
+    """Decide each lane's flush, reserve its jobs into planned batches and enqueue their submission."""
+    s = tick.scheduler
+    settings = s.settings.scheduler
+    for lane in await load_lanes(s.redis, s.settings):
+        turnaround = await s.turnaround(lane, tick.now)
+        state = await s.lane_state(lane, tick.now, turnaround)
+        decision = decide(lane, state, tick.now, tick_s=settings.tick_interval_s, turnaround_s=turnaround)
+        tick.report.decisions[lane.name] = decision
+        for _ in range(decision.batches if decision.flush else 0):
+            batch_id = ids.batch_id(tick.now_ms)
+            taken = await s.batches.reserve(
+                lane, batch_id, token=tick.token, now_ms=tick.now_ms, chunk=settings.reserve_chunk
+            )
+            if taken == 0:
+                break
+            tick.report.planned.append(batch_id)
+            tick.report.reserved += taken
+            log.info("batch.planned", batch_id=batch_id, lane=lane.name, jobs=taken, reason=decision.reason)
+            if await tasks.enqueue(
+                s.arq, tasks.SUBMIT_BATCH, batch_id, job_id=tasks.submit_job_id(batch_id, 0)
+            ):
+                tick.report.submits += 1
+
+
+async def polls_step(tick: Tick) -> None:
+    """Enqueue ``poll_batch`` for every batch whose next poll is due (a lost poll is re-enqueued)."""
+    s = tick.scheduler
+    for batch_id, due_ms in await s.batches.due_polls(tick.now_ms):
+        if await tasks.enqueue(s.arq, tasks.POLL_BATCH, batch_id, job_id=tasks.poll_job_id(batch_id, due_ms)):
+            tick.report.polls += 1
+
+
+async def reconcile_step(tick: Tick) -> None:
+    """At the first tick we lead and every ``reconcile_interval_s``, enqueue ``reconcile_batches(now_ms)``."""
+    s = tick.scheduler
+    last = s.last_reconcile
+    if last is not None and tick.now - last < s.settings.scheduler.reconcile_interval_s:
+        return
+    s.last_reconcile = tick.now
+    # One reconciliation at a time: the id is free again once the previous run is over.
+    tick.report.reconcile = await tasks.enqueue(
+        s.arq, tasks.RECONCILE_BATCHES, tick.now_ms, job_id="reconcile"
+    )
