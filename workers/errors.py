@@ -19,6 +19,7 @@ into these once, in :mod:`workers.http`.
     │   │   ├── ConnectionFailed       the request never reached the provider
     │   │   └── ResponseTimeout        sent, but no (complete) answer came back
     │   ├── BatchCreateUnknown         a batch create may or may not have happened
+    │   ├── BatchNotEnded              results asked for before the batch ended
     │   └── MalformedResponse          an answer we cannot read
     └── BatchInputError                a batch input we refuse to send
         ├── BatchTooLarge              over the provider's request or byte limit
@@ -121,6 +122,20 @@ class BatchCreateUnknown(ProviderError):
 
     def __str__(self) -> str:
         return f"outcome of creating batch {self.batch_id} unknown: {self.reason}"
+
+
+class BatchNotEnded(ProviderError):
+    """Raised when a batch's results are read before it has ended; poll again later."""
+
+    retriable = True
+
+    def __init__(self, provider_batch_id: str, status: str) -> None:
+        super().__init__(provider_batch_id, status)
+        self.provider_batch_id = provider_batch_id
+        self.status = status
+
+    def __str__(self) -> str:
+        return f"batch {self.provider_batch_id} has not ended (status {self.status})"
 
 
 class MalformedResponse(ProviderError):

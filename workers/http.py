@@ -47,16 +47,20 @@ STATUS_OVERLOADED = 529
 MAX_ERROR_BODY = 64 * 1024
 
 
-def build_client(http: HttpSettings, *, max_connections: int = 100) -> httpx.AsyncClient:
-    """The process's HTTP client for provider calls, with every timeout taken from settings."""
-    timeout = httpx.Timeout(
+def timeout_for(http: HttpSettings) -> httpx.Timeout:
+    """The httpx timeouts of one provider's settings (adapters pass them on every request)."""
+    return httpx.Timeout(
         connect=http.connect_timeout,
         read=http.read_timeout,
         write=http.write_timeout,
         pool=http.pool_timeout,
     )
+
+
+def build_client(http: HttpSettings, *, max_connections: int = 100) -> httpx.AsyncClient:
+    """The process's HTTP client for provider calls, with every timeout taken from settings."""
     limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-    return httpx.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False)
+    return httpx.AsyncClient(timeout=timeout_for(http), limits=limits, follow_redirects=False)
 
 
 @contextmanager

@@ -1,0 +1,191 @@
+"""The adapter for Anthropic's Messages API and Message Batches.
+
+A batch is created in one call carrying every request (``{"requests": [{custom_id, params}]}``),
+streamed from a spooled temporary file. ``base_url`` is the host without the API version, as in
+the official SDK (``https://api.anthropic.com``). Anthropic has no batch metadata, so
+:attr:`BatchInfo.metadata` is always empty; reconciliation matches on creation time and size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from datetime import datetime
+from typing import Any
+
+import httpx
+import orjson
+
+from config.settings import ProviderSettings
+from workers import http
+from workers.errors import BatchNotEnded, MalformedResponse, NotFound
+from workers.providers import batch_input
+from workers.providers.account import ProviderAccount, parse_object, with_service_tier
+from workers.providers.base import BatchInfo, BatchLine, Outcome, ResultLine, Status, SyncResult
+
+BATCHES = "/v1/messages/batches"
+LIST_PAGE = 1000  # Anthropic's largest page
+# Errored results Anthropic says must be fixed before resending; every other error type may be retried.
+PERMANENT_ERROR_TYPES = frozenset({"invalid_request_error", "authentication_error", "permission_error"})
+
+
+def _epoch(value: Any) -> float | None:
+    if value is None:
+        return None
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+
+
+def batch_info(obj: dict[str, Any]) -> BatchInfo:
+    """A MessageBatch object, normalised (an ended batch is cancelled, expired or completed)."""
+    try:
+        raw = str(obj["processing_status"])
+        counts = obj.get("request_counts") or {}
+        succeeded, errored = int(counts.get("succeeded") or 0), int(counts.get("errored") or 0)
+        canceled, expired = int(counts.get("canceled") or 0), int(counts.get("expired") or 0)
+        status: Status
+        if raw == "in_progress":
+            status = "in_progress"
+        elif raw == "canceling":
+            status = "cancelling"
+        elif raw != "ended":
+            raise MalformedResponse(f"unknown Anthropic processing_status {raw!r}")
+        elif obj.get("cancel_initiated_at"):
+            status = "cancelled"
+        else:
+            status = "expired" if expired else "completed"
+        return BatchInfo(
+            provider_batch_id=str(obj["id"]),
+            status=status,
+            raw_status=raw,
+            total=int(counts.get("processing") or 0) + succeeded + errored + canceled + expired,
+            completed=succeeded,
+            failed=errored + canceled + expired,
+            created_at=_epoch(obj.get("created_at")),
+            ended_at=_epoch(obj.get("ended_at")),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise MalformedResponse(f"unreadable Anthropic batch object: {exc!r}") from exc
+
+
+def result_line(raw: bytes) -> ResultLine:
+    """One line of a batch's results."""
+    try:
+        doc = orjson.loads(raw)
+        custom_id = str(doc["custom_id"])
+        result = doc["result"]
+        kind = result["type"]
+        if kind == "succeeded":
+            message = result["message"]
+            return ResultLine(custom_id, "succeeded", orjson.dumps(message), message.get("usage"), None, True)
+        if kind == "errored":
+            err = (result.get("error") or {}).get("error") or {}
+            err_type = err.get("type") or "api_error"
+            outcome: Outcome = "failed" if err_type in PERMANENT_ERROR_TYPES else "retriable"
+            error = {"type": err_type, "message": err.get("message") or "", "code": None}
+            return ResultLine(custom_id, outcome, None, None, error, False)
+        if kind in ("canceled", "expired"):
+            error = {"type": kind, "message": f"request {kind} before it ran", "code": None}
+            return ResultLine(custom_id, "retriable", None, None, error, False)
+        raise ValueError(f"unknown result type {kind!r}")
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise MalformedResponse(f"unreadable Anthropic batch result line: {exc!r}") from exc
+
+
+class AnthropicAdapter:
+    """One Anthropic account."""
+
+    def __init__(self, name: str, settings: ProviderSettings, client: httpx.AsyncClient) -> None:
+        self.account = ProviderAccount(name, settings, client, default_auth_header="x-api-key")
+        self.account.headers["anthropic-version"] = settings.anthropic_version
+        self.name = name
+        self.kind = "anthropic"
+        self.request_limit = self.account.request_limit
+        self.byte_limit = self.account.byte_limit
+
+    def line_size(self, line: BatchLine, *, endpoint: str) -> int:
+        return batch_input.ANTHROPIC_FORMAT.size(line, endpoint)
+
+    def split(self, lines: Iterable[BatchLine], *, endpoint: str) -> Iterator[list[BatchLine]]:
+        return batch_input.split(
+            lines,
+            batch_input.ANTHROPIC_FORMAT,
+            endpoint=endpoint,
+            request_limit=self.request_limit,
+            byte_limit=self.byte_limit,
+        )
+
+    async def submit_batch(
+        self, lines: AsyncIterable[BatchLine] | Iterable[BatchLine], *, endpoint: str, batch_id: str
+    ) -> BatchInfo:
+        """Create the batch (``endpoint`` is always the Messages API; ``batch_id`` only names errors)."""
+        spooled = await batch_input.spool(
+            lines,
+            batch_input.ANTHROPIC_FORMAT,
+            endpoint=endpoint,
+            request_limit=self.request_limit,
+            byte_limit=self.byte_limit,
+        )
+        with spooled:
+            created = await self.account.create(
+                BATCHES,
+                batch_id,
+                content=batch_input.Rereadable(spooled),
+                headers={"content-type": "application/json", "content-length": str(spooled.nbytes)},
+            )
+        return batch_info(created)
+
+    async def _get(self, provider_batch_id: str) -> dict[str, Any]:
+        try:
+            return await self.account.call_json("GET", f"{BATCHES}/{provider_batch_id}", idempotent=True)
+        except NotFound as exc:
+            # Anthropic can answer 404 for a moment on a batch it just created: worth asking again.
+            raise NotFound(exc.status, exc.type, exc.message, True, exc.retry_after) from exc
+
+    async def get_batch(self, provider_batch_id: str) -> BatchInfo:
+        return batch_info(await self._get(provider_batch_id))
+
+    async def list_batches(self, limit: int = 100) -> list[BatchInfo]:
+        found: list[BatchInfo] = []
+        params: dict[str, str | int] = {}
+        while len(found) < limit:
+            params["limit"] = min(LIST_PAGE, limit - len(found))
+            page = await self.account.call_json("GET", BATCHES, idempotent=True, params=params)
+            data = page.get("data") or []
+            found.extend(batch_info(obj) for obj in data)
+            if not page.get("has_more") or not data:
+                break
+            params["after_id"] = data[-1]["id"]
+        return found
+
+    async def cancel_batch(self, provider_batch_id: str) -> BatchInfo:
+        # Cancelling twice is harmless, so the call is treated as idempotent.
+        path = f"{BATCHES}/{provider_batch_id}/cancel"
+        return batch_info(await self.account.call_json("POST", path, idempotent=True))
+
+    async def results(self, provider_batch_id: str) -> AsyncIterator[ResultLine]:
+        """Stream the results JSONL of an ended batch.
+
+        Read from our own base URL rather than the batch's ``results_url``, so the API key is
+        never sent to a host that is not configured.
+        """
+        info = batch_info(await self._get(provider_batch_id))
+        if not info.ended:
+            raise BatchNotEnded(provider_batch_id, info.raw_status)
+        path = f"{BATCHES}/{provider_batch_id}/results"
+        async with self.account.stream(path, headers={"accept": "application/binary"}) as response:
+            async for raw in http.iter_lines(response):
+                yield result_line(raw)
+
+    async def send_sync(
+        self, endpoint: str, body: bytes, *, service_tier: str | None = None, max_retries: int | None = None
+    ) -> SyncResult:
+        # A repeated sync call costs twice but changes nothing, so it is retried like a read.
+        response = await self.account.call(
+            "POST",
+            endpoint,
+            idempotent=True,
+            max_retries=max_retries,
+            content=with_service_tier(body, service_tier),
+            headers={"content-type": "application/json"},
+        )
+        doc = parse_object(response.content, f"POST {endpoint}")
+        return SyncResult(response.content, doc.get("usage"), response.status_code, dict(response.headers))

@@ -1,0 +1,224 @@
+"""The adapter for OpenAI and OpenAI-compatible APIs (Azure OpenAI, Groq, Together, the emulator).
+
+Batch: spool the JSONL input, upload it as a file with ``purpose=batch``, create the batch with
+``completion_window: "24h"`` and our batch id in ``metadata``. Results: stream both the output
+and the error file (a completed batch can have no output file when every line failed).
+``base_url`` includes the API version, as in the official SDK (``https://api.openai.com/v1``);
+endpoints are named as OpenAI's batch lines name them (``/v1/chat/completions``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from typing import Any, cast
+
+import httpx
+import orjson
+
+from config.settings import ProviderSettings
+from workers import http
+from workers.errors import BatchNotEnded, MalformedResponse
+from workers.providers import batch_input
+from workers.providers.account import ProviderAccount, parse_object, with_service_tier
+from workers.providers.base import (
+    BatchInfo,
+    BatchLine,
+    Outcome,
+    ResultLine,
+    Status,
+    SyncResult,
+    batch_metadata,
+)
+
+STATUSES: frozenset[str] = frozenset(
+    {"validating", "in_progress", "finalizing", "cancelling", "completed", "failed", "expired", "cancelled"}
+)
+LIST_PAGE = 100  # OpenAI's largest page
+# Line errors that are not about the request itself: the work was never done, so it may be redone.
+RETRIABLE_LINE_CODES = frozenset({"batch_expired", "batch_cancelled", "request_timeout"})
+API_VERSION_PREFIX = "/v1"
+
+
+def batch_endpoint(endpoint: str) -> str:
+    """The endpoint as batch lines and the create call name it: ``/v1/...``."""
+    return endpoint if endpoint.startswith(API_VERSION_PREFIX + "/") else API_VERSION_PREFIX + endpoint
+
+
+def sync_path(endpoint: str) -> str:
+    """The endpoint's path below ``base_url`` (which already carries ``/v1``)."""
+    return (
+        endpoint.removeprefix(API_VERSION_PREFIX)
+        if endpoint.startswith(API_VERSION_PREFIX + "/")
+        else endpoint
+    )
+
+
+def batch_info(obj: dict[str, Any]) -> BatchInfo:
+    """A Batch object, normalised."""
+    try:
+        raw = str(obj["status"])
+        status = raw.lower()  # Azure's older API versions capitalise
+        if status not in STATUSES:
+            raise MalformedResponse(f"unknown OpenAI batch status {raw!r}")
+        counts = obj.get("request_counts") or {}
+        ended = next(
+            (
+                obj[k]
+                for k in ("completed_at", "failed_at", "expired_at", "cancelled_at")
+                if obj.get(k) is not None
+            ),
+            None,
+        )
+        return BatchInfo(
+            provider_batch_id=str(obj["id"]),
+            status=cast(Status, status),
+            raw_status=raw,
+            total=int(counts.get("total") or 0),
+            completed=int(counts.get("completed") or 0),
+            failed=int(counts.get("failed") or 0),
+            created_at=float(obj["created_at"]) if obj.get("created_at") is not None else None,
+            ended_at=float(ended) if ended is not None else None,
+            metadata={str(k): str(v) for k, v in (obj.get("metadata") or {}).items()},
+            errors=list((obj.get("errors") or {}).get("data") or []),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise MalformedResponse(f"unreadable OpenAI batch object: {exc!r}") from exc
+
+
+def result_line(raw: bytes) -> ResultLine:
+    """One line of an output or error file."""
+    try:
+        doc = orjson.loads(raw)
+        custom_id = str(doc["custom_id"])
+        response = doc.get("response")
+        if response is not None and 200 <= int(response.get("status_code", 0)) < 300:
+            body = response.get("body") or {}
+            return ResultLine(custom_id, "succeeded", orjson.dumps(body), body.get("usage"), None, True)
+        if response is not None:
+            status = int(response.get("status_code", 0))
+            err = (response.get("body") or {}).get("error") or {}
+            retriable = status in (408, 429) or status >= 500
+            error = {
+                "type": err.get("type") or f"http_{status}",
+                "message": err.get("message") or "",
+                "code": err.get("code"),
+                "status": status,
+            }
+            return ResultLine(custom_id, "retriable" if retriable else "failed", None, None, error, False)
+        err = doc.get("error") or {}
+        code = err.get("code")
+        error = {"type": code or "batch_error", "message": err.get("message") or "", "code": code}
+        outcome: Outcome = "retriable" if code in RETRIABLE_LINE_CODES else "failed"
+        return ResultLine(custom_id, outcome, None, None, error, False)
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise MalformedResponse(f"unreadable OpenAI batch result line: {exc!r}") from exc
+
+
+class OpenAIAdapter:
+    """One OpenAI (or OpenAI-compatible) account."""
+
+    def __init__(self, name: str, settings: ProviderSettings, client: httpx.AsyncClient) -> None:
+        self.account = ProviderAccount(name, settings, client, default_auth_header="Authorization")
+        self.name = name
+        self.kind = "openai"
+        self.request_limit = self.account.request_limit
+        self.byte_limit = self.account.byte_limit
+
+    def line_size(self, line: BatchLine, *, endpoint: str) -> int:
+        return batch_input.OPENAI_FORMAT.size(line, batch_endpoint(endpoint))
+
+    def split(self, lines: Iterable[BatchLine], *, endpoint: str) -> Iterator[list[BatchLine]]:
+        return batch_input.split(
+            lines,
+            batch_input.OPENAI_FORMAT,
+            endpoint=batch_endpoint(endpoint),
+            request_limit=self.request_limit,
+            byte_limit=self.byte_limit,
+        )
+
+    async def submit_batch(
+        self, lines: AsyncIterable[BatchLine] | Iterable[BatchLine], *, endpoint: str, batch_id: str
+    ) -> BatchInfo:
+        endpoint = batch_endpoint(endpoint)
+        spooled = await batch_input.spool(
+            lines,
+            batch_input.OPENAI_FORMAT,
+            endpoint=endpoint,
+            request_limit=self.request_limit,
+            byte_limit=self.byte_limit,
+        )
+        with spooled:
+            # Re-sending an upload at worst leaves an unused file behind, so it is retried freely.
+            uploaded = await self.account.call_json(
+                "POST",
+                "/files",
+                idempotent=True,
+                files={"file": (f"{batch_id}.jsonl", spooled.file, "application/jsonl")},
+                data={"purpose": "batch"},
+            )
+        file_id = uploaded.get("id")
+        if not isinstance(file_id, str):
+            raise MalformedResponse("file upload answered without an id")
+        created = await self.account.create(
+            "/batches",
+            batch_id,
+            json={
+                "input_file_id": file_id,
+                "endpoint": endpoint,
+                "completion_window": "24h",
+                "metadata": batch_metadata(batch_id),
+            },
+        )
+        return batch_info(created)
+
+    async def get_batch(self, provider_batch_id: str) -> BatchInfo:
+        return batch_info(
+            await self.account.call_json("GET", f"/batches/{provider_batch_id}", idempotent=True)
+        )
+
+    async def list_batches(self, limit: int = 100) -> list[BatchInfo]:
+        found: list[BatchInfo] = []
+        params: dict[str, str | int] = {}
+        while len(found) < limit:
+            params["limit"] = min(LIST_PAGE, limit - len(found))
+            page = await self.account.call_json("GET", "/batches", idempotent=True, params=params)
+            data = page.get("data") or []
+            found.extend(batch_info(obj) for obj in data)
+            if not page.get("has_more") or not data:
+                break
+            params["after"] = data[-1]["id"]
+        return found
+
+    async def cancel_batch(self, provider_batch_id: str) -> BatchInfo:
+        # Cancelling twice is harmless, so the call is treated as idempotent.
+        path = f"/batches/{provider_batch_id}/cancel"
+        return batch_info(await self.account.call_json("POST", path, idempotent=True))
+
+    async def results(self, provider_batch_id: str) -> AsyncIterator[ResultLine]:
+        """Every line of the output file, then of the error file; nothing for a batch that failed validation."""
+        obj = await self.account.call_json("GET", f"/batches/{provider_batch_id}", idempotent=True)
+        info = batch_info(obj)
+        if not info.ended:
+            raise BatchNotEnded(provider_batch_id, info.raw_status)
+        for key in ("output_file_id", "error_file_id"):
+            file_id = obj.get(key)
+            if not file_id:
+                continue
+            async with self.account.stream(f"/files/{file_id}/content") as response:
+                async for raw in http.iter_lines(response):
+                    yield result_line(raw)
+
+    async def send_sync(
+        self, endpoint: str, body: bytes, *, service_tier: str | None = None, max_retries: int | None = None
+    ) -> SyncResult:
+        # A repeated sync call costs twice but changes nothing, so it is retried like a read.
+        response = await self.account.call(
+            "POST",
+            sync_path(endpoint),
+            idempotent=True,
+            max_retries=max_retries,
+            content=with_service_tier(body, service_tier),
+            headers={"content-type": "application/json"},
+        )
+        doc = parse_object(response.content, f"POST {endpoint}")
+        return SyncResult(response.content, doc.get("usage"), response.status_code, dict(response.headers))
