@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import httpx
 import uvicorn
 
 from workers.emulator.app import create_app
@@ -66,3 +67,28 @@ def running_emulator(
         server.should_exit = True
         thread.join(timeout=STARTUP_TIMEOUT_S)
         sock.close()
+
+
+class EmulatorControl:
+    """The ``/_emulator`` admin routes of a running emulator, for tests and the demo."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def configure(self, **settings: Any) -> dict[str, Any]:
+        """Merge settings (``turnaround_s=0.2``, ``fail_next={...}``); returns the settings now in force."""
+        response = httpx.post(f"{self.url}/_emulator/config", json=settings)
+        response.raise_for_status()
+        config: dict[str, Any] = response.json()
+        return config
+
+    def reset(self) -> None:
+        """Forget every file, batch and logged request; back to the start settings."""
+        httpx.post(f"{self.url}/_emulator/reset").raise_for_status()
+
+    def requests(self) -> list[dict[str, Any]]:
+        """The calls received since the last reset: method, path, query, status, and model/tier on sync calls."""
+        response = httpx.get(f"{self.url}/_emulator/requests")
+        response.raise_for_status()
+        calls: list[dict[str, Any]] = response.json()
+        return calls
