@@ -20,13 +20,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
+import orjson
 from redis.asyncio import Redis
 
 from config.settings import Settings
-from scheduler import keys
+from scheduler import keys, pricing
 from scheduler.errors import BudgetExceeded, InvalidRequest
+from scheduler.jobs import NewJob
 from scheduler.pricing import Pricing, RouteName, Usage
 
 # Prompt tokens estimated from the request body: about 4 bytes of text per token (OpenAI's and
@@ -220,3 +222,40 @@ def check_job_ceiling(
             f"per-job ceiling of ${ceiling:.4f}; lower max_tokens or shorten the request",
             "max_tokens",
         )
+
+
+class AdmissionGate(Protocol):
+    """What intake's admission step hands over (``scheduler.intake.Gate``)."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def redis(self) -> Redis: ...
+
+
+async def admission(job: NewJob, gate: AdmissionGate) -> None:
+    """Intake's budget step: the per-job ceiling (422), then the monthly envelope (402 under ``reject``).
+
+    Costs one Redis read per job, and only for tenants with a ``reject`` envelope.
+    """
+    settings = gate.settings
+    config = settings.tenants.get(job.tenant)
+    if config is None:
+        return
+    provider = settings.providers.get(job.provider)
+    if config.max_job_cost_usd is not None and provider is not None:
+        body = orjson.loads(job.body)
+        check_job_ceiling(
+            settings,
+            pricing.shared(settings.pricing_file),
+            tenant=job.tenant,
+            provider=job.provider,
+            kind=provider.kind,
+            model=job.model,
+            endpoint=job.endpoint,
+            route="sync" if job.state == "sync" else "batch",
+            body=body if isinstance(body, dict) else {},
+            body_bytes=len(job.body),
+        )
+    await check_intake(gate.redis, settings, job.tenant, job.created_ms)

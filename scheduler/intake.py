@@ -25,7 +25,7 @@ import orjson
 from redis.asyncio import Redis
 
 from config.settings import ProviderSettings, Settings
-from scheduler import ids
+from scheduler import budgets, ids
 from scheduler.errors import InvalidRequest, PayloadTooLarge
 from scheduler.jobs import NewJob, lane_name
 
@@ -282,7 +282,7 @@ class Gate:
 
 
 Admission = Callable[[NewJob, Gate], Awaitable[None]]
-ADMISSION: tuple[Admission, ...] = ()
+ADMISSION: tuple[Admission, ...] = (budgets.admission,)  # ceiling 422, envelope 402
 
 
 async def admit(job: NewJob, gate: Gate) -> NewJob:

@@ -1,0 +1,162 @@
+"""Budgets: the monthly envelope under each policy, and the per-job cost ceiling."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+from config.settings import DEFAULT_PRICING_PATH, Settings, TenantSettings
+from scheduler import budgets, ids, keys
+from scheduler.api.app import create_app
+from scheduler.errors import BudgetExceeded, InvalidRequest
+from scheduler.jobs import NewJob
+from scheduler.ledger import Finish, Ledger
+from scheduler.pricing import Pricing
+from tests.conftest import make_settings
+
+NOW = 1_800_000_000_000  # 2027-01-15T08:00:00Z
+PRICING = Pricing.load(DEFAULT_PRICING_PATH)
+
+
+def budgeted(redis_url: str, policy: str, budget: float = 0.001, **extra: object) -> Settings:
+    return make_settings(
+        redis_url,
+        tenants={
+            "acme": TenantSettings(api_key="acme-key", monthly_budget_usd=budget, budget_policy=policy, **extra),
+            "globex": TenantSettings(api_key="globex-key"),
+        },
+    )
+
+
+async def spend(redis: Redis, tenant: str, now_ms: int, prompt_tokens: int) -> float:
+    """Finish one job through the ledger (gpt-4o-mini, sync route); returns its cost."""
+    ledger = Ledger(redis)
+    job = NewJob(
+        id=ids.job_id(now_ms),
+        tenant=tenant,
+        provider="openai",
+        endpoint="/v1/chat/completions",
+        model="gpt-4o-mini",
+        body=b"{}",
+        deadline_ms=now_ms + 60_000,
+        created_ms=now_ms,
+    )
+    await ledger.enqueue(job)
+    cost = PRICING.job_cost("openai", "openai", "gpt-4o-mini", "sync", {"prompt_tokens": prompt_tokens})
+    assert await ledger.finish(
+        [Finish(job.id, "succeeded", "sync", from_states=("queued",), **cost.finish_fields())], now_ms
+    ) == ["ok"]
+    assert cost.actual_usd is not None
+    return cost.actual_usd
+
+
+@asynccontextmanager
+async def api(settings: Settings, redis: Redis) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(settings, redis=redis)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+            yield client
+
+
+def test_envelope_resets_on_the_first_of_next_month_utc():
+    assert budgets.month_of(NOW) == "2027-01"
+    assert budgets.resets_at("2027-01") == datetime(2027, 2, 1, tzinfo=UTC)
+    assert budgets.resets_at("2027-12") == datetime(2028, 1, 1, tzinfo=UTC)
+
+
+async def test_reject_policy_refuses_new_jobs_once_spent(redis: Redis, redis_url: str):
+    settings = budgeted(redis_url, "reject", budget=0.001)
+    await spend(redis, "acme", NOW, 4000)  # $0.0006
+    await budgets.check_intake(redis, settings, "acme", NOW)
+    await spend(redis, "acme", NOW, 4000)  # $0.0012 in all: over $0.001
+    with pytest.raises(BudgetExceeded) as caught:
+        await budgets.check_intake(redis, settings, "acme", NOW)
+    assert caught.value.status_code == 402
+    assert "$0.00" in str(caught.value) and "2027-02-01T00:00:00Z" in str(caught.value)
+    assert await budgets.allows_sync(redis, settings, "acme", NOW)  # reject never blocks flips
+    await budgets.check_intake(redis, settings, "globex", NOW)  # no envelope
+    next_month = NOW + 20 * 86_400_000
+    await budgets.check_intake(redis, settings, "acme", next_month)  # a new month, a new envelope
+
+
+async def test_batch_only_policy_accepts_jobs_but_blocks_paid_sync(redis: Redis, redis_url: str):
+    settings = budgeted(redis_url, "batch_only", budget=0.0005)
+    assert await budgets.allows_sync(redis, settings, "acme", NOW)
+    await spend(redis, "acme", NOW, 4000)
+    await budgets.check_intake(redis, settings, "acme", NOW)
+    assert not await budgets.allows_sync(redis, settings, "acme", NOW)
+    assert await budgets.sync_blocked(redis, settings, ["acme", "globex", "acme"], NOW) == {"acme"}
+    state = await budgets.state(redis, settings, "acme", NOW)
+    assert state.exhausted and state.remaining_usd == 0 and state.policy == "batch_only"
+
+
+async def test_spend_counts_duplicate_and_wasted_billing(redis: Redis, redis_url: str):
+    ledger = Ledger(redis)
+    job = NewJob(
+        id=ids.job_id(NOW), tenant="acme", provider="openai", endpoint="/v1/chat/completions",
+        model="gpt-4o-mini", body=b"{}", deadline_ms=NOW + 60_000, created_ms=NOW,
+    )  # fmt: skip
+    await ledger.enqueue(job)
+    await ledger.finish([Finish(job.id, "failed", "sync", from_states=("queued",), wasted_usd=0.25)], NOW)
+    await ledger.finish([Finish(job.id, "succeeded", "batch", billed=True, actual_usd=0.5)], NOW)
+    assert await budgets.spent_usd(redis, "acme", "2027-01") == pytest.approx(0.75)
+    assert float(await redis.get(keys.budget_spend("acme", "2027-01"))) == pytest.approx(0.75)
+
+
+def test_job_ceiling_estimates_from_max_tokens_at_the_batch_price(redis_url: str):
+    settings = budgeted(redis_url, "reject", budget=100, max_job_cost_usd=0.01)
+    common = {"tenant": "acme", "provider": "openai", "kind": "openai", "endpoint": "/v1/chat/completions"}
+    body = {"model": "gpt-4.1", "max_tokens": 2000}
+    estimate = budgets.estimate_usd(PRICING, model="gpt-4.1", route="batch", body=body, body_bytes=4000,
+                                    **{k: v for k, v in common.items() if k != "tenant"})  # fmt: skip
+    assert estimate == pytest.approx((1000 * 2.0 + 2000 * 8.0) / 2 / 1e6)  # $0.009
+    budgets.check_job_ceiling(settings, PRICING, model="gpt-4.1", route="batch", body=body, body_bytes=4000, **common)
+    with pytest.raises(InvalidRequest, match="ceiling") as caught:
+        budgets.check_job_ceiling(
+            settings, PRICING, model="gpt-4.1", route="sync", body=body, body_bytes=4000, **common
+        )
+    assert caught.value.field == "max_tokens" and caught.value.status_code == 422
+    with pytest.raises(InvalidRequest, match="set max_tokens"):
+        budgets.check_job_ceiling(settings, PRICING, model="gpt-4.1", route="batch", body={}, body_bytes=10, **common)
+    # Embeddings generate nothing; an unpriced model is let through.
+    budgets.check_job_ceiling(
+        settings, PRICING, tenant="acme", provider="openai", kind="openai", endpoint="/v1/embeddings",
+        model="text-embedding-3-small", route="batch", body={}, body_bytes=100,
+    )  # fmt: skip
+    budgets.check_job_ceiling(
+        settings, PRICING, model="mystery", route="batch", body={"max_tokens": 10**9}, body_bytes=10, **common
+    )
+
+
+async def test_intake_answers_402_for_a_spent_envelope_and_422_over_the_ceiling(redis: Redis, redis_url: str):
+    settings = budgeted(redis_url, "reject", budget=0.001, max_job_cost_usd=0.001)
+    job = {
+        "provider": "openai",
+        "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 50},
+    }
+    auth = {"authorization": "Bearer acme-key"}
+    async with api(settings, redis) as client:
+        assert (await client.post("/v1/jobs", json=job, headers=auth)).status_code in (200, 201, 202)
+        big = {**job, "body": {**job["body"], "max_tokens": 100_000}}
+        refused = await client.post("/v1/jobs", json=big, headers=auth)
+        assert refused.status_code == 422
+        assert refused.json()["error"]["field"] == "max_tokens"
+        now = int(datetime.now(UTC).timestamp() * 1000)
+        await spend(redis, "acme", now, 8000)
+        spent = await client.post("/v1/jobs", json=job, headers=auth)
+        assert spent.status_code == 402
+        assert spent.json()["error"]["type"] == "budget_exceeded"
+        assert "resets at" in spent.json()["error"]["message"]
+        state = await client.get("/v1/budget", headers=auth)
+        assert state.status_code == 200
+        assert state.json()["exhausted"] is True and state.json()["budget_usd"] == 0.001
+        assert state.json()["resets_at"] == budgets._iso(budgets.resets_at(budgets.month_of(now)))
+        everyone = await client.get("/v1/budget", headers={"authorization": "Bearer admin-key"})
+        assert [b["tenant"] for b in everyone.json()["budgets"]] == ["acme", "globex"]
+        assert (await client.post("/v1/jobs", json=job, headers={"authorization": "Bearer globex-key"})).status_code < 300
