@@ -263,3 +263,12 @@ def lane_metrics(lane: str) -> str:
 
 # Hash: counters that are not per lane: ``webhook:<outcome>`` and ``alert:<severity>:<action>``.
 METRICS_GLOBAL = f"{PREFIX}:metrics:global"
+
+
+# The sync lane's dispatch (scheduler/sync_dispatch.py): which sync jobs have a run_sync task out.
+# Sorted set: job id -> the time (ms) its dispatch lease ends; past it, the tick dispatches it again.
+SYNC_LEASES = f"{PREFIX}:sync:leases"
+
+# Hash: job id -> how many times it was dispatched; the n-th run_sync has arq id ``sync:{job_id}:{n}``
+# and a run whose n is no longer current stops at once (a newer dispatch owns the job).
+SYNC_DISPATCHES = f"{PREFIX}:sync:dispatches"
