@@ -30,6 +30,8 @@ from scheduler.batches import Batches, Fenced
 from scheduler.lanes import Lane, load_lanes
 from scheduler.leader import Leader, holder_id
 from scheduler.planner import Decision, LaneState, decide, pressure_horizon_ms
+from scheduler.sync_dispatch import dispatch_sync
+from scheduler.webhook_dispatch import dispatch_webhooks
 
 log = structlog.get_logger(__name__)
 
@@ -84,6 +86,8 @@ class Scheduler:
             ("plan", plan_step),
             ("polls", polls_step),
             ("reconcile", reconcile_step),
+            ("sync", dispatch_sync),
+            ("webhooks", dispatch_webhooks),
         ]
         self.last_reconcile: float | None = None  # None: reconcile at the first tick we lead
         self._stopping = False

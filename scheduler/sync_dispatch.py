@@ -1,0 +1,47 @@
+"""The sync lane's dispatch: the tick step that hands jobs in ``keys.SYNC_QUEUE`` to ``run_sync`` tasks.
+
+A job is dispatched under a lease (``keys.SYNC_LEASES``, ``settings.scheduler.sync_lease_s``) and a
+dispatch number (``keys.SYNC_DISPATCHES``), both set in one Lua step, so a job is never handed out
+twice at once: the next tick skips it while its lease runs, and a dispatch whose task died comes
+back by itself when the lease ends, under a new number. The arq id ``sync:{job_id}:{n}`` is
+deterministic, so a tick that runs twice enqueues nothing twice; a task that finds its number is no
+longer current stops without calling the provider. ``run_sync`` drops the lease when it finishes.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import structlog
+
+from scheduler import keys, scripts, tasks
+
+if TYPE_CHECKING:
+    from scheduler.service import Tick
+
+log = structlog.get_logger(__name__)
+
+
+def sync_job_id(job_id: str, dispatch: int) -> str:
+    """The arq id of a job's ``dispatch``-th run_sync."""
+    return f"sync:{job_id}:{dispatch}"
+
+
+async def dispatch_sync(tick: Tick) -> None:
+    """Enqueue run_sync for sync jobs that have no live dispatch, earliest deadline first."""
+    s = tick.scheduler
+    conf = s.settings.scheduler
+    claim = scripts.load(s.redis, "sync_claim")
+    lease_end = tick.now_ms + int(conf.sync_lease_s * 1000)
+    flat = await claim(
+        keys=[keys.SYNC_QUEUE, keys.SYNC_LEASES, keys.SYNC_DISPATCHES],
+        args=[tick.now_ms, lease_end, conf.sync_dispatch_limit],
+    )
+    enqueued = 0
+    for i in range(0, len(flat), 2):
+        job_id, dispatch = flat[i].decode(), int(flat[i + 1])
+        if await tasks.enqueue(s.arq, tasks.RUN_SYNC, job_id, dispatch, job_id=sync_job_id(job_id, dispatch)):
+            enqueued += 1
+    if enqueued:
+        log.info("sync.dispatched", jobs=enqueued)
+    tick.report.steps["sync"] = enqueued

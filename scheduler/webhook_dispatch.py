@@ -1,0 +1,31 @@
+"""The webhook dispatch: the tick step that starts a ``deliver_webhooks`` task when deliveries are due.
+
+The deliveries themselves wait in ``keys.WEBHOOKS_DUE`` (scored by next attempt time); one task
+drains thousands of them concurrently (workers/webhooks.py), so the scheduler only needs to make
+sure a task runs while anything is due. The arq id is ``webhooks:{second}``: at most one new task
+per second however often the tick runs, and several tasks running at once claim disjoint slices.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from scheduler import keys, tasks
+
+if TYPE_CHECKING:
+    from scheduler.service import Tick
+
+
+def webhooks_job_id(now_ms: int) -> str:
+    """The arq id of the delivery task started in the second of ``now_ms``."""
+    return f"webhooks:{now_ms // 1000}"
+
+
+async def dispatch_webhooks(tick: Tick) -> None:
+    """Enqueue deliver_webhooks when at least one delivery is due."""
+    s = tick.scheduler
+    due = await s.redis.zrangebyscore(keys.WEBHOOKS_DUE, "-inf", tick.now_ms, start=0, num=1)
+    started = False
+    if due:
+        started = await tasks.enqueue(s.arq, tasks.DELIVER_WEBHOOKS, job_id=webhooks_job_id(tick.now_ms))
+    tick.report.steps["webhooks"] = int(started)
