@@ -98,7 +98,7 @@ def _endpoint(draft: Draft) -> None:
         return
     if not isinstance(endpoint, str) or endpoint not in served:
         raise InvalidRequest(
-            f"provider {draft.provider!r} does not serve endpoint {endpoint!r} (serves: {', '.join(served)})",
+            f"endpoint {endpoint!r} is not served by provider {draft.provider!r} (serves: {', '.join(served)})",
             "endpoint",
         )
     draft.endpoint = endpoint
@@ -114,7 +114,9 @@ def _body(draft: Draft) -> None:
     if not isinstance(model, str) or not model.strip():
         raise InvalidRequest("body.model is required (a non-empty string)", "body.model")
     if body.get("stream") not in (None, False):
-        raise InvalidRequest("streaming is not available for batched jobs; leave stream unset", "body.stream")
+        raise InvalidRequest(
+            "body.stream: streaming is not available for batched jobs; leave it unset", "body.stream"
+        )
     encoded = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
     limit = draft.settings.limits.max_body_bytes
     if len(encoded) > limit:
@@ -189,13 +191,13 @@ def _tags(draft: Draft) -> None:
     if not isinstance(tags, dict):
         raise InvalidRequest("tags must be an object of string to string", "tags")
     if len(tags) > MAX_TAGS:
-        raise InvalidRequest(f"at most {MAX_TAGS} tags", "tags")
+        raise InvalidRequest(f"tags: at most {MAX_TAGS} tags per job", "tags")
     for key, value in tags.items():
         if not _TAG_KEY.match(key):
-            raise InvalidRequest(f"tag name {key!r} must match [A-Za-z0-9_.:-]{{1,{MAX_TAG_KEY}}}", "tags")
+            raise InvalidRequest(f"tags: name {key!r} must match [A-Za-z0-9_.:-]{{1,{MAX_TAG_KEY}}}", "tags")
         if not isinstance(value, str) or len(value) > MAX_TAG_VALUE:
             raise InvalidRequest(
-                f"tag value must be a string of at most {MAX_TAG_VALUE} characters", f"tags.{key}"
+                f"tags.{key} must be a string of at most {MAX_TAG_VALUE} characters", f"tags.{key}"
             )
     draft.tags = tags
 

@@ -101,7 +101,7 @@ async def _owned(ledger: Ledger, tenant_name: str, job_id: str) -> JobRecord:
 
 def _conflict(job: NewJob, outcome: EnqueueOutcome) -> IdempotencyConflict:
     return IdempotencyConflict(
-        f"idempotency key {job.idempotency_key!r} was used for a different request (job {outcome.job_id})",
+        f"idempotency_key {job.idempotency_key!r} was used for a different request (job {outcome.job_id})",
         "idempotency_key",
     )
 
