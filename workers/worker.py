@@ -8,23 +8,37 @@ task once that timeout has passed.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
 
 import structlog
 from arq.connections import RedisSettings
-from arq.worker import Function, Worker
+from arq.worker import Function, Worker, func
 
 from config.settings import HttpSettings, Settings
+from scheduler import tasks
 from scheduler.ledger import Ledger
 from workers import providers
 from workers.context import Hook, WorkerContext
 from workers.http import build_client
+from workers.tasks import batches
 
 log = structlog.get_logger(__name__)
 
-# Every task the worker runs, registered explicitly under its scheduler.tasks name.
+
+def task(coroutine: Callable[..., Awaitable[Any]], name: str, **options: Any) -> Function:
+    """Register ``coroutine`` under task ``name`` (arq types ctx as a plain dict; ours is a TypedDict)."""
+    return func(cast(Any, coroutine), name=name, **options)
+
+
+# Every task the worker runs, registered explicitly under its scheduler.tasks name; one line each.
 # Polls keep no result: a poll that died must be enqueueable again under the same id next tick.
-FUNCTIONS: list[Function] = []
+FUNCTIONS: list[Function] = [
+    task(batches.submit_batch, tasks.SUBMIT_BATCH),
+    task(batches.poll_batch, tasks.POLL_BATCH, keep_result=0),
+    task(batches.cancel_batch, tasks.CANCEL_BATCH),
+    task(batches.reconcile_batches, tasks.RECONCILE_BATCHES, keep_result=0),
+]
 
 
 async def startup(ctx: dict[str, Any]) -> None:

@@ -25,7 +25,8 @@ elseif ARGV[3] ~= '' then
   redis.call('ZADD', KEYS[3], ARGV[3], id)
   redis.call('HSET', KEYS[1], 'next_poll_ms', ARGV[3])
 end
-if to == 'ended' then redis.call('ZREM', KEYS[3], id) end
+-- Back to planned (a resubmission): its reconciliation clock starts again.
+if to == 'planned' then redis.call('ZADD', KEYS[2], ARGV[4], id) end
 if to == 'ingested' or to == 'failed' or to == 'cancelled' then
   redis.call('ZREM', KEYS[2], id)
   redis.call('ZREM', KEYS[3], id)

@@ -1,0 +1,279 @@
+"""Batch tasks: submit a planned batch, poll a batch in flight, cancel one, reconcile stale ones.
+
+Each task is short and idempotent: it reads the batch record, does one piece of I/O, and records
+the outcome with a guarded step, so a task that runs twice, or after another already did the work,
+changes nothing. Submission is crash-safe: ``create_started_ms`` is written before the provider's
+create call, and any later run that finds it set (an arq re-run after a crash, a resubmission by
+reconciliation) first looks for the provider batch carrying our id (:mod:`workers.tasks.matching`)
+and adopts it, and only then creates.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import structlog
+from arq import Retry
+
+from scheduler import keys, tasks
+from scheduler.batches import Batches, BatchRecord
+from scheduler.ledger import Finish, Requeue
+from workers.context import WorkerContext, call_hook
+from workers.errors import (
+    AuthenticationError,
+    BatchCreateUnknown,
+    BatchTooLarge,
+    InvalidBatchInput,
+    NotFound,
+    ProviderError,
+    ProviderHTTPError,
+)
+from workers.providers.base import BatchInfo, BatchLine, ProviderAdapter
+from workers.tasks import matching
+from workers.tasks.refusals import RETRIABLE_CODES, reason_of, refuse
+
+log = structlog.get_logger(__name__)
+
+BODY_CHUNK = 1000  # job bodies read per pipelined round trip while building a batch input
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+async def batch_lines(ctx: WorkerContext, batch_id: str, sent: list[int]) -> AsyncIterator[BatchLine]:
+    """The batch's requests, read in pipelined chunks; jobs no longer in this batch are left out.
+
+    ``sent`` (one counter) counts the lines produced, for the record.
+    """
+    redis = ctx["redis"]
+    async for chunk in Batches(redis).job_ids(batch_id, BODY_CHUNK):
+        async with redis.pipeline(transaction=False) as pipe:
+            for job_id in chunk:
+                pipe.hmget(keys.job(job_id), ["state", "batch_id", "body"])
+            rows = await pipe.execute()
+        for job_id, (state, owner, body) in zip(chunk, rows, strict=True):
+            if state == b"batched" and owner is not None and owner.decode() == batch_id and body:
+                sent[0] += 1
+                yield BatchLine(custom_id=job_id, body=body)
+
+
+async def submit_batch(ctx: WorkerContext, batch_id: str) -> str:
+    """Create the provider batch of planned batch ``batch_id`` and record its id; returns the outcome."""
+    batches = Batches(ctx["redis"])
+    record = await batches.get(batch_id)
+    if record is None or record.state != "planned":
+        return "missing" if record is None else f"skip:{record.state}"
+    log_ = log.bind(batch_id=batch_id, lane=record.lane)
+    adapter = ctx["adapters"].get(record.provider)
+    if adapter is None:
+        log_.error("batch.provider_unconfigured", provider=record.provider)
+        return "no_adapter"
+    if record.raw.get("create_started_ms"):
+        # An earlier run got as far as the create call: the provider may hold the batch already.
+        adopted = await matching.adopt(ctx, batches, adapter, record, _now_ms())
+        if adopted:
+            return "adopted"
+    start_ms = _now_ms()
+    await batches.update(batch_id, ("planned",), now_ms=start_ms, create_started_ms=start_ms)
+    sent = [0]
+    try:
+        info = await adapter.submit_batch(
+            batch_lines(ctx, batch_id, sent), endpoint=record.endpoint, batch_id=batch_id
+        )
+    except BatchCreateUnknown as exc:
+        log_.warning("batch.create_unknown", reason=exc.reason)
+        return "unknown"  # left planned: reconciliation finds it or resubmits
+    except InvalidBatchInput as exc:
+        return await _drop_bad_line(ctx, batches, record, exc)
+    except BatchTooLarge as exc:
+        reason = {"type": "batch_refused", "code": "batch_too_large", "message": str(exc)}
+        await refuse(ctx, batches, record, reason, retriable=True, now_ms=_now_ms())
+        return "refused"
+    except ProviderHTTPError as exc:
+        if exc.retriable or isinstance(exc, AuthenticationError):
+            return _retry(ctx, exc)
+        reason = {"type": "batch_refused", "code": exc.type or str(exc.status), "message": exc.message}
+        retriable = reason["code"] in RETRIABLE_CODES
+        await refuse(ctx, batches, record, reason, retriable=retriable, now_ms=_now_ms())
+        return "refused"
+    except ProviderError as exc:  # nothing reached the provider (connect failures)
+        return _retry(ctx, exc)
+    if sent[0] == 0:  # every job left the batch (cancelled or flipped) before it was sent
+        await batches.update(batch_id, ("planned",), now_ms=_now_ms(), to_state="cancelled")
+        return "empty"
+    await call_hook(ctx, "after_create", batch_id=batch_id, provider_batch_id=info.provider_batch_id)
+    return await record_created(ctx, batches, record, info, sent=sent[0])
+
+
+def _retry(ctx: WorkerContext, exc: ProviderError) -> str:
+    """Try the submission again later with backoff; after the last try reconciliation takes over."""
+    job_try = ctx.get("job_try", 1)
+    if job_try >= ctx["settings"].scheduler.max_attempts:
+        log.warning("batch.submit_gave_up", error=str(exc), tries=job_try)
+        return "gave_up"
+    after = getattr(exc, "retry_after", None) or ctx["settings"].scheduler.poll_initial_s * job_try
+    raise Retry(defer=after) from exc
+
+
+async def record_created(
+    ctx: WorkerContext, batches: Batches, record: BatchRecord, info: BatchInfo, *, sent: int
+) -> str:
+    """Record the provider's id on the planned batch; a second provider batch becomes a duplicate."""
+    poll_s = ctx["settings"].scheduler.poll_initial_s
+    now_ms = _now_ms()
+    outcome = await batches.mark_submitted(
+        record.id, record.provider, info.provider_batch_id, now_ms=now_ms, poll_s=poll_s, how="created"
+    )
+    if outcome == "ok":
+        await batches.update(record.id, ("submitted",), now_ms=now_ms, sent=sent)
+        log.info(
+            "batch.submitted", batch_id=record.id, lane=record.lane, provider_batch_id=info.provider_batch_id
+        )
+        return "submitted"
+    if outcome.startswith("skip:"):
+        # Another run recorded a different provider batch first: this one is a duplicate.
+        await batches.record_duplicate(
+            record.id, record.provider, info.provider_batch_id, now_ms=now_ms, poll_s=poll_s
+        )
+        log.warning("batch.duplicate", batch_id=record.id, provider_batch_id=info.provider_batch_id)
+        return "duplicate"
+    return outcome
+
+
+async def _drop_bad_line(
+    ctx: WorkerContext, batches: Batches, record: BatchRecord, exc: InvalidBatchInput
+) -> str:
+    """One line cannot be sent: fail that job, send the rest back to the lane without an attempt."""
+    now_ms = _now_ms()
+    error = {"type": "invalid_request", "code": "invalid_batch_line", "message": exc.reason}
+    await ctx["ledger"].finish(
+        [Finish(exc.custom_id, "failed", "batch", batch_id=record.id, error=error)], now_ms
+    )
+    async for chunk in batches.job_ids(record.id):
+        back = [Requeue(j, "lane", batch_id=record.id, attempt=False) for j in chunk if j != exc.custom_id]
+        await ctx["ledger"].requeue(back, now_ms)
+    await batches.update(record.id, ("planned",), now_ms=now_ms, to_state="cancelled")
+    log.warning("batch.line_refused", batch_id=record.id, job_id=exc.custom_id, reason=exc.reason)
+    return "line_refused"
+
+
+async def poll_batch(ctx: WorkerContext, batch_id: str) -> str:
+    """Poll a batch once: record its status; when it ended, hand it to ingestion; else reschedule."""
+    batches = Batches(ctx["redis"])
+    settings = ctx["settings"].scheduler
+    record = await batches.get(batch_id)
+    now_ms = _now_ms()
+    if record is None:
+        await ctx["redis"].zrem(keys.BATCHES_POLL, batch_id)
+        return "missing"
+    if record.state == "ended":
+        return await _hand_to_ingest(ctx, batches, record, now_ms)
+    if record.state != "submitted" or record.provider_batch_id is None:
+        await batches.update(batch_id, (record.state,), now_ms=now_ms, next_poll_ms="del")
+        return f"skip:{record.state}"
+    adapter = ctx["adapters"].get(record.provider)
+    interval = min(
+        (record.poll_interval_s or settings.poll_initial_s) * settings.poll_backoff, settings.poll_max_s
+    )
+    if adapter is None:
+        await batches.update(
+            batch_id, ("submitted",), now_ms=now_ms, next_poll_ms=now_ms + int(settings.poll_max_s * 1000)
+        )
+        return "no_adapter"
+    try:
+        info = await adapter.get_batch(record.provider_batch_id)
+    except ProviderError as exc:
+        # The poll moves on either way, so the next one has a new due time (and a new task id).
+        log.warning(
+            "batch.poll_failed", batch_id=batch_id, error=str(exc), not_found=isinstance(exc, NotFound)
+        )
+        await batches.update(
+            batch_id,
+            ("submitted",),
+            now_ms=now_ms,
+            next_poll_ms=now_ms + int(interval * 1000),
+            poll_interval_s=interval,
+        )
+        return "poll_failed"
+    status = _status_fields(info)
+    if not info.ended:
+        await batches.update(
+            batch_id,
+            ("submitted",),
+            now_ms=now_ms,
+            next_poll_ms=now_ms + int(interval * 1000),
+            poll_interval_s=interval,
+            **status,
+        )
+        return info.status
+    if info.status == "failed":
+        reason = reason_of(info.errors, "batch_failed")
+        retriable = reason["code"] in RETRIABLE_CODES
+        await batches.update(batch_id, ("submitted",), now_ms=now_ms, **status)
+        await refuse(ctx, batches, record, reason, retriable=retriable, now_ms=now_ms)
+        return "refused"
+    ended_ms = int(info.ended_at * 1000) if info.ended_at else now_ms
+    # Stay in the poll set until ingestion is enqueued: a crash in between is healed by the next poll.
+    moved = await batches.update(
+        batch_id,
+        ("submitted",),
+        now_ms=now_ms,
+        to_state="ended",
+        next_poll_ms=now_ms + int(settings.poll_initial_s * 1000),
+        ended_ms=ended_ms,
+        **status,
+    )
+    if moved.status == "ok" and record.submitted_ms is not None:
+        seconds = max(ended_ms - record.submitted_ms, 0) / 1000
+        await batches.push_turnaround(record.lane, ended_ms, seconds, ctx["settings"].slo.history_size)
+        log.info("batch.ended", batch_id=batch_id, lane=record.lane, status=info.status, turnaround_s=seconds)
+    return await _hand_to_ingest(ctx, batches, record, now_ms)
+
+
+def _status_fields(info: BatchInfo) -> dict[str, Any]:
+    return {
+        "status": info.status,
+        "raw_status": info.raw_status,
+        "total": info.total,
+        "completed": info.completed,
+        "failed": info.failed,
+    }
+
+
+async def _hand_to_ingest(ctx: WorkerContext, batches: Batches, record: BatchRecord, now_ms: int) -> str:
+    await tasks.enqueue(ctx["redis"], tasks.INGEST_BATCH, record.id, job_id=tasks.ingest_job_id(record.id))
+    await batches.update(record.id, ("ended",), now_ms=now_ms, next_poll_ms="del")
+    return "ended"
+
+
+async def cancel_batch(ctx: WorkerContext, batch_id: str) -> str:
+    """Ask the provider to cancel a batch in flight; polling then sees it end with partial results."""
+    batches = Batches(ctx["redis"])
+    record = await batches.get(batch_id)
+    if record is None or record.state != "submitted" or record.provider_batch_id is None:
+        return "missing" if record is None else f"skip:{record.state}"
+    adapter: ProviderAdapter | None = ctx["adapters"].get(record.provider)
+    if adapter is None:
+        return "no_adapter"
+    info = await adapter.cancel_batch(record.provider_batch_id)
+    now_ms = _now_ms()
+    poll_s = ctx["settings"].scheduler.poll_initial_s
+    await batches.update(
+        batch_id,
+        ("submitted",),
+        now_ms=now_ms,
+        next_poll_ms=now_ms + int(poll_s * 1000),
+        poll_interval_s=poll_s,
+        cancel_requested_ms=now_ms,
+        **_status_fields(info),
+    )
+    log.info("batch.cancel_requested", batch_id=batch_id, lane=record.lane)
+    return info.status
+
+
+async def reconcile_batches(ctx: WorkerContext, now_ms: int) -> dict[str, int]:
+    """Adopt or resubmit planned batches older than ``planned_timeout_s`` at ``now_ms``; find duplicates."""
+    return await matching.reconcile(ctx, Batches(ctx["redis"]), now_ms)

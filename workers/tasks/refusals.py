@@ -1,0 +1,84 @@
+"""A batch refused as a whole: its jobs go back to their lane, or fail with the provider's reason.
+
+A refusal is retriable (a token or rate limit, a server fault) or permanent (the input itself is
+wrong). Retriable: each job returns to its lane with the attempt counted, until it has used
+``scheduler.max_attempts``; then, like a permanent refusal, it fails with the reason. A token-limit
+refusal also holds the lane back for ``scheduler.token_limit_backoff_s``: the provider's enqueued
+token quota needs time to drain. Every job change is guarded by the batch that holds the job, so
+running this twice changes nothing the second time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import structlog
+
+from scheduler.batches import Batches, BatchRecord
+from scheduler.ledger import Finish, Requeue
+from workers.context import WorkerContext
+
+log = structlog.get_logger(__name__)
+
+# OpenAI batch error codes that say "not now" rather than "never".
+RETRIABLE_CODES = frozenset({"token_limit_exceeded", "rate_limit_exceeded", "server_error", "timeout"})
+TOKEN_LIMIT_CODE = "token_limit_exceeded"  # noqa: S105 - an error code, not a secret
+
+
+def reason_of(errors: list[dict[str, Any]], fallback: str) -> dict[str, Any]:
+    """The refusal as a job error: the provider's first batch-level error, or ``fallback``."""
+    first = errors[0] if errors else {}
+    return {
+        "type": "batch_refused",
+        "code": str(first.get("code") or fallback),
+        "message": str(first.get("message") or fallback),
+    }
+
+
+async def refuse(
+    ctx: WorkerContext,
+    batches: Batches,
+    record: BatchRecord,
+    reason: dict[str, Any],
+    *,
+    retriable: bool,
+    now_ms: int,
+) -> tuple[int, int]:
+    """Send the batch's jobs back (retriable) or fail them (permanent); returns (requeued, failed)."""
+    settings = ctx["settings"].scheduler
+    ledger = ctx["ledger"]
+    if reason.get("code") == TOKEN_LIMIT_CODE:
+        await batches.hold_lane(record.lane, now_ms + int(settings.token_limit_backoff_s * 1000), now_ms)
+    requeued = failed = 0
+    if record.duplicate_of is None:  # a duplicate's jobs belong to the original batch
+        async for chunk in batches.job_ids(record.id):
+            back: list[Requeue] = []
+            fail: list[Finish] = []
+            for job in await ledger.get_many(chunk):
+                if job is None or job.state != "batched" or job.batch_id != record.id:
+                    continue
+                if retriable and job.attempts + 1 < settings.max_attempts:
+                    back.append(Requeue(job.id, "lane", batch_id=record.id, error=reason))
+                else:
+                    fail.append(Finish(job.id, "failed", "batch", batch_id=record.id, error=reason))
+            requeued += (await ledger.requeue(back, now_ms)).count("ok")
+            failed += (await ledger.finish(fail, now_ms)).count("ok")
+    await batches.update(
+        record.id,
+        ("planned", "submitted", "ended"),
+        now_ms=now_ms,
+        to_state="failed",
+        error=orjson.dumps(reason),
+        failed_ms=now_ms,
+    )
+    log.warning(
+        "batch.refused",
+        batch_id=record.id,
+        lane=record.lane,
+        code=reason.get("code"),
+        retriable=retriable,
+        requeued=requeued,
+        failed=failed,
+    )
+    return requeued, failed
