@@ -1,0 +1,99 @@
+"""Alert decisions: one trigger per incident, re-notify, resolve after staying clear; the outbox."""
+
+from __future__ import annotations
+
+import orjson
+
+from config.settings import AlertSettings, PagerDutySettings, SlackSettings
+from scheduler import keys
+from scheduler.alerting import Condition, decide, dedup_key, due_count, evaluate
+from tests.conftest import make_settings
+
+LANE = "openai:gpt-4o-mini:/v1/chat/completions"
+NOW = 1_800_000_000_000
+
+
+def settings_with(redis_url, **alerts):
+    base = {
+        "pagerduty": PagerDutySettings(routing_key="R0123456789abcdef0123456789abcdef"),
+        "slack": SlackSettings(webhook_url="https://hooks.slack.example/T/B/x"),
+        "renotify_s": 100,
+        "resolve_after_s": 10,
+    }
+    return make_settings(redis_url, alerts=AlertSettings(**(base | alerts)))
+
+
+def cond(active, severity="critical", rule="health", page=True):
+    return Condition(rule, active, severity, page, f"lane is {'bad' if active else 'fine'}", {"x": 1})
+
+
+def test_one_trigger_then_renotify_then_resolve_after_clear(redis_url):
+    settings = settings_with(redis_url)
+    incident, action = decide(None, cond(True), NOW, settings)
+    assert action == "trigger"
+    incident, action = decide(incident, cond(True), NOW + 50_000, settings)
+    assert action is None
+    incident, action = decide(incident, cond(True), NOW + 100_000, settings)
+    assert action == "trigger"  # the re-notify interval passed
+    incident, action = decide(incident, cond(False), NOW + 101_000, settings)
+    assert action is None and incident is not None
+    incident, action = decide(incident, cond(True), NOW + 105_000, settings)
+    assert action is None  # came back before resolving: the same incident, no new page
+    incident, action = decide(incident, cond(False), NOW + 106_000, settings)
+    incident, action = decide(incident, cond(False), NOW + 115_000, settings)
+    assert action is None
+    incident, action = decide(incident, cond(False), NOW + 116_000, settings)
+    assert action == "resolve" and incident is None
+
+
+def test_escalation_is_a_notice(redis_url):
+    settings = settings_with(redis_url)
+    incident, _ = decide(None, cond(True, "warning"), NOW, settings)
+    incident, action = decide(incident, cond(True, "critical"), NOW + 1_000, settings)
+    assert action == "escalate"
+    _, action = decide(incident, cond(True, "critical"), NOW + 2_000, settings)
+    assert action is None
+
+
+def test_dedup_key_is_stable_per_lane_and_rule_and_bounded():
+    assert dedup_key(LANE, "health") == f"batchshift/{LANE}/health"
+    assert dedup_key(LANE, "health") != dedup_key(LANE, "sync_share")
+    long_lane = "x" * 400
+    assert len(dedup_key(long_lane, "health")) == 255
+    assert dedup_key(long_lane, "health") != dedup_key(long_lane, "sync_share")
+
+
+async def test_evaluate_writes_the_outbox_per_channel(redis, redis_url):
+    settings = settings_with(redis_url)
+    events = await evaluate(
+        redis, settings, LANE, [cond(True), cond(True, "warning", "sync_share", False)], NOW
+    )
+    assert [(e.action, e.rule, e.channels) for e in events] == [
+        ("trigger", "health", ("pagerduty", "slack")),
+        ("trigger", "sync_share", ("slack",)),
+    ]
+    assert await due_count(redis, NOW) == (3, NOW)
+    nid = f"{events[0].id}.pagerduty"
+    stored = await redis.hgetall(keys.alert_notification(nid))
+    event = orjson.loads(stored[b"event"])
+    assert event["dedup_key"] == dedup_key(LANE, "health")
+    assert event["details"] == {"x": 1}
+    # Still active next tick: nothing new.
+    assert (
+        await evaluate(
+            redis, settings, LANE, [cond(True), cond(True, "warning", "sync_share", False)], NOW + 1
+        )
+        == []
+    )
+    # Clear long enough: resolves with the same dedup key; the incident is gone.
+    await evaluate(redis, settings, LANE, [cond(False)], NOW + 2_000)
+    resolved = await evaluate(redis, settings, LANE, [cond(False)], NOW + 12_000)
+    assert [(e.action, e.dedup_key) for e in resolved] == [("resolve", dedup_key(LANE, "health"))]
+    assert await redis.hget(keys.alert_state(LANE), "health") is None
+
+
+async def test_no_channels_configured_queues_nothing(redis, redis_url):
+    settings = make_settings(redis_url)
+    events = await evaluate(redis, settings, LANE, [cond(True)], NOW)
+    assert events[0].channels == ()
+    assert await due_count(redis, NOW) == (0, None)

@@ -1,0 +1,116 @@
+"""Flips: at-risk jobs move to the sync lane; a batch whose jobs all flipped is cancelled."""
+
+from __future__ import annotations
+
+import pytest
+from arq import create_pool
+from arq.connections import RedisSettings
+from arq.jobs import Job, JobStatus
+
+from config.settings import SloSettings, TenantSettings
+from scheduler import budgets, keys, tasks
+from scheduler.flips import Flipper
+from scheduler.health import read_health
+from scheduler.ledger import Finish, Ledger, day_of
+from scheduler.prediction import live_batches, predict_lane
+from tests.conftest import make_settings
+from tests.scheduler.slo_support import LANE, enqueue, submitted_batch
+
+NOW = 1_800_000_000_000
+
+
+@pytest.fixture
+async def pool(redis_url, redis):
+    p = await create_pool(RedisSettings.from_dsn(redis_url))
+    yield p
+    await p.aclose()
+
+
+def slo_settings(redis_url, **slo):
+    base = {"prior_turnaround_s": 10, "default_sync_latency_s": 1, "sync_retry_allowance": 2}
+    return make_settings(
+        redis_url,
+        slo=SloSettings(**(base | slo)),
+        tenants={
+            "acme": TenantSettings(api_key="acme-key"),
+            "frugal": TenantSettings(api_key="frugal-key", monthly_budget_usd=1, budget_policy="batch_only"),
+        },
+    )
+
+
+async def flip(redis, pool, settings, now_ms):
+    health = await read_health(redis, settings, LANE, "openai", now_ms)
+    live = await live_batches(redis)
+    prediction = await predict_lane(redis, settings, health, live.get(LANE, []), now_ms)
+    return await Flipper(redis, pool, Ledger(redis), settings).run(prediction, now_ms)
+
+
+async def test_queued_jobs_that_cannot_make_it_flip(redis, pool, redis_url):
+    """Turnaround 10 s + margin 2 s: a 5 s deadline flips, a one-hour deadline waits for its batch."""
+    settings = slo_settings(redis_url)
+    ledger = Ledger(redis)
+    near, far = await enqueue(ledger, NOW, [5, 3600])
+    report = await flip(redis, pool, settings, NOW)
+    assert report.flipped == [near]
+    assert (await ledger.get(near)).state == "sync"
+    assert await redis.zscore(keys.SYNC_QUEUE, near) is not None
+    assert (await ledger.get(far)).state == "queued"
+    assert await redis.zcard(keys.lane_queue(LANE)) == 1
+
+
+async def test_batch_only_tenant_past_its_budget_does_not_flip(redis, pool, redis_url):
+    settings = slo_settings(redis_url)
+    ledger = Ledger(redis)
+    (held,) = await enqueue(ledger, NOW, [5], tenant="frugal")
+    (flipped,) = await enqueue(ledger, NOW, [5])
+    await redis.set(keys.budget_spend("frugal", budgets.month_of(NOW)), "5")
+    report = await flip(redis, pool, settings, NOW)
+    assert report.flipped == [flipped]
+    assert report.held == 1
+    assert (await ledger.get(held)).state == "queued"
+
+
+async def test_flips_are_bounded_per_tick(redis, pool, redis_url):
+    settings = slo_settings(redis_url, max_flips_per_tick=3)
+    ledger = Ledger(redis)
+    await enqueue(ledger, NOW, [1, 2, 3, 4, 5])
+    first = await flip(redis, pool, settings, NOW)
+    assert len(first.flipped) == 3
+    second = await flip(redis, pool, settings, NOW)
+    assert len(second.flipped) == 2
+
+
+async def test_stalled_batch_flips_all_and_is_cancelled_once(redis, pool, redis_url):
+    """Past the prior the batch is predicted to run to the window's end: every job flips, the batch is cancelled."""
+    settings = slo_settings(redis_url)
+    ledger = Ledger(redis)
+    job_ids = await enqueue(ledger, NOW, [60, 90])
+    batch_id = await submitted_batch(redis, settings, NOW)
+    healthy = await flip(redis, pool, settings, NOW + 2_000)
+    assert healthy.flipped == [] and healthy.cancelled == []
+    stalled = await flip(redis, pool, settings, NOW + 11_000)
+    assert sorted(stalled.flipped) == sorted(job_ids)
+    assert stalled.cancelled == [batch_id]
+    job = Job(tasks.cancel_job_id(batch_id), pool)
+    assert await job.status() == JobStatus.queued
+    again = await flip(redis, pool, settings, NOW + 12_000)
+    assert again.flipped == [] and again.cancelled == []
+    for job_id in job_ids:
+        assert (await ledger.get(job_id)).state == "sync"
+
+
+async def test_late_batch_result_for_a_flipped_job_is_duplicate_spend(redis, pool, redis_url):
+    settings = slo_settings(redis_url)
+    ledger = Ledger(redis)
+    (job_id,) = await enqueue(ledger, NOW, [60])
+    batch_id = await submitted_batch(redis, settings, NOW)
+    await flip(redis, pool, settings, NOW + 11_000)
+    codes = await ledger.finish(
+        [Finish(job_id, "succeeded", "batch", batch_id=batch_id, result=b"{}", actual_usd=0.5, billed=True)],
+        NOW + 12_000,
+    )
+    assert codes == ["skip:sync"]
+    job = await ledger.get(job_id)
+    assert job.state == "sync"
+    day = day_of(NOW + 12_000)
+    assert float(await redis.hget(keys.agg_total(day, "acme"), "duplicate_usd")) == 0.5
