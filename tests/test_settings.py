@@ -1,0 +1,113 @@
+"""Settings: TOML file, environment over it, nested delimiter, clear errors, the shipped file."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from batchshift import cli
+from config.settings import DEFAULT_CONFIG_PATH, SettingsError, load_settings
+
+TOML = """
+redis_url = "redis://file:6379/1"
+admin_api_key = "file-admin"
+
+[tenants.team]
+api_key = "file-key"
+
+[limits]
+max_body_bytes = 2048
+max_bulk_items = 7
+"""
+
+
+@pytest.fixture
+def config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "batchshift.toml"
+    path.write_text(TOML)
+    monkeypatch.setenv("BATCHSHIFT_CONFIG", str(path))
+    return path
+
+
+def test_toml_file_is_read(config_file: Path):
+    settings = load_settings()
+    assert settings.redis_url == "redis://file:6379/1"
+    assert settings.limits.max_body_bytes == 2048
+    assert settings.tenants["team"].api_key.get_secret_value() == "file-key"
+
+
+def test_environment_overrides_the_file(config_file: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("BATCHSHIFT_REDIS_URL", "redis://env:6379/2")
+    monkeypatch.setenv("BATCHSHIFT_TENANTS", '{"prod": {"api_key": "env-key"}}')
+    monkeypatch.setenv(
+        "BATCHSHIFT_PROVIDERS",
+        '{"oa": {"kind": "openai", "base_url": "https://api.openai.com/v1", "api_key": "sk"}}',
+    )
+    settings = load_settings()
+    assert settings.redis_url == "redis://env:6379/2"
+    assert set(settings.tenants) == {"prod"}  # replaced whole, the file's tenant is gone
+    assert settings.providers["oa"].kind == "openai"
+    assert settings.admin_api_key is not None
+    assert settings.admin_api_key.get_secret_value() == "file-admin"
+
+
+def test_nested_delimiter_sets_one_nested_field(config_file: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("BATCHSHIFT_LIMITS__MAX_BULK_ITEMS", "99")
+    monkeypatch.setenv("BATCHSHIFT_LANE_DEFAULTS__MAX_WAIT", "5")
+    settings = load_settings()
+    assert settings.limits.max_bulk_items == 99
+    assert settings.lane_defaults.max_wait == 5
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("BATCHSHIFT_LIMITS__MAX_BODY_BYTES", "-1"),
+        ("BATCHSHIFT_LIMITS__MAX_BULK_ITEMS", "many"),
+        ("BATCHSHIFT_PROVIDERS", '{"x": {"kind": "cohere", "base_url": "https://x"}}'),
+        ("BATCHSHIFT_LOG_FORMAT", "xml"),
+    ],
+)
+def test_bad_setting_is_a_settings_error_naming_it(
+    config_file: Path, monkeypatch: pytest.MonkeyPatch, name: str, value: str
+):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert name in str(caught.value)
+
+
+def test_missing_config_file_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    monkeypatch.setenv("BATCHSHIFT_CONFIG", str(tmp_path / "nope.toml"))
+    with pytest.raises(SettingsError, match="BATCHSHIFT_CONFIG"):
+        load_settings()
+
+
+def test_cli_exits_2_with_the_message_on_a_bad_setting(
+    config_file: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+):
+    monkeypatch.setenv("BATCHSHIFT_LIMITS__MAX_BODY_BYTES", "0")
+    assert cli.main(["api", "--port", "1"]) == 2
+    assert "BATCHSHIFT_LIMITS__MAX_BODY_BYTES" in capsys.readouterr().err
+
+
+def test_shipped_config_loads(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("BATCHSHIFT_CONFIG", str(DEFAULT_CONFIG_PATH))
+    settings = load_settings()
+    assert settings.tenants
+    assert {p.kind for p in settings.providers.values()} == {"openai", "anthropic"}
+
+
+def test_every_key_in_the_shipped_config_has_a_comment_above_it():
+    lines = DEFAULT_CONFIG_PATH.read_text().splitlines()
+    tomllib.loads("\n".join(lines))  # it parses
+    key = re.compile(r"^\s*[A-Za-z0-9_\"-]+\s*=")
+    missing = [
+        line.strip()
+        for i, line in enumerate(lines)
+        if key.match(line) and not (i > 0 and lines[i - 1].lstrip().startswith("#"))
+    ]
+    assert missing == []
