@@ -36,14 +36,16 @@ def test_one_trigger_then_renotify_then_resolve_after_clear(redis_url):
     incident, action = decide(incident, cond(True), NOW + 100_000, settings)
     assert action == "trigger"  # the re-notify interval passed
     incident, action = decide(incident, cond(False), NOW + 101_000, settings)
-    assert action is None and incident is not None
+    assert action is None
+    assert incident is not None
     incident, action = decide(incident, cond(True), NOW + 105_000, settings)
     assert action is None  # came back before resolving: the same incident, no new page
     incident, action = decide(incident, cond(False), NOW + 106_000, settings)
     incident, action = decide(incident, cond(False), NOW + 115_000, settings)
     assert action is None
     incident, action = decide(incident, cond(False), NOW + 116_000, settings)
-    assert action == "resolve" and incident is None
+    assert action == "resolve"
+    assert incident is None
 
 
 def test_escalation_is_a_notice(redis_url):

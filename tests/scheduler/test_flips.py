@@ -87,14 +87,16 @@ async def test_stalled_batch_flips_all_and_is_cancelled_once(redis, pool, redis_
     job_ids = await enqueue(ledger, NOW, [60, 90])
     batch_id = await submitted_batch(redis, settings, NOW)
     healthy = await flip(redis, pool, settings, NOW + 2_000)
-    assert healthy.flipped == [] and healthy.cancelled == []
+    assert healthy.flipped == []
+    assert healthy.cancelled == []
     stalled = await flip(redis, pool, settings, NOW + 11_000)
     assert sorted(stalled.flipped) == sorted(job_ids)
     assert stalled.cancelled == [batch_id]
     job = Job(tasks.cancel_job_id(batch_id), pool)
     assert await job.status() == JobStatus.queued
     again = await flip(redis, pool, settings, NOW + 12_000)
-    assert again.flipped == [] and again.cancelled == []
+    assert again.flipped == []
+    assert again.cancelled == []
     for job_id in job_ids:
         assert (await ledger.get(job_id)).state == "sync"
 

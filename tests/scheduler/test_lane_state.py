@@ -18,7 +18,8 @@ NOW = 1_800_000_000_000
 def test_worse_at_once_better_only_after_calm_ticks():
     s = LaneState("healthy", 0, 0)
     s = step(s, "breaching", 1, recover_ticks=3)
-    assert s.state == "breaching" and s.since_ms == 1
+    assert s.state == "breaching"
+    assert s.since_ms == 1
     s = step(s, "healthy", 2, recover_ticks=3)
     s = step(s, "healthy", 3, recover_ticks=3)
     assert s.state == "breaching"
@@ -29,14 +30,16 @@ def test_worse_at_once_better_only_after_calm_ticks():
     assert s.state == "lagging"  # one level at a time
     for t in (8, 9, 10):
         s = step(s, "healthy", t, recover_ticks=3)
-    assert s.state == "healthy" and s.since_ms == 10
+    assert s.state == "healthy"
+    assert s.since_ms == 10
 
 
 def test_evidence_targets(redis_url):
     settings = make_settings(redis_url, slo=SloSettings(lagging_factor=2))
     assert Evidence(usual_turnaround_s=10, slowest_elapsed_s=15).target(settings) == "healthy"
     lagging = Evidence(usual_turnaround_s=10, slowest_elapsed_s=25)
-    assert lagging.target(settings) == "lagging" and lagging.reasons
+    assert lagging.target(settings) == "lagging"
+    assert lagging.reasons
     assert Evidence(usual_turnaround_s=10, latest_turnaround_s=30).target(settings) == "lagging"
     assert Evidence(usual_turnaround_s=10, at_risk=2).target(settings) == "breaching"
     assert Evidence(usual_turnaround_s=10, late_recent=1).target(settings) == "breaching"
@@ -62,7 +65,8 @@ async def test_burn_windows_sum_the_ledgers_buckets(redis):
     # Incremental: a later finish is folded in, the old ones slide out of the narrow window.
     await finish_jobs(ledger, NOW + 40_000, [1000])
     await windows.refresh(redis, (NOW + 43_000) / 1000)
-    assert windows.sums(5).all == 1 and windows.sums(5).bad == 0
+    assert windows.sums(5).all == 1
+    assert windows.sums(5).bad == 0
     assert windows.sums(60).all == 5
     # Far later: everything slid out, and buckets past the longest window are gone from Redis.
     for t in range(100, 200, 10):

@@ -63,7 +63,8 @@ async def test_trigger_and_resolve_reach_every_channel(redis, redis_url, client)
     payload = pd[0]["payload"]
     assert payload["severity"] == "critical"
     assert payload["summary"] == "lane is breaching"
-    assert payload["source"] and payload["timestamp"].endswith("Z")
+    assert payload["source"]
+    assert payload["timestamp"].endswith("Z")
     assert payload["custom_details"] == {"sync_share": 0.5}
     assert "RESOLVED" in by_path(receiver, "/slack")[1]["text"]
     hooks = [r for r in receiver.requests if r.path == "/hook"]
@@ -125,14 +126,16 @@ async def test_unreachable_channel_retries_then_dies_without_leaking_its_url(red
     now = int(time.time() * 1000)
     await evaluate(redis, settings, LANE, [health(True)], now)
     outcomes = [await AlertSender(redis, client, settings.alerts).run(now + i * 1000) for i in range(3)]
-    assert [o["retry"] for o in outcomes] == [1, 1, 0] and outcomes[2]["dead"] == 1
+    assert [o["retry"] for o in outcomes] == [1, 1, 0]
+    assert outcomes[2]["dead"] == 1
     dead = (await redis.zrange(keys.ALERTS_DEAD, 0, 0))[0].decode()
     error = (await redis.hget(keys.alert_notification(dead), "last_error")).decode()
-    assert error == "ConnectionFailed" and "127.0.0.1" not in error
+    assert error == "ConnectionFailed"
+    assert "127.0.0.1" not in error
 
 
 def test_channel_error_pickles():
     import pickle
 
-    err = pickle.loads(pickle.dumps(ChannelNotConfigured("slack")))
+    err = pickle.loads(pickle.dumps(ChannelNotConfigured("slack")))  # noqa: S301 - our own bytes
     assert str(err) == "alert channel 'slack' is not configured"
