@@ -30,6 +30,7 @@ from scheduler.batches import Batches, Fenced
 from scheduler.lanes import Lane, load_lanes
 from scheduler.leader import Leader, holder_id
 from scheduler.planner import Decision, LaneState, decide, pressure_horizon_ms
+from scheduler.slo import SloTracker
 from scheduler.sync_dispatch import dispatch_sync
 from scheduler.webhook_dispatch import dispatch_webhooks
 
@@ -89,6 +90,7 @@ class Scheduler:
             ("sync", dispatch_sync),
             ("webhooks", dispatch_webhooks),
         ]
+        self.slo = SloTracker(self)  # inserts the "slo" step first and supplies self.turnaround
         self.last_reconcile: float | None = None  # None: reconcile at the first tick we lead
         self._stopping = False
 
