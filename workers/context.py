@@ -30,6 +30,7 @@ class WorkerContext(TypedDict):
     settings: Settings
     ledger: Ledger
     http: httpx.AsyncClient  # the one HTTP client of this process
+    webhook_http: httpx.AsyncClient  # webhooks only: SSRF-guarded, no redirects (workers/webhooks.py)
     adapters: dict[str, ProviderAdapter]  # configured provider name -> its adapter
     hooks: dict[str, Hook]  # fault injection points for tests; empty in production
     # Set by arq for each job:

@@ -287,3 +287,14 @@ class Deliverer:
         )
         for o in outcomes:
             setattr(report, o.action, getattr(report, o.action) + 1)
+
+
+async def deliver_webhooks(ctx: dict[str, Any]) -> dict[str, int]:
+    """arq task: drain due deliveries for up to half the task timeout, on the process's webhook client."""
+    settings: Settings = ctx["settings"]
+    deliverer = Deliverer(settings, ctx["redis"], ctx["webhook_http"])
+    report = await deliverer.run(budget_s=settings.worker.job_timeout_s / 2)
+    counts = asdict(report)
+    if report.claimed:
+        log.info("webhooks.delivered", **counts)
+    return counts

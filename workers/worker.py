@@ -18,10 +18,10 @@ from arq.worker import Function, Worker, func
 from config.settings import HttpSettings, Settings
 from scheduler import tasks
 from scheduler.ledger import Ledger
-from workers import providers
+from workers import providers, webhooks
 from workers.context import Hook, WorkerContext
 from workers.http import build_client
-from workers.tasks import batches
+from workers.tasks import batches, ingest, sync
 
 log = structlog.get_logger(__name__)
 
@@ -38,6 +38,9 @@ FUNCTIONS: list[Function] = [
     task(batches.poll_batch, tasks.POLL_BATCH, keep_result=0),
     task(batches.cancel_batch, tasks.CANCEL_BATCH),
     task(batches.reconcile_batches, tasks.RECONCILE_BATCHES, keep_result=0),
+    task(ingest.ingest_batch, tasks.INGEST_BATCH, keep_result=0),  # a later poll may hand it over again
+    task(sync.run_sync, tasks.RUN_SYNC),
+    task(webhooks.deliver_webhooks, tasks.DELIVER_WEBHOOKS, keep_result=0),
 ]
 
 
@@ -52,6 +55,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     )
     client = build_client(_http_settings(settings))
     ctx["http"] = client
+    ctx["webhook_http"] = webhooks.build_client(settings)
     ctx["adapters"] = {
         name: providers.make_adapter(name, provider, client) for name, provider in settings.providers.items()
     }
@@ -60,9 +64,9 @@ async def startup(ctx: dict[str, Any]) -> None:
 
 async def shutdown(ctx: dict[str, Any]) -> None:
     """Close what startup opened."""
-    client = ctx.get("http")
-    if client is not None:
-        await client.aclose()
+    for name in ("http", "webhook_http"):
+        if ctx.get(name) is not None:
+            await ctx[name].aclose()
     log.info("worker.stopped")
 
 

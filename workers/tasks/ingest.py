@@ -1,0 +1,258 @@
+"""Ingestion: stream an ended batch's results into the ledger, in chunks, resumably.
+
+``ingest_batch(batch_id)`` reads the provider's result lines one at a time and applies them a chunk
+(``settings.worker.ingest_chunk`` lines) at a time: a success finishes its job with the
+provider-native body, usage and cost; a permanent failure fails it with the provider's error; a
+retriable failure (expired, cancelled, rate-limited, overloaded, server error) sends it back to its
+lane with the attempt counted while attempts and the deadline allow, else on to the sync lane. Every
+change is guarded by the job still being ``batched`` in this batch, so a line for a job that moved
+on (flipped, cancelled, a duplicate batch's) changes nothing and is counted as skipped.
+
+Each chunk's ledger changes and the resume cursor (``keys.batch_cursor``: lines applied) move in
+one MULTI/EXEC transaction, so a worker killed at any point leaves either the whole chunk applied
+and counted in the cursor, or none of it; the retry skips exactly the applied lines (providers'
+result files, and the emulator's, are stable across downloads) and the ledger ends identical to an
+uninterrupted run. Without that, a re-applied billed line would be counted as duplicate spend.
+Jobs of the batch that got no result line at all go back to their lane at the end, and the batch
+is marked ``ingested`` (guarded: only from ``ended``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any, cast
+
+import orjson
+import structlog
+from arq import Retry
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+
+from config.settings import Settings
+from scheduler import keys, pricing, scripts
+from scheduler.batches import Batches, BatchRecord
+from scheduler.ledger import Finish, Ledger, Requeue, day_of
+from workers.context import WorkerContext, call_hook
+from workers.errors import ProviderError
+from workers.providers.base import ProviderAdapter, ResultLine
+
+log = structlog.get_logger(__name__)
+
+# A cursor outlives any retry of its ingestion; it is deleted once the batch is ingested.
+CURSOR_TTL_S = 7 * 24 * 3600
+NO_RESULT_ERROR = {"type": "no_result", "message": "the provider returned no result line for this request"}
+
+
+def expected_turnaround_s(settings: Settings, provider: str) -> float:
+    """How long another batch attempt is expected to take: the lane's prior (the SLO tracker refines it)."""
+    if settings.slo.prior_turnaround_s is not None:
+        return settings.slo.prior_turnaround_s
+    configured = settings.providers.get(provider)
+    return configured.completion_window_s if configured else 24 * 3600.0
+
+
+class Ingestion:
+    """Applies one batch's result lines to the ledger; one instance per task run."""
+
+    def __init__(
+        self, settings: Settings, redis: Redis, ledger: Ledger, batch: BatchRecord, adapter: ProviderAdapter
+    ) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.ledger = ledger
+        self.batch = batch
+        self.owner = batch.owner_id  # the batch id its jobs carry
+        self.adapter = adapter
+        self.kind = adapter.kind
+        self.pricing = pricing.shared(settings.pricing_file)
+        self.turnaround_ms = int(expected_turnaround_s(settings, batch.provider) * 1000)
+        self.pending: Counter[str] = Counter()  # outcome counts not yet added to the batch record
+        self.totals: Counter[str] = Counter()
+        self._finish = scripts.load(redis, "finish")
+        self._requeue = scripts.load(redis, "requeue")
+
+    def finish_for(self, line: ResultLine) -> Finish:
+        """The ledger change a succeeded or permanently failed line makes."""
+        cost = self.pricing.job_cost(self.batch.provider, self.kind, self.batch.model, "batch", line.usage)
+        base: dict[str, Any] = {"route": "batch", "from_states": ("batched",), "batch_id": self.owner}
+        if line.outcome == "succeeded":
+            return Finish(
+                line.custom_id,
+                "succeeded",
+                result=line.body,
+                usage=line.usage,
+                billed=True,
+                **base,
+                **cost.finish_fields(),
+            )
+        wasted = (cost.actual_usd or 0.0) if line.billed else 0.0
+        return Finish(
+            line.custom_id,
+            "failed",
+            error=line.error or {"type": "unknown", "message": "the provider gave no error"},
+            usage=line.usage,
+            billed=line.billed,
+            wasted_usd=wasted,
+            **base,
+        )
+
+    async def requeues_for(
+        self, ids: Sequence[str], errors: Sequence[dict[str, Any] | None], now_ms: int
+    ) -> list[Requeue]:
+        """Back to the lane while attempts and the deadline allow another batch, else on to sync."""
+        if not ids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hmget(keys.job(job_id), ["attempts", "deadline_ms"])
+            rows = await pipe.execute()
+        out = []
+        for job_id, error, (attempts, deadline) in zip(ids, errors, rows, strict=True):
+            tries = int(attempts or 0) + 1  # this attempt, counted by the requeue
+            room = int(deadline or 0) - now_ms
+            lane_ok = tries < self.settings.scheduler.max_attempts and room > self.turnaround_ms
+            target = "lane" if lane_ok else "sync"
+            out.append(Requeue(job_id, target, batch_id=self.owner, error=error))  # type: ignore[arg-type]
+        return out
+
+    async def apply(self, lines: Sequence[ResultLine]) -> None:
+        """Apply one chunk and advance the cursor past it, all in one transaction."""
+        now_ms = int(time.time() * 1000)
+        finishes = [self.finish_for(line) for line in lines if line.outcome != "retriable"]
+        retriable = [line for line in lines if line.outcome == "retriable"]
+        requeues = await self.requeues_for(
+            [line.custom_id for line in retriable], [line.error for line in retriable], now_ms
+        )
+        async with self.redis.pipeline(transaction=True) as pipe:
+            if finishes:
+                await self._queue_finish(pipe, finishes, now_ms)
+            if requeues:
+                await self._queue_requeue(pipe, requeues, now_ms)
+            pipe.incrby(keys.batch_cursor(self.batch.id), len(lines))
+            pipe.expire(keys.batch_cursor(self.batch.id), CURSOR_TTL_S)
+            replies = await pipe.execute()
+        finish_codes = [c.decode() for c in replies[0]] if finishes else []
+        requeue_codes = [c.decode() for c in replies[1 if finishes else 0]] if requeues else []
+        self.count(finishes, finish_codes, requeues, requeue_codes)
+        await self.flush_counts()
+
+    async def _queue_finish(self, pipe: Pipeline, items: Sequence[Finish], now_ms: int) -> None:
+        """Ledger.finish's script call, queued on a transaction (same arguments as ``Ledger.finish``)."""
+        day = day_of(now_ms)
+        args: list[bytes | str | int] = [
+            orjson.dumps([item.encode() for item in items]),
+            now_ms,
+            self.ledger.result_ttl_s * 1000,
+            day,
+            day[:7],
+            self.ledger.slo_bucket_s,
+            keys.AGG_TTL_S,
+        ]
+        await self._finish(args=args, client=pipe)
+
+    async def _queue_requeue(self, pipe: Pipeline, items: Sequence[Requeue], now_ms: int) -> None:
+        """Ledger.requeue's script call, queued on a transaction (same arguments as ``Ledger.requeue``)."""
+        await self._requeue(args=[orjson.dumps([item.encode() for item in items]), now_ms], client=pipe)
+
+    def count(
+        self,
+        finishes: Sequence[Finish],
+        fcodes: Sequence[str],
+        requeues: Sequence[Requeue],
+        rcodes: Sequence[str],
+    ) -> None:
+        for item, code in zip(finishes, fcodes, strict=True):
+            self.pending[item.state if code == "ok" else "skipped"] += 1
+        for req, code in zip(requeues, rcodes, strict=True):
+            self.pending[
+                ("requeued" if req.target == "lane" else "flipped") if code == "ok" else "skipped"
+            ] += 1
+        self.totals.update(self.pending)
+
+    async def flush_counts(self) -> None:
+        """Add this chunk's outcome counts to the batch record (a crash here loses counts, never jobs)."""
+        if not self.pending:
+            return
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for name, n in self.pending.items():
+                pipe.hincrby(keys.batch(self.batch.id), f"ingest_{name}", n)
+            await pipe.execute()
+        self.pending.clear()
+
+    async def requeue_unanswered(self) -> int:
+        """Jobs still ``batched`` in this batch got no result line: back to their lane (or on to sync)."""
+        if self.batch.duplicate_of:
+            return 0  # a duplicate's jobs belong to the original batch, which answers for them
+        moved = 0
+        async for ids in Batches(self.redis).job_ids(self.owner):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for job_id in ids:
+                    pipe.hmget(keys.job(job_id), ["state", "batch_id"])
+                rows = await pipe.execute()
+            waiting = [
+                i for i, (s, b) in zip(ids, rows, strict=True) if s == b"batched" and b == self.owner.encode()
+            ]
+            now_ms = int(time.time() * 1000)
+            requeues = await self.requeues_for(waiting, [NO_RESULT_ERROR] * len(waiting), now_ms)
+            codes = await self.ledger.requeue(requeues, now_ms)
+            moved += codes.count("ok")
+        if moved:
+            await self.redis.hincrby(keys.batch(self.batch.id), "ingest_unanswered", moved)  # type: ignore[misc]
+        return moved
+
+
+async def ingest_batch(ctx: dict[str, Any], batch_id: str) -> dict[str, int]:
+    """arq task: ingest an ended batch's results; a re-run resumes from the cursor and changes nothing twice."""
+    c = cast(WorkerContext, ctx)
+    settings, redis = c["settings"], c["redis"]
+    batches = Batches(redis)
+    record = await batches.get(batch_id)
+    bound = log.bind(batch_id=batch_id)
+    if record is None or record.state != "ended" or not record.provider_batch_id:
+        bound.info("batch.ingest_skipped", state=record.state if record else None)
+        return {}
+    bound = bound.bind(lane=record.lane)
+    started = time.monotonic()
+    ingestion = Ingestion(settings, redis, c["ledger"], record, c["adapters"][record.provider])
+    skip = int(await redis.get(keys.batch_cursor(batch_id)) or 0)
+    try:
+        totals = await _stream(c, ingestion, skip)
+    except ProviderError as exc:
+        if not exc.retriable:
+            raise
+        # The download failed midway: try again later, resuming from the cursor.
+        delay = min(settings.scheduler.poll_max_s, settings.scheduler.poll_initial_s * c.get("job_try", 1))
+        bound.warning("batch.ingest_retry", error=str(exc), delay=delay)
+        raise Retry(defer=delay) from exc
+    now_ms = int(time.time() * 1000)
+    await batches.update(batch_id, ("ended",), now_ms=now_ms, to_state="ingested", ingested_ms=now_ms)
+    await redis.delete(keys.batch_cursor(batch_id))
+    bound.info("batch.ingested", resumed_from=skip, duration_s=round(time.monotonic() - started, 3), **totals)
+    return totals
+
+
+async def _stream(c: WorkerContext, ingestion: Ingestion, skip: int) -> dict[str, int]:
+    """Read every result line past ``skip``, applying chunks; then requeue the jobs left unanswered."""
+    batch_id = ingestion.batch.id
+    chunk_size = c["settings"].worker.ingest_chunk
+    assert ingestion.batch.provider_batch_id is not None
+    seen, chunk_no = 0, 0
+    chunk: list[ResultLine] = []
+    async for line in ingestion.adapter.results(ingestion.batch.provider_batch_id):
+        seen += 1
+        if seen <= skip:
+            continue
+        chunk.append(line)
+        if len(chunk) >= chunk_size:
+            await ingestion.apply(chunk)
+            chunk_no += 1
+            chunk = []
+            await call_hook(c, "ingest_after_chunk", batch_id=batch_id, chunk=chunk_no, lines=seen)
+    if chunk:
+        await ingestion.apply(chunk)
+    totals = dict(ingestion.totals)
+    totals["unanswered"] = await ingestion.requeue_unanswered()
+    totals["lines"] = seen
+    return totals

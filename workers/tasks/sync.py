@@ -1,0 +1,133 @@
+"""The sync lane: ``run_sync`` sends one job to the provider's synchronous API and writes the answer back.
+
+The scheduler's sync dispatch (scheduler/sync_dispatch.py) hands each job in the sync queue to one
+``run_sync(job_id, dispatch)`` at a time, under a lease. A run sends the job's body as is, and on a
+retriable failure (429, 529, 5xx, timeouts) asks arq to run it again later (``Retry`` with a
+backoff, or the provider's ``retry-after``), extending its lease; after
+``settings.worker.sync_max_attempts`` tries, or on a permanent error, the job fails with the
+provider's error. A job whose deadline has passed fails with ``deadline_exceeded`` rather than
+being sent late. The answer is written through the ledger's guarded ``finish`` (only from ``sync``),
+with its usage and cost by route, and the call's latency joins the lane's SLO samples.
+
+:func:`choose_route` is the one decision of route and service tier; the SLO work extends it with
+flex and per-provider limits.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, cast
+
+import structlog
+from arq import Retry
+
+from config.settings import Settings
+from scheduler import keys, pricing
+from scheduler.jobs import JobRecord, Route
+from scheduler.ledger import Finish
+from workers.context import WorkerContext
+from workers.errors import ProviderError, ProviderHTTPError
+from workers.providers.base import SyncResult
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RoutePlan:
+    """How one attempt is sent: the route it is accounted under and the provider's service tier."""
+
+    route: Route
+    service_tier: str | None = None
+
+
+def choose_route(settings: Settings, job: JobRecord, attempt: int) -> RoutePlan:
+    """The route and tier of this attempt (first form: the standard sync API)."""
+    return RoutePlan("sync")
+
+
+def backoff_s(settings: Settings, provider: str, attempt: int, exc: ProviderError) -> float:
+    """Seconds before retry ``attempt + 1``: the provider's ``retry-after``, else exponential with jitter."""
+    if isinstance(exc, ProviderHTTPError) and exc.retry_after is not None:
+        return exc.retry_after
+    configured = settings.providers.get(provider)
+    base, ceiling = (configured.http.backoff_base, configured.http.backoff_max) if configured else (0.5, 30.0)
+    top = min(ceiling, base * 2.0 ** (attempt - 1))
+    return top / 2 + random.uniform(0, top / 2)
+
+
+def error_of(exc: ProviderError) -> dict[str, Any]:
+    """A provider error as the job's ``error`` field shows it."""
+    if isinstance(exc, ProviderHTTPError):
+        return {"type": exc.type, "message": exc.message, "status": exc.status}
+    return {"type": type(exc).__name__, "message": str(exc)}
+
+
+async def run_sync(ctx: dict[str, Any], job_id: str, dispatch: int = 0) -> str:
+    """arq task: send one sync job and finish it; returns what happened (for logs and tests)."""
+    c = cast(WorkerContext, ctx)
+    redis, settings, ledger = c["redis"], c["settings"], c["ledger"]
+    bound = log.bind(job_id=job_id)
+    current = await redis.hget(keys.SYNC_DISPATCHES, job_id)  # type: ignore[misc]
+    if dispatch and current is not None and int(current) != dispatch:
+        bound.info("sync.superseded", dispatch=dispatch)
+        return "superseded"
+    job = await ledger.get(job_id)
+    if job is None or job.state != "sync":
+        await _release(c, job_id)
+        return f"skip:{job.state if job else 'missing'}"
+    bound = bound.bind(lane=job.lane)
+    attempt = c.get("job_try", 1)
+    now = time.time()
+    if now * 1000 > job.deadline_ms:
+        error = {"type": "deadline_exceeded", "message": "the deadline passed before the job could be sent"}
+        return await _finish(c, Finish(job_id, "failed", "sync", from_states=("sync",), error=error), bound)
+    plan = choose_route(settings, job, attempt)
+    adapter = c["adapters"][job.provider]
+    started = time.monotonic()
+    try:
+        answer: SyncResult = await adapter.send_sync(
+            job.endpoint, job.body, service_tier=plan.service_tier, max_retries=0
+        )
+    except ProviderError as exc:
+        if exc.retriable and attempt < settings.worker.sync_max_attempts:
+            delay = backoff_s(settings, job.provider, attempt, exc)
+            lease_end = int((time.time() + delay + settings.scheduler.sync_lease_s) * 1000)
+            await redis.zadd(keys.SYNC_LEASES, {job_id: lease_end}, xx=True)
+            bound.info("sync.retry", attempt=attempt, delay=round(delay, 3), error=str(exc))
+            raise Retry(defer=delay) from exc
+        item = Finish(job_id, "failed", plan.route, from_states=("sync",), error=error_of(exc))
+        return await _finish(c, item, bound, error=str(exc))
+    seconds = time.monotonic() - started
+    cost = pricing.shared(settings.pricing_file).job_cost(
+        job.provider, adapter.kind, job.model, plan.route, answer.usage
+    )
+    item = Finish(
+        job_id,
+        "succeeded",
+        plan.route,
+        from_states=("sync",),
+        result=answer.body,
+        usage=answer.usage,
+        billed=True,
+        **cost.finish_fields(),
+    )
+    end_ms = int(time.time() * 1000)
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.lpush(keys.lane_sync_latencies(job.lane), f"{end_ms}:{seconds:.3f}")
+        pipe.ltrim(keys.lane_sync_latencies(job.lane), 0, settings.slo.history_size - 1)
+        await pipe.execute()
+    return await _finish(c, item, bound, seconds=round(seconds, 3))
+
+
+async def _finish(c: WorkerContext, item: Finish, bound: Any, **info: Any) -> str:
+    [code] = await c["ledger"].finish([item], int(time.time() * 1000))
+    await _release(c, item.id)
+    bound.info("sync.finished", state=item.state, route=item.route, outcome=code, **info)
+    return code if code != "ok" else item.state
+
+
+async def _release(c: WorkerContext, job_id: str) -> None:
+    """End the job's dispatch lease now; the dispatch step forgets it once it has left the sync queue."""
+    await c["redis"].zadd(keys.SYNC_LEASES, {job_id: int(time.time() * 1000)}, xx=True)
