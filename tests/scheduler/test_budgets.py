@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 import pytest
@@ -27,7 +28,9 @@ def budgeted(redis_url: str, policy: str, budget: float = 0.001, **extra: object
     return make_settings(
         redis_url,
         tenants={
-            "acme": TenantSettings(api_key="acme-key", monthly_budget_usd=budget, budget_policy=policy, **extra),
+            "acme": TenantSettings(
+                api_key="acme-key", monthly_budget_usd=budget, budget_policy=policy, **extra
+            ),
             "globex": TenantSettings(api_key="globex-key"),
         },
     )
@@ -78,7 +81,8 @@ async def test_reject_policy_refuses_new_jobs_once_spent(redis: Redis, redis_url
     with pytest.raises(BudgetExceeded) as caught:
         await budgets.check_intake(redis, settings, "acme", NOW)
     assert caught.value.status_code == 402
-    assert "$0.00" in str(caught.value) and "2027-02-01T00:00:00Z" in str(caught.value)
+    assert "$0.00" in str(caught.value)
+    assert "2027-02-01T00:00:00Z" in str(caught.value)
     assert await budgets.allows_sync(redis, settings, "acme", NOW)  # reject never blocks flips
     await budgets.check_intake(redis, settings, "globex", NOW)  # no envelope
     next_month = NOW + 20 * 86_400_000
@@ -93,7 +97,9 @@ async def test_batch_only_policy_accepts_jobs_but_blocks_paid_sync(redis: Redis,
     assert not await budgets.allows_sync(redis, settings, "acme", NOW)
     assert await budgets.sync_blocked(redis, settings, ["acme", "globex", "acme"], NOW) == {"acme"}
     state = await budgets.state(redis, settings, "acme", NOW)
-    assert state.exhausted and state.remaining_usd == 0 and state.policy == "batch_only"
+    assert state.exhausted
+    assert state.remaining_usd == 0
+    assert state.policy == "batch_only"
 
 
 async def test_spend_counts_duplicate_and_wasted_billing(redis: Redis, redis_url: str):
@@ -116,14 +122,19 @@ def test_job_ceiling_estimates_from_max_tokens_at_the_batch_price(redis_url: str
     estimate = budgets.estimate_usd(PRICING, model="gpt-4.1", route="batch", body=body, body_bytes=4000,
                                     **{k: v for k, v in common.items() if k != "tenant"})  # fmt: skip
     assert estimate == pytest.approx((1000 * 2.0 + 2000 * 8.0) / 2 / 1e6)  # $0.009
-    budgets.check_job_ceiling(settings, PRICING, model="gpt-4.1", route="batch", body=body, body_bytes=4000, **common)
+    budgets.check_job_ceiling(
+        settings, PRICING, model="gpt-4.1", route="batch", body=body, body_bytes=4000, **common
+    )
     with pytest.raises(InvalidRequest, match="ceiling") as caught:
         budgets.check_job_ceiling(
             settings, PRICING, model="gpt-4.1", route="sync", body=body, body_bytes=4000, **common
         )
-    assert caught.value.field == "max_tokens" and caught.value.status_code == 422
+    assert caught.value.field == "max_tokens"
+    assert caught.value.status_code == 422
     with pytest.raises(InvalidRequest, match="set max_tokens"):
-        budgets.check_job_ceiling(settings, PRICING, model="gpt-4.1", route="batch", body={}, body_bytes=10, **common)
+        budgets.check_job_ceiling(
+            settings, PRICING, model="gpt-4.1", route="batch", body={}, body_bytes=10, **common
+        )
     # Embeddings generate nothing; an unpriced model is let through.
     budgets.check_job_ceiling(
         settings, PRICING, tenant="acme", provider="openai", kind="openai", endpoint="/v1/embeddings",
@@ -136,7 +147,7 @@ def test_job_ceiling_estimates_from_max_tokens_at_the_batch_price(redis_url: str
 
 async def test_intake_answers_402_for_a_spent_envelope_and_422_over_the_ceiling(redis: Redis, redis_url: str):
     settings = budgeted(redis_url, "reject", budget=0.001, max_job_cost_usd=0.001)
-    job = {
+    job: dict[str, Any] = {
         "provider": "openai",
         "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 50},
     }
@@ -155,8 +166,11 @@ async def test_intake_answers_402_for_a_spent_envelope_and_422_over_the_ceiling(
         assert "resets at" in spent.json()["error"]["message"]
         state = await client.get("/v1/budget", headers=auth)
         assert state.status_code == 200
-        assert state.json()["exhausted"] is True and state.json()["budget_usd"] == 0.001
+        assert state.json()["exhausted"] is True
+        assert state.json()["budget_usd"] == 0.001
         assert state.json()["resets_at"] == budgets._iso(budgets.resets_at(budgets.month_of(now)))
         everyone = await client.get("/v1/budget", headers={"authorization": "Bearer admin-key"})
         assert [b["tenant"] for b in everyone.json()["budgets"]] == ["acme", "globex"]
-        assert (await client.post("/v1/jobs", json=job, headers={"authorization": "Bearer globex-key"})).status_code < 300
+        assert (
+            await client.post("/v1/jobs", json=job, headers={"authorization": "Bearer globex-key"})
+        ).status_code < 300

@@ -7,6 +7,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 import pytest
@@ -18,7 +19,7 @@ from scheduler.api.app import create_app
 from scheduler.errors import InvalidRequest
 from scheduler.jobs import NewJob
 from scheduler.ledger import Finish, Ledger, Requeue, day_of
-from scheduler.pricing import Pricing
+from scheduler.pricing import Pricing, RouteName
 
 NOW = 1_800_000_000_000  # 2027-01-15T08:00:00Z
 DAY_MS = 86_400_000
@@ -31,7 +32,13 @@ MODELS = [
 ]
 
 
-def make_job(tenant="acme", provider="openai", model="gpt-4o-mini", endpoint="/v1/chat/completions", **kw):
+def make_job(
+    tenant: str = "acme",
+    provider: str = "openai",
+    model: str = "gpt-4o-mini",
+    endpoint: str = "/v1/chat/completions",
+    **kw: Any,
+) -> NewJob:
     created = kw.pop("created_ms", NOW)
     return NewJob(
         id=ids.job_id(created),
@@ -47,7 +54,7 @@ def make_job(tenant="acme", provider="openai", model="gpt-4o-mini", endpoint="/v
     )
 
 
-def usage_for(provider: str, rng: random.Random) -> dict:
+def usage_for(provider: str, rng: random.Random) -> dict[str, Any]:
     """A usage object shaped as the emulator (and the providers) return it."""
     if provider == "anthropic":
         return {
@@ -88,7 +95,9 @@ async def test_flipped_job_records_sync_cost_and_duplicate_batch_spend(redis: Re
     assert await ledger.requeue([Requeue(job.id, "sync", batch_id="b1")], NOW) == ["ok"]
     usage = {"prompt_tokens": 1000, "completion_tokens": 200, "prompt_tokens_details": {"cached_tokens": 0}}
     sync_cost = PRICING.job_cost("openai", "openai", "gpt-4o-mini", "sync", usage)
-    done = Finish(job.id, "succeeded", "sync", from_states=("sync",), usage=usage, **sync_cost.finish_fields())
+    done = Finish(
+        job.id, "succeeded", "sync", from_states=("sync",), usage=usage, **sync_cost.finish_fields()
+    )
     assert await ledger.finish([done], NOW + 1000) == ["ok"]
     batch_cost = PRICING.job_cost("openai", "openai", "gpt-4o-mini", "batch", usage)
     late = Finish(job.id, "succeeded", "batch", batch_id="b1", billed=True, **batch_cost.finish_fields())
@@ -96,7 +105,8 @@ async def test_flipped_job_records_sync_cost_and_duplicate_batch_spend(redis: Re
 
     sync_usd = (1000 * 0.15 + 200 * 0.60) / 1e6
     record = await ledger.get(job.id)
-    assert record is not None and record.cost == {
+    assert record is not None
+    assert record.cost == {
         "actual_usd": pytest.approx(sync_usd),
         "sync_equivalent_usd": pytest.approx(sync_usd),
         "saved_usd": 0.0,
@@ -138,10 +148,12 @@ async def test_aggregates_equal_sums_of_per_job_costs_after_5000_jobs(redis: Red
         outcomes = await ledger.enqueue_many(jobs[start : start + 1000])
         assert {o.status for o in outcomes} == {"created"}
 
-    expected: dict[str, dict[str, dict[str, float]]] = {g: defaultdict(lambda: defaultdict(float)) for g in costs.GROUP_BYS}
+    expected: dict[str, dict[str, dict[str, float]]] = {
+        g: defaultdict(lambda: defaultdict(float)) for g in costs.GROUP_BYS
+    }
     items: list[tuple[int, Finish]] = []
     for i, job in enumerate(jobs):
-        route = rng.choice(["batch", "batch", "batch", "flex", "sync"])
+        route: RouteName = rng.choice(["batch", "batch", "batch", "flex", "sync"])
         if job.provider == "anthropic" and route == "flex":
             route = "batch"
         finished_at = NOW - DAY_MS + 1000 if i % 2 else NOW  # two UTC days
@@ -152,7 +164,12 @@ async def test_aggregates_equal_sums_of_per_job_costs_after_5000_jobs(redis: Red
             (
                 finished_at,
                 Finish(
-                    job.id, "succeeded", route, from_states=("queued",), usage=usage, wasted_usd=wasted,
+                    job.id,
+                    "succeeded",
+                    route,
+                    from_states=("queued",),
+                    usage=usage,
+                    wasted_usd=wasted,
                     **cost.finish_fields(),
                 ),
             )
@@ -165,7 +182,9 @@ async def test_aggregates_equal_sums_of_per_job_costs_after_5000_jobs(redis: Red
             "route": route,
             "day": day_of(finished_at),
         }
-        assert cost.usage is not None and cost.actual_usd is not None and cost.sync_equivalent_usd is not None
+        assert cost.usage is not None
+        assert cost.actual_usd is not None
+        assert cost.sync_equivalent_usd is not None
         for group_by, key in keys_by.items():
             sums = expected[group_by][key]
             sums["jobs"] += 1
@@ -209,7 +228,8 @@ def test_period_parses_dates_and_timestamps_and_refuses_nonsense():
     p = costs.period("2027-01-01", "2027-01-03T23:59:59+05:00", TODAY)
     assert p.days() == ["2027-01-01", "2027-01-02", "2027-01-03"]
     default = costs.period(None, None, TODAY)
-    assert len(default.days()) == 30 and default.end.isoformat() == "2027-01-15"
+    assert len(default.days()) == 30
+    assert default.end.isoformat() == "2027-01-15"
     for bad in (("2027-02-01", "2027-01-01"), ("yesterday", None), ("2027-01-01T00:00:00", None)):
         with pytest.raises(InvalidRequest):
             costs.period(bad[0], bad[1], TODAY)
@@ -223,13 +243,19 @@ async def test_costs_api_scopes_tenant_keys_and_shows_admin_everything(redis: Re
     for tenant in ("acme", "globex"):
         job = make_job(tenant=tenant, created_ms=now_ms)
         await ledger.enqueue(job)
-        cost = PRICING.job_cost("openai", "openai", "gpt-4o-mini", "batch", {"prompt_tokens": 100, "completion_tokens": 10})
-        await ledger.finish([Finish(job.id, "succeeded", "batch", from_states=("queued",), **cost.finish_fields())], now_ms)
+        cost = PRICING.job_cost(
+            "openai", "openai", "gpt-4o-mini", "batch", {"prompt_tokens": 100, "completion_tokens": 10}
+        )
+        await ledger.finish(
+            [Finish(job.id, "succeeded", "batch", from_states=("queued",), **cost.finish_fields())], now_ms
+        )
     async with api(settings, redis) as client:
         mine = await client.get("/v1/costs?group_by=tenant", headers={"authorization": "Bearer acme-key"})
         assert mine.status_code == 200
         assert [g["key"] for g in mine.json()["groups"]] == ["acme"]
-        everyone = await client.get("/v1/costs?group_by=tenant", headers={"authorization": "Bearer admin-key"})
+        everyone = await client.get(
+            "/v1/costs?group_by=tenant", headers={"authorization": "Bearer admin-key"}
+        )
         assert sorted(g["key"] for g in everyone.json()["groups"]) == ["acme", "globex"]
         assert everyone.json()["total"]["jobs"] == 2
         bad = await client.get("/v1/costs?group_by=colour", headers={"authorization": "Bearer admin-key"})

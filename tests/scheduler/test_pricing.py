@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -10,7 +11,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from config.settings import DEFAULT_PRICING_PATH, SettingsError
-from scheduler.pricing import Pricing, Usage, normalize_usage
+from scheduler.pricing import Pricing, RouteName, Usage, normalize_usage
 from workers.emulator.server import running_emulator
 
 
@@ -19,7 +20,7 @@ def pricing() -> Pricing:
     return Pricing.load(DEFAULT_PRICING_PATH)
 
 
-def usd(x: float) -> float:
+def usd(x: float) -> Any:
     return pytest.approx(x, rel=1e-9, abs=1e-12)
 
 
@@ -62,7 +63,12 @@ def test_openai_batch_flex_and_sync_prices(pricing: Pricing):
     """gpt-4o-mini: $0.15 in / $0.60 out per MTok; batch and flex at half."""
     usage = {"prompt_tokens": 1000, "completion_tokens": 200}
     sync_usd = (1000 * 0.15 + 200 * 0.60) / 1e6
-    for route, actual in (("batch", sync_usd / 2), ("flex", sync_usd / 2), ("sync", sync_usd)):
+    routes: list[tuple[RouteName, float]] = [
+        ("batch", sync_usd / 2),
+        ("flex", sync_usd / 2),
+        ("sync", sync_usd),
+    ]
+    for route, actual in routes:
         cost = pricing.job_cost("openai", "openai", "gpt-4o-mini", route, usage)
         assert cost.actual_usd == usd(actual)
         assert cost.sync_equivalent_usd == usd(sync_usd)
@@ -71,7 +77,11 @@ def test_openai_batch_flex_and_sync_prices(pricing: Pricing):
 
 def test_openai_cached_tokens_priced_at_cached_rate(pricing: Pricing):
     """gpt-4.1: $2 in, $0.50 cached, $8 out; cached reads stack with the batch discount."""
-    usage = {"prompt_tokens": 2048, "completion_tokens": 100, "prompt_tokens_details": {"cached_tokens": 1024}}
+    usage = {
+        "prompt_tokens": 2048,
+        "completion_tokens": 100,
+        "prompt_tokens_details": {"cached_tokens": 1024},
+    }
     sync_usd = (1024 * 2.0 + 1024 * 0.50 + 100 * 8.0) / 1e6
     cost = pricing.job_cost("openai", "openai", "gpt-4.1", "batch", usage)
     assert cost.sync_equivalent_usd == usd(sync_usd)
@@ -187,22 +197,30 @@ async def test_costs_from_emulator_usage_match_hand_computation(pricing: Pricing
     hit = oa[1]
     cached = hit["prompt_tokens_details"]["cached_tokens"]
     assert cached > 0
-    expected = ((hit["prompt_tokens"] - cached) * 0.40 + cached * 0.10 + hit["completion_tokens"] * 1.60) / 1e6
+    expected = (
+        (hit["prompt_tokens"] - cached) * 0.40 + cached * 0.10 + hit["completion_tokens"] * 1.60
+    ) / 1e6
     cost = pricing.job_cost("openai", "openai", "gpt-4.1-mini", "flex", hit)
     assert cost.sync_equivalent_usd == usd(expected)
     assert cost.actual_usd == usd(expected / 2)
 
     write, read = ant
-    assert write["cache_creation_input_tokens"] > 0 and read["cache_read_input_tokens"] > 0
+    assert write["cache_creation_input_tokens"] > 0
+    assert read["cache_read_input_tokens"] > 0
     w = pricing.job_cost("anthropic", "anthropic", "claude-haiku-4-5", "batch", write)
     assert w.actual_usd == usd(
-        (write["input_tokens"] * 1.0 + write["cache_creation_input_tokens"] * 1.25 + write["output_tokens"] * 5.0)
+        (
+            write["input_tokens"] * 1.0
+            + write["cache_creation_input_tokens"] * 1.25
+            + write["output_tokens"] * 5.0
+        )
         / 2
         / 1e6
     )
     r_cost = pricing.job_cost("anthropic", "anthropic", "claude-haiku-4-5", "sync", read)
     assert r_cost.actual_usd == usd(
-        (read["input_tokens"] * 1.0 + read["cache_read_input_tokens"] * 0.10 + read["output_tokens"] * 5.0) / 1e6
+        (read["input_tokens"] * 1.0 + read["cache_read_input_tokens"] * 0.10 + read["output_tokens"] * 5.0)
+        / 1e6
     )
     assert r_cost.usage is not None
     assert r_cost.usage.input_tokens == read["input_tokens"] + read["cache_read_input_tokens"]
