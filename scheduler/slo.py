@@ -19,12 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 import structlog
+from redis.asyncio import Redis
 
 from scheduler import alerting, keys, tasks
 from scheduler.alerting import Condition
 from scheduler.burn import BucketWindows
 from scheduler.flips import Flipper
 from scheduler.health import LaneHealth, read_health
+from scheduler.jobs import iso
 from scheduler.lane_state import Evidence, LaneState, burn_windows, gather, rule_name, step
 from scheduler.lanes import Lane, load_lanes
 from scheduler.ledger import Ledger
@@ -230,3 +232,48 @@ class SloTracker:
             )
         )
         return out
+
+
+async def lane_views(redis: Redis, now_ms: int) -> list[dict[str, Any]]:
+    """Every lane as ``GET /v1/lanes`` shows it: the tick's snapshot plus live queue figures.
+
+    The queue figures (queued count, oldest job age) are read now; the rest is what the leader's
+    last tick saw (``updated_at``). A lane no tick has judged yet shows ``state: null``.
+    """
+    names = sorted(n.decode() for n in await redis.smembers(keys.LANES))  # type: ignore[misc]
+    async with redis.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.get(keys.lane_slo(name))
+            pipe.zcard(keys.lane_queue(name))
+            pipe.zrange(keys.lane_arrivals(name), 0, 0, withscores=True)
+        replies = await pipe.execute()
+    views = []
+    for i, name in enumerate(names):
+        raw, queued, oldest = replies[i * 3 : i * 3 + 3]
+        snap: dict[str, Any] = orjson.loads(raw) if raw else {}
+        views.append(
+            {
+                "lane": name,
+                "state": snap.get("state"),
+                "state_since": iso(snap.get("since_ms")),
+                "reasons": snap.get("reasons", []),
+                "queued": int(queued),
+                "oldest_job_age_s": round((now_ms - oldest[0][1]) / 1000, 3) if oldest else None,
+                "batches_in_flight": snap.get("batches_in_flight", 0),
+                "turnaround_s": {
+                    "p50": snap.get("turnaround_p50_s"),
+                    "p95": snap.get("turnaround_p95_s"),
+                    "p99": snap.get("turnaround_p99_s"),
+                    "samples": snap.get("turnaround_samples", 0),
+                    "prior": snap.get("turnaround_prior_s"),
+                },
+                "sync_p99_s": snap.get("sync_p99_s"),
+                "on_time_ratio": snap.get("on_time_ratio"),
+                "finished_jobs": snap.get("finished_jobs", 0),
+                "burn_rates": snap.get("burn_rates", {}),
+                "sync_share": snap.get("sync_share"),
+                "predicted_oldest_completion": iso(snap.get("predicted_oldest_completion_ms")),
+                "updated_at": iso(snap.get("updated_ms")),
+            }
+        )
+    return views

@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from redis.asyncio import Redis
 
 from config.settings import Settings
-from scheduler.api import costs, health, jobs
+from scheduler.api import costs, health, jobs, lanes
 from scheduler.api.errors import install_error_handlers
 from scheduler.api.request_id import RequestIdMiddleware
 from scheduler.api.responses import JsonResponse
@@ -58,5 +58,6 @@ def create_app(settings: Settings, *, redis: Redis | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(costs.router)
     app.include_router(jobs.router)
+    app.include_router(lanes.router)
     document(app)
     return app

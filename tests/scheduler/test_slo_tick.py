@@ -1,0 +1,71 @@
+"""The SLO tick step inside the scheduler, and GET /v1/lanes showing what it saw."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from arq import create_pool
+from arq.connections import RedisSettings
+
+from config.settings import SloSettings
+from scheduler.ledger import Ledger
+from scheduler.service import Scheduler
+from scheduler.slo import SloReport
+from tests.conftest import make_settings
+from tests.scheduler.api_harness import ACME, ADMIN, asgi_client
+from tests.scheduler.slo_support import LANE, enqueue
+
+NOW = 1_800_000_000_000
+
+
+@pytest.fixture
+async def pool(redis_url, redis):
+    p = await create_pool(RedisSettings.from_dsn(redis_url))
+    yield p
+    await p.aclose()
+
+
+async def test_tick_flips_at_risk_jobs_before_planning_and_reports(redis, redis_url, pool):
+    settings = make_settings(
+        redis_url, slo=SloSettings(prior_turnaround_s=10, default_sync_latency_s=1, recover_ticks=2)
+    )
+    ledger = Ledger(redis)
+    near, far = await enqueue(ledger, NOW, [5, 3600])
+    scheduler = Scheduler(settings, redis, pool, holder="t")
+    assert scheduler.steps[0][0] == "slo"
+    report = await scheduler.tick(NOW / 1000)
+    slo = report.steps["slo"]
+    assert isinstance(slo, SloReport)
+    assert slo.flipped == 1
+    assert slo.lanes[LANE].state == "breaching"
+    assert (await ledger.get(near)).state == "sync"
+    # Nothing more at risk: the lane calms down one level per recover_ticks ticks.
+    states = []
+    for i in range(1, 5):
+        states.append((await scheduler.tick(NOW / 1000 + i)).steps["slo"].lanes[LANE].state)
+    assert states == ["breaching", "lagging", "lagging", "healthy"]
+    assert (await ledger.get(far)).state in ("queued", "batched")
+
+
+async def test_get_lanes_shows_the_snapshot_to_the_admin_only(redis, redis_url, pool):
+    settings = make_settings(redis_url, slo=SloSettings(prior_turnaround_s=10, default_sync_latency_s=1))
+    now = int(time.time() * 1000) - 5_000  # the API measures ages on the real clock
+    await enqueue(Ledger(redis), now, [3600, 7200])
+    scheduler = Scheduler(settings, redis, pool, holder="t")
+    await scheduler.slo.run(now)
+    async with asgi_client(settings, redis, ADMIN) as client:
+        response = await client.get("/v1/lanes")
+        assert response.status_code == 200
+        (lane,) = response.json()["data"]
+        assert lane["lane"] == LANE
+        assert lane["state"] == "healthy"
+        assert lane["queued"] == 2
+        assert lane["oldest_job_age_s"] > 0
+        assert lane["batches_in_flight"] == 0
+        assert lane["turnaround_s"]["prior"] == 10
+        assert lane["predicted_oldest_completion"].endswith("Z")
+        assert set(lane["burn_rates"]) == {"burn_page_3600s", "burn_page_21600s", "burn_ticket_259200s"}
+        assert lane["sync_share"] is None
+        forbidden = await client.get("/v1/lanes", headers=ACME)
+        assert forbidden.status_code == 403
