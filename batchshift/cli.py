@@ -58,8 +58,80 @@ def _add_api(subparsers: Subparsers) -> None:
     parser.set_defaults(handler=_run_api)
 
 
+# -- batchshift costs -------------------------------------------------------------------------
+
+
+def _run_costs(args: argparse.Namespace) -> int:
+    import httpx
+    from rich.console import Console
+    from rich.table import Table
+
+    settings = bootstrap()
+    key = args.api_key or (settings.admin_api_key.get_secret_value() if settings.admin_api_key else "")
+    params = {"group_by": args.group_by}
+    params.update({name: value for name, value in (("from", args.start), ("to", args.end)) if value})
+    try:
+        response = httpx.get(
+            f"{args.url.rstrip('/')}/v1/costs",
+            params=params,
+            headers={"authorization": f"Bearer {key}"},
+            timeout=30.0,
+        )
+    except httpx.HTTPError as exc:
+        print(f"batchshift: cannot reach {args.url}: {exc}", file=sys.stderr)
+        return 1
+    if response.status_code != 200:
+        print(f"batchshift: {response.status_code} {response.text}", file=sys.stderr)
+        return 1
+    report = response.json()
+    table = Table(title=f"costs by {report['group_by']}, {report['from']} to {report['to']} (UTC)")
+    columns = ("jobs", "actual_usd", "sync_equivalent_usd", "saved_usd", "saved_pct", "sync_share")
+    headers = (
+        "key",
+        "jobs",
+        "actual $",
+        "sync-eq $",
+        "saved $",
+        "saved %",
+        "sync share",
+        "dup $",
+        "on time %",
+    )
+    for header in headers:
+        table.add_column(header, justify="left" if header == "key" else "right")
+
+    def cells(row: dict[str, Any]) -> list[str]:
+        shown = [
+            f"{row[c]:.4f}" if c.endswith("_usd") else str(row[c] if row[c] is not None else "-")
+            for c in columns
+        ]
+        return [
+            *shown,
+            f"{row['duplicate_usd']:.4f}",
+            str(row["on_time_pct"] if row["on_time_pct"] is not None else "-"),
+        ]
+
+    for row in report["groups"]:
+        table.add_row(str(row["key"]), *cells(row))
+    table.add_row("total", *cells(report["total"]), style="bold")
+    Console().print(table)
+    return 0
+
+
+def _add_costs(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser("costs", help="print what jobs cost and what batching saved")
+    parser.add_argument(
+        "--group-by", default="tenant", choices=("tenant", "feature", "lane", "model", "route", "day")
+    )
+    parser.add_argument("--from", dest="start", help="first UTC day, YYYY-MM-DD (default: 30 days ago)")
+    parser.add_argument("--to", dest="end", help="last UTC day, YYYY-MM-DD (default: today)")
+    parser.add_argument("--url", default="http://127.0.0.1:8000", help="the API's base URL")
+    parser.add_argument("--api-key", help="a tenant or admin key (default: the configured admin key)")
+    parser.set_defaults(handler=_run_costs)
+
+
 # Every subcommand, in the order `batchshift --help` lists them. Append yours.
-COMMANDS: tuple[Callable[[Subparsers], None], ...] = (_add_api,)
+COMMANDS: tuple[Callable[[Subparsers], None], ...] = (_add_api, _add_costs)
 
 
 def build_parser() -> argparse.ArgumentParser:
