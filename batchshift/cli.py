@@ -130,8 +130,65 @@ def _add_costs(subparsers: Subparsers) -> None:
     parser.set_defaults(handler=_run_costs)
 
 
+# -- batchshift lanes -------------------------------------------------------------------------
+
+
+def _run_lanes(args: argparse.Namespace) -> int:
+    import httpx
+    from rich.console import Console
+    from rich.table import Table
+
+    settings = bootstrap()
+    key = args.api_key or (settings.admin_api_key.get_secret_value() if settings.admin_api_key else "")
+    try:
+        response = httpx.get(
+            f"{args.url.rstrip('/')}/v1/lanes", headers={"authorization": f"Bearer {key}"}, timeout=30.0
+        )
+    except httpx.HTTPError as exc:
+        print(f"batchshift: cannot reach {args.url}: {exc}", file=sys.stderr)
+        return 1
+    if response.status_code != 200:
+        print(f"batchshift: {response.status_code} {response.text}", file=sys.stderr)
+        return 1
+    table = Table(title="lanes")
+    headers = ("lane", "state", "queued", "oldest s", "in flight", "p50 s", "p95 s", "on time", "burn",
+               "sync share", "oldest done by")  # fmt: skip
+    for header in headers:
+        table.add_column(header, justify="left" if header in ("lane", "state", "oldest done by") else "right")
+    style = {"healthy": "green", "lagging": "yellow", "breaching": "bold red"}
+
+    def show(value: Any, fmt: str = "{}") -> str:
+        return "-" if value is None else fmt.format(value)
+
+    for lane in response.json()["data"]:
+        turnaround = lane["turnaround_s"]
+        burn = max((max(b.values()) for b in lane["burn_rates"].values() if b), default=None)
+        table.add_row(
+            lane["lane"],
+            f"[{style.get(lane['state'] or '', '')}]{lane['state'] or '-'}[/]",
+            str(lane["queued"]),
+            show(lane["oldest_job_age_s"], "{:.0f}"),
+            str(lane["batches_in_flight"]),
+            show(turnaround["p50"], "{:.1f}"),
+            show(turnaround["p95"], "{:.1f}"),
+            show(lane["on_time_ratio"], "{:.2%}"),
+            show(burn, "{:.1f}x"),
+            show(lane["sync_share"], "{:.1%}"),
+            show(lane["predicted_oldest_completion"]),
+        )
+    Console().print(table)
+    return 0
+
+
+def _add_lanes(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser("lanes", help="print each lane's health, queue and on-time SLO")
+    parser.add_argument("--url", default="http://127.0.0.1:8000", help="the API's base URL")
+    parser.add_argument("--api-key", help="the admin key (default: the configured admin key)")
+    parser.set_defaults(handler=_run_lanes)
+
+
 # Every subcommand, in the order `batchshift --help` lists them. Append yours.
-COMMANDS: tuple[Callable[[Subparsers], None], ...] = (_add_api, _add_costs)
+COMMANDS: tuple[Callable[[Subparsers], None], ...] = (_add_api, _add_costs, _add_lanes)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -69,3 +69,23 @@ async def test_get_lanes_shows_the_snapshot_to_the_admin_only(redis, redis_url, 
         assert lane["sync_share"] is None
         forbidden = await client.get("/v1/lanes", headers=ACME)
         assert forbidden.status_code == 403
+
+
+async def test_lanes_command_prints_the_table(redis, redis_url, pool, capsys, monkeypatch):
+    import asyncio
+
+    from batchshift.cli import main
+    from scheduler.api.app import create_app
+    from tests.scheduler.api_harness import serve
+
+    settings = make_settings(redis_url, slo=SloSettings(prior_turnaround_s=10, default_sync_latency_s=1))
+    now = int(time.time() * 1000)
+    await enqueue(Ledger(redis), now, [3600])
+    await Scheduler(settings, redis, pool, holder="t").slo.run(now)
+    monkeypatch.setenv("COLUMNS", "250")  # rich truncates cells to the terminal's width
+    with serve(create_app(settings)) as url:
+        code = await asyncio.to_thread(main, ["lanes", "--url", url, "--api-key", "admin-key"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "healthy" in out
+    assert "openai:gpt-4o-mini" in out
