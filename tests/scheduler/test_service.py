@@ -1,0 +1,216 @@
+"""The scheduler's tick: lanes become the fewest batches, earliest deadlines first; polls and reconciliation."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from arq import create_pool
+from arq.connections import ArqRedis, RedisSettings
+
+from config.settings import LaneDefaults, LaneSettings, SchedulerSettings, SloSettings
+from scheduler import keys, tasks
+from scheduler.ledger import Ledger
+from scheduler.service import Scheduler, Tick
+from tests.conftest import make_settings
+from tests.scheduler.planning_support import arq_queue, enqueue_lane
+
+NOW = time.time()
+NOW_MS = int(NOW * 1000)
+
+
+@pytest.fixture
+async def arq_pool(redis_url: str, redis) -> AsyncIterator[ArqRedis]:
+    pool = await create_pool(RedisSettings.from_dsn(redis_url))
+    try:
+        yield pool
+    finally:
+        await pool.aclose()
+
+
+PLANNING_STEPS = ("plan", "polls", "reconcile")
+
+
+def planning_only(scheduler: Scheduler) -> Scheduler:
+    """The scheduler with only the planning steps and the lane-median turnaround (no SLO flips)."""
+    scheduler.steps = [(name, step) for name, step in scheduler.steps if name in PLANNING_STEPS]
+    scheduler.turnaround = scheduler.median_turnaround
+    return scheduler
+
+
+def planning_settings(redis_url: str, **overrides: object):
+    base: dict[str, object] = {
+        "scheduler": SchedulerSettings(reserve_chunk=700),
+        "slo": SloSettings(prior_turnaround_s=60),
+        "lane_defaults": LaneDefaults(max_wait=60),
+        "lanes": {
+            "openai:gpt-a:/v1/chat/completions": LaneSettings(max_batch_requests=3000),
+            "openai:gpt-b:/v1/chat/completions": LaneSettings(max_batch_requests=2500),
+            "anthropic:claude-c:/v1/messages": LaneSettings(max_batch_requests=4000),
+        },
+    }
+    base.update(overrides)
+    return make_settings(redis_url, **base)
+
+
+async def test_ten_thousand_jobs_become_the_fewest_batches_earliest_deadlines_first(
+    redis, redis_url, arq_pool
+) -> None:
+    settings = planning_settings(redis_url)
+    ledger = Ledger(redis)
+    sizes = {("openai", "gpt-a"): 4000, ("openai", "gpt-b"): 3500, ("anthropic", "claude-c"): 2500}
+    all_ids: set[str] = set()
+    for (provider, model), count in sizes.items():
+        # Deadlines in a shuffled order, so "earliest first" is not the enqueue order.
+        ids_ = await enqueue_lane(
+            ledger,
+            provider,
+            model,
+            count,
+            now_ms=NOW_MS,
+            age_ms=61_000,
+            deadlines=lambda i: NOW_MS + 3_600_000 + (i * 7919) % 10_000 * 1000,
+        )
+        all_ids.update(ids_)
+    async with Scheduler(settings, redis, arq_pool) as scheduler:
+        planning_only(scheduler)
+        report = await scheduler.tick(NOW)
+        assert report.leader
+        assert report.reserved == 10_000
+        # ceil(4000/3000) + ceil(3500/2500) + ceil(2500/4000)
+        assert len(report.planned) == 2 + 2 + 1
+        assert {d.reason for d in report.decisions.values()} == {"max_wait"}
+
+        seen: set[str] = set()
+        by_lane: dict[str, list[tuple[int, int]]] = {}
+        for batch_id in report.planned:
+            record = await scheduler.batches.get(batch_id)
+            assert record is not None
+            assert record.state == "planned"
+            members = {m.decode() for m in await redis.smembers(keys.batch_jobs(batch_id))}
+            assert record.requests == len(members)
+            assert not members & seen, "a job sits in two batches"
+            seen |= members
+            jobs = await ledger.get_many(sorted(members))
+            assert all(j is not None and j.state == "batched" and j.batch_id == batch_id for j in jobs)
+            deadlines = [j.deadline_ms for j in jobs if j is not None]
+            by_lane.setdefault(record.lane, []).append((min(deadlines), max(deadlines)))
+        assert seen == all_ids
+        for spans in by_lane.values():
+            spans.sort()
+            for (_, latest), (earliest_next, _) in zip(spans, spans[1:], strict=False):
+                assert latest <= earliest_next, "a later batch holds an earlier deadline"
+        for ln in sizes:
+            assert (
+                await redis.zcard(
+                    keys.lane_queue(
+                        f"{ln[0]}:{ln[1]}:"
+                        + ("/v1/messages" if ln[0] == "anthropic" else "/v1/chat/completions")
+                    )
+                )
+                == 0
+            )
+        queued = await arq_queue(redis)
+        assert sorted(tasks.submit_job_id(b, 0) for b in report.planned) == [
+            q for q in queued if q.startswith("submit:")
+        ]
+
+        again = await scheduler.tick(NOW + 1)
+        assert again.planned == []
+        assert again.submits == 0
+
+
+async def test_cap_flush_leaves_the_remainder_to_fill(redis, redis_url, arq_pool) -> None:
+    settings = planning_settings(redis_url)
+    await enqueue_lane(
+        Ledger(redis),
+        "openai",
+        "gpt-b",
+        2600,
+        now_ms=NOW_MS,
+        age_ms=1000,
+        deadlines=lambda i: NOW_MS + 86_400_000,
+    )
+    async with Scheduler(settings, redis, arq_pool) as scheduler:
+        planning_only(scheduler)
+        report = await scheduler.tick(NOW)
+    lane = "openai:gpt-b:/v1/chat/completions"
+    assert report.decisions[lane].reason == "cap_requests"
+    assert report.reserved == 2500
+    assert await redis.zcard(keys.lane_queue(lane)) == 100
+
+
+async def test_nothing_flushes_without_a_trigger(redis, redis_url, arq_pool) -> None:
+    settings = planning_settings(redis_url)
+    await enqueue_lane(
+        Ledger(redis),
+        "openai",
+        "gpt-a",
+        10,
+        now_ms=NOW_MS,
+        age_ms=1000,
+        deadlines=lambda i: NOW_MS + 86_400_000,
+    )
+    async with Scheduler(settings, redis, arq_pool) as scheduler:
+        planning_only(scheduler)
+        report = await scheduler.tick(NOW)
+    assert report.planned == []
+    assert report.decisions["openai:gpt-a:/v1/chat/completions"].reason == "waiting"
+
+
+async def test_deadline_pressure_uses_the_lanes_turnaround_history(redis, redis_url, arq_pool) -> None:
+    """With a median turnaround of 100 s, a job due in 101 s must leave now; with the 60 s prior it waits."""
+    settings = planning_settings(redis_url)
+    lane = "openai:gpt-a:/v1/chat/completions"
+    await enqueue_lane(
+        Ledger(redis), "openai", "gpt-a", 3, now_ms=NOW_MS, age_ms=1000, deadlines=lambda i: NOW_MS + 101_000
+    )
+    async with Scheduler(settings, redis, arq_pool) as scheduler:
+        planning_only(scheduler)
+        assert (await scheduler.tick(NOW)).decisions[lane].reason == "waiting"
+        await redis.lpush(keys.lane_turnarounds(lane), f"{NOW_MS}:100.0", f"{NOW_MS}:90.0", f"{NOW_MS}:120.0")
+        report = await scheduler.tick(NOW)
+    assert report.decisions[lane].reason == "deadline"
+    assert report.reserved == 3
+
+
+async def test_due_polls_are_enqueued_once_per_due_time(redis, redis_url, arq_pool) -> None:
+    settings = planning_settings(redis_url)
+    await redis.zadd(keys.BATCHES_POLL, {"bat_due": NOW_MS - 5, "bat_later": NOW_MS + 60_000})
+    async with Scheduler(settings, redis, arq_pool) as scheduler:
+        planning_only(scheduler)
+        first = await scheduler.tick(NOW)
+        second = await scheduler.tick(NOW + 1)
+    assert (first.polls, second.polls) == (1, 0)
+    assert tasks.poll_job_id("bat_due", NOW_MS - 5) in await arq_queue(redis)
+
+
+async def test_reconciliation_is_enqueued_at_start_then_every_interval(redis, redis_url, arq_pool) -> None:
+    settings = planning_settings(redis_url)
+    async with Scheduler(settings, redis, arq_pool) as scheduler:
+        planning_only(scheduler)
+        assert (await scheduler.tick(NOW)).reconcile
+        await redis.delete("arq:queue", "arq:job:reconcile")  # as if a worker ran it
+        assert not (await scheduler.tick(NOW + 1)).reconcile
+        assert (await scheduler.tick(NOW + settings.scheduler.reconcile_interval_s)).reconcile
+    assert "reconcile" in await arq_queue(redis)
+
+
+async def test_a_step_is_added_with_one_line_and_failures_are_reported(redis, redis_url, arq_pool) -> None:
+    calls: list[int] = []
+
+    async def extra(tick: Tick) -> None:
+        calls.append(tick.now_ms)
+        tick.report.steps["extra"] = "done"
+
+    async def broken(tick: Tick) -> None:
+        raise RuntimeError("boom")
+
+    async with Scheduler(planning_settings(redis_url), redis, arq_pool) as scheduler:
+        planning_only(scheduler)
+        scheduler.steps += [("broken", broken), ("extra", extra)]
+        report = await scheduler.tick(NOW)
+    assert calls == [NOW_MS]
+    assert report.steps["extra"] == "done"
+    assert report.errors == {"broken": "RuntimeError: boom"}
