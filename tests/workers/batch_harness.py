@@ -1,0 +1,131 @@
+"""Driving jobs into a real emulator batch for the ingestion tests: enqueue, reserve, submit, poll to its end.
+
+Reservation, submission and polling are the scheduler's and workers' own code (Batches.reserve,
+submit_batch, poll_batch); the tests then call ingest_batch themselves, so they can interrupt it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httpx
+import orjson
+from arq import create_pool
+from arq.connections import ArqRedis, RedisSettings
+
+from config.settings import Settings
+from scheduler import keys
+from scheduler.batches import Batches
+from scheduler.ids import batch_id as new_batch_id
+from scheduler.ids import job_id as new_job_id
+from scheduler.jobs import NewJob
+from scheduler.lanes import effective
+from scheduler.ledger import Ledger
+from workers.providers import make_adapter
+from workers.tasks.batches import poll_batch, submit_batch
+
+ENDPOINT = "/v1/chat/completions"
+MODEL = "gpt-4o-mini"
+
+
+async def make_ctx(settings: Settings, http: httpx.AsyncClient, db: int = 0) -> dict[str, Any]:
+    """A worker ctx as the worker's startup builds it, on Redis database ``db``."""
+    conn = RedisSettings.from_dsn(settings.redis_url)
+    conn.database = db
+    redis: ArqRedis = await create_pool(conn)
+    return {
+        "redis": redis,
+        "settings": settings,
+        "ledger": Ledger(redis, result_ttl_s=settings.worker.result_retention_s),
+        "http": http,
+        "adapters": {n: make_adapter(n, p, http) for n, p in settings.providers.items()},
+        "hooks": {},
+        "job_try": 1,
+    }
+
+
+async def enqueue_jobs(
+    ledger: Ledger, n: int, *, callback_url: str | None = None, deadline_s: float = 3600, model: str = MODEL
+) -> list[str]:
+    now = int(time.time() * 1000)
+    jobs = []
+    for i in range(n):
+        body = orjson.dumps({"model": model, "messages": [{"role": "user", "content": f"question {i}"}]})
+        jobs.append(
+            NewJob(
+                new_job_id(),
+                "acme",
+                "openai",
+                ENDPOINT,
+                model,
+                body,
+                now + int(deadline_s * 1000),
+                now,
+                callback_url=callback_url,
+                tags={"feature": "test"},
+            )
+        )
+    outcomes = await ledger.enqueue_many(jobs)
+    assert {o.status for o in outcomes} == {"created"}
+    return [j.id for j in jobs]
+
+
+async def run_batch(ctx: dict[str, Any], *, model: str = MODEL, timeout_s: float = 30) -> str:
+    """Reserve the lane's queued jobs into one batch, submit it to the emulator and poll it until it ended."""
+    redis = ctx["redis"]
+    settings: Settings = ctx["settings"]
+    await redis.set(keys.LEADER_FENCE, "1")
+    lane = effective(settings, "openai", model, ENDPOINT)
+    bid = new_batch_id()
+    taken = await Batches(redis).reserve(lane, bid, token=1, now_ms=int(time.time() * 1000), chunk=5000)
+    assert taken > 0
+    assert await submit_batch(ctx, bid) == "submitted"  # type: ignore[arg-type]
+    deadline = time.monotonic() + timeout_s
+    while await poll_batch(ctx, bid) != "ended":  # type: ignore[arg-type]
+        assert time.monotonic() < deadline, "the emulator batch did not end"
+        await asyncio.sleep(0.05)
+    return bid
+
+
+async def emulator_results(ctx: dict[str, Any], bid: str) -> dict[str, Any]:
+    """custom_id -> the emulator's own result line, read straight from the adapter."""
+    record = await Batches(ctx["redis"]).get(bid)
+    assert record is not None
+    assert record.provider_batch_id is not None
+    adapter = ctx["adapters"][record.provider]
+    return {line.custom_id: line async for line in adapter.results(record.provider_batch_id)}
+
+
+async def dump(redis: Any) -> dict[str, Any]:
+    """Every bs:* key's content, with times normalised (two runs differ only in when they ran)."""
+    out: dict[str, Any] = {}
+    async for raw_key in redis.scan_iter(match=f"{keys.PREFIX}:*", count=1000):
+        key = raw_key.decode()
+        kind = (await redis.type(raw_key)).decode()
+        if kind == "hash":
+            h = {k.decode(): v for k, v in (await redis.hgetall(raw_key)).items()}
+            if ":slo:" in key:  # buckets are named by time: compare their totals
+                totals: dict[str, int] = {}
+                for field, v in h.items():
+                    suffix = field.split(":")[-1]
+                    totals[suffix] = totals.get(suffix, 0) + int(v)
+                out[key] = totals
+                continue
+            out[key] = {
+                k: v
+                for k, v in h.items()
+                if not k.endswith("_ms") and not k.startswith("e2e:") and k != "lease"
+            }
+        elif kind == "string":
+            out[key] = await redis.get(raw_key)
+        elif kind == "zset":
+            timed = key.endswith((":due", ":deliveries", ":live", ":arrivals", ":ended", ":leases"))
+            members = await redis.zrange(raw_key, 0, -1, withscores=True)
+            out[key] = sorted(m for m, _ in members) if timed else sorted(members)
+        elif kind == "set":
+            out[key] = sorted(await redis.smembers(raw_key))
+        elif kind == "list":
+            out[key] = await redis.llen(raw_key)  # samples carry times
+    return out
