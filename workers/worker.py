@@ -18,7 +18,7 @@ from arq.worker import Function, Worker, func
 from config.settings import HttpSettings, Settings
 from scheduler import tasks
 from scheduler.ledger import Ledger
-from workers import providers, webhooks
+from workers import alerts, providers, webhooks
 from workers.context import Hook, WorkerContext
 from workers.http import build_client
 from workers.tasks import batches, ingest, sync
@@ -41,6 +41,7 @@ FUNCTIONS: list[Function] = [
     task(ingest.ingest_batch, tasks.INGEST_BATCH, keep_result=0),  # a later poll may hand it over again
     task(sync.run_sync, tasks.RUN_SYNC),
     task(webhooks.deliver_webhooks, tasks.DELIVER_WEBHOOKS, keep_result=0),
+    task(alerts.send_alerts, tasks.SEND_ALERTS, keep_result=0),
 ]
 
 
@@ -52,6 +53,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         ctx["redis"],
         idempotency_ttl_s=settings.limits.idempotency_ttl_s,
         result_ttl_s=settings.worker.result_retention_s,
+        slo_bucket_s=settings.slo.bucket_s,
     )
     client = build_client(_http_settings(settings))
     ctx["http"] = client
