@@ -1,0 +1,64 @@
+"""Runs every benchmark stage in one process, in order, and prints one table.
+
+Add a stage by appending its module to ``STAGES``. A stage that fails to import fails the run:
+a benchmark silently skipped is a regression nobody sees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+# Every stage module, run in this order. Append yours.
+STAGES: tuple[str, ...] = ("benchmarks.intake",)
+
+
+def _number(value: Any, digits: int = 0) -> str:
+    return "–" if value is None else f"{value:,.{digits}f}"
+
+
+async def run_all() -> list[dict[str, Any]]:
+    """Import and run every stage; rows carry their stage's short name."""
+    rows: list[dict[str, Any]] = []
+    for name in STAGES:
+        module = importlib.import_module(name)
+        for row in await module.run():
+            rows.append({"stage": name.rsplit(".", 1)[-1], **row})
+    return rows
+
+
+def render(rows: list[dict[str, Any]]) -> Table:
+    table = Table(title="batchshift benchmarks")
+    for column, justify in (
+        ("stage", "left"),
+        ("figure", "left"),
+        ("throughput", "right"),
+        ("baseline", "right"),
+        ("ratio", "right"),
+        ("peak memory", "right"),
+    ):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for row in rows:
+        unit = row.get("unit", "")
+        table.add_row(
+            row["stage"],
+            row["figure"],
+            f"{_number(row['throughput'])} {unit}",
+            f"{_number(row.get('baseline'))} {unit}" if row.get("baseline") is not None else "–",
+            _number(row.get("ratio"), 2),
+            f"{_number(row.get('peak_mb'), 1)} MB",
+        )
+    return table
+
+
+def main() -> None:
+    rows = asyncio.run(run_all())
+    Console().print(render(rows))
+
+
+if __name__ == "__main__":
+    main()
