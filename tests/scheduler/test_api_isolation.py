@@ -5,9 +5,12 @@ from __future__ import annotations
 from typing import Annotated
 
 import httpx
+from fastapi import Depends, FastAPI
 from redis.asyncio import Redis
 
 from config.settings import Settings
+from scheduler.api import auth
+from scheduler.api.errors import install_error_handlers
 from scheduler.ledger import Ledger
 from tests.scheduler.api_harness import ACME, ADMIN, GLOBEX, asgi_client
 
@@ -78,11 +81,6 @@ async def test_health_needs_no_key(settings: Settings, redis: Redis):
 
 async def test_auth_dependencies(settings: Settings):
     """auth.admin refuses tenant keys (403) and takes the admin key; tenant_or_admin tells them apart."""
-    from fastapi import Depends, FastAPI
-
-    from scheduler.api import auth
-    from scheduler.api.errors import install_error_handlers
-
     app = FastAPI()
     app.state.settings = settings
     install_error_handlers(app)
