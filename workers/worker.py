@@ -8,6 +8,7 @@ task once that timeout has passed.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
@@ -99,7 +100,10 @@ async def run_burst(settings: Settings, *, hooks: dict[str, Hook] | None = None)
     try:
         await worker.main()
     finally:
-        await worker.close()
+        with warnings.catch_warnings():
+            # arq 0.28 closes its pool with redis-py's deprecated close(); the pool is closed all the same.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            await worker.close()
     return worker
 
 

@@ -1,0 +1,326 @@
+"""Batch tasks against the emulator over real HTTP, with burst-mode workers: submit, poll, refusals, crashes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from arq import create_pool
+from arq.connections import ArqRedis, RedisSettings
+
+from config.settings import LaneDefaults, SchedulerSettings, SloSettings
+from scheduler import keys
+from scheduler.batches import Batches
+from scheduler.ledger import Ledger
+from scheduler.service import Scheduler
+from tests.conftest import make_settings
+from tests.scheduler.planning_support import enqueue_lane
+from tests.workers.conftest import anthropic_settings, openai_settings
+from workers.worker import run_burst
+
+LANES = {"openai": "openai:gpt-4o-mini:/v1/chat/completions", "anthropic": "anthropic:claude-x:/v1/messages"}
+MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-x"}
+PLANNING_STEPS = ("plan", "polls", "reconcile")
+
+
+class SimulatedCrash(BaseException):
+    """The worker process dying at a hook: not an Exception, so nothing in the task handles it."""
+
+
+@pytest.fixture
+async def arq_pool(redis_url: str, redis) -> AsyncIterator[ArqRedis]:
+    pool = await create_pool(RedisSettings.from_dsn(redis_url))
+    try:
+        yield pool
+    finally:
+        await pool.aclose()
+
+
+@pytest.fixture
+def task_settings(redis_url: str, emulator):
+    return make_settings(
+        redis_url,
+        providers={"openai": openai_settings(emulator.url), "anthropic": anthropic_settings(emulator.url)},
+        scheduler=SchedulerSettings(
+            poll_initial_s=0.05, poll_max_s=0.2, planned_timeout_s=1, max_attempts=3, token_limit_backoff_s=30
+        ),
+        slo=SloSettings(prior_turnaround_s=60),
+        lane_defaults=LaneDefaults(max_wait=60),
+    )
+
+
+@pytest.fixture
+async def scheduler(task_settings, redis, arq_pool) -> AsyncIterator[Scheduler]:
+    async with Scheduler(task_settings, redis, arq_pool) as s:
+        s.steps = [(n, step) for n, step in s.steps if n in PLANNING_STEPS]
+        yield s
+
+
+async def plan(redis, scheduler: Scheduler, provider: str, count: int = 20) -> tuple[list[str], str]:
+    """Queue ``count`` jobs that waited past max_wait and tick once: one planned batch."""
+    now_ms = int(time.time() * 1000)
+    job_ids = await enqueue_lane(
+        Ledger(redis),
+        provider,
+        MODELS[provider],
+        count,
+        now_ms=now_ms,
+        age_ms=61_000,
+        deadlines=lambda i: now_ms + 86_400_000,
+    )
+    report = await scheduler.tick(time.time())
+    assert len(report.planned) == 1
+    return job_ids, report.planned[0]
+
+
+async def drive(
+    scheduler: Scheduler, settings, batch_id: str, until: tuple[str, ...], rounds: int = 40
+) -> str:
+    """Alternate scheduler ticks and burst workers until the batch reaches a state in ``until``."""
+    batches = Batches(scheduler.redis)
+    for _ in range(rounds):
+        await scheduler.tick(time.time() + 1)
+        await run_burst(settings)
+        record = await batches.get(batch_id)
+        assert record is not None
+        if record.state in until:
+            return record.state
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"batch {batch_id} stuck in {record.state}")
+
+
+async def live_batches_of(redis, job_ids: list[str]) -> dict[str, str | None]:
+    """Each job's holder: its live batch id, 'lane' when queued, or its terminal state."""
+    out: dict[str, str | None] = {}
+    for job in await Ledger(redis).get_many(job_ids):
+        assert job is not None
+        if job.state == "queued":
+            assert await redis.zscore(keys.lane_queue(job.lane), job.id) is not None
+            out[job.id] = "lane"
+        elif job.state == "batched":
+            assert await redis.sismember(keys.batch_jobs(job.batch_id), job.id)
+            record = await Batches(redis).get(job.batch_id)
+            assert record is not None
+            assert record.state in ("planned", "submitted", "ended")
+            out[job.id] = job.batch_id
+        else:
+            out[job.id] = job.state
+    return out
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+async def test_submit_poll_and_hand_to_ingestion(redis, scheduler, task_settings, emulator, provider) -> None:
+    job_ids, batch_id = await plan(redis, scheduler, provider)
+    await run_burst(task_settings)
+    record = await Batches(redis).get(batch_id)
+    assert record is not None
+    assert record.state == "submitted"
+    assert record.provider_batch_id
+    assert await redis.zscore(keys.BATCHES_POLL, batch_id) is not None
+    state = await drive(scheduler, task_settings, batch_id, until=("ended", "ingested"))
+    ended = await Batches(redis).get(batch_id)
+    assert ended is not None
+    assert ended.ended_ms is not None
+    assert ended.raw["status"] == "completed"
+    assert await redis.zscore(keys.BATCHES_POLL, batch_id) is None
+    samples = await redis.lrange(keys.lane_turnarounds(LANES[provider]), 0, -1)
+    assert len(samples) == 1
+    # ingest_batch (by name) took it from there: every job finished exactly once.
+    if state == "ingested":
+        jobs = await Ledger(redis).get_many(job_ids)
+        assert {j.state for j in jobs if j} == {"succeeded"}
+
+
+async def test_polls_back_off_to_the_cap(redis, scheduler, task_settings, emulator) -> None:
+    emulator.configure(stall=["*"])
+    _, batch_id = await plan(redis, scheduler, "openai", 3)
+    await run_burst(task_settings)
+    intervals = []
+    for _ in range(5):
+        await scheduler.tick(time.time() + 10)
+        await run_burst(task_settings)
+        record = await Batches(redis).get(batch_id)
+        assert record is not None
+        intervals.append(record.poll_interval_s)
+    assert intervals == pytest.approx([0.075, 0.1125, 0.16875, 0.2, 0.2])
+
+
+async def test_crash_between_create_and_record_is_healed_by_reconciliation(
+    redis, scheduler, task_settings, emulator
+) -> None:
+    job_ids, batch_id = await plan(redis, scheduler, "openai")
+
+    def crash(**info: object) -> None:
+        raise SimulatedCrash(info)
+
+    with pytest.raises(SimulatedCrash):
+        # The task dies right after the provider accepted the batch, before its id is recorded.
+        from workers.worker import startup
+
+        ctx: dict = {"redis": redis, "settings": task_settings, "hooks": {"after_create": crash}}
+        await startup(ctx)
+        try:
+            from workers.tasks.batches import submit_batch
+
+            await submit_batch(ctx, batch_id)  # type: ignore[arg-type]
+        finally:
+            await ctx["http"].aclose()
+    record = await Batches(redis).get(batch_id)
+    assert record is not None
+    assert record.state == "planned"
+    creates = [r for r in emulator.requests() if r["method"] == "POST" and r["path"] == "/v1/batches"]
+    assert len(creates) == 1
+    # The dead worker's arq job is gone; past the planned timeout the scheduler has a worker
+    # reconcile, and the batch is adopted.
+    await redis.delete("arq:queue", f"arq:job:submit:{batch_id}:0", "arq:job:reconcile")
+    scheduler.last_reconcile = None
+    await scheduler.tick(time.time() + task_settings.scheduler.planned_timeout_s + 1)
+    await run_burst(task_settings)
+    record = await Batches(redis).get(batch_id)
+    assert record is not None
+    assert record.state == "submitted"
+    assert record.raw["submitted_by"] == "adopted"
+    holders = await live_batches_of(redis, job_ids)
+    assert set(holders.values()) == {batch_id}
+    creates = [r for r in emulator.requests() if r["method"] == "POST" and r["path"] == "/v1/batches"]
+    assert len(creates) == 1, "the batch was created twice"
+
+
+async def test_rerun_after_a_crash_looks_before_creating_again(
+    redis, scheduler, task_settings, emulator
+) -> None:
+    """arq re-runs a task whose worker died; the re-run adopts the provider batch instead of creating another."""
+    job_ids, batch_id = await plan(redis, scheduler, "anthropic")
+    crashed: list[str] = []
+
+    def crash_once(**info: object) -> None:
+        if not crashed:
+            crashed.append(str(info["provider_batch_id"]))
+            raise asyncio.CancelledError  # what arq sees when its worker is torn down mid-task
+
+    await run_burst(task_settings, hooks={"after_create": crash_once})
+    record = await Batches(redis).get(batch_id)
+    assert record is not None
+    assert crashed
+    assert record.state == "submitted"
+    assert record.provider_batch_id == crashed[0]
+    creates = [
+        r for r in emulator.requests() if r["method"] == "POST" and r["path"] == "/v1/messages/batches"
+    ]
+    assert len(creates) == 1
+    assert set((await live_batches_of(redis, job_ids)).values()) == {batch_id}
+
+
+async def test_unknown_create_outcome_is_reconciled_not_resent(
+    redis, scheduler, task_settings, emulator
+) -> None:
+    """A 500 on create may hide a batch: the task stops; reconciliation resubmits only if none exists."""
+    emulator.configure(fail_next={"POST /v1/batches": [500]})
+    job_ids, batch_id = await plan(redis, scheduler, "openai")
+    await run_burst(task_settings)
+    record = await Batches(redis).get(batch_id)
+    assert record is not None
+    assert record.state == "planned"
+    scheduler.last_reconcile = None
+    await scheduler.tick(time.time() + task_settings.scheduler.planned_timeout_s + 1)
+    await run_burst(task_settings)  # reconcile finds nothing -> resubmits (attempt 1) -> created
+    record = await Batches(redis).get(batch_id)
+    assert record is not None
+    assert record.state == "submitted"
+    assert record.attempts == 1
+    assert set((await live_batches_of(redis, job_ids)).values()) == {batch_id}
+
+
+async def test_a_second_provider_batch_is_recorded_as_a_duplicate(
+    redis, scheduler, task_settings, emulator
+) -> None:
+    job_ids, batch_id = await plan(redis, scheduler, "openai")
+    await run_burst(task_settings)
+    record = await Batches(redis).get(batch_id)
+    assert record is not None
+    # A second create of the same batch happened (e.g. an unknown outcome that did succeed).
+    from workers.worker import startup
+
+    ctx: dict = {"redis": redis, "settings": task_settings, "hooks": {}}
+    await startup(ctx)
+    try:
+        from workers.providers.base import BatchLine
+
+        jobs = await Ledger(redis).get_many(job_ids)
+        lines = [BatchLine(custom_id=j.id, body=j.body) for j in jobs if j]
+        second = await ctx["adapters"]["openai"].submit_batch(
+            lines, endpoint=record.endpoint, batch_id=batch_id
+        )
+        from workers.tasks.batches import reconcile_batches
+
+        counts = await reconcile_batches(ctx, int(time.time() * 1000))  # type: ignore[arg-type]
+    finally:
+        await ctx["http"].aclose()
+    assert counts["duplicates"] == 1
+    duplicate_id = (await Batches(redis).claimed("openai"))[second.provider_batch_id]
+    duplicate = await Batches(redis).get(duplicate_id)
+    assert duplicate is not None
+    assert duplicate.duplicate_of == batch_id
+    assert duplicate.owner_id == batch_id
+    assert duplicate.state == "submitted"
+    assert await redis.zscore(keys.BATCHES_POLL, duplicate_id) is not None
+
+
+async def test_refused_batch_fails_its_jobs_with_the_reason(
+    redis, scheduler, task_settings, emulator
+) -> None:
+    """OpenAI `failed` at validation (a permanent refusal): every job fails with the provider's reason."""
+    emulator.configure(invalid_file=True)
+    job_ids, batch_id = await plan(redis, scheduler, "openai", 5)
+    await run_burst(task_settings)
+    assert await drive(scheduler, task_settings, batch_id, until=("failed",)) == "failed"
+    jobs = await Ledger(redis).get_many(job_ids)
+    assert {j.state for j in jobs if j} == {"failed"}
+    assert all(j.error and j.error["code"] == "invalid_file" for j in jobs if j)
+    assert await redis.zscore(keys.BATCHES_FAILED, batch_id) is not None
+
+
+async def test_anthropic_4xx_on_create_fails_its_jobs(redis, scheduler, task_settings, emulator) -> None:
+    emulator.configure(fail_next={"POST /v1/messages/batches": [400]})
+    job_ids, batch_id = await plan(redis, scheduler, "anthropic", 4)
+    await run_burst(task_settings)
+    record = await Batches(redis).get(batch_id)
+    assert record is not None
+    assert record.state == "failed"
+    jobs = await Ledger(redis).get_many(job_ids)
+    assert {j.state for j in jobs if j} == {"failed"}
+    assert all(j.error and j.error["type"] == "batch_refused" for j in jobs if j)
+
+
+async def test_retriable_refusal_sends_jobs_back_and_backs_the_lane_off(
+    redis, scheduler, task_settings, emulator
+) -> None:
+    """A token-limit refusal: jobs return to their lane with an attempt counted; the lane holds."""
+    from workers.tasks.refusals import refuse
+    from workers.worker import startup
+
+    job_ids, batch_id = await plan(redis, scheduler, "openai", 6)
+    await run_burst(task_settings)
+    record = await Batches(redis).get(batch_id)
+    assert record is not None
+    ctx: dict = {"redis": redis, "settings": task_settings, "hooks": {}}
+    await startup(ctx)
+    try:
+        reason = {
+            "type": "batch_refused",
+            "code": "token_limit_exceeded",
+            "message": "Enqueued token limit reached",
+        }
+        now_ms = int(time.time() * 1000)
+        assert await refuse(ctx, Batches(redis), record, reason, retriable=True, now_ms=now_ms) == (6, 0)  # type: ignore[arg-type]
+        assert await refuse(ctx, Batches(redis), record, reason, retriable=True, now_ms=now_ms) == (0, 0)  # type: ignore[arg-type]
+    finally:
+        await ctx["http"].aclose()
+    jobs = await Ledger(redis).get_many(job_ids)
+    assert {(j.state, j.attempts) for j in jobs if j} == {("queued", 1)}
+    assert set((await live_batches_of(redis, job_ids)).values()) == {"lane"}
+    report = await scheduler.tick(time.time())
+    assert report.decisions[LANES["openai"]].reason == "backoff"
+    assert (await Batches(redis).get(batch_id)).state == "failed"  # type: ignore[union-attr]
