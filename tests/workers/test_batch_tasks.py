@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 from arq import create_pool
@@ -18,7 +19,10 @@ from scheduler.service import Scheduler
 from tests.conftest import make_settings
 from tests.scheduler.planning_support import enqueue_lane
 from tests.workers.conftest import anthropic_settings, openai_settings
-from workers.worker import run_burst
+from workers.providers.base import BatchLine
+from workers.tasks.batches import reconcile_batches, submit_batch
+from workers.tasks.refusals import refuse
+from workers.worker import run_burst, shutdown, startup
 
 LANES = {"openai": "openai:gpt-4o-mini:/v1/chat/completions", "anthropic": "anthropic:claude-x:/v1/messages"}
 MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-x"}
@@ -27,6 +31,17 @@ PLANNING_STEPS = ("plan", "polls", "reconcile")
 
 class SimulatedCrash(BaseException):
     """The worker process dying at a hook: not an Exception, so nothing in the task handles it."""
+
+
+@asynccontextmanager
+async def worker_ctx(settings, redis, hooks=None) -> AsyncIterator[dict]:
+    """A worker's ctx built by its own startup, for calling a task directly."""
+    ctx: dict = {"redis": redis, "settings": settings, "hooks": hooks or {}}
+    await startup(ctx)
+    try:
+        yield ctx
+    finally:
+        await shutdown(ctx)
 
 
 @pytest.fixture
@@ -155,18 +170,10 @@ async def test_crash_between_create_and_record_is_healed_by_reconciliation(
     def crash(**info: object) -> None:
         raise SimulatedCrash(info)
 
-    with pytest.raises(SimulatedCrash):
-        # The task dies right after the provider accepted the batch, before its id is recorded.
-        from workers.worker import startup
-
-        ctx: dict = {"redis": redis, "settings": task_settings, "hooks": {"after_create": crash}}
-        await startup(ctx)
-        try:
-            from workers.tasks.batches import submit_batch
-
-            await submit_batch(ctx, batch_id)  # type: ignore[arg-type]
-        finally:
-            await ctx["http"].aclose()
+    # The task dies right after the provider accepted the batch, before its id is recorded.
+    async with worker_ctx(task_settings, redis, {"after_create": crash}) as ctx:
+        with pytest.raises(SimulatedCrash):
+            await submit_batch(ctx, batch_id)
     record = await Batches(redis).get(batch_id)
     assert record is not None
     assert record.state == "planned"
@@ -241,23 +248,13 @@ async def test_a_second_provider_batch_is_recorded_as_a_duplicate(
     record = await Batches(redis).get(batch_id)
     assert record is not None
     # A second create of the same batch happened (e.g. an unknown outcome that did succeed).
-    from workers.worker import startup
-
-    ctx: dict = {"redis": redis, "settings": task_settings, "hooks": {}}
-    await startup(ctx)
-    try:
-        from workers.providers.base import BatchLine
-
+    async with worker_ctx(task_settings, redis) as ctx:
         jobs = await Ledger(redis).get_many(job_ids)
         lines = [BatchLine(custom_id=j.id, body=j.body) for j in jobs if j]
         second = await ctx["adapters"]["openai"].submit_batch(
             lines, endpoint=record.endpoint, batch_id=batch_id
         )
-        from workers.tasks.batches import reconcile_batches
-
-        counts = await reconcile_batches(ctx, int(time.time() * 1000))  # type: ignore[arg-type]
-    finally:
-        await ctx["http"].aclose()
+        counts = await reconcile_batches(ctx, int(time.time() * 1000))
     assert counts["duplicates"] == 1
     duplicate_id = (await Batches(redis).claimed("openai"))[second.provider_batch_id]
     duplicate = await Batches(redis).get(duplicate_id)
@@ -298,26 +295,20 @@ async def test_retriable_refusal_sends_jobs_back_and_backs_the_lane_off(
     redis, scheduler, task_settings, emulator
 ) -> None:
     """A token-limit refusal: jobs return to their lane with an attempt counted; the lane holds."""
-    from workers.tasks.refusals import refuse
-    from workers.worker import startup
-
     job_ids, batch_id = await plan(redis, scheduler, "openai", 6)
     await run_burst(task_settings)
     record = await Batches(redis).get(batch_id)
     assert record is not None
-    ctx: dict = {"redis": redis, "settings": task_settings, "hooks": {}}
-    await startup(ctx)
-    try:
+    async with worker_ctx(task_settings, redis) as ctx:
         reason = {
             "type": "batch_refused",
             "code": "token_limit_exceeded",
             "message": "Enqueued token limit reached",
         }
         now_ms = int(time.time() * 1000)
-        assert await refuse(ctx, Batches(redis), record, reason, retriable=True, now_ms=now_ms) == (6, 0)  # type: ignore[arg-type]
-        assert await refuse(ctx, Batches(redis), record, reason, retriable=True, now_ms=now_ms) == (0, 0)  # type: ignore[arg-type]
-    finally:
-        await ctx["http"].aclose()
+        assert await refuse(ctx, Batches(redis), record, reason, retriable=True, now_ms=now_ms) == (6, 0)
+        # Running it again changes nothing: the jobs are no longer in this batch.
+        assert await refuse(ctx, Batches(redis), record, reason, retriable=True, now_ms=now_ms) == (0, 0)
     jobs = await Ledger(redis).get_many(job_ids)
     assert {(j.state, j.attempts) for j in jobs if j} == {("queued", 1)}
     assert set((await live_batches_of(redis, job_ids)).values()) == {"lane"}
