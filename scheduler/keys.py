@@ -272,3 +272,21 @@ SYNC_LEASES = f"{PREFIX}:sync:leases"
 # Hash: job id -> how many times it was dispatched; the n-th run_sync has arq id ``sync:{job_id}:{n}``
 # and a run whose n is no longer current stops at once (a newer dispatch owns the job).
 SYNC_DISPATCHES = f"{PREFIX}:sync:dispatches"
+
+
+def sync_slots(provider: str) -> str:
+    """Sorted set: the sync calls in flight to a provider, scored by when their slot lapses (ms), so
+    a worker that dies gives its slot back; bounds them by ``sync_concurrency``."""
+    return f"{PREFIX}:sync:{provider}:slots"
+
+
+def sync_rate(provider: str, unit: str, minute: int) -> str:
+    """Integer: requests or tokens (``unit``) sent to a provider's sync API in one epoch minute, for
+    ``sync_rpm`` / ``sync_tpm``; expires after two minutes."""
+    return f"{PREFIX}:sync:{provider}:rate:{unit}:{minute}"
+
+
+def sync_hold(provider: str) -> str:
+    """String with PX: epoch ms before which no sync call goes to a provider (its rate-limit headers or
+    a 429's retry-after said so)."""
+    return f"{PREFIX}:sync:{provider}:hold"

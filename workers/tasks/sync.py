@@ -9,8 +9,13 @@ provider's error. A job whose deadline has passed fails with ``deadline_exceeded
 being sent late. The answer is written through the ledger's guarded ``finish`` (only from ``sync``),
 with its usage and cost by route, and the call's latency joins the lane's SLO samples.
 
-:func:`choose_route` is the one decision of route and service tier; the SLO work extends it with
-flex and per-provider limits.
+:func:`choose_route` is the one decision of route and service tier: flex first where the provider
+sells it (``flex = true``) and the deadline leaves ``flex_latency_s``, and a flex 429 ("resource
+unavailable") falls through to standard sync in the same run. Calls go through the provider's
+shared limits (:mod:`workers.sync_limits`: concurrency, requests and tokens per minute, its
+rate-limit headers); a job that must wait is handed back to the dispatch without a call. Retriable
+failures retry (up to ``sync_max_attempts``) until the deadline, the last wait ending just past
+it, so the job then fails with ``deadline_exceeded``.
 """
 
 from __future__ import annotations
@@ -28,10 +33,14 @@ from scheduler import keys, pricing
 from scheduler.jobs import JobRecord, Route
 from scheduler.ledger import Finish
 from workers.context import WorkerContext
-from workers.errors import ProviderError, ProviderHTTPError
-from workers.providers.base import SyncResult
+from workers.errors import ProviderError, ProviderHTTPError, RateLimited
+from workers.providers.base import ProviderAdapter, SyncResult
+from workers.sync_limits import SyncLimits
 
 log = structlog.get_logger(__name__)
+
+# Seconds past the deadline the last retry waits, so that run finds the deadline passed.
+DEADLINE_SLACK_S = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,9 +51,31 @@ class RoutePlan:
     service_tier: str | None = None
 
 
-def choose_route(settings: Settings, job: JobRecord, attempt: int) -> RoutePlan:
-    """The route and tier of this attempt (first form: the standard sync API)."""
+def choose_route(settings: Settings, job: JobRecord, attempt: int, now_ms: int | None = None) -> RoutePlan:
+    """The route and tier of this attempt: flex first where the provider sells it at batch price and
+    the deadline leaves room for flex's slower answers, else the standard sync API."""
+    provider = settings.providers.get(job.provider)
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    if provider is not None and provider.flex and now + provider.flex_latency_s * 1000 <= job.deadline_ms:
+        return RoutePlan("flex", "flex")
     return RoutePlan("sync")
+
+
+async def send_routed(
+    adapter: ProviderAdapter, job: JobRecord, plan: RoutePlan, bound: Any
+) -> tuple[SyncResult, RoutePlan]:
+    """Send on the planned route; a flex 429 ("resource unavailable") falls through to standard sync."""
+    if plan.route == "flex":
+        try:
+            answer = await adapter.send_sync(
+                job.endpoint, job.body, service_tier=plan.service_tier, max_retries=0
+            )
+            return answer, plan
+        except RateLimited as exc:
+            bound.info("sync.flex_unavailable", error=str(exc))
+            plan = RoutePlan("sync")
+    answer = await adapter.send_sync(job.endpoint, job.body, service_tier=plan.service_tier, max_retries=0)
+    return answer, plan
 
 
 def backoff_s(settings: Settings, provider: str, attempt: int, exc: ProviderError) -> float:
@@ -85,21 +116,33 @@ async def run_sync(ctx: dict[str, Any], job_id: str, dispatch: int = 0) -> str:
         return await _finish(c, Finish(job_id, "failed", "sync", from_states=("sync",), error=error), bound)
     plan = choose_route(settings, job, attempt)
     adapter = c["adapters"][job.provider]
+    limits = SyncLimits(redis)
+    config = settings.providers.get(job.provider)
+    permit = await limits.acquire(job.provider, config, job.body) if config is not None else None
+    if isinstance(permit, float):
+        return await _later(c, job, permit, bound)
     started = time.monotonic()
     try:
-        answer: SyncResult = await adapter.send_sync(
-            job.endpoint, job.body, service_tier=plan.service_tier, max_retries=0
-        )
+        answer, plan = await send_routed(adapter, job, plan, bound)
     except ProviderError as exc:
+        if isinstance(exc, RateLimited) and exc.retry_after:
+            await limits.hold(job.provider, exc.retry_after)
         if exc.retriable and attempt < settings.worker.sync_max_attempts:
-            delay = backoff_s(settings, job.provider, attempt, exc)
+            # Retry until the deadline: a wait that would end past it ends just past it instead,
+            # so that run fails the job with deadline_exceeded (late, as the SLO counts it).
+            remaining = max(0.0, job.deadline_ms / 1000 - time.time())
+            delay = min(backoff_s(settings, job.provider, attempt, exc), remaining + DEADLINE_SLACK_S)
             lease_end = int((time.time() + delay + settings.scheduler.sync_lease_s) * 1000)
             await redis.zadd(keys.SYNC_LEASES, {job_id: lease_end}, xx=True)
             bound.info("sync.retry", attempt=attempt, delay=round(delay, 3), error=str(exc))
             raise Retry(defer=delay) from exc
         item = Finish(job_id, "failed", plan.route, from_states=("sync",), error=error_of(exc))
         return await _finish(c, item, bound, error=str(exc))
+    finally:
+        if permit is not None:
+            await limits.release(permit)
     seconds = time.monotonic() - started
+    await limits.observe(job.provider, answer.headers)
     cost = pricing.shared(settings.pricing_file).job_cost(
         job.provider, adapter.kind, job.model, plan.route, answer.usage
     )
@@ -126,6 +169,15 @@ async def _finish(c: WorkerContext, item: Finish, bound: Any, **info: Any) -> st
     await _release(c, item.id)
     bound.info("sync.finished", state=item.state, route=item.route, outcome=code, **info)
     return code if code != "ok" else item.state
+
+
+async def _later(c: WorkerContext, job: JobRecord, delay: float, bound: Any, **info: Any) -> str:
+    """Hand the job back to the dispatch for ``delay`` seconds (its lease ends then): waiting for the
+    provider's limits costs no provider call and no attempt."""
+    until = int((time.time() + delay) * 1000)
+    await c["redis"].zadd(keys.SYNC_LEASES, {job.id: until}, xx=True)
+    bound.info("sync.deferred", delay=round(delay, 3), **info)
+    return "later"
 
 
 async def _release(c: WorkerContext, job_id: str) -> None:

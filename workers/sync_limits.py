@@ -1,0 +1,148 @@
+"""The sync lane's per-provider limits: concurrency, requests and tokens per minute, and the provider's say.
+
+Every worker shares the limits through Redis, so they hold across processes:
+
+* concurrency (``sync_concurrency``): a slot per call in a sorted set scored by when the slot lapses,
+  so a worker that dies mid-call frees its slot after ``SLOT_TTL_S``;
+* ``sync_rpm`` / ``sync_tpm``: counters per epoch minute (tokens estimated from the body before the
+  call, since the answer's usage is not known yet);
+* the provider's own signal: ``x-ratelimit-remaining-requests`` / ``-tokens`` at 0 hold the provider
+  until ``x-ratelimit-reset-*``, and a 429's ``retry-after`` holds it that long (``keys.sync_hold``).
+
+:meth:`SyncLimits.acquire` answers with a :class:`Permit` or the seconds to wait; a job that must
+wait is handed back to the dispatch (no provider call, no attempt spent).
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import orjson
+from redis.asyncio import Redis
+
+from config.settings import ProviderSettings
+from scheduler import keys
+
+# Seconds a concurrency slot is held at most: past any sync call's read timeout.
+SLOT_TTL_S = 300
+# Bytes per token when estimating a request's tokens before sending it (a common rule of thumb).
+BYTES_PER_TOKEN = 4
+# Seconds to wait when no slot is free: about one short sync call.
+SLOT_WAIT_S = 0.5
+
+_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?(?:(\d+)ms)?$")
+
+
+def estimate_tokens(body: bytes) -> int:
+    """Input tokens from the body's size, plus its output cap when it names one."""
+    tokens = len(body) // BYTES_PER_TOKEN
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return tokens
+    if isinstance(doc, dict):
+        for name in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
+            cap = doc.get(name)
+            if isinstance(cap, int) and cap > 0:
+                return tokens + cap
+    return tokens
+
+
+def reset_seconds(raw: str | None) -> float | None:
+    """OpenAI's reset durations (``"1s"``, ``"6m0s"``, ``"20ms"``) or plain seconds, in seconds."""
+    if not raw:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        pass
+    m = _DURATION.match(raw.strip())
+    if not m or not any(m.groups()):
+        return None
+    h, mins, s, ms = (float(g) if g else 0.0 for g in m.groups())
+    return h * 3600 + mins * 60 + s + ms / 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Permit:
+    """A held concurrency slot; release it when the call is over."""
+
+    provider: str
+    token: str
+
+
+class SyncLimits:
+    """Shared per-provider limits for sync calls."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+
+    async def acquire(
+        self, provider: str, config: ProviderSettings, body: bytes, now_ms: int | None = None
+    ) -> Permit | float:
+        """A permit to call the provider now, or the seconds to wait before asking again."""
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        hold = await self.redis.get(keys.sync_hold(provider))
+        if hold is not None and int(hold) > now:
+            return (int(hold) - now) / 1000
+        minute = now // 60_000
+        wait_minute = (60_000 - now % 60_000) / 1000
+        if config.sync_rpm is not None or config.sync_tpm is not None:
+            tokens = estimate_tokens(body)
+            req_key, tok_key = (
+                keys.sync_rate(provider, "requests", minute),
+                keys.sync_rate(provider, "tokens", minute),
+            )
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.incr(req_key)
+                pipe.expire(req_key, 120)
+                pipe.incrby(tok_key, tokens)
+                pipe.expire(tok_key, 120)
+                requests, _, used, _ = await pipe.execute()
+            over_rpm = config.sync_rpm is not None and requests > config.sync_rpm
+            # A single request larger than the whole budget still goes, alone, in a fresh minute.
+            over_tpm = config.sync_tpm is not None and used > config.sync_tpm and used != tokens
+            if over_rpm or over_tpm:
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    pipe.decr(req_key)
+                    pipe.decrby(tok_key, tokens)
+                    await pipe.execute()
+                return wait_minute
+        slots = keys.sync_slots(provider)
+        token = secrets.token_hex(8)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zremrangebyscore(slots, "-inf", now)
+            pipe.zadd(slots, {token: now + SLOT_TTL_S * 1000})
+            pipe.zcard(slots)
+            _, _, held = await pipe.execute()
+        if held > config.sync_concurrency:
+            await self.redis.zrem(slots, token)
+            return SLOT_WAIT_S
+        return Permit(provider, token)
+
+    async def release(self, permit: Permit) -> None:
+        await self.redis.zrem(keys.sync_slots(permit.provider), permit.token)
+
+    async def observe(
+        self, provider: str, headers: Mapping[str, str], now_ms: int | None = None
+    ) -> float | None:
+        """Hold the provider when its headers say a limit is spent; returns the hold in seconds, if any."""
+        wait: float | None = None
+        for unit in ("requests", "tokens"):
+            remaining = headers.get(f"x-ratelimit-remaining-{unit}")
+            if remaining is not None and remaining.strip() in ("0", "0.0"):
+                reset = reset_seconds(headers.get(f"x-ratelimit-reset-{unit}")) or 1.0
+                wait = max(wait or 0.0, reset)
+        if wait is not None:
+            await self.hold(provider, wait, now_ms)
+        return wait
+
+    async def hold(self, provider: str, seconds: float, now_ms: int | None = None) -> None:
+        """No sync call to ``provider`` for ``seconds`` (a 429's retry-after, spent rate limits)."""
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        until = now + int(seconds * 1000)
+        await self.redis.set(keys.sync_hold(provider), until, px=max(1, int(seconds * 1000)))
