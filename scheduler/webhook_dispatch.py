@@ -8,12 +8,18 @@ per second however often the tick runs, and several tasks running at once claim 
 
 from __future__ import annotations
 
+import hashlib
 from typing import TYPE_CHECKING
 
 from scheduler import keys, tasks
 
 if TYPE_CHECKING:
     from scheduler.service import Tick
+
+
+def url_hash(url: str) -> str:
+    """The key part under which a disabled receiver URL is remembered (``keys.disabled_url``)."""
+    return hashlib.sha256(url.encode()).hexdigest()[:32]
 
 
 def webhooks_job_id(now_ms: int) -> str:

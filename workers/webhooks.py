@@ -35,6 +35,7 @@ from redis.asyncio import Redis
 from config.settings import Settings
 from scheduler import keys
 from scheduler.jobs import JobRecord, iso
+from scheduler.webhook_dispatch import url_hash
 from workers.http import retry_after
 from workers.ssrf import UnsafeDestination, guarded_transport
 
@@ -63,11 +64,6 @@ def sign(secrets_: Sequence[str], msg_id: str, timestamp: int, body: bytes) -> s
         "v1," + base64.b64encode(hmac.new(secret_key(s), signed, hashlib.sha256).digest()).decode()
         for s in secrets_
     )
-
-
-def url_hash(url: str) -> str:
-    """The key under which a disabled receiver URL is remembered (URLs can be long)."""
-    return hashlib.sha256(url.encode()).hexdigest()[:32]
 
 
 def build_client(settings: Settings) -> httpx.AsyncClient:

@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from redis.asyncio import Redis
 
 from config.settings import Settings
-from scheduler.api import costs, health, jobs, lanes
+from scheduler.api import costs, health, jobs, lanes, webhooks
 from scheduler.api.errors import install_error_handlers
 from scheduler.api.request_id import RequestIdMiddleware
 from scheduler.api.responses import JsonResponse
@@ -59,5 +59,6 @@ def create_app(settings: Settings, *, redis: Redis | None = None) -> FastAPI:
     app.include_router(costs.router)
     app.include_router(jobs.router)
     app.include_router(lanes.router)
+    app.include_router(webhooks.router)
     document(app)
     return app

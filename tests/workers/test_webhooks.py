@@ -15,9 +15,10 @@ from scheduler import keys
 from scheduler.ids import job_id
 from scheduler.jobs import NewJob
 from scheduler.ledger import Finish, Ledger
+from scheduler.webhook_dispatch import url_hash
 from tests.conftest import make_settings
 from tests.workers.receiver import Answer, running_receiver
-from workers.webhooks import Deliverer, build_client, sign, url_hash
+from workers.webhooks import Deliverer, build_client, sign
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 NEW_SECRET = "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldY"  # base64 of 24 letters
