@@ -118,11 +118,12 @@ async def test_replay_since_a_time_takes_every_dead_delivery_after_it(redis_url,
 
 async def test_replay_refuses_a_malformed_body(redis_url, redis) -> None:
     async with asgi_client(api_settings(redis_url), redis, headers=ACME) as api:
-        for body in (
+        bodies: list[dict[str, object]] = [
             {},
             {"ids": []},
             {"ids": ["a"], "since": "2020-01-01T00:00:00Z"},
             {"since": "yesterday"},
-        ):
+        ]
+        for body in bodies:
             response = await api.post("/v1/webhooks/replay", json=body)
             assert response.status_code == 422, body
