@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -270,3 +272,71 @@ async def test_an_expired_result_leaves_status_usage_and_cost(
     assert job.usage is not None
     assert job.cost is not None
     assert job.view(None)["result"] is None
+
+
+@pytest.mark.filterwarnings("ignore:Call to deprecated close:DeprecationWarning")  # arq's Worker.close
+async def test_5000_jobs_end_succeeded_through_faulty_emulator_batches(
+    redis_url, redis, emulator: EmulatorControl, http
+) -> None:
+    """Out-of-order results, retriable line errors, an expired and a cancelled batch: all end succeeded."""
+    from arq import create_pool
+    from arq.connections import RedisSettings
+
+    from config.settings import LaneSettings
+    from scheduler import tasks
+    from scheduler.service import Scheduler
+    from workers.worker import run_burst
+
+    expiring = "gpt-4.1-mini"
+    emulator.configure(turnaround_s=0.5, line_error_rate=0.05, line_error_status=500, expire={expiring: 0.5})
+    settings = ingest_settings(
+        redis_url,
+        emulator.url,
+        worker=WorkerSettings(ingest_chunk=500),
+        scheduler=SchedulerSettings(max_attempts=5, poll_initial_s=0.1, poll_max_s=0.2, poll_backoff=1),
+        lane_defaults={"max_wait": 0, "max_batch_requests": 1000},
+        slo=SloSettings(prior_turnaround_s=1.0),
+    )
+    assert isinstance(settings.lane_settings("x"), LaneSettings)
+    ctx = await make_ctx(settings, http)
+    ids = await enqueue_jobs(ctx["ledger"], 4000) + await enqueue_jobs(ctx["ledger"], 1000, model=expiring)
+    pool = await create_pool(RedisSettings.from_dsn(redis_url))
+    cancelled = None
+    deadline = asyncio.get_running_loop().time() + 100
+    async with Scheduler(settings, redis, pool) as scheduler:
+        while True:
+            await scheduler.tick(time.time())
+            await run_burst(settings)
+            if cancelled is None:
+                submitted = [
+                    b.decode()
+                    for b in await redis.zrange(keys.BATCHES_POLL, 0, -1)
+                    if (await redis.hget(keys.batch(b.decode()), "state")) == b"submitted"
+                    and (await redis.hget(keys.batch(b.decode()), "model")) != expiring.encode()
+                ]
+                if submitted:
+                    cancelled = submitted[0]
+                    await tasks.enqueue(
+                        pool, tasks.CANCEL_BATCH, cancelled, job_id=tasks.cancel_job_id(cancelled)
+                    )
+            counts = Counter((await states(redis, ids)).values())
+            if counts["succeeded"] == len(ids):
+                break
+            if cancelled and await redis.hget(keys.batch(cancelled), "state") == b"ingested":
+                emulator.configure(line_error_rate=0.0, expire={})  # the resubmissions come back whole
+            assert asyncio.get_running_loop().time() < deadline, counts
+            await asyncio.sleep(0.05)
+    await pool.aclose()
+    # Every result is byte for byte the line the emulator produced in the batch that answered it.
+    batch_ids = {(await ctx["ledger"].get(i)).batch_id for i in ids}
+    produced: dict[str, Any] = {}
+    for bid in batch_ids:
+        produced.update(
+            {k: v for k, v in (await emulator_results(ctx, bid)).items() if v.outcome == "succeeded"}
+        )
+    for job_id in ids:
+        assert await ctx["ledger"].result(job_id) == produced[job_id].body
+    batch_keys = [k.decode() for k in await redis.keys(keys.batch("*"))]
+    batches = [await Batches(redis).get(k.split(":")[2]) for k in batch_keys if k.count(":") == 2]
+    ended = {b.raw.get("status") for b in batches if b is not None}
+    assert {"completed", "expired", "cancelled"} <= ended
