@@ -50,7 +50,7 @@ def _settings(redis_url: str) -> Settings:
 
 async def _fill(ledger: Ledger, now_ms: int) -> list[str]:
     """Queue the jobs (arrived two minutes ago, so max_wait flushes everything)."""
-    job_ids = []
+    job_ids: list[str] = []
     for provider, model in LANES:
         for start in range(0, JOBS_PER_LANE, 2_000):
             jobs = [

@@ -20,4 +20,4 @@ def test_registered_names_are_known_task_names() -> None:
 
 async def test_enqueue_refuses_unknown_names(redis) -> None:
     with pytest.raises(ValueError, match="unknown task name"):
-        await tasks.enqueue(redis, "submit_btach", "x", job_id="x")  # type: ignore[arg-type]
+        await tasks.enqueue(redis, "submit_btach", "x", job_id="x")

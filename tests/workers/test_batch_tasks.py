@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 from arq import create_pool
@@ -19,10 +20,11 @@ from scheduler.service import Scheduler
 from tests.conftest import make_settings
 from tests.scheduler.planning_support import enqueue_lane
 from tests.workers.conftest import anthropic_settings, openai_settings
+from workers.context import WorkerContext
 from workers.providers.base import BatchLine
 from workers.tasks.batches import reconcile_batches, submit_batch
 from workers.tasks.refusals import refuse
-from workers.worker import run_burst, shutdown, startup
+from workers.worker import context_of, run_burst, shutdown, startup
 
 LANES = {"openai": "openai:gpt-4o-mini:/v1/chat/completions", "anthropic": "anthropic:claude-x:/v1/messages"}
 MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-x"}
@@ -34,12 +36,12 @@ class SimulatedCrash(BaseException):
 
 
 @asynccontextmanager
-async def worker_ctx(settings, redis, hooks=None) -> AsyncIterator[dict]:
+async def worker_ctx(settings, redis, hooks=None) -> AsyncIterator[WorkerContext]:
     """A worker's ctx built by its own startup, for calling a task directly."""
-    ctx: dict = {"redis": redis, "settings": settings, "hooks": hooks or {}}
+    ctx: dict[str, Any] = {"redis": redis, "settings": settings, "hooks": hooks or {}}
     await startup(ctx)
     try:
-        yield ctx
+        yield context_of(ctx)
     finally:
         await shutdown(ctx)
 
@@ -100,10 +102,11 @@ async def drive(
         await run_burst(settings)
         record = await batches.get(batch_id)
         assert record is not None
-        if record.state in until:
-            return record.state
+        state = record.state
+        if state in until:
+            return state
         await asyncio.sleep(0.05)
-    raise AssertionError(f"batch {batch_id} stuck in {record.state}")
+    raise AssertionError(f"batch {batch_id} stuck in {state}")
 
 
 async def live_batches_of(redis, job_ids: list[str]) -> dict[str, str | None]:
@@ -115,6 +118,7 @@ async def live_batches_of(redis, job_ids: list[str]) -> dict[str, str | None]:
             assert await redis.zscore(keys.lane_queue(job.lane), job.id) is not None
             out[job.id] = "lane"
         elif job.state == "batched":
+            assert job.batch_id is not None
             assert await redis.sismember(keys.batch_jobs(job.batch_id), job.id)
             record = await Batches(redis).get(job.batch_id)
             assert record is not None
