@@ -187,8 +187,120 @@ def _add_lanes(subparsers: Subparsers) -> None:
     parser.set_defaults(handler=_run_lanes)
 
 
+# -- batchshift scheduler / worker / run ------------------------------------------------------
+
+
+def _run_scheduler(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from batchshift.processes import run_scheduler
+
+    asyncio.run(run_scheduler(bootstrap()))
+    return 0
+
+
+def _add_scheduler(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "scheduler", help="run the tick loop under the Redis leader lease (one acts, others stand by)"
+    )
+    parser.set_defaults(handler=_run_scheduler)
+
+
+def _run_worker(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from batchshift.processes import run_worker
+
+    asyncio.run(run_worker(bootstrap(), grace_s=args.grace))
+    return 0
+
+
+def _add_worker(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser("worker", help="run the arq worker (submit, poll, ingest, sync, webhooks)")
+    parser.add_argument(
+        "--grace", type=float, default=30.0, help="seconds tasks in flight get to finish on SIGTERM"
+    )
+    parser.set_defaults(handler=_run_worker)
+
+
+def _run_node(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from batchshift.processes import run_node
+
+    asyncio.run(run_node(bootstrap(), args.host, args.port, grace_s=args.grace))
+    return 0
+
+
+def _add_run(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "run", help="run the API, the scheduler and a worker in one process (single-node deployments)"
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address the API binds (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port the API binds (default 8000)")
+    parser.add_argument(
+        "--grace", type=float, default=30.0, help="seconds tasks in flight get to finish on SIGTERM"
+    )
+    parser.set_defaults(handler=_run_node)
+
+
+# -- batchshift emulator / demo ---------------------------------------------------------------
+
+
+def _run_emulator(args: argparse.Namespace) -> int:
+    import orjson
+
+    from workers.emulator.server import serve
+
+    faults = orjson.loads(args.config) if args.config else {}
+    if args.turnaround is not None:
+        faults["turnaround_s"] = args.turnaround
+    if args.stall:
+        faults["stall"] = args.stall
+    serve(args.host, args.port, api_key=args.api_key, **faults)
+    return 0
+
+
+def _add_emulator(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "emulator", help="serve the OpenAI + Anthropic provider emulator (development, tests, demo)"
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8090, help="port to bind (default 8090)")
+    parser.add_argument("--api-key", help="accept only this key (default: any non-empty key)")
+    parser.add_argument("--turnaround", type=float, help="seconds from submission to a batch's end")
+    parser.add_argument("--stall", nargs="*", metavar="MODEL", help="models whose batches make no progress")
+    parser.add_argument(
+        "--config", help="other emulator settings as a JSON object, e.g. '{\"line_error_rate\": 0.05}'"
+    )
+    parser.set_defaults(handler=_run_emulator)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from batchshift.demo import main as demo_main
+
+    return demo_main(jobs=args.jobs)
+
+
+def _add_demo(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "demo", help="run the whole job on this machine: jobs in, a lagging lane rescued, savings reported"
+    )
+    parser.add_argument("--jobs", type=int, default=900, help="jobs to submit (default 900)")
+    parser.set_defaults(handler=_run_demo)
+
+
 # Every subcommand, in the order `batchshift --help` lists them. Append yours.
-COMMANDS: tuple[Callable[[Subparsers], None], ...] = (_add_api, _add_costs, _add_lanes)
+COMMANDS: tuple[Callable[[Subparsers], None], ...] = (
+    _add_api,
+    _add_scheduler,
+    _add_worker,
+    _add_run,
+    _add_emulator,
+    _add_demo,
+    _add_costs,
+    _add_lanes,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

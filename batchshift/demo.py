@@ -1,0 +1,412 @@
+"""``make demo``: batchshift's whole job on one machine, in about two minutes.
+
+It starts an embedded redis-server (unless ``BATCHSHIFT_REDIS_URL`` is set), the provider emulator,
+local receivers for completion webhooks and PagerDuty, and ``batchshift run`` as its own process;
+then it submits waves of jobs for several tenants and features across OpenAI and Anthropic lanes.
+Midway it stalls one lane in the emulator, so the SLO tracker flips that lane's jobs at risk and
+pages on-call; later it lifts the stall so the page resolves. The report at the end is read from
+batchshift's own API; the exit status is 0 only if every job ended and the on-time ratio met the SLO.
+Time is scaled down: turnarounds of seconds stand for hours, deadlines of a minute or two for a day.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+import random
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import uvicorn
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from batchshift.client import BatchshiftClient, Job
+from batchshift.demo_receivers import Inbox, receivers_app
+from batchshift.demo_workload import FEATURES, STALLED_MODEL, Wave, wave_requests
+from batchshift.embedded_redis import embedded_redis, free_port
+from workers.emulator.server import EmulatorControl, running_emulator
+
+ADMIN_KEY = "demo-admin-" + secrets.token_hex(8)
+ON_TIME_TARGET = 0.999
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The demo's timeline (seconds from the first wave) and workload size."""
+
+    jobs: int = 900
+    stall_at: float = 12.0
+    lift_at: float = 50.0
+    give_up_at: float = 160.0  # stop waiting for stragglers and report what is there
+
+    def waves(self) -> list[tuple[float, Wave]]:
+        """(when, wave): a calm start, a wave during the stall, a wave after it."""
+        first, second = int(self.jobs * 0.45), int(self.jobs * 0.35)
+        return [
+            (0.0, Wave("calm", first, (60, 150))),
+            (self.stall_at + 2, Wave("stall", second, (45, 100))),
+            (self.lift_at + 2, Wave("recovery", self.jobs - first - second, (40, 90))),
+        ]
+
+
+@dataclass
+class Outcome:
+    """What the demo measured; ``ok`` decides the exit status."""
+
+    jobs: int = 0
+    ended: int = 0
+    on_time: int = 0
+    statuses: Counter[str] = field(default_factory=Counter)
+    routes: Counter[str] = field(default_factory=Counter)
+    costs_by_feature: dict[str, Any] = field(default_factory=dict)
+    pages: Counter[str] = field(default_factory=Counter)
+    open_incidents: int = 0
+    webhooks_delivered: int = 0
+    webhooks_expected: int = 0
+    bad_signatures: int = 0
+    refused: int = 0
+
+    @property
+    def on_time_ratio(self) -> float:
+        return self.on_time / self.jobs if self.jobs else 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.jobs > 0 and self.ended == self.jobs and self.on_time_ratio >= ON_TIME_TARGET
+
+
+def _tenants() -> dict[str, dict[str, Any]]:
+    return {
+        tenant: {"api_key": f"demo-{tenant}-" + secrets.token_hex(8), "webhook_secrets": [_whsec()]}
+        for tenant in FEATURES
+    }
+
+
+def _whsec() -> str:
+    return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+
+
+def node_environment(
+    redis_url: str, emulator: str, receivers: str, tenants: dict[str, Any]
+) -> dict[str, str]:
+    """The ``batchshift run`` process's settings, all from the environment (no config file)."""
+
+    def js(value: Any) -> str:
+        return orjson.dumps(value).decode()
+
+    provider_common = {"api_key": "sk-demo-emulator", "completion_window_s": 90}
+    settings = {
+        "BATCHSHIFT_CONFIG": "",
+        "BATCHSHIFT_REDIS_URL": redis_url,
+        "BATCHSHIFT_ADMIN_API_KEY": ADMIN_KEY,
+        "BATCHSHIFT_TENANTS": js(tenants),
+        "BATCHSHIFT_PROVIDERS": js(
+            {
+                "openai": {"kind": "openai", "base_url": f"{emulator}/v1", "flex": True, "flex_latency_s": 5}
+                | provider_common,
+                "anthropic": {"kind": "anthropic", "base_url": emulator} | provider_common,
+            }
+        ),
+        "BATCHSHIFT_LANE_DEFAULTS": js({"max_wait": 3, "default_deadline": 120}),
+        "BATCHSHIFT_SCHEDULER": js(
+            {
+                "tick_interval_s": 0.5,
+                "lease_ttl_s": 3,
+                "poll_initial_s": 1,
+                "poll_max_s": 2,
+                "poll_backoff": 1.3,
+                "planned_timeout_s": 15,
+                "reconcile_interval_s": 10,
+            }
+        ),
+        "BATCHSHIFT_SLO": js(
+            {
+                "prior_turnaround_s": 10,
+                "min_samples": 3,
+                "bucket_s": 1,
+                "default_sync_latency_s": 2,
+                "sync_share_window_s": 60,
+                "burn_rules": [
+                    {"severity": "page", "factor": 14.4, "long_window_s": 60, "short_window_s": 10},
+                    {"severity": "page", "factor": 6, "long_window_s": 120, "short_window_s": 30},
+                    {"severity": "ticket", "factor": 1, "long_window_s": 600, "short_window_s": 120},
+                ],
+            }
+        ),
+        "BATCHSHIFT_ALERTS": js(
+            {
+                "pagerduty": {"routing_key": "demo-routing-key", "url": f"{receivers}/pagerduty"},
+                "resolve_after_s": 8,
+                "renotify_s": 600,
+                "retry_schedule_s": [1, 2, 5],
+            }
+        ),
+        "BATCHSHIFT_WEBHOOKS": js({"retry_schedule_s": [1, 2, 5, 10]}),
+        "BATCHSHIFT_WEBHOOK_ALLOWLIST": js(["127.0.0.1/32"]),
+        "BATCHSHIFT_LOG_FORMAT": "json",
+        "BATCHSHIFT_LOG_LEVEL": "WARNING",
+    }
+    return {**os.environ, **settings}
+
+
+@contextlib.contextmanager
+def _redis() -> Iterator[str]:
+    """``BATCHSHIFT_REDIS_URL`` when set, else an embedded redis-server for the demo's lifetime."""
+    configured = os.environ.get("BATCHSHIFT_REDIS_URL")
+    if configured:
+        yield configured
+        return
+    with embedded_redis() as url:
+        yield url
+
+
+@contextlib.asynccontextmanager
+async def _receivers(tenants: dict[str, Any], inbox: Inbox) -> AsyncIterator[str]:
+    """The webhook and PagerDuty receivers, served on this event loop."""
+    port = free_port()
+    secrets_by_tenant = {t: cfg["webhook_secrets"][0] for t, cfg in tenants.items()}
+    server = uvicorn.Server(
+        uvicorn.Config(
+            receivers_app(secrets_by_tenant, inbox), host="127.0.0.1", port=port, log_level="error"
+        )
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            raise RuntimeError("the demo's receivers did not start")
+        await asyncio.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+@contextlib.asynccontextmanager
+async def _node(env: dict[str, str], port: int, log_path: Path) -> AsyncIterator[str]:
+    """``batchshift run`` as its own process; stopped with SIGTERM (a graceful shutdown) at the end."""
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(  # noqa: ASYNC220 - started once, waited for below without blocking the loop
+            [sys.executable, "-m", "batchshift.cli", "run", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            await _wait_ready(url, proc)
+            yield url
+        finally:
+            proc.terminate()
+            for _ in range(300):
+                if proc.poll() is not None:
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                proc.kill()
+
+
+async def _wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
+    async with httpx.AsyncClient() as http:
+        for _ in range(300):
+            if proc.poll() is not None:
+                raise RuntimeError(f"batchshift run exited with {proc.returncode} at start; see its log")
+            with contextlib.suppress(httpx.HTTPError):
+                if (await http.get(f"{url}/readyz")).status_code == 200:
+                    return
+            await asyncio.sleep(0.1)
+    raise RuntimeError("batchshift run did not become ready")
+
+
+class Demo:
+    """One demo run: drive the workload, show progress, and collect the report."""
+
+    def __init__(self, plan: Plan, console: Console) -> None:
+        self.plan = plan
+        self.console = console
+        self.tenants = _tenants()
+        self.inbox = Inbox()
+        self.submitted: dict[str, list[str]] = {t: [] for t in self.tenants}
+        self.outcome = Outcome()
+        self.phase = "starting"
+        self.rng = random.Random(7)  # noqa: S311 - a reproducible workload, not a secret
+
+    async def run(self) -> Outcome:
+        with _redis() as redis_url, running_emulator({"turnaround_s": {"*": 4.0}}) as emulator:
+            async with self._stack(redis_url, emulator) as api:
+                await self._drive(api, EmulatorControl(emulator))
+                await self._collect(api)
+        return self.outcome
+
+    @contextlib.asynccontextmanager
+    async def _stack(self, redis_url: str, emulator: str) -> AsyncIterator[str]:
+        async with _receivers(self.tenants, self.inbox) as receivers:
+            env = node_environment(redis_url, emulator, receivers, self.tenants)
+            self.callback_base = receivers
+            log_path = Path(tempfile.gettempdir()) / "batchshift-demo-node.log"
+            self.console.print(f"batchshift run: logs in {log_path}")
+            async with _node(env, free_port(), log_path) as api:
+                yield api
+
+    async def _drive(self, api: str, emulator: EmulatorControl) -> None:
+        start = time.monotonic()
+        waves = self.plan.waves()
+        stalled = lifted = False
+        with Live(self._progress(0.0, {}, Counter()), console=self.console, refresh_per_second=2) as live:
+            while True:
+                elapsed = time.monotonic() - start
+                while waves and waves[0][0] <= elapsed:
+                    _, wave = waves.pop(0)
+                    self.phase = f"wave {wave.name!r}"
+                    await self._submit(api, wave)
+                if not stalled and elapsed >= self.plan.stall_at:
+                    emulator.configure(stall=[STALLED_MODEL])
+                    stalled, self.phase = True, f"{STALLED_MODEL} batch lane stalled"
+                if stalled and not lifted and elapsed >= self.plan.lift_at:
+                    emulator.configure(stall=[])
+                    lifted, self.phase = True, "stall lifted"
+                lanes, routes = await self._figures(api)
+                live.update(self._progress(elapsed, lanes, routes))
+                ended = sum(routes.values())
+                if not waves and lifted and ended >= self._total() and not self.inbox.open_incidents():
+                    await self._settle_webhooks()
+                    return
+                if elapsed > self.plan.give_up_at:
+                    self.console.print("[yellow]gave up waiting; reporting what there is[/]")
+                    return
+                await asyncio.sleep(1.0)
+
+    def _total(self) -> int:
+        return sum(len(ids) for ids in self.submitted.values())
+
+    async def _submit(self, api: str, wave: Wave) -> None:
+        for tenant, requests in wave_requests(wave, self.rng, self.callback_base).items():
+            async with BatchshiftClient(api, self.tenants[tenant]["api_key"]) as client:
+                for entry in await client.enqueue_many(requests):
+                    if isinstance(entry, Job):
+                        self.submitted[tenant].append(entry.id)
+                        if entry.callback_url:
+                            self.outcome.webhooks_expected += 1
+                    else:
+                        self.outcome.refused += 1
+
+    async def _figures(self, api: str) -> tuple[dict[str, str], Counter[str]]:
+        headers = {"authorization": f"Bearer {ADMIN_KEY}"}
+        async with httpx.AsyncClient(base_url=api, headers=headers, timeout=10) as http:
+            lanes = (await http.get("/v1/lanes")).json().get("data", [])
+            costs = (await http.get("/v1/costs", params={"group_by": "route"})).json()
+        states = {lane["lane"]: lane["state"] or "-" for lane in lanes}
+        routes = Counter({group["key"]: int(group["jobs"]) for group in costs.get("groups", [])})
+        return states, routes
+
+    async def _settle_webhooks(self) -> None:
+        """Give deliveries in flight a few seconds to land before counting them."""
+        for _ in range(20):
+            if len(self.inbox.webhook_ids) >= self.outcome.webhooks_expected:
+                return
+            await asyncio.sleep(0.5)
+
+    def _progress(self, elapsed: float, lanes: dict[str, str], routes: Counter[str]) -> Table:
+        table = Table(title=f"batchshift demo · {elapsed:5.1f} s · {self.phase}", show_header=False)
+        table.add_column(justify="right", style="bold")
+        table.add_column()
+        ended = sum(routes.values())
+        table.add_row("jobs", f"{ended} ended of {self._total()} submitted")
+        table.add_row("routes", ", ".join(f"{r} {n}" for r, n in sorted(routes.items())) or "-")
+        style = {"healthy": "green", "lagging": "yellow", "breaching": "bold red"}
+        for lane, state in sorted(lanes.items()):
+            table.add_row(lane, f"[{style.get(state, '')}]{state}[/]")
+        actions = self.inbox.page_actions()
+        table.add_row("pages", f"{actions['trigger']} triggered, {actions['resolve']} resolved")
+        table.add_row("webhooks", f"{len(self.inbox.webhook_ids)} delivered, {self.inbox.bad_signatures} bad")
+        return table
+
+    async def _collect(self, api: str) -> None:
+        out = self.outcome
+        for cfg in self.tenants.values():
+            async with BatchshiftClient(api, cfg["api_key"]) as client:
+                async for job in client.iter_jobs(page_size=500):
+                    out.jobs += 1
+                    out.statuses[job.status] += 1
+                    if job.completed_at is None:
+                        continue
+                    out.ended += 1
+                    out.routes[job.route or "-"] += 1
+                    if _ts(job.completed_at) <= _ts(job.deadline):
+                        out.on_time += 1
+        async with httpx.AsyncClient(base_url=api, headers={"authorization": f"Bearer {ADMIN_KEY}"}) as http:
+            out.costs_by_feature = (await http.get("/v1/costs", params={"group_by": "feature"})).json()
+        out.pages = self.inbox.page_actions()
+        out.open_incidents = len(self.inbox.open_incidents())
+        out.webhooks_delivered = len(self.inbox.webhook_ids)
+        out.bad_signatures = self.inbox.bad_signatures
+
+
+def _ts(rfc3339: str) -> float:
+    return datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp()
+
+
+def report(outcome: Outcome, console: Console) -> None:
+    """The closing report."""
+    console.print()
+    summary = Table(title="batchshift demo report", show_header=False)
+    summary.add_column(style="bold")
+    summary.add_column(justify="right")
+    summary.add_row("jobs", str(outcome.jobs))
+    summary.add_row("ended", f"{outcome.ended} ({dict(outcome.statuses)})")
+    summary.add_row("on time", f"{outcome.on_time_ratio:.2%} (target {ON_TIME_TARGET:.1%})")
+    summary.add_row("by route", ", ".join(f"{r} {n}" for r, n in sorted(outcome.routes.items())))
+    total = outcome.costs_by_feature.get("total", {})
+    summary.add_row(
+        "cost",
+        f"${total.get('actual_usd', 0):.4f} actual vs ${total.get('sync_equivalent_usd', 0):.4f} all-sync",
+    )
+    summary.add_row("saved", f"${total.get('saved_usd', 0):.4f} ({total.get('saved_pct', 0)}%)")
+    summary.add_row("duplicate spend", f"${total.get('duplicate_usd', 0):.4f}")
+    summary.add_row("pages", f"{outcome.pages['trigger']} sent, {outcome.pages['resolve']} resolved")
+    summary.add_row(
+        "webhooks",
+        f"{outcome.webhooks_delivered} delivered of {outcome.webhooks_expected}, "
+        f"{outcome.bad_signatures} bad signatures",
+    )
+    console.print(summary)
+    features = Table(title="savings against all-sync, by feature")
+    for column in ("feature", "jobs", "actual $", "all-sync $", "saved %", "sync share", "on time %"):
+        features.add_column(column, justify="left" if column == "feature" else "right")
+    for group in outcome.costs_by_feature.get("groups", []):
+        features.add_row(
+            str(group["key"]),
+            str(group["jobs"]),
+            f"{group['actual_usd']:.4f}",
+            f"{group['sync_equivalent_usd']:.4f}",
+            str(group["saved_pct"]),
+            f"{group['sync_share']:.1%}" if group["sync_share"] is not None else "-",
+            str(group["on_time_pct"]),
+        )
+    console.print(features)
+    verdict = "[bold green]PASS[/]" if outcome.ok else "[bold red]FAIL[/]"
+    console.print(f"{verdict}: every job ended and on time met the SLO" if outcome.ok else f"{verdict}")
+
+
+def main(jobs: int = 900) -> int:
+    """Run the demo; 0 only if every job ended and the on-time ratio met the SLO."""
+    console = Console()
+    plan = Plan(jobs=jobs)
+    outcome = asyncio.run(Demo(plan, console).run())
+    report(outcome, console)
+    return 0 if outcome.ok else 1

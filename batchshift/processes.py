@@ -1,0 +1,129 @@
+"""The long-running processes: scheduler, worker, and all of them in one (``batchshift run``).
+
+Each installs its own SIGTERM/SIGINT handling so shutdown is graceful: the scheduler hands its lease
+over, the API stops accepting connections and finishes the requests in flight, and the worker
+stops picking tasks and lets those in flight finish (up to ``grace_s``). A task cut short is safe:
+every task is idempotent and guarded, and arq runs it again on the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Iterator
+
+import structlog
+import uvicorn
+from arq import create_pool
+from arq.connections import RedisSettings
+from arq.worker import Worker
+from redis.asyncio import Redis
+
+from config.settings import Settings
+from scheduler.api.app import create_app
+from scheduler.service import Scheduler
+from workers.worker import worker_settings
+
+log = structlog.get_logger(__name__)
+
+# Seconds tasks in flight get to finish after SIGTERM before the worker cancels them.
+DEFAULT_GRACE_S = 30.0
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handlers: the process owns SIGTERM and stops every part."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _stop_event() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def _drain(worker: Worker, grace_s: float) -> None:
+    """Stop picking tasks, give those in flight ``grace_s`` to finish, then close the worker."""
+    worker.allow_pick_jobs = False
+    in_flight = [t for t in worker.tasks.values() if not t.done()]
+    if in_flight:
+        log.info("worker.draining", tasks=len(in_flight), grace_s=grace_s)
+        await asyncio.wait(in_flight, timeout=grace_s)
+    await worker.close()
+
+
+async def run_scheduler(settings: Settings) -> None:
+    """The scheduler's tick loop until SIGTERM; standbys wait for the lease."""
+    stop = _stop_event()
+    redis = Redis.from_url(settings.redis_url)
+    arq_pool = await create_pool(RedisSettings.from_dsn(settings.redis_url))
+    try:
+        async with Scheduler(settings, redis, arq_pool) as scheduler:
+            loop_task = asyncio.create_task(scheduler.run_forever())
+            stop_task = asyncio.create_task(stop.wait())
+            await asyncio.wait({loop_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+            await scheduler.close()
+            stop_task.cancel()
+            await loop_task
+    finally:
+        await arq_pool.aclose()
+        await redis.aclose()
+    log.info("scheduler.stopped")
+
+
+async def run_worker(settings: Settings, grace_s: float = DEFAULT_GRACE_S) -> None:
+    """The arq worker until SIGTERM, draining tasks in flight."""
+    stop = _stop_event()
+    worker = Worker(**worker_settings(settings), handle_signals=False)
+    main = asyncio.create_task(worker.main())
+    stop_task = asyncio.create_task(stop.wait())
+    await asyncio.wait({main, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+    await _drain(worker, grace_s)
+    stop_task.cancel()
+    main.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await main
+
+
+async def run_node(settings: Settings, host: str, port: int, grace_s: float = DEFAULT_GRACE_S) -> None:
+    """API, scheduler and worker in one process, for single-node deployments."""
+    stop = _stop_event()
+    server = _Server(
+        uvicorn.Config(
+            create_app(settings), host=host, port=port, log_config=None, access_log=False, server_header=False
+        )
+    )
+    redis = Redis.from_url(settings.redis_url)
+    arq_pool = await create_pool(RedisSettings.from_dsn(settings.redis_url))
+    worker = Worker(**worker_settings(settings), handle_signals=False)
+    scheduler = Scheduler(settings, redis, arq_pool)
+    parts = {
+        asyncio.create_task(server.serve(), name="api"),
+        asyncio.create_task(scheduler.run_forever(), name="scheduler"),
+        asyncio.create_task(worker.main(), name="worker"),
+    }
+    stop_task = asyncio.create_task(stop.wait(), name="signal")
+    log.info("node.started", host=host, port=port)
+    done, _ = await asyncio.wait({*parts, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+    for task in done - {stop_task}:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("node.part_failed", part=task.get_name(), error=repr(task.exception()))
+    # Stop taking work first (API, scheduler), then let the worker finish what it holds.
+    server.should_exit = True
+    await scheduler.close()
+    await _drain(worker, grace_s)
+    stop_task.cancel()
+    for task in parts:
+        if task.get_name() == "worker":
+            task.cancel()
+    results = await asyncio.gather(*parts, return_exceptions=True)
+    await arq_pool.aclose()
+    await redis.aclose()
+    failed = [r for r in results if isinstance(r, Exception)]
+    log.info("node.stopped", failed_parts=len(failed))
