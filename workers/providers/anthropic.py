@@ -172,8 +172,9 @@ class AnthropicAdapter:
             raise BatchNotEnded(provider_batch_id, info.raw_status)
         path = f"{BATCHES}/{provider_batch_id}/results"
         async with self.account.stream(path, headers={"accept": "application/binary"}) as response:
-            async for raw in http.iter_lines(response):
-                yield result_line(raw)
+            async for block in http.iter_line_blocks(response):
+                for raw in block:
+                    yield result_line(raw)
 
     async def send_sync(
         self, endpoint: str, body: bytes, *, service_tier: str | None = None, max_retries: int | None = None

@@ -91,11 +91,11 @@ def result_line(raw: bytes) -> ResultLine:
         doc = orjson.loads(raw)
         custom_id = str(doc["custom_id"])
         response = doc.get("response")
-        if response is not None and 200 <= int(response.get("status_code", 0)) < 300:
-            body = response.get("body") or {}
+        status = int(response.get("status_code", 0)) if response is not None else 0
+        if 200 <= status < 300:
+            body = response["body"]
             return ResultLine(custom_id, "succeeded", orjson.dumps(body), body.get("usage"), None, True)
         if response is not None:
-            status = int(response.get("status_code", 0))
             err = (response.get("body") or {}).get("error") or {}
             retriable = status in (408, 429) or status >= 500
             error = {
@@ -205,8 +205,9 @@ class OpenAIAdapter:
             if not file_id:
                 continue
             async with self.account.stream(f"/files/{file_id}/content") as response:
-                async for raw in http.iter_lines(response):
-                    yield result_line(raw)
+                async for block in http.iter_line_blocks(response):
+                    for raw in block:
+                        yield result_line(raw)
 
     async def send_sync(
         self, endpoint: str, body: bytes, *, service_tier: str | None = None, max_retries: int | None = None
