@@ -13,7 +13,7 @@ import pytest
 from config.settings import ProviderSettings
 from tests.workers.conftest import FAST_HTTP, anthropic_settings, openai_settings
 from workers import errors
-from workers.emulator.server import EmulatorControl
+from workers.emulator.server import EmulatorControl, running_emulator
 from workers.providers import make_adapter
 from workers.providers.anthropic import AnthropicAdapter
 from workers.providers.base import BatchInfo, BatchLine, ProviderAdapter, ResultLine
@@ -359,7 +359,6 @@ async def test_openai_compatible_auth_header_and_path_prefix(
 async def test_wrong_key_is_an_authentication_error(
     emulator: EmulatorControl, client: httpx.AsyncClient
 ) -> None:
-    from workers.emulator.server import running_emulator
 
     with running_emulator(api_key="sk-right") as url:
         adapter = make_adapter("o", openai_settings(url, api_key="sk-wrong"), client)
