@@ -18,7 +18,9 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def compose_schema() -> dict[str, Any]:
     """The Compose Specification schema as check-jsonschema vendors it."""
-    text = resources.files("check_jsonschema.builtin_schemas.vendor").joinpath("compose-spec.json").read_text()
+    text = (
+        resources.files("check_jsonschema.builtin_schemas.vendor").joinpath("compose-spec.json").read_text()
+    )
     schema: dict[str, Any] = json.loads(text)
     return schema
 
