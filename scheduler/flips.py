@@ -17,6 +17,7 @@ counted as duplicate spend.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import structlog
@@ -25,6 +26,8 @@ from redis.asyncio import Redis
 
 from config.settings import Settings
 from scheduler import budgets, keys, tasks
+from scheduler.health import LaneHealth, read_health
+from scheduler.jobs import NewJob
 from scheduler.ledger import Ledger, Requeue
 from scheduler.prediction import LanePrediction
 
@@ -32,6 +35,8 @@ log = structlog.get_logger(__name__)
 
 # Job ids read per round trip when building a batch's deadline index.
 INDEX_CHUNK = 1000
+# Seconds intake reuses a lane's health: bulk intake reads it once, not once per item.
+INTAKE_HEALTH_TTL_S = 1.0
 
 
 @dataclass(slots=True)
@@ -153,3 +158,33 @@ class Flipper:
         if enqueued:
             report.cancelled.append(batch_id)
             log.info("batch.cancel_requested", batch_id=batch_id, lane=lane, reason="all_jobs_flipped")
+
+
+_intake_health: dict[str, tuple[float, LaneHealth]] = {}
+
+
+async def route_at_enqueue(job: NewJob, gate: budgets.AdmissionGate) -> None:
+    """Intake admission step: a deadline nearer than any batch could meet goes straight to sync.
+
+    "Any batch" is the lane's fastest recent turnaround (none while history is short); the sync
+    margin is added because a job that close would be flipped at the first tick anyway.
+    A tenant under a spent ``batch_only`` budget stays on the batch lane.
+    """
+    if job.state != "queued":
+        return
+    cached = _intake_health.get(job.lane)
+    if cached is None or cached[0] < time.monotonic():
+        health = await read_health(gate.redis, gate.settings, job.lane, job.provider, job.created_ms)
+        if len(_intake_health) > 1000:
+            _intake_health.clear()
+        _intake_health[job.lane] = (time.monotonic() + INTAKE_HEALTH_TTL_S, health)
+    else:
+        health = cached[1]
+    # Without history nothing says a batch could not make it: only the sync margin counts then.
+    fastest = health.turnarounds[0] if health.has_history else 0.0
+    if job.deadline_ms - job.created_ms >= (fastest + health.sync_margin()) * 1000:
+        return
+    if job.tenant in await budgets.sync_blocked(gate.redis, gate.settings, [job.tenant], job.created_ms):
+        return
+    job.state = "sync"
+    log.info("job.routed_to_sync", job_id=job.id, lane=job.lane, reason="deadline_nearer_than_any_batch")

@@ -25,7 +25,7 @@ import orjson
 from redis.asyncio import Redis
 
 from config.settings import ProviderSettings, Settings
-from scheduler import budgets, ids
+from scheduler import budgets, flips, ids
 from scheduler.errors import InvalidRequest, PayloadTooLarge
 from scheduler.jobs import NewJob, lane_name
 
@@ -284,7 +284,10 @@ class Gate:
 
 
 Admission = Callable[[NewJob, Gate], Awaitable[None]]
-ADMISSION: tuple[Admission, ...] = (budgets.admission,)  # ceiling 422, envelope 402
+ADMISSION: tuple[Admission, ...] = (
+    budgets.admission,  # ceiling 422, envelope 402
+    flips.route_at_enqueue,  # a deadline no batch can meet goes straight to sync
+)
 
 
 async def admit(job: NewJob, gate: Gate) -> NewJob:

@@ -116,3 +116,42 @@ async def test_late_batch_result_for_a_flipped_job_is_duplicate_spend(redis, poo
     assert job.state == "sync"
     day = day_of(NOW + 12_000)
     assert float(await redis.hget(keys.agg_total(day, "acme"), "duplicate_usd")) == 0.5
+
+
+async def test_intake_routes_a_deadline_no_batch_can_meet_to_sync(redis, redis_url):
+    """Fastest recent batch 30 s + sync margin 2 s: a 20 s deadline goes straight to sync at enqueue."""
+    from scheduler.flips import _intake_health, route_at_enqueue
+    from scheduler.health import sample
+    from scheduler.intake import Gate
+    from tests.scheduler.slo_support import new_job
+
+    _intake_health.clear()
+    settings = slo_settings(redis_url, min_samples=2)
+    for seconds in (30.0, 40.0):
+        await redis.lpush(keys.lane_turnarounds(LANE), sample(NOW, seconds))
+    gate = Gate(settings, redis)
+    near, far, frugal = new_job(NOW, 20), new_job(NOW, 3600), new_job(NOW, 20, tenant="frugal")
+    await redis.set(keys.budget_spend("frugal", budgets.month_of(NOW)), "5")
+    for job in (near, far, frugal):
+        await route_at_enqueue(job, gate)
+    assert near.state == "sync"
+    assert far.state == "queued"
+    assert frugal.state == "queued"  # batch_only and spent: never paid sync
+    outcome = await Ledger(redis).enqueue(near)
+    assert outcome.status == "created"
+    assert await redis.zscore(keys.SYNC_QUEUE, near.id) is not None
+
+
+async def test_intake_without_history_trusts_batches(redis, redis_url):
+    from scheduler.flips import _intake_health, route_at_enqueue
+    from scheduler.intake import Gate
+    from tests.scheduler.slo_support import new_job
+
+    _intake_health.clear()
+    settings = slo_settings(redis_url)
+    job = new_job(NOW, 20)
+    await route_at_enqueue(job, Gate(settings, redis))
+    assert job.state == "queued"
+    inside_margin = new_job(NOW, 1)
+    await route_at_enqueue(inside_margin, Gate(settings, redis))
+    assert inside_margin.state == "sync"

@@ -1,0 +1,67 @@
+"""The sync lane's shared per-provider limits: concurrency slots, requests per minute, provider holds."""
+
+from __future__ import annotations
+
+import pytest
+
+from config.settings import ProviderSettings
+from workers.sync_limits import Permit, SyncLimits, estimate_tokens, reset_seconds
+
+NOW = 1_800_000_000_000
+BODY = b'{"model":"m","messages":[],"max_tokens":100}'
+
+
+def provider(**limits):
+    return ProviderSettings(kind="openai", base_url="http://127.0.0.1:9/v1", **limits)
+
+
+async def test_concurrency_slots_are_shared_and_released(redis):
+    limits = SyncLimits(redis)
+    config = provider(sync_concurrency=2)
+    first = await limits.acquire("openai", config, BODY, NOW)
+    second = await limits.acquire("openai", config, BODY, NOW)
+    assert isinstance(first, Permit)
+    assert isinstance(second, Permit)
+    assert not isinstance(await limits.acquire("openai", config, BODY, NOW), Permit)
+    await limits.release(first)
+    assert isinstance(await limits.acquire("openai", config, BODY, NOW), Permit)
+
+
+async def test_requests_per_minute(redis):
+    limits = SyncLimits(redis)
+    config = provider(sync_rpm=2, sync_concurrency=100)
+    assert isinstance(await limits.acquire("openai", config, BODY, NOW), Permit)
+    assert isinstance(await limits.acquire("openai", config, BODY, NOW), Permit)
+    wait = await limits.acquire("openai", config, BODY, NOW)
+    assert isinstance(wait, float)
+    assert 0 < wait <= 60
+    assert isinstance(await limits.acquire("openai", config, BODY, NOW + 60_000), Permit)
+
+
+async def test_tokens_per_minute(redis):
+    limits = SyncLimits(redis)
+    config = provider(sync_tpm=150, sync_concurrency=100)
+    assert isinstance(await limits.acquire("openai", config, BODY, NOW), Permit)
+    assert not isinstance(await limits.acquire("openai", config, BODY, NOW), Permit)
+
+
+async def test_spent_rate_limit_headers_hold_the_provider(redis):
+    limits = SyncLimits(redis)
+    config = provider()
+    held = await limits.observe(
+        "openai", {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "2s"}, NOW
+    )
+    assert held == 2
+    wait = await limits.acquire("openai", config, BODY, NOW + 500)
+    assert wait == pytest.approx(1.5)
+    assert isinstance(await limits.acquire("openai", config, BODY, NOW + 2_500), Permit)
+    assert await limits.observe("openai", {"x-ratelimit-remaining-requests": "12"}, NOW) is None
+
+
+def test_reset_durations_and_token_estimate():
+    assert reset_seconds("6m0s") == 360
+    assert reset_seconds("1.5s") == 1.5
+    assert reset_seconds("20ms") == 0.02
+    assert reset_seconds("3") == 3
+    assert reset_seconds("soon") is None
+    assert estimate_tokens(BODY) == len(BODY) // 4 + 100
