@@ -72,6 +72,16 @@ class LaneHealth:
         """Whether enough turnarounds exist to trust them over the prior."""
         return len(self.turnarounds) >= self.min_samples
 
+    @property
+    def blind(self) -> bool:
+        """No history, and a prior no tighter than the completion window: the lane knows nothing yet.
+
+        Planning and flipping with the window would send every job with a deadline inside it to sync
+        before a single batch could teach the lane its turnaround, so such a lane plans and flips
+        just in time instead (see :mod:`scheduler.prediction`).
+        """
+        return not self.has_history and self.prior_turnaround_s >= self.window_s
+
     def turnaround(self, q: float) -> float:
         """The ``q`` quantile of turnaround, or the prior while history is short."""
         if not self.has_history:

@@ -7,6 +7,11 @@ no more than the flush lead: turnaround plus sync margin plus two ticks). A batc
 ``e`` seconds is predicted from the history conditioned on having waited ``e``
 (:meth:`LaneHealth.remaining_after`): a batch slower than anything seen runs to the window's end.
 A job is at risk when its predicted completion plus the sync margin passes its deadline.
+
+A blind lane (no history, and no prior tighter than the provider's completion window) predicts
+nothing: its jobs stay on the batch route until their deadline leaves just the sync margin plus two
+ticks, then flip. Its batches meanwhile teach it its turnaround; without that, a fresh deployment
+with deadlines inside the window would send everything to sync and never learn otherwise.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ class LanePrediction:
     next_flush_ms: int | None  # None with nothing queued
     oldest_arrival_ms: int | None
     batches: list[BatchPrediction] = field(default_factory=list)
+    just_in_time_ms: int | None = None  # set for a blind lane: the one horizon it flips by
 
     @property
     def queued_completion_ms(self) -> int | None:
@@ -62,11 +68,15 @@ class LanePrediction:
     @property
     def queued_horizon_ms(self) -> int | None:
         """Queued jobs with a deadline before this are at risk."""
+        if self.just_in_time_ms is not None:
+            return self.just_in_time_ms if self.next_flush_ms is not None else None
         done = self.queued_completion_ms
         return None if done is None else done + int(self.sync_margin_s * 1000)
 
     def batch_horizon_ms(self, prediction: BatchPrediction) -> int:
         """Jobs of this batch with a deadline before this are at risk."""
+        if self.just_in_time_ms is not None:
+            return self.just_in_time_ms
         return prediction.predicted_end_ms + int(self.sync_margin_s * 1000)
 
     def oldest_completion_ms(self) -> int | None:
@@ -80,8 +90,12 @@ class LanePrediction:
 def expected_turnaround_s(health: LaneHealth, settings: Settings) -> float:
     """The turnaround the planner's deadline-pressure rule should plan with: quantile + sync margin.
 
-    Planning with the sync margin included makes a lane flush before its jobs would flip.
+    Planning with the sync margin included makes a lane flush before its jobs would flip. A blind
+    lane plans with the sync margin alone: its flushes come from ``max_wait`` and caps, not from
+    a window-long prior that would flush every tick.
     """
+    if health.blind:
+        return health.sync_margin()
     return health.turnaround(settings.slo.turnaround_quantile) + health.sync_margin()
 
 
@@ -150,4 +164,7 @@ async def predict_lane(
         candidates = [by_deadline] if by_wait is None else [by_wait, by_deadline]
         prediction.next_flush_ms = max(now_ms, min(candidates))
     prediction.batches = [predict_batch(health, b, now_ms, q) for b in batches]
+    if health.blind:
+        lead_s = health.sync_margin() + PRESSURE_TICKS * settings.scheduler.tick_interval_s
+        prediction.just_in_time_ms = now_ms + int(lead_s * 1000)
     return prediction

@@ -155,3 +155,30 @@ async def test_intake_without_history_trusts_batches(redis, redis_url):
     inside_margin = new_job(NOW, 1)
     await route_at_enqueue(inside_margin, Gate(settings, redis))
     assert inside_margin.state == "sync"
+
+
+async def test_a_blind_lane_keeps_jobs_on_the_batch_route_until_just_in_time(redis, pool, redis_url):
+    """No history and no prior tighter than the 24 h window: a 1 h deadline is not flipped at once
+    (the lane must batch to learn its turnaround); a deadline within the sync margin is."""
+    settings = slo_settings(redis_url, prior_turnaround_s=None)
+    ledger = Ledger(redis)
+    near, far = await enqueue(ledger, NOW, [2, 3600])
+    health = await read_health(redis, settings, LANE, "openai", NOW)
+    assert health.blind
+    report = await flip(redis, pool, settings, NOW)
+    assert report.flipped == [near]
+    assert (await ledger.get(far)).state == "queued"
+    # an hour later, within the margin of its deadline, the far job flips too
+    later = await flip(redis, pool, settings, NOW + 3_599_000)
+    assert later.flipped == [far]
+
+
+async def test_a_blind_lane_in_flight_batch_flips_only_near_its_deadlines(redis, pool, redis_url):
+    settings = slo_settings(redis_url, prior_turnaround_s=None)
+    ledger = Ledger(redis)
+    await enqueue(ledger, NOW, [3600])
+    batch_id = await submitted_batch(redis, settings, NOW)
+    assert (await flip(redis, pool, settings, NOW + 60_000)).flipped == []
+    flipped = (await flip(redis, pool, settings, NOW + 3_599_000)).flipped
+    assert len(flipped) == 1
+    assert (await ledger.get(flipped[0])).batch_id == batch_id
