@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 # Every stage module, run in this order. Append yours.
-STAGES: tuple[str, ...] = ("benchmarks.intake", "benchmarks.planning")
+STAGES: tuple[str, ...] = ("benchmarks.intake", "benchmarks.providers", "benchmarks.planning")
 
 
 def _number(value: Any, digits: int = 0) -> str:
