@@ -156,7 +156,9 @@ class WorkerSettings(_Strict):
     job_timeout_s: float = Field(default=300.0, gt=0)
     ingest_chunk: int = Field(default=500, gt=0)
     result_retention_s: int = Field(default=7 * 24 * 3600, gt=0)
-    sync_max_attempts: int = Field(default=5, gt=0)
+    sync_max_attempts: int | None = Field(
+        default=None, gt=0
+    )  # None: retriable errors retry until the deadline
 
 
 class WebhookSettings(_Strict):

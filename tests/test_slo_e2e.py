@@ -274,7 +274,7 @@ async def test_late_batch_result_for_a_flipped_job_is_duplicate_spend(
 async def test_sync_outage_retries_until_deadline_then_fails_and_pages(
     redis, redis_url, emulator, pagerduty, harness
 ):
-    """Backoff of 0.25 s doubling to 1 s: the retries (up to sync_max_attempts = 5) outlast a 1.5 s
+    """Backoff of 0.25 s doubling to 1 s: the retries (no attempt cap) go on until a 1.5 s
     deadline, so the last wait is cut to end just past it and that run fails deadline_exceeded."""
     slow_backoff = FAST_HTTP.model_copy(update={"backoff_base": 0.5, "backoff_max": 1.0})
     settings = e2e_settings(redis_url, emulator, pagerduty, http=slow_backoff)

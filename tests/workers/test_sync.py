@@ -9,7 +9,6 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from arq import Retry
 
 from config.settings import Settings
 from scheduler import keys
@@ -69,24 +68,39 @@ async def test_a_sync_job_succeeds_with_the_providers_answer(redis_url, redis, e
     assert await redis.zscore(keys.SYNC_QUEUE, jid) is None
 
 
-async def test_a_retriable_error_is_retried_later_through_arq(redis_url, redis, emulator, http) -> None:
+async def test_a_retriable_error_hands_the_job_back_to_the_dispatch(redis_url, redis, emulator, http) -> None:
+    """No arq retry budget: the run moves the job's lease end by the backoff and counts the attempt."""
     emulator.configure(fail_next={"POST /v1/chat/completions": [500]})
     ctx = await make_ctx(sync_settings(redis_url, emulator.url), http)
     jid = await sync_job(ctx["ledger"])
-    with pytest.raises(Retry):
-        await run_sync(ctx, jid)
+    await redis.zadd(keys.SYNC_LEASES, {jid: 0})
+    before = time.time() * 1000
+    assert await run_sync(ctx, jid) == "later"
     assert (await ctx["ledger"].get(jid)).state == "sync"
-    ctx["job_try"] = 2
+    assert await redis.hget(keys.job(jid), "sync_attempts") == b"1"
+    assert await redis.zscore(keys.SYNC_LEASES, jid) > before  # not dispatched again before the backoff
     assert await run_sync(ctx, jid) == "succeeded"
 
 
-async def test_after_the_last_attempt_the_job_fails_with_the_providers_error(
+async def test_retriable_errors_retry_past_any_fixed_count_until_the_deadline(
     redis_url, redis, emulator, http
 ) -> None:
-    emulator.configure(fail_next={"POST /v1/chat/completions": [503]})
+    emulator.configure(fail_next={"POST /v1/chat/completions": [503] * 8})
     ctx = await make_ctx(sync_settings(redis_url, emulator.url), http)
-    ctx["job_try"] = ctx["settings"].worker.sync_max_attempts
     jid = await sync_job(ctx["ledger"])
+    outcomes = [await run_sync(ctx, jid) for _ in range(9)]
+    assert outcomes == ["later"] * 8 + ["succeeded"]
+
+
+async def test_with_an_attempt_cap_the_last_attempt_fails_with_the_providers_error(
+    redis_url, redis, emulator, http
+) -> None:
+    emulator.configure(fail_next={"POST /v1/chat/completions": [503, 503]})
+    settings = sync_settings(redis_url, emulator.url)
+    settings.worker.sync_max_attempts = 2
+    ctx = await make_ctx(settings, http)
+    jid = await sync_job(ctx["ledger"])
+    assert await run_sync(ctx, jid) == "later"
     assert await run_sync(ctx, jid) == "failed"
     job = await ctx["ledger"].get(jid)
     assert job.error["status"] == 503

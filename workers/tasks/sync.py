@@ -2,11 +2,11 @@
 
 The scheduler's sync dispatch (scheduler/sync_dispatch.py) hands each job in the sync queue to one
 ``run_sync(job_id, dispatch)`` at a time, under a lease. A run sends the job's body as is, and on a
-retriable failure (429, 529, 5xx, timeouts) asks arq to run it again later (``Retry`` with a
-backoff, or the provider's ``retry-after``), extending its lease; after
-``settings.worker.sync_max_attempts`` tries, or on a permanent error, the job fails with the
-provider's error. A job whose deadline has passed fails with ``deadline_exceeded`` rather than
-being sent late. The answer is written through the ledger's guarded ``finish`` (only from ``sync``),
+retriable failure (429, 529, 5xx, timeouts) hands the job back to the dispatch until a backoff
+(or the provider's ``retry-after``) has passed, by moving its lease end; the attempt count lives on
+the job (``sync_attempts``), so no arq retry budget cuts the retries short. On a permanent error
+(or, when set, after ``settings.worker.sync_max_attempts`` tries) the job fails with the provider's
+error. A job whose deadline has passed fails with ``deadline_exceeded`` rather than being sent late. The answer is written through the ledger's guarded ``finish`` (only from ``sync``),
 with its usage and cost by route, and the call's latency joins the lane's SLO samples.
 
 :func:`choose_route` is the one decision of route and service tier: flex first where the provider
@@ -14,8 +14,8 @@ sells it (``flex = true``) and the deadline leaves ``flex_latency_s``, and a fle
 unavailable") falls through to standard sync in the same run. Calls go through the provider's
 shared limits (:mod:`workers.sync_limits`: concurrency, requests and tokens per minute, its
 rate-limit headers); a job that must wait is handed back to the dispatch without a call. Retriable
-failures retry (up to ``sync_max_attempts``) until the deadline, the last wait ending just past
-it, so the job then fails with ``deadline_exceeded``.
+failures retry until the deadline, the last wait ending just past it, so the job then fails with
+``deadline_exceeded``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import structlog
-from arq import Retry
 
 from config.settings import Settings
 from scheduler import keys, pricing
@@ -109,7 +108,7 @@ async def run_sync(ctx: dict[str, Any], job_id: str, dispatch: int = 0) -> str:
         await _release(c, job_id)
         return f"skip:{job.state if job else 'missing'}"
     bound = bound.bind(lane=job.lane)
-    attempt = c.get("job_try", 1)
+    attempt = int(job.raw.get("sync_attempts", b"0")) + 1
     now = time.time()
     if now * 1000 > job.deadline_ms:
         error = {"type": "deadline_exceeded", "message": "the deadline passed before the job could be sent"}
@@ -127,15 +126,14 @@ async def run_sync(ctx: dict[str, Any], job_id: str, dispatch: int = 0) -> str:
     except ProviderError as exc:
         if isinstance(exc, RateLimited) and exc.retry_after:
             await limits.hold(job.provider, exc.retry_after)
-        if exc.retriable and attempt < settings.worker.sync_max_attempts:
+        await redis.hincrby(keys.job(job_id), "sync_attempts", 1)  # type: ignore[misc]
+        cap = settings.worker.sync_max_attempts
+        if exc.retriable and (cap is None or attempt < cap):
             # Retry until the deadline: a wait that would end past it ends just past it instead,
             # so that run fails the job with deadline_exceeded (late, as the SLO counts it).
             remaining = max(0.0, job.deadline_ms / 1000 - time.time())
             delay = min(backoff_s(settings, job.provider, attempt, exc), remaining + DEADLINE_SLACK_S)
-            lease_end = int((time.time() + delay + settings.scheduler.sync_lease_s) * 1000)
-            await redis.zadd(keys.SYNC_LEASES, {job_id: lease_end}, xx=True)
-            bound.info("sync.retry", attempt=attempt, delay=round(delay, 3), error=str(exc))
-            raise Retry(defer=delay) from exc
+            return await _later(c, job, delay, bound, attempt=attempt, error=str(exc))
         item = Finish(job_id, "failed", plan.route, from_states=("sync",), error=error_of(exc))
         return await _finish(c, item, bound, error=str(exc))
     finally:
