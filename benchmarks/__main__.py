@@ -14,7 +14,13 @@ from rich.console import Console
 from rich.table import Table
 
 # Every stage module, run in this order. Append yours.
-STAGES: tuple[str, ...] = ("benchmarks.intake", "benchmarks.providers", "benchmarks.planning")
+STAGES: tuple[str, ...] = (
+    "benchmarks.intake",
+    "benchmarks.providers",
+    "benchmarks.planning",
+    "benchmarks.ingest",
+    "benchmarks.webhooks",
+)
 
 
 def _number(value: Any, digits: int = 0) -> str:

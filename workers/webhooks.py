@@ -243,7 +243,7 @@ class Deliverer:
             return self._failed(delivery, token, clock, None, f"{type(exc).__name__}: {exc}", None)
         code = response.status_code
         if response.is_success:
-            log.info("webhook.delivered", delivery_id=did, job_id=job.id, status=code)
+            log.debug("webhook.delivered", delivery_id=did, job_id=job.id, status=code)
             return Outcome(did, token, "delivered", True, status_code=code)
         if code == 410:
             log.warning("webhook.disabled", delivery_id=did, job_id=job.id)

@@ -19,6 +19,7 @@ is marked ``ingested`` (guarded: only from ``ended``).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -234,25 +235,44 @@ async def ingest_batch(ctx: dict[str, Any], batch_id: str) -> dict[str, int]:
 
 
 async def _stream(c: WorkerContext, ingestion: Ingestion, skip: int) -> dict[str, int]:
-    """Read every result line past ``skip``, applying chunks; then requeue the jobs left unanswered."""
+    """Read every result line past ``skip``, applying chunks; then requeue the jobs left unanswered.
+
+    While one chunk's transaction runs in Redis, the next chunk is downloaded and parsed; chunks
+    are still applied one after another, in order, so the cursor always counts a prefix.
+    """
     batch_id = ingestion.batch.id
     chunk_size = c["settings"].worker.ingest_chunk
     assert ingestion.batch.provider_batch_id is not None
     seen, chunk_no = 0, 0
+    answered: set[str] = set()
     chunk: list[ResultLine] = []
-    async for line in ingestion.adapter.results(ingestion.batch.provider_batch_id):
-        seen += 1
-        if seen <= skip:
-            continue
-        chunk.append(line)
-        if len(chunk) >= chunk_size:
+    applying: asyncio.Task[None] | None = None
+    try:
+        async for line in ingestion.adapter.results(ingestion.batch.provider_batch_id):
+            seen += 1
+            if seen <= skip:
+                continue
+            answered.add(line.custom_id)
+            chunk.append(line)
+            if len(chunk) >= chunk_size:
+                if applying is not None:
+                    await applying
+                    chunk_no += 1
+                    await call_hook(c, "ingest_after_chunk", batch_id=batch_id, chunk=chunk_no, lines=seen)
+                applying = asyncio.create_task(ingestion.apply(chunk))
+                chunk = []
+        if applying is not None:
+            await applying
+            applying = None
+        if chunk:
             await ingestion.apply(chunk)
-            chunk_no += 1
-            chunk = []
-            await call_hook(c, "ingest_after_chunk", batch_id=batch_id, chunk=chunk_no, lines=seen)
-    if chunk:
-        await ingestion.apply(chunk)
+    finally:
+        if applying is not None:  # interrupted: the transaction in flight lands whole or not at all
+            applying.cancel()
     totals = dict(ingestion.totals)
-    totals["unanswered"] = await ingestion.requeue_unanswered()
+    # Every job answered (the usual case) makes the sweep of the batch's job set unnecessary.
+    members = await ingestion.redis.scard(keys.batch_jobs(ingestion.owner))  # type: ignore[misc]
+    complete = skip == 0 and not ingestion.batch.duplicate_of and len(answered) >= members
+    totals["unanswered"] = 0 if complete else await ingestion.requeue_unanswered()
     totals["lines"] = seen
     return totals

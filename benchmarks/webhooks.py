@@ -1,0 +1,177 @@
+"""Webhook delivery benchmark: signed deliveries per second to a local receiver, against raw httpx.
+
+Ours: 5,000 jobs finish with a callback URL; :class:`workers.webhooks.Deliverer` claims, signs,
+sends (64 at once, SSRF-guarded client) and settles them. Baseline, same run and same receiver:
+raw ``httpx.AsyncClient.post`` of a body of the same size at the same concurrency, nothing else.
+The receiver is a minimal ASGI app under uvicorn in its own process, so its CPU is not ours.
+Target: ratio at least 0.5. Peak is the resident-set growth during our step (``VmHWM``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+DELIVERIES = 5_000
+CONCURRENCY = 64
+ROOT = Path(__file__).resolve().parents[1]
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+async def receiver(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """The benchmark's receiver: read the body, answer 204."""
+    if scope["type"] != "http":
+        return
+    while (await receive()).get("more_body"):
+        pass
+    await send({"type": "http.response.start", "status": 204, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
+
+
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def _reset_peak() -> int:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+    return _status_kb("VmRSS")
+
+
+@contextmanager
+def _receiver() -> Iterator[str]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "uvicorn", "benchmarks.webhooks:receiver", "--port", str(port)]
+    proc = subprocess.Popen([*cmd, "--log-level", "warning", "--lifespan", "off"], cwd=ROOT)
+    url = f"http://127.0.0.1:{port}/hook"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.post(url, content=b"{}")
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("the receiver did not start") from None
+                time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+async def _ours(redis_url: str, url: str) -> dict[str, Any]:
+    from redis.asyncio import Redis
+
+    from config.settings import Settings, TenantSettings, WebhookSettings
+    from scheduler.ids import job_id
+    from scheduler.jobs import NewJob
+    from scheduler.ledger import Finish, Ledger
+    from workers.webhooks import Deliverer, build_client
+
+    settings = Settings(
+        redis_url=redis_url,
+        tenants={"bench": TenantSettings(api_key="k", webhook_secrets=[SECRET])},
+        webhooks=WebhookSettings(concurrency=CONCURRENCY, claim_batch=1000),
+        webhook_allowlist=["127.0.0.0/8"],
+    )
+    redis = Redis.from_url(redis_url)
+    await redis.flushdb()
+    ledger = Ledger(redis)
+    now = int(time.time() * 1000) - 1000
+    result = (
+        b'{"id":"chatcmpl-1","object":"chat.completion","choices":[{"message":{"content":"'
+        + b"x" * 300
+        + b'"}}]}'
+    )
+    ids = [job_id() for _ in range(DELIVERIES)]
+    jobs = [
+        NewJob(
+            i,
+            "bench",
+            "openai",
+            "/v1/chat/completions",
+            "gpt-4o-mini",
+            b"{}",
+            now + 60_000,
+            now,
+            callback_url=url,
+            state="sync",
+        )
+        for i in ids
+    ]
+    for start in range(0, DELIVERIES, 1000):
+        await ledger.enqueue_many(jobs[start : start + 1000])
+        items = [
+            Finish(i, "succeeded", "sync", from_states=("sync",), result=result)
+            for i in ids[start : start + 1000]
+        ]
+        await ledger.finish(items, now)
+    async with build_client(settings) as client:
+        start_kb = _reset_peak()
+        started = time.perf_counter()
+        report = await Deliverer(settings, redis, client).run()
+        seconds = time.perf_counter() - started
+    await redis.aclose()
+    if report.delivered != DELIVERIES:
+        raise RuntimeError(f"delivered {report.delivered} of {DELIVERIES}")
+    return {"seconds": seconds, "peak_mb": max(0, _status_kb("VmHWM") - start_kb) / 1024}
+
+
+async def _raw(url: str, size: int) -> dict[str, Any]:
+    body = b"x" * size
+    semaphore = asyncio.Semaphore(CONCURRENCY)
+    limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
+    async with httpx.AsyncClient(limits=limits) as client:
+
+        async def one() -> None:
+            async with semaphore:
+                response = await client.post(url, content=body, headers={"content-type": "application/json"})
+                response.raise_for_status()
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(DELIVERIES)))
+        return {"seconds": time.perf_counter() - started}
+
+
+async def run() -> list[dict[str, Any]]:
+    """Deliveries per second, ours against raw httpx at the same concurrency."""
+    from batchshift.embedded_redis import embedded_redis
+
+    with embedded_redis() as redis_url, _receiver() as url:
+        base = await _raw(url, 900)
+        ours = await _ours(redis_url, url)
+    throughput, baseline = DELIVERIES / ours["seconds"], DELIVERIES / base["seconds"]
+    return [
+        {
+            "figure": f"webhook deliveries, {CONCURRENCY} at once (peak = growth)",
+            "name": "webhook deliveries",
+            "throughput": throughput,
+            "unit": "deliveries/s",
+            "baseline": baseline,
+            "ratio": throughput / baseline,
+            "peak_mb": ours["peak_mb"],
+            "peak_mem_mb": ours["peak_mb"],
+        }
+    ]
+
+
+if __name__ == "__main__":
+    for row in asyncio.run(run()):
+        print(row)
