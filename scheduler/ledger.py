@@ -14,10 +14,14 @@ from typing import Any, Literal
 
 import orjson
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from scheduler import keys, scripts
 from scheduler.errors import IllegalTransition, NotFound
 from scheduler.jobs import JobRecord, NewJob
+
+# finish.lua's fixed arguments before the result bodies (ARGV 1-7).
+FINISH_FIXED_ARGS = 7
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,16 +60,25 @@ class Finish:
     billed: bool = False  # a billed result that is not applied counts as duplicate spend
     wasted_usd: float = 0.0  # billed attempts that failed
 
-    def encode(self) -> dict[str, Any]:
+    def encode(self, blobs: list[bytes]) -> dict[str, Any]:
+        """The script's view of this item. Result, usage and cost travel apart, appended to ``blobs``
+        (finish.lua's ARGV after the fixed ones); the item names their positions."""
+
+        def blob(value: bytes | None) -> int | None:
+            if value is None:
+                return None
+            blobs.append(value)
+            return FINISH_FIXED_ARGS + len(blobs)
+
         return {
             "id": self.id,
             "from": list(self.from_states),
             "batch": self.batch_id,
+            "r": blob(self.result),
+            "u": blob(orjson.dumps(self.usage) if self.usage is not None else None),
+            "c": blob(orjson.dumps(self.cost) if self.cost is not None else None),
             "state": self.state,
             "route": self.route,
-            "result": self.result.decode() if self.result is not None else None,
-            "usage": orjson.dumps(self.usage).decode() if self.usage is not None else None,
-            "cost": orjson.dumps(self.cost).decode() if self.cost is not None else None,
             "error": orjson.dumps(self.error).decode() if self.error is not None else None,
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
@@ -254,29 +267,44 @@ class Ledger:
             raise IllegalTransition(f"job {job_id} is already {outcome.prior}", "status")
         return outcome
 
+    def _finish_args(self, items: Sequence[Finish], now_ms: int) -> list[Any]:
+        """finish.lua's arguments: the items as JSON, the fixed settings, then the raw blobs.
+
+        Result bodies, usage and cost stay out of the JSON: escaping kilobytes of JSON inside JSON
+        and decoding it again in Lua cost more than the rest of the step.
+        """
+        day = day_of(now_ms)
+        blobs: list[bytes] = []
+        encoded = [item.encode(blobs) for item in items]
+        fixed: list[Any] = [
+            orjson.dumps(encoded),
+            now_ms,
+            self.result_ttl_s * 1000,
+            day,
+            day[:7],
+            self.slo_bucket_s,
+            keys.AGG_TTL_S,
+        ]
+        return fixed + blobs
+
     async def finish(self, items: Sequence[Finish], now_ms: int) -> list[str]:
         """Apply a chunk of job ends; returns one code per item (``ok``, ``skip:<state>``, ``missing``)."""
         if not items:
             return []
-        payload = orjson.dumps([item.encode() for item in items])
-        month = day_of(now_ms)[:7]
-        codes = await self._finish(
-            args=[
-                payload,
-                now_ms,
-                self.result_ttl_s * 1000,
-                day_of(now_ms),
-                month,
-                self.slo_bucket_s,
-                keys.AGG_TTL_S,
-            ]
-        )
+        codes = await self._finish(args=self._finish_args(items, now_ms))
         return [c.decode() for c in codes]
+
+    async def queue_finish(self, pipe: Pipeline, items: Sequence[Finish], now_ms: int) -> None:
+        """Queue :meth:`finish` on a transaction (its reply is the codes, as bytes)."""
+        await self._finish(args=self._finish_args(items, now_ms), client=pipe)
 
     async def requeue(self, items: Sequence[Requeue], now_ms: int) -> list[str]:
         """Send a chunk of jobs back to their lane or on to sync; one code per item."""
         if not items:
             return []
-        payload = orjson.dumps([item.encode() for item in items])
-        codes = await self._requeue(args=[payload, now_ms])
+        codes = await self._requeue(args=[orjson.dumps([item.encode() for item in items]), now_ms])
         return [c.decode() for c in codes]
+
+    async def queue_requeue(self, pipe: Pipeline, items: Sequence[Requeue], now_ms: int) -> None:
+        """Queue :meth:`requeue` on a transaction (its reply is the codes, as bytes)."""
+        await self._requeue(args=[orjson.dumps([item.encode() for item in items]), now_ms], client=pipe)

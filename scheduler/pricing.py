@@ -20,7 +20,7 @@ import tomllib
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -37,9 +37,12 @@ USD_DIGITS = 9  # nano-dollars: per-job amounts are rounded so aggregates sum th
 _SNAPSHOT = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{8}|latest)$")
 
 
-@dataclass(frozen=True, slots=True)
-class Usage:
-    """Token counts of one answer; cache counts are subsets of ``input_tokens`` (see module doc)."""
+class Usage(NamedTuple):
+    """Token counts of one answer; cache counts are subsets of ``input_tokens`` (see module doc).
+
+    NamedTuples here and in :class:`JobCost`: ingestion prices 50,000 lines a batch, and a frozen
+    dataclass's ``__init__`` costs several times a tuple's.
+    """
 
     input_tokens: int
     output_tokens: int
@@ -93,8 +96,7 @@ def normalize_usage(kind: str, usage: dict[str, Any] | None) -> Usage | None:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class JobCost:
+class JobCost(NamedTuple):
     """One job's (or one billed attempt's) cost; the amounts are None when the model is unpriced."""
 
     usage: Usage | None
@@ -186,6 +188,9 @@ class Pricing:
 
     table: PricingTable
     _warned: set[tuple[str, str]] = field(default_factory=set)
+    _memo: dict[tuple[str, str, str, str], tuple[ModelPrice, float, bool] | None] = field(
+        default_factory=dict
+    )
 
     @classmethod
     def load(cls, path: Path) -> Pricing:
@@ -227,18 +232,32 @@ class Pricing:
     ) -> JobCost:
         """Cost of one answer: ``route`` price × normalised usage, and the sync equivalent."""
         normal = normalize_usage(kind, usage)
-        price = self.model_price(provider, kind, model)
-        if normal is None or price is None:
+        terms = self._terms(provider, kind, model, route)
+        if normal is None or terms is None:
             return JobCost(normal, None, None)
-        prices = self.provider_prices(provider, kind)
-        assert prices is not None  # a model price implies its provider's table
-        stacks = prices.cache_stacks_with_batch
-        if price.cache_stacks_with_batch is not None:
-            stacks = price.cache_stacks_with_batch
-        factor = self.discount(provider, kind, route)
+        price, factor, stacks = terms
         sync = price.sync_usd(normal)
         actual = sync if route == "sync" else price.route_usd(normal, factor, stacks=stacks)
         return JobCost(normal, actual, sync)
+
+    def _terms(
+        self, provider: str, kind: str, model: str, route: RouteName
+    ) -> tuple[ModelPrice, float, bool] | None:
+        """(model price, route factor, whether cache discounts stack), memoised: ingestion asks
+        50,000 times a batch for the same lane."""
+        key = (provider, kind, model, route)
+        if key in self._memo:
+            return self._memo[key]
+        price = self.model_price(provider, kind, model)
+        prices = self.provider_prices(provider, kind)
+        terms = None
+        if price is not None and prices is not None:
+            stacks = prices.cache_stacks_with_batch
+            if price.cache_stacks_with_batch is not None:
+                stacks = price.cache_stacks_with_batch
+            terms = (price, self.discount(provider, kind, route), stacks)
+        self._memo[key] = terms
+        return terms
 
 
 @cache

@@ -1,6 +1,6 @@
 """Long polls: one Redis subscription per API process wakes every request waiting on a job.
 
-Terminal transitions publish the job id on ``keys.JOBS_ENDED``. A waiter registers its interest
+Terminal transitions publish the ids of the jobs they ended on ``keys.JOBS_ENDED``. A waiter registers its interest
 and makes sure the subscription is live *before* it re-reads the job, so an end that lands
 between the read and the wait still wakes it. A lost connection wakes every waiter (they re-read)
 and the subscription is made again, so a missed message costs at most a re-read, never a hang.
@@ -60,8 +60,10 @@ class JobWatcher:
                         # Only the server's confirmation proves later publishes reach us.
                         self._subscribed.set()
                     elif message["type"] == "message":
-                        for event in self._waiters.get(message["data"].decode(), ()):
-                            event.set()
+                        # One message a Lua step: the ids of every job it ended, space-separated.
+                        for job_id in message["data"].decode().split():
+                            for event in self._waiters.get(job_id, ()):
+                                event.set()
             except (RedisError, OSError) as exc:
                 log.warning("watcher.disconnected", error_class=type(exc).__name__)
             finally:

@@ -27,13 +27,17 @@ local function unqueue(id, lane, size)
   end
 end
 
+-- Tell long polls (keys.JOBS_ENDED) which jobs just ended: one message a step, ids space-separated.
+local function announce_ended(ids)
+  if #ids > 0 then redis.call('PUBLISH', PREFIX .. ':jobs:ended', table.concat(ids, ' ')) end
+end
+
 -- A terminal job with a callback URL gets one delivery record; its event id never changes.
--- Every terminal transition calls this, so it also tells long polls (keys.JOBS_ENDED) the job ended.
-local function enqueue_webhook(id, event_type, now_ms)
-  redis.call('PUBLISH', PREFIX .. ':jobs:ended', id)
-  local url = redis.call('HGET', k_job(id), 'callback_url')
+-- ``url`` and ``tenant`` may be passed when the caller already read them (false: no callback).
+local function enqueue_webhook(id, event_type, now_ms, url, tenant)
+  if url == nil then url = redis.call('HGET', k_job(id), 'callback_url') end
   if not url or url == '' then return end
-  local tenant = redis.call('HGET', k_job(id), 'tenant')
+  if not tenant then tenant = redis.call('HGET', k_job(id), 'tenant') end
   local did = 'wh_' .. id
   if redis.call('EXISTS', k_delivery(did)) == 1 then return end
   redis.call('HSET', k_delivery(did),

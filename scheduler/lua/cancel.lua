@@ -13,4 +13,5 @@ elseif state == 'sync' then
 end
 redis.call('HSET', KEYS[1], 'state', 'cancelled', 'completed_ms', ARGV[2])
 enqueue_webhook(id, 'job.cancelled', ARGV[2])
+announce_ended({id})
 return {'ok', state}

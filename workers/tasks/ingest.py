@@ -25,16 +25,14 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any, cast
 
-import orjson
 import structlog
 from arq import Retry
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 
 from config.settings import Settings
-from scheduler import keys, pricing, scripts
+from scheduler import keys, pricing
 from scheduler.batches import Batches, BatchRecord
-from scheduler.ledger import Finish, Ledger, Requeue, day_of
+from scheduler.ledger import Finish, Ledger, Requeue
 from workers.context import WorkerContext, call_hook
 from workers.errors import ProviderError
 from workers.providers.base import ProviderAdapter, ResultLine
@@ -71,8 +69,6 @@ class Ingestion:
         self.turnaround_ms = int(expected_turnaround_s(settings, batch.provider) * 1000)
         self.pending: Counter[str] = Counter()  # outcome counts not yet added to the batch record
         self.totals: Counter[str] = Counter()
-        self._finish = scripts.load(redis, "finish")
-        self._requeue = scripts.load(redis, "requeue")
 
     def finish_for(self, line: ResultLine) -> Finish:
         """The ledger change a succeeded or permanently failed line makes."""
@@ -128,9 +124,9 @@ class Ingestion:
         )
         async with self.redis.pipeline(transaction=True) as pipe:
             if finishes:
-                await self._queue_finish(pipe, finishes, now_ms)
+                await self.ledger.queue_finish(pipe, finishes, now_ms)
             if requeues:
-                await self._queue_requeue(pipe, requeues, now_ms)
+                await self.ledger.queue_requeue(pipe, requeues, now_ms)
             pipe.incrby(keys.batch_cursor(self.batch.id), len(lines))
             pipe.expire(keys.batch_cursor(self.batch.id), CURSOR_TTL_S)
             replies = await pipe.execute()
@@ -138,24 +134,6 @@ class Ingestion:
         requeue_codes = [c.decode() for c in replies[1 if finishes else 0]] if requeues else []
         self.count(finishes, finish_codes, requeues, requeue_codes)
         await self.flush_counts()
-
-    async def _queue_finish(self, pipe: Pipeline, items: Sequence[Finish], now_ms: int) -> None:
-        """Ledger.finish's script call, queued on a transaction (same arguments as ``Ledger.finish``)."""
-        day = day_of(now_ms)
-        args: list[bytes | str | int] = [
-            orjson.dumps([item.encode() for item in items]),
-            now_ms,
-            self.ledger.result_ttl_s * 1000,
-            day,
-            day[:7],
-            self.ledger.slo_bucket_s,
-            keys.AGG_TTL_S,
-        ]
-        await self._finish(args=args, client=pipe)
-
-    async def _queue_requeue(self, pipe: Pipeline, items: Sequence[Requeue], now_ms: int) -> None:
-        """Ledger.requeue's script call, queued on a transaction (same arguments as ``Ledger.requeue``)."""
-        await self._requeue(args=[orjson.dumps([item.encode() for item in items]), now_ms], client=pipe)
 
     def count(
         self,
