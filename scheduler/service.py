@@ -221,3 +221,31 @@ async def reconcile_step(tick: Tick) -> None:
     tick.report.reconcile = await tasks.enqueue(
         s.arq, tasks.RECONCILE_BATCHES, tick.now_ms, job_id="reconcile"
     )
+    await sweep_ended(tick)
+
+
+async def sweep_ended(tick: Tick) -> None:
+    """Hand ingestion again to batches that ended long ago and are still not ingested.
+
+    The poll that saw a batch end enqueued its ingestion once; if that task gave up (arq's retry
+    budget spent on a flaky download) the batch would sit ``ended`` with its jobs ``batched``
+    forever. The arq id is the batch's one ingestion id, so a run still queued is not doubled.
+    """
+    s = tick.scheduler
+    stale_ms = tick.now_ms - int(s.settings.scheduler.planned_timeout_s * 1000)
+    ids = [i.decode() for i in await s.redis.zrange(keys.BATCHES_LIVE, 0, -1)]
+    if not ids:
+        return
+    async with s.redis.pipeline(transaction=False) as pipe:
+        for batch_id in ids:
+            pipe.hmget(keys.batch(batch_id), ["state", "ended_ms"])
+        rows = await pipe.execute()
+    swept = 0
+    for batch_id, (state, ended_ms) in zip(ids, rows, strict=True):
+        if state == b"ended" and ended_ms and int(ended_ms) < stale_ms:
+            swept += await tasks.enqueue(
+                s.arq, tasks.INGEST_BATCH, batch_id, job_id=tasks.ingest_job_id(batch_id)
+            )
+    if swept:
+        log.warning("batches.ingestion_swept", batches=swept)
+    tick.report.steps["swept"] = swept

@@ -197,6 +197,24 @@ async def test_reconciliation_is_enqueued_at_start_then_every_interval(redis, re
     assert "reconcile" in await arq_queue(redis)
 
 
+async def test_reconciliation_hands_ingestion_again_to_batches_ended_long_ago(
+    redis, redis_url, arq_pool
+) -> None:
+    """An ended batch whose ingestion task gave up is swept; a fresh or ingested one is not."""
+    settings = planning_settings(redis_url)
+    stale = NOW_MS - int(settings.scheduler.planned_timeout_s * 1000) - 1
+    for batch_id, state, ended in (("bat_stale", "ended", stale), ("bat_fresh", "ended", NOW_MS)):
+        await redis.hset(keys.batch(batch_id), mapping={"id": batch_id, "state": state, "ended_ms": ended})
+        await redis.zadd(keys.BATCHES_LIVE, {batch_id: ended})
+    async with Scheduler(settings, redis, arq_pool) as scheduler:
+        planning_only(scheduler)
+        report = await scheduler.tick(NOW)
+    assert report.steps["swept"] == 1
+    queued = await arq_queue(redis)
+    assert tasks.ingest_job_id("bat_stale") in queued
+    assert tasks.ingest_job_id("bat_fresh") not in queued
+
+
 async def test_a_step_is_added_with_one_line_and_failures_are_reported(redis, redis_url, arq_pool) -> None:
     calls: list[int] = []
 

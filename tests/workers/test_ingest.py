@@ -194,6 +194,23 @@ async def test_jobs_without_a_result_line_go_back_to_their_lane(
     assert set((await states(redis, ids)).values()) == {"succeeded"}
 
 
+async def test_results_the_provider_will_not_give_send_the_jobs_back_and_fail_the_batch(
+    redis_url, redis, emulator: EmulatorControl, http
+) -> None:
+    """The provider forgot the batch (404, permanent): no job may stay batched forever."""
+    ctx = await make_ctx(ingest_settings(redis_url, emulator.url), http)
+    ids = await enqueue_jobs(ctx["ledger"], 4)
+    bid = await run_batch(ctx)
+    emulator.reset()
+    totals = await ingest_batch(ctx, bid)
+    assert totals == {"unanswered": 4}
+    assert set((await states(redis, ids)).values()) == {"queued"}
+    record = await Batches(redis).get(bid)
+    assert record is not None
+    assert record.state == "failed"
+    assert await redis.zscore(keys.BATCHES_LIVE, bid) is None
+
+
 async def test_a_second_run_after_ingestion_changes_nothing(
     redis_url, redis, emulator: EmulatorControl, http
 ) -> None:

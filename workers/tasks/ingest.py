@@ -200,7 +200,7 @@ async def ingest_batch(ctx: dict[str, Any], batch_id: str) -> dict[str, int]:
         totals = await _stream(c, ingestion, skip)
     except ProviderError as exc:
         if not exc.retriable:
-            raise
+            return await _unreadable(c, ingestion, exc, bound)
         # The download failed midway: try again later, resuming from the cursor.
         delay = min(settings.scheduler.poll_max_s, settings.scheduler.poll_initial_s * c.get("job_try", 1))
         bound.warning("batch.ingest_retry", error=str(exc), delay=delay)
@@ -210,6 +210,21 @@ async def ingest_batch(ctx: dict[str, Any], batch_id: str) -> dict[str, int]:
     await redis.delete(keys.batch_cursor(batch_id))
     bound.info("batch.ingested", resumed_from=skip, duration_s=round(time.monotonic() - started, 3), **totals)
     return totals
+
+
+async def _unreadable(
+    c: WorkerContext, ingestion: Ingestion, exc: ProviderError, bound: Any
+) -> dict[str, int]:
+    """The provider will not give this batch's results (say the file is gone): its jobs still waiting
+    go back to their lane, or on to sync, and the batch fails with the provider's reason."""
+    moved = await ingestion.requeue_unanswered()
+    now_ms = int(time.time() * 1000)
+    await Batches(c["redis"]).update(
+        ingestion.batch.id, ("ended",), now_ms=now_ms, to_state="failed", error=str(exc), failed_ms=now_ms
+    )
+    await c["redis"].delete(keys.batch_cursor(ingestion.batch.id))
+    bound.error("batch.results_unreadable", error=str(exc), requeued=moved)
+    return {"unanswered": moved}
 
 
 async def _stream(c: WorkerContext, ingestion: Ingestion, skip: int) -> dict[str, int]:
