@@ -16,6 +16,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
+from config.settings import Settings
 from scheduler import keys, scripts
 from scheduler.errors import IllegalTransition, NotFound
 from scheduler.jobs import JobRecord, NewJob
@@ -136,6 +137,16 @@ class Ledger:
         self._finish = scripts.load(redis, "finish")
         self._requeue = scripts.load(redis, "requeue")
         self._transition = scripts.load(redis, "transition")
+
+    @classmethod
+    def for_settings(cls, redis: Redis, settings: Settings) -> Ledger:
+        """The ledger as every process builds it: TTLs and SLO bucket width from settings."""
+        return cls(
+            redis,
+            idempotency_ttl_s=settings.limits.idempotency_ttl_s,
+            result_ttl_s=settings.worker.result_retention_s,
+            slo_bucket_s=settings.slo.bucket_s,
+        )
 
     # -- intake ---------------------------------------------------------------------------------
 

@@ -73,7 +73,7 @@ class SloTracker:
         self.scheduler = scheduler
         self.settings = scheduler.settings
         self.redis = scheduler.redis
-        ledger = Ledger(scheduler.redis, slo_bucket_s=self.settings.slo.bucket_s)
+        ledger = Ledger.for_settings(scheduler.redis, self.settings)
         self.flipper = Flipper(scheduler.redis, scheduler.arq, ledger, self.settings)
         self.windows: dict[str, BucketWindows] = {}
         self.states: dict[str, LaneState] = {}

@@ -50,12 +50,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     """Build the shared resources: ledger, the one HTTP client, one adapter per configured provider."""
     settings: Settings = ctx["settings"]
     ctx.setdefault("hooks", {})
-    ctx["ledger"] = Ledger(
-        ctx["redis"],
-        idempotency_ttl_s=settings.limits.idempotency_ttl_s,
-        result_ttl_s=settings.worker.result_retention_s,
-        slo_bucket_s=settings.slo.bucket_s,
-    )
+    ctx["ledger"] = Ledger.for_settings(ctx["redis"], settings)
     client = build_client(_http_settings(settings))
     ctx["http"] = client
     ctx["webhook_http"] = webhooks.build_client(settings)

@@ -32,11 +32,7 @@ def create_app(settings: Settings, *, redis: Redis | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = redis or Redis.from_url(settings.redis_url, socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S)
         app.state.redis = client
-        app.state.ledger = Ledger(
-            client,
-            idempotency_ttl_s=settings.limits.idempotency_ttl_s,
-            result_ttl_s=settings.worker.result_retention_s,
-        )
+        app.state.ledger = Ledger.for_settings(client, settings)
         app.state.watcher = JobWatcher(client)
         try:
             yield
