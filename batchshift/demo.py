@@ -197,8 +197,15 @@ async def _receivers(tenants: dict[str, Any], inbox: Inbox) -> AsyncIterator[str
         await task
 
 
+@dataclass
+class NodeExit:
+    """How ``batchshift run`` ended after the demo's SIGTERM (None while running, or if killed)."""
+
+    code: int | None = None
+
+
 @contextlib.asynccontextmanager
-async def _node(env: dict[str, str], port: int, log_path: Path) -> AsyncIterator[str]:
+async def _node(env: dict[str, str], port: int, log_path: Path, exit_: NodeExit) -> AsyncIterator[str]:
     """``batchshift run`` as its own process; stopped with SIGTERM (a graceful shutdown) at the end."""
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(  # noqa: ASYNC220 - started once, waited for below without blocking the loop
@@ -215,6 +222,7 @@ async def _node(env: dict[str, str], port: int, log_path: Path) -> AsyncIterator
             proc.terminate()
             for _ in range(300):
                 if proc.poll() is not None:
+                    exit_.code = proc.returncode
                     break
                 await asyncio.sleep(0.1)
             else:
@@ -243,6 +251,7 @@ class Demo:
         self.inbox = Inbox()
         self.submitted: dict[str, list[str]] = {t: [] for t in self.tenants}
         self.outcome = Outcome()
+        self.node_exit = NodeExit()
         self.phase = "starting"
         self.rng = random.Random(7)  # noqa: S311 - a reproducible workload, not a secret
 
@@ -260,7 +269,7 @@ class Demo:
             self.callback_base = receivers
             log_path = Path(tempfile.gettempdir()) / "batchshift-demo-node.log"
             self.console.print(f"batchshift run: logs in {log_path}")
-            async with _node(env, free_port(), log_path) as api:
+            async with _node(env, free_port(), log_path, self.node_exit) as api:
                 yield api
 
     async def _drive(self, api: str, emulator: EmulatorControl) -> None:

@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 from config.settings import Settings
 from scheduler.api.app import create_app
 from scheduler.service import Scheduler
-from workers.worker import worker_settings
+from workers.worker import close_worker, worker_settings
 
 log = structlog.get_logger(__name__)
 
@@ -55,7 +55,7 @@ async def _drain(worker: Worker, grace_s: float) -> None:
     if in_flight:
         log.info("worker.draining", tasks=len(in_flight), grace_s=grace_s)
         await asyncio.wait(in_flight, timeout=grace_s)
-    await worker.close()
+    await close_worker(worker)
 
 
 async def run_scheduler(settings: Settings) -> None:

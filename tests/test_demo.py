@@ -16,7 +16,8 @@ async def test_demo_workload_small_scale_ends_every_job_on_time_and_pages_once(m
     monkeypatch.delenv("BATCHSHIFT_REDIS_URL", raising=False)
     console = Console(file=io.StringIO(), width=120)
     plan = Plan(jobs=150, stall_at=8, lift_at=30, give_up_at=120)
-    outcome = await Demo(plan, console).run()
+    demo = Demo(plan, console)
+    outcome = await demo.run()
     report(outcome, console)
     assert outcome.jobs == 150
     assert outcome.refused == 0
@@ -34,3 +35,4 @@ async def test_demo_workload_small_scale_ends_every_job_on_time_and_pages_once(m
     total = outcome.costs_by_feature["total"]
     assert total["saved_pct"] >= 40
     assert "PASS" in console.file.getvalue()  # type: ignore[attr-defined]
+    assert demo.node_exit.code == 0  # batchshift run shut down gracefully on SIGTERM

@@ -95,11 +95,16 @@ async def run_burst(settings: Settings, *, hooks: dict[str, Hook] | None = None)
     try:
         await worker.main()
     finally:
-        with warnings.catch_warnings():
-            # arq 0.28 closes its pool with redis-py's deprecated close(); the pool is closed all the same.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            await worker.close()
+        await close_worker(worker)
     return worker
+
+
+async def close_worker(worker: Worker) -> None:
+    """Close an arq worker: its tasks, on_shutdown, its pool."""
+    with warnings.catch_warnings():
+        # arq 0.28 closes its pool with redis-py's deprecated close(); the pool is closed all the same.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        await worker.close()
 
 
 def context_of(ctx: dict[str, Any]) -> WorkerContext:
