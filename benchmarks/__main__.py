@@ -63,7 +63,10 @@ def render(rows: list[dict[str, Any]]) -> Table:
 
 def main() -> None:
     rows = asyncio.run(run_all())
-    Console().print(render(rows))
+    console = Console()
+    if not console.is_terminal:  # a log file or CI: wide enough that figures are not wrapped
+        console = Console(width=170)
+    console.print(render(rows))
 
 
 if __name__ == "__main__":
