@@ -8,11 +8,9 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
-from starlette.datastructures import UploadFile
-from starlette.formparsers import MultiPartParser
 from starlette.responses import Response
 
-from workers.emulator import faults, openai_batch, outputs
+from workers.emulator import faults, multipart, openai_batch, outputs
 from workers.emulator.responses import error, json_response, retry_headers
 from workers.emulator.state import EmulatorState, OpenAIBatch, first_line_model, new_id
 
@@ -23,16 +21,6 @@ MAX_LIST_LIMIT = 100
 MAX_METADATA_PAIRS = 16
 
 router = APIRouter()
-
-
-class _InMemoryUploads(MultiPartParser):
-    """Multipart parsing that keeps a batch file in memory, as the emulator stores it anyway.
-
-    Starlette spools any upload past 1 MB to a temporary file, which the emulator would then read
-    straight back: twice the I/O for nothing on a 50 MB batch input.
-    """
-
-    spool_max_size = MAX_BATCH_FILE_BYTES + 1024 * 1024
 
 
 def _state(request: Request) -> EmulatorState:
@@ -50,14 +38,17 @@ async def _json(request: Request) -> Any:
 @router.post("/v1/files")
 async def create_file(request: Request) -> Response:
     state = _state(request)
-    form = await _InMemoryUploads(request.headers, request.stream(), max_files=1, max_fields=10).parse()
-    upload, purpose = form.get("file"), form.get("purpose")
-    if not isinstance(upload, UploadFile):
+    try:
+        form = multipart.parse_form(request.headers.get("content-type", ""), await request.body())
+    except multipart.MultipartError as exc:
+        raise error(request.url.path, 400, f"Could not parse the multipart form: {exc}.") from exc
+    upload, purpose_part = form.get("file"), form.get("purpose")
+    purpose = purpose_part.content.decode(errors="replace") if purpose_part else None
+    if upload is None or upload.filename is None:
         raise error(request.url.path, 400, "Missing required parameter: 'file'.")
     if purpose not in FILE_PURPOSES:
         raise error(request.url.path, 400, f"Invalid value for 'purpose': {purpose!r}.")
-    content = await upload.read()
-    await form.close()
+    content = upload.content
     if purpose == "batch" and len(content) > MAX_BATCH_FILE_BYTES:
         raise error(request.url.path, 400, "Batch input files may be at most 200 MB.")
     obj = state.add_file(upload.filename or "upload.jsonl", str(purpose), content)
