@@ -8,7 +8,8 @@ import io
 import pytest
 from rich.console import Console
 
-from batchshift.demo import Demo, Plan, report
+from batchshift.demo import Demo, Plan
+from batchshift.demo_report import report
 
 
 @pytest.mark.timeout(240)
