@@ -13,6 +13,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from config.logging import configure_logging
+
 # Every stage module, run in this order. Append yours.
 STAGES: tuple[str, ...] = (
     "benchmarks.intake",
@@ -62,6 +64,8 @@ def render(rows: list[dict[str, Any]]) -> Table:
 
 
 def main() -> None:
+    # The stages' own log lines (a batch planned, a batch ingested ...) would bury the table.
+    configure_logging("WARNING")
     rows = asyncio.run(run_all())
     console = Console()
     if not console.is_terminal:  # a log file or CI: wide enough that figures are not wrapped
