@@ -110,9 +110,10 @@ async def _download(url: str, batch: str) -> dict[str, Any]:
         start_kb = _reset_peak()
         started = time.perf_counter()
         count = succeeded = 0
-        async for line in adapter.results(batch):
-            count += 1
-            succeeded += line.outcome == "succeeded"
+        async for block in adapter.result_blocks(batch):  # as ingestion reads them
+            for line in block:
+                count += 1
+                succeeded += line.outcome == "succeeded"
         seconds = time.perf_counter() - started
     return {"seconds": seconds, "peak_mb": _peak_growth_mb(start_kb), "count": count, "succeeded": succeeded}
 

@@ -20,7 +20,7 @@ from workers import http
 from workers.errors import BatchNotEnded, MalformedResponse, NotFound
 from workers.providers import batch_input
 from workers.providers.account import ProviderAccount, parse_object, with_service_tier
-from workers.providers.base import BatchInfo, BatchLine, Outcome, ResultLine, Status, SyncResult
+from workers.providers.base import BatchInfo, BatchLine, Outcome, ResultLine, Status, SyncResult, each_line
 
 BATCHES = "/v1/messages/batches"
 LIST_PAGE = 1000  # Anthropic's largest page
@@ -161,7 +161,10 @@ class AnthropicAdapter:
         path = f"{BATCHES}/{provider_batch_id}/cancel"
         return batch_info(await self.account.call_json("POST", path, idempotent=True))
 
-    async def results(self, provider_batch_id: str) -> AsyncIterator[ResultLine]:
+    def results(self, provider_batch_id: str) -> AsyncIterator[ResultLine]:
+        return each_line(self.result_blocks(provider_batch_id))
+
+    async def result_blocks(self, provider_batch_id: str) -> AsyncIterator[list[ResultLine]]:
         """Stream the results JSONL of an ended batch.
 
         Read from our own base URL rather than the batch's ``results_url``, so the API key is
@@ -173,8 +176,7 @@ class AnthropicAdapter:
         path = f"{BATCHES}/{provider_batch_id}/results"
         async with self.account.stream(path, headers={"accept": "application/binary"}) as response:
             async for block in http.iter_line_blocks(response):
-                for raw in block:
-                    yield result_line(raw)
+                yield [result_line(raw) for raw in block]
 
     async def send_sync(
         self, endpoint: str, body: bytes, *, service_tier: str | None = None, max_retries: int | None = None

@@ -130,6 +130,10 @@ class ProviderAdapter(Protocol):
         """Every result line of an ended batch, streamed, in the provider's (arbitrary) order."""
         ...
 
+    def result_blocks(self, provider_batch_id: str) -> AsyncIterator[list[ResultLine]]:
+        """The same lines, a received chunk's worth at a time (ingestion: one hand-off per chunk)."""
+        ...
+
     async def send_sync(
         self,
         endpoint: str,
@@ -152,3 +156,10 @@ BATCH_ID_METADATA_KEY = "batchshift_batch_id"  # OpenAI batch metadata key carry
 def batch_metadata(batch_id: str) -> dict[str, str]:
     """The metadata tagging a provider batch with our batch id (OpenAI keeps it; reconciliation reads it)."""
     return {BATCH_ID_METADATA_KEY: batch_id}
+
+
+async def each_line(blocks: AsyncIterator[list[ResultLine]]) -> AsyncIterator[ResultLine]:
+    """Result blocks flattened to single lines."""
+    async for block in blocks:
+        for line in block:
+            yield line

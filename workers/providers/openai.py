@@ -28,6 +28,7 @@ from workers.providers.base import (
     Status,
     SyncResult,
     batch_metadata,
+    each_line,
 )
 
 STATUSES: frozenset[str] = frozenset(
@@ -194,7 +195,10 @@ class OpenAIAdapter:
         path = f"/batches/{provider_batch_id}/cancel"
         return batch_info(await self.account.call_json("POST", path, idempotent=True))
 
-    async def results(self, provider_batch_id: str) -> AsyncIterator[ResultLine]:
+    def results(self, provider_batch_id: str) -> AsyncIterator[ResultLine]:
+        return each_line(self.result_blocks(provider_batch_id))
+
+    async def result_blocks(self, provider_batch_id: str) -> AsyncIterator[list[ResultLine]]:
         """Every line of the output file, then of the error file; nothing for a batch that failed validation."""
         obj = await self.account.call_json("GET", f"/batches/{provider_batch_id}", idempotent=True)
         info = batch_info(obj)
@@ -206,8 +210,7 @@ class OpenAIAdapter:
                 continue
             async with self.account.stream(f"/files/{file_id}/content") as response:
                 async for block in http.iter_line_blocks(response):
-                    for raw in block:
-                        yield result_line(raw)
+                    yield [result_line(raw) for raw in block]
 
     async def send_sync(
         self, endpoint: str, body: bytes, *, service_tier: str | None = None, max_retries: int | None = None

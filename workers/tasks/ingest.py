@@ -23,6 +23,7 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 import structlog
@@ -50,6 +51,15 @@ def expected_turnaround_s(settings: Settings, provider: str) -> float:
         return settings.slo.prior_turnaround_s
     configured = settings.providers.get(provider)
     return configured.completion_window_s if configured else 24 * 3600.0
+
+
+@dataclass(slots=True)
+class Prepared:
+    """A chunk of result lines turned into ledger changes, ready for one transaction."""
+
+    lines: int
+    finishes: list[Finish]
+    retriable: list[ResultLine]
 
 
 class Ingestion:
@@ -114,11 +124,18 @@ class Ingestion:
             out.append(Requeue(job_id, target, batch_id=self.owner, error=error))  # type: ignore[arg-type]
         return out
 
-    async def apply(self, lines: Sequence[ResultLine]) -> None:
-        """Apply one chunk and advance the cursor past it, all in one transaction."""
+    def prepare(self, lines: Sequence[ResultLine]) -> Prepared:
+        """The chunk's ledger changes, priced; pure CPU, so it overlaps the previous chunk's Redis step."""
+        return Prepared(
+            lines=len(lines),
+            finishes=[self.finish_for(line) for line in lines if line.outcome != "retriable"],
+            retriable=[line for line in lines if line.outcome == "retriable"],
+        )
+
+    async def apply(self, chunk: Prepared) -> None:
+        """Apply one prepared chunk and advance the cursor past it, all in one transaction."""
         now_ms = int(time.time() * 1000)
-        finishes = [self.finish_for(line) for line in lines if line.outcome != "retriable"]
-        retriable = [line for line in lines if line.outcome == "retriable"]
+        finishes, retriable = chunk.finishes, chunk.retriable
         requeues = await self.requeues_for(
             [line.custom_id for line in retriable], [line.error for line in retriable], now_ms
         )
@@ -127,7 +144,7 @@ class Ingestion:
                 await self.ledger.queue_finish(pipe, finishes, now_ms)
             if requeues:
                 await self.ledger.queue_requeue(pipe, requeues, now_ms)
-            pipe.incrby(keys.batch_cursor(self.batch.id), len(lines))
+            pipe.incrby(keys.batch_cursor(self.batch.id), chunk.lines)
             pipe.expire(keys.batch_cursor(self.batch.id), CURSOR_TTL_S)
             replies = await pipe.execute()
         finish_codes = [c.decode() for c in replies[0]] if finishes else []
@@ -241,24 +258,31 @@ async def _stream(c: WorkerContext, ingestion: Ingestion, skip: int) -> dict[str
     chunk: list[ResultLine] = []
     applying: asyncio.Task[None] | None = None
     try:
-        async for line in ingestion.adapter.results(ingestion.batch.provider_batch_id):
-            seen += 1
-            if seen <= skip:
+        async for block in ingestion.adapter.result_blocks(ingestion.batch.provider_batch_id):
+            if seen + len(block) <= skip:  # already applied by an earlier run
+                seen += len(block)
                 continue
-            answered.add(line.custom_id)
-            chunk.append(line)
-            if len(chunk) >= chunk_size:
-                if applying is not None:
-                    await applying
-                    chunk_no += 1
-                    await call_hook(c, "ingest_after_chunk", batch_id=batch_id, chunk=chunk_no, lines=seen)
-                applying = asyncio.create_task(ingestion.apply(chunk))
-                chunk = []
+            for line in block:
+                seen += 1
+                if seen <= skip:
+                    continue
+                answered.add(line.custom_id)
+                chunk.append(line)
+                if len(chunk) >= chunk_size:
+                    prepared = ingestion.prepare(chunk)  # while the previous chunk is in Redis
+                    if applying is not None:
+                        await applying
+                        chunk_no += 1
+                        await call_hook(
+                            c, "ingest_after_chunk", batch_id=batch_id, chunk=chunk_no, lines=seen
+                        )
+                    applying = asyncio.create_task(ingestion.apply(prepared))
+                    chunk = []
         if applying is not None:
             await applying
             applying = None
         if chunk:
-            await ingestion.apply(chunk)
+            await ingestion.apply(ingestion.prepare(chunk))
     finally:
         if applying is not None:  # interrupted: the transaction in flight lands whole or not at all
             applying.cancel()
