@@ -265,3 +265,82 @@ async def test_costs_api_scopes_tenant_keys_and_shows_admin_everything(redis: Re
         assert other.status_code == 404
         anonymous = await client.get("/v1/costs")
         assert anonymous.status_code == 401
+
+
+async def test_one_chunk_mixing_tenants_routes_duplicates_and_whole_dollars_sums_exactly(redis: Redis):
+    """finish.lua sums a chunk per key before writing: every aggregate, metric and budget figure
+    still equals the per-item sums, with duplicates inside the chunk, wasted spend, and a dollar
+    sum that comes out whole after an earlier fractional one (it must still add as a float)."""
+    ledger = Ledger(redis)
+    first = make_job(tenant="acme", tags={"feature": "a"})
+    await ledger.enqueue(first)
+    # An earlier chunk leaves fractional dollars in every hash the next chunk touches.
+    done = Finish(first.id, "succeeded", "batch", from_states=("queued",), actual_usd=0.25, sync_usd=0.5)
+    assert await ledger.finish([done], NOW) == ["ok"]
+
+    plan: list[tuple[str, str, RouteName, float, float, float]] = [
+        # tenant, feature, route, actual, sync equivalent, wasted
+        ("acme", "a", "batch", 0.75, 1.5, 0.0),
+        ("acme", "b", "flex", 1.0, 2.0, 0.5),
+        ("globex", "", "sync", 3.0, 3.0, 0.0),
+        ("globex", "a", "batch", 0.125, 0.25, 0.375),
+    ]
+    jobs = [make_job(tenant=t, tags={"feature": f} if f else {}) for t, f, *_ in plan]
+    for job in jobs:
+        await ledger.enqueue(job)
+    chunk = [
+        Finish(
+            job.id,
+            "succeeded",
+            route,
+            from_states=("queued",),
+            input_tokens=10,
+            output_tokens=2,
+            actual_usd=actual,
+            sync_usd=sync,
+            wasted_usd=wasted,
+            billed=True,
+        )
+        for job, (_, _, route, actual, sync, wasted) in zip(jobs, plan, strict=True)
+    ]
+    # The same answer twice in one chunk (a duplicate batch): paid, discarded, counted once as duplicate.
+    chunk.append(
+        Finish(jobs[0].id, "succeeded", "batch", from_states=("queued",), actual_usd=0.75, billed=True)
+    )
+    chunk.append(Finish("job_missing", "succeeded", "batch", from_states=("queued",), actual_usd=9.0))
+    codes = await ledger.finish(chunk, NOW)
+    assert codes == ["ok"] * 4 + ["skip:succeeded", "missing"]
+
+    acme = await costs.report(redis, "route", period(), ["acme"])
+    rows = {row["key"]: row for row in acme["groups"]}
+    assert rows["batch"]["jobs"] == 2
+    assert rows["batch"]["actual_usd"] == 1.0  # 0.25 + 0.75: whole, after a fractional sum
+    assert rows["batch"]["duplicate_usd"] == 0.75
+    assert rows["flex"]["wasted_usd"] == 0.5
+    assert acme["total"]["actual_usd"] == 2.0
+    assert acme["total"]["sync_equivalent_usd"] == 4.0
+    assert acme["total"]["saved_usd"] == 2.0
+    assert acme["total"]["input_tokens"] == 20
+    features = await costs.report(redis, "feature", period())
+    by_feature = {row["key"]: row for row in features["groups"]}
+    assert by_feature["a"]["jobs"] == 3
+    assert by_feature["a"]["actual_usd"] == 1.125
+    assert by_feature["a"]["duplicate_usd"] == 0.75
+    assert by_feature["-"]["actual_usd"] == 3.0
+    assert by_feature["b"]["actual_usd"] == 1.0
+    assert features["total"]["jobs"] == 5
+    assert features["total"]["actual_usd"] == 5.125
+    assert features["total"]["wasted_usd"] == 0.875
+
+    month = day_of(NOW)[:7]
+    assert float(await redis.get(keys.budget_spend("acme", month))) == 0.25 + 0.75 + 1.0 + 0.5 + 0.75
+    assert float(await redis.get(keys.budget_spend("globex", month))) == 3.0 + 0.125 + 0.375
+    lane = jobs[0].lane
+    raw = await redis.hgetall(keys.lane_metrics(lane))  # type: ignore[misc]
+    metrics = {k.decode(): v.decode() for k, v in raw.items()}
+    assert float(metrics["actual_usd"]) == 5.125
+    assert float(metrics["duplicate_usd"]) == 0.75
+    assert float(metrics["wasted_usd"]) == 0.875
+    assert int(metrics["jobs:succeeded:batch"]) == 3
+    assert int(metrics["e2e:count"]) == 5
+
