@@ -63,13 +63,21 @@ def parse_day(value: str, name: str) -> date:
         raise InvalidRequest("expected YYYY-MM-DD or an RFC 3339 timestamp", name) from exc
     if moment.tzinfo is None:
         raise InvalidRequest("an RFC 3339 timestamp needs a time zone offset (e.g. Z)", name)
-    return moment.astimezone(UTC).date()
+    try:
+        return moment.astimezone(UTC).date()
+    except OverflowError as exc:  # 9999-12-31T23:00-05:00 is past the last date in UTC
+        raise InvalidRequest("the time's UTC day is outside the calendar", name) from exc
 
 
 def period(start: str | None, end: str | None, now: datetime) -> Period:
     """The report's days: ``from``..``to`` inclusive, by default the last 30 days up to today (UTC)."""
     last = parse_day(end, "to") if end else now.astimezone(UTC).date()
-    first = parse_day(start, "from") if start else last - timedelta(days=DEFAULT_DAYS - 1)
+    try:
+        first = parse_day(start, "from") if start else last - timedelta(days=DEFAULT_DAYS - 1)
+    except OverflowError as exc:  # to=0001-01-01: the default 30 days before it do not exist
+        raise InvalidRequest(
+            f"give a from date: the {DEFAULT_DAYS} days before to are not dates", "from"
+        ) from exc
     if first > last:
         raise InvalidRequest("from is after to", "from")
     if (last - first).days + 1 > MAX_DAYS:

@@ -344,3 +344,19 @@ async def test_one_chunk_mixing_tenants_routes_duplicates_and_whole_dollars_sums
     assert int(metrics["jobs:succeeded:batch"]) == 3
     assert int(metrics["e2e:count"]) == 5
 
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("to=0001-01-01", "from"),  # the default 30 days before it fall off the calendar
+        ("from=9999-12-31T23:00:00-05:00", "from"),  # its UTC day is past the last date
+        ("to=0001-01-01T00:30:00%2B01:00", "to"),
+    ],
+)
+async def test_days_off_the_calendar_are_422_naming_the_field(
+    redis: Redis, settings: Settings, query: str, field: str
+):
+    async with api(settings, redis) as client:
+        answer = await client.get(f"/v1/costs?{query}", headers={"authorization": "Bearer admin-key"})
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["error"]["field"] == field
