@@ -90,13 +90,17 @@ class Flipper:
         """Flip the lane's at-risk jobs (in flight first: they are nearer their end) and cancel emptied batches."""
         report = FlipReport()
         for batch in prediction.batches:
-            if batch.batch.submitted_ms is None:
-                continue  # only planned: its jobs are not on their way yet; the planner submits it
+            # A planned batch is predicted as if submitted now: a submission stuck retrying (the
+            # provider refusing creates) must not hold its jobs past their deadlines. Its submit
+            # leaves flipped jobs out, and cancels it when none is left; nothing to cancel here.
+            planned = batch.batch.submitted_ms is None
             index = await ensure_deadline_index(self.redis, batch.batch.id)
             horizon = prediction.batch_horizon_ms(batch)
             await self._flip_range(index, horizon, batch.batch.id, now_ms, report)
-            if await self.redis.zcard(index) == 0 and await self.redis.exists(
-                keys.batch_jobs(batch.batch.id)
+            if (
+                not planned
+                and await self.redis.zcard(index) == 0
+                and await self.redis.exists(keys.batch_jobs(batch.batch.id))
             ):
                 await self._cancel(batch.batch.id, prediction.lane, report)
         queue_horizon = prediction.queued_horizon_ms

@@ -113,8 +113,16 @@ def predict_batch(health: LaneHealth, batch: LiveBatch, now_ms: int, q: float) -
 
 
 async def live_batches(redis: Redis) -> dict[str, list[LiveBatch]]:
-    """Every batch not yet ended (``keys.BATCHES_LIVE``), grouped by lane, in one round trip per read."""
-    ids = [i.decode() for i in await redis.zrange(keys.BATCHES_LIVE, 0, -1)]
+    """Every batch not yet ended, grouped by lane, in one round trip per read.
+
+    Planned batches (``keys.BATCHES_PLANNED``) count too: a submission stuck retrying must not hold
+    its jobs past their deadlines, so they are predicted (as if submitted now) and may flip.
+    """
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zrange(keys.BATCHES_PLANNED, 0, -1)
+        pipe.zrange(keys.BATCHES_LIVE, 0, -1)
+        planned, submitted = await pipe.execute()
+    ids = list(dict.fromkeys(i.decode() for i in [*planned, *submitted]))
     if not ids:
         return {}
     async with redis.pipeline(transaction=False) as pipe:

@@ -8,13 +8,16 @@ from arq.connections import RedisSettings
 from arq.jobs import Job, JobStatus
 
 from config.settings import SloSettings, TenantSettings
-from scheduler import budgets, keys, tasks
+from scheduler import budgets, ids, keys, tasks
+from scheduler.batches import Batches
 from scheduler.flips import Flipper
 from scheduler.health import read_health
+from scheduler.lanes import effective
+from scheduler.leader import Leader
 from scheduler.ledger import Finish, Ledger, day_of
 from scheduler.prediction import live_batches, predict_lane
 from tests.conftest import make_settings
-from tests.scheduler.slo_support import LANE, enqueue, submitted_batch
+from tests.scheduler.slo_support import ENDPOINT, LANE, MODEL, PROVIDER, enqueue, submitted_batch
 
 NOW = 1_800_000_000_000
 
@@ -182,3 +185,24 @@ async def test_a_blind_lane_in_flight_batch_flips_only_near_its_deadlines(redis,
     flipped = (await flip(redis, pool, settings, NOW + 3_599_000)).flipped
     assert len(flipped) == 1
     assert (await ledger.get(flipped[0])).batch_id == batch_id
+
+
+async def test_jobs_of_a_batch_stuck_planned_flip_before_their_deadline(redis, pool, redis_url):
+    """A batch whose submission keeps failing (provider 5xx on create) stays ``planned`` for minutes
+    while its submit task retries and reconciliation waits; its jobs must still flip in time. Its
+    submission then leaves the flipped jobs out; nothing cancels a batch that never reached the provider."""
+    settings = slo_settings(redis_url)
+    ledger = Ledger(redis)
+    near, far = await enqueue(ledger, NOW, [60, 3600])
+    token = await Leader(redis, holder="test", ttl_s=30).ensure()
+    batch_id = ids.batch_id(NOW)
+    lane = effective(settings, PROVIDER, MODEL, ENDPOINT)
+    assert await Batches(redis).reserve(lane, batch_id, token=token, now_ms=NOW, chunk=1000) == 2
+    assert (await flip(redis, pool, settings, NOW + 1_000)).flipped == []
+    # 50 s later the batch is still planned: 10 s turnaround + 2 s margin no longer fit in 60 s.
+    stuck = await flip(redis, pool, settings, NOW + 50_000)
+    assert stuck.flipped == [near]
+    assert stuck.cancelled == []
+    job = await ledger.get(near)
+    assert job.state == "sync"
+    assert (await ledger.get(far)).state == "batched"
