@@ -59,7 +59,7 @@ class LaneHealth:
 
     lane: str
     turnarounds: tuple[float, ...]  # seconds, sorted
-    latest_turnaround_s: float | None  # the newest sample: a lane that just slowed shows here first
+    latest_turnaround_s: float | None  # the newest sample, if recent: a lane that just slowed
     sync_latencies: tuple[float, ...]  # seconds, sorted
     prior_turnaround_s: float
     window_s: float  # the provider's completion window: a batch ends by then, one way or another
@@ -145,7 +145,10 @@ async def read_health(
         pipe.lrange(keys.lane_sync_latencies(lane), 0, slo.history_size - 1)
         raw_turn, raw_sync = await pipe.execute()
     prior, window = prior_for(settings, provider)
-    newest = parse_samples(raw_turn[:1], now_ms, slo.history_max_age_s, 1)
+    # The newest sample is news only while recent (the shortest burn window): a lane left idle after
+    # a slow batch must recover, not stay lagging until that sample leaves the week-long history.
+    recent_s = min((r.short_window_s for r in slo.burn_rules), default=slo.sync_share_window_s)
+    newest = parse_samples(raw_turn[:1], now_ms, min(recent_s, slo.history_max_age_s), 1)
     return LaneHealth(
         lane=lane,
         turnarounds=tuple(parse_samples(raw_turn, now_ms, slo.history_max_age_s, slo.history_size)),

@@ -8,7 +8,9 @@ import pytest
 from arq import create_pool
 from arq.connections import RedisSettings
 
-from config.settings import SloSettings
+from config.settings import AlertSettings, SloSettings
+from scheduler import keys
+from scheduler.health import sample
 from scheduler.ledger import Ledger
 from scheduler.service import Scheduler
 from scheduler.slo import SloReport
@@ -89,3 +91,28 @@ async def test_lanes_command_prints_the_table(redis, redis_url, pool, capsys, mo
     assert code == 0
     assert "healthy" in out
     assert "openai:gpt-4o-mini" in out
+
+
+async def test_an_idle_lane_recovers_after_a_slow_batch_and_its_page_resolves(redis, redis_url, pool):
+    """The stalled batch finally ended slow and then no traffic came: the lane must not stay lagging
+    (and paged) until that sample ages out of the history a week later."""
+    settings = make_settings(
+        redis_url,
+        slo=SloSettings(prior_turnaround_s=10, default_sync_latency_s=1, recover_ticks=2),
+        alerts=AlertSettings(resolve_after_s=60),
+    )
+    ledger = Ledger(redis)
+    (job_id,) = await enqueue(ledger, NOW, [3600])
+    await ledger.cancel(job_id, NOW)  # the lane is known, and idle
+    usual = [sample(NOW - 3_600_000 + i * 60_000, 10.0) for i in range(5)]
+    await redis.lpush(keys.lane_turnarounds(LANE), *usual, sample(NOW, 100.0))
+    scheduler = Scheduler(settings, redis, pool, holder="t")
+    first = (await scheduler.tick(NOW / 1000)).steps["slo"]
+    assert first.lanes[LANE].state == "lagging"
+    assert first.lanes[LANE].alerts == ["trigger:health"]
+    seen = []
+    for minute in range(10, 130):  # two idle hours, a tick a minute
+        lane = (await scheduler.tick(NOW / 1000 + minute * 60)).steps["slo"].lanes[LANE]
+        seen += lane.alerts
+    assert lane.state == "healthy"
+    assert seen == ["resolve:health"]
