@@ -136,6 +136,11 @@ def _deadline(draft: Draft) -> None:
     elif relative is not None:
         if isinstance(relative, bool) or not isinstance(relative, int | float) or not math.isfinite(relative):
             raise InvalidRequest("deadline_in must be a number of seconds", "deadline_in")
+        if relative * 1000 > horizon_ms:  # before int(): a huge float would overflow it
+            raise InvalidRequest(
+                f"deadline_in is beyond the horizon of {draft.settings.limits.max_deadline_horizon_s:g} seconds",
+                "deadline_in",
+            )
         deadline_ms = draft.now_ms + int(relative * 1000)
         name = "deadline_in"
     else:
@@ -193,7 +198,7 @@ def _tags(draft: Draft) -> None:
     if len(tags) > MAX_TAGS:
         raise InvalidRequest(f"tags: at most {MAX_TAGS} tags per job", "tags")
     for key, value in tags.items():
-        if not _TAG_KEY.match(key):
+        if not _TAG_KEY.fullmatch(key):  # fullmatch: `$` would let a trailing newline through
             raise InvalidRequest(f"tags: name {key!r} must match [A-Za-z0-9_.:-]{{1,{MAX_TAG_KEY}}}", "tags")
         if not isinstance(value, str) or len(value) > MAX_TAG_VALUE:
             raise InvalidRequest(
@@ -209,7 +214,7 @@ def _idempotency_key(draft: Draft) -> None:
     if in_body is not None and header is not None and in_body != header:
         raise InvalidRequest("the Idempotency-Key header and idempotency_key differ", "idempotency_key")
     key = in_body if in_body is not None else header
-    if key is not None and not _IDEMPOTENCY_KEY.match(key):
+    if key is not None and not _IDEMPOTENCY_KEY.fullmatch(key):
         raise InvalidRequest("idempotency_key must be 1-255 printable ASCII characters", "idempotency_key")
     draft.idempotency_key = key
 

@@ -64,6 +64,7 @@ BAD_JOBS = [
     pytest.param(job(deadline_in=-5), 422, "deadline_in", id="deadline-in-negative"),
     pytest.param(job(deadline_in=8 * 86400), 422, "deadline_in", id="deadline-in-beyond-horizon"),
     pytest.param(job(deadline_in="soon"), 422, "deadline_in", id="deadline-in-not-a-number"),
+    pytest.param(job(deadline_in=1e306), 422, "deadline_in", id="deadline-in-overflows"),
     pytest.param(
         job(deadline=iso(timedelta(hours=1)), deadline_in=60), 422, "deadline_in", id="both-deadlines"
     ),
@@ -73,8 +74,10 @@ BAD_JOBS = [
     pytest.param(job(tags=["feature"]), 422, "tags", id="tags-not-an-object"),
     pytest.param(job(tags={"feature": 3}), 422, "tags.feature", id="tag-value-not-a-string"),
     pytest.param(job(tags={f"t{i}": "v" for i in range(33)}), 422, "tags", id="too-many-tags"),
+    pytest.param(job(tags={"feature\n": "v"}), 422, "tags", id="tag-name-with-newline"),
     pytest.param(job(colour="blue"), 422, "colour", id="unknown-field"),
     pytest.param(job(idempotency_key="has space"), 422, "idempotency_key", id="idempotency-key-bad-chars"),
+    pytest.param(job(idempotency_key="key\n"), 422, "idempotency_key", id="idempotency-key-newline"),
     pytest.param(job(body={**CHAT, "pad": "x" * SMALL_BODY_LIMIT}), 413, "body", id="body-over-limit"),
     pytest.param(
         job(idempotency_key="taken", tags={"other": "request"}), 409, "idempotency_key", id="key-reused"
