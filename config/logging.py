@@ -16,6 +16,8 @@ from collections.abc import Mapping, MutableMapping
 from typing import Any, Literal, TextIO
 
 import structlog
+from structlog.processors import ExceptionRenderer
+from structlog.tracebacks import ExceptionDictTransformer
 from structlog.typing import EventDict, Processor
 
 LogFormat = Literal["auto", "json", "console"]
@@ -71,7 +73,11 @@ def shared_processors() -> list[Processor]:
 def _renderer(fmt: LogFormat, stream: TextIO) -> Processor:
     console = fmt == "console" or (fmt == "auto" and stream.isatty())
     if console:
-        return structlog.dev.ConsoleRenderer(colors=stream.isatty())
+        # No frame locals: they hold keys and Authorization headers, and redaction cannot see them.
+        return structlog.dev.ConsoleRenderer(
+            colors=stream.isatty(),
+            exception_formatter=structlog.dev.RichTracebackFormatter(show_locals=False),
+        )
     return structlog.processors.JSONRenderer()
 
 
@@ -81,7 +87,9 @@ def configure_logging(level: str = "INFO", fmt: LogFormat = "auto", stream: Text
     shared = shared_processors()
     renderer = _renderer(fmt, out)
     extra: list[Processor] = (
-        [] if isinstance(renderer, structlog.dev.ConsoleRenderer) else [structlog.processors.dict_tracebacks]
+        []
+        if isinstance(renderer, structlog.dev.ConsoleRenderer)
+        else [ExceptionRenderer(ExceptionDictTransformer(show_locals=False))]  # no locals: see _renderer
     )
     structlog.configure(
         processors=[

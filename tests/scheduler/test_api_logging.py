@@ -82,3 +82,30 @@ def test_stdlib_loggers_go_through_the_same_formatter(log_output: io.StringIO):
     assert line["event"] == "server said hello"
     assert line["level"] == "warning"
     assert line["logger"] == "uvicorn.error"
+
+
+def _fail_holding_a_key(api_key: str) -> None:
+    headers = {"authorization": f"Bearer {api_key}"}
+    raise RuntimeError(f"provider refused ({len(headers)} headers)")
+
+
+@pytest.mark.parametrize("fmt", ["json", "console"])
+def test_logged_tracebacks_show_no_local_variables(fmt: str):
+    """A traceback's frame locals hold keys and headers; the redaction pass cannot see inside them."""
+    saved_config = structlog.get_config()
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    out = io.StringIO()
+    configure_logging("INFO", fmt, stream=out)  # type: ignore[arg-type]
+    key = "-".join(("sk", "live", "0123456789"))  # built, so the traceback's source lines do not show it
+    try:
+        try:
+            _fail_holding_a_key(key)
+        except RuntimeError:
+            structlog.get_logger("test").exception("request.failed")
+    finally:
+        structlog.configure(**saved_config)
+        root.handlers, root.level = saved_handlers, saved_level
+    text = out.getvalue()
+    assert "provider refused" in text  # the traceback itself is logged
+    assert key not in text
