@@ -78,6 +78,7 @@ class SloTracker:
         self.windows: dict[str, BucketWindows] = {}
         self.states: dict[str, LaneState] = {}
         self._health: dict[str, tuple[int, LaneHealth]] = {}
+        self._token: int | None = None  # the fencing token of the last tick we ran
         # First, so at-risk jobs flip before the planner reserves them into a batch.
         scheduler.steps.insert(0, ("slo", self.step))
         scheduler.turnaround = self.expected_turnaround
@@ -97,6 +98,10 @@ class SloTracker:
 
     async def step(self, tick: Tick) -> None:
         """The scheduler step: run at the tick's time and record the report."""
+        if tick.token != self._token:
+            # A new term: another leader may have moved the lanes on meanwhile; start from its snapshot.
+            self.states.clear()
+            self._token = tick.token
         tick.report.steps["slo"] = await self.run(tick.now_ms)
 
     async def run(self, now_ms: int) -> SloReport:

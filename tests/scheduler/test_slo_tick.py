@@ -116,3 +116,29 @@ async def test_an_idle_lane_recovers_after_a_slow_batch_and_its_page_resolves(re
         seen += lane.alerts
     assert lane.state == "healthy"
     assert seen == ["resolve:health"]
+
+
+async def test_a_leader_back_after_another_led_takes_the_lane_state_it_left(redis, redis_url, pool):
+    """A judged the lane breaching, lost the lease; B saw it recover and resolved the page. When A
+    leads again it must not revive its own stale memory of the lane and page a second time."""
+    settings = make_settings(
+        redis_url,
+        slo=SloSettings(prior_turnaround_s=10, default_sync_latency_s=1, recover_ticks=2),
+        alerts=AlertSettings(resolve_after_s=0),
+    )
+    ledger = Ledger(redis)
+    await enqueue(ledger, NOW, [5])
+    a = Scheduler(settings, redis, pool, holder="a")
+    b = Scheduler(settings, redis, pool, holder="b")
+    first = (await a.tick(NOW / 1000)).steps["slo"].lanes[LANE]
+    assert (first.state, first.alerts) == ("breaching", ["trigger:health"])
+    await a.leader.release()  # A stalls past its lease; B takes over
+    alerts = []
+    for i in range(1, 8):
+        lane = (await b.tick(NOW / 1000 + i)).steps["slo"].lanes[LANE]
+        alerts += lane.alerts
+    assert lane.state == "healthy"
+    assert alerts == ["resolve:health"]
+    await b.leader.release()
+    back = (await a.tick(NOW / 1000 + 10)).steps["slo"].lanes[LANE]
+    assert (back.state, back.alerts) == ("healthy", [])
