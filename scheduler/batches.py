@@ -21,7 +21,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from scheduler import keys, scripts
+from scheduler import keys, metrics, scripts
 from scheduler.lanes import LINE_OVERHEAD_BYTES, Lane
 
 
@@ -244,10 +244,12 @@ class Batches:
         return {k.decode(): v.decode() for k, v in raw.items()}
 
     async def push_turnaround(self, lane: str, end_ms: int, seconds: float, history: int) -> None:
-        """Add one turnaround sample (``<end_ms>:<seconds>``) to the lane's capped history."""
+        """Add one turnaround sample (``<end_ms>:<seconds>``) to the lane's capped history, and to
+        the ``batchshift_batch_turnaround_seconds`` histogram in the same transaction."""
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.lpush(keys.lane_turnarounds(lane), f"{end_ms}:{seconds:.3f}")
             pipe.ltrim(keys.lane_turnarounds(lane), 0, history - 1)
+            metrics.observe_turnaround(pipe, lane, seconds)
             await pipe.execute()
 
     async def hold_lane(self, lane: str, until_ms: int, now_ms: int) -> None:

@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 from config.settings import DEFAULT_PRICING_PATH, Settings, TenantSettings
 from scheduler import ids, metrics, scripts
 from scheduler.api.app import create_app
+from scheduler.batches import Batches
 from scheduler.jobs import NewJob
 from scheduler.ledger import Finish, Ledger
 from scheduler.pricing import Pricing
@@ -151,3 +152,18 @@ async def test_metrics_export_queue_jobs_costs_histograms_webhooks_alerts(redis:
 def test_metric_labels_refuse_unbounded_values():
     with pytest.raises(ValueError, match="snake_case"):
         metrics._label("https://example.com/hook/123", "outcome")
+
+
+async def test_a_batch_ending_feeds_the_turnaround_histogram(redis: Redis, redis_url: str):
+    """The batch task records a batch's end through Batches.push_turnaround (workers/tasks/batches.py);
+    that same step must feed batchshift_batch_turnaround_seconds, or the dashboard's panel stays empty."""
+    now_ms = int(time.time() * 1000)
+    await Ledger(redis).enqueue(new_job(now_ms - 1000, now_ms + 3_600_000))  # the lane exists
+    await Batches(redis).push_turnaround(LANE, now_ms, 90_000.0, 10)  # 25 h
+    snap = await metrics.snapshot(redis, make_settings(redis_url), now_ms)
+    got = samples(metrics.render(snap).decode())
+    turn = "batchshift_batch_turnaround_seconds"
+    assert got[(f"{turn}_count", (("lane", LANE),))] == 1
+    assert got[(f"{turn}_bucket", (("lane", LANE), ("le", "86400.0")))] == 0
+    assert got[(f"{turn}_bucket", (("lane", LANE), ("le", "129600.0")))] == 1
+    assert got[(f"{turn}_sum", (("lane", LANE),))] == 90_000.0
