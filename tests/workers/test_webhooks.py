@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.utils
 import random
 import time
 
@@ -274,3 +275,69 @@ async def test_fan_out_is_concurrent(redis_url, redis, ledger) -> None:
     assert report["delivered"] == 100
     assert {r.headers["webhook-id"] for r in rx.requests} == {f"msg_{j}" for j in ids}
     assert 1 < rx.peak <= 20
+
+
+async def test_every_attempt_carries_its_own_timestamp_under_the_same_id(redis_url, redis, ledger) -> None:
+    settings = hook_settings(redis_url, retry_schedule_s=[60, 60])
+    clock = Clock()
+    sent_at: list[int] = []
+    with running_receiver(lambda n: (500 if n < 2 else 200, {}, 0.0), secrets=(SECRET,)) as rx:
+        jid = await finished_job(ledger, rx.url)
+        for _ in range(3):
+            sent_at.append(int(clock()))
+            await run(settings, redis, clock)
+            clock.t += 61
+    assert [int(r.headers["webhook-timestamp"]) for r in rx.requests] == sent_at
+    assert len(set(sent_at)) == 3
+    assert {r.headers["webhook-id"] for r in rx.requests} == {f"msg_{jid}"}
+
+
+async def test_retry_after_as_an_http_date_is_honoured(redis_url, redis, ledger) -> None:
+    settings = hook_settings(redis_url, retry_schedule_s=[1, 600])
+    clock = Clock()
+    when = email.utils.formatdate(time.time() + 120, usegmt=True)
+    with running_receiver(lambda n: (503, {"retry-after": when}, 0.0)) as rx:
+        jid = await finished_job(ledger, rx.url)
+        await run(settings, redis, clock)
+    score = await redis.zscore(keys.WEBHOOKS_DUE, f"wh_{jid}")
+    assert score is not None
+    assert score >= int((clock.t + 100) * 1000)  # the date's 120 s, not the schedule's 1 s
+    assert len(rx.requests) == 1
+
+
+async def test_410_disables_only_that_url(redis_url, redis, ledger) -> None:
+    settings = hook_settings(redis_url)
+    with running_receiver(lambda n: (410, {}, 0.0)) as gone, running_receiver() as alive:
+        await finished_job(ledger, gone.url)
+        await run(settings, redis, Clock())
+        other = await finished_job(ledger, alive.url)
+        report = await run(settings, redis, Clock())
+    assert report["delivered"] == 1
+    assert (await delivery(redis, other))["status"] == "delivered"
+
+
+async def test_a_job_whose_result_expired_still_gets_a_signed_event(redis_url, redis, ledger) -> None:
+    """Retention ended before the (replayed) delivery: the event goes out with the job's status,
+    usage and cost and a null result, as GET /v1/jobs/{id} shows it then."""
+    settings = hook_settings(redis_url)
+    with running_receiver(secrets=(SECRET,)) as rx:
+        jid = await finished_job(ledger, rx.url)
+        await redis.delete(keys.result(jid))
+        assert (await run(settings, redis, Clock()))["delivered"] == 1
+    [req] = rx.requests
+    assert req.verified
+    doc = orjson.loads(req.body)
+    assert doc["type"] == "job.succeeded"
+    assert doc["data"]["status"] == "succeeded"
+    assert doc["data"]["result"] is None
+
+
+async def test_a_tenant_removed_from_settings_gets_nothing_sent(redis_url, redis, ledger) -> None:
+    settings = hook_settings(redis_url)
+    with running_receiver() as rx:
+        jid = await finished_job(ledger, rx.url, tenant="initech")  # not (or no longer) configured
+        assert (await run(settings, redis, Clock()))["dead"] == 1
+    assert rx.requests == []
+    record = await delivery(redis, jid)
+    assert record["status"] == "dead"
+    assert record["last_error"]
