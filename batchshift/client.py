@@ -28,6 +28,7 @@ Every class pickles (constructor arguments go to ``super().__init__``).
 from __future__ import annotations
 
 import builtins
+import re
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -41,6 +42,8 @@ import orjson
 TERMINAL: Final = frozenset({"succeeded", "failed", "cancelled"})
 BULK_CHUNK = 1_000  # items per POST /v1/jobs/bulk: big enough to amortise, small enough to retry
 SERVER_MAX_WAIT_S = 60.0  # the API's default limits.max_wait_s; wait() long-polls in slices of this
+# How the API's 422 for a too-long wait states its limit ("... at most 30 seconds").
+_MAX_WAIT_IN_MESSAGE = re.compile(r"at most ([0-9][0-9.e+-]*) seconds")
 
 
 class BatchshiftClientError(Exception):
@@ -149,6 +152,22 @@ _BY_STATUS: Final[dict[int, type[ApiError]]] = {
 }
 
 
+def server_max_wait(error: ApiError, asked_s: float) -> float | None:
+    """The shorter long poll a server asks for when it refused ``wait=asked_s``, or None.
+
+    A server configured with ``limits.max_wait_s`` under the default refuses longer waits with a
+    422 on ``wait`` that states its limit; without a readable limit, half the slice is tried.
+    """
+    if not isinstance(error, InvalidRequest) or error.field != "wait":
+        return None
+    match = _MAX_WAIT_IN_MESSAGE.search(error.message)
+    try:
+        limit = float(match.group(1)) if match else asked_s / 2
+    except ValueError:
+        limit = asked_s / 2
+    return limit if 0 < limit < asked_s else None
+
+
 def api_error(status_code: int, error: Mapping[str, Any] | None) -> ApiError:
     """The typed error for an API error body (``{"type", "message", "field"}``)."""
     error = error or {}
@@ -251,6 +270,7 @@ class BatchshiftClient:
 
     def __init__(self, base_url: str, api_key: str, *, timeout: float = 30.0) -> None:
         self._timeout_s = timeout
+        self._max_wait_s = SERVER_MAX_WAIT_S  # lowered when the server refuses a longer long poll
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
             headers={"authorization": f"Bearer {api_key}", "user-agent": "batchshift-client"},
@@ -362,12 +382,19 @@ class BatchshiftClient:
         # poll must know how long it may still wait.
         give_up = None if timeout is None else time.monotonic() + timeout
         while True:
-            slice_s = SERVER_MAX_WAIT_S
+            slice_s = self._max_wait_s
             if give_up is not None:
                 slice_s = min(slice_s, give_up - time.monotonic())
                 if slice_s <= 0:
                     raise WaitTimeout(job_id, timeout or 0.0)
-            job = await self.get(job_id, wait=slice_s)
+            try:
+                job = await self.get(job_id, wait=slice_s)
+            except InvalidRequest as exc:
+                limit = server_max_wait(exc, slice_s)
+                if limit is None:
+                    raise
+                self._max_wait_s = limit
+                continue
             if job.terminal:
                 return job
 

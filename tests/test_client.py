@@ -71,6 +71,28 @@ async def test_wait_returns_the_ended_job(bs: BatchshiftClient, redis: Redis):
     assert done.result == {"x": 1}
 
 
+async def test_wait_follows_a_server_whose_long_poll_limit_is_below_a_minute(redis_url: str, redis: Redis):
+    """A server configured with limits.max_wait_s under 60 refuses the client's first slice with a 422."""
+    settings = make_settings(redis_url, limits={"max_wait_s": 0.3})
+    with serve(create_app(settings)) as url:
+        async with BatchshiftClient(url, "acme-key", timeout=10) as short:
+            job = await short.enqueue("openai", BODY)
+
+            async def finish_later() -> None:
+                await asyncio.sleep(0.5)
+                await Ledger(redis).finish(
+                    [Finish(id=job.id, state="succeeded", route="batch", from_states=("queued",))], now_ms()
+                )
+
+            finisher = asyncio.create_task(finish_later())
+            done = await short.wait(job.id, timeout=30)
+            await finisher
+            assert done.status == "succeeded"
+            again = await short.enqueue("openai", BODY)
+            with pytest.raises(bc.WaitTimeout):
+                await short.wait(again.id, timeout=0.5)
+
+
 async def test_wait_gives_up_with_wait_timeout(bs: BatchshiftClient):
     job = await bs.enqueue("openai", BODY)
     with pytest.raises(bc.WaitTimeout) as caught:
@@ -150,3 +172,13 @@ def test_api_error_maps_type_then_status():
     assert type(bc.api_error(409, {"type": "illegal_transition", "message": "m"})) is bc.IllegalTransition
     assert type(bc.api_error(404, {"type": "something_new", "message": "m"})) is bc.NotFound
     assert type(bc.api_error(503, None)) is bc.ServerError
+
+
+def test_server_max_wait_reads_the_stated_limit_or_halves():
+    def refused(message: str, field: str = "wait") -> bc.InvalidRequest:
+        return bc.InvalidRequest(422, "invalid_request", message, field)
+
+    assert bc.server_max_wait(refused("wait must be more than 0 and at most 30 seconds"), 60) == 30
+    assert bc.server_max_wait(refused("wait is too long"), 60) == 30
+    assert bc.server_max_wait(refused("wait must be ... at most 60 seconds"), 60) is None  # no progress
+    assert bc.server_max_wait(refused("limit: too big", "limit"), 60) is None
