@@ -198,6 +198,19 @@ class Ledger:
             replies = await pipe.execute()
         return [EnqueueOutcome(s.decode(), i.decode()) for s, i in replies]
 
+    async def prior_job(self, job: NewJob) -> str | None:
+        """The job id the job's idempotency key already names for this same request, or None.
+
+        Intake asks only when admission refused a keyed job: a retry of a stored job is no new job.
+        """
+        if not job.idempotency_key:
+            return None
+        prior: bytes | None = await self.redis.get(keys.idempotency(job.tenant, job.idempotency_key))
+        if prior is None:
+            return None
+        prior_id, _, prior_hash = prior.decode().partition("|")
+        return prior_id if prior_hash == job.request_hash else None
+
     # -- reads ----------------------------------------------------------------------------------
 
     async def get(self, job_id: str) -> JobRecord | None:

@@ -99,6 +99,18 @@ async def _owned(ledger: Ledger, tenant_name: str, job_id: str) -> JobRecord:
     return record
 
 
+async def _admitted(job: NewJob, gate: Gate, ledger: Ledger) -> str | None:
+    """Run admission; when it refuses a retry of a job already stored, the stored job's id instead."""
+    try:
+        await admit(job, gate)
+    except BatchshiftError:
+        prior = await ledger.prior_job(job)
+        if prior is None:
+            raise
+        return prior
+    return None
+
+
 def _conflict(job: NewJob, outcome: EnqueueOutcome) -> IdempotencyConflict:
     return IdempotencyConflict(
         f"idempotency_key {job.idempotency_key!r} was used for a different request (job {outcome.job_id})",
@@ -124,8 +136,8 @@ async def enqueue(
     job = validate(
         raw, tenant=tenant_name, now_ms=now_ms(), settings=settings, idempotency_header=idempotency_key
     )
-    await admit(job, Gate(settings, request.app.state.redis))
-    outcome = await ledger.enqueue(job)
+    prior = await _admitted(job, Gate(settings, request.app.state.redis), ledger)
+    outcome = EnqueueOutcome("existing", prior) if prior else await ledger.enqueue(job)
     if outcome.status == "conflict":
         raise _conflict(job, outcome)
     if outcome.status == "existing":
@@ -160,15 +172,20 @@ async def enqueue_bulk(request: Request, tenant_name: Tenant) -> JsonResponse:
     gate, now = Gate(settings, request.app.state.redis), now_ms()
     entries: list[dict[str, Any]] = [{} for _ in items]
     accepted: list[tuple[int, NewJob]] = []
+    priors: dict[int, str] = {}  # retries of stored jobs that admission would refuse as new
     for index, item in enumerate(items):
         try:
-            job = await admit(validate(item, tenant=tenant_name, now_ms=now, settings=settings), gate)
+            job = validate(item, tenant=tenant_name, now_ms=now, settings=settings)
+            prior = await _admitted(job, gate, ledger)
         except BatchshiftError as exc:
             entries[index] = {"status": exc.status_code, "error": exc.to_dict()}
         else:
-            accepted.append((index, job))
+            if prior is None:
+                accepted.append((index, job))
+            else:
+                priors[index] = prior
     outcomes = await ledger.enqueue_many([job for _, job in accepted])
-    existing = [o.job_id for o in outcomes if o.status == "existing"]
+    existing = [o.job_id for o in outcomes if o.status == "existing"] + list(priors.values())
     found = {r.id: r for r in await ledger.get_many(existing) if r is not None} if existing else {}
     for (index, job), outcome in zip(accepted, outcomes, strict=True):
         if outcome.status == "created":
@@ -178,6 +195,13 @@ async def enqueue_bulk(request: Request, tenant_name: Tenant) -> JsonResponse:
         else:
             conflict = _conflict(job, outcome)
             entries[index] = {"status": conflict.status_code, "error": conflict.to_dict()}
+    for index, prior in priors.items():
+        record = found.get(prior)
+        entries[index] = (
+            {"status": 202, "job": record.view()}
+            if record is not None and record.tenant == tenant_name
+            else {"status": 404, "error": NotFound(f"no job {prior}", "id").to_dict()}
+        )
     created = sum(o.status == "created" for o in outcomes)
     log.info(
         "jobs.enqueued",

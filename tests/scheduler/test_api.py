@@ -11,7 +11,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from config.settings import Settings
+from config.settings import Settings, TenantSettings
 from scheduler import keys
 from scheduler.api.app import create_app
 from scheduler.ledger import Finish, Ledger
@@ -306,3 +306,24 @@ async def test_nothing_stored_when_the_bulk_is_refused_whole(settings: Settings,
     assert response.status_code == 413
     assert response.json()["error"]["field"] == "jobs"
     assert await bs_key_count(redis) == before
+
+
+async def test_a_retry_after_the_budget_ran_out_answers_the_job_it_made(redis_url: str, redis: Redis):
+    """Admission refuses new jobs once the envelope is spent; a retry of one already made is not new."""
+    request = job(idempotency_key="retried", deadline_in=3600)
+    async with asgi_client(make_settings(redis_url), redis) as api:
+        first = (await api.post("/v1/jobs", json=request)).json()
+    spent = make_settings(
+        redis_url,
+        tenants={"acme": TenantSettings(api_key="acme-key", monthly_budget_usd=0, budget_policy="reject")},
+    )
+    async with asgi_client(spent, redis) as api:
+        retry = await api.post("/v1/jobs", json=request)
+        assert retry.status_code == 202, retry.text
+        assert retry.json()["id"] == first["id"]
+        [entry] = (await api.post("/v1/jobs/bulk", json={"jobs": [request]})).json()["results"]
+        assert entry["status"] == 202
+        assert entry["job"]["id"] == first["id"]
+        assert (await api.post("/v1/jobs", json=job(idempotency_key="new"))).status_code == 402
+    assert await bs_key_count(redis) > 0
+    assert await redis.zcard(keys.tenant_jobs("acme")) == 1
