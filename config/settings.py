@@ -8,6 +8,8 @@ environment at import time: entry points call :func:`load_settings` once and pas
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -91,11 +93,28 @@ class ProviderSettings(_Strict):
 class TenantSettings(_Strict):
     """A producer team: its API key, webhook signing secrets and budget."""
 
+    model_config = ConfigDict(hide_input_in_errors=True)  # an error must not print a secret
+
     api_key: SecretStr
     webhook_secrets: list[SecretStr] = []
     monthly_budget_usd: float | None = Field(default=None, ge=0)
     budget_policy: Literal["reject", "batch_only"] = "reject"
     max_job_cost_usd: float | None = Field(default=None, gt=0)
+
+    @field_validator("webhook_secrets")
+    @classmethod
+    def _signing_secrets(cls, value: list[SecretStr]) -> list[SecretStr]:
+        # A secret that does not decode would make every delivery of the tenant fail in signing
+        # and retry for days; refuse it here. The message never holds the secret.
+        for position, secret in enumerate(value):
+            raw = secret.get_secret_value().removeprefix("whsec_")
+            try:
+                ok = bool(raw) and bool(base64.b64decode(raw + "=" * (-len(raw) % 4), validate=True))
+            except binascii.Error:
+                ok = False
+            if not ok:
+                raise ValueError(f"secret {position} is not whsec_ followed by base64 (Standard Webhooks)")
+        return value
 
 
 class LaneSettings(_Strict):

@@ -8,6 +8,7 @@ import time
 
 import orjson
 import pytest
+from pydantic import ValidationError
 from redis.asyncio import Redis
 from standardwebhooks import Webhook
 
@@ -341,3 +342,28 @@ async def test_a_tenant_removed_from_settings_gets_nothing_sent(redis_url, redis
     record = await delivery(redis, jid)
     assert record["status"] == "dead"
     assert record["last_error"]
+
+
+@pytest.mark.parametrize("bad", ["whsec_a", "whsec_abc!", "whsec_", "whsec_not base64 at all"])
+def test_a_secret_that_cannot_sign_is_refused_when_settings_load(bad: str) -> None:
+    """Otherwise every delivery of the tenant crashes in sign() and is retried for days."""
+    with pytest.raises(ValidationError, match="webhook_secrets") as caught:
+        TenantSettings(api_key="k", webhook_secrets=[SECRET, bad])
+    message = str(caught.value)
+    assert SECRET not in message
+    assert "not base64 at all" not in message
+
+
+def test_every_valid_secret_form_loads_and_signs() -> None:
+    unpadded = "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWQ"  # 25 bytes, padding left off
+    tenant = TenantSettings(api_key="k", webhook_secrets=[SECRET, unpadded])
+    header = sign([s.get_secret_value() for s in tenant.webhook_secrets], "msg_x", 1, b"{}")
+    assert len(header.split(" ")) == 2
+    Webhook(unpadded).verify(
+        b"{}",
+        {
+            "webhook-id": "msg_x",
+            "webhook-timestamp": str(int(time.time())),
+            "webhook-signature": sign([unpadded], "msg_x", int(time.time()), b"{}"),
+        },
+    )
