@@ -162,10 +162,13 @@ class SchedulerSettings(_Strict):
     poll_backoff: float = Field(default=1.5, ge=1)
     max_attempts: int = Field(default=3, gt=0)
     token_limit_backoff_s: float = Field(default=300.0, ge=0)
+    # A batch still running this long past its provider's completion window is cancelled and its
+    # jobs go back to their lane (or on to sync): some providers (Azure Global Batch) never expire.
+    overdue_grace_s: float = Field(default=3600.0, ge=0)
     # The sync lane's dispatch: run_sync tasks handed out per tick, and how long one dispatch holds its
     # job before the tick hands it out again (a dead worker's task comes back after this).
     sync_dispatch_limit: int = Field(default=500, gt=0)
-    sync_lease_s: float = Field(default=600.0, gt=0)
+    sync_lease_s: float = Field(default=180.0, gt=0)
 
 
 class WorkerSettings(_Strict):

@@ -22,7 +22,7 @@ from tests.scheduler.planning_support import enqueue_lane
 from tests.workers.conftest import anthropic_settings, openai_settings
 from workers.context import WorkerContext
 from workers.providers.base import BatchLine
-from workers.tasks.batches import reconcile_batches, submit_batch
+from workers.tasks.batches import poll_batch, reconcile_batches, submit_batch
 from workers.tasks.refusals import refuse
 from workers.worker import context_of, run_burst, shutdown, startup
 
@@ -319,3 +319,61 @@ async def test_retriable_refusal_sends_jobs_back_and_backs_the_lane_off(
     report = await scheduler.tick(time.time())
     assert report.decisions[LANES["openai"]].reason == "backoff"
     assert (await Batches(redis).get(batch_id)).state == "failed"  # type: ignore[union-attr]
+
+
+async def test_retriable_refusal_with_attempts_spent_sends_jobs_on_to_sync(
+    redis, scheduler, task_settings, emulator
+) -> None:
+    """A "not now" after the last batch attempt: the sync API can still meet the deadline."""
+    job_ids, batch_id = await plan(redis, scheduler, "openai", 3)
+    for job_id in job_ids:
+        await redis.hset(keys.job(job_id), "attempts", task_settings.scheduler.max_attempts - 1)
+    record = await Batches(redis).get(batch_id)
+    assert record is not None
+    async with worker_ctx(task_settings, redis) as ctx:
+        reason = {"type": "batch_refused", "code": "server_error", "message": "try later"}
+        await refuse(ctx, Batches(redis), record, reason, retriable=True, now_ms=int(time.time() * 1000))
+    jobs = await Ledger(redis).get_many(job_ids)
+    assert {j.state for j in jobs if j} == {"sync"}
+    for job_id in job_ids:
+        assert await redis.zscore(keys.SYNC_QUEUE, job_id) is not None
+
+
+async def test_a_batch_the_provider_lost_is_abandoned_and_its_jobs_go_back(
+    redis, scheduler, task_settings, emulator
+) -> None:
+    job_ids, batch_id = await plan(redis, scheduler, "openai", 4)
+    emulator.configure(stall=["*"])
+    await run_burst(task_settings)  # submitted
+    assert (await Batches(redis).get(batch_id)).state == "submitted"  # type: ignore[union-attr]
+    emulator.reset()  # the provider no longer knows the batch: 404 on every poll
+    async with worker_ctx(task_settings, redis) as ctx:
+        assert await poll_batch(ctx, batch_id) == "abandoned"
+    assert (await Batches(redis).get(batch_id)).state == "failed"  # type: ignore[union-attr]
+    jobs = await Ledger(redis).get_many(job_ids)
+    assert {(j.state, j.attempts) for j in jobs if j} == {("queued", 1)}
+
+
+async def test_a_batch_running_past_its_window_is_cancelled_and_its_jobs_go_back(
+    redis, redis_url, emulator, arq_pool
+) -> None:
+    """A provider that never expires a batch (Azure Global Batch): the poll gives up on it."""
+    settings = make_settings(
+        redis_url,
+        providers={"openai": openai_settings(emulator.url).model_copy(update={"completion_window_s": 0.2})},
+        scheduler=SchedulerSettings(poll_initial_s=0.05, poll_max_s=0.2, overdue_grace_s=0),
+        slo=SloSettings(prior_turnaround_s=60),
+        lane_defaults=LaneDefaults(max_wait=60),
+    )
+    emulator.configure(stall=["*"])
+    async with Scheduler(settings, redis, arq_pool) as s:
+        s.steps = [(n, step) for n, step in s.steps if n in PLANNING_STEPS]
+        job_ids, batch_id = await plan(redis, s, "openai", 3)
+    await run_burst(settings)  # submitted
+    await asyncio.sleep(0.3)
+    async with worker_ctx(settings, redis) as ctx:
+        assert await poll_batch(ctx, batch_id) == "abandoned"
+    cancels = [r for r in emulator.requests() if r["path"].endswith("/cancel")]
+    assert len(cancels) == 1
+    jobs = await Ledger(redis).get_many(job_ids)
+    assert {j.state for j in jobs if j} == {"queued"}

@@ -160,6 +160,33 @@ async def _drop_bad_line(
     return "line_refused"
 
 
+def _overdue(ctx: WorkerContext, record: BatchRecord, now_ms: int) -> bool:
+    """Whether a batch still running has outlived its provider's completion window plus the grace
+    (Azure's Global Batch, for one, never expires a batch by itself)."""
+    provider = ctx["settings"].providers.get(record.provider)
+    if provider is None or record.submitted_ms is None:
+        return False
+    limit_s = provider.completion_window_s + ctx["settings"].scheduler.overdue_grace_s
+    return now_ms - record.submitted_ms > limit_s * 1000
+
+
+async def _abandon(
+    ctx: WorkerContext, batches: Batches, record: BatchRecord, code: str, message: str, now_ms: int
+) -> str:
+    """Give up on a batch the provider lost or never finishes: ask it to cancel (best effort, so
+    nothing more is billed), and send the jobs back to their lane, or on to sync."""
+    adapter = ctx["adapters"].get(record.provider)
+    if adapter is not None and record.provider_batch_id is not None and code == "batch_overdue":
+        try:
+            await adapter.cancel_batch(record.provider_batch_id)
+        except ProviderError as exc:
+            log.warning("batch.cancel_failed", batch_id=record.id, error=str(exc))
+    reason = {"type": "batch_refused", "code": code, "message": message}
+    await refuse(ctx, batches, record, reason, retriable=True, now_ms=now_ms)
+    log.error("batch.abandoned", batch_id=record.id, lane=record.lane, code=code)
+    return "abandoned"
+
+
 async def poll_batch(ctx: WorkerContext, batch_id: str) -> str:
     """Poll a batch once: record its status; when it ended, hand it to ingestion; else reschedule."""
     batches = Batches(ctx["redis"])
@@ -190,6 +217,8 @@ async def poll_batch(ctx: WorkerContext, batch_id: str) -> str:
         log.warning(
             "batch.poll_failed", batch_id=batch_id, error=str(exc), not_found=isinstance(exc, NotFound)
         )
+        if isinstance(exc, NotFound) and not exc.retriable:
+            return await _abandon(ctx, batches, record, "batch_lost", str(exc), now_ms)
         await batches.update(
             batch_id,
             ("submitted",),
@@ -199,6 +228,8 @@ async def poll_batch(ctx: WorkerContext, batch_id: str) -> str:
         )
         return "poll_failed"
     status = _status_fields(info)
+    if not info.ended and _overdue(ctx, record, now_ms):
+        return await _abandon(ctx, batches, record, "batch_overdue", "past the completion window", now_ms)
     if not info.ended:
         await batches.update(
             batch_id,

@@ -1,8 +1,9 @@
 """A batch refused as a whole: its jobs go back to their lane, or fail with the provider's reason.
 
-A refusal is retriable (a token or rate limit, a server fault) or permanent (the input itself is
-wrong). Retriable: each job returns to its lane with the attempt counted, until it has used
-``scheduler.max_attempts``; then, like a permanent refusal, it fails with the reason. A token-limit
+A refusal is retriable (a token or rate limit, a server fault, a batch the provider lost) or
+permanent (the input itself is wrong). Retriable: each job returns to its lane with the attempt
+counted, until it has used ``scheduler.max_attempts``; then it goes on to the sync lane. Permanent:
+each job fails with the provider's reason. A token-limit
 refusal also holds the lane back for ``scheduler.token_limit_backoff_s``: the provider's enqueued
 token quota needs time to drain. Every job change is guarded by the batch that holds the job, so
 running this twice changes nothing the second time.
@@ -60,6 +61,8 @@ async def refuse(
                     continue
                 if retriable and job.attempts + 1 < settings.max_attempts:
                     back.append(Requeue(job.id, "lane", batch_id=record.id, error=reason))
+                elif retriable:  # batch attempts spent on a "not now": the sync API still can
+                    back.append(Requeue(job.id, "sync", batch_id=record.id, error=reason))
                 else:
                     fail.append(Finish(job.id, "failed", "batch", batch_id=record.id, error=reason))
             requeued += (await ledger.requeue(back, now_ms)).count("ok")
