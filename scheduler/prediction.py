@@ -28,12 +28,13 @@ from scheduler.planner import PRESSURE_TICKS
 
 @dataclass(frozen=True, slots=True)
 class LiveBatch:
-    """A batch not yet ended, as the SLO tracker needs it."""
+    """A batch not yet ingested, as the SLO tracker needs it."""
 
     id: str
     lane: str
     state: str
     submitted_ms: int | None  # None while only planned
+    ended_ms: int | None = None  # set once it ended: its results are on their way into the ledger
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +57,8 @@ class LanePrediction:
     next_flush_ms: int | None  # None with nothing queued
     oldest_arrival_ms: int | None
     batches: list[BatchPrediction] = field(default_factory=list)
-    just_in_time_ms: int | None = None  # set for a blind lane: the one horizon it flips by
+    just_in_time_ms: int = 0  # now + sync margin + two ticks: the last moment a flip still helps
+    blind: bool = False  # no history and no prior tighter than the window: flip just in time only
 
     @property
     def queued_completion_ms(self) -> int | None:
@@ -68,14 +70,18 @@ class LanePrediction:
     @property
     def queued_horizon_ms(self) -> int | None:
         """Queued jobs with a deadline before this are at risk."""
-        if self.just_in_time_ms is not None:
+        if self.blind:
             return self.just_in_time_ms if self.next_flush_ms is not None else None
         done = self.queued_completion_ms
         return None if done is None else done + int(self.sync_margin_s * 1000)
 
     def batch_horizon_ms(self, prediction: BatchPrediction) -> int:
-        """Jobs of this batch with a deadline before this are at risk."""
-        if self.just_in_time_ms is not None:
+        """Jobs of this batch with a deadline before this are at risk.
+
+        An ended batch's results are normally in the ledger within seconds; its jobs flip only
+        just in time, in case ingestion keeps failing.
+        """
+        if self.blind or prediction.batch.ended_ms is not None:
             return self.just_in_time_ms
         return prediction.predicted_end_ms + int(self.sync_margin_s * 1000)
 
@@ -107,13 +113,15 @@ def flush_lead_s(health: LaneHealth, settings: Settings) -> float:
 def predict_batch(health: LaneHealth, batch: LiveBatch, now_ms: int, q: float) -> BatchPrediction:
     """When ``batch`` is predicted to end, given how long it has been in flight."""
     start = batch.submitted_ms if batch.submitted_ms is not None else now_ms
+    if batch.ended_ms is not None:
+        return BatchPrediction(batch, max(0.0, (batch.ended_ms - start) / 1000), batch.ended_ms)
     elapsed = max(0.0, (now_ms - start) / 1000)
     total = health.remaining_after(elapsed, q)
     return BatchPrediction(batch, elapsed, start + int(total * 1000))
 
 
 async def live_batches(redis: Redis) -> dict[str, list[LiveBatch]]:
-    """Every batch not yet ended, grouped by lane, in one round trip per read.
+    """Every batch not yet ingested, grouped by lane, in one round trip per read.
 
     Planned batches (``keys.BATCHES_PLANNED``) count too: a submission stuck retrying must not hold
     its jobs past their deadlines, so they are predicted (as if submitted now) and may flip.
@@ -131,10 +139,16 @@ async def live_batches(redis: Redis) -> dict[str, list[LiveBatch]]:
         rows = await pipe.execute()
     out: dict[str, list[LiveBatch]] = {}
     for batch_id, (lane, state, submitted, ended) in zip(ids, rows, strict=True):
-        if lane is None or ended:
-            continue  # gone, or ended and waiting for ingestion: nothing left to predict
+        if lane is None:
+            continue  # gone
         out.setdefault(lane.decode(), []).append(
-            LiveBatch(batch_id, lane.decode(), (state or b"").decode(), int(submitted) if submitted else None)
+            LiveBatch(
+                batch_id,
+                lane.decode(),
+                (state or b"").decode(),
+                int(submitted) if submitted else None,
+                int(ended) if ended else None,
+            )
         )
     return out
 
@@ -172,7 +186,7 @@ async def predict_lane(
         candidates = [by_deadline] if by_wait is None else [by_wait, by_deadline]
         prediction.next_flush_ms = max(now_ms, min(candidates))
     prediction.batches = [predict_batch(health, b, now_ms, q) for b in batches]
-    if health.blind:
-        lead_s = health.sync_margin() + PRESSURE_TICKS * settings.scheduler.tick_interval_s
-        prediction.just_in_time_ms = now_ms + int(lead_s * 1000)
+    lead_s = health.sync_margin() + PRESSURE_TICKS * settings.scheduler.tick_interval_s
+    prediction.just_in_time_ms = now_ms + int(lead_s * 1000)
+    prediction.blind = health.blind
     return prediction

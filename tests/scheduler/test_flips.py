@@ -206,3 +206,17 @@ async def test_jobs_of_a_batch_stuck_planned_flip_before_their_deadline(redis, p
     job = await ledger.get(near)
     assert job.state == "sync"
     assert (await ledger.get(far)).state == "batched"
+
+
+async def test_jobs_of_an_ended_batch_whose_ingestion_lags_flip_just_in_time(redis, pool, redis_url):
+    """Results not yet in the ledger (a download failing, say): wait for them until only the sync
+    margin is left, then flip; a job with time to spare stays with its batch."""
+    settings = slo_settings(redis_url)
+    ledger = Ledger(redis)
+    near, far = await enqueue(ledger, NOW, [30, 3600])
+    batch_id = await submitted_batch(redis, settings, NOW)
+    await redis.hset(keys.batch(batch_id), mapping={"state": "ended", "ended_ms": NOW + 5_000})
+    assert (await flip(redis, pool, settings, NOW + 10_000)).flipped == []
+    late = await flip(redis, pool, settings, NOW + 28_000)
+    assert late.flipped == [near]
+    assert (await ledger.get(far)).state == "batched"
