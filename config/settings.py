@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,6 +24,7 @@ from pydantic_settings import (
 )
 
 DEFAULT_CONFIG_PATH = Path(__file__).with_name("batchshift.toml")
+TENANT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 DEFAULT_PRICING_PATH = Path(__file__).with_name("pricing.toml")
 
 OPENAI_MAX_BATCH_REQUESTS = 50_000
@@ -285,6 +287,16 @@ class Settings(BaseSettings):
     pricing_file: Path = DEFAULT_PRICING_PATH
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
+
+    @field_validator("tenants")
+    @classmethod
+    def _tenant_names(cls, value: dict[str, TenantSettings]) -> dict[str, TenantSettings]:
+        # Tenant names are parts of Redis keys (bs:idem:{tenant}:{key}); a ':' could make two
+        # tenants' keys meet.
+        for name in value:
+            if not TENANT_NAME.fullmatch(name):
+                raise ValueError(f"tenant name {name!r} must match {TENANT_NAME.pattern}")
+        return value
 
     @classmethod
     def settings_customise_sources(

@@ -186,6 +186,14 @@ def _callback_url(draft: Draft) -> None:
         raise InvalidRequest("callback_url is not a valid URL", "callback_url") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidRequest("callback_url must be an http(s) URL with a host", "callback_url")
+    tenant = draft.settings.tenants.get(draft.tenant)
+    if tenant is None or not tenant.webhook_secrets:
+        # Completion webhooks are always signed: without a secret the event could only be
+        # dead-lettered days later, so say so now.
+        raise InvalidRequest(
+            "callback_url needs a webhook signing secret: the tenant has no webhook_secrets configured",
+            "callback_url",
+        )
     draft.callback_url = url
 
 

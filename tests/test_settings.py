@@ -69,6 +69,8 @@ def test_nested_delimiter_sets_one_nested_field(config_file: Path, monkeypatch: 
         ("BATCHSHIFT_LIMITS__MAX_BULK_ITEMS", "many"),
         ("BATCHSHIFT_PROVIDERS", '{"x": {"kind": "cohere", "base_url": "https://x"}}'),
         ("BATCHSHIFT_LOG_FORMAT", "xml"),
+        # a ':' in a tenant name could make two tenants' Redis keys meet
+        ("BATCHSHIFT_TENANTS", '{"a:b": {"api_key": "k"}}'),
     ],
 )
 def test_bad_setting_is_a_settings_error_naming_it(

@@ -2,7 +2,8 @@
 
 Our own errors (scheduler.errors) carry their status; FastAPI's validation errors become 422
 naming the field (400 when the body is not JSON); unknown routes and methods keep their status;
-anything else is a logged 500 that reveals nothing of the cause.
+Redis out of reach is a 503 with ``Retry-After`` (the request may be sent again as is; with an
+idempotency key nothing is doubled); anything else is a logged 500 that reveals nothing of the cause.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import Any
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException
 
 from scheduler.api.responses import JsonResponse
@@ -60,6 +63,19 @@ async def _http_error(request: Request, exc: Exception) -> JsonResponse:
     return JsonResponse(error_body(kind, str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
 
 
+# Seconds a client is told to wait before retrying while Redis is out of reach.
+UNAVAILABLE_RETRY_AFTER_S = 1
+
+
+async def _store_unavailable(request: Request, exc: Exception) -> JsonResponse:
+    log.error("request.store_unavailable", path=request.url.path, error_class=type(exc).__name__)
+    return JsonResponse(
+        error_body("unavailable", "the job store is unavailable; retry the request"),
+        503,
+        headers={"retry-after": str(UNAVAILABLE_RETRY_AFTER_S)},
+    )
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> JsonResponse:
     log.exception("request.failed", path=request.url.path, error_class=type(exc).__name__)
     return JsonResponse(error_body("internal_error", "internal error"), 500)
@@ -70,4 +86,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(BatchshiftError, _batchshift_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(RedisConnectionError, _store_unavailable)
+    app.add_exception_handler(RedisTimeoutError, _store_unavailable)
     app.add_exception_handler(Exception, _unexpected_error)

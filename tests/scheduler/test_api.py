@@ -264,7 +264,12 @@ async def test_readyz_is_503_when_redis_does_not_answer():
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client:
             assert (await client.get("/healthz")).status_code == 200
             response = await client.get("/readyz")
+            enqueue = await client.post("/v1/jobs", json=job(), headers={"authorization": "Bearer acme-key"})
     assert response.status_code == 503
+    # Intake with the store out of reach: 503 with Retry-After (safe to send again), not a 500.
+    assert enqueue.status_code == 503, enqueue.text
+    assert enqueue.headers["retry-after"] == "1"
+    assert enqueue.json()["error"]["type"] == "unavailable"
 
 
 async def test_openapi_documents_the_routes_and_models(http: httpx.AsyncClient):

@@ -217,3 +217,15 @@ async def test_unknown_job_is_404(api: httpx.AsyncClient):
     for path in ("/v1/jobs/job_00000000000000000000000000", "/v1/jobs/..%2F..", "/v1/jobs/" + "x" * 100):
         assert (await api.get(path)).status_code == 404
     assert (await api.post("/v1/jobs/job_00000000000000000000000000/cancel")).status_code == 404
+
+
+async def test_callback_url_of_a_tenant_without_webhook_secrets_is_refused(settings: Settings, redis: Redis):
+    """Webhooks are always signed: without a secret the event could only be dead-lettered later."""
+    async with asgi_client(settings, redis, headers={"authorization": "Bearer globex-key"}) as client:
+        before = await bs_snapshot(redis)
+        response = await client.post("/v1/jobs", json=job(callback_url="https://example.com/hook"))
+        assert response.status_code == 422, response.text
+        assert response.json()["error"]["field"] == "callback_url"
+        assert "webhook_secrets" in response.json()["error"]["message"]
+        assert await bs_snapshot(redis) == before
+        assert (await client.post("/v1/jobs", json=job())).status_code == 202  # no callback: fine
