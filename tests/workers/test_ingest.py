@@ -146,6 +146,30 @@ async def test_retriable_lines_go_to_sync_when_attempts_or_the_deadline_run_out(
     assert set(m.decode() for m in await redis.zrange(keys.SYNC_QUEUE, 0, -1)) == set(retried)
 
 
+async def test_a_batch_only_tenant_past_its_budget_is_not_sent_to_paid_sync(
+    redis_url, redis, emulator: EmulatorControl, http
+) -> None:
+    emulator.configure(line_error_rate=0.5, line_error_status=503)
+    tenants = {
+        "acme": TenantSettings(
+            api_key="acme-key", webhook_secrets=[SECRET], monthly_budget_usd=1, budget_policy="batch_only"
+        )
+    }
+    settings = ingest_settings(
+        redis_url, emulator.url, scheduler=SchedulerSettings(max_attempts=1), tenants=tenants
+    )
+    ctx = await make_ctx(settings, http)
+    ids = await enqueue_jobs(ctx["ledger"], 20)
+    bid = await run_batch(ctx)
+    produced = await emulator_results(ctx, bid)
+    await redis.set(keys.budget_spend("acme", time.strftime("%Y-%m", time.gmtime())), "5")
+    await ingest_batch(ctx, bid)
+    retried = [i for i in ids if produced[i].outcome == "retriable"]
+    assert retried
+    assert set((await states(redis, retried)).values()) == {"queued"}
+    assert await redis.zcard(keys.SYNC_QUEUE) == 0
+
+
 async def test_expired_batch_applies_its_partial_results_and_requeues_the_rest(
     redis_url, redis, emulator: EmulatorControl, http
 ) -> None:

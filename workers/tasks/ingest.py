@@ -31,8 +31,9 @@ from arq import Retry
 from redis.asyncio import Redis
 
 from config.settings import Settings
-from scheduler import keys, pricing
+from scheduler import budgets, keys, prediction, pricing
 from scheduler.batches import Batches, BatchRecord
+from scheduler.health import read_health
 from scheduler.ledger import Finish, Ledger, Requeue
 from workers.context import WorkerContext, call_hook
 from workers.errors import ProviderError
@@ -43,14 +44,6 @@ log = structlog.get_logger(__name__)
 # A cursor outlives any retry of its ingestion; it is deleted once the batch is ingested.
 CURSOR_TTL_S = 7 * 24 * 3600
 NO_RESULT_ERROR = {"type": "no_result", "message": "the provider returned no result line for this request"}
-
-
-def expected_turnaround_s(settings: Settings, provider: str) -> float:
-    """How long another batch attempt is expected to take: the lane's prior (the SLO tracker refines it)."""
-    if settings.slo.prior_turnaround_s is not None:
-        return settings.slo.prior_turnaround_s
-    configured = settings.providers.get(provider)
-    return configured.completion_window_s if configured else 24 * 3600.0
 
 
 @dataclass(slots=True)
@@ -76,7 +69,6 @@ class Ingestion:
         self.adapter = adapter
         self.kind = adapter.kind
         self.pricing = pricing.shared(settings.pricing_file)
-        self.turnaround_ms = int(expected_turnaround_s(settings, batch.provider) * 1000)
         self.pending: Counter[str] = Counter()  # outcome counts not yet added to the batch record
         self.totals: Counter[str] = Counter()
 
@@ -113,14 +105,22 @@ class Ingestion:
             return []
         async with self.redis.pipeline(transaction=False) as pipe:
             for job_id in ids:
-                pipe.hmget(keys.job(job_id), ["attempts", "deadline_ms"])
+                pipe.hmget(keys.job(job_id), ["attempts", "deadline_ms", "tenant"])
             rows = await pipe.execute()
+        # Another batch attempt needs the lane's expected turnaround plus the sync margin (a lane
+        # with no history: the margin alone, and the SLO tracker flips just in time if need be).
+        health = await read_health(self.redis, self.settings, self.batch.lane, self.batch.provider, now_ms)
+        needed_ms = int(prediction.expected_turnaround_s(health, self.settings) * 1000)
+        tenants = {t.decode() for _, _, t in rows if t}
+        blocked = await budgets.sync_blocked(self.redis, self.settings, tenants, now_ms)
         out = []
-        for job_id, error, (attempts, deadline) in zip(ids, errors, rows, strict=True):
+        for job_id, error, (attempts, deadline, tenant) in zip(ids, errors, rows, strict=True):
             tries = int(attempts or 0) + 1  # this attempt, counted by the requeue
             room = int(deadline or 0) - now_ms
-            lane_ok = tries < self.settings.scheduler.max_attempts and room > self.turnaround_ms
-            target = "lane" if lane_ok else "sync"
+            lane_ok = tries < self.settings.scheduler.max_attempts and room > needed_ms
+            # A batch_only tenant past its budget never goes to paid sync; its deadline may slip.
+            paid_sync_ok = (tenant or b"").decode() not in blocked
+            target = "lane" if lane_ok or not paid_sync_ok else "sync"
             out.append(Requeue(job_id, target, batch_id=self.owner, error=error))  # type: ignore[arg-type]
         return out
 
