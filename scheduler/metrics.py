@@ -83,7 +83,7 @@ def _label(value: str, what: str) -> str:
 
 
 def observe_webhook(pipe: Pipeline, outcome: str) -> None:
-    """Queue one webhook delivery attempt's outcome (e.g. ``delivered``, ``retried``, ``dead``)."""
+    """Queue one webhook delivery attempt's outcome (``delivered``, ``retry``, ``dead``, ``disabled``)."""
     pipe.hincrby(keys.METRICS_GLOBAL, f"webhook:{_label(outcome, 'outcome')}", 1)
 
 

@@ -140,9 +140,16 @@ async def replay(request: Request, tenant_name: Annotated[str, Depends(tenant)])
     replayed: list[str] = []
     skipped: list[dict[str, str]] = []
     if ids:
+        async with redis.pipeline(transaction=False) as pipe:
+            for did in ids:
+                pipe.hget(keys.webhook_delivery(did), "url")
+            urls = await pipe.execute()
+        pairs: list[str] = []
+        for did, url in zip(ids, urls, strict=True):
+            pairs += [did, keys.disabled_url(url_hash(url.decode())) if url else ""]
         script = scripts.load(redis, "webhook_replay")
         flat = await script(
-            keys=[keys.WEBHOOKS_DUE, keys.WEBHOOKS_DEAD], args=[int(time.time() * 1000), tenant_name, *ids]
+            keys=[keys.WEBHOOKS_DUE, keys.WEBHOOKS_DEAD], args=[int(time.time() * 1000), tenant_name, *pairs]
         )
         for i in range(0, len(flat), 2):
             did, code = flat[i].decode(), flat[i + 1].decode()
@@ -150,10 +157,4 @@ async def replay(request: Request, tenant_name: Annotated[str, Depends(tenant)])
                 replayed.append(did)
             else:
                 skipped.append({"id": did, "reason": code})
-    if replayed:
-        async with redis.pipeline(transaction=False) as pipe:
-            for did in replayed:
-                pipe.hget(keys.webhook_delivery(did), "url")
-            urls = await pipe.execute()
-        await redis.delete(*{keys.disabled_url(url_hash(u.decode())) for u in urls if u})
     return JsonResponse({"replayed": replayed, "skipped": skipped})

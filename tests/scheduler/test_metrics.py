@@ -90,7 +90,7 @@ async def populate(redis: Redis, now_ms: int) -> None:
         metrics.observe_turnaround(pipe, LANE, 100_000)  # past 24 h
         metrics.observe_webhook(pipe, "delivered")
         metrics.observe_webhook(pipe, "delivered")
-        metrics.observe_webhook(pipe, "retried")
+        metrics.observe_webhook(pipe, "retry")
         metrics.observe_alert(pipe, "page", "trigger")
         await pipe.execute()
     await metrics.record_turnaround(redis, LANE, 2.5)
@@ -140,7 +140,7 @@ async def test_metrics_export_queue_jobs_costs_histograms_webhooks_alerts(redis:
     assert bucket(turn, "86400.0") == 2
     assert bucket(turn, "129600.0") == 3 == got[(f"{turn}_count", lane)]
     assert got[("batchshift_webhook_deliveries_total", (("outcome", "delivered"),))] == 2
-    assert got[("batchshift_webhook_deliveries_total", (("outcome", "retried"),))] == 1
+    assert got[("batchshift_webhook_deliveries_total", (("outcome", "retry"),))] == 1
     assert got[("batchshift_alerts_total", (("action", "trigger"), ("severity", "page")))] == 1
     # Spend is billed money: batch + sync + the duplicate result.
     assert got[("batchshift_budget_spent_usd", (("tenant", "acme"),))] == pytest.approx(sync_usd * 2)
