@@ -3,7 +3,7 @@
 Every worker shares the limits through Redis, so they hold across processes:
 
 * concurrency (``sync_concurrency``): a slot per call in a sorted set scored by when the slot lapses,
-  so a worker that dies mid-call frees its slot after ``SLOT_TTL_S``;
+  so a worker that dies mid-call frees its slot after one call's worst case (:func:`slot_ttl_s`);
 * ``sync_rpm`` / ``sync_tpm``: counters per epoch minute (tokens estimated from the body before the
   call, since the answer's usage is not known yet);
 * the provider's own signal: ``x-ratelimit-remaining-requests`` / ``-tokens`` at 0 hold the provider
@@ -28,7 +28,15 @@ from config.settings import ProviderSettings
 from scheduler import keys
 
 # Seconds a concurrency slot is held at most: past any sync call's read timeout.
-SLOT_TTL_S = 300
+SLOT_MARGIN_S = 10
+
+
+def slot_ttl_s(config: ProviderSettings) -> float:
+    """How long a slot outlives a worker that died holding it: one call's worst case, plus a margin."""
+    http = config.http
+    return http.pool_timeout + http.connect_timeout + http.write_timeout + http.read_timeout + SLOT_MARGIN_S
+
+
 # Bytes per token when estimating a request's tokens before sending it (a common rule of thumb).
 BYTES_PER_TOKEN = 4
 # Seconds to wait when no slot is free: about one short sync call.
@@ -116,7 +124,7 @@ class SyncLimits:
         token = secrets.token_hex(8)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.zremrangebyscore(slots, "-inf", now)
-            pipe.zadd(slots, {token: now + SLOT_TTL_S * 1000})
+            pipe.zadd(slots, {token: now + int(slot_ttl_s(config) * 1000)})
             pipe.zcard(slots)
             _, _, held = await pipe.execute()
         if held > config.sync_concurrency:
@@ -145,4 +153,7 @@ class SyncLimits:
         """No sync call to ``provider`` for ``seconds`` (a 429's retry-after, spent rate limits)."""
         now = int(time.time() * 1000) if now_ms is None else now_ms
         until = now + int(seconds * 1000)
+        current = await self.redis.get(keys.sync_hold(provider))
+        if current is not None and int(current) >= until:
+            return  # a longer hold is already in force: a short retry-after must not cut it
         await self.redis.set(keys.sync_hold(provider), until, px=max(1, int(seconds * 1000)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from config.settings import ProviderSettings
-from workers.sync_limits import Permit, SyncLimits, estimate_tokens, reset_seconds
+from workers.sync_limits import Permit, SyncLimits, estimate_tokens, reset_seconds, slot_ttl_s
 
 NOW = 1_800_000_000_000
 BODY = b'{"model":"m","messages":[],"max_tokens":100}'
@@ -65,3 +65,22 @@ def test_reset_durations_and_token_estimate():
     assert reset_seconds("3") == 3
     assert reset_seconds("soon") is None
     assert estimate_tokens(BODY) == len(BODY) // 4 + 100
+
+
+async def test_a_dead_workers_slot_lapses_after_one_calls_worst_case(redis):
+    """A worker killed mid-call never releases its slot; the lane must not stay blocked for long."""
+    limits = SyncLimits(redis)
+    config = provider(sync_concurrency=1)
+    assert isinstance(await limits.acquire("openai", config, BODY, NOW), Permit)  # never released
+    assert not isinstance(await limits.acquire("openai", config, BODY, NOW + 1_000), Permit)
+    lapse_ms = int(slot_ttl_s(config) * 1000) + 1
+    assert isinstance(await limits.acquire("openai", config, BODY, NOW + lapse_ms), Permit)
+
+
+async def test_a_short_hold_does_not_cut_a_longer_one(redis):
+    limits = SyncLimits(redis)
+    config = provider()
+    await limits.hold("openai", 30, NOW)
+    await limits.hold("openai", 1, NOW)
+    wait = await limits.acquire("openai", config, BODY, NOW + 5_000)
+    assert wait == pytest.approx(25)
