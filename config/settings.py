@@ -378,6 +378,8 @@ def load_settings(**overrides: Any) -> Settings:
         for err in exc.errors():
             name = "BATCHSHIFT_" + "__".join(str(p).upper() for p in err["loc"] if not isinstance(p, int))
             problems.append(f"{name}: {err['msg']}")
-        raise SettingsError("invalid settings:\n  " + "\n  ".join(problems)) from exc
+        # "from None": pydantic's error carries the input values, provider and tenant keys included,
+        # and a traceback printed anywhere would show them.
+        raise SettingsError("invalid settings:\n  " + "\n  ".join(problems)) from None
     except ValueError as exc:  # malformed JSON in an env var surfaces as SettingsError from pydantic
-        raise SettingsError(f"invalid settings: {exc}") from exc
+        raise SettingsError(f"invalid settings: {exc}") from None

@@ -113,3 +113,17 @@ def test_every_key_in_the_shipped_config_has_a_comment_above_it():
         if key.match(line) and not (i > 0 and lines[i - 1].lstrip().startswith("#"))
     ]
     assert missing == []
+
+
+def test_a_settings_error_carries_no_input_values(config_file: Path, monkeypatch: pytest.MonkeyPatch):
+    """pydantic's own error holds the inputs (keys included): it is neither chained nor echoed."""
+    secret = "sk-very-secret-value"
+    monkeypatch.setenv(
+        "BATCHSHIFT_PROVIDERS",
+        f'{{"x": {{"kind": "cohere", "base_url": "https://x", "api_key": "{secret}"}}}}',
+    )
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert secret not in str(caught.value)
+    assert caught.value.__cause__ is None
+    assert caught.value.__suppress_context__
