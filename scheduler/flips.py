@@ -62,9 +62,16 @@ async def ensure_deadline_index(redis: Redis, batch_id: str) -> str:
         chunk = members[start : start + INDEX_CHUNK]
         async with redis.pipeline(transaction=False) as pipe:
             for job_id in chunk:
-                pipe.hget(keys.job(job_id), "deadline_ms")
-            deadlines = await pipe.execute()
-        scored = {j: int(d) for j, d in zip(chunk, deadlines, strict=True) if d is not None}
+                pipe.hmget(keys.job(job_id), ["deadline_ms", "state", "batch_id"])
+            rows = await pipe.execute()
+        # Only jobs still waiting on this batch: one cancelled by its producer (or already moved on)
+        # is nothing to flip, and must not keep an otherwise empty batch from being cancelled.
+        owner = batch_id.encode()
+        scored = {
+            j: int(d)
+            for j, (d, state, b) in zip(chunk, rows, strict=True)
+            if state == b"batched" and b == owner
+        }
         if scored:
             await redis.zadd(index, scored)
     # An empty batch gets a placeholder-free index: nothing to flip, and no cancel either.
@@ -97,8 +104,10 @@ class Flipper:
             index = await ensure_deadline_index(self.redis, batch.batch.id)
             horizon = prediction.batch_horizon_ms(batch)
             await self._flip_range(index, horizon, batch.batch.id, now_ms, report)
+            ended = batch.batch.ended_ms is not None  # nothing left to cancel at the provider
             if (
                 not planned
+                and not ended
                 and await self.redis.zcard(index) == 0
                 and await self.redis.exists(keys.batch_jobs(batch.batch.id))
             ):
@@ -161,7 +170,7 @@ class Flipper:
         )
         if enqueued:
             report.cancelled.append(batch_id)
-            log.info("batch.cancel_requested", batch_id=batch_id, lane=lane, reason="all_jobs_flipped")
+            log.info("batch.cancel_requested", batch_id=batch_id, lane=lane, reason="no_job_waits_on_it")
 
 
 _intake_health: dict[str, tuple[float, LaneHealth]] = {}

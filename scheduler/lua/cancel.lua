@@ -8,6 +8,11 @@ local id = ARGV[1]
 if state == 'queued' then
   local lane = redis.call('HGET', KEYS[1], 'lane')
   unqueue(id, lane, tonumber(redis.call('HGET', KEYS[1], 'size')))
+elseif state == 'batched' then
+  -- The SLO tracker's deadline index of the batch forgets it, so a batch whose jobs were all
+  -- cancelled (or flipped) is cancelled at the provider too.
+  local batch = redis.call('HGET', KEYS[1], 'batch_id')
+  if batch then redis.call('ZREM', PREFIX .. ':slo:batch:' .. batch .. ':deadlines', id) end
 elseif state == 'sync' then
   redis.call('ZREM', K_SYNC_QUEUE, id)
 end

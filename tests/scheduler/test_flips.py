@@ -220,3 +220,19 @@ async def test_jobs_of_an_ended_batch_whose_ingestion_lags_flip_just_in_time(red
     late = await flip(redis, pool, settings, NOW + 28_000)
     assert late.flipped == [near]
     assert (await ledger.get(far)).state == "batched"
+
+
+async def test_a_batch_whose_jobs_were_all_cancelled_by_their_producer_is_cancelled(redis, pool, redis_url):
+    """Nothing in the batch is wanted any more: stop paying for it at the provider."""
+    settings = slo_settings(redis_url)
+    ledger = Ledger(redis)
+    first, second = await enqueue(ledger, NOW, [3600, 3600])
+    batch_id = await submitted_batch(redis, settings, NOW)
+    await ledger.cancel(first, NOW + 500)  # before the tracker built the batch's deadline index
+    kept = await flip(redis, pool, settings, NOW + 1_000)
+    assert kept.cancelled == []  # one job still waits on the batch
+    await ledger.cancel(second, NOW + 1_500)  # after it did
+    emptied = await flip(redis, pool, settings, NOW + 2_000)
+    assert emptied.flipped == []
+    assert emptied.cancelled == [batch_id]
+    assert await Job(tasks.cancel_job_id(batch_id), pool).status() == JobStatus.queued
