@@ -13,6 +13,7 @@ every ``reconcile_interval_s``, the ``reconcile_batches`` task for stale planned
 
 from __future__ import annotations
 
+import asyncio
 import statistics
 import time
 from collections.abc import Awaitable, Callable
@@ -23,6 +24,7 @@ from typing import Any
 import structlog
 from arq.connections import ArqRedis
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from config.settings import Settings
 from scheduler import ids, keys, tasks
@@ -105,7 +107,10 @@ class Scheduler:
     async def close(self) -> None:
         """Stop the loop and hand the lease over."""
         self._stopping = True
-        await self.leader.release()
+        try:
+            await self.leader.release()
+        except (RedisError, OSError):
+            log.warning("scheduler.release_failed")  # the lease lapses by itself after its TTL
 
     async def tick(self, now: float) -> TickReport:
         """Take or renew the lease, then, as leader, run every step at ``now`` (epoch seconds)."""
@@ -138,9 +143,16 @@ class Scheduler:
         """Tick, then wait for the interval or a wake-up, until closed."""
         interval = self.settings.scheduler.tick_interval_s
         while not self._stopping:
-            await self.tick(clock())
-            if await self.redis.blpop([keys.WAKEUP], timeout=interval):  # type: ignore[misc, arg-type]  # Redis >= 6 takes fractions
-                await self.redis.delete(keys.WAKEUP)
+            try:
+                await self.tick(clock())
+                if await self.redis.blpop([keys.WAKEUP], timeout=interval):  # type: ignore[misc, arg-type]  # Redis >= 6 takes fractions
+                    await self.redis.delete(keys.WAKEUP)
+            except (RedisError, OSError) as exc:
+                # Redis out of reach: keep trying; the lease lapses meanwhile, so a standby that
+                # can reach Redis takes over, and this one rejoins as a standby.
+                log.warning("scheduler.redis_unavailable", error_class=type(exc).__name__)
+                self.leader.token = None
+                await asyncio.sleep(interval)
 
     async def median_turnaround(self, lane: Lane, now: float) -> float:
         """The lane's median recent turnaround; before any sample, the configured prior."""

@@ -232,3 +232,38 @@ async def test_a_step_is_added_with_one_line_and_failures_are_reported(redis, re
     assert calls == [NOW_MS]
     assert report.steps["extra"] == "done"
     assert report.errors == {"broken": "RuntimeError: boom"}
+
+
+async def test_the_tick_loop_outlives_a_redis_outage_and_leads_again() -> None:
+    """Redis restarts under a running scheduler: the loop keeps trying, then takes the lease again."""
+    import asyncio
+
+    from redis.asyncio import Redis
+
+    from batchshift.embedded_redis import embedded_redis, free_port
+
+    port = free_port()
+    with embedded_redis(port) as url:
+        settings = planning_settings(url, scheduler=SchedulerSettings(tick_interval_s=0.05, lease_ttl_s=1))
+        redis = Redis.from_url(url)
+        pool = await create_pool(RedisSettings.from_dsn(url))
+        scheduler = Scheduler(settings, redis, pool)
+        loop = asyncio.create_task(scheduler.run_forever())
+        for _ in range(100):
+            if scheduler.leader.is_leader:
+                break
+            await asyncio.sleep(0.05)
+        assert scheduler.leader.is_leader
+    await asyncio.sleep(0.3)  # Redis is gone: ticks fail and are retried
+    assert not loop.done()
+    with embedded_redis(port):
+        for _ in range(200):
+            if scheduler.leader.is_leader:
+                break
+            await asyncio.sleep(0.05)
+        assert scheduler.leader.is_leader
+        assert not loop.done()
+        await scheduler.close()
+        await asyncio.wait_for(loop, timeout=5)
+        await pool.aclose()
+        await redis.aclose()
