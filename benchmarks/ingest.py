@@ -11,63 +11,18 @@ guard, no pricing and no aggregates. The emulator runs in its own process. Targe
 from __future__ import annotations
 
 import asyncio
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 
+from benchmarks.support import emulator_process, reset_peak, status_kb
+
 JOBS = 50_000
 CHUNK = 500
-ROOT = Path(__file__).resolve().parents[1]
 ENDPOINT = "/v1/chat/completions"
 MODEL = "gpt-4o-mini"
-
-
-def _status_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
-
-
-def _reset_peak() -> int:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-    return _status_kb("VmRSS")
-
-
-@contextmanager
-def _emulator() -> Iterator[str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    code = f"from workers.emulator.server import serve; serve('127.0.0.1', {port}, log_level='warning', turnaround_s=1.0)"
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(url + "/_emulator/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError("the emulator did not start")
-            time.sleep(0.1)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 async def _prepare(redis_url: str, url: str) -> tuple[dict[str, Any], str]:
@@ -164,15 +119,15 @@ async def run() -> list[dict[str, Any]]:
     from batchshift.embedded_redis import embedded_redis
     from workers.tasks.ingest import ingest_batch
 
-    with embedded_redis() as redis_url, _emulator() as url:
+    with embedded_redis() as redis_url, emulator_process() as url:
         ctx, bid = await _prepare(redis_url, url)
         record = await ctx["redis"].hget(f"bs:batch:{bid}", "provider_batch_id")
         base = await _raw(redis_url, url, record.decode())
-        start_kb = _reset_peak()
+        start_kb = reset_peak()
         started = time.perf_counter()
         totals = await ingest_batch(ctx, bid)
         seconds = time.perf_counter() - started
-        peak = max(0, _status_kb("VmHWM") - start_kb) / 1024
+        peak = max(0, status_kb("VmHWM") - start_kb) / 1024
         await ctx["http"].aclose()
         await ctx["redis"].aclose()
     if totals.get("succeeded") != JOBS or base["count"] != JOBS:

@@ -21,25 +21,22 @@ import argparse
 import asyncio
 import json
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
+
+from benchmarks.support import ROOT, emulator_process, peak_growth_mb, reset_peak
 
 REQUESTS = 50_000
 BODY_BYTES = 1_000
 ENDPOINT = "/v1/chat/completions"
 MODEL = "gpt-4o-mini"
 EMULATOR_TURNAROUND_S = 1.0
-ROOT = Path(__file__).resolve().parents[1]
 
 
 # --- what a child process measures ----------------------------------------------------------
@@ -54,23 +51,6 @@ def _bodies() -> Iterator[tuple[str, bytes]]:
         yield f"job-{i:06d}", orjson.dumps(body)
 
 
-def _status_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def _reset_peak() -> int:
-    """Reset the resident-set high-water mark to now; returns the resident set in KiB."""
-    Path("/proc/self/clear_refs").write_text("5")
-    return _status_kb("VmRSS")
-
-
-def _peak_growth_mb(start_kb: int) -> float:
-    return max(0, _status_kb("VmHWM") - start_kb) / 1024
-
-
 async def _upload(url: str) -> dict[str, Any]:
     from config.settings import ProviderSettings
     from workers.http import build_client
@@ -80,22 +60,22 @@ async def _upload(url: str) -> dict[str, Any]:
     settings = ProviderSettings(kind="openai", base_url=url + "/v1", api_key="sk-bench")
     async with build_client(settings.http) as client:
         adapter = make_adapter("bench", settings, client)
-        start_kb = _reset_peak()
+        start_kb = reset_peak()
         started = time.perf_counter()
         lines = (BatchLine(cid, body) for cid, body in _bodies())
         info = await adapter.submit_batch(lines, endpoint=ENDPOINT, batch_id="bench")
         seconds = time.perf_counter() - started
-    return {"seconds": seconds, "peak_mb": _peak_growth_mb(start_kb), "batch": info.provider_batch_id}
+    return {"seconds": seconds, "peak_mb": peak_growth_mb(start_kb), "batch": info.provider_batch_id}
 
 
 def _write_jsonl(path: str) -> dict[str, Any]:
-    start_kb = _reset_peak()
+    start_kb = reset_peak()
     started = time.perf_counter()
     prefix, middle = b'{"custom_id":"', b'","method":"POST","url":"' + ENDPOINT.encode() + b'","body":'
     with open(path, "wb") as out:
         for cid, body in _bodies():
             out.write(prefix + cid.encode() + middle + body + b"}\n")
-    return {"seconds": time.perf_counter() - started, "peak_mb": _peak_growth_mb(start_kb)}
+    return {"seconds": time.perf_counter() - started, "peak_mb": peak_growth_mb(start_kb)}
 
 
 async def _download(url: str, batch: str) -> dict[str, Any]:
@@ -107,7 +87,7 @@ async def _download(url: str, batch: str) -> dict[str, Any]:
     async with build_client(settings.http) as client:
         adapter = make_adapter("bench", settings, client)
         await adapter.get_batch(batch)  # connection warm; the batch has ended already
-        start_kb = _reset_peak()
+        start_kb = reset_peak()
         started = time.perf_counter()
         count = succeeded = 0
         async for block in adapter.result_blocks(batch):  # as ingestion reads them
@@ -115,18 +95,18 @@ async def _download(url: str, batch: str) -> dict[str, Any]:
                 count += 1
                 succeeded += line.outcome == "succeeded"
         seconds = time.perf_counter() - started
-    return {"seconds": seconds, "peak_mb": _peak_growth_mb(start_kb), "count": count, "succeeded": succeeded}
+    return {"seconds": seconds, "peak_mb": peak_growth_mb(start_kb), "count": count, "succeeded": succeeded}
 
 
 def _read_jsonl(path: str) -> dict[str, Any]:
-    start_kb = _reset_peak()
+    start_kb = reset_peak()
     started = time.perf_counter()
     count = 0
     with open(path, "rb") as results:
         for raw in results:
             line = orjson.loads(raw)
             count += line["response"]["status_code"] == 200
-    return {"seconds": time.perf_counter() - started, "peak_mb": _peak_growth_mb(start_kb), "count": count}
+    return {"seconds": time.perf_counter() - started, "peak_mb": peak_growth_mb(start_kb), "count": count}
 
 
 def _child_main(argv: list[str]) -> None:
@@ -148,39 +128,6 @@ def _child_main(argv: list[str]) -> None:
 
 
 # --- the parent: emulator, children, figures --------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@contextmanager
-def _emulator() -> Iterator[str]:
-    port = _free_port()
-    code = (
-        "from workers.emulator.server import serve; "
-        f"serve('127.0.0.1', {port}, log_level='warning', turnaround_s={EMULATOR_TURNAROUND_S})"
-    )
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(url + "/_emulator/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError("the emulator did not start")
-            time.sleep(0.1)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 async def _child(*args: str) -> dict[str, Any]:
@@ -234,7 +181,7 @@ def _row(figure: str, ours: dict[str, Any], base: dict[str, Any]) -> dict[str, A
 
 async def run() -> list[dict[str, Any]]:
     """Both figures, each with its baseline from this run."""
-    with tempfile.TemporaryDirectory() as tmp, _emulator() as url:
+    with tempfile.TemporaryDirectory() as tmp, emulator_process() as url:
         input_path, output_path = os.path.join(tmp, "input.jsonl"), os.path.join(tmp, "output.jsonl")
         write = await _child("write", "--path", input_path)
         upload = await _child("upload", "--url", url)

@@ -10,20 +10,20 @@ Target: ratio at least 0.5. Peak is the resident-set growth during our step (``V
 from __future__ import annotations
 
 import asyncio
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import httpx
 
+from batchshift.embedded_redis import free_port
+from benchmarks.support import ROOT, reset_peak, status_kb, wait_until_up
+
 DELIVERIES = 5_000
 CONCURRENCY = 64
-ROOT = Path(__file__).resolve().parents[1]
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
@@ -37,39 +37,15 @@ async def receiver(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b""})
 
 
-def _status_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
-
-
-def _reset_peak() -> int:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-    return _status_kb("VmRSS")
-
-
 @contextmanager
 def _receiver() -> Iterator[str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    """The receiver app under uvicorn in its own process."""
+    port = free_port()
     cmd = [sys.executable, "-m", "uvicorn", "benchmarks.webhooks:receiver", "--port", str(port)]
     proc = subprocess.Popen([*cmd, "--log-level", "warning", "--lifespan", "off"], cwd=ROOT)
     url = f"http://127.0.0.1:{port}/hook"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.post(url, content=b"{}")
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("the receiver did not start") from None
-                time.sleep(0.1)
+        wait_until_up(url, proc, "receiver")
         yield url
     finally:
         proc.terminate()
@@ -124,14 +100,14 @@ async def _ours(redis_url: str, url: str) -> dict[str, Any]:
         ]
         await ledger.finish(items, now)
     async with build_client(settings) as client:
-        start_kb = _reset_peak()
+        start_kb = reset_peak()
         started = time.perf_counter()
         report = await Deliverer(settings, redis, client).run()
         seconds = time.perf_counter() - started
     await redis.aclose()
     if report.delivered != DELIVERIES:
         raise RuntimeError(f"delivered {report.delivered} of {DELIVERIES}")
-    return {"seconds": seconds, "peak_mb": max(0, _status_kb("VmHWM") - start_kb) / 1024}
+    return {"seconds": seconds, "peak_mb": max(0, status_kb("VmHWM") - start_kb) / 1024}
 
 
 async def _raw(url: str, size: int) -> dict[str, Any]:
