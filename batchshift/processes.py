@@ -19,6 +19,7 @@ from arq import create_pool
 from arq.connections import RedisSettings
 from arq.worker import Worker
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from config.settings import Settings
 from scheduler.api.app import create_app
@@ -29,6 +30,8 @@ log = structlog.get_logger(__name__)
 
 # Seconds tasks in flight get to finish after SIGTERM before the worker cancels them.
 DEFAULT_GRACE_S = 30.0
+# Longest wait between two attempts to start a worker while Redis is out of reach.
+MAX_RESTART_BACKOFF_S = 30.0
 
 
 class _Server(uvicorn.Server):
@@ -58,6 +61,47 @@ async def _drain(worker: Worker, grace_s: float) -> None:
     await close_worker(worker)
 
 
+class SupervisedWorker:
+    """An arq worker that outlives a Redis outage.
+
+    arq's worker ends when its Redis connection fails; this one then closes it and starts a new
+    one with a backoff, so a Redis restart does not take a worker (or ``batchshift run``) down.
+    Tasks cut short are safe to run again: every task is idempotent and guarded.
+    """
+
+    def __init__(self, settings: Settings, *, max_backoff_s: float = MAX_RESTART_BACKOFF_S) -> None:
+        self.settings = settings
+        self.max_backoff_s = max_backoff_s
+        self.worker: Worker | None = None
+        self.restarts = 0
+        self._stopping = False
+
+    async def run(self) -> None:
+        """Run workers one after another until :meth:`drain` is called."""
+        delay = 0.5
+        while not self._stopping:
+            self.worker = Worker(**worker_settings(self.settings), handle_signals=False)
+            try:
+                await self.worker.main()
+                return
+            except (RedisError, OSError) as exc:
+                if self._stopping:
+                    return
+                log.warning("worker.redis_unavailable", error_class=type(exc).__name__, retry_in_s=delay)
+                with contextlib.suppress(RedisError, OSError):
+                    await close_worker(self.worker)
+                self.restarts += 1
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.max_backoff_s)
+
+    async def drain(self, grace_s: float) -> None:
+        """Stop for good: let the tasks in flight finish (up to ``grace_s``), then close."""
+        self._stopping = True
+        if self.worker is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await _drain(self.worker, grace_s)
+
+
 async def run_scheduler(settings: Settings) -> None:
     """The scheduler's tick loop until SIGTERM; standbys wait for the lease."""
     stop = _stop_event()
@@ -80,11 +124,11 @@ async def run_scheduler(settings: Settings) -> None:
 async def run_worker(settings: Settings, grace_s: float = DEFAULT_GRACE_S) -> None:
     """The arq worker until SIGTERM, draining tasks in flight."""
     stop = _stop_event()
-    worker = Worker(**worker_settings(settings), handle_signals=False)
-    main = asyncio.create_task(worker.main())
+    worker = SupervisedWorker(settings)
+    main = asyncio.create_task(worker.run())
     stop_task = asyncio.create_task(stop.wait())
     await asyncio.wait({main, stop_task}, return_when=asyncio.FIRST_COMPLETED)
-    await _drain(worker, grace_s)
+    await worker.drain(grace_s)
     stop_task.cancel()
     main.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -101,12 +145,12 @@ async def run_node(settings: Settings, host: str, port: int, grace_s: float = DE
     )
     redis = Redis.from_url(settings.redis_url)
     arq_pool = await create_pool(RedisSettings.from_dsn(settings.redis_url))
-    worker = Worker(**worker_settings(settings), handle_signals=False)
+    worker = SupervisedWorker(settings)
     scheduler = Scheduler(settings, redis, arq_pool)
     parts = {
         asyncio.create_task(server.serve(), name="api"),
         asyncio.create_task(scheduler.run_forever(), name="scheduler"),
-        asyncio.create_task(worker.main(), name="worker"),
+        asyncio.create_task(worker.run(), name="worker"),
     }
     stop_task = asyncio.create_task(stop.wait(), name="signal")
     log.info("node.started", host=host, port=port)
@@ -117,7 +161,7 @@ async def run_node(settings: Settings, host: str, port: int, grace_s: float = DE
     # Stop taking work first (API, scheduler), then let the worker finish what it holds.
     server.should_exit = True
     await scheduler.close()
-    await _drain(worker, grace_s)
+    await worker.drain(grace_s)
     stop_task.cancel()
     for task in parts:
         if task.get_name() == "worker":

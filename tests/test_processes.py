@@ -1,0 +1,36 @@
+"""The long-running processes survive what production throws at them."""
+
+from __future__ import annotations
+
+import asyncio
+
+from arq import create_pool
+from arq.connections import RedisSettings
+
+from batchshift.embedded_redis import embedded_redis, free_port
+from batchshift.processes import SupervisedWorker
+from scheduler import tasks
+from tests.conftest import make_settings
+
+
+async def test_a_worker_outlives_a_redis_restart_and_runs_tasks_again() -> None:
+    """arq's own worker ends when Redis goes away; ours starts a new one when Redis is back."""
+    port = free_port()
+    with embedded_redis(port) as url:
+        supervised = SupervisedWorker(make_settings(url), max_backoff_s=0.5)
+        running = asyncio.create_task(supervised.run())
+        await asyncio.sleep(0.5)
+    await asyncio.sleep(1.0)  # Redis is gone: the worker fails and is restarted, again and again
+    assert not running.done()
+    assert supervised.restarts >= 1
+    with embedded_redis(port) as url:
+        pool = await create_pool(RedisSettings.from_dsn(url))
+        try:
+            job = await pool.enqueue_job(tasks.SUBMIT_BATCH, "bat_unknown", _job_id="after-restart")
+            assert job is not None
+            assert await job.result(timeout=15) == "missing"  # run by the restarted worker
+        finally:
+            await supervised.drain(1.0)
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)
+            await pool.aclose()
