@@ -81,6 +81,20 @@ def _renderer(fmt: LogFormat, stream: TextIO) -> Processor:
     return structlog.processors.JSONRenderer()
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a line is written, not when logging was set up:
+    a test runner or a daemoniser that swaps stderr keeps getting the lines, and a closed old
+    stream never breaks a logging call."""
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: TextIO) -> None:
+        """StreamHandler sets the stream in __init__; the property always answers sys.stderr."""
+
+
 def configure_logging(level: str = "INFO", fmt: LogFormat = "auto", stream: TextIO | None = None) -> None:
     """Configure structlog and the root logger; entry points call this once (calling again replaces it)."""
     out = stream or sys.stderr
@@ -106,7 +120,7 @@ def configure_logging(level: str = "INFO", fmt: LogFormat = "auto", stream: Text
         foreign_pre_chain=shared,
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *extra, renderer],
     )
-    handler = logging.StreamHandler(out)
+    handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers = [handler]
