@@ -110,7 +110,7 @@ def tenant_deliveries(tenant: str) -> str:
 
 
 def disabled_url(url_hash: str) -> str:
-    """String: set when a receiver answered 410; deliveries to that URL stop."""
+    """String: set when a tenant's receiver answered 410; that tenant's deliveries to that URL stop."""
     return f"{PREFIX}:webhooks:disabled:{url_hash}"
 
 

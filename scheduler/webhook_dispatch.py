@@ -17,9 +17,13 @@ if TYPE_CHECKING:
     from scheduler.service import Tick
 
 
-def url_hash(url: str) -> str:
-    """The key part under which a disabled receiver URL is remembered (``keys.disabled_url``)."""
-    return hashlib.sha256(url.encode()).hexdigest()[:32]
+def url_hash(tenant: str, url: str) -> str:
+    """The key part under which a tenant's disabled receiver URL is remembered (``keys.disabled_url``).
+
+    Per tenant: one tenant's receiver answering 410, or one tenant's replay lifting that, says
+    nothing about another tenant that happens to use the same URL.
+    """
+    return hashlib.sha256(f"{tenant}\n{url}".encode()).hexdigest()[:32]
 
 
 def webhooks_job_id(now_ms: int) -> str:

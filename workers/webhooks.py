@@ -184,7 +184,7 @@ class Deliverer:
                 job_id = d.get("job_id", "")
                 pipe.hgetall(keys.job(job_id))
                 pipe.get(keys.result(job_id))
-                pipe.exists(keys.disabled_url(url_hash(d.get("url", ""))))
+                pipe.exists(keys.disabled_url(url_hash(d.get("tenant", ""), d.get("url", ""))))
             replies = await pipe.execute()
         for i, d in enumerate(deliveries):
             job_raw, result, disabled = replies[3 * i : 3 * i + 3]
@@ -247,7 +247,7 @@ class Deliverer:
             return Outcome(did, token, "delivered", True, status_code=code)
         if code == 410:
             log.warning("webhook.disabled", delivery_id=did, job_id=job.id)
-            key = keys.disabled_url(url_hash(url))
+            key = keys.disabled_url(url_hash(delivery.get("tenant", ""), url))
             return Outcome(did, token, "disabled", True, status_code=code, error="410 Gone", disable_key=key)
         wait = retry_after(response.headers)
         return self._failed(delivery, token, clock, code, f"HTTP {code}", wait)

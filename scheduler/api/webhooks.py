@@ -146,7 +146,7 @@ async def replay(request: Request, tenant_name: Annotated[str, Depends(tenant)])
             urls = await pipe.execute()
         pairs: list[str] = []
         for did, url in zip(ids, urls, strict=True):
-            pairs += [did, keys.disabled_url(url_hash(url.decode())) if url else ""]
+            pairs += [did, keys.disabled_url(url_hash(tenant_name, url.decode())) if url else ""]
         script = scripts.load(redis, "webhook_replay")
         flat = await script(
             keys=[keys.WEBHOOKS_DUE, keys.WEBHOOKS_DEAD], args=[int(time.time() * 1000), tenant_name, *pairs]

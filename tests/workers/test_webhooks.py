@@ -186,7 +186,21 @@ async def test_410_disables_the_url(redis_url, redis, ledger) -> None:
     assert len(rx.requests) == 1  # the second event never went out
     assert (await delivery(redis, first))["status"] == "disabled"
     assert (await delivery(redis, second))["status"] == "disabled"
-    assert await redis.exists(keys.disabled_url(url_hash(rx.url)))
+    assert await redis.exists(keys.disabled_url(url_hash("acme", rx.url)))
+
+
+async def test_a_410_disables_the_url_for_its_tenant_only(redis_url, redis, ledger) -> None:
+    """Another tenant using the same receiver URL keeps getting its events."""
+    settings = hook_settings(redis_url)
+    settings.tenants["globex"] = TenantSettings(api_key="globex-key", webhook_secrets=[SECRET])
+    with running_receiver(lambda n: (410, {}, 0.0) if n == 0 else (200, {}, 0.0)) as rx:
+        gone = await finished_job(ledger, rx.url)
+        await run(settings, redis, Clock())
+        other = await finished_job(ledger, rx.url, tenant="globex")
+        await run(settings, redis, Clock())
+    assert (await delivery(redis, gone))["status"] == "disabled"
+    assert (await delivery(redis, other))["status"] == "delivered"
+    assert len(rx.requests) == 2
 
 
 async def test_a_timeout_is_retried(redis_url, redis, ledger) -> None:
