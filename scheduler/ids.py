@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import threading
 import time
 
 # Crockford base32: sorts the same as the numbers it encodes, and has no ambiguous letters.
@@ -17,10 +18,25 @@ def _encode(value: int, width: int) -> str:
     return "".join(reversed(chars))
 
 
+_RANDOM_BITS = 80
+# The last (millisecond, random part) this process made: ids of one millisecond count up from a
+# random start, so a bulk request's jobs list in the order they were given (a monotonic ULID).
+_last: tuple[int, int] = (-1, 0)
+_lock = threading.Lock()
+
+
 def new_id(prefix: str, now_ms: int | None = None) -> str:
-    """A ULID-shaped id: 10 chars of milliseconds then 16 random chars, behind ``prefix_``."""
+    """A ULID-shaped id: 10 chars of milliseconds then 16 chars counting up from a random start."""
+    global _last
     ms = int(time.time() * 1000) if now_ms is None else now_ms
-    return f"{prefix}_{_encode(ms, 10)}{_encode(secrets.randbits(80), 16)}"
+    with _lock:
+        last_ms, last_random = _last
+        if ms == last_ms and last_random + 1 < 1 << _RANDOM_BITS:
+            random_part = last_random + 1
+        else:
+            random_part = secrets.randbits(_RANDOM_BITS - 1)  # room left to count up within the ms
+        _last = (ms, random_part)
+    return f"{prefix}_{_encode(ms, 10)}{_encode(random_part, 16)}"
 
 
 def job_id(now_ms: int | None = None) -> str:

@@ -33,6 +33,12 @@ def new_job(tenant: str = "acme", idem: str | None = None, body: bytes = b'{"mod
     )
 
 
+def test_ids_made_in_one_millisecond_sort_in_the_order_they_were_made():
+    made = [ids.job_id(NOW) for _ in range(500)]
+    assert made == sorted(made)
+    assert len(set(made)) == 500
+
+
 def test_ids_are_sortable_unique_and_valid_custom_ids():
     made = [ids.job_id(NOW + i) for i in range(200)]
     assert made == sorted(made)
