@@ -68,6 +68,23 @@ class ProviderAccount:
         response = await self.call(method, path, idempotent=idempotent, **request)
         return parse_object(response.content, f"{method} {path}")
 
+    async def list_objects(
+        self, path: str, *, limit: int, page_size: int, cursor: str
+    ) -> list[dict[str, Any]]:
+        """Up to ``limit`` objects of a cursor-paginated list, newest first; ``cursor`` names the
+        query parameter that takes the last id seen (OpenAI ``after``, Anthropic ``after_id``)."""
+        found: list[dict[str, Any]] = []
+        params: dict[str, str | int] = {}
+        while len(found) < limit:
+            params["limit"] = min(page_size, limit - len(found))
+            page = await self.call_json("GET", path, idempotent=True, params=params)
+            data = page.get("data") or []
+            found.extend(data)
+            if not page.get("has_more") or not data:
+                break
+            params[cursor] = data[-1]["id"]
+        return found[:limit]
+
     async def create(self, path: str, batch_id: str, **request: Any) -> dict[str, Any]:
         """A batch create: answers that leave its outcome unknown become BatchCreateUnknown.
 

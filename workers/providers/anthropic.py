@@ -144,17 +144,10 @@ class AnthropicAdapter:
         return batch_info(await self._get(provider_batch_id))
 
     async def list_batches(self, limit: int = 100) -> list[BatchInfo]:
-        found: list[BatchInfo] = []
-        params: dict[str, str | int] = {}
-        while len(found) < limit:
-            params["limit"] = min(LIST_PAGE, limit - len(found))
-            page = await self.account.call_json("GET", BATCHES, idempotent=True, params=params)
-            data = page.get("data") or []
-            found.extend(batch_info(obj) for obj in data)
-            if not page.get("has_more") or not data:
-                break
-            params["after_id"] = data[-1]["id"]
-        return found
+        objects = await self.account.list_objects(
+            BATCHES, limit=limit, page_size=LIST_PAGE, cursor="after_id"
+        )
+        return [batch_info(obj) for obj in objects]
 
     async def cancel_batch(self, provider_batch_id: str) -> BatchInfo:
         # Cancelling twice is harmless, so the call is treated as idempotent.
