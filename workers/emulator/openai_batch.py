@@ -37,7 +37,7 @@ def validate(state: EmulatorState, batch: OpenAIBatch) -> None:
     """Read the input file once: batch-level errors, or the lines in their work order."""
     if batch.lines is not None or batch.errors:
         return
-    content = state.files[batch.input_file_id].content
+    input_lines = state.files[batch.input_file_id].content.splitlines()
     errors: list[dict[str, Any]] = []
 
     def problem(code: str, message: str, line: int | None = None, param: str | None = None) -> None:
@@ -48,7 +48,7 @@ def validate(state: EmulatorState, batch: OpenAIBatch) -> None:
     seen: set[str] = set()
     invalid: list[str | None] = []
     models: set[str] = set()
-    for number, raw in enumerate(content.splitlines(), start=1):
+    for number, raw in enumerate(input_lines, start=1):
         if not raw.strip():
             continue
         try:
@@ -222,8 +222,8 @@ def build_results(state: EmulatorState, batch: OpenAIBatch, done: int, final: st
         output += orjson.dumps(record) + b"\n"
         completed += 1
     if output:
-        batch.output_file_id = state.add_file(f"{batch.id}_output.jsonl", "batch_output", bytes(output)).id
+        batch.output_file_id = state.add_file(f"{batch.id}_output.jsonl", "batch_output", [bytes(output)]).id
     if errors:
-        batch.error_file_id = state.add_file(f"{batch.id}_error.jsonl", "batch_output", bytes(errors)).id
+        batch.error_file_id = state.add_file(f"{batch.id}_error.jsonl", "batch_output", [bytes(errors)]).id
     batch.usage = totals
     batch.final_counts = (completed, failed)

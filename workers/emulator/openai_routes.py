@@ -39,7 +39,7 @@ async def _json(request: Request) -> Any:
 async def create_file(request: Request) -> Response:
     state = _state(request)
     try:
-        form = multipart.parse_form(request.headers.get("content-type", ""), await request.body())
+        form = await multipart.read_form(request.headers.get("content-type", ""), request.stream())
     except multipart.MultipartError as exc:
         raise error(request.url.path, 400, f"Could not parse the multipart form: {exc}.") from exc
     upload, purpose_part = form.get("file"), form.get("purpose")
@@ -48,10 +48,9 @@ async def create_file(request: Request) -> Response:
         raise error(request.url.path, 400, "Missing required parameter: 'file'.")
     if purpose not in FILE_PURPOSES:
         raise error(request.url.path, 400, f"Invalid value for 'purpose': {purpose!r}.")
-    content = upload.content
-    if purpose == "batch" and len(content) > MAX_BATCH_FILE_BYTES:
+    if purpose == "batch" and sum(len(piece) for piece in upload.pieces) > MAX_BATCH_FILE_BYTES:
         raise error(request.url.path, 400, "Batch input files may be at most 200 MB.")
-    obj = state.add_file(upload.filename or "upload.jsonl", str(purpose), content)
+    obj = state.add_file(upload.filename or "upload.jsonl", str(purpose), upload.pieces)
     return json_response(obj.to_json())
 
 
@@ -102,7 +101,7 @@ async def create_batch(request: Request) -> Response:
     if input_file.purpose != "batch":
         raise error(path, 400, "The input file must be uploaded with purpose 'batch'.")
     now = time.time()
-    model = first_line_model(input_file.content)
+    model = first_line_model(input_file.first_line())
     batch = OpenAIBatch(
         id=new_id("batch_"),
         endpoint=endpoint,

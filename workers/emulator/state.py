@@ -98,14 +98,35 @@ class FileObject:
     id: str
     filename: str
     purpose: str
-    content: bytes
+    pieces: list[bytes]  # the content as received (see multipart); joined on the first whole read
     created_at: int
+
+    @property
+    def size(self) -> int:
+        return sum(len(piece) for piece in self.pieces)
+
+    @property
+    def content(self) -> bytes:
+        if len(self.pieces) != 1:
+            self.pieces = [b"".join(self.pieces)]
+        return self.pieces[0]
+
+    def first_line(self) -> bytes:
+        """The content up to its first line end, without joining the rest."""
+        head: list[bytes] = []
+        for piece in self.pieces:
+            end = piece.find(b"\n")
+            if end >= 0:
+                head.append(piece[:end])
+                break
+            head.append(piece)
+        return b"".join(head)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "object": "file",
-            "bytes": len(self.content),
+            "bytes": self.size,
             "created_at": self.created_at,
             "expires_at": self.created_at + 30 * 86400,
             "filename": self.filename,
@@ -220,17 +241,16 @@ class EmulatorState:
             run.stall(now)
         return run
 
-    def add_file(self, filename: str, purpose: str, content: bytes) -> FileObject:
-        obj = FileObject(new_id("file-"), filename, purpose, content, int(time.time()))
+    def add_file(self, filename: str, purpose: str, pieces: list[bytes]) -> FileObject:
+        obj = FileObject(new_id("file-"), filename, purpose, pieces, int(time.time()))
         self.files[obj.id] = obj
         return obj
 
 
-def first_line_model(content: bytes) -> str:
+def first_line_model(first_line: bytes) -> str:
     """The model named by a batch input file's first line ("" when unreadable)."""
-    first = content.split(b"\n", 1)[0]
     try:
-        body = orjson.loads(first).get("body") or {}
+        body = orjson.loads(first_line).get("body") or {}
         return str(body.get("model") or "")
     except (orjson.JSONDecodeError, AttributeError):
         return ""
