@@ -27,9 +27,8 @@ Outcome = Literal["succeeded", "failed", "retriable"]
 ENDED_STATUSES: frozenset[Status] = frozenset({"completed", "failed", "expired", "cancelled"})
 
 
-@dataclass(frozen=True, slots=True)
-class BatchLine:
-    """One request for the batch builder."""
+class BatchLine(NamedTuple):
+    """One request for the batch builder (a NamedTuple: a batch makes 50,000, and a tuple is cheaper)."""
 
     custom_id: str  # our job id; doubles as the provider's custom_id
     body: bytes  # provider-native request body, JSON bytes (includes "model")

@@ -22,23 +22,33 @@ from workers.errors import BatchTooLarge, InvalidBatchInput
 from workers.providers.base import BatchLine
 
 CHUNK_SIZE = 256 * 1024  # upload read size: large enough for throughput, small enough for flat memory
-WRITE_BLOCK = 1024 * 1024  # lines gather in memory up to this size per write: per-line writes cost 3x
+WRITE_BLOCK = 1024 * 1024  # the spool's write buffer: small writes to the file itself cost 3x
 # Anthropic's custom_id rule; OpenAI documents none, so any non-empty string passes there.
 ANTHROPIC_CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 
 
 @dataclass(frozen=True, slots=True)
 class BatchFormat:
-    """How one provider lays out a batch input: ``head``, lines joined by ``separator``, ``tail``."""
+    """How one provider lays out a batch input: ``head``, lines joined by ``separator``, ``tail``.
+
+    A line is ``opening`` + the JSON custom_id + the endpoint's ``middle`` + the body + ``closing``.
+    """
 
     head: bytes
     separator: bytes
     tail: bytes
     custom_id: re.Pattern[str] | None  # None: any non-empty custom_id
+    opening: bytes
+    closing: bytes
+
+    def middle(self, endpoint: str) -> bytes:
+        """The bytes between a line's custom_id and its body."""
+        raise NotImplementedError
 
     def encode(self, line: BatchLine, endpoint: str) -> bytes:
         """One line of the batch input, without its separator."""
-        raise NotImplementedError
+        custom_id = orjson.dumps(line.custom_id)
+        return b"".join((self.opening, custom_id, self.middle(endpoint), self.check(line), self.closing))
 
     def size(self, line: BatchLine, endpoint: str) -> int:
         """Bytes the line adds to a batch input (its separator included)."""
@@ -49,9 +59,9 @@ class BatchFormat:
         if not line.custom_id or (self.custom_id is not None and not self.custom_id.match(line.custom_id)):
             raise InvalidBatchInput(line.custom_id, "custom_id is empty or not allowed by the provider")
         body = line.body
-        if body[:1] != b"{" or body[-1:] != b"}":
+        if not (body.startswith(b"{") and body.endswith(b"}")):
             body = body.strip()
-            if body[:1] != b"{" or body[-1:] != b"}":
+            if not (body.startswith(b"{") and body.endswith(b"}")):
                 raise InvalidBatchInput(line.custom_id, "body is not a JSON object")
         if b"\n" in body or b"\r" in body:
             try:
@@ -63,28 +73,33 @@ class BatchFormat:
 
 @functools.cache
 def _openai_middle(endpoint: str) -> bytes:
-    """The bytes between an OpenAI line's custom_id and its body (one per endpoint, made once)."""
     return b',"method":"POST","url":' + orjson.dumps(endpoint) + b',"body":'
 
 
 class OpenAIFormat(BatchFormat):
     """JSONL, one ``{"custom_id", "method", "url", "body"}`` object a line."""
 
-    def encode(self, line: BatchLine, endpoint: str) -> bytes:
-        middle = _openai_middle(endpoint)
-        return b"".join((b'{"custom_id":', orjson.dumps(line.custom_id), middle, self.check(line), b"}"))
+    def middle(self, endpoint: str) -> bytes:
+        return _openai_middle(endpoint)
 
 
 class AnthropicFormat(BatchFormat):
     """One JSON object ``{"requests": [{"custom_id", "params"}, ...]}``."""
 
-    def encode(self, line: BatchLine, endpoint: str) -> bytes:
-        return b'{"custom_id":' + orjson.dumps(line.custom_id) + b',"params":' + self.check(line) + b"}"
+    def middle(self, endpoint: str) -> bytes:
+        return b',"params":'
 
 
-OPENAI_FORMAT = OpenAIFormat(head=b"", separator=b"\n", tail=b"\n", custom_id=None)
+OPENAI_FORMAT = OpenAIFormat(
+    head=b"", separator=b"\n", tail=b"\n", custom_id=None, opening=b'{"custom_id":', closing=b"}"
+)
 ANTHROPIC_FORMAT = AnthropicFormat(
-    head=b'{"requests":[', separator=b",", tail=b"]}", custom_id=ANTHROPIC_CUSTOM_ID
+    head=b'{"requests":[',
+    separator=b",",
+    tail=b"]}",
+    custom_id=ANTHROPIC_CUSTOM_ID,
+    opening=b'{"custom_id":',
+    closing=b"}",
 )
 
 
@@ -96,37 +111,37 @@ class BatchInput:
         self.endpoint = endpoint
         self.request_limit = request_limit
         self.byte_limit = byte_limit
-        self.file: IO[bytes] = tempfile.TemporaryFile()  # closed by close()
-        self._pending = bytearray(fmt.head)
+        # A write buffer of WRITE_BLOCK: lines gather in it, and reach the file in large writes.
+        self.file: IO[bytes] = tempfile.TemporaryFile(buffering=WRITE_BLOCK)  # closed by close()
+        self.file.write(fmt.head)
         self.requests = 0
         self.nbytes = len(fmt.head) + len(fmt.tail)
         self._ids: set[str] = set()
+        self._lead = fmt.opening  # what goes before a line's custom_id: the separator too, after the first
+        self._middle = fmt.middle(endpoint)
         self._finished = False
 
     def add(self, line: BatchLine) -> None:
         """Append a line; raises BatchTooLarge past a limit, InvalidBatchInput on a bad or repeated line."""
-        if line.custom_id in self._ids:
-            raise InvalidBatchInput(line.custom_id, "custom_id repeated in the batch")
-        encoded = self.fmt.encode(line, self.endpoint)
-        extra = len(encoded) + (len(self.fmt.separator) if self.requests else 0)
-        if self.requests + 1 > self.request_limit or self.nbytes + extra > self.byte_limit:
+        custom_id = line.custom_id
+        if custom_id in self._ids:
+            raise InvalidBatchInput(custom_id, "custom_id repeated in the batch")
+        body = self.fmt.check(line)
+        encoded = b"".join((self._lead, orjson.dumps(custom_id), self._middle, body, self.fmt.closing))
+        extra = len(encoded)
+        if self.requests >= self.request_limit or self.nbytes + extra > self.byte_limit:
             raise BatchTooLarge(self.requests + 1, self.nbytes + extra, self.request_limit, self.byte_limit)
-        if self.requests:
-            self._pending += self.fmt.separator
-        self._pending += encoded
-        if len(self._pending) >= WRITE_BLOCK:
-            self.file.write(self._pending)
-            self._pending.clear()
-        self._ids.add(line.custom_id)
+        self.file.write(encoded)
+        self._ids.add(custom_id)
+        if not self.requests:
+            self._lead = self.fmt.separator + self.fmt.opening
         self.requests += 1
         self.nbytes += extra
 
     def finish(self) -> None:
         """Write the format's tail; after this the input is ready to upload."""
         if not self._finished:
-            self._pending += self.fmt.tail
-            self.file.write(self._pending)
-            self._pending.clear()
+            self.file.write(self.fmt.tail)
             self.file.flush()
             self._finished = True
 
