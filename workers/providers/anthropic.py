@@ -66,10 +66,9 @@ def batch_info(obj: dict[str, Any]) -> BatchInfo:
         raise MalformedResponse(f"unreadable Anthropic batch object: {exc!r}") from exc
 
 
-def result_line(raw: bytes) -> ResultLine:
-    """One line of a batch's results."""
+def result_line(doc: Any) -> ResultLine:
+    """One parsed line of a batch's results."""
     try:
-        doc = orjson.loads(raw)
         custom_id = str(doc["custom_id"])
         result = doc["result"]
         kind = result["type"]
@@ -86,7 +85,7 @@ def result_line(raw: bytes) -> ResultLine:
             error = {"type": kind, "message": f"request {kind} before it ran", "code": None}
             return ResultLine(custom_id, "retriable", None, None, error, False)
         raise ValueError(f"unknown result type {kind!r}")
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise MalformedResponse(f"unreadable Anthropic batch result line: {exc!r}") from exc
 
 
@@ -168,8 +167,8 @@ class AnthropicAdapter:
             raise BatchNotEnded(provider_batch_id, info.raw_status)
         path = f"{BATCHES}/{provider_batch_id}/results"
         async with self.account.stream(path, headers={"accept": "application/binary"}) as response:
-            async for block in http.iter_line_blocks(response):
-                yield [result_line(raw) for raw in block]
+            async for block in http.iter_json_blocks(response):
+                yield [result_line(doc) for doc in block]
 
     async def send_sync(
         self, endpoint: str, body: bytes, *, service_tier: str | None = None, max_retries: int | None = None

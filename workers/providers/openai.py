@@ -86,16 +86,17 @@ def batch_info(obj: dict[str, Any]) -> BatchInfo:
         raise MalformedResponse(f"unreadable OpenAI batch object: {exc!r}") from exc
 
 
-def result_line(raw: bytes) -> ResultLine:
-    """One line of an output or error file."""
+def result_line(doc: Any) -> ResultLine:
+    """One parsed line of an output or error file."""
     try:
-        doc = orjson.loads(raw)
-        custom_id = str(doc["custom_id"])
         response = doc.get("response")
         status = int(response.get("status_code", 0)) if response is not None else 0
         if 200 <= status < 300:
             body = response["body"]
-            return ResultLine(custom_id, "succeeded", orjson.dumps(body), body.get("usage"), None, True)
+            return ResultLine(
+                str(doc["custom_id"]), "succeeded", orjson.dumps(body), body.get("usage"), None, True
+            )
+        custom_id = str(doc["custom_id"])
         if response is not None:
             err = (response.get("body") or {}).get("error") or {}
             retriable = status in (408, 429) or status >= 500
@@ -111,7 +112,7 @@ def result_line(raw: bytes) -> ResultLine:
         error = {"type": code or "batch_error", "message": err.get("message") or "", "code": code}
         outcome: Outcome = "retriable" if code in RETRIABLE_LINE_CODES else "failed"
         return ResultLine(custom_id, outcome, None, None, error, False)
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise MalformedResponse(f"unreadable OpenAI batch result line: {exc!r}") from exc
 
 
@@ -202,8 +203,8 @@ class OpenAIAdapter:
             if not file_id:
                 continue
             async with self.account.stream(f"/files/{file_id}/content") as response:
-                async for block in http.iter_line_blocks(response):
-                    yield [result_line(raw) for raw in block]
+                async for block in http.iter_json_blocks(response):
+                    yield [result_line(doc) for doc in block]
 
     async def send_sync(
         self, endpoint: str, body: bytes, *, service_tier: str | None = None, max_retries: int | None = None
