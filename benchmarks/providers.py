@@ -60,6 +60,7 @@ async def _upload(url: str) -> dict[str, Any]:
     settings = ProviderSettings(kind="openai", base_url=url + "/v1", api_key="sk-bench")
     async with build_client(settings.http) as client:
         adapter = make_adapter("bench", settings, client)
+        await adapter.list_batches(1)  # connection warm, as a worker's is (the download step does the same)
         start_kb = reset_peak()
         started = time.perf_counter()
         lines = (BatchLine(cid, body) for cid, body in _bodies())
