@@ -250,7 +250,7 @@ def parse_jsonl(text: bytes) -> list[Any]:
     """The values of JSONL lines (blank lines skipped); MalformedResponse for a line that is not JSON.
 
     The lines are first read as one JSON array, their breaks turned into commas (a raw line break
-    cannot occur inside a JSON string): one parser call per block is a fifth faster than one per
+    cannot occur inside a JSON string): one parser call per block, about 5% faster than one per
     line. A block with a blank or bad line, or a line holding more than one value, is read again
     line by line, which skips the blanks and raises on the bad line.
     """
