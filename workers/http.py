@@ -18,7 +18,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any, cast
+from typing import Any
 
 import httpx
 import orjson
@@ -225,11 +225,12 @@ async def open_stream(
         await response.aclose()
 
 
-async def iter_json_blocks(response: httpx.Response) -> AsyncIterator[list[Any]]:
-    """The values of a streamed JSONL body, a received chunk's complete lines at a time.
+async def iter_line_blocks(response: httpx.Response) -> AsyncIterator[bytes]:
+    """A streamed JSONL body as blocks of whole lines, a received chunk's worth at a time.
 
-    Blocks, not single values, so a caller reading 50,000 lines pays the async hand-off per chunk,
-    not per line; a partial line waits for the next chunk, so memory holds one chunk and one line.
+    Blocks, not single lines, so a caller decoding 50,000 lines pays the async hand-off and the
+    decoder call per chunk, not per line; a partial line waits for the next chunk, so memory
+    holds one chunk and one line.
     """
     method, url = response.request.method, str(response.request.url)
     pending = b""
@@ -239,33 +240,7 @@ async def iter_json_blocks(response: httpx.Response) -> AsyncIterator[list[Any]]
             if end < 0:
                 pending += chunk
                 continue
-            text = b"".join((pending, memoryview(chunk)[:end]))
+            yield b"".join((pending, memoryview(chunk)[:end]))
             pending = chunk[end + 1 :]
-            yield parse_jsonl(text)
     if pending.strip():
-        yield parse_jsonl(pending)
-
-
-def parse_jsonl(text: bytes) -> list[Any]:
-    """The values of JSONL lines (blank lines skipped); MalformedResponse for a line that is not JSON.
-
-    The lines are first read as one JSON array, their breaks turned into commas (a raw line break
-    cannot occur inside a JSON string): one parser call per block, about 5% faster than one per
-    line. A block with a blank or bad line, or a line holding more than one value, is read again
-    line by line, which skips the blanks and raises on the bad line.
-    """
-    try:
-        values = orjson.loads(b"".join((b"[", text.replace(b"\n", b","), b"]")))
-        if len(values) == text.count(b"\n") + 1:
-            return cast(list[Any], values)
-    except orjson.JSONDecodeError:
-        pass
-    values = []
-    for line in text.split(b"\n"):
-        if not line.strip():
-            continue
-        try:
-            values.append(orjson.loads(line))
-        except orjson.JSONDecodeError as exc:
-            raise MalformedResponse(f"a JSONL line is not JSON: {exc}") from exc
-    return values
+        yield pending

@@ -9,7 +9,7 @@ import pytest
 
 from config.settings import HttpSettings
 from workers import errors
-from workers.http import build_client, parse_jsonl, retry_delay, send, timeout_for
+from workers.http import build_client, retry_delay, send, timeout_for
 
 HTTP = HttpSettings(max_retries=3, backoff_base=0.001, backoff_max=0.01)
 
@@ -126,22 +126,3 @@ def test_retry_delay_never_retries_permanent_errors() -> None:
     assert retry_delay(invalid, 0, settings, idempotent=True) is None
     unknown = errors.BatchCreateUnknown("b", "timeout")
     assert retry_delay(unknown, 0, settings, idempotent=False) is None
-
-
-def test_jsonl_lines_parse_in_order_with_blank_lines_and_crlf_skipped():
-    text = b'{"a":1}\r\n\n  \n{"b":"x\\ny"}\n[2]'
-    assert parse_jsonl(text) == [{"a": 1}, {"b": "x\ny"}, [2]]
-    assert parse_jsonl(b'{"a":1}') == [{"a": 1}]
-
-
-@pytest.mark.parametrize(
-    "text",
-    [
-        b'{"a":1}\n{"b":',  # a cut line
-        b'{"a":1}\n{"b":2},{"c":3}',  # two values on one line: valid inside an array, not as JSONL
-        b'{"a":1}\nnot json',
-    ],
-)
-def test_a_line_that_is_not_one_json_value_is_malformed(text: bytes):
-    with pytest.raises(errors.MalformedResponse):
-        parse_jsonl(text)

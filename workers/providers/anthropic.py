@@ -13,12 +13,12 @@ from datetime import datetime
 from typing import Any
 
 import httpx
-import orjson
+import msgspec
 
 from config.settings import ProviderSettings
 from workers import http
 from workers.errors import BatchNotEnded, MalformedResponse, NotFound
-from workers.providers import batch_input
+from workers.providers import batch_input, jsonl
 from workers.providers.account import ProviderAccount, parse_object, with_service_tier
 from workers.providers.base import BatchInfo, BatchLine, Outcome, ResultLine, Status, SyncResult, each_line
 
@@ -66,27 +66,48 @@ def batch_info(obj: dict[str, Any]) -> BatchInfo:
         raise MalformedResponse(f"unreadable Anthropic batch object: {exc!r}") from exc
 
 
-def result_line(doc: Any) -> ResultLine:
-    """One parsed line of a batch's results."""
-    try:
-        custom_id = str(doc["custom_id"])
-        result = doc["result"]
-        kind = result["type"]
-        if kind == "succeeded":
-            message = result["message"]
-            return ResultLine(custom_id, "succeeded", orjson.dumps(message), message.get("usage"), None, True)
-        if kind == "errored":
-            err = (result.get("error") or {}).get("error") or {}
+class _Result(msgspec.Struct):
+    type: str
+    message: msgspec.Raw = jsonl.NULL
+    error: Any = None
+
+
+class _Line(msgspec.Struct):
+    """One line of a batch's results: only the fields we read."""
+
+    custom_id: str
+    result: _Result
+
+
+_LINES = msgspec.json.Decoder(_Line)
+
+
+def result_lines(block: bytes) -> list[ResultLine]:
+    """The lines of a block of a batch's results."""
+    return [result_line(line) for line in jsonl.decode_lines(_LINES, block, "Anthropic")]
+
+
+def result_line(line: _Line) -> ResultLine:
+    result, custom_id = line.result, line.custom_id
+    kind = result.type
+    if kind == "succeeded":
+        body = bytes(result.message)
+        return ResultLine(custom_id, "succeeded", body, jsonl.usage_of(body, "Anthropic"), None, True)
+    if kind == "errored":
+        try:
+            err = (result.error or {}).get("error") or {}
             err_type = err.get("type") or "api_error"
-            outcome: Outcome = "failed" if err_type in PERMANENT_ERROR_TYPES else "retriable"
-            error = {"type": err_type, "message": err.get("message") or "", "code": None}
-            return ResultLine(custom_id, outcome, None, None, error, False)
-        if kind in ("canceled", "expired"):
-            error = {"type": kind, "message": f"request {kind} before it ran", "code": None}
-            return ResultLine(custom_id, "retriable", None, None, error, False)
-        raise ValueError(f"unknown result type {kind!r}")
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise MalformedResponse(f"unreadable Anthropic batch result line: {exc!r}") from exc
+            message = err.get("message") or ""
+        except AttributeError as exc:
+            raise MalformedResponse(f"unreadable Anthropic batch result line: {exc!r}") from exc
+        outcome: Outcome = "failed" if err_type in PERMANENT_ERROR_TYPES else "retriable"
+        return ResultLine(
+            custom_id, outcome, None, None, {"type": err_type, "message": message, "code": None}, False
+        )
+    if kind in ("canceled", "expired"):
+        error = {"type": kind, "message": f"request {kind} before it ran", "code": None}
+        return ResultLine(custom_id, "retriable", None, None, error, False)
+    raise MalformedResponse(f"unreadable Anthropic batch result line: unknown result type {kind!r}")
 
 
 class AnthropicAdapter:
@@ -167,8 +188,8 @@ class AnthropicAdapter:
             raise BatchNotEnded(provider_batch_id, info.raw_status)
         path = f"{BATCHES}/{provider_batch_id}/results"
         async with self.account.stream(path, headers={"accept": "application/binary"}) as response:
-            async for block in http.iter_json_blocks(response):
-                yield [result_line(doc) for doc in block]
+            async for block in http.iter_line_blocks(response):
+                yield result_lines(block)
 
     async def send_sync(
         self, endpoint: str, body: bytes, *, service_tier: str | None = None, max_retries: int | None = None

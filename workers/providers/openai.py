@@ -13,12 +13,13 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from typing import Any, cast
 
 import httpx
+import msgspec
 import orjson
 
 from config.settings import ProviderSettings
 from workers import http
 from workers.errors import BatchNotEnded, MalformedResponse
-from workers.providers import batch_input
+from workers.providers import batch_input, jsonl
 from workers.providers.account import ProviderAccount, parse_object, with_service_tier
 from workers.providers.base import (
     BatchInfo,
@@ -86,19 +87,41 @@ def batch_info(obj: dict[str, Any]) -> BatchInfo:
         raise MalformedResponse(f"unreadable OpenAI batch object: {exc!r}") from exc
 
 
-def result_line(doc: Any) -> ResultLine:
-    """One parsed line of an output or error file."""
-    try:
-        response = doc.get("response")
-        status = int(response.get("status_code", 0)) if response is not None else 0
-        if 200 <= status < 300:
-            body = response["body"]
-            return ResultLine(
-                str(doc["custom_id"]), "succeeded", orjson.dumps(body), body.get("usage"), None, True
-            )
-        custom_id = str(doc["custom_id"])
-        if response is not None:
-            err = (response.get("body") or {}).get("error") or {}
+class _LineResponse(msgspec.Struct):
+    status_code: int = 0
+    body: msgspec.Raw = jsonl.NULL
+
+
+class _LineError(msgspec.Struct):
+    code: str | None = None
+    message: str | None = None
+
+
+class _Line(msgspec.Struct):
+    """One line of an output or error file: only the fields we read."""
+
+    custom_id: str
+    response: _LineResponse | None = None
+    error: _LineError | None = None
+
+
+_LINES = msgspec.json.Decoder(_Line)
+
+
+def result_lines(block: bytes) -> list[ResultLine]:
+    """The lines of a block of an output or error file."""
+    return [result_line(line) for line in jsonl.decode_lines(_LINES, block, "OpenAI")]
+
+
+def result_line(line: _Line) -> ResultLine:
+    response = line.response
+    status = response.status_code if response is not None else 0
+    if response is not None and 200 <= status < 300:
+        body = bytes(response.body)
+        return ResultLine(line.custom_id, "succeeded", body, jsonl.usage_of(body, "OpenAI"), None, True)
+    if response is not None:
+        try:
+            err = (orjson.loads(bytes(response.body)) or {}).get("error") or {}
             retriable = status in (408, 429) or status >= 500
             error = {
                 "type": err.get("type") or f"http_{status}",
@@ -106,14 +129,14 @@ def result_line(doc: Any) -> ResultLine:
                 "code": err.get("code"),
                 "status": status,
             }
-            return ResultLine(custom_id, "retriable" if retriable else "failed", None, None, error, False)
-        err = doc.get("error") or {}
-        code = err.get("code")
-        error = {"type": code or "batch_error", "message": err.get("message") or "", "code": code}
-        outcome: Outcome = "retriable" if code in RETRIABLE_LINE_CODES else "failed"
-        return ResultLine(custom_id, outcome, None, None, error, False)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise MalformedResponse(f"unreadable OpenAI batch result line: {exc!r}") from exc
+        except (orjson.JSONDecodeError, AttributeError) as exc:
+            raise MalformedResponse(f"unreadable OpenAI batch result line: {exc!r}") from exc
+        return ResultLine(line.custom_id, "retriable" if retriable else "failed", None, None, error, False)
+    code = line.error.code if line.error is not None else None
+    message = (line.error.message if line.error is not None else None) or ""
+    error = {"type": code or "batch_error", "message": message, "code": code}
+    outcome: Outcome = "retriable" if code in RETRIABLE_LINE_CODES else "failed"
+    return ResultLine(line.custom_id, outcome, None, None, error, False)
 
 
 class OpenAIAdapter:
@@ -203,8 +226,8 @@ class OpenAIAdapter:
             if not file_id:
                 continue
             async with self.account.stream(f"/files/{file_id}/content") as response:
-                async for block in http.iter_json_blocks(response):
-                    yield [result_line(doc) for doc in block]
+                async for block in http.iter_line_blocks(response):
+                    yield result_lines(block)
 
     async def send_sync(
         self, endpoint: str, body: bytes, *, service_tier: str | None = None, max_retries: int | None = None

@@ -1,0 +1,41 @@
+"""Typed decoding of batch result files, shared by the adapters.
+
+msgspec decodes a block of JSONL lines in one call into small structs that name only the fields
+we read. A response body is captured as :class:`msgspec.Raw`, its bytes exactly as the provider
+sent them: stored unchanged (never re-encoded), and read a second time only for its ``usage``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import msgspec
+
+from workers.errors import MalformedResponse
+
+LineT = TypeVar("LineT")
+
+NULL = msgspec.Raw(b"null")  # the default of a Raw field the line leaves out
+
+
+class _Usage(msgspec.Struct):
+    usage: dict[str, Any] | None = None
+
+
+_USAGE = msgspec.json.Decoder(_Usage)
+
+
+def decode_lines(decoder: msgspec.json.Decoder[LineT], block: bytes, provider: str) -> list[LineT]:
+    """The block's lines (blank ones skipped); MalformedResponse says where a line is wrong, not what it holds."""
+    try:
+        return decoder.decode_lines(block)
+    except msgspec.MsgspecError as exc:
+        raise MalformedResponse(f"unreadable {provider} batch result line: {exc}") from exc
+
+
+def usage_of(body: bytes, provider: str) -> dict[str, Any] | None:
+    """The ``usage`` object of a response body, without building the rest of it."""
+    try:
+        return _USAGE.decode(body).usage
+    except msgspec.MsgspecError as exc:
+        raise MalformedResponse(f"unreadable {provider} result body: {exc}") from exc
