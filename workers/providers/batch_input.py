@@ -117,8 +117,6 @@ class BatchInput:
         self.requests = 0
         self.nbytes = len(fmt.head) + len(fmt.tail)
         self._ids: set[str] = set()
-        self._lead = fmt.opening  # what goes before a line's custom_id: the separator too, after the first
-        self._middle = fmt.middle(endpoint)
         self._finished = False
 
     def add(self, line: BatchLine) -> None:
@@ -126,15 +124,14 @@ class BatchInput:
         custom_id = line.custom_id
         if custom_id in self._ids:
             raise InvalidBatchInput(custom_id, "custom_id repeated in the batch")
-        body = self.fmt.check(line)
-        encoded = b"".join((self._lead, orjson.dumps(custom_id), self._middle, body, self.fmt.closing))
-        extra = len(encoded)
+        encoded = self.fmt.encode(line, self.endpoint)
+        separator = self.fmt.separator if self.requests else b""
+        extra = len(separator) + len(encoded)
         if self.requests >= self.request_limit or self.nbytes + extra > self.byte_limit:
             raise BatchTooLarge(self.requests + 1, self.nbytes + extra, self.request_limit, self.byte_limit)
+        self.file.write(separator)
         self.file.write(encoded)
         self._ids.add(custom_id)
-        if not self.requests:
-            self._lead = self.fmt.separator + self.fmt.opening
         self.requests += 1
         self.nbytes += extra
 
