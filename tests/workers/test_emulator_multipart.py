@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from workers.emulator.multipart import MultipartError, Pieces, parse_form, read_form
+from workers.emulator.multipart import BodyTooLarge, MultipartError, Pieces, parse_form, read_form
 
 
 def encoded(files: dict, data: dict) -> tuple[str, bytes]:
@@ -37,11 +37,24 @@ async def test_a_streamed_body_keeps_the_file_in_the_pieces_it_arrived_in():
         for piece in received:
             yield piece
 
-    form = await read_form(ctype, chunks())
+    form = await read_form(ctype, chunks(), max_bytes=len(body))
     assert form["file"].content == content
     inner = form["file"].pieces[1:-1]
     assert inner
     assert all(any(piece is chunk for chunk in received) for piece in inner)  # not copied
+
+
+async def test_a_body_over_its_limit_is_refused_before_the_rest_is_read():
+    read: list[int] = []
+
+    async def endless():
+        for number in range(1_000):
+            read.append(number)
+            yield b"x" * 100
+
+    with pytest.raises(BodyTooLarge):
+        await read_form("multipart/form-data; boundary=x", endless(), max_bytes=1_000)
+    assert len(read) == 11  # the chunk that passed the limit is the last one read
 
 
 def test_a_repeated_field_keeps_its_last_value():

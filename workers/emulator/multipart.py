@@ -21,12 +21,20 @@ class MultipartError(ValueError):
     """Raised when a body is not well-formed multipart/form-data."""
 
 
+class BodyTooLarge(MultipartError):
+    """Raised as soon as a streamed body passes its size limit, before the rest is read."""
+
+
 @dataclass(frozen=True, slots=True)
 class Part:
     """One form field: its filename (None for a plain field) and its content, in pieces."""
 
     filename: str | None
     pieces: list[bytes]
+
+    @property
+    def size(self) -> int:
+        return sum(len(piece) for piece in self.pieces)
 
     @property
     def content(self) -> bytes:
@@ -90,9 +98,16 @@ class Pieces:
         return out
 
 
-async def read_form(content_type: str, chunks: AsyncIterable[bytes]) -> dict[str, Part]:
-    """The fields of a streamed multipart/form-data body (see :func:`parse_form`)."""
-    return parse_form(content_type, [chunk async for chunk in chunks])
+async def read_form(content_type: str, chunks: AsyncIterable[bytes], max_bytes: int) -> dict[str, Part]:
+    """The fields of a streamed multipart/form-data body (see :func:`parse_form`) of at most ``max_bytes``."""
+    body: list[bytes] = []
+    size = 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > max_bytes:
+            raise BodyTooLarge(f"the body is larger than {max_bytes} bytes")
+        body.append(chunk)
+    return parse_form(content_type, body)
 
 
 def parse_form(content_type: str, body: list[bytes]) -> dict[str, Part]:

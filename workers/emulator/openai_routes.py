@@ -16,6 +16,8 @@ from workers.emulator.state import EmulatorState, OpenAIBatch, first_line_model,
 
 BATCH_ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings", "/v1/responses")
 MAX_BATCH_FILE_BYTES = 200 * 1024 * 1024
+MAX_FILE_BYTES = 512 * 1024 * 1024  # any file, as OpenAI's Files API documents
+MAX_FORM_OVERHEAD = 64 * 1024  # boundaries, part headers and the purpose field around the file
 FILE_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
 MAX_LIST_LIMIT = 100
 MAX_METADATA_PAIRS = 16
@@ -39,7 +41,11 @@ async def _json(request: Request) -> Any:
 async def create_file(request: Request) -> Response:
     state = _state(request)
     try:
-        form = await multipart.read_form(request.headers.get("content-type", ""), request.stream())
+        form = await multipart.read_form(
+            request.headers.get("content-type", ""), request.stream(), MAX_FILE_BYTES + MAX_FORM_OVERHEAD
+        )
+    except multipart.BodyTooLarge as exc:
+        raise error(request.url.path, 413, "Files may be at most 512 MB.") from exc
     except multipart.MultipartError as exc:
         raise error(request.url.path, 400, f"Could not parse the multipart form: {exc}.") from exc
     upload, purpose_part = form.get("file"), form.get("purpose")
@@ -48,7 +54,7 @@ async def create_file(request: Request) -> Response:
         raise error(request.url.path, 400, "Missing required parameter: 'file'.")
     if purpose not in FILE_PURPOSES:
         raise error(request.url.path, 400, f"Invalid value for 'purpose': {purpose!r}.")
-    if purpose == "batch" and sum(len(piece) for piece in upload.pieces) > MAX_BATCH_FILE_BYTES:
+    if purpose == "batch" and upload.size > MAX_BATCH_FILE_BYTES:
         raise error(request.url.path, 400, "Batch input files may be at most 200 MB.")
     obj = state.add_file(upload.filename or "upload.jsonl", str(purpose), upload.pieces)
     return json_response(obj.to_json())
