@@ -9,6 +9,10 @@ Every worker shares the limits through Redis, so they hold across processes:
 * the provider's own signal: ``x-ratelimit-remaining-requests`` / ``-tokens`` at 0 hold the provider
   until ``x-ratelimit-reset-*``, and a 429's ``retry-after`` holds it that long (``keys.sync_hold``).
 
+Slot expiry, minutes and holds are stamped with the Redis server's clock (:mod:`scheduler.clock`)
+unless a caller passes ``now_ms``, so a worker whose clock is off neither frees others' slots early
+nor keeps its own too long.
+
 :meth:`SyncLimits.acquire` answers with a :class:`Permit` or the seconds to wait; a job that must
 wait is handed back to the dispatch (no provider call, no attempt spent).
 """
@@ -17,7 +21,6 @@ from __future__ import annotations
 
 import re
 import secrets
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -26,15 +29,21 @@ from redis.asyncio import Redis
 
 from config.settings import ProviderSettings
 from scheduler import keys
+from scheduler.clock import server_ms
 
 # Seconds a concurrency slot is held at most: past any sync call's read timeout.
 SLOT_MARGIN_S = 10
 
 
-def slot_ttl_s(config: ProviderSettings) -> float:
-    """How long a slot outlives a worker that died holding it: one call's worst case, plus a margin."""
+def slot_ttl_s(config: ProviderSettings, read_timeout_s: float | None = None) -> float:
+    """How long a slot outlives a worker that died holding it: one call's worst case, plus a margin.
+
+    ``read_timeout_s`` is what the call waits for its answer, when not the provider's read timeout
+    (sync calls have their own, ``settings.worker.sync_timeout_s``).
+    """
     http = config.http
-    return http.pool_timeout + http.connect_timeout + http.write_timeout + http.read_timeout + SLOT_MARGIN_S
+    read = http.read_timeout if read_timeout_s is None else read_timeout_s
+    return http.pool_timeout + http.connect_timeout + http.write_timeout + read + SLOT_MARGIN_S
 
 
 # Bytes per token when estimating a request's tokens before sending it (a common rule of thumb).
@@ -47,17 +56,22 @@ _DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(
 
 def estimate_tokens(body: bytes) -> int:
     """Input tokens from the body's size, plus its output cap when it names one."""
+    return sum(estimate_usage(body))
+
+
+def estimate_usage(body: bytes) -> tuple[int, int]:
+    """Input tokens from the body's size, and output tokens at its cap (0 when it names none)."""
     tokens = len(body) // BYTES_PER_TOKEN
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return tokens
+        return tokens, 0
     if isinstance(doc, dict):
         for name in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
             cap = doc.get(name)
             if isinstance(cap, int) and cap > 0:
-                return tokens + cap
-    return tokens
+                return tokens, cap
+    return tokens, 0
 
 
 def reset_seconds(raw: str | None) -> float | None:
@@ -90,10 +104,19 @@ class SyncLimits:
         self.redis = redis
 
     async def acquire(
-        self, provider: str, config: ProviderSettings, body: bytes, now_ms: int | None = None
+        self,
+        provider: str,
+        config: ProviderSettings,
+        body: bytes,
+        now_ms: int | None = None,
+        *,
+        read_timeout_s: float | None = None,
     ) -> Permit | float:
-        """A permit to call the provider now, or the seconds to wait before asking again."""
-        now = int(time.time() * 1000) if now_ms is None else now_ms
+        """A permit to call the provider now, or the seconds to wait before asking again.
+
+        ``read_timeout_s``: the longest the call may wait for its answer (the slot's lifetime).
+        """
+        now = await server_ms(self.redis) if now_ms is None else now_ms
         hold = await self.redis.get(keys.sync_hold(provider))
         if hold is not None and int(hold) > now:
             return (int(hold) - now) / 1000
@@ -124,7 +147,7 @@ class SyncLimits:
         token = secrets.token_hex(8)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.zremrangebyscore(slots, "-inf", now)
-            pipe.zadd(slots, {token: now + int(slot_ttl_s(config) * 1000)})
+            pipe.zadd(slots, {token: now + int(slot_ttl_s(config, read_timeout_s) * 1000)})
             pipe.zcard(slots)
             _, _, held = await pipe.execute()
         if held > config.sync_concurrency:
@@ -151,7 +174,7 @@ class SyncLimits:
 
     async def hold(self, provider: str, seconds: float, now_ms: int | None = None) -> None:
         """No sync call to ``provider`` for ``seconds`` (a 429's retry-after, spent rate limits)."""
-        now = int(time.time() * 1000) if now_ms is None else now_ms
+        now = await server_ms(self.redis) if now_ms is None else now_ms
         until = now + int(seconds * 1000)
         current = await self.redis.get(keys.sync_hold(provider))
         if current is not None and int(current) >= until:
