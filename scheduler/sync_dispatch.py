@@ -5,7 +5,9 @@ dispatch number (``keys.SYNC_DISPATCHES``), both set in one Lua step, so a job i
 twice at once: the next tick skips it while its lease runs, and a dispatch whose task died comes
 back by itself when the lease ends, under a new number. The arq id ``sync:{job_id}:{n}`` is
 deterministic, so a tick that runs twice enqueues nothing twice; a task that finds its number is no
-longer current stops without calling the provider. ``run_sync`` drops the lease when it finishes.
+longer current stops without calling the provider. ``run_sync`` drops the lease when it finishes,
+and extends it while its call runs (a heartbeat), so a long call is not handed out twice. Lease
+ends are Redis server time: the workers stamp them with it, and the scheduler's loop ticks by it.
 """
 
 from __future__ import annotations

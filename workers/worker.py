@@ -51,7 +51,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     """Build the shared resources: ledger, the one HTTP client, one adapter per configured provider."""
     settings: Settings = ctx["settings"]
     ctx.setdefault("hooks", {})
-    ctx["ledger"] = Ledger.for_settings(ctx["redis"], settings)
+    ctx["ledger"] = Ledger.for_settings(ctx["redis"], settings, server_clock=True)
     client = build_client(_http_settings(settings))
     ctx["http"] = client
     ctx["webhook_http"] = webhooks.build_client(settings)

@@ -289,3 +289,19 @@ def test_run_sync_may_run_as_long_as_its_calls() -> None:
     [run] = [f for f in functions(settings) if f.name == "run_sync"]
     assert run.timeout_s == 120 + settings.worker.sync_timeout_s + SYNC_TASK_MARGIN_S
     assert run.timeout_s > settings.worker.job_timeout_s
+
+
+async def test_a_worker_60s_ahead_stamps_the_lease_by_the_servers_clock(
+    redis_url, redis, emulator, http, monkeypatch
+) -> None:
+    """A retry hands the job back for its backoff by Redis's clock: a worker 60 s ahead would
+    otherwise hold the job a minute longer than the backoff."""
+    emulator.configure(fail_next={"POST /v1/chat/completions": [500]})
+    ctx = await make_ctx(sync_settings(redis_url, emulator.url), http)
+    jid = await sync_job(ctx["ledger"])
+    await redis.zadd(keys.SYNC_LEASES, {jid: 0})
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 60)
+    assert await run_sync(ctx, jid) == "later"
+    lease_end = await redis.zscore(keys.SYNC_LEASES, jid)
+    assert lease_end < await server_ms(redis) + 30_000  # the backoff is well under a second
