@@ -3,7 +3,8 @@
 Every worker shares the limits through Redis, so they hold across processes:
 
 * concurrency (``sync_concurrency``): a slot per call in a sorted set scored by when the slot lapses,
-  so a worker that dies mid-call frees its slot after one call's worst case (:func:`slot_ttl_s`);
+  so a worker that dies mid-call frees its slot after one call's worst case (:func:`slot_ttl_s`), or,
+  for a caller that renews it while its call runs (run_sync's heartbeat), after ``slot_s``;
 * ``sync_rpm`` / ``sync_tpm``: counters per epoch minute (tokens estimated from the body before the
   call, since the answer's usage is not known yet);
 * the provider's own signal: ``x-ratelimit-remaining-requests`` / ``-tokens`` at 0 hold the provider
@@ -35,15 +36,10 @@ from scheduler.clock import server_ms
 SLOT_MARGIN_S = 10
 
 
-def slot_ttl_s(config: ProviderSettings, read_timeout_s: float | None = None) -> float:
-    """How long a slot outlives a worker that died holding it: one call's worst case, plus a margin.
-
-    ``read_timeout_s`` is what the call waits for its answer, when not the provider's read timeout
-    (sync calls have their own, ``settings.worker.sync_timeout_s``).
-    """
+def slot_ttl_s(config: ProviderSettings) -> float:
+    """How long a slot outlives a worker that died holding it: one call's worst case, plus a margin."""
     http = config.http
-    read = http.read_timeout if read_timeout_s is None else read_timeout_s
-    return http.pool_timeout + http.connect_timeout + http.write_timeout + read + SLOT_MARGIN_S
+    return http.pool_timeout + http.connect_timeout + http.write_timeout + http.read_timeout + SLOT_MARGIN_S
 
 
 # Bytes per token when estimating a request's tokens before sending it (a common rule of thumb).
@@ -110,11 +106,12 @@ class SyncLimits:
         body: bytes,
         now_ms: int | None = None,
         *,
-        read_timeout_s: float | None = None,
+        slot_s: float | None = None,
     ) -> Permit | float:
         """A permit to call the provider now, or the seconds to wait before asking again.
 
-        ``read_timeout_s``: the longest the call may wait for its answer (the slot's lifetime).
+        ``slot_s``: how long the slot lives unless renewed (default :func:`slot_ttl_s`); a caller
+        whose call may outlast it renews it while the call runs (``sync_heartbeat.lua``).
         """
         now = await server_ms(self.redis) if now_ms is None else now_ms
         hold = await self.redis.get(keys.sync_hold(provider))
@@ -147,7 +144,8 @@ class SyncLimits:
         token = secrets.token_hex(8)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.zremrangebyscore(slots, "-inf", now)
-            pipe.zadd(slots, {token: now + int(slot_ttl_s(config, read_timeout_s) * 1000)})
+            life_s = slot_ttl_s(config) if slot_s is None else slot_s
+            pipe.zadd(slots, {token: now + int(life_s * 1000)})
             pipe.zcard(slots)
             _, _, held = await pipe.execute()
         if held > config.sync_concurrency:

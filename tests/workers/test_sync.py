@@ -178,8 +178,8 @@ async def until(condition: Callable[[], Awaitable[bool]]) -> None:
 async def test_a_call_longer_than_the_lease_is_not_dispatched_again_and_is_paid_once(
     redis_url, redis, emulator, http
 ) -> None:
-    """The heartbeat keeps the lease ahead of the call: ticks during a 3 s call on a 2 s lease hand
-    nothing out again."""
+    """The heartbeat keeps the lease (and the call's concurrency slot) ahead of the call: ticks during a
+    3 s call on a 2 s lease hand nothing out again."""
     emulator.configure(sync_latency_s=3.0)
     settings = long_call_settings(redis_url, emulator.url, lease_s=2.0)
     ctx = await make_ctx(settings, http)
@@ -187,12 +187,17 @@ async def test_a_call_longer_than_the_lease_is_not_dispatched_again_and_is_paid_
     async with Scheduler(settings, redis, ctx["redis"]) as scheduler:
         assert (await scheduler.tick(time.time())).steps["sync"] == 1
         run = asyncio.create_task(run_sync(ctx, jid, 1))
-        redispatched = 0
+        redispatched, slot_lapsed = 0, False
         while not run.done():
             redispatched += (await scheduler.tick(time.time())).steps["sync"]
+            now_ms = await server_ms(redis)
+            slots = await redis.zrange(keys.sync_slots("openai"), 0, -1, withscores=True)
+            slot_lapsed |= any(lapses <= now_ms for _, lapses in slots)  # the slot lives with the lease
             await asyncio.sleep(0.1)
         assert await run == "succeeded"
         assert redispatched == 0
+        assert not slot_lapsed
+        assert await redis.zcard(keys.sync_slots("openai")) == 0  # released at the end
     job = await ctx["ledger"].get(jid)
     assert job.state == "succeeded"
     assert len(sync_calls(emulator)) == 1

@@ -49,7 +49,7 @@ from scheduler.ledger import Finish
 from workers.context import WorkerContext
 from workers.errors import ProviderError, ProviderHTTPError, RateLimited, ResponseTimeout
 from workers.providers.base import ProviderAdapter, SyncResult
-from workers.sync_limits import SyncLimits, estimate_usage
+from workers.sync_limits import Permit, SyncLimits, estimate_usage
 
 log = structlog.get_logger(__name__)
 
@@ -104,6 +104,7 @@ class SyncCall:
     adapter: ProviderAdapter
     bound: Any
     wasted_usd: float = 0.0  # the job's possibly billed spend so far (``sync_wasted_usd``)
+    permit: Permit | None = None  # the concurrency slot, renewed with the lease
 
     async def _mark(self, mode: str, usd: float = 0.0) -> None:
         marker = scripts.load(self.c["redis"], "sync_call")
@@ -167,12 +168,14 @@ class SyncCall:
         redis, lease_s = self.c["redis"], self.c["settings"].scheduler.sync_lease_s
         extend = scripts.load(redis, "sync_heartbeat")
         job_id = self.job.id
+        call_keys = [keys.SYNC_LEASES, keys.SYNC_DISPATCHES, keys.job(job_id)]
+        args: list[str | int] = [job_id, self.dispatch, int(lease_s * 1000)]
+        if self.permit is not None:
+            call_keys.append(keys.sync_slots(self.permit.provider))
+            args.append(self.permit.token)
         while True:
             try:
-                lease_end = await extend(
-                    keys=[keys.SYNC_LEASES, keys.SYNC_DISPATCHES, keys.job(job_id)],
-                    args=[job_id, self.dispatch, int(lease_s * 1000)],
-                )
+                lease_end = await extend(keys=call_keys, args=args)
             except RedisError as exc:  # Redis away for a moment: beat again, the lease still runs
                 self.bound.warning("sync.heartbeat_failed", error_class=type(exc).__name__)
             else:
@@ -226,15 +229,14 @@ async def run_sync(ctx: dict[str, Any], job_id: str, dispatch: int = 0) -> str:
     plan = choose_route(settings, job, attempt, now_ms)
     limits = SyncLimits(redis)
     config = settings.providers.get(job.provider)
-    permit: Any = None
+    permit: Permit | float | None = None
     if config is not None:
-        # The slot is held for the run's worst case: a flex try, then a standard one.
-        longest = read_timeout_s(settings, job, plan) + (
-            settings.worker.sync_timeout_s if plan.route == "flex" else 0
-        )
-        permit = await limits.acquire(job.provider, config, job.body, now_ms, read_timeout_s=longest)
+        # The slot lives as long as the lease, and the heartbeat renews both while the call runs.
+        lease_s = settings.scheduler.sync_lease_s
+        permit = await limits.acquire(job.provider, config, job.body, now_ms, slot_s=lease_s)
     if isinstance(permit, float):
         return await _later(c, job, permit, bound)
+    call.permit = permit
     started = time.monotonic()
     try:
         answer, plan = await call.routed(plan)
