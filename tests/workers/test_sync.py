@@ -310,3 +310,25 @@ async def test_a_worker_60s_ahead_stamps_the_lease_by_the_servers_clock(
     assert await run_sync(ctx, jid) == "later"
     lease_end = await redis.zscore(keys.SYNC_LEASES, jid)
     assert lease_end < await server_ms(redis) + 30_000  # the backoff is well under a second
+
+
+async def test_a_deposed_leaders_sync_dispatch_hands_nothing_out(redis_url, redis, emulator, http) -> None:
+    settings = sync_settings(redis_url, emulator.url)
+    ctx = await make_ctx(settings, http)
+    jid = await sync_job(ctx["ledger"])
+    async with (
+        Scheduler(settings, redis, ctx["redis"], holder="a") as a,
+        Scheduler(settings, redis, ctx["redis"], holder="b") as b,
+    ):
+        a.steps = [(name, step) for name, step in a.steps if name == "sync"]
+        token = await a.leader.ensure()
+        assert token is not None
+        await redis.delete(keys.LEADER_LEASE)  # a's lease ran out while it was paused
+        assert await b.leader.ensure() is not None
+        late = await a.act(time.time(), token)
+        assert late.fenced
+        assert "sync" not in late.steps
+        assert await redis.zscore(keys.SYNC_LEASES, jid) is None
+        assert await redis.hget(keys.SYNC_DISPATCHES, jid) is None
+        b.steps = [(name, step) for name, step in b.steps if name == "sync"]
+        assert (await b.tick(time.time())).steps["sync"] == 1
