@@ -183,6 +183,9 @@ class WorkerSettings(_Strict):
     sync_max_attempts: int | None = Field(
         default=None, gt=0
     )  # None: retriable errors retry until the deadline
+    # A sync call's own read timeout: long generations (reasoning models, 8k max_tokens) outlast the
+    # providers' 60 s, and every timed-out try is billed all the same.
+    sync_timeout_s: float = Field(default=600.0, gt=0)
 
 
 class WebhookSettings(_Strict):

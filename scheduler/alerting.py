@@ -14,12 +14,15 @@ leaking; notifies). Pages go to PagerDuty, Slack and the webhook; notices to Sla
 webhook. An escalation of an open incident (lagging to breaching) is a notice, not a second page.
 
 Each event becomes one outbox notification per channel (``keys.ALERTS_DUE``), written in the same
-MULTI as the incident's state, and ``workers.alerts`` delivers them.
+atomic step as the incident's state and only while the caller's leader fencing token is current
+(:func:`scheduler.leader.fenced_write`), so a leader deposed mid-tick cannot page a second time;
+``workers.alerts`` delivers them.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -29,6 +32,7 @@ from redis.asyncio import Redis
 from config.settings import Settings
 from scheduler import keys
 from scheduler.ids import new_id
+from scheduler.leader import Command, fenced_write
 
 Severity = Literal["critical", "error", "warning", "info"]
 Action = Literal["trigger", "resolve", "escalate"]
@@ -151,54 +155,92 @@ class AlertEvent:
         )
 
 
+@dataclass(slots=True)
+class LaneAlerts:
+    """A lane's alert decisions of one tick, not written yet: the events and the writes they take."""
+
+    events: list[AlertEvent]
+    writes: list[Command]
+
+    async def write(self, redis: Redis, token: int, also: Sequence[Command] = ()) -> None:
+        """Store the incidents, queue the notifications and run ``also`` (the lane's snapshot) in one
+        step, only while ``token`` is the leader's current fencing token.
+
+        Raises:
+            scheduler.batches.Fenced: another replica leads now; nothing was written or queued.
+        """
+        await fenced_write(redis, token, [*self.writes, *also])
+
+
 async def evaluate(
-    redis: Redis, settings: Settings, lane: str, conditions: list[Condition], now_ms: int
+    redis: Redis,
+    settings: Settings,
+    lane: str,
+    conditions: list[Condition],
+    now_ms: int,
+    *,
+    token: int,
+    also: Sequence[Command] = (),
 ) -> list[AlertEvent]:
-    """Decide a lane's alerts for this tick; store incidents and queue notifications in one MULTI."""
+    """Decide a lane's alerts for this tick and write them (:meth:`LaneAlerts.write`) under ``token``."""
+    planned = await plan(redis, settings, lane, conditions, now_ms)
+    await planned.write(redis, token, also)
+    return planned.events
+
+
+async def plan(
+    redis: Redis, settings: Settings, lane: str, conditions: list[Condition], now_ms: int
+) -> LaneAlerts:
+    """Read the lane's open incidents and decide this tick's events (nothing is written)."""
     state_key = keys.alert_state(lane)
     raw: dict[bytes, bytes] = await redis.hgetall(state_key)  # type: ignore[misc]
     events: list[AlertEvent] = []
-    async with redis.pipeline(transaction=True) as pipe:
-        for cond in conditions:
-            stored = raw.get(cond.rule.encode())
-            incident = Incident.from_json(stored) if stored else None
-            after, action = decide(incident, cond, now_ms, settings)
-            if after is None:
-                if stored:
-                    pipe.hdel(state_key, cond.rule)
-            else:
-                pipe.hset(state_key, cond.rule, after.to_json().decode())
-            if action is None:
-                continue
-            severity = cond.severity if action != "resolve" else (incident.severity if incident else "info")
-            summary = cond.summary if action != "resolve" else f"resolved: {lane} {cond.rule}"
-            event = AlertEvent(
-                id=new_id("alt", now_ms),
-                action=action,
-                lane=lane,
-                rule=cond.rule,
-                dedup_key=dedup_key(lane, cond.rule),
-                severity=severity,
-                summary=summary[:1024],
-                channels=tuple(channels_for(settings, action, cond.page)),
-            )
-            events.append(event)
-            body = event.payload(cond, now_ms)
-            for channel in event.channels:
-                nid = f"{event.id}.{channel}"
-                pipe.hset(
+    writes: list[Command] = []
+    for cond in conditions:
+        stored = raw.get(cond.rule.encode())
+        incident = Incident.from_json(stored) if stored else None
+        after, action = decide(incident, cond, now_ms, settings)
+        if after is None:
+            if stored:
+                writes.append(("HDEL", state_key, cond.rule))
+        else:
+            writes.append(("HSET", state_key, cond.rule, after.to_json()))
+        if action is None:
+            continue
+        severity = cond.severity if action != "resolve" else (incident.severity if incident else "info")
+        summary = cond.summary if action != "resolve" else f"resolved: {lane} {cond.rule}"
+        event = AlertEvent(
+            id=new_id("alt", now_ms),
+            action=action,
+            lane=lane,
+            rule=cond.rule,
+            dedup_key=dedup_key(lane, cond.rule),
+            severity=severity,
+            summary=summary[:1024],
+            channels=tuple(channels_for(settings, action, cond.page)),
+        )
+        events.append(event)
+        body = event.payload(cond, now_ms)
+        for channel in event.channels:
+            nid = f"{event.id}.{channel}"
+            writes.append(
+                (
+                    "HSET",
                     keys.alert_notification(nid),
-                    mapping={
-                        "id": nid,
-                        "channel": channel,
-                        "event": body,
-                        "attempts": 0,
-                        "created_ms": now_ms,
-                    },
-                )
-                pipe.zadd(keys.ALERTS_DUE, {nid: now_ms})
-        await pipe.execute()
-    return events
+                    "id",
+                    nid,
+                    "channel",
+                    channel,
+                    "event",
+                    body,
+                    "attempts",
+                    0,
+                    "created_ms",
+                    now_ms,
+                )  # fmt: skip
+            )
+            writes.append(("ZADD", keys.ALERTS_DUE, now_ms, nid))
+    return LaneAlerts(events, writes)
 
 
 async def due_count(redis: Redis, now_ms: int) -> tuple[int, int | None]:

@@ -26,7 +26,7 @@ from scheduler.lanes import LINE_OVERHEAD_BYTES, Lane
 
 
 class Fenced(Exception):
-    """Raised when a reserve is refused because the caller's fencing token is no longer current."""
+    """Raised when a leader write (a reserve, an alert, a snapshot) is refused: the caller's fencing token is no longer current."""
 
     def __init__(self, token: int) -> None:
         super().__init__(token)

@@ -2,22 +2,29 @@
 
 The lease is a Redis string with a TTL (``SET NX PX``), renewed each tick only while we still hold
 it. Each acquisition takes a new fencing token (``INCR``); every write of the leader's tick that
-matters checks the token is still current (``reserve_batch.lua`` compares it with
-``keys.LEADER_FENCE``), so a leader that was paused past its lease and wakes up to a late tick is
-refused instead of acting beside its successor.
+matters checks the token is still current in the same atomic step, so a leader that was paused
+past its lease and wakes up to a late tick is refused (:class:`scheduler.batches.Fenced`) instead
+of acting beside its successor: batch reservation in ``reserve_batch.lua``, and every other leader
+write (incident state, the alert outbox, lane snapshots) through :func:`fenced_write`.
 """
 
 from __future__ import annotations
 
 import secrets
 import socket
+from collections.abc import Sequence
 
+import orjson
 import structlog
 from redis.asyncio import Redis
 
 from scheduler import keys, scripts
+from scheduler.batches import Fenced
 
 log = structlog.get_logger(__name__)
+
+# One Redis command of a fenced write: its name, then its arguments.
+Command = Sequence[str | bytes | int | float]
 
 
 def holder_id() -> str:
@@ -63,3 +70,21 @@ class Leader:
             await self._release(keys=[keys.LEADER_LEASE], args=[self.holder])
             log.info("scheduler.lease_released", holder=self.holder, token=self.token)
         self.token = None
+
+
+async def fenced_write(redis: Redis, token: int, commands: Sequence[Command]) -> None:
+    """Run ``commands`` in one atomic step if ``token`` is still the current fencing token.
+
+    Raises:
+        Fenced: another replica took the lease since ``token`` was handed out; nothing was written.
+    """
+    if not commands:
+        return
+    script = scripts.load(redis, "fenced")
+    encoded = orjson.dumps([[_text(arg) for arg in command] for command in commands])
+    if await script(keys=[keys.LEADER_FENCE], args=[token, encoded]) == b"fenced":
+        raise Fenced(token)
+
+
+def _text(arg: str | bytes | int | float) -> str:
+    return arg.decode() if isinstance(arg, bytes) else str(arg)

@@ -18,6 +18,7 @@ from redis.asyncio.client import Pipeline
 
 from config.settings import Settings
 from scheduler import keys, scripts
+from scheduler.clock import server_ms
 from scheduler.errors import IllegalTransition, NotFound
 from scheduler.jobs import JobRecord, NewJob
 
@@ -127,8 +128,12 @@ class Ledger:
         idempotency_ttl_s: int = 24 * 3600,
         result_ttl_s: int = keys.DEFAULT_RESULT_TTL_S,
         slo_bucket_s: int = keys.SLO_BUCKET_S,
+        server_clock: bool = False,
     ) -> None:
         self.redis = redis
+        # Job ends and requeues stamped with the Redis server's clock instead of the caller's ``now_ms``
+        # (the workers' ledger: many hosts, many clocks; the SLO buckets and on-time verdicts must agree).
+        self.server_clock = server_clock
         self.idempotency_ttl_s = idempotency_ttl_s
         self.result_ttl_s = result_ttl_s
         self.slo_bucket_s = slo_bucket_s
@@ -139,14 +144,18 @@ class Ledger:
         self._transition = scripts.load(redis, "transition")
 
     @classmethod
-    def for_settings(cls, redis: Redis, settings: Settings) -> Ledger:
+    def for_settings(cls, redis: Redis, settings: Settings, *, server_clock: bool = False) -> Ledger:
         """The ledger as every process builds it: TTLs and SLO bucket width from settings."""
         return cls(
             redis,
             idempotency_ttl_s=settings.limits.idempotency_ttl_s,
             result_ttl_s=settings.worker.result_retention_s,
             slo_bucket_s=settings.slo.bucket_s,
+            server_clock=server_clock,
         )
+
+    async def _now(self, now_ms: int) -> int:
+        return await server_ms(self.redis) if self.server_clock else now_ms
 
     # -- intake ---------------------------------------------------------------------------------
 
@@ -315,20 +324,23 @@ class Ledger:
         """Apply a chunk of job ends; returns one code per item (``ok``, ``skip:<state>``, ``missing``)."""
         if not items:
             return []
-        codes = await self._finish(args=self._finish_args(items, now_ms))
+        codes = await self._finish(args=self._finish_args(items, await self._now(now_ms)))
         return [c.decode() for c in codes]
 
     async def queue_finish(self, pipe: Pipeline, items: Sequence[Finish], now_ms: int) -> None:
         """Queue :meth:`finish` on a transaction (its reply is the codes, as bytes)."""
-        await self._finish(args=self._finish_args(items, now_ms), client=pipe)
+        await self._finish(args=self._finish_args(items, await self._now(now_ms)), client=pipe)
 
     async def requeue(self, items: Sequence[Requeue], now_ms: int) -> list[str]:
         """Send a chunk of jobs back to their lane or on to sync; one code per item."""
         if not items:
             return []
-        codes = await self._requeue(args=[orjson.dumps([item.encode() for item in items]), now_ms])
+        codes = await self._requeue(
+            args=[orjson.dumps([item.encode() for item in items]), await self._now(now_ms)]
+        )
         return [c.decode() for c in codes]
 
     async def queue_requeue(self, pipe: Pipeline, items: Sequence[Requeue], now_ms: int) -> None:
         """Queue :meth:`requeue` on a transaction (its reply is the codes, as bytes)."""
+        now_ms = await self._now(now_ms)
         await self._requeue(args=[orjson.dumps([item.encode() for item in items]), now_ms], client=pipe)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import statistics
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -29,6 +28,7 @@ from redis.exceptions import RedisError
 from config.settings import Settings
 from scheduler import ids, keys, tasks
 from scheduler.batches import Batches, Fenced
+from scheduler.clock import server_ms
 from scheduler.lanes import Lane, load_lanes
 from scheduler.leader import Leader, holder_id
 from scheduler.planner import Decision, LaneState, decide, pressure_horizon_ms
@@ -139,12 +139,16 @@ class Scheduler:
                 log.exception("scheduler.step_failed", step=name)
         return report
 
-    async def run_forever(self, clock: Callable[[], float] = time.time) -> None:
-        """Tick, then wait for the interval or a wake-up, until closed."""
+    async def run_forever(self, clock: Callable[[], float] | None = None) -> None:
+        """Tick, then wait for the interval or a wake-up, until closed.
+
+        Each tick's ``now`` is ``clock()``, by default the Redis server's clock (read once per tick),
+        the one the workers stamp leases and SLO outcomes with.
+        """
         interval = self.settings.scheduler.tick_interval_s
         while not self._stopping:
             try:
-                await self.tick(clock())
+                await self.tick(clock() if clock is not None else await server_ms(self.redis) / 1000)
                 if await self.redis.blpop([keys.WAKEUP], timeout=interval):  # type: ignore[misc, arg-type]  # Redis >= 6 takes fractions
                     await self.redis.delete(keys.WAKEUP)
             except (RedisError, OSError) as exc:

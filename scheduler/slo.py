@@ -5,7 +5,9 @@ batches in flight (:mod:`scheduler.prediction`), flip the jobs at risk and cance
 (:mod:`scheduler.flips`), bring its burn-rate windows up to date (:mod:`scheduler.burn`), step its
 state with hysteresis (:mod:`scheduler.lane_state`), decide its alerts into the outbox
 (:mod:`scheduler.alerting`), and write its snapshot (``keys.lane_slo``) for ``GET /v1/lanes`` and
-for the next leader. Then, if notifications are due, enqueue ``send_alerts``. The tracker also
+for the next leader. The incident state, the alert outbox and the snapshot (with the lane's state)
+are written in one step fenced by the tick's leader token, so a leader deposed mid-tick neither
+pages twice nor overwrites its successor's snapshot. Then, if notifications are due, enqueue ``send_alerts``. The tracker also
 gives the planner its expected turnaround (quantile + sync margin), so lanes flush before their
 jobs would flip.
 
@@ -102,15 +104,15 @@ class SloTracker:
             # A new term: another leader may have moved the lanes on meanwhile; start from its snapshot.
             self.states.clear()
             self._token = tick.token
-        tick.report.steps["slo"] = await self.run(tick.now_ms)
+        tick.report.steps["slo"] = await self.run(tick.now_ms, tick.token)
 
-    async def run(self, now_ms: int) -> SloReport:
-        """One pass over every lane at ``now_ms``."""
+    async def run(self, now_ms: int, token: int) -> SloReport:
+        """One pass over every lane at ``now_ms``, writing under the leader's fencing ``token``."""
         report = SloReport()
         self.flipper.new_tick()
         in_flight = await live_batches(self.redis)
         for lane in await load_lanes(self.redis, self.settings):
-            lane_report = await self._lane(lane, in_flight.get(lane.name, []), now_ms, report)
+            lane_report = await self._lane(lane, in_flight.get(lane.name, []), now_ms, token, report)
             report.lanes[lane.name] = lane_report
         count, first = await alerting.due_count(self.redis, now_ms)
         if count and first is not None:
@@ -119,7 +121,9 @@ class SloTracker:
             )
         return report
 
-    async def _lane(self, lane: Lane, batches: list[LiveBatch], now_ms: int, report: SloReport) -> LaneReport:
+    async def _lane(
+        self, lane: Lane, batches: list[LiveBatch], now_ms: int, token: int, report: SloReport
+    ) -> LaneReport:
         settings = self.settings
         health = await self.health(lane, now_ms)
         prediction = await predict_lane(self.redis, settings, health, batches, now_ms)
@@ -137,10 +141,11 @@ class SloTracker:
             log.info("lane.state_changed", lane=lane.name, state=after.state, prior=before.state,
                      reasons=evidence.reasons)  # fmt: skip
         figures = self._figures(lane, health, prediction, windows, evidence, after)
+        snapshot = ("SET", keys.lane_slo(lane.name), orjson.dumps(figures), "EX", keys.LANE_SLO_TTL_S)
+        conditions = self._conditions(lane.name, evidence, after, figures)
         events = await alerting.evaluate(
-            self.redis, settings, lane.name, self._conditions(lane.name, evidence, after, figures), now_ms
+            self.redis, settings, lane.name, conditions, now_ms, token=token, also=[snapshot]
         )
-        await self.redis.set(keys.lane_slo(lane.name), orjson.dumps(figures), ex=keys.LANE_SLO_TTL_S)
         report.flipped += len(flips.flipped)
         report.cancelled += flips.cancelled
         report.alerts += events

@@ -4,8 +4,11 @@ A job is dispatched under a lease (``keys.SYNC_LEASES``, ``settings.scheduler.sy
 dispatch number (``keys.SYNC_DISPATCHES``), both set in one Lua step, so a job is never handed out
 twice at once: the next tick skips it while its lease runs, and a dispatch whose task died comes
 back by itself when the lease ends, under a new number. The arq id ``sync:{job_id}:{n}`` is
-deterministic, so a tick that runs twice enqueues nothing twice; a task that finds its number is no
-longer current stops without calling the provider. ``run_sync`` drops the lease when it finishes.
+deterministic, so a tick that runs twice enqueues nothing twice, and the claim is fenced by the
+leader's token, so a deposed leader hands nothing out; a task that finds its number is no
+longer current stops without calling the provider. ``run_sync`` drops the lease when it finishes,
+and extends it while its call runs (a heartbeat), so a long call is not handed out twice. Lease
+ends are Redis server time: the workers stamp them with it, and the scheduler's loop ticks by it.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from scheduler import keys, scripts, tasks
+from scheduler.batches import Fenced
 
 if TYPE_CHECKING:
     from scheduler.service import Tick
@@ -34,9 +38,11 @@ async def dispatch_sync(tick: Tick) -> None:
     claim = scripts.load(s.redis, "sync_claim")
     lease_end = tick.now_ms + int(conf.sync_lease_s * 1000)
     flat = await claim(
-        keys=[keys.SYNC_QUEUE, keys.SYNC_LEASES, keys.SYNC_DISPATCHES],
-        args=[tick.now_ms, lease_end, conf.sync_dispatch_limit],
+        keys=[keys.SYNC_QUEUE, keys.SYNC_LEASES, keys.SYNC_DISPATCHES, keys.LEADER_FENCE],
+        args=[tick.now_ms, lease_end, conf.sync_dispatch_limit, tick.token],
     )
+    if flat == b"fenced":
+        raise Fenced(tick.token)
     enqueued = 0
     for i in range(0, len(flat), 2):
         job_id, dispatch = flat[i].decode(), int(flat[i + 1])

@@ -10,6 +10,9 @@ or out of retries. Nothing here runs inside the scheduler's tick, so a slow chan
 it up. Delivery is at least once; PagerDuty's ``dedup_key`` folds a repeated trigger into the
 open alert.
 
+Claims and retries are stamped with the Redis server's clock (:mod:`scheduler.clock`), so a worker
+whose clock runs ahead does not re-claim notifications another is still sending.
+
 The webhook channel's body is the event as JSON, signed with Standard Webhooks headers by
 :func:`workers.webhooks.sign`, exactly like completion webhooks.
 """
@@ -28,6 +31,7 @@ from redis.asyncio import Redis
 
 from config.settings import AlertSettings, HttpSettings
 from scheduler import keys
+from scheduler.clock import server_ms
 from workers import webhooks
 from workers.context import WorkerContext
 from workers.errors import ProviderHTTPError, WorkerError
@@ -110,7 +114,7 @@ class AlertSender:
         """Deliver every notification due now, a slice at a time; returns counts by outcome."""
         counts = {"sent": 0, "retry": 0, "dead": 0}
         while True:
-            now = int(time.time() * 1000) if now_ms is None else now_ms
+            now = await server_ms(self.redis) if now_ms is None else now_ms
             token = secrets.token_hex(8)
             lease_end = now + int(self.alerts.lease_s * 1000)
             ids = await self._claim(

@@ -3,11 +3,16 @@
 Every worker shares the limits through Redis, so they hold across processes:
 
 * concurrency (``sync_concurrency``): a slot per call in a sorted set scored by when the slot lapses,
-  so a worker that dies mid-call frees its slot after one call's worst case (:func:`slot_ttl_s`);
+  so a worker that dies mid-call frees its slot after one call's worst case (:func:`slot_ttl_s`), or,
+  for a caller that renews it while its call runs (run_sync's heartbeat), after ``slot_s``;
 * ``sync_rpm`` / ``sync_tpm``: counters per epoch minute (tokens estimated from the body before the
   call, since the answer's usage is not known yet);
 * the provider's own signal: ``x-ratelimit-remaining-requests`` / ``-tokens`` at 0 hold the provider
   until ``x-ratelimit-reset-*``, and a 429's ``retry-after`` holds it that long (``keys.sync_hold``).
+
+Slot expiry, minutes and holds are stamped with the Redis server's clock (:mod:`scheduler.clock`)
+unless a caller passes ``now_ms``, so a worker whose clock is off neither frees others' slots early
+nor keeps its own too long.
 
 :meth:`SyncLimits.acquire` answers with a :class:`Permit` or the seconds to wait; a job that must
 wait is handed back to the dispatch (no provider call, no attempt spent).
@@ -17,7 +22,6 @@ from __future__ import annotations
 
 import re
 import secrets
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -26,6 +30,7 @@ from redis.asyncio import Redis
 
 from config.settings import ProviderSettings
 from scheduler import keys
+from scheduler.clock import server_ms
 
 # Seconds a concurrency slot is held at most: past any sync call's read timeout.
 SLOT_MARGIN_S = 10
@@ -47,17 +52,22 @@ _DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(
 
 def estimate_tokens(body: bytes) -> int:
     """Input tokens from the body's size, plus its output cap when it names one."""
+    return sum(estimate_usage(body))
+
+
+def estimate_usage(body: bytes) -> tuple[int, int]:
+    """Input tokens from the body's size, and output tokens at its cap (0 when it names none)."""
     tokens = len(body) // BYTES_PER_TOKEN
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return tokens
+        return tokens, 0
     if isinstance(doc, dict):
         for name in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
             cap = doc.get(name)
             if isinstance(cap, int) and cap > 0:
-                return tokens + cap
-    return tokens
+                return tokens, cap
+    return tokens, 0
 
 
 def reset_seconds(raw: str | None) -> float | None:
@@ -90,10 +100,20 @@ class SyncLimits:
         self.redis = redis
 
     async def acquire(
-        self, provider: str, config: ProviderSettings, body: bytes, now_ms: int | None = None
+        self,
+        provider: str,
+        config: ProviderSettings,
+        body: bytes,
+        now_ms: int | None = None,
+        *,
+        slot_s: float | None = None,
     ) -> Permit | float:
-        """A permit to call the provider now, or the seconds to wait before asking again."""
-        now = int(time.time() * 1000) if now_ms is None else now_ms
+        """A permit to call the provider now, or the seconds to wait before asking again.
+
+        ``slot_s``: how long the slot lives unless renewed (default :func:`slot_ttl_s`); a caller
+        whose call may outlast it renews it while the call runs (``sync_heartbeat.lua``).
+        """
+        now = await server_ms(self.redis) if now_ms is None else now_ms
         hold = await self.redis.get(keys.sync_hold(provider))
         if hold is not None and int(hold) > now:
             return (int(hold) - now) / 1000
@@ -124,7 +144,8 @@ class SyncLimits:
         token = secrets.token_hex(8)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.zremrangebyscore(slots, "-inf", now)
-            pipe.zadd(slots, {token: now + int(slot_ttl_s(config) * 1000)})
+            life_s = slot_ttl_s(config) if slot_s is None else slot_s
+            pipe.zadd(slots, {token: now + int(life_s * 1000)})
             pipe.zcard(slots)
             _, _, held = await pipe.execute()
         if held > config.sync_concurrency:
@@ -151,7 +172,7 @@ class SyncLimits:
 
     async def hold(self, provider: str, seconds: float, now_ms: int | None = None) -> None:
         """No sync call to ``provider`` for ``seconds`` (a 429's retry-after, spent rate limits)."""
-        now = int(time.time() * 1000) if now_ms is None else now_ms
+        now = await server_ms(self.redis) if now_ms is None else now_ms
         until = now + int(seconds * 1000)
         current = await self.redis.get(keys.sync_hold(provider))
         if current is not None and int(current) >= until:

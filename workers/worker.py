@@ -8,6 +8,7 @@ task once that timeout has passed.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
@@ -50,7 +51,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     """Build the shared resources: ledger, the one HTTP client, one adapter per configured provider."""
     settings: Settings = ctx["settings"]
     ctx.setdefault("hooks", {})
-    ctx["ledger"] = Ledger.for_settings(ctx["redis"], settings)
+    ctx["ledger"] = Ledger.for_settings(ctx["redis"], settings, server_clock=True)
     client = build_client(_http_settings(settings))
     ctx["http"] = client
     ctx["webhook_http"] = webhooks.build_client(settings)
@@ -76,10 +77,27 @@ def _http_settings(settings: Settings) -> HttpSettings:
     return max(configured, key=lambda h: h.read_timeout)
 
 
+# Seconds run_sync's arq timeout allows past its calls' own timeouts (limits, Redis, the finish).
+SYNC_TASK_MARGIN_S = 60.0
+
+
+def functions(settings: Settings) -> list[Function]:
+    """The registry with run_sync's timeout fitted to its calls: a flex try and a standard one may
+    take ``flex_latency_s + sync_timeout_s``, longer than the short ``job_timeout_s``."""
+    flex = max((p.flex_latency_s for p in settings.providers.values() if p.flex), default=0.0)
+    sync_s = flex + settings.worker.sync_timeout_s + SYNC_TASK_MARGIN_S
+    return [
+        dataclasses.replace(f, timeout_s=max(sync_s, settings.worker.job_timeout_s))
+        if f.name == tasks.RUN_SYNC
+        else f
+        for f in FUNCTIONS
+    ]
+
+
 def worker_settings(settings: Settings, *, hooks: dict[str, Hook] | None = None) -> dict[str, Any]:
     """Keyword arguments for ``arq.worker.Worker`` built from settings (tests add ``burst=True``)."""
     return {
-        "functions": list(FUNCTIONS),
+        "functions": functions(settings),
         "redis_settings": RedisSettings.from_dsn(settings.redis_url),
         "on_startup": startup,
         "on_shutdown": shutdown,

@@ -1,9 +1,12 @@
 -- Hand out sync jobs to run_sync tasks: each job in the sync queue (earliest deadline first) whose
 -- dispatch lease is absent or ended gets a new lease and a new dispatch number. Leases of jobs that
 -- left the sync queue (finished, cancelled, sent back) are dropped once they end.
--- KEYS: 1 sync queue (deadline zset), 2 leases (job -> lease end ms), 3 dispatch counts (hash)
--- ARGV: 1 now ms, 2 lease end ms, 3 most to hand out
--- Returns a flat list {job id, dispatch number, ...}.
+-- Refused unless the caller holds the current leader fencing token.
+-- KEYS: 1 sync queue (deadline zset), 2 leases (job -> lease end ms), 3 dispatch counts (hash),
+--       4 leader fence
+-- ARGV: 1 now ms, 2 lease end ms, 3 most to hand out, 4 fencing token
+-- Returns a flat list {job id, dispatch number, ...}, or 'fenced'.
+if redis.call('GET', KEYS[4]) ~= ARGV[4] then return 'fenced' end
 local now, lease_end, limit = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 local ended = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 1000)
 for _, id in ipairs(ended) do

@@ -49,3 +49,10 @@ async def submitted_batch(redis: Redis, settings: Settings, now_ms: int) -> str:
     )
     assert status == "ok"
     return batch_id
+
+
+async def lead(redis: Redis, holder: str = "test") -> int:
+    """A current leader fencing token, as a tick holds one (for calling leader steps directly)."""
+    token = await Leader(redis, holder=holder, ttl_s=30).ensure()
+    assert token is not None
+    return token

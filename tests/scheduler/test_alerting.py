@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import orjson
+import pytest
 
 from config.settings import AlertSettings, PagerDutySettings, SlackSettings
 from scheduler import keys
-from scheduler.alerting import Condition, decide, dedup_key, due_count, evaluate
+from scheduler.alerting import Condition, Incident, decide, dedup_key, due_count, evaluate, plan
+from scheduler.batches import Fenced
 from tests.conftest import make_settings
+from tests.scheduler.slo_support import lead
 
 LANE = "openai:gpt-4o-mini:/v1/chat/completions"
 NOW = 1_800_000_000_000
@@ -68,7 +71,12 @@ def test_dedup_key_is_stable_per_lane_and_rule_and_bounded():
 async def test_evaluate_writes_the_outbox_per_channel(redis, redis_url):
     settings = settings_with(redis_url)
     events = await evaluate(
-        redis, settings, LANE, [cond(True), cond(True, "warning", "sync_share", False)], NOW
+        redis,
+        settings,
+        LANE,
+        [cond(True), cond(True, "warning", "sync_share", False)],
+        NOW,
+        token=await lead(redis),
     )
     assert [(e.action, e.rule, e.channels) for e in events] == [
         ("trigger", "health", ("pagerduty", "slack")),
@@ -83,19 +91,43 @@ async def test_evaluate_writes_the_outbox_per_channel(redis, redis_url):
     # Still active next tick: nothing new.
     assert (
         await evaluate(
-            redis, settings, LANE, [cond(True), cond(True, "warning", "sync_share", False)], NOW + 1
+            redis,
+            settings,
+            LANE,
+            [cond(True), cond(True, "warning", "sync_share", False)],
+            NOW + 1,
+            token=await lead(redis),
         )
         == []
     )
     # Clear long enough: resolves with the same dedup key; the incident is gone.
-    await evaluate(redis, settings, LANE, [cond(False)], NOW + 2_000)
-    resolved = await evaluate(redis, settings, LANE, [cond(False)], NOW + 12_000)
+    await evaluate(redis, settings, LANE, [cond(False)], NOW + 2_000, token=await lead(redis))
+    resolved = await evaluate(redis, settings, LANE, [cond(False)], NOW + 12_000, token=await lead(redis))
     assert [(e.action, e.dedup_key) for e in resolved] == [("resolve", dedup_key(LANE, "health"))]
     assert await redis.hget(keys.alert_state(LANE), "health") is None
 
 
 async def test_no_channels_configured_queues_nothing(redis, redis_url):
     settings = make_settings(redis_url)
-    events = await evaluate(redis, settings, LANE, [cond(True)], NOW)
+    events = await evaluate(redis, settings, LANE, [cond(True)], NOW, token=await lead(redis))
     assert events[0].channels == ()
     assert await due_count(redis, NOW) == (0, None)
+
+
+async def test_a_deposed_leaders_alert_write_is_refused_and_its_successor_pages_once(redis, redis_url):
+    """a read the incidents and decided to page; before it wrote, its lease passed to b, which paged
+    too: a's write is refused, so the incident pages once."""
+    settings = settings_with(redis_url)
+    old = await lead(redis, "a")
+    decided = await plan(redis, settings, LANE, [cond(True)], NOW)
+    assert [e.action for e in decided.events] == ["trigger"]
+    await redis.delete(keys.LEADER_LEASE)  # a's lease ran out while it was paused
+    new = await lead(redis, "b")
+    events = await evaluate(redis, settings, LANE, [cond(True)], NOW + 1, token=new)
+    assert [e.action for e in events] == ["trigger"]
+    with pytest.raises(Fenced):
+        await decided.write(redis, old, also=[("SET", "x", "1")])
+    assert await due_count(redis, NOW + 1) == (2, NOW + 1)  # b's page and slack notice, none of a's
+    assert await redis.get("x") is None  # nothing of the fenced step was written
+    incident = Incident.from_json(await redis.hget(keys.alert_state(LANE), "health"))
+    assert incident.opened_ms == NOW + 1

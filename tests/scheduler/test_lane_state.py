@@ -7,6 +7,7 @@ import pytest
 from config.settings import BurnRule, SloSettings
 from scheduler import keys
 from scheduler.burn import BucketWindows
+from scheduler.clock import server_ms
 from scheduler.lane_state import Evidence, LaneState, step
 from scheduler.ledger import Finish, Ledger
 from tests.conftest import make_settings
@@ -98,3 +99,20 @@ def test_default_burn_rules_are_the_workbooks():
         (1, 259200, 21600),
     ]
     assert BurnRule(severity="page", factor=2, long_window_s=10, short_window_s=1).short_window_s == 1
+
+
+async def test_a_worker_20s_behind_still_counts_its_late_job_in_the_burn_windows(redis):
+    """The workers' ledger stamps a job's end with Redis's clock: a worker whose own clock is 20 s
+    behind neither judges a late job on time nor writes it into a bucket the scheduler has folded."""
+    ledger = Ledger(redis, slo_bucket_s=1, server_clock=True)
+    server = await server_ms(redis)
+    ids = await enqueue(ledger, server - 100_000, [90])  # its deadline passed 10 s ago
+    windows = BucketWindows(LANE, 1, [60, 3600])
+    await windows.refresh(redis, server / 1000)  # the scheduler has folded every bucket before now
+    behind = server - 20_000  # by this worker's clock the deadline is still 10 s away
+    items = [Finish(j, "succeeded", "sync", from_states=("queued",)) for j in ids]
+    assert await ledger.finish(items, behind) == ["ok"]
+    await windows.refresh(redis, await server_ms(redis) / 1000)
+    counted = windows.sums(60)
+    assert (counted.all, counted.bad) == (1, 1)
+    assert (await ledger.get(ids[0])).completed_ms >= server

@@ -6,19 +6,21 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 
+import orjson
 import pytest
 from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
 
-from config.settings import SchedulerSettings, SloSettings
+from config.settings import AlertSettings, PagerDutySettings, SchedulerSettings, SloSettings
 from scheduler import keys
 from scheduler.batches import Batches, Fenced
 from scheduler.lanes import effective
 from scheduler.leader import Leader
 from scheduler.ledger import Ledger
-from scheduler.service import Scheduler
+from scheduler.service import Scheduler, Tick
 from tests.conftest import make_settings
 from tests.scheduler.planning_support import enqueue_lane
+from tests.scheduler.slo_support import LANE, enqueue
 from tests.scheduler.test_service import planning_only
 
 LEASE_S = 0.3
@@ -140,3 +142,39 @@ async def test_reserve_checks_the_fencing_token(redis, lease_settings) -> None:
         await batches.reserve(lane, "bat_x", token=6, now_ms=1, chunk=10)
     assert await batches.get("bat_x") is None
     assert await batches.reserve(lane, "bat_x", token=7, now_ms=1, chunk=10) == 2
+
+
+async def test_a_lease_handover_mid_tick_sends_one_page_per_incident(redis, redis_url, arq_pool) -> None:
+    """a's tick has begun (it holds a token) when its lease passes to b, which pages; a's SLO step then
+    finds its token stale: no second page, and b's lane snapshot stands."""
+    settings = make_settings(
+        redis_url,
+        scheduler=SchedulerSettings(lease_ttl_s=30),
+        slo=SloSettings(prior_turnaround_s=10, default_sync_latency_s=1),
+        alerts=AlertSettings(pagerduty=PagerDutySettings(routing_key="R0123456789abcdef0123456789abcdef")),
+    )
+    now = 1_800_000_000.0
+    await enqueue(Ledger(redis), int(now * 1000), [5])  # at risk at once: the lane breaches
+    async with (
+        Scheduler(settings, redis, arq_pool, holder="a") as a,
+        Scheduler(settings, redis, arq_pool, holder="b") as b,
+    ):
+        handed_over: list[bool] = []
+
+        async def handover(tick: Tick) -> None:
+            await redis.delete(keys.LEADER_LEASE)  # a stalls past its lease here
+            report = (await b.tick(now)).steps["slo"].lanes[LANE]
+            handed_over.append(report.alerts == ["trigger:health"])
+
+        a.steps.insert(0, ("handover", handover))
+        late = await a.tick(now + 1)
+        assert handed_over == [True]
+        assert late.fenced
+        assert not a.leader.is_leader
+        for i in range(2, 5):  # b goes on leading; the incident stays open without a new page
+            assert (await b.tick(now + i)).leader
+            assert not (await a.tick(now + i)).leader
+    pages = [n for n in await redis.zrange(keys.ALERTS_DUE, 0, -1) if n.endswith(b".pagerduty")]
+    assert len(pages) == 1
+    snapshot = orjson.loads(await redis.get(keys.lane_slo(LANE)))
+    assert snapshot["updated_ms"] == int((now + 4) * 1000)  # b's last tick, never a's late one

@@ -16,7 +16,7 @@ from scheduler.service import Scheduler
 from scheduler.slo import SloReport
 from tests.conftest import make_settings
 from tests.scheduler.api_harness import ACME, ADMIN, asgi_client
-from tests.scheduler.slo_support import LANE, enqueue
+from tests.scheduler.slo_support import LANE, enqueue, lead
 
 NOW = 1_800_000_000_000
 
@@ -55,7 +55,7 @@ async def test_get_lanes_shows_the_snapshot_to_the_admin_only(redis, redis_url, 
     now = int(time.time() * 1000) - 5_000  # the API measures ages on the real clock
     await enqueue(Ledger(redis), now, [3600, 7200])
     scheduler = Scheduler(settings, redis, pool, holder="t")
-    await scheduler.slo.run(now)
+    await scheduler.slo.run(now, await lead(redis))
     async with asgi_client(settings, redis, ADMIN) as client:
         response = await client.get("/v1/lanes")
         assert response.status_code == 200
@@ -83,7 +83,7 @@ async def test_lanes_command_prints_the_table(redis, redis_url, pool, capsys, mo
     settings = make_settings(redis_url, slo=SloSettings(prior_turnaround_s=10, default_sync_latency_s=1))
     now = int(time.time() * 1000)
     await enqueue(Ledger(redis), now, [3600])
-    await Scheduler(settings, redis, pool, holder="t").slo.run(now)
+    await Scheduler(settings, redis, pool, holder="t").slo.run(now, await lead(redis))
     monkeypatch.setenv("COLUMNS", "250")  # rich truncates cells to the terminal's width
     with serve(create_app(settings)) as url:
         code = await asyncio.to_thread(main, ["lanes", "--url", url, "--api-key", "admin-key"])

@@ -12,6 +12,7 @@ from config.settings import AlertSettings, AlertWebhookSettings, PagerDutySettin
 from scheduler import keys
 from scheduler.alerting import Condition, dedup_key, evaluate
 from tests.conftest import make_settings
+from tests.scheduler.slo_support import lead
 from tests.workers.receiver import running_receiver
 from workers.alerts import AlertSender, ChannelNotConfigured
 
@@ -51,10 +52,10 @@ async def test_trigger_and_resolve_reach_every_channel(redis, redis_url, client)
         base = receiver.url.removesuffix("/hook")
         settings = alert_settings(redis_url, base)
         now = int(time.time() * 1000)
-        await evaluate(redis, settings, LANE, [health(True)], now)
+        await evaluate(redis, settings, LANE, [health(True)], now, token=await lead(redis))
         counts = await AlertSender(redis, client, settings.alerts).run()
         assert counts == {"sent": 3, "retry": 0, "dead": 0}
-        await evaluate(redis, settings, LANE, [health(False)], now + 1)
+        await evaluate(redis, settings, LANE, [health(False)], now + 1, token=await lead(redis))
         await AlertSender(redis, client, settings.alerts).run()
     pd = by_path(receiver, "/pd")
     assert [e["event_action"] for e in pd] == ["trigger", "resolve"]
@@ -84,7 +85,7 @@ async def test_failures_retry_then_succeed_and_400_is_dead(redis, redis_url, cli
         settings.alerts.pagerduty = None
         settings.alerts.webhook = None
         now = int(time.time() * 1000)
-        await evaluate(redis, settings, LANE, [health(True)], now)
+        await evaluate(redis, settings, LANE, [health(True)], now, token=await lead(redis))
         assert await AlertSender(redis, client, settings.alerts).run(now) == {
             "sent": 0,
             "retry": 1,
@@ -108,7 +109,7 @@ async def test_failures_retry_then_succeed_and_400_is_dead(redis, redis_url, cli
         settings.alerts.slack = None
         settings.alerts.webhook = None
         now = int(time.time() * 1000)
-        await evaluate(redis, settings, LANE, [health(True)], now + 1)
+        await evaluate(redis, settings, LANE, [health(True)], now + 1, token=await lead(redis))
         assert await AlertSender(redis, client, settings.alerts).run(now + 1) == {
             "sent": 0,
             "retry": 0,
@@ -124,7 +125,7 @@ async def test_unreachable_channel_retries_then_dies_without_leaking_its_url(red
     settings.alerts.pagerduty = None
     settings.alerts.webhook = None
     now = int(time.time() * 1000)
-    await evaluate(redis, settings, LANE, [health(True)], now)
+    await evaluate(redis, settings, LANE, [health(True)], now, token=await lead(redis))
     outcomes = [await AlertSender(redis, client, settings.alerts).run(now + i * 1000) for i in range(3)]
     assert [o["retry"] for o in outcomes] == [1, 1, 0]
     assert outcomes[2]["dead"] == 1

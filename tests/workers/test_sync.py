@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import orjson
 import pytest
 
-from config.settings import Settings
-from scheduler import keys
+from config.settings import SchedulerSettings, Settings
+from scheduler import costs, keys
+from scheduler.clock import server_ms
 from scheduler.ids import job_id as new_job_id
 from scheduler.jobs import NewJob
 from scheduler.ledger import Ledger
@@ -21,8 +24,8 @@ from tests.workers.batch_harness import ENDPOINT, MODEL, make_ctx
 from tests.workers.conftest import FAST_HTTP, openai_settings
 from workers.emulator.server import EmulatorControl
 from workers.http import build_client
-from workers.tasks.sync import run_sync
-from workers.worker import run_burst
+from workers.tasks.sync import expected_usd, run_sync
+from workers.worker import SYNC_TASK_MARGIN_S, functions, run_burst
 
 
 @pytest.fixture
@@ -147,3 +150,185 @@ async def test_the_tick_dispatches_each_sync_job_once_per_lease_and_the_worker_f
     for jid in ids:
         assert (await ctx["ledger"].get(jid)).state == "succeeded"
     assert len(sync_calls(emulator)) == 3
+
+
+# -- long calls: a timeout of their own, a heartbeat on the lease, possibly billed tries counted --------
+
+
+def long_call_settings(redis_url: str, url: str, *, lease_s: float, **provider: object) -> Settings:
+    return make_settings(
+        redis_url,
+        providers={"openai": openai_settings(url, **provider)},
+        scheduler=SchedulerSettings(sync_lease_s=lease_s),
+    )
+
+
+async def spend(redis) -> dict[str, Any]:
+    """Today's cost totals, as /v1/costs reports them."""
+    today = datetime.fromtimestamp(await server_ms(redis) / 1000, tz=UTC)
+    return (await costs.report(redis, "route", costs.period(None, None, today)))["total"]
+
+
+async def until(condition: Callable[[], Awaitable[bool]]) -> None:
+    """Wait for a condition the test does not control the timing of (bounded by the test timeout)."""
+    while not await condition():  # noqa: ASYNC110 - the state is outside this process (emulator, Redis's clock)
+        await asyncio.sleep(0.05)
+
+
+async def test_a_call_longer_than_the_lease_is_not_dispatched_again_and_is_paid_once(
+    redis_url, redis, emulator, http
+) -> None:
+    """The heartbeat keeps the lease (and the call's concurrency slot) ahead of the call: ticks during a
+    3 s call on a 2 s lease hand nothing out again."""
+    emulator.configure(sync_latency_s=3.0)
+    settings = long_call_settings(redis_url, emulator.url, lease_s=2.0)
+    ctx = await make_ctx(settings, http)
+    jid = await sync_job(ctx["ledger"])
+    async with Scheduler(settings, redis, ctx["redis"]) as scheduler:
+        assert (await scheduler.tick(time.time())).steps["sync"] == 1
+        run = asyncio.create_task(run_sync(ctx, jid, 1))
+        redispatched, slot_lapsed = 0, False
+        while not run.done():
+            redispatched += (await scheduler.tick(time.time())).steps["sync"]
+            now_ms = await server_ms(redis)
+            slots = await redis.zrange(keys.sync_slots("openai"), 0, -1, withscores=True)
+            slot_lapsed |= any(lapses <= now_ms for _, lapses in slots)  # the slot lives with the lease
+            await asyncio.sleep(0.1)
+        assert await run == "succeeded"
+        assert redispatched == 0
+        assert not slot_lapsed
+        assert await redis.zcard(keys.sync_slots("openai")) == 0  # released at the end
+    job = await ctx["ledger"].get(jid)
+    assert job.state == "succeeded"
+    assert len(sync_calls(emulator)) == 1
+    total = await spend(redis)
+    assert total["actual_usd"] == pytest.approx(job.cost["actual_usd"])
+    assert total["wasted_usd"] == 0
+    assert total["duplicate_usd"] == 0
+
+
+async def test_a_worker_killed_mid_call_leads_to_one_more_call_and_both_are_counted(
+    redis_url, redis, emulator, http
+) -> None:
+    emulator.configure(sync_latency_s=3.0)
+    settings = long_call_settings(redis_url, emulator.url, lease_s=0.5)
+    ctx = await make_ctx(settings, http)
+    jid = await sync_job(ctx["ledger"], content="a long answer")
+    async with Scheduler(settings, redis, ctx["redis"]) as scheduler:
+        assert (await scheduler.tick(time.time())).steps["sync"] == 1
+        killed = asyncio.create_task(run_sync(ctx, jid, 1))
+
+        async def call_arrived() -> bool:
+            return len(sync_calls(emulator)) == 1
+
+        await until(call_arrived)
+        killed.cancel()  # the worker dies mid-call: no answer, no heartbeat any more
+        with pytest.raises(asyncio.CancelledError):
+            await killed
+        emulator.configure(sync_latency_s=0.0)
+
+        async def lease_lapsed() -> bool:
+            return await redis.zscore(keys.SYNC_LEASES, jid) < await server_ms(redis)
+
+        await until(lease_lapsed)
+        assert (await scheduler.tick(time.time())).steps["sync"] == 1
+    assert await run_sync(ctx, jid, 2) == "succeeded"
+    job = await ctx["ledger"].get(jid)
+    assert job.state == "succeeded"
+    assert len(sync_calls(emulator)) == 2
+    expected = expected_usd(settings, "openai", job, "sync")
+    assert expected > 0
+    total = await spend(redis)
+    assert total["actual_usd"] == pytest.approx(job.cost["actual_usd"])  # the answered call
+    assert total["wasted_usd"] == pytest.approx(expected)  # the killed one, at its expected price
+
+
+async def test_a_flex_call_that_times_out_falls_back_to_standard_and_is_counted(
+    redis_url, redis, emulator, http
+) -> None:
+    emulator.configure(flex_latency_s=2.0)
+    settings = long_call_settings(redis_url, emulator.url, lease_s=30, flex=True, flex_latency_s=0.3)
+    ctx = await make_ctx(settings, http)
+    jid = await sync_job(ctx["ledger"])
+    assert await run_sync(ctx, jid) == "succeeded"
+    job = await ctx["ledger"].get(jid)
+    assert job.route == "sync"
+    assert [r.get("service_tier") for r in sync_calls(emulator)] == ["flex", "auto"]
+    total = await spend(redis)
+    assert total["wasted_usd"] == pytest.approx(expected_usd(settings, "openai", job, "flex"))
+    assert total["actual_usd"] == pytest.approx(job.cost["actual_usd"])
+
+
+async def test_a_standard_call_waits_for_its_own_timeout_and_a_timed_out_try_is_counted(
+    redis_url, redis, emulator, http
+) -> None:
+    """A call longer than the provider's read timeout is answered; one past sync_timeout_s is
+    retried later, and its try counts as wasted spend when the job finishes."""
+    emulator.configure(sync_latency_s=0.6)
+    settings = long_call_settings(
+        redis_url, emulator.url, lease_s=30, http=FAST_HTTP.model_copy(update={"read_timeout": 0.2})
+    )
+    settings.worker.sync_timeout_s = 5
+    ctx = await make_ctx(settings, http)
+    first = await sync_job(ctx["ledger"])
+    assert await run_sync(ctx, first) == "succeeded"  # past the provider's 0.2 s read timeout
+    settings.worker.sync_timeout_s = 0.2
+    second = await sync_job(ctx["ledger"], content="slow")
+    await redis.zadd(keys.SYNC_LEASES, {second: 0})
+    assert await run_sync(ctx, second) == "later"
+    assert await redis.hget(keys.job(second), "sync_call") is None
+    emulator.configure(sync_latency_s=0.0)
+    assert await run_sync(ctx, second) == "succeeded"
+    jobs = [await ctx["ledger"].get(j) for j in (first, second)]
+    total = await spend(redis)
+    assert total["wasted_usd"] == pytest.approx(expected_usd(settings, "openai", jobs[1], "sync"))
+    assert total["actual_usd"] == pytest.approx(sum(j.cost["actual_usd"] for j in jobs))
+    assert len(sync_calls(emulator)) == 3
+
+
+def test_run_sync_may_run_as_long_as_its_calls() -> None:
+    settings = make_settings(
+        "redis://localhost:6379/0",
+        providers={"openai": openai_settings("http://x", flex=True, flex_latency_s=120)},
+    )
+    [run] = [f for f in functions(settings) if f.name == "run_sync"]
+    assert run.timeout_s == 120 + settings.worker.sync_timeout_s + SYNC_TASK_MARGIN_S
+    assert run.timeout_s > settings.worker.job_timeout_s
+
+
+async def test_a_worker_60s_ahead_stamps_the_lease_by_the_servers_clock(
+    redis_url, redis, emulator, http, monkeypatch
+) -> None:
+    """A retry hands the job back for its backoff by Redis's clock: a worker 60 s ahead would
+    otherwise hold the job a minute longer than the backoff."""
+    emulator.configure(fail_next={"POST /v1/chat/completions": [500]})
+    ctx = await make_ctx(sync_settings(redis_url, emulator.url), http)
+    jid = await sync_job(ctx["ledger"])
+    await redis.zadd(keys.SYNC_LEASES, {jid: 0})
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 60)
+    assert await run_sync(ctx, jid) == "later"
+    lease_end = await redis.zscore(keys.SYNC_LEASES, jid)
+    assert lease_end < await server_ms(redis) + 30_000  # the backoff is well under a second
+
+
+async def test_a_deposed_leaders_sync_dispatch_hands_nothing_out(redis_url, redis, emulator, http) -> None:
+    settings = sync_settings(redis_url, emulator.url)
+    ctx = await make_ctx(settings, http)
+    jid = await sync_job(ctx["ledger"])
+    async with (
+        Scheduler(settings, redis, ctx["redis"], holder="a") as a,
+        Scheduler(settings, redis, ctx["redis"], holder="b") as b,
+    ):
+        a.steps = [(name, step) for name, step in a.steps if name == "sync"]
+        token = await a.leader.ensure()
+        assert token is not None
+        await redis.delete(keys.LEADER_LEASE)  # a's lease ran out while it was paused
+        assert await b.leader.ensure() is not None
+        late = await a.act(time.time(), token)
+        assert late.fenced
+        assert "sync" not in late.steps
+        assert await redis.zscore(keys.SYNC_LEASES, jid) is None
+        assert await redis.hget(keys.SYNC_DISPATCHES, jid) is None
+        b.steps = [(name, step) for name, step in b.steps if name == "sync"]
+        assert (await b.tick(time.time())).steps["sync"] == 1

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from config.settings import ProviderSettings
+from scheduler import keys
+from scheduler.clock import server_ms
 from workers.sync_limits import Permit, SyncLimits, estimate_tokens, reset_seconds, slot_ttl_s
 
 NOW = 1_800_000_000_000
@@ -84,3 +88,20 @@ async def test_a_short_hold_does_not_cut_a_longer_one(redis):
     await limits.hold("openai", 1, NOW)
     wait = await limits.acquire("openai", config, BODY, NOW + 5_000)
     assert wait == pytest.approx(25)
+
+
+async def test_slots_lapse_by_the_servers_clock_not_a_workers(redis, monkeypatch):
+    """A worker whose clock runs 60 s ahead must not stamp its slot to lapse 60 s late, nor sweep
+    away the slots of workers with a correct clock as if they had lapsed."""
+    limits = SyncLimits(redis)
+    config = provider(sync_concurrency=2)
+    mine = await limits.acquire("openai", config, BODY)
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 60)
+    ahead = await limits.acquire("openai", config, BODY)
+    assert isinstance(mine, Permit)
+    assert isinstance(ahead, Permit)  # the first slot was not swept as lapsed
+    server = await server_ms(redis)
+    ttl_ms = slot_ttl_s(config) * 1000
+    for _, lapses_ms in await redis.zrange(keys.sync_slots("openai"), 0, -1, withscores=True):
+        assert lapses_ms <= server + ttl_ms

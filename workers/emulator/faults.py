@@ -22,6 +22,7 @@ DEFAULTS: dict[str, Any] = {
     "line_error_rate": 0.0,
     "line_error_status": 400,
     "sync_latency_s": 0.0,
+    "flex_latency_s": 0.0,
     "rate_limit": {},
     "overload": {},
     "server_error": {},
@@ -51,7 +52,7 @@ def _number_or_map(key: str, value: Any) -> None:
         raise ConfigError(f"{key}: a number or an object of model -> number")
 
 
-_NUMBER_OR_MAP = ("turnaround_s", "line_error_rate", "sync_latency_s", "expire")
+_NUMBER_OR_MAP = ("turnaround_s", "line_error_rate", "sync_latency_s", "flex_latency_s", "expire")
 _RATE_MAPS = ("rate_limit", "overload", "server_error")
 
 

@@ -196,6 +196,8 @@ async def _sync(request: Request, endpoint: str) -> Response:
         refusal.headers.update(retry_headers(float(state.config["retry_after_s"])))
         raise refusal
     latency = faults.per_model(state.config["sync_latency_s"], body["model"])
+    if tier == "flex":
+        latency += faults.per_model(state.config["flex_latency_s"], body["model"])
     if latency > 0:
         await asyncio.sleep(latency)
     answered_tier = tier if tier in ("flex", "priority", "scale") else "default"

@@ -49,9 +49,16 @@ class ProviderAccount:
         idempotent: bool,
         max_retries: int | None = None,
         headers: dict[str, str] | None = None,
+        read_timeout: float | None = None,
         **request: Any,
     ) -> httpx.Response:
-        """One call to the provider, retried as :func:`workers.http.retry_delay` allows."""
+        """One call to the provider, retried as :func:`workers.http.retry_delay` allows; ``read_timeout``
+        replaces the provider's for this call (sync calls wait longer than batch API calls)."""
+        timeout = self.timeout
+        if read_timeout is not None:
+            timeout = httpx.Timeout(
+                connect=timeout.connect, read=read_timeout, write=timeout.write, pool=timeout.pool
+            )
         return await http.send(
             self.client,
             method,
@@ -60,7 +67,7 @@ class ProviderAccount:
             idempotent=idempotent,
             max_retries=max_retries,
             headers={**self.headers, **(headers or {})},
-            timeout=self.timeout,
+            timeout=timeout,
             **request,
         )
 

@@ -192,7 +192,13 @@ class AnthropicAdapter:
                 yield result_lines(block)
 
     async def send_sync(
-        self, endpoint: str, body: bytes, *, service_tier: str | None = None, max_retries: int | None = None
+        self,
+        endpoint: str,
+        body: bytes,
+        *,
+        service_tier: str | None = None,
+        max_retries: int | None = None,
+        read_timeout: float | None = None,
     ) -> SyncResult:
         # A repeated sync call costs twice but changes nothing, so it is retried like a read.
         response = await self.account.call(
@@ -200,6 +206,7 @@ class AnthropicAdapter:
             endpoint,
             idempotent=True,
             max_retries=max_retries,
+            read_timeout=read_timeout,
             content=with_service_tier(body, service_tier),
             headers={"content-type": "application/json"},
         )

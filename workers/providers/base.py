@@ -140,11 +140,13 @@ class ProviderAdapter(Protocol):
         *,
         service_tier: str | None = None,
         max_retries: int | None = None,
+        read_timeout: float | None = None,
     ) -> SyncResult:
         """Send one request to the synchronous endpoint and return the provider's answer.
 
         ``service_tier`` is passed through to OpenAI (e.g. ``"flex"``); ``max_retries`` overrides
-        the provider's retry count for this call (0 to fail fast, e.g. on flex capacity 429s).
+        the provider's retry count for this call (0 to fail fast, e.g. on flex capacity 429s);
+        ``read_timeout`` the provider's read timeout (a long generation answers late).
         """
         ...
 

@@ -11,35 +11,52 @@ with its usage and cost by route, and the call's latency joins the lane's SLO sa
 
 :func:`choose_route` is the one decision of route and service tier: flex first where the provider
 sells it (``flex = true``) and the deadline leaves ``flex_latency_s``, and a flex 429 ("resource
-unavailable") falls through to standard sync in the same run. Calls go through the provider's
-shared limits (:mod:`workers.sync_limits`: concurrency, requests and tokens per minute, its
-rate-limit headers); a job that must wait is handed back to the dispatch without a call. Retriable
-failures retry until the deadline, the last wait ending just past it, so the job then fails with
-``deadline_exceeded``.
+unavailable") or a flex call still unanswered after ``flex_latency_s`` falls through to standard
+sync in the same run. Calls go through the provider's shared limits (:mod:`workers.sync_limits`:
+concurrency, requests and tokens per minute, its rate-limit headers); a job that must wait is
+handed back to the dispatch without a call. Retriable failures retry until the deadline, the last
+wait ending just past it, so the job then fails with ``deadline_exceeded``.
+
+Long calls. A standard call waits ``settings.worker.sync_timeout_s`` for its answer (long
+generations outlast the providers' usual 60 s read timeout), and while it runs a heartbeat
+(``sync_heartbeat.lua``, every quarter lease) extends the job's dispatch lease, so a call longer
+than ``scheduler.sync_lease_s`` is not handed out again and paid twice; a worker that dies stops
+beating and the job comes back once the lease ends. A call that may have been billed without an
+answer kept (a read timeout; a worker killed mid-call, found by the next dispatch through the
+job's ``sync_call`` marker, ``sync_call.lua``) counts its expected price (its body's input tokens
+and output cap) into the job's ``sync_wasted_usd``, which the job's finish adds to the wasted-spend
+aggregates (``wasted_usd`` in ``/v1/costs``). Leases are stamped with the Redis server's clock.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, cast
 
 import structlog
+from redis.exceptions import RedisError
 
 from config.settings import Settings
-from scheduler import keys, pricing
+from scheduler import keys, pricing, scripts
+from scheduler.clock import server_ms
 from scheduler.jobs import JobRecord, Route
 from scheduler.ledger import Finish
 from workers.context import WorkerContext
-from workers.errors import ProviderError, ProviderHTTPError, RateLimited
+from workers.errors import ProviderError, ProviderHTTPError, RateLimited, ResponseTimeout
 from workers.providers.base import ProviderAdapter, SyncResult
-from workers.sync_limits import SyncLimits
+from workers.sync_limits import Permit, SyncLimits, estimate_usage
 
 log = structlog.get_logger(__name__)
 
 # Seconds past the deadline the last retry waits, so that run finds the deadline passed.
 DEADLINE_SLACK_S = 0.05
+# Heartbeats per dispatch lease while a call runs: a beat may come late by most of a lease.
+HEARTBEATS_PER_LEASE = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,21 +77,111 @@ def choose_route(settings: Settings, job: JobRecord, attempt: int, now_ms: int |
     return RoutePlan("sync")
 
 
-async def send_routed(
-    adapter: ProviderAdapter, job: JobRecord, plan: RoutePlan, bound: Any
-) -> tuple[SyncResult, RoutePlan]:
-    """Send on the planned route; a flex 429 ("resource unavailable") falls through to standard sync."""
-    if plan.route == "flex":
+def read_timeout_s(settings: Settings, job: JobRecord, plan: RoutePlan) -> float:
+    """How long a call of this plan waits for its answer: flex its expected latency (then standard
+    sync is tried), standard sync its own long timeout."""
+    provider = settings.providers.get(job.provider)
+    if plan.route == "flex" and provider is not None:
+        return min(provider.flex_latency_s, settings.worker.sync_timeout_s)
+    return settings.worker.sync_timeout_s
+
+
+def expected_usd(settings: Settings, kind: str, job: JobRecord, route: Route) -> float:
+    """What one call may be billed: the body's input tokens and its output cap, at the route's price."""
+    inputs, outputs = estimate_usage(job.body)
+    usage = {"input_tokens": inputs, "output_tokens": outputs}
+    price = pricing.shared(settings.pricing_file).job_cost(job.provider, kind, job.model, route, usage)
+    return price.actual_usd or 0.0
+
+
+@dataclass(slots=True)
+class SyncCall:
+    """One run's calls of one job: each under the job's in-flight marker, its lease kept alive."""
+
+    c: WorkerContext
+    job: JobRecord
+    dispatch: int
+    adapter: ProviderAdapter
+    bound: Any
+    wasted_usd: float = 0.0  # the job's possibly billed spend so far (``sync_wasted_usd``)
+    permit: Permit | None = None  # the concurrency slot, renewed with the lease
+
+    async def _mark(self, mode: str, usd: float = 0.0) -> None:
+        marker = scripts.load(self.c["redis"], "sync_call")
+        total = await marker(keys=[keys.job(self.job.id)], args=[mode, self.dispatch, repr(usd)])
+        self.wasted_usd = float(total)
+
+    async def adopt(self) -> None:
+        """Count a call an earlier dispatch started and never saw end (its worker died) as wasted."""
+        before = float(self.job.raw.get("sync_wasted_usd", b"0"))
+        await self._mark("adopt")
+        if self.wasted_usd > before:
+            self.bound.warning("sync.orphan_call_counted", wasted_usd=round(self.wasted_usd - before, 9))
+
+    async def send(self, plan: RoutePlan) -> SyncResult:
+        """One provider call; a timed-out one counts its expected price as wasted."""
+        settings, job = self.c["settings"], self.job
+        expected = expected_usd(settings, self.adapter.kind, job, plan.route)
+        await self._mark("begin", expected)
         try:
-            answer = await adapter.send_sync(
-                job.endpoint, job.body, service_tier=plan.service_tier, max_retries=0
-            )
-            return answer, plan
-        except RateLimited as exc:
-            bound.info("sync.flex_unavailable", error=str(exc))
-            plan = RoutePlan("sync")
-    answer = await adapter.send_sync(job.endpoint, job.body, service_tier=plan.service_tier, max_retries=0)
-    return answer, plan
+            async with self._heartbeat():
+                answer = await self.adapter.send_sync(
+                    job.endpoint,
+                    job.body,
+                    service_tier=plan.service_tier,
+                    max_retries=0,
+                    read_timeout=read_timeout_s(settings, job, plan),
+                )
+        except ResponseTimeout:
+            await self._mark("end", expected)  # sent, maybe answered and billed, never received
+            raise
+        except ProviderError:
+            await self._mark("end")
+            raise
+        await self._mark("end")
+        return answer
+
+    async def routed(self, plan: RoutePlan) -> tuple[SyncResult, RoutePlan]:
+        """Send on the planned route; a flex 429 ("resource unavailable") or a flex call unanswered
+        after ``flex_latency_s`` falls through to standard sync."""
+        if plan.route == "flex":
+            try:
+                return await self.send(plan), plan
+            except (RateLimited, ResponseTimeout) as exc:
+                event = "sync.flex_unavailable" if isinstance(exc, RateLimited) else "sync.flex_timed_out"
+                self.bound.info(event, error=str(exc))
+                plan = RoutePlan("sync")
+        return await self.send(plan), plan
+
+    @asynccontextmanager
+    async def _heartbeat(self) -> AsyncIterator[None]:
+        """Extend the dispatch lease while the call runs (until the dispatch is no longer current)."""
+        task = asyncio.create_task(self._beat())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
+
+    async def _beat(self) -> None:
+        redis, lease_s = self.c["redis"], self.c["settings"].scheduler.sync_lease_s
+        extend = scripts.load(redis, "sync_heartbeat")
+        job_id = self.job.id
+        call_keys = [keys.SYNC_LEASES, keys.SYNC_DISPATCHES, keys.job(job_id)]
+        args: list[str | int] = [job_id, self.dispatch, int(lease_s * 1000)]
+        if self.permit is not None:
+            call_keys.append(keys.sync_slots(self.permit.provider))
+            args.append(self.permit.token)
+        while True:
+            try:
+                lease_end = await extend(keys=call_keys, args=args)
+            except RedisError as exc:  # Redis away for a moment: beat again, the lease still runs
+                self.bound.warning("sync.heartbeat_failed", error_class=type(exc).__name__)
+            else:
+                if not lease_end:
+                    return  # superseded, or the job left the sync lane: nothing to keep
+            await asyncio.sleep(lease_s / HEARTBEATS_PER_LEASE)
 
 
 def backoff_s(settings: Settings, provider: str, attempt: int, exc: ProviderError) -> float:
@@ -109,20 +216,30 @@ async def run_sync(ctx: dict[str, Any], job_id: str, dispatch: int = 0) -> str:
         return f"skip:{job.state if job else 'missing'}"
     bound = bound.bind(lane=job.lane)
     attempt = int(job.raw.get("sync_attempts", b"0")) + 1
-    now = time.time()
-    if now * 1000 > job.deadline_ms:
-        error = {"type": "deadline_exceeded", "message": "the deadline passed before the job could be sent"}
-        return await _finish(c, Finish(job_id, "failed", "sync", from_states=("sync",), error=error), bound)
-    plan = choose_route(settings, job, attempt)
     adapter = c["adapters"][job.provider]
+    call = SyncCall(c, job, dispatch, adapter, bound)
+    await call.adopt()
+    now_ms = await server_ms(redis)
+    if now_ms > job.deadline_ms:
+        error = {"type": "deadline_exceeded", "message": "the deadline passed before the job could be sent"}
+        item = Finish(
+            job_id, "failed", "sync", from_states=("sync",), error=error, wasted_usd=call.wasted_usd
+        )
+        return await _finish(c, item, bound)
+    plan = choose_route(settings, job, attempt, now_ms)
     limits = SyncLimits(redis)
     config = settings.providers.get(job.provider)
-    permit = await limits.acquire(job.provider, config, job.body) if config is not None else None
+    permit: Permit | float | None = None
+    if config is not None:
+        # The slot lives as long as the lease, and the heartbeat renews both while the call runs.
+        lease_s = settings.scheduler.sync_lease_s
+        permit = await limits.acquire(job.provider, config, job.body, now_ms, slot_s=lease_s)
     if isinstance(permit, float):
         return await _later(c, job, permit, bound)
+    call.permit = permit
     started = time.monotonic()
     try:
-        answer, plan = await send_routed(adapter, job, plan, bound)
+        answer, plan = await call.routed(plan)
     except ProviderError as exc:
         if isinstance(exc, RateLimited) and exc.retry_after:
             await limits.hold(job.provider, exc.retry_after)
@@ -131,10 +248,17 @@ async def run_sync(ctx: dict[str, Any], job_id: str, dispatch: int = 0) -> str:
         if exc.retriable and (cap is None or attempt < cap):
             # Retry until the deadline: a wait that would end past it ends just past it instead,
             # so that run fails the job with deadline_exceeded (late, as the SLO counts it).
-            remaining = max(0.0, job.deadline_ms / 1000 - time.time())
+            remaining = max(0.0, (job.deadline_ms - await server_ms(redis)) / 1000)
             delay = min(backoff_s(settings, job.provider, attempt, exc), remaining + DEADLINE_SLACK_S)
             return await _later(c, job, delay, bound, attempt=attempt, error=str(exc))
-        item = Finish(job_id, "failed", plan.route, from_states=("sync",), error=error_of(exc))
+        item = Finish(
+            job_id,
+            "failed",
+            plan.route,
+            from_states=("sync",),
+            error=error_of(exc),
+            wasted_usd=call.wasted_usd,
+        )
         return await _finish(c, item, bound, error=str(exc))
     finally:
         if permit is not None:
@@ -152,9 +276,10 @@ async def run_sync(ctx: dict[str, Any], job_id: str, dispatch: int = 0) -> str:
         result=answer.body,
         usage=answer.usage,
         billed=True,
+        wasted_usd=call.wasted_usd,
         **cost.finish_fields(),
     )
-    end_ms = int(time.time() * 1000)
+    end_ms = await server_ms(redis)
     async with redis.pipeline(transaction=True) as pipe:
         pipe.lpush(keys.lane_sync_latencies(job.lane), f"{end_ms}:{seconds:.3f}")
         pipe.ltrim(keys.lane_sync_latencies(job.lane), 0, settings.slo.history_size - 1)
@@ -163,7 +288,7 @@ async def run_sync(ctx: dict[str, Any], job_id: str, dispatch: int = 0) -> str:
 
 
 async def _finish(c: WorkerContext, item: Finish, bound: Any, **info: Any) -> str:
-    [code] = await c["ledger"].finish([item], int(time.time() * 1000))
+    [code] = await c["ledger"].finish([item], await server_ms(c["redis"]))
     await _release(c, item.id)
     bound.info("sync.finished", state=item.state, route=item.route, outcome=code, **info)
     return code if code != "ok" else item.state
@@ -172,7 +297,7 @@ async def _finish(c: WorkerContext, item: Finish, bound: Any, **info: Any) -> st
 async def _later(c: WorkerContext, job: JobRecord, delay: float, bound: Any, **info: Any) -> str:
     """Hand the job back to the dispatch for ``delay`` seconds (its lease ends then): waiting for the
     provider's limits costs no provider call and no attempt."""
-    until = int((time.time() + delay) * 1000)
+    until = await server_ms(c["redis"]) + int(delay * 1000)
     await c["redis"].zadd(keys.SYNC_LEASES, {job.id: until}, xx=True)
     bound.info("sync.deferred", delay=round(delay, 3), **info)
     return "later"
@@ -180,4 +305,4 @@ async def _later(c: WorkerContext, job: JobRecord, delay: float, bound: Any, **i
 
 async def _release(c: WorkerContext, job_id: str) -> None:
     """End the job's dispatch lease now; the dispatch step forgets it once it has left the sync queue."""
-    await c["redis"].zadd(keys.SYNC_LEASES, {job_id: int(time.time() * 1000)}, xx=True)
+    await c["redis"].zadd(keys.SYNC_LEASES, {job_id: await server_ms(c["redis"])}, xx=True)
