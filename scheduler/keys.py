@@ -185,6 +185,13 @@ def provider_batches(provider: str) -> str:
     return f"{PREFIX}:batches:provider:{provider}"
 
 
+def provider_files_pending(provider: str) -> str:
+    """Set: file ids at a provider waiting to be deleted (the input file of an ended batch, the
+    output and error files of an ingested one); a failed delete stays and is retried at each
+    reconciliation, so no TTL."""
+    return f"{PREFIX}:files:delete:{provider}"
+
+
 def lane_hold(lane: str) -> str:
     """String, with PX: epoch ms before which the lane must not flush (set after a token-limit refusal)."""
     return f"{PREFIX}:lane:{{{lane}}}:hold"

@@ -61,7 +61,13 @@ def task_settings(redis_url: str, emulator):
         redis_url,
         providers={"openai": openai_settings(emulator.url), "anthropic": anthropic_settings(emulator.url)},
         scheduler=SchedulerSettings(
-            poll_initial_s=0.05, poll_max_s=0.2, planned_timeout_s=1, max_attempts=3, token_limit_backoff_s=30
+            poll_initial_s=0.05,
+            poll_max_s=0.2,
+            planned_timeout_s=1,
+            max_attempts=3,
+            token_limit_backoff_s=30,
+            submit_lease_s=5,
+            create_timeout_s=2,
         ),
         slo=SloSettings(prior_turnaround_s=60),
         lane_defaults=LaneDefaults(max_wait=60),
@@ -73,6 +79,12 @@ async def scheduler(task_settings, redis, arq_pool) -> AsyncIterator[Scheduler]:
     async with Scheduler(task_settings, redis, arq_pool) as s:
         s.steps = [(n, step) for n, step in s.steps if n in PLANNING_STEPS]
         yield s
+
+
+def lease_lapsed(settings) -> float:
+    """A time (epoch s) past the planned timeout, a dead submission's lease and its create timeout."""
+    s = settings.scheduler
+    return time.time() + s.planned_timeout_s + s.submit_lease_s + s.create_timeout_s + 1
 
 
 async def plan(redis, scheduler: Scheduler, provider: str, count: int = 20) -> tuple[list[str], str]:
@@ -187,7 +199,7 @@ async def test_crash_between_create_and_record_is_healed_by_reconciliation(
     # reconcile, and the batch is adopted.
     await redis.delete("arq:queue", f"arq:job:submit:{batch_id}:0", "arq:job:reconcile")
     scheduler.last_reconcile = None
-    await scheduler.tick(time.time() + task_settings.scheduler.planned_timeout_s + 1)
+    await scheduler.tick(lease_lapsed(task_settings))
     await run_burst(task_settings)
     record = await Batches(redis).get(batch_id)
     assert record is not None
@@ -235,7 +247,14 @@ async def test_unknown_create_outcome_is_reconciled_not_resent(
     assert record is not None
     assert record.state == "planned"
     scheduler.last_reconcile = None
-    await scheduler.tick(time.time() + task_settings.scheduler.planned_timeout_s + 1)
+    await scheduler.tick(time.time() + task_settings.scheduler.planned_timeout_s + 0.5)
+    await run_burst(task_settings)  # the create may still answer: reconciliation waits for its timeout
+    record = await Batches(redis).get(batch_id)
+    assert record is not None
+    assert record.state == "planned"
+    assert record.attempts == 0
+    scheduler.last_reconcile = None
+    await scheduler.tick(lease_lapsed(task_settings))
     await run_burst(task_settings)  # reconcile finds nothing -> resubmits (attempt 1) -> created
     record = await Batches(redis).get(batch_id)
     assert record is not None

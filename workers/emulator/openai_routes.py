@@ -77,6 +77,14 @@ async def get_file_content(request: Request, file_id: str) -> Response:
     return Response(_file(request, file_id).content, media_type="application/octet-stream")
 
 
+@router.delete("/v1/files/{file_id}")
+async def delete_file(request: Request, file_id: str) -> Response:
+    """OpenAI's DeleteFileResponse; a batch whose input is deleted runs on, as OpenAI's do."""
+    if not _state(request).delete_file(file_id):
+        raise error(request.url.path, 404, f"No such File object: {file_id}")
+    return json_response({"id": file_id, "object": "file", "deleted": True})
+
+
 @router.post("/v1/batches")
 async def create_batch(request: Request) -> Response:
     state, path = _state(request), request.url.path

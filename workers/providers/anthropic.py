@@ -8,7 +8,7 @@ the official SDK (``https://api.anthropic.com``). Anthropic has no batch metadat
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -134,7 +134,12 @@ class AnthropicAdapter:
         )
 
     async def submit_batch(
-        self, lines: AsyncIterable[BatchLine] | Iterable[BatchLine], *, endpoint: str, batch_id: str
+        self,
+        lines: AsyncIterable[BatchLine] | Iterable[BatchLine],
+        *,
+        endpoint: str,
+        batch_id: str,
+        before_create: Callable[[], Awaitable[None]] | None = None,
     ) -> BatchInfo:
         """Create the batch (``endpoint`` is always the Messages API; ``batch_id`` only names errors)."""
         spooled = await batch_input.spool(
@@ -145,6 +150,8 @@ class AnthropicAdapter:
             byte_limit=self.byte_limit,
         )
         with spooled:
+            if before_create is not None:
+                await before_create()
             created = await self.account.create(
                 BATCHES,
                 batch_id,

@@ -8,9 +8,9 @@ and a batch result body is exactly what the synchronous call would have returned
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple, Protocol
+from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
 Status = Literal[
     "validating",
@@ -48,6 +48,9 @@ class BatchInfo:
     ended_at: float | None
     metadata: dict[str, str] = field(default_factory=dict)  # OpenAI metadata; {} on Anthropic
     errors: list[dict[str, Any]] = field(default_factory=list)  # batch-level errors (OpenAI errors.data)
+    # The provider files behind the batch, by role: input_file_id, output_file_id, error_file_id
+    # (OpenAI); {} on Anthropic, which keeps no files.
+    files: dict[str, str] = field(default_factory=dict)
 
     @property
     def ended(self) -> bool:
@@ -102,8 +105,12 @@ class ProviderAdapter(Protocol):
         *,
         endpoint: str,
         batch_id: str,
+        before_create: Callable[[], Awaitable[None]] | None = None,
     ) -> BatchInfo:
         """Spool the lines to a temporary file, upload it and create the batch tagged with ``batch_id``.
+
+        ``before_create`` is awaited right before the create call (the submission lease stamps the
+        create's start there, and raises to stop a submission that lost its lease).
 
         Raises:
             BatchTooLarge: the lines exceed the provider's limits (nothing was sent).
@@ -145,6 +152,21 @@ class ProviderAdapter(Protocol):
 
         ``service_tier`` is passed through to OpenAI (e.g. ``"flex"``); ``max_retries`` overrides
         the provider's retry count for this call (0 to fail fast, e.g. on flex capacity 429s).
+        """
+        ...
+
+
+@runtime_checkable
+class FileDeleting(Protocol):
+    """An adapter whose provider keeps batch files that can be deleted (OpenAI's Files API)."""
+
+    name: str
+
+    async def delete_file(self, file_id: str) -> None:
+        """Delete one file at the provider; a file already gone counts as deleted.
+
+        Raises:
+            ProviderError: the provider did not confirm the deletion (retry later).
         """
         ...
 

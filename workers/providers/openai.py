@@ -9,7 +9,7 @@ endpoints are named as OpenAI's batch lines name them (``/v1/chat/completions``)
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import Any, cast
 
 import httpx
@@ -18,7 +18,7 @@ import orjson
 
 from config.settings import ProviderSettings
 from workers import http
-from workers.errors import BatchNotEnded, MalformedResponse
+from workers.errors import BatchNotEnded, MalformedResponse, NotFound
 from workers.providers import batch_input, jsonl
 from workers.providers.account import ProviderAccount, parse_object, with_service_tier
 from workers.providers.base import (
@@ -39,6 +39,7 @@ LIST_PAGE = 100  # OpenAI's largest page
 # Line errors that are not about the request itself: the work was never done, so it may be redone.
 RETRIABLE_LINE_CODES = frozenset({"batch_expired", "batch_cancelled", "request_timeout"})
 API_VERSION_PREFIX = "/v1"
+FILE_ROLES = ("input_file_id", "output_file_id", "error_file_id")
 
 
 def batch_endpoint(endpoint: str) -> str:
@@ -82,6 +83,7 @@ def batch_info(obj: dict[str, Any]) -> BatchInfo:
             ended_at=float(ended) if ended is not None else None,
             metadata={str(k): str(v) for k, v in (obj.get("metadata") or {}).items()},
             errors=list((obj.get("errors") or {}).get("data") or []),
+            files={k: str(obj[k]) for k in FILE_ROLES if obj.get(k)},
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise MalformedResponse(f"unreadable OpenAI batch object: {exc!r}") from exc
@@ -162,7 +164,12 @@ class OpenAIAdapter:
         )
 
     async def submit_batch(
-        self, lines: AsyncIterable[BatchLine] | Iterable[BatchLine], *, endpoint: str, batch_id: str
+        self,
+        lines: AsyncIterable[BatchLine] | Iterable[BatchLine],
+        *,
+        endpoint: str,
+        batch_id: str,
+        before_create: Callable[[], Awaitable[None]] | None = None,
     ) -> BatchInfo:
         endpoint = batch_endpoint(endpoint)
         spooled = await batch_input.spool(
@@ -184,6 +191,8 @@ class OpenAIAdapter:
         file_id = uploaded.get("id")
         if not isinstance(file_id, str):
             raise MalformedResponse("file upload answered without an id")
+        if before_create is not None:
+            await before_create()
         created = await self.account.create(
             "/batches",
             batch_id,
@@ -195,6 +204,14 @@ class OpenAIAdapter:
             },
         )
         return batch_info(created)
+
+    async def delete_file(self, file_id: str) -> None:
+        try:
+            answer = await self.account.call_json("DELETE", f"/files/{file_id}", idempotent=True)
+        except NotFound:
+            return  # already gone: what we wanted
+        if answer.get("deleted") is not True:
+            raise MalformedResponse(f"DELETE /files/{file_id}: the provider did not confirm the deletion")
 
     async def get_batch(self, provider_batch_id: str) -> BatchInfo:
         return batch_info(

@@ -38,6 +38,7 @@ from scheduler.ledger import Finish, Ledger, Requeue
 from workers.context import WorkerContext, call_hook
 from workers.errors import ProviderError
 from workers.providers.base import ProviderAdapter, ResultLine
+from workers.tasks import files
 
 log = structlog.get_logger(__name__)
 
@@ -225,6 +226,7 @@ async def ingest_batch(ctx: dict[str, Any], batch_id: str) -> dict[str, int]:
     now_ms = int(time.time() * 1000)
     await batches.update(batch_id, ("ended",), now_ms=now_ms, to_state="ingested", ingested_ms=now_ms)
     await redis.delete(keys.batch_cursor(batch_id))
+    await files.discard(c, record.provider, files.files_of(record), files.OUTPUT_ROLES)
     bound.info("batch.ingested", resumed_from=skip, duration_s=round(time.monotonic() - started, 3), **totals)
     return totals
 

@@ -5,7 +5,9 @@ leaves our batch ``planned`` with ``create_started_ms`` set. We then list the pr
 batches: on OpenAI, the one whose metadata carries our batch id; on Anthropic, which keeps no
 metadata, an unclaimed batch created between our create call and now with no more requests than
 we reserved (the closest count wins). Found: adopt it (record its id, ``submitted``). Not found:
-resubmit, up to ``scheduler.max_attempts``; then the jobs go back to their lane. A second
+resubmit, up to ``scheduler.max_attempts``. A batch is touched only under its submission lease
+(:mod:`workers.tasks.lease`): never while a submission of it is alive or its create may still
+answer; then the jobs go back to their lane. A second
 provider batch carrying one of our ids (two creates that both happened) becomes a duplicate
 record, polled and ingested under its own identity so its spend is counted.
 """
@@ -21,6 +23,8 @@ from scheduler.batches import Batches, BatchRecord
 from workers.context import WorkerContext
 from workers.errors import ProviderError
 from workers.providers.base import BATCH_ID_METADATA_KEY, BatchInfo, ProviderAdapter
+from workers.tasks import files
+from workers.tasks.lease import SubmitLease
 from workers.tasks.refusals import refuse
 
 log = structlog.get_logger(__name__)
@@ -83,12 +87,22 @@ def _wall_ms() -> int:
 async def reconcile(ctx: WorkerContext, batches: Batches, now_ms: int) -> dict[str, int]:
     """Heal stale planned batches (adopt, resubmit or give up) and record duplicates; returns counts."""
     settings = ctx["settings"].scheduler
-    counts = {"adopted": 0, "resubmitted": 0, "gave_up": 0, "duplicates": 0}
+    counts = {"adopted": 0, "resubmitted": 0, "gave_up": 0, "duplicates": 0, "leased": 0}
     cutoff = now_ms - int(settings.planned_timeout_s * 1000)
     for batch_id in await batches.planned_before(cutoff):
         record = await batches.get(batch_id)
         adapter = ctx["adapters"].get(record.provider) if record else None
         if record is None or record.state != "planned" or adapter is None:
+            continue
+        # Only a batch nobody is submitting: its lease lapsed and no create of it may still answer.
+        # Taken in the name of the submission that would follow, so that task holds it.
+        lease = SubmitLease(
+            batches, ctx["settings"], batch_id, tasks.submit_job_id(batch_id, record.attempts + 1)
+        )
+        taken = await lease.acquire(now_ms)
+        if taken != "ok":
+            counts["leased"] += 1
+            log.info("batch.reconcile_skipped", batch_id=batch_id, lease=taken)
             continue
         if record.raw.get("create_started_ms"):
             try:
@@ -97,6 +111,7 @@ async def reconcile(ctx: WorkerContext, batches: Batches, now_ms: int) -> dict[s
                     continue
             except ProviderError as exc:
                 log.warning("batch.reconcile_failed", batch_id=batch_id, error=str(exc))
+                await lease.release()
                 continue  # cannot tell whether it exists: never resubmit blind
         moved = await batches.update(
             batch_id,
@@ -117,6 +132,9 @@ async def reconcile(ctx: WorkerContext, batches: Batches, now_ms: int) -> dict[s
             await refuse(ctx, batches, record, reason, retriable=True, now_ms=now_ms)
             counts["gave_up"] += 1
             continue
+        if moved.incremented != record.attempts + 1:  # another pass counted too: let its task submit
+            await lease.release()
+            continue
         await tasks.enqueue(
             ctx["redis"],
             tasks.SUBMIT_BATCH,
@@ -125,6 +143,7 @@ async def reconcile(ctx: WorkerContext, batches: Batches, now_ms: int) -> dict[s
         )
         counts["resubmitted"] += 1
     counts["duplicates"] = await find_duplicates(ctx, batches)
+    counts["files_deleted"] = await files.retry_pending(ctx)
     log.info("batch.reconciled", **counts)
     return counts
 
