@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
-from arq import create_pool
+from arq import Retry, create_pool
 from arq.connections import ArqRedis, RedisSettings
 
 from config.settings import LaneDefaults, SchedulerSettings, SloSettings
@@ -23,6 +23,7 @@ from tests.workers.conftest import anthropic_settings, openai_settings
 from workers.context import WorkerContext
 from workers.providers.base import BatchLine
 from workers.tasks.batches import poll_batch, reconcile_batches, submit_batch
+from workers.tasks.lease import LeaseLost, SubmitLease
 from workers.tasks.refusals import refuse
 from workers.worker import context_of, run_burst, shutdown, startup
 
@@ -396,3 +397,108 @@ async def test_a_batch_running_past_its_window_is_cancelled_and_its_jobs_go_back
     assert len(cancels) == 1
     jobs = await Ledger(redis).get_many(job_ids)
     assert {j.state for j in jobs if j} == {"queued"}
+
+
+def creates_accepted(emulator, path: str = "/v1/batches") -> int:
+    """Provider batches the emulator created (create calls it answered 200)."""
+    return sum(
+        1 for r in emulator.requests() if r["method"] == "POST" and r["path"] == path and r["status"] == 200
+    )
+
+
+async def test_a_storm_longer_than_three_planned_timeouts_creates_the_batch_once(
+    redis, scheduler, task_settings, emulator
+) -> None:
+    """429/5xx on uploads and creates while reconciliation runs at 1, 2 and 3 x planned_timeout_s:
+    one provider batch for the planned batch, and every job succeeds."""
+    settings = task_settings.model_copy(
+        update={"scheduler": task_settings.scheduler.model_copy(update={"submit_lease_s": 60})}
+    )
+    timeout_ms = int(settings.scheduler.planned_timeout_s * 1000)
+    emulator.configure(
+        fail_next={
+            "POST /v1/files": [429, 500, 503, 429, 500, 429, 503, 500],  # two whole arq tries
+            "POST /v1/batches": [429, 429, 429, 429, 500],  # a third try refused, then an unknown outcome
+        }
+    )
+    job_ids, batch_id = await plan(redis, scheduler, "openai")
+    passes: list[tuple[int, dict[str, int]]] = []
+    async with worker_ctx(settings, redis) as rctx:
+
+        async def reconcile_mid_submission(**info: object) -> None:
+            """Reconciliation passes while the submission is at work, up to 3 x planned_timeout_s on."""
+            planned_ms = int(await redis.zscore(keys.BATCHES_PLANNED, batch_id))
+            for k in (1, 2, 3):
+                passes.append((k, await reconcile_batches(rctx, planned_ms + k * timeout_ms + 1)))
+
+        hooks = {"submit_retry": reconcile_mid_submission, "before_create": reconcile_mid_submission}
+        for _ in range(6):
+            await run_burst(settings, hooks=hooks)
+            record = await Batches(redis).get(batch_id)
+            assert record is not None
+            if record.state != "planned":
+                break
+            # The submission gave up or its create's outcome is unknown: past the create timeout,
+            # the scheduler's reconciliation looks for the batch and resubmits it.
+            scheduler.last_reconcile = None
+            s = settings.scheduler
+            since = max(time.time(), await redis.zscore(keys.BATCHES_PLANNED, batch_id) / 1000)
+            await scheduler.tick(since + s.planned_timeout_s + s.create_timeout_s + 1)
+    assert record.state == "submitted"
+    assert {k for k, _ in passes} == {1, 2, 3}
+    assert all(p["resubmitted"] == 0 and p["adopted"] == 0 and p["leased"] == 1 for _, p in passes)
+    await drive(scheduler, settings, batch_id, until=("ingested",))
+    assert creates_accepted(emulator) == 1
+    assert len(await ctx_list_batches(settings, redis)) == 1
+    jobs = await Ledger(redis).get_many(job_ids)
+    assert {j.state for j in jobs if j} == {"succeeded"}
+
+
+async def ctx_list_batches(settings, redis) -> list[object]:
+    async with worker_ctx(settings, redis) as ctx:
+        return list(await ctx["adapters"]["openai"].list_batches(100))
+
+
+async def test_a_submission_that_lost_its_lease_does_not_create(
+    redis, scheduler, task_settings, emulator
+) -> None:
+    """A stale submission (its lease lapsed and taken over while it waited) stops before creating."""
+    _, batch_id = await plan(redis, scheduler, "openai")
+    batches = Batches(redis)
+
+    async def taken_over(**info: object) -> None:
+        # The lease lapses (a frozen worker) and a reconciliation takes the batch for another task.
+        await redis.hset(keys.batch(batch_id), "lease_until_ms", 0)
+        other = SubmitLease(batches, task_settings, batch_id, "submit:other")
+        assert await other.acquire(int(time.time() * 1000)) == "ok"
+
+    async with worker_ctx(task_settings, redis, {"submit_retry": taken_over}) as ctx:
+        emulator.configure(fail_next={"POST /v1/files": [429] * 4})
+        with pytest.raises(Retry):
+            await submit_batch(ctx, batch_id)
+        ctx["job_try"] = 2
+        assert await submit_batch(ctx, batch_id) == "leased:held:submit:other"
+    assert creates_accepted(emulator) == 0
+    # Had it got past the start, the stamp before the create call would have stopped it.
+    mine = SubmitLease(batches, task_settings, batch_id, f"submit:{batch_id}:0")
+    with pytest.raises(LeaseLost):
+        await mine.before_create()
+
+
+async def test_the_heartbeat_renews_the_lease_while_a_submission_works(
+    redis, scheduler, task_settings
+) -> None:
+    _, batch_id = await plan(redis, scheduler, "openai")
+    settings = task_settings.model_copy(
+        update={"scheduler": task_settings.scheduler.model_copy(update={"submit_lease_s": 0.03})}
+    )
+    lease = SubmitLease(Batches(redis), settings, batch_id, "submit:x:0")
+    assert await lease.acquire(int(time.time() * 1000)) == "ok"
+    first = int(await redis.hget(keys.batch(batch_id), "lease_until_ms"))
+    async with lease.heartbeat():
+        for _ in range(500):  # waits for the renewal itself, however slow the machine
+            await asyncio.sleep(0.01)
+            if int(await redis.hget(keys.batch(batch_id), "lease_until_ms")) > first:
+                break
+    assert int(await redis.hget(keys.batch(batch_id), "lease_until_ms")) > first
+    assert await redis.hget(keys.batch(batch_id), "lease_holder") == b"submit:x:0"

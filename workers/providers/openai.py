@@ -9,6 +9,7 @@ endpoints are named as OpenAI's batch lines name them (``/v1/chat/completions``)
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import Any, cast
 
@@ -18,7 +19,7 @@ import orjson
 
 from config.settings import ProviderSettings
 from workers import http
-from workers.errors import BatchNotEnded, MalformedResponse, NotFound
+from workers.errors import BatchCreateUnknown, BatchNotEnded, MalformedResponse, NotFound, ProviderError
 from workers.providers import batch_input, jsonl
 from workers.providers.account import ProviderAccount, parse_object, with_service_tier
 from workers.providers.base import (
@@ -191,19 +192,31 @@ class OpenAIAdapter:
         file_id = uploaded.get("id")
         if not isinstance(file_id, str):
             raise MalformedResponse("file upload answered without an id")
-        if before_create is not None:
-            await before_create()
-        created = await self.account.create(
-            "/batches",
-            batch_id,
-            json={
-                "input_file_id": file_id,
-                "endpoint": endpoint,
-                "completion_window": "24h",
-                "metadata": batch_metadata(batch_id),
-            },
-        )
+        try:
+            if before_create is not None:
+                await before_create()
+            created = await self.account.create(
+                "/batches",
+                batch_id,
+                json={
+                    "input_file_id": file_id,
+                    "endpoint": endpoint,
+                    "completion_window": "24h",
+                    "metadata": batch_metadata(batch_id),
+                },
+            )
+        except (BatchCreateUnknown, MalformedResponse):
+            raise  # a batch may exist on the file: the file is deleted once that batch ends
+        except Exception:
+            # Stopped before the create, or refused by it: no batch uses the upload (best effort).
+            await self._drop_upload(file_id)
+            raise
         return batch_info(created)
+
+    async def _drop_upload(self, file_id: str) -> None:
+        if self.account.settings.delete_input_files:
+            with contextlib.suppress(ProviderError):
+                await self.delete_file(file_id)
 
     async def delete_file(self, file_id: str) -> None:
         try:

@@ -89,13 +89,18 @@ async def submit_batch(ctx: WorkerContext, batch_id: str) -> str:
         if adopted:
             return "adopted"
     sent = [0]
+
+    async def before_create() -> None:
+        await lease.before_create()
+        await call_hook(ctx, "before_create", batch_id=batch_id)
+
     try:
         async with lease.heartbeat():
             info = await adapter.submit_batch(
                 batch_lines(ctx, batch_id, sent),
                 endpoint=record.endpoint,
                 batch_id=batch_id,
-                before_create=lease.before_create,
+                before_create=before_create,
             )
     except LeaseLost as exc:
         log_.warning("batch.submit_lease_lost", outcome=exc.outcome)
