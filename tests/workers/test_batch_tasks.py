@@ -212,11 +212,26 @@ async def test_crash_between_create_and_record_is_healed_by_reconciliation(
     assert len(creates) == 1, "the batch was created twice"
 
 
+CREATE_PATHS = {"openai": "/v1/batches", "anthropic": "/v1/messages/batches"}
+
+
+async def wait_ended(settings, redis, provider: str, provider_batch_id: str) -> None:
+    """Until the emulator's batch has ended (its turnaround is a fraction of a second)."""
+    async with worker_ctx(settings, redis) as ctx:
+        for _ in range(600):
+            if (await ctx["adapters"][provider].get_batch(provider_batch_id)).ended:
+                return
+            await asyncio.sleep(0.05)
+    raise AssertionError("the emulator batch did not end")
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
 async def test_rerun_after_a_crash_looks_before_creating_again(
-    redis, scheduler, task_settings, emulator
+    redis, scheduler, task_settings, emulator, provider
 ) -> None:
-    """arq re-runs a task whose worker died; the re-run adopts the provider batch instead of creating another."""
-    job_ids, batch_id = await plan(redis, scheduler, "anthropic")
+    """arq re-runs a task whose worker died; the re-run adopts the provider batch instead of creating
+    another (an Anthropic batch once its results show our job ids: until then nothing is created)."""
+    job_ids, batch_id = await plan(redis, scheduler, provider)
     crashed: list[str] = []
 
     def crash_once(**info: object) -> None:
@@ -224,14 +239,25 @@ async def test_rerun_after_a_crash_looks_before_creating_again(
             crashed.append(str(info["provider_batch_id"]))
             raise asyncio.CancelledError  # what arq sees when its worker is torn down mid-task
 
+    if provider == "anthropic":
+        emulator.configure(stall=["*"])  # the batch keeps running through the re-run
     await run_burst(task_settings, hooks={"after_create": crash_once})
     record = await Batches(redis).get(batch_id)
     assert record is not None
     assert crashed
+    if provider == "anthropic":
+        assert record.state == "planned"  # still running: its ids cannot be read yet
+        emulator.configure(stall=[])
+        await wait_ended(task_settings, redis, provider, crashed[0])
+        scheduler.last_reconcile = None
+        await scheduler.tick(lease_lapsed(task_settings))
+        await run_burst(task_settings)
+        record = await Batches(redis).get(batch_id)
+        assert record is not None
     assert record.state == "submitted"
     assert record.provider_batch_id == crashed[0]
     creates = [
-        r for r in emulator.requests() if r["method"] == "POST" and r["path"] == "/v1/messages/batches"
+        r for r in emulator.requests() if r["method"] == "POST" and r["path"] == CREATE_PATHS[provider]
     ]
     assert len(creates) == 1
     assert set((await live_batches_of(redis, job_ids)).values()) == {batch_id}
@@ -502,3 +528,55 @@ async def test_the_heartbeat_renews_the_lease_while_a_submission_works(
                 break
     assert int(await redis.hget(keys.batch(batch_id), "lease_until_ms")) > first
     assert await redis.hget(keys.batch(batch_id), "lease_holder") == b"submit:x:0"
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+async def test_a_foreign_batch_of_the_same_time_size_and_model_is_never_adopted(
+    redis, scheduler, task_settings, emulator, provider
+) -> None:
+    """Our create's outcome is unknown; meanwhile another client of the account created a batch of
+    the same model and size (on OpenAI even tagged with our id): it is not ours, so it is never
+    adopted, and our batch is created once, by resubmission."""
+    job_ids, batch_id = await plan(redis, scheduler, provider)
+    emulator.configure(fail_next={f"POST {CREATE_PATHS[provider]}": [500]})
+    await run_burst(task_settings)
+    record = await Batches(redis).get(batch_id)
+    assert record is not None
+    assert record.state == "planned"
+    assert record.raw.get("create_started_ms")
+    jobs = await Ledger(redis).get_many(job_ids)
+    foreign_lines = [BatchLine(custom_id=f"foreign-{i}", body=j.body) for i, j in enumerate(jobs) if j]
+    emulator.configure(stall=["*"])  # the foreign batch runs until we say
+    async with worker_ctx(task_settings, redis) as ctx:
+        foreign = await ctx["adapters"][provider].submit_batch(
+            foreign_lines, endpoint=record.endpoint, batch_id=batch_id
+        )
+    assert foreign.created_at is not None
+    assert abs(foreign.created_at * 1000 - int(record.raw["create_started_ms"])) < 5_000
+    if provider == "anthropic":
+        # Running, its ids unreadable: neither adopted nor created over.
+        scheduler.last_reconcile = None
+        await scheduler.tick(lease_lapsed(task_settings))
+        await run_burst(task_settings)
+        record = await Batches(redis).get(batch_id)
+        assert record is not None
+        assert record.state == "planned"
+        assert creates_accepted(emulator, CREATE_PATHS[provider]) == 1  # the foreign one
+        emulator.configure(stall=[])
+        await wait_ended(task_settings, redis, provider, foreign.provider_batch_id)
+    emulator.configure(stall=[])
+    scheduler.last_reconcile = None
+    await scheduler.tick(lease_lapsed(task_settings))
+    await run_burst(task_settings)  # reconcile: the candidate is foreign -> resubmit -> created
+    record = await Batches(redis).get(batch_id)
+    assert record is not None
+    assert record.state == "submitted"
+    assert record.provider_batch_id != foreign.provider_batch_id
+    assert record.raw["submitted_by"] == "created"
+    assert creates_accepted(emulator, CREATE_PATHS[provider]) == 2  # the foreign one and ours
+    assert (
+        await Batches(redis).claimed(provider) == {record.provider_batch_id: batch_id} or provider == "openai"
+    )
+    await drive(scheduler, task_settings, batch_id, until=("ingested",))
+    done = await Ledger(redis).get_many(job_ids)
+    assert {j.state for j in done if j} == {"succeeded"}

@@ -3,7 +3,8 @@
 A batch is created in one call carrying every request (``{"requests": [{custom_id, params}]}``),
 streamed from a spooled temporary file. ``base_url`` is the host without the API version, as in
 the official SDK (``https://api.anthropic.com``). Anthropic has no batch metadata, so
-:attr:`BatchInfo.metadata` is always empty; reconciliation matches on creation time and size.
+:attr:`BatchInfo.metadata` is always empty; reconciliation finds candidates by creation time and
+size and verifies them by the custom ids (and models) of their results, readable once ended.
 """
 
 from __future__ import annotations
@@ -20,7 +21,16 @@ from workers import http
 from workers.errors import BatchNotEnded, MalformedResponse, NotFound
 from workers.providers import batch_input, jsonl
 from workers.providers.account import ProviderAccount, parse_object, with_service_tier
-from workers.providers.base import BatchInfo, BatchLine, Outcome, ResultLine, Status, SyncResult, each_line
+from workers.providers.base import (
+    BatchInfo,
+    BatchLine,
+    Outcome,
+    RequestId,
+    ResultLine,
+    Status,
+    SyncResult,
+    each_line,
+)
 
 BATCHES = "/v1/messages/batches"
 LIST_PAGE = 1000  # Anthropic's largest page
@@ -64,6 +74,23 @@ def batch_info(obj: dict[str, Any]) -> BatchInfo:
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise MalformedResponse(f"unreadable Anthropic batch object: {exc!r}") from exc
+
+
+class _Model(msgspec.Struct):
+    model: str | None = None
+
+
+_MODEL = msgspec.json.Decoder(_Model)
+
+
+def answer_model(body: bytes | None) -> str | None:
+    """The model a Message answer names; None without an answer."""
+    if body is None:
+        return None
+    try:
+        return _MODEL.decode(body).model
+    except msgspec.MsgspecError as exc:
+        raise MalformedResponse(f"unreadable Anthropic result body: {exc}") from exc
 
 
 class _Result(msgspec.Struct):
@@ -180,6 +207,14 @@ class AnthropicAdapter:
         # Cancelling twice is harmless, so the call is treated as idempotent.
         path = f"{BATCHES}/{provider_batch_id}/cancel"
         return batch_info(await self.account.call_json("POST", path, idempotent=True))
+
+    async def request_ids(self, info: BatchInfo) -> AsyncIterator[list[RequestId]]:
+        """The custom ids of an ended batch's results, with the model each succeeded answer names
+        (Anthropic shows neither model nor ids of a batch before it ends: BatchNotEnded)."""
+        if not info.ended:
+            raise BatchNotEnded(info.provider_batch_id, info.raw_status)
+        async for block in self.result_blocks(info.provider_batch_id):
+            yield [RequestId(line.custom_id, answer_model(line.body)) for line in block]
 
     def results(self, provider_batch_id: str) -> AsyncIterator[ResultLine]:
         return each_line(self.result_blocks(provider_batch_id))

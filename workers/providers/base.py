@@ -51,11 +51,19 @@ class BatchInfo:
     # The provider files behind the batch, by role: input_file_id, output_file_id, error_file_id
     # (OpenAI); {} on Anthropic, which keeps no files.
     files: dict[str, str] = field(default_factory=dict)
+    model: str | None = None  # the model the provider says it runs the batch on (OpenAI); None: not told
 
     @property
     def ended(self) -> bool:
         """True once the batch can change no more and its results (if any) can be read."""
         return self.status in ENDED_STATUSES
+
+
+class RequestId(NamedTuple):
+    """One request of a provider batch as matching sees it: its custom_id and, when known, its model."""
+
+    custom_id: str
+    model: str | None
 
 
 class ResultLine(NamedTuple):
@@ -117,6 +125,16 @@ class ProviderAdapter(Protocol):
             InvalidBatchInput: a custom_id is malformed or repeated (nothing was sent).
             BatchCreateUnknown: the create call may or may not have created a batch; reconcile
                 through :meth:`list_batches` and the ``batchshift_batch_id`` metadata, do not resend.
+        """
+        ...
+
+    def request_ids(self, info: BatchInfo) -> AsyncIterator[list[RequestId]]:
+        """The custom ids (and models, where told) of the batch's requests, in blocks, for matching
+        a provider batch to ours: OpenAI's input file; Anthropic's results, once ended.
+
+        Raises:
+            BatchNotEnded: the provider does not show them yet (Anthropic before the batch ends).
+            NotFound: they are gone (an input file deleted).
         """
         ...
 

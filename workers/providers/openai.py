@@ -26,6 +26,7 @@ from workers.providers.base import (
     BatchInfo,
     BatchLine,
     Outcome,
+    RequestId,
     ResultLine,
     Status,
     SyncResult,
@@ -85,6 +86,7 @@ def batch_info(obj: dict[str, Any]) -> BatchInfo:
             metadata={str(k): str(v) for k, v in (obj.get("metadata") or {}).items()},
             errors=list((obj.get("errors") or {}).get("data") or []),
             files={k: str(obj[k]) for k in FILE_ROLES if obj.get(k)},
+            model=str(obj["model"]) if obj.get("model") else None,
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise MalformedResponse(f"unreadable OpenAI batch object: {exc!r}") from exc
@@ -109,6 +111,26 @@ class _Line(msgspec.Struct):
 
 
 _LINES = msgspec.json.Decoder(_Line)
+
+
+class _InputBody(msgspec.Struct):
+    model: str | None = None
+
+
+class _InputLine(msgspec.Struct):
+    """One line of a batch input file: only the fields matching reads."""
+
+    custom_id: str
+    body: _InputBody | None = None
+
+
+_INPUT_LINES = msgspec.json.Decoder(_InputLine)
+
+
+def request_ids(block: bytes) -> list[RequestId]:
+    """The custom ids and models of a block of a batch input file."""
+    lines = jsonl.decode_lines(_INPUT_LINES, block, "OpenAI")
+    return [RequestId(line.custom_id, line.body.model if line.body else None) for line in lines]
 
 
 def result_lines(block: bytes) -> list[ResultLine]:
@@ -241,6 +263,15 @@ class OpenAIAdapter:
         # Cancelling twice is harmless, so the call is treated as idempotent.
         path = f"/batches/{provider_batch_id}/cancel"
         return batch_info(await self.account.call_json("POST", path, idempotent=True))
+
+    async def request_ids(self, info: BatchInfo) -> AsyncIterator[list[RequestId]]:
+        """The input file's custom ids and models (NotFound once the file is deleted)."""
+        file_id = info.files.get("input_file_id")
+        if not file_id:
+            raise MalformedResponse(f"batch {info.provider_batch_id} names no input file")
+        async with self.account.stream(f"/files/{file_id}/content") as response:
+            async for block in http.iter_line_blocks(response):
+                yield request_ids(block)
 
     def results(self, provider_batch_id: str) -> AsyncIterator[ResultLine]:
         return each_line(self.result_blocks(provider_batch_id))
