@@ -210,6 +210,7 @@ class Batches:
                 keys.BATCHES_POLL,
                 keys.BATCHES_LIVE,
                 keys.BATCHES_FAILED,
+                keys.BATCHES_CLOSED,
             ],
             args=args,
         )

@@ -200,6 +200,11 @@ def lane_hold(lane: str) -> str:
 # Sorted set: batches refused or failed for good, scored by when, so operators can list them.
 BATCHES_FAILED = f"{PREFIX}:batches:failed"
 
+# Sorted set: batches that reached ingested, failed or cancelled, scored by when (ms). The reconcile
+# pass checks each once for jobs still `batched` in it (stranded: nothing would ever move them) and
+# sends them back to their lane or on to sync, then removes it; so it stays small, and needs no TTL.
+BATCHES_CLOSED = f"{PREFIX}:batches:closed"
+
 
 # -- the SLO tracker and alerting (engineer E) -----------------------------------------------------
 

@@ -580,3 +580,68 @@ async def test_a_foreign_batch_of_the_same_time_size_and_model_is_never_adopted(
     await drive(scheduler, task_settings, batch_id, until=("ingested",))
     done = await Ledger(redis).get_many(job_ids)
     assert {j.state for j in done if j} == {"succeeded"}
+
+
+async def test_a_job_stranded_batched_is_swept_within_one_reconcile_interval(
+    redis, scheduler, task_settings, emulator
+) -> None:
+    """A batch closed with jobs still ``batched`` in it: the next reconcile pass sends them back."""
+    job_ids, batch_id = await plan(redis, scheduler, "openai", 6)
+    await run_burst(task_settings)  # submitted; the first reconcile pass ran and found nothing
+    batches = Batches(redis)
+    # A closing step that forgot its jobs (the bug this guards against): nothing else would move them.
+    moved = await batches.update(
+        batch_id, ("submitted",), now_ms=int(time.time() * 1000), to_state="ingested"
+    )
+    assert moved.status == "ok"
+    assert {j.state for j in await Ledger(redis).get_many(job_ids) if j} == {"batched"}
+    assert await redis.zscore(keys.BATCHES_CLOSED, batch_id) is not None
+    # One reconcile interval later the scheduler's reconcile pass runs, and a worker sweeps.
+    assert scheduler.last_reconcile is not None
+    report = await scheduler.tick(scheduler.last_reconcile + task_settings.scheduler.reconcile_interval_s)
+    assert report.reconcile
+    await run_burst(task_settings)
+    assert set((await live_batches_of(redis, job_ids)).values()) == {"lane"}
+    assert await redis.zscore(keys.BATCHES_CLOSED, batch_id) is None
+
+
+async def test_sweeping_sends_a_job_without_room_for_another_batch_to_sync(
+    redis, scheduler, task_settings, emulator
+) -> None:
+    job_ids, batch_id = await plan(redis, scheduler, "openai", 3)
+    for job_id in job_ids:  # attempts spent: no further batch for them
+        await redis.hset(keys.job(job_id), "attempts", task_settings.scheduler.max_attempts)
+    await Batches(redis).update(batch_id, ("planned",), now_ms=int(time.time() * 1000), to_state="failed")
+    async with worker_ctx(task_settings, redis) as ctx:
+        counts = await reconcile_batches(ctx, int(time.time() * 1000))
+    assert counts["stranded"] == 3
+    assert {j.state for j in await Ledger(redis).get_many(job_ids) if j} == {"sync"}
+
+
+async def test_a_foreign_result_file_of_our_size_does_not_answer_our_jobs(
+    redis, scheduler, task_settings, emulator
+) -> None:
+    """Ingestion decides "fully answered" by our job ids: a foreign batch recorded as ours (the
+    old matching bug) leaves our jobs unanswered, and they go back to their lane."""
+    job_ids, batch_id = await plan(redis, scheduler, "openai", 8)
+    record = await Batches(redis).get(batch_id)
+    assert record is not None
+    jobs = await Ledger(redis).get_many(job_ids)
+    lines = [BatchLine(custom_id=f"foreign-{i}", body=j.body) for i, j in enumerate(jobs) if j]
+    async with worker_ctx(task_settings, redis) as ctx:
+        foreign = await ctx["adapters"]["openai"].submit_batch(lines, endpoint=record.endpoint, batch_id="x")
+        outcome = await Batches(redis).mark_submitted(
+            batch_id,
+            "openai",
+            foreign.provider_batch_id,
+            now_ms=int(time.time() * 1000),
+            poll_s=0.05,
+            how="adopted",
+        )
+        assert outcome == "ok"
+    await drive(scheduler, task_settings, batch_id, until=("ingested",))
+    ingested = await Batches(redis).get(batch_id)
+    assert ingested is not None
+    assert int(ingested.raw["ingest_unanswered"]) == 8
+    holders = await live_batches_of(redis, job_ids)
+    assert batch_id not in holders.values()

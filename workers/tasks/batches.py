@@ -340,5 +340,6 @@ async def cancel_batch(ctx: WorkerContext, batch_id: str) -> str:
 
 
 async def reconcile_batches(ctx: WorkerContext, now_ms: int) -> dict[str, int]:
-    """Adopt or resubmit planned batches older than ``planned_timeout_s`` at ``now_ms``; find duplicates."""
+    """Adopt or resubmit planned batches older than ``planned_timeout_s`` at ``now_ms``; find
+    duplicates; retry pending file deletions; sweep jobs stranded in closed batches."""
     return await matching.reconcile(ctx, Batches(ctx["redis"]), now_ms)

@@ -29,7 +29,7 @@ from scheduler.batches import Batches, BatchRecord
 from workers.context import WorkerContext
 from workers.errors import BatchNotEnded, NotFound, ProviderError
 from workers.providers.base import BATCH_ID_METADATA_KEY, BatchInfo, ProviderAdapter
-from workers.tasks import files
+from workers.tasks import files, sweep
 from workers.tasks.lease import SubmitLease
 from workers.tasks.refusals import refuse
 
@@ -203,6 +203,7 @@ async def reconcile(ctx: WorkerContext, batches: Batches, now_ms: int) -> dict[s
         counts["resubmitted"] += 1
     counts["duplicates"] = await find_duplicates(ctx, batches)
     counts["files_deleted"] = await files.retry_pending(ctx)
+    counts["stranded"] = await sweep.sweep_stranded(ctx, now_ms)
     log.info("batch.reconciled", **counts)
     return counts
 
