@@ -86,11 +86,13 @@ async def answered_jobs(redis: Redis, batch_id: str, answered: set[str], chunk: 
     """How many of ``answered`` (custom ids read from a result file) are jobs of ``batch_id``: a
     result file is never taken at its line count, which a foreign batch's would match."""
     ids = list(answered)
-    ours = 0
-    for start in range(0, len(ids), chunk):
-        flags = await redis.smismember(keys.batch_jobs(batch_id), ids[start : start + chunk])  # type: ignore[misc]
-        ours += sum(1 for f in flags if f)
-    return ours
+    if not ids:
+        return 0
+    async with redis.pipeline(transaction=False) as pipe:
+        for start in range(0, len(ids), chunk):
+            pipe.smismember(keys.batch_jobs(batch_id), ids[start : start + chunk])
+        replies = await pipe.execute()
+    return sum(1 for flags in replies for f in flags if f)
 
 
 @dataclass(slots=True)
