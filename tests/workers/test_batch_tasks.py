@@ -432,8 +432,19 @@ def creates_accepted(emulator, path: str = "/v1/batches") -> int:
     )
 
 
+STORMS = {
+    "openai": {
+        "POST /v1/files": [429, 500, 503, 429, 500, 429, 503, 500],  # two whole arq tries
+        "POST /v1/batches": [429, 429, 429, 429, 500],  # a third try refused, then an unknown outcome
+    },
+    # Anthropic's create carries the upload: two tries refused, a third, then an unknown outcome.
+    "anthropic": {"POST /v1/messages/batches": [429, 529, 429, 529] * 3 + [500]},
+}
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
 async def test_a_storm_longer_than_three_planned_timeouts_creates_the_batch_once(
-    redis, scheduler, task_settings, emulator
+    redis, scheduler, task_settings, emulator, provider
 ) -> None:
     """429/5xx on uploads and creates while reconciliation runs at 1, 2 and 3 x planned_timeout_s:
     one provider batch for the planned batch, and every job succeeds."""
@@ -441,13 +452,8 @@ async def test_a_storm_longer_than_three_planned_timeouts_creates_the_batch_once
         update={"scheduler": task_settings.scheduler.model_copy(update={"submit_lease_s": 60})}
     )
     timeout_ms = int(settings.scheduler.planned_timeout_s * 1000)
-    emulator.configure(
-        fail_next={
-            "POST /v1/files": [429, 500, 503, 429, 500, 429, 503, 500],  # two whole arq tries
-            "POST /v1/batches": [429, 429, 429, 429, 500],  # a third try refused, then an unknown outcome
-        }
-    )
-    job_ids, batch_id = await plan(redis, scheduler, "openai")
+    emulator.configure(fail_next=STORMS[provider])
+    job_ids, batch_id = await plan(redis, scheduler, provider)
     passes: list[tuple[int, dict[str, int]]] = []
     async with worker_ctx(settings, redis) as rctx:
 
@@ -474,15 +480,15 @@ async def test_a_storm_longer_than_three_planned_timeouts_creates_the_batch_once
     assert {k for k, _ in passes} == {1, 2, 3}
     assert all(p["resubmitted"] == 0 and p["adopted"] == 0 and p["leased"] == 1 for _, p in passes)
     await drive(scheduler, settings, batch_id, until=("ingested",))
-    assert creates_accepted(emulator) == 1
-    assert len(await ctx_list_batches(settings, redis)) == 1
+    assert creates_accepted(emulator, CREATE_PATHS[provider]) == 1
+    assert len(await ctx_list_batches(settings, redis, provider)) == 1
     jobs = await Ledger(redis).get_many(job_ids)
     assert {j.state for j in jobs if j} == {"succeeded"}
 
 
-async def ctx_list_batches(settings, redis) -> list[object]:
+async def ctx_list_batches(settings, redis, provider: str) -> list[object]:
     async with worker_ctx(settings, redis) as ctx:
-        return list(await ctx["adapters"]["openai"].list_batches(100))
+        return list(await ctx["adapters"][provider].list_batches(100))
 
 
 async def test_a_submission_that_lost_its_lease_does_not_create(
