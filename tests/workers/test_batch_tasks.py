@@ -651,3 +651,18 @@ async def test_a_foreign_result_file_of_our_size_does_not_answer_our_jobs(
     assert int(ingested.raw["ingest_unanswered"]) == 8
     holders = await live_batches_of(redis, job_ids)
     assert batch_id not in holders.values()
+
+
+async def test_jobs_of_a_batch_whose_record_is_missing_are_swept(
+    redis, scheduler, task_settings, emulator
+) -> None:
+    job_ids, batch_id = await plan(redis, scheduler, "openai", 4)
+    await run_burst(task_settings)
+    assert await redis.zscore(keys.BATCHES_LIVE, batch_id) is not None
+    await redis.delete(keys.batch(batch_id))  # the record lost (say a bad restore); its jobs say batched
+    async with worker_ctx(task_settings, redis) as ctx:
+        counts = await reconcile_batches(ctx, int(time.time() * 1000))
+    assert counts["stranded"] == 4
+    assert set((await live_batches_of(redis, job_ids)).values()) == {"lane"}
+    assert await redis.zscore(keys.BATCHES_LIVE, batch_id) is None
+    assert await redis.zscore(keys.BATCHES_POLL, batch_id) is None
