@@ -479,9 +479,9 @@ async def test_a_storm_longer_than_three_planned_timeouts_creates_the_batch_once
     assert record.state == "submitted"
     assert {k for k, _ in passes} == {1, 2, 3}
     assert all(p["resubmitted"] == 0 and p["adopted"] == 0 and p["leased"] == 1 for _, p in passes)
+    assert len(await ctx_list_batches(settings, redis, provider)) == 1
     await drive(scheduler, settings, batch_id, until=("ingested",))
     assert creates_accepted(emulator, CREATE_PATHS[provider]) == 1
-    assert len(await ctx_list_batches(settings, redis, provider)) == 1
     jobs = await Ledger(redis).get_many(job_ids)
     assert {j.state for j in jobs if j} == {"succeeded"}
 
@@ -666,3 +666,19 @@ async def test_jobs_of_a_batch_whose_record_is_missing_are_swept(
     assert set((await live_batches_of(redis, job_ids)).values()) == {"lane"}
     assert await redis.zscore(keys.BATCHES_LIVE, batch_id) is None
     assert await redis.zscore(keys.BATCHES_POLL, batch_id) is None
+
+
+async def test_an_ingested_anthropic_batch_is_deleted_with_its_results(
+    redis, scheduler, task_settings, emulator
+) -> None:
+    job_ids, batch_id = await plan(redis, scheduler, "anthropic", 5)
+    await drive(scheduler, task_settings, batch_id, until=("ingested",))
+    assert {j.state for j in await Ledger(redis).get_many(job_ids) if j} == {"succeeded"}
+    record = await Batches(redis).get(batch_id)
+    assert record is not None
+    assert record.raw["results_batch_id"] == record.provider_batch_id
+    assert await ctx_list_batches(task_settings, redis, "anthropic") == []
+    deletes = [r for r in emulator.requests() if r["method"] == "DELETE"]
+    assert [(r["path"], r["status"]) for r in deletes] == [
+        (f"/v1/messages/batches/{record.provider_batch_id}", 200)
+    ]

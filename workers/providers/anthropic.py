@@ -71,6 +71,7 @@ def batch_info(obj: dict[str, Any]) -> BatchInfo:
             failed=errored + canceled + expired,
             created_at=_epoch(obj.get("created_at")),
             ended_at=_epoch(obj.get("ended_at")),
+            files={"results_batch_id": str(obj["id"])} if raw == "ended" else {},
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise MalformedResponse(f"unreadable Anthropic batch object: {exc!r}") from exc
@@ -202,6 +203,13 @@ class AnthropicAdapter:
             BATCHES, limit=limit, page_size=LIST_PAGE, cursor="after_id"
         )
         return [batch_info(obj) for obj in objects]
+
+    async def delete_stored(self, object_id: str) -> None:
+        """Delete an ended batch, its requests and results with it (``DELETE /v1/messages/batches/{id}``)."""
+        try:
+            await self.account.call_json("DELETE", f"{BATCHES}/{object_id}", idempotent=True)
+        except NotFound:
+            return  # already gone: what we wanted
 
     async def cancel_batch(self, provider_batch_id: str) -> BatchInfo:
         # Cancelling twice is harmless, so the call is treated as idempotent.

@@ -48,8 +48,8 @@ class BatchInfo:
     ended_at: float | None
     metadata: dict[str, str] = field(default_factory=dict)  # OpenAI metadata; {} on Anthropic
     errors: list[dict[str, Any]] = field(default_factory=list)  # batch-level errors (OpenAI errors.data)
-    # The provider files behind the batch, by role: input_file_id, output_file_id, error_file_id
-    # (OpenAI); {} on Anthropic, which keeps no files.
+    # What the provider stores for the batch, by role: input_file_id, output_file_id, error_file_id
+    # (OpenAI files); results_batch_id (Anthropic: the ended batch itself, which holds its results).
     files: dict[str, str] = field(default_factory=dict)
     model: str | None = None  # the model the provider says it runs the batch on (OpenAI); None: not told
 
@@ -175,13 +175,15 @@ class ProviderAdapter(Protocol):
 
 
 @runtime_checkable
-class FileDeleting(Protocol):
-    """An adapter whose provider keeps batch files that can be deleted (OpenAI's Files API)."""
+class StoredDeleting(Protocol):
+    """An adapter whose provider keeps a batch's data until deleted: OpenAI's files (input, output,
+    error), Anthropic's ended message batches (requests and results)."""
 
     name: str
 
-    async def delete_file(self, file_id: str) -> None:
-        """Delete one file at the provider; a file already gone counts as deleted.
+    async def delete_stored(self, object_id: str) -> None:
+        """Delete one stored object (a file, or an ended batch) at the provider; one already gone
+        counts as deleted.
 
         Raises:
             ProviderError: the provider did not confirm the deletion (retry later).

@@ -238,9 +238,11 @@ class OpenAIAdapter:
     async def _drop_upload(self, file_id: str) -> None:
         if self.account.settings.delete_input_files:
             with contextlib.suppress(ProviderError):
-                await self.delete_file(file_id)
+                await self.delete_stored(file_id)
 
-    async def delete_file(self, file_id: str) -> None:
+    async def delete_stored(self, object_id: str) -> None:
+        """Delete a file (``DELETE /files/{id}``)."""
+        file_id = object_id
         try:
             answer = await self.account.call_json("DELETE", f"/files/{file_id}", idempotent=True)
         except NotFound:
