@@ -4,9 +4,10 @@ Each task is short and idempotent: it reads the batch record, does one piece of 
 the outcome with a guarded step, so a task that runs twice, or after another already did the work,
 changes nothing. Submission is crash-safe and happens once: it runs under the batch's submission
 lease (:mod:`workers.tasks.lease`); ``create_started_ms`` is written under the lease right before
-the provider's create call, and any later run that finds it set (an arq re-run after a crash, a resubmission by
-reconciliation) first looks for the provider batch carrying our id (:mod:`workers.tasks.matching`)
-and adopts it, and only then creates.
+the provider's create call, and any later run that finds it set (an arq re-run after a crash, a
+resubmission by reconciliation) first looks for the provider batch that is verifiably ours
+(:mod:`workers.tasks.matching`) and adopts it, and only then creates. Once a batch has ended its
+input file is deleted at the provider, and once ingested its outputs (:mod:`workers.tasks.files`).
 """
 
 from __future__ import annotations
