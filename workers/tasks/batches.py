@@ -86,7 +86,8 @@ async def submit_batch(ctx: WorkerContext, batch_id: str) -> str:
         return f"leased:{taken}"
     if record.raw.get("create_started_ms"):
         # An earlier run got as far as the create call: the provider may hold the batch already.
-        verdict = await matching.adopt(ctx, batches, adapter, record, _now_ms())
+        async with lease.heartbeat():  # verifying a candidate reads its requests: it may take a while
+            verdict = await matching.adopt(ctx, batches, adapter, record, _now_ms())
         if verdict == "ours":
             return "adopted"
         if verdict == "unknown":  # a candidate not readable yet: reconciliation decides later
