@@ -73,6 +73,10 @@ class ProviderSettings(_Strict):
     sync_rpm: int | None = Field(default=None, gt=0)
     sync_tpm: int | None = Field(default=None, gt=0)
     http: HttpSettings = HttpSettings()
+    # Provider file cleanup (OpenAI files API): the input file once its batch ended, the output
+    # and error files once ingested; a failed delete is retried at the next reconciliation.
+    delete_input_files: bool = True
+    delete_output_files: bool = True
 
     @field_validator("base_url")
     @classmethod
@@ -171,6 +175,11 @@ class SchedulerSettings(_Strict):
     # job before the tick hands it out again (a dead worker's task comes back after this).
     sync_dispatch_limit: int = Field(default=500, gt=0)
     sync_lease_s: float = Field(default=180.0, gt=0)
+    # One create per batch: a submission holds a lease on its batch, renewed by a heartbeat every
+    # third of it while it spools, uploads and creates; reconciliation touches a planned batch only
+    # once that lease has lapsed and its create call began longer ago than create_timeout_s.
+    submit_lease_s: float = Field(default=30.0, gt=0)
+    create_timeout_s: float = Field(default=120.0, gt=0)
 
 
 class WorkerSettings(_Strict):

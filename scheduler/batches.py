@@ -8,7 +8,8 @@ twice, or a deposed scheduler leader, changes nothing it should not.
 
 Record fields (hash ``keys.batch(id)``): id, state, lane, provider, model, endpoint, requests,
 bytes, planned_ms, attempts (submissions tried), create_started_ms, provider_batch_id,
-submitted_ms, submitted_by (created | adopted | duplicate), poll_interval_s, next_poll_ms, status
+submitted_ms, submitted_by (created | adopted | duplicate), lease_holder and lease_until_ms (the
+submission lease, ``batch_lease``), poll_interval_s, next_poll_ms, status
 (provider's normalised status), raw_status, total, completed, failed, ended_ms, ingested_ms,
 duplicate_of (this is a second provider batch of that batch), duplicates, error (JSON).
 """
@@ -107,6 +108,7 @@ class Batches:
         self._submitted = scripts.load(redis, "batch_submitted")
         self._duplicate = scripts.load(redis, "batch_duplicate")
         self._update = scripts.load(redis, "batch_update")
+        self._lease = scripts.load(redis, "batch_lease")
 
     async def reserve(self, lane: Lane, batch_id: str, *, token: int, now_ms: int, chunk: int) -> int:
         """Move up to one batch's worth of the lane's jobs into planned batch ``batch_id``, in chunks.
@@ -208,10 +210,32 @@ class Batches:
                 keys.BATCHES_POLL,
                 keys.BATCHES_LIVE,
                 keys.BATCHES_FAILED,
+                keys.BATCHES_CLOSED,
             ],
             args=args,
         )
         return Update(status.decode(), prior.decode(), int(incremented) if incremented else None)
+
+    async def lease(
+        self,
+        batch_id: str,
+        mode: str,
+        holder: str,
+        *,
+        now_ms: int,
+        until_ms: int = 0,
+        create_cutoff_ms: int = 0,
+    ) -> str:
+        """One step of a planned batch's submission lease (``batch_lease.lua``): ``acquire`` (refused
+        while another holder's lease runs or its create began after ``create_cutoff_ms``), ``renew``,
+        ``create`` (renew and stamp ``create_started_ms``) or ``release``; only the holder renews.
+
+        Returns ``ok``, ``held:<holder>``, ``creating:<ms>``, ``skip:<state>`` or ``missing``.
+        """
+        status, detail = await self._lease(
+            keys=[keys.batch(batch_id)], args=[mode, holder, now_ms, until_ms, create_cutoff_ms]
+        )
+        return "ok" if status == b"ok" else f"{status.decode()}:{detail.decode()}".rstrip(":")
 
     async def job_ids(self, batch_id: str, chunk: int = 1000) -> AsyncIterator[list[str]]:
         """The batch's job ids in chunks (SSCAN: a set member present throughout is returned at least once)."""

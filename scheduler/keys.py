@@ -185,6 +185,13 @@ def provider_batches(provider: str) -> str:
     return f"{PREFIX}:batches:provider:{provider}"
 
 
+def provider_files_pending(provider: str) -> str:
+    """Set: file ids at a provider waiting to be deleted (the input file of an ended batch, the
+    output and error files of an ingested one); a failed delete stays and is retried at each
+    reconciliation, so no TTL."""
+    return f"{PREFIX}:files:delete:{provider}"
+
+
 def lane_hold(lane: str) -> str:
     """String, with PX: epoch ms before which the lane must not flush (set after a token-limit refusal)."""
     return f"{PREFIX}:lane:{{{lane}}}:hold"
@@ -192,6 +199,11 @@ def lane_hold(lane: str) -> str:
 
 # Sorted set: batches refused or failed for good, scored by when, so operators can list them.
 BATCHES_FAILED = f"{PREFIX}:batches:failed"
+
+# Sorted set: batches that reached ingested, failed or cancelled, scored by when (ms). The reconcile
+# pass checks each once for jobs still `batched` in it (stranded: nothing would ever move them) and
+# sends them back to their lane or on to sync, then removes it; so it stays small, and needs no TTL.
+BATCHES_CLOSED = f"{PREFIX}:batches:closed"
 
 
 # -- the SLO tracker and alerting (engineer E) -----------------------------------------------------

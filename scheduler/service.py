@@ -8,7 +8,8 @@ on ``tick.report``. Add a step with one line in ``__init__`` (e.g. ``("webhooks"
 
 Steps here: ``plan`` (flush decisions, reservation into planned batches, ``submit_batch``),
 ``polls`` (``poll_batch`` for every batch whose next poll is due) and ``reconcile`` (at start and
-every ``reconcile_interval_s``, the ``reconcile_batches`` task for stale planned batches).
+every ``reconcile_interval_s``, the ``reconcile_batches`` task for stale planned batches, pending
+provider file deletions and jobs stranded ``batched`` in closed batches).
 """
 
 from __future__ import annotations

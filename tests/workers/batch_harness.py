@@ -121,7 +121,9 @@ async def dump(redis: Any) -> dict[str, Any]:
         elif kind == "string":
             out[key] = await redis.get(raw_key)
         elif kind == "zset":
-            timed = key.endswith((":due", ":deliveries", ":live", ":arrivals", ":ended", ":leases"))
+            timed = key.endswith(
+                (":due", ":deliveries", ":live", ":arrivals", ":ended", ":leases", ":closed")
+            )
             members = await redis.zrange(raw_key, 0, -1, withscores=True)
             out[key] = sorted(m for m, _ in members) if timed else sorted(members)
         elif kind == "set":

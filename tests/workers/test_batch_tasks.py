@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
-from arq import create_pool
+from arq import Retry, create_pool
 from arq.connections import ArqRedis, RedisSettings
 
 from config.settings import LaneDefaults, SchedulerSettings, SloSettings
@@ -23,6 +23,7 @@ from tests.workers.conftest import anthropic_settings, openai_settings
 from workers.context import WorkerContext
 from workers.providers.base import BatchLine
 from workers.tasks.batches import poll_batch, reconcile_batches, submit_batch
+from workers.tasks.lease import LeaseLost, SubmitLease
 from workers.tasks.refusals import refuse
 from workers.worker import context_of, run_burst, shutdown, startup
 
@@ -61,7 +62,13 @@ def task_settings(redis_url: str, emulator):
         redis_url,
         providers={"openai": openai_settings(emulator.url), "anthropic": anthropic_settings(emulator.url)},
         scheduler=SchedulerSettings(
-            poll_initial_s=0.05, poll_max_s=0.2, planned_timeout_s=1, max_attempts=3, token_limit_backoff_s=30
+            poll_initial_s=0.05,
+            poll_max_s=0.2,
+            planned_timeout_s=1,
+            max_attempts=3,
+            token_limit_backoff_s=30,
+            submit_lease_s=5,
+            create_timeout_s=2,
         ),
         slo=SloSettings(prior_turnaround_s=60),
         lane_defaults=LaneDefaults(max_wait=60),
@@ -73,6 +80,12 @@ async def scheduler(task_settings, redis, arq_pool) -> AsyncIterator[Scheduler]:
     async with Scheduler(task_settings, redis, arq_pool) as s:
         s.steps = [(n, step) for n, step in s.steps if n in PLANNING_STEPS]
         yield s
+
+
+def lease_lapsed(settings) -> float:
+    """A time (epoch s) past the planned timeout, a dead submission's lease and its create timeout."""
+    s = settings.scheduler
+    return time.time() + s.planned_timeout_s + s.submit_lease_s + s.create_timeout_s + 1
 
 
 async def plan(redis, scheduler: Scheduler, provider: str, count: int = 20) -> tuple[list[str], str]:
@@ -187,7 +200,7 @@ async def test_crash_between_create_and_record_is_healed_by_reconciliation(
     # reconcile, and the batch is adopted.
     await redis.delete("arq:queue", f"arq:job:submit:{batch_id}:0", "arq:job:reconcile")
     scheduler.last_reconcile = None
-    await scheduler.tick(time.time() + task_settings.scheduler.planned_timeout_s + 1)
+    await scheduler.tick(lease_lapsed(task_settings))
     await run_burst(task_settings)
     record = await Batches(redis).get(batch_id)
     assert record is not None
@@ -199,11 +212,26 @@ async def test_crash_between_create_and_record_is_healed_by_reconciliation(
     assert len(creates) == 1, "the batch was created twice"
 
 
+CREATE_PATHS = {"openai": "/v1/batches", "anthropic": "/v1/messages/batches"}
+
+
+async def wait_ended(settings, redis, provider: str, provider_batch_id: str) -> None:
+    """Until the emulator's batch has ended (its turnaround is a fraction of a second)."""
+    async with worker_ctx(settings, redis) as ctx:
+        for _ in range(600):
+            if (await ctx["adapters"][provider].get_batch(provider_batch_id)).ended:
+                return
+            await asyncio.sleep(0.05)
+    raise AssertionError("the emulator batch did not end")
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
 async def test_rerun_after_a_crash_looks_before_creating_again(
-    redis, scheduler, task_settings, emulator
+    redis, scheduler, task_settings, emulator, provider
 ) -> None:
-    """arq re-runs a task whose worker died; the re-run adopts the provider batch instead of creating another."""
-    job_ids, batch_id = await plan(redis, scheduler, "anthropic")
+    """arq re-runs a task whose worker died; the re-run adopts the provider batch instead of creating
+    another (an Anthropic batch once its results show our job ids: until then nothing is created)."""
+    job_ids, batch_id = await plan(redis, scheduler, provider)
     crashed: list[str] = []
 
     def crash_once(**info: object) -> None:
@@ -211,14 +239,25 @@ async def test_rerun_after_a_crash_looks_before_creating_again(
             crashed.append(str(info["provider_batch_id"]))
             raise asyncio.CancelledError  # what arq sees when its worker is torn down mid-task
 
+    if provider == "anthropic":
+        emulator.configure(stall=["*"])  # the batch keeps running through the re-run
     await run_burst(task_settings, hooks={"after_create": crash_once})
     record = await Batches(redis).get(batch_id)
     assert record is not None
     assert crashed
+    if provider == "anthropic":
+        assert record.state == "planned"  # still running: its ids cannot be read yet
+        emulator.configure(stall=[])
+        await wait_ended(task_settings, redis, provider, crashed[0])
+        scheduler.last_reconcile = None
+        await scheduler.tick(lease_lapsed(task_settings))
+        await run_burst(task_settings)
+        record = await Batches(redis).get(batch_id)
+        assert record is not None
     assert record.state == "submitted"
     assert record.provider_batch_id == crashed[0]
     creates = [
-        r for r in emulator.requests() if r["method"] == "POST" and r["path"] == "/v1/messages/batches"
+        r for r in emulator.requests() if r["method"] == "POST" and r["path"] == CREATE_PATHS[provider]
     ]
     assert len(creates) == 1
     assert set((await live_batches_of(redis, job_ids)).values()) == {batch_id}
@@ -235,7 +274,14 @@ async def test_unknown_create_outcome_is_reconciled_not_resent(
     assert record is not None
     assert record.state == "planned"
     scheduler.last_reconcile = None
-    await scheduler.tick(time.time() + task_settings.scheduler.planned_timeout_s + 1)
+    await scheduler.tick(time.time() + task_settings.scheduler.planned_timeout_s + 0.5)
+    await run_burst(task_settings)  # the create may still answer: reconciliation waits for its timeout
+    record = await Batches(redis).get(batch_id)
+    assert record is not None
+    assert record.state == "planned"
+    assert record.attempts == 0
+    scheduler.last_reconcile = None
+    await scheduler.tick(lease_lapsed(task_settings))
     await run_burst(task_settings)  # reconcile finds nothing -> resubmits (attempt 1) -> created
     record = await Batches(redis).get(batch_id)
     assert record is not None
@@ -377,3 +423,262 @@ async def test_a_batch_running_past_its_window_is_cancelled_and_its_jobs_go_back
     assert len(cancels) == 1
     jobs = await Ledger(redis).get_many(job_ids)
     assert {j.state for j in jobs if j} == {"queued"}
+
+
+def creates_accepted(emulator, path: str = "/v1/batches") -> int:
+    """Provider batches the emulator created (create calls it answered 200)."""
+    return sum(
+        1 for r in emulator.requests() if r["method"] == "POST" and r["path"] == path and r["status"] == 200
+    )
+
+
+STORMS = {
+    "openai": {
+        "POST /v1/files": [429, 500, 503, 429, 500, 429, 503, 500],  # two whole arq tries
+        "POST /v1/batches": [429, 429, 429, 429, 500],  # a third try refused, then an unknown outcome
+    },
+    # Anthropic's create carries the upload: two tries refused, a third, then an unknown outcome.
+    "anthropic": {"POST /v1/messages/batches": [429, 529, 429, 529] * 3 + [500]},
+}
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+async def test_a_storm_longer_than_three_planned_timeouts_creates_the_batch_once(
+    redis, scheduler, task_settings, emulator, provider
+) -> None:
+    """429/5xx on uploads and creates while reconciliation runs at 1, 2 and 3 x planned_timeout_s:
+    one provider batch for the planned batch, and every job succeeds."""
+    settings = task_settings.model_copy(
+        update={"scheduler": task_settings.scheduler.model_copy(update={"submit_lease_s": 60})}
+    )
+    timeout_ms = int(settings.scheduler.planned_timeout_s * 1000)
+    emulator.configure(fail_next=STORMS[provider])
+    job_ids, batch_id = await plan(redis, scheduler, provider)
+    passes: list[tuple[int, dict[str, int]]] = []
+    async with worker_ctx(settings, redis) as rctx:
+
+        async def reconcile_mid_submission(**info: object) -> None:
+            """Reconciliation passes while the submission is at work, up to 3 x planned_timeout_s on."""
+            planned_ms = int(await redis.zscore(keys.BATCHES_PLANNED, batch_id))
+            for k in (1, 2, 3):
+                passes.append((k, await reconcile_batches(rctx, planned_ms + k * timeout_ms + 1)))
+
+        hooks = {"submit_retry": reconcile_mid_submission, "before_create": reconcile_mid_submission}
+        for _ in range(6):
+            await run_burst(settings, hooks=hooks)
+            record = await Batches(redis).get(batch_id)
+            assert record is not None
+            if record.state != "planned":
+                break
+            # The submission gave up or its create's outcome is unknown: past the create timeout,
+            # the scheduler's reconciliation looks for the batch and resubmits it.
+            scheduler.last_reconcile = None
+            s = settings.scheduler
+            since = max(time.time(), await redis.zscore(keys.BATCHES_PLANNED, batch_id) / 1000)
+            await scheduler.tick(since + s.planned_timeout_s + s.create_timeout_s + 1)
+    assert record.state == "submitted"
+    assert {k for k, _ in passes} == {1, 2, 3}
+    assert all(p["resubmitted"] == 0 and p["adopted"] == 0 and p["leased"] == 1 for _, p in passes)
+    assert len(await ctx_list_batches(settings, redis, provider)) == 1
+    await drive(scheduler, settings, batch_id, until=("ingested",))
+    assert creates_accepted(emulator, CREATE_PATHS[provider]) == 1
+    jobs = await Ledger(redis).get_many(job_ids)
+    assert {j.state for j in jobs if j} == {"succeeded"}
+
+
+async def ctx_list_batches(settings, redis, provider: str) -> list[object]:
+    async with worker_ctx(settings, redis) as ctx:
+        return list(await ctx["adapters"][provider].list_batches(100))
+
+
+async def test_a_submission_that_lost_its_lease_does_not_create(
+    redis, scheduler, task_settings, emulator
+) -> None:
+    """A stale submission (its lease lapsed and taken over while it waited) stops before creating."""
+    _, batch_id = await plan(redis, scheduler, "openai")
+    batches = Batches(redis)
+
+    async def taken_over(**info: object) -> None:
+        # The lease lapses (a frozen worker) and a reconciliation takes the batch for another task.
+        await redis.hset(keys.batch(batch_id), "lease_until_ms", 0)
+        other = SubmitLease(batches, task_settings, batch_id, "submit:other")
+        assert await other.acquire(int(time.time() * 1000)) == "ok"
+
+    async with worker_ctx(task_settings, redis, {"submit_retry": taken_over}) as ctx:
+        emulator.configure(fail_next={"POST /v1/files": [429] * 4})
+        with pytest.raises(Retry):
+            await submit_batch(ctx, batch_id)
+        ctx["job_try"] = 2
+        assert await submit_batch(ctx, batch_id) == "leased:held:submit:other"
+    assert creates_accepted(emulator) == 0
+    # Had it got past the start, the stamp before the create call would have stopped it.
+    mine = SubmitLease(batches, task_settings, batch_id, f"submit:{batch_id}:0")
+    with pytest.raises(LeaseLost):
+        await mine.before_create()
+
+
+async def test_the_heartbeat_renews_the_lease_while_a_submission_works(
+    redis, scheduler, task_settings
+) -> None:
+    _, batch_id = await plan(redis, scheduler, "openai")
+    settings = task_settings.model_copy(
+        update={"scheduler": task_settings.scheduler.model_copy(update={"submit_lease_s": 0.03})}
+    )
+    lease = SubmitLease(Batches(redis), settings, batch_id, "submit:x:0")
+    assert await lease.acquire(int(time.time() * 1000)) == "ok"
+    first = int(await redis.hget(keys.batch(batch_id), "lease_until_ms"))
+    async with lease.heartbeat():
+        for _ in range(500):  # waits for the renewal itself, however slow the machine
+            await asyncio.sleep(0.01)
+            if int(await redis.hget(keys.batch(batch_id), "lease_until_ms")) > first:
+                break
+    assert int(await redis.hget(keys.batch(batch_id), "lease_until_ms")) > first
+    assert await redis.hget(keys.batch(batch_id), "lease_holder") == b"submit:x:0"
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+async def test_a_foreign_batch_of_the_same_time_size_and_model_is_never_adopted(
+    redis, scheduler, task_settings, emulator, provider
+) -> None:
+    """Our create's outcome is unknown; meanwhile another client of the account created a batch of
+    the same model and size (on OpenAI even tagged with our id): it is not ours, so it is never
+    adopted, and our batch is created once, by resubmission."""
+    job_ids, batch_id = await plan(redis, scheduler, provider)
+    emulator.configure(fail_next={f"POST {CREATE_PATHS[provider]}": [500]})
+    await run_burst(task_settings)
+    record = await Batches(redis).get(batch_id)
+    assert record is not None
+    assert record.state == "planned"
+    assert record.raw.get("create_started_ms")
+    jobs = await Ledger(redis).get_many(job_ids)
+    foreign_lines = [BatchLine(custom_id=f"foreign-{i}", body=j.body) for i, j in enumerate(jobs) if j]
+    emulator.configure(stall=["*"])  # the foreign batch runs until we say
+    async with worker_ctx(task_settings, redis) as ctx:
+        foreign = await ctx["adapters"][provider].submit_batch(
+            foreign_lines, endpoint=record.endpoint, batch_id=batch_id
+        )
+    assert foreign.created_at is not None
+    assert abs(foreign.created_at * 1000 - int(record.raw["create_started_ms"])) < 5_000
+    if provider == "anthropic":
+        # Running, its ids unreadable: neither adopted nor created over.
+        scheduler.last_reconcile = None
+        await scheduler.tick(lease_lapsed(task_settings))
+        await run_burst(task_settings)
+        record = await Batches(redis).get(batch_id)
+        assert record is not None
+        assert record.state == "planned"
+        assert creates_accepted(emulator, CREATE_PATHS[provider]) == 1  # the foreign one
+        emulator.configure(stall=[])
+        await wait_ended(task_settings, redis, provider, foreign.provider_batch_id)
+    emulator.configure(stall=[])
+    scheduler.last_reconcile = None
+    await scheduler.tick(lease_lapsed(task_settings))
+    await run_burst(task_settings)  # reconcile: the candidate is foreign -> resubmit -> created
+    record = await Batches(redis).get(batch_id)
+    assert record is not None
+    assert record.state == "submitted"
+    assert record.provider_batch_id != foreign.provider_batch_id
+    assert record.raw["submitted_by"] == "created"
+    assert creates_accepted(emulator, CREATE_PATHS[provider]) == 2  # the foreign one and ours
+    assert (
+        await Batches(redis).claimed(provider) == {record.provider_batch_id: batch_id} or provider == "openai"
+    )
+    await drive(scheduler, task_settings, batch_id, until=("ingested",))
+    done = await Ledger(redis).get_many(job_ids)
+    assert {j.state for j in done if j} == {"succeeded"}
+
+
+async def test_a_job_stranded_batched_is_swept_within_one_reconcile_interval(
+    redis, scheduler, task_settings, emulator
+) -> None:
+    """A batch closed with jobs still ``batched`` in it: the next reconcile pass sends them back."""
+    job_ids, batch_id = await plan(redis, scheduler, "openai", 6)
+    await run_burst(task_settings)  # submitted; the first reconcile pass ran and found nothing
+    batches = Batches(redis)
+    # A closing step that forgot its jobs (the bug this guards against): nothing else would move them.
+    moved = await batches.update(
+        batch_id, ("submitted",), now_ms=int(time.time() * 1000), to_state="ingested"
+    )
+    assert moved.status == "ok"
+    assert {j.state for j in await Ledger(redis).get_many(job_ids) if j} == {"batched"}
+    assert await redis.zscore(keys.BATCHES_CLOSED, batch_id) is not None
+    # One reconcile interval later the scheduler's reconcile pass runs, and a worker sweeps.
+    assert scheduler.last_reconcile is not None
+    report = await scheduler.tick(scheduler.last_reconcile + task_settings.scheduler.reconcile_interval_s)
+    assert report.reconcile
+    await run_burst(task_settings)
+    assert set((await live_batches_of(redis, job_ids)).values()) == {"lane"}
+    assert await redis.zscore(keys.BATCHES_CLOSED, batch_id) is None
+
+
+async def test_sweeping_sends_a_job_without_room_for_another_batch_to_sync(
+    redis, scheduler, task_settings, emulator
+) -> None:
+    job_ids, batch_id = await plan(redis, scheduler, "openai", 3)
+    for job_id in job_ids:  # attempts spent: no further batch for them
+        await redis.hset(keys.job(job_id), "attempts", task_settings.scheduler.max_attempts)
+    await Batches(redis).update(batch_id, ("planned",), now_ms=int(time.time() * 1000), to_state="failed")
+    async with worker_ctx(task_settings, redis) as ctx:
+        counts = await reconcile_batches(ctx, int(time.time() * 1000))
+    assert counts["stranded"] == 3
+    assert {j.state for j in await Ledger(redis).get_many(job_ids) if j} == {"sync"}
+
+
+async def test_a_foreign_result_file_of_our_size_does_not_answer_our_jobs(
+    redis, scheduler, task_settings, emulator
+) -> None:
+    """Ingestion decides "fully answered" by our job ids: a foreign batch recorded as ours (the
+    old matching bug) leaves our jobs unanswered, and they go back to their lane."""
+    job_ids, batch_id = await plan(redis, scheduler, "openai", 8)
+    record = await Batches(redis).get(batch_id)
+    assert record is not None
+    jobs = await Ledger(redis).get_many(job_ids)
+    lines = [BatchLine(custom_id=f"foreign-{i}", body=j.body) for i, j in enumerate(jobs) if j]
+    async with worker_ctx(task_settings, redis) as ctx:
+        foreign = await ctx["adapters"]["openai"].submit_batch(lines, endpoint=record.endpoint, batch_id="x")
+        outcome = await Batches(redis).mark_submitted(
+            batch_id,
+            "openai",
+            foreign.provider_batch_id,
+            now_ms=int(time.time() * 1000),
+            poll_s=0.05,
+            how="adopted",
+        )
+        assert outcome == "ok"
+    await drive(scheduler, task_settings, batch_id, until=("ingested",))
+    ingested = await Batches(redis).get(batch_id)
+    assert ingested is not None
+    assert int(ingested.raw["ingest_unanswered"]) == 8
+    holders = await live_batches_of(redis, job_ids)
+    assert batch_id not in holders.values()
+
+
+async def test_jobs_of_a_batch_whose_record_is_missing_are_swept(
+    redis, scheduler, task_settings, emulator
+) -> None:
+    job_ids, batch_id = await plan(redis, scheduler, "openai", 4)
+    await run_burst(task_settings)
+    assert await redis.zscore(keys.BATCHES_LIVE, batch_id) is not None
+    await redis.delete(keys.batch(batch_id))  # the record lost (say a bad restore); its jobs say batched
+    async with worker_ctx(task_settings, redis) as ctx:
+        counts = await reconcile_batches(ctx, int(time.time() * 1000))
+    assert counts["stranded"] == 4
+    assert set((await live_batches_of(redis, job_ids)).values()) == {"lane"}
+    assert await redis.zscore(keys.BATCHES_LIVE, batch_id) is None
+    assert await redis.zscore(keys.BATCHES_POLL, batch_id) is None
+
+
+async def test_an_ingested_anthropic_batch_is_deleted_with_its_results(
+    redis, scheduler, task_settings, emulator
+) -> None:
+    job_ids, batch_id = await plan(redis, scheduler, "anthropic", 5)
+    await drive(scheduler, task_settings, batch_id, until=("ingested",))
+    assert {j.state for j in await Ledger(redis).get_many(job_ids) if j} == {"succeeded"}
+    record = await Batches(redis).get(batch_id)
+    assert record is not None
+    assert record.raw["results_batch_id"] == record.provider_batch_id
+    assert await ctx_list_batches(task_settings, redis, "anthropic") == []
+    deletes = [r for r in emulator.requests() if r["method"] == "DELETE"]
+    assert [(r["path"], r["status"]) for r in deletes] == [
+        (f"/v1/messages/batches/{record.provider_batch_id}", 200)
+    ]

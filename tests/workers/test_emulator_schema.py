@@ -131,6 +131,19 @@ def test_files_match_openai_file(specs: Specs, api: httpx.Client) -> None:
     assert specs.errors(CURRENT, "OpenAIFile", api.get(f"/files/{uploaded['id']}").json()) == []
 
 
+def test_file_list_and_delete_match_their_schemas(specs: Specs, api: httpx.Client) -> None:
+    uploaded = _upload(api, _jsonl(2))
+    listed = api.get("/files").json()
+    assert specs.errors(CURRENT, "ListFilesResponse", listed) == []
+    assert [f["id"] for f in listed["data"]] == [uploaded["id"]]
+    deleted = api.delete(f"/files/{uploaded['id']}")
+    assert deleted.status_code == 200
+    assert specs.errors(CURRENT, "DeleteFileResponse", deleted.json()) == []
+    assert deleted.json() == {"id": uploaded["id"], "object": "file", "deleted": True}
+    assert api.get(f"/files/{uploaded['id']}").status_code == 404
+    assert api.delete(f"/files/{uploaded['id']}").status_code == 404
+
+
 def test_batches_in_every_state_match_batch(
     specs: Specs, api: httpx.Client, emulator: EmulatorControl
 ) -> None:

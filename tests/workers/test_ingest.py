@@ -253,7 +253,9 @@ async def test_killed_halfway_and_run_again_the_ledger_equals_an_uninterrupted_r
     """Same emulator batch ingested twice: uninterrupted in DB 1, killed after chunk 2 and resumed in DB 0."""
     emulator.configure(line_error_rate=0.3, line_error_status=500)
     with running_receiver(secrets=(SECRET,)) as rx:
-        settings = ingest_settings(redis_url, emulator.url)
+        # The one provider batch is read by both runs: its files stay at the emulator in between.
+        provider = openai_settings(emulator.url, delete_output_files=False)
+        settings = ingest_settings(redis_url, emulator.url, providers={"openai": provider})
         ctx = await make_ctx(settings, http)
         ids = await enqueue_jobs(ctx["ledger"], 45, callback_url=rx.url)
         bid = await run_batch(ctx)
@@ -337,6 +339,8 @@ async def test_5000_jobs_end_succeeded_through_faulty_emulator_batches(
         scheduler=SchedulerSettings(max_attempts=5, poll_initial_s=0.1, poll_max_s=0.2, poll_backoff=1),
         lane_defaults={"max_wait": 0, "max_batch_requests": 1000},
         slo=SloSettings(prior_turnaround_s=1.0),
+        # The results are read again below, after ingestion: keep the output files.
+        providers={"openai": openai_settings(emulator.url, delete_output_files=False)},
     )
     assert isinstance(settings.lane_settings("x"), LaneSettings)
     ctx = await make_ctx(settings, http)

@@ -37,7 +37,7 @@ def validate(state: EmulatorState, batch: OpenAIBatch) -> None:
     """Read the input file once: batch-level errors, or the lines in their work order."""
     if batch.lines is not None or batch.errors:
         return
-    input_lines = state.files[batch.input_file_id].content.splitlines()
+    input_lines = state.input_of(batch).content.splitlines()
     errors: list[dict[str, Any]] = []
 
     def problem(code: str, message: str, line: int | None = None, param: str | None = None) -> None:
@@ -182,7 +182,7 @@ def build_results(state: EmulatorState, batch: OpenAIBatch, done: int, final: st
         batch.final_counts = (0, 0)
         return
     lines = batch.lines
-    raw_lines = [raw for raw in state.files[batch.input_file_id].content.splitlines() if raw.strip()]
+    raw_lines = [raw for raw in state.input_of(batch).content.splitlines() if raw.strip()]
     output, errors = bytearray(), bytearray()
     totals: dict[str, int] = {}
     completed = failed = 0

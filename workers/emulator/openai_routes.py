@@ -20,6 +20,7 @@ MAX_FILE_BYTES = 512 * 1024 * 1024  # any file, as OpenAI's Files API documents
 MAX_FORM_OVERHEAD = 64 * 1024  # boundaries, part headers and the purpose field around the file
 FILE_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
 MAX_LIST_LIMIT = 100
+MAX_FILES_LIMIT = 10_000  # OpenAI's default and largest page of GET /v1/files
 MAX_METADATA_PAIRS = 16
 
 router = APIRouter()
@@ -75,6 +76,43 @@ async def get_file(request: Request, file_id: str) -> Response:
 @router.get("/v1/files/{file_id}/content")
 async def get_file_content(request: Request, file_id: str) -> Response:
     return Response(_file(request, file_id).content, media_type="application/octet-stream")
+
+
+@router.get("/v1/files")
+async def list_files(request: Request) -> Response:
+    """OpenAI's ListFilesResponse: newest first by default, ``purpose``, ``order``, ``after``, ``limit``."""
+    files = list(_state(request).files.values())  # insertion order: oldest first
+    purpose = request.query_params.get("purpose")
+    if purpose:
+        files = [f for f in files if f.purpose == purpose]
+    order = request.query_params.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise error(request.url.path, 400, f"Invalid 'order': {order!r}.")
+    if order == "desc":
+        files.reverse()
+    after = request.query_params.get("after")
+    if after:
+        ids = [f.id for f in files]
+        files = files[ids.index(after) + 1 :] if after in ids else []
+    limit = _limit(request, default=MAX_FILES_LIMIT, most=MAX_FILES_LIMIT)
+    page = files[:limit]
+    return json_response(
+        {
+            "object": "list",
+            "data": [f.to_json() for f in page],
+            "first_id": page[0].id if page else None,
+            "last_id": page[-1].id if page else None,
+            "has_more": len(files) > limit,
+        }
+    )
+
+
+@router.delete("/v1/files/{file_id}")
+async def delete_file(request: Request, file_id: str) -> Response:
+    """OpenAI's DeleteFileResponse; a batch whose input is deleted runs on, as OpenAI's do."""
+    if not _state(request).delete_file(file_id):
+        raise error(request.url.path, 404, f"No such File object: {file_id}")
+    return json_response({"id": file_id, "object": "file", "deleted": True})
 
 
 @router.post("/v1/batches")

@@ -203,6 +203,9 @@ class EmulatorState:
         self.config: dict[str, Any] = faults.merged(self.initial_config, {})
         self.rng = random.Random(self.config["seed"])
         self.files: dict[str, FileObject] = {}
+        # Input files deleted while their batch had not yet read them (OpenAI keeps running a
+        # batch whose input file was deleted); only the batch reads them.
+        self.detached_inputs: dict[str, FileObject] = {}
         self.openai_batches: dict[str, OpenAIBatch] = {}
         self.anthropic_batches: dict[str, AnthropicBatch] = {}
         self.cache = outputs.PromptCache()
@@ -240,6 +243,21 @@ class EmulatorState:
         if faults.model_listed(self.config["stall"], model):
             run.stall(now)
         return run
+
+    def input_of(self, batch: OpenAIBatch) -> FileObject:
+        """A batch's input file, deleted or not."""
+        found = self.files.get(batch.input_file_id) or self.detached_inputs.get(batch.input_file_id)
+        assert found is not None, "an input file is kept while its batch needs it"
+        return found
+
+    def delete_file(self, file_id: str) -> bool:
+        """Forget a file; False when there is none. A batch that still needs it keeps its content."""
+        obj = self.files.pop(file_id, None)
+        if obj is None:
+            return False
+        if any(b.input_file_id == file_id and b.final_counts is None for b in self.openai_batches.values()):
+            self.detached_inputs[file_id] = obj
+        return True
 
     def add_file(self, filename: str, purpose: str, pieces: list[bytes]) -> FileObject:
         obj = FileObject(new_id("file-"), filename, purpose, pieces, int(time.time()))

@@ -3,12 +3,13 @@
 A batch is created in one call carrying every request (``{"requests": [{custom_id, params}]}``),
 streamed from a spooled temporary file. ``base_url`` is the host without the API version, as in
 the official SDK (``https://api.anthropic.com``). Anthropic has no batch metadata, so
-:attr:`BatchInfo.metadata` is always empty; reconciliation matches on creation time and size.
+:attr:`BatchInfo.metadata` is always empty; reconciliation finds candidates by creation time and
+size and verifies them by the custom ids (and models) of their results, readable once ended.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -20,7 +21,16 @@ from workers import http
 from workers.errors import BatchNotEnded, MalformedResponse, NotFound
 from workers.providers import batch_input, jsonl
 from workers.providers.account import ProviderAccount, parse_object, with_service_tier
-from workers.providers.base import BatchInfo, BatchLine, Outcome, ResultLine, Status, SyncResult, each_line
+from workers.providers.base import (
+    BatchInfo,
+    BatchLine,
+    Outcome,
+    RequestId,
+    ResultLine,
+    Status,
+    SyncResult,
+    each_line,
+)
 
 BATCHES = "/v1/messages/batches"
 LIST_PAGE = 1000  # Anthropic's largest page
@@ -61,9 +71,27 @@ def batch_info(obj: dict[str, Any]) -> BatchInfo:
             failed=errored + canceled + expired,
             created_at=_epoch(obj.get("created_at")),
             ended_at=_epoch(obj.get("ended_at")),
+            files={"results_batch_id": str(obj["id"])} if raw == "ended" else {},
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise MalformedResponse(f"unreadable Anthropic batch object: {exc!r}") from exc
+
+
+class _Model(msgspec.Struct):
+    model: str | None = None
+
+
+_MODEL = msgspec.json.Decoder(_Model)
+
+
+def answer_model(body: bytes | None) -> str | None:
+    """The model a Message answer names; None without an answer."""
+    if body is None:
+        return None
+    try:
+        return _MODEL.decode(body).model
+    except msgspec.MsgspecError as exc:
+        raise MalformedResponse(f"unreadable Anthropic result body: {exc}") from exc
 
 
 class _Result(msgspec.Struct):
@@ -134,7 +162,12 @@ class AnthropicAdapter:
         )
 
     async def submit_batch(
-        self, lines: AsyncIterable[BatchLine] | Iterable[BatchLine], *, endpoint: str, batch_id: str
+        self,
+        lines: AsyncIterable[BatchLine] | Iterable[BatchLine],
+        *,
+        endpoint: str,
+        batch_id: str,
+        before_create: Callable[[], Awaitable[None]] | None = None,
     ) -> BatchInfo:
         """Create the batch (``endpoint`` is always the Messages API; ``batch_id`` only names errors)."""
         spooled = await batch_input.spool(
@@ -145,6 +178,8 @@ class AnthropicAdapter:
             byte_limit=self.byte_limit,
         )
         with spooled:
+            if before_create is not None:
+                await before_create()
             created = await self.account.create(
                 BATCHES,
                 batch_id,
@@ -169,10 +204,25 @@ class AnthropicAdapter:
         )
         return [batch_info(obj) for obj in objects]
 
+    async def delete_stored(self, object_id: str) -> None:
+        """Delete an ended batch, its requests and results with it (``DELETE /v1/messages/batches/{id}``)."""
+        try:
+            await self.account.call_json("DELETE", f"{BATCHES}/{object_id}", idempotent=True)
+        except NotFound:
+            return  # already gone: what we wanted
+
     async def cancel_batch(self, provider_batch_id: str) -> BatchInfo:
         # Cancelling twice is harmless, so the call is treated as idempotent.
         path = f"{BATCHES}/{provider_batch_id}/cancel"
         return batch_info(await self.account.call_json("POST", path, idempotent=True))
+
+    async def request_ids(self, info: BatchInfo) -> AsyncIterator[list[RequestId]]:
+        """The custom ids of an ended batch's results, with the model each succeeded answer names
+        (Anthropic shows neither model nor ids of a batch before it ends: BatchNotEnded)."""
+        if not info.ended:
+            raise BatchNotEnded(info.provider_batch_id, info.raw_status)
+        async for block in self.result_blocks(info.provider_batch_id):
+            yield [RequestId(line.custom_id, answer_model(line.body)) for line in block]
 
     def results(self, provider_batch_id: str) -> AsyncIterator[ResultLine]:
         return each_line(self.result_blocks(provider_batch_id))

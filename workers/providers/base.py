@@ -8,9 +8,9 @@ and a batch result body is exactly what the synchronous call would have returned
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple, Protocol
+from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
 Status = Literal[
     "validating",
@@ -48,11 +48,22 @@ class BatchInfo:
     ended_at: float | None
     metadata: dict[str, str] = field(default_factory=dict)  # OpenAI metadata; {} on Anthropic
     errors: list[dict[str, Any]] = field(default_factory=list)  # batch-level errors (OpenAI errors.data)
+    # What the provider stores for the batch, by role: input_file_id, output_file_id, error_file_id
+    # (OpenAI files); results_batch_id (Anthropic: the ended batch itself, which holds its results).
+    files: dict[str, str] = field(default_factory=dict)
+    model: str | None = None  # the model the provider says it runs the batch on (OpenAI); None: not told
 
     @property
     def ended(self) -> bool:
         """True once the batch can change no more and its results (if any) can be read."""
         return self.status in ENDED_STATUSES
+
+
+class RequestId(NamedTuple):
+    """One request of a provider batch as matching sees it: its custom_id and, when known, its model."""
+
+    custom_id: str
+    model: str | None
 
 
 class ResultLine(NamedTuple):
@@ -102,14 +113,28 @@ class ProviderAdapter(Protocol):
         *,
         endpoint: str,
         batch_id: str,
+        before_create: Callable[[], Awaitable[None]] | None = None,
     ) -> BatchInfo:
         """Spool the lines to a temporary file, upload it and create the batch tagged with ``batch_id``.
+
+        ``before_create`` is awaited right before the create call (the submission lease stamps the
+        create's start there, and raises to stop a submission that lost its lease).
 
         Raises:
             BatchTooLarge: the lines exceed the provider's limits (nothing was sent).
             InvalidBatchInput: a custom_id is malformed or repeated (nothing was sent).
             BatchCreateUnknown: the create call may or may not have created a batch; reconcile
                 through :meth:`list_batches` and the ``batchshift_batch_id`` metadata, do not resend.
+        """
+        ...
+
+    def request_ids(self, info: BatchInfo) -> AsyncIterator[list[RequestId]]:
+        """The custom ids (and models, where told) of the batch's requests, in blocks, for matching
+        a provider batch to ours: OpenAI's input file; Anthropic's results, once ended.
+
+        Raises:
+            BatchNotEnded: the provider does not show them yet (Anthropic before the batch ends).
+            NotFound: they are gone (an input file deleted).
         """
         ...
 
@@ -147,6 +172,23 @@ class ProviderAdapter(Protocol):
         ``service_tier`` is passed through to OpenAI (e.g. ``"flex"``); ``max_retries`` overrides
         the provider's retry count for this call (0 to fail fast, e.g. on flex capacity 429s);
         ``read_timeout`` the provider's read timeout (a long generation answers late).
+        """
+        ...
+
+
+@runtime_checkable
+class StoredDeleting(Protocol):
+    """An adapter whose provider keeps a batch's data until deleted: OpenAI's files (input, output,
+    error), Anthropic's ended message batches (requests and results)."""
+
+    name: str
+
+    async def delete_stored(self, object_id: str) -> None:
+        """Delete one stored object (a file, or an ended batch) at the provider; one already gone
+        counts as deleted.
+
+        Raises:
+            ProviderError: the provider did not confirm the deletion (retry later).
         """
         ...
 

@@ -9,7 +9,8 @@ endpoints are named as OpenAI's batch lines name them (``/v1/chat/completions``)
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+import contextlib
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import Any, cast
 
 import httpx
@@ -18,13 +19,14 @@ import orjson
 
 from config.settings import ProviderSettings
 from workers import http
-from workers.errors import BatchNotEnded, MalformedResponse
+from workers.errors import BatchCreateUnknown, BatchNotEnded, MalformedResponse, NotFound, ProviderError
 from workers.providers import batch_input, jsonl
 from workers.providers.account import ProviderAccount, parse_object, with_service_tier
 from workers.providers.base import (
     BatchInfo,
     BatchLine,
     Outcome,
+    RequestId,
     ResultLine,
     Status,
     SyncResult,
@@ -39,6 +41,7 @@ LIST_PAGE = 100  # OpenAI's largest page
 # Line errors that are not about the request itself: the work was never done, so it may be redone.
 RETRIABLE_LINE_CODES = frozenset({"batch_expired", "batch_cancelled", "request_timeout"})
 API_VERSION_PREFIX = "/v1"
+FILE_ROLES = ("input_file_id", "output_file_id", "error_file_id")
 
 
 def batch_endpoint(endpoint: str) -> str:
@@ -82,6 +85,8 @@ def batch_info(obj: dict[str, Any]) -> BatchInfo:
             ended_at=float(ended) if ended is not None else None,
             metadata={str(k): str(v) for k, v in (obj.get("metadata") or {}).items()},
             errors=list((obj.get("errors") or {}).get("data") or []),
+            files={k: str(obj[k]) for k in FILE_ROLES if obj.get(k)},
+            model=str(obj["model"]) if obj.get("model") else None,
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise MalformedResponse(f"unreadable OpenAI batch object: {exc!r}") from exc
@@ -106,6 +111,26 @@ class _Line(msgspec.Struct):
 
 
 _LINES = msgspec.json.Decoder(_Line)
+
+
+class _InputBody(msgspec.Struct):
+    model: str | None = None
+
+
+class _InputLine(msgspec.Struct):
+    """One line of a batch input file: only the fields matching reads."""
+
+    custom_id: str
+    body: _InputBody | None = None
+
+
+_INPUT_LINES = msgspec.json.Decoder(_InputLine)
+
+
+def request_ids(block: bytes) -> list[RequestId]:
+    """The custom ids and models of a block of a batch input file."""
+    lines = jsonl.decode_lines(_INPUT_LINES, block, "OpenAI")
+    return [RequestId(line.custom_id, line.body.model if line.body else None) for line in lines]
 
 
 def result_lines(block: bytes) -> list[ResultLine]:
@@ -162,7 +187,12 @@ class OpenAIAdapter:
         )
 
     async def submit_batch(
-        self, lines: AsyncIterable[BatchLine] | Iterable[BatchLine], *, endpoint: str, batch_id: str
+        self,
+        lines: AsyncIterable[BatchLine] | Iterable[BatchLine],
+        *,
+        endpoint: str,
+        batch_id: str,
+        before_create: Callable[[], Awaitable[None]] | None = None,
     ) -> BatchInfo:
         endpoint = batch_endpoint(endpoint)
         spooled = await batch_input.spool(
@@ -184,17 +214,41 @@ class OpenAIAdapter:
         file_id = uploaded.get("id")
         if not isinstance(file_id, str):
             raise MalformedResponse("file upload answered without an id")
-        created = await self.account.create(
-            "/batches",
-            batch_id,
-            json={
-                "input_file_id": file_id,
-                "endpoint": endpoint,
-                "completion_window": "24h",
-                "metadata": batch_metadata(batch_id),
-            },
-        )
+        try:
+            if before_create is not None:
+                await before_create()
+            created = await self.account.create(
+                "/batches",
+                batch_id,
+                json={
+                    "input_file_id": file_id,
+                    "endpoint": endpoint,
+                    "completion_window": "24h",
+                    "metadata": batch_metadata(batch_id),
+                },
+            )
+        except (BatchCreateUnknown, MalformedResponse):
+            raise  # a batch may exist on the file: the file is deleted once that batch ends
+        except Exception:
+            # Stopped before the create, or refused by it: no batch uses the upload (best effort).
+            await self._drop_upload(file_id)
+            raise
         return batch_info(created)
+
+    async def _drop_upload(self, file_id: str) -> None:
+        if self.account.settings.delete_input_files:
+            with contextlib.suppress(ProviderError):
+                await self.delete_stored(file_id)
+
+    async def delete_stored(self, object_id: str) -> None:
+        """Delete a file (``DELETE /files/{id}``)."""
+        file_id = object_id
+        try:
+            answer = await self.account.call_json("DELETE", f"/files/{file_id}", idempotent=True)
+        except NotFound:
+            return  # already gone: what we wanted
+        if answer.get("deleted") is not True:
+            raise MalformedResponse(f"DELETE /files/{file_id}: the provider did not confirm the deletion")
 
     async def get_batch(self, provider_batch_id: str) -> BatchInfo:
         return batch_info(
@@ -211,6 +265,15 @@ class OpenAIAdapter:
         # Cancelling twice is harmless, so the call is treated as idempotent.
         path = f"/batches/{provider_batch_id}/cancel"
         return batch_info(await self.account.call_json("POST", path, idempotent=True))
+
+    async def request_ids(self, info: BatchInfo) -> AsyncIterator[list[RequestId]]:
+        """The input file's custom ids and models (NotFound once the file is deleted)."""
+        file_id = info.files.get("input_file_id")
+        if not file_id:
+            raise MalformedResponse(f"batch {info.provider_batch_id} names no input file")
+        async with self.account.stream(f"/files/{file_id}/content") as response:
+            async for block in http.iter_line_blocks(response):
+                yield request_ids(block)
 
     def results(self, provider_batch_id: str) -> AsyncIterator[ResultLine]:
         return each_line(self.result_blocks(provider_batch_id))

@@ -2,10 +2,12 @@
 
 Each task is short and idempotent: it reads the batch record, does one piece of I/O, and records
 the outcome with a guarded step, so a task that runs twice, or after another already did the work,
-changes nothing. Submission is crash-safe: ``create_started_ms`` is written before the provider's
-create call, and any later run that finds it set (an arq re-run after a crash, a resubmission by
-reconciliation) first looks for the provider batch carrying our id (:mod:`workers.tasks.matching`)
-and adopts it, and only then creates.
+changes nothing. Submission is crash-safe and happens once: it runs under the batch's submission
+lease (:mod:`workers.tasks.lease`); ``create_started_ms`` is written under the lease right before
+the provider's create call, and any later run that finds it set (an arq re-run after a crash, a
+resubmission by reconciliation) first looks for the provider batch that is verifiably ours
+(:mod:`workers.tasks.matching`) and adopts it, and only then creates. Once a batch has ended its
+input file is deleted at the provider, and once ingested its outputs (:mod:`workers.tasks.files`).
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from workers.errors import (
     ProviderHTTPError,
 )
 from workers.providers.base import BatchInfo, BatchLine, ProviderAdapter
-from workers.tasks import matching
+from workers.tasks import files, matching
+from workers.tasks.lease import LeaseLost, SubmitLease
 from workers.tasks.refusals import RETRIABLE_CODES, reason_of, refuse
 
 log = structlog.get_logger(__name__)
@@ -61,7 +64,11 @@ async def batch_lines(ctx: WorkerContext, batch_id: str, sent: list[int]) -> Asy
 
 
 async def submit_batch(ctx: WorkerContext, batch_id: str) -> str:
-    """Create the provider batch of planned batch ``batch_id`` and record its id; returns the outcome."""
+    """Create the provider batch of planned batch ``batch_id`` and record its id; returns the outcome.
+
+    The task works under the batch's submission lease (:mod:`workers.tasks.lease`), held by its
+    arq job id, so neither a second submission nor reconciliation can create the batch meanwhile.
+    """
     batches = Batches(ctx["redis"])
     record = await batches.get(batch_id)
     if record is None or record.state != "planned":
@@ -71,21 +78,42 @@ async def submit_batch(ctx: WorkerContext, batch_id: str) -> str:
     if adapter is None:
         log_.error("batch.provider_unconfigured", provider=record.provider)
         return "no_adapter"
+    holder = ctx.get("job_id") or tasks.submit_job_id(batch_id, record.attempts)
+    lease = SubmitLease(batches, ctx["settings"], batch_id, holder)
+    taken = await lease.acquire(_now_ms())
+    if taken != "ok":
+        log_.info("batch.submit_skipped", lease=taken)
+        return f"leased:{taken}"
     if record.raw.get("create_started_ms"):
         # An earlier run got as far as the create call: the provider may hold the batch already.
-        adopted = await matching.adopt(ctx, batches, adapter, record, _now_ms())
-        if adopted:
+        async with lease.heartbeat():  # verifying a candidate reads its requests: it may take a while
+            verdict = await matching.adopt(ctx, batches, adapter, record, _now_ms())
+        if verdict == "ours":
             return "adopted"
-    start_ms = _now_ms()
-    await batches.update(batch_id, ("planned",), now_ms=start_ms, create_started_ms=start_ms)
+        if verdict == "unknown":  # a candidate not readable yet: reconciliation decides later
+            await lease.release()
+            return "unverified"
     sent = [0]
+
+    async def before_create() -> None:
+        await lease.before_create()
+        await call_hook(ctx, "before_create", batch_id=batch_id)
+
     try:
-        info = await adapter.submit_batch(
-            batch_lines(ctx, batch_id, sent), endpoint=record.endpoint, batch_id=batch_id
-        )
+        async with lease.heartbeat():
+            info = await adapter.submit_batch(
+                batch_lines(ctx, batch_id, sent),
+                endpoint=record.endpoint,
+                batch_id=batch_id,
+                before_create=before_create,
+            )
+    except LeaseLost as exc:
+        log_.warning("batch.submit_lease_lost", outcome=exc.outcome)
+        return "lease_lost"
     except BatchCreateUnknown as exc:
         log_.warning("batch.create_unknown", reason=exc.reason)
-        return "unknown"  # left planned: reconciliation finds it or resubmits
+        await lease.release()
+        return "unknown"  # left planned: reconciliation finds it or resubmits after the create timeout
     except InvalidBatchInput as exc:
         return await _drop_bad_line(ctx, batches, record, exc)
     except BatchTooLarge as exc:
@@ -94,13 +122,13 @@ async def submit_batch(ctx: WorkerContext, batch_id: str) -> str:
         return "refused"
     except ProviderHTTPError as exc:
         if exc.retriable or isinstance(exc, AuthenticationError):
-            return _retry(ctx, exc)
+            return await _retry(ctx, lease, exc)
         reason = {"type": "batch_refused", "code": exc.type or str(exc.status), "message": exc.message}
         retriable = reason["code"] in RETRIABLE_CODES
         await refuse(ctx, batches, record, reason, retriable=retriable, now_ms=_now_ms())
         return "refused"
     except ProviderError as exc:  # nothing reached the provider (connect failures)
-        return _retry(ctx, exc)
+        return await _retry(ctx, lease, exc)
     if sent[0] == 0:  # every job left the batch (cancelled or flipped) before it was sent
         await batches.update(batch_id, ("planned",), now_ms=_now_ms(), to_state="cancelled")
         return "empty"
@@ -108,13 +136,17 @@ async def submit_batch(ctx: WorkerContext, batch_id: str) -> str:
     return await record_created(ctx, batches, record, info, sent=sent[0])
 
 
-def _retry(ctx: WorkerContext, exc: ProviderError) -> str:
-    """Try the submission again later with backoff; after the last try reconciliation takes over."""
+async def _retry(ctx: WorkerContext, lease: SubmitLease, exc: ProviderError) -> str:
+    """Try the submission again later with backoff, the lease held over the wait; after the last
+    try the lease is released and reconciliation takes over."""
     job_try = ctx.get("job_try", 1)
     if job_try >= ctx["settings"].scheduler.max_attempts:
         log.warning("batch.submit_gave_up", error=str(exc), tries=job_try)
+        await lease.release()
         return "gave_up"
     after = getattr(exc, "retry_after", None) or ctx["settings"].scheduler.poll_initial_s * job_try
+    await lease.renew(extra_s=after)
+    await call_hook(ctx, "submit_retry", batch_id=lease.batch_id, job_try=job_try, defer_s=after)
     raise Retry(defer=after) from exc
 
 
@@ -245,6 +277,7 @@ async def poll_batch(ctx: WorkerContext, batch_id: str) -> str:
         retriable = reason["code"] in RETRIABLE_CODES
         await batches.update(batch_id, ("submitted",), now_ms=now_ms, **status)
         await refuse(ctx, batches, record, reason, retriable=retriable, now_ms=now_ms)
+        await files.discard(ctx, record.provider, info.files, files.INPUT_ROLES)
         return "refused"
     ended_ms = int(info.ended_at * 1000) if info.ended_at else now_ms
     # Stay in the poll set until ingestion is enqueued: a crash in between is healed by the next poll.
@@ -261,6 +294,8 @@ async def poll_batch(ctx: WorkerContext, batch_id: str) -> str:
         seconds = max(ended_ms - record.submitted_ms, 0) / 1000
         await batches.push_turnaround(record.lane, ended_ms, seconds, ctx["settings"].slo.history_size)
         log.info("batch.ended", batch_id=batch_id, lane=record.lane, status=info.status, turnaround_s=seconds)
+    if moved.status == "ok":
+        await files.discard(ctx, record.provider, info.files, files.INPUT_ROLES)
     return await _hand_to_ingest(ctx, batches, record, now_ms)
 
 
@@ -271,6 +306,7 @@ def _status_fields(info: BatchInfo) -> dict[str, Any]:
         "total": info.total,
         "completed": info.completed,
         "failed": info.failed,
+        **info.files,
     }
 
 
@@ -306,5 +342,6 @@ async def cancel_batch(ctx: WorkerContext, batch_id: str) -> str:
 
 
 async def reconcile_batches(ctx: WorkerContext, now_ms: int) -> dict[str, int]:
-    """Adopt or resubmit planned batches older than ``planned_timeout_s`` at ``now_ms``; find duplicates."""
+    """Adopt or resubmit planned batches older than ``planned_timeout_s`` at ``now_ms``; find
+    duplicates; retry pending file deletions; sweep jobs stranded in closed batches."""
     return await matching.reconcile(ctx, Batches(ctx["redis"]), now_ms)

@@ -38,12 +38,61 @@ from scheduler.ledger import Finish, Ledger, Requeue
 from workers.context import WorkerContext, call_hook
 from workers.errors import ProviderError
 from workers.providers.base import ProviderAdapter, ResultLine
+from workers.tasks import files
 
 log = structlog.get_logger(__name__)
 
 # A cursor outlives any retry of its ingestion; it is deleted once the batch is ingested.
 CURSOR_TTL_S = 7 * 24 * 3600
 NO_RESULT_ERROR = {"type": "no_result", "message": "the provider returned no result line for this request"}
+
+
+async def route_back(
+    settings: Settings,
+    redis: Redis,
+    batch: BatchRecord,
+    ids: Sequence[str],
+    errors: Sequence[dict[str, Any] | None],
+    now_ms: int,
+) -> list[Requeue]:
+    """Where jobs of ``batch`` go that it did not answer: back to the lane while attempts and the
+    deadline allow another batch, else on to sync; each change guarded by the job still being
+    ``batched`` in the batch that holds it."""
+    if not ids:
+        return []
+    async with redis.pipeline(transaction=False) as pipe:
+        for job_id in ids:
+            pipe.hmget(keys.job(job_id), ["attempts", "deadline_ms", "tenant"])
+        rows = await pipe.execute()
+    # Another batch attempt needs the lane's expected turnaround plus the sync margin (a lane
+    # with no history: the margin alone, and the SLO tracker flips just in time if need be).
+    health = await read_health(redis, settings, batch.lane, batch.provider, now_ms)
+    needed_ms = int(prediction.expected_turnaround_s(health, settings) * 1000)
+    tenants = {t.decode() for _, _, t in rows if t}
+    blocked = await budgets.sync_blocked(redis, settings, tenants, now_ms)
+    out = []
+    for job_id, error, (attempts, deadline, tenant) in zip(ids, errors, rows, strict=True):
+        tries = int(attempts or 0) + 1  # this attempt, counted by the requeue
+        room = int(deadline or 0) - now_ms
+        lane_ok = tries < settings.scheduler.max_attempts and room > needed_ms
+        # A batch_only tenant past its budget never goes to paid sync; its deadline may slip.
+        paid_sync_ok = (tenant or b"").decode() not in blocked
+        target = "lane" if lane_ok or not paid_sync_ok else "sync"
+        out.append(Requeue(job_id, target, batch_id=batch.owner_id, error=error))  # type: ignore[arg-type]
+    return out
+
+
+async def answered_jobs(redis: Redis, batch_id: str, answered: set[str], chunk: int = 1000) -> int:
+    """How many of ``answered`` (custom ids read from a result file) are jobs of ``batch_id``: a
+    result file is never taken at its line count, which a foreign batch's would match."""
+    ids = list(answered)
+    if not ids:
+        return 0
+    async with redis.pipeline(transaction=False) as pipe:
+        for start in range(0, len(ids), chunk):
+            pipe.smismember(keys.batch_jobs(batch_id), ids[start : start + chunk])
+        replies = await pipe.execute()
+    return sum(1 for flags in replies for f in flags if f)
 
 
 @dataclass(slots=True)
@@ -101,28 +150,7 @@ class Ingestion:
         self, ids: Sequence[str], errors: Sequence[dict[str, Any] | None], now_ms: int
     ) -> list[Requeue]:
         """Back to the lane while attempts and the deadline allow another batch, else on to sync."""
-        if not ids:
-            return []
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for job_id in ids:
-                pipe.hmget(keys.job(job_id), ["attempts", "deadline_ms", "tenant"])
-            rows = await pipe.execute()
-        # Another batch attempt needs the lane's expected turnaround plus the sync margin (a lane
-        # with no history: the margin alone, and the SLO tracker flips just in time if need be).
-        health = await read_health(self.redis, self.settings, self.batch.lane, self.batch.provider, now_ms)
-        needed_ms = int(prediction.expected_turnaround_s(health, self.settings) * 1000)
-        tenants = {t.decode() for _, _, t in rows if t}
-        blocked = await budgets.sync_blocked(self.redis, self.settings, tenants, now_ms)
-        out = []
-        for job_id, error, (attempts, deadline, tenant) in zip(ids, errors, rows, strict=True):
-            tries = int(attempts or 0) + 1  # this attempt, counted by the requeue
-            room = int(deadline or 0) - now_ms
-            lane_ok = tries < self.settings.scheduler.max_attempts and room > needed_ms
-            # A batch_only tenant past its budget never goes to paid sync; its deadline may slip.
-            paid_sync_ok = (tenant or b"").decode() not in blocked
-            target = "lane" if lane_ok or not paid_sync_ok else "sync"
-            out.append(Requeue(job_id, target, batch_id=self.owner, error=error))  # type: ignore[arg-type]
-        return out
+        return await route_back(self.settings, self.redis, self.batch, ids, errors, now_ms)
 
     def prepare(self, lines: Sequence[ResultLine]) -> Prepared:
         """The chunk's ledger changes, priced; pure CPU, so it overlaps the previous chunk's Redis step."""
@@ -225,6 +253,7 @@ async def ingest_batch(ctx: dict[str, Any], batch_id: str) -> dict[str, int]:
     now_ms = int(time.time() * 1000)
     await batches.update(batch_id, ("ended",), now_ms=now_ms, to_state="ingested", ingested_ms=now_ms)
     await redis.delete(keys.batch_cursor(batch_id))
+    await files.discard(c, record.provider, files.files_of(record), files.OUTPUT_ROLES)
     bound.info("batch.ingested", resumed_from=skip, duration_s=round(time.monotonic() - started, 3), **totals)
     return totals
 
@@ -287,9 +316,14 @@ async def _stream(c: WorkerContext, ingestion: Ingestion, skip: int) -> dict[str
         if applying is not None:  # interrupted: the transaction in flight lands whole or not at all
             applying.cancel()
     totals = dict(ingestion.totals)
-    # Every job answered (the usual case) makes the sweep of the batch's job set unnecessary.
+    # Every one of our jobs answered (the usual case, decided by job ids, not by line counts) makes
+    # the sweep of the batch's job set unnecessary.
     members = await ingestion.redis.scard(keys.batch_jobs(ingestion.owner))  # type: ignore[misc]
-    complete = skip == 0 and not ingestion.batch.duplicate_of and len(answered) >= members
+    complete = (
+        skip == 0
+        and not ingestion.batch.duplicate_of
+        and await answered_jobs(ingestion.redis, ingestion.owner, answered) >= members
+    )
     totals["unanswered"] = 0 if complete else await ingestion.requeue_unanswered()
     totals["lines"] = seen
     return totals

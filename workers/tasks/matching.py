@@ -2,10 +2,17 @@
 
 A create call that may have happened (a crash after the provider accepted it, an unknown outcome)
 leaves our batch ``planned`` with ``create_started_ms`` set. We then list the provider's recent
-batches: on OpenAI, the one whose metadata carries our batch id; on Anthropic, which keeps no
-metadata, an unclaimed batch created between our create call and now with no more requests than
-we reserved (the closest count wins). Found: adopt it (record its id, ``submitted``). Not found:
-resubmit, up to ``scheduler.max_attempts``; then the jobs go back to their lane. A second
+batches for candidates: on OpenAI, the one whose metadata carries our batch id; on Anthropic,
+which keeps no metadata, unclaimed batches created between our create call and now with no more
+requests than we reserved (the closest count first). A candidate is adopted (its id recorded,
+``submitted``) only once verified: its model is ours and every request's custom id is one of our
+batch's jobs (OpenAI: its input file; Anthropic: its results, readable once it ended). A foreign
+batch of the same size and creation time on the same account is thus never adopted; a candidate
+not readable yet (an Anthropic batch still running) holds the batch planned, neither adopted nor
+resubmitted, until it can be read. Not found:
+resubmit, up to ``scheduler.max_attempts``. A batch is touched only under its submission lease
+(:mod:`workers.tasks.lease`): never while a submission of it is alive or its create may still
+answer; then the jobs go back to their lane. A second
 provider batch carrying one of our ids (two creates that both happened) becomes a duplicate
 record, polled and ingested under its own identity so its spend is counted.
 """
@@ -13,14 +20,17 @@ record, polled and ingested under its own identity so its spend is counted.
 from __future__ import annotations
 
 import time
+from typing import Literal
 
 import structlog
 
-from scheduler import tasks
+from scheduler import keys, tasks
 from scheduler.batches import Batches, BatchRecord
 from workers.context import WorkerContext
-from workers.errors import ProviderError
+from workers.errors import BatchNotEnded, NotFound, ProviderError
 from workers.providers.base import BATCH_ID_METADATA_KEY, BatchInfo, ProviderAdapter
+from workers.tasks import files, sweep
+from workers.tasks.lease import SubmitLease
 from workers.tasks.refusals import refuse
 
 log = structlog.get_logger(__name__)
@@ -28,14 +38,20 @@ log = structlog.get_logger(__name__)
 # Clock skew allowed between us and the provider when matching Anthropic batches by creation time.
 CREATED_SLACK_MS = 5_000
 LIST_LIMIT = 100  # recent provider batches examined per reconciliation
+Verdict = Literal["ours", "foreign", "unknown"]
 
 
-def find(
+def candidates(
     record: BatchRecord, listing: list[BatchInfo], claimed: dict[str, str], now_ms: int
-) -> BatchInfo | None:
-    """The provider batch ``record`` became, among ``listing``; None when there is none."""
+) -> list[BatchInfo]:
+    """The provider batches ``record`` may have become, best first (to be verified by :func:`verify`).
+
+    A batch tagged with our id comes first and alone; untagged ones (Anthropic keeps no metadata)
+    qualify by creation time and size, the closest size first. Batches tagged with another id, or
+    claimed by another batch of ours, never qualify.
+    """
     started = int(record.raw.get("create_started_ms") or record.planned_ms)
-    candidates = []
+    found = []
     for info in listing:
         owner = claimed.get(info.provider_batch_id)
         if owner is not None and owner != record.id:
@@ -43,37 +59,79 @@ def find(
         tagged = info.metadata.get(BATCH_ID_METADATA_KEY)
         if tagged is not None:
             if tagged == record.id:
-                return info
+                return [info]
             continue
         created_ms = int((info.created_at or 0) * 1000)
         if not started - CREATED_SLACK_MS <= created_ms <= now_ms + CREATED_SLACK_MS:
             continue
-        if 0 < info.total <= record.requests:
-            candidates.append(info)
-    if not candidates:
-        return None
-    return min(candidates, key=lambda i: record.requests - i.total)
+        if 0 < info.total <= record.requests or (info.total == 0 and not info.ended):
+            found.append(info)
+    return sorted(found, key=lambda i: record.requests - i.total if i.total else record.requests)
+
+
+def model_matches(ours: str, theirs: str | None) -> bool:
+    """Whether the provider's model name is ours (OpenAI may name the dated version: ``gpt-x-2025-08-07``)."""
+    return theirs is None or theirs == ours or theirs.startswith(ours + "-")
+
+
+async def verify(
+    ctx: WorkerContext, adapter: ProviderAdapter, record: BatchRecord, info: BatchInfo
+) -> Verdict:
+    """Whether provider batch ``info`` is ``record``'s: its model is ours and every request's
+    custom id is one of our batch's jobs. ``unknown`` when the provider does not show the ids yet
+    (an Anthropic batch still running): then it is neither adopted nor resubmitted over."""
+    if not model_matches(record.model, info.model):
+        return "foreign"
+    redis = ctx["redis"]
+    seen = 0
+    try:
+        async for block in adapter.request_ids(info):
+            if not block:
+                continue
+            if not all(model_matches(record.model, r.model) for r in block):
+                return "foreign"
+            members = await redis.smismember(keys.batch_jobs(record.id), [r.custom_id for r in block])  # type: ignore[misc]
+            if not all(members):
+                return "foreign"
+            seen += len(block)
+    except BatchNotEnded:
+        return "unknown"
+    except NotFound:
+        # The ids are gone (an input file deleted): only our id in the batch's metadata can tell.
+        return "ours" if info.metadata.get(BATCH_ID_METADATA_KEY) == record.id else "unknown"
+    return "ours" if seen else "unknown"
 
 
 async def adopt(
     ctx: WorkerContext, batches: Batches, adapter: ProviderAdapter, record: BatchRecord, now_ms: int
-) -> bool:
-    """Look for ``record``'s provider batch and record it; True when adopted."""
+) -> Verdict:
+    """Look for ``record``'s provider batch and record it: ``ours`` when adopted, ``unknown`` when a
+    candidate cannot be verified yet, ``foreign`` when none is ours."""
     listing = await adapter.list_batches(LIST_LIMIT)
     claimed = await batches.claimed(record.provider)
-    found = find(record, listing, claimed, max(now_ms, _wall_ms()))
-    if found is None:
-        return False
-    outcome = await batches.mark_submitted(
-        record.id,
-        record.provider,
-        found.provider_batch_id,
-        now_ms=_wall_ms(),
-        poll_s=ctx["settings"].scheduler.poll_initial_s,
-        how="adopted",
-    )
-    log.info("batch.adopted", batch_id=record.id, provider_batch_id=found.provider_batch_id, outcome=outcome)
-    return outcome == "ok"
+    pending = False
+    for info in candidates(record, listing, claimed, max(now_ms, _wall_ms())):
+        verdict = await verify(ctx, adapter, record, info)
+        log.info("batch.match", batch_id=record.id, provider_batch_id=info.provider_batch_id, verdict=verdict)
+        if verdict == "unknown":
+            pending = True
+            continue
+        if verdict == "foreign":
+            continue
+        outcome = await batches.mark_submitted(
+            record.id,
+            record.provider,
+            info.provider_batch_id,
+            now_ms=_wall_ms(),
+            poll_s=ctx["settings"].scheduler.poll_initial_s,
+            how="adopted",
+        )
+        log.info(
+            "batch.adopted", batch_id=record.id, provider_batch_id=info.provider_batch_id, outcome=outcome
+        )
+        if outcome == "ok":
+            return "ours"
+    return "unknown" if pending else "foreign"
 
 
 def _wall_ms() -> int:
@@ -83,20 +141,36 @@ def _wall_ms() -> int:
 async def reconcile(ctx: WorkerContext, batches: Batches, now_ms: int) -> dict[str, int]:
     """Heal stale planned batches (adopt, resubmit or give up) and record duplicates; returns counts."""
     settings = ctx["settings"].scheduler
-    counts = {"adopted": 0, "resubmitted": 0, "gave_up": 0, "duplicates": 0}
+    counts = {"adopted": 0, "resubmitted": 0, "gave_up": 0, "duplicates": 0, "leased": 0, "unverified": 0}
     cutoff = now_ms - int(settings.planned_timeout_s * 1000)
     for batch_id in await batches.planned_before(cutoff):
         record = await batches.get(batch_id)
         adapter = ctx["adapters"].get(record.provider) if record else None
         if record is None or record.state != "planned" or adapter is None:
             continue
+        # Only a batch nobody is submitting: its lease lapsed and no create of it may still answer.
+        # Taken in the name of the submission that would follow, so that task holds it.
+        lease = SubmitLease(
+            batches, ctx["settings"], batch_id, tasks.submit_job_id(batch_id, record.attempts + 1)
+        )
+        taken = await lease.acquire(now_ms)
+        if taken != "ok":
+            counts["leased"] += 1
+            log.info("batch.reconcile_skipped", batch_id=batch_id, lease=taken)
+            continue
         if record.raw.get("create_started_ms"):
             try:
-                if await adopt(ctx, batches, adapter, record, now_ms):
+                verdict = await adopt(ctx, batches, adapter, record, now_ms)
+                if verdict == "ours":
                     counts["adopted"] += 1
+                    continue
+                if verdict == "unknown":  # a candidate we cannot read yet: neither adopt nor create
+                    counts["unverified"] += 1
+                    await lease.release()
                     continue
             except ProviderError as exc:
                 log.warning("batch.reconcile_failed", batch_id=batch_id, error=str(exc))
+                await lease.release()
                 continue  # cannot tell whether it exists: never resubmit blind
         moved = await batches.update(
             batch_id,
@@ -117,6 +191,9 @@ async def reconcile(ctx: WorkerContext, batches: Batches, now_ms: int) -> dict[s
             await refuse(ctx, batches, record, reason, retriable=True, now_ms=now_ms)
             counts["gave_up"] += 1
             continue
+        if moved.incremented != record.attempts + 1:  # another pass counted too: let its task submit
+            await lease.release()
+            continue
         await tasks.enqueue(
             ctx["redis"],
             tasks.SUBMIT_BATCH,
@@ -125,6 +202,8 @@ async def reconcile(ctx: WorkerContext, batches: Batches, now_ms: int) -> dict[s
         )
         counts["resubmitted"] += 1
     counts["duplicates"] = await find_duplicates(ctx, batches)
+    counts["files_deleted"] = await files.retry_pending(ctx)
+    counts["stranded"] = await sweep.sweep_stranded(ctx, now_ms)
     log.info("batch.reconciled", **counts)
     return counts
 
@@ -150,6 +229,12 @@ async def find_duplicates(ctx: WorkerContext, batches: Batches) -> int:
                 or record.provider != name
                 or record.provider_batch_id in (None, info.provider_batch_id)
             ):
+                continue
+            try:
+                if await verify(ctx, adapter, record, info) != "ours":
+                    continue  # tagged with our id but not our requests (or not readable yet)
+            except ProviderError as exc:
+                log.warning("batch.verify_failed", provider_batch_id=info.provider_batch_id, error=str(exc))
                 continue
             duplicate = await batches.record_duplicate(
                 record.id, name, info.provider_batch_id, now_ms=_wall_ms(), poll_s=poll_s
