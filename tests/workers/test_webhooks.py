@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import random
 import time
@@ -261,24 +262,74 @@ async def test_a_tenant_without_secrets_gets_nothing_unsigned(redis_url, redis, 
     assert "no webhook secret" in (await delivery(redis, jid))["last_error"]
 
 
+async def claim(
+    settings: Settings,
+    redis: Redis,
+    now: float,
+    *,
+    token: str = "other-worker",
+    lease_ms: int = 30_000,
+    most: int = 10,
+    room: int = 10,
+    rooms: dict[str, int] | None = None,
+) -> tuple[list[str], int]:
+    """Claim as another worker would (which then dies, or is still sending)."""
+    async with build_client(settings) as client:
+        script = Deliverer(settings, redis, client)._claim
+        ids, left = await script(
+            keys=[keys.WEBHOOKS_DUE],
+            args=[
+                int(now * 1000),
+                lease_ms,
+                most,
+                token,
+                keys.webhook_delivery(""),
+                room,
+                orjson.dumps(rooms or {}),
+                most * 4,
+            ],
+        )
+    return sorted(i.decode() for i in ids), left
+
+
 async def test_a_dead_workers_claims_come_back_after_the_lease(redis_url, redis, ledger) -> None:
-    settings = hook_settings(redis_url, lease_s=30)
+    settings = hook_settings(redis_url)
     clock = Clock()
     with running_receiver() as rx:
         jid = await finished_job(ledger, rx.url)
-        async with build_client(settings) as client:
-            deliverer = Deliverer(settings, redis, client)
-            now_ms = int(clock() * 1000)
-            # A worker claims and dies before sending.
-            await deliverer._claim(
-                keys=[keys.WEBHOOKS_DUE],
-                args=[now_ms, now_ms + 30_000, 10, "dead-worker", keys.webhook_delivery("")],
-            )
-        assert (await run(settings, redis, clock))["claimed"] == 0
-        clock.t += 31
+        assert (await claim(settings, redis, clock(), lease_ms=50))[0] == [f"wh_{jid}"]
+        await asyncio.sleep(0.2)  # past the 50 ms lease on the Redis server's clock
+        clock.t += 1  # the lease's end is the delivery's score: due again for any worker
         assert (await run(settings, redis, clock))["delivered"] == 1
     assert len(rx.requests) == 1
     assert (await delivery(redis, jid))["status"] == "delivered"
+
+
+async def test_a_worker_whose_clock_runs_ahead_leaves_live_claims_alone(redis_url, redis, ledger) -> None:
+    """Lease expiry is Redis server time: a worker 60 s ahead sees the score as due, yet claims nothing."""
+    settings = hook_settings(redis_url)
+    clock = Clock()
+    with running_receiver() as rx:
+        jid = await finished_job(ledger, rx.url)
+        assert (await claim(settings, redis, clock(), lease_ms=30_000))[0] == [f"wh_{jid}"]
+        clock.t += 60
+        assert (await run(settings, redis, clock))["claimed"] == 0
+    assert rx.requests == []
+    assert (await delivery(redis, jid))["lease"] == "other-worker"
+
+
+async def test_one_claim_takes_at_most_each_tenants_room(redis_url, redis, ledger) -> None:
+    settings = hook_settings(redis_url)
+    url = "http://127.0.0.1:9/hook"
+    acme = {f"wh_{await finished_job(ledger, url)}" for _ in range(3)}
+    globex = {f"wh_{await finished_job(ledger, url, tenant='globex')}" for _ in range(3)}
+    first, left = await claim(settings, redis, time.time(), room=2, rooms={"globex": 1})
+    assert len(acme & set(first)) == 2
+    assert len(globex & set(first)) == 1
+    assert left == 1  # the rest is due but had no room
+    rest, left = await claim(settings, redis, time.time(), room=5, token="another")
+    assert set(rest) == (acme | globex) - set(first)  # live claims are skipped
+    assert left == 0
 
 
 async def test_fan_out_is_concurrent(redis_url, redis, ledger) -> None:
