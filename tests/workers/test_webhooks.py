@@ -6,6 +6,9 @@ import asyncio
 import email.utils
 import random
 import time
+import tracemalloc
+from collections.abc import Awaitable, Coroutine
+from typing import TypeVar
 
 import orjson
 import pytest
@@ -20,10 +23,11 @@ from scheduler.jobs import NewJob
 from scheduler.ledger import Finish, Ledger
 from scheduler.webhook_dispatch import url_hash
 from tests.conftest import make_settings
-from tests.workers.receiver import Answer, running_receiver
-from workers.webhooks import Deliverer, build_client, sign
+from tests.workers.receiver import Answer, BodyPlan, running_receiver
+from workers.webhooks import Deliverer, DeliveryReport, build_client, sign
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+T = TypeVar("T")
 NEW_SECRET = "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldY"  # base64 of 24 letters
 
 
@@ -432,3 +436,133 @@ def test_every_valid_secret_form_loads_and_signs() -> None:
             "webhook-signature": sign([unpadded], "msg_x", int(time.time()), b"{}"),
         },
     )
+
+
+HUGE = BodyPlan(b"x" * 65536, 300 * 1024 * 1024 // 65536)  # 300 MB, as fast as the client reads
+TRICKLE = BodyPlan(b"x", 100_000, 0.05)  # a byte every 50 ms: each read well inside any read timeout
+
+
+def peak_mb(work: Awaitable[T]) -> Coroutine[None, None, tuple[T, float]]:
+    """Run ``work`` under tracemalloc; its result and the peak of Python memory it allocated (MB)."""
+
+    async def measured() -> tuple[T, float]:
+        tracemalloc.start()
+        try:
+            result = await work
+            return result, tracemalloc.get_traced_memory()[1] / 2**20
+        finally:
+            tracemalloc.stop()
+
+    return measured()
+
+
+async def test_a_300_mb_answer_costs_a_few_kilobytes(redis_url, redis, ledger) -> None:
+    settings = hook_settings(redis_url, timeout_s=30.0)
+    with running_receiver(lambda n: (500, {}, 0.0), plan=HUGE) as rx:
+        jid = await finished_job(ledger, rx.url)
+        report, peak = await peak_mb(run(settings, redis, Clock()))
+    assert report["retry"] == 1
+    assert peak < 20
+    assert rx.body_bytes_sent < 50 * 2**20  # the client hung up long before the end
+    record = await delivery(redis, jid)
+    assert record["status"] == "failing"
+    assert record["last_status"] == "500"
+    assert "larger than 4096 bytes" in record["last_error"]
+
+
+async def test_a_trickling_receiver_is_cut_off_at_the_send_deadline(redis_url, redis, ledger) -> None:
+    """Every read gets its byte in time; the deadline over the whole send still ends it."""
+    settings = hook_settings(redis_url, timeout_s=0.5)
+    with running_receiver(lambda n: (500, {}, 0.0), plan=TRICKLE) as rx:
+        jid = await finished_job(ledger, rx.url)
+        report, peak = await peak_mb(run(settings, redis, Clock()))
+    assert report["retry"] == 1
+    assert peak < 20
+    assert rx.body_bytes_sent < TRICKLE.count
+    record = await delivery(redis, jid)
+    assert record["status"] == "failing"
+    assert "timeout" in record["last_error"]
+    assert "deadline" in record["last_error"]
+
+
+async def test_hostile_receivers_do_not_hold_back_other_tenants(redis_url, redis, ledger) -> None:
+    """One claim pass: the hostile tenant's sends fail on deadline or size, everyone else's succeed."""
+    settings = hook_settings(redis_url, timeout_s=1.0, concurrency=4, per_tenant_concurrency=2)
+    settings.tenants["globex"] = TenantSettings(api_key="globex-key", webhook_secrets=[SECRET])
+    with (
+        running_receiver(lambda n: (500, {}, 0.0), plan=TRICKLE) as slow,
+        running_receiver(lambda n: (500, {}, 0.0), plan=HUGE) as huge,
+        running_receiver(secrets=(SECRET,)) as fine,
+    ):
+        hostile = [await finished_job(ledger, slow.url) for _ in range(3)]
+        hostile += [await finished_job(ledger, huge.url) for _ in range(2)]
+        others = [await finished_job(ledger, fine.url, tenant="globex") for _ in range(20)]
+        report = await run(settings, redis, Clock())
+    assert report["delivered"] == 20
+    assert report["retry"] == 5
+    for jid in others:
+        assert (await delivery(redis, jid))["status"] == "delivered"
+    reasons = [(await delivery(redis, jid))["last_error"] for jid in hostile]
+    assert sum("deadline" in r for r in reasons) == 3
+    assert sum("larger than" in r for r in reasons) == 2
+
+
+async def test_sends_in_flight_stay_within_the_tenant_and_url_limits(redis_url, redis, ledger) -> None:
+    settings = hook_settings(redis_url, concurrency=20, per_tenant_concurrency=3, per_url_concurrency=2)
+    with (
+        running_receiver(lambda n: (200, {}, 0.05)) as one,
+        running_receiver(lambda n: (200, {}, 0.05)) as two,
+    ):
+        for _ in range(10):
+            await finished_job(ledger, one.url)
+            await finished_job(ledger, two.url)
+        report = await run(settings, redis, Clock())
+    assert report["delivered"] == 20
+    assert one.peak <= 2
+    assert two.peak <= 2
+    with running_receiver(lambda n: (200, {}, 0.05)) as shared:
+        for _ in range(10):
+            await finished_job(ledger, shared.url)
+        settings = hook_settings(redis_url, concurrency=20, per_tenant_concurrency=3, per_url_concurrency=20)
+        assert (await run(settings, redis, Clock()))["delivered"] == 10
+    assert shared.peak <= 3
+
+
+async def test_a_send_that_could_outlive_its_lease_is_handed_back_unsent(redis_url, redis, ledger) -> None:
+    """One slot, a 0.6 s deadline, a 1 s lease: the second send could not end in time, so it never starts."""
+    settings = hook_settings(redis_url, timeout_s=0.6, lease_s=1.0, per_tenant_concurrency=1)
+    with running_receiver(lambda n: (500, {}, 0.0), plan=TRICKLE) as rx:
+        first = await finished_job(ledger, rx.url)
+        second = await finished_job(ledger, rx.url)
+        clock = Clock()
+        async with build_client(settings) as client:
+            deliverer = Deliverer(settings, redis, client)
+            ids, left = await deliverer._claim_and_start(clock, 10, in_flight := {})
+            assert (ids, left) == (2, False)
+            outcomes = await asyncio.gather(*in_flight)
+    assert sorted(o.action for o in outcomes) == ["released", "retry"]
+    assert len(rx.requests) == 1
+    released = next(o.id for o in outcomes if o.action == "released")
+    assert released in (f"wh_{first}", f"wh_{second}")
+    await deliverer._apply(outcomes, int(clock() * 1000), DeliveryReport())
+    record = await redis.hgetall(keys.webhook_delivery(released))
+    assert b"lease" not in record
+    assert b"attempts" not in record or record[b"attempts"] == b"0"
+    assert await redis.zscore(keys.WEBHOOKS_DUE, released) == int(clock() * 1000)  # due again at once
+
+
+async def test_a_delivery_reads_no_request_body(redis_url, redis, ledger) -> None:
+    """The job's request body (here 8 MB) is never loaded: only the fields its message shows."""
+    settings = hook_settings(redis_url)
+    with running_receiver() as rx:
+        jid = await finished_job(ledger, rx.url)
+        await redis.hset(keys.job(jid), "body", b"x" * (8 * 2**20))  # type: ignore[misc]
+        report, peak = await peak_mb(run(settings, redis, Clock()))
+    assert report["delivered"] == 1
+    assert peak < 4
+    assert orjson.loads(rx.requests[0].body)["data"]["id"] == jid
+
+
+def test_a_lease_no_longer_than_the_send_deadline_is_refused() -> None:
+    with pytest.raises(ValidationError, match="lease_s"):
+        WebhookSettings(timeout_s=30, lease_s=30)
