@@ -198,8 +198,8 @@ class WebhookSettings(_Strict):
     lease_s: float = Field(default=60.0, gt=0)
     # Fairness: sends in flight at once per tenant and per (tenant, URL), so one slow receiver
     # holds only its own slots; a worker also claims at most twice a tenant's limit at a time.
-    per_tenant_concurrency: int = Field(default=16, gt=0)
-    per_url_concurrency: int = Field(default=8, gt=0)
+    per_tenant_concurrency: int = Field(default=32, gt=0)
+    per_url_concurrency: int = Field(default=16, gt=0)
     # Bytes of a receiver's answer read (for the error message); the rest is never read.
     max_response_bytes: int = Field(default=4096, gt=0)
 

@@ -214,7 +214,7 @@ class Deliverer:
         self.rng = rng or random.Random()
         self.monotonic = monotonic
         self.limits = limits_for(client, self.hooks)
-        self._claim = redis.register_script((LUA_DIR / "webhook_claim.lua").read_text())
+        self._claim = redis.register_script((LUA_DIR / "webhook_claim_fair.lua").read_text())
         self._settle = redis.register_script((LUA_DIR / "webhook_settle.lua").read_text())
         self._prefix = keys.webhook_delivery("")
 
