@@ -62,7 +62,8 @@ LUA_DIR = Path(__file__).with_name("lua")
 TENANT_HOLD = 2
 # Due entries one claim looks at, per delivery it may claim (tenants without room are skipped).
 SCAN_PER_CLAIM = 4
-# Share of the lease kept free after the last send it covers (clock rates differ a little).
+# Share of the lease kept free after the last send it covers (at most half what the lease has
+# beyond one send deadline).
 LEASE_MARGIN = 0.05
 # What a delivery's message needs: the delivery's own fields and the fields of the job's view
 # (never the request body, which can be large).
@@ -195,6 +196,18 @@ class DeliveryReport:
     released: int = 0  # handed back unsent: the send could not have ended within the lease
 
 
+def lease_slack(hooks: WebhookSettings) -> float:
+    """Seconds of a lease left free after the last send it covers (clock rates differ a little)."""
+    return min(hooks.lease_s * LEASE_MARGIN, (hooks.lease_s - hooks.timeout_s) / 2)
+
+
+def capacity(hooks: WebhookSettings) -> int:
+    """Most deliveries a worker holds at once: ``claim_batch``, but no more than could all be sent
+    within one lease if every receiver took the whole send deadline, so claims outlive their sends."""
+    rounds = int((hooks.lease_s - lease_slack(hooks)) // hooks.timeout_s)
+    return max(1, min(hooks.claim_batch, hooks.concurrency * rounds))
+
+
 class Deliverer:
     """Claims, sends and settles due webhook deliveries; one per task run, sharing the process's client."""
 
@@ -221,14 +234,15 @@ class Deliverer:
     async def run(self, clock: Callable[[], float] = time.time, budget_s: float = 60.0) -> DeliveryReport:
         """Deliver everything due, claiming as slots free up, until nothing is due or ``budget_s`` passed."""
         report = DeliveryReport()
+        held_max = capacity(self.hooks)
         started = clock()
         in_flight: dict[asyncio.Task[Outcome], str] = {}  # each send and its tenant
         exhausted = False  # nothing more is due, or the budget is spent
         blocked = False  # what is due belongs to tenants without room: claim after a send ends
         try:
             while True:
-                room = self.hooks.claim_batch - len(in_flight)
-                if not exhausted and not blocked and room >= self.hooks.claim_batch * REFILL_SHARE:
+                room = held_max - len(in_flight)
+                if not exhausted and not blocked and room >= held_max * REFILL_SHARE:
                     if clock() - started < budget_s:
                         claimed, left = await self._claim_and_start(clock, room, in_flight)
                         report.claimed += claimed
@@ -315,7 +329,7 @@ class Deliverer:
         url_key = url_hash(tenant, delivery.get("url", ""))
         limits = self.limits
         async with limits.url.hold(url_key), limits.tenant.hold(tenant), limits.total.hold(""):
-            latest_start = lease_ends - self.hooks.timeout_s - self.hooks.lease_s * LEASE_MARGIN
+            latest_start = lease_ends - self.hooks.timeout_s - lease_slack(self.hooks)
             if self.monotonic() > latest_start:
                 return Outcome(delivery["id"], token, "released", False)
             try:

@@ -24,7 +24,7 @@ from scheduler.ledger import Finish, Ledger
 from scheduler.webhook_dispatch import url_hash
 from tests.conftest import make_settings
 from tests.workers.receiver import Answer, BodyPlan, running_receiver
-from workers.webhooks import Deliverer, DeliveryReport, build_client, sign
+from workers.webhooks import Deliverer, DeliveryReport, build_client, capacity, sign
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 T = TypeVar("T")
@@ -566,3 +566,19 @@ async def test_a_delivery_reads_no_request_body(redis_url, redis, ledger) -> Non
 def test_a_lease_no_longer_than_the_send_deadline_is_refused() -> None:
     with pytest.raises(ValidationError, match="lease_s"):
         WebhookSettings(timeout_s=30, lease_s=30)
+
+
+@pytest.mark.parametrize(
+    ("timeout_s", "lease_s", "concurrency", "held"),
+    [
+        (15, 60, 64, 192),  # the defaults: three rounds of 64 slowest sends fit in a lease
+        (1, 2.5, 2, 4),
+        (10, 10.5, 8, 8),  # one round fits, with a quarter second to spare
+        (0.1, 60, 64, 500),  # claim_batch bounds it
+    ],
+)
+def test_a_worker_holds_no_more_than_it_can_send_within_a_lease(
+    timeout_s: float, lease_s: float, concurrency: int, held: int
+) -> None:
+    hooks = WebhookSettings(timeout_s=timeout_s, lease_s=lease_s, concurrency=concurrency)
+    assert capacity(hooks) == held
