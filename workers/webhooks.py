@@ -29,9 +29,7 @@ import hmac
 import random
 import secrets
 import time
-import weakref
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -48,6 +46,7 @@ from scheduler.webhook_dispatch import url_hash
 from workers.errors import ResponseTimeout, WorkerError
 from workers.http import post_capped, retry_after
 from workers.ssrf import UnsafeDestination, guarded_transport
+from workers.webhook_slots import limits_for
 
 log = structlog.get_logger(__name__)
 
@@ -115,59 +114,6 @@ def build_client(settings: Settings) -> httpx.AsyncClient:
         follow_redirects=False,
         headers={"user-agent": USER_AGENT},
     )
-
-
-class Slots:
-    """At most ``limit`` holders per key; a key's entry lives only while someone holds or awaits it."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._entries: dict[str, tuple[asyncio.Semaphore, list[int]]] = {}
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    @asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
-        entry = self._entries.get(key)
-        if entry is None:
-            entry = self._entries[key] = (asyncio.Semaphore(self.limit), [0])
-        semaphore, users = entry
-        users[0] += 1
-        try:
-            async with semaphore:
-                yield
-        finally:
-            users[0] -= 1
-            if not users[0]:
-                del self._entries[key]
-
-
-@dataclass(slots=True)
-class Limits:
-    """The process's send slots: all sends, per tenant and per (tenant, URL)."""
-
-    total: Slots
-    tenant: Slots
-    url: Slots
-
-    @classmethod
-    def of(cls, hooks: WebhookSettings) -> Limits:
-        return cls(
-            Slots(hooks.concurrency), Slots(hooks.per_tenant_concurrency), Slots(hooks.per_url_concurrency)
-        )
-
-
-# One set of limits per webhook client, i.e. per process: concurrent delivery tasks share them.
-_LIMITS: weakref.WeakKeyDictionary[httpx.AsyncClient, Limits] = weakref.WeakKeyDictionary()
-
-
-def limits_for(client: httpx.AsyncClient, hooks: WebhookSettings) -> Limits:
-    """The send slots shared by every :class:`Deliverer` on ``client``."""
-    limits = _LIMITS.get(client)
-    if limits is None:
-        limits = _LIMITS[client] = Limits.of(hooks)
-    return limits
 
 
 @dataclass(slots=True)
@@ -284,7 +230,7 @@ class Deliverer:
                 token,
                 self._prefix,
                 hold,
-                orjson.dumps(rooms) if rooms else b"{}",
+                orjson.dumps(rooms),
                 room * SCAN_PER_CLAIM,
             ],
         )

@@ -24,6 +24,7 @@ from scheduler.ledger import Finish, Ledger
 from scheduler.webhook_dispatch import url_hash
 from tests.conftest import make_settings
 from tests.workers.receiver import Answer, BodyPlan, running_receiver
+from workers.webhook_slots import Slots
 from workers.webhooks import Deliverer, DeliveryReport, build_client, capacity, sign
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -582,3 +583,27 @@ def test_a_worker_holds_no_more_than_it_can_send_within_a_lease(
 ) -> None:
     hooks = WebhookSettings(timeout_s=timeout_s, lease_s=lease_s, concurrency=concurrency)
     assert capacity(hooks) == held
+
+
+async def test_send_slots_hold_their_limit_and_forget_keys_no_one_uses() -> None:
+    slots = Slots(2)
+    inside: dict[str, int] = {"a": 0, "b": 0}
+    peak: dict[str, int] = {"a": 0, "b": 0}
+    gate = asyncio.Event()
+
+    async def one(key: str) -> None:
+        async with slots.hold(key):
+            inside[key] += 1
+            peak[key] = max(peak[key], inside[key])
+            await gate.wait()
+            inside[key] -= 1
+
+    tasks = [asyncio.create_task(one(k)) for k in "aaaab"]
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert inside == {"a": 2, "b": 1}  # two of the four a's wait; b has its own slots
+    assert len(slots) == 2
+    gate.set()
+    await asyncio.gather(*tasks)
+    assert peak == {"a": 2, "b": 1}
+    assert len(slots) == 0
