@@ -8,6 +8,8 @@
   :func:`open_stream` apply it. Only idempotent calls are retried after the request may have
   reached the provider; a non-idempotent call is retried only when the provider surely did nothing
   (connect failures, 429, 529).
+* :func:`post_capped` is for URLs someone else chose (webhooks): one deadline over the whole call,
+  and at most a few KB of the answer read.
 """
 
 from __future__ import annotations
