@@ -7,6 +7,7 @@ import email.utils
 import random
 import time
 import tracemalloc
+import zlib
 from collections.abc import Awaitable, Coroutine
 from typing import TypeVar
 
@@ -607,3 +608,23 @@ async def test_send_slots_hold_their_limit_and_forget_keys_no_one_uses() -> None
     await asyncio.gather(*tasks)
     assert peak == {"a": 2, "b": 1}
     assert len(slots) == 0
+
+
+def gzip_of_zeros(megabytes: int) -> bytes:
+    """A gzip stream that inflates to ``megabytes`` MB of zeros, made without holding them."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # 31: gzip framing
+    block = bytes(2**20)
+    return b"".join(packer.compress(block) for _ in range(megabytes)) + packer.flush()
+
+
+async def test_a_compressed_answer_is_never_inflated(redis_url, redis, ledger) -> None:
+    """A 64 MB gzip bomb in an error answer costs what its first raw KB cost."""
+    settings = hook_settings(redis_url)
+    bomb = BodyPlan(gzip_of_zeros(64), 1)
+    with running_receiver(lambda n: (500, {"content-encoding": "gzip"}, 0.0), plan=bomb) as rx:
+        jid = await finished_job(ledger, rx.url)
+        report, peak = await peak_mb(run(settings, redis, Clock()))
+    assert report["retry"] == 1
+    assert peak < 20
+    assert rx.requests[0].headers["accept-encoding"] == "identity"
+    assert "larger than 4096 bytes" in (await delivery(redis, jid))["last_error"]
