@@ -200,6 +200,7 @@ class WorkerSettings(_Strict):
 class WebhookSettings(_Strict):
     """Completion webhook delivery."""
 
+    # The whole send (connect, request, answer) must end within it: a deadline, not a per-read timeout.
     timeout_s: float = Field(default=15.0, gt=0)
     # Delays after each failed attempt, close to the Standard Webhooks example (about three days).
     retry_schedule_s: list[float] = [5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400]
@@ -207,6 +208,21 @@ class WebhookSettings(_Strict):
     concurrency: int = Field(default=64, gt=0)
     claim_batch: int = Field(default=500, gt=0)
     lease_s: float = Field(default=60.0, gt=0)
+    # Fairness: sends in flight at once per tenant and per (tenant, URL), so one slow receiver
+    # holds only its own slots; a worker also claims at most twice a tenant's limit at a time.
+    per_tenant_concurrency: int = Field(default=32, gt=0)
+    per_url_concurrency: int = Field(default=16, gt=0)
+    # Bytes of a receiver's answer read (for the error message); the rest is never read.
+    max_response_bytes: int = Field(default=4096, gt=0)
+
+    @field_validator("lease_s")
+    @classmethod
+    def _lease_outlives_a_send(cls, value: float, info: Any) -> float:
+        """A claim must last longer than one send, or no claimed delivery could ever be sent."""
+        timeout = info.data.get("timeout_s")
+        if timeout is not None and value <= timeout:
+            raise ValueError(f"must be longer than webhooks.timeout_s ({timeout:g} s)")
+        return value
 
 
 class PagerDutySettings(_Strict):

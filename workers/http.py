@@ -8,6 +8,8 @@
   :func:`open_stream` apply it. Only idempotent calls are retried after the request may have
   reached the provider; a non-idempotent call is retried only when the provider surely did nothing
   (connect failures, 429, 529).
+* :func:`post_capped` is for URLs someone else chose (webhooks): one deadline over the whole call,
+  and at most a few KB of the answer read.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -244,3 +247,63 @@ async def iter_line_blocks(response: httpx.Response) -> AsyncIterator[bytes]:
             pending = chunk[end + 1 :]
     if pending.strip():
         yield pending
+
+
+@dataclass(frozen=True, slots=True)
+class CappedResponse:
+    """An answer read by :func:`post_capped`: its status, headers and at most ``max_body`` bytes of body."""
+
+    status_code: int
+    headers: httpx.Headers
+    body: bytes
+    truncated: bool  # the receiver sent more than was read
+
+    @property
+    def is_success(self) -> bool:
+        return 200 <= self.status_code < 300
+
+
+async def post_capped(
+    client: httpx.AsyncClient,
+    url: str,
+    *,
+    content: bytes,
+    headers: dict[str, str],
+    deadline_s: float,
+    max_body: int,
+) -> CappedResponse:
+    """POST to a URL someone else chose, costing at most ``deadline_s`` seconds and ``max_body`` bytes.
+
+    The deadline covers the whole send (connect, request, answer head, body), not each read, so a
+    receiver trickling a byte at a time cannot hold the call open. The answer is streamed and at
+    most ``max_body`` raw bytes of it are kept (raw: a compressed body is never inflated); the
+    connection is then closed unread. Raises :class:`ResponseTimeout` when the deadline passes and
+    the errors of :func:`translate_errors` for transport failures.
+    """
+    try:
+        async with asyncio.timeout(deadline_s):
+            with translate_errors("POST", url):
+                request = client.build_request("POST", url, content=content, headers=headers)
+                response = await client.send(request, stream=True)
+                try:
+                    body, truncated = await _read_capped(response, max_body)
+                finally:
+                    await response.aclose()
+    except TimeoutError as exc:
+        raise ResponseTimeout(
+            "POST", url, f"no complete answer within the {deadline_s:g} s deadline"
+        ) from exc
+    return CappedResponse(response.status_code, response.headers, body, truncated)
+
+
+async def _read_capped(response: httpx.Response, max_body: int) -> tuple[bytes, bool]:
+    parts: list[bytes] = []
+    kept = 0
+    async for chunk in response.aiter_raw():
+        room = max_body - kept
+        if len(chunk) > room:
+            parts.append(chunk[:room])
+            return b"".join(parts), True
+        parts.append(chunk)
+        kept += len(chunk)
+    return b"".join(parts), False

@@ -2,12 +2,19 @@
 
 A job that turns terminal with a ``callback_url`` gets a delivery record ``wh_<job_id>`` in the same
 Lua step (scheduler/lua/finish.lua, cancel.lua), scored in ``keys.WEBHOOKS_DUE`` by its next attempt
-time. :class:`Deliverer` claims due deliveries with a lease (the claim moves the score to now +
-lease, so a dead worker's claims come back by themselves), sends them concurrently on one
-``httpx.AsyncClient`` under a semaphore, and settles each: delivered, retried later on the
-exponential schedule with jitter (``Retry-After`` honoured), dead-lettered after the last attempt,
-or disabled when the receiver answers 410. One arq task drains thousands of deliveries; there is
-no task per HTTP call.
+time. :class:`Deliverer` claims due deliveries with a lease (the claim moves the score to the
+lease's end on Redis server time, so a dead worker's claims come back by themselves and a worker
+whose clock runs ahead cannot take claims that are still live), sends them concurrently on one
+``httpx.AsyncClient``, and settles each: delivered, retried later on the exponential schedule with
+jitter (``Retry-After`` honoured), dead-lettered after the last attempt, or disabled when the
+receiver answers 410. One arq task drains thousands of deliveries; there is no task per HTTP call.
+
+Receivers are chosen by tenants, so none may cost a worker more than one send's worth: each send
+has one deadline over the whole call and reads at most ``max_response_bytes`` of the answer
+(:func:`workers.http.post_capped`); sends are limited per (tenant, URL), per tenant and per
+process, and a worker holds at most twice a tenant's limit of its deliveries, so a slow receiver
+fills only its own slots. A claimed delivery is sent only when its send can end before its lease
+does; otherwise it is handed back unsent, so no delivery is ever sent twice at once.
 
 Every attempt of one event carries the same ``webhook-id`` (``msg_<job_id>``), a fresh
 ``webhook-timestamp``, and one ``v1,`` signature per active secret of the tenant (rotation).
@@ -32,12 +39,14 @@ import orjson
 import structlog
 from redis.asyncio import Redis
 
-from config.settings import Settings
+from config.settings import Settings, WebhookSettings
 from scheduler import keys
 from scheduler.jobs import JobRecord, iso
 from scheduler.webhook_dispatch import url_hash
-from workers.http import retry_after
+from workers.errors import ResponseTimeout, WorkerError
+from workers.http import post_capped, retry_after
 from workers.ssrf import UnsafeDestination, guarded_transport
+from workers.webhook_slots import limits_for
 
 log = structlog.get_logger(__name__)
 
@@ -47,8 +56,38 @@ USER_AGENT = "batchshift-webhooks/1"
 # hold the fast ones back.
 REFILL_SHARE = 0.5
 LUA_DIR = Path(__file__).with_name("lua")
+# A worker holds at most this many times a tenant's concurrency of its deliveries: enough to keep
+# the tenant's slots busy between claims, too few for its backlog to fill the worker.
+TENANT_HOLD = 2
+# Due entries one claim looks at, per delivery it may claim (tenants without room are skipped).
+SCAN_PER_CLAIM = 4
+# Share of the lease kept free after the last send it covers (at most half what the lease has
+# beyond one send deadline).
+LEASE_MARGIN = 0.05
+# What a delivery's message needs: the delivery's own fields and the fields of the job's view
+# (never the request body, which can be large).
+DELIVERY_FIELDS = ("job_id", "tenant", "url", "type", "event_id", "attempts")
+JOB_VIEW_FIELDS = (
+    "id",
+    "tenant",
+    "provider",
+    "endpoint",
+    "model",
+    "lane",
+    "state",
+    "route",
+    "deadline_ms",
+    "created_ms",
+    "completed_ms",
+    "callback_url",
+    "tags",
+    "attempts",
+    "usage",
+    "cost",
+    "error",
+)
 
-Action = Literal["delivered", "retry", "dead", "disabled"]
+Action = Literal["delivered", "retry", "dead", "disabled", "released"]
 
 
 def secret_key(secret: str) -> bytes:
@@ -100,10 +139,23 @@ class DeliveryReport:
     retry: int = 0
     dead: int = 0
     disabled: int = 0
+    released: int = 0  # handed back unsent: the send could not have ended within the lease
+
+
+def lease_slack(hooks: WebhookSettings) -> float:
+    """Seconds of a lease left free after the last send it covers (clock rates differ a little)."""
+    return min(hooks.lease_s * LEASE_MARGIN, (hooks.lease_s - hooks.timeout_s) / 2)
+
+
+def capacity(hooks: WebhookSettings) -> int:
+    """Most deliveries a worker holds at once: ``claim_batch``, but no more than could all be sent
+    within one lease if every receiver took the whole send deadline, so claims outlive their sends."""
+    rounds = int((hooks.lease_s - lease_slack(hooks)) // hooks.timeout_s)
+    return max(1, min(hooks.claim_batch, hooks.concurrency * rounds))
 
 
 class Deliverer:
-    """Claims, sends and settles due webhook deliveries; one per process, sharing its HTTP client."""
+    """Claims, sends and settles due webhook deliveries; one per task run, sharing the process's client."""
 
     def __init__(
         self,
@@ -112,95 +164,120 @@ class Deliverer:
         client: httpx.AsyncClient,
         *,
         rng: random.Random | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.hooks = settings.webhooks
         self.redis = redis
         self.client = client
         self.rng = rng or random.Random()
-        self._claim = redis.register_script((LUA_DIR / "webhook_claim.lua").read_text())
+        self.monotonic = monotonic
+        self.limits = limits_for(client, self.hooks)
+        self._claim = redis.register_script((LUA_DIR / "webhook_claim_fair.lua").read_text())
         self._settle = redis.register_script((LUA_DIR / "webhook_settle.lua").read_text())
         self._prefix = keys.webhook_delivery("")
 
     async def run(self, clock: Callable[[], float] = time.time, budget_s: float = 60.0) -> DeliveryReport:
         """Deliver everything due, claiming as slots free up, until nothing is due or ``budget_s`` passed."""
         report = DeliveryReport()
+        held_max = capacity(self.hooks)
         started = clock()
-        semaphore = asyncio.Semaphore(self.hooks.concurrency)
-        in_flight: set[asyncio.Task[Outcome]] = set()
-        exhausted = False
+        in_flight: dict[asyncio.Task[Outcome], str] = {}  # each send and its tenant
+        exhausted = False  # nothing more is due, or the budget is spent
+        blocked = False  # what is due belongs to tenants without room: claim after a send ends
         try:
             while True:
-                room = self.hooks.claim_batch - len(in_flight)
-                if not exhausted and room >= self.hooks.claim_batch * REFILL_SHARE:
+                room = held_max - len(in_flight)
+                if not exhausted and not blocked and room >= held_max * REFILL_SHARE:
                     if clock() - started < budget_s:
-                        claimed = await self._claim_and_start(clock, room, semaphore, in_flight)
+                        claimed, left = await self._claim_and_start(clock, room, in_flight)
                         report.claimed += claimed
-                        exhausted = claimed < room
+                        exhausted = claimed < room and not left
+                        blocked = claimed < room and left
                     else:
                         exhausted = True
                 if not in_flight:
-                    if exhausted:
+                    if exhausted or blocked:  # blocked with nothing held: only others' claims are left
                         return report
                     continue
                 done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
-                in_flight -= done
+                for task in done:
+                    del in_flight[task]
+                blocked = False
                 await self._apply([t.result() for t in done], int(clock() * 1000), report)
         finally:
             for task in in_flight:
                 task.cancel()
 
     async def _claim_and_start(
-        self,
-        clock: Callable[[], float],
-        room: int,
-        semaphore: asyncio.Semaphore,
-        in_flight: set[asyncio.Task[Outcome]],
-    ) -> int:
-        now_ms = int(clock() * 1000)
+        self, clock: Callable[[], float], room: int, in_flight: dict[asyncio.Task[Outcome], str]
+    ) -> tuple[int, bool]:
+        """Claim up to ``room`` due deliveries and start their sends; return how many, and whether some were left."""
+        hold = self.hooks.per_tenant_concurrency * TENANT_HOLD
+        held: dict[str, int] = {}
+        for tenant in in_flight.values():
+            held[tenant] = held.get(tenant, 0) + 1
+        rooms = {tenant: max(0, hold - n) for tenant, n in held.items()}
         token = secrets.token_hex(8)
-        lease_end = now_ms + int(self.hooks.lease_s * 1000)
-        raw = await self._claim(keys=[keys.WEBHOOKS_DUE], args=[now_ms, lease_end, room, token, self._prefix])
-        ids = [i.decode() for i in raw]
-        if not ids:
-            return 0
-        deliveries = await self._load(ids)
-        for delivery in deliveries:
-            in_flight.add(asyncio.create_task(self._guarded_send(delivery, token, clock, semaphore)))
-        return len(ids)
+        # Measured before the claim, so it ends no later than the lease Redis records after it.
+        lease_ends = self.monotonic() + self.hooks.lease_s
+        raw_ids, left = await self._claim(
+            keys=[keys.WEBHOOKS_DUE],
+            args=[
+                int(clock() * 1000),
+                int(self.hooks.lease_s * 1000),
+                room,
+                token,
+                self._prefix,
+                hold,
+                orjson.dumps(rooms),
+                room * SCAN_PER_CLAIM,
+            ],
+        )
+        ids = [i.decode() for i in raw_ids]
+        for delivery in await self._load(ids):
+            task = asyncio.create_task(self._guarded_send(delivery, token, clock, lease_ends))
+            in_flight[task] = delivery.get("tenant", "")
+        return len(ids), bool(left)
 
     async def _load(self, ids: list[str]) -> list[dict[str, Any]]:
-        """Each delivery with its job, result and whether its URL is disabled, in two round trips."""
+        """Each delivery with the job fields its message shows, its result and whether its URL is disabled."""
+        if not ids:
+            return []
         async with self.redis.pipeline(transaction=False) as pipe:
             for did in ids:
-                pipe.hgetall(keys.webhook_delivery(did))
+                pipe.hmget(keys.webhook_delivery(did), list(DELIVERY_FIELDS))
             records = await pipe.execute()
         deliveries = [
-            {k.decode(): v.decode() for k, v in r.items()} | {"id": d}
+            {f: v.decode() for f, v in zip(DELIVERY_FIELDS, r, strict=True) if v is not None} | {"id": d}
             for d, r in zip(ids, records, strict=True)
         ]
         async with self.redis.pipeline(transaction=False) as pipe:
             for d in deliveries:
                 job_id = d.get("job_id", "")
-                pipe.hgetall(keys.job(job_id))
+                pipe.hmget(keys.job(job_id), list(JOB_VIEW_FIELDS))
                 pipe.get(keys.result(job_id))
                 pipe.exists(keys.disabled_url(url_hash(d.get("tenant", ""), d.get("url", ""))))
             replies = await pipe.execute()
         for i, d in enumerate(deliveries):
-            job_raw, result, disabled = replies[3 * i : 3 * i + 3]
-            d["job"] = JobRecord.from_hash(job_raw) if job_raw else None
+            values, result, disabled = replies[3 * i : 3 * i + 3]
+            job_raw = {f.encode(): v for f, v in zip(JOB_VIEW_FIELDS, values, strict=True) if v is not None}
+            d["job"] = JobRecord.from_hash(job_raw) if job_raw.get(b"id") else None
             d["result"] = result
             d["disabled"] = bool(disabled)
         return deliveries
 
     async def _guarded_send(
-        self,
-        delivery: dict[str, Any],
-        token: str,
-        clock: Callable[[], float],
-        semaphore: asyncio.Semaphore,
+        self, delivery: dict[str, Any], token: str, clock: Callable[[], float], lease_ends: float
     ) -> Outcome:
-        async with semaphore:
+        """Send once slots are free (per URL, per tenant, then overall), if the send can end within the lease."""
+        tenant = delivery.get("tenant", "")
+        url_key = url_hash(tenant, delivery.get("url", ""))
+        limits = self.limits
+        async with limits.url.hold(url_key), limits.tenant.hold(tenant), limits.total.hold(""):
+            latest_start = lease_ends - self.hooks.timeout_s - lease_slack(self.hooks)
+            if self.monotonic() > latest_start:
+                return Outcome(delivery["id"], token, "released", False)
             try:
                 return await self._send(delivery, token, clock)
             except Exception as exc:  # one broken delivery must not stop the loop; it is retried
@@ -228,18 +305,28 @@ class Deliverer:
         stamp = int(clock())
         headers = {
             "content-type": "application/json",
+            # The answer is only read for an error message: never let it arrive compressed.
+            "accept-encoding": "identity",
             "webhook-id": delivery["event_id"],
             "webhook-timestamp": str(stamp),
             "webhook-signature": sign(signing, delivery["event_id"], stamp, body),
         }
+        limit = self.hooks.max_response_bytes
         try:
-            response = await self.client.post(url, content=body, headers=headers)
+            response = await post_capped(
+                self.client,
+                url,
+                content=body,
+                headers=headers,
+                deadline_s=self.hooks.timeout_s,
+                max_body=limit,
+            )
         except UnsafeDestination as exc:
             log.warning("webhook.refused", delivery_id=did, job_id=job.id, reason=str(exc))
             return Outcome(did, token, "dead", True, error=str(exc))
-        except httpx.TimeoutException as exc:
-            return self._failed(delivery, token, clock, None, f"timeout: {type(exc).__name__}", None)
-        except httpx.HTTPError as exc:
+        except ResponseTimeout as exc:
+            return self._failed(delivery, token, clock, None, f"timeout: {exc}", None)
+        except WorkerError as exc:
             return self._failed(delivery, token, clock, None, f"{type(exc).__name__}: {exc}", None)
         code = response.status_code
         if response.is_success:
@@ -250,7 +337,10 @@ class Deliverer:
             key = keys.disabled_url(url_hash(delivery.get("tenant", ""), url))
             return Outcome(did, token, "disabled", True, status_code=code, error="410 Gone", disable_key=key)
         wait = retry_after(response.headers)
-        return self._failed(delivery, token, clock, code, f"HTTP {code}", wait)
+        error = f"HTTP {code}"
+        if response.truncated:
+            error += f"; answer larger than {limit} bytes, the rest not read"
+        return self._failed(delivery, token, clock, code, error, wait)
 
     def _failed(
         self,

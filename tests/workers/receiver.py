@@ -2,7 +2,10 @@
 
 Each request gets the answer ``respond(n)`` gives for the receiver's n-th request (from 0):
 ``(status, headers, delay_s)``. It verifies each signature with the reference ``standardwebhooks``
-library against every secret it is given, and records whether it verified.
+library against every secret it is given, and records whether it verified. A hostile receiver
+gets a ``plan``: its answer body is ``count`` copies of one chunk, ``interval_s`` apart,
+sent until the client hangs up (one chunk object is reused, so a 300 MB answer costs the test
+process no more than the chunk).
 """
 
 from __future__ import annotations
@@ -26,6 +29,15 @@ def ok(n: int) -> Answer:
     return 200, {}, 0.0
 
 
+@dataclass(frozen=True)
+class BodyPlan:
+    """An answer body streamed as ``count`` copies of ``chunk``, ``interval_s`` apart."""
+
+    chunk: bytes
+    count: int
+    interval_s: float = 0.0
+
+
 @dataclass
 class Received:
     path: str
@@ -40,11 +52,13 @@ class Receiver:
     requests: list[Received] = field(default_factory=list)
     in_flight: int = 0
     peak: int = 0  # most requests being answered at once
+    body_bytes_sent: int = 0  # of planned answer bodies, before each client hung up
+    hung_up: int = 0  # answers the client left before their planned body ended
 
 
 @contextmanager
 def running_receiver(
-    respond: Callable[[int], Answer] = ok, secrets: tuple[str, ...] = ()
+    respond: Callable[[int], Answer] = ok, secrets: tuple[str, ...] = (), plan: BodyPlan | None = None
 ) -> Iterator[Receiver]:
     """A receiver at ``http://127.0.0.1:<port>/hook`` (any path is accepted)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -78,11 +92,38 @@ def running_receiver(
         try:
             if delay:
                 await asyncio.sleep(delay)
+            raw_headers = [(k.encode(), v.encode()) for k, v in extra.items()]
+            await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+            if plan is None:
+                await send({"type": "http.response.body", "body": b"ok"})
+            else:
+                await stream(plan, receive, send)
         finally:
             receiver.in_flight -= 1
-        raw_headers = [(k.encode(), v.encode()) for k, v in extra.items()]
-        await send({"type": "http.response.start", "status": status, "headers": raw_headers})
-        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def stream(body_plan: BodyPlan, receive: Any, send: Any) -> None:
+        gone = asyncio.Event()
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+
+        watcher = asyncio.create_task(watch())
+        try:
+            for _ in range(body_plan.count):
+                if gone.is_set():
+                    receiver.hung_up += 1
+                    return
+                await send({"type": "http.response.body", "body": body_plan.chunk, "more_body": True})
+                receiver.body_bytes_sent += len(body_plan.chunk)
+                if body_plan.interval_s:
+                    await asyncio.sleep(body_plan.interval_s)
+                else:
+                    await asyncio.sleep(0)  # let a hang-up be noticed
+            await send({"type": "http.response.body", "body": b""})
+        finally:
+            watcher.cancel()
 
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", ws="none", lifespan="off")
     server = uvicorn.Server(config)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import random
 import time
+import tracemalloc
+import zlib
+from collections.abc import Awaitable, Coroutine
+from typing import TypeVar
 
 import orjson
 import pytest
@@ -19,10 +24,12 @@ from scheduler.jobs import NewJob
 from scheduler.ledger import Finish, Ledger
 from scheduler.webhook_dispatch import url_hash
 from tests.conftest import make_settings
-from tests.workers.receiver import Answer, running_receiver
-from workers.webhooks import Deliverer, build_client, sign
+from tests.workers.receiver import Answer, BodyPlan, running_receiver
+from workers.webhook_slots import Slots
+from workers.webhooks import Deliverer, DeliveryReport, build_client, capacity, sign
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+T = TypeVar("T")
 NEW_SECRET = "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldY"  # base64 of 24 letters
 
 
@@ -261,24 +268,74 @@ async def test_a_tenant_without_secrets_gets_nothing_unsigned(redis_url, redis, 
     assert "no webhook secret" in (await delivery(redis, jid))["last_error"]
 
 
+async def claim(
+    settings: Settings,
+    redis: Redis,
+    now: float,
+    *,
+    token: str = "other-worker",
+    lease_ms: int = 30_000,
+    most: int = 10,
+    room: int = 10,
+    rooms: dict[str, int] | None = None,
+) -> tuple[list[str], int]:
+    """Claim as another worker would (which then dies, or is still sending)."""
+    async with build_client(settings) as client:
+        script = Deliverer(settings, redis, client)._claim
+        ids, left = await script(
+            keys=[keys.WEBHOOKS_DUE],
+            args=[
+                int(now * 1000),
+                lease_ms,
+                most,
+                token,
+                keys.webhook_delivery(""),
+                room,
+                orjson.dumps(rooms or {}),
+                most * 4,
+            ],
+        )
+    return sorted(i.decode() for i in ids), left
+
+
 async def test_a_dead_workers_claims_come_back_after_the_lease(redis_url, redis, ledger) -> None:
-    settings = hook_settings(redis_url, lease_s=30)
+    settings = hook_settings(redis_url)
     clock = Clock()
     with running_receiver() as rx:
         jid = await finished_job(ledger, rx.url)
-        async with build_client(settings) as client:
-            deliverer = Deliverer(settings, redis, client)
-            now_ms = int(clock() * 1000)
-            # A worker claims and dies before sending.
-            await deliverer._claim(
-                keys=[keys.WEBHOOKS_DUE],
-                args=[now_ms, now_ms + 30_000, 10, "dead-worker", keys.webhook_delivery("")],
-            )
-        assert (await run(settings, redis, clock))["claimed"] == 0
-        clock.t += 31
+        assert (await claim(settings, redis, clock(), lease_ms=50))[0] == [f"wh_{jid}"]
+        await asyncio.sleep(0.2)  # past the 50 ms lease on the Redis server's clock
+        clock.t += 1  # the lease's end is the delivery's score: due again for any worker
         assert (await run(settings, redis, clock))["delivered"] == 1
     assert len(rx.requests) == 1
     assert (await delivery(redis, jid))["status"] == "delivered"
+
+
+async def test_a_worker_whose_clock_runs_ahead_leaves_live_claims_alone(redis_url, redis, ledger) -> None:
+    """Lease expiry is Redis server time: a worker 60 s ahead sees the score as due, yet claims nothing."""
+    settings = hook_settings(redis_url)
+    clock = Clock()
+    with running_receiver() as rx:
+        jid = await finished_job(ledger, rx.url)
+        assert (await claim(settings, redis, clock(), lease_ms=30_000))[0] == [f"wh_{jid}"]
+        clock.t += 60
+        assert (await run(settings, redis, clock))["claimed"] == 0
+    assert rx.requests == []
+    assert (await delivery(redis, jid))["lease"] == "other-worker"
+
+
+async def test_one_claim_takes_at_most_each_tenants_room(redis_url, redis, ledger) -> None:
+    settings = hook_settings(redis_url)
+    url = "http://127.0.0.1:9/hook"
+    acme = {f"wh_{await finished_job(ledger, url)}" for _ in range(3)}
+    globex = {f"wh_{await finished_job(ledger, url, tenant='globex')}" for _ in range(3)}
+    first, left = await claim(settings, redis, time.time(), room=2, rooms={"globex": 1})
+    assert len(acme & set(first)) == 2
+    assert len(globex & set(first)) == 1
+    assert left == 1  # the rest is due but had no room
+    rest, left = await claim(settings, redis, time.time(), room=5, token="another")
+    assert set(rest) == (acme | globex) - set(first)  # live claims are skipped
+    assert left == 0
 
 
 async def test_fan_out_is_concurrent(redis_url, redis, ledger) -> None:
@@ -381,3 +438,193 @@ def test_every_valid_secret_form_loads_and_signs() -> None:
             "webhook-signature": sign([unpadded], "msg_x", int(time.time()), b"{}"),
         },
     )
+
+
+HUGE = BodyPlan(b"x" * 65536, 300 * 1024 * 1024 // 65536)  # 300 MB, as fast as the client reads
+TRICKLE = BodyPlan(b"x", 100_000, 0.05)  # a byte every 50 ms: each read well inside any read timeout
+
+
+def peak_mb(work: Awaitable[T]) -> Coroutine[None, None, tuple[T, float]]:
+    """Run ``work`` under tracemalloc; its result and the peak of Python memory it allocated (MB)."""
+
+    async def measured() -> tuple[T, float]:
+        tracemalloc.start()
+        try:
+            result = await work
+            return result, tracemalloc.get_traced_memory()[1] / 2**20
+        finally:
+            tracemalloc.stop()
+
+    return measured()
+
+
+async def test_a_300_mb_answer_costs_a_few_kilobytes(redis_url, redis, ledger) -> None:
+    settings = hook_settings(redis_url, timeout_s=30.0)
+    with running_receiver(lambda n: (500, {}, 0.0), plan=HUGE) as rx:
+        jid = await finished_job(ledger, rx.url)
+        report, peak = await peak_mb(run(settings, redis, Clock()))
+    assert report["retry"] == 1
+    assert peak < 20
+    assert rx.body_bytes_sent < 50 * 2**20  # the client hung up long before the end
+    record = await delivery(redis, jid)
+    assert record["status"] == "failing"
+    assert record["last_status"] == "500"
+    assert "larger than 4096 bytes" in record["last_error"]
+
+
+async def test_a_trickling_receiver_is_cut_off_at_the_send_deadline(redis_url, redis, ledger) -> None:
+    """Every read gets its byte in time; the deadline over the whole send still ends it."""
+    settings = hook_settings(redis_url, timeout_s=0.5)
+    with running_receiver(lambda n: (500, {}, 0.0), plan=TRICKLE) as rx:
+        jid = await finished_job(ledger, rx.url)
+        report, peak = await peak_mb(run(settings, redis, Clock()))
+    assert report["retry"] == 1
+    assert peak < 20
+    assert rx.body_bytes_sent < TRICKLE.count
+    record = await delivery(redis, jid)
+    assert record["status"] == "failing"
+    assert "timeout" in record["last_error"]
+    assert "deadline" in record["last_error"]
+
+
+async def test_hostile_receivers_do_not_hold_back_other_tenants(redis_url, redis, ledger) -> None:
+    """One claim pass: the hostile tenant's sends fail on deadline or size, everyone else's succeed."""
+    settings = hook_settings(redis_url, timeout_s=1.0, concurrency=4, per_tenant_concurrency=2)
+    settings.tenants["globex"] = TenantSettings(api_key="globex-key", webhook_secrets=[SECRET])
+    with (
+        running_receiver(lambda n: (500, {}, 0.0), plan=TRICKLE) as slow,
+        running_receiver(lambda n: (500, {}, 0.0), plan=HUGE) as huge,
+        running_receiver(secrets=(SECRET,)) as fine,
+    ):
+        hostile = [await finished_job(ledger, slow.url) for _ in range(3)]
+        hostile += [await finished_job(ledger, huge.url) for _ in range(2)]
+        others = [await finished_job(ledger, fine.url, tenant="globex") for _ in range(20)]
+        report = await run(settings, redis, Clock())
+    assert report["delivered"] == 20
+    assert report["retry"] == 5
+    for jid in others:
+        assert (await delivery(redis, jid))["status"] == "delivered"
+    reasons = [(await delivery(redis, jid))["last_error"] for jid in hostile]
+    assert sum("deadline" in r for r in reasons) == 3
+    assert sum("larger than" in r for r in reasons) == 2
+
+
+async def test_sends_in_flight_stay_within_the_tenant_and_url_limits(redis_url, redis, ledger) -> None:
+    settings = hook_settings(redis_url, concurrency=20, per_tenant_concurrency=3, per_url_concurrency=2)
+    with (
+        running_receiver(lambda n: (200, {}, 0.05)) as one,
+        running_receiver(lambda n: (200, {}, 0.05)) as two,
+    ):
+        for _ in range(10):
+            await finished_job(ledger, one.url)
+            await finished_job(ledger, two.url)
+        report = await run(settings, redis, Clock())
+    assert report["delivered"] == 20
+    assert one.peak <= 2
+    assert two.peak <= 2
+    with running_receiver(lambda n: (200, {}, 0.05)) as shared:
+        for _ in range(10):
+            await finished_job(ledger, shared.url)
+        settings = hook_settings(redis_url, concurrency=20, per_tenant_concurrency=3, per_url_concurrency=20)
+        assert (await run(settings, redis, Clock()))["delivered"] == 10
+    assert shared.peak <= 3
+
+
+async def test_a_send_that_could_outlive_its_lease_is_handed_back_unsent(redis_url, redis, ledger) -> None:
+    """One slot, a 0.6 s deadline, a 1 s lease: the second send could not end in time, so it never starts."""
+    settings = hook_settings(redis_url, timeout_s=0.6, lease_s=1.0, per_tenant_concurrency=1)
+    with running_receiver(lambda n: (500, {}, 0.0), plan=TRICKLE) as rx:
+        first = await finished_job(ledger, rx.url)
+        second = await finished_job(ledger, rx.url)
+        clock = Clock()
+        async with build_client(settings) as client:
+            deliverer = Deliverer(settings, redis, client)
+            ids, left = await deliverer._claim_and_start(clock, 10, in_flight := {})
+            assert (ids, left) == (2, False)
+            outcomes = await asyncio.gather(*in_flight)
+    assert sorted(o.action for o in outcomes) == ["released", "retry"]
+    assert len(rx.requests) == 1
+    released = next(o.id for o in outcomes if o.action == "released")
+    assert released in (f"wh_{first}", f"wh_{second}")
+    await deliverer._apply(outcomes, int(clock() * 1000), DeliveryReport())
+    record = await redis.hgetall(keys.webhook_delivery(released))
+    assert b"lease" not in record
+    assert b"attempts" not in record or record[b"attempts"] == b"0"
+    assert await redis.zscore(keys.WEBHOOKS_DUE, released) == int(clock() * 1000)  # due again at once
+
+
+async def test_a_delivery_reads_no_request_body(redis_url, redis, ledger) -> None:
+    """The job's request body (here 8 MB) is never loaded: only the fields its message shows."""
+    settings = hook_settings(redis_url)
+    with running_receiver() as rx:
+        jid = await finished_job(ledger, rx.url)
+        await redis.hset(keys.job(jid), "body", b"x" * (8 * 2**20))  # type: ignore[misc]
+        report, peak = await peak_mb(run(settings, redis, Clock()))
+    assert report["delivered"] == 1
+    assert peak < 4
+    assert orjson.loads(rx.requests[0].body)["data"]["id"] == jid
+
+
+def test_a_lease_no_longer_than_the_send_deadline_is_refused() -> None:
+    with pytest.raises(ValidationError, match="lease_s"):
+        WebhookSettings(timeout_s=30, lease_s=30)
+
+
+@pytest.mark.parametrize(
+    ("timeout_s", "lease_s", "concurrency", "held"),
+    [
+        (15, 60, 64, 192),  # the defaults: three rounds of 64 slowest sends fit in a lease
+        (1, 2.5, 2, 4),
+        (10, 10.5, 8, 8),  # one round fits, with a quarter second to spare
+        (0.1, 60, 64, 500),  # claim_batch bounds it
+    ],
+)
+def test_a_worker_holds_no_more_than_it_can_send_within_a_lease(
+    timeout_s: float, lease_s: float, concurrency: int, held: int
+) -> None:
+    hooks = WebhookSettings(timeout_s=timeout_s, lease_s=lease_s, concurrency=concurrency)
+    assert capacity(hooks) == held
+
+
+async def test_send_slots_hold_their_limit_and_forget_keys_no_one_uses() -> None:
+    slots = Slots(2)
+    inside: dict[str, int] = {"a": 0, "b": 0}
+    peak: dict[str, int] = {"a": 0, "b": 0}
+    gate = asyncio.Event()
+
+    async def one(key: str) -> None:
+        async with slots.hold(key):
+            inside[key] += 1
+            peak[key] = max(peak[key], inside[key])
+            await gate.wait()
+            inside[key] -= 1
+
+    tasks = [asyncio.create_task(one(k)) for k in "aaaab"]
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert inside == {"a": 2, "b": 1}  # two of the four a's wait; b has its own slots
+    assert len(slots) == 2
+    gate.set()
+    await asyncio.gather(*tasks)
+    assert peak == {"a": 2, "b": 1}
+    assert len(slots) == 0
+
+
+def gzip_of_zeros(megabytes: int) -> bytes:
+    """A gzip stream that inflates to ``megabytes`` MB of zeros, made without holding them."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # 31: gzip framing
+    block = bytes(2**20)
+    return b"".join(packer.compress(block) for _ in range(megabytes)) + packer.flush()
+
+
+async def test_a_compressed_answer_is_never_inflated(redis_url, redis, ledger) -> None:
+    """A 64 MB gzip bomb in an error answer costs what its first raw KB cost."""
+    settings = hook_settings(redis_url)
+    bomb = BodyPlan(gzip_of_zeros(64), 1)
+    with running_receiver(lambda n: (500, {"content-encoding": "gzip"}, 0.0), plan=bomb) as rx:
+        jid = await finished_job(ledger, rx.url)
+        report, peak = await peak_mb(run(settings, redis, Clock()))
+    assert report["retry"] == 1
+    assert peak < 20
+    assert rx.requests[0].headers["accept-encoding"] == "identity"
+    assert "larger than 4096 bytes" in (await delivery(redis, jid))["last_error"]

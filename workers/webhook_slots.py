@@ -1,0 +1,73 @@
+"""Send slots for webhook delivery: how many sends may be in flight at once, overall and per key.
+
+A tenant chooses its receiver, so a slow one must hold only its own slots: :class:`Limits` keeps
+one counter for all sends, one per tenant and one per (tenant, URL). Entries per key live only
+while someone holds or awaits them, so a process that has seen a million URLs keeps none of them.
+All :class:`~workers.webhooks.Deliverer` runs on one client (one per process) share one
+:class:`Limits`, so concurrent delivery tasks do not multiply the limits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import httpx
+
+from config.settings import WebhookSettings
+
+
+class Slots:
+    """At most ``limit`` holders per key; a key's entry lives only while someone holds or awaits it."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._entries: dict[str, tuple[asyncio.Semaphore, list[int]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        entry = self._entries.get(key)
+        if entry is None:
+            entry = self._entries[key] = (asyncio.Semaphore(self.limit), [0])
+        semaphore, users = entry
+        users[0] += 1
+        try:
+            async with semaphore:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._entries[key]
+
+
+@dataclass(slots=True)
+class Limits:
+    """The process's send slots: all sends, per tenant and per (tenant, URL)."""
+
+    total: Slots
+    tenant: Slots
+    url: Slots
+
+    @classmethod
+    def of(cls, hooks: WebhookSettings) -> Limits:
+        return cls(
+            Slots(hooks.concurrency), Slots(hooks.per_tenant_concurrency), Slots(hooks.per_url_concurrency)
+        )
+
+
+# One set of limits per webhook client, i.e. per process: concurrent delivery tasks share them.
+_LIMITS: weakref.WeakKeyDictionary[httpx.AsyncClient, Limits] = weakref.WeakKeyDictionary()
+
+
+def limits_for(client: httpx.AsyncClient, hooks: WebhookSettings) -> Limits:
+    """The send slots shared by every :class:`Deliverer` on ``client``."""
+    limits = _LIMITS.get(client)
+    if limits is None:
+        limits = _LIMITS[client] = Limits.of(hooks)
+    return limits
