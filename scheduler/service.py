@@ -33,6 +33,7 @@ from scheduler.lanes import Lane, load_lanes
 from scheduler.leader import Leader, holder_id
 from scheduler.planner import Decision, LaneState, decide, pressure_horizon_ms
 from scheduler.slo import SloTracker
+from scheduler.store import blocking_wait_s
 from scheduler.sync_dispatch import dispatch_sync
 from scheduler.webhook_dispatch import dispatch_webhooks
 
@@ -145,7 +146,7 @@ class Scheduler:
         while not self._stopping:
             try:
                 await self.tick(clock())
-                if await self.redis.blpop([keys.WAKEUP], timeout=interval):  # type: ignore[misc, arg-type]  # Redis >= 6 takes fractions
+                if await self.redis.blpop([keys.WAKEUP], timeout=blocking_wait_s(self.settings, interval)):  # type: ignore[misc, arg-type]  # Redis >= 6 takes fractions
                     await self.redis.delete(keys.WAKEUP)
             except (RedisError, OSError) as exc:
                 # Redis out of reach: keep trying; the lease lapses meanwhile, so a standby that
