@@ -7,8 +7,9 @@ on ``tick.report``. Add a step with one line in ``__init__`` (e.g. ``("webhooks"
 (a job enqueued pushes to ``keys.WAKEUP``).
 
 Steps here: ``plan`` (flush decisions, reservation into planned batches, ``submit_batch``),
-``polls`` (``poll_batch`` for every batch whose next poll is due) and ``reconcile`` (at start and
-every ``reconcile_interval_s``, the ``reconcile_batches`` task for stale planned batches).
+``polls`` (``poll_batch`` for every batch whose next poll is due), ``reconcile`` (at start and
+every ``reconcile_interval_s``, the ``reconcile_batches`` task for stale planned batches) and
+``retention`` (on the same interval, scheduler/retention.py trims what retention allows).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from scheduler.batches import Batches, Fenced
 from scheduler.lanes import Lane, load_lanes
 from scheduler.leader import Leader, holder_id
 from scheduler.planner import Decision, LaneState, decide, pressure_horizon_ms
+from scheduler.retention import RetentionStep
 from scheduler.slo import SloTracker
 from scheduler.store import blocking_wait_s
 from scheduler.sync_dispatch import dispatch_sync
@@ -90,6 +92,7 @@ class Scheduler:
             ("plan", plan_step),
             ("polls", polls_step),
             ("reconcile", reconcile_step),
+            ("retention", RetentionStep()),
             ("sync", dispatch_sync),
             ("webhooks", dispatch_webhooks),
         ]

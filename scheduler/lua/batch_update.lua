@@ -32,5 +32,6 @@ if to == 'ingested' or to == 'failed' or to == 'cancelled' then
   redis.call('ZREM', KEYS[3], id)
   redis.call('ZREM', KEYS[4], id)
   if to == 'failed' then redis.call('ZADD', KEYS[5], ARGV[4], id) end
+  redis.call('ZADD', PREFIX .. ':batches:ended', ARGV[4], id)  -- keys.BATCHES_ENDED, for retention
 end
 return {'ok', state, incremented}
