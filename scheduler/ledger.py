@@ -232,6 +232,11 @@ class Ledger:
             raws = await pipe.execute()
         return [JobRecord.from_hash(raw) if raw else None for raw in raws]
 
+    async def get_view(self, job_id: str) -> JobRecord | None:
+        """The job's record with only the fields its view shows (no request body), or None."""
+        values = await self.redis.hmget(keys.job(job_id), list(VIEW_FIELDS))  # type: ignore[misc]
+        return JobRecord.from_view_fields(values)
+
     async def get_views(self, job_ids: Sequence[str]) -> list[JobRecord | None]:
         """Records for many jobs with only the fields their view shows (no request body), in order."""
         async with self.redis.pipeline(transaction=False) as pipe:

@@ -247,3 +247,23 @@ async def test_the_scheduler_trims_when_it_starts_leading_then_every_reconcile_i
             assert (await scheduler.tick(later)).steps["retention"] == 1
     finally:
         await pool.aclose()
+
+
+async def test_the_api_reads_and_lists_jobs_without_their_bodies(settings: Settings, redis: Redis):
+    from tests.scheduler.api_harness import asgi_client
+
+    job = {
+        "provider": "openai",
+        "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]},
+    }
+    async with asgi_client(settings, redis) as api:
+        job_id = (await api.post("/v1/jobs", json=job)).json()["id"]
+        await redis.config_resetstat()
+        read = await api.get(f"/v1/jobs/{job_id}")
+        listed = await api.get("/v1/jobs", params={"status": "queued"})
+        cancelled = await api.post(f"/v1/jobs/{job_id}/cancel")
+    stats = await redis.info("commandstats")
+    assert read.json()["id"] == job_id
+    assert [j["id"] for j in listed.json()["data"]] == [job_id]
+    assert cancelled.json()["status"] == "cancelled"
+    assert "cmdstat_hgetall" not in stats
