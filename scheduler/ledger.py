@@ -338,7 +338,7 @@ class Ledger:
         fixed: list[Any] = [
             orjson.dumps(encoded),
             now_ms,
-            self.result_ttl_s * 1000,
+            min(self.result_ttl_s, self.job_ttl_s) * 1000,  # a result never outlives its job
             day,
             day[:7],
             self.slo_bucket_s,

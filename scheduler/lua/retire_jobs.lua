@@ -14,6 +14,7 @@ for _, id in ipairs(ids) do
   local state = rec[1]
   if not state then
     redis.call('ZREM', KEYS[1], id)
+    redis.call('DEL', k_result(id))  -- a result never outlives its job
     removed = removed + 1
   elseif (state == 'succeeded' or state == 'failed' or state == 'cancelled')
       and tonumber(rec[4] or '') and tonumber(rec[4]) < cutoff then

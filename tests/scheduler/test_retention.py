@@ -69,6 +69,7 @@ async def test_an_ended_job_drops_its_body_and_expires(redis: Redis):
     for job_id in (finished.id, cancelled.id):
         assert not await redis.hexists(keys.job(job_id), "body")
         assert 0 < await redis.ttl(keys.job(job_id)) <= TTL_S
+    assert 0 < await redis.pttl(keys.result(finished.id)) <= TTL_S * 1000  # never outlives its job
     record = await ledger.get(finished.id)
     assert record is not None
     assert (record.state, record.size) == ("succeeded", len(finished.body))
@@ -159,8 +160,10 @@ async def test_trim_drops_index_entries_whose_record_expired(redis_url: str, red
     jobs = await enqueue(ledger, [new_job(NOW + i, feature="gone") for i in range(10)])
     await ledger.finish([done(j) for j in jobs], NOW + 10)
     await redis.delete(*[keys.job(j) for j in jobs])  # what their TTL does
+    assert await redis.exists(*[keys.result(j) for j in jobs]) == 10
     report = await Retention(redis, settings).trim(NOW + 11 + TTL_S * 1000)
     assert report.index_entries == 10 * 3  # all jobs, succeeded, feature "gone"
+    assert await redis.exists(*[keys.result(j) for j in jobs]) == 0
     assert not await redis.exists(
         keys.tenant_jobs("acme"),
         keys.tenant_status("acme", "succeeded"),
