@@ -78,8 +78,9 @@ async def _store_unavailable(request: Request, exc: Exception) -> JsonResponse:
     )
 
 
-# Error replies that say the store cannot take writes for now, also when a Lua script relays them.
-_UNAVAILABLE_REPLIES = ("OOM ", "READONLY ", "MASTERDOWN ", "LOADING ")
+# Error replies that say the store cannot serve us for now; Redis before 7 relays them from a Lua
+# script inside an "ERR Error running script ..." reply, hence a search and not only a prefix.
+_UNAVAILABLE_REPLIES = ("OOM ", "READONLY ", "MASTERDOWN ", "LOADING ", "BUSY ")
 
 
 def store_unavailable(exc: BaseException) -> bool:
@@ -88,7 +89,7 @@ def store_unavailable(exc: BaseException) -> bool:
         return True
     if isinstance(exc, ResponseError):
         message = str(exc)
-        return any(reply in message or message.startswith(reply.strip()) for reply in _UNAVAILABLE_REPLIES)
+        return any(message.startswith(reply) or f"-{reply}" in message for reply in _UNAVAILABLE_REPLIES)
     return False
 
 

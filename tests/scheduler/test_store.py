@@ -161,3 +161,20 @@ async def test_a_long_poll_outlasts_the_socket_timeout(redis_url: str, redis: Re
     assert response.status_code == 200
     assert response.json()["status"] == "succeeded"
     assert "watcher.disconnected" not in [e["event"] for e in logs]
+
+
+def test_replies_that_mean_not_now_are_told_apart_from_bugs():
+    from redis.exceptions import ResponseError
+
+    from scheduler.api.errors import store_unavailable
+
+    relayed = (
+        "ERR Error running script (call to f_1): @user_script:1: -READONLY You can't write against a replica."
+    )
+    assert store_unavailable(ResponseError(relayed))
+    assert store_unavailable(ResponseError("MASTERDOWN Link with MASTER is down"))
+    assert store_unavailable(ResponseError("BUSY Redis is busy running a script"))
+    assert not store_unavailable(
+        ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value")
+    )
+    assert not store_unavailable(ResponseError("ERR user_script:3: attempt to compare nil with number"))
