@@ -123,6 +123,11 @@ async def run_scheduler(settings: Settings) -> None:
 async def run_worker(settings: Settings, grace_s: float = DEFAULT_GRACE_S) -> None:
     """The arq worker until SIGTERM, draining tasks in flight."""
     stop = _stop_event()
+    redis = connect(settings)
+    try:
+        await check_server(redis)
+    finally:
+        await redis.aclose()
     worker = SupervisedWorker(settings)
     main = asyncio.create_task(worker.run())
     stop_task = asyncio.create_task(stop.wait())

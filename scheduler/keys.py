@@ -55,7 +55,8 @@ def idempotency(tenant: str, key: str) -> str:
 
 
 def tenant_jobs(tenant: str) -> str:
-    """Sorted set (all scores 0): a tenant's job ids; ids sort by time, so lex order is age order."""
+    """Sorted set (all scores 0): a tenant's job ids; ids sort by time, so lex order is age order.
+    Trimmed with the job records by the retention pass (scheduler/retention.py)."""
     return f"{PREFIX}:tenant:{tenant}:jobs"
 
 
@@ -105,7 +106,8 @@ def webhook_delivery(delivery_id: str) -> str:
 
 
 def tenant_deliveries(tenant: str) -> str:
-    """Sorted set: a tenant's delivery ids scored by creation time, for the deliveries API."""
+    """Sorted set: a tenant's delivery ids scored by creation time, for the deliveries API. Ended
+    deliveries older than retention are deleted with their entry by the retention pass."""
     return f"{PREFIX}:tenant:{tenant}:deliveries"
 
 
