@@ -321,6 +321,11 @@ def tenant_features(tenant: str) -> str:
     return f"{PREFIX}:tenant:{tenant}:features"
 
 
+# Set: tenants that may have job indexes, so the retention pass trims them even after a tenant left
+# the settings; a tenant leaves it once it has no index left.
+TENANTS_INDEXED = f"{PREFIX}:tenants"
+
+
 # Sorted set: batches that reached an end state (ingested, failed, cancelled), scored by when. The
 # retention pass deletes each one's record, job set, cursor and provider-id entry after retention.
 BATCHES_ENDED = f"{PREFIX}:batches:ended"

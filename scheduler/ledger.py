@@ -169,6 +169,7 @@ class Ledger:
             keys.tenant_status(job.tenant, job.state),
             keys.tenant_feature(job.tenant, feature) if (feature := job.tags.get("feature")) else "",
             keys.tenant_features(job.tenant),
+            keys.TENANTS_INDEXED,
         ]
         args: list[Any] = [
             job.id,

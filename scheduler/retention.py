@@ -5,8 +5,9 @@ What points at records, and what no TTL can reach, is trimmed here by :meth:`Ret
 function of the clock that the scheduler runs as its ``retention`` step every
 ``scheduler.reconcile_interval_s``:
 
-- per-tenant job indexes (all jobs, per state, per feature): ids older than ``retention.job_ttl_s``
-  whose record is gone leave them; a record that ended before the cutoff is deleted with them;
+- per-tenant job indexes (all jobs, per state, per feature) of every tenant that has any, configured
+  or not: ids older than ``retention.job_ttl_s`` whose record is gone leave them; a record that
+  ended before the cutoff is deleted with them;
 - webhook deliveries created before the cutoff that are over (delivered, dead, disabled);
 - dead letters older than ``retention.dead_letter_ttl_s`` or past ``retention.dead_letter_max``;
 - batches that ended before the cutoff: record, job set, cursor, deadline index, provider-id entry;
@@ -71,13 +72,15 @@ class Retention:
         self._deliveries = scripts.load(redis, "retire_deliveries")
         self._dead = scripts.load(redis, "retire_dead")
         self._batches = scripts.load(redis, "retire_batches")
+        self._tenant = scripts.load(redis, "retire_tenant")
 
     async def trim(self, now_ms: int) -> TrimReport:
         """Trim everything retention allows at ``now_ms`` (epoch ms); returns what it removed."""
         r = self.settings.retention
         cutoff_ms = now_ms - r.job_ttl_s * 1000
         report = TrimReport()
-        for tenant in sorted(self.settings.tenants):
+        indexed = {m.decode() for m in await self.redis.smembers(keys.TENANTS_INDEXED)}  # type: ignore[misc]
+        for tenant in sorted(indexed | set(self.settings.tenants)):
             await self._trim_tenant(tenant, cutoff_ms, report)
         await self._trim_dead(now_ms - r.dead_letter_ttl_s * 1000, report)
         await self._trim_batches(cutoff_ms, report)
@@ -104,6 +107,9 @@ class Retention:
         for index, owner in indexes:
             await self._trim_job_index(index, owner, cutoff_ms, report)
         await self._trim_deliveries(tenant, cutoff_ms, report)
+        tenant_keys = [keys.tenant_jobs(tenant), keys.tenant_deliveries(tenant), features_key]
+        tenant_keys += [keys.tenant_status(tenant, state) for state in STATES]
+        await self._tenant(keys=[keys.TENANTS_INDEXED, *tenant_keys], args=[tenant])
 
     async def _trim_job_index(self, index: str, owner: str, cutoff_ms: int, report: TrimReport) -> None:
         # Ids begin with their creation time, so every id made before the cutoff sorts below this.

@@ -270,3 +270,15 @@ async def test_the_api_reads_and_lists_jobs_without_their_bodies(settings: Setti
     assert [j["id"] for j in listed.json()["data"]] == [job_id]
     assert cancelled.json()["status"] == "cancelled"
     assert "cmdstat_hgetall" not in stats
+
+
+async def test_trim_reaches_tenants_no_longer_configured_and_then_forgets_them(redis_url: str, redis: Redis):
+    settings = retention_settings(redis_url)
+    ledger = Ledger.for_settings(redis, settings)
+    [gone] = await enqueue(ledger, [new_job(tenant="departed", feature="x")])
+    assert "departed" not in settings.tenants
+    assert await redis.smembers(keys.TENANTS_INDEXED) == {b"departed"}
+    await ledger.finish([done(gone)], NOW)
+    report = await Retention(redis, settings).trim(NOW + 1 + TTL_S * 1000)
+    assert report.jobs == 1
+    assert [k async for k in redis.scan_iter(match="bs:tenant*")] == []
