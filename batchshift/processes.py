@@ -15,15 +15,13 @@ from collections.abc import Iterator
 
 import structlog
 import uvicorn
-from arq import create_pool
-from arq.connections import RedisSettings
 from arq.worker import Worker
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from config.settings import Settings
 from scheduler.api.app import create_app
 from scheduler.service import Scheduler
+from scheduler.store import check_server, connect, connect_arq
 from workers.worker import close_worker, worker_settings
 
 log = structlog.get_logger(__name__)
@@ -105,8 +103,9 @@ class SupervisedWorker:
 async def run_scheduler(settings: Settings) -> None:
     """The scheduler's tick loop until SIGTERM; standbys wait for the lease."""
     stop = _stop_event()
-    redis = Redis.from_url(settings.redis_url)
-    arq_pool = await create_pool(RedisSettings.from_dsn(settings.redis_url))
+    redis = connect(settings)
+    arq_pool = connect_arq(settings)
+    await check_server(redis)
     try:
         async with Scheduler(settings, redis, arq_pool) as scheduler:
             loop_task = asyncio.create_task(scheduler.run_forever())
@@ -124,6 +123,11 @@ async def run_scheduler(settings: Settings) -> None:
 async def run_worker(settings: Settings, grace_s: float = DEFAULT_GRACE_S) -> None:
     """The arq worker until SIGTERM, draining tasks in flight."""
     stop = _stop_event()
+    redis = connect(settings)
+    try:
+        await check_server(redis)
+    finally:
+        await redis.aclose()
     worker = SupervisedWorker(settings)
     main = asyncio.create_task(worker.run())
     stop_task = asyncio.create_task(stop.wait())
@@ -143,8 +147,9 @@ async def run_node(settings: Settings, host: str, port: int, grace_s: float = DE
             create_app(settings), host=host, port=port, log_config=None, access_log=False, server_header=False
         )
     )
-    redis = Redis.from_url(settings.redis_url)
-    arq_pool = await create_pool(RedisSettings.from_dsn(settings.redis_url))
+    redis = connect(settings)
+    arq_pool = connect_arq(settings)
+    await check_server(redis)
     worker = SupervisedWorker(settings)
     scheduler = Scheduler(settings, redis, arq_pool)
     parts = {

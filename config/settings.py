@@ -197,6 +197,27 @@ class WorkerSettings(_Strict):
     sync_timeout_s: float = Field(default=600.0, gt=0)
 
 
+class RetentionSettings(_Strict):
+    """How long ended work stays in Redis, so memory stays bounded however long batchshift runs."""
+
+    # Seconds a terminal job record (status, usage, cost, no request body) is kept after it ended;
+    # per-tenant indexes, delivery records and ended batches are trimmed on the same horizon.
+    job_ttl_s: int = Field(default=7 * 24 * 3600, gt=0)
+    # Dead-lettered webhook deliveries: kept at most this long, and at most this many.
+    dead_letter_ttl_s: int = Field(default=7 * 24 * 3600, gt=0)
+    dead_letter_max: int = Field(default=10_000, gt=0)
+    trim_chunk: int = Field(default=1_000, gt=0)  # index entries examined per Lua call of a trim
+
+
+class RedisClientSettings(_Strict):
+    """Every Redis client batchshift creates (API, scheduler, worker, arq pools)."""
+
+    # A blackholed Redis fails a command after this many seconds instead of hanging it. Blocking
+    # reads (the scheduler's wake-up wait, long polls) wait in slices shorter than this.
+    socket_timeout_s: float = Field(default=5.0, gt=0)
+    socket_connect_timeout_s: float = Field(default=5.0, gt=0)
+
+
 class WebhookSettings(_Strict):
     """Completion webhook delivery."""
 
@@ -312,6 +333,8 @@ class Settings(BaseSettings):
     webhook_allowlist: list[str] = []
     alerts: AlertSettings = AlertSettings()
     slo: SloSettings = SloSettings()
+    retention: RetentionSettings = RetentionSettings()
+    redis: RedisClientSettings = RedisClientSettings()
     pricing_file: Path = DEFAULT_PRICING_PATH
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"

@@ -211,6 +211,7 @@ class Batches:
                 keys.BATCHES_LIVE,
                 keys.BATCHES_FAILED,
                 keys.BATCHES_CLOSED,
+                keys.BATCHES_ENDED,
             ],
             args=args,
         )

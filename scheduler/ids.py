@@ -39,6 +39,11 @@ def new_id(prefix: str, now_ms: int | None = None) -> str:
     return f"{prefix}_{_encode(ms, 10)}{_encode(random_part, 16)}"
 
 
+def floor_id(prefix: str, ms: int) -> str:
+    """The part every id made at ``ms`` begins with: ids made earlier sort below it, later above."""
+    return f"{prefix}_{_encode(ms, 10)}"
+
+
 def job_id(now_ms: int | None = None) -> str:
     """A new job id; it is also the provider ``custom_id``."""
     return new_id("job", now_ms)

@@ -74,6 +74,30 @@ class NewJob:
         }
 
 
+# The hash fields :meth:`JobRecord.view` shows (plus tenant and feature, which listings filter on):
+# a listing reads only these, never the request body.
+VIEW_FIELDS: Final = (
+    "id",
+    "tenant",
+    "provider",
+    "endpoint",
+    "model",
+    "lane",
+    "state",
+    "route",
+    "deadline_ms",
+    "created_ms",
+    "completed_ms",
+    "callback_url",
+    "tags",
+    "feature",
+    "attempts",
+    "usage",
+    "cost",
+    "error",
+)
+
+
 @dataclass(slots=True)
 class JobRecord:
     """A job as stored in its Redis hash, decoded."""
@@ -136,6 +160,14 @@ class JobRecord:
             error=opt_json("error"),
             raw=h,
         )
+
+    @classmethod
+    def from_view_fields(cls, values: list[bytes | None]) -> JobRecord | None:
+        """Decode an HMGET of :data:`VIEW_FIELDS`; None when the record is gone."""
+        raw = {
+            name.encode(): value for name, value in zip(VIEW_FIELDS, values, strict=True) if value is not None
+        }
+        return cls.from_hash(raw) if b"state" in raw else None
 
     @property
     def terminal(self) -> bool:

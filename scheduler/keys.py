@@ -55,7 +55,8 @@ def idempotency(tenant: str, key: str) -> str:
 
 
 def tenant_jobs(tenant: str) -> str:
-    """Sorted set (all scores 0): a tenant's job ids; ids sort by time, so lex order is age order."""
+    """Sorted set (all scores 0): a tenant's job ids; ids sort by time, so lex order is age order.
+    Trimmed with the job records by the retention pass (scheduler/retention.py)."""
     return f"{PREFIX}:tenant:{tenant}:jobs"
 
 
@@ -105,7 +106,8 @@ def webhook_delivery(delivery_id: str) -> str:
 
 
 def tenant_deliveries(tenant: str) -> str:
-    """Sorted set: a tenant's delivery ids scored by creation time, for the deliveries API."""
+    """Sorted set: a tenant's delivery ids scored by creation time, for the deliveries API. Ended
+    deliveries older than retention are deleted with their entry by the retention pass."""
     return f"{PREFIX}:tenant:{tenant}:deliveries"
 
 
@@ -302,3 +304,40 @@ def sync_hold(provider: str) -> str:
     """String with PX: epoch ms before which no sync call goes to a provider (its rate-limit headers or
     a 429's retry-after said so)."""
     return f"{PREFIX}:sync:{provider}:hold"
+
+
+# -- retention (issue 12): every index below is trimmed by scheduler/retention.py -----------------
+
+# Seconds an ended job's record is kept by default (settings.retention.job_ttl_s). finish.lua and
+# cancel.lua drop its request body and set this TTL when the job ends.
+DEFAULT_JOB_TTL_S = 7 * 24 * 3600
+
+
+def tenant_status(tenant: str, state: str) -> str:
+    """Sorted set (all scores 0): a tenant's job ids in one state, for listings filtered by status.
+
+    Every Lua step that changes a job's state moves the id between these in the same step; ids whose
+    record expired are trimmed by the retention pass."""
+    return f"{PREFIX}:tenant:{tenant}:status:{state}"
+
+
+def tenant_feature(tenant: str, feature: str) -> str:
+    """Sorted set (all scores 0): a tenant's job ids tagged with one ``feature``, written at enqueue;
+    trimmed with the job records by the retention pass (an empty one is gone, as Redis does)."""
+    return f"{PREFIX}:tenant:{tenant}:feature:{feature}"
+
+
+def tenant_features(tenant: str) -> str:
+    """Set: the tenant's feature index keys that may hold ids, so the retention pass can find them;
+    a key is removed once its index is empty."""
+    return f"{PREFIX}:tenant:{tenant}:features"
+
+
+# Set: tenants that may have job indexes, so the retention pass trims them even after a tenant left
+# the settings; a tenant leaves it once it has no index left.
+TENANTS_INDEXED = f"{PREFIX}:tenants"
+
+
+# Sorted set: batches that reached an end state (ingested, failed, cancelled), scored by when. The
+# retention pass deletes each one's record, job set, cursor and provider-id entry after retention.
+BATCHES_ENDED = f"{PREFIX}:batches:ended"

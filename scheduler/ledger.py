@@ -20,10 +20,10 @@ from config.settings import Settings
 from scheduler import keys, scripts
 from scheduler.clock import server_ms
 from scheduler.errors import IllegalTransition, NotFound
-from scheduler.jobs import JobRecord, NewJob
+from scheduler.jobs import VIEW_FIELDS, JobRecord, NewJob
 
-# finish.lua's fixed arguments before the result bodies (ARGV 1-7).
-FINISH_FIXED_ARGS = 7
+# finish.lua's fixed arguments before the result bodies (ARGV 1-8).
+FINISH_FIXED_ARGS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,9 +128,11 @@ class Ledger:
         idempotency_ttl_s: int = 24 * 3600,
         result_ttl_s: int = keys.DEFAULT_RESULT_TTL_S,
         slo_bucket_s: int = keys.SLO_BUCKET_S,
+        job_ttl_s: int = keys.DEFAULT_JOB_TTL_S,
         server_clock: bool = False,
     ) -> None:
         self.redis = redis
+        self.job_ttl_s = job_ttl_s
         # Job ends and requeues stamped with the Redis server's clock instead of the caller's ``now_ms``
         # (the workers' ledger: many hosts, many clocks; the SLO buckets and on-time verdicts must agree).
         self.server_clock = server_clock
@@ -151,6 +153,7 @@ class Ledger:
             idempotency_ttl_s=settings.limits.idempotency_ttl_s,
             result_ttl_s=settings.worker.result_retention_s,
             slo_bucket_s=settings.slo.bucket_s,
+            job_ttl_s=settings.retention.job_ttl_s,
             server_clock=server_clock,
         )
 
@@ -172,6 +175,10 @@ class Ledger:
             idem,
             keys.tenant_jobs(job.tenant),
             keys.WAKEUP,
+            keys.tenant_status(job.tenant, job.state),
+            keys.tenant_feature(job.tenant, feature) if (feature := job.tags.get("feature")) else "",
+            keys.tenant_features(job.tenant),
+            keys.TENANTS_INDEXED,
         ]
         args: list[Any] = [
             job.id,
@@ -235,6 +242,34 @@ class Ledger:
             raws = await pipe.execute()
         return [JobRecord.from_hash(raw) if raw else None for raw in raws]
 
+    async def get_view(self, job_id: str) -> JobRecord | None:
+        """The job's record with only the fields its view shows (no request body), or None."""
+        values = await self.redis.hmget(keys.job(job_id), list(VIEW_FIELDS))  # type: ignore[misc]
+        return JobRecord.from_view_fields(values)
+
+    async def get_views(self, job_ids: Sequence[str]) -> list[JobRecord | None]:
+        """Records for many jobs with only the fields their view shows (no request body), in order."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hmget(keys.job(job_id), list(VIEW_FIELDS))
+            rows = await pipe.execute()
+        return [JobRecord.from_view_fields(row) for row in rows]
+
+    async def _listing_index(self, tenant: str, status: str | None, feature: str | None) -> str:
+        """The index a listing walks: the filter's own, the smaller of two, or all the tenant's jobs."""
+        if status and feature:
+            by_status, by_feature = keys.tenant_status(tenant, status), keys.tenant_feature(tenant, feature)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.zcard(by_status)
+                pipe.zcard(by_feature)
+                n_status, n_feature = await pipe.execute()
+            return by_status if n_status <= n_feature else by_feature
+        if status:
+            return keys.tenant_status(tenant, status)
+        if feature:
+            return keys.tenant_feature(tenant, feature)
+        return keys.tenant_jobs(tenant)
+
     async def result(self, job_id: str) -> bytes | None:
         """The job's result body while retention keeps it."""
         value: bytes | None = await self.redis.get(keys.result(job_id))
@@ -251,18 +286,19 @@ class Ledger:
     ) -> tuple[list[JobRecord], str | None]:
         """A tenant's jobs, newest first, from after ``cursor``; returns the page and the next cursor.
 
-        Filters are applied while walking the tenant's index in slices, so a rare status costs
-        more reads, never a wrong page.
+        A filter walks its own index (per-tenant per-status or per-feature, bounded by retention);
+        with both, the smaller one, checking the other on each record. Only the view's fields are
+        read (HMGET), never request bodies.
         """
-        index = keys.tenant_jobs(tenant)
+        index = await self._listing_index(tenant, status, feature)
         upper: bytes | str = f"({cursor}" if cursor else "+"
         page: list[JobRecord] = []
-        scan = max(limit * 2, 100)
+        scan = limit + 1 if not (status and feature) else max(limit * 2, 100)
         while len(page) < limit:
             ids = await self.redis.zrevrangebylex(index, upper, "-", start=0, num=scan)
             if not ids:
                 return page, None
-            records = await self.get_many([i.decode() for i in ids])
+            records = await self.get_views([i.decode() for i in ids])
             for job_id, record in zip(ids, records, strict=True):
                 upper = b"(" + job_id
                 if record is None:
@@ -292,7 +328,7 @@ class Ledger:
 
     async def cancel(self, job_id: str, now_ms: int) -> Transition:
         """Cancel a live job; raise NotFound or IllegalTransition (already terminal)."""
-        status, prior = await self._cancel(keys=[keys.job(job_id)], args=[job_id, now_ms])
+        status, prior = await self._cancel(keys=[keys.job(job_id)], args=[job_id, now_ms, self.job_ttl_s])
         outcome = Transition(status.decode(), prior.decode())
         if outcome.status == "missing":
             raise NotFound(f"no job {job_id}")
@@ -312,11 +348,12 @@ class Ledger:
         fixed: list[Any] = [
             orjson.dumps(encoded),
             now_ms,
-            self.result_ttl_s * 1000,
+            min(self.result_ttl_s, self.job_ttl_s) * 1000,  # a result never outlives its job
             day,
             day[:7],
             self.slo_bucket_s,
             keys.AGG_TTL_S,
+            self.job_ttl_s,
         ]
         return fixed + blobs
 

@@ -7,9 +7,10 @@ on ``tick.report``. Add a step with one line in ``__init__`` (e.g. ``("webhooks"
 (a job enqueued pushes to ``keys.WAKEUP``).
 
 Steps here: ``plan`` (flush decisions, reservation into planned batches, ``submit_batch``),
-``polls`` (``poll_batch`` for every batch whose next poll is due) and ``reconcile`` (at start and
+``polls`` (``poll_batch`` for every batch whose next poll is due), ``reconcile`` (at start and
 every ``reconcile_interval_s``, the ``reconcile_batches`` task for stale planned batches, pending
-provider file deletions and jobs stranded ``batched`` in closed batches).
+provider file deletions and jobs stranded ``batched`` in closed batches) and ``retention`` (on the
+same interval, scheduler/retention.py trims what retention allows).
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ from scheduler.clock import server_ms
 from scheduler.lanes import Lane, load_lanes
 from scheduler.leader import Leader, holder_id
 from scheduler.planner import Decision, LaneState, decide, pressure_horizon_ms
+from scheduler.retention import RetentionStep
 from scheduler.slo import SloTracker
+from scheduler.store import blocking_wait_s
 from scheduler.sync_dispatch import dispatch_sync
 from scheduler.webhook_dispatch import dispatch_webhooks
 
@@ -90,6 +93,7 @@ class Scheduler:
             ("plan", plan_step),
             ("polls", polls_step),
             ("reconcile", reconcile_step),
+            ("retention", RetentionStep()),
             ("sync", dispatch_sync),
             ("webhooks", dispatch_webhooks),
         ]
@@ -150,7 +154,7 @@ class Scheduler:
         while not self._stopping:
             try:
                 await self.tick(clock() if clock is not None else await server_ms(self.redis) / 1000)
-                if await self.redis.blpop([keys.WAKEUP], timeout=interval):  # type: ignore[misc, arg-type]  # Redis >= 6 takes fractions
+                if await self.redis.blpop([keys.WAKEUP], timeout=blocking_wait_s(self.settings, interval)):  # type: ignore[misc, arg-type]  # Redis >= 6 takes fractions
                     await self.redis.delete(keys.WAKEUP)
             except (RedisError, OSError) as exc:
                 # Redis out of reach: keep trying; the lease lapses meanwhile, so a standby that

@@ -20,6 +20,7 @@ from arq.worker import Function, Worker, func
 from config.settings import HttpSettings, Settings
 from scheduler import tasks
 from scheduler.ledger import Ledger
+from scheduler.store import connect_arq
 from workers import alerts, providers, webhooks
 from workers.context import Hook, WorkerContext
 from workers.http import build_client
@@ -99,6 +100,7 @@ def worker_settings(settings: Settings, *, hooks: dict[str, Hook] | None = None)
     return {
         "functions": functions(settings),
         "redis_settings": RedisSettings.from_dsn(settings.redis_url),
+        "redis_pool": connect_arq(settings),  # arq's own pool would have no socket timeout
         "on_startup": startup,
         "on_shutdown": shutdown,
         "ctx": {"settings": settings, "hooks": dict(hooks or {})},

@@ -20,9 +20,7 @@ from scheduler.api.responses import JsonResponse
 from scheduler.api.schemas import document
 from scheduler.api.watcher import JobWatcher
 from scheduler.ledger import Ledger
-
-# Seconds to wait for Redis to accept a connection; beyond it a request fails rather than hangs.
-REDIS_CONNECT_TIMEOUT_S = 5.0
+from scheduler.store import check_server, connect
 
 
 def create_app(settings: Settings, *, redis: Redis | None = None) -> FastAPI:
@@ -30,10 +28,12 @@ def create_app(settings: Settings, *, redis: Redis | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        client = redis or Redis.from_url(settings.redis_url, socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S)
+        client = redis or connect(settings)
+        if redis is None:
+            await check_server(client)
         app.state.redis = client
         app.state.ledger = Ledger.for_settings(client, settings)
-        app.state.watcher = JobWatcher(client)
+        app.state.watcher = JobWatcher(client, wait_s=settings.redis.socket_timeout_s / 2)
         try:
             yield
         finally:

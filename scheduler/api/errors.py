@@ -2,8 +2,9 @@
 
 Our own errors (scheduler.errors) carry their status; FastAPI's validation errors become 422
 naming the field (400 when the body is not JSON); unknown routes and methods keep their status;
-Redis out of reach is a 503 with ``Retry-After`` (the request may be sent again as is; with an
-idempotency key nothing is doubled); anything else is a logged 500 that reveals nothing of the cause.
+Redis out of reach, too slow (the client's socket timeout), out of memory (``OOM`` under
+``noeviction``) or read-only (a replica, after a failover) is a 503 with ``Retry-After`` (the request
+may be sent again as is; with an idempotency key nothing is doubled); anything else is a logged 500 that reveals nothing of the cause.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException
 
@@ -76,6 +78,27 @@ async def _store_unavailable(request: Request, exc: Exception) -> JsonResponse:
     )
 
 
+# Error replies that say the store cannot serve us for now; Redis before 7 relays them from a Lua
+# script inside an "ERR Error running script ..." reply, hence a search and not only a prefix.
+_UNAVAILABLE_REPLIES = ("OOM ", "READONLY ", "MASTERDOWN ", "LOADING ", "BUSY ")
+
+
+def store_unavailable(exc: BaseException) -> bool:
+    """True when a Redis error means "not now" (retry later) rather than a bug of ours."""
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError | OutOfMemoryError | ReadOnlyError):
+        return True
+    if isinstance(exc, ResponseError):
+        message = str(exc)
+        return any(message.startswith(reply) or f"-{reply}" in message for reply in _UNAVAILABLE_REPLIES)
+    return False
+
+
+async def _response_error(request: Request, exc: Exception) -> JsonResponse:
+    if store_unavailable(exc):
+        return await _store_unavailable(request, exc)
+    return await _unexpected_error(request, exc)
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> JsonResponse:
     log.exception("request.failed", path=request.url.path, error_class=type(exc).__name__)
     return JsonResponse(error_body("internal_error", "internal error"), 500)
@@ -88,4 +111,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RedisConnectionError, _store_unavailable)
     app.add_exception_handler(RedisTimeoutError, _store_unavailable)
+    app.add_exception_handler(ResponseError, _response_error)
     app.add_exception_handler(Exception, _unexpected_error)

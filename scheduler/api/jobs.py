@@ -93,7 +93,7 @@ def new_record(job: NewJob) -> JobRecord:
 
 async def _owned(ledger: Ledger, tenant_name: str, job_id: str) -> JobRecord:
     """The tenant's job, or NotFound (also for another tenant's job: existence is not revealed)."""
-    record = await ledger.get(job_id) if _JOB_ID.match(job_id) else None
+    record = await ledger.get_view(job_id) if _JOB_ID.match(job_id) else None
     if record is None or record.tenant != tenant_name:
         raise NotFound(f"no job {job_id}", "id")
     return record
@@ -186,7 +186,7 @@ async def enqueue_bulk(request: Request, tenant_name: Tenant) -> JsonResponse:
                 priors[index] = prior
     outcomes = await ledger.enqueue_many([job for _, job in accepted])
     existing = [o.job_id for o in outcomes if o.status == "existing"] + list(priors.values())
-    found = {r.id: r for r in await ledger.get_many(existing) if r is not None} if existing else {}
+    found = {r.id: r for r in await ledger.get_views(existing) if r is not None} if existing else {}
     for (index, job), outcome in zip(accepted, outcomes, strict=True):
         if outcome.status == "created":
             entries[index] = {"status": 202, "job": new_record(job).view()}
@@ -240,14 +240,14 @@ async def _wait_for_end(watcher: JobWatcher, ledger: Ledger, record: JobRecord, 
     try:
         async with asyncio.timeout(wait), watcher.watch(record.id) as ended:
             while True:
-                current = await ledger.get(record.id)
+                current = await ledger.get_view(record.id)
                 if current is None or current.terminal:
                     return current or record
                 record = current
                 await ended.wait()
                 ended.clear()
     except TimeoutError:
-        return await ledger.get(record.id) or record
+        return await ledger.get_view(record.id) or record
 
 
 @router.get("", summary="List jobs", responses={200: {"model": JobList}, **_ERRORS})

@@ -22,13 +22,17 @@ log = structlog.get_logger(__name__)
 
 # Seconds between attempts to subscribe again after the connection was lost.
 RESUBSCRIBE_DELAY_S = 0.5
+# Seconds one read of the subscription waits by default; it must stay under the client's socket
+# timeout, or a quiet channel would read as a lost connection.
+DEFAULT_WAIT_S = 1.0
 
 
 class JobWatcher:
     """Wakes waiters when their job ends. Started lazily on the first long poll; closed with the app."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, *, wait_s: float = DEFAULT_WAIT_S) -> None:
         self._redis = redis
+        self._wait_s = wait_s
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._subscribed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -55,7 +59,11 @@ class JobWatcher:
             pubsub = self._redis.pubsub()
             try:
                 await pubsub.subscribe(keys.JOBS_ENDED)
-                async for message in pubsub.listen():
+                while True:
+                    # A read with its own timeout: the socket timeout never cuts a quiet wait.
+                    message = await pubsub.get_message(timeout=self._wait_s)
+                    if message is None:
+                        continue
                     if message["type"] == "subscribe":
                         # Only the server's confirmation proves later publishes reach us.
                         self._subscribed.set()

@@ -46,3 +46,23 @@ local function enqueue_webhook(id, event_type, now_ms, url, tenant)
   redis.call('ZADD', K_WEBHOOKS_DUE, now_ms, did)
   redis.call('ZADD', k_tenant_deliveries(tenant), now_ms, did)
 end
+
+-- Per-tenant listing indexes (keys.tenant_status, keys.tenant_feature): sorted sets with all scores 0,
+-- so ids (time-sortable) list newest first by lex order. Every step that changes a job's state moves
+-- its id from the old state's index to the new one's, in the same step.
+local function k_tenant_jobs(t) return PREFIX .. ':tenant:' .. t .. ':jobs' end
+local function k_tenant_status(t, state) return PREFIX .. ':tenant:' .. t .. ':status:' .. state end
+local function k_tenant_feature(t, f) return PREFIX .. ':tenant:' .. t .. ':feature:' .. f end
+
+local function restate(id, tenant, from, to)
+  if not tenant or from == to then return end
+  if from then redis.call('ZREM', k_tenant_status(tenant, from), id) end
+  redis.call('ZADD', k_tenant_status(tenant, to), 0, id)
+end
+
+-- A job that ended keeps its record (status, usage, cost) for ``ttl_s`` seconds, without the request
+-- body: nothing resubmits an ended job, and the body is most of the record's memory.
+local function retain(id, ttl_s)
+  redis.call('HDEL', k_job(id), 'body')
+  if ttl_s and tonumber(ttl_s) and tonumber(ttl_s) > 0 then redis.call('EXPIRE', k_job(id), ttl_s) end
+end

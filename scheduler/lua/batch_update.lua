@@ -1,6 +1,6 @@
 -- One guarded change of a batch record: only from an expected state; the batch indexes follow.
 -- KEYS: 1 batch, 2 planned zset, 3 poll zset, 4 live zset, 5 failed zset, 6 closed zset (swept for
---       jobs left `batched` in a batch that will never move them)
+--       jobs left `batched` in a batch that will never move them), 7 ended zset (retention's age index)
 -- ARGV: 1 comma-separated allowed states, 2 new state ('' keeps it), 3 next poll ms ('' leaves the
 --       poll zset alone, 'del' removes the batch from it), 4 now ms, 5 field to increment by 1 ('' none),
 --       6.. field/value pairs
@@ -34,5 +34,6 @@ if to == 'ingested' or to == 'failed' or to == 'cancelled' then
   redis.call('ZREM', KEYS[4], id)
   if to == 'failed' then redis.call('ZADD', KEYS[5], ARGV[4], id) end
   if state ~= to then redis.call('ZADD', KEYS[6], ARGV[4], id) end
+  redis.call('ZADD', KEYS[7], ARGV[4], id)
 end
 return {'ok', state, incremented}

@@ -1,5 +1,5 @@
 -- Cancel a job that is queued, batched or sync. A batch still holding it discards its result later.
--- KEYS: 1 job.  ARGV: 1 job id, 2 now ms.
+-- KEYS: 1 job.  ARGV: 1 job id, 2 now ms, 3 seconds the ended record is kept (retention).
 -- Returns {'ok', prior state} | {'refused', state} | {'missing', ''}.
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return {'missing', ''} end
@@ -17,6 +17,8 @@ elseif state == 'sync' then
   redis.call('ZREM', K_SYNC_QUEUE, id)
 end
 redis.call('HSET', KEYS[1], 'state', 'cancelled', 'completed_ms', ARGV[2])
+restate(id, redis.call('HGET', KEYS[1], 'tenant'), state, 'cancelled')
+retain(id, ARGV[3])
 enqueue_webhook(id, 'job.cancelled', ARGV[2])
 announce_ended({id})
 return {'ok', state}

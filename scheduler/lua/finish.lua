@@ -4,7 +4,8 @@
 -- jobs' sums. Increments are summed per key over the chunk and written once at the end: a chunk of
 -- 500 jobs of one lane touches a few dozen aggregate fields, not tens of thousands.
 -- ARGV: 1 JSON array of items, 2 now ms, 3 result ttl ms, 4 day (YYYY-MM-DD), 5 month (YYYY-MM),
---       6 SLO bucket width s, 7 aggregate ttl s, 8.. blobs: result bodies, usage, cost (raw JSON)
+--       6 SLO bucket width s, 7 aggregate ttl s, 8 seconds an ended job record is kept (retention),
+--       9.. blobs: result bodies, usage, cost (raw JSON)
 -- item: {id, from=[states], batch=?, r=?, u=?, c=? (ARGV indexes of its result, usage, cost),
 --        state, route, error=?,
 --        input_tokens, output_tokens, actual_usd, sync_usd, billed, wasted_usd}
@@ -15,6 +16,7 @@ local ttl = ARGV[3]
 local day, month = ARGV[4], ARGV[5]
 local width = tonumber(ARGV[6])
 local agg_ttl = tonumber(ARGV[7])
+local job_ttl = ARGV[8]
 local bucket = tostring(math.floor(now / 1000 / width) * width)
 local BUDGET_TTL = 40 * 86400
 
@@ -161,6 +163,8 @@ for i, it in ipairs(items) do
       if opt(it.error) then fields[#fields + 1] = 'error'; fields[#fields + 1] = it.error end
       redis.call('HSET', jk, unpack(fields))
       if opt(it.r) then redis.call('SET', k_result(it.id), ARGV[it.r], 'PX', ttl) end
+      restate(it.id, rec[3], state, it.state)
+      retain(it.id, job_ttl)
       local keys = group(rec[3], feature, rec[5], rec[6], route)
       local actual, sync_usd, wasted = num(it.actual_usd), num(it.sync_usd), num(it.wasted_usd)
       local on_time = now <= tonumber(rec[7])

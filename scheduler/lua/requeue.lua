@@ -10,7 +10,8 @@ local out = {}
 local woke = false
 for i, it in ipairs(items) do
   local jk = k_job(it.id)
-  local rec = redis.call('HMGET', jk, 'state', 'batch_id', 'lane', 'deadline_ms', 'created_ms', 'size')
+  local rec = redis.call('HMGET', jk, 'state', 'batch_id', 'lane', 'deadline_ms', 'created_ms', 'size',
+    'tenant')
   local state = rec[1]
   if not state then
     out[i] = 'missing'
@@ -25,11 +26,13 @@ for i, it in ipairs(items) do
         redis.call('INCRBY', k_bytes(rec[3]), rec[6])
       end
       redis.call('HSET', jk, 'state', 'queued', 'batch_id', '')
+      restate(it.id, rec[7], state, 'queued')
       woke = true
     else
       if state == 'queued' then unqueue(it.id, rec[3], tonumber(rec[6])) end
       redis.call('ZADD', K_SYNC_QUEUE, rec[4], it.id)
       redis.call('HSET', jk, 'state', 'sync', 'route', 'sync', 'flipped_ms', now)
+      restate(it.id, rec[7], state, 'sync')
     end
     out[i] = 'ok'
   else

@@ -16,7 +16,7 @@ local count, bytes = tonumber(have[1] or '0'), tonumber(have[2] or '0')
 local taken, taken_bytes, full = 0, 0, 0
 local ids = redis.call('ZRANGE', KEYS[2], 0, chunk - 1)
 for _, id in ipairs(ids) do
-  local rec = redis.call('HMGET', k_job(id), 'state', 'size')
+  local rec = redis.call('HMGET', k_job(id), 'state', 'size', 'tenant')
   if rec[1] ~= 'queued' then
     -- Not queued any more (a stale index entry): drop it from the indexes, it is not ours to move.
     redis.call('ZREM', KEYS[2], id)
@@ -32,6 +32,7 @@ for _, id in ipairs(ids) do
     redis.call('ZREM', KEYS[3], id)
     redis.call('DECRBY', KEYS[4], size)
     redis.call('HSET', k_job(id), 'state', 'batched', 'batch_id', batch_id, 'batched_ms', now)
+    restate(id, rec[3], 'queued', 'batched')
     redis.call('SADD', KEYS[6], id)
     count = count + 1
     bytes = bytes + size + overhead

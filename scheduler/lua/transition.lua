@@ -9,4 +9,6 @@ if not contains(allowed, state) then return {'refused', state} end
 local fields = {'state', ARGV[2]}
 for i = 3, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
+local job = redis.call('HMGET', KEYS[1], 'id', 'tenant')
+if job[1] then restate(job[1], job[2], state, ARGV[2]) end
 return {'ok', state}
