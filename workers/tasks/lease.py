@@ -12,15 +12,14 @@ A holder that lost its lease stops before creating: one create per batch, ever.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
 
 import structlog
 
 from config.settings import Settings
 from scheduler.batches import Batches
+from workers.heartbeat import heartbeat
 
 log = structlog.get_logger(__name__)
 
@@ -80,22 +79,13 @@ class SubmitLease:
     async def release(self) -> None:
         await self.batches.lease(self.batch_id, "release", self.holder, now_ms=wall_ms())
 
-    @contextlib.asynccontextmanager
-    async def heartbeat(self) -> AsyncIterator[None]:
+    def heartbeat(self) -> contextlib.AbstractAsyncContextManager[None]:
         """Renew the lease every third of its length while the body runs."""
 
-        async def beat() -> None:
-            while True:
-                await asyncio.sleep(self.lease_ms / 3000)
-                outcome = await self.renew()
-                if outcome != "ok":  # lost: before_create stops the create
-                    log.warning("batch.lease_lost", batch_id=self.batch_id, outcome=outcome)
-                    return
+        async def beat() -> bool:
+            outcome = await self.renew()
+            if outcome != "ok":  # lost: before_create stops the create
+                log.warning("batch.lease_lost", batch_id=self.batch_id, outcome=outcome)
+            return outcome == "ok"
 
-        task = asyncio.create_task(beat())
-        try:
-            yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        return heartbeat(beat, self.lease_ms / 3000, name="submit")

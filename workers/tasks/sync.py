@@ -30,16 +30,13 @@ aggregates (``wasted_usd`` in ``/v1/costs``). Leases are stamped with the Redis 
 
 from __future__ import annotations
 
-import asyncio
 import random
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, cast
 
 import structlog
-from redis.exceptions import RedisError
 
 from config.settings import Settings
 from scheduler import keys, pricing, scripts
@@ -48,6 +45,7 @@ from scheduler.jobs import JobRecord, Route
 from scheduler.ledger import Finish
 from workers.context import WorkerContext
 from workers.errors import ProviderError, ProviderHTTPError, RateLimited, ResponseTimeout
+from workers.heartbeat import heartbeat
 from workers.providers.base import ProviderAdapter, SyncResult
 from workers.sync_limits import Permit, SyncLimits, estimate_usage
 
@@ -153,35 +151,21 @@ class SyncCall:
                 plan = RoutePlan("sync")
         return await self.send(plan), plan
 
-    @asynccontextmanager
-    async def _heartbeat(self) -> AsyncIterator[None]:
+    def _heartbeat(self) -> AbstractAsyncContextManager[None]:
         """Extend the dispatch lease while the call runs (until the dispatch is no longer current)."""
-        task = asyncio.create_task(self._beat())
-        try:
-            yield
-        finally:
-            task.cancel()
-            with suppress(asyncio.CancelledError):
-                await task
-
-    async def _beat(self) -> None:
         redis, lease_s = self.c["redis"], self.c["settings"].scheduler.sync_lease_s
         extend = scripts.load(redis, "sync_heartbeat")
-        job_id = self.job.id
-        call_keys = [keys.SYNC_LEASES, keys.SYNC_DISPATCHES, keys.job(job_id)]
-        args: list[str | int] = [job_id, self.dispatch, int(lease_s * 1000)]
+        call_keys = [keys.SYNC_LEASES, keys.SYNC_DISPATCHES, keys.job(self.job.id)]
+        args: list[str | int] = [self.job.id, self.dispatch, int(lease_s * 1000)]
         if self.permit is not None:
             call_keys.append(keys.sync_slots(self.permit.provider))
             args.append(self.permit.token)
-        while True:
-            try:
-                lease_end = await extend(keys=call_keys, args=args)
-            except RedisError as exc:  # Redis away for a moment: beat again, the lease still runs
-                self.bound.warning("sync.heartbeat_failed", error_class=type(exc).__name__)
-            else:
-                if not lease_end:
-                    return  # superseded, or the job left the sync lane: nothing to keep
-            await asyncio.sleep(lease_s / HEARTBEATS_PER_LEASE)
+
+        async def beat() -> bool:
+            # False once superseded, or the job left the sync lane: nothing to keep.
+            return bool(await extend(keys=call_keys, args=args))
+
+        return heartbeat(beat, lease_s / HEARTBEATS_PER_LEASE, immediate=True, name="sync")
 
 
 def backoff_s(settings: Settings, provider: str, attempt: int, exc: ProviderError) -> float:
