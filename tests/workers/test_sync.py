@@ -232,12 +232,13 @@ async def test_a_worker_killed_mid_call_leads_to_one_more_call_and_both_are_coun
 
         await until(lease_lapsed)
         assert (await scheduler.tick(time.time())).steps["sync"] == 1
+    # Priced while the job still holds its body (an ended job's body is dropped).
+    expected = expected_usd(settings, "openai", await ctx["ledger"].get(jid), "sync")
+    assert expected > 0
     assert await run_sync(ctx, jid, 2) == "succeeded"
     job = await ctx["ledger"].get(jid)
     assert job.state == "succeeded"
     assert len(sync_calls(emulator)) == 2
-    expected = expected_usd(settings, "openai", job, "sync")
-    assert expected > 0
     total = await spend(redis)
     assert total["actual_usd"] == pytest.approx(job.cost["actual_usd"])  # the answered call
     assert total["wasted_usd"] == pytest.approx(expected)  # the killed one, at its expected price
@@ -250,12 +251,14 @@ async def test_a_flex_call_that_times_out_falls_back_to_standard_and_is_counted(
     settings = long_call_settings(redis_url, emulator.url, lease_s=30, flex=True, flex_latency_s=0.3)
     ctx = await make_ctx(settings, http)
     jid = await sync_job(ctx["ledger"])
+    expected = expected_usd(settings, "openai", await ctx["ledger"].get(jid), "flex")  # body still held
+    assert expected > 0
     assert await run_sync(ctx, jid) == "succeeded"
     job = await ctx["ledger"].get(jid)
     assert job.route == "sync"
     assert [r.get("service_tier") for r in sync_calls(emulator)] == ["flex", "auto"]
     total = await spend(redis)
-    assert total["wasted_usd"] == pytest.approx(expected_usd(settings, "openai", job, "flex"))
+    assert total["wasted_usd"] == pytest.approx(expected)
     assert total["actual_usd"] == pytest.approx(job.cost["actual_usd"])
 
 
@@ -278,10 +281,12 @@ async def test_a_standard_call_waits_for_its_own_timeout_and_a_timed_out_try_is_
     assert await run_sync(ctx, second) == "later"
     assert await redis.hget(keys.job(second), "sync_call") is None
     emulator.configure(sync_latency_s=0.0)
+    expected = expected_usd(settings, "openai", await ctx["ledger"].get(second), "sync")  # body still held
+    assert expected > 0
     assert await run_sync(ctx, second) == "succeeded"
     jobs = [await ctx["ledger"].get(j) for j in (first, second)]
     total = await spend(redis)
-    assert total["wasted_usd"] == pytest.approx(expected_usd(settings, "openai", jobs[1], "sync"))
+    assert total["wasted_usd"] == pytest.approx(expected)
     assert total["actual_usd"] == pytest.approx(sum(j.cost["actual_usd"] for j in jobs))
     assert len(sync_calls(emulator)) == 3
 
