@@ -33,6 +33,9 @@ MAX_REPLAY_IDS = 1000
 MAX_REPLAY_SINCE = 10_000  # deliveries one "since" replay moves; call again for more
 REPLAY_BODY_LIMIT = 256 * 1024
 SCAN_SLICE = 200
+# The furthest a cursor (an offset into the tenant's delivery index) may point: Redis takes range
+# offsets as signed 64-bit, and offset + SCAN_SLICE must still fit; 2**53 is far past any index.
+MAX_CURSOR = 2**53
 
 
 def view(h: dict[str, str]) -> dict[str, Any]:
@@ -68,7 +71,7 @@ async def list_deliveries(
         str | None, Query(description="failed | pending | failing | delivered | dead | disabled")
     ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: Annotated[int, Query(ge=0, description="next_cursor of the previous page")] = 0,
+    cursor: Annotated[int, Query(ge=0, le=MAX_CURSOR, description="next_cursor of the previous page")] = 0,
 ) -> JsonResponse:
     """Each delivery's status, attempts, last answer and times; ``next_cursor`` pages on (null at the end)."""
     if status is not None and status != "failed" and status not in STATUSES:
