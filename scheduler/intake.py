@@ -25,9 +25,10 @@ import orjson
 from redis.asyncio import Redis
 
 from config.settings import ProviderSettings, Settings
-from scheduler import budgets, flips, ids
-from scheduler.errors import InvalidRequest, PayloadTooLarge
+from scheduler import budgets, flips, ids, lanes
+from scheduler.errors import BatchshiftError, BudgetExceeded, InvalidRequest, PayloadTooLarge
 from scheduler.jobs import NewJob, lane_name
+from scheduler.ledger import EnqueueOutcome
 
 # The endpoints each provider kind serves; the first is the default.
 ENDPOINTS: Final[Mapping[str, tuple[str, ...]]] = {
@@ -134,6 +135,17 @@ def _body(draft: Draft) -> None:
     if len(encoded) > limit:
         raise PayloadTooLarge(f"body is {len(encoded)} bytes, over the limit of {limit}", "body")
     draft.model, draft.body = model, encoded
+
+
+def _model(draft: Draft) -> None:
+    """The model must be in the provider's catalogue: every unknown name would be a new lane."""
+    assert draft.provider_settings is not None
+    if not lanes.serves(draft.settings, draft.provider, draft.provider_settings, draft.model):
+        raise InvalidRequest(
+            f"body.model {draft.model!r} is not served by provider {draft.provider!r}: use a model of "
+            "the pricing file, or list it in the provider's models (or set allow_any_model)",
+            "body.model",
+        )
 
 
 def _deadline(draft: Draft) -> None:
@@ -263,6 +275,7 @@ STEPS: tuple[Step, ...] = (
     _provider,
     _endpoint,
     _body,
+    _model,
     _deadline,
     _callback_url,
     _tags,
@@ -328,8 +341,8 @@ class Gate:
 
 Admission = Callable[[NewJob, Gate], Awaitable[None]]
 ADMISSION: tuple[Admission, ...] = (
-    budgets.admission,  # ceiling 422, envelope 402
     flips.route_at_enqueue,  # a deadline no batch can meet goes straight to sync
+    budgets.admission,  # then priced at that route: ceiling 422, envelope 402 (and its reservation)
 )
 
 
@@ -338,3 +351,21 @@ async def admit(job: NewJob, gate: Gate) -> NewJob:
     for step in ADMISSION:
         await step(job, gate)
     return job
+
+
+def refusal(job: NewJob, outcome: EnqueueOutcome, settings: Settings) -> BatchshiftError | None:
+    """The error for an enqueue the script refused (a lane past the cap, a spent envelope), else None."""
+    if outcome.status == "lanes":
+        idle = settings.scheduler.lane_idle_s
+        return InvalidRequest(
+            f"tenant {job.tenant!r} already has {outcome.job_id} lanes in use within {idle:g} seconds "
+            f"(limits.max_lanes_per_tenant); send body.model {job.model!r} to a lane in use, or later",
+            "body.model",
+        )
+    if outcome.status == "budget":
+        return BudgetExceeded(
+            f"tenant {job.tenant!r} has ${float(outcome.job_id):.4f} billed or committed of its "
+            f"${job.envelope_usd or 0:.2f} monthly budget; this job's expected ${job.reserve_usd:.4f} "
+            "would pass it"
+        )
+    return None

@@ -27,10 +27,11 @@ FINISH_FIXED_ARGS = 7
 
 @dataclass(frozen=True, slots=True)
 class EnqueueOutcome:
-    """What enqueue did: ``created`` a job, found the ``existing`` one for the key, or a ``conflict``."""
+    """What enqueue did: ``created`` a job, found the ``existing`` one for the key, or a ``conflict``;
+    or refused it: one ``lanes`` more than the tenant's cap, or over its ``budget`` envelope."""
 
-    status: Literal["created", "existing", "conflict"]
-    job_id: str
+    status: Literal["created", "existing", "conflict", "lanes", "budget"]
+    job_id: str  # for "lanes": the tenant's lanes in use; for "budget": its spend + committed USD
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,8 +128,12 @@ class Ledger:
         idempotency_ttl_s: int = 24 * 3600,
         result_ttl_s: int = keys.DEFAULT_RESULT_TTL_S,
         slo_bucket_s: int = keys.SLO_BUCKET_S,
+        max_lanes_per_tenant: int | None = None,
+        lane_idle_s: float = 86400.0,
     ) -> None:
         self.redis = redis
+        self.max_lanes_per_tenant = max_lanes_per_tenant
+        self.lane_idle_ms = int(lane_idle_s * 1000)
         self.idempotency_ttl_s = idempotency_ttl_s
         self.result_ttl_s = result_ttl_s
         self.slo_bucket_s = slo_bucket_s
@@ -146,6 +151,8 @@ class Ledger:
             idempotency_ttl_s=settings.limits.idempotency_ttl_s,
             result_ttl_s=settings.worker.result_retention_s,
             slo_bucket_s=settings.slo.bucket_s,
+            max_lanes_per_tenant=settings.limits.max_lanes_per_tenant,
+            lane_idle_s=settings.scheduler.lane_idle_s,
         )
 
     # -- intake ---------------------------------------------------------------------------------
@@ -153,6 +160,7 @@ class Ledger:
     def _enqueue_call(self, job: NewJob) -> tuple[list[str], list[Any]]:
         queue = keys.SYNC_QUEUE if job.state == "sync" else keys.lane_queue(job.lane)
         idem = keys.idempotency(job.tenant, job.idempotency_key) if job.idempotency_key else ""
+        month = day_of(job.created_ms)[:7]
         call_keys = [
             keys.job(job.id),
             queue,
@@ -163,6 +171,10 @@ class Ledger:
             idem,
             keys.tenant_jobs(job.tenant),
             keys.WAKEUP,
+            keys.tenant_lanes(job.tenant),
+            keys.LANES_ACTIVE,
+            keys.budget_spend(job.tenant, month),
+            keys.budget_committed(job.tenant, month),
         ]
         args: list[Any] = [
             job.id,
@@ -176,6 +188,10 @@ class Ledger:
             job.model,
             job.endpoint,
             job.state,
+            "" if self.max_lanes_per_tenant is None else self.max_lanes_per_tenant,
+            self.lane_idle_ms,
+            "" if job.envelope_usd is None else repr(job.envelope_usd),
+            repr(job.reserve_usd),
         ]
         for name, value in job.fields().items():
             args.extend((name, value))

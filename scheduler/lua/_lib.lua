@@ -46,3 +46,13 @@ local function enqueue_webhook(id, event_type, now_ms, url, tenant)
   redis.call('ZADD', K_WEBHOOKS_DUE, now_ms, did)
   redis.call('ZADD', k_tenant_deliveries(tenant), now_ms, did)
 end
+
+-- Release the budget a job reserved at enqueue (keys.budget_committed) once it ends; only once,
+-- since the fields go with it.
+local function release_reservation(jk)
+  local held = redis.call('HMGET', jk, 'reserve_usd', 'reserve_key')
+  if held[1] and held[2] and held[2] ~= '' then
+    redis.call('INCRBYFLOAT', held[2], -tonumber(held[1]))
+    redis.call('HDEL', jk, 'reserve_usd', 'reserve_key')
+  end
+end

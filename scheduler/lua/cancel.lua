@@ -17,6 +17,7 @@ elseif state == 'sync' then
   redis.call('ZREM', K_SYNC_QUEUE, id)
 end
 redis.call('HSET', KEYS[1], 'state', 'cancelled', 'completed_ms', ARGV[2])
+release_reservation(KEYS[1])
 enqueue_webhook(id, 'job.cancelled', ARGV[2])
 announce_ended({id})
 return {'ok', state}

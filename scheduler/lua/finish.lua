@@ -160,6 +160,7 @@ for i, it in ipairs(items) do
       if opt(it.c) then fields[#fields + 1] = 'cost'; fields[#fields + 1] = ARGV[it.c] end
       if opt(it.error) then fields[#fields + 1] = 'error'; fields[#fields + 1] = it.error end
       redis.call('HSET', jk, unpack(fields))
+      release_reservation(jk)
       if opt(it.r) then redis.call('SET', k_result(it.id), ARGV[it.r], 'PX', ttl) end
       local keys = group(rec[3], feature, rec[5], rec[6], route)
       local actual, sync_usd, wasted = num(it.actual_usd), num(it.sync_usd), num(it.wasted_usd)
