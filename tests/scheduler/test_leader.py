@@ -22,6 +22,7 @@ from tests.scheduler.planning_support import enqueue_lane
 from tests.scheduler.test_service import planning_only
 
 LEASE_S = 0.3
+NOW_S = 1_800_000_000.0
 
 
 @pytest.fixture
@@ -140,3 +141,58 @@ async def test_reserve_checks_the_fencing_token(redis, lease_settings) -> None:
         await batches.reserve(lane, "bat_x", token=6, now_ms=1, chunk=10)
     assert await batches.get("bat_x") is None
     assert await batches.reserve(lane, "bat_x", token=7, now_ms=1, chunk=10) == 2
+
+
+class StepClock:
+    """A monotonic clock the test moves: a step 'takes' as long as the test says."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_long_tick_renews_the_lease_between_steps(redis, redis_url, arq_pool) -> None:
+    settings = make_settings(redis_url, scheduler=SchedulerSettings(lease_ttl_s=6))
+    scheduler = Scheduler(settings, redis, arq_pool, holder="a")
+    clock = StepClock()
+    scheduler.monotonic = clock
+    seen: list[int] = []
+
+    async def slow(tick) -> None:  # takes 4 of the lease's 6 s; the lease has 1 s left afterwards
+        clock.now += 4
+        await redis.pexpire(keys.LEADER_LEASE, 1000)
+
+    async def after(tick) -> None:
+        seen.append(await redis.pttl(keys.LEADER_LEASE))
+
+    scheduler.steps = [("slow", slow), ("after", after)]
+    report = await scheduler.tick(NOW_S)
+    assert report.leader
+    assert not report.fenced
+    assert seen
+    assert seen[0] > 5000
+
+
+async def test_a_tick_that_outlived_its_lease_stops_fenced(redis, redis_url, arq_pool) -> None:
+    settings = make_settings(redis_url, scheduler=SchedulerSettings(lease_ttl_s=6))
+    scheduler = Scheduler(settings, redis, arq_pool, holder="a")
+    clock = StepClock()
+    scheduler.monotonic = clock
+    ran: list[str] = []
+
+    async def stalled(tick) -> None:  # paused past the lease; a standby took over meanwhile
+        clock.now += 7
+        await redis.delete(keys.LEADER_LEASE)
+        assert await Leader(redis, holder="b", ttl_s=6).ensure() is not None
+        ran.append("stalled")
+
+    async def late(tick) -> None:
+        ran.append("late")
+
+    scheduler.steps = [("stalled", stalled), ("late", late)]
+    report = await scheduler.tick(NOW_S)
+    assert report.fenced
+    assert not report.leader
+    assert ran == ["stalled"]
