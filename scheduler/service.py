@@ -15,6 +15,7 @@ every ``reconcile_interval_s``, the ``reconcile_batches`` task for stale planned
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import statistics
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -132,16 +133,42 @@ class Scheduler:
 
     async def keep_lease(self, token: int) -> None:
         """Renew the lease mid-tick once a third of its TTL has passed; raise Fenced if it was lost."""
+        if self.leader.token != token:  # the heartbeat found it lost
+            raise Fenced(token)
         if self.monotonic() - self.renewed_at < self.leader.ttl_ms / 3000:
             return
+        self.renewed_at = self.monotonic()
         if await self.leader.ensure() != token:
             raise Fenced(token)
-        self.renewed_at = self.monotonic()
 
     async def act(self, now: float, token: int) -> TickReport:
         """Run the steps with ``token``; a step's fenced write stops the tick (we no longer lead)."""
         report = TickReport(now=now, leader=True, token=token)
         tick = Tick(self, now, int(now * 1000), token, report)
+        heartbeat = asyncio.create_task(self._heartbeat(token), name="scheduler-lease-heartbeat")
+        try:
+            await self._run_steps(tick, token, report)
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+        return report
+
+    async def _heartbeat(self, token: int) -> None:
+        """Renew the lease every third of its TTL while a tick runs, however long one step takes.
+
+        Between steps :meth:`keep_lease` checks the outcome: a lost lease stops the tick fenced.
+        """
+        while True:
+            await asyncio.sleep(self.leader.ttl_ms / 3000)
+            try:
+                await self.keep_lease(token)
+            except Fenced:
+                return
+            except (RedisError, OSError):
+                log.warning("scheduler.lease_renewal_failed")
+
+    async def _run_steps(self, tick: Tick, token: int, report: TickReport) -> None:
         for name, step in self.steps:
             try:
                 await self.keep_lease(token)
@@ -156,7 +183,6 @@ class Scheduler:
             except Exception as exc:  # one failing step must not stop the others or the loop
                 report.errors[name] = f"{type(exc).__name__}: {exc}"
                 log.exception("scheduler.step_failed", step=name)
-        return report
 
     async def run_forever(self, clock: Callable[[], float] = time.time) -> None:
         """Tick, then wait for the interval or a wake-up, until closed."""
