@@ -56,3 +56,17 @@ local function release_reservation(jk)
     redis.call('HDEL', jk, 'reserve_usd', 'reserve_key')
   end
 end
+
+-- A job goes back to its lane: make sure the lane is registered and active again (the tick may
+-- have pruned it while the job was in sync). NX: a lane still active keeps its last enqueue time;
+-- it cannot be pruned while it holds this job anyway. Meta comes from the job's own record.
+local function revive_lane(lane, jk, now_ms)
+  if redis.call('ZADD', PREFIX .. ':lanes:active', 'NX', now_ms, lane) == 1 then
+    redis.call('SADD', PREFIX .. ':lanes', lane)
+    local meta = redis.call('HMGET', jk, 'provider', 'model', 'endpoint')
+    local mk = PREFIX .. ':lane:{' .. lane .. '}:meta'
+    redis.call('HSETNX', mk, 'provider', meta[1])
+    redis.call('HSETNX', mk, 'model', meta[2])
+    redis.call('HSETNX', mk, 'endpoint', meta[3])
+  end
+end

@@ -23,9 +23,7 @@ for i, it in ipairs(items) do
         redis.call('ZADD', k_queue(rec[3]), rec[4], it.id)
         redis.call('ZADD', k_arrivals(rec[3]), rec[5], it.id)
         redis.call('INCRBY', k_bytes(rec[3]), rec[6])
-        -- keys.LANES_ACTIVE; NX: a lane still active keeps its last enqueue time (no queue empties
-        -- into pruning while it holds this job anyway), a pruned one comes back.
-        redis.call('ZADD', PREFIX .. ':lanes:active', 'NX', now, rec[3])
+        revive_lane(rec[3], jk, now)
       end
       redis.call('HSET', jk, 'state', 'queued', 'batch_id', '')
       woke = true

@@ -165,12 +165,16 @@ async def test_pruning_is_guarded_by_the_queue_being_empty_when_it_runs(redis) -
     assert await script(keys=[keys.LANES_ACTIVE, keys.LANES], args=[NOW_MS, job.lane]) == [job.lane.encode()]
 
 
-async def test_a_requeued_job_makes_its_lane_active_again(redis) -> None:
+async def test_a_job_sent_back_to_a_pruned_lane_revives_it(redis, settings) -> None:
+    """A job flipped to sync, its lane pruned meanwhile, then requeued: the tick must see the lane."""
     ledger = Ledger(redis)
     job = new_job("openai", "back", NOW_MS + 3_600_000, created_ms=NOW_MS)
     await ledger.enqueue(job)
-    await redis.hset(keys.job(job.id), mapping={"state": "batched", "batch_id": "b1"})
-    await redis.zrem(keys.lane_queue(job.lane), job.id)
-    await redis.zrem(keys.LANES_ACTIVE, job.lane)
-    assert await ledger.requeue([Requeue(job.id, "lane", batch_id="b1")], NOW_MS + 5) == ["ok"]
+    assert await ledger.requeue([Requeue(job.id, "sync", from_states=("queued",))], NOW_MS) == ["ok"]
+    script = scripts.load(redis, "prune_lanes")
+    assert await script(keys=[keys.LANES_ACTIVE, keys.LANES], args=[NOW_MS, job.lane]) == [job.lane.encode()]
+    assert await load_lanes(redis, settings) == []
+    assert await ledger.requeue([Requeue(job.id, "lane", from_states=("sync",))], NOW_MS + 5) == ["ok"]
     assert await redis.zscore(keys.LANES_ACTIVE, job.lane) == NOW_MS + 5
+    [lane] = await load_lanes(redis, settings)
+    assert (lane.name, lane.model) == (job.lane, "back")
