@@ -67,6 +67,7 @@ class BudgetState:
     tenant: str
     month: str
     spent_usd: float
+    committed_usd: float  # expected cost of admitted jobs not ended yet (counts under ``reject``)
     budget_usd: float | None  # None: no envelope
     remaining_usd: float | None
     policy: str
@@ -83,13 +84,14 @@ async def spent_usd(redis: Redis, tenant: str, month: str) -> float:
     return float(raw) if raw else 0.0
 
 
-def _state(settings: Settings, tenant: str, month: str, spent: float) -> BudgetState:
+def _state(settings: Settings, tenant: str, month: str, spent: float, committed: float = 0.0) -> BudgetState:
     config = settings.tenants.get(tenant)
     budget = config.monthly_budget_usd if config else None
     return BudgetState(
         tenant=tenant,
         month=month,
         spent_usd=round(spent, 6),
+        committed_usd=round(max(0.0, committed), 6),
         budget_usd=budget,
         remaining_usd=None if budget is None else round(max(0.0, budget - spent), 6),
         policy=config.budget_policy if config else "reject",
@@ -101,7 +103,10 @@ def _state(settings: Settings, tenant: str, month: str, spent: float) -> BudgetS
 async def state(redis: Redis, settings: Settings, tenant: str, now_ms: int) -> BudgetState:
     """The tenant's envelope this month."""
     month = month_of(now_ms)
-    return _state(settings, tenant, month, await spent_usd(redis, tenant, month))
+    spent, committed = await redis.mget(
+        [keys.budget_spend(tenant, month), keys.budget_committed(tenant, month)]
+    )
+    return _state(settings, tenant, month, float(spent or 0), float(committed or 0))
 
 
 async def check_intake(redis: Redis, settings: Settings, tenant: str, now_ms: int) -> None:

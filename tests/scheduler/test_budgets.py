@@ -215,6 +215,8 @@ async def test_a_nearly_spent_reject_budget_cannot_be_passed_in_one_bulk_request
     assert statuses == [202] * 3 + [402] * 47
     assert {e["error"]["type"] for e in response.json()["results"][3:]} == {"budget_exceeded"}
     assert await committed(redis, now) == pytest.approx(3 * per_job)
+    view = (await budgets.state(redis, settings, "acme", now)).as_dict()
+    assert view["committed_usd"] == pytest.approx(3 * per_job, abs=1e-6)
     assert await redis.zcard(keys.tenant_jobs("acme")) == 1 + 3  # the billed job and three queued
 
 
