@@ -21,6 +21,7 @@ from scheduler import keys, scripts
 from scheduler.api.auth import tenant
 from scheduler.api.body import read_json
 from scheduler.api.responses import JsonResponse
+from scheduler.api.schemas import ReplayRequest, request_body
 from scheduler.errors import InvalidRequest
 from scheduler.jobs import iso
 from scheduler.webhook_dispatch import url_hash
@@ -134,7 +135,11 @@ async def _replay_ids(request: Request, tenant_name: str, body: Any) -> list[str
     return mine[:MAX_REPLAY_SINCE]
 
 
-@router.post("/v1/webhooks/replay", summary="Send dead-lettered deliveries again")
+@router.post(
+    "/v1/webhooks/replay",
+    summary="Send dead-lettered deliveries again",
+    openapi_extra=request_body(ReplayRequest),
+)
 async def replay(request: Request, tenant_name: Annotated[str, Depends(tenant)]) -> JsonResponse:
     """Moves each named (or each since-``since``) dead delivery back to due now; same ``webhook-id``."""
     body = await read_json(request, REPLAY_BODY_LIMIT)
