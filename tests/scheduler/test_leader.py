@@ -196,3 +196,35 @@ async def test_a_tick_that_outlived_its_lease_stops_fenced(redis, redis_url, arq
     assert report.fenced
     assert not report.leader
     assert ran == ["stalled"]
+
+
+async def test_the_heartbeat_keeps_the_lease_through_a_step_longer_than_it(
+    redis, redis_url, arq_pool
+) -> None:
+    """A step that lasts three renewals (a whole TTL) without yielding a step boundary keeps the lease."""
+    settings = make_settings(redis_url, scheduler=SchedulerSettings(lease_ttl_s=3))
+    scheduler = Scheduler(settings, redis, arq_pool, holder="a")
+    renewals = 0
+    ensure = scheduler.leader.ensure
+
+    async def counted() -> int | None:
+        nonlocal renewals
+        renewals += 1
+        return await ensure()
+
+    scheduler.leader.ensure = counted  # type: ignore[method-assign]
+
+    async def long_step(tick) -> None:
+        start = renewals
+        for _ in range(2_000):  # at most 100 s; the heartbeat renews every second
+            if renewals - start >= 3:
+                break
+            await asyncio.sleep(0.05)
+        assert renewals - start >= 3
+
+    scheduler.steps = [("long", long_step)]
+    report = await scheduler.tick(NOW_S)
+    assert report.leader
+    assert not report.fenced
+    assert not report.errors
+    assert await redis.get(keys.LEADER_LEASE) == b"a"
