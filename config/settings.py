@@ -77,6 +77,10 @@ class ProviderSettings(_Strict):
     # and error files once ingested; a failed delete is retried at the next reconciliation.
     delete_input_files: bool = True
     delete_output_files: bool = True
+    # The model catalogue: a job's body.model must be priced for this provider in the pricing file
+    # or listed here; allow_any_model lifts the check (OpenAI-compatible servers with their own ids).
+    models: list[str] = []
+    allow_any_model: bool = False
 
     @field_validator("base_url")
     @classmethod
@@ -153,6 +157,8 @@ class LimitSettings(_Strict):
     max_deadline_horizon_s: float = Field(default=7 * 24 * 3600.0, gt=0)
     idempotency_ttl_s: int = Field(default=24 * 3600, gt=0)
     max_wait_s: float = Field(default=60.0, gt=0)  # the longest long poll on GET /v1/jobs/{id}?wait=
+    # Lanes one tenant may have used within scheduler.lane_idle_s: each lane costs every tick work.
+    max_lanes_per_tenant: int = Field(default=100, gt=0)
 
 
 class SchedulerSettings(_Strict):
@@ -180,6 +186,8 @@ class SchedulerSettings(_Strict):
     # once that lease has lapsed and its create call began longer ago than create_timeout_s.
     submit_lease_s: float = Field(default=30.0, gt=0)
     create_timeout_s: float = Field(default=120.0, gt=0)
+    # A lane with nothing queued, no batch and a healthy SLO state, this long after its last enqueue, is pruned.
+    lane_idle_s: float = Field(default=86400.0, gt=0)
 
 
 class WorkerSettings(_Strict):

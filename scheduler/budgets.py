@@ -5,7 +5,12 @@ amount to it (actual, duplicate and wasted) in the same step that finishes the j
 is never behind the ledger. The envelope (``TenantSettings.monthly_budget_usd``) resets on the
 first day of the next month, UTC. Once it is spent the tenant's ``budget_policy`` applies:
 
-- ``reject``: intake refuses new jobs with 402 ``budget_exceeded`` (:func:`check_intake`).
+- ``reject``: intake refuses new jobs with 402 ``budget_exceeded``: at once when the billed spend
+  has reached the envelope (:func:`check_intake`), and otherwise when billed spend plus the expected
+  cost of every admitted job not yet ended (committed, ``keys.budget_committed``) plus this job's
+  would pass it. Admission prices the job at the route it will take (:func:`reservation`) and
+  ``enqueue.lua`` checks and reserves in one atomic step, so one bulk request cannot queue past
+  the envelope; ``finish.lua`` and ``cancel.lua`` release the reservation when the job ends.
 - ``batch_only``: jobs are still accepted, but none flips to paid sync; the SLO tracker asks
   :func:`allows_sync` (or :func:`sync_blocked` once per tick) before a flip. Deadlines may be
   missed; they show up as late in the cost report and the on-time metrics.
@@ -34,6 +39,9 @@ from scheduler.pricing import Pricing, RouteName, Usage
 # Prompt tokens estimated from the request body: about 4 bytes of text per token (OpenAI's and
 # Anthropic's rule of thumb; JSON framing makes this an overestimate, which a ceiling wants).
 BYTES_PER_TOKEN = 4
+# Output tokens a reservation assumes for a job without an output cap (its true cost has no bound;
+# the reservation settles to the billed amount when the job ends).
+UNCAPPED_OUTPUT_TOKENS = 4096
 OUTPUT_CAP_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 
 
@@ -59,6 +67,7 @@ class BudgetState:
     tenant: str
     month: str
     spent_usd: float
+    committed_usd: float  # expected cost of admitted jobs not ended yet (counts under ``reject``)
     budget_usd: float | None  # None: no envelope
     remaining_usd: float | None
     policy: str
@@ -75,13 +84,14 @@ async def spent_usd(redis: Redis, tenant: str, month: str) -> float:
     return float(raw) if raw else 0.0
 
 
-def _state(settings: Settings, tenant: str, month: str, spent: float) -> BudgetState:
+def _state(settings: Settings, tenant: str, month: str, spent: float, committed: float = 0.0) -> BudgetState:
     config = settings.tenants.get(tenant)
     budget = config.monthly_budget_usd if config else None
     return BudgetState(
         tenant=tenant,
         month=month,
         spent_usd=round(spent, 6),
+        committed_usd=round(max(0.0, committed), 6),
         budget_usd=budget,
         remaining_usd=None if budget is None else round(max(0.0, budget - spent), 6),
         policy=config.budget_policy if config else "reject",
@@ -93,7 +103,10 @@ def _state(settings: Settings, tenant: str, month: str, spent: float) -> BudgetS
 async def state(redis: Redis, settings: Settings, tenant: str, now_ms: int) -> BudgetState:
     """The tenant's envelope this month."""
     month = month_of(now_ms)
-    return _state(settings, tenant, month, await spent_usd(redis, tenant, month))
+    spent, committed = await redis.mget(
+        [keys.budget_spend(tenant, month), keys.budget_committed(tenant, month)]
+    )
+    return _state(settings, tenant, month, float(spent or 0), float(committed or 0))
 
 
 async def check_intake(redis: Redis, settings: Settings, tenant: str, now_ms: int) -> None:
@@ -234,28 +247,67 @@ class AdmissionGate(Protocol):
     def redis(self) -> Redis: ...
 
 
-async def admission(job: NewJob, gate: AdmissionGate) -> None:
-    """Intake's budget step: the per-job ceiling (422), then the monthly envelope (402 under ``reject``).
+def reservation(
+    pricing: Pricing,
+    *,
+    provider: str,
+    kind: str,
+    model: str,
+    endpoint: str,
+    route: RouteName,
+    body: dict[str, Any],
+    body_bytes: int,
+) -> float:
+    """What a job is expected to cost on ``route``, for the envelope's committed spend.
 
-    Costs one Redis read per job, and only for tenants with a ``reject`` envelope.
+    As :func:`estimate_usd`, with ``UNCAPPED_OUTPUT_TOKENS`` for a body without an output cap;
+    0 for a model the pricing table does not know (its cost is unknown, and logged).
+    """
+    if output_cap(body) is None and "embeddings" not in endpoint:
+        body = {**body, "max_tokens": UNCAPPED_OUTPUT_TOKENS}
+    estimate = estimate_usd(
+        pricing,
+        provider=provider,
+        kind=kind,
+        model=model,
+        endpoint=endpoint,
+        route=route,
+        body=body,
+        body_bytes=body_bytes,
+    )
+    return estimate or 0.0
+
+
+async def admission(job: NewJob, gate: AdmissionGate) -> None:
+    """Intake's budget step, at the route the job will take (routing runs first): the per-job
+    ceiling (422), then the monthly envelope (402 under ``reject``) and the job's reservation.
+
+    Costs one Redis read per job, and only for tenants with a ``reject`` envelope; the envelope is
+    checked again, with committed spend, atomically at enqueue (``NewJob.envelope_usd``).
     """
     settings = gate.settings
     config = settings.tenants.get(job.tenant)
     if config is None:
         return
     provider = settings.providers.get(job.provider)
-    if config.max_job_cost_usd is not None and provider is not None:
-        body = orjson.loads(job.body)
-        check_job_ceiling(
-            settings,
-            pricing.shared(settings.pricing_file),
-            tenant=job.tenant,
-            provider=job.provider,
-            kind=provider.kind,
-            model=job.model,
-            endpoint=job.endpoint,
-            route="sync" if job.state == "sync" else "batch",
-            body=body if isinstance(body, dict) else {},
-            body_bytes=len(job.body),
-        )
+    envelope = config.monthly_budget_usd if config.budget_policy == "reject" else None
+    route: RouteName = "sync" if job.state == "sync" else "batch"
+    if provider is not None and (config.max_job_cost_usd is not None or envelope is not None):
+        decoded = orjson.loads(job.body)
+        body = decoded if isinstance(decoded, dict) else {}
+        table = pricing.shared(settings.pricing_file)
+        terms: dict[str, Any] = {
+            "provider": job.provider,
+            "kind": provider.kind,
+            "model": job.model,
+            "endpoint": job.endpoint,
+            "route": route,
+            "body": body,
+            "body_bytes": len(job.body),
+        }
+        if config.max_job_cost_usd is not None:
+            check_job_ceiling(settings, table, tenant=job.tenant, **terms)
+        if envelope is not None:
+            job.envelope_usd = envelope
+            job.reserve_usd = reservation(table, **terms)
     await check_intake(gate.redis, settings, job.tenant, job.created_ms)

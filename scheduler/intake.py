@@ -25,9 +25,10 @@ import orjson
 from redis.asyncio import Redis
 
 from config.settings import ProviderSettings, Settings
-from scheduler import budgets, flips, ids
-from scheduler.errors import InvalidRequest, PayloadTooLarge
+from scheduler import budgets, flips, ids, lanes
+from scheduler.errors import BatchshiftError, BudgetExceeded, InvalidRequest, PayloadTooLarge
 from scheduler.jobs import NewJob, lane_name
+from scheduler.ledger import EnqueueOutcome
 
 # The endpoints each provider kind serves; the first is the default.
 ENDPOINTS: Final[Mapping[str, tuple[str, ...]]] = {
@@ -44,6 +45,14 @@ MAX_TAG_VALUE = 256
 MAX_URL = 2048
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")  # printable ASCII, no spaces: it is part of a key
 _TAG_KEY = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+# A model name becomes part of the lane's Redis keys (inside a {hash tag}) and of aggregate keys:
+# no braces, whitespace or control characters. Slashes, '@' and '+' appear in OpenAI-compatible
+# servers' model ids (org/model, ft:... snapshots).
+MODEL_NAME = re.compile(r"[A-Za-z0-9._:/@+-]{1,256}")
+MAX_MODEL = 256
+# Characters that may not appear in a tag value or a URL: controls, DEL and the key-breaking braces.
+_UNSAFE_TAG_VALUE = re.compile(r"[\x00-\x1f\x7f{}]")
+_UNSAFE_URL = re.compile(r"[\x00-\x20\x7f]")  # space included: a URL never holds a raw space
 
 
 @dataclass(slots=True)
@@ -113,6 +122,10 @@ def _body(draft: Draft) -> None:
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
         raise InvalidRequest("body.model is required (a non-empty string)", "body.model")
+    if not MODEL_NAME.fullmatch(model):
+        raise InvalidRequest(
+            f"body.model must be 1-{MAX_MODEL} characters of letters, digits and ._:/@+-", "body.model"
+        )
     if body.get("stream") not in (None, False):
         raise InvalidRequest(
             "body.stream: streaming is not available for batched jobs; leave it unset", "body.stream"
@@ -122,6 +135,17 @@ def _body(draft: Draft) -> None:
     if len(encoded) > limit:
         raise PayloadTooLarge(f"body is {len(encoded)} bytes, over the limit of {limit}", "body")
     draft.model, draft.body = model, encoded
+
+
+def _model(draft: Draft) -> None:
+    """The model must be in the provider's catalogue: every unknown name would be a new lane."""
+    assert draft.provider_settings is not None
+    if not lanes.serves(draft.settings, draft.provider, draft.provider_settings, draft.model):
+        raise InvalidRequest(
+            f"body.model {draft.model!r} is not served by provider {draft.provider!r}: use a model of "
+            "the pricing file, or list it in the provider's models (or set allow_any_model)",
+            "body.model",
+        )
 
 
 def _deadline(draft: Draft) -> None:
@@ -136,6 +160,8 @@ def _deadline(draft: Draft) -> None:
     elif relative is not None:
         if isinstance(relative, bool) or not isinstance(relative, int | float) or not math.isfinite(relative):
             raise InvalidRequest("deadline_in must be a number of seconds", "deadline_in")
+        if relative <= 0:  # before int(): -1e308 * 1000 is -inf
+            raise InvalidRequest("deadline_in must be more than 0 seconds", "deadline_in")
         if relative * 1000 > horizon_ms:  # before int(): a huge float would overflow it
             raise InvalidRequest(
                 f"deadline_in is beyond the horizon of {draft.settings.limits.max_deadline_horizon_s:g} seconds",
@@ -180,12 +206,7 @@ def _callback_url(draft: Draft) -> None:
         raise InvalidRequest(
             f"callback_url must be a URL string of at most {MAX_URL} characters", "callback_url"
         )
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        raise InvalidRequest("callback_url is not a valid URL", "callback_url") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidRequest("callback_url must be an http(s) URL with a host", "callback_url")
+    check_url(url, "callback_url")
     tenant = draft.settings.tenants.get(draft.tenant)
     if tenant is None or not tenant.webhook_secrets:
         # Completion webhooks are always signed: without a secret the event could only be
@@ -195,6 +216,25 @@ def _callback_url(draft: Draft) -> None:
             "callback_url",
         )
     draft.callback_url = url
+
+
+def check_url(url: str, name: str) -> None:
+    """Refuse (naming ``name``) anything but an absolute http(s) URL with a host and a valid port.
+
+    Spaces and control characters are refused outright: a CR/LF would split the request line
+    or a header when the URL is sent, and a receiver never serves such a path anyway.
+    """
+    if _UNSAFE_URL.search(url):
+        raise InvalidRequest(f"{name} must not contain spaces or control characters", name)
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises ValueError when out of 0-65535 or not a number
+    except ValueError:
+        raise InvalidRequest(f"{name} is not a valid URL (check its port)", name) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidRequest(f"{name} must be an absolute http(s) URL with a host", name)
+    if port == 0:
+        raise InvalidRequest(f"{name}: port 0 is not a port a receiver listens on", name)
 
 
 def _tags(draft: Draft) -> None:
@@ -212,6 +252,8 @@ def _tags(draft: Draft) -> None:
             raise InvalidRequest(
                 f"tags.{key} must be a string of at most {MAX_TAG_VALUE} characters", f"tags.{key}"
             )
+        if _UNSAFE_TAG_VALUE.search(value):  # a value is part of aggregate key names
+            raise InvalidRequest(f"tags.{key} must not contain braces or control characters", f"tags.{key}")
     draft.tags = tags
 
 
@@ -233,6 +275,7 @@ STEPS: tuple[Step, ...] = (
     _provider,
     _endpoint,
     _body,
+    _model,
     _deadline,
     _callback_url,
     _tags,
@@ -298,8 +341,8 @@ class Gate:
 
 Admission = Callable[[NewJob, Gate], Awaitable[None]]
 ADMISSION: tuple[Admission, ...] = (
-    budgets.admission,  # ceiling 422, envelope 402
     flips.route_at_enqueue,  # a deadline no batch can meet goes straight to sync
+    budgets.admission,  # then priced at that route: ceiling 422, envelope 402 (and its reservation)
 )
 
 
@@ -308,3 +351,21 @@ async def admit(job: NewJob, gate: Gate) -> NewJob:
     for step in ADMISSION:
         await step(job, gate)
     return job
+
+
+def refusal(job: NewJob, outcome: EnqueueOutcome, settings: Settings) -> BatchshiftError | None:
+    """The error for an enqueue the script refused (a lane past the cap, a spent envelope), else None."""
+    if outcome.status == "lanes":
+        idle = settings.scheduler.lane_idle_s
+        return InvalidRequest(
+            f"tenant {job.tenant!r} already has {outcome.job_id} lanes in use within {idle:g} seconds "
+            f"(limits.max_lanes_per_tenant); send body.model {job.model!r} to a lane in use, or later",
+            "body.model",
+        )
+    if outcome.status == "budget":
+        return BudgetExceeded(
+            f"tenant {job.tenant!r} has ${float(outcome.job_id):.4f} billed or committed of its "
+            f"${job.envelope_usd or 0:.2f} monthly budget; this job's expected ${job.reserve_usd:.4f} "
+            "would pass it"
+        )
+    return None

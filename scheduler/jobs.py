@@ -45,6 +45,10 @@ class NewJob:
     idempotency_key: str | None = None
     request_hash: str = ""
     state: Literal["queued", "sync"] = "queued"
+    # Set by budget admission for a tenant with a `reject` envelope: the envelope enqueue keeps
+    # spend + committed under, and this job's expected cost, reserved until it ends.
+    envelope_usd: float | None = None
+    reserve_usd: float = 0.0
 
     @property
     def lane(self) -> str:

@@ -45,6 +45,20 @@ def lane_meta(lane: str) -> str:
 # Set: every lane that has ever held a job; the scheduler walks it each tick.
 LANES = f"{PREFIX}:lanes"
 
+# Sorted set: lanes the scheduler must look at (job enqueued or requeued, or a batch in flight),
+# scored by their last enqueue or requeue (ms). enqueue.lua and requeue.lua add; the tick prunes a
+# lane idle past scheduler.lane_idle_s, only while its queue is still empty (lua/prune_lanes.lua),
+# and then drops it from LANES with its meta too. A tick's work grows with this set, not with LANES.
+LANES_ACTIVE = f"{PREFIX}:lanes:active"
+
+
+def tenant_lanes(tenant: str) -> str:
+    """Sorted set: lanes a tenant enqueued to, scored by its last enqueue there (ms); entries older
+    than scheduler.lane_idle_s are dropped at each enqueue, so its size is what limits.max_lanes_per_tenant
+    caps. Expires lane_idle_s after the tenant's last enqueue."""
+    return f"{PREFIX}:tenant:{tenant}:lanes"
+
+
 # List: a wake-up signal pushed on enqueue so the scheduler ticks early (trimmed to a few entries).
 WAKEUP = f"{PREFIX}:scheduler:wakeup"
 
@@ -164,6 +178,16 @@ SLO_BUCKET_S = 10
 def budget_spend(tenant: str, month: str) -> str:
     """Float string: what a tenant spent in ``month`` (YYYY-MM, UTC), actual + duplicate + wasted."""
     return f"{PREFIX}:budget:{tenant}:{month}"
+
+
+def budget_committed(tenant: str, month: str) -> str:
+    """Float string: the expected cost of a tenant's jobs admitted in ``month`` and not ended yet.
+
+    enqueue.lua reserves each job's estimate here (checking spend + committed against a ``reject``
+    envelope in the same step) and names this key on the job (``reserve_key``); finish.lua and
+    cancel.lua release it when the job ends. Same TTL as the spend key (40 days).
+    """
+    return f"{PREFIX}:budget:{tenant}:{month}:committed"
 
 
 # SLO samples, written where the I/O happens and read by the SLO tracker. Capped lists, newest

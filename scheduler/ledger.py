@@ -28,10 +28,11 @@ FINISH_FIXED_ARGS = 8
 
 @dataclass(frozen=True, slots=True)
 class EnqueueOutcome:
-    """What enqueue did: ``created`` a job, found the ``existing`` one for the key, or a ``conflict``."""
+    """What enqueue did: ``created`` a job, found the ``existing`` one for the key, or a ``conflict``;
+    or refused it: one ``lanes`` more than the tenant's cap, or over its ``budget`` envelope."""
 
-    status: Literal["created", "existing", "conflict"]
-    job_id: str
+    status: Literal["created", "existing", "conflict", "lanes", "budget"]
+    job_id: str  # for "lanes": the tenant's lanes in use; for "budget": its spend + committed USD
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,12 +131,16 @@ class Ledger:
         slo_bucket_s: int = keys.SLO_BUCKET_S,
         job_ttl_s: int = keys.DEFAULT_JOB_TTL_S,
         server_clock: bool = False,
+        max_lanes_per_tenant: int | None = None,
+        lane_idle_s: float = 86400.0,
     ) -> None:
         self.redis = redis
         self.job_ttl_s = job_ttl_s
         # Job ends and requeues stamped with the Redis server's clock instead of the caller's ``now_ms``
         # (the workers' ledger: many hosts, many clocks; the SLO buckets and on-time verdicts must agree).
         self.server_clock = server_clock
+        self.max_lanes_per_tenant = max_lanes_per_tenant
+        self.lane_idle_ms = int(lane_idle_s * 1000)
         self.idempotency_ttl_s = idempotency_ttl_s
         self.result_ttl_s = result_ttl_s
         self.slo_bucket_s = slo_bucket_s
@@ -155,6 +160,8 @@ class Ledger:
             slo_bucket_s=settings.slo.bucket_s,
             job_ttl_s=settings.retention.job_ttl_s,
             server_clock=server_clock,
+            max_lanes_per_tenant=settings.limits.max_lanes_per_tenant,
+            lane_idle_s=settings.scheduler.lane_idle_s,
         )
 
     async def _now(self, now_ms: int) -> int:
@@ -165,6 +172,7 @@ class Ledger:
     def _enqueue_call(self, job: NewJob) -> tuple[list[str], list[Any]]:
         queue = keys.SYNC_QUEUE if job.state == "sync" else keys.lane_queue(job.lane)
         idem = keys.idempotency(job.tenant, job.idempotency_key) if job.idempotency_key else ""
+        month = day_of(job.created_ms)[:7]
         call_keys = [
             keys.job(job.id),
             queue,
@@ -179,6 +187,10 @@ class Ledger:
             keys.tenant_feature(job.tenant, feature) if (feature := job.tags.get("feature")) else "",
             keys.tenant_features(job.tenant),
             keys.TENANTS_INDEXED,
+            keys.tenant_lanes(job.tenant),
+            keys.LANES_ACTIVE,
+            keys.budget_spend(job.tenant, month),
+            keys.budget_committed(job.tenant, month),
         ]
         args: list[Any] = [
             job.id,
@@ -192,6 +204,10 @@ class Ledger:
             job.model,
             job.endpoint,
             job.state,
+            "" if self.max_lanes_per_tenant is None else self.max_lanes_per_tenant,
+            self.lane_idle_ms,
+            "" if job.envelope_usd is None else repr(job.envelope_usd),
+            repr(job.reserve_usd),
         ]
         for name, value in job.fields().items():
             args.extend((name, value))

@@ -264,3 +264,8 @@ class Pricing:
 def shared(path: Path) -> Pricing:
     """The process's Pricing for ``path`` (settings.pricing_file), loaded on first use."""
     return Pricing.load(path)
+
+
+def base_model(model: str) -> str:
+    """A model name without its dated snapshot suffix (the name the pricing table lists)."""
+    return _SNAPSHOT.sub("", model)

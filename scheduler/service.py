@@ -6,7 +6,8 @@ on ``tick.report``. Add a step with one line in ``__init__`` (e.g. ``("webhooks"
 ``run_forever()`` only alternates ``tick(clock())`` and waiting for the tick interval or a wake-up
 (a job enqueued pushes to ``keys.WAKEUP``).
 
-Steps here: ``plan`` (flush decisions, reservation into planned batches, ``submit_batch``),
+Steps here: ``plan`` (flush decisions over the active lanes, their state read in one pipelined
+round trip, reservation into planned batches, ``submit_batch``), ``lanes`` (prune idle empty lanes),
 ``polls`` (``poll_batch`` for every batch whose next poll is due), ``reconcile`` (at start and
 every ``reconcile_interval_s``, the ``reconcile_batches`` task for stale planned batches, pending
 provider file deletions and jobs stranded ``batched`` in closed batches) and ``retention`` (on the
@@ -17,7 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import statistics
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -31,7 +33,8 @@ from config.settings import Settings
 from scheduler import ids, keys, tasks
 from scheduler.batches import Batches, Fenced
 from scheduler.clock import server_ms
-from scheduler.lanes import Lane, load_lanes
+from scheduler.heartbeat import heartbeat
+from scheduler.lanes import Lane, adopt_registry, load_lanes, prune
 from scheduler.leader import Leader, holder_id
 from scheduler.planner import Decision, LaneState, decide, pressure_horizon_ms
 from scheduler.retention import RetentionStep
@@ -96,9 +99,16 @@ class Scheduler:
             ("retention", RetentionStep()),
             ("sync", dispatch_sync),
             ("webhooks", dispatch_webhooks),
+            ("lanes", prune_step),
         ]
         self.slo = SloTracker(self)  # inserts the "slo" step first and supplies self.turnaround
         self.last_reconcile: float | None = None  # None: reconcile at the first tick we lead
+        # The lease is renewed within a tick once this much of its TTL has passed (monotonic clock,
+        # replaceable in tests), so a long tick never outlives it; ``lanes_adopted``: the lane
+        # registry was marked active this term (data from before keys.LANES_ACTIVE).
+        self.monotonic: Callable[[], float] = time.monotonic
+        self.renewed_at = 0.0
+        self.lanes_adopted = False
         self._stopping = False
 
     async def __aenter__(self) -> Scheduler:
@@ -122,15 +132,43 @@ class Scheduler:
         token = await self.leader.ensure()
         if token is None:
             self.last_reconcile = None
+            self.lanes_adopted = False
             return TickReport(now=now)
+        self.renewed_at = self.monotonic()
         return await self.act(now, token)
+
+    async def keep_lease(self, token: int) -> None:
+        """Renew the lease mid-tick once a third of its TTL has passed; raise Fenced if it was lost."""
+        if self.leader.token != token:  # the heartbeat found it lost
+            raise Fenced(token)
+        if self.monotonic() - self.renewed_at < self.leader.ttl_ms / 3000:
+            return
+        self.renewed_at = self.monotonic()
+        if await self.leader.ensure() != token:
+            raise Fenced(token)
 
     async def act(self, now: float, token: int) -> TickReport:
         """Run the steps with ``token``; a step's fenced write stops the tick (we no longer lead)."""
         report = TickReport(now=now, leader=True, token=token)
         tick = Tick(self, now, int(now * 1000), token, report)
+
+        async def renew() -> bool:
+            """Renew the lease every third of its TTL however long one step takes; between steps
+            :meth:`keep_lease` checks the outcome, and a lost lease stops the tick fenced."""
+            try:
+                await self.keep_lease(token)
+            except Fenced:
+                return False
+            return True
+
+        async with heartbeat(renew, self.leader.ttl_ms / 3000, name="leader"):
+            await self._run_steps(tick, token, report)
+        return report
+
+    async def _run_steps(self, tick: Tick, token: int, report: TickReport) -> None:
         for name, step in self.steps:
             try:
+                await self.keep_lease(token)
                 await step(tick)
             except Fenced:
                 report.fenced = True
@@ -142,7 +180,6 @@ class Scheduler:
             except Exception as exc:  # one failing step must not stop the others or the loop
                 report.errors[name] = f"{type(exc).__name__}: {exc}"
                 log.exception("scheduler.step_failed", step=name)
-        return report
 
     async def run_forever(self, clock: Callable[[], float] | None = None) -> None:
         """Tick, then wait for the interval or a wake-up, until closed.
@@ -179,32 +216,48 @@ class Scheduler:
 
     async def lane_state(self, lane: Lane, now: float, turnaround_s: float) -> LaneState:
         """What the lane holds, in one round trip."""
-        horizon = pressure_horizon_ms(now, turnaround_s, self.settings.scheduler.tick_interval_s)
+        [state] = await self.lane_states([(lane, turnaround_s)], now)
+        return state
+
+    async def lane_states(self, lanes: Sequence[tuple[Lane, float]], now: float) -> list[LaneState]:
+        """What each (lane, turnaround) holds, all in one pipelined round trip."""
+        reads = 6  # commands per lane, in LaneState's order
+        tick_s = self.settings.scheduler.tick_interval_s
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zcard(keys.lane_queue(lane.name))
-            pipe.get(keys.lane_bytes(lane.name))
-            pipe.zrange(keys.lane_arrivals(lane.name), 0, 0, withscores=True)
-            pipe.zrange(keys.lane_queue(lane.name), 0, 0, withscores=True)
-            pipe.zcount(keys.lane_queue(lane.name), "-inf", horizon)
-            pipe.get(keys.lane_hold(lane.name))
-            queued, nbytes, oldest, earliest, pressured, hold = await pipe.execute()
-        return LaneState(
-            queued=int(queued),
-            queued_bytes=int(nbytes or 0),
-            oldest_arrival_ms=int(oldest[0][1]) if oldest else None,
-            earliest_deadline_ms=int(earliest[0][1]) if earliest else None,
-            pressured=int(pressured),
-            hold_until_ms=int(hold or 0),
-        )
+            for lane, turnaround_s in lanes:
+                pipe.zcard(keys.lane_queue(lane.name))
+                pipe.get(keys.lane_bytes(lane.name))
+                pipe.zrange(keys.lane_arrivals(lane.name), 0, 0, withscores=True)
+                pipe.zrange(keys.lane_queue(lane.name), 0, 0, withscores=True)
+                pipe.zcount(
+                    keys.lane_queue(lane.name), "-inf", pressure_horizon_ms(now, turnaround_s, tick_s)
+                )
+                pipe.get(keys.lane_hold(lane.name))
+            replies = await pipe.execute() if lanes else []
+        states = []
+        for i in range(0, len(replies), reads):
+            queued, nbytes, oldest, earliest, pressured, hold = replies[i : i + reads]
+            states.append(
+                LaneState(
+                    queued=int(queued),
+                    queued_bytes=int(nbytes or 0),
+                    oldest_arrival_ms=int(oldest[0][1]) if oldest else None,
+                    earliest_deadline_ms=int(earliest[0][1]) if earliest else None,
+                    pressured=int(pressured),
+                    hold_until_ms=int(hold or 0),
+                )
+            )
+        return states
 
 
 async def plan_step(tick: Tick) -> None:
     """Decide each lane's flush, reserve its jobs into planned batches and enqueue their submission."""
     s = tick.scheduler
     settings = s.settings.scheduler
-    for lane in await load_lanes(s.redis, s.settings):
-        turnaround = await s.turnaround(lane, tick.now)
-        state = await s.lane_state(lane, tick.now, turnaround)
+    lanes = [(lane, await s.turnaround(lane, tick.now)) for lane in await load_lanes(s.redis, s.settings)]
+    await s.keep_lease(tick.token)
+    states = await s.lane_states(lanes, tick.now)
+    for (lane, turnaround), state in zip(lanes, states, strict=True):
         decision = decide(lane, state, tick.now, tick_s=settings.tick_interval_s, turnaround_s=turnaround)
         tick.report.decisions[lane.name] = decision
         for _ in range(decision.batches if decision.flush else 0):
@@ -214,6 +267,7 @@ async def plan_step(tick: Tick) -> None:
             )
             if taken == 0:
                 break
+            await s.keep_lease(tick.token)
             tick.report.planned.append(batch_id)
             tick.report.reserved += taken
             log.info("batch.planned", batch_id=batch_id, lane=lane.name, jobs=taken, reason=decision.reason)
@@ -221,6 +275,16 @@ async def plan_step(tick: Tick) -> None:
                 s.arq, tasks.SUBMIT_BATCH, batch_id, job_id=tasks.submit_job_id(batch_id, 0)
             ):
                 tick.report.submits += 1
+
+
+async def prune_step(tick: Tick) -> None:
+    """Drop lanes idle and empty past ``scheduler.lane_idle_s`` (once per term, first adopt the
+    registry's lanes into the active set, for data written before it existed)."""
+    s = tick.scheduler
+    if not s.lanes_adopted:
+        await adopt_registry(s.redis, tick.now_ms)
+        s.lanes_adopted = True
+    tick.report.steps["lanes_pruned"] = len(await prune(s.redis, s.settings, tick.now_ms))
 
 
 async def polls_step(tick: Tick) -> None:

@@ -44,9 +44,15 @@ def make_settings(redis_url: str, **overrides: object) -> Settings:
             ),
             "globex": TenantSettings(api_key="globex-key"),
         },
+        # allow_any_model: most tests name short made-up models ("m"); the model catalogue has its
+        # own tests (tests/scheduler/test_lanes.py) with providers that keep it.
         "providers": {
-            "openai": ProviderSettings(kind="openai", base_url="http://127.0.0.1:9/v1", api_key="sk-test"),
-            "anthropic": ProviderSettings(kind="anthropic", base_url="http://127.0.0.1:9", api_key="sk-ant"),
+            "openai": ProviderSettings(
+                kind="openai", base_url="http://127.0.0.1:9/v1", api_key="sk-test", allow_any_model=True
+            ),
+            "anthropic": ProviderSettings(
+                kind="anthropic", base_url="http://127.0.0.1:9", api_key="sk-ant", allow_any_model=True
+            ),
         },
     }
     base.update(overrides)

@@ -66,7 +66,8 @@ async def get_budget(
     caller: Annotated[Caller, Depends(tenant_or_admin)],
     tenant: Annotated[str | None, Query(description="admin only: one tenant")] = None,
 ) -> JsonResponse:
-    """month, spent_usd, budget_usd, remaining_usd, policy, exhausted, resets_at; the admin gets every tenant."""
+    """month, spent_usd, committed_usd, budget_usd, remaining_usd, policy, exhausted, resets_at; the
+    admin gets every tenant."""
     settings: Settings = request.app.state.settings
     redis = request.app.state.redis
     scope = _scope(caller, settings, tenant)

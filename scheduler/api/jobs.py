@@ -30,7 +30,7 @@ from scheduler.api.schemas import (
 )
 from scheduler.api.watcher import JobWatcher
 from scheduler.errors import BatchshiftError, IdempotencyConflict, InvalidRequest, NotFound, PayloadTooLarge
-from scheduler.intake import Gate, admit, validate
+from scheduler.intake import Gate, admit, refusal, validate
 from scheduler.jobs import JobRecord, NewJob
 from scheduler.ledger import EnqueueOutcome, Ledger
 
@@ -138,6 +138,8 @@ async def enqueue(
     )
     prior = await _admitted(job, Gate(settings, request.app.state.redis), ledger)
     outcome = EnqueueOutcome("existing", prior) if prior else await ledger.enqueue(job)
+    if (refused := refusal(job, outcome, settings)) is not None:
+        raise refused
     if outcome.status == "conflict":
         raise _conflict(job, outcome)
     if outcome.status == "existing":
@@ -193,8 +195,8 @@ async def enqueue_bulk(request: Request, tenant_name: Tenant) -> JsonResponse:
         elif outcome.status == "existing" and outcome.job_id in found:
             entries[index] = {"status": 202, "job": found[outcome.job_id].view()}
         else:
-            conflict = _conflict(job, outcome)
-            entries[index] = {"status": conflict.status_code, "error": conflict.to_dict()}
+            error = refusal(job, outcome, settings) or _conflict(job, outcome)
+            entries[index] = {"status": error.status_code, "error": error.to_dict()}
     for index, prior in priors.items():
         record = found.get(prior)
         entries[index] = (

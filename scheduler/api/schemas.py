@@ -40,6 +40,13 @@ class BulkRequest(BaseModel):
     jobs: list[JobRequest]
 
 
+class ReplayRequest(BaseModel):
+    """Dead-lettered deliveries to send again: exactly one of ``ids`` or ``since``."""
+
+    ids: list[str] | None = Field(default=None, description="Delivery ids (at most 1,000).")
+    since: str | None = Field(default=None, description="RFC 3339: every delivery dead since then.")
+
+
 class ErrorDetail(BaseModel):
     type: str
     message: str
@@ -106,7 +113,7 @@ def document(app: FastAPI) -> None:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
             _, defs = models_json_schema(
-                [(JobRequest, "validation"), (BulkRequest, "validation")],
+                [(JobRequest, "validation"), (BulkRequest, "validation"), (ReplayRequest, "validation")],
                 ref_template="#/components/schemas/{model}",
             )
             schema.setdefault("components", {}).setdefault("schemas", {}).update(defs["$defs"])

@@ -21,6 +21,7 @@ from scheduler import keys, scripts
 from scheduler.api.auth import tenant
 from scheduler.api.body import read_json
 from scheduler.api.responses import JsonResponse
+from scheduler.api.schemas import ReplayRequest, request_body
 from scheduler.errors import InvalidRequest
 from scheduler.jobs import iso
 from scheduler.webhook_dispatch import url_hash
@@ -33,6 +34,9 @@ MAX_REPLAY_IDS = 1000
 MAX_REPLAY_SINCE = 10_000  # deliveries one "since" replay moves; call again for more
 REPLAY_BODY_LIMIT = 256 * 1024
 SCAN_SLICE = 200
+# The furthest a cursor (an offset into the tenant's delivery index) may point: Redis takes range
+# offsets as signed 64-bit, and offset + SCAN_SLICE must still fit; 2**53 is far past any index.
+MAX_CURSOR = 2**53
 
 
 def view(h: dict[str, str]) -> dict[str, Any]:
@@ -68,7 +72,7 @@ async def list_deliveries(
         str | None, Query(description="failed | pending | failing | delivered | dead | disabled")
     ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: Annotated[int, Query(ge=0, description="next_cursor of the previous page")] = 0,
+    cursor: Annotated[int, Query(ge=0, le=MAX_CURSOR, description="next_cursor of the previous page")] = 0,
 ) -> JsonResponse:
     """Each delivery's status, attempts, last answer and times; ``next_cursor`` pages on (null at the end)."""
     if status is not None and status != "failed" and status not in STATUSES:
@@ -131,7 +135,11 @@ async def _replay_ids(request: Request, tenant_name: str, body: Any) -> list[str
     return mine[:MAX_REPLAY_SINCE]
 
 
-@router.post("/v1/webhooks/replay", summary="Send dead-lettered deliveries again")
+@router.post(
+    "/v1/webhooks/replay",
+    summary="Send dead-lettered deliveries again",
+    openapi_extra=request_body(ReplayRequest),
+)
 async def replay(request: Request, tenant_name: Annotated[str, Depends(tenant)]) -> JsonResponse:
     """Moves each named (or each since-``since``) dead delivery back to due now; same ``webhook-id``."""
     body = await read_json(request, REPLAY_BODY_LIMIT)

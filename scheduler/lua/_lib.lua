@@ -66,3 +66,27 @@ local function retain(id, ttl_s)
   redis.call('HDEL', k_job(id), 'body')
   if ttl_s and tonumber(ttl_s) and tonumber(ttl_s) > 0 then redis.call('EXPIRE', k_job(id), ttl_s) end
 end
+
+-- Release the budget a job reserved at enqueue (keys.budget_committed) once it ends; only once,
+-- since the fields go with it.
+local function release_reservation(jk)
+  local held = redis.call('HMGET', jk, 'reserve_usd', 'reserve_key')
+  if held[1] and held[2] and held[2] ~= '' then
+    redis.call('INCRBYFLOAT', held[2], -tonumber(held[1]))
+    redis.call('HDEL', jk, 'reserve_usd', 'reserve_key')
+  end
+end
+
+-- A job goes back to its lane: make sure the lane is registered and active again (the tick may
+-- have pruned it while the job was in sync). NX: a lane still active keeps its last enqueue time;
+-- it cannot be pruned while it holds this job anyway. Meta comes from the job's own record.
+local function revive_lane(lane, jk, now_ms)
+  if redis.call('ZADD', PREFIX .. ':lanes:active', 'NX', now_ms, lane) == 1 then
+    redis.call('SADD', PREFIX .. ':lanes', lane)
+    local meta = redis.call('HMGET', jk, 'provider', 'model', 'endpoint')
+    local mk = PREFIX .. ':lane:{' .. lane .. '}:meta'
+    redis.call('HSETNX', mk, 'provider', meta[1])
+    redis.call('HSETNX', mk, 'model', meta[2])
+    redis.call('HSETNX', mk, 'endpoint', meta[3])
+  end
+end

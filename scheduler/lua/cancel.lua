@@ -17,6 +17,7 @@ elseif state == 'sync' then
   redis.call('ZREM', K_SYNC_QUEUE, id)
 end
 redis.call('HSET', KEYS[1], 'state', 'cancelled', 'completed_ms', ARGV[2])
+release_reservation(KEYS[1])
 restate(id, redis.call('HGET', KEYS[1], 'tenant'), state, 'cancelled')
 retain(id, ARGV[3])
 enqueue_webhook(id, 'job.cancelled', ARGV[2])

@@ -1,10 +1,13 @@
--- Enqueue one job atomically: idempotency check, record, queue.
+-- Enqueue one job atomically: idempotency check, lane cap, budget reservation, record, queue.
 -- KEYS: 1 job, 2 queue (lane or sync), 3 lane arrivals, 4 lane bytes, 5 lane meta, 6 lanes set,
 --       7 idempotency key ('' for none), 8 tenant index, 9 wakeup list, 10 tenant's state index,
---       11 tenant's feature index ('' for none), 12 tenant's feature names set, 13 tenants with indexes
+--       11 tenant's feature index ('' for none), 12 tenant's feature names set, 13 tenants with indexes,
+--       14 tenant lanes, 15 active lanes, 16 budget spend, 17 budget committed
 -- ARGV: 1 job id, 2 request hash, 3 idempotency ttl s, 4 deadline ms, 5 created ms, 6 size,
---       7 lane, 8 provider, 9 model, 10 endpoint, 11 state (queued|sync), 12.. field/value pairs
--- Returns {'created'|'existing'|'conflict', job id}.
+--       7 lane, 8 provider, 9 model, 10 endpoint, 11 state (queued|sync),
+--       12 max lanes per tenant ('' for none), 13 lane idle ms, 14 envelope usd ('' for none), 15 reservation usd,
+--       16.. field/value pairs
+-- Returns {'created'|'existing'|'conflict'|'lanes'|'budget', job id or detail}.
 local idem = KEYS[7]
 if idem ~= '' then
   local prior = redis.call('GET', idem)
@@ -17,10 +20,37 @@ if idem ~= '' then
     return {'conflict', prior_id}
   end
 end
-local id = ARGV[1]
+local id, lane, now = ARGV[1], ARGV[7], tonumber(ARGV[5])
+local idle_ms = tonumber(ARGV[13])
+-- The tenant's lanes used within the idle window; one more than the cap is refused. Read-only
+-- until the record is written: a script's first write decides whether Redis refuses it for OOM,
+-- and HSET (unlike a removal) is one it refuses.
+local cutoff = now - idle_ms
+if ARGV[12] ~= '' then
+  local seen = redis.call('ZSCORE', KEYS[14], lane)
+  local used = redis.call('ZCOUNT', KEYS[14], '(' .. cutoff, '+inf')
+  if not (seen and tonumber(seen) > cutoff) and used >= tonumber(ARGV[12]) then
+    return {'lanes', tostring(used)}
+  end
+end
+-- A `reject` envelope counts billed spend and every admitted job's expected cost not yet settled.
+local reserve = tonumber(ARGV[15])
+if ARGV[14] ~= '' then
+  local envelope = tonumber(ARGV[14])
+  local held = tonumber(redis.call('GET', KEYS[16]) or '0') + tonumber(redis.call('GET', KEYS[17]) or '0')
+  if held >= envelope or held + reserve > envelope then
+    return {'budget', tostring(held)}
+  end
+end
 local fields = {}
-for i = 12, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 16, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
+redis.call('ZREMRANGEBYSCORE', KEYS[14], '-inf', cutoff)
+if reserve > 0 then
+  redis.call('INCRBYFLOAT', KEYS[17], ARGV[15])
+  redis.call('EXPIRE', KEYS[17], 40 * 86400)  -- as the spend key (finish.lua's BUDGET_TTL)
+  redis.call('HSET', KEYS[1], 'reserve_usd', ARGV[15], 'reserve_key', KEYS[17])
+end
 if ARGV[11] == 'sync' then
   redis.call('ZADD', KEYS[2], ARGV[4], id)
 else
@@ -31,7 +61,10 @@ end
 redis.call('HSETNX', KEYS[5], 'provider', ARGV[8])
 redis.call('HSETNX', KEYS[5], 'model', ARGV[9])
 redis.call('HSETNX', KEYS[5], 'endpoint', ARGV[10])
-redis.call('SADD', KEYS[6], ARGV[7])
+redis.call('SADD', KEYS[6], lane)
+redis.call('ZADD', KEYS[15], now, lane)
+redis.call('ZADD', KEYS[14], now, lane)
+redis.call('PEXPIRE', KEYS[14], idle_ms)
 if idem ~= '' then
   redis.call('SET', idem, id .. '|' .. ARGV[2], 'EX', ARGV[3])
 end

@@ -162,6 +162,7 @@ for i, it in ipairs(items) do
       if opt(it.c) then fields[#fields + 1] = 'cost'; fields[#fields + 1] = ARGV[it.c] end
       if opt(it.error) then fields[#fields + 1] = 'error'; fields[#fields + 1] = it.error end
       redis.call('HSET', jk, unpack(fields))
+      release_reservation(jk)
       if opt(it.r) then redis.call('SET', k_result(it.id), ARGV[it.r], 'PX', ttl) end
       restate(it.id, rec[3], state, it.state)
       retain(it.id, job_ttl)

@@ -24,6 +24,7 @@ for i, it in ipairs(items) do
         redis.call('ZADD', k_queue(rec[3]), rec[4], it.id)
         redis.call('ZADD', k_arrivals(rec[3]), rec[5], it.id)
         redis.call('INCRBY', k_bytes(rec[3]), rec[6])
+        revive_lane(rec[3], jk, now)
       end
       redis.call('HSET', jk, 'state', 'queued', 'batch_id', '')
       restate(it.id, rec[7], state, 'queued')

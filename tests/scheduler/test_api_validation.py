@@ -79,6 +79,24 @@ BAD_JOBS = [
     pytest.param(job(idempotency_key="has space"), 422, "idempotency_key", id="idempotency-key-bad-chars"),
     pytest.param(job(idempotency_key="key\n"), 422, "idempotency_key", id="idempotency-key-newline"),
     pytest.param(job(body={**CHAT, "pad": "x" * SMALL_BODY_LIMIT}), 413, "body", id="body-over-limit"),
+    pytest.param(job(deadline_in=-1e308), 422, "deadline_in", id="deadline-in-minus-1e308"),
+    pytest.param(job(deadline_in=0), 422, "deadline_in", id="deadline-in-zero"),
+    pytest.param(job(deadline="0001-01-01T00:00:00+14:00"), 422, "deadline", id="deadline-before-year-1"),
+    pytest.param(job(deadline="9999-12-31T23:59:59-14:00"), 422, "deadline", id="deadline-after-9999"),
+    pytest.param(job(callback_url="https://example.com/a\r\nX: y"), 422, "callback_url", id="callback-crlf"),
+    pytest.param(job(callback_url="https://example.com/a b"), 422, "callback_url", id="callback-space"),
+    pytest.param(
+        job(callback_url="https://example.com:99999/"), 422, "callback_url", id="callback-port-99999"
+    ),
+    pytest.param(job(callback_url="https://example.com:0/"), 422, "callback_url", id="callback-port-0"),
+    pytest.param(job(callback_url="https://example.com:x/"), 422, "callback_url", id="callback-port-nan"),
+    pytest.param(job(callback_url="/relative/hook"), 422, "callback_url", id="callback-relative"),
+    pytest.param(job(body={**CHAT, "model": "gpt}4o"}), 422, "body.model", id="model-with-brace"),
+    pytest.param(job(body={**CHAT, "model": "gpt-4o-mini\n"}), 422, "body.model", id="model-with-newline"),
+    pytest.param(job(body={**CHAT, "model": "gpt 4o"}), 422, "body.model", id="model-with-space"),
+    pytest.param(job(body={**CHAT, "model": 7}), 422, "body.model", id="model-not-a-string"),
+    pytest.param(job(tags={"feature": "a}b"}), 422, "tags.feature", id="tag-value-with-brace"),
+    pytest.param(job(tags={"feature": "a\nb"}), 422, "tags.feature", id="tag-value-with-newline"),
     pytest.param(
         job(idempotency_key="taken", tags={"other": "request"}), 409, "idempotency_key", id="key-reused"
     ),
@@ -211,6 +229,15 @@ async def test_list_parameters_are_checked(api: httpx.AsyncClient, params: dict[
     response = await api.get("/v1/jobs", params=params)
     assert response.status_code == 422
     assert response.json()["error"]["field"] == field
+
+
+async def test_one_out_of_range_bulk_item_fails_alone(api: httpx.AsyncClient, redis: Redis):
+    """deadline_in: -1e308 once failed the whole bulk request with a 500."""
+    response = await api.post("/v1/jobs/bulk", json={"jobs": [job(), job(deadline_in=-1e308), job()]})
+    assert response.status_code == 200
+    statuses = [entry["status"] for entry in response.json()["results"]]
+    assert statuses == [202, 422, 202]
+    assert response.json()["results"][1]["error"]["field"] == "deadline_in"
 
 
 async def test_unknown_job_is_404(api: httpx.AsyncClient):

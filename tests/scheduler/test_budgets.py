@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from redis.asyncio import Redis
 
@@ -174,3 +175,88 @@ async def test_intake_answers_402_for_a_spent_envelope_and_422_over_the_ceiling(
         assert (
             await client.post("/v1/jobs", json=job, headers={"authorization": "Bearer globex-key"})
         ).status_code < 300
+
+
+# -- committed spend: the envelope holds against one bulk request -------------------------------
+
+CAPPED_BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1000}
+AUTH = {"authorization": "Bearer acme-key"}
+
+
+def expected_usd(route: str, body: dict[str, Any] = CAPPED_BODY) -> float:
+    return budgets.reservation(
+        PRICING,
+        provider="openai",
+        kind="openai",
+        model="gpt-4o-mini",
+        endpoint="/v1/chat/completions",
+        route=route,  # type: ignore[arg-type]
+        body=body,
+        body_bytes=len(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)),
+    )
+
+
+async def committed(redis: Redis, now_ms: int) -> float:
+    return float(await redis.get(keys.budget_committed("acme", budgets.month_of(now_ms))) or 0)
+
+
+async def test_a_nearly_spent_reject_budget_cannot_be_passed_in_one_bulk_request(
+    redis: Redis, redis_url: str
+):
+    now = int(datetime.now(UTC).timestamp() * 1000)
+    per_job = expected_usd("batch")
+    billed = await spend(redis, "acme", now, 8000)
+    settings = budgeted(redis_url, "reject", budget=billed + 3.5 * per_job)  # room for three jobs
+    async with api(settings, redis) as client:
+        response = await client.post(
+            "/v1/jobs/bulk", json={"jobs": [{"provider": "openai", "body": CAPPED_BODY}] * 50}, headers=AUTH
+        )
+    statuses = [entry["status"] for entry in response.json()["results"]]
+    assert statuses == [202] * 3 + [402] * 47
+    assert {e["error"]["type"] for e in response.json()["results"][3:]} == {"budget_exceeded"}
+    assert await committed(redis, now) == pytest.approx(3 * per_job)
+    view = (await budgets.state(redis, settings, "acme", now)).as_dict()
+    assert view["committed_usd"] == pytest.approx(3 * per_job, abs=1e-6)
+    assert await redis.zcard(keys.tenant_jobs("acme")) == 1 + 3  # the billed job and three queued
+
+
+async def test_a_reservation_is_released_when_its_job_ends(redis: Redis, redis_url: str):
+    now = int(datetime.now(UTC).timestamp() * 1000)
+    settings = budgeted(redis_url, "reject", budget=1.0)
+    async with api(settings, redis) as client:
+        response = await client.post(
+            "/v1/jobs/bulk", json={"jobs": [{"provider": "openai", "body": CAPPED_BODY}] * 2}, headers=AUTH
+        )
+    first, second = (entry["job"]["id"] for entry in response.json()["results"])
+    assert await committed(redis, now) == pytest.approx(2 * expected_usd("batch"))
+    ledger = Ledger(redis)
+    cost = PRICING.job_cost(
+        "openai", "openai", "gpt-4o-mini", "batch", {"prompt_tokens": 10, "completion_tokens": 5}
+    )
+    assert await ledger.finish(
+        [Finish(first, "succeeded", "batch", from_states=("queued",), **cost.finish_fields())], now
+    ) == ["ok"]
+    assert await committed(redis, now) == pytest.approx(expected_usd("batch"))
+    await ledger.cancel(second, now)
+    assert await committed(redis, now) == pytest.approx(0.0, abs=1e-12)
+    assert await budgets.spent_usd(redis, "acme", budgets.month_of(now)) == pytest.approx(cost.actual_usd)
+    # Ending twice releases nothing more.
+    assert await ledger.finish(
+        [Finish(first, "succeeded", "batch", from_states=("queued",), **cost.finish_fields())], now
+    ) == ["skip:succeeded"]
+    assert await committed(redis, now) == pytest.approx(0.0, abs=1e-12)
+
+
+async def test_admission_prices_a_job_at_the_route_it_will_take(redis: Redis, redis_url: str):
+    """A deadline no batch can meet sends the job straight to sync: its ceiling is checked at twice the price."""
+    ceiling = (expected_usd("batch") + expected_usd("sync")) / 2
+    settings = budgeted(redis_url, "reject", budget=1.0, max_job_cost_usd=ceiling)
+    job = {"provider": "openai", "body": CAPPED_BODY}
+    async with api(settings, redis) as client:
+        batched = await client.post("/v1/jobs", json={**job, "deadline_in": 86_400}, headers=AUTH)
+        assert batched.status_code == 202, batched.text
+        assert batched.json()["status"] == "queued"
+        urgent = await client.post("/v1/jobs", json={**job, "deadline_in": 5}, headers=AUTH)
+        assert urgent.status_code == 422, urgent.text
+        assert urgent.json()["error"]["field"] == "max_tokens"
+        assert "sync price" in urgent.json()["error"]["message"]

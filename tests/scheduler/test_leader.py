@@ -24,6 +24,7 @@ from tests.scheduler.slo_support import LANE, enqueue
 from tests.scheduler.test_service import planning_only
 
 LEASE_S = 0.3
+NOW_S = 1_800_000_000.0
 
 
 @pytest.fixture
@@ -178,3 +179,90 @@ async def test_a_lease_handover_mid_tick_sends_one_page_per_incident(redis, redi
     assert len(pages) == 1
     snapshot = orjson.loads(await redis.get(keys.lane_slo(LANE)))
     assert snapshot["updated_ms"] == int((now + 4) * 1000)  # b's last tick, never a's late one
+
+
+class StepClock:
+    """A monotonic clock the test moves: a step 'takes' as long as the test says."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_long_tick_renews_the_lease_between_steps(redis, redis_url, arq_pool) -> None:
+    settings = make_settings(redis_url, scheduler=SchedulerSettings(lease_ttl_s=6))
+    scheduler = Scheduler(settings, redis, arq_pool, holder="a")
+    clock = StepClock()
+    scheduler.monotonic = clock
+    seen: list[int] = []
+
+    async def slow(tick) -> None:  # takes 4 of the lease's 6 s; the lease has 1 s left afterwards
+        clock.now += 4
+        await redis.pexpire(keys.LEADER_LEASE, 1000)
+
+    async def after(tick) -> None:
+        seen.append(await redis.pttl(keys.LEADER_LEASE))
+
+    scheduler.steps = [("slow", slow), ("after", after)]
+    report = await scheduler.tick(NOW_S)
+    assert report.leader
+    assert not report.fenced
+    assert seen
+    assert seen[0] > 5000
+
+
+async def test_a_tick_that_outlived_its_lease_stops_fenced(redis, redis_url, arq_pool) -> None:
+    settings = make_settings(redis_url, scheduler=SchedulerSettings(lease_ttl_s=6))
+    scheduler = Scheduler(settings, redis, arq_pool, holder="a")
+    clock = StepClock()
+    scheduler.monotonic = clock
+    ran: list[str] = []
+
+    async def stalled(tick) -> None:  # paused past the lease; a standby took over meanwhile
+        clock.now += 7
+        await redis.delete(keys.LEADER_LEASE)
+        assert await Leader(redis, holder="b", ttl_s=6).ensure() is not None
+        ran.append("stalled")
+
+    async def late(tick) -> None:
+        ran.append("late")
+
+    scheduler.steps = [("stalled", stalled), ("late", late)]
+    report = await scheduler.tick(NOW_S)
+    assert report.fenced
+    assert not report.leader
+    assert ran == ["stalled"]
+
+
+async def test_the_heartbeat_keeps_the_lease_through_a_step_longer_than_it(
+    redis, redis_url, arq_pool
+) -> None:
+    """A step that lasts three renewals (a whole TTL) without yielding a step boundary keeps the lease."""
+    settings = make_settings(redis_url, scheduler=SchedulerSettings(lease_ttl_s=3))
+    scheduler = Scheduler(settings, redis, arq_pool, holder="a")
+    renewals = 0
+    ensure = scheduler.leader.ensure
+
+    async def counted() -> int | None:
+        nonlocal renewals
+        renewals += 1
+        return await ensure()
+
+    scheduler.leader.ensure = counted  # type: ignore[method-assign]
+
+    async def long_step(tick) -> None:
+        start = renewals
+        for _ in range(2_000):  # at most 100 s; the heartbeat renews every second
+            if renewals - start >= 3:
+                break
+            await asyncio.sleep(0.05)
+        assert renewals - start >= 3
+
+    scheduler.steps = [("long", long_step)]
+    report = await scheduler.tick(NOW_S)
+    assert report.leader
+    assert not report.fenced
+    assert not report.errors
+    assert await redis.get(keys.LEADER_LEASE) == b"a"

@@ -12,9 +12,9 @@ from arq.connections import ArqRedis, RedisSettings
 from config.settings import LaneDefaults, LaneSettings, SchedulerSettings, SloSettings
 from scheduler import keys, tasks
 from scheduler.ledger import Ledger
-from scheduler.service import Scheduler, Tick
+from scheduler.service import Scheduler, Tick, prune_step
 from tests.conftest import make_settings
-from tests.scheduler.planning_support import arq_queue, enqueue_lane
+from tests.scheduler.planning_support import arq_queue, enqueue_lane, new_job
 
 NOW = time.time()
 NOW_MS = int(NOW * 1000)
@@ -267,3 +267,24 @@ async def test_the_tick_loop_outlives_a_redis_outage_and_leads_again() -> None:
         await asyncio.wait_for(loop, timeout=5)
         await pool.aclose()
         await redis.aclose()
+
+
+async def test_a_tick_walks_only_active_lanes_once_idle_ones_are_pruned(redis, redis_url, arq_pool) -> None:
+    settings = planning_settings(redis_url, scheduler=SchedulerSettings(lane_idle_s=600))
+    ledger = Ledger(redis)
+    start_ms = NOW_MS - 3_600_000
+    for i in range(150):  # lanes used an hour ago and empty since
+        job = new_job("openai", f"old-{i}", NOW_MS + 86_400_000, created_ms=start_ms)
+        await ledger.enqueue(job)
+        await ledger.cancel(job.id, start_ms)
+    await enqueue_lane(
+        ledger, "openai", "gpt-a", 3, now_ms=NOW_MS, age_ms=1000, deadlines=lambda i: NOW_MS + 86_400_000
+    )
+    scheduler = planning_only(Scheduler(settings, redis, arq_pool, holder="t"))
+    scheduler.steps.append(("lanes", prune_step))
+    first = await scheduler.tick(NOW)
+    assert len(first.decisions) == 151
+    assert first.steps["lanes_pruned"] == 150
+    second = await scheduler.tick(NOW + 1)
+    assert list(second.decisions) == ["openai:gpt-a:/v1/chat/completions"]
+    assert await redis.smembers(keys.LANES) == {b"openai:gpt-a:/v1/chat/completions"}

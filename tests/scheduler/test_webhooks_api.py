@@ -127,3 +127,11 @@ async def test_replay_refuses_a_malformed_body(redis_url, redis) -> None:
         for body in bodies:
             response = await api.post("/v1/webhooks/replay", json=body)
             assert response.status_code == 422, body
+
+
+async def test_delivery_cursor_out_of_range_is_422_not_500(redis_url, redis) -> None:
+    async with asgi_client(api_settings(redis_url), redis, headers=ACME) as api:
+        for cursor in ("9223372036854775807", "-1", "99999999999999999999999"):
+            response = await api.get("/v1/webhooks/deliveries", params={"cursor": cursor})
+            assert response.status_code == 422, (cursor, response.text)
+            assert response.json()["error"]["field"] == "cursor"

@@ -19,7 +19,7 @@ import structlog
 
 from config.settings import Settings
 from scheduler.batches import Batches
-from workers.heartbeat import heartbeat
+from scheduler.heartbeat import heartbeat
 
 log = structlog.get_logger(__name__)
 

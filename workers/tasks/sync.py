@@ -41,11 +41,11 @@ import structlog
 from config.settings import Settings
 from scheduler import keys, pricing, scripts
 from scheduler.clock import server_ms
+from scheduler.heartbeat import heartbeat
 from scheduler.jobs import JobRecord, Route
 from scheduler.ledger import Finish
 from workers.context import WorkerContext
 from workers.errors import ProviderError, ProviderHTTPError, RateLimited, ResponseTimeout
-from workers.heartbeat import heartbeat
 from workers.providers.base import ProviderAdapter, SyncResult
 from workers.sync_limits import Permit, SyncLimits, estimate_usage
 
