@@ -15,8 +15,6 @@ from collections.abc import Iterator
 
 import structlog
 import uvicorn
-from arq import create_pool
-from arq.connections import RedisSettings
 from arq.worker import Worker
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -24,6 +22,7 @@ from redis.exceptions import RedisError
 from config.settings import Settings
 from scheduler.api.app import create_app
 from scheduler.service import Scheduler
+from scheduler.tasks import create_pool
 from workers.worker import close_worker, worker_settings
 
 log = structlog.get_logger(__name__)
@@ -106,7 +105,7 @@ async def run_scheduler(settings: Settings) -> None:
     """The scheduler's tick loop until SIGTERM; standbys wait for the lease."""
     stop = _stop_event()
     redis = Redis.from_url(settings.redis_url)
-    arq_pool = await create_pool(RedisSettings.from_dsn(settings.redis_url))
+    arq_pool = await create_pool(settings.redis_url)
     try:
         async with Scheduler(settings, redis, arq_pool) as scheduler:
             loop_task = asyncio.create_task(scheduler.run_forever())
@@ -144,7 +143,7 @@ async def run_node(settings: Settings, host: str, port: int, grace_s: float = DE
         )
     )
     redis = Redis.from_url(settings.redis_url)
-    arq_pool = await create_pool(RedisSettings.from_dsn(settings.redis_url))
+    arq_pool = await create_pool(settings.redis_url)
     worker = SupervisedWorker(settings)
     scheduler = Scheduler(settings, redis, arq_pool)
     parts = {

@@ -16,8 +16,6 @@ import time
 from typing import Any
 
 import orjson
-from arq import create_pool
-from arq.connections import RedisSettings
 from redis.asyncio import Redis
 
 from batchshift.embedded_redis import embedded_redis
@@ -26,6 +24,7 @@ from scheduler import ids, keys
 from scheduler.jobs import NewJob
 from scheduler.ledger import Ledger
 from scheduler.service import Scheduler
+from scheduler.tasks import create_pool
 
 JOBS_PER_LANE = 20_000
 LANES = (("openai", "gpt-4o-mini"), ("openai", "gpt-4.1"), ("anthropic", "claude-haiku"))
@@ -103,7 +102,7 @@ async def run() -> list[dict[str, Any]]:
     baseline_s: list[float] = []
     with embedded_redis() as url:
         redis = Redis.from_url(url)
-        pool = await create_pool(RedisSettings.from_dsn(url))
+        pool = await create_pool(url)
         settings = _settings(url)
         try:
             for _ in range(ROUNDS):

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-from arq import create_pool
-from arq.connections import RedisSettings
-
 from batchshift.embedded_redis import embedded_redis, free_port
 from batchshift.processes import SupervisedWorker
 from scheduler import tasks
+from scheduler.tasks import create_pool
 from tests.conftest import make_settings
 
 
@@ -24,7 +22,7 @@ async def test_a_worker_outlives_a_redis_restart_and_runs_tasks_again() -> None:
     assert not running.done()
     assert supervised.restarts >= 1
     with embedded_redis(port) as url:
-        pool = await create_pool(RedisSettings.from_dsn(url))
+        pool = await create_pool(url)
         try:
             job = await pool.enqueue_job(tasks.SUBMIT_BATCH, "bat_unknown", _job_id="after-restart")
             assert job is not None

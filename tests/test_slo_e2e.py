@@ -13,8 +13,6 @@ from collections.abc import Awaitable, Callable, Iterator
 
 import orjson
 import pytest
-from arq import create_pool
-from arq.connections import RedisSettings
 
 from config.settings import (
     AlertSettings,
@@ -32,6 +30,7 @@ from scheduler.health import sample
 from scheduler.jobs import JobRecord
 from scheduler.ledger import Ledger, day_of
 from scheduler.service import Scheduler
+from scheduler.tasks import create_pool
 from tests.conftest import make_settings
 from tests.scheduler.slo_support import LANE, new_job
 from tests.workers.receiver import Receiver, running_receiver
@@ -99,7 +98,7 @@ def e2e_settings(redis_url, emulator, pagerduty, *, flex=False, http=FAST_HTTP, 
 
 @pytest.fixture
 async def harness(redis, redis_url):
-    pool = await create_pool(RedisSettings.from_dsn(redis_url))
+    pool = await create_pool(redis_url)
     created: list[Scheduler] = []
 
     def make(settings) -> Scheduler:

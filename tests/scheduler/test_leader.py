@@ -7,8 +7,7 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
-from arq import create_pool
-from arq.connections import ArqRedis, RedisSettings
+from arq.connections import ArqRedis
 
 from config.settings import SchedulerSettings, SloSettings
 from scheduler import keys
@@ -17,6 +16,7 @@ from scheduler.lanes import effective
 from scheduler.leader import Leader
 from scheduler.ledger import Ledger
 from scheduler.service import Scheduler
+from scheduler.tasks import create_pool
 from tests.conftest import make_settings
 from tests.scheduler.planning_support import enqueue_lane
 from tests.scheduler.test_service import planning_only
@@ -26,7 +26,7 @@ LEASE_S = 0.3
 
 @pytest.fixture
 async def arq_pool(redis_url: str, redis) -> AsyncIterator[ArqRedis]:
-    pool = await create_pool(RedisSettings.from_dsn(redis_url))
+    pool = await create_pool(redis_url)
     try:
         yield pool
     finally:

@@ -324,12 +324,10 @@ async def test_5000_jobs_end_succeeded_through_faulty_emulator_batches(
     The cancelled batch is one of ``MODEL``'s, whose batches the emulator holds stalled until the cancel
     has reached it: otherwise a slow machine lets the batch complete before the cancel arrives.
     """
-    from arq import create_pool
-    from arq.connections import RedisSettings
-
     from config.settings import LaneSettings
     from scheduler import tasks
     from scheduler.service import Scheduler
+    from scheduler.tasks import create_pool
     from workers.worker import run_burst
 
     expiring = "gpt-4.1-mini"
@@ -347,7 +345,7 @@ async def test_5000_jobs_end_succeeded_through_faulty_emulator_batches(
     assert isinstance(settings.lane_settings("x"), LaneSettings)
     ctx = await make_ctx(settings, http)
     ids = await enqueue_jobs(ctx["ledger"], 4000) + await enqueue_jobs(ctx["ledger"], 1000, model=expiring)
-    pool = await create_pool(RedisSettings.from_dsn(redis_url))
+    pool = await create_pool(redis_url)
     cancelled = None
     stalled = True
     deadline = asyncio.get_running_loop().time() + 100
