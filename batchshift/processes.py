@@ -19,6 +19,7 @@ from arq.worker import Worker
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from batchshift.server_version import check_server
 from config.settings import Settings
 from scheduler.api.app import create_app
 from scheduler.service import Scheduler
@@ -74,6 +75,7 @@ class SupervisedWorker:
         self.worker: Worker | None = None
         self.restarts = 0
         self._stopping = False
+        self._checked = False
 
     async def run(self) -> None:
         """Run workers one after another until :meth:`drain` is called."""
@@ -81,6 +83,9 @@ class SupervisedWorker:
         while not self._stopping:
             self.worker = Worker(**worker_settings(self.settings), handle_signals=False)
             try:
+                if not self._checked:  # UnsupportedServer is not retried: the server will not get newer
+                    await _check_server(self.settings.redis_url)
+                    self._checked = True
                 await self.worker.main()
                 return
             except (RedisError, OSError) as exc:
@@ -101,9 +106,19 @@ class SupervisedWorker:
                 await _drain(self.worker, grace_s)
 
 
+async def _check_server(url: str) -> None:
+    """Log the server's version at startup; raise UnsupportedServer below the minimum."""
+    redis = Redis.from_url(url)
+    try:
+        await check_server(redis)
+    finally:
+        await redis.aclose()
+
+
 async def run_scheduler(settings: Settings) -> None:
     """The scheduler's tick loop until SIGTERM; standbys wait for the lease."""
     stop = _stop_event()
+    await _check_server(settings.redis_url)
     redis = Redis.from_url(settings.redis_url)
     arq_pool = await create_pool(settings.redis_url)
     try:
@@ -137,6 +152,7 @@ async def run_worker(settings: Settings, grace_s: float = DEFAULT_GRACE_S) -> No
 async def run_node(settings: Settings, host: str, port: int, grace_s: float = DEFAULT_GRACE_S) -> None:
     """API, scheduler and worker in one process, for single-node deployments."""
     stop = _stop_event()
+    await _check_server(settings.redis_url)
     server = _Server(
         uvicorn.Config(
             create_app(settings), host=host, port=port, log_config=None, access_log=False, server_header=False
