@@ -109,3 +109,27 @@ def test_task_failed_round_trips_itself() -> None:
     failed = TaskFailed("ProviderError", "429 from openai")
     back = tasks.deserialize(tasks.serialize({"r": failed}))["r"]
     assert (back.error_type, back.message) == ("ProviderError", "429 from openai")
+
+
+def test_a_rediss_url_turns_tls_on_and_passes_user_and_password() -> None:
+    conn = tasks.redis_settings("rediss://app:s3cret@redis.example.com:6380/2")
+    assert (conn.ssl, conn.username, conn.password) == (True, "app", "s3cret")
+    assert (conn.host, conn.port, conn.database) == ("redis.example.com", 6380, 2)
+    assert tasks.redis_settings("redis://localhost:6379/0").ssl is False
+
+
+async def test_pool_and_worker_log_in_to_a_redis_with_a_password() -> None:
+    from batchshift.embedded_redis import running_server
+    from workers.worker import run_burst
+
+    with running_server(password="pw-with-letters-9") as server:
+        assert ":pw-with-letters-9@" in server.url
+        pool = await create_pool(server.url)
+        try:
+            job = await pool.enqueue_job(tasks.SUBMIT_BATCH, "bat_unknown", _job_id="auth-1")
+            assert job is not None
+            worker = await run_burst(make_settings(server.url))
+            assert worker.jobs_complete == 1
+            assert await job.result(timeout=5) == "missing"
+        finally:
+            await pool.aclose()
