@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from batchshift.embedded_redis import embedded_redis, free_port
 from batchshift.processes import SupervisedWorker
@@ -11,14 +12,24 @@ from scheduler.tasks import create_pool
 from tests.conftest import make_settings
 
 
+async def until(condition: Callable[[], bool], give_up_s: float = 60) -> None:
+    """Wait for ``condition`` on this machine's time, however slow; the caller asserts the outcome."""
+    for _ in range(int(give_up_s / 0.02)):
+        if condition():
+            return
+        await asyncio.sleep(0.02)
+
+
 async def test_a_worker_outlives_a_redis_restart_and_runs_tasks_again() -> None:
     """arq's own worker ends when Redis goes away; ours starts a new one when Redis is back."""
     port = free_port()
     with embedded_redis(port) as url:
         supervised = SupervisedWorker(make_settings(url), max_backoff_s=0.5)
         running = asyncio.create_task(supervised.run())
-        await asyncio.sleep(0.5)
-    await asyncio.sleep(1.0)  # Redis is gone: the worker fails and is restarted, again and again
+        # connected: arq's worker holds its pool once it has reached Redis
+        await until(lambda: getattr(supervised.worker, "_pool", None) is not None)
+    # Redis is gone: the worker fails and is restarted, again and again (however long that takes here).
+    await until(lambda: supervised.restarts >= 1 or running.done())
     assert not running.done()
     assert supervised.restarts >= 1
     with embedded_redis(port) as url:
