@@ -11,11 +11,12 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import AsyncIterator, Iterator
+from typing import NoReturn
 
 import pytest
 from redis.asyncio import Redis
 
-from batchshift.embedded_redis import KINDS, ServerKind, ServerUnavailable, running_server
+from batchshift.embedded_redis import KINDS, ServerKind, ServerUnavailable, find_server, running_server
 from config.settings import ProviderSettings, Settings, TenantSettings
 
 # Tests never read the shipped config/batchshift.toml: they build Settings themselves.
@@ -34,6 +35,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+def unavailable(kind: ServerKind, exc: ServerUnavailable) -> NoReturn:
+    """Fail in CI, which must run every kind of server; skip on a laptop that lacks one."""
+    if os.environ.get("CI"):
+        pytest.fail(f"no {kind} Redis server for this test: {exc}")
+    pytest.skip(f"no {kind} Redis server: {exc}")
+
+
 class Servers:
     """The session's servers, one per kind, each started the first time a test asks for it."""
 
@@ -46,9 +54,7 @@ class Servers:
             try:
                 server = self._stack.enter_context(running_server(kind=kind))
             except ServerUnavailable as exc:
-                if os.environ.get("CI"):  # CI must run every kind; a laptop may lack one
-                    pytest.fail(f"no {kind} Redis server for this test: {exc}")
-                pytest.skip(f"no {kind} Redis server: {exc}")
+                unavailable(kind, exc)
             self._urls[kind] = server.url
         return self._urls[kind]
 
@@ -76,6 +82,10 @@ def redis_url(request: pytest.FixtureRequest, redis_servers: Servers) -> str:
 def pipeline_server(request: pytest.FixtureRequest) -> ServerKind:
     """Each kind of server a pipeline end-to-end test must pass on."""
     kind: ServerKind = request.param
+    try:
+        find_server(kind)
+    except ServerUnavailable as exc:
+        unavailable(kind, exc)
     return kind
 
 
