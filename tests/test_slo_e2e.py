@@ -43,6 +43,12 @@ FAST_HTTP = HttpSettings(max_retries=2, backoff_base=0.01, backoff_max=0.05, rea
 DRIVE_TIMEOUT_S = 18
 
 
+@pytest.fixture
+def redis_url(pipeline_server, redis_servers) -> str:
+    """End to end on each kind of server: the embedded Valkey and the machine's redis-server."""
+    return redis_servers.url(pipeline_server)
+
+
 @pytest.fixture(scope="module")
 def emulator_url() -> Iterator[str]:
     with server.running_emulator({"turnaround_s": 0.3, "retry_after_s": 0.2, "cancel_s": 0.1}) as url:
