@@ -12,6 +12,9 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from batchshift.server_version import ServerError
 from config.logging import configure_logging
 from config.settings import Settings, SettingsError, load_settings
 
@@ -323,6 +326,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"batchshift: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except ServerError as exc:  # a Redis too old to use, or a process batchshift started died
+        print(f"batchshift: {exc}", file=sys.stderr)
+        return 1
+    except RedisConnectionError as exc:  # at startup; once running, the processes ride out outages
+        print(f"batchshift: cannot reach Redis: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

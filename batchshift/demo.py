@@ -30,6 +30,7 @@ from typing import Any
 import httpx
 import orjson
 import uvicorn
+from redis.asyncio import Redis
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -38,13 +39,15 @@ from batchshift.client import BatchshiftClient, Job
 from batchshift.demo_receivers import Inbox, receivers_app
 from batchshift.demo_report import Outcome, report, timestamp
 from batchshift.demo_workload import FEATURES, STALLED_MODEL, Wave, wave_requests
-from batchshift.embedded_redis import embedded_redis, free_port
+from batchshift.embedded_redis import ProcessDied, RunningServer, ServerKind, free_port, running_server
+from batchshift.server_version import ServerError, check_server
 from workers.emulator.server import EmulatorControl, running_emulator
 
 ADMIN_KEY = "demo-admin-" + secrets.token_hex(8)
 # Batches take 4 s (a day, scaled down); a fifth of flex calls find no flex capacity (429) and
 # fall through to standard sync, as they do on a busy day.
 EMULATOR_CONFIG = {"turnaround_s": {"*": 4.0}, "flex_unavailable": 0.2}
+NODE_LOG = Path(tempfile.gettempdir()) / "batchshift-demo-node.log"
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,14 +144,14 @@ def node_environment(
 
 
 @contextlib.contextmanager
-def _redis() -> Iterator[str]:
-    """``BATCHSHIFT_REDIS_URL`` when set, else an embedded redis-server for the demo's lifetime."""
+def _redis(kind: ServerKind, log_path: Path) -> Iterator[tuple[str, RunningServer | None]]:
+    """``BATCHSHIFT_REDIS_URL`` when set, else a server of ``kind`` for the demo's lifetime."""
     configured = os.environ.get("BATCHSHIFT_REDIS_URL")
     if configured:
-        yield configured
+        yield configured, None
         return
-    with embedded_redis() as url:
-        yield url
+    with running_server(kind=kind, log_path=log_path) as server:
+        yield server.url, server
 
 
 @contextlib.asynccontextmanager
@@ -178,6 +181,7 @@ class NodeExit:
     """How ``batchshift run`` ended after the demo's SIGTERM (None while running, or if killed)."""
 
     code: int | None = None
+    process: subprocess.Popen[bytes] | None = None  # while it runs: checked for an early death
 
 
 @contextlib.asynccontextmanager
@@ -191,10 +195,12 @@ async def _node(env: dict[str, str], port: int, log_path: Path, exit_: NodeExit)
             stderr=subprocess.STDOUT,
         )
         url = f"http://127.0.0.1:{port}"
+        exit_.process = proc
         try:
-            await _wait_ready(url, proc)
+            await _wait_ready(url, proc, log_path)
             yield url
         finally:
+            exit_.process = None
             proc.terminate()
             for _ in range(300):
                 if proc.poll() is not None:
@@ -205,11 +211,11 @@ async def _node(env: dict[str, str], port: int, log_path: Path, exit_: NodeExit)
                 proc.kill()
 
 
-async def _wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
+async def _wait_ready(url: str, proc: subprocess.Popen[bytes], log_path: Path) -> None:
     async with httpx.AsyncClient() as http:
         for _ in range(300):
             if proc.poll() is not None:
-                raise RuntimeError(f"batchshift run exited with {proc.returncode} at start; see its log")
+                raise ProcessDied("batchshift run", proc.returncode, str(log_path))
             with contextlib.suppress(httpx.HTTPError):
                 if (await http.get(f"{url}/readyz")).status_code == 200:
                     return
@@ -220,9 +226,11 @@ async def _wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
 class Demo:
     """One demo run: drive the workload, show progress, and collect the report."""
 
-    def __init__(self, plan: Plan, console: Console) -> None:
+    def __init__(self, plan: Plan, console: Console, redis_server: ServerKind = "auto") -> None:
         self.plan = plan
         self.console = console
+        self.redis_server = redis_server
+        self.server: RunningServer | None = None
         self.tenants = _tenants()
         self.inbox = Inbox()
         self.submitted: dict[str, list[str]] = {t: [] for t in self.tenants}
@@ -232,20 +240,45 @@ class Demo:
         self.rng = random.Random(7)  # noqa: S311 - a reproducible workload, not a secret
 
     async def run(self) -> Outcome:
-        with _redis() as redis_url, running_emulator(EMULATOR_CONFIG) as emulator:
-            async with self._stack(redis_url, emulator) as api:
-                await self._drive(api, EmulatorControl(emulator))
-                await self._collect(api)
+        """Run the demo; raises ProcessDied (one line) if a process it started dies on the way."""
+        redis_log = Path(tempfile.gettempdir()) / "batchshift-demo-redis.log"
+        with _redis(self.redis_server, redis_log) as (redis_url, self.server):
+            try:
+                await self._check_redis(redis_url)
+                with running_emulator(EMULATOR_CONFIG) as emulator:
+                    async with self._stack(redis_url, emulator) as api:
+                        await self._drive(api, EmulatorControl(emulator))
+                        await self._collect(api)
+            except Exception:
+                self.check_processes()  # a dead process explains the error better than its traceback
+                raise
         return self.outcome
+
+    async def _check_redis(self, url: str) -> None:
+        client = Redis.from_url(url)
+        try:
+            found = await check_server(client, where="Redis at BATCHSHIFT_REDIS_URL")
+        finally:
+            await client.aclose()
+        server = self.server
+        where = f"pid {server.process.pid}, log in {server.log_path}" if server else "BATCHSHIFT_REDIS_URL"
+        self.console.print(f"Redis: {found} ({where})", soft_wrap=True)
+
+    def check_processes(self) -> None:
+        """Raise ProcessDied if the demo's Redis or ``batchshift run`` has exited."""
+        if self.server is not None:
+            self.server.check()
+        node = self.node_exit.process
+        if node is not None and node.poll() is not None:
+            raise ProcessDied("batchshift run", node.returncode, str(NODE_LOG))
 
     @contextlib.asynccontextmanager
     async def _stack(self, redis_url: str, emulator: str) -> AsyncIterator[str]:
         async with _receivers(self.tenants, self.inbox) as receivers:
             env = node_environment(redis_url, emulator, receivers, self.tenants)
             self.callback_base = receivers
-            log_path = Path(tempfile.gettempdir()) / "batchshift-demo-node.log"
-            self.console.print(f"batchshift run: logs in {log_path}")
-            async with _node(env, free_port(), log_path, self.node_exit) as api:
+            self.console.print(f"batchshift run: logs in {NODE_LOG}")
+            async with _node(env, free_port(), NODE_LOG, self.node_exit) as api:
                 yield api
 
     async def _drive(self, api: str, emulator: EmulatorControl) -> None:
@@ -274,6 +307,7 @@ class Demo:
                 if elapsed > self.plan.give_up_at:
                     self.console.print("[yellow]gave up waiting; reporting what there is[/]")
                     return
+                self.check_processes()
                 await asyncio.sleep(1.0)
 
     def _total(self) -> int:
@@ -343,9 +377,17 @@ class Demo:
 
 
 def main(jobs: int = 900) -> int:
-    """Run the demo; 0 only if every job ended and the on-time ratio met the SLO."""
+    """Run the demo; 0 only if every job ended and the on-time ratio met the SLO.
+
+    A process it started that dies (Redis, ``batchshift run``), or a Redis it cannot use, ends it
+    with one line saying so (and where the log is), never a traceback.
+    """
     console = Console()
     plan = Plan(jobs=jobs)
-    outcome = asyncio.run(Demo(plan, console).run())
+    try:
+        outcome = asyncio.run(Demo(plan, console).run())
+    except ServerError as exc:
+        console.print(f"[bold red]batchshift demo: {exc}[/]", highlight=False, soft_wrap=True)
+        return 1
     report(outcome, console)
     return 0 if outcome.ok else 1

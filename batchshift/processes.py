@@ -18,6 +18,7 @@ import uvicorn
 from arq.worker import Worker
 from redis.exceptions import RedisError
 
+from batchshift.server_version import check_server as check_version
 from config.settings import Settings
 from scheduler.api.app import create_app
 from scheduler.service import Scheduler
@@ -73,6 +74,7 @@ class SupervisedWorker:
         self.worker: Worker | None = None
         self.restarts = 0
         self._stopping = False
+        self._checked = False
 
     async def run(self) -> None:
         """Run workers one after another until :meth:`drain` is called."""
@@ -80,6 +82,9 @@ class SupervisedWorker:
         while not self._stopping:
             self.worker = Worker(**worker_settings(self.settings), handle_signals=False)
             try:
+                if not self._checked:  # UnsupportedServer is not retried: the server will not get newer
+                    await _check_server(self.settings)
+                    self._checked = True
                 await self.worker.main()
                 return
             except (RedisError, OSError) as exc:
@@ -100,12 +105,23 @@ class SupervisedWorker:
                 await _drain(self.worker, grace_s)
 
 
+async def _check_server(settings: Settings) -> None:
+    """Log the server's version at startup and raise UnsupportedServer below the minimum; then
+    check its eviction policy and AOF (logged, never fatal)."""
+    redis = connect(settings)
+    try:
+        await check_version(redis)
+        await check_server(redis)
+    finally:
+        await redis.aclose()
+
+
 async def run_scheduler(settings: Settings) -> None:
     """The scheduler's tick loop until SIGTERM; standbys wait for the lease."""
     stop = _stop_event()
+    await _check_server(settings)
     redis = connect(settings)
     arq_pool = connect_arq(settings)
-    await check_server(redis)
     try:
         async with Scheduler(settings, redis, arq_pool) as scheduler:
             loop_task = asyncio.create_task(scheduler.run_forever())
@@ -123,12 +139,7 @@ async def run_scheduler(settings: Settings) -> None:
 async def run_worker(settings: Settings, grace_s: float = DEFAULT_GRACE_S) -> None:
     """The arq worker until SIGTERM, draining tasks in flight."""
     stop = _stop_event()
-    redis = connect(settings)
-    try:
-        await check_server(redis)
-    finally:
-        await redis.aclose()
-    worker = SupervisedWorker(settings)
+    worker = SupervisedWorker(settings)  # checks the server before its first run
     main = asyncio.create_task(worker.run())
     stop_task = asyncio.create_task(stop.wait())
     await asyncio.wait({main, stop_task}, return_when=asyncio.FIRST_COMPLETED)
@@ -142,6 +153,7 @@ async def run_worker(settings: Settings, grace_s: float = DEFAULT_GRACE_S) -> No
 async def run_node(settings: Settings, host: str, port: int, grace_s: float = DEFAULT_GRACE_S) -> None:
     """API, scheduler and worker in one process, for single-node deployments."""
     stop = _stop_event()
+    await _check_server(settings)
     server = _Server(
         uvicorn.Config(
             create_app(settings), host=host, port=port, log_config=None, access_log=False, server_header=False
@@ -149,7 +161,6 @@ async def run_node(settings: Settings, host: str, port: int, grace_s: float = DE
     )
     redis = connect(settings)
     arq_pool = connect_arq(settings)
-    await check_server(redis)
     worker = SupervisedWorker(settings)
     scheduler = Scheduler(settings, redis, arq_pool)
     parts = {

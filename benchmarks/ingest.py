@@ -27,9 +27,6 @@ MODEL = "gpt-4o-mini"
 
 async def _prepare(redis_url: str, url: str) -> tuple[dict[str, Any], str]:
     """50,000 queued jobs reserved into one batch, submitted to the emulator and polled until it ended."""
-    from arq import create_pool
-    from arq.connections import RedisSettings
-
     from config.settings import ProviderSettings, Settings
     from scheduler import keys
     from scheduler.batches import Batches
@@ -37,13 +34,14 @@ async def _prepare(redis_url: str, url: str) -> tuple[dict[str, Any], str]:
     from scheduler.jobs import NewJob
     from scheduler.lanes import effective
     from scheduler.ledger import Ledger
+    from scheduler.tasks import create_pool
     from workers.http import build_client
     from workers.providers import make_adapter
     from workers.tasks.batches import poll_batch, submit_batch
 
     provider = ProviderSettings(kind="openai", base_url=url + "/v1", api_key="sk-bench")
     settings = Settings(redis_url=redis_url, providers={"openai": provider})
-    redis = await create_pool(RedisSettings.from_dsn(redis_url))
+    redis = await create_pool(redis_url)
     await redis.flushall()
     http = build_client(provider.http)
     ledger = Ledger(redis)

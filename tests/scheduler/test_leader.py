@@ -8,8 +8,7 @@ from collections.abc import AsyncIterator
 
 import orjson
 import pytest
-from arq import create_pool
-from arq.connections import ArqRedis, RedisSettings
+from arq.connections import ArqRedis
 
 from config.settings import AlertSettings, PagerDutySettings, SchedulerSettings, SloSettings
 from scheduler import keys
@@ -18,6 +17,7 @@ from scheduler.lanes import effective
 from scheduler.leader import Leader
 from scheduler.ledger import Ledger
 from scheduler.service import Scheduler, Tick
+from scheduler.tasks import create_pool
 from tests.conftest import make_settings
 from tests.scheduler.planning_support import enqueue_lane
 from tests.scheduler.slo_support import LANE, enqueue
@@ -29,7 +29,7 @@ NOW_S = 1_800_000_000.0
 
 @pytest.fixture
 async def arq_pool(redis_url: str, redis) -> AsyncIterator[ArqRedis]:
-    pool = await create_pool(RedisSettings.from_dsn(redis_url))
+    pool = await create_pool(redis_url)
     try:
         yield pool
     finally:

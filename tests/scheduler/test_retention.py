@@ -229,16 +229,14 @@ async def test_trim_deletes_batches_that_ended_before_retention(redis_url: str, 
 async def test_the_scheduler_trims_when_it_starts_leading_then_every_reconcile_interval(
     redis_url: str, redis: Redis
 ):
-    from arq import create_pool
-    from arq.connections import RedisSettings
-
     from scheduler.service import Scheduler
+    from scheduler.tasks import create_pool
 
     settings = retention_settings(redis_url)
     ledger = Ledger.for_settings(redis, settings)
     [first, second] = await enqueue(ledger, [new_job(NOW), new_job(NOW + 1)])
     await ledger.finish([done(first), done(second)], NOW)
-    pool = await create_pool(RedisSettings.from_dsn(redis_url))
+    pool = await create_pool(redis_url)
     try:
         async with Scheduler(settings, redis, pool) as scheduler:
             start = (NOW + TTL_S * 1000 + 2) / 1000

@@ -6,13 +6,13 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
-from arq import create_pool
-from arq.connections import ArqRedis, RedisSettings
+from arq.connections import ArqRedis
 
 from config.settings import LaneDefaults, LaneSettings, SchedulerSettings, SloSettings
 from scheduler import keys, tasks
 from scheduler.ledger import Ledger
 from scheduler.service import Scheduler, Tick, prune_step
+from scheduler.tasks import create_pool
 from tests.conftest import make_settings
 from tests.scheduler.planning_support import arq_queue, enqueue_lane, new_job
 
@@ -22,7 +22,7 @@ NOW_MS = int(NOW * 1000)
 
 @pytest.fixture
 async def arq_pool(redis_url: str, redis) -> AsyncIterator[ArqRedis]:
-    pool = await create_pool(RedisSettings.from_dsn(redis_url))
+    pool = await create_pool(redis_url)
     try:
         yield pool
     finally:
@@ -246,7 +246,7 @@ async def test_the_tick_loop_outlives_a_redis_outage_and_leads_again() -> None:
     with embedded_redis(port) as url:
         settings = planning_settings(url, scheduler=SchedulerSettings(tick_interval_s=0.05, lease_ttl_s=1))
         redis = Redis.from_url(url)
-        pool = await create_pool(RedisSettings.from_dsn(url))
+        pool = await create_pool(url)
         scheduler = Scheduler(settings, redis, pool)
         loop = asyncio.create_task(scheduler.run_forever())
         for _ in range(100):

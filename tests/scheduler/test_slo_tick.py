@@ -5,8 +5,6 @@ from __future__ import annotations
 import time
 
 import pytest
-from arq import create_pool
-from arq.connections import RedisSettings
 
 from config.settings import AlertSettings, SloSettings
 from scheduler import keys
@@ -14,6 +12,7 @@ from scheduler.health import sample
 from scheduler.ledger import Ledger
 from scheduler.service import Scheduler
 from scheduler.slo import SloReport
+from scheduler.tasks import create_pool
 from tests.conftest import make_settings
 from tests.scheduler.api_harness import ACME, ADMIN, asgi_client
 from tests.scheduler.slo_support import LANE, enqueue, lead
@@ -23,7 +22,7 @@ NOW = 1_800_000_000_000
 
 @pytest.fixture
 async def pool(redis_url, redis):
-    p = await create_pool(RedisSettings.from_dsn(redis_url))
+    p = await create_pool(redis_url)
     yield p
     await p.aclose()
 

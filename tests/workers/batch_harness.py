@@ -10,13 +10,13 @@ import asyncio
 import time
 from typing import Any
 
+import arq
 import httpx
 import orjson
-from arq import create_pool
-from arq.connections import ArqRedis, RedisSettings
+from arq.connections import ArqRedis
 
 from config.settings import Settings
-from scheduler import keys
+from scheduler import keys, tasks
 from scheduler.batches import Batches
 from scheduler.ids import batch_id as new_batch_id
 from scheduler.ids import job_id as new_job_id
@@ -32,9 +32,11 @@ MODEL = "gpt-4o-mini"
 
 async def make_ctx(settings: Settings, http: httpx.AsyncClient, db: int = 0) -> dict[str, Any]:
     """A worker ctx as the worker's startup builds it, on Redis database ``db``."""
-    conn = RedisSettings.from_dsn(settings.redis_url)
+    conn = tasks.redis_settings(settings.redis_url)
     conn.database = db
-    redis: ArqRedis = await create_pool(conn)
+    redis: ArqRedis = await arq.create_pool(
+        conn, job_serializer=tasks.serialize, job_deserializer=tasks.deserialize
+    )
     return {
         "redis": redis,
         "settings": settings,

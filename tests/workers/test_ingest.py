@@ -24,7 +24,7 @@ from config.settings import (
 from scheduler import keys
 from scheduler.batches import Batches
 from tests.conftest import make_settings
-from tests.workers.batch_harness import dump, emulator_results, enqueue_jobs, make_ctx, run_batch
+from tests.workers.batch_harness import MODEL, dump, emulator_results, enqueue_jobs, make_ctx, run_batch
 from tests.workers.conftest import FAST_HTTP, openai_settings
 from tests.workers.receiver import running_receiver
 from workers.emulator.server import EmulatorControl
@@ -321,17 +321,21 @@ async def test_an_expired_result_leaves_status_usage_and_cost(
 async def test_5000_jobs_end_succeeded_through_faulty_emulator_batches(
     redis_url, redis, emulator: EmulatorControl, http
 ) -> None:
-    """Out-of-order results, retriable line errors, an expired and a cancelled batch: all end succeeded."""
-    from arq import create_pool
-    from arq.connections import RedisSettings
+    """Out-of-order results, retriable line errors, an expired and a cancelled batch: all end succeeded.
 
+    The cancelled batch is one of ``MODEL``'s, whose batches the emulator holds stalled until the cancel
+    has reached it: otherwise a slow machine lets the batch complete before the cancel arrives.
+    """
     from config.settings import LaneSettings
     from scheduler import tasks
     from scheduler.service import Scheduler
+    from scheduler.tasks import create_pool
     from workers.worker import run_burst
 
     expiring = "gpt-4.1-mini"
-    emulator.configure(turnaround_s=0.5, line_error_rate=0.05, line_error_status=500, expire={expiring: 0.5})
+    emulator.configure(
+        turnaround_s=0.5, line_error_rate=0.05, line_error_status=500, expire={expiring: 0.5}, stall=[MODEL]
+    )
     settings = ingest_settings(
         redis_url,
         emulator.url,
@@ -347,8 +351,9 @@ async def test_5000_jobs_end_succeeded_through_faulty_emulator_batches(
     ids = await enqueue_jobs(ctx["ledger"], 4000) + await enqueue_jobs(ctx["ledger"], 1000, model=expiring)
     # An ended job drops its request body (retention): keep what was sent, to ask the sync API again.
     sent = {r.id: r.body for r in await ctx["ledger"].get_many(ids) if r is not None}
-    pool = await create_pool(RedisSettings.from_dsn(redis_url))
+    pool = await create_pool(redis_url)
     cancelled = None
+    stalled = True
     deadline = asyncio.get_running_loop().time() + 100
     async with Scheduler(settings, redis, pool) as scheduler:
         while True:
@@ -366,6 +371,9 @@ async def test_5000_jobs_end_succeeded_through_faulty_emulator_batches(
                     await tasks.enqueue(
                         pool, tasks.CANCEL_BATCH, cancelled, job_id=tasks.cancel_job_id(cancelled)
                     )
+            if stalled and cancelled and await redis.hexists(keys.batch(cancelled), "cancel_requested_ms"):
+                emulator.configure(stall=[])  # the cancel reached the emulator: the rest may complete
+                stalled = False
             counts = Counter((await states(redis, ids)).values())
             if counts["succeeded"] == len(ids):
                 break
@@ -402,3 +410,4 @@ async def test_5000_jobs_end_succeeded_through_faulty_emulator_batches(
             assert timeless(got) == timeless(again.body)
     ended = {b.raw.get("status") for b in batches if b is not None}
     assert {"completed", "expired", "cancelled"} <= ended
+    assert (await Batches(redis).get(cancelled)).raw.get("status") == "cancelled"
