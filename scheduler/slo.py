@@ -122,7 +122,7 @@ class SloTracker:
     async def _lane(self, lane: Lane, batches: list[LiveBatch], now_ms: int, report: SloReport) -> LaneReport:
         settings = self.settings
         health = await self.health(lane, now_ms)
-        prediction = await predict_lane(self.redis, settings, health, batches, now_ms)
+        prediction = await predict_lane(self.redis, settings, health, batches, now_ms, lane.provider)
         flips = await self.flipper.run(prediction, now_ms)
         windows = self.windows.get(lane.name)
         if windows is None:
