@@ -30,6 +30,7 @@ import math
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
+from config.settings import Settings
 from scheduler.survival import TurnaroundModel
 
 # Ticks of lead: a job flips at the last tick that still precedes its safe time by a tick, since
@@ -62,6 +63,17 @@ class Policy:
     early_probability: float
     tick_s: float
     overdue_quantile: float = 0.95  # a batch running longer than this share of batches is overdue
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> Policy:
+        """The production knobs: ``settings.slo`` and the tick interval."""
+        slo = settings.slo
+        return cls(
+            slo.flip_risk_probability,
+            slo.flip_early_probability,
+            settings.scheduler.tick_interval_s,
+            overdue_quantile=slo.turnaround_quantile,
+        )
 
 
 def sync_rate(sync_rpm: int | None, sync_concurrency: int, latency_s: float) -> float:
@@ -136,7 +148,7 @@ def horizons(
     for source, due in zip(sources, deadlines, strict=True):
         cut = risk_horizon_ms(model, source, now_ms, sync.margin_s, policy)
         if cut > -math.inf:
-            risky.append(due[: _count_below(due, cut)])
+            risky.append(due[: count_below(due, cut)])
     at_risk = list(heapq.merge(*risky))
     safe = safe_horizon_ms(at_risk, now_ms, sync, policy.tick_s)
     just_in_time = now_ms + (LEAD_TICKS * policy.tick_s + sync.margin_s) * 1000
@@ -150,7 +162,8 @@ def horizons(
     return out
 
 
-def _count_below(sorted_values: Sequence[int], limit: float) -> int:
+def count_below(sorted_values: Sequence[int], limit: float) -> int:
+    """How many of ``sorted_values`` are below ``limit``."""
     lo, hi = 0, len(sorted_values)
     while lo < hi:
         mid = (lo + hi) // 2

@@ -102,13 +102,7 @@ class Flipper:
         """Flip the lane's jobs whose moment has come (in flight first: they are nearer their end) and
         cancel emptied batches."""
         report = FlipReport()
-        slo = self.settings.slo
-        policy = flip_plan.Policy(
-            slo.flip_risk_probability,
-            slo.flip_early_probability,
-            self.settings.scheduler.tick_interval_s,
-            overdue_quantile=slo.turnaround_quantile,
-        )
+        policy = flip_plan.Policy.for_settings(self.settings)
         sync = flip_plan.SyncLane(prediction.flip_margin_s, prediction.sync_rate_per_s)
         model = prediction.health.model
         places: list[tuple[flip_plan.Source, str]] = []

@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 
 from config.settings import ProviderSettings, Settings
 from scheduler import keys
-from scheduler.flip_plan import sync_rate
+from scheduler.flip_plan import SyncLane, sync_rate
 from scheduler.health import LaneHealth
 from scheduler.planner import PRESSURE_TICKS
 
@@ -95,6 +95,33 @@ def flush_lead_s(health: LaneHealth, settings: Settings) -> float:
     return expected_turnaround_s(health, settings) + PRESSURE_TICKS * settings.scheduler.tick_interval_s
 
 
+def sync_lane(settings: Settings, provider_name: str, health: LaneHealth) -> SyncLane:
+    """The sync lane a flipped job of this lane joins: its flip margin and its rate at the provider's limits.
+
+    Flex first where it fits: where the provider sells flex, a job flips while flex (batch price)
+    still has time to answer, and a flex refusal still leaves the sync margin.
+    """
+    provider = settings.providers.get(provider_name)
+    limits = provider or ProviderSettings(kind="openai", base_url="http://unconfigured")  # the defaults
+    margin = health.sync_margin() + (limits.flex_latency_s if limits.flex else 0.0)
+    return SyncLane(margin, sync_rate(limits.sync_rpm, limits.sync_concurrency, health.sync_latency(0.5)))
+
+
+def next_flush_ms(
+    settings: Settings,
+    health: LaneHealth,
+    oldest_arrival_ms: int | None,
+    earliest_deadline_ms: int,
+    now_ms: int,
+) -> int:
+    """When a non-empty lane next flushes: its oldest job's ``max_wait``, or sooner under deadline pressure."""
+    max_wait = settings.lane_settings(health.lane).max_wait
+    by_deadline = earliest_deadline_ms - int(flush_lead_s(health, settings) * 1000)
+    if max_wait is None or oldest_arrival_ms is None:
+        return max(now_ms, by_deadline)
+    return max(now_ms, min(oldest_arrival_ms + int(max_wait * 1000), by_deadline))
+
+
 def predict_batch(health: LaneHealth, batch: LiveBatch, now_ms: int, q: float) -> BatchPrediction:
     """When ``batch`` is predicted to end, given how long it has been in flight."""
     start = batch.submitted_ms if batch.submitted_ms is not None else now_ms
@@ -151,9 +178,7 @@ async def predict_lane(
     q = settings.slo.turnaround_quantile
     running = [b for b in batches if b.submitted_ms is not None and b.ended_ms is None]
     health = health.with_in_flight([max(0.0, (now_ms - (b.submitted_ms or now_ms)) / 1000) for b in running])
-    provider = settings.providers.get(provider_name or lane.partition(":")[0])
-    limits = provider or ProviderSettings(kind="openai", base_url="http://unconfigured")  # the defaults
-    rate = sync_rate(limits.sync_rpm, limits.sync_concurrency, health.sync_latency(0.5))
+    sync = sync_lane(settings, provider_name or lane.partition(":")[0], health)
     async with redis.pipeline(transaction=False) as pipe:
         pipe.zrange(keys.lane_arrivals(lane), 0, 0, withscores=True)
         pipe.zrange(keys.lane_queue(lane), 0, 0, withscores=True)
@@ -166,21 +191,13 @@ async def predict_lane(
         next_flush_ms=None,
         oldest_arrival_ms=int(oldest[0][1]) if oldest else None,
         health=health,
-        sync_rate_per_s=rate,
-        # Flex first where it fits: a job flips while flex (batch price) still has time to answer,
-        # and a flex refusal still leaves the sync margin.
-        flip_margin_s=health.sync_margin() + (limits.flex_latency_s if limits.flex else 0.0),
+        sync_rate_per_s=sync.rate_per_s,
+        flip_margin_s=sync.margin_s,
     )
     if earliest:
-        max_wait = settings.lane_settings(lane).max_wait
-        by_wait = (
-            prediction.oldest_arrival_ms + int(max_wait * 1000)
-            if max_wait is not None and prediction.oldest_arrival_ms is not None
-            else None
+        prediction.next_flush_ms = next_flush_ms(
+            settings, health, prediction.oldest_arrival_ms, int(earliest[0][1]), now_ms
         )
-        by_deadline = int(earliest[0][1]) - int(flush_lead_s(health, settings) * 1000)
-        candidates = [by_deadline] if by_wait is None else [by_wait, by_deadline]
-        prediction.next_flush_ms = max(now_ms, min(candidates))
     prediction.batches = [predict_batch(health, b, now_ms, q) for b in batches]
     prediction.blind = health.blind
     return prediction

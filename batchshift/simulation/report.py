@@ -1,0 +1,59 @@
+"""The policy lab's outputs: a table on the terminal, a PNG of savings against on-time, the JSON.
+
+matplotlib is imported only when a plot is asked for (it is slow to import), with the Agg backend:
+the lab runs on servers without a display.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def table(result: dict[str, Any], title: str) -> Table:
+    """One row per policy."""
+    out = Table(title=title)
+    for name in ("policy", "jobs", "on time", "saved", "actual $", "sync-equivalent $", "duplicate $",
+                 "flipped", "sync share"):  # fmt: skip
+        out.add_column(name, justify="left" if name == "policy" else "right")
+    for name, p in result["policies"].items():
+        out.add_row(
+            name,
+            f"{p['jobs']:,}",
+            f"{p['on_time_ratio']:.4%}",
+            f"{p['saved_ratio']:.2%}",
+            f"{p['actual_usd']:,.2f}",
+            f"{p['sync_equivalent_usd']:,.2f}",
+            f"{p['duplicate_usd']:,.2f}",
+            f"{p['flipped']:,}",
+            f"{p['sync_share']:.2%}",
+        )
+    return out
+
+
+def print_table(result: dict[str, Any], title: str, console: Console | None = None) -> None:
+    (console or Console()).print(table(result, title))
+
+
+def plot(result: dict[str, Any], title: str, path: Path) -> None:
+    """Savings against on-time ratio, one labelled point per policy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for name, p in result["policies"].items():
+        ax.scatter(p["on_time_ratio"] * 100, p["saved_ratio"] * 100, s=60)
+        ax.annotate(name, (p["on_time_ratio"] * 100, p["saved_ratio"] * 100),
+                    textcoords="offset points", xytext=(6, 4))  # fmt: skip
+    ax.set_xlabel("on time (%)")
+    ax.set_ylabel("saved vs all-sync (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
