@@ -304,17 +304,17 @@ def _run_simulate(args: argparse.Namespace) -> int:
     settings = bootstrap()
     try:
         spec = scenario.load(Path(args.scenario))
-        result = engine.simulate(spec, settings, Pricing.load(settings.pricing_file))
+        outcomes = engine.simulate(spec, settings, Pricing.load(settings.pricing_file))
     except scenario.ScenarioError as exc:
         print(f"batchshift: {exc}", file=sys.stderr)
         return EXIT_USAGE
     title = Path(args.scenario).stem
     if args.json:
-        sys.stdout.write(orjson.dumps(result).decode() + "\n")
+        sys.stdout.write(orjson.dumps(engine.as_json(outcomes)).decode() + "\n")
     else:
-        report.print_table(result, title)
+        report.print_table(outcomes, title)
     if args.plot:
-        report.plot(result, title, Path(args.plot))
+        report.plot(outcomes, title, Path(args.plot))
     return 0
 
 

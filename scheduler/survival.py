@@ -18,7 +18,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from statistics import NormalDist
 
 # The narrowest spread the fitted tail may have (log-seconds): a handful of near-equal batches must
@@ -79,6 +79,7 @@ class TurnaroundModel:
     prior: LogNormal | None  # None: no informative prior
     prior_weight: float  # 0 once history has min_samples batches
     window_s: float
+    _quantiles: dict[float, float] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def build(
@@ -186,23 +187,38 @@ class TurnaroundModel:
         """
         if self.blind:
             return max(self.window_s, elapsed_s)
-        target = 1.0 - q
+        base = self.log_sf(elapsed_s)
         hi = max(self.window_s, elapsed_s) * SEARCH_WINDOWS
-        if self.p_running(elapsed_s, hi) > target:
+        if base == -math.inf:
+            return elapsed_s if self.tail is None else self._tail_quantile_after(elapsed_s, q, hi)
+        target = base + math.log(1.0 - q)
+        if self.log_sf(hi) > target:
             return hi
-        lo = elapsed_s
-        # Bisection in log-time: turnarounds span milliseconds to days.
-        log_lo, log_hi = math.log(max(lo, 1e-3)), math.log(hi)
-        for _ in range(60):
+        # Bisection in log-time (turnarounds span milliseconds to days), to 0.1 %.
+        log_lo, log_hi = math.log(max(elapsed_s, 1e-3)), math.log(hi)
+        while log_hi - log_lo > 1e-3:
             mid = 0.5 * (log_lo + log_hi)
-            if self.p_running(elapsed_s, math.exp(mid)) > target:
+            if self.log_sf(math.exp(mid)) > target:
                 log_lo = mid
             else:
                 log_hi = mid
-            if log_hi - log_lo < 1e-4:
-                break
+        return max(math.exp(log_hi), elapsed_s)
+
+    def _tail_quantile_after(self, elapsed_s: float, q: float, hi: float) -> float:
+        assert self.tail is not None  # noqa: S101  # only reached with ended batches
+        target = self.tail.log_sf(elapsed_s) + math.log(1.0 - q)
+        log_lo, log_hi = math.log(max(elapsed_s, 1e-3)), math.log(hi)
+        while log_hi - log_lo > 1e-3:
+            mid = 0.5 * (log_lo + log_hi)
+            if self.tail.log_sf(math.exp(mid)) > target:
+                log_lo = mid
+            else:
+                log_hi = mid
         return max(math.exp(log_hi), elapsed_s)
 
     def quantile(self, q: float) -> float:
-        """The ``q`` quantile of turnaround for a batch not yet started."""
-        return self.quantile_after(0.0, q)
+        """The ``q`` quantile of turnaround for a batch not yet started (memoised: asked once per batch)."""
+        found = self._quantiles.get(q)
+        if found is None:
+            found = self._quantiles[q] = self.quantile_after(0.0, q)
+        return found

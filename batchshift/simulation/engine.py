@@ -62,6 +62,7 @@ class Outcome:
     duplicate_usd: float = 0.0
     flipped: int = 0
     by_sync: int = 0  # served by sync or flex
+    needless: int = 0  # flipped although its batch would have made the deadline (not in the JSON)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -315,6 +316,7 @@ class _LaneRun:
             self.sync.add(deadline, job)
             if batch is not None:
                 batch.flipped.append(job)
+                self.outcome.needless += not batch.expired and batch.observed_ms <= deadline
         del deadlines[:count]
         del jobs[:count]
         budget[0] -= count
@@ -504,11 +506,17 @@ def run_policy(scenario: Scenario, settings: Settings, pricing: Pricing, policy:
         total.duplicate_usd += o.duplicate_usd
         total.flipped += o.flipped
         total.by_sync += o.by_sync
+        total.needless += o.needless
     return total
 
 
 def simulate(
     scenario: Scenario, settings: Settings, pricing: Pricing, policies: tuple[PolicyName, ...] = POLICIES
-) -> dict[str, Any]:
-    """Every policy over the scenario: ``{"policies": {name: figures}}``."""
-    return {"policies": {name: run_policy(scenario, settings, pricing, name).as_dict() for name in policies}}
+) -> dict[str, Outcome]:
+    """Every policy over the scenario."""
+    return {name: run_policy(scenario, settings, pricing, name) for name in policies}
+
+
+def as_json(outcomes: dict[str, Outcome]) -> dict[str, Any]:
+    """The contract: ``{"policies": {name: figures}}``."""
+    return {"policies": {name: o.as_dict() for name, o in outcomes.items()}}

@@ -7,19 +7,21 @@ the lab runs on servers without a display.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from batchshift.simulation.engine import Outcome
 
-def table(result: dict[str, Any], title: str) -> Table:
-    """One row per policy."""
+
+def table(outcomes: dict[str, Outcome], title: str) -> Table:
+    """One row per policy; "needless" counts flipped jobs whose batch would have made their deadline."""
     out = Table(title=title)
-    for name in ("policy", "jobs", "on time", "saved", "actual $", "sync-equivalent $", "duplicate $",
-                 "flipped", "sync share"):  # fmt: skip
-        out.add_column(name, justify="left" if name == "policy" else "right")
-    for name, p in result["policies"].items():
+    for name in ("policy", "jobs", "on time", "saved", "actual $", "sync-eq. $", "dup. $", "flipped",
+                 "needless", "sync share"):  # fmt: skip
+        out.add_column(name, justify="left" if name == "policy" else "right", no_wrap=True)
+    for name, outcome in outcomes.items():
+        p = outcome.as_dict()
         out.add_row(
             name,
             f"{p['jobs']:,}",
@@ -29,16 +31,17 @@ def table(result: dict[str, Any], title: str) -> Table:
             f"{p['sync_equivalent_usd']:,.2f}",
             f"{p['duplicate_usd']:,.2f}",
             f"{p['flipped']:,}",
+            f"{outcome.needless:,}",
             f"{p['sync_share']:.2%}",
         )
     return out
 
 
-def print_table(result: dict[str, Any], title: str, console: Console | None = None) -> None:
-    (console or Console()).print(table(result, title))
+def print_table(outcomes: dict[str, Outcome], title: str, console: Console | None = None) -> None:
+    (console or Console(width=max(Console().width, 120))).print(table(outcomes, title))
 
 
-def plot(result: dict[str, Any], title: str, path: Path) -> None:
+def plot(outcomes: dict[str, Outcome], title: str, path: Path) -> None:
     """Savings against on-time ratio, one labelled point per policy."""
     import matplotlib
 
@@ -46,7 +49,8 @@ def plot(result: dict[str, Any], title: str, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 5))
-    for name, p in result["policies"].items():
+    for name, outcome in outcomes.items():
+        p = outcome.as_dict()
         ax.scatter(p["on_time_ratio"] * 100, p["saved_ratio"] * 100, s=60)
         ax.annotate(name, (p["on_time_ratio"] * 100, p["saved_ratio"] * 100),
                     textcoords="offset points", xytext=(6, 4))  # fmt: skip
