@@ -266,7 +266,10 @@ async def poll_batch(ctx: WorkerContext, batch_id: str) -> str:
         seconds = observed_turnaround_s(
             record.submitted_ms, int(running_seen) if running_seen else None, now_ms
         )
-        await batches.push_turnaround(record.lane, ended_ms, seconds, ctx["settings"].slo.history_size)
+        # A cancelled batch (its jobs all flipped, or its producer's) did not show its turnaround,
+        # only that it took at least this long: counted as an end, it would teach the lane it is fast.
+        if info.status != "cancelled":
+            await batches.push_turnaround(record.lane, ended_ms, seconds, ctx["settings"].slo.history_size)
         log.info("batch.ended", batch_id=batch_id, lane=record.lane, status=info.status, turnaround_s=seconds)
     return await _hand_to_ingest(ctx, batches, record, now_ms)
 
