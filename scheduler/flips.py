@@ -93,10 +93,12 @@ class Flipper:
         self.ledger = ledger
         self.settings = settings
         self.remaining = settings.slo.max_flips_per_tick
+        self._sync_deadlines: list[int] | None = None
 
     def new_tick(self) -> None:
-        """Reset the per-tick budget."""
+        """Reset the per-tick budget and the tick's read of the sync queue."""
         self.remaining = self.settings.slo.max_flips_per_tick
+        self._sync_deadlines = None
 
     async def run(self, prediction: LanePrediction, now_ms: int) -> FlipReport:
         """Flip the lane's jobs whose moment has come (in flight first: they are nearer their end) and
@@ -123,7 +125,9 @@ class Flipper:
         for source, zset in places:
             cut = flip_plan.risk_horizon_ms(model, source, now_ms, sync.margin_s, policy)
             deadlines.append(await self._deadlines(zset, cut) if cut > float("-inf") else [])
-        queued_for_sync = await self._deadlines(keys.SYNC_QUEUE, float("inf"))
+        if self._sync_deadlines is None:  # one read per tick, whatever the number of lanes
+            self._sync_deadlines = await self._deadlines(keys.SYNC_QUEUE, float("inf"))
+        queued_for_sync = self._sync_deadlines
         horizons = flip_plan.horizons(
             model, [s for s, _ in places], deadlines, queued_for_sync, sync, policy, now_ms
         )
