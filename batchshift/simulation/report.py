@@ -49,11 +49,16 @@ def plot(outcomes: dict[str, Outcome], title: str, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 5))
-    for name, outcome in outcomes.items():
+    markers = "osD^v"
+    for i, (name, outcome) in enumerate(outcomes.items()):
         p = outcome.as_dict()
-        ax.scatter(p["on_time_ratio"] * 100, p["saved_ratio"] * 100, s=60)
-        ax.annotate(name, (p["on_time_ratio"] * 100, p["saved_ratio"] * 100),
-                    textcoords="offset points", xytext=(6, 4))  # fmt: skip
+        # Policies often land on the same spot (healthy lanes): a legend, and labels offset apart.
+        x, y = p["on_time_ratio"] * 100, p["saved_ratio"] * 100
+        ax.scatter(
+            x, y, s=70, marker=markers[i % len(markers)], label=f"{name}: {y:.2f}% saved, {x:.3f}% on time"
+        )
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, 6 - 11 * i), fontsize=8)
+    ax.legend(fontsize=8, loc="lower left")
     ax.set_xlabel("on time (%)")
     ax.set_ylabel("saved vs all-sync (%)")
     ax.set_title(title)
