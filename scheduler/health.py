@@ -112,7 +112,13 @@ class LaneHealth:
         return self.model.quantile(q)
 
     def usual_turnaround(self) -> float:
-        """The median turnaround (the prior while history is short): what "lagging" is measured against."""
+        """The median turnaround (the prior while history is short): what "lagging" is measured against.
+
+        The prior turnaround itself, not its model's median: the prior stands for the planning
+        quantile, and its median would call a batch of just the expected length lagging.
+        """
+        if not self.has_history:
+            return self.prior_turnaround_s
         return self.turnaround(USUAL_QUANTILE)
 
     def remaining_after(self, elapsed_s: float, q: float) -> float:

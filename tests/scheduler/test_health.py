@@ -103,3 +103,13 @@ async def test_sync_margin_from_p99_times_retry_allowance(redis, redis_url):
     await push(redis, keys.lane_sync_latencies(LANE), [1.0, 2.0])
     health = await read_health(redis, settings, LANE, "openai", NOW)
     assert health.sync_margin() == pytest.approx(quantile([1.0, 2.0], 0.99) * 3)
+
+
+async def test_the_usual_turnaround_is_the_prior_until_history_replaces_it(redis, redis_url):
+    """Lagging is judged against the prior itself while history is short, then the history's median."""
+    settings = make_settings(redis_url, slo=SloSettings(min_samples=3, prior_turnaround_s=10))
+    health = await read_health(redis, settings, LANE, "openai", NOW)
+    assert health.usual_turnaround() == 10
+    await push(redis, keys.lane_turnarounds(LANE), [2.0, 3.0, 4.0])
+    health = await read_health(redis, settings, LANE, "openai", NOW)
+    assert health.usual_turnaround() == pytest.approx(3.0, rel=1e-3)
