@@ -298,7 +298,7 @@ def _run_simulate(args: argparse.Namespace) -> int:
 
     import orjson
 
-    from batchshift.simulation import engine, report, scenario
+    from batchshift.simulation import engine, outcome, report, scenario
     from scheduler.pricing import Pricing
 
     settings = bootstrap()
@@ -310,7 +310,7 @@ def _run_simulate(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     title = Path(args.scenario).stem
     if args.json:
-        sys.stdout.write(orjson.dumps(engine.as_json(outcomes)).decode() + "\n")
+        sys.stdout.write(orjson.dumps(outcome.as_json(outcomes)).decode() + "\n")
     else:
         report.print_table(outcomes, title)
     if args.plot:

@@ -11,6 +11,7 @@ import pytest
 
 from batchshift.cli import main
 from batchshift.simulation import engine, scenario
+from batchshift.simulation.outcome import as_json
 from config.settings import Settings
 from scheduler.pricing import Pricing
 
@@ -51,7 +52,7 @@ def write(tmp_path: Path, *, hours=3, seed=1, rate=200, deadline="[1, 2]", stall
 def run(path: Path, **kwargs) -> dict:
     settings = Settings()
     outcomes = engine.simulate(scenario.load(path), settings, Pricing.load(settings.pricing_file), **kwargs)
-    return engine.as_json(outcomes)
+    return as_json(outcomes)
 
 
 def test_every_policy_reports_the_contract_fields(tmp_path):

@@ -32,7 +32,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from batchshift.simulation.outcome import Outcome
 from batchshift.simulation.scenario import LaneScenario, Scenario, ScenarioError
+from batchshift.simulation.sync_lane import SyncLane
 from config.settings import ProviderSettings, Settings
 from scheduler.flip_plan import Policy, Source, count_below, horizons, safe_horizon_ms
 from scheduler.health import LaneHealth, observed_turnaround_s, prior_for
@@ -49,34 +51,6 @@ ENDPOINT = "/v1/chat/completions"
 DRAIN_LIMIT_MS = 72 * 3600 * 1000
 # Request body bytes per input token, for the planner's byte cap.
 BYTES_PER_TOKEN = 4
-
-
-@dataclass(slots=True)
-class Outcome:
-    """One policy's figures over the whole run (the JSON contract's fields)."""
-
-    jobs: int = 0
-    on_time: int = 0
-    actual_usd: float = 0.0
-    sync_equivalent_usd: float = 0.0
-    duplicate_usd: float = 0.0
-    flipped: int = 0
-    by_sync: int = 0  # served by sync or flex
-    needless: int = 0  # flipped although its batch would have made the deadline (not in the JSON)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "jobs": self.jobs,
-            "on_time_ratio": round(self.on_time / self.jobs, 6) if self.jobs else 1.0,
-            "actual_usd": round(self.actual_usd, 6),
-            "sync_equivalent_usd": round(self.sync_equivalent_usd, 6),
-            "saved_ratio": round(1 - self.actual_usd / self.sync_equivalent_usd, 6)
-            if self.sync_equivalent_usd
-            else 0.0,
-            "duplicate_usd": round(self.duplicate_usd, 6),
-            "flipped": self.flipped,
-            "sync_share": round(self.by_sync / self.jobs, 6) if self.jobs else 0.0,
-        }
 
 
 @dataclass(slots=True)
@@ -97,56 +71,6 @@ class _Prices:
     batch: float
     flex: float
     sync: float
-
-
-class _SyncLane:
-    """The lane's sync API: earliest deadline first, at ``sync_rpm`` and ``sync_concurrency``."""
-
-    def __init__(self, spec: LaneScenario, rng: random.Random, flex_latency_s: float) -> None:
-        self.spec = spec
-        self.flex_latency_ms = flex_latency_s * 1000
-        self.rng = rng
-        self.deadlines: list[int] = []  # waiting to start, sorted
-        self.jobs: list[int] = []
-        self.slots: list[float] = []  # heap: when each busy slot frees
-        self.next_start_ms = 0.0  # the rate limit's next free start
-
-    def add(self, deadline_ms: int, job: int) -> None:
-        at = bisect.bisect_right(self.deadlines, deadline_ms)
-        self.deadlines.insert(at, deadline_ms)
-        self.jobs.insert(at, job)
-
-    def latency_s(self) -> float:
-        lat = self.spec.sync_latency
-        return math.exp(math.log(lat.median_s) + lat.sigma * self.rng.gauss(0.0, 1.0))
-
-    def serve(self, now_ms: int, until_ms: int) -> list[tuple[int, int, RouteName, float]]:
-        """Start what the limits allow in [now, until): (job, completion ms, route, latency s)."""
-        spec = self.spec
-        out: list[tuple[int, int, RouteName, float]] = []
-        started = 0
-        while started < len(self.jobs):
-            start = max(float(now_ms), self.next_start_ms)
-            while self.slots and self.slots[0] <= start:
-                heapq.heappop(self.slots)
-            if len(self.slots) >= spec.sync_concurrency:
-                start = max(start, heapq.heappop(self.slots))
-            if start >= until_ms:
-                break
-            deadline, job = self.deadlines[started], self.jobs[started]
-            started += 1
-            latency = self.latency_s()
-            route: RouteName = "sync"
-            if spec.flex and start + self.flex_latency_ms <= deadline:
-                route = "sync" if self.rng.random() < spec.flex_unavailable_share else "flex"
-            done = start + latency * 1000
-            heapq.heappush(self.slots, done)
-            if spec.sync_rpm is not None:
-                self.next_start_ms = start + 60_000 / spec.sync_rpm
-            out.append((job, int(done), route, latency))
-        del self.deadlines[:started]
-        del self.jobs[:started]
-        return out
 
 
 class _LaneRun:
@@ -172,7 +96,7 @@ class _LaneRun:
         self.arrival_rng = random.Random(f"arrivals:{seed}")
         self.batch_rng = random.Random(f"batches:{seed}")
         account = settings.providers[self.provider]
-        self.sync = _SyncLane(spec, random.Random(f"sync:{seed}"), account.flex_latency_s)
+        self.sync = SyncLane(spec, random.Random(f"sync:{seed}"), account.flex_latency_s)
         self.window_ms = int(settings.providers[self.provider].completion_window_s * 1000)
         self.end_ms = EPOCH_MS + int(scenario.duration_h * 3_600_000)
         self.next_arrival_ms = EPOCH_MS + self._gap_ms(EPOCH_MS)
@@ -515,8 +439,3 @@ def simulate(
 ) -> dict[str, Outcome]:
     """Every policy over the scenario."""
     return {name: run_policy(scenario, settings, pricing, name) for name in policies}
-
-
-def as_json(outcomes: dict[str, Outcome]) -> dict[str, Any]:
-    """The contract: ``{"policies": {name: figures}}``."""
-    return {"policies": {name: o.as_dict() for name, o in outcomes.items()}}

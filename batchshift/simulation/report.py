@@ -11,7 +11,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from batchshift.simulation.engine import Outcome
+from batchshift.simulation.outcome import Outcome
 
 
 def table(outcomes: dict[str, Outcome], title: str) -> Table:
