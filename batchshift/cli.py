@@ -293,6 +293,44 @@ def _add_demo(subparsers: Subparsers) -> None:
     parser.set_defaults(handler=_run_demo)
 
 
+# -- batchshift simulate ----------------------------------------------------------------------
+
+
+def _run_simulate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import orjson
+
+    from batchshift.simulation import engine, outcome, report, scenario
+    from scheduler.pricing import Pricing
+
+    settings = bootstrap()
+    try:
+        spec = scenario.load(Path(args.scenario))
+        outcomes = engine.simulate(spec, settings, Pricing.load(settings.pricing_file))
+    except scenario.ScenarioError as exc:
+        print(f"batchshift: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    title = Path(args.scenario).stem
+    if args.json:
+        sys.stdout.write(orjson.dumps(outcome.as_json(outcomes)).decode() + "\n")
+    else:
+        report.print_table(outcomes, title)
+    if args.plot:
+        report.plot(outcomes, title, Path(args.plot))
+    return 0
+
+
+def _add_simulate(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "simulate", help="the policy lab: run a scenario against every flip policy on a virtual clock"
+    )
+    parser.add_argument("scenario", metavar="SCENARIO.toml", help="scenario file (see config/scenarios/)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    parser.add_argument("--plot", metavar="PATH", help="write a PNG of savings against on-time per policy")
+    parser.set_defaults(handler=_run_simulate)
+
+
 # Every subcommand, in the order `batchshift --help` lists them. Append yours.
 COMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     _add_api,
@@ -303,6 +341,7 @@ COMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     _add_demo,
     _add_costs,
     _add_lanes,
+    _add_simulate,
 )
 
 

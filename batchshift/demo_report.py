@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from redis.asyncio import Redis
 from rich.console import Console
 from rich.table import Table
+
+from scheduler import keys
 
 ON_TIME_TARGET = 0.999
 
@@ -29,6 +33,9 @@ class Outcome:
     webhooks_expected: int = 0
     bad_signatures: int = 0
     refused: int = 0
+    # What a clairvoyant oracle would have paid on the same run (see oracle_actual_usd); None: not measured.
+    oracle_actual_usd: float | None = None
+    needless_flips: int = 0
 
     @property
     def on_time_ratio(self) -> float:
@@ -42,6 +49,40 @@ class Outcome:
 def timestamp(rfc3339: str) -> float:
     """RFC 3339 as epoch seconds."""
     return datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp()
+
+
+async def oracle_actual_usd(
+    redis: Redis, flipped: Sequence[tuple[str, int, float]], actual_usd: float
+) -> tuple[float, int]:
+    """What the oracle would have paid on this run, and how many flips it would not have made.
+
+    ``flipped`` holds (job id, deadline ms, sync-equivalent USD) of the jobs that finished by sync.
+    The oracle flips exactly the jobs whose batch would have been late. A job that was flipped out of
+    a batch that then completed by the job's deadline was flipped needlessly: the oracle would have
+    left it on its batch and paid only the batch line (which this run paid too, as duplicate spend),
+    so its sync price comes off. A batch we cancelled never showed when it would have ended: its
+    jobs count as rightly flipped.
+    """
+    if not flipped:
+        return actual_usd, 0
+    async with redis.pipeline(transaction=False) as pipe:
+        for job_id, _, _ in flipped:
+            pipe.hmget(keys.job(job_id), ["flipped_ms", "batch_id"])
+        rows = await pipe.execute()
+    batch_ids = sorted({b.decode() for f, b in rows if f and b})
+    async with redis.pipeline(transaction=False) as pipe:
+        for batch_id in batch_ids:
+            pipe.hmget(keys.batch(batch_id), ["ended_ms", "status"])
+        ends = dict(zip(batch_ids, await pipe.execute(), strict=True))
+    saved, needless = 0.0, 0
+    for (_, deadline_ms, sync_usd), (flipped_ms, batch_id) in zip(flipped, rows, strict=True):
+        if not flipped_ms or not batch_id:
+            continue
+        ended, status = ends.get(batch_id.decode(), (None, None))
+        if ended and status == b"completed" and int(ended) <= deadline_ms:
+            saved += sync_usd
+            needless += 1
+    return actual_usd - saved, needless
 
 
 def report(outcome: Outcome, console: Console) -> None:
@@ -61,6 +102,13 @@ def report(outcome: Outcome, console: Console) -> None:
     )
     summary.add_row("saved", f"${total.get('saved_usd', 0):.4f} ({total.get('saved_pct', 0)}%)")
     summary.add_row("duplicate spend", f"${total.get('duplicate_usd', 0):.4f}")
+    if outcome.oracle_actual_usd is not None and total.get("sync_equivalent_usd"):
+        all_sync = total["sync_equivalent_usd"]
+        oracle_saved = all_sync - outcome.oracle_actual_usd
+        summary.add_row(
+            "oracle saved",
+            f"${oracle_saved:.4f} ({oracle_saved / all_sync:.2%}); {outcome.needless_flips} needless flips",
+        )
     summary.add_row("pages", f"{outcome.pages['trigger']} sent, {outcome.pages['resolve']} resolved")
     summary.add_row(
         "webhooks",

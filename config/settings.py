@@ -311,6 +311,12 @@ class SloSettings(_Strict):
     sync_share_min_jobs: int = Field(default=20, gt=0)  # fewer finished jobs than this say nothing
     bucket_s: int = Field(default=10, gt=0)  # width of the ledger's SLO buckets (Ledger(slo_bucket_s=))
     max_flips_per_tick: int = Field(default=1000, gt=0)  # bounds one tick's work; the rest flip next tick
+    # A waiting job loads the sync lane's drain time once its batch has at least this chance of
+    # still running at its deadline less the sync margin (scheduler/flip_plan.py).
+    flip_risk_probability: float = Field(default=0.05, gt=0, lt=1)
+    # A job flips before its latest safe moment only when its batch has more than this chance of
+    # still running at its deadline less the sync margin.
+    flip_early_probability: float = Field(default=0.99, gt=0, lt=1)
     burn_rules: list[BurnRule] = [
         BurnRule(severity="page", factor=14.4, long_window_s=3600, short_window_s=300),
         BurnRule(severity="page", factor=6, long_window_s=6 * 3600, short_window_s=1800),

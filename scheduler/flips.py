@@ -1,11 +1,13 @@
-"""Flips: jobs at risk of missing their deadline move to the sync lane, and emptied batches are cancelled.
+"""Flips: jobs whose latest safe moment has come move to the sync lane, and emptied batches are cancelled.
 
-A job is at risk when its predicted completion plus the sync margin passes its deadline. Both
-places a job can wait are ordered by deadline, so the at-risk jobs are one range read each: the
-lane queue (``keys.lane_queue``, scored by deadline) up to the queue's risk horizon, and, per
-batch in flight, a deadline index built once when the tracker first sees the batch
-(``keys.batch_deadlines``) up to the batch's horizon. A tick flips at most
-``settings.slo.max_flips_per_tick`` jobs; the rest flip next tick, still earliest deadline first.
+Which jobs flip is :func:`scheduler.flip_plan.horizons`, a pure function: per place a job can wait,
+a deadline before which its jobs flip now (at their latest safe flip time, or earlier when the
+model says their batch will almost surely miss). Both places are ordered by deadline, so the reads
+are ranges: the lane queue (``keys.lane_queue``, scored by deadline) and, per batch in flight, a
+deadline index built once when the tracker first sees the batch (``keys.batch_deadlines``); first
+the at-risk prefixes that load the sync lane's drain (with the jobs already queued for sync,
+``keys.SYNC_QUEUE``), then the flips. A tick flips at most ``settings.slo.max_flips_per_tick``
+jobs; the rest flip next tick, still earliest deadline first.
 
 A flip is the ledger's guarded requeue to ``sync`` (for a batched job, guarded by its batch too),
 so a job that finished or moved meanwhile is left alone. Tenants under a ``batch_only`` budget
@@ -25,7 +27,7 @@ from arq.connections import ArqRedis
 from redis.asyncio import Redis
 
 from config.settings import Settings
-from scheduler import budgets, keys, tasks
+from scheduler import budgets, flip_plan, keys, tasks
 from scheduler.health import LaneHealth, read_health
 from scheduler.jobs import NewJob
 from scheduler.ledger import Ledger, Requeue
@@ -35,6 +37,9 @@ log = structlog.get_logger(__name__)
 
 # Job ids read per round trip when building a batch's deadline index.
 INDEX_CHUNK = 1000
+# At most this many deadlines are read per place to size the sync lane's drain (a tick's read stays
+# bounded; beyond it, a lane's at-risk load is so large that its earliest jobs already flip).
+DRAIN_READ_CAP = 100_000
 # Seconds intake reuses a lane's health: bulk intake reads it once, not once per item.
 INTAKE_HEALTH_TTL_S = 1.0
 
@@ -88,36 +93,69 @@ class Flipper:
         self.ledger = ledger
         self.settings = settings
         self.remaining = settings.slo.max_flips_per_tick
+        self._sync_deadlines: list[int] | None = None
 
     def new_tick(self) -> None:
-        """Reset the per-tick budget."""
+        """Reset the per-tick budget and the tick's read of the sync queue."""
         self.remaining = self.settings.slo.max_flips_per_tick
+        self._sync_deadlines = None
 
     async def run(self, prediction: LanePrediction, now_ms: int) -> FlipReport:
-        """Flip the lane's at-risk jobs (in flight first: they are nearer their end) and cancel emptied batches."""
+        """Flip the lane's jobs whose moment has come (in flight first: they are nearer their end) and
+        cancel emptied batches."""
         report = FlipReport()
+        policy = flip_plan.Policy.for_settings(self.settings)
+        sync = flip_plan.SyncLane(prediction.flip_margin_s, prediction.sync_rate_per_s)
+        model = prediction.health.model
+        places: list[tuple[flip_plan.Source, str]] = []
+        planned: set[str] = set()
         for batch in prediction.batches:
             # A planned batch is predicted as if submitted now: a submission stuck retrying (the
-            # provider refusing creates) must not hold its jobs past their deadlines. Its submit
-            # leaves flipped jobs out, and cancels it when none is left; nothing to cancel here.
-            planned = batch.batch.submitted_ms is None
-            index = await ensure_deadline_index(self.redis, batch.batch.id)
-            horizon = prediction.batch_horizon_ms(batch)
-            await self._flip_range(index, horizon, batch.batch.id, now_ms, report)
-            ended = batch.batch.ended_ms is not None  # nothing left to cancel at the provider
+            # provider refusing creates) must not hold its jobs past their deadlines.
+            start = batch.batch.submitted_ms if batch.batch.submitted_ms is not None else now_ms
+            if batch.batch.submitted_ms is None:
+                planned.add(batch.batch.id)
+            source = flip_plan.Source(batch.batch.id, start, ended=batch.batch.ended_ms is not None)
+            places.append((source, await ensure_deadline_index(self.redis, batch.batch.id)))
+        if prediction.next_flush_ms is not None:
+            places.append(
+                (flip_plan.Source(None, prediction.next_flush_ms), keys.lane_queue(prediction.lane))
+            )
+        deadlines = []
+        for source, zset in places:
+            cut = flip_plan.risk_horizon_ms(model, source, now_ms, sync.margin_s, policy)
+            deadlines.append(await self._deadlines(zset, cut) if cut > float("-inf") else [])
+        if self._sync_deadlines is None:  # one read per tick, whatever the number of lanes
+            self._sync_deadlines = await self._deadlines(keys.SYNC_QUEUE, float("inf"))
+        queued_for_sync = self._sync_deadlines
+        horizons = flip_plan.horizons(
+            model, [s for s, _ in places], deadlines, queued_for_sync, sync, policy, now_ms
+        )
+        for source, zset in places:
+            horizon = int(min(horizons[source.key], 2**62))
+            batch_id = None if source.key is None else str(source.key)
+            await self._flip_range(zset, horizon, batch_id, now_ms, report)
+            # A planned batch's submit leaves flipped jobs out, and cancels it when none is left; an
+            # ended one has nothing left to cancel at the provider.
             if (
-                not planned
-                and not ended
-                and await self.redis.zcard(index) == 0
-                and await self.redis.exists(keys.batch_jobs(batch.batch.id))
+                batch_id is not None
+                and batch_id not in planned
+                and not source.ended
+                and await self.redis.zcard(zset) == 0
+                and await self.redis.exists(keys.batch_jobs(batch_id))
             ):
-                await self._cancel(batch.batch.id, prediction.lane, report)
-        queue_horizon = prediction.queued_horizon_ms
-        if queue_horizon is not None:
-            await self._flip_range(keys.lane_queue(prediction.lane), queue_horizon, None, now_ms, report)
+                await self._cancel(batch_id, prediction.lane, report)
         if report.flipped:
             log.info("jobs.flipped", lane=prediction.lane, count=len(report.flipped), held=report.held)
         return report
+
+    async def _deadlines(self, zset: str, before_ms: float) -> list[int]:
+        """Sorted deadlines (ms) in ``zset`` below ``before_ms``, at most :data:`DRAIN_READ_CAP`."""
+        upper = "+inf" if before_ms == float("inf") else f"({int(min(before_ms, 2**62))}"
+        rows = await self.redis.zrangebyscore(
+            zset, "-inf", upper, start=0, num=DRAIN_READ_CAP, withscores=True
+        )
+        return [int(score) for _, score in rows]
 
     async def _flip_range(
         self, zset: str, horizon_ms: int, batch_id: str | None, now_ms: int, report: FlipReport

@@ -1,30 +1,35 @@
 """Lane health: recent batch turnarounds and sync latencies of a lane, and the quantiles drawn from them.
 
-Workers push one sample per ended batch (submission to end) and per sync call into capped Redis
+Workers push one sample per ended batch (submission to the moment its end was observable, on our
+own clock: :func:`observed_turnaround_s`) and per sync call into capped Redis
 lists (:func:`scheduler.keys.lane_turnarounds`, :func:`scheduler.keys.lane_sync_latencies`), each
 entry ``"<end_ms>:<seconds>"``, newest first. Here a window bounded by count
 (``settings.slo.history_size``) and by age (``settings.slo.history_max_age_s``) is read back. Until a
 lane has ``settings.slo.min_samples`` samples, its turnaround is the prior
 (``settings.slo.prior_turnaround_s``, else the provider's completion window) and its sync latency is
 ``settings.slo.default_sync_latency_s``: with no evidence we assume the slow end, so deadlines win.
+Turnaround quantiles come from the survival model (:mod:`scheduler.survival`), which also counts
+the batches still in flight (:meth:`LaneHealth.with_in_flight`).
 """
 
 from __future__ import annotations
 
-import bisect
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from redis.asyncio import Redis
 
 from config.settings import Settings
 from scheduler import keys
+from scheduler.survival import TurnaroundModel
 
 # Sync latencies are judged at their tail: a retry allowance on top of p99 is the sync margin.
 SYNC_QUANTILE = 0.99
 # The "usual" turnaround a lagging lane is compared with.
 USUAL_QUANTILE = 0.5
+# The shortest turnaround recorded: one millisecond, the clock's resolution (a sample is never 0).
+MIN_TURNAROUND_S = 0.001
 
 
 def quantile(values: Sequence[float], q: float) -> float:
@@ -66,6 +71,24 @@ class LaneHealth:
     default_sync_latency_s: float
     retry_allowance: float
     min_samples: int
+    prior_quantile: float = 0.5  # the quantile the prior turnaround stands for (the planning quantile)
+    in_flight: tuple[float, ...] = ()  # elapsed seconds of batches still running: censored samples
+    model: TurnaroundModel = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        model = TurnaroundModel.build(
+            self.turnarounds,
+            self.in_flight,
+            prior_s=self.prior_turnaround_s,
+            window_s=self.window_s,
+            min_samples=self.min_samples,
+            prior_quantile=self.prior_quantile,
+        )
+        object.__setattr__(self, "model", model)
+
+    def with_in_flight(self, elapsed_s: Sequence[float]) -> LaneHealth:
+        """The same history, with batches in flight ``elapsed_s`` seconds counted as censored samples."""
+        return replace(self, in_flight=tuple(elapsed_s))
 
     @property
     def has_history(self) -> bool:
@@ -74,37 +97,44 @@ class LaneHealth:
 
     @property
     def blind(self) -> bool:
-        """No history, and a prior no tighter than the completion window: the lane knows nothing yet.
+        """No ended batch, and a prior no tighter than the completion window: the lane knows nothing yet.
 
         Planning and flipping with the window would send every job with a deadline inside it to sync
         before a single batch could teach the lane its turnaround, so such a lane plans and flips
         just in time instead (see :mod:`scheduler.prediction`).
         """
-        return not self.has_history and self.prior_turnaround_s >= self.window_s
+        return self.model.blind
 
     def turnaround(self, q: float) -> float:
-        """The ``q`` quantile of turnaround, or the prior while history is short."""
-        if not self.has_history:
+        """The ``q`` quantile of turnaround from the survival model (the prior on a blind lane)."""
+        if self.blind:
             return self.prior_turnaround_s
-        return quantile(self.turnarounds, q)
+        return self.model.quantile(q)
 
     def usual_turnaround(self) -> float:
-        """The median turnaround (the prior while history is short): what "lagging" is measured against."""
+        """The median turnaround (the prior while history is short): what "lagging" is measured against.
+
+        The prior turnaround itself, not its model's median: the prior stands for the planning
+        quantile, and its median would call a batch of just the expected length lagging.
+        """
+        if not self.has_history:
+            return self.prior_turnaround_s
         return self.turnaround(USUAL_QUANTILE)
 
     def remaining_after(self, elapsed_s: float, q: float) -> float:
-        """Total turnaround to expect for a batch already in flight ``elapsed_s`` seconds.
+        """Total turnaround to expect (at quantile ``q``) for a batch already in flight ``elapsed_s`` seconds.
 
-        Conditioning on having waited: the ``q`` quantile of the samples longer than the elapsed
-        time. When none is longer (or there is no history and the prior has passed), the batch is
-        behaving worse than anything seen, so it is predicted to run to the window's end.
+        Conditioned on having waited: beyond the slowest batch seen, the fitted tail answers (a
+        record-slow batch is not assumed to run to the window's end). A blind lane answers its
+        prior while the prior lasts, then the window.
         """
-        if not self.has_history:
+        if self.blind:
             return self.prior_turnaround_s if elapsed_s < self.prior_turnaround_s else self.window_s
-        longer = self.turnarounds[bisect.bisect_right(self.turnarounds, elapsed_s) :]
-        if not longer:
-            return max(self.window_s, elapsed_s)
-        return quantile(longer, q)
+        return self.model.quantile_after(elapsed_s, q)
+
+    def p_running(self, elapsed_s: float, at_s: float) -> float:
+        """P(a batch in flight ``elapsed_s`` seconds has not ended ``at_s`` seconds after its start)."""
+        return self.model.p_running(elapsed_s, at_s)
 
     def sync_latency(self, q: float = SYNC_QUANTILE) -> float:
         """The ``q`` quantile of sync latency, or the configured default while history is short."""
@@ -159,7 +189,18 @@ async def read_health(
         default_sync_latency_s=slo.default_sync_latency_s,
         retry_allowance=slo.sync_retry_allowance,
         min_samples=slo.min_samples,
+        prior_quantile=slo.turnaround_quantile,
     )
+
+
+def observed_turnaround_s(submitted_ms: int, running_seen_ms: int | None, ended_seen_ms: int) -> float:
+    """Turnaround on our own clock: submission to the midpoint of the last poll that saw the batch
+    running and the poll that saw it ended (the end happened somewhere between). Never 0: a
+    provider's end timestamp (whole seconds, another clock) can equal its creation time.
+    """
+    last_running = max(running_seen_ms or submitted_ms, submitted_ms)
+    end = (last_running + max(ended_seen_ms, last_running)) / 2
+    return max((end - submitted_ms) / 1000, MIN_TURNAROUND_S)
 
 
 def sample(end_ms: int, seconds: float) -> str:

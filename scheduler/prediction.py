@@ -4,14 +4,14 @@ A queued job waits for the lane's next flush, then a batch's turnaround at
 ``settings.slo.turnaround_quantile``. The next flush is the oldest job's ``max_wait``, or sooner
 when the earliest deadline presses (the planner flushes a lane once its earliest deadline leaves
 no more than the flush lead: turnaround plus sync margin plus two ticks). A batch in flight for
-``e`` seconds is predicted from the history conditioned on having waited ``e``
-(:meth:`LaneHealth.remaining_after`): a batch slower than anything seen runs to the window's end.
-A job is at risk when its predicted completion plus the sync margin passes its deadline.
+``e`` seconds is predicted from the survival model conditioned on having waited ``e``
+(:meth:`LaneHealth.remaining_after`); the batches in flight are themselves censored samples of
+that model. Which jobs flip is decided from these by :mod:`scheduler.flip_plan`.
 
-A blind lane (no history, and no prior tighter than the provider's completion window) predicts
-nothing: its jobs stay on the batch route until their deadline leaves just the sync margin plus two
-ticks, then flip. Its batches meanwhile teach it its turnaround; without that, a fresh deployment
-with deadlines inside the window would send everything to sync and never learn otherwise.
+A blind lane (no ended batch, and no prior tighter than the provider's completion window) predicts
+nothing: its jobs stay on the batch route until their latest safe flip time. Its batches meanwhile
+teach it its turnaround; without that, a fresh deployment with deadlines inside the window would
+send everything to sync and never learn otherwise.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
-from config.settings import Settings
+from config.settings import ProviderSettings, Settings
 from scheduler import keys
+from scheduler.flip_plan import SyncLane, sync_rate
 from scheduler.health import LaneHealth
 from scheduler.planner import PRESSURE_TICKS
 
@@ -56,9 +57,11 @@ class LanePrediction:
     sync_margin_s: float
     next_flush_ms: int | None  # None with nothing queued
     oldest_arrival_ms: int | None
+    health: LaneHealth  # with the batches in flight counted as censored samples
+    sync_rate_per_s: float = 1.0  # jobs per second the provider's sync lane serves at its limits
+    flip_margin_s: float = 0.0  # the sync margin, plus flex's latency where the provider sells flex
     batches: list[BatchPrediction] = field(default_factory=list)
-    just_in_time_ms: int = 0  # now + sync margin + two ticks: the last moment a flip still helps
-    blind: bool = False  # no history and no prior tighter than the window: flip just in time only
+    blind: bool = False  # no ended batch and no prior tighter than the window: flip only when safe
 
     @property
     def queued_completion_ms(self) -> int | None:
@@ -66,24 +69,6 @@ class LanePrediction:
         if self.next_flush_ms is None:
             return None
         return self.next_flush_ms + int(self.turnaround_s * 1000)
-
-    @property
-    def queued_horizon_ms(self) -> int | None:
-        """Queued jobs with a deadline before this are at risk."""
-        if self.blind:
-            return self.just_in_time_ms if self.next_flush_ms is not None else None
-        done = self.queued_completion_ms
-        return None if done is None else done + int(self.sync_margin_s * 1000)
-
-    def batch_horizon_ms(self, prediction: BatchPrediction) -> int:
-        """Jobs of this batch with a deadline before this are at risk.
-
-        An ended batch's results are normally in the ledger within seconds; its jobs flip only
-        just in time, in case ingestion keeps failing.
-        """
-        if self.blind or prediction.batch.ended_ms is not None:
-            return self.just_in_time_ms
-        return prediction.predicted_end_ms + int(self.sync_margin_s * 1000)
 
     def oldest_completion_ms(self) -> int | None:
         """Predicted completion of the lane's oldest job: the oldest batch in flight, else the queue."""
@@ -108,6 +93,33 @@ def expected_turnaround_s(health: LaneHealth, settings: Settings) -> float:
 def flush_lead_s(health: LaneHealth, settings: Settings) -> float:
     """Seconds before its earliest deadline a lane flushes under deadline pressure (as the planner does)."""
     return expected_turnaround_s(health, settings) + PRESSURE_TICKS * settings.scheduler.tick_interval_s
+
+
+def sync_lane(settings: Settings, provider_name: str, health: LaneHealth) -> SyncLane:
+    """The sync lane a flipped job of this lane joins: its flip margin and its rate at the provider's limits.
+
+    Flex first where it fits: where the provider sells flex, a job flips while flex (batch price)
+    still has time to answer, and a flex refusal still leaves the sync margin.
+    """
+    provider = settings.providers.get(provider_name)
+    limits = provider or ProviderSettings(kind="openai", base_url="http://unconfigured")  # the defaults
+    margin = health.sync_margin() + (limits.flex_latency_s if limits.flex else 0.0)
+    return SyncLane(margin, sync_rate(limits.sync_rpm, limits.sync_concurrency, health.sync_latency(0.5)))
+
+
+def next_flush_ms(
+    settings: Settings,
+    health: LaneHealth,
+    oldest_arrival_ms: int | None,
+    earliest_deadline_ms: int,
+    now_ms: int,
+) -> int:
+    """When a non-empty lane next flushes: its oldest job's ``max_wait``, or sooner under deadline pressure."""
+    max_wait = settings.lane_settings(health.lane).max_wait
+    by_deadline = earliest_deadline_ms - int(flush_lead_s(health, settings) * 1000)
+    if max_wait is None or oldest_arrival_ms is None:
+        return max(now_ms, by_deadline)
+    return max(now_ms, min(oldest_arrival_ms + int(max_wait * 1000), by_deadline))
 
 
 def predict_batch(health: LaneHealth, batch: LiveBatch, now_ms: int, q: float) -> BatchPrediction:
@@ -159,10 +171,14 @@ async def predict_lane(
     health: LaneHealth,
     batches: list[LiveBatch],
     now_ms: int,
+    provider_name: str | None = None,
 ) -> LanePrediction:
     """The lane's predictions: its next flush, its queued jobs' completion, each batch's end."""
     lane = health.lane
     q = settings.slo.turnaround_quantile
+    running = [b for b in batches if b.submitted_ms is not None and b.ended_ms is None]
+    health = health.with_in_flight([max(0.0, (now_ms - (b.submitted_ms or now_ms)) / 1000) for b in running])
+    sync = sync_lane(settings, provider_name or lane.partition(":")[0], health)
     async with redis.pipeline(transaction=False) as pipe:
         pipe.zrange(keys.lane_arrivals(lane), 0, 0, withscores=True)
         pipe.zrange(keys.lane_queue(lane), 0, 0, withscores=True)
@@ -174,19 +190,14 @@ async def predict_lane(
         sync_margin_s=health.sync_margin(),
         next_flush_ms=None,
         oldest_arrival_ms=int(oldest[0][1]) if oldest else None,
+        health=health,
+        sync_rate_per_s=sync.rate_per_s,
+        flip_margin_s=sync.margin_s,
     )
     if earliest:
-        max_wait = settings.lane_settings(lane).max_wait
-        by_wait = (
-            prediction.oldest_arrival_ms + int(max_wait * 1000)
-            if max_wait is not None and prediction.oldest_arrival_ms is not None
-            else None
+        prediction.next_flush_ms = next_flush_ms(
+            settings, health, prediction.oldest_arrival_ms, int(earliest[0][1]), now_ms
         )
-        by_deadline = int(earliest[0][1]) - int(flush_lead_s(health, settings) * 1000)
-        candidates = [by_deadline] if by_wait is None else [by_wait, by_deadline]
-        prediction.next_flush_ms = max(now_ms, min(candidates))
     prediction.batches = [predict_batch(health, b, now_ms, q) for b in batches]
-    lead_s = health.sync_margin() + PRESSURE_TICKS * settings.scheduler.tick_interval_s
-    prediction.just_in_time_ms = now_ms + int(lead_s * 1000)
     prediction.blind = health.blind
     return prediction

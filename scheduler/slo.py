@@ -126,7 +126,7 @@ class SloTracker:
     ) -> LaneReport:
         settings = self.settings
         health = await self.health(lane, now_ms)
-        prediction = await predict_lane(self.redis, settings, health, batches, now_ms)
+        prediction = await predict_lane(self.redis, settings, health, batches, now_ms, lane.provider)
         flips = await self.flipper.run(prediction, now_ms)
         windows = self.windows.get(lane.name)
         if windows is None:

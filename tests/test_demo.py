@@ -17,7 +17,8 @@ async def test_demo_workload_small_scale_ends_every_job_on_time_and_pages_once(m
     """The pipeline end to end, on the embedded Valkey and on the machine's redis-server."""
     monkeypatch.delenv("BATCHSHIFT_REDIS_URL", raising=False)
     console = Console(file=io.StringIO(), width=120)
-    plan = Plan(jobs=150, stall_at=8, lift_at=30, give_up_at=120)
+    # The stall outlasts the nearest deadlines (a minute out), so jobs at risk must flip.
+    plan = Plan(jobs=150, stall_at=8, lift_at=60, give_up_at=150)
     demo = Demo(plan, console, redis_server=pipeline_server)
     outcome = await demo.run()
     assert demo.server is not None

@@ -233,8 +233,9 @@ async def test_stalled_lane_flips_cancels_pages_once_and_resolves(
 
 
 async def test_flipped_jobs_go_to_flex_first(redis, redis_url, emulator, pagerduty, harness):
-    """A 1.2 s deadline cannot wait for a batch (prior 1 s + margin): it flips, and flex has room."""
-    settings = e2e_settings(redis_url, emulator, pagerduty, flex=True)
+    """A 1.5 s deadline cannot wait for a batch (prior 1 s + margin): it flips at the first tick, and
+    flex has room. A sync margin of 2 s makes the first tick its last safe moment, whatever the load."""
+    settings = e2e_settings(redis_url, emulator, pagerduty, flex=True, default_sync_latency_s=1.0)
     scheduler = harness(settings)
     ledger = Ledger(redis, slo_bucket_s=1)
     job_ids = await enqueue(ledger, [1.5] * 3)
@@ -249,7 +250,7 @@ async def test_flipped_jobs_go_to_flex_first(redis, redis_url, emulator, pagerdu
 
 
 async def test_flex_429_falls_through_to_standard(redis, redis_url, emulator, pagerduty, harness):
-    settings = e2e_settings(redis_url, emulator, pagerduty, flex=True)
+    settings = e2e_settings(redis_url, emulator, pagerduty, flex=True, default_sync_latency_s=1.0)
     scheduler = harness(settings)
     ledger = Ledger(redis, slo_bucket_s=1)
     emulator.configure(flex_unavailable=1.0)

@@ -48,10 +48,11 @@ async def flip(redis, pool, settings, now_ms):
 
 
 async def test_queued_jobs_that_cannot_make_it_flip(redis, pool, redis_url):
-    """Turnaround 10 s + margin 2 s: a 5 s deadline flips, a one-hour deadline waits for its batch."""
+    """Margin 2 s + two 1 s ticks: a 3 s deadline has reached its last safe moment and flips, a
+    one-hour deadline waits for its batch."""
     settings = slo_settings(redis_url)
     ledger = Ledger(redis)
-    near, far = await enqueue(ledger, NOW, [5, 3600])
+    near, far = await enqueue(ledger, NOW, [3, 3600])
     report = await flip(redis, pool, settings, NOW)
     assert report.flipped == [near]
     assert (await ledger.get(near)).state == "sync"
@@ -63,8 +64,8 @@ async def test_queued_jobs_that_cannot_make_it_flip(redis, pool, redis_url):
 async def test_batch_only_tenant_past_its_budget_does_not_flip(redis, pool, redis_url):
     settings = slo_settings(redis_url)
     ledger = Ledger(redis)
-    (held,) = await enqueue(ledger, NOW, [5], tenant="frugal")
-    (flipped,) = await enqueue(ledger, NOW, [5])
+    (held,) = await enqueue(ledger, NOW, [3], tenant="frugal")
+    (flipped,) = await enqueue(ledger, NOW, [3])
     await redis.set(keys.budget_spend("frugal", budgets.month_of(NOW)), "5")
     report = await flip(redis, pool, settings, NOW)
     assert report.flipped == [flipped]
@@ -75,28 +76,37 @@ async def test_batch_only_tenant_past_its_budget_does_not_flip(redis, pool, redi
 async def test_flips_are_bounded_per_tick(redis, pool, redis_url):
     settings = slo_settings(redis_url, max_flips_per_tick=3)
     ledger = Ledger(redis)
-    await enqueue(ledger, NOW, [1, 2, 3, 4, 5])
+    await enqueue(ledger, NOW, [1, 1.5, 2, 2.5, 3])
     first = await flip(redis, pool, settings, NOW)
     assert len(first.flipped) == 3
     second = await flip(redis, pool, settings, NOW)
     assert len(second.flipped) == 2
 
 
-async def test_stalled_batch_flips_all_and_is_cancelled_once(redis, pool, redis_url):
-    """Past the prior the batch is predicted to run to the window's end: every job flips, the batch is cancelled."""
+async def test_stalled_batch_flips_each_job_at_its_last_safe_moment_and_is_cancelled_once(
+    redis, pool, redis_url
+):
+    """A batch slower than its prior is not doomed: each job waits until its deadline less the margin
+    and two ticks, then flips; once every job has flipped, the batch is cancelled."""
     settings = slo_settings(redis_url)
     ledger = Ledger(redis)
-    job_ids = await enqueue(ledger, NOW, [60, 90])
+    soon, later = await enqueue(ledger, NOW, [60, 90])
     batch_id = await submitted_batch(redis, settings, NOW)
-    healthy = await flip(redis, pool, settings, NOW + 2_000)
-    assert healthy.flipped == []
-    assert healthy.cancelled == []
-    stalled = await flip(redis, pool, settings, NOW + 11_000)
-    assert sorted(stalled.flipped) == sorted(job_ids)
+    for at in (2_000, 11_000, 55_000):
+        waiting = await flip(redis, pool, settings, NOW + at)
+        assert waiting.flipped == []
+        assert waiting.cancelled == []
+    first = await flip(redis, pool, settings, NOW + 56_500)
+    assert first.flipped == [soon]
+    assert first.cancelled == []
+    assert (await flip(redis, pool, settings, NOW + 85_000)).flipped == []
+    stalled = await flip(redis, pool, settings, NOW + 86_500)
+    assert stalled.flipped == [later]
     assert stalled.cancelled == [batch_id]
+    job_ids = [soon, later]
     job = Job(tasks.cancel_job_id(batch_id), pool)
     assert await job.status() == JobStatus.queued
-    again = await flip(redis, pool, settings, NOW + 12_000)
+    again = await flip(redis, pool, settings, NOW + 87_000)
     assert again.flipped == []
     assert again.cancelled == []
     for job_id in job_ids:
@@ -108,15 +118,15 @@ async def test_late_batch_result_for_a_flipped_job_is_duplicate_spend(redis, poo
     ledger = Ledger(redis)
     (job_id,) = await enqueue(ledger, NOW, [60])
     batch_id = await submitted_batch(redis, settings, NOW)
-    await flip(redis, pool, settings, NOW + 11_000)
+    assert (await flip(redis, pool, settings, NOW + 57_000)).flipped == [job_id]
     codes = await ledger.finish(
         [Finish(job_id, "succeeded", "batch", batch_id=batch_id, result=b"{}", actual_usd=0.5, billed=True)],
-        NOW + 12_000,
+        NOW + 58_000,
     )
     assert codes == ["skip:sync"]
     job = await ledger.get(job_id)
     assert job.state == "sync"
-    day = day_of(NOW + 12_000)
+    day = day_of(NOW + 58_000)
     assert float(await redis.hget(keys.agg_total(day, "acme"), "duplicate_usd")) == 0.5
 
 
@@ -159,7 +169,9 @@ async def test_intake_without_history_trusts_batches(redis, redis_url):
     assert inside_margin.state == "sync"
 
 
-async def test_a_blind_lane_keeps_jobs_on_the_batch_route_until_just_in_time(redis, pool, redis_url):
+async def test_a_blind_lane_keeps_jobs_on_the_batch_route_until_their_last_safe_moment(
+    redis, pool, redis_url
+):
     """No history and no prior tighter than the 24 h window: a 1 h deadline is not flipped at once
     (the lane must batch to learn its turnaround); a deadline within the sync margin is."""
     settings = slo_settings(redis_url, prior_turnaround_s=None)
@@ -198,8 +210,9 @@ async def test_jobs_of_a_batch_stuck_planned_flip_before_their_deadline(redis, p
     lane = effective(settings, PROVIDER, MODEL, ENDPOINT)
     assert await Batches(redis).reserve(lane, batch_id, token=token, now_ms=NOW, chunk=1000) == 2
     assert (await flip(redis, pool, settings, NOW + 1_000)).flipped == []
-    # 50 s later the batch is still planned: 10 s turnaround + 2 s margin no longer fit in 60 s.
-    stuck = await flip(redis, pool, settings, NOW + 50_000)
+    assert (await flip(redis, pool, settings, NOW + 50_000)).flipped == []
+    # 57 s later the batch is still planned: the near job's last safe moment has come.
+    stuck = await flip(redis, pool, settings, NOW + 57_000)
     assert stuck.flipped == [near]
     assert stuck.cancelled == []
     job = await ledger.get(near)
@@ -235,3 +248,33 @@ async def test_a_batch_whose_jobs_were_all_cancelled_by_their_producer_is_cancel
     assert emptied.flipped == []
     assert emptied.cancelled == [batch_id]
     assert await Job(tasks.cancel_job_id(batch_id), pool).status() == JobStatus.queued
+
+
+async def test_a_batch_slower_than_any_seen_waits_and_a_stalled_one_flips_in_time(redis, pool, redis_url):
+    """History of 4–6 s batches; a batch in flight for 9 s whose jobs are due in 300 s: nothing flips.
+    The same batch stalled: every job flips at its last safe moment, early enough that the sync lane
+    (60 a minute) serves them all, in deadline order, by their deadlines."""
+    from scheduler.health import sample
+
+    base = slo_settings(redis_url, prior_turnaround_s=None, min_samples=5)
+    provider = base.providers["openai"].model_copy(update={"sync_rpm": 60, "sync_concurrency": 4})
+    settings = base.model_copy(update={"providers": {"openai": provider}})
+    for seconds in (4.0, 4.5, 5.0, 5.5, 6.0):
+        await redis.lpush(keys.lane_turnarounds(LANE), sample(NOW, seconds))
+    ledger = Ledger(redis)
+    job_ids = await enqueue(ledger, NOW, [300 + i * 0.1 for i in range(100)])
+    deadlines = {j: NOW + 300_000 + i * 100 for i, j in enumerate(job_ids)}
+    await submitted_batch(redis, settings, NOW)
+    assert (await flip(redis, pool, settings, NOW + 9_000)).flipped == []
+    flipped_at: dict[str, int] = {}
+    for now in range(NOW + 10_000, NOW + 300_000, 1_000):
+        for job_id in (await flip(redis, pool, settings, now)).flipped:
+            flipped_at[job_id] = now
+    assert sorted(flipped_at) == sorted(job_ids)
+    assert min(flipped_at.values()) > NOW + 150_000  # not at the first sign of slowness
+    # The sync lane serves one a second (sync_rpm 60), earliest deadline first, each call 1 s.
+    free_ms = 0
+    for job_id in sorted(job_ids, key=deadlines.__getitem__):
+        start = max(flipped_at[job_id], free_ms)
+        free_ms = start + 1_000
+        assert start + 1_000 <= deadlines[job_id]

@@ -6,7 +6,7 @@ import pytest
 
 from config.settings import SloSettings
 from scheduler import keys
-from scheduler.health import quantile, read_health, sample
+from scheduler.health import MIN_TURNAROUND_S, observed_turnaround_s, quantile, read_health, sample
 from tests.conftest import make_settings
 
 LANE = "openai:gpt-4o-mini:/v1/chat/completions"
@@ -26,15 +26,18 @@ def test_quantile_interpolates_between_ranks():
     assert quantile(values, 0.95) == pytest.approx(4.8)
 
 
-async def test_prior_until_enough_samples(redis, redis_url):
-    """With fewer than min_samples turnarounds, the prior stands; then the history does."""
+async def test_the_prior_gives_way_as_samples_arrive(redis, redis_url):
+    """The prior (the planning quantile) stands alone at first, is diluted by each sample, and is gone
+    at min_samples."""
     settings = make_settings(redis_url, slo=SloSettings(min_samples=3, prior_turnaround_s=50))
+    health = await read_health(redis, settings, LANE, "openai", NOW)
+    assert health.turnaround(0.95) == pytest.approx(50, rel=1e-3)
     await push(redis, keys.lane_turnarounds(LANE), [2.0, 3.0])
     health = await read_health(redis, settings, LANE, "openai", NOW)
-    assert health.turnaround(0.95) == 50
+    assert 3.0 < health.turnaround(0.95) < 50
     await push(redis, keys.lane_turnarounds(LANE), [4.0])
     health = await read_health(redis, settings, LANE, "openai", NOW)
-    assert health.turnaround(0.5) == 3.0
+    assert health.turnaround(0.5) == pytest.approx(3.0, rel=1e-3)
     assert health.latest_turnaround_s == 4.0
 
 
@@ -54,20 +57,42 @@ async def test_window_bounded_by_count_and_age(redis, redis_url):
 
 
 async def test_in_flight_conditioned_on_elapsed(redis, redis_url):
-    """A batch in flight is predicted from the samples longer than its elapsed time, else the window's end."""
+    """A batch in flight is predicted from the curve beyond its elapsed time; past the slowest batch
+    seen, the fitted tail answers, not the window's end."""
     settings = make_settings(redis_url, slo=SloSettings(min_samples=3))
     await push(redis, keys.lane_turnarounds(LANE), [10.0, 20.0, 30.0, 40.0])
     health = await read_health(redis, settings, LANE, "openai", NOW)
-    assert health.remaining_after(0, 1.0) == 40.0
-    assert health.remaining_after(25, 0.0) == 30.0
-    assert health.remaining_after(45, 0.95) == health.window_s
+    median = health.remaining_after(0, 0.5)
+    assert 20.0 < median < 30.0  # between the two middle samples
+    assert median < health.remaining_after(25, 0.5) < 40.0
+    record_slow = health.remaining_after(45, 0.95)
+    assert 45 < record_slow < 200
+    assert record_slow < health.window_s
 
 
-async def test_in_flight_without_history_uses_the_prior_then_the_window(redis, redis_url):
+async def test_batches_in_flight_are_censored_samples(redis, redis_url):
+    """Batches running longer than most ended ones make the lane's turnaround longer."""
+    settings = make_settings(redis_url, slo=SloSettings(min_samples=3))
+    await push(redis, keys.lane_turnarounds(LANE), [10.0, 20.0, 30.0, 40.0])
+    health = await read_health(redis, settings, LANE, "openai", NOW)
+    slow_now = health.with_in_flight([35.0, 35.0, 35.0, 35.0])
+    assert slow_now.turnaround(0.5) > health.turnaround(0.5)
+    assert slow_now.turnarounds == health.turnarounds
+
+
+async def test_in_flight_without_history_follows_the_prior(redis, redis_url):
+    """A prior of 5 s: a batch past it is predicted from the prior's tail, not the window's end."""
     settings = make_settings(redis_url, slo=SloSettings(prior_turnaround_s=5))
     health = await read_health(redis, settings, LANE, "openai", NOW)
-    assert health.remaining_after(1, 0.95) == 5
-    assert health.remaining_after(6, 0.95) == health.window_s
+    assert health.remaining_after(0, 0.95) == pytest.approx(5, rel=1e-3)
+    assert 6 < health.remaining_after(6, 0.95) < health.window_s
+
+
+def test_observed_turnaround_is_the_midpoint_of_the_polls_and_never_zero():
+    start = NOW
+    assert observed_turnaround_s(start, start + 4_000, start + 6_000) == 5.0
+    assert observed_turnaround_s(start, None, start + 5_000) == 2.5  # first poll saw it ended
+    assert observed_turnaround_s(start, None, start) == MIN_TURNAROUND_S
 
 
 async def test_sync_margin_from_p99_times_retry_allowance(redis, redis_url):
@@ -78,3 +103,13 @@ async def test_sync_margin_from_p99_times_retry_allowance(redis, redis_url):
     await push(redis, keys.lane_sync_latencies(LANE), [1.0, 2.0])
     health = await read_health(redis, settings, LANE, "openai", NOW)
     assert health.sync_margin() == pytest.approx(quantile([1.0, 2.0], 0.99) * 3)
+
+
+async def test_the_usual_turnaround_is_the_prior_until_history_replaces_it(redis, redis_url):
+    """Lagging is judged against the prior itself while history is short, then the history's median."""
+    settings = make_settings(redis_url, slo=SloSettings(min_samples=3, prior_turnaround_s=10))
+    health = await read_health(redis, settings, LANE, "openai", NOW)
+    assert health.usual_turnaround() == 10
+    await push(redis, keys.lane_turnarounds(LANE), [2.0, 3.0, 4.0])
+    health = await read_health(redis, settings, LANE, "openai", NOW)
+    assert health.usual_turnaround() == pytest.approx(3.0, rel=1e-3)

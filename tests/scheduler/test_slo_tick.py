@@ -32,7 +32,7 @@ async def test_tick_flips_at_risk_jobs_before_planning_and_reports(redis, redis_
         redis_url, slo=SloSettings(prior_turnaround_s=10, default_sync_latency_s=1, recover_ticks=2)
     )
     ledger = Ledger(redis)
-    near, far = await enqueue(ledger, NOW, [5, 3600])
+    near, far = await enqueue(ledger, NOW, [3, 3600])  # 3 s: its last safe moment has come
     scheduler = Scheduler(settings, redis, pool, holder="t")
     assert scheduler.steps[0][0] == "slo"
     report = await scheduler.tick(NOW / 1000)
@@ -126,7 +126,7 @@ async def test_a_leader_back_after_another_led_takes_the_lane_state_it_left(redi
         alerts=AlertSettings(resolve_after_s=0),
     )
     ledger = Ledger(redis)
-    await enqueue(ledger, NOW, [5])
+    await enqueue(ledger, NOW, [3])
     a = Scheduler(settings, redis, pool, holder="a")
     b = Scheduler(settings, redis, pool, holder="b")
     first = (await a.tick(NOW / 1000)).steps["slo"].lanes[LANE]

@@ -13,7 +13,7 @@ from arq import Retry
 from arq.connections import ArqRedis
 
 from config.settings import LaneDefaults, SchedulerSettings, SloSettings
-from scheduler import keys
+from scheduler import keys, tasks
 from scheduler.batches import Batches
 from scheduler.ledger import Ledger
 from scheduler.service import Scheduler
@@ -160,10 +160,26 @@ async def test_submit_poll_and_hand_to_ingestion(redis, scheduler, task_settings
     assert await redis.zscore(keys.BATCHES_POLL, batch_id) is None
     samples = await redis.lrange(keys.lane_turnarounds(LANES[provider]), 0, -1)
     assert len(samples) == 1
+    assert float(samples[0].split(b":")[1]) > 0  # on our own clock between polls: never 0
     # ingest_batch (by name) took it from there: every job finished exactly once.
     if state == "ingested":
         jobs = await Ledger(redis).get_many(job_ids)
         assert {j.state for j in jobs if j} == {"succeeded"}
+
+
+async def test_a_cancelled_batch_teaches_the_lane_no_turnaround(
+    redis, scheduler, task_settings, emulator
+) -> None:
+    """Cancelled, a batch only shows it took at least that long: no sample, or the lane looks fast."""
+    emulator.configure(stall=["*"])
+    _, batch_id = await plan(redis, scheduler, "openai", 3)
+    await run_burst(task_settings)
+    await tasks.enqueue(scheduler.arq, tasks.CANCEL_BATCH, batch_id, job_id=tasks.cancel_job_id(batch_id))
+    await drive(scheduler, task_settings, batch_id, until=("ended", "ingested"))
+    record = await Batches(redis).get(batch_id)
+    assert record is not None
+    assert record.raw["status"] == "cancelled"
+    assert await redis.llen(keys.lane_turnarounds(LANES["openai"])) == 0
 
 
 async def test_polls_back_off_to_the_cap(redis, scheduler, task_settings, emulator) -> None:

@@ -21,6 +21,7 @@ from arq import Retry
 
 from scheduler import keys, tasks
 from scheduler.batches import Batches, BatchRecord
+from scheduler.health import observed_turnaround_s
 from scheduler.ledger import Finish, Requeue
 from workers.context import WorkerContext, call_hook
 from workers.errors import (
@@ -269,6 +270,7 @@ async def poll_batch(ctx: WorkerContext, batch_id: str) -> str:
             now_ms=now_ms,
             next_poll_ms=now_ms + int(interval * 1000),
             poll_interval_s=interval,
+            running_seen_ms=now_ms,  # the turnaround sample is measured between polls
             **status,
         )
         return info.status
@@ -291,8 +293,16 @@ async def poll_batch(ctx: WorkerContext, batch_id: str) -> str:
         **status,
     )
     if moved.status == "ok" and record.submitted_ms is not None:
-        seconds = max(ended_ms - record.submitted_ms, 0) / 1000
-        await batches.push_turnaround(record.lane, ended_ms, seconds, ctx["settings"].slo.history_size)
+        # On our own clock, between the last poll that saw it running and this one: the provider's
+        # end time has whole seconds and another clock, and can equal its creation time.
+        running_seen = record.raw.get("running_seen_ms")
+        seconds = observed_turnaround_s(
+            record.submitted_ms, int(running_seen) if running_seen else None, now_ms
+        )
+        # A cancelled batch (its jobs all flipped, or its producer's) did not show its turnaround,
+        # only that it took at least this long: counted as an end, it would teach the lane it is fast.
+        if info.status != "cancelled":
+            await batches.push_turnaround(record.lane, ended_ms, seconds, ctx["settings"].slo.history_size)
         log.info("batch.ended", batch_id=batch_id, lane=record.lane, status=info.status, turnaround_s=seconds)
     if moved.status == "ok":
         await files.discard(ctx, record.provider, info.files, files.INPUT_ROLES)

@@ -1,0 +1,441 @@
+"""The discrete-event run: a scenario's workload against simulated providers, once per policy.
+
+A virtual clock advances ``tick_s`` at a time. Each tick, per lane, in the production order: batches
+whose end a poll has seen are ingested (their samples go into the lane's history as the worker
+records them, :func:`scheduler.health.observed_turnaround_s`); the flip policy moves jobs to the
+sync lane; the planner (:func:`scheduler.planner.decide`) flushes the queue into batches; the sync
+lane serves what it can at its rate and concurrency limits. Nothing here re-implements a decision:
+``batchshift`` is :func:`scheduler.flip_plan.horizons` on the lane's :class:`~scheduler.health.LaneHealth`,
+the planner and its expected turnaround are the scheduler's, costs are :class:`scheduler.pricing.Pricing`.
+
+The other policies differ only in their flips: ``oracle`` knows when each batch's end will be seen
+and flips exactly the jobs it would make late, at their last safe moment (the same
+:func:`~scheduler.flip_plan.safe_horizon_ms`, with exactly those jobs at risk); ``batch_only`` never
+flips; ``fixed_escalation`` flips every waiting job ``fixed_escalation_h`` before its deadline;
+``always_sync`` sends every job to sync on arrival.
+
+Simulated providers: a batch's turnaround is drawn from the lane's distribution, its clock stops
+during stalls, ``expire_share`` of batches expire at the completion window with no results (their
+jobs go back to the queue), and its end is seen by the first poll at or after it (the production
+poll schedule). A batch all of whose jobs flipped is cancelled and bills nothing; a flipped job
+whose batch does end is billed twice (duplicate spend). Random draws come from streams seeded by
+the scenario's seed and the lane, so runs reproduce and every policy sees the same arrivals.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+import math
+import random
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from batchshift.simulation.outcome import Outcome
+from batchshift.simulation.scenario import LaneScenario, Scenario, ScenarioError
+from batchshift.simulation.sync_lane import SyncLane
+from config.settings import ProviderSettings, Settings
+from scheduler.flip_plan import Policy, Source, count_below, horizons, safe_horizon_ms
+from scheduler.health import LaneHealth, observed_turnaround_s, prior_for
+from scheduler.lanes import Lane, effective
+from scheduler.planner import LaneState, decide, pressure_horizon_ms
+from scheduler.prediction import expected_turnaround_s, next_flush_ms, sync_lane
+from scheduler.pricing import Pricing, RouteName
+
+PolicyName = Literal["batchshift", "oracle", "always_sync", "batch_only", "fixed_escalation"]
+POLICIES: tuple[PolicyName, ...] = ("batchshift", "oracle", "always_sync", "batch_only", "fixed_escalation")
+EPOCH_MS = 1_800_000_000_000  # the virtual clock's start: a fixed instant, so runs reproduce
+ENDPOINT = "/v1/chat/completions"
+# After the last arrival, the run goes on until every job is done, or this long at most.
+DRAIN_LIMIT_MS = 72 * 3600 * 1000
+# Request body bytes per input token, for the planner's byte cap.
+BYTES_PER_TOKEN = 4
+
+
+@dataclass(slots=True)
+class _Batch:
+    id: int
+    submitted_ms: int
+    observed_ms: int  # when a poll sees it ended (expired or done)
+    running_seen_ms: int  # the poll before: the last to see it running
+    expired: bool
+    deadlines: list[int]  # of the jobs still waiting on it, sorted
+    jobs: list[int]
+    flipped: list[int] = field(default_factory=list)
+    cancelled: bool = False
+
+
+@dataclass(slots=True)
+class _Prices:
+    batch: float
+    flex: float
+    sync: float
+
+
+class _LaneRun:
+    """One lane under one policy."""
+
+    def __init__(
+        self,
+        index: int,
+        spec: LaneScenario,
+        scenario: Scenario,
+        settings: Settings,
+        policy: PolicyName,
+        prices: _Prices,
+    ) -> None:
+        self.spec = spec
+        self.scenario = scenario
+        self.settings = settings
+        self.policy = policy
+        self.prices = prices
+        self.provider = provider_name(index, spec)
+        self.lane: Lane = effective(settings, self.provider, spec.model, ENDPOINT)
+        seed = scenario.seed * 1_000_003 + index
+        self.arrival_rng = random.Random(f"arrivals:{seed}")
+        self.batch_rng = random.Random(f"batches:{seed}")
+        account = settings.providers[self.provider]
+        self.sync = SyncLane(spec, random.Random(f"sync:{seed}"), account.flex_latency_s)
+        self.window_ms = int(settings.providers[self.provider].completion_window_s * 1000)
+        self.end_ms = EPOCH_MS + int(scenario.duration_h * 3_600_000)
+        self.next_arrival_ms = EPOCH_MS + self._gap_ms(EPOCH_MS)
+        # jobs
+        self.arrival: list[int] = []
+        self.deadline: list[int] = []
+        self.done: list[int] = []  # -1 while waiting
+        self.q_deadlines: list[int] = []
+        self.q_jobs: list[int] = []
+        self.batches: list[_Batch] = []
+        self.turnarounds: deque[float] = deque(maxlen=settings.slo.history_size)
+        self.sync_latencies: deque[float] = deque(maxlen=settings.slo.history_size)
+        self.outcome = Outcome()
+        self.stalls = [
+            (EPOCH_MS + int(s.start_h * 3_600_000), EPOCH_MS + int((s.start_h + s.duration_h) * 3_600_000))
+            for s in sorted(spec.stalls, key=lambda s: s.start_h)
+        ]
+
+    # -- workload ---------------------------------------------------------------------------------
+
+    def _gap_ms(self, at_ms: int) -> int:
+        hour = (at_ms - EPOCH_MS) // 3_600_000
+        rate = self.spec.rate_per_s(int(hour))
+        if rate <= 0:
+            return 3_600_000 - (at_ms - EPOCH_MS) % 3_600_000  # nothing this hour: look again next hour
+        return max(1, int(self.arrival_rng.expovariate(rate) * 1000))
+
+    def _arrive(self, now_ms: int) -> None:
+        while self.next_arrival_ms <= now_ms and self.next_arrival_ms < self.end_ms:
+            at = self.next_arrival_ms
+            hour = (at - EPOCH_MS) // 3_600_000
+            if self.spec.rate_per_s(int(hour)) > 0:
+                spec_deadline = self.spec.deadline_h
+                hours = (
+                    self.arrival_rng.uniform(*spec_deadline)
+                    if isinstance(spec_deadline, tuple)
+                    else spec_deadline
+                )
+                job = len(self.arrival)
+                self.arrival.append(at)
+                self.deadline.append(at + int(hours * 3_600_000))
+                self.done.append(-1)
+                if self.policy == "always_sync":
+                    self.sync.add(self.deadline[job], job)
+                else:
+                    slot = bisect.bisect_right(self.q_deadlines, self.deadline[job])
+                    self.q_deadlines.insert(slot, self.deadline[job])
+                    self.q_jobs.insert(slot, job)
+            self.next_arrival_ms = at + self._gap_ms(at)
+
+    # -- the simulated batch API --------------------------------------------------------------------
+
+    def _turnaround_s(self) -> float:
+        dist = self.spec.turnaround
+        if dist.dist == "empirical":
+            return self.batch_rng.choice(dist.minutes) * 60
+        return math.exp(math.log(dist.median_min * 60) + dist.sigma * self.batch_rng.gauss(0.0, 1.0))
+
+    def _end_ms(self, submitted_ms: int, work_s: float) -> int:
+        """When a batch needing ``work_s`` of progress ends, its clock stopped during stalls."""
+        t, left = float(submitted_ms), work_s * 1000
+        for start, stop in self.stalls:
+            if stop <= t:
+                continue
+            if start > t:
+                if t + left <= start:
+                    return int(t + left)
+                left -= start - t
+            t = max(t, stop)
+        return int(t + left)
+
+    def _poll_seen(self, submitted_ms: int, end_ms: int) -> tuple[int, int]:
+        """(last poll that saw it running, first poll that saw it ended): the production schedule."""
+        sched = self.settings.scheduler
+        interval = sched.poll_initial_s
+        previous, poll = submitted_ms, submitted_ms + int(interval * 1000)
+        while poll < end_ms:
+            interval = min(interval * sched.poll_backoff, sched.poll_max_s)
+            previous, poll = poll, poll + int(interval * 1000)
+        return previous, poll
+
+    def _submit(self, now_ms: int, count: int) -> None:
+        deadlines, jobs = self.q_deadlines[:count], self.q_jobs[:count]
+        del self.q_deadlines[:count]
+        del self.q_jobs[:count]
+        expired = self.batch_rng.random() < self.spec.expire_share
+        end = self._end_ms(now_ms, self._turnaround_s())
+        if expired or end > now_ms + self.window_ms:
+            expired, end = True, now_ms + self.window_ms
+        running_seen, seen = self._poll_seen(now_ms, end)
+        self.batches.append(_Batch(len(self.batches), now_ms, seen, running_seen, expired, deadlines, jobs))
+
+    def _ingest(self, now_ms: int) -> None:
+        still: list[_Batch] = []
+        for batch in self.batches:
+            if batch.observed_ms > now_ms:
+                still.append(batch)
+                continue
+            if batch.cancelled:
+                continue  # cancelled once its last job flipped: nothing billed, nothing to learn
+            self.turnarounds.append(
+                observed_turnaround_s(batch.submitted_ms, batch.running_seen_ms, batch.observed_ms)
+            )
+            if batch.expired:
+                for deadline, job in zip(batch.deadlines, batch.jobs, strict=True):
+                    slot = bisect.bisect_right(self.q_deadlines, deadline)
+                    self.q_deadlines.insert(slot, deadline)
+                    self.q_jobs.insert(slot, job)
+                continue
+            for job in batch.jobs:
+                self._finish(job, batch.observed_ms, "batch")
+            self.outcome.duplicate_usd += len(batch.flipped) * self.prices.batch
+        self.batches = [b for b in still if not b.cancelled]
+
+    # -- decisions ----------------------------------------------------------------------------------
+
+    def health(self, now_ms: int) -> LaneHealth:
+        slo = self.settings.slo
+        prior, window = prior_for(self.settings, self.provider)
+        return LaneHealth(
+            lane=self.lane.name,
+            turnarounds=tuple(sorted(self.turnarounds)),
+            latest_turnaround_s=None,
+            sync_latencies=tuple(sorted(self.sync_latencies)),
+            prior_turnaround_s=prior,
+            window_s=window,
+            default_sync_latency_s=slo.default_sync_latency_s,
+            retry_allowance=slo.sync_retry_allowance,
+            min_samples=slo.min_samples,
+            prior_quantile=slo.turnaround_quantile,
+            in_flight=tuple((now_ms - b.submitted_ms) / 1000 for b in self.batches if not b.cancelled),
+        )
+
+    def _flip_prefix(self, batch: _Batch | None, horizon: float, budget: list[int]) -> None:
+        deadlines = self.q_deadlines if batch is None else batch.deadlines
+        jobs = self.q_jobs if batch is None else batch.jobs
+        count = min(count_below(deadlines, horizon), budget[0])
+        if count <= 0:
+            return
+        for deadline, job in zip(deadlines[:count], jobs[:count], strict=True):
+            self.sync.add(deadline, job)
+            if batch is not None:
+                batch.flipped.append(job)
+                self.outcome.needless += not batch.expired and batch.observed_ms <= deadline
+        del deadlines[:count]
+        del jobs[:count]
+        budget[0] -= count
+        self.outcome.flipped += count
+        if batch is not None and not batch.jobs:
+            batch.cancelled = True  # every job flipped: the tracker cancels it at the provider
+
+    def _flips(self, now_ms: int, health: LaneHealth, budget: list[int]) -> None:
+        live = [b for b in self.batches if not b.cancelled and b.jobs]
+        if self.policy == "batch_only" or self.policy == "always_sync":
+            return
+        if self.policy == "fixed_escalation":
+            horizon = now_ms + self.scenario.fixed_escalation_h * 3_600_000 + 1
+            for batch in live:
+                self._flip_prefix(batch, horizon, budget)
+            self._flip_prefix(None, horizon, budget)
+            return
+        sync = sync_lane(self.settings, self.provider, health)
+        plan = Policy.for_settings(self.settings)
+        if self.policy == "oracle":
+            late = [
+                b.deadlines if b.expired else b.deadlines[: count_below(b.deadlines, b.observed_ms)]
+                for b in live
+            ]
+            at_risk = list(heapq.merge(self.sync.deadlines, *late))
+            safe = safe_horizon_ms(at_risk, now_ms, sync, plan.tick_s)
+            for batch, due in zip(live, late, strict=True):
+                if due:
+                    self._flip_prefix(batch, min(safe, due[-1] + 1), budget)
+            self._flip_prefix(None, safe, budget)
+            return
+        sources = [Source(b.id, b.submitted_ms) for b in live]
+        lists: list[list[int]] = [b.deadlines for b in live]
+        if self.q_deadlines:
+            oldest = min(self.arrival[j] for j in self.q_jobs)
+            flush = next_flush_ms(self.settings, health, oldest, self.q_deadlines[0], now_ms)
+            sources.append(Source(None, flush))
+            lists.append(self.q_deadlines)
+        out = horizons(health.model, sources, lists, self.sync.deadlines, sync, plan, now_ms)
+        for batch in live:
+            self._flip_prefix(batch, out[batch.id], budget)
+        if self.q_deadlines:
+            self._flip_prefix(None, out[None], budget)
+
+    def _plan(self, now_ms: int, health: LaneHealth) -> None:
+        if not self.q_deadlines:
+            return
+        turnaround = expected_turnaround_s(health, self.settings)
+        tick_s = self.scenario.tick_s
+        now = now_ms / 1000
+        state = LaneState(
+            queued=len(self.q_jobs),
+            queued_bytes=len(self.q_jobs) * self.spec.input_tokens * BYTES_PER_TOKEN,
+            oldest_arrival_ms=min(self.arrival[j] for j in self.q_jobs),
+            earliest_deadline_ms=self.q_deadlines[0],
+            pressured=count_below(self.q_deadlines, pressure_horizon_ms(now, turnaround, tick_s) + 1),
+        )
+        decision = decide(self.lane, state, now, tick_s=tick_s, turnaround_s=turnaround)
+        if not decision.flush:
+            return
+        # Earliest deadlines first, each batch filled to the cap (as reserve_batch does).
+        for _ in range(decision.batches):
+            if not self.q_jobs:
+                break
+            self._submit(now_ms, min(self.lane.max_batch_requests, len(self.q_jobs)))
+
+    def _finish(self, job: int, at_ms: int, route: RouteName) -> None:
+        self.done[job] = at_ms
+        out = self.outcome
+        out.jobs += 1
+        out.on_time += at_ms <= self.deadline[job]
+        out.sync_equivalent_usd += self.prices.sync
+        out.actual_usd += {"batch": self.prices.batch, "flex": self.prices.flex, "sync": self.prices.sync}[
+            route
+        ]
+        out.by_sync += route != "batch"
+
+    # -- the tick ----------------------------------------------------------------------------------
+
+    def step(self, now_ms: int, budget: list[int]) -> None:
+        self._arrive(now_ms)
+        self._ingest(now_ms)
+        if self.policy != "always_sync":
+            health = self.health(now_ms)
+            self._flips(now_ms, health, budget)
+            self._plan(now_ms, health)
+        for job, done, route, latency in self.sync.serve(now_ms, now_ms + int(self.scenario.tick_s * 1000)):
+            self.sync_latencies.append(latency)
+            self._finish(job, done, route)
+
+    def busy(self) -> bool:
+        return bool(self.q_jobs or self.batches or self.sync.jobs) or self.next_arrival_ms < self.end_ms
+
+    def close(self) -> None:
+        """Jobs never finished count, late; duplicate spend is spend."""
+        unfinished = sum(1 for d in self.done if d < 0)
+        self.outcome.jobs += unfinished
+        self.outcome.sync_equivalent_usd += unfinished * self.prices.sync
+        self.outcome.actual_usd += self.outcome.duplicate_usd
+
+
+def provider_name(index: int, spec: LaneScenario) -> str:
+    """Each lane gets its own provider account (its own sync limits), priced as its kind."""
+    return f"{spec.provider}-{index}"
+
+
+def scenario_settings(base: Settings, scenario: Scenario) -> Settings:
+    """``base`` (the deployment's settings: SLO knobs, lane defaults) with the scenario's providers and tick."""
+    providers = {
+        provider_name(i, lane): ProviderSettings(
+            kind=lane.provider,
+            base_url="http://simulated",
+            sync_rpm=lane.sync_rpm,
+            sync_concurrency=lane.sync_concurrency,
+            flex=lane.flex,
+        )
+        for i, lane in enumerate(scenario.lanes)
+    }
+    return base.model_copy(
+        update={
+            "providers": providers,
+            "lanes": {},
+            "scheduler": base.scheduler.model_copy(update={"tick_interval_s": scenario.tick_s}),
+        }
+    )
+
+
+def lane_prices(pricing: Pricing, index: int, spec: LaneScenario) -> _Prices:
+    """What one job of the lane costs by each route (every job of a lane has the same usage)."""
+    cached = int(spec.input_tokens * spec.cached_share)
+    usage: dict[str, Any]
+    if spec.provider == "openai":
+        usage = {
+            "prompt_tokens": spec.input_tokens,
+            "completion_tokens": spec.output_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached},
+        }
+    else:
+        usage = {
+            "input_tokens": spec.input_tokens - cached,
+            "output_tokens": spec.output_tokens,
+            "cache_read_input_tokens": cached,
+        }
+    name = provider_name(index, spec)
+    costs = {
+        route: pricing.job_cost(name, spec.provider, spec.model, route, usage)
+        for route in ("batch", "flex", "sync")
+    }
+    if any(c.actual_usd is None or c.sync_equivalent_usd is None for c in costs.values()):
+        raise ScenarioError(
+            f"lane {index}: model {spec.model!r} of {spec.provider} is not in the pricing table"
+        )
+    return _Prices(
+        batch=costs["batch"].actual_usd or 0.0,
+        flex=costs["flex"].actual_usd or 0.0,
+        sync=costs["sync"].actual_usd or 0.0,
+    )
+
+
+def run_policy(scenario: Scenario, settings: Settings, pricing: Pricing, policy: PolicyName) -> Outcome:
+    """One policy over the whole scenario."""
+    sim_settings = scenario_settings(settings, scenario)
+    lanes = [
+        _LaneRun(i, spec, scenario, sim_settings, policy, lane_prices(pricing, i, spec))
+        for i, spec in enumerate(scenario.lanes)
+    ]
+    tick_ms = int(scenario.tick_s * 1000)
+    # One simulated tick stands for tick_s / tick_interval_s production ticks of flips.
+    per_tick = int(
+        settings.slo.max_flips_per_tick * max(1.0, scenario.tick_s / settings.scheduler.tick_interval_s)
+    )
+    stop_ms = EPOCH_MS + int(scenario.duration_h * 3_600_000) + DRAIN_LIMIT_MS
+    now = EPOCH_MS
+    while now <= stop_ms and any(lane.busy() for lane in lanes):
+        budget = [per_tick]
+        for lane in lanes:
+            lane.step(now, budget)
+        now += tick_ms
+    total = Outcome()
+    for lane in lanes:
+        lane.close()
+        o = lane.outcome
+        total.jobs += o.jobs
+        total.on_time += o.on_time
+        total.actual_usd += o.actual_usd
+        total.sync_equivalent_usd += o.sync_equivalent_usd
+        total.duplicate_usd += o.duplicate_usd
+        total.flipped += o.flipped
+        total.by_sync += o.by_sync
+        total.needless += o.needless
+    return total
+
+
+def simulate(
+    scenario: Scenario, settings: Settings, pricing: Pricing, policies: tuple[PolicyName, ...] = POLICIES
+) -> dict[str, Outcome]:
+    """Every policy over the scenario."""
+    return {name: run_policy(scenario, settings, pricing, name) for name in policies}

@@ -1,0 +1,174 @@
+"""The flip decision as a pure function: which waiting jobs must leave the batch lane now.
+
+A job waits on a *source*: a batch in flight, or the lane queue (whose next batch starts at the
+next flush). Its latest safe flip time is::
+
+    deadline − sync margin − drain time
+
+where the sync margin is the sync lane's latency at a high quantile times the retries allowed, and
+the drain time is what the sync lane needs, at the provider's rate and concurrency limits, to serve
+every job already queued for sync and every *at-risk* job due no later than this one, itself
+included. A job counts as at risk when the model gives its source at least ``risk_probability`` of
+still running at the job's deadline less the margin, or when its batch is overdue (running longer
+than ``overdue_quantile`` of batches): a healthy lane's thousands of waiting jobs do not make the
+sync lane look full, while a stalled lane's do.
+
+A job flips when its latest safe time arrives (within the next ``LEAD_TICKS`` ticks) and its source
+has not ended, or earlier when the model gives its source more than ``early_probability`` of still
+running at the job's deadline less the margin. Everything else stays on the batch. Jobs of an ended
+batch (results on their way into the ledger) flip only just in time, in case ingestion keeps failing.
+
+Because the latest safe time only grows with the deadline up to each at-risk job, the decision for
+every source is one deadline horizon: flip the jobs due before it. Redis reads one range per source
+(:mod:`scheduler.flips`); the simulator (:mod:`batchshift.simulate`) bisects a sorted list.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+
+from config.settings import Settings
+from scheduler.survival import TurnaroundModel
+
+# Ticks of lead: a job flips at the last tick that still precedes its safe time by a tick, since
+# the flip itself (and the sync dispatch after it) happens on the next tick.
+LEAD_TICKS = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Jobs waiting on one batch (or on the lane queue, ``key=None``) and what is known of it."""
+
+    key: Hashable  # batch id; None for the lane queue
+    start_ms: int  # submission (or, for the queue, the next flush)
+    ended: bool = False  # the batch ended; its results are on their way
+
+
+@dataclass(frozen=True, slots=True)
+class SyncLane:
+    """The sync lane a flipped job joins."""
+
+    margin_s: float  # latency at a high quantile × retry allowance
+    rate_per_s: float  # jobs per second it serves at its configured limits
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """The knobs of the decision (``settings.slo``)."""
+
+    risk_probability: float
+    early_probability: float
+    tick_s: float
+    overdue_quantile: float = 0.95  # a batch running longer than this share of batches is overdue
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> Policy:
+        """The production knobs: ``settings.slo`` and the tick interval."""
+        slo = settings.slo
+        return cls(
+            slo.flip_risk_probability,
+            slo.flip_early_probability,
+            settings.scheduler.tick_interval_s,
+            overdue_quantile=slo.turnaround_quantile,
+        )
+
+
+def sync_rate(sync_rpm: int | None, sync_concurrency: int, latency_s: float) -> float:
+    """Jobs per second a sync lane serves: the tighter of its rate limit and concurrency ÷ latency."""
+    by_concurrency = sync_concurrency / max(latency_s, 1e-3)
+    return by_concurrency if sync_rpm is None else min(sync_rpm / 60, by_concurrency)
+
+
+def _running_horizon_ms(
+    model: TurnaroundModel, source: Source, now_ms: int, margin_s: float, p: float
+) -> float:
+    """Jobs of ``source`` due before this see it still running at their deadline less the margin
+    with probability above ``p``."""
+    if source.ended or model.blind:
+        return -math.inf
+    elapsed = max(0.0, (now_ms - source.start_ms) / 1000)
+    total = model.quantile_after(elapsed, 1 - p)
+    return source.start_ms + (total + margin_s) * 1000
+
+
+def risk_horizon_ms(
+    model: TurnaroundModel, source: Source, now_ms: int, margin_s: float, policy: Policy
+) -> float:
+    """Jobs of ``source`` due before this count as at risk (they load the sync lane's drain).
+
+    Every job of an overdue batch (running longer than ``overdue_quantile`` of batches) counts: the
+    model's tail is fitted to batches that ended, and a stalled one may be nothing like them.
+    """
+    if source.ended:
+        return -math.inf
+    elapsed = max(0.0, (now_ms - source.start_ms) / 1000)
+    if elapsed > model.quantile(policy.overdue_quantile):
+        return math.inf
+    return _running_horizon_ms(model, source, now_ms, margin_s, policy.risk_probability)
+
+
+def safe_horizon_ms(at_risk: Sequence[int], now_ms: int, sync: SyncLane, tick_s: float) -> float:
+    """Jobs due before this have reached their latest safe flip time (sorted ``at_risk`` deadlines, ms).
+
+    With ``A(d)`` at-risk jobs due by ``d``, a job due at ``d`` must flip once
+    ``now + lead ≥ d − margin − (A(d) + 1) / rate``. Between two at-risk deadlines ``A`` is constant,
+    so each gap contributes the deadlines up to ``now + lead + margin + (A + 1) / rate``.
+    """
+    reach_ms = now_ms + (LEAD_TICKS * tick_s + sync.margin_s) * 1000
+    per_job_ms = 1000 / sync.rate_per_s
+    horizon = reach_ms + per_job_ms  # no at-risk job ahead: the job alone
+    for k, deadline in enumerate(at_risk):
+        # On [deadline, next): k + 1 at-risk jobs due by then, plus the job itself.
+        limit = reach_ms + (k + 2) * per_job_ms
+        if limit <= deadline:
+            continue
+        upper = at_risk[k + 1] if k + 1 < len(at_risk) else math.inf
+        horizon = max(horizon, min(upper, limit))
+    return horizon
+
+
+def horizons(
+    model: TurnaroundModel,
+    sources: Sequence[Source],
+    deadlines: Sequence[Sequence[int]],
+    sync_deadlines: Sequence[int],
+    sync: SyncLane,
+    policy: Policy,
+    now_ms: int,
+) -> dict[Hashable, float]:
+    """Per source, the deadline before which its jobs flip now.
+
+    ``deadlines[i]`` are the sorted deadlines of the jobs waiting on ``sources[i]`` (at least those
+    due before its risk horizon); ``sync_deadlines`` those already queued for sync.
+    """
+    risky: list[Sequence[int]] = [sync_deadlines]
+    for source, due in zip(sources, deadlines, strict=True):
+        cut = risk_horizon_ms(model, source, now_ms, sync.margin_s, policy)
+        if cut > -math.inf:
+            risky.append(due[: count_below(due, cut)])
+    at_risk = sorted(itertools.chain.from_iterable(risky))  # sorted runs: Timsort merges them in C
+    safe = safe_horizon_ms(at_risk, now_ms, sync, policy.tick_s)
+    just_in_time = now_ms + (LEAD_TICKS * policy.tick_s + sync.margin_s) * 1000
+    out: dict[Hashable, float] = {}
+    for source in sources:
+        if source.ended:
+            out[source.key] = just_in_time
+            continue
+        early = _running_horizon_ms(model, source, now_ms, sync.margin_s, policy.early_probability)
+        out[source.key] = max(safe, early)
+    return out
+
+
+def count_below(sorted_values: Sequence[int], limit: float) -> int:
+    """How many of ``sorted_values`` are below ``limit``."""
+    lo, hi = 0, len(sorted_values)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if sorted_values[mid] < limit:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo

@@ -1,0 +1,116 @@
+"""The flip decision as a pure function: last safe moment, drain time, early flips; and the model under it."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from scheduler.flip_plan import LEAD_TICKS, Policy, Source, SyncLane, horizons, safe_horizon_ms, sync_rate
+from scheduler.survival import TurnaroundModel
+
+NOW = 1_800_000_000_000
+POLICY = Policy(risk_probability=0.05, early_probability=0.99, tick_s=1.0)
+SYNC = SyncLane(margin_s=10.0, rate_per_s=1.0)
+
+
+def model(ended, in_flight=(), prior_s=86_400.0):
+    return TurnaroundModel.build(ended, in_flight, prior_s=prior_s, window_s=86_400.0, min_samples=5)
+
+
+def test_sync_rate_is_the_tighter_limit():
+    assert sync_rate(None, 16, 2.0) == 8
+    assert sync_rate(60, 16, 2.0) == 1
+    assert sync_rate(6000, 16, 2.0) == 8
+
+
+def test_alone_a_job_flips_at_its_deadline_less_margin_and_lead():
+    reach = NOW + (LEAD_TICKS * 1.0 + 10.0) * 1000
+    assert safe_horizon_ms([], NOW, SYNC, 1.0) == reach + 1000  # + its own 1 s on the sync lane
+
+
+def test_at_risk_jobs_due_earlier_bring_the_moment_forward():
+    """100 at-risk jobs due 200 s from now at 1 a second: the drain takes 100 s, so they flip once
+    200 s − margin − lead − drain has come, not at 188 s."""
+    due = [NOW + 200_000] * 100
+    assert safe_horizon_ms(due, NOW, SYNC, 1.0) < NOW + 200_000
+    assert safe_horizon_ms(due, NOW + 88_000, SYNC, 1.0) > NOW + 200_000
+    assert safe_horizon_ms(due, NOW + 86_000, SYNC, 1.0) < NOW + 200_000
+
+
+def test_a_healthy_lane_keeps_its_jobs_on_the_batch():
+    """Batches of 4–6 s; one in flight for 9 s with 100 jobs due in 300 s: nothing flips."""
+    m = model([4.0, 4.5, 5.0, 5.5, 6.0], [9.0])
+    source = Source("b1", NOW - 9_000)
+    due = [NOW + 300_000] * 100
+    out = horizons(m, [source], [due], [], SYNC, POLICY, NOW)
+    assert out["b1"] < NOW + 300_000
+
+
+def test_a_batch_on_time_does_not_load_the_drain():
+    """A batch 2 s into a 4–6 s lane: its 10,000 jobs due in 300 s do not make the sync lane look full."""
+    m = model([4.0, 4.5, 5.0, 5.5, 6.0], [2.0])
+    source = Source("b1", NOW - 2_000)
+    due = [NOW + 300_000] * 10_000
+    assert horizons(m, [source], [due], [], SYNC, POLICY, NOW)["b1"] < NOW + 300_000
+
+
+def test_an_overdue_batch_loads_the_drain():
+    """A batch far past the 95% quantile: all its jobs count at risk, so they flip early enough."""
+    m = model([4.0, 4.5, 5.0, 5.5, 6.0])
+    source = Source("b1", NOW - 100_000)
+    due = [NOW + 150_000] * 200
+    assert horizons(m, [source], [due], [], SYNC, POLICY, NOW)["b1"] > NOW + 150_000
+
+
+def test_a_batch_that_almost_surely_misses_flips_early():
+    """A lane whose batches take about 10 h: a fresh batch cannot make a deadline in 1 h."""
+    m = model([36_000.0 * f for f in (0.9, 0.95, 1.0, 1.05, 1.1)])
+    source = Source("b1", NOW)
+    due = [NOW + 3_600_000]
+    assert horizons(m, [source], [due], [], SYNC, POLICY, NOW)["b1"] > NOW + 3_600_000
+
+
+def test_an_ended_batch_flips_just_in_time_and_the_queue_is_judged_from_the_next_flush():
+    m = model([4.0, 4.5, 5.0, 5.5, 6.0])
+    ended, queue = Source("b1", NOW - 5_000, ended=True), Source(None, NOW + 60_000)
+    out = horizons(m, [ended, queue], [[NOW + 100_000], [NOW + 100_000]], [], SYNC, POLICY, NOW)
+    assert out["b1"] == NOW + (LEAD_TICKS + 10) * 1000
+    assert out[None] < NOW + 100_000
+
+
+def test_jobs_queued_for_sync_count_in_the_drain():
+    m = model([4.0, 4.5, 5.0, 5.5, 6.0])
+    source = Source("b1", NOW)
+    due = [NOW + 100_000]
+    alone = horizons(m, [source], [due], [], SYNC, POLICY, NOW)["b1"]
+    behind = horizons(m, [source], [due], [NOW + 90_000] * 95, SYNC, POLICY, NOW)["b1"]
+    assert alone < NOW + 100_000 < behind
+
+
+def test_kaplan_meier_counts_censored_batches():
+    """Two batches still running at 50 s: fewer ends among those at risk, so survival stays higher."""
+    ended = [10.0, 20.0, 30.0, 60.0, 70.0]
+    assert model(ended, [50.0, 50.0]).sf(55.0) > model(ended).sf(55.0)
+
+
+def test_the_tail_beyond_the_slowest_batch_is_fitted_not_a_cliff():
+    m = model([4.0, 4.5, 5.0, 5.5, 6.0])
+    assert 0 < m.sf(7.0) < m.sf(6.0) < 1
+    assert m.sf(60.0) < 1e-6
+    assert m.quantile_after(9.0, 0.95) < 30.0
+    assert m.quantile(0.5) == pytest.approx(5.0, rel=0.05)
+
+
+def test_a_blind_model_predicts_the_window():
+    m = model([], [])
+    assert m.blind
+    assert m.quantile(0.5) == 86_400.0
+    assert m.p_running(10.0, 20.0) == 1.0
+
+
+def test_far_tails_stay_finite():
+    m = model([4.0, 4.5, 5.0, 5.5, 6.0])
+    p = m.p_running(1_000.0, 2_000.0)
+    assert 0.0 <= p <= 1.0
+    assert not math.isnan(p)

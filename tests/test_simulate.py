@@ -1,0 +1,149 @@
+"""The policy lab: small scenarios, deterministic by seed; the CLI's table, JSON and plot."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from batchshift.cli import main
+from batchshift.simulation import engine, scenario
+from batchshift.simulation.outcome import as_json
+from config.settings import Settings
+from scheduler.pricing import Pricing
+
+FIELDS = {
+    "jobs",
+    "on_time_ratio",
+    "actual_usd",
+    "sync_equivalent_usd",
+    "saved_ratio",
+    "duplicate_usd",
+    "flipped",
+    "sync_share",
+}
+
+LANE = """
+[[lanes]]
+provider = "openai"
+model = "gpt-4o-mini"
+jobs_per_hour = {rate}
+deadline_h = {deadline}
+input_tokens = 800
+output_tokens = 200
+turnaround = {{ dist = "lognormal", median_min = 5, p90_min = 15 }}
+stalls = {stalls}
+sync_latency = {{ median_s = 1, p99_s = 4 }}
+sync_rpm = {rpm}
+sync_concurrency = 16
+"""
+
+
+def write(tmp_path: Path, *, hours=3, seed=1, rate=200, deadline="[1, 2]", stalls="[]", rpm=600) -> Path:
+    path = tmp_path / f"small-{seed}.toml"
+    head = f"duration_h = {hours}\nseed = {seed}\ntick_s = 60\n"
+    path.write_text(head + LANE.format(rate=rate, deadline=deadline, stalls=stalls, rpm=rpm))
+    return path
+
+
+def run(path: Path, **kwargs) -> dict:
+    settings = Settings()
+    outcomes = engine.simulate(scenario.load(path), settings, Pricing.load(settings.pricing_file), **kwargs)
+    return as_json(outcomes)
+
+
+def test_every_policy_reports_the_contract_fields(tmp_path):
+    result = run(write(tmp_path))
+    assert list(result) == ["policies"]
+    assert set(result["policies"]) == {
+        "batchshift",
+        "oracle",
+        "always_sync",
+        "batch_only",
+        "fixed_escalation",
+    }
+    for figures in result["policies"].values():
+        assert set(figures) == FIELDS
+        assert figures["jobs"] == result["policies"]["batchshift"]["jobs"] > 400  # the same arrivals
+    always = result["policies"]["always_sync"]
+    assert always["saved_ratio"] == 0.0
+    assert always["sync_share"] == 1.0
+    assert result["policies"]["batch_only"]["flipped"] == 0
+
+
+def test_the_same_seed_gives_the_same_run_and_another_seed_another(tmp_path):
+    path = write(tmp_path)
+    first = run(path)
+    assert run(path) == first
+    assert run(write(tmp_path, seed=2)) != first
+
+
+def test_a_healthy_lane_keeps_the_discount_and_every_deadline(tmp_path):
+    """Batches of 5 min (15 at p90) against deadlines of 1–2 h: nothing needs to flip."""
+    figures = run(write(tmp_path), policies=("batchshift",))["policies"]["batchshift"]
+    assert figures["on_time_ratio"] == 1.0
+    assert figures["flipped"] == 0
+    assert figures["saved_ratio"] == pytest.approx(0.5, abs=1e-6)
+
+
+def test_a_stalled_lane_flips_in_time_where_batch_only_misses(tmp_path):
+    """A 2 h stall from hour 1: batch_only misses deadlines, batchshift flips every job at risk in
+    time, paying less than fixed escalation an hour before each deadline."""
+    path = write(tmp_path, stalls="[{ start_h = 1, duration_h = 2 }]")
+    result = run(path, policies=("batchshift", "batch_only", "fixed_escalation", "oracle"))["policies"]
+    assert result["batch_only"]["on_time_ratio"] < 0.9
+    assert result["batchshift"]["on_time_ratio"] == 1.0
+    assert result["batchshift"]["flipped"] > 0
+    assert result["batchshift"]["saved_ratio"] > result["fixed_escalation"]["saved_ratio"]
+    assert result["oracle"]["saved_ratio"] - result["batchshift"]["saved_ratio"] < 0.05
+
+
+def test_flips_start_early_enough_for_a_rate_limited_sync_lane(tmp_path):
+    """2,000 jobs an hour on a stalled lane and a sync lane of 60 a minute: only flips that start
+    before the last minute (the drain time) keep every deadline."""
+    path = write(tmp_path, hours=1, rate=2000, deadline="[1.5, 2]", stalls="[{ start_h = 0, duration_h = 4 }]",
+                 rpm=60)  # fmt: skip
+    figures = run(path, policies=("batchshift",))["policies"]["batchshift"]
+    assert figures["on_time_ratio"] == 1.0
+    assert figures["sync_share"] == 1.0
+
+
+def test_the_cli_prints_json_and_writes_a_plot(tmp_path, capsys):
+    path = write(tmp_path, hours=1)
+    png = tmp_path / "plot.png"
+    assert main(["simulate", str(path), "--json", "--plot", str(png)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result["policies"]["oracle"]) == FIELDS
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_cli_prints_a_table(tmp_path, capsys):
+    assert main(["simulate", str(write(tmp_path, hours=1))]) == 0
+    out = capsys.readouterr().out
+    for name in ("batchshift", "oracle", "always_sync", "batch_only", "fixed_escalation"):
+        assert name in out
+
+
+def test_a_bad_scenario_is_refused_with_the_key_named(tmp_path, capsys):
+    path = tmp_path / "bad.toml"
+    path.write_text(write(tmp_path).read_text().replace("jobs_per_hour", "jobs_per_hr"))
+    assert main(["simulate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "jobs_per_hr" in err
+
+
+def test_the_simulator_does_not_import_workers():
+    code = (
+        "import sys, batchshift.simulation.engine, batchshift.simulation.report;"
+        "sys.exit(any(m == 'workers' or m.startswith('workers.') for m in sys.modules))"
+    )
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+@pytest.mark.parametrize("name", ["healthy", "heavy_tail", "stall", "outage", "expiry_storm", "tight"])
+def test_every_preset_is_a_valid_scenario(name):
+    path = Path(__file__).parent.parent / "config" / "scenarios" / f"{name}.toml"
+    assert scenario.load(path).lanes
