@@ -36,11 +36,15 @@ def bootstrap() -> Settings:
 
 
 def _run_api(args: argparse.Namespace) -> int:
+    import asyncio
+
     import uvicorn
 
+    from batchshift.processes import check_redis
     from scheduler.api.app import create_app
 
     settings = bootstrap()
+    asyncio.run(check_redis(settings))  # logs the server and its version; refuses one too old
     # log_config=None keeps our logging; the request-id middleware logs each request instead of
     # uvicorn's access log, with the request id bound.
     uvicorn.run(

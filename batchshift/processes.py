@@ -83,7 +83,7 @@ class SupervisedWorker:
             self.worker = Worker(**worker_settings(self.settings), handle_signals=False)
             try:
                 if not self._checked:  # UnsupportedServer is not retried: the server will not get newer
-                    await _check_server(self.settings)
+                    await check_redis(self.settings)
                     self._checked = True
                 await self.worker.main()
                 return
@@ -105,7 +105,7 @@ class SupervisedWorker:
                 await _drain(self.worker, grace_s)
 
 
-async def _check_server(settings: Settings) -> None:
+async def check_redis(settings: Settings) -> None:
     """Log the server's version at startup and raise UnsupportedServer below the minimum; then
     check its eviction policy and AOF (logged, never fatal)."""
     redis = connect(settings)
@@ -119,7 +119,7 @@ async def _check_server(settings: Settings) -> None:
 async def run_scheduler(settings: Settings) -> None:
     """The scheduler's tick loop until SIGTERM; standbys wait for the lease."""
     stop = _stop_event()
-    await _check_server(settings)
+    await check_redis(settings)
     redis = connect(settings)
     arq_pool = connect_arq(settings)
     try:
@@ -153,7 +153,7 @@ async def run_worker(settings: Settings, grace_s: float = DEFAULT_GRACE_S) -> No
 async def run_node(settings: Settings, host: str, port: int, grace_s: float = DEFAULT_GRACE_S) -> None:
     """API, scheduler and worker in one process, for single-node deployments."""
     stop = _stop_event()
-    await _check_server(settings)
+    await check_redis(settings)
     server = _Server(
         uvicorn.Config(
             create_app(settings), host=host, port=port, log_config=None, access_log=False, server_header=False

@@ -108,9 +108,11 @@ def test_a_server_that_dies_is_reported_with_its_log() -> None:
     )
 
 
-def test_batchshift_run_without_its_redis_says_so_in_one_line(monkeypatch, capsys) -> None:
+@pytest.mark.parametrize("command", [["scheduler"], ["api", "--port", "0"]])
+def test_batchshift_run_without_its_redis_says_so_in_one_line(monkeypatch, capsys, command) -> None:
+    """Every entry point checks its Redis (and logs its version) before it serves anything."""
     monkeypatch.setenv("BATCHSHIFT_REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
-    assert cli.main(["scheduler"]) == 1
+    assert cli.main(command) == 1
     err = capsys.readouterr().err
     assert err.startswith("batchshift: cannot reach Redis: ")
     assert err.count("\n") == 1
