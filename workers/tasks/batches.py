@@ -21,6 +21,7 @@ from arq import Retry
 
 from scheduler import keys, tasks
 from scheduler.batches import Batches, BatchRecord
+from scheduler.clock import server_ms
 from scheduler.health import observed_turnaround_s
 from scheduler.ledger import Finish, Requeue
 from workers.context import WorkerContext, call_hook
@@ -81,7 +82,7 @@ async def submit_batch(ctx: WorkerContext, batch_id: str) -> str:
         return "no_adapter"
     holder = ctx.get("job_id") or tasks.submit_job_id(batch_id, record.attempts)
     lease = SubmitLease(batches, ctx["settings"], batch_id, holder)
-    taken = await lease.acquire(_now_ms())
+    taken = await lease.acquire(await server_ms(ctx["redis"]))
     if taken != "ok":
         log_.info("batch.submit_skipped", lease=taken)
         return f"leased:{taken}"

@@ -7,18 +7,19 @@ renewed every third of ``scheduler.submit_lease_s`` while it works and extended 
 deferral. Reconciliation takes a planned batch only by acquiring the same lease, which it gets
 only once the holder's lease has lapsed and the holder's create call (``create_started_ms``,
 stamped under the lease right before the call) began longer ago than ``scheduler.create_timeout_s``.
+The submitter stamps its lease with Redis's clock (scheduler/clock.py), which every host agrees on.
 A holder that lost its lease stops before creating: one create per batch, ever.
 """
 
 from __future__ import annotations
 
 import contextlib
-import time
 
 import structlog
 
 from config.settings import Settings
 from scheduler.batches import Batches
+from scheduler.clock import server_ms
 from scheduler.heartbeat import heartbeat
 
 log = structlog.get_logger(__name__)
@@ -34,10 +35,6 @@ class LeaseLost(Exception):
 
     def __str__(self) -> str:
         return f"batch {self.batch_id}: submission lease lost ({self.outcome})"
-
-
-def wall_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class SubmitLease:
@@ -63,13 +60,13 @@ class SubmitLease:
 
     async def renew(self, extra_s: float = 0.0) -> str:
         """Extend the lease from now (by ``extra_s`` more, e.g. over an arq retry's deferral)."""
-        now = wall_ms()
+        now = await server_ms(self.batches.redis)
         until = now + self.lease_ms + int(extra_s * 1000)
         return await self.batches.lease(self.batch_id, "renew", self.holder, now_ms=now, until_ms=until)
 
     async def before_create(self) -> None:
         """Stamp ``create_started_ms`` under the lease, or raise LeaseLost: the create must not happen."""
-        now = wall_ms()
+        now = await server_ms(self.batches.redis)
         outcome = await self.batches.lease(
             self.batch_id, "create", self.holder, now_ms=now, until_ms=now + self.lease_ms
         )
@@ -77,7 +74,9 @@ class SubmitLease:
             raise LeaseLost(self.batch_id, outcome)
 
     async def release(self) -> None:
-        await self.batches.lease(self.batch_id, "release", self.holder, now_ms=wall_ms())
+        await self.batches.lease(
+            self.batch_id, "release", self.holder, now_ms=await server_ms(self.batches.redis)
+        )
 
     def heartbeat(self) -> contextlib.AbstractAsyncContextManager[None]:
         """Renew the lease every third of its length while the body runs."""
