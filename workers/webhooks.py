@@ -41,7 +41,7 @@ from redis.asyncio import Redis
 
 from config.settings import Settings, WebhookSettings
 from scheduler import keys
-from scheduler.jobs import JobRecord, iso
+from scheduler.jobs import VIEW_FIELDS, JobRecord, iso
 from scheduler.webhook_dispatch import url_hash
 from workers.errors import ResponseTimeout, WorkerError
 from workers.http import post_capped, retry_after
@@ -65,27 +65,8 @@ SCAN_PER_CLAIM = 4
 # beyond one send deadline).
 LEASE_MARGIN = 0.05
 # What a delivery's message needs: the delivery's own fields and the fields of the job's view
-# (never the request body, which can be large).
+# (scheduler.jobs.VIEW_FIELDS: never the request body, which can be large).
 DELIVERY_FIELDS = ("job_id", "tenant", "url", "type", "event_id", "attempts")
-JOB_VIEW_FIELDS = (
-    "id",
-    "tenant",
-    "provider",
-    "endpoint",
-    "model",
-    "lane",
-    "state",
-    "route",
-    "deadline_ms",
-    "created_ms",
-    "completed_ms",
-    "callback_url",
-    "tags",
-    "attempts",
-    "usage",
-    "cost",
-    "error",
-)
 
 Action = Literal["delivered", "retry", "dead", "disabled", "released"]
 
@@ -255,13 +236,13 @@ class Deliverer:
         async with self.redis.pipeline(transaction=False) as pipe:
             for d in deliveries:
                 job_id = d.get("job_id", "")
-                pipe.hmget(keys.job(job_id), list(JOB_VIEW_FIELDS))
+                pipe.hmget(keys.job(job_id), list(VIEW_FIELDS))
                 pipe.get(keys.result(job_id))
                 pipe.exists(keys.disabled_url(url_hash(d.get("tenant", ""), d.get("url", ""))))
             replies = await pipe.execute()
         for i, d in enumerate(deliveries):
             values, result, disabled = replies[3 * i : 3 * i + 3]
-            job_raw = {f.encode(): v for f, v in zip(JOB_VIEW_FIELDS, values, strict=True) if v is not None}
+            job_raw = {f.encode(): v for f, v in zip(VIEW_FIELDS, values, strict=True) if v is not None}
             d["job"] = JobRecord.from_hash(job_raw) if job_raw.get(b"id") else None
             d["result"] = result
             d["disabled"] = bool(disabled)
