@@ -253,7 +253,7 @@ def _add_run(subparsers: Subparsers) -> None:
 def _run_emulator(args: argparse.Namespace) -> int:
     import orjson
 
-    from workers.emulator.server import serve
+    from emulator.server import serve
 
     faults = orjson.loads(args.config) if args.config else {}
     if args.turnaround is not None:

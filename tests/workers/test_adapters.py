@@ -11,9 +11,9 @@ import orjson
 import pytest
 
 from config.settings import ProviderSettings
+from emulator.server import EmulatorControl, running_emulator
 from tests.workers.conftest import FAST_HTTP, anthropic_settings, openai_settings
 from workers import errors
-from workers.emulator.server import EmulatorControl, running_emulator
 from workers.providers import make_adapter
 from workers.providers.anthropic import AnthropicAdapter
 from workers.providers.base import BatchInfo, BatchLine, ProviderAdapter, ResultLine

@@ -7,8 +7,8 @@ import httpx
 import pytest
 from anthropic.types.messages import MessageBatch
 
-from tests.workers.sdk_polling import poll_until
-from workers.emulator.server import EmulatorControl, running_emulator
+from emulator.server import EmulatorControl, running_emulator
+from tests.emulator.sdk_polling import poll_until
 
 MODEL = "claude-haiku-4-5"
 

@@ -10,8 +10,8 @@ import pytest
 from openai.types import Batch, CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion
 
-from tests.workers.sdk_polling import poll_until
-from workers.emulator.server import EmulatorControl, running_emulator
+from emulator.server import EmulatorControl, running_emulator
+from tests.emulator.sdk_polling import poll_until
 
 MODEL = "gpt-4o-mini"
 ENDED = ("completed", "failed", "expired", "cancelled")

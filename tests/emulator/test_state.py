@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from workers.emulator import faults
-from workers.emulator.state import EmulatorState, Lines, OpenAIBatch, Run
+from emulator import faults
+from emulator.state import EmulatorState, Lines, OpenAIBatch, Run
 
 T0 = 1_000_000.0
 

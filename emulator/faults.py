@@ -1,6 +1,6 @@
 """The emulator's settings and the faults they inject.
 
-The settings are one flat JSON object (keys listed in :mod:`workers.emulator`); ``POST
+The settings are one flat JSON object (keys listed in :mod:`emulator`); ``POST
 /_emulator/config`` merges an object into it, each top-level key replacing the old value whole.
 Endpoint patterns in the rate-based faults are ``fnmatch`` patterns on the path, optionally
 preceded by a method: ``"/v1/chat/completions"``, ``"POST /v1/batches"``,

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import uvicorn
 
-from workers.emulator.app import create_app
+from emulator.app import create_app
 
 STARTUP_TIMEOUT_S = 10.0
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import orjson
 
-from workers.emulator import faults, outputs
-from workers.emulator.state import AnthropicBatch, EmulatorState, Lines, new_id
+from emulator import faults, outputs
+from emulator.state import AnthropicBatch, EmulatorState, Lines, new_id
 
 MAX_REQUESTS = 100_000
 CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")

@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from workers.emulator import faults, outputs
+from emulator import faults, outputs
 
 OPENAI_MAX_REQUESTS = 50_000
 VALIDATING_SHARE = 0.1  # of the turnaround spent validating (OpenAI)

@@ -10,9 +10,9 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from workers.emulator import anthropic_batch, faults, outputs
-from workers.emulator.responses import error, json_response
-from workers.emulator.state import AnthropicBatch, EmulatorState
+from emulator import anthropic_batch, faults, outputs
+from emulator.responses import error, json_response
+from emulator.state import AnthropicBatch, EmulatorState
 
 MAX_LIST_LIMIT = 1000
 

@@ -7,9 +7,9 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from workers.emulator import faults
-from workers.emulator.responses import EmulatorError, error, error_response, is_anthropic, retry_headers
-from workers.emulator.state import EmulatorState
+from emulator import faults
+from emulator.responses import EmulatorError, error, error_response, is_anthropic, retry_headers
+from emulator.state import EmulatorState
 
 ADMIN_PREFIX = "/_emulator"
 

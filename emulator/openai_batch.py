@@ -13,8 +13,8 @@ from typing import Any
 
 import orjson
 
-from workers.emulator import faults, outputs
-from workers.emulator.state import (
+from emulator import faults, outputs
+from emulator.state import (
     MAX_VALIDATION_ERRORS,
     OPENAI_MAX_REQUESTS,
     EmulatorState,

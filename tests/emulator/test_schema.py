@@ -20,8 +20,8 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from tests.workers.sdk_polling import poll_until
-from workers.emulator.server import EmulatorControl
+from emulator.server import EmulatorControl
+from tests.emulator.sdk_polling import poll_until
 from workers.providers.base import BatchLine
 from workers.providers.batch_input import OPENAI_FORMAT
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from workers.emulator.multipart import BodyTooLarge, MultipartError, Pieces, parse_form, read_form
+from emulator.multipart import BodyTooLarge, MultipartError, Pieces, parse_form, read_form
 
 
 def encoded(files: dict, data: dict) -> tuple[str, bytes]:

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 from starlette.responses import Response
 
-from workers.emulator import outputs
+from emulator import outputs
 
 ANTHROPIC_PREFIX = "/v1/messages"
 

@@ -10,9 +10,9 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from workers.emulator import faults, multipart, openai_batch, outputs
-from workers.emulator.responses import error, json_response, retry_headers
-from workers.emulator.state import EmulatorState, OpenAIBatch, first_line_model, new_id
+from emulator import faults, multipart, openai_batch, outputs
+from emulator.responses import error, json_response, retry_headers
+from emulator.state import EmulatorState, OpenAIBatch, first_line_model, new_id
 
 BATCH_ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings", "/v1/responses")
 MAX_BATCH_FILE_BYTES = 200 * 1024 * 1024

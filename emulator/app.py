@@ -8,18 +8,18 @@ import orjson
 from fastapi import FastAPI, Request
 from starlette.responses import Response
 
-from workers.emulator import anthropic_routes, openai_routes
-from workers.emulator.faults import ConfigError
-from workers.emulator.gate import Gate
-from workers.emulator.responses import EmulatorError, error_response, json_response
-from workers.emulator.state import EmulatorState
+from emulator import anthropic_routes, openai_routes
+from emulator.faults import ConfigError
+from emulator.gate import Gate
+from emulator.responses import EmulatorError, error_response, json_response
+from emulator.state import EmulatorState
 
 
 def create_app(config: dict[str, Any] | None = None, api_key: str | None = None) -> FastAPI:
     """A fresh emulator with its own in-memory state.
 
     Args:
-        config: fault and timing settings (see :mod:`workers.emulator`), merged into the defaults;
+        config: fault and timing settings (see :mod:`emulator`), merged into the defaults;
             ``POST /_emulator/reset`` returns to them.
         api_key: the only key accepted; None accepts any non-empty key.
     """

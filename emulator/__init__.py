@@ -1,10 +1,14 @@
 """A provider emulator: OpenAI's and Anthropic's batch and sync wire formats, in memory, with faults.
 
+A product of its own, which users run for a keyless trial (``batchshift emulator``): it imports
+nothing of ``config``, ``scheduler``, ``workers``, ``api`` or ``batchshift``, only third-party
+libraries, so it can be read, run and changed apart from the service it stands in front of.
+
 The official ``openai`` and ``anthropic`` SDKs cannot tell it from the real thing for the calls
-batchshift makes. Build the ASGI app with :func:`workers.emulator.app.create_app`; run it with
-:func:`workers.emulator.server.serve` (CLI) or :func:`workers.emulator.server.running_emulator`
-(tests, benchmarks, demo). Batch state is computed from time (:mod:`workers.emulator.state`);
-outputs and usage are deterministic (:mod:`workers.emulator.outputs`, which also states the
+batchshift makes. Build the ASGI app with :func:`emulator.app.create_app`; run it with
+:func:`emulator.server.serve` (CLI) or :func:`emulator.server.running_emulator`
+(tests, benchmarks, demo). Batch state is computed from time (:mod:`emulator.state`);
+outputs and usage are deterministic (:mod:`emulator.outputs`, which also states the
 prompt-caching rule).
 
 Settings (flags at start, ``POST /_emulator/config`` at run time: a JSON object whose top-level
