@@ -21,7 +21,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 types: $(STAMP)
-	$(BIN)/mypy config scheduler workers emulator batchshift
+	$(BIN)/mypy config scheduler workers api emulator batchshift
 
 pytest: $(STAMP)
 	$(BIN)/pytest

@@ -38,7 +38,7 @@ def bootstrap() -> Settings:
 def _run_api(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from scheduler.api.app import create_app
+    from api.app import create_app
 
     settings = bootstrap()
     # log_config=None keeps our logging; the request-id middleware logs each request instead of

@@ -13,9 +13,9 @@ import uvicorn
 from fastapi import FastAPI
 from redis.asyncio import Redis
 
+from api.app import create_app
 from batchshift.embedded_redis import free_port
 from config.settings import Settings
-from scheduler.api.app import create_app
 
 ACME = {"authorization": "Bearer acme-key"}
 GLOBEX = {"authorization": "Bearer globex-key"}

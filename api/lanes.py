@@ -6,9 +6,9 @@ import time
 
 from fastapi import APIRouter, Depends, Request
 
+from api.auth import admin
+from api.responses import JsonResponse
 from scheduler import slo
-from scheduler.api.auth import admin
-from scheduler.api.responses import JsonResponse
 
 router = APIRouter(tags=["lanes"])
 

@@ -18,10 +18,10 @@ from hypothesis import HealthCheck
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
+from api.app import create_app
 from config.settings import TenantSettings
-from scheduler.api.app import create_app
+from tests.api.harness import serve
 from tests.conftest import make_settings
-from tests.scheduler.api_harness import serve
 
 SEED = 20261130
 EXAMPLES = 15  # per operation and generation mode, after the coverage cases: 14 operations x 2 x 15

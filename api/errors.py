@@ -20,7 +20,7 @@ from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException
 
-from scheduler.api.responses import JsonResponse
+from api.responses import JsonResponse
 from scheduler.errors import BatchshiftError, Unauthorized
 
 log = structlog.get_logger(__name__)

@@ -7,7 +7,7 @@ import asyncio
 from fastapi import APIRouter, Request
 from redis.exceptions import RedisError
 
-from scheduler.api.responses import JsonResponse
+from api.responses import JsonResponse
 
 router = APIRouter(tags=["health"])
 

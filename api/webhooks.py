@@ -17,11 +17,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 
+from api.auth import tenant
+from api.body import read_json
+from api.responses import JsonResponse
+from api.schemas import ReplayRequest, request_body
 from scheduler import keys, scripts
-from scheduler.api.auth import tenant
-from scheduler.api.body import read_json
-from scheduler.api.responses import JsonResponse
-from scheduler.api.schemas import ReplayRequest, request_body
 from scheduler.errors import InvalidRequest
 from scheduler.jobs import iso
 from scheduler.webhook_dispatch import url_hash

@@ -8,11 +8,11 @@ import httpx
 from fastapi import Depends, FastAPI
 from redis.asyncio import Redis
 
+from api import auth
+from api.errors import install_error_handlers
 from config.settings import Settings
-from scheduler.api import auth
-from scheduler.api.errors import install_error_handlers
 from scheduler.ledger import Ledger
-from tests.scheduler.api_harness import ACME, ADMIN, GLOBEX, asgi_client
+from tests.api.harness import ACME, ADMIN, GLOBEX, asgi_client
 
 JOB = {"provider": "openai", "body": {"model": "m"}}
 UNKNOWN_ID = "job_00000000000000000000000000"

@@ -11,12 +11,12 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from api.app import create_app
 from config.settings import Settings, TenantSettings
 from scheduler import keys
-from scheduler.api.app import create_app
 from scheduler.ledger import Finish, Ledger
+from tests.api.harness import ACME, asgi_client, bs_key_count, serve
 from tests.conftest import make_settings
-from tests.scheduler.api_harness import ACME, asgi_client, bs_key_count, serve
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -290,7 +290,7 @@ async def test_openapi_documents_the_routes_and_models(http: httpx.AsyncClient):
 
 
 async def test_views_match_the_documented_model(http: httpx.AsyncClient):
-    from scheduler.api.schemas import BulkResponse, JobList, JobView
+    from api.schemas import BulkResponse, JobList, JobView
 
     view = (await http.post("/v1/jobs", json=job(callback_url="https://example.com/hook"))).json()
     JobView.model_validate(view)

@@ -15,11 +15,10 @@ from typing import Annotated, Any, Literal
 import structlog
 from fastapi import APIRouter, Depends, Header, Query, Request
 
-from config.settings import Settings
-from scheduler.api.auth import tenant
-from scheduler.api.body import read_json
-from scheduler.api.responses import JsonResponse
-from scheduler.api.schemas import (
+from api.auth import tenant
+from api.body import read_json
+from api.responses import JsonResponse
+from api.schemas import (
     BulkRequest,
     BulkResponse,
     ErrorResponse,
@@ -28,7 +27,8 @@ from scheduler.api.schemas import (
     JobView,
     request_body,
 )
-from scheduler.api.watcher import JobWatcher
+from api.watcher import JobWatcher
+from config.settings import Settings
 from scheduler.errors import BatchshiftError, IdempotencyConflict, InvalidRequest, NotFound, PayloadTooLarge
 from scheduler.intake import Gate, admit, refusal, validate
 from scheduler.jobs import JobRecord, NewJob

@@ -15,10 +15,10 @@ from fastapi import APIRouter, Depends, Query, Request
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import Response
 
+from api.auth import Caller, admin, tenant_or_admin
+from api.responses import JsonResponse
 from config.settings import Settings
 from scheduler import budgets, costs, metrics
-from scheduler.api.auth import Caller, admin, tenant_or_admin
-from scheduler.api.responses import JsonResponse
 from scheduler.errors import InvalidRequest, NotFound
 
 router = APIRouter(tags=["costs"])

@@ -11,7 +11,7 @@ import pytest
 from redis.asyncio import Redis
 
 from config.settings import Settings
-from tests.scheduler.api_harness import asgi_client, bs_snapshot
+from tests.api.harness import asgi_client, bs_snapshot
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 SMALL_BODY_LIMIT = 4096

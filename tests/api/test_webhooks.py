@@ -11,8 +11,8 @@ from scheduler import keys
 from scheduler.ids import job_id
 from scheduler.jobs import NewJob
 from scheduler.ledger import Finish, Ledger
+from tests.api.harness import ACME, GLOBEX, asgi_client
 from tests.conftest import make_settings
-from tests.scheduler.api_harness import ACME, GLOBEX, asgi_client
 from tests.workers.receiver import running_receiver
 from workers.webhooks import Deliverer, build_client
 

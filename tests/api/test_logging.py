@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 
 from config.logging import REDACTED, configure_logging, redact
 from config.settings import Settings
-from tests.scheduler.api_harness import ACME, asgi_client
+from tests.api.harness import ACME, asgi_client
 
 SECRETS = (
     "acme-key",

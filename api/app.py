@@ -12,13 +12,13 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from redis.asyncio import Redis
 
+from api import costs, health, jobs, lanes, webhooks
+from api.errors import install_error_handlers
+from api.request_id import RequestIdMiddleware
+from api.responses import JsonResponse
+from api.schemas import document
+from api.watcher import JobWatcher
 from config.settings import Settings
-from scheduler.api import costs, health, jobs, lanes, webhooks
-from scheduler.api.errors import install_error_handlers
-from scheduler.api.request_id import RequestIdMiddleware
-from scheduler.api.responses import JsonResponse
-from scheduler.api.schemas import document
-from scheduler.api.watcher import JobWatcher
 from scheduler.ledger import Ledger
 from scheduler.store import check_server, connect
 
