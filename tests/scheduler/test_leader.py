@@ -155,7 +155,9 @@ async def test_a_lease_handover_mid_tick_sends_one_page_per_incident(redis, redi
         alerts=AlertSettings(pagerduty=PagerDutySettings(routing_key="R0123456789abcdef0123456789abcdef")),
     )
     now = 1_800_000_000.0
-    await enqueue(Ledger(redis), int(now * 1000), [1])  # due within the sync margin: flips at once, the lane breaches
+    await enqueue(
+        Ledger(redis), int(now * 1000), [1]
+    )  # due within the sync margin: flips at once, the lane breaches
     async with (
         Scheduler(settings, redis, arq_pool, holder="a") as a,
         Scheduler(settings, redis, arq_pool, holder="b") as b,
