@@ -8,7 +8,8 @@ import pytest
 
 from config.settings import LaneDefaults, LaneSettings, LimitSettings, ProviderSettings, SchedulerSettings
 from scheduler import keys, scripts
-from scheduler.lanes import UnknownProvider, effective, load_lanes, prune, serves
+from scheduler.errors import UnknownProvider
+from scheduler.lanes import effective, load_lanes, prune, serves
 from scheduler.ledger import Ledger, Requeue
 from tests.api.harness import asgi_client, bs_snapshot
 from tests.conftest import make_settings
