@@ -4,41 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
-import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from emulator import anthropic_batch, faults, outputs
-from emulator.responses import error, json_response
-from emulator.state import AnthropicBatch, EmulatorState
+from emulator.responses import emulator_state, error, json_body, json_response
+from emulator.state import AnthropicBatch
 
 MAX_LIST_LIMIT = 1000
 
 router = APIRouter()
-
-
-def _state(request: Request) -> EmulatorState:
-    state: EmulatorState = request.app.state.emulator
-    return state
+# What the provider says of a body that is not JSON.
+INVALID_JSON = "Request body is not valid JSON."
 
 
 def _base_url(request: Request) -> str:
     return str(request.base_url).rstrip("/")
 
 
-async def _json(request: Request) -> Any:
-    try:
-        return orjson.loads(await request.body())
-    except orjson.JSONDecodeError as exc:
-        raise error(request.url.path, 400, "Request body is not valid JSON.") from exc
-
-
 @router.post("/v1/messages")
 async def create_message(request: Request) -> Response:
-    state = _state(request)
-    params = await _json(request)
+    state = emulator_state(request)
+    params = await json_body(request, INVALID_JSON)
     problem = outputs.validate_anthropic(params)
     if problem is not None:
         raise error(request.url.path, 400, problem)
@@ -51,8 +39,8 @@ async def create_message(request: Request) -> Response:
 
 @router.post("/v1/messages/batches")
 async def create_batch(request: Request) -> Response:
-    state, now = _state(request), time.time()
-    body = await _json(request)
+    state, now = emulator_state(request), time.time()
+    body = await json_body(request, INVALID_JSON)
     try:
         batch = anthropic_batch.create(state, body, now)
     except anthropic_batch.CreateRefused as exc:
@@ -61,7 +49,7 @@ async def create_batch(request: Request) -> Response:
 
 
 def _batch(request: Request, batch_id: str) -> AnthropicBatch:
-    batch = _state(request).anthropic_batches.get(batch_id)
+    batch = emulator_state(request).anthropic_batches.get(batch_id)
     if batch is None:
         raise error(request.url.path, 404, f"No message batch found with id '{batch_id}'.")
     return batch
@@ -70,12 +58,14 @@ def _batch(request: Request, batch_id: str) -> AnthropicBatch:
 @router.get("/v1/messages/batches/{batch_id}")
 async def get_batch(request: Request, batch_id: str) -> Response:
     batch = _batch(request, batch_id)
-    return json_response(anthropic_batch.view(_state(request), batch, time.time(), _base_url(request)))
+    return json_response(
+        anthropic_batch.view(emulator_state(request), batch, time.time(), _base_url(request))
+    )
 
 
 @router.get("/v1/messages/batches")
 async def list_batches(request: Request) -> Response:
-    state, now, path = _state(request), time.time(), request.url.path
+    state, now, path = emulator_state(request), time.time(), request.url.path
     raw = request.query_params.get("limit")
     try:
         limit = 20 if raw is None else int(raw)
@@ -106,7 +96,7 @@ async def list_batches(request: Request) -> Response:
 
 @router.post("/v1/messages/batches/{batch_id}/cancel")
 async def cancel_batch(request: Request, batch_id: str) -> Response:
-    state, now = _state(request), time.time()
+    state, now = emulator_state(request), time.time()
     batch = _batch(request, batch_id)
     current, _ = anthropic_batch.status(batch, now)
     if current == "ended":
@@ -120,7 +110,7 @@ async def cancel_batch(request: Request, batch_id: str) -> Response:
 
 @router.get("/v1/messages/batches/{batch_id}/results")
 async def batch_results(request: Request, batch_id: str) -> Response:
-    state, now = _state(request), time.time()
+    state, now = emulator_state(request), time.time()
     batch = _batch(request, batch_id)
     anthropic_batch.view(state, batch, now, _base_url(request))  # builds the results once ended
     if batch.results is None:
@@ -132,7 +122,7 @@ async def batch_results(request: Request, batch_id: str) -> Response:
 
 @router.delete("/v1/messages/batches/{batch_id}")
 async def delete_batch(request: Request, batch_id: str) -> Response:
-    state, now = _state(request), time.time()
+    state, now = emulator_state(request), time.time()
     batch = _batch(request, batch_id)
     current, _ = anthropic_batch.status(batch, now)
     if current != "ended":

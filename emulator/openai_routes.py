@@ -6,13 +6,12 @@ import asyncio
 import time
 from typing import Any
 
-import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from emulator import faults, multipart, openai_batch, outputs
-from emulator.responses import error, json_response, retry_headers
-from emulator.state import EmulatorState, OpenAIBatch, first_line_model, new_id
+from emulator.responses import emulator_state, error, json_body, json_response, retry_headers
+from emulator.state import OpenAIBatch, first_line_model, new_id
 
 BATCH_ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings", "/v1/responses")
 MAX_BATCH_FILE_BYTES = 200 * 1024 * 1024
@@ -24,23 +23,13 @@ MAX_FILES_LIMIT = 10_000  # OpenAI's default and largest page of GET /v1/files
 MAX_METADATA_PAIRS = 16
 
 router = APIRouter()
-
-
-def _state(request: Request) -> EmulatorState:
-    state: EmulatorState = request.app.state.emulator
-    return state
-
-
-async def _json(request: Request) -> Any:
-    try:
-        return orjson.loads(await request.body())
-    except orjson.JSONDecodeError as exc:
-        raise error(request.url.path, 400, "We could not parse the JSON body of your request.") from exc
+# What the provider says of a body that is not JSON.
+INVALID_JSON = "We could not parse the JSON body of your request."
 
 
 @router.post("/v1/files")
 async def create_file(request: Request) -> Response:
-    state = _state(request)
+    state = emulator_state(request)
     try:
         form = await multipart.read_form(
             request.headers.get("content-type", ""), request.stream(), MAX_FILE_BYTES + MAX_FORM_OVERHEAD
@@ -62,7 +51,7 @@ async def create_file(request: Request) -> Response:
 
 
 def _file(request: Request, file_id: str) -> Any:
-    obj = _state(request).files.get(file_id)
+    obj = emulator_state(request).files.get(file_id)
     if obj is None:
         raise error(request.url.path, 404, f"No such File object: {file_id}")
     return obj
@@ -81,7 +70,7 @@ async def get_file_content(request: Request, file_id: str) -> Response:
 @router.get("/v1/files")
 async def list_files(request: Request) -> Response:
     """OpenAI's ListFilesResponse: newest first by default, ``purpose``, ``order``, ``after``, ``limit``."""
-    files = list(_state(request).files.values())  # insertion order: oldest first
+    files = list(emulator_state(request).files.values())  # insertion order: oldest first
     purpose = request.query_params.get("purpose")
     if purpose:
         files = [f for f in files if f.purpose == purpose]
@@ -110,15 +99,15 @@ async def list_files(request: Request) -> Response:
 @router.delete("/v1/files/{file_id}")
 async def delete_file(request: Request, file_id: str) -> Response:
     """OpenAI's DeleteFileResponse; a batch whose input is deleted runs on, as OpenAI's do."""
-    if not _state(request).delete_file(file_id):
+    if not emulator_state(request).delete_file(file_id):
         raise error(request.url.path, 404, f"No such File object: {file_id}")
     return json_response({"id": file_id, "object": "file", "deleted": True})
 
 
 @router.post("/v1/batches")
 async def create_batch(request: Request) -> Response:
-    state, path = _state(request), request.url.path
-    body = await _json(request)
+    state, path = emulator_state(request), request.url.path
+    body = await json_body(request, INVALID_JSON)
     if not isinstance(body, dict):
         raise error(path, 400, "The body must be a JSON object.")
     endpoint, window = body.get("endpoint"), body.get("completion_window")
@@ -164,7 +153,7 @@ async def create_batch(request: Request) -> Response:
 
 
 def _batch(request: Request, batch_id: str) -> OpenAIBatch:
-    batch = _state(request).openai_batches.get(batch_id)
+    batch = emulator_state(request).openai_batches.get(batch_id)
     if batch is None:
         raise error(request.url.path, 404, f"No batch found with id '{batch_id}'.")
     return batch
@@ -172,12 +161,12 @@ def _batch(request: Request, batch_id: str) -> OpenAIBatch:
 
 @router.get("/v1/batches/{batch_id}")
 async def get_batch(request: Request, batch_id: str) -> Response:
-    return json_response(openai_batch.view(_state(request), _batch(request, batch_id), time.time()))
+    return json_response(openai_batch.view(emulator_state(request), _batch(request, batch_id), time.time()))
 
 
 @router.get("/v1/batches")
 async def list_batches(request: Request) -> Response:
-    state, now = _state(request), time.time()
+    state, now = emulator_state(request), time.time()
     limit = _limit(request, default=20, most=MAX_LIST_LIMIT)
     newest_first = sorted(state.openai_batches.values(), key=lambda b: b.run.created, reverse=True)
     after = request.query_params.get("after")
@@ -209,7 +198,7 @@ def _limit(request: Request, *, default: int, most: int) -> int:
 
 @router.post("/v1/batches/{batch_id}/cancel")
 async def cancel_batch(request: Request, batch_id: str) -> Response:
-    state, now = _state(request), time.time()
+    state, now = emulator_state(request), time.time()
     batch = _batch(request, batch_id)
     current, _ = openai_batch.status(state, batch, now)
     if current in openai_batch.ENDED:
@@ -220,8 +209,8 @@ async def cancel_batch(request: Request, batch_id: str) -> Response:
 
 
 async def _sync(request: Request, endpoint: str) -> Response:
-    state, path = _state(request), request.url.path
-    body = await _json(request)
+    state, path = emulator_state(request), request.url.path
+    body = await json_body(request, INVALID_JSON)
     problem = outputs.validate_openai(endpoint, body)
     if problem is not None:
         raise error(path, 400, problem)

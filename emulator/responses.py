@@ -6,9 +6,11 @@ import math
 from typing import Any
 
 import orjson
+from starlette.requests import Request
 from starlette.responses import Response
 
 from emulator import outputs
+from emulator.state import EmulatorState
 
 ANTHROPIC_PREFIX = "/v1/messages"
 
@@ -21,6 +23,20 @@ class EmulatorError(Exception):
         self.status = status
         self.body = body
         self.headers = headers or {}
+
+
+def emulator_state(request: Request) -> EmulatorState:
+    """The state of the emulator serving ``request``."""
+    state: EmulatorState = request.app.state.emulator
+    return state
+
+
+async def json_body(request: Request, invalid: str) -> Any:
+    """The request's JSON body; one that does not parse is a 400 with the provider's ``invalid`` message."""
+    try:
+        return orjson.loads(await request.body())
+    except orjson.JSONDecodeError as exc:
+        raise error(request.url.path, 400, invalid) from exc
 
 
 def json_response(obj: Any, status: int = 200) -> Response:
