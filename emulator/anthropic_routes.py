@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from emulator import anthropic_batch, faults, outputs
-from emulator.responses import emulator_state, error, json_body, json_response
+from emulator.responses import emulator_state, error, found, json_body, json_response
 from emulator.state import AnthropicBatch
 
 MAX_LIST_LIMIT = 1000
@@ -49,10 +49,11 @@ async def create_batch(request: Request) -> Response:
 
 
 def _batch(request: Request, batch_id: str) -> AnthropicBatch:
-    batch = emulator_state(request).anthropic_batches.get(batch_id)
-    if batch is None:
-        raise error(request.url.path, 404, f"No message batch found with id '{batch_id}'.")
-    return batch
+    return found(
+        request,
+        emulator_state(request).anthropic_batches.get(batch_id),
+        f"No message batch found with id '{batch_id}'.",
+    )
 
 
 @router.get("/v1/messages/batches/{batch_id}")

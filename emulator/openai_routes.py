@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from emulator import faults, multipart, openai_batch, outputs
-from emulator.responses import emulator_state, error, json_body, json_response, retry_headers
+from emulator.responses import emulator_state, error, found, json_body, json_response, retry_headers
 from emulator.state import OpenAIBatch, first_line_model, new_id
 
 BATCH_ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings", "/v1/responses")
@@ -51,10 +51,7 @@ async def create_file(request: Request) -> Response:
 
 
 def _file(request: Request, file_id: str) -> Any:
-    obj = emulator_state(request).files.get(file_id)
-    if obj is None:
-        raise error(request.url.path, 404, f"No such File object: {file_id}")
-    return obj
+    return found(request, emulator_state(request).files.get(file_id), f"No such File object: {file_id}")
 
 
 @router.get("/v1/files/{file_id}")
@@ -153,10 +150,9 @@ async def create_batch(request: Request) -> Response:
 
 
 def _batch(request: Request, batch_id: str) -> OpenAIBatch:
-    batch = emulator_state(request).openai_batches.get(batch_id)
-    if batch is None:
-        raise error(request.url.path, 404, f"No batch found with id '{batch_id}'.")
-    return batch
+    return found(
+        request, emulator_state(request).openai_batches.get(batch_id), f"No batch found with id '{batch_id}'."
+    )
 
 
 @router.get("/v1/batches/{batch_id}")

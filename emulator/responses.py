@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from starlette.requests import Request
@@ -13,6 +13,7 @@ from emulator import outputs
 from emulator.state import EmulatorState
 
 ANTHROPIC_PREFIX = "/v1/messages"
+T = TypeVar("T")
 
 
 class EmulatorError(Exception):
@@ -37,6 +38,13 @@ async def json_body(request: Request, invalid: str) -> Any:
         return orjson.loads(await request.body())
     except orjson.JSONDecodeError as exc:
         raise error(request.url.path, 400, invalid) from exc
+
+
+def found(request: Request, value: T | None, message: str) -> T:
+    """``value``, or the provider's 404 with ``message`` when the lookup found nothing."""
+    if value is None:
+        raise error(request.url.path, 404, message)
+    return value
 
 
 def json_response(obj: Any, status: int = 200) -> Response:
