@@ -30,7 +30,7 @@ class SchedulerError(Exception):
 
 
 class BatchshiftError(SchedulerError):
-    """Raised for any batchshift failure a caller can act on."""
+    """Raised when a request fails in a way a caller can act on; the API answers with its status and body."""
 
     status_code = 500
     error_type = "internal_error"
@@ -117,7 +117,7 @@ class BudgetExceeded(BatchshiftError):
 
 
 class Fenced(SchedulerError):
-    """Raised when a leader write (a reserve, an alert, a snapshot) is refused: the caller's fencing token is no longer current."""
+    """Raised when a leader write (a reserve, an alert, a snapshot) is refused: the fencing token is stale."""
 
     def __init__(self, token: int) -> None:
         super().__init__(token)
@@ -152,7 +152,7 @@ class InvalidCron(SchedulerError, ValueError):
 
 
 class TaskFailed(SchedulerError):
-    """Raised by ``Job.result()`` for a task that raised: the class name and message of its exception."""
+    """Raised when ``Job.result()`` reads a task that raised: its exception's class name and message."""
 
     def __init__(self, error_type: str, message: str) -> None:
         super().__init__(error_type, message)

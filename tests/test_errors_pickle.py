@@ -75,3 +75,20 @@ def test_the_two_trees_share_no_class_name():
 
     shared = names(errors, errors.SchedulerError) & names(worker_errors, worker_errors.WorkerError)
     assert shared == set()
+
+
+@pytest.mark.parametrize("module", [errors, worker_errors], ids=lambda m: m.__name__)
+def test_every_class_says_when_it_is_raised(module: ModuleType):
+    classes = [
+        cls
+        for _, cls in inspect.getmembers(module, inspect.isclass)
+        if issubclass(cls, Exception) and cls.__module__ == module.__name__
+    ]
+    roots = [cls for cls in classes if not any(base in classes for base in cls.__mro__[1:])]
+    assert len(roots) == 1, "one root per package"
+    unsaid = [
+        cls.__name__
+        for cls in classes
+        if cls not in roots and not (cls.__doc__ or "").startswith("Raised when ")
+    ]
+    assert unsaid == []

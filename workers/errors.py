@@ -65,7 +65,7 @@ class ProviderHTTPError(ProviderError):
 
 
 class RateLimited(ProviderHTTPError):
-    """Raised on a 429: a rate or capacity limit (``retry_after`` seconds when the provider said)."""
+    """Raised when the provider answers 429: a rate or capacity limit (``retry_after`` when it said)."""
 
 
 class Overloaded(ProviderHTTPError):
@@ -73,19 +73,19 @@ class Overloaded(ProviderHTTPError):
 
 
 class ServerError(ProviderHTTPError):
-    """Raised on a 5xx other than overload."""
+    """Raised when the provider answers a 5xx other than overload."""
 
 
 class AuthenticationError(ProviderHTTPError):
-    """Raised on a 401 or 403: the key is missing, wrong or not allowed."""
+    """Raised when the provider answers 401 or 403: the key is missing, wrong or not allowed."""
 
 
 class ProviderNotFound(ProviderHTTPError):
-    """Raised on a 404: no such batch or file (Anthropic can 404 briefly on a fresh batch)."""
+    """Raised when the provider answers 404: no such batch or file (Anthropic 404s a fresh batch briefly)."""
 
 
 class ProviderInvalidRequest(ProviderHTTPError):
-    """Raised on any other 4xx: the request is wrong and resending it unchanged will not help."""
+    """Raised when the provider answers another 4xx: the request is wrong; resent unchanged it fails again."""
 
 
 class TransportError(ProviderError):
