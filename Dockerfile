@@ -10,6 +10,8 @@ COPY pyproject.toml README.md ./
 COPY config ./config
 COPY scheduler ./scheduler
 COPY workers ./workers
+COPY api ./api
+COPY emulator ./emulator
 COPY batchshift ./batchshift
 RUN pip install . && useradd --system --uid 10001 batchshift
 

@@ -19,9 +19,10 @@ install: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
 
 types: $(STAMP)
-	$(BIN)/mypy config scheduler workers batchshift
+	$(BIN)/mypy config scheduler workers api emulator batchshift
 
 pytest: $(STAMP)
 	$(BIN)/pytest

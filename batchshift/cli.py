@@ -40,8 +40,8 @@ def _run_api(args: argparse.Namespace) -> int:
 
     import uvicorn
 
+    from api.app import create_app
     from batchshift.processes import check_redis
-    from scheduler.api.app import create_app
 
     settings = bootstrap()
     asyncio.run(check_redis(settings))  # logs the server and its version; refuses one too old
@@ -257,7 +257,7 @@ def _add_run(subparsers: Subparsers) -> None:
 def _run_emulator(args: argparse.Namespace) -> int:
     import orjson
 
-    from workers.emulator.server import serve
+    from emulator.server import serve
 
     faults = orjson.loads(args.config) if args.config else {}
     if args.turnaround is not None:

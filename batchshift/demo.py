@@ -41,7 +41,7 @@ from batchshift.demo_report import Outcome, oracle_actual_usd, report, timestamp
 from batchshift.demo_workload import FEATURES, STALLED_MODEL, Wave, wave_requests
 from batchshift.embedded_redis import ProcessDied, RunningServer, ServerKind, free_port, running_server
 from batchshift.server_version import ServerError, check_server
-from workers.emulator.server import EmulatorControl, running_emulator
+from emulator.server import EmulatorControl, running_emulator
 
 ADMIN_KEY = "demo-admin-" + secrets.token_hex(8)
 # Batches take 4 s (a day, scaled down); a fifth of flex calls find no flex capacity (429) and

@@ -18,9 +18,9 @@ import uvicorn
 from arq.worker import Worker
 from redis.exceptions import RedisError
 
+from api.app import create_app
 from batchshift.server_version import check_server as check_version
 from config.settings import Settings
-from scheduler.api.app import create_app
 from scheduler.service import Scheduler
 from scheduler.store import check_server, connect, connect_arq
 from workers.worker import close_worker, worker_settings

@@ -66,7 +66,7 @@ def emulator_process(turnaround_s: float = 1.0) -> Iterator[str]:
     """The provider emulator in its own process (its CPU and memory stay out of the figures)."""
     port = free_port()
     code = (
-        "from workers.emulator.server import serve; "
+        "from emulator.server import serve; "
         f"serve('127.0.0.1', {port}, log_level='warning', turnaround_s={turnaround_s})"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)

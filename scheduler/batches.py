@@ -23,18 +23,8 @@ from typing import Any
 from redis.asyncio import Redis
 
 from scheduler import keys, metrics, scripts
+from scheduler.errors import Fenced
 from scheduler.lanes import LINE_OVERHEAD_BYTES, Lane
-
-
-class Fenced(Exception):
-    """Raised when a leader write (a reserve, an alert, a snapshot) is refused: the caller's fencing token is no longer current."""
-
-    def __init__(self, token: int) -> None:
-        super().__init__(token)
-        self.token = token
-
-    def __str__(self) -> str:
-        return f"fencing token {self.token} is no longer current"
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,17 +13,7 @@ from zoneinfo import ZoneInfo
 
 from croniter import CroniterBadCronError, croniter
 
-
-class InvalidCron(ValueError):
-    """Raised when a cron expression or time zone does not parse; the message names it."""
-
-    def __init__(self, expression: str, reason: str) -> None:
-        super().__init__(expression, reason)
-        self.expression = expression
-        self.reason = reason
-
-    def __str__(self) -> str:
-        return f"cron {self.expression!r}: {self.reason}"
+from scheduler.errors import InvalidCron
 
 
 def _zone(timezone: str) -> ZoneInfo:

@@ -1,16 +1,21 @@
-"""The scheduler package's exceptions. Each maps to one API answer.
+"""The scheduler package's exceptions: one tree. Each ``BatchshiftError`` maps to one API answer.
 
-    BatchshiftError
-     ├── InvalidRequest          400/422: a field is wrong (names the field)
-     │    └── MalformedJSON      400: the body is not JSON
-     ├── PayloadTooLarge         413: body or bulk over its limit
-     ├── Unauthorized            401: no or unknown API key
-     ├── Forbidden               403: the key may not do this (admin endpoints)
-     ├── NotFound                404: no such job (or another tenant's)
-     ├── Conflict                409
-     │    ├── IdempotencyConflict   a key reused with a different request
-     │    └── IllegalTransition     a state change from a state that does not allow it
-     └── BudgetExceeded          402: the tenant's budget is spent
+    SchedulerError                  root of every error the scheduler raises
+     ├── BatchshiftError            an answer the API gives (status code and error body)
+     │    ├── InvalidRequest          400/422: a field is wrong (names the field)
+     │    │    └── MalformedJSON      400: the body is not JSON
+     │    ├── PayloadTooLarge         413: body or bulk over its limit
+     │    ├── Unauthorized            401: no or unknown API key
+     │    ├── Forbidden               403: the key may not do this (admin endpoints)
+     │    ├── NotFound                404: no such job (or another tenant's)
+     │    ├── Conflict                409
+     │    │    ├── IdempotencyConflict   a key reused with a different request
+     │    │    └── IllegalTransition     a state change from a state that does not allow it
+     │    └── BudgetExceeded          402: the tenant's budget is spent
+     ├── Fenced                     a leader write refused: the fencing token is no longer current
+     ├── UnknownProvider            a lane names a provider that is not configured (a LookupError)
+     ├── InvalidCron                a cron expression or time zone does not parse (a ValueError)
+     └── TaskFailed                 an arq task raised: its exception's class name and message
 
 Every class pickles (copies, multiprocessing; arq carries a failed task's exception as msgpack, see
 ``scheduler.tasks``): constructor arguments go to
@@ -20,8 +25,12 @@ Every class pickles (copies, multiprocessing; arq carries a failed task's except
 from __future__ import annotations
 
 
-class BatchshiftError(Exception):
-    """Raised for any batchshift failure a caller can act on."""
+class SchedulerError(Exception):
+    """Root of every error raised by ``scheduler``."""
+
+
+class BatchshiftError(SchedulerError):
+    """Raised when a request fails in a way a caller can act on; the API answers with its status and body."""
 
     status_code = 500
     error_type = "internal_error"
@@ -105,3 +114,50 @@ class BudgetExceeded(BatchshiftError):
 
     status_code = 402
     error_type = "budget_exceeded"
+
+
+class Fenced(SchedulerError):
+    """Raised when a leader write (a reserve, an alert, a snapshot) is refused: the fencing token is stale."""
+
+    def __init__(self, token: int) -> None:
+        super().__init__(token)
+        self.token = token
+
+    def __str__(self) -> str:
+        return f"fencing token {self.token} is no longer current"
+
+
+class UnknownProvider(SchedulerError, LookupError):
+    """Raised when a lane names a provider that is not configured."""
+
+    def __init__(self, lane: str, provider: str) -> None:
+        super().__init__(lane, provider)
+        self.lane = lane
+        self.provider = provider
+
+    def __str__(self) -> str:
+        return f"lane {self.lane}: provider {self.provider!r} is not configured"
+
+
+class InvalidCron(SchedulerError, ValueError):
+    """Raised when a cron expression or time zone does not parse; the message names it."""
+
+    def __init__(self, expression: str, reason: str) -> None:
+        super().__init__(expression, reason)
+        self.expression = expression
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"cron {self.expression!r}: {self.reason}"
+
+
+class TaskFailed(SchedulerError):
+    """Raised when ``Job.result()`` reads a task that raised: its exception's class name and message."""
+
+    def __init__(self, error_type: str, message: str) -> None:
+        super().__init__(error_type, message)
+        self.error_type = error_type
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.error_type}: {self.message}"

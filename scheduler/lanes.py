@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 
 from config.settings import ProviderSettings, Settings
 from scheduler import keys, pricing, scripts
+from scheduler.errors import UnknownProvider
 from scheduler.jobs import lane_name
 
 log = structlog.get_logger(__name__)
@@ -52,18 +53,6 @@ class Lane:
     def batch_bytes(self, requests: int, body_bytes: int) -> int:
         """Bytes ``requests`` jobs with ``body_bytes`` of bodies take in a batch input."""
         return body_bytes + requests * LINE_OVERHEAD_BYTES
-
-
-class UnknownProvider(LookupError):
-    """Raised when a lane names a provider that is not configured."""
-
-    def __init__(self, lane: str, provider: str) -> None:
-        super().__init__(lane, provider)
-        self.lane = lane
-        self.provider = provider
-
-    def __str__(self) -> str:
-        return f"lane {self.lane}: provider {self.provider!r} is not configured"
 
 
 def effective(settings: Settings, provider: str, model: str, endpoint: str) -> Lane:

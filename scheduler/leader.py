@@ -3,7 +3,7 @@
 The lease is a Redis string with a TTL (``SET NX PX``), renewed each tick only while we still hold
 it. Each acquisition takes a new fencing token (``INCR``); every write of the leader's tick that
 matters checks the token is still current in the same atomic step, so a leader that was paused
-past its lease and wakes up to a late tick is refused (:class:`scheduler.batches.Fenced`) instead
+past its lease and wakes up to a late tick is refused (:class:`scheduler.errors.Fenced`) instead
 of acting beside its successor: batch reservation in ``reserve_batch.lua``, and every other leader
 write (incident state, the alert outbox, lane snapshots) through :func:`fenced_write`.
 """
@@ -19,7 +19,7 @@ import structlog
 from redis.asyncio import Redis
 
 from scheduler import keys, scripts
-from scheduler.batches import Fenced
+from scheduler.errors import Fenced
 
 log = structlog.get_logger(__name__)
 

@@ -31,8 +31,9 @@ from redis.exceptions import RedisError
 
 from config.settings import Settings
 from scheduler import ids, keys, tasks
-from scheduler.batches import Batches, Fenced
+from scheduler.batches import Batches
 from scheduler.clock import server_ms
+from scheduler.errors import Fenced
 from scheduler.heartbeat import heartbeat
 from scheduler.lanes import Lane, adopt_registry, load_lanes, prune
 from scheduler.leader import Leader, holder_id

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from scheduler import keys, scripts, tasks
-from scheduler.batches import Fenced
+from scheduler.errors import Fenced
 
 if TYPE_CHECKING:
     from scheduler.service import Tick

@@ -20,6 +20,8 @@ import arq
 import msgspec
 from arq.connections import ArqRedis, RedisSettings
 
+from scheduler.errors import TaskFailed
+
 SUBMIT_BATCH: Final = "submit_batch"  # (batch_id): create the provider batch of a planned batch
 POLL_BATCH: Final = "poll_batch"  # (batch_id): poll a batch in flight once, reschedule the next poll
 INGEST_BATCH: Final = "ingest_batch"  # (batch_id): stream an ended batch's results into the ledger
@@ -77,18 +79,6 @@ async def enqueue(pool: ArqRedis, name: str, *args: Any, job_id: str, defer_s: f
 
 # The key marking an encoded exception (or another object msgpack cannot hold) in a task's result.
 _FOREIGN = "__foreign__"
-
-
-class TaskFailed(Exception):
-    """Raised by ``Job.result()`` for a task that raised: the class name and message of its exception."""
-
-    def __init__(self, error_type: str, message: str) -> None:
-        super().__init__(error_type, message)
-        self.error_type = error_type
-        self.message = message
-
-    def __str__(self) -> str:
-        return f"{self.error_type}: {self.message}"
 
 
 def _encode_foreign(obj: Any) -> Any:

@@ -18,11 +18,13 @@ from redis.asyncio import Redis
 
 from batchshift.embedded_redis import KINDS, ServerKind, ServerUnavailable, find_server, running_server
 from config.settings import ProviderSettings, Settings, TenantSettings
+from emulator import server
 
 # Tests never read the shipped config/batchshift.toml: they build Settings themselves.
 os.environ["BATCHSHIFT_CONFIG"] = ""
 
 PIPELINE_SERVERS: tuple[ServerKind, ...] = ("embedded", "system")
+TEST_TURNAROUND_S = 0.2
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -130,3 +132,18 @@ def make_settings(redis_url: str, **overrides: object) -> Settings:
 def settings(redis_url: str) -> Settings:
     """Default test settings; tests needing other values call ``make_settings`` themselves."""
     return make_settings(redis_url)
+
+
+@pytest.fixture(scope="session")
+def running_emulator() -> Iterator[str]:
+    """The base URL of an emulator shared by the session (no ``/v1``); reuse it from other suites."""
+    with server.running_emulator({"turnaround_s": TEST_TURNAROUND_S, "retry_after_s": 0}) as url:
+        yield url
+
+
+@pytest.fixture
+def emulator(running_emulator: str) -> server.EmulatorControl:
+    """The session's emulator, reset to its start settings for this test."""
+    control = server.EmulatorControl(running_emulator)
+    control.reset()
+    return control

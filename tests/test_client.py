@@ -10,13 +10,13 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from redis.asyncio import Redis
 
+from api.app import create_app
 from batchshift import client as bc
 from batchshift.client import BatchshiftClient, job_request
 from batchshift.embedded_redis import free_port
-from scheduler.api.app import create_app
 from scheduler.ledger import Finish, Ledger
+from tests.api.harness import serve
 from tests.conftest import make_settings
-from tests.scheduler.api_harness import serve
 
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from scheduler.api.app import create_app
+from api.app import create_app
 from scheduler.ids import job_id
 from scheduler.jobs import NewJob
 from scheduler.ledger import Finish, Ledger
-from tests.scheduler.api_harness import serve
+from tests.api.harness import serve
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 

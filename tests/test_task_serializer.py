@@ -11,7 +11,8 @@ import pytest
 from arq.worker import Worker, func
 
 from scheduler import errors, tasks
-from scheduler.tasks import TaskFailed, create_pool
+from scheduler.errors import TaskFailed
+from scheduler.tasks import create_pool
 from tests.conftest import make_settings
 from workers.worker import close_worker, worker_settings
 

@@ -34,24 +34,13 @@ from scheduler import keys
 from scheduler.clock import server_ms
 from workers import webhooks
 from workers.context import WorkerContext
-from workers.errors import ProviderHTTPError, WorkerError
+from workers.errors import ChannelNotConfigured, ProviderHTTPError, WorkerError
 from workers.http import send
 
 log = structlog.get_logger(__name__)
 
 USER_AGENT = "batchshift-alerts/1"
 SOURCE = "batchshift"
-
-
-class ChannelNotConfigured(WorkerError):
-    """Raised when a notification names a channel the settings no longer configure."""
-
-    def __init__(self, channel: str) -> None:
-        super().__init__(channel)
-        self.channel = channel
-
-    def __str__(self) -> str:
-        return f"alert channel {self.channel!r} is not configured"
 
 
 def pagerduty_body(event: dict[str, Any], routing_key: str) -> dict[str, Any]:

@@ -13,17 +13,20 @@ into these once, in :mod:`workers.http`.
     │   │   ├── Overloaded             529 (Anthropic), 503 "overloaded"
     │   │   ├── ServerError            other 5xx
     │   │   ├── AuthenticationError    401, 403
-    │   │   ├── NotFound               404
-    │   │   └── InvalidRequest         400, 413, 422 and every other 4xx
+    │   │   ├── ProviderNotFound       404
+    │   │   └── ProviderInvalidRequest 400, 413, 422 and every other 4xx
     │   ├── TransportError             no HTTP answer at all
     │   │   ├── ConnectionFailed       the request never reached the provider
     │   │   └── ResponseTimeout        sent, but no (complete) answer came back
     │   ├── BatchCreateUnknown         a batch create may or may not have happened
     │   ├── BatchNotEnded              results asked for before the batch ended
     │   └── MalformedResponse          an answer we cannot read
-    └── BatchInputError                a batch input we refuse to send
-        ├── BatchTooLarge              over the provider's request or byte limit
-        └── InvalidBatchInput          a malformed or repeated custom_id, or a body that is not JSON
+    ├── BatchInputError                a batch input we refuse to send
+    │   ├── BatchTooLarge              over the provider's request or byte limit
+    │   └── InvalidBatchInput          a malformed or repeated custom_id, or a body that is not JSON
+    ├── LeaseLost                      a submission no longer holds its batch's lease: do not create
+    ├── UnsafeDestination              a webhook URL the SSRF guard refuses
+    └── ChannelNotConfigured           an alert for a channel the settings no longer configure
 """
 
 from __future__ import annotations
@@ -62,7 +65,7 @@ class ProviderHTTPError(ProviderError):
 
 
 class RateLimited(ProviderHTTPError):
-    """Raised on a 429: a rate or capacity limit (``retry_after`` seconds when the provider said)."""
+    """Raised when the provider answers 429: a rate or capacity limit (``retry_after`` when it said)."""
 
 
 class Overloaded(ProviderHTTPError):
@@ -70,19 +73,19 @@ class Overloaded(ProviderHTTPError):
 
 
 class ServerError(ProviderHTTPError):
-    """Raised on a 5xx other than overload."""
+    """Raised when the provider answers a 5xx other than overload."""
 
 
 class AuthenticationError(ProviderHTTPError):
-    """Raised on a 401 or 403: the key is missing, wrong or not allowed."""
+    """Raised when the provider answers 401 or 403: the key is missing, wrong or not allowed."""
 
 
-class NotFound(ProviderHTTPError):
-    """Raised on a 404: no such batch or file (Anthropic can 404 briefly on a fresh batch)."""
+class ProviderNotFound(ProviderHTTPError):
+    """Raised when the provider answers 404: no such batch or file (Anthropic 404s a fresh batch briefly)."""
 
 
-class InvalidRequest(ProviderHTTPError):
-    """Raised on any other 4xx: the request is wrong and resending it unchanged will not help."""
+class ProviderInvalidRequest(ProviderHTTPError):
+    """Raised when the provider answers another 4xx: the request is wrong; resent unchanged it fails again."""
 
 
 class TransportError(ProviderError):
@@ -180,3 +183,40 @@ class InvalidBatchInput(BatchInputError):
 
     def __str__(self) -> str:
         return f"line {self.custom_id!r}: {self.reason}"
+
+
+class LeaseLost(WorkerError):
+    """Raised when a submission no longer holds its batch's lease, before it would create."""
+
+    def __init__(self, batch_id: str, outcome: str) -> None:
+        super().__init__(batch_id, outcome)
+        self.batch_id = batch_id
+        self.outcome = outcome
+
+    def __str__(self) -> str:
+        return f"batch {self.batch_id}: submission lease lost ({self.outcome})"
+
+
+class UnsafeDestination(WorkerError):
+    """Raised when a webhook URL resolves to an address the SSRF guard refuses (or to nothing)."""
+
+    def __init__(self, host: str, address: str, reason: str) -> None:
+        super().__init__(host, address, reason)
+        self.host = host
+        self.address = address
+        self.reason = reason
+
+    def __str__(self) -> str:
+        where = f" ({self.address})" if self.address else ""
+        return f"refused to call {self.host}{where}: {self.reason}"
+
+
+class ChannelNotConfigured(WorkerError):
+    """Raised when a notification names a channel the settings no longer configure."""
+
+    def __init__(self, channel: str) -> None:
+        super().__init__(channel)
+        self.channel = channel
+
+    def __str__(self) -> str:
+        return f"alert channel {self.channel!r} is not configured"

@@ -31,11 +31,11 @@ from config.settings import HttpSettings
 from workers.errors import (
     AuthenticationError,
     ConnectionFailed,
-    InvalidRequest,
     MalformedResponse,
-    NotFound,
     Overloaded,
     ProviderHTTPError,
+    ProviderInvalidRequest,
+    ProviderNotFound,
     RateLimited,
     ResponseTimeout,
     ServerError,
@@ -118,9 +118,9 @@ def error_for_response(status: int, headers: httpx.Headers, body: bytes) -> Prov
     elif status in (401, 403):
         cls, retriable = AuthenticationError, False
     elif status == 404:
-        cls, retriable = NotFound, False
+        cls, retriable = ProviderNotFound, False
     else:
-        cls, retriable = InvalidRequest, False
+        cls, retriable = ProviderInvalidRequest, False
     should_retry = headers.get("x-should-retry")
     if should_retry in ("true", "false"):
         retriable = should_retry == "true"

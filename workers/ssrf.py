@@ -23,7 +23,7 @@ import anyio
 import httpcore
 import httpx
 
-from workers.errors import WorkerError
+from workers.errors import UnsafeDestination
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -71,20 +71,6 @@ BLOCKED_V6 = tuple(
 )
 NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 SIX_TO_FOUR = ipaddress.IPv6Network("2002::/16")
-
-
-class UnsafeDestination(WorkerError):
-    """Raised when a webhook URL resolves to an address the SSRF guard refuses (or to nothing)."""
-
-    def __init__(self, host: str, address: str, reason: str) -> None:
-        super().__init__(host, address, reason)
-        self.host = host
-        self.address = address
-        self.reason = reason
-
-    def __str__(self) -> str:
-        where = f" ({self.address})" if self.address else ""
-        return f"refused to call {self.host}{where}: {self.reason}"
 
 
 def embedded_v4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:

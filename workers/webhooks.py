@@ -43,9 +43,9 @@ from config.settings import Settings, WebhookSettings
 from scheduler import keys
 from scheduler.jobs import VIEW_FIELDS, JobRecord, iso
 from scheduler.webhook_dispatch import url_hash
-from workers.errors import ResponseTimeout, WorkerError
+from workers.errors import ResponseTimeout, UnsafeDestination, WorkerError
 from workers.http import post_capped, retry_after
-from workers.ssrf import UnsafeDestination, guarded_transport
+from workers.ssrf import guarded_transport
 from workers.webhook_slots import limits_for
 
 log = structlog.get_logger(__name__)

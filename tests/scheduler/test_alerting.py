@@ -8,7 +8,7 @@ import pytest
 from config.settings import AlertSettings, PagerDutySettings, SlackSettings
 from scheduler import keys
 from scheduler.alerting import Condition, Incident, decide, dedup_key, due_count, evaluate, plan
-from scheduler.batches import Fenced
+from scheduler.errors import Fenced
 from tests.conftest import make_settings
 from tests.scheduler.slo_support import lead
 

@@ -12,9 +12,9 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
+from api.app import create_app
 from config.settings import DEFAULT_PRICING_PATH, Settings, TenantSettings
 from scheduler import budgets, ids, keys
-from scheduler.api.app import create_app
 from scheduler.errors import BudgetExceeded, InvalidRequest
 from scheduler.jobs import NewJob
 from scheduler.ledger import Finish, Ledger

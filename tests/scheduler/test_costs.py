@@ -13,9 +13,9 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from api.app import create_app
 from config.settings import DEFAULT_PRICING_PATH, Settings
 from scheduler import costs, ids, keys
-from scheduler.api.app import create_app
 from scheduler.errors import InvalidRequest
 from scheduler.jobs import NewJob
 from scheduler.ledger import Finish, Ledger, Requeue, day_of

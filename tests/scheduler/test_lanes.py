@@ -8,10 +8,11 @@ import pytest
 
 from config.settings import LaneDefaults, LaneSettings, LimitSettings, ProviderSettings, SchedulerSettings
 from scheduler import keys, scripts
-from scheduler.lanes import UnknownProvider, effective, load_lanes, prune, serves
+from scheduler.errors import UnknownProvider
+from scheduler.lanes import effective, load_lanes, prune, serves
 from scheduler.ledger import Ledger, Requeue
+from tests.api.harness import asgi_client, bs_snapshot
 from tests.conftest import make_settings
-from tests.scheduler.api_harness import asgi_client, bs_snapshot
 from tests.scheduler.planning_support import new_job
 
 

@@ -12,7 +12,8 @@ from arq.connections import ArqRedis
 
 from config.settings import AlertSettings, PagerDutySettings, SchedulerSettings, SloSettings
 from scheduler import keys
-from scheduler.batches import Batches, Fenced
+from scheduler.batches import Batches
+from scheduler.errors import Fenced
 from scheduler.lanes import effective
 from scheduler.leader import Leader
 from scheduler.ledger import Ledger

@@ -12,9 +12,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
+from api.app import create_app
 from config.settings import DEFAULT_PRICING_PATH, Settings, TenantSettings
 from scheduler import ids, metrics, scripts
-from scheduler.api.app import create_app
 from scheduler.batches import Batches
 from scheduler.jobs import NewJob
 from scheduler.ledger import Finish, Ledger

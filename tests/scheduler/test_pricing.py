@@ -11,8 +11,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from config.settings import DEFAULT_PRICING_PATH, SettingsError
+from emulator.server import running_emulator
 from scheduler.pricing import Pricing, RouteName, Usage, normalize_usage
-from workers.emulator.server import running_emulator
 
 
 @pytest.fixture(scope="module")

@@ -251,7 +251,7 @@ async def test_the_scheduler_trims_when_it_starts_leading_then_every_reconcile_i
 
 
 async def test_the_api_reads_and_lists_jobs_without_their_bodies(settings: Settings, redis: Redis):
-    from tests.scheduler.api_harness import asgi_client
+    from tests.api.harness import asgi_client
 
     job = {
         "provider": "openai",

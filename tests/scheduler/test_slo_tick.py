@@ -13,8 +13,8 @@ from scheduler.ledger import Ledger
 from scheduler.service import Scheduler
 from scheduler.slo import SloReport
 from scheduler.tasks import create_pool
+from tests.api.harness import ACME, ADMIN, asgi_client
 from tests.conftest import make_settings
-from tests.scheduler.api_harness import ACME, ADMIN, asgi_client
 from tests.scheduler.slo_support import LANE, enqueue, lead
 
 NOW = 1_800_000_000_000
@@ -75,9 +75,9 @@ async def test_get_lanes_shows_the_snapshot_to_the_admin_only(redis, redis_url, 
 async def test_lanes_command_prints_the_table(redis, redis_url, pool, capsys, monkeypatch):
     import asyncio
 
+    from api.app import create_app
     from batchshift.cli import main
-    from scheduler.api.app import create_app
-    from tests.scheduler.api_harness import serve
+    from tests.api.harness import serve
 
     settings = make_settings(redis_url, slo=SloSettings(prior_turnaround_s=10, default_sync_latency_s=1))
     now = int(time.time() * 1000)

@@ -13,13 +13,13 @@ import httpx
 from redis.asyncio import Redis
 from structlog.testing import capture_logs
 
+from api.app import create_app
 from batchshift.embedded_redis import embedded_redis, free_port
 from config.settings import Settings
 from scheduler import store
-from scheduler.api.app import create_app
 from scheduler.ledger import Finish, Ledger
+from tests.api.harness import ACME, asgi_client
 from tests.conftest import make_settings
-from tests.scheduler.api_harness import ACME, asgi_client
 
 JOB = {
     "provider": "openai",
@@ -166,7 +166,7 @@ async def test_a_long_poll_outlasts_the_socket_timeout(redis_url: str, redis: Re
 def test_replies_that_mean_not_now_are_told_apart_from_bugs():
     from redis.exceptions import ResponseError
 
-    from scheduler.api.errors import store_unavailable
+    from api.errors import store_unavailable
 
     relayed = (
         "ERR Error running script (call to f_1): @user_script:1: -READONLY You can't write against a replica."

@@ -11,9 +11,9 @@ import orjson
 import pytest
 
 from config.settings import ProviderSettings
+from emulator.server import EmulatorControl, running_emulator
 from tests.workers.conftest import FAST_HTTP, anthropic_settings, openai_settings
 from workers import errors
-from workers.emulator.server import EmulatorControl, running_emulator
 from workers.providers import make_adapter
 from workers.providers.anthropic import AnthropicAdapter
 from workers.providers.base import BatchInfo, BatchLine, ProviderAdapter, ResultLine
@@ -339,7 +339,7 @@ async def test_send_sync_can_fail_fast(openai_adapter: OpenAIAdapter, emulator: 
 
 
 async def test_invalid_sync_request_is_invalid_request(anthropic_adapter: AnthropicAdapter) -> None:
-    with pytest.raises(errors.InvalidRequest) as caught:
+    with pytest.raises(errors.ProviderInvalidRequest) as caught:
         await anthropic_adapter.send_sync(MESSAGES, b'{"model": "claude-haiku-4-5", "messages": []}')
     assert caught.value.type == "invalid_request_error"
     assert caught.value.retriable is False

@@ -14,7 +14,8 @@ from scheduler.alerting import Condition, dedup_key, evaluate
 from tests.conftest import make_settings
 from tests.scheduler.slo_support import lead
 from tests.workers.receiver import running_receiver
-from workers.alerts import AlertSender, ChannelNotConfigured
+from workers.alerts import AlertSender
+from workers.errors import ChannelNotConfigured
 
 LANE = "openai:gpt-4o-mini:/v1/chat/completions"
 ROUTING_KEY = "R0123456789abcdef0123456789abcdef"
@@ -117,7 +118,7 @@ async def test_failures_retry_then_succeed_and_400_is_dead(redis, redis_url, cli
         }
     assert await redis.zcard(keys.ALERTS_DEAD) == 1
     dead = (await redis.zrange(keys.ALERTS_DEAD, 0, 0))[0].decode()
-    assert (await redis.hget(keys.alert_notification(dead), "last_error")) == b"InvalidRequest 400"
+    assert (await redis.hget(keys.alert_notification(dead), "last_error")) == b"ProviderInvalidRequest 400"
 
 
 async def test_unreachable_channel_retries_then_dies_without_leaking_its_url(redis, redis_url, client):

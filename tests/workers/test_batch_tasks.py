@@ -22,9 +22,10 @@ from tests.conftest import make_settings
 from tests.scheduler.planning_support import enqueue_lane
 from tests.workers.conftest import anthropic_settings, openai_settings
 from workers.context import WorkerContext
+from workers.errors import LeaseLost
 from workers.providers.base import BatchLine
 from workers.tasks.batches import poll_batch, reconcile_batches, submit_batch
-from workers.tasks.lease import LeaseLost, SubmitLease
+from workers.tasks.lease import SubmitLease
 from workers.tasks.refusals import refuse
 from workers.worker import context_of, run_burst, shutdown, startup
 

@@ -19,6 +19,9 @@ SAMPLE_ARGS: dict[type[errors.WorkerError], tuple[object, ...]] = {
     errors.MalformedResponse: ("not JSON",),
     errors.BatchTooLarge: (3, 300, 2, 1000),
     errors.InvalidBatchInput: ("job 1", "custom_id repeated"),
+    errors.LeaseLost: ("b_1", "held by another submission"),
+    errors.UnsafeDestination: ("hooks.example", "10.0.0.1", "a private address"),
+    errors.ChannelNotConfigured: ("slack",),
 }
 
 
@@ -95,21 +98,21 @@ def test_every_error_class_is_drawn_in_the_module_tree() -> None:
         (
             404,
             b'{"error":{"message":"No such File","type":"invalid_request_error","code":null}}',
-            errors.NotFound,
+            errors.ProviderNotFound,
             "invalid_request_error",
             False,
         ),
         (
             400,
             b'{"type":"error","error":{"type":"invalid_request_error","message":"max_tokens: Field required"}}',
-            errors.InvalidRequest,
+            errors.ProviderInvalidRequest,
             "invalid_request_error",
             False,
         ),
         (
             413,
             b'{"type":"error","error":{"type":"request_too_large","message":"too big"}}',
-            errors.InvalidRequest,
+            errors.ProviderInvalidRequest,
             "request_too_large",
             False,
         ),

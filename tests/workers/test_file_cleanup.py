@@ -10,11 +10,11 @@ import openai
 import pytest
 
 from config.settings import SchedulerSettings, Settings, SloSettings, WorkerSettings
+from emulator.server import EmulatorControl
 from scheduler import keys
 from tests.conftest import make_settings
 from tests.workers.batch_harness import enqueue_jobs, make_ctx, run_batch
 from tests.workers.conftest import FAST_HTTP, openai_settings
-from workers.emulator.server import EmulatorControl
 from workers.http import build_client
 from workers.tasks.batches import reconcile_batches
 from workers.tasks.ingest import ingest_batch

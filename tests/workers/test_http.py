@@ -51,7 +51,7 @@ async def test_retriable_statuses_are_retried_then_succeed(status: int) -> None:
 async def test_permanent_errors_are_not_retried() -> None:
     handler, seen = _sequence(400, 200)
     async with _client(handler) as client:
-        with pytest.raises(errors.InvalidRequest):
+        with pytest.raises(errors.ProviderInvalidRequest):
             await send(client, "GET", "https://p.example/x", http=HTTP, idempotent=True)
     assert len(seen) == 1
 
@@ -122,7 +122,7 @@ def test_retry_delay_backs_off_exponentially_with_jitter_under_the_cap() -> None
 
 def test_retry_delay_never_retries_permanent_errors() -> None:
     settings = HttpSettings(max_retries=5)
-    invalid = errors.InvalidRequest(400, "invalid_request_error", "bad", False)
+    invalid = errors.ProviderInvalidRequest(400, "invalid_request_error", "bad", False)
     assert retry_delay(invalid, 0, settings, idempotent=True) is None
     unknown = errors.BatchCreateUnknown("b", "timeout")
     assert retry_delay(unknown, 0, settings, idempotent=False) is None

@@ -21,13 +21,13 @@ from config.settings import (
     WebhookSettings,
     WorkerSettings,
 )
+from emulator.server import EmulatorControl
 from scheduler import keys
 from scheduler.batches import Batches
 from tests.conftest import make_settings
 from tests.workers.batch_harness import MODEL, dump, emulator_results, enqueue_jobs, make_ctx, run_batch
 from tests.workers.conftest import FAST_HTTP, openai_settings
 from tests.workers.receiver import running_receiver
-from workers.emulator.server import EmulatorControl
 from workers.http import build_client
 from workers.tasks.ingest import ingest_batch
 from workers.webhooks import Deliverer

@@ -15,13 +15,13 @@ import pytest
 from redis.asyncio import Redis
 
 from config.settings import Settings, SloSettings, TenantSettings, WebhookSettings
+from emulator.server import EmulatorControl
 from scheduler import keys
 from scheduler.retention import Retention
 from tests.conftest import make_settings
 from tests.workers.batch_harness import enqueue_jobs, make_ctx, run_batch
 from tests.workers.conftest import FAST_HTTP, openai_settings
 from tests.workers.receiver import running_receiver
-from workers.emulator.server import EmulatorControl
 from workers.http import build_client
 from workers.tasks.ingest import ingest_batch
 from workers.webhooks import Deliverer

@@ -8,7 +8,8 @@ import httpx
 import pytest
 
 from tests.workers.receiver import running_receiver
-from workers.ssrf import AddressPolicy, UnsafeDestination, guarded_transport
+from workers.errors import UnsafeDestination
+from workers.ssrf import AddressPolicy, guarded_transport
 
 REFUSED = [
     "0.0.0.0",  # this network

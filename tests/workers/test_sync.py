@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from config.settings import SchedulerSettings, Settings
+from emulator.server import EmulatorControl
 from scheduler import costs, keys
 from scheduler.clock import server_ms
 from scheduler.ids import job_id as new_job_id
@@ -22,7 +23,6 @@ from scheduler.service import Scheduler
 from tests.conftest import make_settings
 from tests.workers.batch_harness import ENDPOINT, MODEL, make_ctx
 from tests.workers.conftest import FAST_HTTP, openai_settings
-from workers.emulator.server import EmulatorControl
 from workers.http import build_client
 from workers.tasks.sync import expected_usd, run_sync
 from workers.worker import SYNC_TASK_MARGIN_S, functions, run_burst

@@ -18,7 +18,7 @@ import msgspec
 
 from config.settings import ProviderSettings
 from workers import http
-from workers.errors import BatchNotEnded, MalformedResponse, NotFound
+from workers.errors import BatchNotEnded, MalformedResponse, ProviderNotFound
 from workers.providers import batch_input, jsonl
 from workers.providers.account import ProviderAccount, parse_object, with_service_tier
 from workers.providers.base import (
@@ -191,9 +191,9 @@ class AnthropicAdapter:
     async def _get(self, provider_batch_id: str) -> dict[str, Any]:
         try:
             return await self.account.call_json("GET", f"{BATCHES}/{provider_batch_id}", idempotent=True)
-        except NotFound as exc:
+        except ProviderNotFound as exc:
             # Anthropic can answer 404 for a moment on a batch it just created: worth asking again.
-            raise NotFound(exc.status, exc.type, exc.message, True, exc.retry_after) from exc
+            raise ProviderNotFound(exc.status, exc.type, exc.message, True, exc.retry_after) from exc
 
     async def get_batch(self, provider_batch_id: str) -> BatchInfo:
         return batch_info(await self._get(provider_batch_id))
@@ -208,7 +208,7 @@ class AnthropicAdapter:
         """Delete an ended batch, its requests and results with it (``DELETE /v1/messages/batches/{id}``)."""
         try:
             await self.account.call_json("DELETE", f"{BATCHES}/{object_id}", idempotent=True)
-        except NotFound:
+        except ProviderNotFound:
             return  # already gone: what we wanted
 
     async def cancel_batch(self, provider_batch_id: str) -> BatchInfo:

@@ -134,7 +134,7 @@ class ProviderAdapter(Protocol):
 
         Raises:
             BatchNotEnded: the provider does not show them yet (Anthropic before the batch ends).
-            NotFound: they are gone (an input file deleted).
+            ProviderNotFound: they are gone (an input file deleted).
         """
         ...
 

@@ -19,7 +19,13 @@ import orjson
 
 from config.settings import ProviderSettings
 from workers import http
-from workers.errors import BatchCreateUnknown, BatchNotEnded, MalformedResponse, NotFound, ProviderError
+from workers.errors import (
+    BatchCreateUnknown,
+    BatchNotEnded,
+    MalformedResponse,
+    ProviderError,
+    ProviderNotFound,
+)
 from workers.providers import batch_input, jsonl
 from workers.providers.account import ProviderAccount, parse_object, with_service_tier
 from workers.providers.base import (
@@ -245,7 +251,7 @@ class OpenAIAdapter:
         file_id = object_id
         try:
             answer = await self.account.call_json("DELETE", f"/files/{file_id}", idempotent=True)
-        except NotFound:
+        except ProviderNotFound:
             return  # already gone: what we wanted
         if answer.get("deleted") is not True:
             raise MalformedResponse(f"DELETE /files/{file_id}: the provider did not confirm the deletion")
@@ -267,7 +273,7 @@ class OpenAIAdapter:
         return batch_info(await self.account.call_json("POST", path, idempotent=True))
 
     async def request_ids(self, info: BatchInfo) -> AsyncIterator[list[RequestId]]:
-        """The input file's custom ids and models (NotFound once the file is deleted)."""
+        """The input file's custom ids and models (ProviderNotFound once the file is deleted)."""
         file_id = info.files.get("input_file_id")
         if not file_id:
             raise MalformedResponse(f"batch {info.provider_batch_id} names no input file")

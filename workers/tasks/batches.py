@@ -30,13 +30,14 @@ from workers.errors import (
     BatchCreateUnknown,
     BatchTooLarge,
     InvalidBatchInput,
-    NotFound,
+    LeaseLost,
     ProviderError,
     ProviderHTTPError,
+    ProviderNotFound,
 )
 from workers.providers.base import BatchInfo, BatchLine, ProviderAdapter
 from workers.tasks import files, matching
-from workers.tasks.lease import LeaseLost, SubmitLease
+from workers.tasks.lease import SubmitLease
 from workers.tasks.refusals import RETRIABLE_CODES, reason_of, refuse
 
 log = structlog.get_logger(__name__)
@@ -249,9 +250,12 @@ async def poll_batch(ctx: WorkerContext, batch_id: str) -> str:
     except ProviderError as exc:
         # The poll moves on either way, so the next one has a new due time (and a new task id).
         log.warning(
-            "batch.poll_failed", batch_id=batch_id, error=str(exc), not_found=isinstance(exc, NotFound)
+            "batch.poll_failed",
+            batch_id=batch_id,
+            error=str(exc),
+            not_found=isinstance(exc, ProviderNotFound),
         )
-        if isinstance(exc, NotFound) and not exc.retriable:
+        if isinstance(exc, ProviderNotFound) and not exc.retriable:
             return await _abandon(ctx, batches, record, "batch_lost", str(exc), now_ms)
         await batches.update(
             batch_id,

@@ -21,20 +21,9 @@ from config.settings import Settings
 from scheduler.batches import Batches
 from scheduler.clock import server_ms
 from scheduler.heartbeat import heartbeat
+from workers.errors import LeaseLost
 
 log = structlog.get_logger(__name__)
-
-
-class LeaseLost(Exception):
-    """Raised when a submission no longer holds its batch's lease, before it would create."""
-
-    def __init__(self, batch_id: str, outcome: str) -> None:
-        super().__init__(batch_id, outcome)
-        self.batch_id = batch_id
-        self.outcome = outcome
-
-    def __str__(self) -> str:
-        return f"batch {self.batch_id}: submission lease lost ({self.outcome})"
 
 
 class SubmitLease:

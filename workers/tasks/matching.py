@@ -27,7 +27,7 @@ import structlog
 from scheduler import keys, tasks
 from scheduler.batches import Batches, BatchRecord
 from workers.context import WorkerContext
-from workers.errors import BatchNotEnded, NotFound, ProviderError
+from workers.errors import BatchNotEnded, ProviderError, ProviderNotFound
 from workers.providers.base import BATCH_ID_METADATA_KEY, BatchInfo, ProviderAdapter
 from workers.tasks import files, sweep
 from workers.tasks.lease import SubmitLease
@@ -96,7 +96,7 @@ async def verify(
             seen += len(block)
     except BatchNotEnded:
         return "unknown"
-    except NotFound:
+    except ProviderNotFound:
         # The ids are gone (an input file deleted): only our id in the batch's metadata can tell.
         return "ours" if info.metadata.get(BATCH_ID_METADATA_KEY) == record.id else "unknown"
     return "ours" if seen else "unknown"

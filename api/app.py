@@ -1,0 +1,60 @@
+"""The API's app factory: one Redis client and one Ledger per process, built in the lifespan.
+
+Routers register here, one ``include_router`` line each. State other code may read:
+``app.state.settings``, ``app.state.redis``, ``app.state.ledger`` and ``app.state.watcher``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from redis.asyncio import Redis
+
+from api import costs, health, jobs, lanes, webhooks
+from api.errors import install_error_handlers
+from api.request_id import RequestIdMiddleware
+from api.responses import JsonResponse
+from api.schemas import document
+from api.watcher import JobWatcher
+from config.settings import Settings
+from scheduler.ledger import Ledger
+from scheduler.store import check_server, connect
+
+
+def create_app(settings: Settings, *, redis: Redis | None = None) -> FastAPI:
+    """Build the API. Pass ``redis`` to share a client (tests, ``batchshift run``); it is then not closed."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        client = redis or connect(settings)
+        if redis is None:
+            await check_server(client)
+        app.state.redis = client
+        app.state.ledger = Ledger.for_settings(client, settings)
+        app.state.watcher = JobWatcher(client, wait_s=settings.redis.socket_timeout_s / 2)
+        try:
+            yield
+        finally:
+            await app.state.watcher.close()
+            if redis is None:
+                await client.aclose()
+
+    app = FastAPI(
+        title="batchshift",
+        summary="Latency-tolerant LLM jobs, sent to provider batch APIs at about half price.",
+        version="0.1.0",
+        lifespan=lifespan,
+        default_response_class=JsonResponse,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.add_middleware(RequestIdMiddleware)
+    app.include_router(health.router)
+    app.include_router(costs.router)
+    app.include_router(jobs.router)
+    app.include_router(lanes.router)
+    app.include_router(webhooks.router)
+    document(app)
+    return app

@@ -1,0 +1,281 @@
+"""The /v1/jobs routes: enqueue (one or bulk), read (with a long poll), list, cancel.
+
+Bodies are read under the byte limit and parsed with orjson; scheduler.intake validates them
+into NewJobs; the ledger stores them in one atomic step each (bulk: one pipeline). A tenant sees
+only its own jobs: another tenant's job answers 404, as if it did not exist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from typing import Annotated, Any, Literal
+
+import structlog
+from fastapi import APIRouter, Depends, Header, Query, Request
+
+from api.auth import tenant
+from api.body import read_json
+from api.responses import JsonResponse
+from api.schemas import (
+    BulkRequest,
+    BulkResponse,
+    ErrorResponse,
+    JobList,
+    JobRequest,
+    JobView,
+    request_body,
+)
+from api.watcher import JobWatcher
+from config.settings import Settings
+from scheduler.errors import BatchshiftError, IdempotencyConflict, InvalidRequest, NotFound, PayloadTooLarge
+from scheduler.intake import Gate, admit, refusal, validate
+from scheduler.jobs import JobRecord, NewJob
+from scheduler.ledger import EnqueueOutcome, Ledger
+
+log = structlog.get_logger(__name__)
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+# A bulk request may be this many times max_body_bytes in all; each item's body still obeys
+# max_body_bytes. 64 MiB at the default: 10,000 items of about 6 KiB each.
+BULK_BODY_FACTOR = 64
+
+_JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 413, 422)
+}
+
+Tenant = Annotated[str, Depends(tenant)]
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _ledger(request: Request) -> Ledger:
+    ledger: Ledger = request.app.state.ledger
+    return ledger
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def new_record(job: NewJob) -> JobRecord:
+    """The record a just-created job has, built without reading it back."""
+    return JobRecord(
+        id=job.id,
+        tenant=job.tenant,
+        provider=job.provider,
+        endpoint=job.endpoint,
+        model=job.model,
+        lane=job.lane,
+        state=job.state,
+        route="sync" if job.state == "sync" else None,
+        deadline_ms=job.deadline_ms,
+        created_ms=job.created_ms,
+        completed_ms=None,
+        body=job.body,
+        size=len(job.body),
+        callback_url=job.callback_url,
+        tags=job.tags,
+        attempts=0,
+        batch_id=None,
+        usage=None,
+        cost=None,
+        error=None,
+        raw={},
+    )
+
+
+async def _owned(ledger: Ledger, tenant_name: str, job_id: str) -> JobRecord:
+    """The tenant's job, or NotFound (also for another tenant's job: existence is not revealed)."""
+    record = await ledger.get_view(job_id) if _JOB_ID.match(job_id) else None
+    if record is None or record.tenant != tenant_name:
+        raise NotFound(f"no job {job_id}", "id")
+    return record
+
+
+async def _admitted(job: NewJob, gate: Gate, ledger: Ledger) -> str | None:
+    """Run admission; when it refuses a retry of a job already stored, the stored job's id instead."""
+    try:
+        await admit(job, gate)
+    except BatchshiftError:
+        prior = await ledger.prior_job(job)
+        if prior is None:
+            raise
+        return prior
+    return None
+
+
+def _conflict(job: NewJob, outcome: EnqueueOutcome) -> IdempotencyConflict:
+    return IdempotencyConflict(
+        f"idempotency_key {job.idempotency_key!r} was used for a different request (job {outcome.job_id})",
+        "idempotency_key",
+    )
+
+
+@router.post(
+    "",
+    status_code=202,
+    summary="Enqueue a job",
+    responses={202: {"model": JobView}, **_ERRORS},
+    openapi_extra=request_body(JobRequest),
+)
+async def enqueue(
+    request: Request,
+    tenant_name: Tenant,
+    idempotency_key: Annotated[str | None, Header(description="Same key, same request: same job.")] = None,
+) -> JsonResponse:
+    """Validate and store one job; a repeat with the same idempotency key answers the first job."""
+    settings, ledger = _settings(request), _ledger(request)
+    raw = await read_json(request, settings.limits.max_body_bytes)
+    job = validate(
+        raw, tenant=tenant_name, now_ms=now_ms(), settings=settings, idempotency_header=idempotency_key
+    )
+    prior = await _admitted(job, Gate(settings, request.app.state.redis), ledger)
+    outcome = EnqueueOutcome("existing", prior) if prior else await ledger.enqueue(job)
+    if (refused := refusal(job, outcome, settings)) is not None:
+        raise refused
+    if outcome.status == "conflict":
+        raise _conflict(job, outcome)
+    if outcome.status == "existing":
+        record = await _owned(ledger, tenant_name, outcome.job_id)
+        return JsonResponse(record.view(await ledger.result(record.id)), status_code=202)
+    log.info("job.enqueued", job_id=job.id, lane=job.lane, tenant=tenant_name, state=job.state)
+    return JsonResponse(new_record(job).view(), status_code=202)
+
+
+@router.post(
+    "/bulk",
+    summary="Enqueue many jobs",
+    responses={200: {"model": BulkResponse}, **_ERRORS},
+    openapi_extra=request_body(BulkRequest),
+)
+async def enqueue_bulk(request: Request, tenant_name: Tenant) -> JsonResponse:
+    """One entry per item, in order: the job view, or the error that item alone got."""
+    settings, ledger = _settings(request), _ledger(request)
+    if request.headers.get("idempotency-key") is not None:
+        raise InvalidRequest("bulk requests take idempotency_key per item, not the header", "idempotency_key")
+    raw = await read_json(request, settings.limits.max_body_bytes * BULK_BODY_FACTOR)
+    if not isinstance(raw, dict) or not isinstance(raw.get("jobs"), list):
+        raise InvalidRequest('the body must be {"jobs": [...]}', "jobs")
+    if len(raw) > 1:
+        extra = sorted(k for k in raw if k != "jobs")[0]
+        raise InvalidRequest(f"unknown field {extra!r}", extra)
+    items: list[Any] = raw["jobs"]
+    if len(items) > settings.limits.max_bulk_items:
+        raise PayloadTooLarge(
+            f"{len(items)} jobs, over the limit of {settings.limits.max_bulk_items} per request", "jobs"
+        )
+    gate, now = Gate(settings, request.app.state.redis), now_ms()
+    entries: list[dict[str, Any]] = [{} for _ in items]
+    accepted: list[tuple[int, NewJob]] = []
+    priors: dict[int, str] = {}  # retries of stored jobs that admission would refuse as new
+    for index, item in enumerate(items):
+        try:
+            job = validate(item, tenant=tenant_name, now_ms=now, settings=settings)
+            prior = await _admitted(job, gate, ledger)
+        except BatchshiftError as exc:
+            entries[index] = {"status": exc.status_code, "error": exc.to_dict()}
+        else:
+            if prior is None:
+                accepted.append((index, job))
+            else:
+                priors[index] = prior
+    outcomes = await ledger.enqueue_many([job for _, job in accepted])
+    existing = [o.job_id for o in outcomes if o.status == "existing"] + list(priors.values())
+    found = {r.id: r for r in await ledger.get_views(existing) if r is not None} if existing else {}
+    for (index, job), outcome in zip(accepted, outcomes, strict=True):
+        if outcome.status == "created":
+            entries[index] = {"status": 202, "job": new_record(job).view()}
+        elif outcome.status == "existing" and outcome.job_id in found:
+            entries[index] = {"status": 202, "job": found[outcome.job_id].view()}
+        else:
+            error = refusal(job, outcome, settings) or _conflict(job, outcome)
+            entries[index] = {"status": error.status_code, "error": error.to_dict()}
+    for index, prior in priors.items():
+        record = found.get(prior)
+        entries[index] = (
+            {"status": 202, "job": record.view()}
+            if record is not None and record.tenant == tenant_name
+            else {"status": 404, "error": NotFound(f"no job {prior}", "id").to_dict()}
+        )
+    created = sum(o.status == "created" for o in outcomes)
+    log.info(
+        "jobs.enqueued",
+        tenant=tenant_name,
+        items=len(items),
+        created=created,
+        refused=len(items) - len(accepted),
+    )
+    return JsonResponse({"results": entries})
+
+
+@router.get("/{job_id}", summary="Read a job", responses={200: {"model": JobView}, **_ERRORS})
+async def get_job(
+    request: Request,
+    job_id: str,
+    tenant_name: Tenant,
+    wait: Annotated[
+        float | None, Query(description="Seconds to wait for the job to end (0 < wait <= limits.max_wait_s).")
+    ] = None,
+) -> JsonResponse:
+    """The job; with ``wait`` the answer comes as soon as the job is terminal, or after ``wait`` seconds."""
+    ledger = _ledger(request)
+    if wait is not None:
+        max_wait = _settings(request).limits.max_wait_s
+        if not 0 < wait <= max_wait:
+            raise InvalidRequest(f"wait must be more than 0 and at most {max_wait:g} seconds", "wait")
+    record = await _owned(ledger, tenant_name, job_id)
+    if wait is not None and not record.terminal:
+        record = await _wait_for_end(request.app.state.watcher, ledger, record, wait)
+    result = await ledger.result(record.id) if record.terminal else None
+    return JsonResponse(record.view(result))
+
+
+async def _wait_for_end(watcher: JobWatcher, ledger: Ledger, record: JobRecord, wait: float) -> JobRecord:
+    """Subscribe, then re-read, then wait for the end or the timeout: no end is missed in between."""
+    try:
+        async with asyncio.timeout(wait), watcher.watch(record.id) as ended:
+            while True:
+                current = await ledger.get_view(record.id)
+                if current is None or current.terminal:
+                    return current or record
+                record = current
+                await ended.wait()
+                ended.clear()
+    except TimeoutError:
+        return await ledger.get_view(record.id) or record
+
+
+@router.get("", summary="List jobs", responses={200: {"model": JobList}, **_ERRORS})
+async def list_jobs(
+    request: Request,
+    tenant_name: Tenant,
+    status: Annotated[
+        Literal["queued", "batched", "sync", "succeeded", "failed", "cancelled"] | None, Query()
+    ] = None,
+    feature: Annotated[str | None, Query(max_length=256)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    cursor: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9_-]{1,64}$")] = None,
+) -> JsonResponse:
+    """The tenant's jobs, newest first; ``result`` is null here (read a job for its result)."""
+    records, next_cursor = await _ledger(request).list_jobs(
+        tenant_name, status=status, feature=feature, limit=limit, cursor=cursor
+    )
+    return JsonResponse({"data": [r.view() for r in records], "next_cursor": next_cursor})
+
+
+@router.post("/{job_id}/cancel", summary="Cancel a job", responses={200: {"model": JobView}, **_ERRORS})
+async def cancel_job(request: Request, job_id: str, tenant_name: Tenant) -> JsonResponse:
+    """Cancel a queued, batched or sync job; 409 when it already ended."""
+    ledger = _ledger(request)
+    await _owned(ledger, tenant_name, job_id)
+    await ledger.cancel(job_id, now_ms())
+    log.info("job.cancelled", job_id=job_id, tenant=tenant_name)
+    record = await _owned(ledger, tenant_name, job_id)
+    return JsonResponse(record.view())

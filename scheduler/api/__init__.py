@@ -1,1 +1,0 @@
-"""The HTTP API: the app factory, authentication, error mapping and the routers."""
