@@ -72,6 +72,8 @@ def main() -> None:
     if not console.is_terminal:  # a log file or CI: wide enough that figures are not wrapped
         console = Console(width=170)
     console.print(render(rows))
+    if any(row.get("failed") for row in rows):  # a stage's own check (the soak's memory) failed
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":
