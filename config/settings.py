@@ -188,6 +188,12 @@ class SchedulerSettings(_Strict):
     create_timeout_s: float = Field(default=120.0, gt=0)
     # A lane with nothing queued, no batch and a healthy SLO state, this long after its last enqueue, is pruned.
     lane_idle_s: float = Field(default=86400.0, gt=0)
+    # A batch holds jobs due within this factor of its earliest job's time left (and at least
+    # batch_deadline_band_min_s past it), so a late batch's jobs share its fate: they flip together
+    # and the emptied batch is cancelled, instead of some flipping and the rest billing them twice.
+    # None: one batch spans any deadlines.
+    batch_deadline_spread: float | None = Field(default=1.25, ge=1)
+    batch_deadline_band_min_s: float = Field(default=1800.0, ge=0)
 
 
 class WorkerSettings(_Strict):

@@ -39,7 +39,7 @@ from config.settings import ProviderSettings, Settings
 from scheduler.flip_plan import Policy, Source, count_below, horizons, safe_horizon_ms
 from scheduler.health import LaneHealth, observed_turnaround_s, prior_for
 from scheduler.lanes import Lane, effective
-from scheduler.planner import LaneState, decide, pressure_horizon_ms
+from scheduler.planner import LaneState, band_limit_ms, decide, pressure_horizon_ms
 from scheduler.prediction import expected_turnaround_s, next_flush_ms, sync_lane
 from scheduler.pricing import Pricing, RouteName
 
@@ -301,11 +301,18 @@ class _LaneRun:
         decision = decide(self.lane, state, now, tick_s=tick_s, turnaround_s=turnaround)
         if not decision.flush:
             return
-        # Earliest deadlines first, each batch filled to the cap (as reserve_batch does).
-        for _ in range(decision.batches):
-            if not self.q_jobs:
-                break
-            self._submit(now_ms, min(self.lane.max_batch_requests, len(self.q_jobs)))
+        # Earliest deadlines first, each batch filled to its cap or its deadline band (as
+        # reserve_batch does); a batch closed by its band does not count against the decision.
+        sched = self.settings.scheduler
+        made = 0
+        while made < decision.batches and self.q_jobs:
+            limit = band_limit_ms(
+                now_ms, self.q_deadlines[0], sched.batch_deadline_spread, sched.batch_deadline_band_min_s
+            )
+            fits = min(self.lane.max_batch_requests, len(self.q_jobs))
+            count = min(fits, count_below(self.q_deadlines, limit + 1))
+            self._submit(now_ms, count)
+            made += count == fits
 
     def _finish(self, job: int, at_ms: int, route: RouteName) -> None:
         self.done[job] = at_ms
