@@ -3,8 +3,9 @@
 A virtual clock advances ``tick_s`` at a time. Each tick, per lane, in the production order: batches
 whose end a poll has seen are ingested (their samples go into the lane's history as the worker
 records them, :func:`scheduler.health.observed_turnaround_s`); the flip policy moves jobs to the
-sync lane; the planner (:func:`scheduler.planner.decide`) flushes the queue into batches; the sync
-lane serves what it can at its rate and concurrency limits. Nothing here re-implements a decision:
+sync lane; the planner (:func:`scheduler.planner.decide`) flushes the queue into batches, cut into
+deadline bands (:func:`scheduler.planner.band_limit_ms`) as the reservation does; the sync lane
+serves what it can at its rate and concurrency limits. Nothing here re-implements a decision:
 ``batchshift`` is :func:`scheduler.flip_plan.horizons` on the lane's :class:`~scheduler.health.LaneHealth`,
 the planner and its expected turnaround are the scheduler's, costs are :class:`scheduler.pricing.Pricing`.
 
