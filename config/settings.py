@@ -188,6 +188,12 @@ class SchedulerSettings(_Strict):
     create_timeout_s: float = Field(default=120.0, gt=0)
     # A lane with nothing queued, no batch and a healthy SLO state, this long after its last enqueue, is pruned.
     lane_idle_s: float = Field(default=86400.0, gt=0)
+    # A batch holds jobs due within this factor of its earliest job's time left (and at least
+    # batch_deadline_band_min_s past it), so a late batch's jobs share its fate: they flip together
+    # and the emptied batch is cancelled, instead of some flipping and the rest billing them twice.
+    # None: one batch spans any deadlines.
+    batch_deadline_spread: float | None = Field(default=1.25, ge=1)
+    batch_deadline_band_min_s: float = Field(default=1800.0, ge=0)
 
 
 class WorkerSettings(_Strict):
@@ -315,8 +321,10 @@ class SloSettings(_Strict):
     # still running at its deadline less the sync margin (scheduler/flip_plan.py).
     flip_risk_probability: float = Field(default=0.05, gt=0, lt=1)
     # A job flips before its latest safe moment only when its batch has more than this chance of
-    # still running at its deadline less the sync margin.
-    flip_early_probability: float = Field(default=0.99, gt=0, lt=1)
+    # still running at its deadline less the sync margin. Almost sure: a flip that was not needed
+    # pays twice, and the latest safe moment already keeps the deadline (the policy lab: at 0.99 an
+    # outage's batches, stalled for hours, made batches after it look doomed; half its flips were needless).
+    flip_early_probability: float = Field(default=0.9999, gt=0, lt=1)
     burn_rules: list[BurnRule] = [
         BurnRule(severity="page", factor=14.4, long_window_s=3600, short_window_s=300),
         BurnRule(severity="page", factor=6, long_window_s=6 * 3600, short_window_s=1800),

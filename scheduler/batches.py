@@ -108,6 +108,22 @@ class Batches:
         Raises:
             Fenced: ``token`` is not the current leader's; nothing was moved by this call.
         """
+        taken, _ = await self.reserve_band(
+            lane, batch_id, token=token, now_ms=now_ms, chunk=chunk, until_ms=2**62
+        )
+        return taken
+
+    async def reserve_band(
+        self, lane: Lane, batch_id: str, *, token: int, now_ms: int, chunk: int, until_ms: int
+    ) -> tuple[int, bool]:
+        """Like :meth:`reserve`, taking no job due after ``until_ms`` (its deadline band).
+
+        Returns the number of jobs reserved and whether the band (not a cap, not the queue running
+        out) closed the batch.
+
+        Raises:
+            Fenced: ``token`` is not the current leader's; nothing was moved by this call.
+        """
         total = 0
         while True:
             reply = await self._reserve(
@@ -132,6 +148,7 @@ class Batches:
                     lane.provider,
                     lane.model,
                     lane.endpoint,
+                    until_ms,
                 ],
             )
             if reply[0] == b"fenced":
@@ -139,7 +156,7 @@ class Batches:
             taken, full = int(reply[1]), int(reply[3])
             total += taken
             if full or taken < chunk:
-                return total
+                return total, full == 2
 
     async def get(self, batch_id: str) -> BatchRecord | None:
         raw: dict[bytes, bytes] = await self.redis.hgetall(keys.batch(batch_id))  # type: ignore[misc]

@@ -8,6 +8,13 @@ or a deadline forces it; a lane backed off after a token-limit refusal submits n
 hold ends. Batch discounts do not grow with size, so a flush takes everything queued (in as many
 batches as the caps need), except a cap flush, which takes only the full batches and leaves the
 rest to fill up.
+
+A flush is cut into deadline bands (:func:`band_limit_ms`): a batch holds jobs due within
+``batch_deadline_spread`` times its earliest job's time left, so a batch that runs late puts
+(nearly) all its jobs at risk at once. They flip together and the emptied batch is cancelled, rather
+than its early jobs flipping while the rest wait and the batch then bills the flipped ones twice. A
+batch closed by its band does not count against the batches a decision asks for: a flush takes
+its bands until it has made that many batches closed by a cap or by the queue running out.
 """
 
 from __future__ import annotations
@@ -61,6 +68,19 @@ class Decision:
 def pressure_horizon_ms(now: float, turnaround_s: float, tick_s: float) -> int:
     """Jobs with a deadline before this (epoch ms) are under deadline pressure."""
     return int((now + turnaround_s + PRESSURE_TICKS * tick_s) * 1000)
+
+
+def band_limit_ms(now_ms: int, first_deadline_ms: int, spread: float | None, min_band_s: float) -> int:
+    """The latest deadline (epoch ms) a batch whose earliest job is due at ``first_deadline_ms`` holds.
+
+    The band reaches ``spread`` times the earliest job's time left, and at least ``min_band_s`` past
+    its deadline (jobs due within minutes of each other are not split into tiny batches).
+    ``spread=None`` lifts the bound.
+    """
+    if spread is None:
+        return 2**62
+    left_ms = max(0, first_deadline_ms - now_ms)
+    return first_deadline_ms + max(int(left_ms * (spread - 1)), int(min_band_s * 1000))
 
 
 def batches_for(lane: Lane, requests: int, body_bytes: int) -> int:

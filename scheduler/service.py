@@ -37,7 +37,7 @@ from scheduler.errors import Fenced
 from scheduler.heartbeat import heartbeat
 from scheduler.lanes import Lane, adopt_registry, load_lanes, prune
 from scheduler.leader import Leader, holder_id
-from scheduler.planner import Decision, LaneState, decide, pressure_horizon_ms
+from scheduler.planner import Decision, LaneState, band_limit_ms, decide, pressure_horizon_ms
 from scheduler.retention import RetentionStep
 from scheduler.slo import SloTracker
 from scheduler.store import blocking_wait_s
@@ -261,13 +261,30 @@ async def plan_step(tick: Tick) -> None:
     for (lane, turnaround), state in zip(lanes, states, strict=True):
         decision = decide(lane, state, tick.now, tick_s=settings.tick_interval_s, turnaround_s=turnaround)
         tick.report.decisions[lane.name] = decision
-        for _ in range(decision.batches if decision.flush else 0):
+        made = 0
+        while made < (decision.batches if decision.flush else 0):
+            # A batch closed by its deadline band does not count (scheduler.planner).
+            head = await s.redis.zrange(keys.lane_queue(lane.name), 0, 0, withscores=True)
+            if not head:
+                break
+            until = band_limit_ms(
+                tick.now_ms,
+                int(head[0][1]),
+                settings.batch_deadline_spread,
+                settings.batch_deadline_band_min_s,
+            )
             batch_id = ids.batch_id(tick.now_ms)
-            taken = await s.batches.reserve(
-                lane, batch_id, token=tick.token, now_ms=tick.now_ms, chunk=settings.reserve_chunk
+            taken, banded = await s.batches.reserve_band(
+                lane,
+                batch_id,
+                token=tick.token,
+                now_ms=tick.now_ms,
+                chunk=settings.reserve_chunk,
+                until_ms=until,
             )
             if taken == 0:
                 break
+            made += not banded
             await s.keep_lease(tick.token)
             tick.report.planned.append(batch_id)
             tick.report.reserved += taken

@@ -12,7 +12,7 @@ import pytest
 from batchshift.cli import main
 from batchshift.simulation import engine, scenario
 from batchshift.simulation.outcome import as_json
-from config.settings import Settings
+from config.settings import SchedulerSettings, Settings
 from scheduler.pricing import Pricing
 
 FIELDS = {
@@ -147,3 +147,21 @@ def test_the_simulator_does_not_import_workers():
 def test_every_preset_is_a_valid_scenario(name):
     path = Path(__file__).parent.parent / "config" / "scenarios" / f"{name}.toml"
     assert scenario.load(path).lanes
+
+
+def test_deadline_bands_let_a_late_batchs_jobs_flip_together_instead_of_paying_twice(tmp_path):
+    """A stall over deadlines of 1–6 h: with one batch per flush, its early jobs flip and the batch
+    then bills them too; cut into deadline bands, a late batch's jobs flip together and it is
+    cancelled, so duplicate spend falls at the same on-time ratio."""
+    path = write(tmp_path, hours=3, deadline="[1, 6]", stalls="[{ start_h = 1, duration_h = 2 }]")
+    spec = scenario.load(path)
+    pricing = Pricing.load(Settings().pricing_file)
+    outcomes = {}
+    for spread in (None, 1.25):
+        settings = Settings(scheduler=SchedulerSettings(batch_deadline_spread=spread))
+        outcomes[spread] = engine.run_policy(spec, settings, pricing, "batchshift")
+    mixed, banded = outcomes[None], outcomes[1.25]
+    assert mixed.on_time == mixed.jobs
+    assert banded.on_time == banded.jobs
+    assert mixed.duplicate_usd > 0
+    assert banded.duplicate_usd < mixed.duplicate_usd / 2

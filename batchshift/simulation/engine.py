@@ -3,8 +3,9 @@
 A virtual clock advances ``tick_s`` at a time. Each tick, per lane, in the production order: batches
 whose end a poll has seen are ingested (their samples go into the lane's history as the worker
 records them, :func:`scheduler.health.observed_turnaround_s`); the flip policy moves jobs to the
-sync lane; the planner (:func:`scheduler.planner.decide`) flushes the queue into batches; the sync
-lane serves what it can at its rate and concurrency limits. Nothing here re-implements a decision:
+sync lane; the planner (:func:`scheduler.planner.decide`) flushes the queue into batches, cut into
+deadline bands (:func:`scheduler.planner.band_limit_ms`) as the reservation does; the sync lane
+serves what it can at its rate and concurrency limits. Nothing here re-implements a decision:
 ``batchshift`` is :func:`scheduler.flip_plan.horizons` on the lane's :class:`~scheduler.health.LaneHealth`,
 the planner and its expected turnaround are the scheduler's, costs are :class:`scheduler.pricing.Pricing`.
 
@@ -39,7 +40,7 @@ from config.settings import ProviderSettings, Settings
 from scheduler.flip_plan import Policy, Source, count_below, horizons, safe_horizon_ms
 from scheduler.health import LaneHealth, observed_turnaround_s, prior_for
 from scheduler.lanes import Lane, effective
-from scheduler.planner import LaneState, decide, pressure_horizon_ms
+from scheduler.planner import LaneState, band_limit_ms, decide, pressure_horizon_ms
 from scheduler.prediction import expected_turnaround_s, next_flush_ms, sync_lane
 from scheduler.pricing import Pricing, RouteName
 
@@ -301,11 +302,18 @@ class _LaneRun:
         decision = decide(self.lane, state, now, tick_s=tick_s, turnaround_s=turnaround)
         if not decision.flush:
             return
-        # Earliest deadlines first, each batch filled to the cap (as reserve_batch does).
-        for _ in range(decision.batches):
-            if not self.q_jobs:
-                break
-            self._submit(now_ms, min(self.lane.max_batch_requests, len(self.q_jobs)))
+        # Earliest deadlines first, each batch filled to its cap or its deadline band (as
+        # reserve_batch does); a batch closed by its band does not count against the decision.
+        sched = self.settings.scheduler
+        made = 0
+        while made < decision.batches and self.q_jobs:
+            limit = band_limit_ms(
+                now_ms, self.q_deadlines[0], sched.batch_deadline_spread, sched.batch_deadline_band_min_s
+            )
+            fits = min(self.lane.max_batch_requests, len(self.q_jobs))
+            count = min(fits, count_below(self.q_deadlines, limit + 1))
+            self._submit(now_ms, count)
+            made += count == fits
 
     def _finish(self, job: int, at_ms: int, route: RouteName) -> None:
         self.done[job] = at_ms

@@ -1,21 +1,24 @@
--- Reserve up to a batch's caps of a lane's queued jobs into a planned batch, earliest deadline first,
--- one chunk per call so Redis is never blocked long. Refused unless the caller holds the current
+-- Reserve up to a batch's caps of a lane's queued jobs into a planned batch, earliest deadline first
+-- and none due after its deadline band (ARGV 12), one chunk per call so Redis is never blocked long. Refused unless the caller holds the current
 -- fencing token, so a deposed scheduler leader's late tick changes nothing.
 -- KEYS: 1 leader fence, 2 lane queue, 3 lane arrivals, 4 lane bytes, 5 batch, 6 batch jobs,
 --       7 planned batches zset
 -- ARGV: 1 fencing token, 2 batch id, 3 max requests, 4 max bytes, 5 chunk, 6 per-line overhead bytes,
---       7 now ms, 8 lane, 9 provider, 10 model, 11 endpoint
--- Returns {'fenced'} | {'ok', jobs taken, bytes taken, full (1 when the next job would not fit)}.
+--       7 now ms, 8 lane, 9 provider, 10 model, 11 endpoint, 12 latest deadline ms the batch holds
+-- Returns {'fenced'} | {'ok', jobs taken, bytes taken, full (1 when the next job would not fit in the
+-- caps, 2 when it is due after the band)}.
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'fenced'} end
 local batch_id = ARGV[2]
 local max_requests, max_bytes = tonumber(ARGV[3]), tonumber(ARGV[4])
 local chunk, overhead = tonumber(ARGV[5]), tonumber(ARGV[6])
 local now = ARGV[7]
+local until_ms = tonumber(ARGV[12])
 local have = redis.call('HMGET', KEYS[5], 'requests', 'bytes')
 local count, bytes = tonumber(have[1] or '0'), tonumber(have[2] or '0')
 local taken, taken_bytes, full = 0, 0, 0
-local ids = redis.call('ZRANGE', KEYS[2], 0, chunk - 1)
-for _, id in ipairs(ids) do
+local rows = redis.call('ZRANGE', KEYS[2], 0, chunk - 1, 'WITHSCORES')
+for i = 1, #rows, 2 do
+  local id = rows[i]
   local rec = redis.call('HMGET', k_job(id), 'state', 'size', 'tenant')
   if rec[1] ~= 'queued' then
     -- Not queued any more (a stale index entry): drop it from the indexes, it is not ours to move.
@@ -26,6 +29,10 @@ for _, id in ipairs(ids) do
     -- A lone job larger than the byte cap still goes alone; the provider's refusal then fails it.
     if count >= max_requests or (count > 0 and bytes + size + overhead > max_bytes) then
       full = 1
+      break
+    end
+    if tonumber(rows[i + 1]) > until_ms then
+      full = 2
       break
     end
     redis.call('ZREM', KEYS[2], id)
@@ -48,5 +55,5 @@ if taken > 0 then
   end
   redis.call('HSET', KEYS[5], 'requests', count, 'bytes', bytes)
 end
-if count >= max_requests then full = 1 end
+if full == 0 and count >= max_requests then full = 1 end
 return {'ok', taken, taken_bytes, full}

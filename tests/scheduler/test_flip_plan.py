@@ -114,3 +114,22 @@ def test_far_tails_stay_finite():
     p = m.p_running(1_000.0, 2_000.0)
     assert 0.0 <= p <= 1.0
     assert not math.isnan(p)
+
+
+def test_a_long_running_batch_keeps_its_jobs_until_their_last_safe_moment_by_default():
+    """Batches of 7 min at the median and an hour at p90, and one a minute stalled in flight for 6 h:
+    a batch three hours in keeps its jobs due in 30 minutes (at 0.99 "almost sure" it would flip
+    them now, and on the outage preset half of such flips were needless)."""
+    from statistics import NormalDist
+
+    from config.settings import Settings
+
+    sigma = math.log(60 / 7) / NormalDist().inv_cdf(0.9)
+    ended = [420.0 * math.exp(sigma * NormalDist().inv_cdf((i + 0.5) / 200)) for i in range(200)]
+    m = model(ended, [60.0 * i for i in range(1, 361)])
+    source = Source("b1", NOW - 3 * 3_600_000)
+    due = [NOW + 30 * 60_000]
+    production = Policy.for_settings(Settings())
+    assert horizons(m, [source], [due], [], SYNC, production, NOW)["b1"] < due[0]
+    eager = Policy(risk_probability=0.05, early_probability=0.99, tick_s=1.0)
+    assert horizons(m, [source], [due], [], SYNC, eager, NOW)["b1"] > due[0]

@@ -8,7 +8,7 @@ import pytest
 
 from config.settings import LaneSettings
 from scheduler.lanes import LINE_OVERHEAD_BYTES, Lane, effective
-from scheduler.planner import LaneState, batches_for, decide
+from scheduler.planner import LaneState, band_limit_ms, batches_for, decide
 from tests.conftest import make_settings
 
 NOW = datetime(2026, 3, 9, 12, 0, tzinfo=UTC).timestamp()
@@ -132,3 +132,27 @@ def test_caps_never_exceed_the_provider_limit() -> None:
 def test_batches_for(requests: int, body: int, expected: int) -> None:
     ln = lane(max_batch_requests=100)
     assert batches_for(ln, requests, requests * body) == expected
+
+
+HOUR_MS = 3_600_000
+
+
+@pytest.mark.parametrize(
+    ("first_left_h", "expected_h"),
+    [
+        (4, 5),  # 4 h left × 1.25
+        (20, 25),
+        (1, 1.5),  # a quarter of an hour is narrower than the half-hour floor
+        (-1, -0.5),  # already overdue: the floor alone
+    ],
+)
+def test_band_reaches_the_spread_of_the_earliest_jobs_time_left(
+    first_left_h: float, expected_h: float
+) -> None:
+    now = 1_800_000_000_000
+    limit = band_limit_ms(now, now + int(first_left_h * HOUR_MS), 1.25, 1800)
+    assert limit == now + int(expected_h * HOUR_MS)
+
+
+def test_no_spread_no_band() -> None:
+    assert band_limit_ms(0, HOUR_MS, None, 1800) >= 2**62

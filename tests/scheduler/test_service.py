@@ -57,7 +57,10 @@ def planning_settings(redis_url: str, **overrides: object):
 async def test_ten_thousand_jobs_become_the_fewest_batches_earliest_deadlines_first(
     redis, redis_url, arq_pool
 ) -> None:
-    settings = planning_settings(redis_url)
+    # One deadline band for all (bands have their own test): this one is about the caps.
+    settings = planning_settings(
+        redis_url, scheduler=SchedulerSettings(reserve_chunk=700, batch_deadline_spread=None)
+    )
     ledger = Ledger(redis)
     sizes = {("openai", "gpt-a"): 4000, ("openai", "gpt-b"): 3500, ("anthropic", "claude-c"): 2500}
     all_ids: set[str] = set()
@@ -139,6 +142,39 @@ async def test_cap_flush_leaves_the_remainder_to_fill(redis, redis_url, arq_pool
     assert report.decisions[lane].reason == "cap_requests"
     assert report.reserved == 2500
     assert await redis.zcard(keys.lane_queue(lane)) == 100
+
+
+async def test_a_flush_is_cut_into_deadline_bands(redis, redis_url, arq_pool) -> None:
+    """Jobs due in 4 h and 4.5 h share a batch; those due in 20 h get their own."""
+    settings = planning_settings(
+        redis_url,
+        scheduler=SchedulerSettings(
+            reserve_chunk=70, batch_deadline_spread=1.25, batch_deadline_band_min_s=1800
+        ),
+    )
+    hour = 3_600_000
+    due = (4 * hour, 4 * hour + hour // 2, 20 * hour)
+    await enqueue_lane(
+        Ledger(redis),
+        "openai",
+        "gpt-b",
+        300,
+        now_ms=NOW_MS,
+        age_ms=61_000,
+        deadlines=lambda i: NOW_MS + due[i % 3],
+    )
+    async with Scheduler(settings, redis, arq_pool) as scheduler:
+        planning_only(scheduler)
+        report = await scheduler.tick(NOW)
+        assert report.reserved == 300
+        spans = []
+        for batch_id in report.planned:
+            members = sorted(m.decode() for m in await redis.smembers(keys.batch_jobs(batch_id)))
+            jobs = await Ledger(redis).get_many(members)
+            spans.append(sorted({j.deadline_ms - NOW_MS for j in jobs if j is not None}))
+    # 4 h left × 1.25 = 5 h: the 4.5 h jobs fit, the 20 h ones start a band of their own.
+    assert spans == [[4 * hour, 4 * hour + hour // 2], [20 * hour]]
+    assert await redis.zcard(keys.lane_queue("openai:gpt-b:/v1/chat/completions")) == 0
 
 
 async def test_nothing_flushes_without_a_trigger(redis, redis_url, arq_pool) -> None:
