@@ -30,7 +30,8 @@ import orjson
 from redis.asyncio import Redis
 
 from config.settings import Settings
-from scheduler import keys
+from scheduler import keys, scripts
+from scheduler.batches import Fenced
 from scheduler.ids import new_id
 from scheduler.leader import Command, fenced_write
 
@@ -192,8 +193,16 @@ async def plan(
     redis: Redis, settings: Settings, lane: str, conditions: list[Condition], now_ms: int
 ) -> LaneAlerts:
     """Read the lane's open incidents and decide this tick's events (nothing is written)."""
+    raw: dict[bytes, bytes] = await redis.hgetall(keys.alert_state(lane))  # type: ignore[misc]
+    return decide_lane(settings, lane, raw, conditions, now_ms)
+
+
+def decide_lane(
+    settings: Settings, lane: str, raw: dict[bytes, bytes], conditions: list[Condition], now_ms: int
+) -> LaneAlerts:
+    """This tick's events and writes for a lane whose open incidents are ``raw`` (its
+    ``keys.alert_state`` hash as read), without reading or writing anything."""
     state_key = keys.alert_state(lane)
-    raw: dict[bytes, bytes] = await redis.hgetall(state_key)  # type: ignore[misc]
     events: list[AlertEvent] = []
     writes: list[Command] = []
     for cond in conditions:
@@ -241,6 +250,29 @@ async def plan(
             )
             writes.append(("ZADD", keys.ALERTS_DUE, now_ms, nid))
     return LaneAlerts(events, writes)
+
+
+async def write_lanes(redis: Redis, token: int, lanes: Sequence[Sequence[Command]]) -> None:
+    """Each lane's writes (its incidents, notifications and snapshot) atomic and fenced by ``token``,
+    as :func:`scheduler.leader.fenced_write` does one, but every lane in one round trip: one fenced
+    script call per lane, in one MULTI/EXEC, so either every lane is written or none.
+
+    Raises:
+        scheduler.batches.Fenced: another replica leads now; no lane's writes were made.
+    """
+    script = scripts.load(redis, "fenced")
+    async with redis.pipeline(transaction=True) as pipe:
+        for commands in lanes:
+            if commands:
+                encoded = orjson.dumps([[_text(arg) for arg in command] for command in commands])
+                await script(keys=[keys.LEADER_FENCE], args=[token, encoded], client=pipe)
+        replies = await pipe.execute()
+    if any(reply == b"fenced" for reply in replies):
+        raise Fenced(token)
+
+
+def _text(arg: str | bytes | int | float) -> str:
+    return arg.decode() if isinstance(arg, bytes) else str(arg)
 
 
 async def due_count(redis: Redis, now_ms: int) -> tuple[int, int | None]:

@@ -117,14 +117,19 @@ class Flipper:
                 planned.add(batch.batch.id)
             source = flip_plan.Source(batch.batch.id, start, ended=batch.batch.ended_ms is not None)
             places.append((source, await ensure_deadline_index(self.redis, batch.batch.id)))
+        # The lowest score a place is known to hold (the queue's earliest deadline, read with the
+        # prediction): a range ending at or below it is empty, so it is not read.
+        floors: dict[str, float] = {}
         if prediction.next_flush_ms is not None:
-            places.append(
-                (flip_plan.Source(None, prediction.next_flush_ms), keys.lane_queue(prediction.lane))
-            )
+            queue = keys.lane_queue(prediction.lane)
+            places.append((flip_plan.Source(None, prediction.next_flush_ms), queue))
+            if prediction.earliest_deadline_ms is not None:
+                floors[queue] = prediction.earliest_deadline_ms
         deadlines = []
         for source, zset in places:
             cut = flip_plan.risk_horizon_ms(model, source, now_ms, sync.margin_s, policy)
-            deadlines.append(await self._deadlines(zset, cut) if cut > float("-inf") else [])
+            floor = floors.get(zset, float("-inf"))
+            deadlines.append(await self._deadlines(zset, cut) if cut > floor else [])
         if self._sync_deadlines is None:  # one read per tick, whatever the number of lanes
             self._sync_deadlines = await self._deadlines(keys.SYNC_QUEUE, float("inf"))
         queued_for_sync = self._sync_deadlines
@@ -134,7 +139,8 @@ class Flipper:
         for source, zset in places:
             horizon = int(min(horizons[source.key], 2**62))
             batch_id = None if source.key is None else str(source.key)
-            await self._flip_range(zset, horizon, batch_id, now_ms, report)
+            if horizon > floors.get(zset, float("-inf")):
+                await self._flip_range(zset, horizon, batch_id, now_ms, report)
             # A planned batch's submit leaves flipped jobs out, and cancels it when none is left; an
             # ended one has nothing left to cancel at the provider.
             if (

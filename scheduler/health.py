@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from config.settings import Settings
 from scheduler import keys
@@ -169,11 +170,30 @@ async def read_health(
     redis: Redis, settings: Settings, lane: str, provider: str | None, now_ms: int
 ) -> LaneHealth:
     """Read a lane's sample windows from Redis (two list reads, one round trip)."""
-    slo = settings.slo
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.lrange(keys.lane_turnarounds(lane), 0, slo.history_size - 1)
-        pipe.lrange(keys.lane_sync_latencies(lane), 0, slo.history_size - 1)
+        queue_health_reads(pipe, settings, lane)
         raw_turn, raw_sync = await pipe.execute()
+    return health_from(settings, lane, provider, raw_turn, raw_sync, now_ms)
+
+
+def queue_health_reads(pipe: Pipeline, settings: Settings, lane: str) -> None:
+    """Queue a lane's two sample-list reads on ``pipe`` (their replies go to :func:`health_from`), so
+    the SLO step reads every lane's health in the same round trip."""
+    size = settings.slo.history_size
+    pipe.lrange(keys.lane_turnarounds(lane), 0, size - 1)
+    pipe.lrange(keys.lane_sync_latencies(lane), 0, size - 1)
+
+
+def health_from(
+    settings: Settings,
+    lane: str,
+    provider: str | None,
+    raw_turn: Sequence[bytes],
+    raw_sync: Sequence[bytes],
+    now_ms: int,
+) -> LaneHealth:
+    """A lane's health from its two sample lists as read (newest first)."""
+    slo = settings.slo
     prior, window = prior_for(settings, provider)
     # The newest sample is news only while recent (the shortest burn window): a lane left idle after
     # a slow batch must recover, not stay lagging until that sample leaves the week-long history.
