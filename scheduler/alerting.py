@@ -30,8 +30,7 @@ import orjson
 from redis.asyncio import Redis
 
 from config.settings import Settings
-from scheduler import keys, scripts
-from scheduler.batches import Fenced
+from scheduler import keys
 from scheduler.ids import new_id
 from scheduler.leader import Command, fenced_write
 
@@ -253,26 +252,14 @@ def decide_lane(
 
 
 async def write_lanes(redis: Redis, token: int, lanes: Sequence[Sequence[Command]]) -> None:
-    """Each lane's writes (its incidents, notifications and snapshot) atomic and fenced by ``token``,
-    as :func:`scheduler.leader.fenced_write` does one, but every lane in one round trip: one fenced
-    script call per lane, in one MULTI/EXEC, so either every lane is written or none.
+    """Every lane's writes (its incidents, notifications and snapshot) in one fenced step
+    (:func:`scheduler.leader.fenced_write`): one round trip and one fence check for all lanes, and
+    either every lane is written or none.
 
     Raises:
         scheduler.batches.Fenced: another replica leads now; no lane's writes were made.
     """
-    script = scripts.load(redis, "fenced")
-    async with redis.pipeline(transaction=True) as pipe:
-        for commands in lanes:
-            if commands:
-                encoded = orjson.dumps([[_text(arg) for arg in command] for command in commands])
-                await script(keys=[keys.LEADER_FENCE], args=[token, encoded], client=pipe)
-        replies = await pipe.execute()
-    if any(reply == b"fenced" for reply in replies):
-        raise Fenced(token)
-
-
-def _text(arg: str | bytes | int | float) -> str:
-    return arg.decode() if isinstance(arg, bytes) else str(arg)
+    await fenced_write(redis, token, [command for commands in lanes for command in commands])
 
 
 async def due_count(redis: Redis, now_ms: int) -> tuple[int, int | None]:

@@ -168,9 +168,9 @@ async def _active_lanes(ledger: Ledger, now_ms: int, names: range) -> None:
 
 
 # Commands a whole tick sends per active lane with nothing at risk: the SLO step's reads (2 sample
-# lists, the queue's two ends, the open incidents, the SLO buckets, the lane's meta) and its fenced
-# write (the script call, its fence read and the snapshot), and the plan step's (meta and 6 reads).
-COMMANDS_PER_LANE = 17
+# lists, the queue's two ends, the open incidents, the SLO buckets, the lane's meta), its snapshot
+# (written in the one fenced script call of all lanes), and the plan step's (meta and 6 reads).
+COMMANDS_PER_LANE = 15
 
 
 async def test_a_ticks_redis_commands_grow_by_a_constant_per_lane(redis, redis_url, pool):
@@ -186,6 +186,6 @@ async def test_a_ticks_redis_commands_grow_by_a_constant_per_lane(redis, redis_u
     large = await _commands_of_tick(redis, scheduler, NOW / 1000 + 4)
     per_lane = {name: (large[name] - small[name]) / 30 for name in large | small}
     assert sum(per_lane.values()) <= COMMANDS_PER_LANE, per_lane
-    # Nothing at risk anywhere: no lane reads a flip range, and the fenced writes are one MULTI.
+    # Nothing at risk anywhere: no lane reads a flip range, and every lane's fenced writes are one script call.
     assert large["zrangebyscore"] == small["zrangebyscore"], per_lane
-    assert large["multi"] == small["multi"] == 1
+    assert large["evalsha"] == small["evalsha"]
