@@ -33,6 +33,12 @@ USUAL_QUANTILE = 0.5
 MIN_TURNAROUND_S = 0.001
 
 
+# Turnaround models by their inputs: a model is a pure function of them, so lanes (and ticks) with
+# the same history share one, and its memoised quantiles. Cleared whole when full.
+MODEL_CACHE_SIZE = 4096
+_models: dict[tuple[tuple[float, ...], tuple[float, ...], float, float, int, float], TurnaroundModel] = {}
+
+
 def quantile(values: Sequence[float], q: float) -> float:
     """The ``q`` quantile of sorted ``values`` by linear interpolation between closest ranks."""
     if not values:
@@ -77,14 +83,27 @@ class LaneHealth:
     model: TurnaroundModel = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        model = TurnaroundModel.build(
+        inputs = (
             self.turnarounds,
             self.in_flight,
-            prior_s=self.prior_turnaround_s,
-            window_s=self.window_s,
-            min_samples=self.min_samples,
-            prior_quantile=self.prior_quantile,
+            self.prior_turnaround_s,
+            self.window_s,
+            self.min_samples,
+            self.prior_quantile,
         )
+        model = _models.get(inputs)
+        if model is None:
+            model = TurnaroundModel.build(
+                self.turnarounds,
+                self.in_flight,
+                prior_s=self.prior_turnaround_s,
+                window_s=self.window_s,
+                min_samples=self.min_samples,
+                prior_quantile=self.prior_quantile,
+            )
+            if len(_models) >= MODEL_CACHE_SIZE:
+                _models.clear()
+            _models[inputs] = model
         object.__setattr__(self, "model", model)
 
     def with_in_flight(self, elapsed_s: Sequence[float]) -> LaneHealth:
