@@ -5,9 +5,11 @@ batches in flight (:mod:`scheduler.prediction`), flip the jobs at risk and cance
 (:mod:`scheduler.flips`), bring its burn-rate windows up to date (:mod:`scheduler.burn`), step its
 state with hysteresis (:mod:`scheduler.lane_state`), decide its alerts into the outbox
 (:mod:`scheduler.alerting`), and write its snapshot (``keys.lane_slo``) for ``GET /v1/lanes`` and
-for the next leader. The incident state, the alert outbox and the snapshot (with the lane's state)
-are written in one step fenced by the tick's leader token, so a leader deposed mid-tick neither
-pages twice nor overwrites its successor's snapshot. Then, if notifications are due, enqueue ``send_alerts``. The tracker also
+for the next leader. Every lane's reads come in one pipelined round trip, and every lane's
+incident state, alert outbox and snapshot (with the lane's state) are written together in one step
+fenced by the tick's leader token, so a leader deposed mid-tick neither pages twice nor overwrites
+its successor's snapshots; a tick's round trips do not grow with its lanes (flips, made only where
+jobs are at risk, are the exception). Then, if notifications are due, enqueue ``send_alerts``. The tracker also
 gives the planner its expected turnaround (quantile + sync margin), so lanes flush before their
 jobs would flip.
 
@@ -26,7 +28,7 @@ from redis.asyncio import Redis
 from scheduler import alerting, keys, tasks
 from scheduler.alerting import Condition
 from scheduler.burn import BucketWindows
-from scheduler.flips import Flipper
+from scheduler.flips import Flipper, queue_index_reads
 from scheduler.health import LaneHealth, health_from, queue_health_reads, read_health
 from scheduler.jobs import iso
 from scheduler.lane_state import Evidence, LaneState, burn_windows, gather, rule_name, step
@@ -130,7 +132,7 @@ class SloTracker:
         self.flipper.new_tick()
         in_flight = await live_batches(self.redis)
         lanes = await load_lanes(self.redis, self.settings)
-        reads = await self._read(lanes, now_ms)
+        reads = await self._read(lanes, in_flight, now_ms)
         writes: list[list[Command]] = []
         events: list[alerting.AlertEvent] = []
         for lane, lane_reads in zip(lanes, reads, strict=True):
@@ -149,11 +151,15 @@ class SloTracker:
             )
         return report
 
-    async def _read(self, lanes: list[Lane], now_ms: int) -> list[_LaneReads]:
+    async def _read(
+        self, lanes: list[Lane], in_flight: dict[str, list[LiveBatch]], now_ms: int
+    ) -> list[_LaneReads]:
         """Every lane's reads of this tick in one pipelined round trip: its health samples, the ends of
-        its queue, its SLO buckets, its open incidents and, at a term's start, its last snapshot."""
+        its queue, its SLO buckets, its open incidents, its batches' deadline indexes (for the
+        flipper) and, at a term's start, its last snapshot."""
         settings = self.settings
         counts: list[tuple[int, bool]] = []
+        indexes: list[tuple[str, int]] = []
         async with self.redis.pipeline(transaction=False) as pipe:
             for lane in lanes:
                 queue_health_reads(pipe, settings, lane.name)
@@ -163,7 +169,9 @@ class SloTracker:
                 if stored:
                     pipe.get(keys.lane_slo(lane.name))
                 counts.append((self._windows(lane.name).queue_reads(pipe, now_ms / 1000), stored))
-            replies = await pipe.execute() if lanes else []
+            for batches in in_flight.values():
+                indexes += [(b.id, queue_index_reads(pipe, b.id)) for b in batches]
+            replies = await pipe.execute()
         out = []
         i = 0
         deletes: list[tuple[str, ...]] = []
@@ -182,6 +190,9 @@ class SloTracker:
                 orjson.loads(snapshot) if snapshot else None
             )
             out.append(_LaneReads(health, oldest, earliest, incidents, state))
+        for batch_id, count in indexes:
+            self.flipper.known_index(batch_id, replies[i : i + count])
+            i += count
         if deletes:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for found in deletes:

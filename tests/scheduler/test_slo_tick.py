@@ -16,7 +16,7 @@ from scheduler.slo import SloReport
 from scheduler.tasks import create_pool
 from tests.conftest import make_settings
 from tests.scheduler.api_harness import ACME, ADMIN, asgi_client
-from tests.scheduler.slo_support import LANE, enqueue, lead, new_job
+from tests.scheduler.slo_support import LANE, enqueue, lead, new_job, submitted_batch
 
 NOW = 1_800_000_000_000
 
@@ -189,3 +189,31 @@ async def test_a_ticks_redis_commands_grow_by_a_constant_per_lane(redis, redis_u
     # Nothing at risk anywhere: no lane reads a flip range, and every lane's fenced writes are one script call.
     assert large["zrangebyscore"] == small["zrangebyscore"], per_lane
     assert large["evalsha"] == small["evalsha"]
+
+
+async def test_batches_in_flight_with_nothing_at_risk_add_no_flip_reads(redis, redis_url, pool):
+    """A batch's deadline index is read with every lane's reads; with nothing at risk the flipper
+    reads no range of it and does not check it for emptiness one batch at a time."""
+    settings = make_settings(redis_url, slo=SloSettings(prior_turnaround_s=60))
+    ledger = Ledger(redis)
+
+    async def batches(count: int) -> None:
+        for _ in range(count):
+            await enqueue(ledger, NOW, [86_400, 86_400])
+            await submitted_batch(redis, settings, NOW)
+        await redis.delete(keys.LEADER_LEASE)  # the helper's lease; the scheduler leads from here
+
+    await batches(1)
+    scheduler = Scheduler(settings, redis, pool, holder="t")
+    await scheduler.tick(NOW / 1000 + 1)  # builds the batch's deadline index
+    one = await _commands_of_tick(redis, scheduler, NOW / 1000 + 2)
+    await scheduler.close()
+    await batches(3)
+    scheduler = Scheduler(settings, redis, pool, holder="t")
+    await scheduler.tick(NOW / 1000 + 3)
+    four = await _commands_of_tick(redis, scheduler, NOW / 1000 + 4)
+    per_batch = {name: (four[name] - one[name]) / 3 for name in four | one}
+    assert four["zrangebyscore"] == one["zrangebyscore"], per_batch
+    # Its row (live_batches) and its index's existence, size and earliest deadline, all pipelined.
+    assert sum(per_batch.values()) <= 4, per_batch
+    assert not (await scheduler.tick(NOW / 1000 + 5)).steps["slo"].flipped
