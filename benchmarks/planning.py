@@ -11,6 +11,9 @@ process.
 A second figure is one whole scheduler tick (every step, the SLO tracker's included) over
 ``ACTIVE_LANES`` active lanes, each holding jobs that do not flush yet: a tick's work grows with
 the active lanes, and it must stay under the tick interval (the ratio column: tick / interval).
+The SLO step reads every lane in one pipelined round trip and writes every lane's fenced snapshot
+in another, so a tick's round trips do not grow with the lanes; its commands do, by a constant per
+lane (a third figure: Redis's own ``total_commands_processed`` per tick, per lane).
 """
 
 from __future__ import annotations
@@ -103,9 +106,9 @@ async def _baseline(redis: Redis) -> float:
     return time.perf_counter() - start
 
 
-async def _tick_at_lanes(url: str, redis: Redis, pool: Any) -> tuple[list[float], list[float]]:
-    """Seconds per whole tick, and per plan step, over ACTIVE_LANES lanes of 3 queued jobs each
-    (none due to flush)."""
+async def _tick_at_lanes(url: str, redis: Redis, pool: Any) -> tuple[list[float], list[float], list[int]]:
+    """Seconds per whole tick, per plan step, and Redis commands per tick, over ACTIVE_LANES lanes of
+    3 queued jobs each (none due to flush)."""
     await redis.flushdb()
     settings = Settings(
         redis_url=url,
@@ -136,21 +139,30 @@ async def _tick_at_lanes(url: str, redis: Redis, pool: Any) -> tuple[list[float]
         )
     seconds: list[float] = []
     plan_s: list[float] = []
+    commands: list[int] = []
     async with Scheduler(settings, redis, pool) as scheduler:
         scheduler.steps = [
             (name, _timed(step, plan_s) if name == "plan" else step) for name, step in scheduler.steps
         ]
         for i in range(TICKS + 1):
+            processed = await _commands_processed(redis)
             start_s = time.perf_counter()
             report = await scheduler.tick(now + i)
             elapsed = time.perf_counter() - start_s
+            tick_commands = await _commands_processed(redis) - processed - 1  # less the INFO before
             assert report.leader, report
             assert len(report.decisions) == ACTIVE_LANES, report.errors
             assert not report.planned, report.planned
             assert not report.errors, report.errors
             if i:  # the first tick of a term also reconciles and adopts the registry
                 seconds.append(elapsed)
-    return seconds, plan_s[1:]
+                commands.append(tick_commands)
+    return seconds, plan_s[1:], commands
+
+
+async def _commands_processed(redis: Redis) -> int:
+    """Commands the server has run so far (its own counter; this INFO included)."""
+    return int((await redis.info("stats"))["total_commands_processed"])
 
 
 def _timed(step: Any, into: list[float]) -> Any:
@@ -171,7 +183,7 @@ async def run() -> list[dict[str, Any]]:
         pool = await create_pool(url)
         settings = _settings(url)
         try:
-            tick_s, plan_step_s = await _tick_at_lanes(url, redis, pool)
+            tick_s, plan_step_s, tick_commands = await _tick_at_lanes(url, redis, pool)
             for _ in range(ROUNDS):
                 await redis.flushdb()
                 now = time.time()
@@ -214,6 +226,14 @@ async def run() -> list[dict[str, Any]]:
             "unit": "ms",
             "baseline": interval_ms,
             "ratio": plan_ms / interval_ms,
+            "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        },
+        {
+            "figure": f"Redis commands per tick per active lane ({ACTIVE_LANES:,} lanes; most ticked)",
+            "throughput": max(tick_commands) / ACTIVE_LANES,
+            "unit": "cmds",
+            "baseline": None,
+            "ratio": None,
             "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         },
     ]

@@ -192,8 +192,16 @@ async def plan(
     redis: Redis, settings: Settings, lane: str, conditions: list[Condition], now_ms: int
 ) -> LaneAlerts:
     """Read the lane's open incidents and decide this tick's events (nothing is written)."""
+    raw: dict[bytes, bytes] = await redis.hgetall(keys.alert_state(lane))  # type: ignore[misc]
+    return decide_lane(settings, lane, raw, conditions, now_ms)
+
+
+def decide_lane(
+    settings: Settings, lane: str, raw: dict[bytes, bytes], conditions: list[Condition], now_ms: int
+) -> LaneAlerts:
+    """This tick's events and writes for a lane whose open incidents are ``raw`` (its
+    ``keys.alert_state`` hash as read), without reading or writing anything."""
     state_key = keys.alert_state(lane)
-    raw: dict[bytes, bytes] = await redis.hgetall(state_key)  # type: ignore[misc]
     events: list[AlertEvent] = []
     writes: list[Command] = []
     for cond in conditions:
@@ -241,6 +249,17 @@ async def plan(
             )
             writes.append(("ZADD", keys.ALERTS_DUE, now_ms, nid))
     return LaneAlerts(events, writes)
+
+
+async def write_lanes(redis: Redis, token: int, lanes: Sequence[Sequence[Command]]) -> None:
+    """Every lane's writes (its incidents, notifications and snapshot) in one fenced step
+    (:func:`scheduler.leader.fenced_write`): one round trip and one fence check for all lanes, and
+    either every lane is written or none.
+
+    Raises:
+        scheduler.batches.Fenced: another replica leads now; no lane's writes were made.
+    """
+    await fenced_write(redis, token, [command for commands in lanes for command in commands])
 
 
 async def due_count(redis: Redis, now_ms: int) -> tuple[int, int | None]:

@@ -15,10 +15,12 @@ the SLO period.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from scheduler import keys
 
@@ -69,41 +71,64 @@ class BucketWindows:
         self._live: dict[int, Counts] = {}
         self._now_s = 0.0
         self._stale: list[int] = []  # starts to delete from Redis on the next refresh
+        self._pending: list[int] | None = None  # bucket starts the queued reads ask for; None: all
 
     def _closed_before(self, now_s: float) -> int:
         return (math.floor(now_s / self.width) - OPEN_BUCKETS + 1) * self.width
 
     async def refresh(self, redis: Redis, now_s: float) -> None:
         """Bring the sums up to ``now_s``: fold newly closed buckets, re-read the open ones."""
+        async with redis.pipeline(transaction=False) as pipe:
+            self.queue_reads(pipe, now_s)
+            replies = await pipe.execute()
+        deletes = self.apply(replies, now_s)
+        if deletes:
+            await redis.hdel(*deletes)  # type: ignore[misc]
+
+    def queue_reads(self, pipe: Pipeline, now_s: float) -> int:
+        """Queue this refresh's reads on ``pipe`` (the whole hash, or the buckets since the last fold),
+        and the deletion of buckets folded out of every window; returns how many replies it queued,
+        which :meth:`apply` takes. The SLO step queues every lane's on one pipeline: one round trip
+        for all lanes."""
         key = keys.slo_buckets(self.lane)
         closed_before = self._closed_before(now_s)
         current = math.floor(now_s / self.width) * self.width
         if self._folded_to is None or closed_before - self._folded_to > self.longest:
-            await self._load(redis, key, now_s, closed_before)
+            self._pending = None
+            pipe.hgetall(key)
+            return 1
+        self._pending = list(range(self._folded_to, current + self.width, self.width))
+        pipe.hmget(key, [f"{s}:{k}" for s in self._pending for k in KINDS])
+        if not self._stale:
+            return 1
+        pipe.hdel(key, *[f"{s}:{k}" for s in self._stale for k in KINDS])
+        return 2
+
+    def apply(self, replies: Sequence[Any], now_s: float) -> tuple[str, ...]:
+        """Fold the replies of :meth:`queue_reads` at the same ``now_s``; returns ``(key, field, ...)``
+        of buckets too old for any window found by a whole-hash read (to ``HDEL``), or ``()``."""
+        closed_before = self._closed_before(now_s)
+        if self._pending is None:
+            deletes = self._load(replies[0], now_s, closed_before)
         else:
-            starts = list(range(self._folded_to, current + self.width, self.width))
-            fields = [f"{s}:{k}" for s in starts for k in KINDS]
-            async with redis.pipeline(transaction=False) as pipe:
-                pipe.hmget(key, fields)
-                if self._stale:
-                    pipe.hdel(key, *[f"{s}:{k}" for s in self._stale for k in KINDS])
-                values = (await pipe.execute())[0]
-            self._stale = []
+            self._stale = []  # deleted by the reads' pipeline
+            deletes = ()
+            values = replies[0]
             found = {}
-            for i, start in enumerate(starts):
+            for i, start in enumerate(self._pending):
                 row = values[i * 4 : i * 4 + 4]
                 found[start] = Counts(*(int(v) if v else 0 for v in row))
             self._live = {s: c for s, c in found.items() if s >= closed_before}
-            for start in starts:
+            for start in self._pending:
                 if start < closed_before:
                     self._fold(start, found[start])
             self._folded_to = closed_before
         self._advance(now_s)
+        return deletes
 
-    async def _load(self, redis: Redis, key: str, now_s: float, closed_before: int) -> None:
-        raw: dict[bytes, bytes] = await redis.hgetall(key)  # type: ignore[misc]
+    def _load(self, raw: dict[bytes, bytes], now_s: float, closed_before: int) -> tuple[str, ...]:
         buckets: dict[int, Counts] = {}
-        old: list[bytes] = []
+        old: list[str] = []
         oldest = now_s - self.longest - self.width
         for field, value in raw.items():
             start_s, _, kind = field.decode().partition(":")
@@ -112,12 +137,10 @@ class BucketWindows:
             except ValueError:
                 continue
             if start < oldest:
-                old.append(field)
+                old.append(field.decode())
                 continue
             if kind in KINDS:
                 setattr(buckets.setdefault(start, Counts()), kind, int(value))
-        if old:
-            await redis.hdel(key, *[f.decode() for f in old])  # type: ignore[misc]
         self._starts, self._counts = [], []
         self._left = {w: 0 for w in self.windows}
         self._sums = {w: Counts() for w in self.windows}
@@ -125,6 +148,7 @@ class BucketWindows:
         for start in sorted(s for s in buckets if s < closed_before):
             self._fold(start, buckets[start])
         self._folded_to = closed_before
+        return (keys.slo_buckets(self.lane), *old) if old else ()
 
     def _fold(self, start: int, counts: Counts) -> None:
         if not counts.all and not counts.sync:

@@ -20,11 +20,14 @@ counted as duplicate spend.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 from arq.connections import ArqRedis
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from config.settings import Settings
 from scheduler import budgets, flip_plan, keys, tasks
@@ -84,6 +87,17 @@ async def ensure_deadline_index(redis: Redis, batch_id: str) -> str:
     return index
 
 
+def queue_index_reads(pipe: Pipeline, batch_id: str) -> int:
+    """Queue on ``pipe`` what the flip step would otherwise read of a batch's deadline index one batch
+    at a time (whether it exists, its size, its earliest deadline), so the SLO step reads every
+    batch's in its one round trip; returns how many replies :meth:`Flipper.known_index` takes."""
+    index = keys.batch_deadlines(batch_id)
+    pipe.exists(index)
+    pipe.zcard(index)
+    pipe.zrange(index, 0, 0, withscores=True)
+    return 3
+
+
 class Flipper:
     """Finds and flips at-risk jobs, one lane at a time, within a per-tick budget."""
 
@@ -94,11 +108,22 @@ class Flipper:
         self.settings = settings
         self.remaining = settings.slo.max_flips_per_tick
         self._sync_deadlines: list[int] | None = None
+        # Deadline indexes read this tick (queue_index_reads): index -> (size, earliest deadline).
+        self._indexes: dict[str, tuple[int, float]] = {}
 
     def new_tick(self) -> None:
         """Reset the per-tick budget and the tick's read of the sync queue."""
         self.remaining = self.settings.slo.max_flips_per_tick
         self._sync_deadlines = None
+        self._indexes = {}
+
+    def known_index(self, batch_id: str, replies: Sequence[Any]) -> None:
+        """Take the replies of :func:`queue_index_reads` for this tick (an index not built yet is
+        built by :meth:`run` as before)."""
+        exists, size, earliest = replies
+        if exists:
+            lowest = float(earliest[0][1]) if earliest else float("inf")
+            self._indexes[keys.batch_deadlines(batch_id)] = (int(size), lowest)
 
     async def run(self, prediction: LanePrediction, now_ms: int) -> FlipReport:
         """Flip the lane's jobs whose moment has come (in flight first: they are nearer their end) and
@@ -109,6 +134,10 @@ class Flipper:
         model = prediction.health.model
         places: list[tuple[flip_plan.Source, str]] = []
         planned: set[str] = set()
+        # The lowest score a place is known to hold (the queue's earliest deadline, read with the
+        # prediction; an index's, read by the SLO step): a range ending at or below it is empty, so
+        # it is not read.
+        floors: dict[str, float] = {}
         for batch in prediction.batches:
             # A planned batch is predicted as if submitted now: a submission stuck retrying (the
             # provider refusing creates) must not hold its jobs past their deadlines.
@@ -116,15 +145,23 @@ class Flipper:
             if batch.batch.submitted_ms is None:
                 planned.add(batch.batch.id)
             source = flip_plan.Source(batch.batch.id, start, ended=batch.batch.ended_ms is not None)
-            places.append((source, await ensure_deadline_index(self.redis, batch.batch.id)))
+            index = keys.batch_deadlines(batch.batch.id)
+            known = self._indexes.get(index)
+            if known is None:
+                index = await ensure_deadline_index(self.redis, batch.batch.id)
+            else:
+                floors[index] = known[1]
+            places.append((source, index))
         if prediction.next_flush_ms is not None:
-            places.append(
-                (flip_plan.Source(None, prediction.next_flush_ms), keys.lane_queue(prediction.lane))
-            )
+            queue = keys.lane_queue(prediction.lane)
+            places.append((flip_plan.Source(None, prediction.next_flush_ms), queue))
+            if prediction.earliest_deadline_ms is not None:
+                floors[queue] = prediction.earliest_deadline_ms
         deadlines = []
         for source, zset in places:
             cut = flip_plan.risk_horizon_ms(model, source, now_ms, sync.margin_s, policy)
-            deadlines.append(await self._deadlines(zset, cut) if cut > float("-inf") else [])
+            floor = floors.get(zset, float("-inf"))
+            deadlines.append(await self._deadlines(zset, cut) if cut > floor else [])
         if self._sync_deadlines is None:  # one read per tick, whatever the number of lanes
             self._sync_deadlines = await self._deadlines(keys.SYNC_QUEUE, float("inf"))
         queued_for_sync = self._sync_deadlines
@@ -134,13 +171,19 @@ class Flipper:
         for source, zset in places:
             horizon = int(min(horizons[source.key], 2**62))
             batch_id = None if source.key is None else str(source.key)
-            await self._flip_range(zset, horizon, batch_id, now_ms, report)
+            flipping = horizon > floors.get(zset, float("-inf"))
+            if flipping:
+                await self._flip_range(zset, horizon, batch_id, now_ms, report)
+            # An index that held jobs when read this tick, untouched since, is not empty.
+            known = self._indexes.get(zset)
+            held = not flipping and known is not None and known[0] > 0
             # A planned batch's submit leaves flipped jobs out, and cancels it when none is left; an
             # ended one has nothing left to cancel at the provider.
             if (
                 batch_id is not None
                 and batch_id not in planned
                 and not source.ended
+                and not held
                 and await self.redis.zcard(zset) == 0
                 and await self.redis.exists(keys.batch_jobs(batch_id))
             ):

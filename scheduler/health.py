@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from config.settings import Settings
 from scheduler import keys
@@ -30,6 +31,12 @@ SYNC_QUANTILE = 0.99
 USUAL_QUANTILE = 0.5
 # The shortest turnaround recorded: one millisecond, the clock's resolution (a sample is never 0).
 MIN_TURNAROUND_S = 0.001
+
+
+# Turnaround models by their inputs: a model is a pure function of them, so lanes (and ticks) with
+# the same history share one, and its memoised quantiles. Cleared whole when full.
+MODEL_CACHE_SIZE = 4096
+_models: dict[tuple[tuple[float, ...], tuple[float, ...], float, float, int, float], TurnaroundModel] = {}
 
 
 def quantile(values: Sequence[float], q: float) -> float:
@@ -76,14 +83,27 @@ class LaneHealth:
     model: TurnaroundModel = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        model = TurnaroundModel.build(
+        inputs = (
             self.turnarounds,
             self.in_flight,
-            prior_s=self.prior_turnaround_s,
-            window_s=self.window_s,
-            min_samples=self.min_samples,
-            prior_quantile=self.prior_quantile,
+            self.prior_turnaround_s,
+            self.window_s,
+            self.min_samples,
+            self.prior_quantile,
         )
+        model = _models.get(inputs)
+        if model is None:
+            model = TurnaroundModel.build(
+                self.turnarounds,
+                self.in_flight,
+                prior_s=self.prior_turnaround_s,
+                window_s=self.window_s,
+                min_samples=self.min_samples,
+                prior_quantile=self.prior_quantile,
+            )
+            if len(_models) >= MODEL_CACHE_SIZE:
+                _models.clear()
+            _models[inputs] = model
         object.__setattr__(self, "model", model)
 
     def with_in_flight(self, elapsed_s: Sequence[float]) -> LaneHealth:
@@ -169,11 +189,30 @@ async def read_health(
     redis: Redis, settings: Settings, lane: str, provider: str | None, now_ms: int
 ) -> LaneHealth:
     """Read a lane's sample windows from Redis (two list reads, one round trip)."""
-    slo = settings.slo
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.lrange(keys.lane_turnarounds(lane), 0, slo.history_size - 1)
-        pipe.lrange(keys.lane_sync_latencies(lane), 0, slo.history_size - 1)
+        queue_health_reads(pipe, settings, lane)
         raw_turn, raw_sync = await pipe.execute()
+    return health_from(settings, lane, provider, raw_turn, raw_sync, now_ms)
+
+
+def queue_health_reads(pipe: Pipeline, settings: Settings, lane: str) -> None:
+    """Queue a lane's two sample-list reads on ``pipe`` (their replies go to :func:`health_from`), so
+    the SLO step reads every lane's health in the same round trip."""
+    size = settings.slo.history_size
+    pipe.lrange(keys.lane_turnarounds(lane), 0, size - 1)
+    pipe.lrange(keys.lane_sync_latencies(lane), 0, size - 1)
+
+
+def health_from(
+    settings: Settings,
+    lane: str,
+    provider: str | None,
+    raw_turn: Sequence[bytes],
+    raw_sync: Sequence[bytes],
+    now_ms: int,
+) -> LaneHealth:
+    """A lane's health from its two sample lists as read (newest first)."""
+    slo = settings.slo
     prior, window = prior_for(settings, provider)
     # The newest sample is news only while recent (the shortest burn window): a lane left idle after
     # a slow batch must recover, not stay lagging until that sample leaves the week-long history.

@@ -16,9 +16,11 @@ send everything to sync and never learn otherwise.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from config.settings import ProviderSettings, Settings
 from scheduler import keys
@@ -62,6 +64,9 @@ class LanePrediction:
     flip_margin_s: float = 0.0  # the sync margin, plus flex's latency where the provider sells flex
     batches: list[BatchPrediction] = field(default_factory=list)
     blind: bool = False  # no ended batch and no prior tighter than the window: flip only when safe
+    # The lane queue's earliest deadline as read this tick (None: empty, or not read): flipping
+    # skips reading the queue's ranges that end at or below it, which are empty.
+    earliest_deadline_ms: int | None = None
 
     @property
     def queued_completion_ms(self) -> int | None:
@@ -174,15 +179,34 @@ async def predict_lane(
     provider_name: str | None = None,
 ) -> LanePrediction:
     """The lane's predictions: its next flush, its queued jobs' completion, each batch's end."""
+    async with redis.pipeline(transaction=False) as pipe:
+        queue_prediction_reads(pipe, health.lane)
+        oldest, earliest = await pipe.execute()
+    return prediction_from(settings, health, batches, now_ms, provider_name, oldest, earliest)
+
+
+def queue_prediction_reads(pipe: Pipeline, lane: str) -> None:
+    """Queue the lane's two reads a prediction needs on ``pipe``: its oldest arrival and its earliest
+    deadline (replies to :func:`prediction_from`), so every lane is read in the same round trip."""
+    pipe.zrange(keys.lane_arrivals(lane), 0, 0, withscores=True)
+    pipe.zrange(keys.lane_queue(lane), 0, 0, withscores=True)
+
+
+def prediction_from(
+    settings: Settings,
+    health: LaneHealth,
+    batches: list[LiveBatch],
+    now_ms: int,
+    provider_name: str | None,
+    oldest: Sequence[tuple[bytes, float]],
+    earliest: Sequence[tuple[bytes, float]],
+) -> LanePrediction:
+    """The lane's predictions from its oldest arrival and earliest deadline as read (``ZRANGE 0 0``)."""
     lane = health.lane
     q = settings.slo.turnaround_quantile
     running = [b for b in batches if b.submitted_ms is not None and b.ended_ms is None]
     health = health.with_in_flight([max(0.0, (now_ms - (b.submitted_ms or now_ms)) / 1000) for b in running])
     sync = sync_lane(settings, provider_name or lane.partition(":")[0], health)
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.zrange(keys.lane_arrivals(lane), 0, 0, withscores=True)
-        pipe.zrange(keys.lane_queue(lane), 0, 0, withscores=True)
-        oldest, earliest = await pipe.execute()
     prediction = LanePrediction(
         lane=lane,
         now_ms=now_ms,
@@ -195,8 +219,9 @@ async def predict_lane(
         flip_margin_s=sync.margin_s,
     )
     if earliest:
+        prediction.earliest_deadline_ms = int(earliest[0][1])
         prediction.next_flush_ms = next_flush_ms(
-            settings, health, prediction.oldest_arrival_ms, int(earliest[0][1]), now_ms
+            settings, health, prediction.oldest_arrival_ms, prediction.earliest_deadline_ms, now_ms
         )
     prediction.batches = [predict_batch(health, b, now_ms, q) for b in batches]
     prediction.blind = health.blind

@@ -5,9 +5,11 @@ batches in flight (:mod:`scheduler.prediction`), flip the jobs at risk and cance
 (:mod:`scheduler.flips`), bring its burn-rate windows up to date (:mod:`scheduler.burn`), step its
 state with hysteresis (:mod:`scheduler.lane_state`), decide its alerts into the outbox
 (:mod:`scheduler.alerting`), and write its snapshot (``keys.lane_slo``) for ``GET /v1/lanes`` and
-for the next leader. The incident state, the alert outbox and the snapshot (with the lane's state)
-are written in one step fenced by the tick's leader token, so a leader deposed mid-tick neither
-pages twice nor overwrites its successor's snapshot. Then, if notifications are due, enqueue ``send_alerts``. The tracker also
+for the next leader. Every lane's reads come in one pipelined round trip, and every lane's
+incident state, alert outbox and snapshot (with the lane's state) are written together in one step
+fenced by the tick's leader token, so a leader deposed mid-tick neither pages twice nor overwrites
+its successor's snapshots; a tick's round trips do not grow with its lanes (flips, made only where
+jobs are at risk, are the exception). Then, if notifications are due, enqueue ``send_alerts``. The tracker also
 gives the planner its expected turnaround (quantile + sync margin), so lanes flush before their
 jobs would flip.
 
@@ -26,18 +28,20 @@ from redis.asyncio import Redis
 from scheduler import alerting, keys, tasks
 from scheduler.alerting import Condition
 from scheduler.burn import BucketWindows
-from scheduler.flips import Flipper
-from scheduler.health import LaneHealth, read_health
+from scheduler.flips import Flipper, queue_index_reads
+from scheduler.health import LaneHealth, health_from, queue_health_reads, read_health
 from scheduler.jobs import iso
 from scheduler.lane_state import Evidence, LaneState, burn_windows, gather, rule_name, step
 from scheduler.lanes import Lane, load_lanes
+from scheduler.leader import Command
 from scheduler.ledger import Ledger
 from scheduler.prediction import (
     LanePrediction,
     LiveBatch,
     expected_turnaround_s,
     live_batches,
-    predict_lane,
+    prediction_from,
+    queue_prediction_reads,
 )
 
 if TYPE_CHECKING:
@@ -66,6 +70,17 @@ class SloReport:
     cancelled: list[str] = field(default_factory=list)
     alerts: list[alerting.AlertEvent] = field(default_factory=list)
     send_alerts: bool = False  # the send_alerts task was enqueued
+
+
+@dataclass(frozen=True, slots=True)
+class _LaneReads:
+    """What the SLO step read of one lane this tick (:meth:`SloTracker._read`)."""
+
+    health: LaneHealth
+    oldest: list[tuple[bytes, float]]  # the lane's oldest arrival (ZRANGE 0 0 WITHSCORES)
+    earliest: list[tuple[bytes, float]]  # its earliest deadline
+    incidents: dict[bytes, bytes]  # its open incidents (keys.alert_state)
+    state: LaneState  # before this tick: this term's last, else the stored snapshot's
 
 
 class SloTracker:
@@ -107,13 +122,28 @@ class SloTracker:
         tick.report.steps["slo"] = await self.run(tick.now_ms, tick.token)
 
     async def run(self, now_ms: int, token: int) -> SloReport:
-        """One pass over every lane at ``now_ms``, writing under the leader's fencing ``token``."""
+        """One pass over every lane at ``now_ms``, writing under the leader's fencing ``token``.
+
+        Every lane's reads go in one pipelined round trip (:meth:`_read`), and every lane's fenced
+        writes in another (:func:`alerting.write_lanes`): a tick's round trips do not grow with the
+        lanes. Flips, which only a lane with jobs at risk makes, are the lane's own.
+        """
         report = SloReport()
         self.flipper.new_tick()
         in_flight = await live_batches(self.redis)
-        for lane in await load_lanes(self.redis, self.settings):
-            lane_report = await self._lane(lane, in_flight.get(lane.name, []), now_ms, token, report)
+        lanes = await load_lanes(self.redis, self.settings)
+        reads = await self._read(lanes, in_flight, now_ms)
+        writes: list[list[Command]] = []
+        events: list[alerting.AlertEvent] = []
+        for lane, lane_reads in zip(lanes, reads, strict=True):
+            lane_report, planned = await self._lane(
+                lane, in_flight.get(lane.name, []), lane_reads, now_ms, report
+            )
             report.lanes[lane.name] = lane_report
+            writes.append(planned.writes)
+            events += planned.events
+        await alerting.write_lanes(self.redis, token, writes)
+        report.alerts += events
         count, first = await alerting.due_count(self.redis, now_ms)
         if count and first is not None:
             report.send_alerts = await tasks.enqueue(
@@ -121,20 +151,76 @@ class SloTracker:
             )
         return report
 
-    async def _lane(
-        self, lane: Lane, batches: list[LiveBatch], now_ms: int, token: int, report: SloReport
-    ) -> LaneReport:
+    async def _read(
+        self, lanes: list[Lane], in_flight: dict[str, list[LiveBatch]], now_ms: int
+    ) -> list[_LaneReads]:
+        """Every lane's reads of this tick in one pipelined round trip: its health samples, the ends of
+        its queue, its SLO buckets, its open incidents, its batches' deadline indexes (for the
+        flipper) and, at a term's start, its last snapshot."""
         settings = self.settings
-        health = await self.health(lane, now_ms)
-        prediction = await predict_lane(self.redis, settings, health, batches, now_ms, lane.provider)
-        flips = await self.flipper.run(prediction, now_ms)
-        windows = self.windows.get(lane.name)
+        counts: list[tuple[int, bool]] = []
+        indexes: list[tuple[str, int]] = []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for lane in lanes:
+                queue_health_reads(pipe, settings, lane.name)
+                queue_prediction_reads(pipe, lane.name)
+                pipe.hgetall(keys.alert_state(lane.name))
+                stored = lane.name not in self.states
+                if stored:
+                    pipe.get(keys.lane_slo(lane.name))
+                counts.append((self._windows(lane.name).queue_reads(pipe, now_ms / 1000), stored))
+            for batches in in_flight.values():
+                indexes += [(b.id, queue_index_reads(pipe, b.id)) for b in batches]
+            replies = await pipe.execute()
+        out = []
+        i = 0
+        deletes: list[tuple[str, ...]] = []
+        for lane, (buckets, stored) in zip(lanes, counts, strict=True):
+            turn, sync, oldest, earliest, incidents = replies[i : i + 5]
+            i += 5
+            snapshot = replies[i] if stored else None
+            i += stored
+            found = self._windows(lane.name).apply(replies[i : i + buckets], now_ms / 1000)
+            i += buckets
+            if found:
+                deletes.append(found)
+            health = health_from(settings, lane.name, lane.provider, turn, sync, now_ms)
+            self._health[lane.name] = (now_ms, health)
+            state = self.states.get(lane.name) or LaneState.from_dict(
+                orjson.loads(snapshot) if snapshot else None
+            )
+            out.append(_LaneReads(health, oldest, earliest, incidents, state))
+        for batch_id, count in indexes:
+            self.flipper.known_index(batch_id, replies[i : i + count])
+            i += count
+        if deletes:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for found in deletes:
+                    pipe.hdel(*found)
+                await pipe.execute()
+        return out
+
+    def _windows(self, lane: str) -> BucketWindows:
+        windows = self.windows.get(lane)
         if windows is None:
-            windows = BucketWindows(lane.name, settings.slo.bucket_s, burn_windows(settings))
-            self.windows[lane.name] = windows
-        await windows.refresh(self.redis, now_ms / 1000)
+            windows = BucketWindows(lane, self.settings.slo.bucket_s, burn_windows(self.settings))
+            self.windows[lane] = windows
+        return windows
+
+    async def _lane(
+        self, lane: Lane, batches: list[LiveBatch], reads: _LaneReads, now_ms: int, report: SloReport
+    ) -> tuple[LaneReport, alerting.LaneAlerts]:
+        """Judge one lane from its reads: flip what is at risk, then decide its state, alerts and
+        snapshot (returned, to be written with every other lane's)."""
+        settings = self.settings
+        health = reads.health
+        prediction = prediction_from(
+            settings, health, batches, now_ms, lane.provider, reads.oldest, reads.earliest
+        )
+        flips = await self.flipper.run(prediction, now_ms)
+        windows = self._windows(lane.name)
         evidence = gather(settings, health, prediction, windows, flips.at_risk)
-        before = self.states.get(lane.name) or await self._stored_state(lane.name)
+        before = reads.state
         after = step(before, evidence.target(settings), now_ms, settings.slo.recover_ticks)
         self.states[lane.name] = after
         if after.state != before.state:
@@ -143,24 +229,18 @@ class SloTracker:
         figures = self._figures(lane, health, prediction, windows, evidence, after)
         snapshot = ("SET", keys.lane_slo(lane.name), orjson.dumps(figures), "EX", keys.LANE_SLO_TTL_S)
         conditions = self._conditions(lane.name, evidence, after, figures)
-        events = await alerting.evaluate(
-            self.redis, settings, lane.name, conditions, now_ms, token=token, also=[snapshot]
-        )
+        planned = alerting.decide_lane(settings, lane.name, reads.incidents, conditions, now_ms)
+        planned.writes.append(snapshot)
         report.flipped += len(flips.flipped)
         report.cancelled += flips.cancelled
-        report.alerts += events
-        return LaneReport(
+        lane_report = LaneReport(
             state=after.state,
             flipped=len(flips.flipped),
             held=flips.held,
             cancelled=flips.cancelled,
-            alerts=[f"{e.action}:{e.rule}" for e in events],
+            alerts=[f"{e.action}:{e.rule}" for e in planned.events],
         )
-
-    async def _stored_state(self, lane: str) -> LaneState:
-        """The state the last leader left (so a failover neither re-pages nor forgets an incident)."""
-        raw = await self.redis.get(keys.lane_slo(lane))
-        return LaneState.from_dict(orjson.loads(raw) if raw else None)
+        return lane_report, planned
 
     def _figures(
         self,

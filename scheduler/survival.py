@@ -185,6 +185,11 @@ class TurnaroundModel:
 
         A blind model answers the completion window (or the elapsed time, once past it).
         """
+        if elapsed_s <= 0:
+            return self.quantile(q)  # a batch not yet started: memoised
+        return self._quantile_after(elapsed_s, q)
+
+    def _quantile_after(self, elapsed_s: float, q: float) -> float:
         if self.blind:
             return max(self.window_s, elapsed_s)
         base = self.log_sf(elapsed_s)
@@ -220,5 +225,5 @@ class TurnaroundModel:
         """The ``q`` quantile of turnaround for a batch not yet started (memoised: asked once per batch)."""
         found = self._quantiles.get(q)
         if found is None:
-            found = self._quantiles[q] = self.quantile_after(0.0, q)
+            found = self._quantiles[q] = self._quantile_after(0.0, q)
         return found

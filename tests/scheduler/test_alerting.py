@@ -7,7 +7,7 @@ import pytest
 
 from config.settings import AlertSettings, PagerDutySettings, SlackSettings
 from scheduler import keys
-from scheduler.alerting import Condition, Incident, decide, dedup_key, due_count, evaluate, plan
+from scheduler.alerting import Condition, Incident, decide, dedup_key, due_count, evaluate, plan, write_lanes
 from scheduler.errors import Fenced
 from tests.conftest import make_settings
 from tests.scheduler.slo_support import lead
@@ -131,3 +131,25 @@ async def test_a_deposed_leaders_alert_write_is_refused_and_its_successor_pages_
     assert await redis.get("x") is None  # nothing of the fenced step was written
     incident = Incident.from_json(await redis.hget(keys.alert_state(LANE), "health"))
     assert incident.opened_ms == NOW + 1
+
+
+async def test_every_lanes_writes_in_one_step_and_none_once_deposed(redis, redis_url):
+    """The SLO step writes every lane's incidents, outbox and snapshot together: a deposed leader's
+    writes are refused for every lane, its successor's all land."""
+    settings = settings_with(redis_url)
+    other = "anthropic:claude-haiku:/v1/messages"
+    old = await lead(redis, "a")
+    decided = [await plan(redis, settings, lane, [cond(True)], NOW) for lane in (LANE, other)]
+    writes = [[*d.writes, ("SET", f"snapshot:{n}", "a")] for n, d in enumerate(decided)]
+    await redis.delete(keys.LEADER_LEASE)  # a's lease ran out while it was paused
+    new = await lead(redis, "b")
+    with pytest.raises(Fenced):
+        await write_lanes(redis, old, writes)
+    assert await due_count(redis, NOW) == (0, None)
+    assert (
+        await redis.exists(keys.alert_state(LANE), keys.alert_state(other), "snapshot:0", "snapshot:1") == 0
+    )
+    await write_lanes(redis, new, [*writes, []])  # a lane with nothing to write is no call
+    assert await due_count(redis, NOW) == (4, NOW)  # each lane's page and slack notice
+    assert await redis.mget("snapshot:0", "snapshot:1") == [b"a", b"a"]
+    assert await redis.hexists(keys.alert_state(other), "health")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 
 import pytest
 
@@ -15,7 +16,7 @@ from scheduler.slo import SloReport
 from scheduler.tasks import create_pool
 from tests.api.harness import ACME, ADMIN, asgi_client
 from tests.conftest import make_settings
-from tests.scheduler.slo_support import LANE, enqueue, lead
+from tests.scheduler.slo_support import LANE, enqueue, lead, new_job, submitted_batch
 
 NOW = 1_800_000_000_000
 
@@ -141,3 +142,78 @@ async def test_a_leader_back_after_another_led_takes_the_lane_state_it_left(redi
     await b.leader.release()
     back = (await a.tick(NOW / 1000 + 10)).steps["slo"].lanes[LANE]
     assert (back.state, back.alerts) == ("healthy", [])
+
+
+async def _commands_of_tick(redis, scheduler: Scheduler, now_s: float) -> Counter[str]:
+    """Commands Redis ran during one tick, by name, from its own counters (``INFO commandstats``)."""
+    before = await redis.info("commandstats")
+    report = await scheduler.tick(now_s)
+    after = await redis.info("commandstats")
+    assert report.leader
+    assert not report.errors, report.errors
+    calls = Counter(
+        {k.removeprefix("cmdstat_"): v["calls"] - before.get(k, {}).get("calls", 0) for k, v in after.items()}
+    )
+    calls["info"] -= 1  # the INFO that read ``before``
+    return +calls
+
+
+async def _active_lanes(ledger: Ledger, now_ms: int, names: range) -> None:
+    """One lane per name in ``names``, each with two jobs due in a day (nothing at risk, nothing to flush)."""
+    jobs = [new_job(now_ms, 86_400) for _ in names for _ in range(2)]
+    for i, n in enumerate(names):
+        for job in jobs[i * 2 : i * 2 + 2]:
+            job.model = f"m-{n}"
+    await ledger.enqueue_many(jobs)
+
+
+# Commands a whole tick sends per active lane with nothing at risk: the SLO step's reads (2 sample
+# lists, the queue's two ends, the open incidents, the SLO buckets, the lane's meta), its snapshot
+# (written in the one fenced script call of all lanes), and the plan step's (meta and 6 reads).
+COMMANDS_PER_LANE = 15
+
+
+async def test_a_ticks_redis_commands_grow_by_a_constant_per_lane(redis, redis_url, pool):
+    settings = make_settings(redis_url, slo=SloSettings(prior_turnaround_s=60))
+    ledger = Ledger(redis)
+    await _active_lanes(ledger, NOW, range(10))
+    scheduler = Scheduler(settings, redis, pool, holder="t")
+    await scheduler.tick(NOW / 1000)  # a term's first tick also reconciles and adopts the registry
+    await scheduler.tick(NOW / 1000 + 1)
+    small = await _commands_of_tick(redis, scheduler, NOW / 1000 + 2)
+    await _active_lanes(ledger, NOW, range(10, 40))
+    await scheduler.tick(NOW / 1000 + 3)  # the new lanes' first tick reads their whole history
+    large = await _commands_of_tick(redis, scheduler, NOW / 1000 + 4)
+    per_lane = {name: (large[name] - small[name]) / 30 for name in large | small}
+    assert sum(per_lane.values()) <= COMMANDS_PER_LANE, per_lane
+    # Nothing at risk anywhere: no lane reads a flip range, and every lane's fenced writes are one script call.
+    assert large["zrangebyscore"] == small["zrangebyscore"], per_lane
+    assert large["evalsha"] == small["evalsha"]
+
+
+async def test_batches_in_flight_with_nothing_at_risk_add_no_flip_reads(redis, redis_url, pool):
+    """A batch's deadline index is read with every lane's reads; with nothing at risk the flipper
+    reads no range of it and does not check it for emptiness one batch at a time."""
+    settings = make_settings(redis_url, slo=SloSettings(prior_turnaround_s=60))
+    ledger = Ledger(redis)
+
+    async def batches(count: int) -> None:
+        for _ in range(count):
+            await enqueue(ledger, NOW, [86_400, 86_400])
+            await submitted_batch(redis, settings, NOW)
+        await redis.delete(keys.LEADER_LEASE)  # the helper's lease; the scheduler leads from here
+
+    await batches(1)
+    scheduler = Scheduler(settings, redis, pool, holder="t")
+    await scheduler.tick(NOW / 1000 + 1)  # builds the batch's deadline index
+    one = await _commands_of_tick(redis, scheduler, NOW / 1000 + 2)
+    await scheduler.close()
+    await batches(3)
+    scheduler = Scheduler(settings, redis, pool, holder="t")
+    await scheduler.tick(NOW / 1000 + 3)
+    four = await _commands_of_tick(redis, scheduler, NOW / 1000 + 4)
+    per_batch = {name: (four[name] - one[name]) / 3 for name in four | one}
+    assert four["zrangebyscore"] == one["zrangebyscore"], per_batch
+    # Its row (live_batches) and its index's existence, size and earliest deadline, all pipelined.
+    assert sum(per_batch.values()) <= 4, per_batch
+    assert not (await scheduler.tick(NOW / 1000 + 5)).steps["slo"].flipped
