@@ -14,7 +14,9 @@ it keeps copies of up to ``slowlog-max-len`` slow commands' arguments (our large
 bounded diagnostic of Redis's own, worth about 200 KB after a soak, which is not data we store;
 and without the clients' query and output buffers (``mem_clients_normal``), which Redis shrinks
 on its own schedule after large pipelines (up to 1.4 MB just after a wave), and which are not
-data either. ``BATCHSHIFT_SOAK_JOBS`` sets a smaller count for quick runs. A failed check is
+data either. Redis also shrinks its keyspace's hash tables (grown to hold a wave's keys) only
+in its periodic cron, a step at a time, so ``after`` is read once ``used_memory`` stops falling
+(no lower reading for ``SETTLE_READS`` readings ``SETTLE_STEP_S`` apart, ``SETTLE_S`` at most). ``BATCHSHIFT_SOAK_JOBS`` sets a smaller count for quick runs. A failed check is
 printed with the other stages' rows, and ``make bench`` then exits non-zero.
 """
 
@@ -58,6 +60,10 @@ ENDPOINT = "/v1/chat/completions"
 ENQUEUE_CHUNK = 5_000
 # Memory after the soak may exceed the start by at most this share.
 TOLERANCE = 0.10
+# Reading memory once it has settled (see the module docstring).
+SETTLE_S = 60.0
+SETTLE_STEP_S = 0.5
+SETTLE_READS = 6
 
 
 def _settings(redis_url: str, emulator_url: str) -> Settings:
@@ -102,11 +108,17 @@ async def _used_memory(redis: Redis) -> int:
 
 
 async def _settled_memory(redis: Redis) -> int:
-    """``used_memory`` without Redis's slow log and without the clients' buffers (see the module
-    docstring)."""
+    """``used_memory`` without Redis's slow log and the clients' buffers, once it stops falling
+    (see the module docstring): at most ``SETTLE_S`` seconds."""
     await redis.slowlog_reset()
-    info = await redis.info("memory")
-    return int(info["used_memory"]) - int(info.get("mem_clients_normal", 0))
+    readings: list[int] = []
+    for _ in range(int(SETTLE_S / SETTLE_STEP_S)):
+        info = await redis.info("memory")
+        readings.append(int(info["used_memory"]) - int(info.get("mem_clients_normal", 0)))
+        if len(readings) > SETTLE_READS and min(readings[-SETTLE_READS:]) >= min(readings[:-SETTLE_READS]):
+            break  # no lower reading for SETTLE_READS steps: settled
+        await asyncio.sleep(SETTLE_STEP_S)
+    return min(readings)
 
 
 async def _enqueue(ledger: Ledger, n: int) -> None:
