@@ -5,6 +5,11 @@ the socket timeouts of ``settings.redis``: a blackholed Redis then fails a comma
 ``socket_timeout_s`` (the API answers 503) instead of hanging it. Blocking reads wait in slices
 shorter than the socket timeout (the scheduler's wake-up wait, the API's long-poll subscription).
 
+redis-py bounds a command's send with ``asyncio.wait_for`` when a socket timeout is set, and on
+Python 3.11 a task cancelled inside that ``wait_for`` may never finish cancelling (a worker's
+shutdown, a heartbeat stopped, a test's teardown then hang for good). So the connections here
+bound the send with ``asyncio.timeout`` instead (:func:`_timeout_safe`); reads already do.
+
 batchshift keeps leases, cursors and counters in Redis that must never be evicted, and loses
 acknowledged jobs on a restart without persistence, so at startup :func:`check_server` reads
 ``maxmemory-policy`` and ``appendonly`` and warns loudly when they are not ``noeviction`` and
@@ -13,12 +18,15 @@ acknowledged jobs on a restart without persistence, so at startup :func:`check_s
 
 from __future__ import annotations
 
-from typing import Literal
+import asyncio
+from typing import Any, Literal
 
 import structlog
 from arq.connections import ArqRedis
 from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from config.settings import Settings
 from scheduler import tasks
@@ -29,14 +37,47 @@ log = structlog.get_logger(__name__)
 SAFE_POLICY = "noeviction"
 
 
-def connect(settings: Settings) -> Redis:
-    """A client for ``settings.redis_url`` with the configured socket timeouts (connects lazily)."""
-    client: Redis = Redis.from_url(
+_SAFE: dict[type[AbstractConnection], type[AbstractConnection]] = {}
+
+
+def _timeout_safe(base: type[AbstractConnection]) -> type[AbstractConnection]:
+    """``base`` (a plain or TLS connection) sending under ``asyncio.timeout`` (see the module docstring)."""
+    if base not in _SAFE:
+
+        class TimeoutSafe(base):  # type: ignore[valid-type,misc]
+            async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+                timeout: float | None = self.socket_timeout  # type: ignore[has-type]
+                if not timeout:
+                    await super().send_packed_command(command, check_health)
+                    return
+                self.socket_timeout = None  # redis-py's own wait_for is skipped; one command at a time
+                try:
+                    async with asyncio.timeout(timeout):
+                        await super().send_packed_command(command, check_health)
+                except TimeoutError as exc:  # the send was cut off; redis-py has closed the connection
+                    raise RedisTimeoutError("Timeout writing to socket") from exc
+                finally:
+                    self.socket_timeout = timeout
+
+        TimeoutSafe.__name__ = f"TimeoutSafe{base.__name__}"
+        _SAFE[base] = TimeoutSafe
+    return _SAFE[base]
+
+
+def _pool(settings: Settings) -> ConnectionPool:
+    """Connections to ``settings.redis_url`` with the configured socket timeouts (made lazily)."""
+    pool = ConnectionPool.from_url(
         settings.redis_url,
         socket_timeout=settings.redis.socket_timeout_s,
         socket_connect_timeout=settings.redis.socket_connect_timeout_s,
     )
-    return client
+    pool.connection_class = _timeout_safe(pool.connection_class)
+    return pool
+
+
+def connect(settings: Settings) -> Redis:
+    """A client for ``settings.redis_url`` with the configured socket timeouts (connects lazily)."""
+    return Redis(connection_pool=_pool(settings))
 
 
 def connect_arq(settings: Settings) -> ArqRedis:
@@ -44,11 +85,7 @@ def connect_arq(settings: Settings) -> ArqRedis:
 
     arq's ``create_pool`` sets only a connect timeout, so the pool is built here instead.
     """
-    connections = ConnectionPool.from_url(
-        settings.redis_url,
-        socket_timeout=settings.redis.socket_timeout_s,
-        socket_connect_timeout=settings.redis.socket_connect_timeout_s,
-    )
+    connections = _pool(settings)
     # msgpack, never pickle (scheduler.tasks): whoever writes to Redis cannot run code in a worker.
     return ArqRedis(
         connection_pool=connections, job_serializer=tasks.serialize, job_deserializer=tasks.deserialize
