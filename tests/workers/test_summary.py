@@ -3,11 +3,14 @@ and every run ends with one ``task.finished`` event naming its outcome and durat
 
 from __future__ import annotations
 
+import io
+import logging
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, cast
 
 import httpx
+import orjson
 import pytest
 import structlog
 from arq import Retry
@@ -15,6 +18,7 @@ from structlog.contextvars import bound_contextvars, get_contextvars, merge_cont
 from structlog.testing import capture_logs
 from structlog.typing import EventDict
 
+from config.logging import configure_logging
 from scheduler import tasks
 from scheduler.batches import Batches
 from tests.conftest import make_settings
@@ -75,6 +79,21 @@ async def test_a_task_leaves_the_callers_context_as_it_was(redis_url, redis, htt
         assert get_contextvars() == {"request_id": "r-1", "job_id": "outer"}
     [summary] = finished(logs, "run_sync")
     assert (summary["request_id"], summary["job_id"]) == ("r-1", "job_gone")
+
+
+async def test_the_configured_json_lines_carry_the_tasks_ids(redis_url, redis, http) -> None:
+    """config/logging.py merges the contextvars: a production line names its task and job."""
+    saved_config, root = structlog.get_config(), logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    out = io.StringIO()
+    configure_logging("INFO", "json", stream=out)
+    try:
+        await run_sync(await make_ctx(make_settings(redis_url), http), "job_gone")
+    finally:
+        structlog.configure(**saved_config)
+        root.handlers, root.level = saved_handlers, saved_level
+    [line] = [orjson.loads(raw) for raw in out.getvalue().splitlines()]
+    assert line.items() >= {"event": "task.finished", "task": "run_sync", "job_id": "job_gone"}.items()
 
 
 @summarised("toy")
