@@ -30,12 +30,13 @@ import structlog
 from redis.asyncio import Redis
 
 from config.settings import AlertSettings, HttpSettings
-from scheduler import keys
+from scheduler import keys, tasks
 from scheduler.clock import server_ms
 from workers import webhooks
 from workers.context import WorkerContext
 from workers.errors import ChannelNotConfigured, ProviderHTTPError, WorkerError
 from workers.http import send
+from workers.summary import summarised
 
 log = structlog.get_logger(__name__)
 
@@ -198,11 +199,8 @@ class AlertSender:
         return "retry"
 
 
-async def send_alerts(ctx: dict[str, Any]) -> dict[str, int]:
+@summarised(tasks.SEND_ALERTS)
+async def send_alerts(ctx: WorkerContext) -> dict[str, int]:
     """arq task: deliver the alert notifications due now (enqueued by the scheduler's SLO step)."""
-    wctx: WorkerContext = ctx  # type: ignore[assignment]
-    sender = AlertSender(wctx["redis"], wctx["http"], wctx["settings"].alerts)
-    counts = await sender.run()
-    if any(counts.values()):
-        log.info("alerts.delivered", **counts)
-    return counts
+    sender = AlertSender(ctx["redis"], ctx["http"], ctx["settings"].alerts)
+    return await sender.run()

@@ -40,12 +40,14 @@ import structlog
 from redis.asyncio import Redis
 
 from config.settings import Settings, WebhookSettings
-from scheduler import keys
+from scheduler import keys, tasks
 from scheduler.jobs import VIEW_FIELDS, JobRecord, iso
 from scheduler.webhook_dispatch import url_hash
+from workers.context import WorkerContext
 from workers.errors import ResponseTimeout, UnsafeDestination, WorkerError
 from workers.http import post_capped, retry_after
 from workers.ssrf import guarded_transport
+from workers.summary import summarised
 from workers.webhook_slots import limits_for
 
 log = structlog.get_logger(__name__)
@@ -356,12 +358,10 @@ class Deliverer:
             setattr(report, o.action, getattr(report, o.action) + 1)
 
 
-async def deliver_webhooks(ctx: dict[str, Any]) -> dict[str, int]:
+@summarised(tasks.DELIVER_WEBHOOKS)
+async def deliver_webhooks(ctx: WorkerContext) -> dict[str, int]:
     """arq task: drain due deliveries for up to half the task timeout, on the process's webhook client."""
-    settings: Settings = ctx["settings"]
+    settings = ctx["settings"]
     deliverer = Deliverer(settings, ctx["redis"], ctx["webhook_http"])
     report = await deliverer.run(budget_s=settings.worker.job_timeout_s / 2)
-    counts = asdict(report)
-    if report.claimed:
-        log.info("webhooks.delivered", **counts)
-    return counts
+    return asdict(report)

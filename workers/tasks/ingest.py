@@ -24,20 +24,22 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import structlog
 from arq import Retry
 from redis.asyncio import Redis
+from structlog.contextvars import bind_contextvars
 
 from config.settings import Settings
-from scheduler import budgets, keys, prediction, pricing
+from scheduler import budgets, keys, prediction, pricing, tasks
 from scheduler.batches import Batches, BatchRecord
 from scheduler.health import read_health
 from scheduler.ledger import Finish, Ledger, Requeue
 from workers.context import WorkerContext, call_hook
 from workers.errors import ProviderError
 from workers.providers.base import ProviderAdapter, ResultLine
+from workers.summary import note, summarised
 from workers.tasks import files
 
 log = structlog.get_logger(__name__)
@@ -227,40 +229,37 @@ class Ingestion:
         return moved
 
 
-async def ingest_batch(ctx: dict[str, Any], batch_id: str) -> dict[str, int]:
+@summarised(tasks.INGEST_BATCH)
+async def ingest_batch(c: WorkerContext, batch_id: str) -> dict[str, int]:
     """arq task: ingest an ended batch's results; a re-run resumes from the cursor and changes nothing twice."""
-    c = cast(WorkerContext, ctx)
+    bind_contextvars(batch_id=batch_id)
     settings, redis = c["settings"], c["redis"]
     batches = Batches(redis)
     record = await batches.get(batch_id)
-    bound = log.bind(batch_id=batch_id)
     if record is None or record.state != "ended" or not record.provider_batch_id:
-        bound.info("batch.ingest_skipped", state=record.state if record else None)
+        note(skipped=True, state=record.state if record else None)
         return {}
-    bound = bound.bind(lane=record.lane)
-    started = time.monotonic()
+    bind_contextvars(lane=record.lane, provider=record.provider)
     ingestion = Ingestion(settings, redis, c["ledger"], record, c["adapters"][record.provider])
     skip = int(await redis.get(keys.batch_cursor(batch_id)) or 0)
+    note(resumed_from=skip)
     try:
         totals = await _stream(c, ingestion, skip)
     except ProviderError as exc:
         if not exc.retriable:
-            return await _unreadable(c, ingestion, exc, bound)
+            return await _unreadable(c, ingestion, exc)
         # The download failed midway: try again later, resuming from the cursor.
         delay = min(settings.scheduler.poll_max_s, settings.scheduler.poll_initial_s * c.get("job_try", 1))
-        bound.warning("batch.ingest_retry", error=str(exc), delay=delay)
+        log.warning("batch.ingest_retry", error=str(exc), delay=delay)
         raise Retry(defer=delay) from exc
     now_ms = int(time.time() * 1000)
     await batches.update(batch_id, ("ended",), now_ms=now_ms, to_state="ingested", ingested_ms=now_ms)
     await redis.delete(keys.batch_cursor(batch_id))
     await files.discard(c, record.provider, files.files_of(record), files.OUTPUT_ROLES)
-    bound.info("batch.ingested", resumed_from=skip, duration_s=round(time.monotonic() - started, 3), **totals)
     return totals
 
 
-async def _unreadable(
-    c: WorkerContext, ingestion: Ingestion, exc: ProviderError, bound: Any
-) -> dict[str, int]:
+async def _unreadable(c: WorkerContext, ingestion: Ingestion, exc: ProviderError) -> dict[str, int]:
     """The provider will not give this batch's results (say the file is gone): its jobs still waiting
     go back to their lane, or on to sync, and the batch fails with the provider's reason."""
     moved = await ingestion.requeue_unanswered()
@@ -269,7 +268,7 @@ async def _unreadable(
         ingestion.batch.id, ("ended",), now_ms=now_ms, to_state="failed", error=str(exc), failed_ms=now_ms
     )
     await c["redis"].delete(keys.batch_cursor(ingestion.batch.id))
-    bound.error("batch.results_unreadable", error=str(exc), requeued=moved)
+    log.error("batch.results_unreadable", error=str(exc), requeued=moved)
     return {"unanswered": moved}
 
 
