@@ -22,6 +22,7 @@ is marked ``ingested`` (guarded: only from ``ended``).
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -33,7 +34,7 @@ from arq import Retry
 from redis.asyncio import Redis
 
 from config.settings import Settings
-from scheduler import keys, pricing
+from scheduler import keys, policy, pricing
 from scheduler.batches import Batches, BatchRecord
 from scheduler.ledger import Finish, Ledger, Requeue
 from workers.context import WorkerContext, call_hook
@@ -46,6 +47,7 @@ log = structlog.get_logger(__name__)
 
 # A cursor outlives any retry of its ingestion; it is deleted once the batch is ingested.
 CURSOR_TTL_S = 7 * 24 * 3600
+_rng = random.Random()  # jitter of download retries
 NO_RESULT_ERROR = {"type": "no_result", "message": "the provider returned no result line for this request"}
 
 
@@ -217,7 +219,8 @@ async def ingest_batch(ctx: dict[str, Any], batch_id: str) -> dict[str, int]:
         if not exc.retriable:
             return await _unreadable(c, ingestion, exc, bound)
         # The download failed midway: try again later, resuming from the cursor.
-        delay = min(settings.scheduler.poll_max_s, settings.scheduler.poll_initial_s * c.get("job_try", 1))
+        sched = settings.scheduler
+        delay = policy.backoff(c.get("job_try", 1) - 1, sched.poll_initial_s, sched.poll_max_s, _rng)
         bound.warning("batch.ingest_retry", error=str(exc), delay=delay)
         raise Retry(defer=delay) from exc
     now_ms = int(time.time() * 1000)
