@@ -5,10 +5,10 @@ and channel in ``keys.ALERTS_DUE``; the ``send_alerts`` task delivers them. It c
 with a lease (the claim moves the score to now + lease, the same Lua step completion webhooks
 use, so a dead worker's claims come back by themselves), sends them concurrently, and settles
 each: sent (deleted), retried on ``settings.alerts.retry_schedule_s`` with ``alerts.jitter``
-(:func:`scheduler.policy.scheduled_delay`; a ``Retry-After`` longer than the step is honoured), or dead-lettered (``keys.ALERTS_DEAD``) when refused for good (400)
-or out of retries. Nothing here runs inside the scheduler's tick, so a slow channel never holds
-it up. Delivery is at least once; PagerDuty's ``dedup_key`` folds a repeated trigger into the
-open alert.
+(:func:`scheduler.policy.scheduled_delay`; a ``Retry-After`` longer than the step is honoured),
+or dead-lettered (``keys.ALERTS_DEAD``) when refused for good (400) or out of retries. Nothing
+here runs inside the scheduler's tick, so a slow channel never holds it up. Delivery is at least
+once; PagerDuty's ``dedup_key`` folds a repeated trigger into the open alert.
 
 Claims and retries are stamped with the Redis server's clock (:mod:`scheduler.clock`), so a worker
 whose clock runs ahead does not re-claim notifications another is still sending.
