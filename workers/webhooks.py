@@ -40,7 +40,7 @@ import structlog
 from redis.asyncio import Redis
 
 from config.settings import Settings, WebhookSettings
-from scheduler import keys, tasks
+from scheduler import keys, policy, tasks
 from scheduler.jobs import VIEW_FIELDS, JobRecord, iso
 from scheduler.webhook_dispatch import url_hash
 from workers.context import WorkerContext
@@ -337,11 +337,10 @@ class Deliverer:
         """Retry on the schedule (or after ``Retry-After`` when longer), or dead-letter after the last attempt."""
         attempts = int(delivery.get("attempts") or 0) + 1
         schedule = self.hooks.retry_schedule_s
-        if attempts > len(schedule):
+        delay = policy.scheduled_delay(schedule, attempts, self.hooks.jitter, self.rng)
+        if delay is None:
             log.warning("webhook.dead", delivery_id=delivery["id"], attempts=attempts, error=error)
             return Outcome(delivery["id"], token, "dead", True, status_code=code, error=error)
-        base = schedule[attempts - 1]
-        delay = base * (1 + self.rng.uniform(-self.hooks.jitter, self.hooks.jitter))
         if wait is not None:
             delay = max(delay, min(wait, max(schedule)))
         next_ms = int((clock() + delay) * 1000)

@@ -41,6 +41,7 @@ from scheduler.flip_plan import Policy, Source, count_below, horizons, safe_hori
 from scheduler.health import LaneHealth, observed_turnaround_s, prior_for
 from scheduler.lanes import Lane, effective
 from scheduler.planner import LaneState, band_limit_ms, decide, pressure_horizon_ms
+from scheduler.policy import next_poll_s
 from scheduler.prediction import expected_turnaround_s, next_flush_ms, sync_lane
 from scheduler.pricing import Pricing, RouteName
 
@@ -175,7 +176,7 @@ class _LaneRun:
         interval = sched.poll_initial_s
         previous, poll = submitted_ms, submitted_ms + int(interval * 1000)
         while poll < end_ms:
-            interval = min(interval * sched.poll_backoff, sched.poll_max_s)
+            interval = next_poll_s(interval, sched)
             previous, poll = poll, poll + int(interval * 1000)
         return previous, poll
 

@@ -12,6 +12,7 @@ input file is deleted at the provider, and once ingested its outputs (:mod:`work
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -20,7 +21,7 @@ import structlog
 from arq import Retry
 from structlog.contextvars import bind_contextvars
 
-from scheduler import keys, tasks
+from scheduler import keys, policy, tasks
 from scheduler.batches import Batches, BatchRecord
 from scheduler.clock import server_ms
 from scheduler.health import observed_turnaround_s
@@ -46,6 +47,7 @@ from workers.tasks.refusals import RETRIABLE_CODES, reason_of, refuse
 log = structlog.get_logger(__name__)
 
 BODY_CHUNK = 1000  # job bodies read per pipelined round trip while building a batch input
+_rng = random.Random()  # jitter of submission retries
 
 
 def _now_ms() -> int:
@@ -156,7 +158,10 @@ async def _retry(ctx: WorkerContext, lease: SubmitLease, exc: ProviderError) -> 
         log.warning("batch.submit_gave_up", error=str(exc), tries=job_try)
         await lease.release()
         return SubmitOutcome.GAVE_UP
-    after = getattr(exc, "retry_after", None) or ctx["settings"].scheduler.poll_initial_s * job_try
+    sched = ctx["settings"].scheduler
+    after = getattr(exc, "retry_after", None) or policy.backoff(
+        job_try - 1, sched.poll_initial_s, sched.poll_max_s, _rng
+    )
     await lease.renew(extra_s=after)
     await call_hook(ctx, "submit_retry", batch_id=lease.batch_id, job_try=job_try, defer_s=after)
     raise Retry(defer=after) from exc
@@ -206,13 +211,12 @@ async def _drop_bad_line(
 
 
 def _overdue(ctx: WorkerContext, record: BatchRecord, now_ms: int) -> bool:
-    """Whether a batch still running has outlived its provider's completion window plus the grace
-    (Azure's Global Batch, for one, never expires a batch by itself)."""
+    """Whether a batch still running is past giving up on (:func:`scheduler.policy.overdue`)."""
     provider = ctx["settings"].providers.get(record.provider)
-    if provider is None or record.submitted_ms is None:
+    if provider is None:
         return False
-    limit_s = provider.completion_window_s + ctx["settings"].scheduler.overdue_grace_s
-    return now_ms - record.submitted_ms > limit_s * 1000
+    grace_s = ctx["settings"].scheduler.overdue_grace_s
+    return policy.overdue(record.submitted_ms, now_ms, provider.completion_window_s, grace_s)
 
 
 async def _abandon(
@@ -251,9 +255,7 @@ async def poll_batch(ctx: WorkerContext, batch_id: str) -> PollOutcome:
         note(state=record.state)
         return PollOutcome.SKIPPED
     adapter = ctx["adapters"].get(record.provider)
-    interval = min(
-        (record.poll_interval_s or settings.poll_initial_s) * settings.poll_backoff, settings.poll_max_s
-    )
+    interval = policy.next_poll_s(record.poll_interval_s, settings)
     if adapter is None:
         await batches.update(
             batch_id, ("submitted",), now_ms=now_ms, next_poll_ms=now_ms + int(settings.poll_max_s * 1000)

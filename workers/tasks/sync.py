@@ -39,8 +39,8 @@ from typing import Any
 import structlog
 from structlog.contextvars import bind_contextvars
 
-from config.settings import Settings
-from scheduler import keys, pricing, scripts, tasks
+from config.settings import HttpSettings, Settings
+from scheduler import keys, policy, pricing, scripts, tasks
 from scheduler.clock import server_ms
 from scheduler.heartbeat import heartbeat
 from scheduler.jobs import JobRecord, Route
@@ -58,6 +58,7 @@ log = structlog.get_logger(__name__)
 DEADLINE_SLACK_S = 0.05
 # Heartbeats per dispatch lease while a call runs: a beat may come late by most of a lease.
 HEARTBEATS_PER_LEASE = 4
+_rng = random.Random()  # jitter of sync retries
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,9 +176,8 @@ def backoff_s(settings: Settings, provider: str, attempt: int, exc: ProviderErro
     if isinstance(exc, ProviderHTTPError) and exc.retry_after is not None:
         return exc.retry_after
     configured = settings.providers.get(provider)
-    base, ceiling = (configured.http.backoff_base, configured.http.backoff_max) if configured else (0.5, 30.0)
-    top = min(ceiling, base * 2.0 ** (attempt - 1))
-    return top / 2 + random.uniform(0, top / 2)
+    http = configured.http if configured is not None else HttpSettings()
+    return policy.backoff(attempt - 1, http.backoff_base, http.backoff_max, _rng)
 
 
 def error_of(exc: ProviderError) -> dict[str, Any]:
