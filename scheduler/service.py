@@ -37,7 +37,7 @@ from scheduler.errors import Fenced
 from scheduler.heartbeat import heartbeat
 from scheduler.lanes import Lane, adopt_registry, load_lanes, prune
 from scheduler.leader import Leader, holder_id
-from scheduler.planner import Decision, LaneState, band_limit_ms, decide, pressure_horizon_ms
+from scheduler.planner import Decision, LaneBacklog, band_limit_ms, decide, pressure_horizon_ms
 from scheduler.retention import RetentionStep
 from scheduler.slo import SloTracker
 from scheduler.store import blocking_wait_s
@@ -215,14 +215,14 @@ class Scheduler:
             return float(statistics.median(samples))
         return self.settings.slo.prior_turnaround_s or lane.completion_window_s
 
-    async def lane_state(self, lane: Lane, now: float, turnaround_s: float) -> LaneState:
+    async def lane_state(self, lane: Lane, now: float, turnaround_s: float) -> LaneBacklog:
         """What the lane holds, in one round trip."""
         [state] = await self.lane_states([(lane, turnaround_s)], now)
         return state
 
-    async def lane_states(self, lanes: Sequence[tuple[Lane, float]], now: float) -> list[LaneState]:
+    async def lane_states(self, lanes: Sequence[tuple[Lane, float]], now: float) -> list[LaneBacklog]:
         """What each (lane, turnaround) holds, all in one pipelined round trip."""
-        reads = 6  # commands per lane, in LaneState's order
+        reads = 6  # commands per lane, in LaneBacklog's order
         tick_s = self.settings.scheduler.tick_interval_s
         async with self.redis.pipeline(transaction=False) as pipe:
             for lane, turnaround_s in lanes:
@@ -239,7 +239,7 @@ class Scheduler:
         for i in range(0, len(replies), reads):
             queued, nbytes, oldest, earliest, pressured, hold = replies[i : i + reads]
             states.append(
-                LaneState(
+                LaneBacklog(
                     queued=int(queued),
                     queued_bytes=int(nbytes or 0),
                     oldest_arrival_ms=int(oldest[0][1]) if oldest else None,

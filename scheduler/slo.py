@@ -31,7 +31,7 @@ from scheduler.burn import BucketWindows
 from scheduler.flips import Flipper, queue_index_reads
 from scheduler.health import LaneHealth, health_from, queue_health_reads, read_health
 from scheduler.jobs import iso
-from scheduler.lane_state import Evidence, LaneState, burn_windows, gather, rule_name, step
+from scheduler.lane_state import Evidence, LaneSloState, burn_windows, gather, rule_name, transition
 from scheduler.lanes import Lane, load_lanes
 from scheduler.leader import Command
 from scheduler.ledger import Ledger
@@ -80,7 +80,7 @@ class _LaneReads:
     oldest: list[tuple[bytes, float]]  # the lane's oldest arrival (ZRANGE 0 0 WITHSCORES)
     earliest: list[tuple[bytes, float]]  # its earliest deadline
     incidents: dict[bytes, bytes]  # its open incidents (keys.alert_state)
-    state: LaneState  # before this tick: this term's last, else the stored snapshot's
+    state: LaneSloState  # before this tick: this term's last, else the stored snapshot's
 
 
 class SloTracker:
@@ -93,7 +93,7 @@ class SloTracker:
         ledger = Ledger.for_settings(scheduler.redis, self.settings)
         self.flipper = Flipper(scheduler.redis, scheduler.arq, ledger, self.settings)
         self.windows: dict[str, BucketWindows] = {}
-        self.states: dict[str, LaneState] = {}
+        self.states: dict[str, LaneSloState] = {}
         self._health: dict[str, tuple[int, LaneHealth]] = {}
         self._token: int | None = None  # the fencing token of the last tick we ran
         # First, so at-risk jobs flip before the planner reserves them into a batch.
@@ -186,7 +186,7 @@ class SloTracker:
                 deletes.append(found)
             health = health_from(settings, lane.name, lane.provider, turn, sync, now_ms)
             self._health[lane.name] = (now_ms, health)
-            state = self.states.get(lane.name) or LaneState.from_dict(
+            state = self.states.get(lane.name) or LaneSloState.from_dict(
                 orjson.loads(snapshot) if snapshot else None
             )
             out.append(_LaneReads(health, oldest, earliest, incidents, state))
@@ -221,7 +221,7 @@ class SloTracker:
         windows = self._windows(lane.name)
         evidence = gather(settings, health, prediction, windows, flips.at_risk)
         before = reads.state
-        after = step(before, evidence.target(settings), now_ms, settings.slo.recover_ticks)
+        after = transition(before, evidence.target(settings), now_ms, settings.slo.recover_ticks)
         self.states[lane.name] = after
         if after.state != before.state:
             log.info("lane.state_changed", lane=lane.name, state=after.state, prior=before.state,
@@ -249,7 +249,7 @@ class SloTracker:
         prediction: LanePrediction,
         windows: BucketWindows,
         evidence: Evidence,
-        state: LaneState,
+        state: LaneSloState,
     ) -> dict[str, Any]:
         """The lane's snapshot: its state, with what the API and alert details show."""
         longest = windows.longest
@@ -277,7 +277,7 @@ class SloTracker:
         }
 
     def _conditions(
-        self, lane: str, evidence: Evidence, state: LaneState, figures: dict[str, Any]
+        self, lane: str, evidence: Evidence, state: LaneSloState, figures: dict[str, Any]
     ) -> list[Condition]:
         slo = self.settings.slo
         details = {k: v for k, v in figures.items() if k not in ("calm_ticks", "lane")}
