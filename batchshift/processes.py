@@ -22,7 +22,7 @@ from api.app import create_app
 from batchshift.server_version import check_server as check_version
 from config.settings import Settings
 from scheduler import policy
-from scheduler.service import Scheduler
+from scheduler.service import build_scheduler
 from scheduler.store import check_server, connect, connect_arq
 from workers.worker import close_worker, worker_settings
 
@@ -124,7 +124,7 @@ async def run_scheduler(settings: Settings) -> None:
     redis = connect(settings)
     arq_pool = connect_arq(settings)
     try:
-        async with Scheduler(settings, redis, arq_pool) as scheduler:
+        async with build_scheduler(settings, redis, arq_pool) as scheduler:
             loop_task = asyncio.create_task(scheduler.run_forever())
             stop_task = asyncio.create_task(stop.wait())
             await asyncio.wait({loop_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
@@ -163,7 +163,7 @@ async def run_node(settings: Settings, host: str, port: int, grace_s: float = DE
     redis = connect(settings)
     arq_pool = connect_arq(settings)
     worker = SupervisedWorker(settings)
-    scheduler = Scheduler(settings, redis, arq_pool)
+    scheduler = build_scheduler(settings, redis, arq_pool)
     parts = {
         asyncio.create_task(server.serve(), name="api"),
         asyncio.create_task(scheduler.run_forever(), name="scheduler"),

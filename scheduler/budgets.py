@@ -25,13 +25,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 from redis.asyncio import Redis
 
 from config.settings import Settings
 from scheduler import keys, pricing
+from scheduler.admission import AdmissionGate
 from scheduler.errors import BudgetExceeded, InvalidRequest
 from scheduler.jobs import NewJob
 from scheduler.pricing import Pricing, RouteName, Usage
@@ -237,16 +238,6 @@ def check_job_ceiling(
         )
 
 
-class AdmissionGate(Protocol):
-    """What intake's admission step hands over (``scheduler.intake.Gate``)."""
-
-    @property
-    def settings(self) -> Settings: ...
-
-    @property
-    def redis(self) -> Redis: ...
-
-
 def reservation(
     pricing: Pricing,
     *,
@@ -279,7 +270,7 @@ def reservation(
 
 
 async def admission(job: NewJob, gate: AdmissionGate) -> None:
-    """Intake's budget step, at the route the job will take (routing runs first): the per-job
+    """Intake's budget check, at the route the job will take (routing runs first): the per-job
     ceiling (422), then the monthly envelope (402 under ``reject``) and the job's reservation.
 
     Costs one Redis read per job, and only for tenants with a ``reject`` envelope; the envelope is

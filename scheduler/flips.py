@@ -32,6 +32,7 @@ from redis.asyncio.client import Pipeline
 
 from config.settings import Settings
 from scheduler import budgets, flip_plan, keys, policy, tasks
+from scheduler.admission import AdmissionGate
 from scheduler.health import LaneHealth, read_health
 from scheduler.jobs import NewJob
 from scheduler.ledger import Ledger, Requeue
@@ -260,8 +261,8 @@ class Flipper:
 _intake_health: dict[str, tuple[float, LaneHealth]] = {}
 
 
-async def route_at_enqueue(job: NewJob, gate: budgets.AdmissionGate) -> None:
-    """Intake admission step: a deadline nearer than any batch could meet goes straight to sync.
+async def route_at_enqueue(job: NewJob, gate: AdmissionGate) -> None:
+    """Intake admission check: a deadline nearer than any batch could meet goes straight to sync.
 
     "Any batch" is the lane's fastest recent turnaround (none while history is short); the sync
     margin is added because a job that close would be flipped at the first tick anyway.

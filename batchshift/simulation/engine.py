@@ -40,7 +40,7 @@ from config.settings import ProviderSettings, Settings
 from scheduler.flip_plan import Policy, Source, count_below, horizons, safe_horizon_ms
 from scheduler.health import LaneHealth, observed_turnaround_s, prior_for
 from scheduler.lanes import Lane, effective
-from scheduler.planner import LaneState, band_limit_ms, decide, pressure_horizon_ms
+from scheduler.planner import LaneBacklog, band_limit_ms, decide, pressure_horizon_ms
 from scheduler.policy import next_poll_s
 from scheduler.prediction import expected_turnaround_s, next_flush_ms, sync_lane
 from scheduler.pricing import Pricing, RouteName
@@ -293,7 +293,7 @@ class _LaneRun:
         turnaround = expected_turnaround_s(health, self.settings)
         tick_s = self.scenario.tick_s
         now = now_ms / 1000
-        state = LaneState(
+        state = LaneBacklog(
             queued=len(self.q_jobs),
             queued_bytes=len(self.q_jobs) * self.spec.input_tokens * BYTES_PER_TOKEN,
             oldest_arrival_ms=min(self.arrival[j] for j in self.q_jobs),

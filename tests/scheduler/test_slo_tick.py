@@ -11,8 +11,8 @@ from config.settings import AlertSettings, SloSettings
 from scheduler import keys
 from scheduler.health import sample
 from scheduler.ledger import Ledger
-from scheduler.service import Scheduler
-from scheduler.slo import SloReport
+from scheduler.service import Scheduler, build_scheduler
+from scheduler.slo import SloReport, SloTracker
 from scheduler.tasks import create_pool
 from tests.api.harness import ACME, ADMIN, asgi_client
 from tests.conftest import make_settings
@@ -28,13 +28,18 @@ async def pool(redis_url, redis):
     await p.aclose()
 
 
+def tracker(settings, redis, pool) -> SloTracker:
+    """The SLO step on its own, as build_scheduler builds it."""
+    return SloTracker(settings, redis, pool, Ledger.for_settings(redis, settings))
+
+
 async def test_tick_flips_at_risk_jobs_before_planning_and_reports(redis, redis_url, pool):
     settings = make_settings(
         redis_url, slo=SloSettings(prior_turnaround_s=10, default_sync_latency_s=1, recover_ticks=2)
     )
     ledger = Ledger(redis)
     near, far = await enqueue(ledger, NOW, [3, 3600])  # 3 s: its last safe moment has come
-    scheduler = Scheduler(settings, redis, pool, holder="t")
+    scheduler = build_scheduler(settings, redis, pool, holder="t")
     assert scheduler.steps[0][0] == "slo"
     report = await scheduler.tick(NOW / 1000)
     slo = report.steps["slo"]
@@ -54,8 +59,7 @@ async def test_get_lanes_shows_the_snapshot_to_the_admin_only(redis, redis_url, 
     settings = make_settings(redis_url, slo=SloSettings(prior_turnaround_s=10, default_sync_latency_s=1))
     now = int(time.time() * 1000) - 5_000  # the API measures ages on the real clock
     await enqueue(Ledger(redis), now, [3600, 7200])
-    scheduler = Scheduler(settings, redis, pool, holder="t")
-    await scheduler.slo.run(now, await lead(redis))
+    await tracker(settings, redis, pool).run(now, await lead(redis))
     async with asgi_client(settings, redis, ADMIN) as client:
         response = await client.get("/v1/lanes")
         assert response.status_code == 200
@@ -83,7 +87,7 @@ async def test_lanes_command_prints_the_table(redis, redis_url, pool, capsys, mo
     settings = make_settings(redis_url, slo=SloSettings(prior_turnaround_s=10, default_sync_latency_s=1))
     now = int(time.time() * 1000)
     await enqueue(Ledger(redis), now, [3600])
-    await Scheduler(settings, redis, pool, holder="t").slo.run(now, await lead(redis))
+    await tracker(settings, redis, pool).run(now, await lead(redis))
     monkeypatch.setenv("COLUMNS", "250")  # rich truncates cells to the terminal's width
     with serve(create_app(settings)) as url:
         code = await asyncio.to_thread(main, ["lanes", "--url", url, "--api-key", "admin-key"])
@@ -106,7 +110,7 @@ async def test_an_idle_lane_recovers_after_a_slow_batch_and_its_page_resolves(re
     await ledger.cancel(job_id, NOW)  # the lane is known, and idle
     usual = [sample(NOW - 3_600_000 + i * 60_000, 10.0) for i in range(5)]
     await redis.lpush(keys.lane_turnarounds(LANE), *usual, sample(NOW, 100.0))
-    scheduler = Scheduler(settings, redis, pool, holder="t")
+    scheduler = build_scheduler(settings, redis, pool, holder="t")
     first = (await scheduler.tick(NOW / 1000)).steps["slo"]
     assert first.lanes[LANE].state == "lagging"
     assert first.lanes[LANE].alerts == ["trigger:health"]
@@ -128,8 +132,8 @@ async def test_a_leader_back_after_another_led_takes_the_lane_state_it_left(redi
     )
     ledger = Ledger(redis)
     await enqueue(ledger, NOW, [3])
-    a = Scheduler(settings, redis, pool, holder="a")
-    b = Scheduler(settings, redis, pool, holder="b")
+    a = build_scheduler(settings, redis, pool, holder="a")
+    b = build_scheduler(settings, redis, pool, holder="b")
     first = (await a.tick(NOW / 1000)).steps["slo"].lanes[LANE]
     assert (first.state, first.alerts) == ("breaching", ["trigger:health"])
     await a.leader.release()  # A stalls past its lease; B takes over
@@ -177,7 +181,7 @@ async def test_a_ticks_redis_commands_grow_by_a_constant_per_lane(redis, redis_u
     settings = make_settings(redis_url, slo=SloSettings(prior_turnaround_s=60))
     ledger = Ledger(redis)
     await _active_lanes(ledger, NOW, range(10))
-    scheduler = Scheduler(settings, redis, pool, holder="t")
+    scheduler = build_scheduler(settings, redis, pool, holder="t")
     await scheduler.tick(NOW / 1000)  # a term's first tick also reconciles and adopts the registry
     await scheduler.tick(NOW / 1000 + 1)
     small = await _commands_of_tick(redis, scheduler, NOW / 1000 + 2)
@@ -204,12 +208,12 @@ async def test_batches_in_flight_with_nothing_at_risk_add_no_flip_reads(redis, r
         await redis.delete(keys.LEADER_LEASE)  # the helper's lease; the scheduler leads from here
 
     await batches(1)
-    scheduler = Scheduler(settings, redis, pool, holder="t")
+    scheduler = build_scheduler(settings, redis, pool, holder="t")
     await scheduler.tick(NOW / 1000 + 1)  # builds the batch's deadline index
     one = await _commands_of_tick(redis, scheduler, NOW / 1000 + 2)
     await scheduler.close()
     await batches(3)
-    scheduler = Scheduler(settings, redis, pool, holder="t")
+    scheduler = build_scheduler(settings, redis, pool, holder="t")
     await scheduler.tick(NOW / 1000 + 3)
     four = await _commands_of_tick(redis, scheduler, NOW / 1000 + 4)
     per_batch = {name: (four[name] - one[name]) / 3 for name in four | one}

@@ -17,7 +17,7 @@ from config.settings import LaneDefaults, SchedulerSettings, SloSettings
 from scheduler import keys, tasks
 from scheduler.batches import Batches
 from scheduler.ledger import Ledger
-from scheduler.service import Scheduler
+from scheduler.service import ReconcileStep, Scheduler, build_scheduler
 from scheduler.tasks import create_pool
 from tests.conftest import make_settings
 from tests.scheduler.planning_support import enqueue_lane
@@ -81,9 +81,16 @@ def task_settings(redis_url: str, emulator):
 
 @pytest.fixture
 async def scheduler(task_settings, redis, arq_pool) -> AsyncIterator[Scheduler]:
-    async with Scheduler(task_settings, redis, arq_pool) as s:
+    async with build_scheduler(task_settings, redis, arq_pool) as s:
         s.steps = [(n, step) for n, step in s.steps if n in PLANNING_STEPS]
         yield s
+
+
+def reconcile_step(scheduler: Scheduler) -> ReconcileStep:
+    """The scheduler's reconcile step (setting its ``last`` to None reconciles at the next tick)."""
+    step = dict(scheduler.steps)["reconcile"]
+    assert isinstance(step, ReconcileStep)
+    return step
 
 
 def lease_lapsed(settings) -> float:
@@ -171,13 +178,13 @@ async def test_submit_poll_and_hand_to_ingestion(redis, scheduler, task_settings
 
 
 async def test_a_cancelled_batch_teaches_the_lane_no_turnaround(
-    redis, scheduler, task_settings, emulator
+    redis, scheduler, task_settings, emulator, arq_pool
 ) -> None:
     """Cancelled, a batch only shows it took at least that long: no sample, or the lane looks fast."""
     emulator.configure(stall=["*"])
     _, batch_id = await plan(redis, scheduler, "openai", 3)
     await run_burst(task_settings)
-    await tasks.enqueue(scheduler.arq, tasks.CANCEL_BATCH, batch_id, job_id=tasks.cancel_job_id(batch_id))
+    await tasks.enqueue(arq_pool, tasks.CANCEL_BATCH, batch_id, job_id=tasks.cancel_job_id(batch_id))
     await drive(scheduler, task_settings, batch_id, until=("ended", "ingested"))
     record = await Batches(redis).get(batch_id)
     assert record is not None
@@ -219,7 +226,7 @@ async def test_crash_between_create_and_record_is_healed_by_reconciliation(
     # The dead worker's arq job is gone; past the planned timeout the scheduler has a worker
     # reconcile, and the batch is adopted.
     await redis.delete("arq:queue", f"arq:job:submit:{batch_id}:0", "arq:job:reconcile")
-    scheduler.last_reconcile = None
+    reconcile_step(scheduler).last = None
     await scheduler.tick(lease_lapsed(task_settings))
     await run_burst(task_settings)
     record = await Batches(redis).get(batch_id)
@@ -269,7 +276,7 @@ async def test_rerun_after_a_crash_looks_before_creating_again(
         assert record.state == "planned"  # still running: its ids cannot be read yet
         emulator.configure(stall=[])
         await wait_ended(task_settings, redis, provider, crashed[0])
-        scheduler.last_reconcile = None
+        reconcile_step(scheduler).last = None
         await scheduler.tick(lease_lapsed(task_settings))
         await run_burst(task_settings)
         record = await Batches(redis).get(batch_id)
@@ -293,14 +300,14 @@ async def test_unknown_create_outcome_is_reconciled_not_resent(
     record = await Batches(redis).get(batch_id)
     assert record is not None
     assert record.state == "planned"
-    scheduler.last_reconcile = None
+    reconcile_step(scheduler).last = None
     await scheduler.tick(time.time() + task_settings.scheduler.planned_timeout_s + 0.5)
     await run_burst(task_settings)  # the create may still answer: reconciliation waits for its timeout
     record = await Batches(redis).get(batch_id)
     assert record is not None
     assert record.state == "planned"
     assert record.attempts == 0
-    scheduler.last_reconcile = None
+    reconcile_step(scheduler).last = None
     await scheduler.tick(lease_lapsed(task_settings))
     await run_burst(task_settings)  # reconcile finds nothing -> resubmits (attempt 1) -> created
     record = await Batches(redis).get(batch_id)
@@ -432,7 +439,7 @@ async def test_a_batch_running_past_its_window_is_cancelled_and_its_jobs_go_back
         lane_defaults=LaneDefaults(max_wait=60),
     )
     emulator.configure(stall=["*"])
-    async with Scheduler(settings, redis, arq_pool) as s:
+    async with build_scheduler(settings, redis, arq_pool) as s:
         s.steps = [(n, step) for n, step in s.steps if n in PLANNING_STEPS]
         job_ids, batch_id = await plan(redis, s, "openai", 3)
     await run_burst(settings)  # submitted
@@ -492,7 +499,7 @@ async def test_a_storm_longer_than_three_planned_timeouts_creates_the_batch_once
                 break
             # The submission gave up or its create's outcome is unknown: past the create timeout,
             # the scheduler's reconciliation looks for the batch and resubmits it.
-            scheduler.last_reconcile = None
+            reconcile_step(scheduler).last = None
             s = settings.scheduler
             since = max(time.time(), await redis.zscore(keys.BATCHES_PLANNED, batch_id) / 1000)
             await scheduler.tick(since + s.planned_timeout_s + s.create_timeout_s + 1)
@@ -584,7 +591,7 @@ async def test_a_foreign_batch_of_the_same_time_size_and_model_is_never_adopted(
     assert abs(foreign.created_at * 1000 - int(record.raw["create_started_ms"])) < 5_000
     if provider == "anthropic":
         # Running, its ids unreadable: neither adopted nor created over.
-        scheduler.last_reconcile = None
+        reconcile_step(scheduler).last = None
         await scheduler.tick(lease_lapsed(task_settings))
         await run_burst(task_settings)
         record = await Batches(redis).get(batch_id)
@@ -594,7 +601,7 @@ async def test_a_foreign_batch_of_the_same_time_size_and_model_is_never_adopted(
         emulator.configure(stall=[])
         await wait_ended(task_settings, redis, provider, foreign.provider_batch_id)
     emulator.configure(stall=[])
-    scheduler.last_reconcile = None
+    reconcile_step(scheduler).last = None
     await scheduler.tick(lease_lapsed(task_settings))
     await run_burst(task_settings)  # reconcile: the candidate is foreign -> resubmit -> created
     record = await Batches(redis).get(batch_id)
@@ -626,8 +633,9 @@ async def test_a_job_stranded_batched_is_swept_within_one_reconcile_interval(
     assert {j.state for j in await Ledger(redis).get_many(job_ids) if j} == {"batched"}
     assert await redis.zscore(keys.BATCHES_CLOSED, batch_id) is not None
     # One reconcile interval later the scheduler's reconcile pass runs, and a worker sweeps.
-    assert scheduler.last_reconcile is not None
-    report = await scheduler.tick(scheduler.last_reconcile + task_settings.scheduler.reconcile_interval_s)
+    last = reconcile_step(scheduler).last
+    assert last is not None
+    report = await scheduler.tick(last + task_settings.scheduler.reconcile_interval_s)
     assert report.reconcile
     await run_burst(task_settings)
     assert set((await live_batches_of(redis, job_ids)).values()) == {"lane"}

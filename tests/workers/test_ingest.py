@@ -355,7 +355,7 @@ async def test_5000_jobs_end_succeeded_through_faulty_emulator_batches(
     """
     from config.settings import LaneSettings
     from scheduler import tasks
-    from scheduler.service import Scheduler
+    from scheduler.service import build_scheduler
     from scheduler.tasks import create_pool
     from workers.worker import run_burst
 
@@ -382,7 +382,7 @@ async def test_5000_jobs_end_succeeded_through_faulty_emulator_batches(
     cancelled = None
     stalled = True
     deadline = asyncio.get_running_loop().time() + 100
-    async with Scheduler(settings, redis, pool) as scheduler:
+    async with build_scheduler(settings, redis, pool) as scheduler:
         while True:
             await scheduler.tick(time.time())
             await run_burst(settings)

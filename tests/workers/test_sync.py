@@ -19,7 +19,7 @@ from scheduler.clock import server_ms
 from scheduler.ids import job_id as new_job_id
 from scheduler.jobs import NewJob
 from scheduler.ledger import Ledger
-from scheduler.service import Scheduler
+from scheduler.service import build_scheduler
 from tests.conftest import make_settings
 from tests.workers.batch_harness import ENDPOINT, MODEL, make_ctx
 from tests.workers.conftest import FAST_HTTP, openai_settings
@@ -142,7 +142,7 @@ async def test_the_tick_dispatches_each_sync_job_once_per_lease_and_the_worker_f
     ctx = await make_ctx(settings, http)
     ids = [await sync_job(ctx["ledger"], content=f"q{i}") for i in range(3)]
     now = time.time()
-    async with Scheduler(settings, redis, ctx["redis"]) as scheduler:
+    async with build_scheduler(settings, redis, ctx["redis"]) as scheduler:
         assert (await scheduler.tick(now)).steps["sync"] == 3
         assert (await scheduler.tick(now + 1)).steps["sync"] == 0  # leased
         assert (await scheduler.tick(now + settings.scheduler.sync_lease_s + 1)).steps["sync"] == 3
@@ -185,7 +185,7 @@ async def test_a_call_longer_than_the_lease_is_not_dispatched_again_and_is_paid_
     settings = long_call_settings(redis_url, emulator.url, lease_s=2.0)
     ctx = await make_ctx(settings, http)
     jid = await sync_job(ctx["ledger"])
-    async with Scheduler(settings, redis, ctx["redis"]) as scheduler:
+    async with build_scheduler(settings, redis, ctx["redis"]) as scheduler:
         assert (await scheduler.tick(time.time())).steps["sync"] == 1
         run = asyncio.create_task(run_sync(ctx, jid, 1))
         redispatched, slot_lapsed = 0, False
@@ -215,7 +215,7 @@ async def test_a_worker_killed_mid_call_leads_to_one_more_call_and_both_are_coun
     settings = long_call_settings(redis_url, emulator.url, lease_s=0.5)
     ctx = await make_ctx(settings, http)
     jid = await sync_job(ctx["ledger"], content="a long answer")
-    async with Scheduler(settings, redis, ctx["redis"]) as scheduler:
+    async with build_scheduler(settings, redis, ctx["redis"]) as scheduler:
         assert (await scheduler.tick(time.time())).steps["sync"] == 1
         killed = asyncio.create_task(run_sync(ctx, jid, 1))
 
@@ -323,8 +323,8 @@ async def test_a_deposed_leaders_sync_dispatch_hands_nothing_out(redis_url, redi
     ctx = await make_ctx(settings, http)
     jid = await sync_job(ctx["ledger"])
     async with (
-        Scheduler(settings, redis, ctx["redis"], holder="a") as a,
-        Scheduler(settings, redis, ctx["redis"], holder="b") as b,
+        build_scheduler(settings, redis, ctx["redis"], holder="a") as a,
+        build_scheduler(settings, redis, ctx["redis"], holder="b") as b,
     ):
         a.steps = [(name, step) for name, step in a.steps if name == "sync"]
         token = await a.leader.ensure()
