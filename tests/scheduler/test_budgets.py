@@ -116,34 +116,29 @@ async def test_spend_counts_duplicate_and_wasted_billing(redis: Redis, redis_url
     assert float(await redis.get(keys.budget_spend("acme", "2027-01"))) == pytest.approx(0.75)
 
 
+def terms(route: str = "batch", body: dict[str, Any] | None = None, body_bytes: int = 4000, **over: Any):
+    fields: dict[str, Any] = {"provider": "openai", "kind": "openai", "model": "gpt-4.1",
+                              "endpoint": "/v1/chat/completions", "route": route,
+                              "body": {"model": "gpt-4.1", "max_tokens": 2000} if body is None else body,
+                              "body_bytes": body_bytes}  # fmt: skip
+    return budgets.CostTerms(**{**fields, **over})
+
+
 def test_job_ceiling_estimates_from_max_tokens_at_the_batch_price(redis_url: str):
     settings = budgeted(redis_url, "reject", budget=100, max_job_cost_usd=0.01)
-    common = {"tenant": "acme", "provider": "openai", "kind": "openai", "endpoint": "/v1/chat/completions"}
-    body = {"model": "gpt-4.1", "max_tokens": 2000}
-    estimate = budgets.estimate_usd(PRICING, model="gpt-4.1", route="batch", body=body, body_bytes=4000,
-                                    **{k: v for k, v in common.items() if k != "tenant"})  # fmt: skip
+    estimate = budgets.estimate_usd(PRICING, terms())
     assert estimate == pytest.approx((1000 * 2.0 + 2000 * 8.0) / 2 / 1e6)  # $0.009
-    budgets.check_job_ceiling(
-        settings, PRICING, model="gpt-4.1", route="batch", body=body, body_bytes=4000, **common
-    )
+    budgets.check_job_ceiling(settings, PRICING, "acme", terms())
     with pytest.raises(InvalidRequest, match="ceiling") as caught:
-        budgets.check_job_ceiling(
-            settings, PRICING, model="gpt-4.1", route="sync", body=body, body_bytes=4000, **common
-        )
+        budgets.check_job_ceiling(settings, PRICING, "acme", terms("sync"))
     assert caught.value.field == "max_tokens"
     assert caught.value.status_code == 422
     with pytest.raises(InvalidRequest, match="set max_tokens"):
-        budgets.check_job_ceiling(
-            settings, PRICING, model="gpt-4.1", route="batch", body={}, body_bytes=10, **common
-        )
+        budgets.check_job_ceiling(settings, PRICING, "acme", terms(body={}, body_bytes=10))
     # Embeddings generate nothing; an unpriced model is let through.
-    budgets.check_job_ceiling(
-        settings, PRICING, tenant="acme", provider="openai", kind="openai", endpoint="/v1/embeddings",
-        model="text-embedding-3-small", route="batch", body={}, body_bytes=100,
-    )  # fmt: skip
-    budgets.check_job_ceiling(
-        settings, PRICING, model="mystery", route="batch", body={"max_tokens": 10**9}, body_bytes=10, **common
-    )
+    embedding = terms(body={}, body_bytes=100, endpoint="/v1/embeddings", model="text-embedding-3-small")
+    budgets.check_job_ceiling(settings, PRICING, "acme", embedding)
+    budgets.check_job_ceiling(settings, PRICING, "acme", terms(body={"max_tokens": 10**9}, model="mystery"))
 
 
 async def test_intake_answers_402_for_a_spent_envelope_and_422_over_the_ceiling(redis: Redis, redis_url: str):
@@ -184,16 +179,8 @@ AUTH = {"authorization": "Bearer acme-key"}
 
 
 def expected_usd(route: str, body: dict[str, Any] = CAPPED_BODY) -> float:
-    return budgets.reservation(
-        PRICING,
-        provider="openai",
-        kind="openai",
-        model="gpt-4o-mini",
-        endpoint="/v1/chat/completions",
-        route=route,  # type: ignore[arg-type]
-        body=body,
-        body_bytes=len(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)),
-    )
+    size = len(orjson.dumps(body, option=orjson.OPT_SORT_KEYS))
+    return budgets.reservation(PRICING, terms(route, body, size, model="gpt-4o-mini"))
 
 
 async def committed(redis: Redis, now_ms: int) -> float:
