@@ -30,7 +30,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from config.settings import Settings
-from scheduler import ids, keys, tasks
+from scheduler import health, ids, keys, tasks
 from scheduler.batches import Batches
 from scheduler.clock import server_ms
 from scheduler.errors import Fenced
@@ -204,13 +204,7 @@ class Scheduler:
     async def median_turnaround(self, lane: Lane, now: float) -> float:
         """The lane's median recent turnaround; before any sample, the configured prior."""
         raw = await self.redis.lrange(keys.lane_turnarounds(lane.name), 0, -1)  # type: ignore[misc]
-        samples = []
-        for entry in raw:
-            _, _, seconds = entry.decode().partition(":")
-            try:
-                samples.append(float(seconds))
-            except ValueError:
-                continue
+        samples = [parsed[1] for entry in raw if (parsed := health.parse_sample(entry)) is not None]
         if samples:
             return float(statistics.median(samples))
         return self.settings.slo.prior_turnaround_s or lane.completion_window_s
