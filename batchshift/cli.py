@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from batchshift.server_version import ServerError
 from config.logging import configure_logging
 from config.settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from batchshift.client import BatchshiftClient
 
 Subparsers = Any  # argparse's _SubParsersAction is private; its type is not worth importing.
 Handler = Callable[[argparse.Namespace], int]
@@ -68,29 +71,38 @@ def _add_api(subparsers: Subparsers) -> None:
 # -- batchshift costs -------------------------------------------------------------------------
 
 
-def _run_costs(args: argparse.Namespace) -> int:
-    import httpx
-    from rich.console import Console
-    from rich.table import Table
+def _admin_call(args: argparse.Namespace, call: Callable[[BatchshiftClient], Awaitable[Any]]) -> Any:
+    """Run one client call against ``args.url`` with ``args.api_key`` (default: the configured admin
+    key); on failure print why and return None."""
+    import asyncio
+
+    from batchshift.client import ApiError, BatchshiftClient, TransportError
 
     settings = bootstrap()
     key = args.api_key or (settings.admin_api_key.get_secret_value() if settings.admin_api_key else "")
-    params = {"group_by": args.group_by}
-    params.update({name: value for name, value in (("from", args.start), ("to", args.end)) if value})
+
+    async def run() -> Any:
+        async with BatchshiftClient(args.url, key) as client:
+            return await call(client)
+
     try:
-        response = httpx.get(
-            f"{args.url.rstrip('/')}/v1/costs",
-            params=params,
-            headers={"authorization": f"Bearer {key}"},
-            timeout=30.0,
-        )
-    except httpx.HTTPError as exc:
+        return asyncio.run(run())
+    except TransportError as exc:
         print(f"batchshift: cannot reach {args.url}: {exc}", file=sys.stderr)
+    except ApiError as exc:
+        print(f"batchshift: {exc}", file=sys.stderr)
+    return None
+
+
+def _run_costs(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    report = _admin_call(
+        args, lambda client: client.costs(group_by=args.group_by, start=args.start, end=args.end)
+    )
+    if report is None:
         return 1
-    if response.status_code != 200:
-        print(f"batchshift: {response.status_code} {response.text}", file=sys.stderr)
-        return 1
-    report = response.json()
     table = Table(title=f"costs by {report['group_by']}, {report['from']} to {report['to']} (UTC)")
     columns = ("jobs", "actual_usd", "sync_equivalent_usd", "saved_usd", "saved_pct", "sync_share")
     headers = (
@@ -141,21 +153,11 @@ def _add_costs(subparsers: Subparsers) -> None:
 
 
 def _run_lanes(args: argparse.Namespace) -> int:
-    import httpx
     from rich.console import Console
     from rich.table import Table
 
-    settings = bootstrap()
-    key = args.api_key or (settings.admin_api_key.get_secret_value() if settings.admin_api_key else "")
-    try:
-        response = httpx.get(
-            f"{args.url.rstrip('/')}/v1/lanes", headers={"authorization": f"Bearer {key}"}, timeout=30.0
-        )
-    except httpx.HTTPError as exc:
-        print(f"batchshift: cannot reach {args.url}: {exc}", file=sys.stderr)
-        return 1
-    if response.status_code != 200:
-        print(f"batchshift: {response.status_code} {response.text}", file=sys.stderr)
+    lanes = _admin_call(args, lambda client: client.lanes())
+    if lanes is None:
         return 1
     table = Table(title="lanes")
     headers = ("lane", "state", "queued", "oldest s", "in flight", "p50 s", "p95 s", "on time", "burn",
@@ -167,12 +169,12 @@ def _run_lanes(args: argparse.Namespace) -> int:
     def show(value: Any, fmt: str = "{}") -> str:
         return "-" if value is None else fmt.format(value)
 
-    for lane in response.json()["data"]:
+    for lane in lanes:
         turnaround = lane["turnaround_s"]
         burn = max((max(b.values()) for b in lane["burn_rates"].values() if b), default=None)
         table.add_row(
             lane["lane"],
-            f"[{style.get(lane['state'] or '', '')}]{lane['state'] or '-'}[/]",
+            f"[{style[lane['state']]}]{lane['state']}[/]" if lane["state"] in style else lane["state"] or "-",
             str(lane["queued"]),
             show(lane["oldest_job_age_s"], "{:.0f}"),
             str(lane["batches_in_flight"]),
