@@ -35,6 +35,19 @@ def bootstrap() -> Settings:
     return settings
 
 
+def _add_bind(parser: argparse.ArgumentParser, what: str, port: int) -> None:
+    """``--host`` and ``--port`` for a command that serves HTTP."""
+    parser.add_argument("--host", default="127.0.0.1", help=f"address {what} binds (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=port, help=f"port {what} binds (default {port})")
+
+
+def _add_grace(parser: argparse.ArgumentParser) -> None:
+    """``--grace`` for a command that runs worker tasks."""
+    parser.add_argument(
+        "--grace", type=float, default=30.0, help="seconds tasks in flight get to finish on SIGTERM"
+    )
+
+
 # -- batchshift api ---------------------------------------------------------------------------
 
 
@@ -63,8 +76,7 @@ def _run_api(args: argparse.Namespace) -> int:
 
 def _add_api(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser("api", help="serve the HTTP API (intake, job status)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
+    _add_bind(parser, "the API", 8000)
     parser.set_defaults(handler=_run_api)
 
 
@@ -226,9 +238,7 @@ def _run_worker(args: argparse.Namespace) -> int:
 
 def _add_worker(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser("worker", help="run the arq worker (submit, poll, ingest, sync, webhooks)")
-    parser.add_argument(
-        "--grace", type=float, default=30.0, help="seconds tasks in flight get to finish on SIGTERM"
-    )
+    _add_grace(parser)
     parser.set_defaults(handler=_run_worker)
 
 
@@ -245,11 +255,8 @@ def _add_run(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
         "run", help="run the API, the scheduler and a worker in one process (single-node deployments)"
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address the API binds (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8000, help="port the API binds (default 8000)")
-    parser.add_argument(
-        "--grace", type=float, default=30.0, help="seconds tasks in flight get to finish on SIGTERM"
-    )
+    _add_bind(parser, "the API", 8000)
+    _add_grace(parser)
     parser.set_defaults(handler=_run_node)
 
 
@@ -274,8 +281,7 @@ def _add_emulator(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
         "emulator", help="serve the OpenAI + Anthropic provider emulator (development, tests, demo)"
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8090, help="port to bind (default 8090)")
+    _add_bind(parser, "the emulator", 8090)
     parser.add_argument("--api-key", help="accept only this key (default: any non-empty key)")
     parser.add_argument("--turnaround", type=float, help="seconds from submission to a batch's end")
     parser.add_argument("--stall", nargs="*", metavar="MODEL", help="models whose batches make no progress")

@@ -240,6 +240,19 @@ async def poll_batch(ctx: WorkerContext, batch_id: str) -> str:
     interval = min(
         (record.poll_interval_s or settings.poll_initial_s) * settings.poll_backoff, settings.poll_max_s
     )
+
+    async def poll_again(**fields: Any) -> None:
+        """Schedule the next poll ``interval`` from now (backing off), recording ``fields`` with it."""
+        next_poll_ms = now_ms + int(interval * 1000)
+        await batches.update(
+            batch_id,
+            ("submitted",),
+            now_ms=now_ms,
+            next_poll_ms=next_poll_ms,
+            poll_interval_s=interval,
+            **fields,
+        )
+
     if adapter is None:
         await batches.update(
             batch_id, ("submitted",), now_ms=now_ms, next_poll_ms=now_ms + int(settings.poll_max_s * 1000)
@@ -257,27 +270,13 @@ async def poll_batch(ctx: WorkerContext, batch_id: str) -> str:
         )
         if isinstance(exc, ProviderNotFound) and not exc.retriable:
             return await _abandon(ctx, batches, record, "batch_lost", str(exc), now_ms)
-        await batches.update(
-            batch_id,
-            ("submitted",),
-            now_ms=now_ms,
-            next_poll_ms=now_ms + int(interval * 1000),
-            poll_interval_s=interval,
-        )
+        await poll_again()
         return "poll_failed"
     status = _status_fields(info)
     if not info.ended and _overdue(ctx, record, now_ms):
         return await _abandon(ctx, batches, record, "batch_overdue", "past the completion window", now_ms)
     if not info.ended:
-        await batches.update(
-            batch_id,
-            ("submitted",),
-            now_ms=now_ms,
-            next_poll_ms=now_ms + int(interval * 1000),
-            poll_interval_s=interval,
-            running_seen_ms=now_ms,  # the turnaround sample is measured between polls
-            **status,
-        )
+        await poll_again(running_seen_ms=now_ms, **status)  # the turnaround sample is measured between polls
         return info.status
     if info.status == "failed":
         reason = reason_of(info.errors, "batch_failed")
