@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
 import orjson
 import pytest
 from redis.asyncio import Redis
 
-from api.app import create_app
 from config.settings import DEFAULT_PRICING_PATH, Settings, TenantSettings
 from scheduler import budgets, ids, keys
 from scheduler.errors import BudgetExceeded, InvalidRequest
 from scheduler.jobs import NewJob
 from scheduler.ledger import Finish, Ledger
 from scheduler.pricing import Pricing
+from tests.api.harness import asgi_client
 from tests.conftest import make_settings
 
 NOW = 1_800_000_000_000  # 2027-01-15T08:00:00Z
@@ -57,15 +54,6 @@ async def spend(redis: Redis, tenant: str, now_ms: int, prompt_tokens: int) -> f
     ) == ["ok"]
     assert cost.actual_usd is not None
     return cost.actual_usd
-
-
-@asynccontextmanager
-async def api(settings: Settings, redis: Redis) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings, redis=redis)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
-            yield client
 
 
 def test_envelope_resets_on_the_first_of_next_month_utc():
@@ -148,7 +136,7 @@ async def test_intake_answers_402_for_a_spent_envelope_and_422_over_the_ceiling(
         "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 50},
     }
     auth = {"authorization": "Bearer acme-key"}
-    async with api(settings, redis) as client:
+    async with asgi_client(settings, redis, headers={}) as client:
         assert (await client.post("/v1/jobs", json=job, headers=auth)).status_code in (200, 201, 202)
         big = {**job, "body": {**job["body"], "max_tokens": 100_000}}
         refused = await client.post("/v1/jobs", json=big, headers=auth)
@@ -194,7 +182,7 @@ async def test_a_nearly_spent_reject_budget_cannot_be_passed_in_one_bulk_request
     per_job = expected_usd("batch")
     billed = await spend(redis, "acme", now, 8000)
     settings = budgeted(redis_url, "reject", budget=billed + 3.5 * per_job)  # room for three jobs
-    async with api(settings, redis) as client:
+    async with asgi_client(settings, redis, headers={}) as client:
         response = await client.post(
             "/v1/jobs/bulk", json={"jobs": [{"provider": "openai", "body": CAPPED_BODY}] * 50}, headers=AUTH
         )
@@ -210,7 +198,7 @@ async def test_a_nearly_spent_reject_budget_cannot_be_passed_in_one_bulk_request
 async def test_a_reservation_is_released_when_its_job_ends(redis: Redis, redis_url: str):
     now = int(datetime.now(UTC).timestamp() * 1000)
     settings = budgeted(redis_url, "reject", budget=1.0)
-    async with api(settings, redis) as client:
+    async with asgi_client(settings, redis, headers={}) as client:
         response = await client.post(
             "/v1/jobs/bulk", json={"jobs": [{"provider": "openai", "body": CAPPED_BODY}] * 2}, headers=AUTH
         )
@@ -239,7 +227,7 @@ async def test_admission_prices_a_job_at_the_route_it_will_take(redis: Redis, re
     ceiling = (expected_usd("batch") + expected_usd("sync")) / 2
     settings = budgeted(redis_url, "reject", budget=1.0, max_job_cost_usd=ceiling)
     job = {"provider": "openai", "body": CAPPED_BODY}
-    async with api(settings, redis) as client:
+    async with asgi_client(settings, redis, headers={}) as client:
         batched = await client.post("/v1/jobs", json={**job, "deadline_in": 86_400}, headers=AUTH)
         assert batched.status_code == 202, batched.text
         assert batched.json()["status"] == "queued"
