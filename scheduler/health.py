@@ -3,7 +3,8 @@
 Workers push one sample per ended batch (submission to the moment its end was observable, on our
 own clock: :func:`observed_turnaround_s`) and per sync call into capped Redis
 lists (:func:`scheduler.keys.lane_turnarounds`, :func:`scheduler.keys.lane_sync_latencies`), each
-entry ``"<end_ms>:<seconds>"``, newest first. Here a window bounded by count
+entry ``"<end_ms>:<seconds>"``, newest first, written by :func:`push_sample` and read by
+:func:`parse_sample` (the format's one writer and one reader). Here a window bounded by count
 (``settings.slo.history_size``) and by age (``settings.slo.history_max_age_s``) is read back. Until a
 lane has ``settings.slo.min_samples`` samples, its turnaround is the prior
 (``settings.slo.prior_turnaround_s``, else the provider's completion window) and its sync latency is
