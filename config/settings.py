@@ -293,6 +293,8 @@ class AlertSettings(_Strict):
     # notification is dropped as dead), how long a claimed notification stays hidden from others.
     timeout_s: float = Field(default=10.0, gt=0)
     retry_schedule_s: list[float] = [5, 30, 120, 300, 900, 1800, 3600]
+    # Random share (±) of each retry delay, so notifications that failed together do not retry together.
+    jitter: float = Field(default=0.2, ge=0, le=1)
     lease_s: float = Field(default=60.0, gt=0)
     claim_batch: int = Field(default=100, gt=0)
 

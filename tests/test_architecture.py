@@ -43,6 +43,7 @@ def tree(tmp_path: Path) -> Path:
     )
     for module in IGNORED:
         (tmp_path / "scheduler" / f"{module}.py").write_text("import scheduler.service\n")
+    (tmp_path / "scheduler" / "policy.py").write_text("import config\n")
     (tmp_path / "workers" / "tasks.py").write_text("import config\nimport scheduler\n")
     (tmp_path / "api" / "app.py").write_text("import config\nimport scheduler\n")
     (tmp_path / "batchshift" / "cli.py").write_text("import api\nimport emulator\nimport workers\n")
@@ -67,6 +68,7 @@ def test_a_tree_shaped_like_ours_keeps_them(tree: Path):
         ("scheduler/ledger.py", "import workers\n", "config <- scheduler <- workers"),
         ("config/settings.py", "import scheduler\n", "config <- scheduler <- workers"),
         ("workers/http.py", "import api\n", "config <- scheduler <- workers"),
+        ("scheduler/policy.py", "import scheduler.service\n", "every routing and backoff decision is pure"),
         ("api/jobs.py", "import batchshift\n", "config <- scheduler <- workers"),
         ("workers/cycle.py", "import workers.tasks\n", None),
     ],

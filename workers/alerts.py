@@ -4,11 +4,11 @@ The scheduler decides alerts (:mod:`scheduler.alerting`) and queues one notifica
 and channel in ``keys.ALERTS_DUE``; the ``send_alerts`` task delivers them. It claims due ones
 with a lease (the claim moves the score to now + lease, the same Lua step completion webhooks
 use, so a dead worker's claims come back by themselves), sends them concurrently, and settles
-each: sent (deleted), retried on ``settings.alerts.retry_schedule_s`` (a ``Retry-After`` longer
-than the step is honoured), or dead-lettered (``keys.ALERTS_DEAD``) when refused for good (400)
-or out of retries. Nothing here runs inside the scheduler's tick, so a slow channel never holds
-it up. Delivery is at least once; PagerDuty's ``dedup_key`` folds a repeated trigger into the
-open alert.
+each: sent (deleted), retried on ``settings.alerts.retry_schedule_s`` with ``alerts.jitter``
+(:func:`scheduler.policy.scheduled_delay`; a ``Retry-After`` longer than the step is honoured),
+or dead-lettered (``keys.ALERTS_DEAD``) when refused for good (400) or out of retries. Nothing
+here runs inside the scheduler's tick, so a slow channel never holds it up. Delivery is at least
+once; PagerDuty's ``dedup_key`` folds a repeated trigger into the open alert.
 
 Claims and retries are stamped with the Redis server's clock (:mod:`scheduler.clock`), so a worker
 whose clock runs ahead does not re-claim notifications another is still sending.
@@ -20,6 +20,7 @@ The webhook channel's body is the event as JSON, signed with Standard Webhooks h
 from __future__ import annotations
 
 import asyncio
+import random
 import secrets
 import time
 from typing import Any
@@ -30,12 +31,13 @@ import structlog
 from redis.asyncio import Redis
 
 from config.settings import AlertSettings, HttpSettings
-from scheduler import keys
+from scheduler import keys, policy, tasks
 from scheduler.clock import server_ms
 from workers import webhooks
 from workers.context import WorkerContext
 from workers.errors import ChannelNotConfigured, ProviderHTTPError, WorkerError
 from workers.http import send
+from workers.summary import summarised
 
 log = structlog.get_logger(__name__)
 
@@ -85,8 +87,16 @@ def _iso(ms: int) -> str:
 class AlertSender:
     """Claims, sends and settles alert notifications; one per task run, on the process's client."""
 
-    def __init__(self, redis: Redis, client: httpx.AsyncClient, alerts: AlertSettings) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        client: httpx.AsyncClient,
+        alerts: AlertSettings,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
         self.redis = redis
+        self.rng = rng or random.Random()  # jitter of retries, so channels failed together spread out
         self.client = client
         self.alerts = alerts
         self._claim = redis.register_script((webhooks.LUA_DIR / "webhook_claim.lua").read_text())
@@ -175,9 +185,9 @@ class AlertSender:
         status = exc.status if isinstance(exc, ProviderHTTPError) else None
         error = type(exc).__name__ + (f" {status}" if status else "")
         retriable = bool(getattr(exc, "retriable", isinstance(exc, httpx.HTTPError)))
-        schedule = self.alerts.retry_schedule_s
+        delay = policy.scheduled_delay(self.alerts.retry_schedule_s, attempts, self.alerts.jitter, self.rng)
         key = keys.alert_notification(nid)
-        if not retriable or attempts > len(schedule):
+        if not retriable or delay is None:
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.zrem(keys.ALERTS_DUE, nid)
                 pipe.zadd(keys.ALERTS_DEAD, {nid: now_ms})
@@ -186,7 +196,6 @@ class AlertSender:
                 await pipe.execute()
             bound.warning("alert.dead", attempts=attempts, error=error)
             return "dead"
-        delay = schedule[attempts - 1]
         wait = getattr(exc, "retry_after", None)
         if isinstance(wait, int | float) and wait > delay:
             delay = float(wait)
@@ -198,11 +207,8 @@ class AlertSender:
         return "retry"
 
 
-async def send_alerts(ctx: dict[str, Any]) -> dict[str, int]:
+@summarised(tasks.SEND_ALERTS)
+async def send_alerts(ctx: WorkerContext) -> dict[str, int]:
     """arq task: deliver the alert notifications due now (enqueued by the scheduler's SLO step)."""
-    wctx: WorkerContext = ctx  # type: ignore[assignment]
-    sender = AlertSender(wctx["redis"], wctx["http"], wctx["settings"].alerts)
-    counts = await sender.run()
-    if any(counts.values()):
-        log.info("alerts.delivered", **counts)
-    return counts
+    sender = AlertSender(ctx["redis"], ctx["http"], ctx["settings"].alerts)
+    return await sender.run()

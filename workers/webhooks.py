@@ -40,12 +40,14 @@ import structlog
 from redis.asyncio import Redis
 
 from config.settings import Settings, WebhookSettings
-from scheduler import keys
+from scheduler import keys, policy, tasks
 from scheduler.jobs import VIEW_FIELDS, JobRecord, iso
 from scheduler.webhook_dispatch import url_hash
+from workers.context import WorkerContext
 from workers.errors import ResponseTimeout, UnsafeDestination, WorkerError
 from workers.http import post_capped, retry_after
 from workers.ssrf import guarded_transport
+from workers.summary import summarised
 from workers.webhook_slots import limits_for
 
 log = structlog.get_logger(__name__)
@@ -335,11 +337,10 @@ class Deliverer:
         """Retry on the schedule (or after ``Retry-After`` when longer), or dead-letter after the last attempt."""
         attempts = int(delivery.get("attempts") or 0) + 1
         schedule = self.hooks.retry_schedule_s
-        if attempts > len(schedule):
+        delay = policy.scheduled_delay(schedule, attempts, self.hooks.jitter, self.rng)
+        if delay is None:
             log.warning("webhook.dead", delivery_id=delivery["id"], attempts=attempts, error=error)
             return Outcome(delivery["id"], token, "dead", True, status_code=code, error=error)
-        base = schedule[attempts - 1]
-        delay = base * (1 + self.rng.uniform(-self.hooks.jitter, self.hooks.jitter))
         if wait is not None:
             delay = max(delay, min(wait, max(schedule)))
         next_ms = int((clock() + delay) * 1000)
@@ -356,12 +357,10 @@ class Deliverer:
             setattr(report, o.action, getattr(report, o.action) + 1)
 
 
-async def deliver_webhooks(ctx: dict[str, Any]) -> dict[str, int]:
+@summarised(tasks.DELIVER_WEBHOOKS)
+async def deliver_webhooks(ctx: WorkerContext) -> dict[str, int]:
     """arq task: drain due deliveries for up to half the task timeout, on the process's webhook client."""
-    settings: Settings = ctx["settings"]
+    settings = ctx["settings"]
     deliverer = Deliverer(settings, ctx["redis"], ctx["webhook_http"])
     report = await deliverer.run(budget_s=settings.worker.job_timeout_s / 2)
-    counts = asdict(report)
-    if report.claimed:
-        log.info("webhooks.delivered", **counts)
-    return counts
+    return asdict(report)

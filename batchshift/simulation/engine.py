@@ -41,6 +41,7 @@ from scheduler.flip_plan import Policy, Source, count_below, horizons, safe_hori
 from scheduler.health import LaneHealth, lane_health, observed_turnaround_s
 from scheduler.lanes import Lane, effective
 from scheduler.planner import LaneState, band_limit_ms, decide, pressure_horizon_ms
+from scheduler.policy import next_poll_s
 from scheduler.prediction import expected_turnaround_s, next_flush_ms, sync_lane
 from scheduler.pricing import Pricing, RouteName
 from scheduler.tokens import BYTES_PER_TOKEN
@@ -174,7 +175,7 @@ class _LaneRun:
         interval = sched.poll_initial_s
         previous, poll = submitted_ms, submitted_ms + int(interval * 1000)
         while poll < end_ms:
-            interval = min(interval * sched.poll_backoff, sched.poll_max_s)
+            interval = next_poll_s(interval, sched)
             previous, poll = poll, poll + int(interval * 1000)
         return previous, poll
 

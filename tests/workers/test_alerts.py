@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import time
 
 import httpx
@@ -141,3 +142,23 @@ def test_channel_error_pickles():
 
     err = pickle.loads(pickle.dumps(ChannelNotConfigured("slack")))  # noqa: S301 - our own bytes
     assert str(err) == "alert channel 'slack' is not configured"
+
+
+class HighDraws(random.Random):
+    """Always draws the top of the range, so a jittered delay is exact."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+async def test_a_retry_is_jittered_by_the_random_source_given(redis, redis_url, client):
+    """Channels that failed together do not retry together: each step moves by up to ± jitter."""
+    settings = alert_settings(redis_url, "http://127.0.0.1:9", jitter=0.5)
+    settings.alerts.pagerduty = None
+    settings.alerts.webhook = None
+    now = int(time.time() * 1000)
+    await evaluate(redis, settings, LANE, [health(True)], now, token=await lead(redis))
+    sender = AlertSender(redis, client, settings.alerts, rng=HighDraws())
+    assert (await sender.run(now))["retry"] == 1
+    [(_, due)] = await redis.zrange(keys.ALERTS_DUE, 0, -1, withscores=True)
+    assert due == now + int(0.2 * 1.5 * 1000)

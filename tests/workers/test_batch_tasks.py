@@ -6,10 +6,11 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import cast
 
 import pytest
 from arq import Retry
+from structlog.testing import capture_logs
 
 from config.settings import LaneDefaults, SchedulerSettings, SloSettings
 from scheduler import keys, tasks
@@ -24,8 +25,9 @@ from workers.errors import LeaseLost
 from workers.providers.base import BatchLine
 from workers.tasks.batches import poll_batch, reconcile_batches, submit_batch
 from workers.tasks.lease import SubmitLease
+from workers.tasks.outcomes import PollOutcome, SubmitOutcome
 from workers.tasks.refusals import refuse
-from workers.worker import context_of, run_burst, shutdown, startup
+from workers.worker import run_burst, shutdown, startup
 
 LANES = {"openai": "openai:gpt-4o-mini:/v1/chat/completions", "anthropic": "anthropic:claude-x:/v1/messages"}
 MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-x"}
@@ -39,10 +41,10 @@ class SimulatedCrash(BaseException):
 @asynccontextmanager
 async def worker_ctx(settings, redis, hooks=None) -> AsyncIterator[WorkerContext]:
     """A worker's ctx built by its own startup, for calling a task directly."""
-    ctx: dict[str, Any] = {"redis": redis, "settings": settings, "hooks": hooks or {}}
+    ctx = cast(WorkerContext, {"redis": redis, "settings": settings, "hooks": hooks or {}})
     await startup(ctx)
     try:
-        yield context_of(ctx)
+        yield ctx
     finally:
         await shutdown(ctx)
 
@@ -401,7 +403,7 @@ async def test_a_batch_the_provider_lost_is_abandoned_and_its_jobs_go_back(
     assert (await Batches(redis).get(batch_id)).state == "submitted"  # type: ignore[union-attr]
     emulator.reset()  # the provider no longer knows the batch: 404 on every poll
     async with worker_ctx(task_settings, redis) as ctx:
-        assert await poll_batch(ctx, batch_id) == "abandoned"
+        assert await poll_batch(ctx, batch_id) is PollOutcome.ABANDONED
     assert (await Batches(redis).get(batch_id)).state == "failed"  # type: ignore[union-attr]
     jobs = await Ledger(redis).get_many(job_ids)
     assert {(j.state, j.attempts) for j in jobs if j} == {("queued", 1)}
@@ -425,7 +427,7 @@ async def test_a_batch_running_past_its_window_is_cancelled_and_its_jobs_go_back
     await run_burst(settings)  # submitted
     await asyncio.sleep(0.3)
     async with worker_ctx(settings, redis) as ctx:
-        assert await poll_batch(ctx, batch_id) == "abandoned"
+        assert await poll_batch(ctx, batch_id) is PollOutcome.ABANDONED
     cancels = [r for r in emulator.requests() if r["path"].endswith("/cancel")]
     assert len(cancels) == 1
     jobs = await Ledger(redis).get_many(job_ids)
@@ -516,7 +518,10 @@ async def test_a_submission_that_lost_its_lease_does_not_create(
         with pytest.raises(Retry):
             await submit_batch(ctx, batch_id)
         ctx["job_try"] = 2
-        assert await submit_batch(ctx, batch_id) == "leased:held:submit:other"
+        with capture_logs() as logs:
+            assert await submit_batch(ctx, batch_id) is SubmitOutcome.LEASED
+    [summary] = [e for e in logs if e["event"] == "task.finished"]
+    assert summary["lease"] == "held:submit:other"
     assert creates_accepted(emulator) == 0
     # Had it got past the start, the stamp before the create call would have stopped it.
     mine = SubmitLease(batches, task_settings, batch_id, f"submit:{batch_id}:0")
