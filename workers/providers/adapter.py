@@ -9,7 +9,7 @@ provider's module is what the provider really does differently (file uploads, re
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypedDict
 
 import httpx
 
@@ -18,6 +18,18 @@ from workers.errors import BatchNotEnded, ProviderNotFound
 from workers.providers import batch_input
 from workers.providers.account import ProviderAccount, parse_object, with_service_tier
 from workers.providers.base import BatchInfo, BatchLine, ResultLine, SyncResult, each_line
+from workers.providers.batch_input import BatchInput
+
+# Awaited right before a batch's create call (the submission lease stamps its start there).
+BeforeCreate = Callable[[], Awaitable[None]] | None
+
+
+class InputTerms(TypedDict):
+    """What shapes a batch input besides its lines and format (batch_input.split and spool take them)."""
+
+    endpoint: str
+    request_limit: int
+    byte_limit: int
 
 
 class BatchAdapter:
@@ -50,25 +62,15 @@ class BatchAdapter:
         return self.line_format.size(line, self.batch_endpoint(endpoint))
 
     def split(self, lines: Iterable[BatchLine], *, endpoint: str) -> Iterator[list[BatchLine]]:
-        return batch_input.split(
-            lines,
-            self.line_format,
-            endpoint=self.batch_endpoint(endpoint),
-            request_limit=self.request_limit,
-            byte_limit=self.byte_limit,
-        )
+        return batch_input.split(lines, self.line_format, **self.input_terms(endpoint))
 
-    async def spool(
-        self, lines: AsyncIterable[BatchLine] | Iterable[BatchLine], endpoint: str
-    ) -> batch_input.BatchInput:
-        """The lines in the provider's batch input format, in a temporary file under its limits."""
-        return await batch_input.spool(
-            lines,
-            self.line_format,
-            endpoint=self.batch_endpoint(endpoint),
-            request_limit=self.request_limit,
-            byte_limit=self.byte_limit,
-        )
+    def input_terms(self, endpoint: str) -> InputTerms:
+        """The batch input's endpoint (as the provider spells it) and the provider's limits."""
+        return {
+            "endpoint": self.batch_endpoint(endpoint),
+            "request_limit": self.request_limit,
+            "byte_limit": self.byte_limit,
+        }
 
     async def submit_batch(
         self,
@@ -76,19 +78,14 @@ class BatchAdapter:
         *,
         endpoint: str,
         batch_id: str,
-        before_create: Callable[[], Awaitable[None]] | None = None,
+        before_create: BeforeCreate = None,
     ) -> BatchInfo:
         """Spool the lines (raising before anything is sent when they break a limit), then create."""
-        with await self.spool(lines, endpoint) as spooled:
-            return self.batch_info(await self.create(spooled, endpoint, batch_id, before_create))
+        spool = batch_input.spool(lines, self.line_format, **self.input_terms(endpoint))
+        with await spool as spooled:
+            return self.batch_info(await self.create(spooled, batch_id, before_create))
 
-    async def create(
-        self,
-        spooled: batch_input.BatchInput,
-        endpoint: str,
-        batch_id: str,
-        before_create: Callable[[], Awaitable[None]] | None,
-    ) -> dict[str, Any]:
+    async def create(self, spooled: BatchInput, batch_id: str, before_create: BeforeCreate) -> dict[str, Any]:
         """Send the spooled input and create the batch; awaits ``before_create`` right before the create."""
         raise NotImplementedError
 

@@ -9,7 +9,7 @@ size and verifies them by the custom ids (and models) of their results, readable
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
@@ -20,8 +20,9 @@ from config.settings import ProviderSettings
 from workers import http
 from workers.errors import BatchNotEnded, MalformedResponse, ProviderNotFound
 from workers.providers import batch_input, jsonl
-from workers.providers.adapter import BatchAdapter
+from workers.providers.adapter import BatchAdapter, BeforeCreate
 from workers.providers.base import BatchInfo, Outcome, RequestId, ResultLine, Status
+from workers.providers.batch_input import BatchInput
 
 BATCHES = "/v1/messages/batches"
 LIST_PAGE = 1000  # Anthropic's largest page
@@ -144,14 +145,8 @@ class AnthropicAdapter(BatchAdapter):
         super().__init__(name, settings, client)
         self.account.headers["anthropic-version"] = settings.anthropic_version
 
-    async def create(
-        self,
-        spooled: batch_input.BatchInput,
-        endpoint: str,
-        batch_id: str,
-        before_create: Callable[[], Awaitable[None]] | None,
-    ) -> dict[str, Any]:
-        """One call carries every request (``endpoint`` is always the Messages API)."""
+    async def create(self, spooled: BatchInput, batch_id: str, before_create: BeforeCreate) -> dict[str, Any]:
+        """One call carries every request (batches run on the Messages API only)."""
         if before_create is not None:
             await before_create()
         return await self.account.create(

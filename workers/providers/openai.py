@@ -10,7 +10,7 @@ endpoints are named as OpenAI's batch lines name them (``/v1/chat/completions``)
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import msgspec
@@ -23,7 +23,7 @@ from workers.errors import (
     ProviderError,
 )
 from workers.providers import batch_input, jsonl
-from workers.providers.adapter import BatchAdapter
+from workers.providers.adapter import BatchAdapter, BeforeCreate
 from workers.providers.base import (
     BatchInfo,
     Outcome,
@@ -32,6 +32,7 @@ from workers.providers.base import (
     Status,
     batch_metadata,
 )
+from workers.providers.batch_input import BatchInput
 
 STATUSES: frozenset[str] = frozenset(
     {"validating", "in_progress", "finalizing", "cancelling", "completed", "failed", "expired", "cancelled"}
@@ -180,13 +181,7 @@ class OpenAIAdapter(BatchAdapter):
     def sync_path(self, endpoint: str) -> str:
         return sync_path(endpoint)
 
-    async def create(
-        self,
-        spooled: batch_input.BatchInput,
-        endpoint: str,
-        batch_id: str,
-        before_create: Callable[[], Awaitable[None]] | None,
-    ) -> dict[str, Any]:
+    async def create(self, spooled: BatchInput, batch_id: str, before_create: BeforeCreate) -> dict[str, Any]:
         """Upload the input as a ``purpose=batch`` file, then create the batch on it."""
         # Re-sending an upload at worst leaves an unused file behind, so it is retried freely.
         uploaded = await self.account.call_json(
@@ -207,7 +202,7 @@ class OpenAIAdapter(BatchAdapter):
                 batch_id,
                 json={
                     "input_file_id": file_id,
-                    "endpoint": batch_endpoint(endpoint),
+                    "endpoint": spooled.endpoint,
                     "completion_window": "24h",
                     "metadata": batch_metadata(batch_id),
                 },
