@@ -19,7 +19,7 @@ so a trim running beside intake, ingestion or another trim changes nothing it sh
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import structlog
 from redis.asyncio import Redis
@@ -48,15 +48,12 @@ class TrimReport:
     alert_dead_letters: int = 0
     unfinished: list[str] = field(default_factory=list)  # indexes left for the next pass
 
+    def counts(self) -> dict[str, int]:
+        """What was removed, by family (``unfinished`` aside)."""
+        return {name: value for name, value in asdict(self).items() if name != "unfinished"}
+
     def total(self) -> int:
-        return (
-            self.index_entries
-            + self.jobs
-            + self.deliveries
-            + self.dead_letters
-            + self.batches
-            + self.alert_dead_letters
-        )
+        return sum(self.counts().values())
 
 
 class Retention:
@@ -83,16 +80,7 @@ class Retention:
         await self._trim_batches(cutoff_ms, report)
         await self._trim_alert_dead(now_ms - r.dead_letter_ttl_s * 1000, report)
         if report.total():
-            log.info(
-                "retention.trimmed",
-                index_entries=report.index_entries,
-                jobs=report.jobs,
-                deliveries=report.deliveries,
-                dead_letters=report.dead_letters,
-                batches=report.batches,
-                alert_dead_letters=report.alert_dead_letters,
-                unfinished=len(report.unfinished),
-            )
+            log.info("retention.trimmed", **report.counts(), unfinished=len(report.unfinished))
         return report
 
     async def _trim_tenant(self, tenant: str, cutoff_ms: int, report: TrimReport) -> None:

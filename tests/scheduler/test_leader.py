@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
 import orjson
 import pytest
-from arq.connections import ArqRedis
 
 from config.settings import AlertSettings, PagerDutySettings, SchedulerSettings, SloSettings
 from scheduler import keys
@@ -18,7 +16,6 @@ from scheduler.lanes import effective
 from scheduler.leader import Leader
 from scheduler.ledger import Ledger
 from scheduler.service import build_scheduler
-from scheduler.tasks import create_pool
 from scheduler.tick import Tick
 from tests.conftest import make_settings
 from tests.scheduler.planning_support import enqueue_lane
@@ -27,15 +24,6 @@ from tests.scheduler.test_service import planning_only
 
 LEASE_S = 0.3
 NOW_S = 1_800_000_000.0
-
-
-@pytest.fixture
-async def arq_pool(redis_url: str, redis) -> AsyncIterator[ArqRedis]:
-    pool = await create_pool(redis_url)
-    try:
-        yield pool
-    finally:
-        await pool.aclose()
 
 
 @pytest.fixture

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-
-import pytest
-from arq.connections import ArqRedis
 
 from config.settings import LaneDefaults, LaneSettings, SchedulerSettings, SloSettings
 from scheduler import keys, tasks
@@ -20,15 +16,6 @@ from tests.scheduler.planning_support import arq_queue, enqueue_lane, new_job
 
 NOW = time.time()
 NOW_MS = int(NOW * 1000)
-
-
-@pytest.fixture
-async def arq_pool(redis_url: str, redis) -> AsyncIterator[ArqRedis]:
-    pool = await create_pool(redis_url)
-    try:
-        yield pool
-    finally:
-        await pool.aclose()
 
 
 PLANNING_STEPS = ("plan", "polls", "reconcile")

@@ -10,7 +10,6 @@ from typing import cast
 
 import pytest
 from arq import Retry
-from arq.connections import ArqRedis
 from structlog.testing import capture_logs
 
 from config.settings import LaneDefaults, SchedulerSettings, SloSettings
@@ -18,7 +17,6 @@ from scheduler import keys, tasks
 from scheduler.batches import Batches
 from scheduler.ledger import Ledger
 from scheduler.service import ReconcileStep, Scheduler, build_scheduler
-from scheduler.tasks import create_pool
 from tests.conftest import make_settings
 from tests.scheduler.planning_support import enqueue_lane
 from tests.workers.conftest import anthropic_settings, openai_settings
@@ -49,15 +47,6 @@ async def worker_ctx(settings, redis, hooks=None) -> AsyncIterator[WorkerContext
         yield ctx
     finally:
         await shutdown(ctx)
-
-
-@pytest.fixture
-async def arq_pool(redis_url: str, redis) -> AsyncIterator[ArqRedis]:
-    pool = await create_pool(redis_url)
-    try:
-        yield pool
-    finally:
-        await pool.aclose()
 
 
 @pytest.fixture

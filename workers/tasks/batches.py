@@ -71,6 +71,16 @@ async def batch_lines(ctx: WorkerContext, batch_id: str, sent: list[int]) -> Asy
                 yield BatchLine(custom_id=job_id, body=body)
 
 
+async def bound_batch(ctx: WorkerContext, batch_id: str) -> tuple[Batches, BatchRecord | None]:
+    """A batch task's record (None: gone), with its ids bound to the task's log lines."""
+    bind_contextvars(batch_id=batch_id)
+    batches = Batches(ctx["redis"])
+    record = await batches.get(batch_id)
+    if record is not None:
+        bind_contextvars(lane=record.lane, provider=record.provider)
+    return batches, record
+
+
 @summarised(tasks.SUBMIT_BATCH)
 async def submit_batch(ctx: WorkerContext, batch_id: str) -> SubmitOutcome:
     """Create the provider batch of planned batch ``batch_id`` and record its id; returns the outcome.
@@ -78,12 +88,9 @@ async def submit_batch(ctx: WorkerContext, batch_id: str) -> SubmitOutcome:
     The task works under the batch's submission lease (:mod:`workers.tasks.lease`), held by its
     arq job id, so neither a second submission nor reconciliation can create the batch meanwhile.
     """
-    bind_contextvars(batch_id=batch_id)
-    batches = Batches(ctx["redis"])
-    record = await batches.get(batch_id)
+    batches, record = await bound_batch(ctx, batch_id)
     if record is None:
         return SubmitOutcome.MISSING
-    bind_contextvars(lane=record.lane, provider=record.provider)
     if record.state != "planned":
         note(state=record.state)
         return SubmitOutcome.SKIPPED
@@ -239,15 +246,12 @@ async def _abandon(
 @summarised(tasks.POLL_BATCH)
 async def poll_batch(ctx: WorkerContext, batch_id: str) -> PollOutcome:
     """Poll a batch once: record its status; when it ended, hand it to ingestion; else reschedule."""
-    bind_contextvars(batch_id=batch_id)
-    batches = Batches(ctx["redis"])
     settings = ctx["settings"].scheduler
-    record = await batches.get(batch_id)
+    batches, record = await bound_batch(ctx, batch_id)
     now_ms = _now_ms()
     if record is None:
         await ctx["redis"].zrem(keys.BATCHES_POLL, batch_id)
         return PollOutcome.MISSING
-    bind_contextvars(lane=record.lane, provider=record.provider)
     if record.state == "ended":
         return await _hand_to_ingest(ctx, batches, record, now_ms)
     if record.state != "submitted" or record.provider_batch_id is None:
@@ -256,6 +260,19 @@ async def poll_batch(ctx: WorkerContext, batch_id: str) -> PollOutcome:
         return PollOutcome.SKIPPED
     adapter = ctx["adapters"].get(record.provider)
     interval = policy.next_poll_s(record.poll_interval_s, settings)
+
+    async def poll_again(**fields: Any) -> None:
+        """Schedule the next poll ``interval`` from now (backing off), recording ``fields`` with it."""
+        next_poll_ms = now_ms + int(interval * 1000)
+        await batches.update(
+            batch_id,
+            ("submitted",),
+            now_ms=now_ms,
+            next_poll_ms=next_poll_ms,
+            poll_interval_s=interval,
+            **fields,
+        )
+
     if adapter is None:
         await batches.update(
             batch_id, ("submitted",), now_ms=now_ms, next_poll_ms=now_ms + int(settings.poll_max_s * 1000)
@@ -268,27 +285,13 @@ async def poll_batch(ctx: WorkerContext, batch_id: str) -> PollOutcome:
         log.warning("batch.poll_failed", error=str(exc), not_found=isinstance(exc, ProviderNotFound))
         if isinstance(exc, ProviderNotFound) and not exc.retriable:
             return await _abandon(ctx, batches, record, "batch_lost", str(exc), now_ms)
-        await batches.update(
-            batch_id,
-            ("submitted",),
-            now_ms=now_ms,
-            next_poll_ms=now_ms + int(interval * 1000),
-            poll_interval_s=interval,
-        )
+        await poll_again()
         return PollOutcome.POLL_FAILED
     status = _status_fields(info)
     if not info.ended and _overdue(ctx, record, now_ms):
         return await _abandon(ctx, batches, record, "batch_overdue", "past the completion window", now_ms)
     if not info.ended:
-        await batches.update(
-            batch_id,
-            ("submitted",),
-            now_ms=now_ms,
-            next_poll_ms=now_ms + int(interval * 1000),
-            poll_interval_s=interval,
-            running_seen_ms=now_ms,  # the turnaround sample is measured between polls
-            **status,
-        )
+        await poll_again(running_seen_ms=now_ms, **status)  # the turnaround sample is measured between polls
         note(status=info.status)
         return PollOutcome.RUNNING
     if info.status == "failed":
@@ -348,12 +351,9 @@ async def _hand_to_ingest(
 @summarised(tasks.CANCEL_BATCH)
 async def cancel_batch(ctx: WorkerContext, batch_id: str) -> CancelOutcome:
     """Ask the provider to cancel a batch in flight; polling then sees it end with partial results."""
-    bind_contextvars(batch_id=batch_id)
-    batches = Batches(ctx["redis"])
-    record = await batches.get(batch_id)
+    batches, record = await bound_batch(ctx, batch_id)
     if record is None:
         return CancelOutcome.MISSING
-    bind_contextvars(lane=record.lane, provider=record.provider)
     if record.state != "submitted" or record.provider_batch_id is None:
         note(state=record.state)
         return CancelOutcome.SKIPPED

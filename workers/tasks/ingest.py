@@ -32,7 +32,6 @@ from typing import Any
 import structlog
 from arq import Retry
 from redis.asyncio import Redis
-from structlog.contextvars import bind_contextvars
 
 from config.settings import Settings
 from scheduler import keys, policy, pricing, tasks
@@ -43,6 +42,7 @@ from workers.errors import ProviderError
 from workers.providers.base import ProviderAdapter, ResultLine
 from workers.summary import note, summarised
 from workers.tasks import files
+from workers.tasks.batches import bound_batch
 from workers.tasks.routing import Routed, route_back
 
 log = structlog.get_logger(__name__)
@@ -204,14 +204,11 @@ class Ingestion:
 @summarised(tasks.INGEST_BATCH)
 async def ingest_batch(c: WorkerContext, batch_id: str) -> dict[str, int]:
     """arq task: ingest an ended batch's results; a re-run resumes from the cursor and changes nothing twice."""
-    bind_contextvars(batch_id=batch_id)
     settings, redis = c["settings"], c["redis"]
-    batches = Batches(redis)
-    record = await batches.get(batch_id)
+    batches, record = await bound_batch(c, batch_id)
     if record is None or record.state != "ended" or not record.provider_batch_id:
         note(skipped=True, state=record.state if record else None)
         return {}
-    bind_contextvars(lane=record.lane, provider=record.provider)
     ingestion = Ingestion(settings, redis, c["ledger"], record, c["adapters"][record.provider])
     skip = int(await redis.get(keys.batch_cursor(batch_id)) or 0)
     note(resumed_from=skip)

@@ -40,7 +40,7 @@ import structlog
 from structlog.contextvars import bind_contextvars
 
 from config.settings import HttpSettings, Settings
-from scheduler import keys, policy, pricing, scripts, tasks
+from scheduler import health, keys, policy, pricing, scripts, tasks, tokens
 from scheduler.clock import server_ms
 from scheduler.heartbeat import heartbeat
 from scheduler.jobs import JobRecord, Route
@@ -49,7 +49,7 @@ from workers.context import WorkerContext
 from workers.errors import ProviderError, ProviderHTTPError, RateLimited, ResponseTimeout
 from workers.providers.base import ProviderAdapter, SyncResult
 from workers.summary import note, summarised
-from workers.sync_limits import Permit, SyncLimits, estimate_usage
+from workers.sync_limits import Permit, SyncLimits
 from workers.tasks.outcomes import SyncOutcome
 
 log = structlog.get_logger(__name__)
@@ -90,7 +90,7 @@ def read_timeout_s(settings: Settings, job: JobRecord, plan: RoutePlan) -> float
 
 def expected_usd(settings: Settings, kind: str, job: JobRecord, route: Route) -> float:
     """What one call may be billed: the body's input tokens and its output cap, at the route's price."""
-    inputs, outputs = estimate_usage(job.body)
+    inputs, outputs = tokens.estimate(job.body)
     usage = {"input_tokens": inputs, "output_tokens": outputs}
     price = pricing.shared(settings.pricing_file).job_cost(job.provider, kind, job.model, route, usage)
     return price.actual_usd or 0.0
@@ -270,8 +270,9 @@ async def run_sync(c: WorkerContext, job_id: str, dispatch: int = 0) -> SyncOutc
     )
     end_ms = await server_ms(redis)
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.lpush(keys.lane_sync_latencies(job.lane), f"{end_ms}:{seconds:.3f}")
-        pipe.ltrim(keys.lane_sync_latencies(job.lane), 0, settings.slo.history_size - 1)
+        health.push_sample(
+            pipe, keys.lane_sync_latencies(job.lane), end_ms, seconds, settings.slo.history_size
+        )
         await pipe.execute()
     return await _finish(c, item, seconds=round(seconds, 3))
 
