@@ -31,7 +31,7 @@ from redis.asyncio import Redis
 
 from config.settings import AlertSettings, HttpSettings
 from scheduler import keys
-from scheduler.clock import server_ms
+from scheduler.clock import Clock, ServerClock
 from workers import webhooks
 from workers.context import WorkerContext
 from workers.errors import ChannelNotConfigured, ProviderHTTPError, WorkerError
@@ -85,8 +85,11 @@ def _iso(ms: int) -> str:
 class AlertSender:
     """Claims, sends and settles alert notifications; one per task run, on the process's client."""
 
-    def __init__(self, redis: Redis, client: httpx.AsyncClient, alerts: AlertSettings) -> None:
+    def __init__(
+        self, redis: Redis, client: httpx.AsyncClient, alerts: AlertSettings, clock: Clock | None = None
+    ) -> None:
         self.redis = redis
+        self.clock = clock or ServerClock(redis)  # the worker's ctx["clock"]
         self.client = client
         self.alerts = alerts
         self._claim = redis.register_script((webhooks.LUA_DIR / "webhook_claim.lua").read_text())
@@ -103,7 +106,7 @@ class AlertSender:
         """Deliver every notification due now, a slice at a time; returns counts by outcome."""
         counts = {"sent": 0, "retry": 0, "dead": 0}
         while True:
-            now = await server_ms(self.redis) if now_ms is None else now_ms
+            now = await self.clock.now_ms() if now_ms is None else now_ms
             token = secrets.token_hex(8)
             lease_end = now + int(self.alerts.lease_s * 1000)
             ids = await self._claim(
@@ -201,7 +204,7 @@ class AlertSender:
 async def send_alerts(ctx: dict[str, Any]) -> dict[str, int]:
     """arq task: deliver the alert notifications due now (enqueued by the scheduler's SLO step)."""
     wctx: WorkerContext = ctx  # type: ignore[assignment]
-    sender = AlertSender(wctx["redis"], wctx["http"], wctx["settings"].alerts)
+    sender = AlertSender(wctx["redis"], wctx["http"], wctx["settings"].alerts, wctx["clock"])
     counts = await sender.run()
     if any(counts.values()):
         log.info("alerts.delivered", **counts)

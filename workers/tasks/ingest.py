@@ -33,6 +33,7 @@ from redis.asyncio import Redis
 from config.settings import Settings
 from scheduler import budgets, keys, prediction, pricing
 from scheduler.batches import Batches, BatchRecord
+from scheduler.clock import Clock, ServerClock
 from scheduler.health import read_health
 from scheduler.ledger import Finish, Ledger, Requeue
 from workers.context import WorkerContext, call_hook
@@ -108,9 +109,16 @@ class Ingestion:
     """Applies one batch's result lines to the ledger; one instance per task run."""
 
     def __init__(
-        self, settings: Settings, redis: Redis, ledger: Ledger, batch: BatchRecord, adapter: ProviderAdapter
+        self,
+        settings: Settings,
+        redis: Redis,
+        ledger: Ledger,
+        batch: BatchRecord,
+        adapter: ProviderAdapter,
+        clock: Clock | None = None,
     ) -> None:
         self.settings = settings
+        self.clock = clock or ServerClock(redis)  # the worker's ctx["clock"]
         self.redis = redis
         self.ledger = ledger
         self.batch = batch
@@ -162,7 +170,7 @@ class Ingestion:
 
     async def apply(self, chunk: Prepared) -> None:
         """Apply one prepared chunk and advance the cursor past it, all in one transaction."""
-        now_ms = int(time.time() * 1000)
+        now_ms = await self.clock.now_ms()
         finishes, retriable = chunk.finishes, chunk.retriable
         requeues = await self.requeues_for(
             [line.custom_id for line in retriable], [line.error for line in retriable], now_ms
@@ -218,7 +226,7 @@ class Ingestion:
             waiting = [
                 i for i, (s, b) in zip(ids, rows, strict=True) if s == b"batched" and b == self.owner.encode()
             ]
-            now_ms = int(time.time() * 1000)
+            now_ms = await self.clock.now_ms()
             requeues = await self.requeues_for(waiting, [NO_RESULT_ERROR] * len(waiting), now_ms)
             codes = await self.ledger.requeue(requeues, now_ms)
             moved += codes.count("ok")
@@ -239,7 +247,7 @@ async def ingest_batch(ctx: dict[str, Any], batch_id: str) -> dict[str, int]:
         return {}
     bound = bound.bind(lane=record.lane)
     started = time.monotonic()
-    ingestion = Ingestion(settings, redis, c["ledger"], record, c["adapters"][record.provider])
+    ingestion = Ingestion(settings, redis, c["ledger"], record, c["adapters"][record.provider], c["clock"])
     skip = int(await redis.get(keys.batch_cursor(batch_id)) or 0)
     try:
         totals = await _stream(c, ingestion, skip)
@@ -250,7 +258,7 @@ async def ingest_batch(ctx: dict[str, Any], batch_id: str) -> dict[str, int]:
         delay = min(settings.scheduler.poll_max_s, settings.scheduler.poll_initial_s * c.get("job_try", 1))
         bound.warning("batch.ingest_retry", error=str(exc), delay=delay)
         raise Retry(defer=delay) from exc
-    now_ms = int(time.time() * 1000)
+    now_ms = await c["clock"].now_ms()
     await batches.update(batch_id, ("ended",), now_ms=now_ms, to_state="ingested", ingested_ms=now_ms)
     await redis.delete(keys.batch_cursor(batch_id))
     await files.discard(c, record.provider, files.files_of(record), files.OUTPUT_ROLES)
@@ -264,7 +272,7 @@ async def _unreadable(
     """The provider will not give this batch's results (say the file is gone): its jobs still waiting
     go back to their lane, or on to sync, and the batch fails with the provider's reason."""
     moved = await ingestion.requeue_unanswered()
-    now_ms = int(time.time() * 1000)
+    now_ms = await c["clock"].now_ms()
     await Batches(c["redis"]).update(
         ingestion.batch.id, ("ended",), now_ms=now_ms, to_state="failed", error=str(exc), failed_ms=now_ms
     )

@@ -31,7 +31,6 @@ aggregates (``wasted_usd`` in ``/v1/costs``). Leases are stamped with the Redis 
 from __future__ import annotations
 
 import random
-import time
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, cast
@@ -40,7 +39,6 @@ import structlog
 
 from config.settings import Settings
 from scheduler import keys, pricing, scripts
-from scheduler.clock import server_ms
 from scheduler.heartbeat import heartbeat
 from scheduler.jobs import JobRecord, Route
 from scheduler.ledger import Finish
@@ -65,12 +63,11 @@ class RoutePlan:
     service_tier: str | None = None
 
 
-def choose_route(settings: Settings, job: JobRecord, attempt: int, now_ms: int | None = None) -> RoutePlan:
+def choose_route(settings: Settings, job: JobRecord, attempt: int, now_ms: int) -> RoutePlan:
     """The route and tier of this attempt: flex first where the provider sells it at batch price and
     the deadline leaves room for flex's slower answers, else the standard sync API."""
     provider = settings.providers.get(job.provider)
-    now = int(time.time() * 1000) if now_ms is None else now_ms
-    if provider is not None and provider.flex and now + provider.flex_latency_s * 1000 <= job.deadline_ms:
+    if provider is not None and provider.flex and now_ms + provider.flex_latency_s * 1000 <= job.deadline_ms:
         return RoutePlan("flex", "flex")
     return RoutePlan("sync")
 
@@ -156,14 +153,14 @@ class SyncCall:
         redis, lease_s = self.c["redis"], self.c["settings"].scheduler.sync_lease_s
         extend = scripts.load(redis, "sync_heartbeat")
         call_keys = [keys.SYNC_LEASES, keys.SYNC_DISPATCHES, keys.job(self.job.id)]
-        args: list[str | int] = [self.job.id, self.dispatch, int(lease_s * 1000)]
+        slot = [] if self.permit is None else [self.permit.token]
         if self.permit is not None:
             call_keys.append(keys.sync_slots(self.permit.provider))
-            args.append(self.permit.token)
 
         async def beat() -> bool:
             # False once superseded, or the job left the sync lane: nothing to keep.
-            return bool(await extend(keys=call_keys, args=args))
+            lease_end = await self.c["clock"].now_ms() + int(lease_s * 1000)
+            return bool(await extend(keys=call_keys, args=[self.job.id, self.dispatch, lease_end, *slot]))
 
         return heartbeat(beat, lease_s / HEARTBEATS_PER_LEASE, immediate=True, name="sync")
 
@@ -203,7 +200,8 @@ async def run_sync(ctx: dict[str, Any], job_id: str, dispatch: int = 0) -> str:
     adapter = c["adapters"][job.provider]
     call = SyncCall(c, job, dispatch, adapter, bound)
     await call.adopt()
-    now_ms = await server_ms(redis)
+    clock = c["clock"]
+    now_ms = await clock.now_ms()
     if now_ms > job.deadline_ms:
         error = {"type": "deadline_exceeded", "message": "the deadline passed before the job could be sent"}
         item = Finish(
@@ -211,7 +209,7 @@ async def run_sync(ctx: dict[str, Any], job_id: str, dispatch: int = 0) -> str:
         )
         return await _finish(c, item, bound)
     plan = choose_route(settings, job, attempt, now_ms)
-    limits = SyncLimits(redis)
+    limits = SyncLimits(redis, clock)
     config = settings.providers.get(job.provider)
     permit: Permit | float | None = None
     if config is not None:
@@ -221,7 +219,7 @@ async def run_sync(ctx: dict[str, Any], job_id: str, dispatch: int = 0) -> str:
     if isinstance(permit, float):
         return await _later(c, job, permit, bound)
     call.permit = permit
-    started = time.monotonic()
+    started_ms = await clock.now_ms()  # the shared clock: a virtual one in tests, so no machine speed counts
     try:
         answer, plan = await call.routed(plan)
     except ProviderError as exc:
@@ -232,7 +230,7 @@ async def run_sync(ctx: dict[str, Any], job_id: str, dispatch: int = 0) -> str:
         if exc.retriable and (cap is None or attempt < cap):
             # Retry until the deadline: a wait that would end past it ends just past it instead,
             # so that run fails the job with deadline_exceeded (late, as the SLO counts it).
-            remaining = max(0.0, (job.deadline_ms - await server_ms(redis)) / 1000)
+            remaining = max(0.0, (job.deadline_ms - await clock.now_ms()) / 1000)
             delay = min(backoff_s(settings, job.provider, attempt, exc), remaining + DEADLINE_SLACK_S)
             return await _later(c, job, delay, bound, attempt=attempt, error=str(exc))
         item = Finish(
@@ -247,7 +245,6 @@ async def run_sync(ctx: dict[str, Any], job_id: str, dispatch: int = 0) -> str:
     finally:
         if permit is not None:
             await limits.release(permit)
-    seconds = time.monotonic() - started
     await limits.observe(job.provider, answer.headers)
     cost = pricing.shared(settings.pricing_file).job_cost(
         job.provider, adapter.kind, job.model, plan.route, answer.usage
@@ -263,7 +260,8 @@ async def run_sync(ctx: dict[str, Any], job_id: str, dispatch: int = 0) -> str:
         wasted_usd=call.wasted_usd,
         **cost.finish_fields(),
     )
-    end_ms = await server_ms(redis)
+    end_ms = await clock.now_ms()
+    seconds = (end_ms - started_ms) / 1000
     async with redis.pipeline(transaction=True) as pipe:
         pipe.lpush(keys.lane_sync_latencies(job.lane), f"{end_ms}:{seconds:.3f}")
         pipe.ltrim(keys.lane_sync_latencies(job.lane), 0, settings.slo.history_size - 1)
@@ -272,7 +270,7 @@ async def run_sync(ctx: dict[str, Any], job_id: str, dispatch: int = 0) -> str:
 
 
 async def _finish(c: WorkerContext, item: Finish, bound: Any, **info: Any) -> str:
-    [code] = await c["ledger"].finish([item], await server_ms(c["redis"]))
+    [code] = await c["ledger"].finish([item], await c["clock"].now_ms())
     await _release(c, item.id)
     bound.info("sync.finished", state=item.state, route=item.route, outcome=code, **info)
     return code if code != "ok" else item.state
@@ -281,7 +279,7 @@ async def _finish(c: WorkerContext, item: Finish, bound: Any, **info: Any) -> st
 async def _later(c: WorkerContext, job: JobRecord, delay: float, bound: Any, **info: Any) -> str:
     """Hand the job back to the dispatch for ``delay`` seconds (its lease ends then): waiting for the
     provider's limits costs no provider call and no attempt."""
-    until = await server_ms(c["redis"]) + int(delay * 1000)
+    until = await c["clock"].now_ms() + int(delay * 1000)
     await c["redis"].zadd(keys.SYNC_LEASES, {job.id: until}, xx=True)
     bound.info("sync.deferred", delay=round(delay, 3), **info)
     return "later"
@@ -289,4 +287,4 @@ async def _later(c: WorkerContext, job: JobRecord, delay: float, bound: Any, **i
 
 async def _release(c: WorkerContext, job_id: str) -> None:
     """End the job's dispatch lease now; the dispatch step forgets it once it has left the sync queue."""
-    await c["redis"].zadd(keys.SYNC_LEASES, {job_id: await server_ms(c["redis"])}, xx=True)
+    await c["redis"].zadd(keys.SYNC_LEASES, {job_id: await c["clock"].now_ms()}, xx=True)
