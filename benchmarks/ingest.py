@@ -30,6 +30,7 @@ async def _prepare(redis_url: str, url: str) -> tuple[dict[str, Any], str]:
     from config.settings import ProviderSettings, Settings
     from scheduler import keys
     from scheduler.batches import Batches
+    from scheduler.clock import ServerClock
     from scheduler.ids import batch_id, job_id
     from scheduler.jobs import NewJob
     from scheduler.lanes import effective
@@ -52,6 +53,7 @@ async def _prepare(redis_url: str, url: str) -> tuple[dict[str, Any], str]:
         "http": http,
         "adapters": {"openai": make_adapter("openai", provider, http)},
         "hooks": {},
+        "clock": ServerClock(redis),
     }
     now = int(time.time() * 1000)
     for start in range(0, JOBS, 5000):
