@@ -32,7 +32,7 @@ from redis.asyncio import Redis
 
 from config.settings import AlertSettings, HttpSettings
 from scheduler import keys, policy, tasks
-from scheduler.clock import server_ms
+from scheduler.clock import Clock, ServerClock
 from workers import webhooks
 from workers.context import WorkerContext
 from workers.errors import ChannelNotConfigured, ProviderHTTPError, WorkerError
@@ -92,10 +92,12 @@ class AlertSender:
         redis: Redis,
         client: httpx.AsyncClient,
         alerts: AlertSettings,
+        clock: Clock | None = None,
         *,
         rng: random.Random | None = None,
     ) -> None:
         self.redis = redis
+        self.clock = clock or ServerClock(redis)  # the worker's ctx["clock"]
         self.rng = rng or random.Random()  # jitter of retries, so channels failed together spread out
         self.client = client
         self.alerts = alerts
@@ -113,7 +115,7 @@ class AlertSender:
         """Deliver every notification due now, a slice at a time; returns counts by outcome."""
         counts = {"sent": 0, "retry": 0, "dead": 0}
         while True:
-            now = await server_ms(self.redis) if now_ms is None else now_ms
+            now = await self.clock.now_ms() if now_ms is None else now_ms
             token = secrets.token_hex(8)
             lease_end = now + int(self.alerts.lease_s * 1000)
             ids = await self._claim(
@@ -210,5 +212,5 @@ class AlertSender:
 @summarised(tasks.SEND_ALERTS)
 async def send_alerts(ctx: WorkerContext) -> dict[str, int]:
     """arq task: deliver the alert notifications due now (enqueued by the scheduler's SLO step)."""
-    sender = AlertSender(ctx["redis"], ctx["http"], ctx["settings"].alerts)
+    sender = AlertSender(ctx["redis"], ctx["http"], ctx["settings"].alerts, ctx["clock"])
     return await sender.run()
