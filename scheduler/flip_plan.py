@@ -241,16 +241,16 @@ def pulled_poll_ms(first_flip_ms: float, polls: PollState, now_ms: int, lead_ms:
     """When a batch in flight must next be polled so that its earliest waiting job's flip (at
     ``first_flip_ms``) is decided on fresh status; None when its schedule already does that.
 
-    The poll goes ``lead_ms`` before the flip, and never sooner than ``lead_ms`` after the last one
-    asked for: a late batch whose jobs reach their moments one after another is polled at most once a
-    lead, not every tick, and a poll that fails is not asked for again at once. A flip already due
-    (its job held by a budget, or past the tick's flip budget) gets one poll, now.
+    The poll goes ``lead_ms`` before the flip, and never sooner than ``lead_ms`` after the last poll
+    brought forward: a late batch whose jobs reach their moments one after another is polled at most
+    once a lead, not every tick, and a poll that fails is not asked for again at once. A flip
+    already due (its job held by a budget, or past the tick's flip budget) gets one poll, now.
     """
     target = first_flip_ms - lead_ms
-    last = polls.last_ms(now_ms)
-    if last >= target:
+    if polls.last_ms(now_ms) >= target:
         return None  # a poll after the target was taken (or asked for): the flip is decided on it
-    at = max(int(target), last + int(lead_ms), now_ms)
+    pulled = polls.pulled_ms if polls.pulled_ms is not None and polls.pulled_ms <= now_ms else None
+    at = max(int(target), now_ms, -1 if pulled is None else pulled + int(lead_ms))
     return at if at < polls.next_poll_ms else None
 
 

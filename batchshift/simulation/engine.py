@@ -23,7 +23,8 @@ Simulated providers: a batch's turnaround is drawn from the lane's distribution,
 during stalls, ``expire_share`` of batches expire at the completion window with no results (their
 jobs go back to the queue), and its end is seen by the first poll at or after it (the production
 poll schedule: ``poll_initial_s``, growing by ``poll_backoff`` up to ``poll_max_s``, each poll at
-its due time, as a worker takes it within a production tick). A batch all of whose jobs flipped is
+its due time, as a worker takes it within a production tick; a poll brought forward at the tick it
+falls due, after the tick's flips, as the polls step enqueues it). A batch all of whose jobs flipped is
 cancelled and bills nothing; a flipped job whose batch does end is billed twice (duplicate spend).
 Random draws come from streams seeded by the scenario's seed and the lane, so runs reproduce and
 every policy sees the same arrivals.
@@ -86,15 +87,20 @@ class _Batch:
     flipped: list[int] = field(default_factory=list)
     cancelled: bool = False
 
-    def poll(self, now_ms: int, backoff: float, max_s: float) -> None:
-        """Answer every poll due by ``now_ms``, as ``poll_batch`` does: running, or ended."""
+    def poll(self, now_ms: int, backoff: float, max_s: float, *, pulled: bool = False) -> None:
+        """Answer the polls due by ``now_ms`` as ``poll_batch`` does (running, or ended), each at its
+        due time; or, with ``pulled``, the poll brought forward, at ``now_ms``: the polls step
+        enqueues it at the tick it falls due, after the tick's flips."""
         while self.observed_ms is None and self.next_poll_ms <= now_ms:
-            if self.next_poll_ms >= self.end_ms:
-                self.observed_ms = self.next_poll_ms
+            if (self.next_poll_ms == self.pulled_ms) != pulled:
                 return
-            self.running_seen_ms = self.next_poll_ms
+            at = now_ms if pulled else self.next_poll_ms
+            if at >= self.end_ms:
+                self.observed_ms = at
+                return
+            self.running_seen_ms = at
             self.poll_interval_s = min(self.poll_interval_s * backoff, max_s)
-            self.next_poll_ms += int(self.poll_interval_s * 1000)
+            self.next_poll_ms = at + int(self.poll_interval_s * 1000)
 
 
 @dataclass(slots=True)
@@ -213,7 +219,7 @@ class _LaneRun:
         )
         self.batches.append(batch)
 
-    def _poll(self, now_ms: int) -> None:
+    def _poll(self, now_ms: int, *, pulled: bool = False) -> None:
         sched = self.settings.scheduler
         for batch in self.batches:
             if batch.cancelled:
@@ -222,7 +228,7 @@ class _LaneRun:
                 batch.poll(batch.end_ms, sched.poll_backoff, sched.poll_max_s)
                 batch.observed_ms = batch.end_ms  # it knows: it looks when the batch ends
                 continue
-            batch.poll(now_ms, sched.poll_backoff, sched.poll_max_s)
+            batch.poll(now_ms, sched.poll_backoff, sched.poll_max_s, pulled=pulled)
 
     def _ingest(self, now_ms: int) -> None:
         still: list[_Batch] = []
@@ -380,6 +386,7 @@ class _LaneRun:
             health = self.health(now_ms)
             self._flips(now_ms, health, budget)
             self._plan(now_ms, health)
+            self._poll(now_ms, pulled=True)
         for job, done, route, latency in self.sync.serve(now_ms, now_ms + int(self.scenario.tick_s * 1000)):
             self.sync_latencies.append(latency)
             self._finish(job, done, route)

@@ -207,13 +207,16 @@ def test_a_poll_brought_forward_is_asked_for_once():
 
 
 def test_a_flip_already_due_gets_one_poll_now_then_one_a_lead():
-    """A job past its moment (held by its budget): poll now; with a poll just taken, not before a lead."""
+    """A job past its moment (held by its budget): poll now; with a poll just brought forward, not
+    before a lead."""
     assert (
         pulled_poll_ms(NOW + 600_000, polls(900, running_seen_s=400), NOW + 650_000, 15_000) == NOW + 650_000
     )
     # A batch whose jobs reach their moments one after another: polled once a lead, not every tick.
     later_job = NOW + 640_000
-    assert pulled_poll_ms(later_job, polls(900, running_seen_s=620), NOW + 621_000, 15_000) == NOW + 635_000
+    assert pulled_poll_ms(later_job, polls(900, pulled_s=620), NOW + 621_000, 15_000) == NOW + 635_000
+    # A regular poll is no reason to wait: the pulled one goes a lead before the flip.
+    assert pulled_poll_ms(later_job, polls(900, running_seen_s=620), NOW + 621_000, 15_000) == NOW + 625_000
 
 
 def test_a_later_estimate_moves_a_pulled_poll_earlier():
