@@ -1,6 +1,6 @@
 """Flips: jobs whose latest safe moment has come move to the sync lane, and emptied batches are cancelled.
 
-Which jobs flip is :func:`scheduler.flip_plan.horizons`, a pure function: per place a job can wait,
+Which jobs flip is :func:`scheduler.flip_plan.plan`, a pure function: per place a job can wait,
 a deadline before which its jobs flip now (at their latest safe flip time, or earlier when the
 model says their batch will almost surely miss). Both places are ordered by deadline, so the reads
 are ranges: the lane queue (``keys.lane_queue``, scored by deadline) and, per batch in flight, a
