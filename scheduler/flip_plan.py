@@ -33,7 +33,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from config.settings import Settings
 from scheduler.survival import TurnaroundModel
@@ -150,15 +150,21 @@ class Plan:
     at_risk: Sequence[int]  # sorted deadlines (ms) of the jobs loading the sync lane's drain
     sync: SyncLane
     tick_s: float
+    now_ms: int = 0
+    # Per batch in flight, its early-flip horizon a poll lead from now: jobs due before it flip early soon.
+    early_soon: dict[Hashable, float] = field(default_factory=dict)
     _later: list[float] | None = None  # per at-risk job, the earliest flip time of it or any due after it
 
-    def first_flip_ms(self, deadline_ms: int) -> float:
-        """When a job due at ``deadline_ms`` reaches its latest safe flip time at this load: the
+    def first_flip_ms(self, deadline_ms: int, key: Hashable = None) -> float:
+        """When a job due at ``deadline_ms`` (waiting on source ``key``) flips at this load: now, if
+        its batch is about to be judged almost surely late; else its latest safe flip time, the
         inverse of :func:`safe_horizon_ms`, so the earliest ``now`` whose horizon passes it.
 
         Its own moment is ``deadline − lead − margin − (A + 1) / rate``; an at-risk job due later
         whose own moment comes first carries the horizon past this one with it.
         """
+        if key is not None and self.early_soon.get(key, -math.inf) > deadline_ms:
+            return self.now_ms
         offset_ms = (LEAD_TICKS * self.tick_s + self.sync.margin_s) * 1000
         per_job_ms = 1000 / self.sync.rate_per_s
         ahead = count_below(self.at_risk, deadline_ms + 1)
@@ -195,13 +201,19 @@ def plan(
     safe = safe_horizon_ms(at_risk, now_ms, sync, policy.tick_s)
     just_in_time = now_ms + (LEAD_TICKS * policy.tick_s + sync.margin_s) * 1000
     out: dict[Hashable, float] = {}
+    soon: dict[Hashable, float] = {}
+    ahead_ms = now_ms + int(poll_lead_ms(policy.tick_s))
     for source in sources:
         if source.ended:
             out[source.key] = just_in_time
             continue
         early = _running_horizon_ms(model, source, now_ms, sync.margin_s, policy.early_probability)
         out[source.key] = max(safe, early)
-    return Plan(out, at_risk, sync, policy.tick_s)
+        if source.key is not None:
+            soon[source.key] = _running_horizon_ms(
+                model, source, ahead_ms, sync.margin_s, policy.early_probability
+            )
+    return Plan(out, at_risk, sync, policy.tick_s, now_ms, soon)
 
 
 def horizons(

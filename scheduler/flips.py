@@ -206,7 +206,7 @@ class Flipper:
                 # read that is left (none: the next tick reads the index again).
                 first = next((d for d in due if d >= horizon), None) if flipping else floors.get(zset)
                 if first is not None and first != float("inf"):
-                    flip_ms = plan.first_flip_ms(int(first))
+                    flip_ms = plan.first_flip_ms(int(first), batch_id)
                     await self._pull_poll(batch_id, flip_ms, polls[batch_id], now_ms, report)
         if report.flipped:
             log.info("jobs.flipped", lane=prediction.lane, count=len(report.flipped), held=report.held)

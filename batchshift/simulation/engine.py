@@ -332,7 +332,7 @@ class _LaneRun:
             if not batch.jobs:
                 continue
             polls = PollState(batch.submitted_ms, batch.next_poll_ms, batch.running_seen_ms, batch.pulled_ms)
-            at = pulled_poll_ms(decided.first_flip_ms(batch.deadlines[0]), polls, now_ms, lead_ms)
+            at = pulled_poll_ms(decided.first_flip_ms(batch.deadlines[0], batch.id), polls, now_ms, lead_ms)
             if at is not None:
                 batch.next_poll_ms = batch.pulled_ms = at
 

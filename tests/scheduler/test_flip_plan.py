@@ -223,3 +223,10 @@ def test_a_later_estimate_moves_a_pulled_poll_earlier():
     """More jobs turned at risk: the moment moved from 600 s to 590 s before the pulled poll was taken."""
     state = polls(585, running_seen_s=400, pulled_s=585)
     assert pulled_poll_ms(NOW + 590_000, state, NOW + 560_000, 15_000) == NOW + 575_000
+
+
+def test_a_batch_about_to_be_judged_late_is_polled_now():
+    """Its early-flip horizon a lead from now passes the job: the flip is near, whatever the drain."""
+    plan = Plan({}, [], SYNC, 1.0, NOW, {"b1": NOW + 100_000})
+    assert plan.first_flip_ms(NOW + 50_000, "b1") == NOW
+    assert plan.first_flip_ms(NOW + 150_000, "b1") == NOW + 150_000 - (LEAD_TICKS + 10 + 1) * 1000
