@@ -9,7 +9,8 @@ twice, or a deposed scheduler leader, changes nothing it should not.
 Record fields (hash ``keys.batch(id)``): id, state, lane, provider, model, endpoint, requests,
 bytes, planned_ms, attempts (submissions tried), create_started_ms, provider_batch_id,
 submitted_ms, submitted_by (created | adopted | duplicate), lease_holder and lease_until_ms (the
-submission lease, ``batch_lease``), poll_interval_s, next_poll_ms, status
+submission lease, ``batch_lease``), poll_interval_s, next_poll_ms, running_seen_ms (the last poll that
+saw it running), pulled_poll_ms (a poll the SLO tracker brought forward, :mod:`scheduler.flips`), status
 (provider's normalised status), raw_status, total, completed, failed, ended_ms, ingested_ms,
 duplicate_of (this is a second provider batch of that batch), duplicates, error (JSON).
 """

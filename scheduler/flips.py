@@ -1,6 +1,6 @@
 """Flips: jobs whose latest safe moment has come move to the sync lane, and emptied batches are cancelled.
 
-Which jobs flip is :func:`scheduler.flip_plan.horizons`, a pure function: per place a job can wait,
+Which jobs flip is :func:`scheduler.flip_plan.plan`, a pure function: per place a job can wait,
 a deadline before which its jobs flip now (at their latest safe flip time, or earlier when the
 model says their batch will almost surely miss). Both places are ordered by deadline, so the reads
 are ranges: the lane queue (``keys.lane_queue``, scored by deadline) and, per batch in flight, a
@@ -16,6 +16,10 @@ the retry rule ingestion and refusals use, keeps them on the lane; they count as
 every job of a batch in flight has flipped, ``cancel_batch`` is enqueued under the batch's
 deterministic task id; a result arriving later for a flipped job is skipped by the ledger and
 counted as duplicate spend.
+
+A batch in flight whose next poll falls after its earliest waiting job's latest safe flip time has
+that poll brought forward, to just before the moment (:func:`scheduler.flip_plan.pulled_poll_ms`);
+the polls step enqueues it when due. A batch that poll sees ended is not flipped at that moment.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from redis.asyncio.client import Pipeline
 from config.settings import Settings
 from scheduler import budgets, flip_plan, keys, policy, tasks
 from scheduler.admission import AdmissionGate
+from scheduler.batches import Batches
 from scheduler.health import LaneHealth, read_health
 from scheduler.jobs import NewJob
 from scheduler.ledger import Ledger, Requeue
@@ -56,6 +61,7 @@ class FlipReport:
     flipped: list[str] = field(default_factory=list)
     held: int = 0  # at risk but kept (batch_only budget spent)
     cancelled: list[str] = field(default_factory=list)  # batches whose cancellation was enqueued
+    polls: dict[str, int] = field(default_factory=dict)  # batch id -> its poll brought forward to (ms)
 
     @property
     def at_risk(self) -> int:
@@ -107,6 +113,7 @@ class Flipper:
         self.redis = redis
         self.pool = pool
         self.ledger = ledger
+        self.batches = Batches(redis)
         self.settings = settings
         self.remaining = settings.slo.max_flips_per_tick
         self._sync_deadlines: list[int] | None = None
@@ -136,6 +143,7 @@ class Flipper:
         model = prediction.health.model
         places: list[tuple[flip_plan.Source, str]] = []
         planned: set[str] = set()
+        polls: dict[str, flip_plan.PollState] = {}  # batches in flight at the provider
         # The lowest score a place is known to hold (the queue's earliest deadline, read with the
         # prediction; an index's, read by the SLO step): a range ending at or below it is empty, so
         # it is not read.
@@ -146,6 +154,13 @@ class Flipper:
             start = batch.batch.submitted_ms if batch.batch.submitted_ms is not None else now_ms
             if batch.batch.submitted_ms is None:
                 planned.add(batch.batch.id)
+            elif batch.batch.next_poll_ms is not None and batch.batch.state == "submitted":
+                polls[batch.batch.id] = flip_plan.PollState(
+                    batch.batch.submitted_ms,
+                    batch.batch.next_poll_ms,
+                    batch.batch.running_seen_ms,
+                    batch.batch.pulled_poll_ms,
+                )
             source = flip_plan.Source(batch.batch.id, start, ended=batch.batch.ended_ms is not None)
             index = keys.batch_deadlines(batch.batch.id)
             known = self._indexes.get(index)
@@ -167,11 +182,9 @@ class Flipper:
         if self._sync_deadlines is None:  # one read per tick, whatever the number of lanes
             self._sync_deadlines = await self._deadlines(keys.SYNC_QUEUE, float("inf"))
         queued_for_sync = self._sync_deadlines
-        horizons = flip_plan.horizons(
-            model, [s for s, _ in places], deadlines, queued_for_sync, sync, policy, now_ms
-        )
-        for source, zset in places:
-            horizon = int(min(horizons[source.key], 2**62))
+        plan = flip_plan.plan(model, [s for s, _ in places], deadlines, queued_for_sync, sync, policy, now_ms)
+        for (source, zset), due in zip(places, deadlines, strict=True):
+            horizon = int(min(plan.horizons[source.key], 2**62))
             batch_id = None if source.key is None else str(source.key)
             flipping = horizon > floors.get(zset, float("-inf"))
             if flipping:
@@ -190,6 +203,13 @@ class Flipper:
                 and await self.redis.exists(keys.batch_jobs(batch_id))
             ):
                 await self._cancel(batch_id, prediction.lane, report)
+            if batch_id in polls and not source.ended and batch_id not in report.cancelled:
+                # Its earliest job still waiting: the index's, or after flipping, the first of those
+                # read that is left (none: the next tick reads the index again).
+                first = next((d for d in due if d >= horizon), None) if flipping else floors.get(zset)
+                if first is not None and first != float("inf"):
+                    flip_ms = plan.first_flip_ms(int(first), batch_id)
+                    await self._pull_poll(batch_id, flip_ms, polls[batch_id], now_ms, report)
         if report.flipped:
             log.info("jobs.flipped", lane=prediction.lane, count=len(report.flipped), held=report.held)
         return report
@@ -248,6 +268,22 @@ class Flipper:
                     offset += len(movable) - done  # not flippable (moved meanwhile): page past them
             if len(ids) < page:
                 return
+
+    async def _pull_poll(
+        self, batch_id: str, first_flip_ms: float, polls: flip_plan.PollState, now_ms: int, report: FlipReport
+    ) -> None:
+        """Bring the batch's next poll forward to just before its earliest job's flip, if it falls after."""
+        lead_ms = flip_plan.poll_lead_ms(self.settings.scheduler.tick_interval_s)
+        at = flip_plan.pulled_poll_ms(first_flip_ms, polls, now_ms, lead_ms)
+        if at is None:
+            return
+        # Guarded: only a batch still running at the provider is polled; one that ended meanwhile is not.
+        moved = await self.batches.update(
+            batch_id, ("submitted",), now_ms=now_ms, next_poll_ms=at, pulled_poll_ms=at
+        )
+        if moved.status == "ok":
+            report.polls[batch_id] = at
+            log.info("batch.poll_pulled", batch_id=batch_id, due_ms=at, flip_ms=int(first_flip_ms))
 
     async def _cancel(self, batch_id: str, lane: str, report: FlipReport) -> None:
         enqueued = await tasks.enqueue(

@@ -38,6 +38,9 @@ class LiveBatch:
     state: str
     submitted_ms: int | None  # None while only planned
     ended_ms: int | None = None  # set once it ended: its results are on their way into the ledger
+    next_poll_ms: int | None = None  # its polls, for polling it before a job's latest safe flip time
+    running_seen_ms: int | None = None
+    pulled_poll_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +140,18 @@ def predict_batch(health: LaneHealth, batch: LiveBatch, now_ms: int, q: float) -
     return BatchPrediction(batch, elapsed, start + int(total * 1000))
 
 
+# The batch record's fields a LiveBatch is read from, in its order.
+_BATCH_FIELDS = (
+    "lane",
+    "state",
+    "submitted_ms",
+    "ended_ms",
+    "next_poll_ms",
+    "running_seen_ms",
+    "pulled_poll_ms",
+)
+
+
 async def live_batches(redis: Redis) -> dict[str, list[LiveBatch]]:
     """Every batch not yet ingested, grouped by lane, in one round trip per read.
 
@@ -152,19 +167,23 @@ async def live_batches(redis: Redis) -> dict[str, list[LiveBatch]]:
         return {}
     async with redis.pipeline(transaction=False) as pipe:
         for batch_id in ids:
-            pipe.hmget(keys.batch(batch_id), ["lane", "state", "submitted_ms", "ended_ms"])
+            pipe.hmget(keys.batch(batch_id), [*_BATCH_FIELDS])
         rows = await pipe.execute()
     out: dict[str, list[LiveBatch]] = {}
-    for batch_id, (lane, state, submitted, ended) in zip(ids, rows, strict=True):
+    for batch_id, (lane, state, *times) in zip(ids, rows, strict=True):
         if lane is None:
             continue  # gone
+        submitted_ms, ended_ms, next_poll, running_seen, pulled = (int(t) if t else None for t in times)
         out.setdefault(lane.decode(), []).append(
             LiveBatch(
                 batch_id,
                 lane.decode(),
                 (state or b"").decode(),
-                int(submitted) if submitted else None,
-                int(ended) if ended else None,
+                submitted_ms,
+                ended_ms,
+                next_poll_ms=next_poll,
+                running_seen_ms=running_seen,
+                pulled_poll_ms=pulled,
             )
         )
     return out

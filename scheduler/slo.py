@@ -1,9 +1,10 @@
 """The SLO tracker's tick step: predict, flip, judge each lane, decide alerts, publish the lane's snapshot.
 
 Per lane, every tick: read its health (:mod:`scheduler.health`), predict its queued jobs and
-batches in flight (:mod:`scheduler.prediction`), flip the jobs at risk and cancel emptied batches
-(:mod:`scheduler.flips`), bring its burn-rate windows up to date (:mod:`scheduler.burn`), move its
-state on with hysteresis (:mod:`scheduler.lane_state`), decide its alerts into the outbox
+batches in flight (:mod:`scheduler.prediction`), flip the jobs at risk, cancel emptied batches and
+bring forward the poll of a batch whose next one would come after a job's latest safe flip time
+(:mod:`scheduler.flips`; the polls step enqueues it), bring its burn-rate windows up to date (:mod:`scheduler.burn`),
+move its state on with hysteresis (:mod:`scheduler.lane_state`), decide its alerts into the outbox
 (:mod:`scheduler.alerting`), and write its snapshot (``keys.lane_slo``) for ``GET /v1/lanes`` and
 for the next leader. Every lane's reads come in one pipelined round trip, and every lane's
 incident state, alert outbox and snapshot (with the lane's state) are written together in one step
@@ -69,6 +70,7 @@ class SloReport:
     lanes: dict[str, LaneReport] = field(default_factory=dict)
     flipped: int = 0
     cancelled: list[str] = field(default_factory=list)
+    polls: dict[str, int] = field(default_factory=dict)  # batch id -> its poll brought forward to (ms)
     alerts: list[alerting.AlertEvent] = field(default_factory=list)
     send_alerts: bool = False  # the send_alerts task was enqueued
 
@@ -230,6 +232,7 @@ class SloTracker:
         planned.writes.append(snapshot)
         report.flipped += len(flips.flipped)
         report.cancelled += flips.cancelled
+        report.polls |= flips.polls
         lane_report = LaneReport(
             state=after.state,
             flipped=len(flips.flipped),

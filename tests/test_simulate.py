@@ -165,3 +165,22 @@ def test_deadline_bands_let_a_late_batchs_jobs_flip_together_instead_of_paying_t
     assert banded.on_time == banded.jobs
     assert mixed.duplicate_usd > 0
     assert banded.duplicate_usd < mixed.duplicate_usd / 2
+
+
+def test_batches_ending_between_polls_just_before_their_jobs_last_safe_moment_keep_their_jobs(tmp_path):
+    """Every batch takes 54.5 min against 1 h deadlines: it ends a few minutes before its jobs' last
+    safe moment, where polls are 5 min apart. The tracker polls it once more a tick before that
+    moment, so its jobs stay on the batch (polled only on schedule, every job flipped). What may
+    still flip are jobs whose batch ends within the tick between that poll and the flip."""
+    path = tmp_path / "between-polls.toml"
+    path.write_text(
+        "duration_h = 2\nseed = 1\ntick_s = 60\n"
+        + LANE.format(rate=200, deadline=1, stalls="[]", rpm=600).replace(
+            '{ dist = "lognormal", median_min = 5, p90_min = 15 }', '{ dist = "empirical", minutes = [54.5] }'
+        )
+    )
+    result = run(path, policies=("batchshift", "oracle"))["policies"]
+    assert result["oracle"]["flipped"] == 0
+    assert result["batchshift"]["on_time_ratio"] == 1.0
+    assert result["batchshift"]["flipped"] < result["batchshift"]["jobs"] * 0.02
+    assert result["batchshift"]["saved_ratio"] > 0.48  # the oracle: 0.5

@@ -1,26 +1,33 @@
 """The discrete-event run: a scenario's workload against simulated providers, once per policy.
 
-A virtual clock advances ``tick_s`` at a time. Each tick, per lane, in the production order: batches
-whose end a poll has seen are ingested (their samples go into the lane's history as the worker
-records them, :func:`scheduler.health.observed_turnaround_s`); the flip policy moves jobs to the
-sync lane; the planner (:func:`scheduler.planner.decide`) flushes the queue into batches, cut into
-deadline bands (:func:`scheduler.planner.band_limit_ms`) as the reservation does; the sync lane
-serves what it can at its rate and concurrency limits. Nothing here re-implements a decision:
-``batchshift`` is :func:`scheduler.flip_plan.horizons` on the lane's :class:`~scheduler.health.LaneHealth`,
-the planner and its expected turnaround are the scheduler's, costs are :class:`scheduler.pricing.Pricing`.
+A virtual clock advances ``tick_s`` at a time. Each tick, per lane, in the production order: the
+polls due since the last tick are answered; batches whose end a poll has seen are ingested (their
+samples go into the lane's history as the worker records them,
+:func:`scheduler.health.observed_turnaround_s`); the flip policy moves jobs to the sync lane and
+brings forward the poll of a batch whose next one would come after a job's latest safe flip time;
+the planner (:func:`scheduler.planner.decide`) flushes the queue into batches, cut into deadline
+bands (:func:`scheduler.planner.band_limit_ms`) as the reservation does; the sync lane serves what
+it can at its rate and concurrency limits. Nothing here re-implements a decision: ``batchshift`` is
+:func:`scheduler.flip_plan.plan` on the lane's :class:`~scheduler.health.LaneHealth` and
+:func:`scheduler.flip_plan.pulled_poll_ms` on its batches' polls, the planner and its expected
+turnaround are the scheduler's, costs are :class:`scheduler.pricing.Pricing`.
 
-The other policies differ only in their flips: ``oracle`` knows when each batch's end will be seen
-and flips exactly the jobs it would make late, at their last safe moment (the same
+The other policies differ only in their flips: ``oracle`` knows when each batch will end, sees it
+end then, and flips exactly the jobs due before that, at their last safe moment (the same
 :func:`~scheduler.flip_plan.safe_horizon_ms`, with exactly those jobs at risk); ``batch_only`` never
 flips; ``fixed_escalation`` flips every waiting job ``fixed_escalation_h`` before its deadline;
-``always_sync`` sends every job to sync on arrival.
+``always_sync`` sends every job to sync on arrival. A flip is *needless* when the job's batch
+ended by its deadline (the oracle makes none).
 
 Simulated providers: a batch's turnaround is drawn from the lane's distribution, its clock stops
 during stalls, ``expire_share`` of batches expire at the completion window with no results (their
 jobs go back to the queue), and its end is seen by the first poll at or after it (the production
-poll schedule). A batch all of whose jobs flipped is cancelled and bills nothing; a flipped job
-whose batch does end is billed twice (duplicate spend). Random draws come from streams seeded by
-the scenario's seed and the lane, so runs reproduce and every policy sees the same arrivals.
+poll schedule: ``poll_initial_s``, growing by ``poll_backoff`` up to ``poll_max_s``, each poll at
+its due time, as a worker takes it within a production tick; a poll brought forward at the tick it
+falls due, after the tick's flips, as the polls step enqueues it). A batch all of whose jobs flipped is
+cancelled and bills nothing; a flipped job whose batch does end is billed twice (duplicate spend).
+Random draws come from streams seeded by the scenario's seed and the lane, so runs reproduce and
+every policy sees the same arrivals.
 """
 
 from __future__ import annotations
@@ -36,8 +43,18 @@ from typing import Any, Literal
 from batchshift.simulation.outcome import Outcome
 from batchshift.simulation.scenario import LaneScenario, Scenario, ScenarioError
 from batchshift.simulation.sync_lane import SyncLane
-from config.settings import ProviderSettings, Settings
-from scheduler.flip_plan import Policy, Source, count_below, horizons, safe_horizon_ms
+from config.settings import ProviderSettings, SchedulerSettings, Settings
+from scheduler.flip_plan import (
+    Plan,
+    Policy,
+    PollState,
+    Source,
+    count_below,
+    plan,
+    poll_lead_ms,
+    pulled_poll_ms,
+    safe_horizon_ms,
+)
 from scheduler.health import LaneHealth, lane_health, observed_turnaround_s
 from scheduler.lanes import Lane, effective
 from scheduler.planner import LaneBacklog, band_limit_ms, decide, pressure_horizon_ms
@@ -58,13 +75,32 @@ DRAIN_LIMIT_MS = 72 * 3600 * 1000
 class _Batch:
     id: int
     submitted_ms: int
-    observed_ms: int  # when a poll sees it ended (expired or done)
-    running_seen_ms: int  # the poll before: the last to see it running
+    end_ms: int  # when it ends at the provider (expired or done)
     expired: bool
     deadlines: list[int]  # of the jobs still waiting on it, sorted
     jobs: list[int]
+    next_poll_ms: int
+    poll_interval_s: float
+    running_seen_ms: int | None = None  # the last poll that saw it running
+    pulled_ms: int | None = None  # the last poll brought forward
+    observed_ms: int | None = None  # when a poll saw it ended
     flipped: list[int] = field(default_factory=list)
     cancelled: bool = False
+
+    def poll(self, now_ms: int, sched: SchedulerSettings, *, pulled: bool = False) -> None:
+        """Answer the polls due by ``now_ms`` as ``poll_batch`` does (running, or ended), each at its
+        due time; or, with ``pulled``, the poll brought forward, at ``now_ms``: the polls step
+        enqueues it at the tick it falls due, after the tick's flips."""
+        while self.observed_ms is None and self.next_poll_ms <= now_ms:
+            if (self.next_poll_ms == self.pulled_ms) != pulled:
+                return
+            at = now_ms if pulled else self.next_poll_ms
+            if at >= self.end_ms:
+                self.observed_ms = at
+                return
+            self.running_seen_ms = at
+            self.poll_interval_s = next_poll_s(self.poll_interval_s, sched)
+            self.next_poll_ms = at + int(self.poll_interval_s * 1000)
 
 
 @dataclass(slots=True)
@@ -169,16 +205,6 @@ class _LaneRun:
             t = max(t, stop)
         return int(t + left)
 
-    def _poll_seen(self, submitted_ms: int, end_ms: int) -> tuple[int, int]:
-        """(last poll that saw it running, first poll that saw it ended): the production schedule."""
-        sched = self.settings.scheduler
-        interval = sched.poll_initial_s
-        previous, poll = submitted_ms, submitted_ms + int(interval * 1000)
-        while poll < end_ms:
-            interval = next_poll_s(interval, sched)
-            previous, poll = poll, poll + int(interval * 1000)
-        return previous, poll
-
     def _submit(self, now_ms: int, count: int) -> None:
         deadlines, jobs = self.q_deadlines[:count], self.q_jobs[:count]
         del self.q_deadlines[:count]
@@ -187,20 +213,33 @@ class _LaneRun:
         end = self._end_ms(now_ms, self._turnaround_s())
         if expired or end > now_ms + self.window_ms:
             expired, end = True, now_ms + self.window_ms
-        running_seen, seen = self._poll_seen(now_ms, end)
-        self.batches.append(_Batch(len(self.batches), now_ms, seen, running_seen, expired, deadlines, jobs))
+        first_s = self.settings.scheduler.poll_initial_s
+        batch = _Batch(
+            len(self.batches), now_ms, end, expired, deadlines, jobs, now_ms + int(first_s * 1000), first_s
+        )
+        self.batches.append(batch)
+
+    def _poll(self, now_ms: int, *, pulled: bool = False) -> None:
+        sched = self.settings.scheduler
+        for batch in self.batches:
+            if batch.cancelled:
+                continue
+            if self.policy == "oracle" and batch.end_ms <= now_ms:
+                batch.poll(batch.end_ms, sched)
+                batch.observed_ms = batch.end_ms  # it knows: it looks when the batch ends
+                continue
+            batch.poll(now_ms, sched, pulled=pulled)
 
     def _ingest(self, now_ms: int) -> None:
         still: list[_Batch] = []
         for batch in self.batches:
-            if batch.observed_ms > now_ms:
-                still.append(batch)
-                continue
             if batch.cancelled:
                 continue  # cancelled once its last job flipped: nothing billed, nothing to learn
-            self.turnarounds.append(
-                observed_turnaround_s(batch.submitted_ms, batch.running_seen_ms, batch.observed_ms)
-            )
+            seen = batch.observed_ms
+            if seen is None or seen > now_ms:
+                still.append(batch)
+                continue
+            self.turnarounds.append(observed_turnaround_s(batch.submitted_ms, batch.running_seen_ms, seen))
             if batch.expired:
                 for deadline, job in zip(batch.deadlines, batch.jobs, strict=True):
                     slot = bisect.bisect_right(self.q_deadlines, deadline)
@@ -208,9 +247,9 @@ class _LaneRun:
                     self.q_jobs.insert(slot, job)
                 continue
             for job in batch.jobs:
-                self._finish(job, batch.observed_ms, "batch")
+                self._finish(job, seen, "batch")
             self.outcome.duplicate_usd += len(batch.flipped) * self.prices.batch
-        self.batches = [b for b in still if not b.cancelled]
+        self.batches = still
 
     # -- decisions ----------------------------------------------------------------------------------
 
@@ -234,7 +273,7 @@ class _LaneRun:
             self.sync.add(deadline, job)
             if batch is not None:
                 batch.flipped.append(job)
-                self.outcome.needless += not batch.expired and batch.observed_ms <= deadline
+                self.outcome.needless += not batch.expired and batch.end_ms <= deadline
         del deadlines[:count]
         del jobs[:count]
         budget[0] -= count
@@ -253,14 +292,13 @@ class _LaneRun:
             self._flip_prefix(None, horizon, budget)
             return
         sync = sync_lane(self.settings, self.provider, health)
-        plan = Policy.for_settings(self.settings)
+        policy = Policy.for_settings(self.settings)
         if self.policy == "oracle":
             late = [
-                b.deadlines if b.expired else b.deadlines[: count_below(b.deadlines, b.observed_ms)]
-                for b in live
+                b.deadlines if b.expired else b.deadlines[: count_below(b.deadlines, b.end_ms)] for b in live
             ]
             at_risk = list(heapq.merge(self.sync.deadlines, *late))
-            safe = safe_horizon_ms(at_risk, now_ms, sync, plan.tick_s)
+            safe = safe_horizon_ms(at_risk, now_ms, sync, policy.tick_s)
             for batch, due in zip(live, late, strict=True):
                 if due:
                     self._flip_prefix(batch, min(safe, due[-1] + 1), budget)
@@ -273,11 +311,23 @@ class _LaneRun:
             flush = next_flush_ms(self.settings, health, oldest, self.q_deadlines[0], now_ms)
             sources.append(Source(None, flush))
             lists.append(self.q_deadlines)
-        out = horizons(health.model, sources, lists, self.sync.deadlines, sync, plan, now_ms)
+        decided = plan(health.model, sources, lists, self.sync.deadlines, sync, policy, now_ms)
         for batch in live:
-            self._flip_prefix(batch, out[batch.id], budget)
+            self._flip_prefix(batch, decided.horizons[batch.id], budget)
         if self.q_deadlines:
-            self._flip_prefix(None, out[None], budget)
+            self._flip_prefix(None, decided.horizons[None], budget)
+        self._pull_polls(live, decided, now_ms)
+
+    def _pull_polls(self, live: list[_Batch], decided: Plan, now_ms: int) -> None:
+        """Bring a batch's next poll forward to just before its earliest job's flip, as the tracker does."""
+        lead_ms = poll_lead_ms(self.scenario.tick_s)
+        for batch in live:
+            if not batch.jobs:
+                continue
+            polls = PollState(batch.submitted_ms, batch.next_poll_ms, batch.running_seen_ms, batch.pulled_ms)
+            at = pulled_poll_ms(decided.first_flip_ms(batch.deadlines[0], batch.id), polls, now_ms, lead_ms)
+            if at is not None:
+                batch.next_poll_ms = batch.pulled_ms = at
 
     def _plan(self, now_ms: int, health: LaneHealth) -> None:
         if not self.q_deadlines:
@@ -323,11 +373,13 @@ class _LaneRun:
 
     def step(self, now_ms: int, budget: list[int]) -> None:
         self._arrive(now_ms)
+        self._poll(now_ms)
         self._ingest(now_ms)
         if self.policy != "always_sync":
             health = self.health(now_ms)
             self._flips(now_ms, health, budget)
             self._plan(now_ms, health)
+            self._poll(now_ms, pulled=True)
         for job, done, route, latency in self.sync.serve(now_ms, now_ms + int(self.scenario.tick_s * 1000)):
             self.sync_latencies.append(latency)
             self._finish(job, done, route)

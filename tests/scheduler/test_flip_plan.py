@@ -6,7 +6,19 @@ import math
 
 import pytest
 
-from scheduler.flip_plan import LEAD_TICKS, Policy, Source, SyncLane, horizons, safe_horizon_ms, sync_rate
+from scheduler.flip_plan import (
+    LEAD_TICKS,
+    Plan,
+    Policy,
+    PollState,
+    Source,
+    SyncLane,
+    horizons,
+    poll_lead_ms,
+    pulled_poll_ms,
+    safe_horizon_ms,
+    sync_rate,
+)
 from scheduler.survival import TurnaroundModel
 
 NOW = 1_800_000_000_000
@@ -133,3 +145,88 @@ def test_a_long_running_batch_keeps_its_jobs_until_their_last_safe_moment_by_def
     assert horizons(m, [source], [due], [], SYNC, production, NOW)["b1"] < due[0]
     eager = Policy(risk_probability=0.05, early_probability=0.99, tick_s=1.0)
     assert horizons(m, [source], [due], [], SYNC, eager, NOW)["b1"] > due[0]
+
+
+@pytest.mark.parametrize(
+    ("at_risk", "deadline"),
+    [
+        ([], NOW + 100_000),  # alone: deadline − lead − margin − its own call
+        ([NOW + 50_000] * 30, NOW + 100_000),  # 30 at-risk jobs due before it add their calls
+        (
+            [NOW + 100_000 + i for i in range(200)],
+            NOW + 99_000,
+        ),  # 200 due just after it flip first, and it with them
+        ([NOW + 300_000], NOW + 100_000),  # one due much later does not move it
+    ],
+)
+def test_a_jobs_first_flip_is_the_first_moment_the_horizon_passes_it(at_risk, deadline):
+    plan = Plan({}, at_risk, SYNC, 1.0)
+    moment = int(plan.first_flip_ms(deadline))
+    assert (
+        safe_horizon_ms(at_risk, moment - 1, SYNC, 1.0)
+        <= deadline
+        < safe_horizon_ms(at_risk, moment + 1, SYNC, 1.0)
+    )
+
+
+def test_a_job_behind_a_crowd_of_at_risk_jobs_flips_with_them():
+    """200 at-risk jobs due a second after it, on a sync lane of 1 a second: they must start 200 s
+    early, and it goes before them."""
+    crowd = [NOW + 100_000 + i for i in range(200)]
+    alone = Plan({}, [], SYNC, 1.0).first_flip_ms(NOW + 99_000)
+    assert Plan({}, crowd, SYNC, 1.0).first_flip_ms(NOW + 99_000) < alone - 190_000
+
+
+def test_the_poll_lead_is_a_tick_and_at_least_fifteen_seconds():
+    assert poll_lead_ms(1.0) == 15_000
+    assert poll_lead_ms(60.0) == 60_000
+
+
+def polls(next_s, running_seen_s=None, pulled_s=None):
+    at = lambda s: None if s is None else NOW + int(s * 1000)  # noqa: E731
+    return PollState(NOW, NOW + int(next_s * 1000), at(running_seen_s), at(pulled_s))
+
+
+def test_a_poll_after_the_last_safe_moment_is_brought_forward_to_a_lead_before_it():
+    """Flip at 600 s, next poll at 700 s (or at 590 s, too late for its answer to be in): poll at 585 s."""
+    for next_s in (700, 590):
+        pulled = pulled_poll_ms(NOW + 600_000, polls(next_s, running_seen_s=400), NOW + 500_000, 15_000)
+        assert pulled == NOW + 585_000
+
+
+def test_a_schedule_that_already_polls_in_time_is_left_alone():
+    assert pulled_poll_ms(NOW + 600_000, polls(580, running_seen_s=400), NOW + 500_000, 15_000) is None
+    # the last poll came after the lead: the flip is decided on fresh status
+    assert pulled_poll_ms(NOW + 600_000, polls(900, running_seen_s=590), NOW + 595_000, 15_000) is None
+
+
+def test_a_poll_brought_forward_is_asked_for_once():
+    """Pulled to 585 s and asked for at that tick: whether or not it was answered, not again."""
+    state = polls(585, running_seen_s=400, pulled_s=585)
+    assert pulled_poll_ms(NOW + 600_000, state, NOW + 586_000, 15_000) is None
+
+
+def test_a_flip_already_due_gets_one_poll_now_then_one_a_lead():
+    """A job past its moment (held by its budget): poll now; with a poll just brought forward, not
+    before a lead."""
+    assert (
+        pulled_poll_ms(NOW + 600_000, polls(900, running_seen_s=400), NOW + 650_000, 15_000) == NOW + 650_000
+    )
+    # A batch whose jobs reach their moments one after another: polled once a lead, not every tick.
+    later_job = NOW + 640_000
+    assert pulled_poll_ms(later_job, polls(900, pulled_s=620), NOW + 621_000, 15_000) == NOW + 635_000
+    # A regular poll is no reason to wait: the pulled one goes a lead before the flip.
+    assert pulled_poll_ms(later_job, polls(900, running_seen_s=620), NOW + 621_000, 15_000) == NOW + 625_000
+
+
+def test_a_later_estimate_moves_a_pulled_poll_earlier():
+    """More jobs turned at risk: the moment moved from 600 s to 590 s before the pulled poll was taken."""
+    state = polls(585, running_seen_s=400, pulled_s=585)
+    assert pulled_poll_ms(NOW + 590_000, state, NOW + 560_000, 15_000) == NOW + 575_000
+
+
+def test_a_batch_about_to_be_judged_late_is_polled_now():
+    """Its early-flip horizon a lead from now passes the job: the flip is near, whatever the drain."""
+    plan = Plan({}, [], SYNC, 1.0, NOW, {"b1": NOW + 100_000})
+    assert plan.first_flip_ms(NOW + 50_000, "b1") == NOW
+    assert plan.first_flip_ms(NOW + 150_000, "b1") == NOW + 150_000 - (LEAD_TICKS + 10 + 1) * 1000
