@@ -29,8 +29,9 @@ from api.schemas import (
 )
 from api.watcher import JobWatcher
 from config.settings import Settings
+from scheduler.admission import AdmissionGate
 from scheduler.errors import BatchshiftError, IdempotencyConflict, InvalidRequest, NotFound, PayloadTooLarge
-from scheduler.intake import Gate, admit, refusal, validate
+from scheduler.intake import admit, refusal, validate
 from scheduler.jobs import JobRecord, NewJob
 from scheduler.ledger import EnqueueOutcome, Ledger
 
@@ -99,7 +100,7 @@ async def _owned(ledger: Ledger, tenant_name: str, job_id: str) -> JobRecord:
     return record
 
 
-async def _admitted(job: NewJob, gate: Gate, ledger: Ledger) -> str | None:
+async def _admitted(job: NewJob, gate: AdmissionGate, ledger: Ledger) -> str | None:
     """Run admission; when it refuses a retry of a job already stored, the stored job's id instead."""
     try:
         await admit(job, gate)
@@ -136,7 +137,7 @@ async def enqueue(
     job = validate(
         raw, tenant=tenant_name, now_ms=now_ms(), settings=settings, idempotency_header=idempotency_key
     )
-    prior = await _admitted(job, Gate(settings, request.app.state.redis), ledger)
+    prior = await _admitted(job, AdmissionGate(settings, request.app.state.redis), ledger)
     outcome = EnqueueOutcome("existing", prior) if prior else await ledger.enqueue(job)
     if (refused := refusal(job, outcome, settings)) is not None:
         raise refused
@@ -171,7 +172,7 @@ async def enqueue_bulk(request: Request, tenant_name: Tenant) -> JsonResponse:
         raise PayloadTooLarge(
             f"{len(items)} jobs, over the limit of {settings.limits.max_bulk_items} per request", "jobs"
         )
-    gate, now = Gate(settings, request.app.state.redis), now_ms()
+    gate, now = AdmissionGate(settings, request.app.state.redis), now_ms()
     entries: list[dict[str, Any]] = [{} for _ in items]
     accepted: list[tuple[int, NewJob]] = []
     priors: dict[int, str] = {}  # retries of stored jobs that admission would refuse as new

@@ -7,12 +7,13 @@ checks that real answers validate against them.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from fastapi import FastAPI
-from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, Field
 from pydantic.json_schema import models_json_schema
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 
 class JobRequest(BaseModel):
@@ -108,6 +109,8 @@ def request_body(model: type[BaseModel]) -> dict[str, Any]:
 
 def document(app: FastAPI) -> None:
     """Make ``/openapi.json`` include the request models the routes reference by name."""
+    # Imported here, so the Python client (batchshift.client reads JobView) does not load FastAPI.
+    from fastapi.openapi.utils import get_openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

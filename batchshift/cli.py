@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from batchshift.server_version import ServerError
 from config.logging import configure_logging
 from config.settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from batchshift.client import BatchshiftClient
 
 Subparsers = Any  # argparse's _SubParsersAction is private; its type is not worth importing.
 Handler = Callable[[argparse.Namespace], int]
@@ -30,6 +33,19 @@ def bootstrap() -> Settings:
     settings = load_settings()
     configure_logging(settings.log_level, settings.log_format)
     return settings
+
+
+def _add_bind(parser: argparse.ArgumentParser, what: str, port: int) -> None:
+    """``--host`` and ``--port`` for a command that serves HTTP."""
+    parser.add_argument("--host", default="127.0.0.1", help=f"address {what} binds (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=port, help=f"port {what} binds (default {port})")
+
+
+def _add_grace(parser: argparse.ArgumentParser) -> None:
+    """``--grace`` for a command that runs worker tasks."""
+    parser.add_argument(
+        "--grace", type=float, default=30.0, help="seconds tasks in flight get to finish on SIGTERM"
+    )
 
 
 # -- batchshift api ---------------------------------------------------------------------------
@@ -60,37 +76,45 @@ def _run_api(args: argparse.Namespace) -> int:
 
 def _add_api(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser("api", help="serve the HTTP API (intake, job status)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
+    _add_bind(parser, "the API", 8000)
     parser.set_defaults(handler=_run_api)
 
 
 # -- batchshift costs -------------------------------------------------------------------------
 
 
-def _run_costs(args: argparse.Namespace) -> int:
-    import httpx
-    from rich.console import Console
-    from rich.table import Table
+def _admin_call(args: argparse.Namespace, call: Callable[[BatchshiftClient], Awaitable[Any]]) -> Any:
+    """Run one client call against ``args.url`` with ``args.api_key`` (default: the configured admin
+    key); on failure print why and return None."""
+    import asyncio
+
+    from batchshift.client import ApiError, BatchshiftClient, TransportError
 
     settings = bootstrap()
     key = args.api_key or (settings.admin_api_key.get_secret_value() if settings.admin_api_key else "")
-    params = {"group_by": args.group_by}
-    params.update({name: value for name, value in (("from", args.start), ("to", args.end)) if value})
+
+    async def run() -> Any:
+        async with BatchshiftClient(args.url, key) as client:
+            return await call(client)
+
     try:
-        response = httpx.get(
-            f"{args.url.rstrip('/')}/v1/costs",
-            params=params,
-            headers={"authorization": f"Bearer {key}"},
-            timeout=30.0,
-        )
-    except httpx.HTTPError as exc:
+        return asyncio.run(run())
+    except TransportError as exc:
         print(f"batchshift: cannot reach {args.url}: {exc}", file=sys.stderr)
+    except ApiError as exc:
+        print(f"batchshift: {exc}", file=sys.stderr)
+    return None
+
+
+def _run_costs(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    report = _admin_call(
+        args, lambda client: client.costs(group_by=args.group_by, start=args.start, end=args.end)
+    )
+    if report is None:
         return 1
-    if response.status_code != 200:
-        print(f"batchshift: {response.status_code} {response.text}", file=sys.stderr)
-        return 1
-    report = response.json()
     table = Table(title=f"costs by {report['group_by']}, {report['from']} to {report['to']} (UTC)")
     columns = ("jobs", "actual_usd", "sync_equivalent_usd", "saved_usd", "saved_pct", "sync_share")
     headers = (
@@ -141,21 +165,11 @@ def _add_costs(subparsers: Subparsers) -> None:
 
 
 def _run_lanes(args: argparse.Namespace) -> int:
-    import httpx
     from rich.console import Console
     from rich.table import Table
 
-    settings = bootstrap()
-    key = args.api_key or (settings.admin_api_key.get_secret_value() if settings.admin_api_key else "")
-    try:
-        response = httpx.get(
-            f"{args.url.rstrip('/')}/v1/lanes", headers={"authorization": f"Bearer {key}"}, timeout=30.0
-        )
-    except httpx.HTTPError as exc:
-        print(f"batchshift: cannot reach {args.url}: {exc}", file=sys.stderr)
-        return 1
-    if response.status_code != 200:
-        print(f"batchshift: {response.status_code} {response.text}", file=sys.stderr)
+    lanes = _admin_call(args, lambda client: client.lanes())
+    if lanes is None:
         return 1
     table = Table(title="lanes")
     headers = ("lane", "state", "queued", "oldest s", "in flight", "p50 s", "p95 s", "on time", "burn",
@@ -167,12 +181,12 @@ def _run_lanes(args: argparse.Namespace) -> int:
     def show(value: Any, fmt: str = "{}") -> str:
         return "-" if value is None else fmt.format(value)
 
-    for lane in response.json()["data"]:
+    for lane in lanes:
         turnaround = lane["turnaround_s"]
         burn = max((max(b.values()) for b in lane["burn_rates"].values() if b), default=None)
         table.add_row(
             lane["lane"],
-            f"[{style.get(lane['state'] or '', '')}]{lane['state'] or '-'}[/]",
+            f"[{style[lane['state']]}]{lane['state']}[/]" if lane["state"] in style else lane["state"] or "-",
             str(lane["queued"]),
             show(lane["oldest_job_age_s"], "{:.0f}"),
             str(lane["batches_in_flight"]),
@@ -224,9 +238,7 @@ def _run_worker(args: argparse.Namespace) -> int:
 
 def _add_worker(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser("worker", help="run the arq worker (submit, poll, ingest, sync, webhooks)")
-    parser.add_argument(
-        "--grace", type=float, default=30.0, help="seconds tasks in flight get to finish on SIGTERM"
-    )
+    _add_grace(parser)
     parser.set_defaults(handler=_run_worker)
 
 
@@ -243,11 +255,8 @@ def _add_run(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
         "run", help="run the API, the scheduler and a worker in one process (single-node deployments)"
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address the API binds (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8000, help="port the API binds (default 8000)")
-    parser.add_argument(
-        "--grace", type=float, default=30.0, help="seconds tasks in flight get to finish on SIGTERM"
-    )
+    _add_bind(parser, "the API", 8000)
+    _add_grace(parser)
     parser.set_defaults(handler=_run_node)
 
 
@@ -272,8 +281,7 @@ def _add_emulator(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
         "emulator", help="serve the OpenAI + Anthropic provider emulator (development, tests, demo)"
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8090, help="port to bind (default 8090)")
+    _add_bind(parser, "the emulator", 8090)
     parser.add_argument("--api-key", help="accept only this key (default: any non-empty key)")
     parser.add_argument("--turnaround", type=float, help="seconds from submission to a batch's end")
     parser.add_argument("--stall", nargs="*", metavar="MODEL", help="models whose batches make no progress")

@@ -31,13 +31,16 @@ import builtins
 import re
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final, Self, TypedDict, Unpack
 
 import httpx
 import orjson
+from pydantic import ConfigDict
+
+from api.schemas import JobView
 
 TERMINAL: Final = frozenset({"succeeded", "failed", "cancelled"})
 BULK_CHUNK = 1_000  # items per POST /v1/jobs/bulk: big enough to amortise, small enough to retry
@@ -180,49 +183,22 @@ def api_error(status_code: int, error: Mapping[str, Any] | None) -> ApiError:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class Job:
-    """A job as the API shows it; ``data`` keeps the whole view (fields added later included)."""
+class Job(JobView):
+    """A job as the API shows it (the API's own :class:`api.schemas.JobView`, read back).
 
-    id: str
-    status: str
-    route: str | None
-    provider: str
-    endpoint: str
-    model: str
-    lane: str
-    deadline: str
-    created_at: str
-    completed_at: str | None
-    tags: dict[str, str]
-    callback_url: str | None
-    result: Any
-    error: dict[str, Any] | None
-    usage: dict[str, Any] | None
-    cost: dict[str, Any] | None
-    data: dict[str, Any] = field(repr=False, compare=False)
+    Fields the server adds later are kept (``extra="allow"``) and show in ``data``.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="allow")
 
     @classmethod
     def from_view(cls, view: Mapping[str, Any]) -> Job:
-        return cls(
-            id=view["id"],
-            status=view["status"],
-            route=view.get("route"),
-            provider=view["provider"],
-            endpoint=view["endpoint"],
-            model=view["model"],
-            lane=view["lane"],
-            deadline=view["deadline"],
-            created_at=view["created_at"],
-            completed_at=view.get("completed_at"),
-            tags=view.get("tags") or {},
-            callback_url=view.get("callback_url"),
-            result=view.get("result"),
-            error=view.get("error"),
-            usage=view.get("usage"),
-            cost=view.get("cost"),
-            data=dict(view),
-        )
+        return cls.model_validate(view)
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """The whole view, as the API sent it."""
+        return self.model_dump()
 
     @property
     def terminal(self) -> bool:
@@ -237,31 +213,28 @@ class Page:
     next_cursor: str | None
 
 
-def job_request(
-    provider: str,
-    body: Mapping[str, Any],
-    *,
-    endpoint: str | None = None,
-    deadline: datetime | str | None = None,
-    deadline_in: float | None = None,
-    callback_url: str | None = None,
-    tags: Mapping[str, str] | None = None,
-    idempotency_key: str | None = None,
-) -> dict[str, Any]:
+class JobFields(TypedDict, total=False):
+    """A job request's optional fields, as ``job_request`` and ``enqueue`` take them."""
+
+    endpoint: str | None
+    deadline: datetime | str | None
+    deadline_in: float | None
+    callback_url: str | None
+    tags: Mapping[str, str] | None
+    idempotency_key: str | None
+
+
+def job_request(provider: str, body: Mapping[str, Any], **fields: Unpack[JobFields]) -> dict[str, Any]:
     """One job as the API's request JSON (also what ``enqueue_many`` takes per item)."""
     request: dict[str, Any] = {"provider": provider, "body": dict(body)}
-    if endpoint is not None:
-        request["endpoint"] = endpoint
-    if deadline is not None:
-        request["deadline"] = deadline.isoformat() if isinstance(deadline, datetime) else deadline
-    if deadline_in is not None:
-        request["deadline_in"] = deadline_in
-    if callback_url is not None:
-        request["callback_url"] = callback_url
-    if tags:
-        request["tags"] = dict(tags)
-    if idempotency_key is not None:
-        request["idempotency_key"] = idempotency_key
+    for name, value in fields.items():
+        if isinstance(value, datetime):
+            request[name] = value.isoformat()
+        elif isinstance(value, Mapping):
+            if value:  # no tags: the field is left out
+                request[name] = dict(value)
+        elif value is not None:
+            request[name] = value
     return request
 
 
@@ -325,29 +298,9 @@ class BatchshiftClient:
             raise api_error(response.status_code, error)
         return data
 
-    async def enqueue(
-        self,
-        provider: str,
-        body: Mapping[str, Any],
-        *,
-        endpoint: str | None = None,
-        deadline: datetime | str | None = None,
-        deadline_in: float | None = None,
-        callback_url: str | None = None,
-        tags: Mapping[str, str] | None = None,
-        idempotency_key: str | None = None,
-    ) -> Job:
+    async def enqueue(self, provider: str, body: Mapping[str, Any], **fields: Unpack[JobFields]) -> Job:
         """Enqueue one job; with ``idempotency_key`` a retry returns the same job."""
-        request = job_request(
-            provider,
-            body,
-            endpoint=endpoint,
-            deadline=deadline,
-            deadline_in=deadline_in,
-            callback_url=callback_url,
-            tags=tags,
-            idempotency_key=idempotency_key,
-        )
+        request = job_request(provider, body, **fields)
         return Job.from_view(await self._call("POST", "/v1/jobs", payload=request))
 
     async def enqueue_many(
@@ -427,3 +380,17 @@ class BatchshiftClient:
             if page.next_cursor is None:
                 return
             cursor = page.next_cursor
+
+    async def costs(
+        self, *, group_by: str = "tenant", start: str | None = None, end: str | None = None
+    ) -> dict[str, Any]:
+        """The cost and savings report (``GET /v1/costs``), grouped; ``start``/``end`` are UTC days."""
+        params = {"group_by": group_by, "from": start, "to": end}
+        report: dict[str, Any] = await self._call("GET", "/v1/costs", params=params)
+        return report
+
+    async def lanes(self) -> builtins.list[dict[str, Any]]:
+        """Every lane's health, queue and on-time SLO (``GET /v1/lanes``, admin key)."""
+        reply = await self._call("GET", "/v1/lanes")
+        lanes: builtins.list[dict[str, Any]] = reply["data"]
+        return lanes

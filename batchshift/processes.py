@@ -21,7 +21,8 @@ from redis.exceptions import RedisError
 from api.app import create_app
 from batchshift.server_version import check_server as check_version
 from config.settings import Settings
-from scheduler.service import Scheduler
+from scheduler import policy
+from scheduler.service import build_scheduler
 from scheduler.store import check_server, connect, connect_arq
 from workers.worker import close_worker, worker_settings
 
@@ -31,6 +32,7 @@ log = structlog.get_logger(__name__)
 DEFAULT_GRACE_S = 30.0
 # Longest wait between two attempts to start a worker while Redis is out of reach.
 MAX_RESTART_BACKOFF_S = 30.0
+FIRST_RESTART_DELAY_S = 0.5  # doubled per restart in a row (scheduler.policy.backoff, no jitter)
 
 
 class _Server(uvicorn.Server):
@@ -78,7 +80,6 @@ class SupervisedWorker:
 
     async def run(self) -> None:
         """Run workers one after another until :meth:`drain` is called."""
-        delay = 0.5
         while not self._stopping:
             self.worker = Worker(**worker_settings(self.settings), handle_signals=False)
             try:
@@ -90,12 +91,12 @@ class SupervisedWorker:
             except (RedisError, OSError) as exc:
                 if self._stopping:
                     return
+                delay = policy.backoff(self.restarts, FIRST_RESTART_DELAY_S, self.max_backoff_s, None)
                 log.warning("worker.redis_unavailable", error_class=type(exc).__name__, retry_in_s=delay)
                 with contextlib.suppress(RedisError, OSError):
                     await close_worker(self.worker)
                 self.restarts += 1
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, self.max_backoff_s)
 
     async def drain(self, grace_s: float) -> None:
         """Stop for good: let the tasks in flight finish (up to ``grace_s``), then close."""
@@ -123,7 +124,7 @@ async def run_scheduler(settings: Settings) -> None:
     redis = connect(settings)
     arq_pool = connect_arq(settings)
     try:
-        async with Scheduler(settings, redis, arq_pool) as scheduler:
+        async with build_scheduler(settings, redis, arq_pool) as scheduler:
             loop_task = asyncio.create_task(scheduler.run_forever())
             stop_task = asyncio.create_task(stop.wait())
             await asyncio.wait({loop_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
@@ -162,7 +163,7 @@ async def run_node(settings: Settings, host: str, port: int, grace_s: float = DE
     redis = connect(settings)
     arq_pool = connect_arq(settings)
     worker = SupervisedWorker(settings)
-    scheduler = Scheduler(settings, redis, arq_pool)
+    scheduler = build_scheduler(settings, redis, arq_pool)
     parts = {
         asyncio.create_task(server.serve(), name="api"),
         asyncio.create_task(scheduler.run_forever(), name="scheduler"),

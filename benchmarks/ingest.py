@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import orjson
 
 from benchmarks.support import emulator_process, reset_peak, status_kb
+
+if TYPE_CHECKING:
+    from workers.context import WorkerContext
 
 JOBS = 50_000
 CHUNK = 500
@@ -25,7 +28,7 @@ ENDPOINT = "/v1/chat/completions"
 MODEL = "gpt-4o-mini"
 
 
-async def _prepare(redis_url: str, url: str) -> tuple[dict[str, Any], str]:
+async def _prepare(redis_url: str, url: str) -> tuple[WorkerContext, str]:
     """50,000 queued jobs reserved into one batch, submitted to the emulator and polled until it ended."""
     from config.settings import ProviderSettings, Settings
     from scheduler import keys
@@ -38,6 +41,7 @@ async def _prepare(redis_url: str, url: str) -> tuple[dict[str, Any], str]:
     from workers.http import build_client
     from workers.providers import make_adapter
     from workers.tasks.batches import poll_batch, submit_batch
+    from workers.tasks.outcomes import PollOutcome
 
     provider = ProviderSettings(kind="openai", base_url=url + "/v1", api_key="sk-bench")
     settings = Settings(redis_url=redis_url, providers={"openai": provider})
@@ -45,11 +49,12 @@ async def _prepare(redis_url: str, url: str) -> tuple[dict[str, Any], str]:
     await redis.flushall()
     http = build_client(provider.http)
     ledger = Ledger(redis)
-    ctx: dict[str, Any] = {
+    ctx: WorkerContext = {
         "redis": redis,
         "settings": settings,
         "ledger": ledger,
         "http": http,
+        "webhook_http": http,  # no webhooks in this stage
         "adapters": {"openai": make_adapter("openai", provider, http)},
         "hooks": {},
     }
@@ -74,8 +79,8 @@ async def _prepare(redis_url: str, url: str) -> tuple[dict[str, Any], str]:
     await Batches(redis).reserve(
         effective(settings, "openai", MODEL, ENDPOINT), bid, token=1, now_ms=now, chunk=5000
     )
-    await submit_batch(ctx, bid)  # type: ignore[arg-type]
-    while await poll_batch(ctx, bid) != "ended":  # type: ignore[arg-type]  # noqa: ASYNC110 -- polling a remote batch
+    await submit_batch(ctx, bid)
+    while await poll_batch(ctx, bid) is not PollOutcome.ENDED:  # noqa: ASYNC110 -- polling a remote batch
         await asyncio.sleep(0.5)
     return ctx, bid
 
@@ -119,7 +124,7 @@ async def run() -> list[dict[str, Any]]:
 
     with embedded_redis() as redis_url, emulator_process() as url:
         ctx, bid = await _prepare(redis_url, url)
-        record = await ctx["redis"].hget(f"bs:batch:{bid}", "provider_batch_id")
+        record = await ctx["redis"].hget(f"bs:batch:{bid}", "provider_batch_id")  # type: ignore[misc]
         base = await _raw(redis_url, url, record.decode())
         start_kb = reset_peak()
         started = time.perf_counter()

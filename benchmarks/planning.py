@@ -30,7 +30,7 @@ from config.settings import LaneSettings, ProviderSettings, SchedulerSettings, S
 from scheduler import ids, keys
 from scheduler.jobs import NewJob
 from scheduler.ledger import Ledger
-from scheduler.service import Scheduler
+from scheduler.service import Scheduler, build_scheduler
 from scheduler.tasks import create_pool
 
 ACTIVE_LANES = 1_000
@@ -140,7 +140,7 @@ async def _tick_at_lanes(url: str, redis: Redis, pool: Any) -> tuple[list[float]
     seconds: list[float] = []
     plan_s: list[float] = []
     commands: list[int] = []
-    async with Scheduler(settings, redis, pool) as scheduler:
+    async with build_scheduler(settings, redis, pool) as scheduler:
         scheduler.steps = [
             (name, _timed(step, plan_s) if name == "plan" else step) for name, step in scheduler.steps
         ]
@@ -188,7 +188,7 @@ async def run() -> list[dict[str, Any]]:
                 await redis.flushdb()
                 now = time.time()
                 await _fill(Ledger(redis), int(now * 1000))
-                async with Scheduler(settings, redis, pool) as scheduler:
+                async with build_scheduler(settings, redis, pool) as scheduler:
                     scheduler.steps = [(n, s) for n, s in scheduler.steps if n == "plan"]
                     planned_s.append(await _planned(redis, scheduler, now))
                 await redis.flushdb()

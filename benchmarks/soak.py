@@ -46,7 +46,7 @@ from scheduler import ids, keys
 from scheduler.jobs import LIVE, NewJob
 from scheduler.ledger import Ledger
 from scheduler.retention import Retention
-from scheduler.service import Scheduler
+from scheduler.service import Scheduler, build_scheduler
 from scheduler.store import connect, connect_arq
 from workers.worker import run_burst
 
@@ -178,7 +178,7 @@ async def run() -> list[dict[str, Any]]:
         settings = _settings(redis_url, emulator_url)
         redis, pool = connect(settings), connect_arq(settings)
         try:
-            async with Scheduler(settings, redis, pool) as scheduler:
+            async with build_scheduler(settings, redis, pool) as scheduler:
                 peak = [0]
                 await _drive(settings, redis, scheduler, WARMUP, peak)
                 await _expire(settings, redis)

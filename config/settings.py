@@ -31,6 +31,13 @@ OPENAI_MAX_BATCH_REQUESTS = 50_000
 OPENAI_MAX_BATCH_BYTES = 200 * 1024 * 1024
 ANTHROPIC_MAX_BATCH_REQUESTS = 100_000
 ANTHROPIC_MAX_BATCH_BYTES = 256 * 1024 * 1024
+# Retention and bucket defaults, defined here once: the fields below and the ledger built without
+# settings (scheduler.ledger.Ledger's keyword defaults) both take them.
+RESULT_RETENTION_S = 7 * 24 * 3600  # a finished job's result
+JOB_TTL_S = 7 * 24 * 3600  # an ended job's record (status, usage, cost)
+IDEMPOTENCY_TTL_S = 24 * 3600  # a producer's idempotency key
+SLO_BUCKET_S = 10  # width of the ledger's SLO buckets
+LANE_IDLE_S = 86400.0  # a lane idle this long is pruned
 
 
 class _Strict(BaseModel):
@@ -155,7 +162,7 @@ class LimitSettings(_Strict):
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
     max_bulk_items: int = Field(default=10_000, gt=0)
     max_deadline_horizon_s: float = Field(default=7 * 24 * 3600.0, gt=0)
-    idempotency_ttl_s: int = Field(default=24 * 3600, gt=0)
+    idempotency_ttl_s: int = Field(default=IDEMPOTENCY_TTL_S, gt=0)
     max_wait_s: float = Field(default=60.0, gt=0)  # the longest long poll on GET /v1/jobs/{id}?wait=
     # Lanes one tenant may have used within scheduler.lane_idle_s: each lane costs every tick work.
     max_lanes_per_tenant: int = Field(default=100, gt=0)
@@ -187,7 +194,7 @@ class SchedulerSettings(_Strict):
     submit_lease_s: float = Field(default=30.0, gt=0)
     create_timeout_s: float = Field(default=120.0, gt=0)
     # A lane with nothing queued, no batch and a healthy SLO state, this long after its last enqueue, is pruned.
-    lane_idle_s: float = Field(default=86400.0, gt=0)
+    lane_idle_s: float = Field(default=LANE_IDLE_S, gt=0)
     # A batch holds jobs due within this factor of its earliest job's time left (and at least
     # batch_deadline_band_min_s past it), so a late batch's jobs share its fate: they flip together
     # and the emptied batch is cancelled, instead of some flipping and the rest billing them twice.
@@ -202,7 +209,7 @@ class WorkerSettings(_Strict):
     max_jobs: int = Field(default=50, gt=0)
     job_timeout_s: float = Field(default=300.0, gt=0)
     ingest_chunk: int = Field(default=500, gt=0)
-    result_retention_s: int = Field(default=7 * 24 * 3600, gt=0)
+    result_retention_s: int = Field(default=RESULT_RETENTION_S, gt=0)
     sync_max_attempts: int | None = Field(
         default=None, gt=0
     )  # None: retriable errors retry until the deadline
@@ -216,7 +223,7 @@ class RetentionSettings(_Strict):
 
     # Seconds a terminal job record (status, usage, cost, no request body) is kept after it ended;
     # per-tenant indexes, delivery records and ended batches are trimmed on the same horizon.
-    job_ttl_s: int = Field(default=7 * 24 * 3600, gt=0)
+    job_ttl_s: int = Field(default=JOB_TTL_S, gt=0)
     # Dead-lettered webhook deliveries: kept at most this long, and at most this many.
     dead_letter_ttl_s: int = Field(default=7 * 24 * 3600, gt=0)
     dead_letter_max: int = Field(default=10_000, gt=0)
@@ -286,6 +293,8 @@ class AlertSettings(_Strict):
     # notification is dropped as dead), how long a claimed notification stays hidden from others.
     timeout_s: float = Field(default=10.0, gt=0)
     retry_schedule_s: list[float] = [5, 30, 120, 300, 900, 1800, 3600]
+    # Random share (±) of each retry delay, so notifications that failed together do not retry together.
+    jitter: float = Field(default=0.2, ge=0, le=1)
     lease_s: float = Field(default=60.0, gt=0)
     claim_batch: int = Field(default=100, gt=0)
     # Bytes of a channel's answer read (for the error message); the rest is never read.
@@ -326,7 +335,8 @@ class SloSettings(_Strict):
     sync_share_alert: float = Field(default=0.2, gt=0, le=1)
     sync_share_window_s: float = Field(default=3600.0, gt=0)  # the window the sync share is measured over
     sync_share_min_jobs: int = Field(default=20, gt=0)  # fewer finished jobs than this say nothing
-    bucket_s: int = Field(default=10, gt=0)  # width of the ledger's SLO buckets (Ledger(slo_bucket_s=))
+    # Width of the ledger's SLO buckets (Ledger(slo_bucket_s=)).
+    bucket_s: int = Field(default=SLO_BUCKET_S, gt=0)
     max_flips_per_tick: int = Field(default=1000, gt=0)  # bounds one tick's work; the rest flip next tick
     # A waiting job loads the sync lane's drain time once its batch has at least this chance of
     # still running at its deadline less the sync margin (scheduler/flip_plan.py).

@@ -22,7 +22,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from scheduler import keys, metrics, scripts
+from scheduler import health, keys, metrics, scripts
 from scheduler.errors import Fenced
 from scheduler.lanes import LINE_OVERHEAD_BYTES, Lane
 
@@ -279,8 +279,7 @@ class Batches:
         """Add one turnaround sample (``<end_ms>:<seconds>``) to the lane's capped history, and to
         the ``batchshift_batch_turnaround_seconds`` histogram in the same transaction."""
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.lpush(keys.lane_turnarounds(lane), f"{end_ms}:{seconds:.3f}")
-            pipe.ltrim(keys.lane_turnarounds(lane), 0, history - 1)
+            health.push_sample(pipe, keys.lane_turnarounds(lane), end_ms, seconds, history)
             metrics.observe_turnaround(pipe, lane, seconds)
             await pipe.execute()
 

@@ -23,26 +23,23 @@ while 402 stays reserved for "the account's envelope is spent".
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 from redis.asyncio import Redis
 
 from config.settings import Settings
-from scheduler import keys, pricing
+from scheduler import keys, pricing, tokens
+from scheduler.admission import AdmissionGate
 from scheduler.errors import BudgetExceeded, InvalidRequest
 from scheduler.jobs import NewJob
 from scheduler.pricing import Pricing, RouteName, Usage
 
-# Prompt tokens estimated from the request body: about 4 bytes of text per token (OpenAI's and
-# Anthropic's rule of thumb; JSON framing makes this an overestimate, which a ceiling wants).
-BYTES_PER_TOKEN = 4
 # Output tokens a reservation assumes for a job without an output cap (its true cost has no bound;
 # the reservation settles to the billed amount when the job ends).
 UNCAPPED_OUTPUT_TOKENS = 4096
-OUTPUT_CAP_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 
 
 def month_of(now_ms: int) -> str:
@@ -150,60 +147,46 @@ async def allows_sync(redis: Redis, settings: Settings, tenant: str, now_ms: int
     return tenant not in await sync_blocked(redis, settings, [tenant], now_ms)
 
 
-def output_cap(body: dict[str, Any]) -> int | None:
-    """The body's output token cap (``max_tokens``, ``max_completion_tokens`` or ``max_output_tokens``)."""
-    for name in OUTPUT_CAP_FIELDS:
-        value = body.get(name)
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-            return value
-    return None
+@dataclass(frozen=True, slots=True)
+class CostTerms:
+    """What prices a job before it runs: where it goes, its body and its size in bytes."""
+
+    provider: str
+    kind: str
+    model: str
+    endpoint: str
+    route: RouteName
+    body: dict[str, Any]
+    body_bytes: int
+
+    @property
+    def generates(self) -> bool:
+        """Whether the endpoint generates text (embeddings do not: their output costs nothing)."""
+        return "embeddings" not in self.endpoint
 
 
-def estimate_usd(
-    pricing: Pricing,
-    *,
-    provider: str,
-    kind: str,
-    model: str,
-    endpoint: str,
-    route: RouteName,
-    body: dict[str, Any],
-    body_bytes: int,
-) -> float | None:
-    """The most a job may cost on ``route``: output cap × output price + body size as input tokens.
+def estimate_usd(pricing: Pricing, terms: CostTerms) -> float | None:
+    """The most a job may cost on its route: output cap × output price + body size as input tokens.
 
     None when the model is not priced, or when the body sets no output cap on an endpoint that
     generates text (its cost is then unbounded).
     """
-    price = pricing.model_price(provider, kind, model)
+    price = pricing.model_price(terms.provider, terms.kind, terms.model)
     if price is None:
         return None
-    generates = "embeddings" not in endpoint
-    cap = output_cap(body) if generates else 0
+    cap = tokens.output_cap(terms.body) if terms.generates else 0
     if cap is None:
         return None
     usage = Usage(
-        input_tokens=max(1, body_bytes // BYTES_PER_TOKEN),
+        input_tokens=tokens.input_tokens(terms.body_bytes),
         output_tokens=cap,
         cache_read_tokens=0,
         cache_write_tokens=0,
     )
-    return price.route_usd(usage, pricing.discount(provider, kind, route), stacks=True)
+    return price.route_usd(usage, pricing.discount(terms.provider, terms.kind, terms.route), stacks=True)
 
 
-def check_job_ceiling(
-    settings: Settings,
-    pricing: Pricing,
-    *,
-    tenant: str,
-    provider: str,
-    kind: str,
-    model: str,
-    endpoint: str,
-    route: RouteName,
-    body: dict[str, Any],
-    body_bytes: int,
-) -> None:
+def check_job_ceiling(settings: Settings, pricing: Pricing, tenant: str, terms: CostTerms) -> None:
     """Refuse (InvalidRequest, 422, field ``max_tokens``) a job that could cost more than the tenant's ceiling.
 
     A job without an output cap is refused too when a ceiling is set, since its cost has no bound.
@@ -213,73 +196,34 @@ def check_job_ceiling(
     ceiling = config.max_job_cost_usd if config else None
     if ceiling is None:
         return
-    if "embeddings" not in endpoint and output_cap(body) is None:
+    if terms.generates and tokens.output_cap(terms.body) is None:
         raise InvalidRequest(
             f"tenant {tenant!r} has a per-job cost ceiling of ${ceiling:.4f}: "
             "set max_tokens (or max_completion_tokens / max_output_tokens) so the job's cost is bounded",
             "max_tokens",
         )
-    estimate = estimate_usd(
-        pricing,
-        provider=provider,
-        kind=kind,
-        model=model,
-        endpoint=endpoint,
-        route=route,
-        body=body,
-        body_bytes=body_bytes,
-    )
+    estimate = estimate_usd(pricing, terms)
     if estimate is not None and estimate > ceiling:
         raise InvalidRequest(
-            f"this job could cost up to ${estimate:.4f} at the {route} price, over tenant {tenant!r}'s "
+            f"this job could cost up to ${estimate:.4f} at the {terms.route} price, over tenant {tenant!r}'s "
             f"per-job ceiling of ${ceiling:.4f}; lower max_tokens or shorten the request",
             "max_tokens",
         )
 
 
-class AdmissionGate(Protocol):
-    """What intake's admission step hands over (``scheduler.intake.Gate``)."""
-
-    @property
-    def settings(self) -> Settings: ...
-
-    @property
-    def redis(self) -> Redis: ...
-
-
-def reservation(
-    pricing: Pricing,
-    *,
-    provider: str,
-    kind: str,
-    model: str,
-    endpoint: str,
-    route: RouteName,
-    body: dict[str, Any],
-    body_bytes: int,
-) -> float:
-    """What a job is expected to cost on ``route``, for the envelope's committed spend.
+def reservation(pricing: Pricing, terms: CostTerms) -> float:
+    """What a job is expected to cost on its route, for the envelope's committed spend.
 
     As :func:`estimate_usd`, with ``UNCAPPED_OUTPUT_TOKENS`` for a body without an output cap;
     0 for a model the pricing table does not know (its cost is unknown, and logged).
     """
-    if output_cap(body) is None and "embeddings" not in endpoint:
-        body = {**body, "max_tokens": UNCAPPED_OUTPUT_TOKENS}
-    estimate = estimate_usd(
-        pricing,
-        provider=provider,
-        kind=kind,
-        model=model,
-        endpoint=endpoint,
-        route=route,
-        body=body,
-        body_bytes=body_bytes,
-    )
-    return estimate or 0.0
+    if terms.generates and tokens.output_cap(terms.body) is None:
+        terms = replace(terms, body={**terms.body, "max_tokens": UNCAPPED_OUTPUT_TOKENS})
+    return estimate_usd(pricing, terms) or 0.0
 
 
 async def admission(job: NewJob, gate: AdmissionGate) -> None:
-    """Intake's budget step, at the route the job will take (routing runs first): the per-job
+    """Intake's budget check, at the route the job will take (routing runs first): the per-job
     ceiling (422), then the monthly envelope (402 under ``reject``) and the job's reservation.
 
     Costs one Redis read per job, and only for tenants with a ``reject`` envelope; the envelope is
@@ -296,18 +240,10 @@ async def admission(job: NewJob, gate: AdmissionGate) -> None:
         decoded = orjson.loads(job.body)
         body = decoded if isinstance(decoded, dict) else {}
         table = pricing.shared(settings.pricing_file)
-        terms: dict[str, Any] = {
-            "provider": job.provider,
-            "kind": provider.kind,
-            "model": job.model,
-            "endpoint": job.endpoint,
-            "route": route,
-            "body": body,
-            "body_bytes": len(job.body),
-        }
+        terms = CostTerms(job.provider, provider.kind, job.model, job.endpoint, route, body, len(job.body))
         if config.max_job_cost_usd is not None:
-            check_job_ceiling(settings, table, tenant=job.tenant, **terms)
+            check_job_ceiling(settings, table, job.tenant, terms)
         if envelope is not None:
             job.envelope_usd = envelope
-            job.reserve_usd = reservation(table, **terms)
+            job.reserve_usd = reservation(table, terms)
     await check_intake(gate.redis, settings, job.tenant, job.created_ms)

@@ -11,7 +11,8 @@ jobs; the rest flip next tick, still earliest deadline first.
 
 A flip is the ledger's guarded requeue to ``sync`` (for a batched job, guarded by its batch too),
 so a job that finished or moved meanwhile is left alone. Tenants under a ``batch_only`` budget
-that is spent do not flip (:func:`scheduler.budgets.sync_blocked`); they count as at risk. When
+that is spent (:func:`scheduler.budgets.sync_blocked`) do not flip: :func:`scheduler.policy.flip_route`,
+the retry rule ingestion and refusals use, keeps them on the lane; they count as at risk. When
 every job of a batch in flight has flipped, ``cancel_batch`` is enqueued under the batch's
 deterministic task id; a result arriving later for a flipped job is skipped by the ledger and
 counted as duplicate spend.
@@ -30,7 +31,8 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from config.settings import Settings
-from scheduler import budgets, flip_plan, keys, tasks
+from scheduler import budgets, flip_plan, keys, policy, tasks
+from scheduler.admission import AdmissionGate
 from scheduler.health import LaneHealth, read_health
 from scheduler.jobs import NewJob
 from scheduler.ledger import Ledger, Requeue
@@ -219,7 +221,9 @@ class Flipper:
                     pipe.hget(keys.job(job_id), "tenant")
                 tenants = [t.decode() if t else "" for t in await pipe.execute()]
             blocked = await budgets.sync_blocked(self.redis, self.settings, tenants, now_ms)
-            movable = [j for j, t in zip(ids, tenants, strict=True) if t not in blocked]
+            movable = [
+                j for j, t in zip(ids, tenants, strict=True) if policy.flip_route(t not in blocked) == "sync"
+            ]
             report.held += len(ids) - len(movable)
             offset += len(ids) - len(movable)  # held jobs stay in the range; page past them
             if movable:
@@ -257,8 +261,8 @@ class Flipper:
 _intake_health: dict[str, tuple[float, LaneHealth]] = {}
 
 
-async def route_at_enqueue(job: NewJob, gate: budgets.AdmissionGate) -> None:
-    """Intake admission step: a deadline nearer than any batch could meet goes straight to sync.
+async def route_at_enqueue(job: NewJob, gate: AdmissionGate) -> None:
+    """Intake admission check: a deadline nearer than any batch could meet goes straight to sync.
 
     "Any batch" is the lane's fastest recent turnaround (none while history is short); the sync
     margin is added because a job that close would be flipped at the first tick anyway.
@@ -278,7 +282,8 @@ async def route_at_enqueue(job: NewJob, gate: budgets.AdmissionGate) -> None:
     fastest = health.turnarounds[0] if health.has_history else 0.0
     if job.deadline_ms - job.created_ms >= (fastest + health.sync_margin()) * 1000:
         return
-    if job.tenant in await budgets.sync_blocked(gate.redis, gate.settings, [job.tenant], job.created_ms):
+    blocked = await budgets.sync_blocked(gate.redis, gate.settings, [job.tenant], job.created_ms)
+    if policy.flip_route(job.tenant not in blocked) != "sync":
         return
     job.state = "sync"
     log.info("job.routed_to_sync", job_id=job.id, lane=job.lane, reason="deadline_nearer_than_any_batch")

@@ -3,7 +3,8 @@
 Workers push one sample per ended batch (submission to the moment its end was observable, on our
 own clock: :func:`observed_turnaround_s`) and per sync call into capped Redis
 lists (:func:`scheduler.keys.lane_turnarounds`, :func:`scheduler.keys.lane_sync_latencies`), each
-entry ``"<end_ms>:<seconds>"``, newest first. Here a window bounded by count
+entry ``"<end_ms>:<seconds>"``, newest first, written by :func:`push_sample` and read by
+:func:`parse_sample` (the format's one writer and one reader). Here a window bounded by count
 (``settings.slo.history_size``) and by age (``settings.slo.history_max_age_s``) is read back. Until a
 lane has ``settings.slo.min_samples`` samples, its turnaround is the prior
 (``settings.slo.prior_turnaround_s``, else the provider's completion window) and its sync latency is
@@ -49,16 +50,24 @@ def quantile(values: Sequence[float], q: float) -> float:
     return values[low] + (values[high] - values[low]) * (pos - low)
 
 
+def parse_sample(entry: bytes) -> tuple[int, float] | None:
+    """(end_ms, seconds) of one sample entry as :func:`sample` wrote it; None when malformed."""
+    end, _, seconds = entry.partition(b":")
+    try:
+        return int(end), float(seconds)
+    except ValueError:
+        return None
+
+
 def parse_samples(raw: Sequence[bytes], now_ms: int, max_age_s: float, limit: int) -> list[float]:
     """Seconds of the newest ``limit`` well-formed samples no older than ``max_age_s``, sorted."""
     oldest_ms = now_ms - max_age_s * 1000
     out: list[float] = []
     for entry in raw[:limit]:
-        end, _, seconds = entry.partition(b":")
-        try:
-            end_ms, value = int(end), float(seconds)
-        except ValueError:
+        parsed = parse_sample(entry)
+        if parsed is None:
             continue  # a malformed sample teaches nothing; skip it rather than fail the tick
+        end_ms, value = parsed
         if end_ms >= oldest_ms and value >= 0:
             out.append(value)
     out.sort()
@@ -213,22 +222,45 @@ def health_from(
 ) -> LaneHealth:
     """A lane's health from its two sample lists as read (newest first)."""
     slo = settings.slo
-    prior, window = prior_for(settings, provider)
     # The newest sample is news only while recent (the shortest burn window): a lane left idle after
     # a slow batch must recover, not stay lagging until that sample leaves the week-long history.
     recent_s = min((r.short_window_s for r in slo.burn_rules), default=slo.sync_share_window_s)
     newest = parse_samples(raw_turn[:1], now_ms, min(recent_s, slo.history_max_age_s), 1)
+    return lane_health(
+        settings,
+        lane,
+        provider,
+        parse_samples(raw_turn, now_ms, slo.history_max_age_s, slo.history_size),
+        parse_samples(raw_sync, now_ms, slo.history_max_age_s, slo.history_size),
+        latest_turnaround_s=newest[0] if newest else None,
+    )
+
+
+def lane_health(
+    settings: Settings,
+    lane: str,
+    provider: str | None,
+    turnarounds: Sequence[float],
+    sync_latencies: Sequence[float],
+    *,
+    latest_turnaround_s: float | None = None,
+    in_flight: Sequence[float] = (),
+) -> LaneHealth:
+    """A lane's health from its samples (seconds, sorted) with the priors and limits of ``settings``."""
+    slo = settings.slo
+    prior, window = prior_for(settings, provider)
     return LaneHealth(
         lane=lane,
-        turnarounds=tuple(parse_samples(raw_turn, now_ms, slo.history_max_age_s, slo.history_size)),
-        latest_turnaround_s=newest[0] if newest else None,
-        sync_latencies=tuple(parse_samples(raw_sync, now_ms, slo.history_max_age_s, slo.history_size)),
+        turnarounds=tuple(turnarounds),
+        latest_turnaround_s=latest_turnaround_s,
+        sync_latencies=tuple(sync_latencies),
         prior_turnaround_s=prior,
         window_s=window,
         default_sync_latency_s=slo.default_sync_latency_s,
         retry_allowance=slo.sync_retry_allowance,
         min_samples=slo.min_samples,
         prior_quantile=slo.turnaround_quantile,
+        in_flight=tuple(in_flight),
     )
 
 
@@ -245,3 +277,9 @@ def observed_turnaround_s(submitted_ms: int, running_seen_ms: int | None, ended_
 def sample(end_ms: int, seconds: float) -> str:
     """One sample entry as the lists hold it (writers and tests build entries with this)."""
     return f"{end_ms}:{seconds:.3f}"
+
+
+def push_sample(pipe: Pipeline, key: str, end_ms: int, seconds: float, history: int) -> None:
+    """Queue on ``pipe`` one sample at the head of a sample list, capped at ``history`` entries."""
+    pipe.lpush(key, sample(end_ms, seconds))
+    pipe.ltrim(key, 0, history - 1)

@@ -1,9 +1,9 @@
 """Intake: turns a producer's request into a validated NewJob, or refuses it naming the field.
 
-Validation is a pipeline of small steps over a ``Draft``; each step checks one thing and fills
-what it owns, and the first refusal wins. ``STEPS`` is the one list: a new rule is one function
+Validation is a pipeline of small checks over a ``Draft``; each check tests one thing and fills
+what it owns, and the first refusal wins. ``CHECKS`` is the one list: a new rule is one function
 appended there. Admission checks that need Redis (a budget, routing a near deadline to the sync
-lane) are async steps in ``ADMISSION``, run on the finished NewJob before it is stored.
+lane) are async checks in ``ADMISSION``, run on the finished NewJob before it is stored.
 
 Everything here is cheap on purpose: bulk intake validates thousands of items per request with
 plain dict checks and one orjson serialisation per body (with sorted keys, so the stored body
@@ -15,17 +15,17 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 from urllib.parse import urlsplit
 
 import orjson
-from redis.asyncio import Redis
 
 from config.settings import ProviderSettings, Settings
 from scheduler import budgets, flips, ids, lanes
+from scheduler.admission import AdmissionCheck, AdmissionGate
 from scheduler.errors import BatchshiftError, BudgetExceeded, InvalidRequest, PayloadTooLarge
 from scheduler.jobs import NewJob, lane_name
 from scheduler.ledger import EnqueueOutcome
@@ -57,7 +57,7 @@ _UNSAFE_URL = re.compile(r"[\x00-\x20\x7f]")  # space included: a URL never hold
 
 @dataclass(slots=True)
 class Draft:
-    """A request on its way to becoming a NewJob; steps read ``raw`` and fill the rest."""
+    """A request on its way to becoming a NewJob; checks read ``raw`` and fill the rest."""
 
     raw: dict[str, Any]
     tenant: str
@@ -76,7 +76,7 @@ class Draft:
     idempotency_key: str | None = None
 
 
-Step = Callable[[Draft], None]
+Check = Callable[[Draft], None]
 
 
 def _fields(draft: Draft) -> None:
@@ -270,7 +270,7 @@ def _idempotency_key(draft: Draft) -> None:
 
 
 # The validation pipeline, in order; the first refusal wins. Append a rule here.
-STEPS: tuple[Step, ...] = (
+CHECKS: tuple[Check, ...] = (
     _fields,
     _provider,
     _endpoint,
@@ -307,12 +307,12 @@ def request_hash(draft: Draft) -> str:
 def validate(
     raw: object, *, tenant: str, now_ms: int, settings: Settings, idempotency_header: str | None = None
 ) -> NewJob:
-    """Run every step on one request; return the NewJob or raise the first refusal."""
+    """Run every check on one request; return the NewJob or raise the first refusal."""
     if not isinstance(raw, dict):
         raise InvalidRequest("a job must be a JSON object")
     draft = Draft(raw, tenant, now_ms, settings, idempotency_header)
-    for step in STEPS:
-        step(draft)
+    for check in CHECKS:
+        check(draft)
     return NewJob(
         id=ids.job_id(now_ms),
         tenant=tenant,
@@ -329,27 +329,18 @@ def validate(
     )
 
 
-# Async admission steps, run on each validated job before it is stored: they may refuse it
-# (raise a BatchshiftError, e.g. a spent budget) or change its route (state "sync"). Append yours.
-@dataclass(frozen=True, slots=True)
-class Gate:
-    """What admission steps may read: the settings and the process's Redis client."""
-
-    settings: Settings
-    redis: Redis
-
-
-Admission = Callable[[NewJob, Gate], Awaitable[None]]
-ADMISSION: tuple[Admission, ...] = (
+# Async admission checks (scheduler/admission.py), run in order on each validated job before it is
+# stored. Append yours.
+ADMISSION: tuple[AdmissionCheck, ...] = (
     flips.route_at_enqueue,  # a deadline no batch can meet goes straight to sync
     budgets.admission,  # then priced at that route: ceiling 422, envelope 402 (and its reservation)
 )
 
 
-async def admit(job: NewJob, gate: Gate) -> NewJob:
-    """Run the admission steps on a validated job; raise the first refusal."""
-    for step in ADMISSION:
-        await step(job, gate)
+async def admit(job: NewJob, gate: AdmissionGate) -> NewJob:
+    """Run the admission checks on a validated job; raise the first refusal."""
+    for check in ADMISSION:
+        await check(job, gate)
     return job
 
 

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 PREFIX = "bs"
 
-# Seconds a job's result is kept by default; the job record itself is kept (status, usage, cost).
-DEFAULT_RESULT_TTL_S = 7 * 24 * 3600
-
 
 def job(job_id: str) -> str:
     """Hash: one job's record (state, lane, tenant, deadline_ms, body, batch_id, attempts ...)."""
@@ -171,10 +168,6 @@ def slo_buckets(lane: str) -> str:
     return f"{PREFIX}:slo:{{{lane}}}:buckets"
 
 
-# Seconds one SLO bucket spans by default (tests pass a smaller width).
-SLO_BUCKET_S = 10
-
-
 def budget_spend(tenant: str, month: str) -> str:
     """Float string: what a tenant spent in ``month`` (YYYY-MM, UTC), actual + duplicate + wasted."""
     return f"{PREFIX}:budget:{tenant}:{month}"
@@ -332,9 +325,8 @@ def sync_hold(provider: str) -> str:
 
 # -- retention (issue 12): every index below is trimmed by scheduler/retention.py -----------------
 
-# Seconds an ended job's record is kept by default (settings.retention.job_ttl_s). finish.lua and
-# cancel.lua drop its request body and set this TTL when the job ends.
-DEFAULT_JOB_TTL_S = 7 * 24 * 3600
+# An ended job's record is kept settings.retention.job_ttl_s: finish.lua and cancel.lua drop its
+# request body and set that TTL when the job ends.
 
 
 def tenant_status(tenant: str, state: str) -> str:

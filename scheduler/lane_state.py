@@ -23,8 +23,9 @@ LEVELS: tuple[State, ...] = ("healthy", "lagging", "breaching")
 
 
 @dataclass(slots=True)
-class LaneState:
-    """A lane's state and its hysteresis counters (persisted in the lane's SLO snapshot)."""
+class LaneSloState:
+    """A lane's SLO state (healthy, lagging, breaching) and its hysteresis counters (persisted in the
+    lane's SLO snapshot)."""
 
     state: State = "healthy"
     since_ms: int = 0
@@ -34,23 +35,23 @@ class LaneState:
         return {"state": self.state, "since_ms": self.since_ms, "calm_ticks": self.calm_ticks}
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any] | None) -> LaneState:
+    def from_dict(cls, raw: dict[str, Any] | None) -> LaneSloState:
         if not raw or raw.get("state") not in LEVELS:
             return cls()
         return cls(raw["state"], int(raw.get("since_ms", 0)), int(raw.get("calm_ticks", 0)))
 
 
-def step(current: LaneState, target: State, now_ms: int, recover_ticks: int) -> LaneState:
+def transition(current: LaneSloState, target: State, now_ms: int, recover_ticks: int) -> LaneSloState:
     """The state after a tick whose evidence says ``target``: worse at once, better only when calm."""
     want, have = LEVELS.index(target), LEVELS.index(current.state)
     if want > have:
-        return LaneState(target, now_ms, 0)
+        return LaneSloState(target, now_ms, 0)
     if want == have:
-        return LaneState(current.state, current.since_ms, 0)
+        return LaneSloState(current.state, current.since_ms, 0)
     calm = current.calm_ticks + 1
     if calm < recover_ticks:
-        return LaneState(current.state, current.since_ms, calm)
-    return LaneState(LEVELS[have - 1], now_ms, 0)
+        return LaneSloState(current.state, current.since_ms, calm)
+    return LaneSloState(LEVELS[have - 1], now_ms, 0)
 
 
 def rule_name(rule: BurnRule) -> str:

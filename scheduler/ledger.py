@@ -16,7 +16,14 @@ import orjson
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
-from config.settings import Settings
+from config.settings import (
+    IDEMPOTENCY_TTL_S,
+    JOB_TTL_S,
+    LANE_IDLE_S,
+    RESULT_RETENTION_S,
+    SLO_BUCKET_S,
+    Settings,
+)
 from scheduler import keys, scripts
 from scheduler.clock import server_ms
 from scheduler.errors import IllegalTransition, NotFound
@@ -126,13 +133,13 @@ class Ledger:
         self,
         redis: Redis,
         *,
-        idempotency_ttl_s: int = 24 * 3600,
-        result_ttl_s: int = keys.DEFAULT_RESULT_TTL_S,
-        slo_bucket_s: int = keys.SLO_BUCKET_S,
-        job_ttl_s: int = keys.DEFAULT_JOB_TTL_S,
+        idempotency_ttl_s: int = IDEMPOTENCY_TTL_S,
+        result_ttl_s: int = RESULT_RETENTION_S,
+        slo_bucket_s: int = SLO_BUCKET_S,
+        job_ttl_s: int = JOB_TTL_S,
         server_clock: bool = False,
         max_lanes_per_tenant: int | None = None,
-        lane_idle_s: float = 86400.0,
+        lane_idle_s: float = LANE_IDLE_S,
     ) -> None:
         self.redis = redis
         self.job_ttl_s = job_ttl_s

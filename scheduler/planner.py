@@ -45,7 +45,7 @@ PRESSURE_TICKS = 2
 
 
 @dataclass(frozen=True, slots=True)
-class LaneState:
+class LaneBacklog:
     """What a lane holds right now, read from Redis in one round trip."""
 
     queued: int
@@ -92,14 +92,14 @@ def batches_for(lane: Lane, requests: int, body_bytes: int) -> int:
     return max(by_requests, by_bytes, 1)
 
 
-def full_batches(lane: Lane, state: LaneState) -> int:
+def full_batches(lane: Lane, state: LaneBacklog) -> int:
     """How many batches the lane can fill to a cap right now (0 when no cap is reached)."""
     by_requests = state.queued // lane.max_batch_requests
     by_bytes = lane.batch_bytes(state.queued, state.queued_bytes) // lane.max_batch_bytes
     return max(by_requests, by_bytes)
 
 
-def decide(lane: Lane, state: LaneState, now: float, *, tick_s: float, turnaround_s: float) -> Decision:
+def decide(lane: Lane, state: LaneBacklog, now: float, *, tick_s: float, turnaround_s: float) -> Decision:
     """The flush decision for one lane at ``now`` (epoch seconds).
 
     Args:

@@ -13,14 +13,13 @@ function of the clock that the scheduler runs as its ``retention`` step every
 - batches that ended before the cutoff: record, job set, cursor, deadline index, provider-id entry;
 - alert dead letters past the same age and cap (their records expire by themselves).
 
-Each step is one Lua call over at most ``retention.trim_chunk`` entries, guarded by what it reads,
+Each trim is one Lua call over at most ``retention.trim_chunk`` entries, guarded by what it reads,
 so a trim running beside intake, ingestion or another trim changes nothing it should not.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from dataclasses import asdict, dataclass, field
 
 import structlog
 from redis.asyncio import Redis
@@ -28,9 +27,7 @@ from redis.asyncio import Redis
 from config.settings import Settings
 from scheduler import ids, keys, scripts
 from scheduler.jobs import STATES
-
-if TYPE_CHECKING:
-    from scheduler.service import Tick
+from scheduler.tick import Tick
 
 log = structlog.get_logger(__name__)
 
@@ -51,15 +48,12 @@ class TrimReport:
     alert_dead_letters: int = 0
     unfinished: list[str] = field(default_factory=list)  # indexes left for the next pass
 
+    def counts(self) -> dict[str, int]:
+        """What was removed, by family (``unfinished`` aside)."""
+        return {name: value for name, value in asdict(self).items() if name != "unfinished"}
+
     def total(self) -> int:
-        return (
-            self.index_entries
-            + self.jobs
-            + self.deliveries
-            + self.dead_letters
-            + self.batches
-            + self.alert_dead_letters
-        )
+        return sum(self.counts().values())
 
 
 class Retention:
@@ -86,16 +80,7 @@ class Retention:
         await self._trim_batches(cutoff_ms, report)
         await self._trim_alert_dead(now_ms - r.dead_letter_ttl_s * 1000, report)
         if report.total():
-            log.info(
-                "retention.trimmed",
-                index_entries=report.index_entries,
-                jobs=report.jobs,
-                deliveries=report.deliveries,
-                dead_letters=report.dead_letters,
-                batches=report.batches,
-                alert_dead_letters=report.alert_dead_letters,
-                unfinished=len(report.unfinished),
-            )
+            log.info("retention.trimmed", **report.counts(), unfinished=len(report.unfinished))
         return report
 
     async def _trim_tenant(self, tenant: str, cutoff_ms: int, report: TrimReport) -> None:
@@ -176,18 +161,16 @@ class Retention:
 
 
 class RetentionStep:
-    """The scheduler's ``retention`` step: a trim at the first tick we lead, then every reconcile interval."""
+    """The scheduler's ``retention`` tick step: a trim at the first tick, then every ``interval_s``."""
 
-    def __init__(self) -> None:
+    def __init__(self, retention: Retention, interval_s: float) -> None:
+        self.retention = retention
+        self.interval_s = interval_s
         self.last: float | None = None
-        self._retention: Retention | None = None
 
     async def __call__(self, tick: Tick) -> None:
-        s = tick.scheduler
-        if self.last is not None and tick.now - self.last < s.settings.scheduler.reconcile_interval_s:
+        if self.last is not None and tick.now - self.last < self.interval_s:
             return
         self.last = tick.now
-        if self._retention is None:
-            self._retention = Retention(s.redis, s.settings)
-        report = await self._retention.trim(tick.now_ms)
+        report = await self.retention.trim(tick.now_ms)
         tick.report.steps["retention"] = report.total()

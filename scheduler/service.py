@@ -1,35 +1,35 @@
-"""The scheduler: a tick loop under the leader lease that plans batches and hands I/O to workers.
+"""The scheduler: a tick loop under the leader lease that plans batches and hands I/O to workers,
+and :func:`build_scheduler`, the one place its tick is assembled.
 
 ``tick(now)`` is a function of Redis state and the clock: it takes or renews the lease, then runs
-:attr:`Scheduler.steps` in order, each a coroutine ``step(tick) -> None`` that records what it did
-on ``tick.report``. Add a step with one line in ``__init__`` (e.g. ``("webhooks", dispatch_webhooks)``).
-``run_forever()`` only alternates ``tick(clock())`` and waiting for the tick interval or a wake-up
-(a job enqueued pushes to ``keys.WAKEUP``).
+:attr:`Scheduler.steps` in order, each a coroutine ``step(tick) -> None`` (:mod:`scheduler.tick`)
+that records what it did on ``tick.report``. :func:`build_scheduler` builds every step once with
+the narrow dependencies it needs; add a step there with one line. ``run_forever()`` only alternates
+``tick(clock())`` and waiting for the tick interval or a wake-up (a job enqueued pushes to
+``keys.WAKEUP``).
 
-Steps here: ``plan`` (flush decisions over the active lanes, their state read in one pipelined
+Steps here: ``plan`` (flush decisions over the active lanes, their backlogs read in one pipelined
 round trip, reservation into planned batches, ``submit_batch``), ``lanes`` (prune idle empty lanes),
-``polls`` (``poll_batch`` for every batch whose next poll is due), ``reconcile`` (at start and
-every ``reconcile_interval_s``, the ``reconcile_batches`` task for stale planned batches, pending
-provider file deletions and jobs stranded ``batched`` in closed batches) and ``retention`` (on the
-same interval, scheduler/retention.py trims what retention allows).
+``polls`` (``poll_batch`` for every batch whose next poll is due) and ``reconcile`` (at a term's
+first tick and every ``reconcile_interval_s``, the ``reconcile_batches`` task for stale planned
+batches, pending provider file deletions and jobs stranded ``batched`` in closed batches). The
+others live beside what they own: ``slo`` (scheduler/slo.py), ``retention`` (scheduler/retention.py),
+``sync`` (scheduler/sync_dispatch.py) and ``webhooks`` (scheduler/webhook_dispatch.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import statistics
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
 
 import structlog
 from arq.connections import ArqRedis
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from config.settings import Settings
+from config.settings import SchedulerSettings, Settings
 from scheduler import ids, keys, tasks
 from scheduler.batches import Batches
 from scheduler.clock import server_ms
@@ -37,79 +37,37 @@ from scheduler.errors import Fenced
 from scheduler.heartbeat import heartbeat
 from scheduler.lanes import Lane, adopt_registry, load_lanes, prune
 from scheduler.leader import Leader, holder_id
-from scheduler.planner import Decision, LaneState, band_limit_ms, decide, pressure_horizon_ms
-from scheduler.retention import RetentionStep
+from scheduler.ledger import Ledger
+from scheduler.planner import LaneBacklog, band_limit_ms, decide, pressure_horizon_ms
+from scheduler.retention import Retention, RetentionStep
 from scheduler.slo import SloTracker
 from scheduler.store import blocking_wait_s
-from scheduler.sync_dispatch import dispatch_sync
-from scheduler.webhook_dispatch import dispatch_webhooks
+from scheduler.sync_dispatch import SyncDispatch
+from scheduler.tick import Step, Tick, TickReport
+from scheduler.webhook_dispatch import WebhookDispatch
 
 log = structlog.get_logger(__name__)
 
 
-@dataclass
-class TickReport:
-    """What one tick did."""
-
-    now: float
-    leader: bool = False
-    token: int | None = None
-    fenced: bool = False  # the fencing token was refused mid-tick: we are not the leader any more
-    decisions: dict[str, Decision] = field(default_factory=dict)  # lane -> flush decision
-    planned: list[str] = field(default_factory=list)  # batch ids planned this tick
-    reserved: int = 0  # jobs moved from lanes into planned batches
-    submits: int = 0  # submit_batch tasks enqueued
-    polls: int = 0  # poll_batch tasks enqueued
-    reconcile: bool = False  # the reconcile_batches task was enqueued
-    steps: dict[str, Any] = field(default_factory=dict)  # other steps' summaries, by step name
-    errors: dict[str, str] = field(default_factory=dict)  # step name -> error, for steps that failed
-
-
-@dataclass
-class Tick:
-    """One tick's inputs, handed to every step."""
-
-    scheduler: Scheduler
-    now: float
-    now_ms: int
-    token: int
-    report: TickReport
-
-
-Step = Callable[[Tick], Awaitable[None]]
-TurnaroundEstimator = Callable[[Lane, float], Awaitable[float]]
+# The expected batch turnaround of a lane at a time (epoch seconds), which deadline pressure plans with.
+TurnaroundModel = Callable[[Lane, float], Awaitable[float]]
 
 
 class Scheduler:
-    """The tick loop. ``async with Scheduler(settings, redis, arq_pool) as s: await s.run_forever()``."""
+    """The tick loop: the lease, then ``steps`` in order. Built by :func:`build_scheduler`;
+    ``async with build_scheduler(settings, redis, arq_pool) as s: await s.run_forever()``."""
 
     def __init__(
-        self, settings: Settings, redis: Redis, arq_pool: ArqRedis, *, holder: str | None = None
+        self, settings: Settings, redis: Redis, leader: Leader, steps: Sequence[tuple[str, Step]]
     ) -> None:
         self.settings = settings
         self.redis = redis
-        self.arq = arq_pool
-        self.batches = Batches(redis)
-        self.leader = Leader(redis, holder=holder or holder_id(), ttl_s=settings.scheduler.lease_ttl_s)
-        # The expected batch turnaround of a lane, for deadline pressure; the SLO tracker may replace it.
-        self.turnaround: TurnaroundEstimator = self.median_turnaround
-        self.steps: list[tuple[str, Step]] = [
-            ("plan", plan_step),
-            ("polls", polls_step),
-            ("reconcile", reconcile_step),
-            ("retention", RetentionStep()),
-            ("sync", dispatch_sync),
-            ("webhooks", dispatch_webhooks),
-            ("lanes", prune_step),
-        ]
-        self.slo = SloTracker(self)  # inserts the "slo" step first and supplies self.turnaround
-        self.last_reconcile: float | None = None  # None: reconcile at the first tick we lead
+        self.leader = leader
+        self.steps: list[tuple[str, Step]] = list(steps)
         # The lease is renewed within a tick once this much of its TTL has passed (monotonic clock,
-        # replaceable in tests), so a long tick never outlives it; ``lanes_adopted``: the lane
-        # registry was marked active this term (data from before keys.LANES_ACTIVE).
+        # replaceable in tests), so a long tick never outlives it.
         self.monotonic: Callable[[], float] = time.monotonic
         self.renewed_at = 0.0
-        self.lanes_adopted = False
         self._stopping = False
 
     async def __aenter__(self) -> Scheduler:
@@ -132,8 +90,6 @@ class Scheduler:
         """Take or renew the lease, then, as leader, run every step at ``now`` (epoch seconds)."""
         token = await self.leader.ensure()
         if token is None:
-            self.last_reconcile = None
-            self.lanes_adopted = False
             return TickReport(now=now)
         self.renewed_at = self.monotonic()
         return await self.act(now, token)
@@ -151,7 +107,7 @@ class Scheduler:
     async def act(self, now: float, token: int) -> TickReport:
         """Run the steps with ``token``; a step's fenced write stops the tick (we no longer lead)."""
         report = TickReport(now=now, leader=True, token=token)
-        tick = Tick(self, now, int(now * 1000), token, report)
+        tick = Tick(now, int(now * 1000), token, report, keep_lease=lambda: self.keep_lease(token))
 
         async def renew() -> bool:
             """Renew the lease every third of its TTL however long one step takes; between steps
@@ -175,7 +131,6 @@ class Scheduler:
                 report.fenced = True
                 report.leader = False
                 self.leader.token = None
-                self.last_reconcile = None
                 log.warning("scheduler.fenced", step=name, token=token)
                 break
             except Exception as exc:  # one failing step must not stop the others or the loop
@@ -201,28 +156,92 @@ class Scheduler:
                 self.leader.token = None
                 await asyncio.sleep(interval)
 
-    async def median_turnaround(self, lane: Lane, now: float) -> float:
-        """The lane's median recent turnaround; before any sample, the configured prior."""
-        raw = await self.redis.lrange(keys.lane_turnarounds(lane.name), 0, -1)  # type: ignore[misc]
-        samples = []
-        for entry in raw:
-            _, _, seconds = entry.decode().partition(":")
-            try:
-                samples.append(float(seconds))
-            except ValueError:
-                continue
-        if samples:
-            return float(statistics.median(samples))
-        return self.settings.slo.prior_turnaround_s or lane.completion_window_s
 
-    async def lane_state(self, lane: Lane, now: float, turnaround_s: float) -> LaneState:
-        """What the lane holds, in one round trip."""
-        [state] = await self.lane_states([(lane, turnaround_s)], now)
-        return state
+def build_scheduler(
+    settings: Settings, redis: Redis, arq_pool: ArqRedis, *, holder: str | None = None
+) -> Scheduler:
+    """The scheduler with its whole tick, each step given only what it needs.
 
-    async def lane_states(self, lanes: Sequence[tuple[Lane, float]], now: float) -> list[LaneState]:
+    ``slo`` runs first, so at-risk jobs flip before the planner reserves them into a batch, and it
+    is the plan step's turnaround model (its quantile plus the sync margin), so lanes flush before
+    their jobs would flip; it reads each lane's health once per tick for both.
+    """
+    conf = settings.scheduler
+    batches = Batches(redis)
+    slo = SloTracker(settings, redis, arq_pool, Ledger.for_settings(redis, settings))
+    steps: list[tuple[str, Step]] = [
+        ("slo", slo.step),
+        ("plan", PlanStep(settings, redis, arq_pool, batches, slo.expected_turnaround)),
+        ("polls", PollStep(batches, arq_pool)),
+        ("reconcile", ReconcileStep(conf, redis, arq_pool)),
+        ("retention", RetentionStep(Retention(redis, settings), conf.reconcile_interval_s)),
+        ("sync", SyncDispatch(conf, redis, arq_pool)),
+        ("webhooks", WebhookDispatch(redis, arq_pool)),
+        ("lanes", PruneStep(settings, redis)),
+    ]
+    leader = Leader(redis, holder=holder or holder_id(), ttl_s=conf.lease_ttl_s)
+    return Scheduler(settings, redis, leader, steps)
+
+
+class PlanStep:
+    """The ``plan`` tick step: decide each lane's flush, reserve its jobs into planned batches and
+    enqueue their submission."""
+
+    def __init__(
+        self, settings: Settings, redis: Redis, arq: ArqRedis, batches: Batches, turnaround: TurnaroundModel
+    ) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.arq = arq
+        self.batches = batches
+        self.turnaround = turnaround
+
+    async def __call__(self, tick: Tick) -> None:
+        conf = self.settings.scheduler
+        lanes = [
+            (lane, await self.turnaround(lane, tick.now))
+            for lane in await load_lanes(self.redis, self.settings)
+        ]
+        await tick.keep_lease()
+        backlogs = await self.backlogs(lanes, tick.now)
+        for (lane, turnaround), backlog in zip(lanes, backlogs, strict=True):
+            decision = decide(lane, backlog, tick.now, tick_s=conf.tick_interval_s, turnaround_s=turnaround)
+            tick.report.decisions[lane.name] = decision
+            made = 0
+            while made < (decision.batches if decision.flush else 0):
+                # A batch closed by its deadline band does not count (scheduler.planner).
+                head = await self.redis.zrange(keys.lane_queue(lane.name), 0, 0, withscores=True)
+                if not head:
+                    break
+                until = band_limit_ms(
+                    tick.now_ms, int(head[0][1]), conf.batch_deadline_spread, conf.batch_deadline_band_min_s
+                )
+                batch_id = ids.batch_id(tick.now_ms)
+                taken, banded = await self.batches.reserve_band(
+                    lane,
+                    batch_id,
+                    token=tick.token,
+                    now_ms=tick.now_ms,
+                    chunk=conf.reserve_chunk,
+                    until_ms=until,
+                )
+                if taken == 0:
+                    break
+                made += not banded
+                await tick.keep_lease()
+                tick.report.planned.append(batch_id)
+                tick.report.reserved += taken
+                log.info(
+                    "batch.planned", batch_id=batch_id, lane=lane.name, jobs=taken, reason=decision.reason
+                )
+                if await tasks.enqueue(
+                    self.arq, tasks.SUBMIT_BATCH, batch_id, job_id=tasks.submit_job_id(batch_id, 0)
+                ):
+                    tick.report.submits += 1
+
+    async def backlogs(self, lanes: Sequence[tuple[Lane, float]], now: float) -> list[LaneBacklog]:
         """What each (lane, turnaround) holds, all in one pipelined round trip."""
-        reads = 6  # commands per lane, in LaneState's order
+        reads = 6  # commands per lane, in LaneBacklog's order
         tick_s = self.settings.scheduler.tick_interval_s
         async with self.redis.pipeline(transaction=False) as pipe:
             for lane, turnaround_s in lanes:
@@ -235,11 +254,11 @@ class Scheduler:
                 )
                 pipe.get(keys.lane_hold(lane.name))
             replies = await pipe.execute() if lanes else []
-        states = []
+        backlogs = []
         for i in range(0, len(replies), reads):
             queued, nbytes, oldest, earliest, pressured, hold = replies[i : i + reads]
-            states.append(
-                LaneState(
+            backlogs.append(
+                LaneBacklog(
                     queued=int(queued),
                     queued_bytes=int(nbytes or 0),
                     oldest_arrival_ms=int(oldest[0][1]) if oldest else None,
@@ -248,107 +267,85 @@ class Scheduler:
                     hold_until_ms=int(hold or 0),
                 )
             )
-        return states
+        return backlogs
 
 
-async def plan_step(tick: Tick) -> None:
-    """Decide each lane's flush, reserve its jobs into planned batches and enqueue their submission."""
-    s = tick.scheduler
-    settings = s.settings.scheduler
-    lanes = [(lane, await s.turnaround(lane, tick.now)) for lane in await load_lanes(s.redis, s.settings)]
-    await s.keep_lease(tick.token)
-    states = await s.lane_states(lanes, tick.now)
-    for (lane, turnaround), state in zip(lanes, states, strict=True):
-        decision = decide(lane, state, tick.now, tick_s=settings.tick_interval_s, turnaround_s=turnaround)
-        tick.report.decisions[lane.name] = decision
-        made = 0
-        while made < (decision.batches if decision.flush else 0):
-            # A batch closed by its deadline band does not count (scheduler.planner).
-            head = await s.redis.zrange(keys.lane_queue(lane.name), 0, 0, withscores=True)
-            if not head:
-                break
-            until = band_limit_ms(
-                tick.now_ms,
-                int(head[0][1]),
-                settings.batch_deadline_spread,
-                settings.batch_deadline_band_min_s,
-            )
-            batch_id = ids.batch_id(tick.now_ms)
-            taken, banded = await s.batches.reserve_band(
-                lane,
-                batch_id,
-                token=tick.token,
-                now_ms=tick.now_ms,
-                chunk=settings.reserve_chunk,
-                until_ms=until,
-            )
-            if taken == 0:
-                break
-            made += not banded
-            await s.keep_lease(tick.token)
-            tick.report.planned.append(batch_id)
-            tick.report.reserved += taken
-            log.info("batch.planned", batch_id=batch_id, lane=lane.name, jobs=taken, reason=decision.reason)
-            if await tasks.enqueue(
-                s.arq, tasks.SUBMIT_BATCH, batch_id, job_id=tasks.submit_job_id(batch_id, 0)
-            ):
-                tick.report.submits += 1
+class PruneStep:
+    """The ``lanes`` tick step: drop lanes idle and empty past ``scheduler.lane_idle_s`` (at a
+    term's first tick, first adopt the registry's lanes into the active set, for data written
+    before it existed)."""
+
+    def __init__(self, settings: Settings, redis: Redis) -> None:
+        self.settings = settings
+        self.redis = redis
+        self._adopted: int | None = None  # the fencing token of the term that adopted the registry
+
+    async def __call__(self, tick: Tick) -> None:
+        if self._adopted != tick.token:
+            await adopt_registry(self.redis, tick.now_ms)
+            self._adopted = tick.token
+        tick.report.steps["lanes_pruned"] = len(await prune(self.redis, self.settings, tick.now_ms))
 
 
-async def prune_step(tick: Tick) -> None:
-    """Drop lanes idle and empty past ``scheduler.lane_idle_s`` (once per term, first adopt the
-    registry's lanes into the active set, for data written before it existed)."""
-    s = tick.scheduler
-    if not s.lanes_adopted:
-        await adopt_registry(s.redis, tick.now_ms)
-        s.lanes_adopted = True
-    tick.report.steps["lanes_pruned"] = len(await prune(s.redis, s.settings, tick.now_ms))
+class PollStep:
+    """The ``polls`` tick step: enqueue ``poll_batch`` for every batch whose next poll is due (a lost
+    poll is re-enqueued)."""
+
+    def __init__(self, batches: Batches, arq: ArqRedis) -> None:
+        self.batches = batches
+        self.arq = arq
+
+    async def __call__(self, tick: Tick) -> None:
+        for batch_id, due_ms in await self.batches.due_polls(tick.now_ms):
+            job_id = tasks.poll_job_id(batch_id, due_ms)
+            if await tasks.enqueue(self.arq, tasks.POLL_BATCH, batch_id, job_id=job_id):
+                tick.report.polls += 1
 
 
-async def polls_step(tick: Tick) -> None:
-    """Enqueue ``poll_batch`` for every batch whose next poll is due (a lost poll is re-enqueued)."""
-    s = tick.scheduler
-    for batch_id, due_ms in await s.batches.due_polls(tick.now_ms):
-        if await tasks.enqueue(s.arq, tasks.POLL_BATCH, batch_id, job_id=tasks.poll_job_id(batch_id, due_ms)):
-            tick.report.polls += 1
+class ReconcileStep:
+    """The ``reconcile`` tick step: at a term's first tick and every ``reconcile_interval_s``,
+    enqueue ``reconcile_batches(now_ms)`` and sweep batches whose ingestion was lost."""
 
+    def __init__(self, conf: SchedulerSettings, redis: Redis, arq: ArqRedis) -> None:
+        self.conf = conf
+        self.redis = redis
+        self.arq = arq
+        self.last: float | None = None  # None: reconcile at the next tick
+        self._token: int | None = None  # the fencing token of the term ``last`` belongs to
 
-async def reconcile_step(tick: Tick) -> None:
-    """At the first tick we lead and every ``reconcile_interval_s``, enqueue ``reconcile_batches(now_ms)``."""
-    s = tick.scheduler
-    last = s.last_reconcile
-    if last is not None and tick.now - last < s.settings.scheduler.reconcile_interval_s:
-        return
-    s.last_reconcile = tick.now
-    # One reconciliation at a time: the id is free again once the previous run is over.
-    tick.report.reconcile = await tasks.enqueue(
-        s.arq, tasks.RECONCILE_BATCHES, tick.now_ms, job_id="reconcile"
-    )
-    await sweep_ended(tick)
+    async def __call__(self, tick: Tick) -> None:
+        if tick.token != self._token:  # a new term: reconcile at once
+            self._token, self.last = tick.token, None
+        if self.last is not None and tick.now - self.last < self.conf.reconcile_interval_s:
+            return
+        self.last = tick.now
+        # One reconciliation at a time: the id is free again once the previous run is over.
+        tick.report.reconcile = await tasks.enqueue(
+            self.arq, tasks.RECONCILE_BATCHES, tick.now_ms, job_id="reconcile"
+        )
+        await self.sweep_ended(tick)
 
+    async def sweep_ended(self, tick: Tick) -> None:
+        """Hand ingestion again to batches that ended long ago and are still not ingested.
 
-async def sweep_ended(tick: Tick) -> None:
-    """Hand ingestion again to batches that ended long ago and are still not ingested.
-
-    The poll that saw a batch end enqueued its ingestion once; if that task gave up (arq's retry
-    budget spent on a flaky download) the batch would sit ``ended`` with its jobs ``batched``
-    forever. The arq id is the batch's one ingestion id, so a run still queued is not doubled.
-    """
-    s = tick.scheduler
-    stale_ms = tick.now_ms - int(s.settings.scheduler.planned_timeout_s * 1000)
-    ids = [i.decode() for i in await s.redis.zrange(keys.BATCHES_LIVE, 0, -1)]
-    if not ids:
-        return
-    async with s.redis.pipeline(transaction=False) as pipe:
-        for batch_id in ids:
-            pipe.hmget(keys.batch(batch_id), ["state", "ended_ms"])
-        rows = await pipe.execute()
-    swept = 0
-    for batch_id, (state, ended_ms) in zip(ids, rows, strict=True):
-        if state == b"ended" and ended_ms and int(ended_ms) < stale_ms:
-            swept += await tasks.enqueue(
-                s.arq, tasks.INGEST_BATCH, batch_id, job_id=tasks.ingest_job_id(batch_id)
-            )
-    if swept:
-        log.warning("batches.ingestion_swept", batches=swept)
-    tick.report.steps["swept"] = swept
+        The poll that saw a batch end enqueued its ingestion once; if that task gave up (arq's retry
+        budget spent on a flaky download) the batch would sit ``ended`` with its jobs ``batched``
+        forever. The arq id is the batch's one ingestion id, so a run still queued is not doubled.
+        """
+        stale_ms = tick.now_ms - int(self.conf.planned_timeout_s * 1000)
+        live = [i.decode() for i in await self.redis.zrange(keys.BATCHES_LIVE, 0, -1)]
+        if not live:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for batch_id in live:
+                pipe.hmget(keys.batch(batch_id), ["state", "ended_ms"])
+            rows = await pipe.execute()
+        swept = 0
+        for batch_id, (state, ended_ms) in zip(live, rows, strict=True):
+            if state == b"ended" and ended_ms and int(ended_ms) < stale_ms:
+                swept += await tasks.enqueue(
+                    self.arq, tasks.INGEST_BATCH, batch_id, job_id=tasks.ingest_job_id(batch_id)
+                )
+        if swept:
+            log.warning("batches.ingestion_swept", batches=swept)
+        tick.report.steps["swept"] = swept

@@ -2,8 +2,8 @@
 
 Per lane, every tick: read its health (:mod:`scheduler.health`), predict its queued jobs and
 batches in flight (:mod:`scheduler.prediction`), flip the jobs at risk and cancel emptied batches
-(:mod:`scheduler.flips`), bring its burn-rate windows up to date (:mod:`scheduler.burn`), step its
-state with hysteresis (:mod:`scheduler.lane_state`), decide its alerts into the outbox
+(:mod:`scheduler.flips`), bring its burn-rate windows up to date (:mod:`scheduler.burn`), move its
+state on with hysteresis (:mod:`scheduler.lane_state`), decide its alerts into the outbox
 (:mod:`scheduler.alerting`), and write its snapshot (``keys.lane_slo``) for ``GET /v1/lanes`` and
 for the next leader. Every lane's reads come in one pipelined round trip, and every lane's
 incident state, alert outbox and snapshot (with the lane's state) are written together in one step
@@ -13,25 +13,28 @@ jobs are at risk, are the exception). Then, if notifications are due, enqueue ``
 gives the planner its expected turnaround (quantile + sync margin), so lanes flush before their
 jobs would flip.
 
-Attach it with one line in the scheduler: ``self.slo = SloTracker(self)``.
+:func:`scheduler.service.build_scheduler` runs :meth:`SloTracker.step` first in the tick and hands
+:meth:`SloTracker.expected_turnaround` to the plan step.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 import structlog
+from arq.connections import ArqRedis
 from redis.asyncio import Redis
 
+from config.settings import Settings
 from scheduler import alerting, keys, tasks
 from scheduler.alerting import Condition
 from scheduler.burn import BucketWindows
 from scheduler.flips import Flipper, queue_index_reads
 from scheduler.health import LaneHealth, health_from, queue_health_reads, read_health
 from scheduler.jobs import iso
-from scheduler.lane_state import Evidence, LaneState, burn_windows, gather, rule_name, step
+from scheduler.lane_state import Evidence, LaneSloState, burn_windows, gather, rule_name, transition
 from scheduler.lanes import Lane, load_lanes
 from scheduler.leader import Command
 from scheduler.ledger import Ledger
@@ -43,9 +46,7 @@ from scheduler.prediction import (
     prediction_from,
     queue_prediction_reads,
 )
-
-if TYPE_CHECKING:
-    from scheduler.service import Scheduler, Tick
+from scheduler.tick import Tick
 
 log = structlog.get_logger(__name__)
 
@@ -80,25 +81,21 @@ class _LaneReads:
     oldest: list[tuple[bytes, float]]  # the lane's oldest arrival (ZRANGE 0 0 WITHSCORES)
     earliest: list[tuple[bytes, float]]  # its earliest deadline
     incidents: dict[bytes, bytes]  # its open incidents (keys.alert_state)
-    state: LaneState  # before this tick: this term's last, else the stored snapshot's
+    state: LaneSloState  # before this tick: this term's last, else the stored snapshot's
 
 
 class SloTracker:
     """Keeps each lane's in-memory burn windows and state between ticks; one per scheduler."""
 
-    def __init__(self, scheduler: Scheduler) -> None:
-        self.scheduler = scheduler
-        self.settings = scheduler.settings
-        self.redis = scheduler.redis
-        ledger = Ledger.for_settings(scheduler.redis, self.settings)
-        self.flipper = Flipper(scheduler.redis, scheduler.arq, ledger, self.settings)
+    def __init__(self, settings: Settings, redis: Redis, arq: ArqRedis, ledger: Ledger) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.arq = arq
+        self.flipper = Flipper(redis, arq, ledger, settings)
         self.windows: dict[str, BucketWindows] = {}
-        self.states: dict[str, LaneState] = {}
+        self.states: dict[str, LaneSloState] = {}
         self._health: dict[str, tuple[int, LaneHealth]] = {}
         self._token: int | None = None  # the fencing token of the last tick we ran
-        # First, so at-risk jobs flip before the planner reserves them into a batch.
-        scheduler.steps.insert(0, ("slo", self.step))
-        scheduler.turnaround = self.expected_turnaround
 
     async def health(self, lane: Lane, now_ms: int) -> LaneHealth:
         """The lane's health, read at most once per tick."""
@@ -147,7 +144,7 @@ class SloTracker:
         count, first = await alerting.due_count(self.redis, now_ms)
         if count and first is not None:
             report.send_alerts = await tasks.enqueue(
-                self.scheduler.arq, tasks.SEND_ALERTS, job_id=f"send_alerts:{first}"
+                self.arq, tasks.SEND_ALERTS, job_id=f"send_alerts:{first}"
             )
         return report
 
@@ -186,7 +183,7 @@ class SloTracker:
                 deletes.append(found)
             health = health_from(settings, lane.name, lane.provider, turn, sync, now_ms)
             self._health[lane.name] = (now_ms, health)
-            state = self.states.get(lane.name) or LaneState.from_dict(
+            state = self.states.get(lane.name) or LaneSloState.from_dict(
                 orjson.loads(snapshot) if snapshot else None
             )
             out.append(_LaneReads(health, oldest, earliest, incidents, state))
@@ -221,7 +218,7 @@ class SloTracker:
         windows = self._windows(lane.name)
         evidence = gather(settings, health, prediction, windows, flips.at_risk)
         before = reads.state
-        after = step(before, evidence.target(settings), now_ms, settings.slo.recover_ticks)
+        after = transition(before, evidence.target(settings), now_ms, settings.slo.recover_ticks)
         self.states[lane.name] = after
         if after.state != before.state:
             log.info("lane.state_changed", lane=lane.name, state=after.state, prior=before.state,
@@ -249,7 +246,7 @@ class SloTracker:
         prediction: LanePrediction,
         windows: BucketWindows,
         evidence: Evidence,
-        state: LaneState,
+        state: LaneSloState,
     ) -> dict[str, Any]:
         """The lane's snapshot: its state, with what the API and alert details show."""
         longest = windows.longest
@@ -277,7 +274,7 @@ class SloTracker:
         }
 
     def _conditions(
-        self, lane: str, evidence: Evidence, state: LaneState, figures: dict[str, Any]
+        self, lane: str, evidence: Evidence, state: LaneSloState, figures: dict[str, Any]
     ) -> list[Condition]:
         slo = self.settings.slo
         details = {k: v for k, v in figures.items() if k not in ("calm_ticks", "lane")}

@@ -13,15 +13,14 @@ ends are Redis server time: the workers stamp them with it, and the scheduler's 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import structlog
+from arq.connections import ArqRedis
+from redis.asyncio import Redis
 
+from config.settings import SchedulerSettings
 from scheduler import keys, scripts, tasks
 from scheduler.errors import Fenced
-
-if TYPE_CHECKING:
-    from scheduler.service import Tick
+from scheduler.tick import Tick
 
 log = structlog.get_logger(__name__)
 
@@ -31,23 +30,29 @@ def sync_job_id(job_id: str, dispatch: int) -> str:
     return f"sync:{job_id}:{dispatch}"
 
 
-async def dispatch_sync(tick: Tick) -> None:
-    """Enqueue run_sync for sync jobs that have no live dispatch, earliest deadline first."""
-    s = tick.scheduler
-    conf = s.settings.scheduler
-    claim = scripts.load(s.redis, "sync_claim")
-    lease_end = tick.now_ms + int(conf.sync_lease_s * 1000)
-    flat = await claim(
-        keys=[keys.SYNC_QUEUE, keys.SYNC_LEASES, keys.SYNC_DISPATCHES, keys.LEADER_FENCE],
-        args=[tick.now_ms, lease_end, conf.sync_dispatch_limit, tick.token],
-    )
-    if flat == b"fenced":
-        raise Fenced(tick.token)
-    enqueued = 0
-    for i in range(0, len(flat), 2):
-        job_id, dispatch = flat[i].decode(), int(flat[i + 1])
-        if await tasks.enqueue(s.arq, tasks.RUN_SYNC, job_id, dispatch, job_id=sync_job_id(job_id, dispatch)):
-            enqueued += 1
-    if enqueued:
-        log.info("sync.dispatched", jobs=enqueued)
-    tick.report.steps["sync"] = enqueued
+class SyncDispatch:
+    """The ``sync`` tick step: enqueue run_sync for sync jobs that have no live dispatch, earliest
+    deadline first."""
+
+    def __init__(self, conf: SchedulerSettings, redis: Redis, arq: ArqRedis) -> None:
+        self.conf = conf
+        self.arq = arq
+        self._claim = scripts.load(redis, "sync_claim")
+
+    async def __call__(self, tick: Tick) -> None:
+        lease_end = tick.now_ms + int(self.conf.sync_lease_s * 1000)
+        flat = await self._claim(
+            keys=[keys.SYNC_QUEUE, keys.SYNC_LEASES, keys.SYNC_DISPATCHES, keys.LEADER_FENCE],
+            args=[tick.now_ms, lease_end, self.conf.sync_dispatch_limit, tick.token],
+        )
+        if flat == b"fenced":
+            raise Fenced(tick.token)
+        enqueued = 0
+        for i in range(0, len(flat), 2):
+            job_id, dispatch = flat[i].decode(), int(flat[i + 1])
+            job = sync_job_id(job_id, dispatch)
+            if await tasks.enqueue(self.arq, tasks.RUN_SYNC, job_id, dispatch, job_id=job):
+                enqueued += 1
+        if enqueued:
+            log.info("sync.dispatched", jobs=enqueued)
+        tick.report.steps["sync"] = enqueued

@@ -9,12 +9,12 @@ per second however often the tick runs, and several tasks running at once claim 
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING
+
+from arq.connections import ArqRedis
+from redis.asyncio import Redis
 
 from scheduler import keys, tasks
-
-if TYPE_CHECKING:
-    from scheduler.service import Tick
+from scheduler.tick import Tick
 
 
 def url_hash(tenant: str, url: str) -> str:
@@ -31,11 +31,17 @@ def webhooks_job_id(now_ms: int) -> str:
     return f"webhooks:{now_ms // 1000}"
 
 
-async def dispatch_webhooks(tick: Tick) -> None:
-    """Enqueue deliver_webhooks when at least one delivery is due."""
-    s = tick.scheduler
-    due = await s.redis.zrangebyscore(keys.WEBHOOKS_DUE, "-inf", tick.now_ms, start=0, num=1)
-    started = False
-    if due:
-        started = await tasks.enqueue(s.arq, tasks.DELIVER_WEBHOOKS, job_id=webhooks_job_id(tick.now_ms))
-    tick.report.steps["webhooks"] = int(started)
+class WebhookDispatch:
+    """The ``webhooks`` tick step: enqueue deliver_webhooks when at least one delivery is due."""
+
+    def __init__(self, redis: Redis, arq: ArqRedis) -> None:
+        self.redis = redis
+        self.arq = arq
+
+    async def __call__(self, tick: Tick) -> None:
+        due = await self.redis.zrangebyscore(keys.WEBHOOKS_DUE, "-inf", tick.now_ms, start=0, num=1)
+        started = False
+        if due:
+            job_id = webhooks_job_id(tick.now_ms)
+            started = await tasks.enqueue(self.arq, tasks.DELIVER_WEBHOOKS, job_id=job_id)
+        tick.report.steps["webhooks"] = int(started)

@@ -14,11 +14,13 @@ from collections.abc import AsyncIterator, Iterator
 from typing import NoReturn
 
 import pytest
+from arq.connections import ArqRedis
 from redis.asyncio import Redis
 
 from batchshift.embedded_redis import KINDS, ServerKind, ServerUnavailable, find_server, running_server
 from config.settings import ProviderSettings, Settings, TenantSettings
 from emulator import server
+from scheduler.tasks import create_pool
 
 # Tests never read the shipped config/batchshift.toml: they build Settings themselves.
 os.environ["BATCHSHIFT_CONFIG"] = ""
@@ -126,6 +128,16 @@ def make_settings(redis_url: str, **overrides: object) -> Settings:
     }
     base.update(overrides)
     return Settings(**base)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def arq_pool(redis_url: str, redis: Redis) -> AsyncIterator[ArqRedis]:
+    """An arq pool on the session's Redis (flushed first, through ``redis``), enqueuing as batchshift does."""
+    pool = await create_pool(redis_url)
+    try:
+        yield pool
+    finally:
+        await pool.aclose()
 
 
 @pytest.fixture

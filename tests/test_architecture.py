@@ -16,8 +16,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 PACKAGES = ("api", "batchshift", "config", "emulator", "scheduler", "workers")
-# The type-only imports pyproject.toml ignores must exist for the contracts to load.
-IGNORED = ("retention", "slo", "sync_dispatch", "webhook_dispatch")
+# The tick's steps: the service imports them, they import only the tick's own module.
+STEPS = ("retention", "slo", "sync_dispatch", "webhook_dispatch")
 
 
 def lint_imports(cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -34,15 +34,17 @@ def lint_imports(cwd: Path) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture
 def tree(tmp_path: Path) -> Path:
-    """Empty packages named as ours, with the layering's allowed imports and the ignored ones."""
+    """Empty packages named as ours, with the layering's allowed imports and the tick's wiring."""
     for name in PACKAGES:
         (tmp_path / name).mkdir()
         (tmp_path / name / "__init__.py").write_text("")
     (tmp_path / "scheduler" / "service.py").write_text(
-        "".join(f"import scheduler.{module}\n" for module in IGNORED)
+        "".join(f"import scheduler.{module}\n" for module in (*STEPS, "tick"))
     )
-    for module in IGNORED:
-        (tmp_path / "scheduler" / f"{module}.py").write_text("import scheduler.service\n")
+    (tmp_path / "scheduler" / "tick.py").write_text("")
+    for module in STEPS:
+        (tmp_path / "scheduler" / f"{module}.py").write_text("import scheduler.tick\n")
+    (tmp_path / "scheduler" / "policy.py").write_text("import config\n")
     (tmp_path / "workers" / "tasks.py").write_text("import config\nimport scheduler\n")
     (tmp_path / "api" / "app.py").write_text("import config\nimport scheduler\n")
     (tmp_path / "batchshift" / "cli.py").write_text("import api\nimport emulator\nimport workers\n")
@@ -67,8 +69,11 @@ def test_a_tree_shaped_like_ours_keeps_them(tree: Path):
         ("scheduler/ledger.py", "import workers\n", "config <- scheduler <- workers"),
         ("config/settings.py", "import scheduler\n", "config <- scheduler <- workers"),
         ("workers/http.py", "import api\n", "config <- scheduler <- workers"),
+        ("scheduler/policy.py", "import scheduler.service\n", "every routing and backoff decision is pure"),
         ("api/jobs.py", "import batchshift\n", "config <- scheduler <- workers"),
         ("workers/cycle.py", "import workers.tasks\n", None),
+        # A tick step reaching back into the service that runs it (issue 15's circle).
+        ("scheduler/slo.py", "import scheduler.tick\nimport scheduler.service\n", "no cycles"),
     ],
 )
 def test_a_forbidden_import_breaks_its_contract(tree: Path, module: str, source: str, contract: str | None):

@@ -182,3 +182,24 @@ def test_server_max_wait_reads_the_stated_limit_or_halves():
     assert bc.server_max_wait(refused("wait is too long"), 60) == 30
     assert bc.server_max_wait(refused("wait must be ... at most 60 seconds"), 60) is None  # no progress
     assert bc.server_max_wait(refused("limit: too big", "limit"), 60) is None
+
+
+@pytest.mark.parametrize("command", [["costs", "--group-by", "feature"], ["lanes"]])
+def test_cli_reports_go_through_the_client(
+    api_url: str, redis: Redis, command: list[str], capsys, monkeypatch
+):
+    """`batchshift costs` and `lanes` print the API's report (a lane the SLO tracker has not seen yet
+    included), and a refused key exits 1 saying why."""
+    from batchshift.cli import main
+
+    async def enqueue() -> None:
+        async with BatchshiftClient(api_url, "acme-key") as client:
+            await client.enqueue("openai", BODY, tags={"feature": "report"})
+
+    asyncio.run(enqueue())
+    monkeypatch.setenv("COLUMNS", "250")  # rich truncates cells to the terminal's width
+    assert main([*command, "--url", api_url, "--api-key", "admin-key"]) == 0
+    shown = capsys.readouterr().out
+    assert ("costs by feature" if command[0] == "costs" else "openai:gpt-4o-mini") in shown
+    assert main([*command, "--url", api_url, "--api-key", "wrong-key"]) == 1
+    assert "401 unauthorized" in capsys.readouterr().err

@@ -10,6 +10,7 @@ from batchshift.processes import SupervisedWorker
 from scheduler import tasks
 from scheduler.tasks import create_pool
 from tests.conftest import make_settings
+from workers.tasks.outcomes import SubmitOutcome
 
 
 async def until(condition: Callable[[], bool], give_up_s: float = 60) -> None:
@@ -37,7 +38,7 @@ async def test_a_worker_outlives_a_redis_restart_and_runs_tasks_again() -> None:
         try:
             job = await pool.enqueue_job(tasks.SUBMIT_BATCH, "bat_unknown", _job_id="after-restart")
             assert job is not None
-            assert await job.result(timeout=15) == "missing"  # run by the restarted worker
+            assert await job.result(timeout=15) == SubmitOutcome.MISSING  # run by the restarted worker
         finally:
             await supervised.drain(1.0)
             running.cancel()

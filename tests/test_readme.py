@@ -94,3 +94,19 @@ def test_every_readme_command_runs_with_help(command: list[str]):
     )
     assert done.returncode == 0, done.stderr
     assert "usage" in done.stdout.lower()
+
+
+def test_no_file_holds_a_merge_conflict_marker():
+    """A conflict resolved in a hurry once left both sides of a README paragraph on main."""
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    marker = re.compile(r"^(<{7} |>{7} |={7}$)", re.M)
+    found = [
+        name
+        for name in tracked
+        if (ROOT / name).is_file()
+        and (ROOT / name).suffix in {".md", ".py", ".toml", ".lua", ".yml", ".txt", ""}
+        and marker.search((ROOT / name).read_text(errors="replace"))
+    ]
+    assert found == []

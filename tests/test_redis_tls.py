@@ -19,6 +19,7 @@ from batchshift.server_version import check_server
 from scheduler import tasks
 from scheduler.tasks import create_pool
 from tests.conftest import make_settings
+from workers.tasks.outcomes import SubmitOutcome
 from workers.worker import run_burst
 
 PASSWORD = "tls-pass-7"
@@ -85,7 +86,7 @@ async def test_rediss_with_a_password_works_for_clients_pools_and_workers(tmp_pa
             assert job is not None
             worker = await run_burst(make_settings(url))
             assert worker.jobs_complete == 1
-            assert await job.result(timeout=5) == "missing"
+            assert await job.result(timeout=5) == SubmitOutcome.MISSING
         finally:
             await pool.aclose()
         plain = Redis.from_url(url.replace(f":{PASSWORD}@", ""))  # TLS, but no password

@@ -31,7 +31,7 @@ from scheduler.alerting import dedup_key
 from scheduler.health import sample
 from scheduler.jobs import JobRecord
 from scheduler.ledger import Ledger, day_of
-from scheduler.service import Scheduler
+from scheduler.service import Scheduler, build_scheduler
 from scheduler.tasks import create_pool
 from tests.conftest import make_settings
 from tests.scheduler.slo_support import LANE, new_job
@@ -109,7 +109,7 @@ async def harness(redis, redis_url):
     created: list[Scheduler] = []
 
     def make(settings) -> Scheduler:
-        scheduler = Scheduler(settings, redis, pool, holder="e2e")
+        scheduler = build_scheduler(settings, redis, pool, holder="e2e")
         created.append(scheduler)
         return scheduler
 

@@ -6,8 +6,8 @@ is the alert kind of :mod:`workers.outbox`, the same claim → lease → send �
 same Lua steps as completion webhooks: it claims due notifications with a lease (on the Redis
 server's clock, so a dead worker's claims come back by themselves and a worker whose clock runs
 ahead does not take notifications another is still sending), sends them concurrently, and settles
-each: sent (deleted), retried on ``settings.alerts.retry_schedule_s`` (a ``Retry-After`` longer
-than the step is honoured, up to the schedule's longest step), or dead-lettered
+each: sent (deleted), retried on ``settings.alerts.retry_schedule_s`` with ``alerts.jitter`` (a
+``Retry-After`` longer than the step is honoured, up to the schedule's longest step), or dead-lettered
 (``keys.ALERTS_DEAD``) when refused for good (a 4xx other than 408 and 429) or out of retries.
 Each send has one deadline (``timeout_s``) over the whole call and reads at most
 ``max_response_bytes`` of the answer (:func:`workers.http.post_capped`), so a channel that hangs or
@@ -21,6 +21,7 @@ The webhook channel's body is the event as JSON, signed with Standard Webhooks h
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,13 +33,14 @@ import structlog
 from redis.asyncio import Redis
 
 from config.settings import AlertSettings
-from scheduler import keys
+from scheduler import keys, tasks
 from scheduler.clock import server_ms
 from workers import webhooks
 from workers.context import WorkerContext
 from workers.errors import ChannelNotConfigured, WorkerError
 from workers.http import CappedResponse, error_for_response, post_capped
 from workers.outbox import Item, Outbox, Terms, Verdict
+from workers.summary import summarised
 
 log = structlog.get_logger(__name__)
 
@@ -102,6 +104,7 @@ def terms(alerts: AlertSettings) -> Terms:
         concurrency=alerts.claim_batch,
         group_hold=alerts.claim_batch,
         retry_schedule_s=alerts.retry_schedule_s,
+        jitter=alerts.jitter,
         delete_done=True,
         dead_ttl_s=keys.ALERT_DEAD_TTL_S,
     )
@@ -121,8 +124,15 @@ class AlertReport:
 class AlertSender(Outbox[Notification, AlertReport]):
     """The alert outbox: sends due notifications to their channels; one per task run, on the process's client."""
 
-    def __init__(self, redis: Redis, client: httpx.AsyncClient, alerts: AlertSettings) -> None:
-        super().__init__(redis, terms(alerts))
+    def __init__(
+        self,
+        redis: Redis,
+        client: httpx.AsyncClient,
+        alerts: AlertSettings,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        super().__init__(redis, terms(alerts), rng=rng)
         self.client = client
         self.alerts = alerts
 
@@ -233,12 +243,9 @@ class AlertSender(Outbox[Notification, AlertReport]):
         )
 
 
-async def send_alerts(ctx: dict[str, Any]) -> dict[str, int]:
+@summarised(tasks.SEND_ALERTS)
+async def send_alerts(ctx: WorkerContext) -> dict[str, int]:
     """arq task: deliver the alert notifications due now (enqueued by the scheduler's SLO step)."""
-    wctx: WorkerContext = ctx  # type: ignore[assignment]
-    settings = wctx["settings"]
-    sender = AlertSender(wctx["redis"], wctx["http"], settings.alerts)
-    counts = await sender.run(budget_s=settings.worker.job_timeout_s / 2)
-    if any(counts.values()):
-        log.info("alerts.delivered", **counts)
-    return counts
+    settings = ctx["settings"]
+    sender = AlertSender(ctx["redis"], ctx["http"], settings.alerts)
+    return await sender.run(budget_s=settings.worker.job_timeout_s / 2)

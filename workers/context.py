@@ -24,7 +24,7 @@ Hook = Callable[..., Awaitable[None] | None]
 
 
 class WorkerContext(TypedDict):
-    """The arq ``ctx`` our tasks receive."""
+    """The arq ``ctx`` every task, test hook, startup and shutdown receives: its one typing."""
 
     redis: ArqRedis  # arq's pool: the tasks' Redis, and where they enqueue follow-up tasks
     settings: Settings

@@ -30,6 +30,7 @@ import orjson
 import structlog
 
 from config.settings import HttpSettings
+from scheduler import policy
 from workers.errors import (
     AuthenticationError,
     ConnectionFailed,
@@ -51,6 +52,7 @@ log = structlog.get_logger(__name__)
 STATUS_OVERLOADED = 529
 # Bytes of an error body we read before giving up on it; error bodies are small JSON objects.
 MAX_ERROR_BODY = 64 * 1024
+_rng = random.Random()  # jitter of provider call retries
 
 
 def timeout_for(http: HttpSettings) -> httpx.Timeout:
@@ -174,8 +176,7 @@ def retry_delay(exc: WorkerError, attempt: int, http: HttpSettings, *, idempoten
         return exc.retry_after if exc.retry_after <= http.backoff_max else None
     if not isinstance(exc, ProviderHTTPError | ConnectionFailed | ResponseTimeout):
         return None
-    ceiling = min(http.backoff_max, http.backoff_base * 2.0**attempt)
-    return ceiling / 2 + random.uniform(0, ceiling / 2)
+    return policy.backoff(attempt, http.backoff_base, http.backoff_max, _rng)
 
 
 async def send(

@@ -33,7 +33,7 @@ import orjson
 import structlog
 from redis.asyncio import Redis
 
-from scheduler import keys, scripts
+from scheduler import keys, policy, scripts
 
 log = structlog.get_logger(__name__)
 
@@ -139,13 +139,13 @@ def capacity(terms: Terms) -> int:
 def retry_delay(terms: Terms, attempts: int, rng: random.Random, retry_after: float | None) -> float | None:
     """Seconds until attempt ``attempts + 1``, or None when the schedule is spent (dead-letter).
 
-    The schedule's step with the kind's jitter; a longer ``Retry-After`` wins, up to the schedule's
-    longest step (a receiver cannot park an item for a year).
+    The schedule's step with the kind's jitter (:func:`scheduler.policy.scheduled_delay`); a longer
+    ``Retry-After`` wins, up to the schedule's longest step (a receiver cannot park an item for a year).
     """
     schedule = terms.retry_schedule_s
-    if attempts > len(schedule):
+    delay = policy.scheduled_delay(schedule, attempts, terms.jitter, rng)
+    if delay is None:
         return None
-    delay = schedule[attempts - 1] * (1 + rng.uniform(-terms.jitter, terms.jitter))
     if retry_after is not None:
         delay = max(delay, min(retry_after, max(schedule)))
     return delay

@@ -25,11 +25,10 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import orjson
 from redis.asyncio import Redis
 
 from config.settings import ProviderSettings
-from scheduler import keys
+from scheduler import keys, tokens
 from scheduler.clock import server_ms
 
 # Seconds a concurrency slot is held at most: past any sync call's read timeout.
@@ -42,8 +41,6 @@ def slot_ttl_s(config: ProviderSettings) -> float:
     return http.pool_timeout + http.connect_timeout + http.write_timeout + http.read_timeout + SLOT_MARGIN_S
 
 
-# Bytes per token when estimating a request's tokens before sending it (a common rule of thumb).
-BYTES_PER_TOKEN = 4
 # Seconds to wait when no slot is free: about one short sync call.
 SLOT_WAIT_S = 0.5
 
@@ -51,23 +48,8 @@ _DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(
 
 
 def estimate_tokens(body: bytes) -> int:
-    """Input tokens from the body's size, plus its output cap when it names one."""
-    return sum(estimate_usage(body))
-
-
-def estimate_usage(body: bytes) -> tuple[int, int]:
-    """Input tokens from the body's size, and output tokens at its cap (0 when it names none)."""
-    tokens = len(body) // BYTES_PER_TOKEN
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return tokens, 0
-    if isinstance(doc, dict):
-        for name in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
-            cap = doc.get(name)
-            if isinstance(cap, int) and cap > 0:
-                return tokens, cap
-    return tokens, 0
+    """Input tokens from the body's size, plus its output cap when it names one (:mod:`scheduler.tokens`)."""
+    return sum(tokens.estimate(body))
 
 
 def reset_seconds(raw: str | None) -> float | None:
@@ -120,7 +102,7 @@ class SyncLimits:
         minute = now // 60_000
         wait_minute = (60_000 - now % 60_000) / 1000
         if config.sync_rpm is not None or config.sync_tpm is not None:
-            tokens = estimate_tokens(body)
+            needed = estimate_tokens(body)
             req_key, tok_key = (
                 keys.sync_rate(provider, "requests", minute),
                 keys.sync_rate(provider, "tokens", minute),
@@ -128,16 +110,16 @@ class SyncLimits:
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.incr(req_key)
                 pipe.expire(req_key, 120)
-                pipe.incrby(tok_key, tokens)
+                pipe.incrby(tok_key, needed)
                 pipe.expire(tok_key, 120)
                 requests, _, used, _ = await pipe.execute()
             over_rpm = config.sync_rpm is not None and requests > config.sync_rpm
             # A single request larger than the whole budget still goes, alone, in a fresh minute.
-            over_tpm = config.sync_tpm is not None and used > config.sync_tpm and used != tokens
+            over_tpm = config.sync_tpm is not None and used > config.sync_tpm and used != needed
             if over_rpm or over_tpm:
                 async with self.redis.pipeline(transaction=True) as pipe:
                     pipe.decr(req_key)
-                    pipe.decrby(tok_key, tokens)
+                    pipe.decrby(tok_key, needed)
                     await pipe.execute()
                 return wait_minute
         slots = keys.sync_slots(provider)

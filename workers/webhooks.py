@@ -36,13 +36,15 @@ import structlog
 from redis.asyncio import Redis
 
 from config.settings import Settings, WebhookSettings
-from scheduler import keys
+from scheduler import keys, tasks
 from scheduler.jobs import VIEW_FIELDS, JobRecord, iso
 from scheduler.webhook_dispatch import url_hash
 from workers import outbox
+from workers.context import WorkerContext
 from workers.errors import ResponseTimeout, UnsafeDestination, WorkerError
 from workers.http import build_guarded_client, post_capped, retry_after
 from workers.outbox import Item, Outbox, Terms, Verdict
+from workers.summary import summarised
 from workers.webhook_slots import limits_for
 
 log = structlog.get_logger(__name__)
@@ -245,12 +247,10 @@ class Deliverer(Outbox[Delivery, DeliveryReport]):
         return Verdict.failed(error, code, retry_after(response.headers))
 
 
-async def deliver_webhooks(ctx: dict[str, Any]) -> dict[str, int]:
+@summarised(tasks.DELIVER_WEBHOOKS)
+async def deliver_webhooks(ctx: WorkerContext) -> dict[str, int]:
     """arq task: drain due deliveries for up to half the task timeout, on the process's webhook client."""
-    settings: Settings = ctx["settings"]
+    settings = ctx["settings"]
     deliverer = Deliverer(settings, ctx["redis"], ctx["webhook_http"])
     report = await deliverer.run(budget_s=settings.worker.job_timeout_s / 2)
-    counts = asdict(report)
-    if report.claimed:
-        log.info("webhooks.delivered", **counts)
-    return counts
+    return asdict(report)

@@ -29,7 +29,8 @@ log = structlog.get_logger(__name__)
 
 
 def task(coroutine: Callable[..., Awaitable[Any]], name: str, **options: Any) -> Function:
-    """Register ``coroutine`` under task ``name`` (arq types ctx as a plain dict; ours is a TypedDict)."""
+    """Register ``coroutine`` under task ``name`` (arq types ctx as a plain dict; ours is
+    :class:`~workers.context.WorkerContext`, the one typing every task and hook uses)."""
     return func(cast(Any, coroutine), name=name, **options)
 
 
@@ -47,9 +48,13 @@ FUNCTIONS: list[Function] = [
 ]
 
 
-async def startup(ctx: dict[str, Any]) -> None:
-    """Build the shared resources: ledger, the one HTTP client, one adapter per configured provider."""
-    settings: Settings = ctx["settings"]
+async def startup(ctx: WorkerContext) -> None:
+    """Build the shared resources: ledger, the one HTTP client, one adapter per configured provider.
+
+    arq hands over the ``ctx`` of :func:`worker_settings` (settings, hooks) and its pool as ``redis``;
+    the rest of :class:`~workers.context.WorkerContext` is filled in here.
+    """
+    settings = ctx["settings"]
     ctx.setdefault("hooks", {})
     ctx["ledger"] = Ledger.for_settings(ctx["redis"], settings, server_clock=True)
     client = build_client(_http_settings(settings))
@@ -61,11 +66,11 @@ async def startup(ctx: dict[str, Any]) -> None:
     log.info("worker.started", providers=sorted(settings.providers))
 
 
-async def shutdown(ctx: dict[str, Any]) -> None:
-    """Close what startup opened."""
-    for name in ("http", "webhook_http"):
-        if ctx.get(name) is not None:
-            await ctx[name].aclose()
+async def shutdown(ctx: WorkerContext) -> None:
+    """Close what startup opened (a startup that failed midway opened only some of it)."""
+    for client in (ctx.get("http"), ctx.get("webhook_http")):
+        if client is not None:
+            await client.aclose()
     log.info("worker.stopped")
 
 
@@ -127,8 +132,3 @@ async def close_worker(worker: Worker) -> None:
         # arq 0.28 closes its pool with redis-py's deprecated close(); the pool is closed all the same.
         warnings.simplefilter("ignore", DeprecationWarning)
         await worker.close()
-
-
-def context_of(ctx: dict[str, Any]) -> WorkerContext:
-    """The arq ctx, typed (arq passes a plain dict)."""
-    return ctx  # type: ignore[return-value]

@@ -38,11 +38,13 @@ from batchshift.simulation.scenario import LaneScenario, Scenario, ScenarioError
 from batchshift.simulation.sync_lane import SyncLane
 from config.settings import ProviderSettings, Settings
 from scheduler.flip_plan import Policy, Source, count_below, horizons, safe_horizon_ms
-from scheduler.health import LaneHealth, observed_turnaround_s, prior_for
+from scheduler.health import LaneHealth, lane_health, observed_turnaround_s
 from scheduler.lanes import Lane, effective
-from scheduler.planner import LaneState, band_limit_ms, decide, pressure_horizon_ms
+from scheduler.planner import LaneBacklog, band_limit_ms, decide, pressure_horizon_ms
+from scheduler.policy import next_poll_s
 from scheduler.prediction import expected_turnaround_s, next_flush_ms, sync_lane
 from scheduler.pricing import Pricing, RouteName
+from scheduler.tokens import BYTES_PER_TOKEN
 
 PolicyName = Literal["batchshift", "oracle", "always_sync", "batch_only", "fixed_escalation"]
 POLICIES: tuple[PolicyName, ...] = ("batchshift", "oracle", "always_sync", "batch_only", "fixed_escalation")
@@ -50,8 +52,6 @@ EPOCH_MS = 1_800_000_000_000  # the virtual clock's start: a fixed instant, so r
 ENDPOINT = "/v1/chat/completions"
 # After the last arrival, the run goes on until every job is done, or this long at most.
 DRAIN_LIMIT_MS = 72 * 3600 * 1000
-# Request body bytes per input token, for the planner's byte cap.
-BYTES_PER_TOKEN = 4
 
 
 @dataclass(slots=True)
@@ -175,7 +175,7 @@ class _LaneRun:
         interval = sched.poll_initial_s
         previous, poll = submitted_ms, submitted_ms + int(interval * 1000)
         while poll < end_ms:
-            interval = min(interval * sched.poll_backoff, sched.poll_max_s)
+            interval = next_poll_s(interval, sched)
             previous, poll = poll, poll + int(interval * 1000)
         return previous, poll
 
@@ -215,20 +215,13 @@ class _LaneRun:
     # -- decisions ----------------------------------------------------------------------------------
 
     def health(self, now_ms: int) -> LaneHealth:
-        slo = self.settings.slo
-        prior, window = prior_for(self.settings, self.provider)
-        return LaneHealth(
-            lane=self.lane.name,
-            turnarounds=tuple(sorted(self.turnarounds)),
-            latest_turnaround_s=None,
-            sync_latencies=tuple(sorted(self.sync_latencies)),
-            prior_turnaround_s=prior,
-            window_s=window,
-            default_sync_latency_s=slo.default_sync_latency_s,
-            retry_allowance=slo.sync_retry_allowance,
-            min_samples=slo.min_samples,
-            prior_quantile=slo.turnaround_quantile,
-            in_flight=tuple((now_ms - b.submitted_ms) / 1000 for b in self.batches if not b.cancelled),
+        return lane_health(
+            self.settings,
+            self.lane.name,
+            self.provider,
+            sorted(self.turnarounds),
+            sorted(self.sync_latencies),
+            in_flight=[(now_ms - b.submitted_ms) / 1000 for b in self.batches if not b.cancelled],
         )
 
     def _flip_prefix(self, batch: _Batch | None, horizon: float, budget: list[int]) -> None:
@@ -292,7 +285,7 @@ class _LaneRun:
         turnaround = expected_turnaround_s(health, self.settings)
         tick_s = self.scenario.tick_s
         now = now_ms / 1000
-        state = LaneState(
+        state = LaneBacklog(
             queued=len(self.q_jobs),
             queued_bytes=len(self.q_jobs) * self.spec.input_tokens * BYTES_PER_TOKEN,
             oldest_arrival_ms=min(self.arrival[j] for j in self.q_jobs),

@@ -23,17 +23,24 @@ ADMIN = {"authorization": "Bearer admin-key"}
 
 
 @contextlib.asynccontextmanager
-async def asgi_client(
-    settings: Settings, redis: Redis, headers: dict[str, str] | None = None
-) -> AsyncIterator[httpx.AsyncClient]:
-    """An httpx client wired to a fresh app (lifespan run) in this process."""
-    app = create_app(settings, redis=redis)
+async def asgi(app: FastAPI, headers: dict[str, str] | None = None) -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client wired to ``app`` in this process, its lifespan run; no default headers."""
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(
-            transport=transport, base_url="http://api", headers=headers or ACME
-        ) as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://api", headers=headers) as client:
             yield client
+
+
+@contextlib.asynccontextmanager
+async def asgi_client(
+    settings: Settings, redis: Redis | None = None, headers: dict[str, str] | None = None
+) -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client wired to a fresh API in this process, sending ``headers`` (default: acme's key).
+
+    Without ``redis`` the API builds its own Redis client from settings, as ``batchshift api`` does.
+    """
+    async with asgi(create_app(settings, redis=redis), ACME if headers is None else headers) as client:
+        yield client
 
 
 @contextlib.contextmanager

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import httpx
 from fastapi import Depends, FastAPI
 from redis.asyncio import Redis
 
@@ -12,7 +11,7 @@ from api import auth
 from api.errors import install_error_handlers
 from config.settings import Settings
 from scheduler.ledger import Ledger
-from tests.api.harness import ACME, ADMIN, GLOBEX, asgi_client
+from tests.api.harness import ACME, ADMIN, GLOBEX, asgi, asgi_client
 
 JOB = {"provider": "openai", "body": {"model": "m"}}
 UNKNOWN_ID = "job_00000000000000000000000000"
@@ -93,7 +92,7 @@ async def test_auth_dependencies(settings: Settings):
     async def who(caller: Annotated[auth.Caller, Depends(auth.tenant_or_admin)]) -> dict[str, object]:
         return {"tenant": caller.tenant, "admin": caller.admin}
 
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as api:
+    async with asgi(app) as api:
         assert (await api.get("/admin", headers=ADMIN)).status_code == 200
         assert (await api.get("/admin", headers=ACME)).status_code == 403
         assert (await api.get("/admin")).status_code == 401

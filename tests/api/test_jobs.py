@@ -15,7 +15,7 @@ from api.app import create_app
 from config.settings import Settings, TenantSettings
 from scheduler import keys
 from scheduler.ledger import Finish, Ledger
-from tests.api.harness import ACME, asgi_client, bs_key_count, serve
+from tests.api.harness import ACME, asgi, asgi_client, bs_key_count, serve
 from tests.conftest import make_settings
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
@@ -260,11 +260,10 @@ async def test_readyz_is_503_when_redis_does_not_answer():
     from batchshift.embedded_redis import free_port
 
     app = create_app(make_settings(f"redis://127.0.0.1:{free_port()}/0"))
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client:
-            assert (await client.get("/healthz")).status_code == 200
-            response = await client.get("/readyz")
-            enqueue = await client.post("/v1/jobs", json=job(), headers={"authorization": "Bearer acme-key"})
+    async with asgi(app) as client:
+        assert (await client.get("/healthz")).status_code == 200
+        response = await client.get("/readyz")
+        enqueue = await client.post("/v1/jobs", json=job(), headers={"authorization": "Bearer acme-key"})
     assert response.status_code == 503
     # Intake with the store out of reach: 503 with Retry-After (safe to send again), not a 500.
     assert enqueue.status_code == 503, enqueue.text

@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
 import orjson
 import pytest
 from redis.asyncio import Redis
 
-from api.app import create_app
 from config.settings import DEFAULT_PRICING_PATH, Settings, TenantSettings
 from scheduler import budgets, ids, keys
 from scheduler.errors import BudgetExceeded, InvalidRequest
 from scheduler.jobs import NewJob
 from scheduler.ledger import Finish, Ledger
 from scheduler.pricing import Pricing
+from tests.api.harness import asgi_client
 from tests.conftest import make_settings
 
 NOW = 1_800_000_000_000  # 2027-01-15T08:00:00Z
@@ -57,15 +54,6 @@ async def spend(redis: Redis, tenant: str, now_ms: int, prompt_tokens: int) -> f
     ) == ["ok"]
     assert cost.actual_usd is not None
     return cost.actual_usd
-
-
-@asynccontextmanager
-async def api(settings: Settings, redis: Redis) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings, redis=redis)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
-            yield client
 
 
 def test_envelope_resets_on_the_first_of_next_month_utc():
@@ -116,34 +104,29 @@ async def test_spend_counts_duplicate_and_wasted_billing(redis: Redis, redis_url
     assert float(await redis.get(keys.budget_spend("acme", "2027-01"))) == pytest.approx(0.75)
 
 
+def terms(route: str = "batch", body: dict[str, Any] | None = None, body_bytes: int = 4000, **over: Any):
+    fields: dict[str, Any] = {"provider": "openai", "kind": "openai", "model": "gpt-4.1",
+                              "endpoint": "/v1/chat/completions", "route": route,
+                              "body": {"model": "gpt-4.1", "max_tokens": 2000} if body is None else body,
+                              "body_bytes": body_bytes}  # fmt: skip
+    return budgets.CostTerms(**{**fields, **over})
+
+
 def test_job_ceiling_estimates_from_max_tokens_at_the_batch_price(redis_url: str):
     settings = budgeted(redis_url, "reject", budget=100, max_job_cost_usd=0.01)
-    common = {"tenant": "acme", "provider": "openai", "kind": "openai", "endpoint": "/v1/chat/completions"}
-    body = {"model": "gpt-4.1", "max_tokens": 2000}
-    estimate = budgets.estimate_usd(PRICING, model="gpt-4.1", route="batch", body=body, body_bytes=4000,
-                                    **{k: v for k, v in common.items() if k != "tenant"})  # fmt: skip
+    estimate = budgets.estimate_usd(PRICING, terms())
     assert estimate == pytest.approx((1000 * 2.0 + 2000 * 8.0) / 2 / 1e6)  # $0.009
-    budgets.check_job_ceiling(
-        settings, PRICING, model="gpt-4.1", route="batch", body=body, body_bytes=4000, **common
-    )
+    budgets.check_job_ceiling(settings, PRICING, "acme", terms())
     with pytest.raises(InvalidRequest, match="ceiling") as caught:
-        budgets.check_job_ceiling(
-            settings, PRICING, model="gpt-4.1", route="sync", body=body, body_bytes=4000, **common
-        )
+        budgets.check_job_ceiling(settings, PRICING, "acme", terms("sync"))
     assert caught.value.field == "max_tokens"
     assert caught.value.status_code == 422
     with pytest.raises(InvalidRequest, match="set max_tokens"):
-        budgets.check_job_ceiling(
-            settings, PRICING, model="gpt-4.1", route="batch", body={}, body_bytes=10, **common
-        )
+        budgets.check_job_ceiling(settings, PRICING, "acme", terms(body={}, body_bytes=10))
     # Embeddings generate nothing; an unpriced model is let through.
-    budgets.check_job_ceiling(
-        settings, PRICING, tenant="acme", provider="openai", kind="openai", endpoint="/v1/embeddings",
-        model="text-embedding-3-small", route="batch", body={}, body_bytes=100,
-    )  # fmt: skip
-    budgets.check_job_ceiling(
-        settings, PRICING, model="mystery", route="batch", body={"max_tokens": 10**9}, body_bytes=10, **common
-    )
+    embedding = terms(body={}, body_bytes=100, endpoint="/v1/embeddings", model="text-embedding-3-small")
+    budgets.check_job_ceiling(settings, PRICING, "acme", embedding)
+    budgets.check_job_ceiling(settings, PRICING, "acme", terms(body={"max_tokens": 10**9}, model="mystery"))
 
 
 async def test_intake_answers_402_for_a_spent_envelope_and_422_over_the_ceiling(redis: Redis, redis_url: str):
@@ -153,7 +136,7 @@ async def test_intake_answers_402_for_a_spent_envelope_and_422_over_the_ceiling(
         "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 50},
     }
     auth = {"authorization": "Bearer acme-key"}
-    async with api(settings, redis) as client:
+    async with asgi_client(settings, redis, headers={}) as client:
         assert (await client.post("/v1/jobs", json=job, headers=auth)).status_code in (200, 201, 202)
         big = {**job, "body": {**job["body"], "max_tokens": 100_000}}
         refused = await client.post("/v1/jobs", json=big, headers=auth)
@@ -184,16 +167,8 @@ AUTH = {"authorization": "Bearer acme-key"}
 
 
 def expected_usd(route: str, body: dict[str, Any] = CAPPED_BODY) -> float:
-    return budgets.reservation(
-        PRICING,
-        provider="openai",
-        kind="openai",
-        model="gpt-4o-mini",
-        endpoint="/v1/chat/completions",
-        route=route,  # type: ignore[arg-type]
-        body=body,
-        body_bytes=len(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)),
-    )
+    size = len(orjson.dumps(body, option=orjson.OPT_SORT_KEYS))
+    return budgets.reservation(PRICING, terms(route, body, size, model="gpt-4o-mini"))
 
 
 async def committed(redis: Redis, now_ms: int) -> float:
@@ -207,7 +182,7 @@ async def test_a_nearly_spent_reject_budget_cannot_be_passed_in_one_bulk_request
     per_job = expected_usd("batch")
     billed = await spend(redis, "acme", now, 8000)
     settings = budgeted(redis_url, "reject", budget=billed + 3.5 * per_job)  # room for three jobs
-    async with api(settings, redis) as client:
+    async with asgi_client(settings, redis, headers={}) as client:
         response = await client.post(
             "/v1/jobs/bulk", json={"jobs": [{"provider": "openai", "body": CAPPED_BODY}] * 50}, headers=AUTH
         )
@@ -223,7 +198,7 @@ async def test_a_nearly_spent_reject_budget_cannot_be_passed_in_one_bulk_request
 async def test_a_reservation_is_released_when_its_job_ends(redis: Redis, redis_url: str):
     now = int(datetime.now(UTC).timestamp() * 1000)
     settings = budgeted(redis_url, "reject", budget=1.0)
-    async with api(settings, redis) as client:
+    async with asgi_client(settings, redis, headers={}) as client:
         response = await client.post(
             "/v1/jobs/bulk", json={"jobs": [{"provider": "openai", "body": CAPPED_BODY}] * 2}, headers=AUTH
         )
@@ -252,7 +227,7 @@ async def test_admission_prices_a_job_at_the_route_it_will_take(redis: Redis, re
     ceiling = (expected_usd("batch") + expected_usd("sync")) / 2
     settings = budgeted(redis_url, "reject", budget=1.0, max_job_cost_usd=ceiling)
     job = {"provider": "openai", "body": CAPPED_BODY}
-    async with api(settings, redis) as client:
+    async with asgi_client(settings, redis, headers={}) as client:
         batched = await client.post("/v1/jobs", json={**job, "deadline_in": 86_400}, headers=AUTH)
         assert batched.status_code == 202, batched.text
         assert batched.json()["status"] == "queued"

@@ -4,22 +4,19 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
 import pytest
 from redis.asyncio import Redis
 
-from api.app import create_app
 from config.settings import DEFAULT_PRICING_PATH, Settings
 from scheduler import costs, ids, keys
 from scheduler.errors import InvalidRequest
 from scheduler.jobs import NewJob
 from scheduler.ledger import Finish, Ledger, Requeue, day_of
 from scheduler.pricing import Pricing, RouteName
+from tests.api.harness import asgi_client
 
 NOW = 1_800_000_000_000  # 2027-01-15T08:00:00Z
 DAY_MS = 86_400_000
@@ -71,15 +68,6 @@ def usage_for(provider: str, rng: random.Random) -> dict[str, Any]:
         "total_tokens": 0,
         "prompt_tokens_details": {"cached_tokens": rng.choice([0, 0, (prompt // 128) * 128])},
     }
-
-
-@asynccontextmanager
-async def api(settings: Settings, redis: Redis) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings, redis=redis)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
-            yield client
 
 
 def period() -> costs.Period:
@@ -249,7 +237,7 @@ async def test_costs_api_scopes_tenant_keys_and_shows_admin_everything(redis: Re
         await ledger.finish(
             [Finish(job.id, "succeeded", "batch", from_states=("queued",), **cost.finish_fields())], now_ms
         )
-    async with api(settings, redis) as client:
+    async with asgi_client(settings, redis, headers={}) as client:
         mine = await client.get("/v1/costs?group_by=tenant", headers={"authorization": "Bearer acme-key"})
         assert mine.status_code == 200
         assert [g["key"] for g in mine.json()["groups"]] == ["acme"]
@@ -356,7 +344,7 @@ async def test_one_chunk_mixing_tenants_routes_duplicates_and_whole_dollars_sums
 async def test_days_off_the_calendar_are_422_naming_the_field(
     redis: Redis, settings: Settings, query: str, field: str
 ):
-    async with api(settings, redis) as client:
+    async with asgi_client(settings, redis, headers={}) as client:
         answer = await client.get(f"/v1/costs?{query}", headers={"authorization": "Bearer admin-key"})
     assert answer.status_code == 422, answer.text
     assert answer.json()["error"]["field"] == field

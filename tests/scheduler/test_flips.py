@@ -132,16 +132,16 @@ async def test_late_batch_result_for_a_flipped_job_is_duplicate_spend(redis, poo
 
 async def test_intake_routes_a_deadline_no_batch_can_meet_to_sync(redis, redis_url):
     """Fastest recent batch 30 s + sync margin 2 s: a 20 s deadline goes straight to sync at enqueue."""
+    from scheduler.admission import AdmissionGate
     from scheduler.flips import _intake_health, route_at_enqueue
     from scheduler.health import sample
-    from scheduler.intake import Gate
     from tests.scheduler.slo_support import new_job
 
     _intake_health.clear()
     settings = slo_settings(redis_url, min_samples=2)
     for seconds in (30.0, 40.0):
         await redis.lpush(keys.lane_turnarounds(LANE), sample(NOW, seconds))
-    gate = Gate(settings, redis)
+    gate = AdmissionGate(settings, redis)
     near, far, frugal = new_job(NOW, 20), new_job(NOW, 3600), new_job(NOW, 20, tenant="frugal")
     await redis.set(keys.budget_spend("frugal", budgets.month_of(NOW)), "5")
     for job in (near, far, frugal):
@@ -155,17 +155,17 @@ async def test_intake_routes_a_deadline_no_batch_can_meet_to_sync(redis, redis_u
 
 
 async def test_intake_without_history_trusts_batches(redis, redis_url):
+    from scheduler.admission import AdmissionGate
     from scheduler.flips import _intake_health, route_at_enqueue
-    from scheduler.intake import Gate
     from tests.scheduler.slo_support import new_job
 
     _intake_health.clear()
     settings = slo_settings(redis_url)
     job = new_job(NOW, 20)
-    await route_at_enqueue(job, Gate(settings, redis))
+    await route_at_enqueue(job, AdmissionGate(settings, redis))
     assert job.state == "queued"
     inside_margin = new_job(NOW, 1)
-    await route_at_enqueue(inside_margin, Gate(settings, redis))
+    await route_at_enqueue(inside_margin, AdmissionGate(settings, redis))
     assert inside_margin.state == "sync"
 
 

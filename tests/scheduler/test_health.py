@@ -6,7 +6,15 @@ import pytest
 
 from config.settings import SloSettings
 from scheduler import keys
-from scheduler.health import MIN_TURNAROUND_S, observed_turnaround_s, quantile, read_health, sample
+from scheduler.health import (
+    MIN_TURNAROUND_S,
+    observed_turnaround_s,
+    parse_sample,
+    push_sample,
+    quantile,
+    read_health,
+    sample,
+)
 from tests.conftest import make_settings
 
 LANE = "openai:gpt-4o-mini:/v1/chat/completions"
@@ -113,3 +121,18 @@ async def test_the_usual_turnaround_is_the_prior_until_history_replaces_it(redis
     await push(redis, keys.lane_turnarounds(LANE), [2.0, 3.0, 4.0])
     health = await read_health(redis, settings, LANE, "openai", NOW)
     assert health.usual_turnaround() == pytest.approx(3.0, rel=1e-3)
+
+
+async def test_pushed_samples_are_capped_newest_first_and_read_back(redis, redis_url):
+    """push_sample (the one writer) keeps the newest ``history`` entries; parse_sample (the one
+    reader) gives back what was written and refuses what it cannot read."""
+    key = keys.lane_sync_latencies(LANE)
+    for i, seconds in enumerate([1.0, 2.0, 3.0]):
+        async with redis.pipeline(transaction=True) as pipe:
+            push_sample(pipe, key, NOW + i, seconds, history=2)
+            await pipe.execute()
+    assert [parse_sample(e) for e in await redis.lrange(key, 0, -1)] == [(NOW + 2, 3.0), (NOW + 1, 2.0)]
+    assert parse_sample(b"garbage") is None
+    assert parse_sample(b"12:x") is None
+    settings = make_settings(redis_url, slo=SloSettings(min_samples=2))
+    assert (await read_health(redis, settings, LANE, "openai", NOW + 2)).sync_latencies == (2.0, 3.0)

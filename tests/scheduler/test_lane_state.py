@@ -8,7 +8,7 @@ from config.settings import BurnRule, SloSettings
 from scheduler import keys
 from scheduler.burn import BucketWindows
 from scheduler.clock import server_ms
-from scheduler.lane_state import Evidence, LaneState, step
+from scheduler.lane_state import Evidence, LaneSloState, transition
 from scheduler.ledger import Finish, Ledger
 from tests.conftest import make_settings
 from tests.scheduler.slo_support import LANE, enqueue
@@ -17,20 +17,20 @@ NOW = 1_800_000_000_000
 
 
 def test_worse_at_once_better_only_after_calm_ticks():
-    s = LaneState("healthy", 0, 0)
-    s = step(s, "breaching", 1, recover_ticks=3)
+    s = LaneSloState("healthy", 0, 0)
+    s = transition(s, "breaching", 1, recover_ticks=3)
     assert s.state == "breaching"
     assert s.since_ms == 1
-    s = step(s, "healthy", 2, recover_ticks=3)
-    s = step(s, "healthy", 3, recover_ticks=3)
+    s = transition(s, "healthy", 2, recover_ticks=3)
+    s = transition(s, "healthy", 3, recover_ticks=3)
     assert s.state == "breaching"
-    s = step(s, "breaching", 4, recover_ticks=3)  # a relapse resets the calm count
+    s = transition(s, "breaching", 4, recover_ticks=3)  # a relapse resets the calm count
     assert s.calm_ticks == 0
     for t in (5, 6, 7):
-        s = step(s, "healthy", t, recover_ticks=3)
+        s = transition(s, "healthy", t, recover_ticks=3)
     assert s.state == "lagging"  # one level at a time
     for t in (8, 9, 10):
-        s = step(s, "healthy", t, recover_ticks=3)
+        s = transition(s, "healthy", t, recover_ticks=3)
     assert s.state == "healthy"
     assert s.since_ms == 10
 

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
 import orjson
 import pytest
-from arq.connections import ArqRedis
 
 from config.settings import AlertSettings, PagerDutySettings, SchedulerSettings, SloSettings
 from scheduler import keys
@@ -17,8 +15,8 @@ from scheduler.errors import Fenced
 from scheduler.lanes import effective
 from scheduler.leader import Leader
 from scheduler.ledger import Ledger
-from scheduler.service import Scheduler, Tick
-from scheduler.tasks import create_pool
+from scheduler.service import build_scheduler
+from scheduler.tick import Tick
 from tests.conftest import make_settings
 from tests.scheduler.planning_support import enqueue_lane
 from tests.scheduler.slo_support import LANE, enqueue
@@ -26,15 +24,6 @@ from tests.scheduler.test_service import planning_only
 
 LEASE_S = 0.3
 NOW_S = 1_800_000_000.0
-
-
-@pytest.fixture
-async def arq_pool(redis_url: str, redis) -> AsyncIterator[ArqRedis]:
-    pool = await create_pool(redis_url)
-    try:
-        yield pool
-    finally:
-        await pool.aclose()
 
 
 @pytest.fixture
@@ -73,8 +62,8 @@ async def test_acquire_renew_and_lose(redis) -> None:
 async def test_only_one_of_two_schedulers_acts_per_tick(redis, lease_settings, arq_pool) -> None:
     await queue_jobs(redis)
     async with (
-        Scheduler(lease_settings, redis, arq_pool, holder="a") as a,
-        Scheduler(lease_settings, redis, arq_pool, holder="b") as b,
+        build_scheduler(lease_settings, redis, arq_pool, holder="a") as a,
+        build_scheduler(lease_settings, redis, arq_pool, holder="b") as b,
     ):
         planning_only(a)
         planning_only(b)
@@ -90,8 +79,8 @@ async def test_standby_takes_over_within_the_lease_when_the_leader_dies(
     redis, lease_settings, arq_pool
 ) -> None:
     async with (
-        Scheduler(lease_settings, redis, arq_pool, holder="a") as a,
-        Scheduler(lease_settings, redis, arq_pool, holder="b") as b,
+        build_scheduler(lease_settings, redis, arq_pool, holder="a") as a,
+        build_scheduler(lease_settings, redis, arq_pool, holder="b") as b,
     ):
         planning_only(a)
         planning_only(b)
@@ -113,8 +102,8 @@ async def test_standby_takes_over_within_the_lease_when_the_leader_dies(
 async def test_a_deposed_leaders_late_tick_changes_nothing(redis, lease_settings, arq_pool) -> None:
     """The old leader was paused past its lease; its late tick is refused by the fencing token."""
     async with (
-        Scheduler(lease_settings, redis, arq_pool, holder="a") as a,
-        Scheduler(lease_settings, redis, arq_pool, holder="b") as b,
+        build_scheduler(lease_settings, redis, arq_pool, holder="a") as a,
+        build_scheduler(lease_settings, redis, arq_pool, holder="b") as b,
     ):
         planning_only(a)
         planning_only(b)
@@ -159,8 +148,8 @@ async def test_a_lease_handover_mid_tick_sends_one_page_per_incident(redis, redi
     # Due within the sync margin: the job flips at once and the lane breaches.
     await enqueue(Ledger(redis), int(now * 1000), [1])
     async with (
-        Scheduler(settings, redis, arq_pool, holder="a") as a,
-        Scheduler(settings, redis, arq_pool, holder="b") as b,
+        build_scheduler(settings, redis, arq_pool, holder="a") as a,
+        build_scheduler(settings, redis, arq_pool, holder="b") as b,
     ):
         handed_over: list[bool] = []
 
@@ -195,7 +184,7 @@ class StepClock:
 
 async def test_a_long_tick_renews_the_lease_between_steps(redis, redis_url, arq_pool) -> None:
     settings = make_settings(redis_url, scheduler=SchedulerSettings(lease_ttl_s=6))
-    scheduler = Scheduler(settings, redis, arq_pool, holder="a")
+    scheduler = build_scheduler(settings, redis, arq_pool, holder="a")
     clock = StepClock()
     scheduler.monotonic = clock
     seen: list[int] = []
@@ -217,7 +206,7 @@ async def test_a_long_tick_renews_the_lease_between_steps(redis, redis_url, arq_
 
 async def test_a_tick_that_outlived_its_lease_stops_fenced(redis, redis_url, arq_pool) -> None:
     settings = make_settings(redis_url, scheduler=SchedulerSettings(lease_ttl_s=6))
-    scheduler = Scheduler(settings, redis, arq_pool, holder="a")
+    scheduler = build_scheduler(settings, redis, arq_pool, holder="a")
     clock = StepClock()
     scheduler.monotonic = clock
     ran: list[str] = []
@@ -243,7 +232,7 @@ async def test_the_heartbeat_keeps_the_lease_through_a_step_longer_than_it(
 ) -> None:
     """A step that lasts three renewals (a whole TTL) without yielding a step boundary keeps the lease."""
     settings = make_settings(redis_url, scheduler=SchedulerSettings(lease_ttl_s=3))
-    scheduler = Scheduler(settings, redis, arq_pool, holder="a")
+    scheduler = build_scheduler(settings, redis, arq_pool, holder="a")
     renewals = 0
     ensure = scheduler.leader.ensure
 

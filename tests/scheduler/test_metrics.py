@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
-import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
-from api.app import create_app
-from config.settings import DEFAULT_PRICING_PATH, Settings, TenantSettings
+from config.settings import DEFAULT_PRICING_PATH, TenantSettings
 from scheduler import ids, metrics, scripts
 from scheduler.batches import Batches
 from scheduler.jobs import NewJob
 from scheduler.ledger import Finish, Ledger
 from scheduler.pricing import Pricing
+from tests.api.harness import asgi_client
 from tests.conftest import make_settings
 
 PRICING = Pricing.load(DEFAULT_PRICING_PATH)
@@ -36,15 +33,6 @@ def new_job(created_ms: int, deadline_ms: int) -> NewJob:
         deadline_ms=deadline_ms,
         created_ms=created_ms,
     )
-
-
-@asynccontextmanager
-async def api(settings: Settings, redis: Redis) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings, redis=redis)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
-            yield client
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -102,7 +90,7 @@ async def test_metrics_export_queue_jobs_costs_histograms_webhooks_alerts(redis:
     )
     now_ms = int(time.time() * 1000)
     await populate(redis, now_ms)
-    async with api(settings, redis) as client:
+    async with asgi_client(settings, redis, headers={}) as client:
         assert (await client.get("/metrics")).status_code == 401
         assert (await client.get("/metrics", headers={"authorization": "Bearer acme-key"})).status_code == 403
         response = await client.get("/metrics", headers={"authorization": "Bearer admin-key"})

@@ -8,7 +8,7 @@ import pytest
 
 from config.settings import LaneSettings
 from scheduler.lanes import LINE_OVERHEAD_BYTES, Lane, effective
-from scheduler.planner import LaneState, band_limit_ms, batches_for, decide
+from scheduler.planner import LaneBacklog, band_limit_ms, batches_for, decide
 from tests.conftest import make_settings
 
 NOW = datetime(2026, 3, 9, 12, 0, tzinfo=UTC).timestamp()
@@ -28,8 +28,8 @@ def lane(**overrides: object) -> Lane:
 
 def state(
     queued: int = 10, *, body: int = 100, age_s: float = 1.0, deadline_in_s: float = 3600, **kw: int
-) -> LaneState:
-    return LaneState(
+) -> LaneBacklog:
+    return LaneBacklog(
         queued=queued,
         queued_bytes=queued * body,
         oldest_arrival_ms=NOW_MS - int(age_s * 1000) if queued else None,
@@ -38,7 +38,7 @@ def state(
     )
 
 
-def run(ln: Lane, st: LaneState, now: float = NOW):
+def run(ln: Lane, st: LaneBacklog, now: float = NOW):
     return decide(ln, st, now, tick_s=TICK, turnaround_s=TURNAROUND)
 
 

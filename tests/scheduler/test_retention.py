@@ -229,7 +229,7 @@ async def test_trim_deletes_batches_that_ended_before_retention(redis_url: str, 
 async def test_the_scheduler_trims_when_it_starts_leading_then_every_reconcile_interval(
     redis_url: str, redis: Redis
 ):
-    from scheduler.service import Scheduler
+    from scheduler.service import build_scheduler
     from scheduler.tasks import create_pool
 
     settings = retention_settings(redis_url)
@@ -238,7 +238,7 @@ async def test_the_scheduler_trims_when_it_starts_leading_then_every_reconcile_i
     await ledger.finish([done(first), done(second)], NOW)
     pool = await create_pool(redis_url)
     try:
-        async with Scheduler(settings, redis, pool) as scheduler:
+        async with build_scheduler(settings, redis, pool) as scheduler:
             start = (NOW + TTL_S * 1000 + 2) / 1000
             assert (await scheduler.tick(start)).steps["retention"] == 2
             await enqueue(ledger, [job := new_job(NOW + 2)])

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-
-import pytest
-from arq.connections import ArqRedis
 
 from config.settings import LaneDefaults, LaneSettings, SchedulerSettings, SloSettings
 from scheduler import keys, tasks
+from scheduler.batches import Batches
 from scheduler.ledger import Ledger
-from scheduler.service import Scheduler, Tick, prune_step
+from scheduler.service import PruneStep, Scheduler, build_scheduler
 from scheduler.tasks import create_pool
+from scheduler.tick import Tick
 from tests.conftest import make_settings
 from tests.scheduler.planning_support import arq_queue, enqueue_lane, new_job
 
@@ -20,22 +18,13 @@ NOW = time.time()
 NOW_MS = int(NOW * 1000)
 
 
-@pytest.fixture
-async def arq_pool(redis_url: str, redis) -> AsyncIterator[ArqRedis]:
-    pool = await create_pool(redis_url)
-    try:
-        yield pool
-    finally:
-        await pool.aclose()
-
-
 PLANNING_STEPS = ("plan", "polls", "reconcile")
 
 
 def planning_only(scheduler: Scheduler) -> Scheduler:
-    """The scheduler with only the planning steps and the lane-median turnaround (no SLO flips)."""
+    """The scheduler with only the planning steps (no SLO flips; the plan step still plans with the
+    SLO tracker's turnaround model)."""
     scheduler.steps = [(name, step) for name, step in scheduler.steps if name in PLANNING_STEPS]
-    scheduler.turnaround = scheduler.median_turnaround
     return scheduler
 
 
@@ -76,7 +65,7 @@ async def test_ten_thousand_jobs_become_the_fewest_batches_earliest_deadlines_fi
             deadlines=lambda i: NOW_MS + 3_600_000 + (i * 7919) % 10_000 * 1000,
         )
         all_ids.update(ids_)
-    async with Scheduler(settings, redis, arq_pool) as scheduler:
+    async with build_scheduler(settings, redis, arq_pool) as scheduler:
         planning_only(scheduler)
         report = await scheduler.tick(NOW)
         assert report.leader
@@ -88,7 +77,7 @@ async def test_ten_thousand_jobs_become_the_fewest_batches_earliest_deadlines_fi
         seen: set[str] = set()
         by_lane: dict[str, list[tuple[int, int]]] = {}
         for batch_id in report.planned:
-            record = await scheduler.batches.get(batch_id)
+            record = await Batches(redis).get(batch_id)
             assert record is not None
             assert record.state == "planned"
             members = {m.decode() for m in await redis.smembers(keys.batch_jobs(batch_id))}
@@ -135,7 +124,7 @@ async def test_cap_flush_leaves_the_remainder_to_fill(redis, redis_url, arq_pool
         age_ms=1000,
         deadlines=lambda i: NOW_MS + 86_400_000,
     )
-    async with Scheduler(settings, redis, arq_pool) as scheduler:
+    async with build_scheduler(settings, redis, arq_pool) as scheduler:
         planning_only(scheduler)
         report = await scheduler.tick(NOW)
     lane = "openai:gpt-b:/v1/chat/completions"
@@ -163,7 +152,7 @@ async def test_a_flush_is_cut_into_deadline_bands(redis, redis_url, arq_pool) ->
         age_ms=61_000,
         deadlines=lambda i: NOW_MS + due[i % 3],
     )
-    async with Scheduler(settings, redis, arq_pool) as scheduler:
+    async with build_scheduler(settings, redis, arq_pool) as scheduler:
         planning_only(scheduler)
         report = await scheduler.tick(NOW)
         assert report.reserved == 300
@@ -188,7 +177,7 @@ async def test_nothing_flushes_without_a_trigger(redis, redis_url, arq_pool) -> 
         age_ms=1000,
         deadlines=lambda i: NOW_MS + 86_400_000,
     )
-    async with Scheduler(settings, redis, arq_pool) as scheduler:
+    async with build_scheduler(settings, redis, arq_pool) as scheduler:
         planning_only(scheduler)
         report = await scheduler.tick(NOW)
     assert report.planned == []
@@ -196,17 +185,18 @@ async def test_nothing_flushes_without_a_trigger(redis, redis_url, arq_pool) -> 
 
 
 async def test_deadline_pressure_uses_the_lanes_turnaround_history(redis, redis_url, arq_pool) -> None:
-    """With a median turnaround of 100 s, a job due in 101 s must leave now; with the 60 s prior it waits."""
+    """The plan step plans with the SLO tracker's turnaround (quantile + 60 s sync margin): with the
+    60 s prior a job due in 150 s waits; once batches took 90-120 s it must leave now."""
     settings = planning_settings(redis_url)
     lane = "openai:gpt-a:/v1/chat/completions"
     await enqueue_lane(
-        Ledger(redis), "openai", "gpt-a", 3, now_ms=NOW_MS, age_ms=1000, deadlines=lambda i: NOW_MS + 101_000
+        Ledger(redis), "openai", "gpt-a", 3, now_ms=NOW_MS, age_ms=1000, deadlines=lambda i: NOW_MS + 150_000
     )
-    async with Scheduler(settings, redis, arq_pool) as scheduler:
+    async with build_scheduler(settings, redis, arq_pool) as scheduler:
         planning_only(scheduler)
         assert (await scheduler.tick(NOW)).decisions[lane].reason == "waiting"
         await redis.lpush(keys.lane_turnarounds(lane), f"{NOW_MS}:100.0", f"{NOW_MS}:90.0", f"{NOW_MS}:120.0")
-        report = await scheduler.tick(NOW)
+        report = await scheduler.tick(NOW + 1)  # the next tick reads the lane's health again
     assert report.decisions[lane].reason == "deadline"
     assert report.reserved == 3
 
@@ -214,7 +204,7 @@ async def test_deadline_pressure_uses_the_lanes_turnaround_history(redis, redis_
 async def test_due_polls_are_enqueued_once_per_due_time(redis, redis_url, arq_pool) -> None:
     settings = planning_settings(redis_url)
     await redis.zadd(keys.BATCHES_POLL, {"bat_due": NOW_MS - 5, "bat_later": NOW_MS + 60_000})
-    async with Scheduler(settings, redis, arq_pool) as scheduler:
+    async with build_scheduler(settings, redis, arq_pool) as scheduler:
         planning_only(scheduler)
         first = await scheduler.tick(NOW)
         second = await scheduler.tick(NOW + 1)
@@ -224,7 +214,7 @@ async def test_due_polls_are_enqueued_once_per_due_time(redis, redis_url, arq_po
 
 async def test_reconciliation_is_enqueued_at_start_then_every_interval(redis, redis_url, arq_pool) -> None:
     settings = planning_settings(redis_url)
-    async with Scheduler(settings, redis, arq_pool) as scheduler:
+    async with build_scheduler(settings, redis, arq_pool) as scheduler:
         planning_only(scheduler)
         assert (await scheduler.tick(NOW)).reconcile
         await redis.delete("arq:queue", "arq:job:reconcile")  # as if a worker ran it
@@ -242,7 +232,7 @@ async def test_reconciliation_hands_ingestion_again_to_batches_ended_long_ago(
     for batch_id, state, ended in (("bat_stale", "ended", stale), ("bat_fresh", "ended", NOW_MS)):
         await redis.hset(keys.batch(batch_id), mapping={"id": batch_id, "state": state, "ended_ms": ended})
         await redis.zadd(keys.BATCHES_LIVE, {batch_id: ended})
-    async with Scheduler(settings, redis, arq_pool) as scheduler:
+    async with build_scheduler(settings, redis, arq_pool) as scheduler:
         planning_only(scheduler)
         report = await scheduler.tick(NOW)
     assert report.steps["swept"] == 1
@@ -261,7 +251,7 @@ async def test_a_step_is_added_with_one_line_and_failures_are_reported(redis, re
     async def broken(tick: Tick) -> None:
         raise RuntimeError("boom")
 
-    async with Scheduler(planning_settings(redis_url), redis, arq_pool) as scheduler:
+    async with build_scheduler(planning_settings(redis_url), redis, arq_pool) as scheduler:
         planning_only(scheduler)
         scheduler.steps += [("broken", broken), ("extra", extra)]
         report = await scheduler.tick(NOW)
@@ -283,7 +273,7 @@ async def test_the_tick_loop_outlives_a_redis_outage_and_leads_again() -> None:
         settings = planning_settings(url, scheduler=SchedulerSettings(tick_interval_s=0.05, lease_ttl_s=1))
         redis = Redis.from_url(url)
         pool = await create_pool(url)
-        scheduler = Scheduler(settings, redis, pool)
+        scheduler = build_scheduler(settings, redis, pool)
         loop = asyncio.create_task(scheduler.run_forever())
         for _ in range(100):
             if scheduler.leader.is_leader:
@@ -316,11 +306,38 @@ async def test_a_tick_walks_only_active_lanes_once_idle_ones_are_pruned(redis, r
     await enqueue_lane(
         ledger, "openai", "gpt-a", 3, now_ms=NOW_MS, age_ms=1000, deadlines=lambda i: NOW_MS + 86_400_000
     )
-    scheduler = planning_only(Scheduler(settings, redis, arq_pool, holder="t"))
-    scheduler.steps.append(("lanes", prune_step))
+    scheduler = planning_only(build_scheduler(settings, redis, arq_pool, holder="t"))
+    scheduler.steps.append(("lanes", PruneStep(settings, redis)))
     first = await scheduler.tick(NOW)
     assert len(first.decisions) == 151
     assert first.steps["lanes_pruned"] == 150
     second = await scheduler.tick(NOW + 1)
     assert list(second.decisions) == ["openai:gpt-a:/v1/chat/completions"]
     assert await redis.smembers(keys.LANES) == {b"openai:gpt-a:/v1/chat/completions"}
+
+
+async def test_build_scheduler_assembles_the_tick_in_order_and_no_step_holds_the_scheduler(
+    redis, redis_url, arq_pool
+) -> None:
+    """The SLO step runs first (flips before planning); steps get narrow parts, never the scheduler."""
+    scheduler = build_scheduler(planning_settings(redis_url), redis, arq_pool, holder="t")
+    names = [name for name, _ in scheduler.steps]
+    assert names == ["slo", "plan", "polls", "reconcile", "retention", "sync", "webhooks", "lanes"]
+    for _, step in scheduler.steps:
+        owner = getattr(step, "__self__", step)  # a bound method's object, else the step object
+        assert all(not isinstance(part, Scheduler) for part in vars(owner).values())
+
+
+async def test_a_new_term_reconciles_at_its_first_tick(redis, redis_url, arq_pool) -> None:
+    """A replica that lost the lease and takes it again reconciles at once, not an interval later."""
+    settings = planning_settings(redis_url)
+    async with build_scheduler(settings, redis, arq_pool, holder="a") as scheduler:
+        planning_only(scheduler)
+        first = await scheduler.tick(NOW)
+        await redis.delete("arq:queue", "arq:job:reconcile")  # as if a worker ran it
+        assert not (await scheduler.tick(NOW + 1)).reconcile  # same term, inside the interval
+        await scheduler.leader.release()
+        again = await scheduler.tick(NOW + 2)
+    assert first.reconcile
+    assert again.token != first.token
+    assert again.reconcile

@@ -5,15 +5,12 @@ from __future__ import annotations
 import time
 from collections import Counter
 
-import pytest
-
 from config.settings import AlertSettings, SloSettings
 from scheduler import keys
 from scheduler.health import sample
 from scheduler.ledger import Ledger
-from scheduler.service import Scheduler
-from scheduler.slo import SloReport
-from scheduler.tasks import create_pool
+from scheduler.service import Scheduler, build_scheduler
+from scheduler.slo import SloReport, SloTracker
 from tests.api.harness import ACME, ADMIN, asgi_client
 from tests.conftest import make_settings
 from tests.scheduler.slo_support import LANE, enqueue, lead, new_job, submitted_batch
@@ -21,20 +18,18 @@ from tests.scheduler.slo_support import LANE, enqueue, lead, new_job, submitted_
 NOW = 1_800_000_000_000
 
 
-@pytest.fixture
-async def pool(redis_url, redis):
-    p = await create_pool(redis_url)
-    yield p
-    await p.aclose()
+def tracker(settings, redis, arq_pool) -> SloTracker:
+    """The SLO step on its own, as build_scheduler builds it."""
+    return SloTracker(settings, redis, arq_pool, Ledger.for_settings(redis, settings))
 
 
-async def test_tick_flips_at_risk_jobs_before_planning_and_reports(redis, redis_url, pool):
+async def test_tick_flips_at_risk_jobs_before_planning_and_reports(redis, redis_url, arq_pool):
     settings = make_settings(
         redis_url, slo=SloSettings(prior_turnaround_s=10, default_sync_latency_s=1, recover_ticks=2)
     )
     ledger = Ledger(redis)
     near, far = await enqueue(ledger, NOW, [3, 3600])  # 3 s: its last safe moment has come
-    scheduler = Scheduler(settings, redis, pool, holder="t")
+    scheduler = build_scheduler(settings, redis, arq_pool, holder="t")
     assert scheduler.steps[0][0] == "slo"
     report = await scheduler.tick(NOW / 1000)
     slo = report.steps["slo"]
@@ -50,12 +45,11 @@ async def test_tick_flips_at_risk_jobs_before_planning_and_reports(redis, redis_
     assert (await ledger.get(far)).state in ("queued", "batched")
 
 
-async def test_get_lanes_shows_the_snapshot_to_the_admin_only(redis, redis_url, pool):
+async def test_get_lanes_shows_the_snapshot_to_the_admin_only(redis, redis_url, arq_pool):
     settings = make_settings(redis_url, slo=SloSettings(prior_turnaround_s=10, default_sync_latency_s=1))
     now = int(time.time() * 1000) - 5_000  # the API measures ages on the real clock
     await enqueue(Ledger(redis), now, [3600, 7200])
-    scheduler = Scheduler(settings, redis, pool, holder="t")
-    await scheduler.slo.run(now, await lead(redis))
+    await tracker(settings, redis, arq_pool).run(now, await lead(redis))
     async with asgi_client(settings, redis, ADMIN) as client:
         response = await client.get("/v1/lanes")
         assert response.status_code == 200
@@ -73,7 +67,7 @@ async def test_get_lanes_shows_the_snapshot_to_the_admin_only(redis, redis_url, 
         assert forbidden.status_code == 403
 
 
-async def test_lanes_command_prints_the_table(redis, redis_url, pool, capsys, monkeypatch):
+async def test_lanes_command_prints_the_table(redis, redis_url, arq_pool, capsys, monkeypatch):
     import asyncio
 
     from api.app import create_app
@@ -83,7 +77,7 @@ async def test_lanes_command_prints_the_table(redis, redis_url, pool, capsys, mo
     settings = make_settings(redis_url, slo=SloSettings(prior_turnaround_s=10, default_sync_latency_s=1))
     now = int(time.time() * 1000)
     await enqueue(Ledger(redis), now, [3600])
-    await Scheduler(settings, redis, pool, holder="t").slo.run(now, await lead(redis))
+    await tracker(settings, redis, arq_pool).run(now, await lead(redis))
     monkeypatch.setenv("COLUMNS", "250")  # rich truncates cells to the terminal's width
     with serve(create_app(settings)) as url:
         code = await asyncio.to_thread(main, ["lanes", "--url", url, "--api-key", "admin-key"])
@@ -93,7 +87,7 @@ async def test_lanes_command_prints_the_table(redis, redis_url, pool, capsys, mo
     assert "openai:gpt-4o-mini" in out
 
 
-async def test_an_idle_lane_recovers_after_a_slow_batch_and_its_page_resolves(redis, redis_url, pool):
+async def test_an_idle_lane_recovers_after_a_slow_batch_and_its_page_resolves(redis, redis_url, arq_pool):
     """The stalled batch finally ended slow and then no traffic came: the lane must not stay lagging
     (and paged) until that sample ages out of the history a week later."""
     settings = make_settings(
@@ -106,7 +100,7 @@ async def test_an_idle_lane_recovers_after_a_slow_batch_and_its_page_resolves(re
     await ledger.cancel(job_id, NOW)  # the lane is known, and idle
     usual = [sample(NOW - 3_600_000 + i * 60_000, 10.0) for i in range(5)]
     await redis.lpush(keys.lane_turnarounds(LANE), *usual, sample(NOW, 100.0))
-    scheduler = Scheduler(settings, redis, pool, holder="t")
+    scheduler = build_scheduler(settings, redis, arq_pool, holder="t")
     first = (await scheduler.tick(NOW / 1000)).steps["slo"]
     assert first.lanes[LANE].state == "lagging"
     assert first.lanes[LANE].alerts == ["trigger:health"]
@@ -118,7 +112,7 @@ async def test_an_idle_lane_recovers_after_a_slow_batch_and_its_page_resolves(re
     assert seen == ["resolve:health"]
 
 
-async def test_a_leader_back_after_another_led_takes_the_lane_state_it_left(redis, redis_url, pool):
+async def test_a_leader_back_after_another_led_takes_the_lane_state_it_left(redis, redis_url, arq_pool):
     """A judged the lane breaching, lost the lease; B saw it recover and resolved the page. When A
     leads again it must not revive its own stale memory of the lane and page a second time."""
     settings = make_settings(
@@ -128,8 +122,8 @@ async def test_a_leader_back_after_another_led_takes_the_lane_state_it_left(redi
     )
     ledger = Ledger(redis)
     await enqueue(ledger, NOW, [3])
-    a = Scheduler(settings, redis, pool, holder="a")
-    b = Scheduler(settings, redis, pool, holder="b")
+    a = build_scheduler(settings, redis, arq_pool, holder="a")
+    b = build_scheduler(settings, redis, arq_pool, holder="b")
     first = (await a.tick(NOW / 1000)).steps["slo"].lanes[LANE]
     assert (first.state, first.alerts) == ("breaching", ["trigger:health"])
     await a.leader.release()  # A stalls past its lease; B takes over
@@ -173,11 +167,11 @@ async def _active_lanes(ledger: Ledger, now_ms: int, names: range) -> None:
 COMMANDS_PER_LANE = 15
 
 
-async def test_a_ticks_redis_commands_grow_by_a_constant_per_lane(redis, redis_url, pool):
+async def test_a_ticks_redis_commands_grow_by_a_constant_per_lane(redis, redis_url, arq_pool):
     settings = make_settings(redis_url, slo=SloSettings(prior_turnaround_s=60))
     ledger = Ledger(redis)
     await _active_lanes(ledger, NOW, range(10))
-    scheduler = Scheduler(settings, redis, pool, holder="t")
+    scheduler = build_scheduler(settings, redis, arq_pool, holder="t")
     await scheduler.tick(NOW / 1000)  # a term's first tick also reconciles and adopts the registry
     await scheduler.tick(NOW / 1000 + 1)
     small = await _commands_of_tick(redis, scheduler, NOW / 1000 + 2)
@@ -191,7 +185,7 @@ async def test_a_ticks_redis_commands_grow_by_a_constant_per_lane(redis, redis_u
     assert large["evalsha"] == small["evalsha"]
 
 
-async def test_batches_in_flight_with_nothing_at_risk_add_no_flip_reads(redis, redis_url, pool):
+async def test_batches_in_flight_with_nothing_at_risk_add_no_flip_reads(redis, redis_url, arq_pool):
     """A batch's deadline index is read with every lane's reads; with nothing at risk the flipper
     reads no range of it and does not check it for emptiness one batch at a time."""
     settings = make_settings(redis_url, slo=SloSettings(prior_turnaround_s=60))
@@ -204,12 +198,12 @@ async def test_batches_in_flight_with_nothing_at_risk_add_no_flip_reads(redis, r
         await redis.delete(keys.LEADER_LEASE)  # the helper's lease; the scheduler leads from here
 
     await batches(1)
-    scheduler = Scheduler(settings, redis, pool, holder="t")
+    scheduler = build_scheduler(settings, redis, arq_pool, holder="t")
     await scheduler.tick(NOW / 1000 + 1)  # builds the batch's deadline index
     one = await _commands_of_tick(redis, scheduler, NOW / 1000 + 2)
     await scheduler.close()
     await batches(3)
-    scheduler = Scheduler(settings, redis, pool, holder="t")
+    scheduler = build_scheduler(settings, redis, arq_pool, holder="t")
     await scheduler.tick(NOW / 1000 + 3)
     four = await _commands_of_tick(redis, scheduler, NOW / 1000 + 4)
     per_batch = {name: (four[name] - one[name]) / 3 for name in four | one}

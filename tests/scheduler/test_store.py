@@ -8,13 +8,12 @@ import contextlib
 import random
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import httpx
 from redis.asyncio import Redis
 from structlog.testing import capture_logs
 
-from api.app import create_app
 from batchshift.embedded_redis import embedded_redis, free_port
 from config.settings import Settings
 from scheduler import store
@@ -41,16 +40,6 @@ def blackhole() -> Iterator[str]:
         sock.bind(("127.0.0.1", 0))
         sock.listen(16)
         yield f"redis://127.0.0.1:{sock.getsockname()[1]}/0"
-
-
-@contextlib.asynccontextmanager
-async def own_client_app(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """The API building its own Redis client from settings, as ``batchshift api`` does."""
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://api", headers=ACME) as client:
-            yield client
 
 
 async def test_clients_carry_the_configured_socket_timeouts(redis_url: str):
@@ -136,7 +125,7 @@ async def test_a_blackholed_redis_gives_503s_not_hung_requests(redis_url: str):
     with blackhole() as url:
         settings = make_settings(url, redis={"socket_timeout_s": 0.2, "socket_connect_timeout_s": 0.2})
         with capture_logs() as logs:
-            async with own_client_app(settings) as api:
+            async with asgi_client(settings) as api:
                 response = await api.post("/v1/jobs", json=JOB)
                 read = await api.get("/v1/jobs/job_01", headers=ACME)
     _unavailable(response)
@@ -148,7 +137,7 @@ async def test_a_long_poll_outlasts_the_socket_timeout(redis_url: str, redis: Re
     """A wait of many socket timeouts is answered when the job ends, without a lost subscription."""
     settings = make_settings(redis_url, redis={"socket_timeout_s": 0.3})
     with capture_logs() as logs:
-        async with own_client_app(settings) as api:
+        async with asgi_client(settings) as api:
             job_id = (await api.post("/v1/jobs", json=JOB)).json()["id"]
             waiting = asyncio.create_task(api.get(f"/v1/jobs/{job_id}", params={"wait": 30}))
             # Let the wait pass several socket timeouts before the job ends.

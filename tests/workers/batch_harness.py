@@ -23,15 +23,18 @@ from scheduler.ids import job_id as new_job_id
 from scheduler.jobs import NewJob
 from scheduler.lanes import effective
 from scheduler.ledger import Ledger
+from workers.context import WorkerContext
 from workers.providers import make_adapter
 from workers.tasks.batches import poll_batch, submit_batch
+from workers.tasks.outcomes import PollOutcome, SubmitOutcome
 
 ENDPOINT = "/v1/chat/completions"
 MODEL = "gpt-4o-mini"
 
 
-async def make_ctx(settings: Settings, http: httpx.AsyncClient, db: int = 0) -> dict[str, Any]:
-    """A worker ctx as the worker's startup builds it, on Redis database ``db``."""
+async def make_ctx(settings: Settings, http: httpx.AsyncClient, db: int = 0) -> WorkerContext:
+    """A worker ctx as the worker's startup builds it, on Redis database ``db`` (``http`` serves
+    webhooks too: these tests deliver none)."""
     conn = tasks.redis_settings(settings.redis_url)
     conn.database = db
     redis: ArqRedis = await arq.create_pool(
@@ -42,6 +45,7 @@ async def make_ctx(settings: Settings, http: httpx.AsyncClient, db: int = 0) -> 
         "settings": settings,
         "ledger": Ledger(redis, result_ttl_s=settings.worker.result_retention_s),
         "http": http,
+        "webhook_http": http,
         "adapters": {n: make_adapter(n, p, http) for n, p in settings.providers.items()},
         "hooks": {},
         "job_try": 1,
@@ -74,24 +78,24 @@ async def enqueue_jobs(
     return [j.id for j in jobs]
 
 
-async def run_batch(ctx: dict[str, Any], *, model: str = MODEL, timeout_s: float = 30) -> str:
+async def run_batch(ctx: WorkerContext, *, model: str = MODEL, timeout_s: float = 30) -> str:
     """Reserve the lane's queued jobs into one batch, submit it to the emulator and poll it until it ended."""
     redis = ctx["redis"]
-    settings: Settings = ctx["settings"]
+    settings = ctx["settings"]
     await redis.set(keys.LEADER_FENCE, "1")
     lane = effective(settings, "openai", model, ENDPOINT)
     bid = new_batch_id()
     taken = await Batches(redis).reserve(lane, bid, token=1, now_ms=int(time.time() * 1000), chunk=5000)
     assert taken > 0
-    assert await submit_batch(ctx, bid) == "submitted"  # type: ignore[arg-type]
+    assert await submit_batch(ctx, bid) is SubmitOutcome.SUBMITTED
     deadline = time.monotonic() + timeout_s
-    while await poll_batch(ctx, bid) != "ended":  # type: ignore[arg-type]
+    while await poll_batch(ctx, bid) is not PollOutcome.ENDED:
         assert time.monotonic() < deadline, "the emulator batch did not end"
         await asyncio.sleep(0.05)
     return bid
 
 
-async def emulator_results(ctx: dict[str, Any], bid: str) -> dict[str, Any]:
+async def emulator_results(ctx: WorkerContext, bid: str) -> dict[str, Any]:
     """custom_id -> the emulator's own result line, read straight from the adapter."""
     record = await Batches(ctx["redis"]).get(bid)
     assert record is not None

@@ -3,6 +3,7 @@ leases, and channels that hang or answer too much (capped as a webhook receiver 
 
 from __future__ import annotations
 
+import random
 import time
 import tracemalloc
 
@@ -257,3 +258,23 @@ async def test_a_due_entry_whose_record_is_gone_is_dropped(redis, redis_url, cli
 def test_a_lease_no_longer_than_the_send_deadline_is_refused():
     with pytest.raises(ValidationError, match="lease_s"):
         AlertSettings(timeout_s=30, lease_s=30)
+
+
+class HighDraws(random.Random):
+    """Always draws the top of the range, so a jittered delay is exact."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+async def test_a_retry_is_jittered_by_the_random_source_given(redis, redis_url, client):
+    """Channels that failed together do not retry together: each step moves by up to ± jitter."""
+    settings = alert_settings(redis_url, "http://127.0.0.1:9", jitter=0.5)
+    settings.alerts.pagerduty = None
+    settings.alerts.webhook = None
+    now = int(time.time() * 1000)
+    await evaluate(redis, settings, LANE, [health(True)], now, token=await lead(redis))
+    sender = AlertSender(redis, client, settings.alerts, rng=HighDraws())
+    assert (await sender.run(now))["retry"] == 1
+    [(_, due)] = await redis.zrange(keys.ALERTS_DUE, 0, -1, withscores=True)
+    assert due == now + int(0.2 * 1.5 * 1000)

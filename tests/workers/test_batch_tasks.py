@@ -6,18 +6,17 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import cast
 
 import pytest
 from arq import Retry
-from arq.connections import ArqRedis
+from structlog.testing import capture_logs
 
 from config.settings import LaneDefaults, SchedulerSettings, SloSettings
 from scheduler import keys, tasks
 from scheduler.batches import Batches
 from scheduler.ledger import Ledger
-from scheduler.service import Scheduler
-from scheduler.tasks import create_pool
+from scheduler.service import ReconcileStep, Scheduler, build_scheduler
 from tests.conftest import make_settings
 from tests.scheduler.planning_support import enqueue_lane
 from tests.workers.conftest import anthropic_settings, openai_settings
@@ -26,8 +25,9 @@ from workers.errors import LeaseLost
 from workers.providers.base import BatchLine
 from workers.tasks.batches import poll_batch, reconcile_batches, submit_batch
 from workers.tasks.lease import SubmitLease
+from workers.tasks.outcomes import PollOutcome, SubmitOutcome
 from workers.tasks.refusals import refuse
-from workers.worker import context_of, run_burst, shutdown, startup
+from workers.worker import run_burst, shutdown, startup
 
 LANES = {"openai": "openai:gpt-4o-mini:/v1/chat/completions", "anthropic": "anthropic:claude-x:/v1/messages"}
 MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-x"}
@@ -41,21 +41,12 @@ class SimulatedCrash(BaseException):
 @asynccontextmanager
 async def worker_ctx(settings, redis, hooks=None) -> AsyncIterator[WorkerContext]:
     """A worker's ctx built by its own startup, for calling a task directly."""
-    ctx: dict[str, Any] = {"redis": redis, "settings": settings, "hooks": hooks or {}}
+    ctx = cast(WorkerContext, {"redis": redis, "settings": settings, "hooks": hooks or {}})
     await startup(ctx)
     try:
-        yield context_of(ctx)
+        yield ctx
     finally:
         await shutdown(ctx)
-
-
-@pytest.fixture
-async def arq_pool(redis_url: str, redis) -> AsyncIterator[ArqRedis]:
-    pool = await create_pool(redis_url)
-    try:
-        yield pool
-    finally:
-        await pool.aclose()
 
 
 @pytest.fixture
@@ -79,9 +70,16 @@ def task_settings(redis_url: str, emulator):
 
 @pytest.fixture
 async def scheduler(task_settings, redis, arq_pool) -> AsyncIterator[Scheduler]:
-    async with Scheduler(task_settings, redis, arq_pool) as s:
+    async with build_scheduler(task_settings, redis, arq_pool) as s:
         s.steps = [(n, step) for n, step in s.steps if n in PLANNING_STEPS]
         yield s
+
+
+def reconcile_step(scheduler: Scheduler) -> ReconcileStep:
+    """The scheduler's reconcile step (setting its ``last`` to None reconciles at the next tick)."""
+    step = dict(scheduler.steps)["reconcile"]
+    assert isinstance(step, ReconcileStep)
+    return step
 
 
 def lease_lapsed(settings) -> float:
@@ -169,13 +167,13 @@ async def test_submit_poll_and_hand_to_ingestion(redis, scheduler, task_settings
 
 
 async def test_a_cancelled_batch_teaches_the_lane_no_turnaround(
-    redis, scheduler, task_settings, emulator
+    redis, scheduler, task_settings, emulator, arq_pool
 ) -> None:
     """Cancelled, a batch only shows it took at least that long: no sample, or the lane looks fast."""
     emulator.configure(stall=["*"])
     _, batch_id = await plan(redis, scheduler, "openai", 3)
     await run_burst(task_settings)
-    await tasks.enqueue(scheduler.arq, tasks.CANCEL_BATCH, batch_id, job_id=tasks.cancel_job_id(batch_id))
+    await tasks.enqueue(arq_pool, tasks.CANCEL_BATCH, batch_id, job_id=tasks.cancel_job_id(batch_id))
     await drive(scheduler, task_settings, batch_id, until=("ended", "ingested"))
     record = await Batches(redis).get(batch_id)
     assert record is not None
@@ -217,7 +215,7 @@ async def test_crash_between_create_and_record_is_healed_by_reconciliation(
     # The dead worker's arq job is gone; past the planned timeout the scheduler has a worker
     # reconcile, and the batch is adopted.
     await redis.delete("arq:queue", f"arq:job:submit:{batch_id}:0", "arq:job:reconcile")
-    scheduler.last_reconcile = None
+    reconcile_step(scheduler).last = None
     await scheduler.tick(lease_lapsed(task_settings))
     await run_burst(task_settings)
     record = await Batches(redis).get(batch_id)
@@ -267,7 +265,7 @@ async def test_rerun_after_a_crash_looks_before_creating_again(
         assert record.state == "planned"  # still running: its ids cannot be read yet
         emulator.configure(stall=[])
         await wait_ended(task_settings, redis, provider, crashed[0])
-        scheduler.last_reconcile = None
+        reconcile_step(scheduler).last = None
         await scheduler.tick(lease_lapsed(task_settings))
         await run_burst(task_settings)
         record = await Batches(redis).get(batch_id)
@@ -291,14 +289,14 @@ async def test_unknown_create_outcome_is_reconciled_not_resent(
     record = await Batches(redis).get(batch_id)
     assert record is not None
     assert record.state == "planned"
-    scheduler.last_reconcile = None
+    reconcile_step(scheduler).last = None
     await scheduler.tick(time.time() + task_settings.scheduler.planned_timeout_s + 0.5)
     await run_burst(task_settings)  # the create may still answer: reconciliation waits for its timeout
     record = await Batches(redis).get(batch_id)
     assert record is not None
     assert record.state == "planned"
     assert record.attempts == 0
-    scheduler.last_reconcile = None
+    reconcile_step(scheduler).last = None
     await scheduler.tick(lease_lapsed(task_settings))
     await run_burst(task_settings)  # reconcile finds nothing -> resubmits (attempt 1) -> created
     record = await Batches(redis).get(batch_id)
@@ -412,7 +410,7 @@ async def test_a_batch_the_provider_lost_is_abandoned_and_its_jobs_go_back(
     assert (await Batches(redis).get(batch_id)).state == "submitted"  # type: ignore[union-attr]
     emulator.reset()  # the provider no longer knows the batch: 404 on every poll
     async with worker_ctx(task_settings, redis) as ctx:
-        assert await poll_batch(ctx, batch_id) == "abandoned"
+        assert await poll_batch(ctx, batch_id) is PollOutcome.ABANDONED
     assert (await Batches(redis).get(batch_id)).state == "failed"  # type: ignore[union-attr]
     jobs = await Ledger(redis).get_many(job_ids)
     assert {(j.state, j.attempts) for j in jobs if j} == {("queued", 1)}
@@ -430,13 +428,13 @@ async def test_a_batch_running_past_its_window_is_cancelled_and_its_jobs_go_back
         lane_defaults=LaneDefaults(max_wait=60),
     )
     emulator.configure(stall=["*"])
-    async with Scheduler(settings, redis, arq_pool) as s:
+    async with build_scheduler(settings, redis, arq_pool) as s:
         s.steps = [(n, step) for n, step in s.steps if n in PLANNING_STEPS]
         job_ids, batch_id = await plan(redis, s, "openai", 3)
     await run_burst(settings)  # submitted
     await asyncio.sleep(0.3)
     async with worker_ctx(settings, redis) as ctx:
-        assert await poll_batch(ctx, batch_id) == "abandoned"
+        assert await poll_batch(ctx, batch_id) is PollOutcome.ABANDONED
     cancels = [r for r in emulator.requests() if r["path"].endswith("/cancel")]
     assert len(cancels) == 1
     jobs = await Ledger(redis).get_many(job_ids)
@@ -490,7 +488,7 @@ async def test_a_storm_longer_than_three_planned_timeouts_creates_the_batch_once
                 break
             # The submission gave up or its create's outcome is unknown: past the create timeout,
             # the scheduler's reconciliation looks for the batch and resubmits it.
-            scheduler.last_reconcile = None
+            reconcile_step(scheduler).last = None
             s = settings.scheduler
             since = max(time.time(), await redis.zscore(keys.BATCHES_PLANNED, batch_id) / 1000)
             await scheduler.tick(since + s.planned_timeout_s + s.create_timeout_s + 1)
@@ -527,7 +525,10 @@ async def test_a_submission_that_lost_its_lease_does_not_create(
         with pytest.raises(Retry):
             await submit_batch(ctx, batch_id)
         ctx["job_try"] = 2
-        assert await submit_batch(ctx, batch_id) == "leased:held:submit:other"
+        with capture_logs() as logs:
+            assert await submit_batch(ctx, batch_id) is SubmitOutcome.LEASED
+    [summary] = [e for e in logs if e["event"] == "task.finished"]
+    assert summary["lease"] == "held:submit:other"
     assert creates_accepted(emulator) == 0
     # Had it got past the start, the stamp before the create call would have stopped it.
     mine = SubmitLease(batches, task_settings, batch_id, f"submit:{batch_id}:0")
@@ -579,7 +580,7 @@ async def test_a_foreign_batch_of_the_same_time_size_and_model_is_never_adopted(
     assert abs(foreign.created_at * 1000 - int(record.raw["create_started_ms"])) < 5_000
     if provider == "anthropic":
         # Running, its ids unreadable: neither adopted nor created over.
-        scheduler.last_reconcile = None
+        reconcile_step(scheduler).last = None
         await scheduler.tick(lease_lapsed(task_settings))
         await run_burst(task_settings)
         record = await Batches(redis).get(batch_id)
@@ -589,7 +590,7 @@ async def test_a_foreign_batch_of_the_same_time_size_and_model_is_never_adopted(
         emulator.configure(stall=[])
         await wait_ended(task_settings, redis, provider, foreign.provider_batch_id)
     emulator.configure(stall=[])
-    scheduler.last_reconcile = None
+    reconcile_step(scheduler).last = None
     await scheduler.tick(lease_lapsed(task_settings))
     await run_burst(task_settings)  # reconcile: the candidate is foreign -> resubmit -> created
     record = await Batches(redis).get(batch_id)
@@ -621,8 +622,9 @@ async def test_a_job_stranded_batched_is_swept_within_one_reconcile_interval(
     assert {j.state for j in await Ledger(redis).get_many(job_ids) if j} == {"batched"}
     assert await redis.zscore(keys.BATCHES_CLOSED, batch_id) is not None
     # One reconcile interval later the scheduler's reconcile pass runs, and a worker sweeps.
-    assert scheduler.last_reconcile is not None
-    report = await scheduler.tick(scheduler.last_reconcile + task_settings.scheduler.reconcile_interval_s)
+    last = reconcile_step(scheduler).last
+    assert last is not None
+    report = await scheduler.tick(last + task_settings.scheduler.reconcile_interval_s)
     assert report.reconcile
     await run_burst(task_settings)
     assert set((await live_batches_of(redis, job_ids)).values()) == {"lane"}

@@ -149,6 +149,8 @@ async def test_retriable_lines_go_to_sync_when_attempts_or_the_deadline_run_out(
 async def test_a_batch_only_tenant_past_its_budget_is_not_sent_to_paid_sync(
     redis_url, redis, emulator: EmulatorControl, http
 ) -> None:
+    """Its batch attempts used up and paid sync barred, a retriable line fails the job with a clear
+    error (scheduler.policy.route_retry), instead of sending it round the lane without end."""
     emulator.configure(line_error_rate=0.5, line_error_status=503)
     tenants = {
         "acme": TenantSettings(
@@ -159,6 +161,31 @@ async def test_a_batch_only_tenant_past_its_budget_is_not_sent_to_paid_sync(
         redis_url, emulator.url, scheduler=SchedulerSettings(max_attempts=1), tenants=tenants
     )
     ctx = await make_ctx(settings, http)
+    ids = await enqueue_jobs(ctx["ledger"], 20)
+    bid = await run_batch(ctx)
+    produced = await emulator_results(ctx, bid)
+    await redis.set(keys.budget_spend("acme", time.strftime("%Y-%m", time.gmtime())), "5")
+    await ingest_batch(ctx, bid)
+    retried = [i for i in ids if produced[i].outcome == "retriable"]
+    assert retried
+    assert set((await states(redis, retried)).values()) == {"failed"}
+    for job_id in retried:
+        job = await ctx["ledger"].get(job_id)
+        assert job.error["code"] == "sync_blocked"
+        assert job.error["cause"] == produced[job_id].error
+    assert await redis.zcard(keys.SYNC_QUEUE) == 0
+
+
+async def test_a_batch_only_tenant_past_its_budget_with_attempts_left_goes_back_to_its_lane(
+    redis_url, redis, emulator: EmulatorControl, http
+) -> None:
+    emulator.configure(line_error_rate=0.5, line_error_status=503)
+    tenants = {
+        "acme": TenantSettings(
+            api_key="acme-key", webhook_secrets=[SECRET], monthly_budget_usd=1, budget_policy="batch_only"
+        )
+    }
+    ctx = await make_ctx(ingest_settings(redis_url, emulator.url, tenants=tenants), http)
     ids = await enqueue_jobs(ctx["ledger"], 20)
     bid = await run_batch(ctx)
     produced = await emulator_results(ctx, bid)
@@ -328,7 +355,7 @@ async def test_5000_jobs_end_succeeded_through_faulty_emulator_batches(
     """
     from config.settings import LaneSettings
     from scheduler import tasks
-    from scheduler.service import Scheduler
+    from scheduler.service import build_scheduler
     from scheduler.tasks import create_pool
     from workers.worker import run_burst
 
@@ -355,7 +382,7 @@ async def test_5000_jobs_end_succeeded_through_faulty_emulator_batches(
     cancelled = None
     stalled = True
     deadline = asyncio.get_running_loop().time() + 100
-    async with Scheduler(settings, redis, pool) as scheduler:
+    async with build_scheduler(settings, redis, pool) as scheduler:
         while True:
             await scheduler.tick(time.time())
             await run_burst(settings)

@@ -19,11 +19,12 @@ from scheduler.clock import server_ms
 from scheduler.ids import job_id as new_job_id
 from scheduler.jobs import NewJob
 from scheduler.ledger import Ledger
-from scheduler.service import Scheduler
+from scheduler.service import build_scheduler
 from tests.conftest import make_settings
 from tests.workers.batch_harness import ENDPOINT, MODEL, make_ctx
 from tests.workers.conftest import FAST_HTTP, openai_settings
 from workers.http import build_client
+from workers.tasks.outcomes import SyncOutcome
 from workers.tasks.sync import expected_usd, run_sync
 from workers.worker import SYNC_TASK_MARGIN_S, functions, run_burst
 
@@ -56,7 +57,7 @@ def sync_calls(emulator: EmulatorControl) -> list[dict[str, Any]]:
 async def test_a_sync_job_succeeds_with_the_providers_answer(redis_url, redis, emulator, http) -> None:
     ctx = await make_ctx(sync_settings(redis_url, emulator.url), http)
     jid = await sync_job(ctx["ledger"])
-    assert await run_sync(ctx, jid) == "succeeded"
+    assert await run_sync(ctx, jid) is SyncOutcome.SUCCEEDED
     job = await ctx["ledger"].get(jid)
     assert job.state == "succeeded"
     assert job.route == "sync"
@@ -78,11 +79,11 @@ async def test_a_retriable_error_hands_the_job_back_to_the_dispatch(redis_url, r
     jid = await sync_job(ctx["ledger"])
     await redis.zadd(keys.SYNC_LEASES, {jid: 0})
     before = time.time() * 1000
-    assert await run_sync(ctx, jid) == "later"
+    assert await run_sync(ctx, jid) is SyncOutcome.DEFERRED
     assert (await ctx["ledger"].get(jid)).state == "sync"
     assert await redis.hget(keys.job(jid), "sync_attempts") == b"1"
     assert await redis.zscore(keys.SYNC_LEASES, jid) > before  # not dispatched again before the backoff
-    assert await run_sync(ctx, jid) == "succeeded"
+    assert await run_sync(ctx, jid) is SyncOutcome.SUCCEEDED
 
 
 async def test_retriable_errors_retry_past_any_fixed_count_until_the_deadline(
@@ -92,7 +93,7 @@ async def test_retriable_errors_retry_past_any_fixed_count_until_the_deadline(
     ctx = await make_ctx(sync_settings(redis_url, emulator.url), http)
     jid = await sync_job(ctx["ledger"])
     outcomes = [await run_sync(ctx, jid) for _ in range(9)]
-    assert outcomes == ["later"] * 8 + ["succeeded"]
+    assert outcomes == [SyncOutcome.DEFERRED] * 8 + [SyncOutcome.SUCCEEDED]
 
 
 async def test_with_an_attempt_cap_the_last_attempt_fails_with_the_providers_error(
@@ -103,8 +104,8 @@ async def test_with_an_attempt_cap_the_last_attempt_fails_with_the_providers_err
     settings.worker.sync_max_attempts = 2
     ctx = await make_ctx(settings, http)
     jid = await sync_job(ctx["ledger"])
-    assert await run_sync(ctx, jid) == "later"
-    assert await run_sync(ctx, jid) == "failed"
+    assert await run_sync(ctx, jid) is SyncOutcome.DEFERRED
+    assert await run_sync(ctx, jid) is SyncOutcome.FAILED
     job = await ctx["ledger"].get(jid)
     assert job.error["status"] == 503
 
@@ -113,14 +114,14 @@ async def test_a_permanent_error_fails_the_job_at_once(redis_url, redis, emulato
     emulator.configure(fail_next={"POST /v1/chat/completions": [400]})
     ctx = await make_ctx(sync_settings(redis_url, emulator.url), http)
     jid = await sync_job(ctx["ledger"])
-    assert await run_sync(ctx, jid) == "failed"
+    assert await run_sync(ctx, jid) is SyncOutcome.FAILED
     assert (await ctx["ledger"].get(jid)).error["status"] == 400
 
 
 async def test_a_job_past_its_deadline_fails_without_a_call(redis_url, redis, emulator, http) -> None:
     ctx = await make_ctx(sync_settings(redis_url, emulator.url), http)
     jid = await sync_job(ctx["ledger"], deadline_s=-1)
-    assert await run_sync(ctx, jid) == "failed"
+    assert await run_sync(ctx, jid) is SyncOutcome.FAILED
     assert (await ctx["ledger"].get(jid)).error["type"] == "deadline_exceeded"
     assert sync_calls(emulator) == []
 
@@ -129,7 +130,7 @@ async def test_a_job_that_left_the_sync_lane_is_not_sent(redis_url, redis, emula
     ctx = await make_ctx(sync_settings(redis_url, emulator.url), http)
     jid = await sync_job(ctx["ledger"])
     await ctx["ledger"].cancel(jid, int(time.time() * 1000))
-    assert await run_sync(ctx, jid) == "skip:cancelled"
+    assert await run_sync(ctx, jid) is SyncOutcome.SKIPPED
     assert sync_calls(emulator) == []
 
 
@@ -141,7 +142,7 @@ async def test_the_tick_dispatches_each_sync_job_once_per_lease_and_the_worker_f
     ctx = await make_ctx(settings, http)
     ids = [await sync_job(ctx["ledger"], content=f"q{i}") for i in range(3)]
     now = time.time()
-    async with Scheduler(settings, redis, ctx["redis"]) as scheduler:
+    async with build_scheduler(settings, redis, ctx["redis"]) as scheduler:
         assert (await scheduler.tick(now)).steps["sync"] == 3
         assert (await scheduler.tick(now + 1)).steps["sync"] == 0  # leased
         assert (await scheduler.tick(now + settings.scheduler.sync_lease_s + 1)).steps["sync"] == 3
@@ -184,7 +185,7 @@ async def test_a_call_longer_than_the_lease_is_not_dispatched_again_and_is_paid_
     settings = long_call_settings(redis_url, emulator.url, lease_s=2.0)
     ctx = await make_ctx(settings, http)
     jid = await sync_job(ctx["ledger"])
-    async with Scheduler(settings, redis, ctx["redis"]) as scheduler:
+    async with build_scheduler(settings, redis, ctx["redis"]) as scheduler:
         assert (await scheduler.tick(time.time())).steps["sync"] == 1
         run = asyncio.create_task(run_sync(ctx, jid, 1))
         redispatched, slot_lapsed = 0, False
@@ -194,7 +195,7 @@ async def test_a_call_longer_than_the_lease_is_not_dispatched_again_and_is_paid_
             slots = await redis.zrange(keys.sync_slots("openai"), 0, -1, withscores=True)
             slot_lapsed |= any(lapses <= now_ms for _, lapses in slots)  # the slot lives with the lease
             await asyncio.sleep(0.1)
-        assert await run == "succeeded"
+        assert await run is SyncOutcome.SUCCEEDED
         assert redispatched == 0
         assert not slot_lapsed
         assert await redis.zcard(keys.sync_slots("openai")) == 0  # released at the end
@@ -214,7 +215,7 @@ async def test_a_worker_killed_mid_call_leads_to_one_more_call_and_both_are_coun
     settings = long_call_settings(redis_url, emulator.url, lease_s=0.5)
     ctx = await make_ctx(settings, http)
     jid = await sync_job(ctx["ledger"], content="a long answer")
-    async with Scheduler(settings, redis, ctx["redis"]) as scheduler:
+    async with build_scheduler(settings, redis, ctx["redis"]) as scheduler:
         assert (await scheduler.tick(time.time())).steps["sync"] == 1
         killed = asyncio.create_task(run_sync(ctx, jid, 1))
 
@@ -235,7 +236,7 @@ async def test_a_worker_killed_mid_call_leads_to_one_more_call_and_both_are_coun
     # Priced while the job still holds its body (an ended job's body is dropped).
     expected = expected_usd(settings, "openai", await ctx["ledger"].get(jid), "sync")
     assert expected > 0
-    assert await run_sync(ctx, jid, 2) == "succeeded"
+    assert await run_sync(ctx, jid, 2) is SyncOutcome.SUCCEEDED
     job = await ctx["ledger"].get(jid)
     assert job.state == "succeeded"
     assert len(sync_calls(emulator)) == 2
@@ -253,7 +254,7 @@ async def test_a_flex_call_that_times_out_falls_back_to_standard_and_is_counted(
     jid = await sync_job(ctx["ledger"])
     expected = expected_usd(settings, "openai", await ctx["ledger"].get(jid), "flex")  # body still held
     assert expected > 0
-    assert await run_sync(ctx, jid) == "succeeded"
+    assert await run_sync(ctx, jid) is SyncOutcome.SUCCEEDED
     job = await ctx["ledger"].get(jid)
     assert job.route == "sync"
     assert [r.get("service_tier") for r in sync_calls(emulator)] == ["flex", "auto"]
@@ -274,16 +275,16 @@ async def test_a_standard_call_waits_for_its_own_timeout_and_a_timed_out_try_is_
     settings.worker.sync_timeout_s = 5
     ctx = await make_ctx(settings, http)
     first = await sync_job(ctx["ledger"])
-    assert await run_sync(ctx, first) == "succeeded"  # past the provider's 0.2 s read timeout
+    assert await run_sync(ctx, first) is SyncOutcome.SUCCEEDED  # past the provider's 0.2 s read timeout
     settings.worker.sync_timeout_s = 0.2
     second = await sync_job(ctx["ledger"], content="slow")
     await redis.zadd(keys.SYNC_LEASES, {second: 0})
-    assert await run_sync(ctx, second) == "later"
+    assert await run_sync(ctx, second) is SyncOutcome.DEFERRED
     assert await redis.hget(keys.job(second), "sync_call") is None
     emulator.configure(sync_latency_s=0.0)
     expected = expected_usd(settings, "openai", await ctx["ledger"].get(second), "sync")  # body still held
     assert expected > 0
-    assert await run_sync(ctx, second) == "succeeded"
+    assert await run_sync(ctx, second) is SyncOutcome.SUCCEEDED
     jobs = [await ctx["ledger"].get(j) for j in (first, second)]
     total = await spend(redis)
     assert total["wasted_usd"] == pytest.approx(expected)
@@ -312,7 +313,7 @@ async def test_a_worker_60s_ahead_stamps_the_lease_by_the_servers_clock(
     await redis.zadd(keys.SYNC_LEASES, {jid: 0})
     real = time.time
     monkeypatch.setattr(time, "time", lambda: real() + 60)
-    assert await run_sync(ctx, jid) == "later"
+    assert await run_sync(ctx, jid) is SyncOutcome.DEFERRED
     lease_end = await redis.zscore(keys.SYNC_LEASES, jid)
     assert lease_end < await server_ms(redis) + 30_000  # the backoff is well under a second
 
@@ -322,8 +323,8 @@ async def test_a_deposed_leaders_sync_dispatch_hands_nothing_out(redis_url, redi
     ctx = await make_ctx(settings, http)
     jid = await sync_job(ctx["ledger"])
     async with (
-        Scheduler(settings, redis, ctx["redis"], holder="a") as a,
-        Scheduler(settings, redis, ctx["redis"], holder="b") as b,
+        build_scheduler(settings, redis, ctx["redis"], holder="a") as a,
+        build_scheduler(settings, redis, ctx["redis"], holder="b") as b,
     ):
         a.steps = [(name, step) for name, step in a.steps if name == "sync"]
         token = await a.leader.ensure()

@@ -9,7 +9,7 @@ size and verifies them by the custom ids (and models) of their results, readable
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
@@ -20,17 +20,9 @@ from config.settings import ProviderSettings
 from workers import http
 from workers.errors import BatchNotEnded, MalformedResponse, ProviderNotFound
 from workers.providers import batch_input, jsonl
-from workers.providers.account import ProviderAccount, parse_object, with_service_tier
-from workers.providers.base import (
-    BatchInfo,
-    BatchLine,
-    Outcome,
-    RequestId,
-    ResultLine,
-    Status,
-    SyncResult,
-    each_line,
-)
+from workers.providers.adapter import BatchAdapter, BeforeCreate
+from workers.providers.base import BatchInfo, Outcome, RequestId, ResultLine, Status
+from workers.providers.batch_input import BatchInput
 
 BATCHES = "/v1/messages/batches"
 LIST_PAGE = 1000  # Anthropic's largest page
@@ -138,83 +130,42 @@ def result_line(line: _Line) -> ResultLine:
     raise MalformedResponse(f"unreadable Anthropic batch result line: unknown result type {kind!r}")
 
 
-class AnthropicAdapter:
+class AnthropicAdapter(BatchAdapter):
     """One Anthropic account."""
 
+    kind = "anthropic"
+    batches_path = BATCHES
+    line_format = batch_input.ANTHROPIC_FORMAT
+    list_page = LIST_PAGE
+    list_cursor = "after_id"
+    default_auth_header = "x-api-key"
+    batch_info = staticmethod(batch_info)
+
     def __init__(self, name: str, settings: ProviderSettings, client: httpx.AsyncClient) -> None:
-        self.account = ProviderAccount(name, settings, client, default_auth_header="x-api-key")
+        super().__init__(name, settings, client)
         self.account.headers["anthropic-version"] = settings.anthropic_version
-        self.name = name
-        self.kind = "anthropic"
-        self.request_limit = self.account.request_limit
-        self.byte_limit = self.account.byte_limit
 
-    def line_size(self, line: BatchLine, *, endpoint: str) -> int:
-        return batch_input.ANTHROPIC_FORMAT.size(line, endpoint)
-
-    def split(self, lines: Iterable[BatchLine], *, endpoint: str) -> Iterator[list[BatchLine]]:
-        return batch_input.split(
-            lines,
-            batch_input.ANTHROPIC_FORMAT,
-            endpoint=endpoint,
-            request_limit=self.request_limit,
-            byte_limit=self.byte_limit,
+    async def create(self, spooled: BatchInput, batch_id: str, before_create: BeforeCreate) -> dict[str, Any]:
+        """One call carries every request (batches run on the Messages API only)."""
+        if before_create is not None:
+            await before_create()
+        return await self.account.create(
+            BATCHES,
+            batch_id,
+            content=batch_input.Rereadable(spooled),
+            headers={"content-type": "application/json", "content-length": str(spooled.nbytes)},
         )
 
-    async def submit_batch(
-        self,
-        lines: AsyncIterable[BatchLine] | Iterable[BatchLine],
-        *,
-        endpoint: str,
-        batch_id: str,
-        before_create: Callable[[], Awaitable[None]] | None = None,
-    ) -> BatchInfo:
-        """Create the batch (``endpoint`` is always the Messages API; ``batch_id`` only names errors)."""
-        spooled = await batch_input.spool(
-            lines,
-            batch_input.ANTHROPIC_FORMAT,
-            endpoint=endpoint,
-            request_limit=self.request_limit,
-            byte_limit=self.byte_limit,
-        )
-        with spooled:
-            if before_create is not None:
-                await before_create()
-            created = await self.account.create(
-                BATCHES,
-                batch_id,
-                content=batch_input.Rereadable(spooled),
-                headers={"content-type": "application/json", "content-length": str(spooled.nbytes)},
-            )
-        return batch_info(created)
-
-    async def _get(self, provider_batch_id: str) -> dict[str, Any]:
+    async def fetch(self, provider_batch_id: str) -> dict[str, Any]:
         try:
-            return await self.account.call_json("GET", f"{BATCHES}/{provider_batch_id}", idempotent=True)
+            return await super().fetch(provider_batch_id)
         except ProviderNotFound as exc:
             # Anthropic can answer 404 for a moment on a batch it just created: worth asking again.
             raise ProviderNotFound(exc.status, exc.type, exc.message, True, exc.retry_after) from exc
 
-    async def get_batch(self, provider_batch_id: str) -> BatchInfo:
-        return batch_info(await self._get(provider_batch_id))
-
-    async def list_batches(self, limit: int = 100) -> list[BatchInfo]:
-        objects = await self.account.list_objects(
-            BATCHES, limit=limit, page_size=LIST_PAGE, cursor="after_id"
-        )
-        return [batch_info(obj) for obj in objects]
-
     async def delete_stored(self, object_id: str) -> None:
         """Delete an ended batch, its requests and results with it (``DELETE /v1/messages/batches/{id}``)."""
-        try:
-            await self.account.call_json("DELETE", f"{BATCHES}/{object_id}", idempotent=True)
-        except ProviderNotFound:
-            return  # already gone: what we wanted
-
-    async def cancel_batch(self, provider_batch_id: str) -> BatchInfo:
-        # Cancelling twice is harmless, so the call is treated as idempotent.
-        path = f"{BATCHES}/{provider_batch_id}/cancel"
-        return batch_info(await self.account.call_json("POST", path, idempotent=True))
+        await self.delete(f"{BATCHES}/{object_id}")
 
     async def request_ids(self, info: BatchInfo) -> AsyncIterator[list[RequestId]]:
         """The custom ids of an ended batch's results, with the model each succeeded answer names
@@ -224,41 +175,14 @@ class AnthropicAdapter:
         async for block in self.result_blocks(info.provider_batch_id):
             yield [RequestId(line.custom_id, answer_model(line.body)) for line in block]
 
-    def results(self, provider_batch_id: str) -> AsyncIterator[ResultLine]:
-        return each_line(self.result_blocks(provider_batch_id))
-
     async def result_blocks(self, provider_batch_id: str) -> AsyncIterator[list[ResultLine]]:
         """Stream the results JSONL of an ended batch.
 
         Read from our own base URL rather than the batch's ``results_url``, so the API key is
         never sent to a host that is not configured.
         """
-        info = batch_info(await self._get(provider_batch_id))
-        if not info.ended:
-            raise BatchNotEnded(provider_batch_id, info.raw_status)
+        await self.ended(provider_batch_id)
         path = f"{BATCHES}/{provider_batch_id}/results"
         async with self.account.stream(path, headers={"accept": "application/binary"}) as response:
             async for block in http.iter_line_blocks(response):
                 yield result_lines(block)
-
-    async def send_sync(
-        self,
-        endpoint: str,
-        body: bytes,
-        *,
-        service_tier: str | None = None,
-        max_retries: int | None = None,
-        read_timeout: float | None = None,
-    ) -> SyncResult:
-        # A repeated sync call costs twice but changes nothing, so it is retried like a read.
-        response = await self.account.call(
-            "POST",
-            endpoint,
-            idempotent=True,
-            max_retries=max_retries,
-            read_timeout=read_timeout,
-            content=with_service_tier(body, service_tier),
-            headers={"content-type": "application/json"},
-        )
-        doc = parse_object(response.content, f"POST {endpoint}")
-        return SyncResult(response.content, doc.get("usage"), response.status_code, dict(response.headers))

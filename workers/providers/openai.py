@@ -10,35 +10,29 @@ endpoints are named as OpenAI's batch lines name them (``/v1/chat/completions``)
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator
 from typing import Any, cast
 
-import httpx
 import msgspec
 import orjson
 
-from config.settings import ProviderSettings
 from workers import http
 from workers.errors import (
     BatchCreateUnknown,
-    BatchNotEnded,
     MalformedResponse,
     ProviderError,
-    ProviderNotFound,
 )
 from workers.providers import batch_input, jsonl
-from workers.providers.account import ProviderAccount, parse_object, with_service_tier
+from workers.providers.adapter import BatchAdapter, BeforeCreate
 from workers.providers.base import (
     BatchInfo,
-    BatchLine,
     Outcome,
     RequestId,
     ResultLine,
     Status,
-    SyncResult,
     batch_metadata,
-    each_line,
 )
+from workers.providers.batch_input import BatchInput
 
 STATUSES: frozenset[str] = frozenset(
     {"validating", "in_progress", "finalizing", "cancelling", "completed", "failed", "expired", "cancelled"}
@@ -170,65 +164,45 @@ def result_line(line: _Line) -> ResultLine:
     return ResultLine(line.custom_id, outcome, None, None, error, False)
 
 
-class OpenAIAdapter:
+class OpenAIAdapter(BatchAdapter):
     """One OpenAI (or OpenAI-compatible) account."""
 
-    def __init__(self, name: str, settings: ProviderSettings, client: httpx.AsyncClient) -> None:
-        self.account = ProviderAccount(name, settings, client, default_auth_header="Authorization")
-        self.name = name
-        self.kind = "openai"
-        self.request_limit = self.account.request_limit
-        self.byte_limit = self.account.byte_limit
+    kind = "openai"
+    batches_path = "/batches"
+    line_format = batch_input.OPENAI_FORMAT
+    list_page = LIST_PAGE
+    list_cursor = "after"
+    default_auth_header = "Authorization"
+    batch_info = staticmethod(batch_info)
 
-    def line_size(self, line: BatchLine, *, endpoint: str) -> int:
-        return batch_input.OPENAI_FORMAT.size(line, batch_endpoint(endpoint))
+    def batch_endpoint(self, endpoint: str) -> str:
+        return batch_endpoint(endpoint)
 
-    def split(self, lines: Iterable[BatchLine], *, endpoint: str) -> Iterator[list[BatchLine]]:
-        return batch_input.split(
-            lines,
-            batch_input.OPENAI_FORMAT,
-            endpoint=batch_endpoint(endpoint),
-            request_limit=self.request_limit,
-            byte_limit=self.byte_limit,
+    def sync_path(self, endpoint: str) -> str:
+        return sync_path(endpoint)
+
+    async def create(self, spooled: BatchInput, batch_id: str, before_create: BeforeCreate) -> dict[str, Any]:
+        """Upload the input as a ``purpose=batch`` file, then create the batch on it."""
+        # Re-sending an upload at worst leaves an unused file behind, so it is retried freely.
+        uploaded = await self.account.call_json(
+            "POST",
+            "/files",
+            idempotent=True,
+            files={"file": (f"{batch_id}.jsonl", spooled.file, "application/jsonl")},
+            data={"purpose": "batch"},
         )
-
-    async def submit_batch(
-        self,
-        lines: AsyncIterable[BatchLine] | Iterable[BatchLine],
-        *,
-        endpoint: str,
-        batch_id: str,
-        before_create: Callable[[], Awaitable[None]] | None = None,
-    ) -> BatchInfo:
-        endpoint = batch_endpoint(endpoint)
-        spooled = await batch_input.spool(
-            lines,
-            batch_input.OPENAI_FORMAT,
-            endpoint=endpoint,
-            request_limit=self.request_limit,
-            byte_limit=self.byte_limit,
-        )
-        with spooled:
-            # Re-sending an upload at worst leaves an unused file behind, so it is retried freely.
-            uploaded = await self.account.call_json(
-                "POST",
-                "/files",
-                idempotent=True,
-                files={"file": (f"{batch_id}.jsonl", spooled.file, "application/jsonl")},
-                data={"purpose": "batch"},
-            )
         file_id = uploaded.get("id")
         if not isinstance(file_id, str):
             raise MalformedResponse("file upload answered without an id")
         try:
             if before_create is not None:
                 await before_create()
-            created = await self.account.create(
+            return await self.account.create(
                 "/batches",
                 batch_id,
                 json={
                     "input_file_id": file_id,
-                    "endpoint": endpoint,
+                    "endpoint": spooled.endpoint,
                     "completion_window": "24h",
                     "metadata": batch_metadata(batch_id),
                 },
@@ -239,7 +213,6 @@ class OpenAIAdapter:
             # Stopped before the create, or refused by it: no batch uses the upload (best effort).
             await self._drop_upload(file_id)
             raise
-        return batch_info(created)
 
     async def _drop_upload(self, file_id: str) -> None:
         if self.account.settings.delete_input_files:
@@ -248,29 +221,9 @@ class OpenAIAdapter:
 
     async def delete_stored(self, object_id: str) -> None:
         """Delete a file (``DELETE /files/{id}``)."""
-        file_id = object_id
-        try:
-            answer = await self.account.call_json("DELETE", f"/files/{file_id}", idempotent=True)
-        except ProviderNotFound:
-            return  # already gone: what we wanted
-        if answer.get("deleted") is not True:
-            raise MalformedResponse(f"DELETE /files/{file_id}: the provider did not confirm the deletion")
-
-    async def get_batch(self, provider_batch_id: str) -> BatchInfo:
-        return batch_info(
-            await self.account.call_json("GET", f"/batches/{provider_batch_id}", idempotent=True)
-        )
-
-    async def list_batches(self, limit: int = 100) -> list[BatchInfo]:
-        objects = await self.account.list_objects(
-            "/batches", limit=limit, page_size=LIST_PAGE, cursor="after"
-        )
-        return [batch_info(obj) for obj in objects]
-
-    async def cancel_batch(self, provider_batch_id: str) -> BatchInfo:
-        # Cancelling twice is harmless, so the call is treated as idempotent.
-        path = f"/batches/{provider_batch_id}/cancel"
-        return batch_info(await self.account.call_json("POST", path, idempotent=True))
+        answer = await self.delete(f"/files/{object_id}")
+        if answer is not None and answer.get("deleted") is not True:
+            raise MalformedResponse(f"DELETE /files/{object_id}: the provider did not confirm the deletion")
 
     async def request_ids(self, info: BatchInfo) -> AsyncIterator[list[RequestId]]:
         """The input file's custom ids and models (ProviderNotFound once the file is deleted)."""
@@ -281,15 +234,9 @@ class OpenAIAdapter:
             async for block in http.iter_line_blocks(response):
                 yield request_ids(block)
 
-    def results(self, provider_batch_id: str) -> AsyncIterator[ResultLine]:
-        return each_line(self.result_blocks(provider_batch_id))
-
     async def result_blocks(self, provider_batch_id: str) -> AsyncIterator[list[ResultLine]]:
         """Every line of the output file, then of the error file; nothing for a batch that failed validation."""
-        obj = await self.account.call_json("GET", f"/batches/{provider_batch_id}", idempotent=True)
-        info = batch_info(obj)
-        if not info.ended:
-            raise BatchNotEnded(provider_batch_id, info.raw_status)
+        obj = await self.ended(provider_batch_id)
         for key in ("output_file_id", "error_file_id"):
             file_id = obj.get(key)
             if not file_id:
@@ -297,25 +244,3 @@ class OpenAIAdapter:
             async with self.account.stream(f"/files/{file_id}/content") as response:
                 async for block in http.iter_line_blocks(response):
                     yield result_lines(block)
-
-    async def send_sync(
-        self,
-        endpoint: str,
-        body: bytes,
-        *,
-        service_tier: str | None = None,
-        max_retries: int | None = None,
-        read_timeout: float | None = None,
-    ) -> SyncResult:
-        # A repeated sync call costs twice but changes nothing, so it is retried like a read.
-        response = await self.account.call(
-            "POST",
-            sync_path(endpoint),
-            idempotent=True,
-            max_retries=max_retries,
-            read_timeout=read_timeout,
-            content=with_service_tier(body, service_tier),
-            headers={"content-type": "application/json"},
-        )
-        doc = parse_object(response.content, f"POST {endpoint}")
-        return SyncResult(response.content, doc.get("usage"), response.status_code, dict(response.headers))

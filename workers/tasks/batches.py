@@ -12,14 +12,16 @@ input file is deleted at the provider, and once ingested its outputs (:mod:`work
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import structlog
 from arq import Retry
+from structlog.contextvars import bind_contextvars
 
-from scheduler import keys, tasks
+from scheduler import keys, policy, tasks
 from scheduler.batches import Batches, BatchRecord
 from scheduler.clock import server_ms
 from scheduler.health import observed_turnaround_s
@@ -36,13 +38,16 @@ from workers.errors import (
     ProviderNotFound,
 )
 from workers.providers.base import BatchInfo, BatchLine, ProviderAdapter
+from workers.summary import note, summarised
 from workers.tasks import files, matching
 from workers.tasks.lease import SubmitLease
+from workers.tasks.outcomes import CancelOutcome, PollOutcome, SubmitOutcome
 from workers.tasks.refusals import RETRIABLE_CODES, reason_of, refuse
 
 log = structlog.get_logger(__name__)
 
 BODY_CHUNK = 1000  # job bodies read per pipelined round trip while building a batch input
+_rng = random.Random()  # jitter of submission retries
 
 
 def _now_ms() -> int:
@@ -66,36 +71,48 @@ async def batch_lines(ctx: WorkerContext, batch_id: str, sent: list[int]) -> Asy
                 yield BatchLine(custom_id=job_id, body=body)
 
 
-async def submit_batch(ctx: WorkerContext, batch_id: str) -> str:
+async def bound_batch(ctx: WorkerContext, batch_id: str) -> tuple[Batches, BatchRecord | None]:
+    """A batch task's record (None: gone), with its ids bound to the task's log lines."""
+    bind_contextvars(batch_id=batch_id)
+    batches = Batches(ctx["redis"])
+    record = await batches.get(batch_id)
+    if record is not None:
+        bind_contextvars(lane=record.lane, provider=record.provider)
+    return batches, record
+
+
+@summarised(tasks.SUBMIT_BATCH)
+async def submit_batch(ctx: WorkerContext, batch_id: str) -> SubmitOutcome:
     """Create the provider batch of planned batch ``batch_id`` and record its id; returns the outcome.
 
     The task works under the batch's submission lease (:mod:`workers.tasks.lease`), held by its
     arq job id, so neither a second submission nor reconciliation can create the batch meanwhile.
     """
-    batches = Batches(ctx["redis"])
-    record = await batches.get(batch_id)
-    if record is None or record.state != "planned":
-        return "missing" if record is None else f"skip:{record.state}"
-    log_ = log.bind(batch_id=batch_id, lane=record.lane)
+    batches, record = await bound_batch(ctx, batch_id)
+    if record is None:
+        return SubmitOutcome.MISSING
+    if record.state != "planned":
+        note(state=record.state)
+        return SubmitOutcome.SKIPPED
     adapter = ctx["adapters"].get(record.provider)
     if adapter is None:
-        log_.error("batch.provider_unconfigured", provider=record.provider)
-        return "no_adapter"
+        log.error("batch.provider_unconfigured")
+        return SubmitOutcome.NO_ADAPTER
     holder = ctx.get("job_id") or tasks.submit_job_id(batch_id, record.attempts)
     lease = SubmitLease(batches, ctx["settings"], batch_id, holder)
     taken = await lease.acquire(await server_ms(ctx["redis"]))
     if taken != "ok":
-        log_.info("batch.submit_skipped", lease=taken)
-        return f"leased:{taken}"
+        note(lease=taken)
+        return SubmitOutcome.LEASED
     if record.raw.get("create_started_ms"):
         # An earlier run got as far as the create call: the provider may hold the batch already.
         async with lease.heartbeat():  # verifying a candidate reads its requests: it may take a while
             verdict = await matching.adopt(ctx, batches, adapter, record, _now_ms())
         if verdict == "ours":
-            return "adopted"
+            return SubmitOutcome.ADOPTED
         if verdict == "unknown":  # a candidate not readable yet: reconciliation decides later
             await lease.release()
-            return "unverified"
+            return SubmitOutcome.UNVERIFIED
     sent = [0]
 
     async def before_create() -> None:
@@ -111,43 +128,47 @@ async def submit_batch(ctx: WorkerContext, batch_id: str) -> str:
                 before_create=before_create,
             )
     except LeaseLost as exc:
-        log_.warning("batch.submit_lease_lost", outcome=exc.outcome)
-        return "lease_lost"
+        log.warning("batch.submit_lease_lost", outcome=exc.outcome)
+        return SubmitOutcome.LEASE_LOST
     except BatchCreateUnknown as exc:
-        log_.warning("batch.create_unknown", reason=exc.reason)
+        log.warning("batch.create_unknown", reason=exc.reason)
         await lease.release()
-        return "unknown"  # left planned: reconciliation finds it or resubmits after the create timeout
+        # Left planned: reconciliation finds it or resubmits after the create timeout.
+        return SubmitOutcome.UNKNOWN
     except InvalidBatchInput as exc:
         return await _drop_bad_line(ctx, batches, record, exc)
     except BatchTooLarge as exc:
         reason = {"type": "batch_refused", "code": "batch_too_large", "message": str(exc)}
         await refuse(ctx, batches, record, reason, retriable=True, now_ms=_now_ms())
-        return "refused"
+        return SubmitOutcome.REFUSED
     except ProviderHTTPError as exc:
         if exc.retriable or isinstance(exc, AuthenticationError):
             return await _retry(ctx, lease, exc)
         reason = {"type": "batch_refused", "code": exc.type or str(exc.status), "message": exc.message}
         retriable = reason["code"] in RETRIABLE_CODES
         await refuse(ctx, batches, record, reason, retriable=retriable, now_ms=_now_ms())
-        return "refused"
+        return SubmitOutcome.REFUSED
     except ProviderError as exc:  # nothing reached the provider (connect failures)
         return await _retry(ctx, lease, exc)
     if sent[0] == 0:  # every job left the batch (cancelled or flipped) before it was sent
         await batches.update(batch_id, ("planned",), now_ms=_now_ms(), to_state="cancelled")
-        return "empty"
+        return SubmitOutcome.EMPTY
     await call_hook(ctx, "after_create", batch_id=batch_id, provider_batch_id=info.provider_batch_id)
     return await record_created(ctx, batches, record, info, sent=sent[0])
 
 
-async def _retry(ctx: WorkerContext, lease: SubmitLease, exc: ProviderError) -> str:
+async def _retry(ctx: WorkerContext, lease: SubmitLease, exc: ProviderError) -> SubmitOutcome:
     """Try the submission again later with backoff, the lease held over the wait; after the last
     try the lease is released and reconciliation takes over."""
     job_try = ctx.get("job_try", 1)
     if job_try >= ctx["settings"].scheduler.max_attempts:
         log.warning("batch.submit_gave_up", error=str(exc), tries=job_try)
         await lease.release()
-        return "gave_up"
-    after = getattr(exc, "retry_after", None) or ctx["settings"].scheduler.poll_initial_s * job_try
+        return SubmitOutcome.GAVE_UP
+    sched = ctx["settings"].scheduler
+    after = getattr(exc, "retry_after", None) or policy.backoff(
+        job_try - 1, sched.poll_initial_s, sched.poll_max_s, _rng
+    )
     await lease.renew(extra_s=after)
     await call_hook(ctx, "submit_retry", batch_id=lease.batch_id, job_try=job_try, defer_s=after)
     raise Retry(defer=after) from exc
@@ -155,7 +176,7 @@ async def _retry(ctx: WorkerContext, lease: SubmitLease, exc: ProviderError) -> 
 
 async def record_created(
     ctx: WorkerContext, batches: Batches, record: BatchRecord, info: BatchInfo, *, sent: int
-) -> str:
+) -> SubmitOutcome:
     """Record the provider's id on the planned batch; a second provider batch becomes a duplicate."""
     poll_s = ctx["settings"].scheduler.poll_initial_s
     now_ms = _now_ms()
@@ -167,20 +188,21 @@ async def record_created(
         log.info(
             "batch.submitted", batch_id=record.id, lane=record.lane, provider_batch_id=info.provider_batch_id
         )
-        return "submitted"
+        return SubmitOutcome.SUBMITTED
     if outcome.startswith("skip:"):
         # Another run recorded a different provider batch first: this one is a duplicate.
         await batches.record_duplicate(
             record.id, record.provider, info.provider_batch_id, now_ms=now_ms, poll_s=poll_s
         )
         log.warning("batch.duplicate", batch_id=record.id, provider_batch_id=info.provider_batch_id)
-        return "duplicate"
-    return outcome
+        return SubmitOutcome.DUPLICATE
+    log.warning("batch.submit_unrecorded", batch_id=record.id, outcome=outcome)
+    return SubmitOutcome.MISSING if outcome == "missing" else SubmitOutcome.CLAIMED
 
 
 async def _drop_bad_line(
     ctx: WorkerContext, batches: Batches, record: BatchRecord, exc: InvalidBatchInput
-) -> str:
+) -> SubmitOutcome:
     """One line cannot be sent: fail that job, send the rest back to the lane without an attempt."""
     now_ms = _now_ms()
     error = {"type": "invalid_request", "code": "invalid_batch_line", "message": exc.reason}
@@ -192,22 +214,21 @@ async def _drop_bad_line(
         await ctx["ledger"].requeue(back, now_ms)
     await batches.update(record.id, ("planned",), now_ms=now_ms, to_state="cancelled")
     log.warning("batch.line_refused", batch_id=record.id, job_id=exc.custom_id, reason=exc.reason)
-    return "line_refused"
+    return SubmitOutcome.LINE_REFUSED
 
 
 def _overdue(ctx: WorkerContext, record: BatchRecord, now_ms: int) -> bool:
-    """Whether a batch still running has outlived its provider's completion window plus the grace
-    (Azure's Global Batch, for one, never expires a batch by itself)."""
+    """Whether a batch still running is past giving up on (:func:`scheduler.policy.overdue`)."""
     provider = ctx["settings"].providers.get(record.provider)
-    if provider is None or record.submitted_ms is None:
+    if provider is None:
         return False
-    limit_s = provider.completion_window_s + ctx["settings"].scheduler.overdue_grace_s
-    return now_ms - record.submitted_ms > limit_s * 1000
+    grace_s = ctx["settings"].scheduler.overdue_grace_s
+    return policy.overdue(record.submitted_ms, now_ms, provider.completion_window_s, grace_s)
 
 
 async def _abandon(
     ctx: WorkerContext, batches: Batches, record: BatchRecord, code: str, message: str, now_ms: int
-) -> str:
+) -> PollOutcome:
     """Give up on a batch the provider lost or never finishes: ask it to cancel (best effort, so
     nothing more is billed), and send the jobs back to their lane, or on to sync."""
     adapter = ctx["adapters"].get(record.provider)
@@ -219,73 +240,67 @@ async def _abandon(
     reason = {"type": "batch_refused", "code": code, "message": message}
     await refuse(ctx, batches, record, reason, retriable=True, now_ms=now_ms)
     log.error("batch.abandoned", batch_id=record.id, lane=record.lane, code=code)
-    return "abandoned"
+    return PollOutcome.ABANDONED
 
 
-async def poll_batch(ctx: WorkerContext, batch_id: str) -> str:
+@summarised(tasks.POLL_BATCH)
+async def poll_batch(ctx: WorkerContext, batch_id: str) -> PollOutcome:
     """Poll a batch once: record its status; when it ended, hand it to ingestion; else reschedule."""
-    batches = Batches(ctx["redis"])
     settings = ctx["settings"].scheduler
-    record = await batches.get(batch_id)
+    batches, record = await bound_batch(ctx, batch_id)
     now_ms = _now_ms()
     if record is None:
         await ctx["redis"].zrem(keys.BATCHES_POLL, batch_id)
-        return "missing"
+        return PollOutcome.MISSING
     if record.state == "ended":
         return await _hand_to_ingest(ctx, batches, record, now_ms)
     if record.state != "submitted" or record.provider_batch_id is None:
         await batches.update(batch_id, (record.state,), now_ms=now_ms, next_poll_ms="del")
-        return f"skip:{record.state}"
+        note(state=record.state)
+        return PollOutcome.SKIPPED
     adapter = ctx["adapters"].get(record.provider)
-    interval = min(
-        (record.poll_interval_s or settings.poll_initial_s) * settings.poll_backoff, settings.poll_max_s
-    )
+    interval = policy.next_poll_s(record.poll_interval_s, settings)
+
+    async def poll_again(**fields: Any) -> None:
+        """Schedule the next poll ``interval`` from now (backing off), recording ``fields`` with it."""
+        next_poll_ms = now_ms + int(interval * 1000)
+        await batches.update(
+            batch_id,
+            ("submitted",),
+            now_ms=now_ms,
+            next_poll_ms=next_poll_ms,
+            poll_interval_s=interval,
+            **fields,
+        )
+
     if adapter is None:
         await batches.update(
             batch_id, ("submitted",), now_ms=now_ms, next_poll_ms=now_ms + int(settings.poll_max_s * 1000)
         )
-        return "no_adapter"
+        return PollOutcome.NO_ADAPTER
     try:
         info = await adapter.get_batch(record.provider_batch_id)
     except ProviderError as exc:
         # The poll moves on either way, so the next one has a new due time (and a new task id).
-        log.warning(
-            "batch.poll_failed",
-            batch_id=batch_id,
-            error=str(exc),
-            not_found=isinstance(exc, ProviderNotFound),
-        )
+        log.warning("batch.poll_failed", error=str(exc), not_found=isinstance(exc, ProviderNotFound))
         if isinstance(exc, ProviderNotFound) and not exc.retriable:
             return await _abandon(ctx, batches, record, "batch_lost", str(exc), now_ms)
-        await batches.update(
-            batch_id,
-            ("submitted",),
-            now_ms=now_ms,
-            next_poll_ms=now_ms + int(interval * 1000),
-            poll_interval_s=interval,
-        )
-        return "poll_failed"
+        await poll_again()
+        return PollOutcome.POLL_FAILED
     status = _status_fields(info)
     if not info.ended and _overdue(ctx, record, now_ms):
         return await _abandon(ctx, batches, record, "batch_overdue", "past the completion window", now_ms)
     if not info.ended:
-        await batches.update(
-            batch_id,
-            ("submitted",),
-            now_ms=now_ms,
-            next_poll_ms=now_ms + int(interval * 1000),
-            poll_interval_s=interval,
-            running_seen_ms=now_ms,  # the turnaround sample is measured between polls
-            **status,
-        )
-        return info.status
+        await poll_again(running_seen_ms=now_ms, **status)  # the turnaround sample is measured between polls
+        note(status=info.status)
+        return PollOutcome.RUNNING
     if info.status == "failed":
         reason = reason_of(info.errors, "batch_failed")
         retriable = reason["code"] in RETRIABLE_CODES
         await batches.update(batch_id, ("submitted",), now_ms=now_ms, **status)
         await refuse(ctx, batches, record, reason, retriable=retriable, now_ms=now_ms)
         await files.discard(ctx, record.provider, info.files, files.INPUT_ROLES)
-        return "refused"
+        return PollOutcome.REFUSED
     ended_ms = int(info.ended_at * 1000) if info.ended_at else now_ms
     # Stay in the poll set until ingestion is enqueued: a crash in between is healed by the next poll.
     moved = await batches.update(
@@ -308,7 +323,7 @@ async def poll_batch(ctx: WorkerContext, batch_id: str) -> str:
         # only that it took at least this long: counted as an end, it would teach the lane it is fast.
         if info.status != "cancelled":
             await batches.push_turnaround(record.lane, ended_ms, seconds, ctx["settings"].slo.history_size)
-        log.info("batch.ended", batch_id=batch_id, lane=record.lane, status=info.status, turnaround_s=seconds)
+        log.info("batch.ended", status=info.status, turnaround_s=seconds)
     if moved.status == "ok":
         await files.discard(ctx, record.provider, info.files, files.INPUT_ROLES)
     return await _hand_to_ingest(ctx, batches, record, now_ms)
@@ -325,21 +340,26 @@ def _status_fields(info: BatchInfo) -> dict[str, Any]:
     }
 
 
-async def _hand_to_ingest(ctx: WorkerContext, batches: Batches, record: BatchRecord, now_ms: int) -> str:
+async def _hand_to_ingest(
+    ctx: WorkerContext, batches: Batches, record: BatchRecord, now_ms: int
+) -> PollOutcome:
     await tasks.enqueue(ctx["redis"], tasks.INGEST_BATCH, record.id, job_id=tasks.ingest_job_id(record.id))
     await batches.update(record.id, ("ended",), now_ms=now_ms, next_poll_ms="del")
-    return "ended"
+    return PollOutcome.ENDED
 
 
-async def cancel_batch(ctx: WorkerContext, batch_id: str) -> str:
+@summarised(tasks.CANCEL_BATCH)
+async def cancel_batch(ctx: WorkerContext, batch_id: str) -> CancelOutcome:
     """Ask the provider to cancel a batch in flight; polling then sees it end with partial results."""
-    batches = Batches(ctx["redis"])
-    record = await batches.get(batch_id)
-    if record is None or record.state != "submitted" or record.provider_batch_id is None:
-        return "missing" if record is None else f"skip:{record.state}"
+    batches, record = await bound_batch(ctx, batch_id)
+    if record is None:
+        return CancelOutcome.MISSING
+    if record.state != "submitted" or record.provider_batch_id is None:
+        note(state=record.state)
+        return CancelOutcome.SKIPPED
     adapter: ProviderAdapter | None = ctx["adapters"].get(record.provider)
     if adapter is None:
-        return "no_adapter"
+        return CancelOutcome.NO_ADAPTER
     info = await adapter.cancel_batch(record.provider_batch_id)
     now_ms = _now_ms()
     poll_s = ctx["settings"].scheduler.poll_initial_s
@@ -352,10 +372,11 @@ async def cancel_batch(ctx: WorkerContext, batch_id: str) -> str:
         cancel_requested_ms=now_ms,
         **_status_fields(info),
     )
-    log.info("batch.cancel_requested", batch_id=batch_id, lane=record.lane)
-    return info.status
+    log.info("batch.cancel_requested", status=info.status)
+    return CancelOutcome.REQUESTED
 
 
+@summarised(tasks.RECONCILE_BATCHES)
 async def reconcile_batches(ctx: WorkerContext, now_ms: int) -> dict[str, int]:
     """Adopt or resubmit planned batches older than ``planned_timeout_s`` at ``now_ms``; find
     duplicates; retry pending file deletions; sweep jobs stranded in closed batches."""

@@ -3,8 +3,10 @@
 ``ingest_batch(batch_id)`` reads the provider's result lines one at a time and applies them a chunk
 (``settings.worker.ingest_chunk`` lines) at a time: a success finishes its job with the
 provider-native body, usage and cost; a permanent failure fails it with the provider's error; a
-retriable failure (expired, cancelled, rate-limited, overloaded, server error) sends it back to its
-lane with the attempt counted while attempts and the deadline allow, else on to the sync lane. Every
+retriable failure (expired, cancelled, rate-limited, overloaded, server error) goes where
+:func:`scheduler.policy.route_retry` says (:mod:`workers.tasks.routing`): back to its lane with the
+attempt counted while attempts and the deadline allow, else on to the sync lane, or, for a tenant
+barred from paid sync whose attempts are used up, failed. Every
 change is guarded by the job still being ``batched`` in this batch, so a line for a job that moved
 on (flipped, cancelled, a duplicate batch's) changes nothing and is counted as skipped.
 
@@ -20,66 +22,35 @@ is marked ``ingested`` (guarded: only from ``ended``).
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import structlog
 from arq import Retry
 from redis.asyncio import Redis
 
 from config.settings import Settings
-from scheduler import budgets, keys, prediction, pricing
+from scheduler import keys, policy, pricing, tasks
 from scheduler.batches import Batches, BatchRecord
-from scheduler.health import read_health
 from scheduler.ledger import Finish, Ledger, Requeue
 from workers.context import WorkerContext, call_hook
 from workers.errors import ProviderError
 from workers.providers.base import ProviderAdapter, ResultLine
+from workers.summary import note, summarised
 from workers.tasks import files
+from workers.tasks.batches import bound_batch
+from workers.tasks.routing import Routed, route_back
 
 log = structlog.get_logger(__name__)
 
 # A cursor outlives any retry of its ingestion; it is deleted once the batch is ingested.
 CURSOR_TTL_S = 7 * 24 * 3600
+_rng = random.Random()  # jitter of download retries
 NO_RESULT_ERROR = {"type": "no_result", "message": "the provider returned no result line for this request"}
-
-
-async def route_back(
-    settings: Settings,
-    redis: Redis,
-    batch: BatchRecord,
-    ids: Sequence[str],
-    errors: Sequence[dict[str, Any] | None],
-    now_ms: int,
-) -> list[Requeue]:
-    """Where jobs of ``batch`` go that it did not answer: back to the lane while attempts and the
-    deadline allow another batch, else on to sync; each change guarded by the job still being
-    ``batched`` in the batch that holds it."""
-    if not ids:
-        return []
-    async with redis.pipeline(transaction=False) as pipe:
-        for job_id in ids:
-            pipe.hmget(keys.job(job_id), ["attempts", "deadline_ms", "tenant"])
-        rows = await pipe.execute()
-    # Another batch attempt needs the lane's expected turnaround plus the sync margin (a lane
-    # with no history: the margin alone, and the SLO tracker flips just in time if need be).
-    health = await read_health(redis, settings, batch.lane, batch.provider, now_ms)
-    needed_ms = int(prediction.expected_turnaround_s(health, settings) * 1000)
-    tenants = {t.decode() for _, _, t in rows if t}
-    blocked = await budgets.sync_blocked(redis, settings, tenants, now_ms)
-    out = []
-    for job_id, error, (attempts, deadline, tenant) in zip(ids, errors, rows, strict=True):
-        tries = int(attempts or 0) + 1  # this attempt, counted by the requeue
-        room = int(deadline or 0) - now_ms
-        lane_ok = tries < settings.scheduler.max_attempts and room > needed_ms
-        # A batch_only tenant past its budget never goes to paid sync; its deadline may slip.
-        paid_sync_ok = (tenant or b"").decode() not in blocked
-        target = "lane" if lane_ok or not paid_sync_ok else "sync"
-        out.append(Requeue(job_id, target, batch_id=batch.owner_id, error=error))  # type: ignore[arg-type]
-    return out
 
 
 async def answered_jobs(redis: Redis, batch_id: str, answered: set[str], chunk: int = 1000) -> int:
@@ -148,8 +119,8 @@ class Ingestion:
 
     async def requeues_for(
         self, ids: Sequence[str], errors: Sequence[dict[str, Any] | None], now_ms: int
-    ) -> list[Requeue]:
-        """Back to the lane while attempts and the deadline allow another batch, else on to sync."""
+    ) -> Routed:
+        """Back to the lane, on to sync, or failed: :func:`scheduler.policy.route_retry` decides."""
         return await route_back(self.settings, self.redis, self.batch, ids, errors, now_ms)
 
     def prepare(self, lines: Sequence[ResultLine]) -> Prepared:
@@ -163,10 +134,11 @@ class Ingestion:
     async def apply(self, chunk: Prepared) -> None:
         """Apply one prepared chunk and advance the cursor past it, all in one transaction."""
         now_ms = int(time.time() * 1000)
-        finishes, retriable = chunk.finishes, chunk.retriable
-        requeues = await self.requeues_for(
+        retriable = chunk.retriable
+        routed = await self.requeues_for(
             [line.custom_id for line in retriable], [line.error for line in retriable], now_ms
         )
+        finishes, requeues = chunk.finishes + routed.fails, routed.requeues
         async with self.redis.pipeline(transaction=True) as pipe:
             if finishes:
                 await self.ledger.queue_finish(pipe, finishes, now_ms)
@@ -219,48 +191,45 @@ class Ingestion:
                 i for i, (s, b) in zip(ids, rows, strict=True) if s == b"batched" and b == self.owner.encode()
             ]
             now_ms = int(time.time() * 1000)
-            requeues = await self.requeues_for(waiting, [NO_RESULT_ERROR] * len(waiting), now_ms)
-            codes = await self.ledger.requeue(requeues, now_ms)
-            moved += codes.count("ok")
+            routed = await self.requeues_for(waiting, [NO_RESULT_ERROR] * len(waiting), now_ms)
+            moved += (await self.ledger.requeue(routed.requeues, now_ms)).count("ok")
+            failed = (await self.ledger.finish(routed.fails, now_ms)).count("ok")
+            if failed:
+                await self.redis.hincrby(keys.batch(self.batch.id), "ingest_failed", failed)  # type: ignore[misc]
         if moved:
             await self.redis.hincrby(keys.batch(self.batch.id), "ingest_unanswered", moved)  # type: ignore[misc]
         return moved
 
 
-async def ingest_batch(ctx: dict[str, Any], batch_id: str) -> dict[str, int]:
+@summarised(tasks.INGEST_BATCH)
+async def ingest_batch(c: WorkerContext, batch_id: str) -> dict[str, int]:
     """arq task: ingest an ended batch's results; a re-run resumes from the cursor and changes nothing twice."""
-    c = cast(WorkerContext, ctx)
     settings, redis = c["settings"], c["redis"]
-    batches = Batches(redis)
-    record = await batches.get(batch_id)
-    bound = log.bind(batch_id=batch_id)
+    batches, record = await bound_batch(c, batch_id)
     if record is None or record.state != "ended" or not record.provider_batch_id:
-        bound.info("batch.ingest_skipped", state=record.state if record else None)
+        note(skipped=True, state=record.state if record else None)
         return {}
-    bound = bound.bind(lane=record.lane)
-    started = time.monotonic()
     ingestion = Ingestion(settings, redis, c["ledger"], record, c["adapters"][record.provider])
     skip = int(await redis.get(keys.batch_cursor(batch_id)) or 0)
+    note(resumed_from=skip)
     try:
         totals = await _stream(c, ingestion, skip)
     except ProviderError as exc:
         if not exc.retriable:
-            return await _unreadable(c, ingestion, exc, bound)
+            return await _unreadable(c, ingestion, exc)
         # The download failed midway: try again later, resuming from the cursor.
-        delay = min(settings.scheduler.poll_max_s, settings.scheduler.poll_initial_s * c.get("job_try", 1))
-        bound.warning("batch.ingest_retry", error=str(exc), delay=delay)
+        sched = settings.scheduler
+        delay = policy.backoff(c.get("job_try", 1) - 1, sched.poll_initial_s, sched.poll_max_s, _rng)
+        log.warning("batch.ingest_retry", error=str(exc), delay=delay)
         raise Retry(defer=delay) from exc
     now_ms = int(time.time() * 1000)
     await batches.update(batch_id, ("ended",), now_ms=now_ms, to_state="ingested", ingested_ms=now_ms)
     await redis.delete(keys.batch_cursor(batch_id))
     await files.discard(c, record.provider, files.files_of(record), files.OUTPUT_ROLES)
-    bound.info("batch.ingested", resumed_from=skip, duration_s=round(time.monotonic() - started, 3), **totals)
     return totals
 
 
-async def _unreadable(
-    c: WorkerContext, ingestion: Ingestion, exc: ProviderError, bound: Any
-) -> dict[str, int]:
+async def _unreadable(c: WorkerContext, ingestion: Ingestion, exc: ProviderError) -> dict[str, int]:
     """The provider will not give this batch's results (say the file is gone): its jobs still waiting
     go back to their lane, or on to sync, and the batch fails with the provider's reason."""
     moved = await ingestion.requeue_unanswered()
@@ -269,7 +238,7 @@ async def _unreadable(
         ingestion.batch.id, ("ended",), now_ms=now_ms, to_state="failed", error=str(exc), failed_ms=now_ms
     )
     await c["redis"].delete(keys.batch_cursor(ingestion.batch.id))
-    bound.error("batch.results_unreadable", error=str(exc), requeued=moved)
+    log.error("batch.results_unreadable", error=str(exc), requeued=moved)
     return {"unanswered": moved}
 
 

@@ -1,9 +1,12 @@
 """A batch refused as a whole: its jobs go back to their lane, or fail with the provider's reason.
 
 A refusal is retriable (a token or rate limit, a server fault, a batch the provider lost) or
-permanent (the input itself is wrong). Retriable: each job returns to its lane with the attempt
-counted, until it has used ``scheduler.max_attempts``; then it goes on to the sync lane. Permanent:
-each job fails with the provider's reason. A token-limit
+permanent (the input itself is wrong). Retriable: each job goes where
+:func:`scheduler.policy.route_retry` says, the rule ingestion and the sweep use
+(:mod:`workers.tasks.routing`): back to its lane with the attempt counted while attempts and the
+deadline allow, else on to the sync lane; a tenant whose ``batch_only`` budget is spent never goes
+to paid sync (back to the lane while attempts remain, else failed with a ``sync_blocked`` error).
+Permanent: each job fails with the provider's reason. A token-limit
 refusal also holds the lane back for ``scheduler.token_limit_backoff_s``: the provider's enqueued
 token quota needs time to drain. Every job change is guarded by the batch that holds the job, so
 running this twice changes nothing the second time.
@@ -17,8 +20,9 @@ import orjson
 import structlog
 
 from scheduler.batches import Batches, BatchRecord
-from scheduler.ledger import Finish, Requeue
+from scheduler.ledger import Finish
 from workers.context import WorkerContext
+from workers.tasks.routing import Routed, route_back
 
 log = structlog.get_logger(__name__)
 
@@ -54,19 +58,21 @@ async def refuse(
     requeued = failed = 0
     if record.duplicate_of is None:  # a duplicate's jobs belong to the original batch
         async for chunk in batches.job_ids(record.id):
-            back: list[Requeue] = []
-            fail: list[Finish] = []
-            for job in await ledger.get_many(chunk):
-                if job is None or job.state != "batched" or job.batch_id != record.id:
-                    continue
-                if retriable and job.attempts + 1 < settings.max_attempts:
-                    back.append(Requeue(job.id, "lane", batch_id=record.id, error=reason))
-                elif retriable:  # batch attempts spent on a "not now": the sync API still can
-                    back.append(Requeue(job.id, "sync", batch_id=record.id, error=reason))
-                else:
-                    fail.append(Finish(job.id, "failed", "batch", batch_id=record.id, error=reason))
-            requeued += (await ledger.requeue(back, now_ms)).count("ok")
-            failed += (await ledger.finish(fail, now_ms)).count("ok")
+            waiting = [
+                job.id
+                for job in await ledger.get_many(chunk)
+                if job is not None and job.state == "batched" and job.batch_id == record.id
+            ]
+            if retriable:
+                routed = await route_back(
+                    ctx["settings"], ctx["redis"], record, waiting, [reason] * len(waiting), now_ms
+                )
+            else:
+                routed = Routed(
+                    fails=[Finish(j, "failed", "batch", batch_id=record.id, error=reason) for j in waiting]
+                )
+            requeued += (await ledger.requeue(routed.requeues, now_ms)).count("ok")
+            failed += (await ledger.finish(routed.fails, now_ms)).count("ok")
     await batches.update(
         record.id,
         ("planned", "submitted", "ended"),

@@ -7,7 +7,8 @@ behind, and nothing would ever move them. Each closed batch lands in ``keys.BATC
 (``batch_update.lua``); the reconcile pass (``reconcile_batches``, every
 ``scheduler.reconcile_interval_s``) checks each once and sends any job still ``batched`` in it back
 to its lane, or on to sync, with the same decision ingestion makes for an unanswered job
-(:func:`workers.tasks.ingest.route_back`) and the same guarded requeue. A batch whose record is
+(:func:`workers.tasks.routing.route_back`, :func:`scheduler.policy.route_retry`) and the same
+guarded requeue (or failure, for a tenant barred from paid sync whose attempts are used up). A batch whose record is
 missing altogether while it is still listed live (``keys.BATCHES_LIVE``) is swept the same way,
 from its job set, and taken off the batch indexes.
 """
@@ -21,7 +22,7 @@ import structlog
 from scheduler import keys
 from scheduler.batches import Batches, BatchRecord
 from workers.context import WorkerContext
-from workers.tasks.ingest import route_back
+from workers.tasks.routing import route_back
 
 log = structlog.get_logger(__name__)
 
@@ -70,8 +71,9 @@ async def _sweep_batch(ctx: WorkerContext, record: BatchRecord, now_ms: int) -> 
     moved = 0
     async for stranded in _stranded_in(ctx, record.id):
         errors = [STRANDED_ERROR] * len(stranded)
-        requeues = await route_back(ctx["settings"], ctx["redis"], record, stranded, errors, now_ms)
-        swept = (await ctx["ledger"].requeue(requeues, now_ms)).count("ok")
+        routed = await route_back(ctx["settings"], ctx["redis"], record, stranded, errors, now_ms)
+        swept = (await ctx["ledger"].requeue(routed.requeues, now_ms)).count("ok")
+        swept += (await ctx["ledger"].finish(routed.fails, now_ms)).count("ok")
         moved += swept
         log.warning("batch.stranded_swept", batch_id=record.id, state=record.state or "missing", jobs=swept)
     return moved

@@ -34,12 +34,13 @@ import random
 import time
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import structlog
+from structlog.contextvars import bind_contextvars
 
-from config.settings import Settings
-from scheduler import keys, pricing, scripts
+from config.settings import HttpSettings, Settings
+from scheduler import health, keys, policy, pricing, scripts, tasks, tokens
 from scheduler.clock import server_ms
 from scheduler.heartbeat import heartbeat
 from scheduler.jobs import JobRecord, Route
@@ -47,7 +48,9 @@ from scheduler.ledger import Finish
 from workers.context import WorkerContext
 from workers.errors import ProviderError, ProviderHTTPError, RateLimited, ResponseTimeout
 from workers.providers.base import ProviderAdapter, SyncResult
-from workers.sync_limits import Permit, SyncLimits, estimate_usage
+from workers.summary import note, summarised
+from workers.sync_limits import Permit, SyncLimits
+from workers.tasks.outcomes import SyncOutcome
 
 log = structlog.get_logger(__name__)
 
@@ -55,6 +58,7 @@ log = structlog.get_logger(__name__)
 DEADLINE_SLACK_S = 0.05
 # Heartbeats per dispatch lease while a call runs: a beat may come late by most of a lease.
 HEARTBEATS_PER_LEASE = 4
+_rng = random.Random()  # jitter of sync retries
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +90,7 @@ def read_timeout_s(settings: Settings, job: JobRecord, plan: RoutePlan) -> float
 
 def expected_usd(settings: Settings, kind: str, job: JobRecord, route: Route) -> float:
     """What one call may be billed: the body's input tokens and its output cap, at the route's price."""
-    inputs, outputs = estimate_usage(job.body)
+    inputs, outputs = tokens.estimate(job.body)
     usage = {"input_tokens": inputs, "output_tokens": outputs}
     price = pricing.shared(settings.pricing_file).job_cost(job.provider, kind, job.model, route, usage)
     return price.actual_usd or 0.0
@@ -100,7 +104,6 @@ class SyncCall:
     job: JobRecord
     dispatch: int
     adapter: ProviderAdapter
-    bound: Any
     wasted_usd: float = 0.0  # the job's possibly billed spend so far (``sync_wasted_usd``)
     permit: Permit | None = None  # the concurrency slot, renewed with the lease
 
@@ -114,7 +117,7 @@ class SyncCall:
         before = float(self.job.raw.get("sync_wasted_usd", b"0"))
         await self._mark("adopt")
         if self.wasted_usd > before:
-            self.bound.warning("sync.orphan_call_counted", wasted_usd=round(self.wasted_usd - before, 9))
+            log.warning("sync.orphan_call_counted", wasted_usd=round(self.wasted_usd - before, 9))
 
     async def send(self, plan: RoutePlan) -> SyncResult:
         """One provider call; a timed-out one counts its expected price as wasted."""
@@ -147,7 +150,7 @@ class SyncCall:
                 return await self.send(plan), plan
             except (RateLimited, ResponseTimeout) as exc:
                 event = "sync.flex_unavailable" if isinstance(exc, RateLimited) else "sync.flex_timed_out"
-                self.bound.info(event, error=str(exc))
+                log.info(event, error=str(exc))
                 plan = RoutePlan("sync")
         return await self.send(plan), plan
 
@@ -173,9 +176,8 @@ def backoff_s(settings: Settings, provider: str, attempt: int, exc: ProviderErro
     if isinstance(exc, ProviderHTTPError) and exc.retry_after is not None:
         return exc.retry_after
     configured = settings.providers.get(provider)
-    base, ceiling = (configured.http.backoff_base, configured.http.backoff_max) if configured else (0.5, 30.0)
-    top = min(ceiling, base * 2.0 ** (attempt - 1))
-    return top / 2 + random.uniform(0, top / 2)
+    http = configured.http if configured is not None else HttpSettings()
+    return policy.backoff(attempt - 1, http.backoff_base, http.backoff_max, _rng)
 
 
 def error_of(exc: ProviderError) -> dict[str, Any]:
@@ -185,23 +187,26 @@ def error_of(exc: ProviderError) -> dict[str, Any]:
     return {"type": type(exc).__name__, "message": str(exc)}
 
 
-async def run_sync(ctx: dict[str, Any], job_id: str, dispatch: int = 0) -> str:
+@summarised(tasks.RUN_SYNC)
+async def run_sync(c: WorkerContext, job_id: str, dispatch: int = 0) -> SyncOutcome:
     """arq task: send one sync job and finish it; returns what happened (for logs and tests)."""
-    c = cast(WorkerContext, ctx)
+    bind_contextvars(job_id=job_id)
     redis, settings, ledger = c["redis"], c["settings"], c["ledger"]
-    bound = log.bind(job_id=job_id)
     current = await redis.hget(keys.SYNC_DISPATCHES, job_id)  # type: ignore[misc]
     if dispatch and current is not None and int(current) != dispatch:
-        bound.info("sync.superseded", dispatch=dispatch)
-        return "superseded"
+        note(dispatch=dispatch, current=int(current))
+        return SyncOutcome.SUPERSEDED
     job = await ledger.get(job_id)
     if job is None or job.state != "sync":
         await _release(c, job_id)
-        return f"skip:{job.state if job else 'missing'}"
-    bound = bound.bind(lane=job.lane)
+        if job is None:
+            return SyncOutcome.MISSING
+        note(state=job.state)
+        return SyncOutcome.SKIPPED
+    bind_contextvars(lane=job.lane, provider=job.provider)
     attempt = int(job.raw.get("sync_attempts", b"0")) + 1
     adapter = c["adapters"][job.provider]
-    call = SyncCall(c, job, dispatch, adapter, bound)
+    call = SyncCall(c, job, dispatch, adapter)
     await call.adopt()
     now_ms = await server_ms(redis)
     if now_ms > job.deadline_ms:
@@ -209,7 +214,7 @@ async def run_sync(ctx: dict[str, Any], job_id: str, dispatch: int = 0) -> str:
         item = Finish(
             job_id, "failed", "sync", from_states=("sync",), error=error, wasted_usd=call.wasted_usd
         )
-        return await _finish(c, item, bound)
+        return await _finish(c, item)
     plan = choose_route(settings, job, attempt, now_ms)
     limits = SyncLimits(redis)
     config = settings.providers.get(job.provider)
@@ -219,7 +224,7 @@ async def run_sync(ctx: dict[str, Any], job_id: str, dispatch: int = 0) -> str:
         lease_s = settings.scheduler.sync_lease_s
         permit = await limits.acquire(job.provider, config, job.body, now_ms, slot_s=lease_s)
     if isinstance(permit, float):
-        return await _later(c, job, permit, bound)
+        return await _later(c, job, permit)
     call.permit = permit
     started = time.monotonic()
     try:
@@ -234,7 +239,7 @@ async def run_sync(ctx: dict[str, Any], job_id: str, dispatch: int = 0) -> str:
             # so that run fails the job with deadline_exceeded (late, as the SLO counts it).
             remaining = max(0.0, (job.deadline_ms - await server_ms(redis)) / 1000)
             delay = min(backoff_s(settings, job.provider, attempt, exc), remaining + DEADLINE_SLACK_S)
-            return await _later(c, job, delay, bound, attempt=attempt, error=str(exc))
+            return await _later(c, job, delay, attempt=attempt, error=str(exc))
         item = Finish(
             job_id,
             "failed",
@@ -243,7 +248,7 @@ async def run_sync(ctx: dict[str, Any], job_id: str, dispatch: int = 0) -> str:
             error=error_of(exc),
             wasted_usd=call.wasted_usd,
         )
-        return await _finish(c, item, bound, error=str(exc))
+        return await _finish(c, item, error=str(exc))
     finally:
         if permit is not None:
             await limits.release(permit)
@@ -265,26 +270,30 @@ async def run_sync(ctx: dict[str, Any], job_id: str, dispatch: int = 0) -> str:
     )
     end_ms = await server_ms(redis)
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.lpush(keys.lane_sync_latencies(job.lane), f"{end_ms}:{seconds:.3f}")
-        pipe.ltrim(keys.lane_sync_latencies(job.lane), 0, settings.slo.history_size - 1)
+        health.push_sample(
+            pipe, keys.lane_sync_latencies(job.lane), end_ms, seconds, settings.slo.history_size
+        )
         await pipe.execute()
-    return await _finish(c, item, bound, seconds=round(seconds, 3))
+    return await _finish(c, item, seconds=round(seconds, 3))
 
 
-async def _finish(c: WorkerContext, item: Finish, bound: Any, **info: Any) -> str:
+async def _finish(c: WorkerContext, item: Finish, **info: Any) -> SyncOutcome:
+    """Finish the job (guarded: only from ``sync``); the summary tells the route and the ledger's answer."""
     [code] = await c["ledger"].finish([item], await server_ms(c["redis"]))
     await _release(c, item.id)
-    bound.info("sync.finished", state=item.state, route=item.route, outcome=code, **info)
-    return code if code != "ok" else item.state
+    note(route=item.route, finish=code, **info)
+    if code == "ok":
+        return SyncOutcome(item.state)
+    return SyncOutcome.MISSING if code == "missing" else SyncOutcome.SKIPPED
 
 
-async def _later(c: WorkerContext, job: JobRecord, delay: float, bound: Any, **info: Any) -> str:
+async def _later(c: WorkerContext, job: JobRecord, delay: float, **info: Any) -> SyncOutcome:
     """Hand the job back to the dispatch for ``delay`` seconds (its lease ends then): waiting for the
     provider's limits costs no provider call and no attempt."""
     until = await server_ms(c["redis"]) + int(delay * 1000)
     await c["redis"].zadd(keys.SYNC_LEASES, {job.id: until}, xx=True)
-    bound.info("sync.deferred", delay=round(delay, 3), **info)
-    return "later"
+    note(delay=round(delay, 3), **info)
+    return SyncOutcome.DEFERRED
 
 
 async def _release(c: WorkerContext, job_id: str) -> None:
