@@ -33,6 +33,7 @@ async def _prepare(redis_url: str, url: str) -> tuple[WorkerContext, str]:
     from config.settings import ProviderSettings, Settings
     from scheduler import keys
     from scheduler.batches import Batches
+    from scheduler.clock import ServerClock
     from scheduler.ids import batch_id, job_id
     from scheduler.jobs import NewJob
     from scheduler.lanes import effective
@@ -57,6 +58,7 @@ async def _prepare(redis_url: str, url: str) -> tuple[WorkerContext, str]:
         "webhook_http": http,  # no webhooks in this stage
         "adapters": {"openai": make_adapter("openai", provider, http)},
         "hooks": {},
+        "clock": ServerClock(redis),
     }
     now = int(time.time() * 1000)
     for start in range(0, JOBS, 5000):

@@ -13,7 +13,9 @@ prompt-caching rule).
 
 Settings (flags at start, ``POST /_emulator/config`` at run time: a JSON object whose top-level
 keys replace the current ones; ``GET`` shows them; ``POST /_emulator/reset`` clears all state and
-returns to the start settings; ``GET /_emulator/requests`` lists the calls received)::
+returns to the start settings and the wall clock; ``GET /_emulator/requests`` lists the calls received;
+``POST /_emulator/clock`` with ``{"now": epoch_seconds}`` holds the emulator's clock there, and
+``{"now": null}`` returns to the wall clock)::
 
     turnaround_s       2.0   seconds from submission to a batch's end; a number or {model: s, "*": s}
     stall              []    models whose batches make no progress while listed ("*": all); lifting

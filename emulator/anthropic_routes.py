@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
@@ -39,7 +38,8 @@ async def create_message(request: Request) -> Response:
 
 @router.post("/v1/messages/batches")
 async def create_batch(request: Request) -> Response:
-    state, now = emulator_state(request), time.time()
+    state = emulator_state(request)
+    now = state.now()
     body = await json_body(request, INVALID_JSON)
     try:
         batch = anthropic_batch.create(state, body, now)
@@ -58,15 +58,14 @@ def _batch(request: Request, batch_id: str) -> AnthropicBatch:
 
 @router.get("/v1/messages/batches/{batch_id}")
 async def get_batch(request: Request, batch_id: str) -> Response:
-    batch = _batch(request, batch_id)
-    return json_response(
-        anthropic_batch.view(emulator_state(request), batch, time.time(), _base_url(request))
-    )
+    state, batch = emulator_state(request), _batch(request, batch_id)
+    return json_response(anthropic_batch.view(state, batch, state.now(), _base_url(request)))
 
 
 @router.get("/v1/messages/batches")
 async def list_batches(request: Request) -> Response:
-    state, now, path = emulator_state(request), time.time(), request.url.path
+    state, path = emulator_state(request), request.url.path
+    now = state.now()
     raw = request.query_params.get("limit")
     try:
         limit = 20 if raw is None else int(raw)
@@ -97,7 +96,8 @@ async def list_batches(request: Request) -> Response:
 
 @router.post("/v1/messages/batches/{batch_id}/cancel")
 async def cancel_batch(request: Request, batch_id: str) -> Response:
-    state, now = emulator_state(request), time.time()
+    state = emulator_state(request)
+    now = state.now()
     batch = _batch(request, batch_id)
     current, _ = anthropic_batch.status(batch, now)
     if current == "ended":
@@ -111,7 +111,8 @@ async def cancel_batch(request: Request, batch_id: str) -> Response:
 
 @router.get("/v1/messages/batches/{batch_id}/results")
 async def batch_results(request: Request, batch_id: str) -> Response:
-    state, now = emulator_state(request), time.time()
+    state = emulator_state(request)
+    now = state.now()
     batch = _batch(request, batch_id)
     anthropic_batch.view(state, batch, now, _base_url(request))  # builds the results once ended
     if batch.results is None:
@@ -123,7 +124,8 @@ async def batch_results(request: Request, batch_id: str) -> Response:
 
 @router.delete("/v1/messages/batches/{batch_id}")
 async def delete_batch(request: Request, batch_id: str) -> Response:
-    state, now = emulator_state(request), time.time()
+    state = emulator_state(request)
+    now = state.now()
     batch = _batch(request, batch_id)
     current, _ = anthropic_batch.status(batch, now)
     if current != "ended":

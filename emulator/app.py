@@ -47,6 +47,17 @@ def create_app(config: dict[str, Any] | None = None, api_key: str | None = None)
         except (orjson.JSONDecodeError, ConfigError) as exc:
             return json_response({"error": str(exc)}, status=400)
 
+    @app.post("/_emulator/clock")
+    async def set_clock(request: Request) -> Response:
+        body = orjson.loads(await request.body() or b"{}")
+        now = body.get("now") if isinstance(body, dict) else None
+        if now is not None and (isinstance(now, bool) or not isinstance(now, int | float)):
+            return json_response(
+                {"error": "'now' must be epoch seconds or null (the wall clock)"}, status=400
+            )
+        state.fixed_now = None if now is None else float(now)
+        return json_response({"now": state.now(), "fixed": state.fixed_now is not None})
+
     @app.get("/_emulator/requests")
     async def get_requests() -> Response:
         return json_response(list(state.requests))

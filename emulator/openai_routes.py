@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -130,7 +129,7 @@ async def create_batch(request: Request) -> Response:
         raise error(path, 400, f"Invalid 'input_file_id': no such file {file_id!r}.")
     if input_file.purpose != "batch":
         raise error(path, 400, "The input file must be uploaded with purpose 'batch'.")
-    now = time.time()
+    now = state.now()
     model = first_line_model(input_file.first_line())
     batch = OpenAIBatch(
         id=new_id("batch_"),
@@ -157,12 +156,14 @@ def _batch(request: Request, batch_id: str) -> OpenAIBatch:
 
 @router.get("/v1/batches/{batch_id}")
 async def get_batch(request: Request, batch_id: str) -> Response:
-    return json_response(openai_batch.view(emulator_state(request), _batch(request, batch_id), time.time()))
+    state = emulator_state(request)
+    return json_response(openai_batch.view(state, _batch(request, batch_id), state.now()))
 
 
 @router.get("/v1/batches")
 async def list_batches(request: Request) -> Response:
-    state, now = emulator_state(request), time.time()
+    state = emulator_state(request)
+    now = state.now()
     limit = _limit(request, default=20, most=MAX_LIST_LIMIT)
     newest_first = sorted(state.openai_batches.values(), key=lambda b: b.run.created, reverse=True)
     after = request.query_params.get("after")
@@ -194,7 +195,8 @@ def _limit(request: Request, *, default: int, most: int) -> int:
 
 @router.post("/v1/batches/{batch_id}/cancel")
 async def cancel_batch(request: Request, batch_id: str) -> Response:
-    state, now = emulator_state(request), time.time()
+    state = emulator_state(request)
+    now = state.now()
     batch = _batch(request, batch_id)
     current, _ = openai_batch.status(state, batch, now)
     if current in openai_batch.ENDED:

@@ -82,6 +82,11 @@ class EmulatorControl:
         config: dict[str, Any] = response.json()
         return config
 
+    def set_clock(self, now: float | None) -> None:
+        """Hold the emulator's clock at ``now`` (epoch seconds), so batches progress only as a test
+        steps it; None returns to the wall clock (as ``reset`` does)."""
+        httpx.post(f"{self.url}/_emulator/clock", json={"now": now}).raise_for_status()
+
     def reset(self) -> None:
         """Forget every file, batch and logged request; back to the start settings."""
         httpx.post(f"{self.url}/_emulator/reset").raise_for_status()

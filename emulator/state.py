@@ -210,10 +210,17 @@ class EmulatorState:
         self.anthropic_batches: dict[str, AnthropicBatch] = {}
         self.cache = outputs.PromptCache()
         self.requests: deque[dict[str, Any]] = deque(maxlen=REQUEST_LOG_SIZE)
+        # The emulator's clock: None follows the wall clock; a number (epoch seconds, set through
+        # ``POST /_emulator/clock``) holds it there, so a test steps it along with its own clock.
+        self.fixed_now: float | None = None
+
+    def now(self) -> float:
+        """The time batch progress is computed at: the wall clock, or the time a test set."""
+        return time.time() if self.fixed_now is None else self.fixed_now
 
     def configure(self, patch: dict[str, Any], now: float | None = None) -> dict[str, Any]:
         """Merge settings; a model leaving or joining ``stall`` resumes or stops its batches' clocks."""
-        now = time.time() if now is None else now
+        now = self.now() if now is None else now
         new = faults.merged(self.config, patch)
         if "seed" in patch:
             self.rng = random.Random(new["seed"])
@@ -260,7 +267,7 @@ class EmulatorState:
         return True
 
     def add_file(self, filename: str, purpose: str, pieces: list[bytes]) -> FileObject:
-        obj = FileObject(new_id("file-"), filename, purpose, pieces, int(time.time()))
+        obj = FileObject(new_id("file-"), filename, purpose, pieces, int(self.now()))
         self.files[obj.id] = obj
         return obj
 

@@ -25,7 +25,7 @@ from config.settings import (
     Settings,
 )
 from scheduler import keys, scripts
-from scheduler.clock import server_ms
+from scheduler.clock import Clock
 from scheduler.errors import IllegalTransition, NotFound
 from scheduler.jobs import VIEW_FIELDS, JobRecord, NewJob
 
@@ -137,15 +137,16 @@ class Ledger:
         result_ttl_s: int = RESULT_RETENTION_S,
         slo_bucket_s: int = SLO_BUCKET_S,
         job_ttl_s: int = JOB_TTL_S,
-        server_clock: bool = False,
+        clock: Clock | None = None,
         max_lanes_per_tenant: int | None = None,
         lane_idle_s: float = LANE_IDLE_S,
     ) -> None:
         self.redis = redis
         self.job_ttl_s = job_ttl_s
-        # Job ends and requeues stamped with the Redis server's clock instead of the caller's ``now_ms``
-        # (the workers' ledger: many hosts, many clocks; the SLO buckets and on-time verdicts must agree).
-        self.server_clock = server_clock
+        # Job ends and requeues stamped with this clock instead of the caller's ``now_ms`` (the workers'
+        # ledger: the Redis server's clock, as many hosts have many clocks and the SLO buckets and
+        # on-time verdicts must agree).
+        self.clock = clock
         self.max_lanes_per_tenant = max_lanes_per_tenant
         self.lane_idle_ms = int(lane_idle_s * 1000)
         self.idempotency_ttl_s = idempotency_ttl_s
@@ -158,7 +159,7 @@ class Ledger:
         self._transition = scripts.load(redis, "transition")
 
     @classmethod
-    def for_settings(cls, redis: Redis, settings: Settings, *, server_clock: bool = False) -> Ledger:
+    def for_settings(cls, redis: Redis, settings: Settings, *, clock: Clock | None = None) -> Ledger:
         """The ledger as every process builds it: TTLs and SLO bucket width from settings."""
         return cls(
             redis,
@@ -166,13 +167,13 @@ class Ledger:
             result_ttl_s=settings.worker.result_retention_s,
             slo_bucket_s=settings.slo.bucket_s,
             job_ttl_s=settings.retention.job_ttl_s,
-            server_clock=server_clock,
+            clock=clock,
             max_lanes_per_tenant=settings.limits.max_lanes_per_tenant,
             lane_idle_s=settings.scheduler.lane_idle_s,
         )
 
     async def _now(self, now_ms: int) -> int:
-        return await server_ms(self.redis) if self.server_clock else now_ms
+        return await self.clock.now_ms() if self.clock is not None else now_ms
 
     # -- intake ---------------------------------------------------------------------------------
 

@@ -32,7 +32,7 @@ from redis.exceptions import RedisError
 from config.settings import SchedulerSettings, Settings
 from scheduler import ids, keys, tasks
 from scheduler.batches import Batches
-from scheduler.clock import server_ms
+from scheduler.clock import Clock, ServerClock
 from scheduler.errors import Fenced
 from scheduler.heartbeat import heartbeat
 from scheduler.lanes import Lane, adopt_registry, load_lanes, prune
@@ -137,16 +137,17 @@ class Scheduler:
                 report.errors[name] = f"{type(exc).__name__}: {exc}"
                 log.exception("scheduler.step_failed", step=name)
 
-    async def run_forever(self, clock: Callable[[], float] | None = None) -> None:
+    async def run_forever(self, clock: Clock | None = None) -> None:
         """Tick, then wait for the interval or a wake-up, until closed.
 
-        Each tick's ``now`` is ``clock()``, by default the Redis server's clock (read once per tick),
-        the one the workers stamp leases and SLO outcomes with.
+        Each tick's ``now`` is read from ``clock`` once, by default the Redis server's clock: the
+        one the workers' tasks read (their ``ctx["clock"]``) to stamp leases and SLO outcomes.
         """
         interval = self.settings.scheduler.tick_interval_s
+        clock = clock or ServerClock(self.redis)
         while not self._stopping:
             try:
-                await self.tick(clock() if clock is not None else await server_ms(self.redis) / 1000)
+                await self.tick(await clock.now_ms() / 1000)
                 if await self.redis.blpop([keys.WAKEUP], timeout=blocking_wait_s(self.settings, interval)):  # type: ignore[misc, arg-type]  # Redis >= 6 takes fractions
                     await self.redis.delete(keys.WAKEUP)
             except (RedisError, OSError) as exc:

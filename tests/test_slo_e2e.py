@@ -1,15 +1,20 @@
 """The SLO tracker end to end: real Redis, the emulator over HTTP, the scheduler's tick, an arq worker.
 
-Each test drives ``Scheduler.tick(time.time())`` in a loop with one arq worker running alongside,
-until the outcome is reached, then asserts outcomes only (on time = completed_ms <= deadline_ms),
-never timing. PagerDuty is a real local HTTP receiver set as ``settings.alerts.pagerduty.url``.
+Every part reads one virtual clock (:class:`scheduler.clock.ManualClock`): the tick takes its
+``now``, the worker's tasks read it as ``ctx["clock"]`` (leases, job ends, SLO samples, sync
+latencies), and the emulator's batches progress on it (``EmulatorControl.set_clock``). The test
+moves it in fixed steps: at each step the scheduler ticks and the worker runs until it is idle
+(nothing queued, nothing in flight) before time moves on. An outcome thus depends only on the
+sequence of steps; a slow machine only takes longer. A sync call answers within its step, so on
+this clock its latency is 0. Assertions are on outcomes (on time = ``completed_ms <= deadline_ms``).
+PagerDuty is a real local HTTP receiver.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import orjson
 import pytest
@@ -23,11 +28,13 @@ from config.settings import (
     PagerDutySettings,
     ProviderSettings,
     SchedulerSettings,
+    Settings,
     SloSettings,
 )
 from emulator import server
 from scheduler import keys
 from scheduler.alerting import dedup_key
+from scheduler.clock import ManualClock
 from scheduler.health import sample
 from scheduler.jobs import JobRecord
 from scheduler.ledger import Ledger, day_of
@@ -36,11 +43,16 @@ from scheduler.tasks import create_pool
 from tests.conftest import make_settings
 from tests.scheduler.slo_support import LANE, new_job
 from tests.workers.receiver import Receiver, running_receiver
-from workers.worker import close_worker, run_burst, worker_settings
+from workers.worker import close_worker, worker_settings
+
+# Steps are virtual time: a slow machine takes longer over each, never more of them. Many steps
+# per run, each waiting for real Redis and HTTP round trips, so the per-test timeout is generous.
+pytestmark = pytest.mark.timeout(900)
 
 ROUTING_KEY = "R0123456789abcdef0123456789abcdef"
 FAST_HTTP = HttpSettings(max_retries=2, backoff_base=0.01, backoff_max=0.05, read_timeout=10)
-DRIVE_TIMEOUT_S = 18
+STEP_S = 0.1  # virtual seconds per step: the tick interval
+SETTLE_POLL_S = 0.005  # real seconds between checks that the worker is idle
 
 
 @pytest.fixture
@@ -72,7 +84,7 @@ def e2e_settings(redis_url, emulator, pagerduty, *, flex=False, http=FAST_HTTP, 
     slo_base = {
         "prior_turnaround_s": 1.0,
         "min_samples": 3,
-        "default_sync_latency_s": 1.0,  # a 2 s sync margin: room for a loaded 2-core machine
+        "default_sync_latency_s": 1.0,  # a 2 s sync margin until sync calls are observed
         "sync_retry_allowance": 2,
         "bucket_s": 1,
         "recover_ticks": 2,
@@ -103,55 +115,97 @@ def e2e_settings(redis_url, emulator, pagerduty, *, flex=False, http=FAST_HTTP, 
     )
 
 
-@pytest.fixture
-async def harness(redis, redis_url):
-    pool = await create_pool(redis_url)
-    created: list[Scheduler] = []
+class Pipeline:
+    """The scheduler's tick, one arq worker and the emulator on one virtual clock, moved in steps."""
 
-    def make(settings) -> Scheduler:
+    def __init__(self, scheduler: Scheduler, worker: Worker, clock: ManualClock, emulator) -> None:
+        self.scheduler = scheduler
+        self.worker = worker
+        self.clock = clock
+        self.start_ms = clock.ms
+        self.emulator = emulator
+        self.running = asyncio.create_task(worker.main())
+        self.ledger = Ledger(scheduler.redis, slo_bucket_s=scheduler.settings.slo.bucket_s)
+
+    async def step(self) -> None:
+        """Tick at the current time, let the worker finish what that started, then move time on."""
+        report = await self.scheduler.tick(self.clock.seconds)
+        assert not report.errors, report.errors
+        await self.settle()
+        self.clock.advance(STEP_S)
+        self.emulator.set_clock(self.clock.seconds)
+
+    async def settle(self) -> None:
+        """Wait (real time) until the worker is idle: no task running, none queued, none finished
+        while we looked. A task deferred by arq's Retry is queued, so it is waited for too."""
+        worker = self.worker
+        while True:
+            assert not self.running.done(), self.running
+            counts = (worker.jobs_complete, worker.jobs_failed, worker.jobs_retried)
+            if not any(not t.done() for t in worker.tasks.values()):
+                queued = await worker.pool.zcard(worker.queue_name)
+                idle = not any(not t.done() for t in worker.tasks.values())
+                if (
+                    queued == 0
+                    and idle
+                    and counts == (worker.jobs_complete, worker.jobs_failed, worker.jobs_retried)
+                ):
+                    return
+            await asyncio.sleep(SETTLE_POLL_S)
+
+    async def run_until(self, until: Callable[[], Awaitable[bool]], within_s: float) -> None:
+        """Step until ``until()`` holds; fail if it has not within ``within_s`` virtual seconds."""
+        give_up = self.clock.ms + int(within_s * 1000)
+        while not await until():
+            assert self.clock.ms < give_up, f"the outcome was not reached within {within_s} virtual seconds"
+            await self.step()
+
+    async def run_for(self, seconds: float) -> None:
+        for _ in range(round(seconds / STEP_S)):
+            await self.step()
+
+    async def enqueue(self, deadlines_s: list[float], state: str = "queued") -> list[str]:
+        jobs = [new_job(self.clock.ms, d) for d in deadlines_s]
+        for job in jobs:
+            job.state = state  # type: ignore[assignment]
+        return [o.job_id for o in await self.ledger.enqueue_many(jobs)]
+
+    async def close(self) -> None:
+        """Stop picking, let the tasks in flight end (as a SIGTERM'd worker does), then close."""
+        self.worker.allow_pick_jobs = False
+        in_flight = [t for t in self.worker.tasks.values() if not t.done()]
+        if in_flight:
+            await asyncio.wait(in_flight)
+        self.running.cancel()
+        await asyncio.gather(self.running, return_exceptions=True)
+        await close_worker(self.worker)
+        await self.scheduler.close()
+
+
+@pytest.fixture
+async def harness(redis, redis_url, emulator) -> AsyncIterator[Callable[[Settings], Pipeline]]:
+    """Builds the test's pipeline; its clock starts on a whole minute, so SLO buckets and burn
+    windows fall on the same steps in every run."""
+    pool = await create_pool(redis_url)
+    created: list[Pipeline] = []
+
+    def make(settings: Settings) -> Pipeline:
+        clock = ManualClock(int(time.time()) // 60 * 60_000)
+        emulator.set_clock(clock.seconds)
         scheduler = build_scheduler(settings, redis, pool, holder="e2e")
-        created.append(scheduler)
-        return scheduler
+        # One long-lived worker rather than a burst worker per step (a burst worker's start costs
+        # tenths of a second, hundreds of times a test), running one task at a time: tasks started
+        # in one step then run in the order they were enqueued, never interleaved by machine speed.
+        options = worker_settings(settings, clock=clock) | {"max_jobs": 1}
+        worker = Worker(**options, poll_delay=SETTLE_POLL_S, handle_signals=False)
+        pipeline = Pipeline(scheduler, worker, clock, emulator)
+        created.append(pipeline)
+        return pipeline
 
     yield make
-    for scheduler in created:
-        await scheduler.close()
+    for pipeline in created:
+        await pipeline.close()
     await pool.aclose()
-
-
-async def drive(scheduler: Scheduler, until: Callable[[], Awaitable[bool]]) -> None:
-    """Tick on the real clock, with one worker running alongside, until ``until()`` holds.
-
-    One long-lived worker rather than a burst worker per tick: a burst worker's start (clients,
-    connections) costs tenths of a second on a loaded machine, which ate the deadlines' sync margin
-    of these second-scale scenarios before any task ran.
-    """
-    worker = Worker(**worker_settings(scheduler.settings), poll_delay=0.02, handle_signals=False)
-    running = asyncio.create_task(worker.main())
-    try:
-        give_up = time.monotonic() + DRIVE_TIMEOUT_S
-        while not await until():
-            assert time.monotonic() < give_up, "the outcome was not reached"
-            assert not running.done(), running
-            report = await scheduler.tick(time.time())
-            assert not report.errors, report.errors
-            await asyncio.sleep(0.05)
-    finally:  # stop picking, let the tasks in flight end (as a SIGTERM'd worker does), then close
-        worker.allow_pick_jobs = False
-        in_flight = [t for t in worker.tasks.values() if not t.done()]
-        if in_flight:
-            await asyncio.wait(in_flight, timeout=DRIVE_TIMEOUT_S)
-        running.cancel()
-        await asyncio.gather(running, return_exceptions=True)
-        await close_worker(worker)
-
-
-async def enqueue(ledger: Ledger, deadlines_s: list[float], state: str = "queued") -> list[str]:
-    now = int(time.time() * 1000)
-    jobs = [new_job(now, d) for d in deadlines_s]
-    for job in jobs:
-        job.state = state  # type: ignore[assignment]
-    return [o.job_id for o in await ledger.enqueue_many(jobs)]
 
 
 async def records(ledger: Ledger, job_ids: list[str]) -> list[JobRecord]:
@@ -174,20 +228,18 @@ def pd_events(receiver: Receiver) -> list[dict]:
 async def test_healthy_lane_every_job_by_batch_on_time_no_alert(
     redis, redis_url, emulator, pagerduty, harness
 ):
-    settings = e2e_settings(redis_url, emulator, pagerduty)
-    scheduler = harness(settings)
-    ledger = Ledger(redis, slo_bucket_s=1)
-    job_ids = await enqueue(ledger, [15] * 5)
-    await drive(scheduler, all_terminal(ledger, job_ids))
-    for job in await records(ledger, job_ids):
+    pipeline = harness(e2e_settings(redis_url, emulator, pagerduty))
+    job_ids = await pipeline.enqueue([15] * 5)
+    await pipeline.run_until(all_terminal(pipeline.ledger, job_ids), within_s=15)
+    for job in await records(pipeline.ledger, job_ids):
         assert job.state == "succeeded"
         assert job.route == "batch"
         assert job.completed_ms is not None
         assert job.completed_ms <= job.deadline_ms
         assert "flipped_ms" not in job.raw
-    for _ in range(3):  # a few more ticks: still nothing to say
-        await scheduler.tick(time.time())
-        await run_burst(settings)
+        # Stamped by the worker from the injected clock: a step's time, not the machine's.
+        assert (job.completed_ms - pipeline.start_ms) % round(STEP_S * 1000) == 0
+    await pipeline.run_for(3)  # a few more seconds: still nothing to say
     assert pagerduty.requests == []
     assert await redis.zcard(keys.ALERTS_DUE) == 0
 
@@ -195,13 +247,11 @@ async def test_healthy_lane_every_job_by_batch_on_time_no_alert(
 async def test_stalled_lane_flips_cancels_pages_once_and_resolves(
     redis, redis_url, emulator, pagerduty, harness
 ):
-    settings = e2e_settings(redis_url, emulator, pagerduty)
-    scheduler = harness(settings)
-    ledger = Ledger(redis, slo_bucket_s=1)
+    pipeline = harness(e2e_settings(redis_url, emulator, pagerduty))
     emulator.configure(stall=["gpt-4o-mini"])
-    stalled = await enqueue(ledger, [6] * 4)
-    await drive(scheduler, all_terminal(ledger, stalled))
-    for job in await records(ledger, stalled):
+    stalled = await pipeline.enqueue([6] * 4)
+    await pipeline.run_until(all_terminal(pipeline.ledger, stalled), within_s=6)
+    for job in await records(pipeline.ledger, stalled):
         assert job.state == "succeeded"
         assert job.route == "sync"
         assert job.completed_ms is not None
@@ -213,17 +263,17 @@ async def test_stalled_lane_flips_cancels_pages_once_and_resolves(
     async def paged() -> bool:
         return len(pagerduty.requests) >= 1
 
-    await drive(scheduler, paged)
+    await pipeline.run_until(paged, within_s=10)
     # The stall is lifted; new work goes through by batch and the lane recovers.
     emulator.configure(stall=[])
-    recovered = await enqueue(ledger, [15] * 3)
-    await drive(scheduler, all_terminal(ledger, recovered))
-    assert {j.route for j in await records(ledger, recovered)} == {"batch"}
+    recovered = await pipeline.enqueue([15] * 3)
+    await pipeline.run_until(all_terminal(pipeline.ledger, recovered), within_s=15)
+    assert {j.route for j in await records(pipeline.ledger, recovered)} == {"batch"}
 
     async def resolved() -> bool:
         return any(e["event_action"] == "resolve" for e in pd_events(pagerduty))
 
-    await drive(scheduler, resolved)
+    await pipeline.run_until(resolved, within_s=30)
     events = pd_events(pagerduty)
     key = dedup_key(LANE, "health")
     assert [(e["event_action"], e["dedup_key"]) for e in events] == [("trigger", key), ("resolve", key)]
@@ -233,14 +283,13 @@ async def test_stalled_lane_flips_cancels_pages_once_and_resolves(
 
 
 async def test_flipped_jobs_go_to_flex_first(redis, redis_url, emulator, pagerduty, harness):
-    """A 1.5 s deadline cannot wait for a batch (prior 1 s + margin): it flips at the first tick, and
-    flex has room. A sync margin of 2 s makes the first tick its last safe moment, whatever the load."""
+    """A 1.5 s deadline cannot wait for a batch (prior 1 s + a 2 s sync margin): it flips at the
+    first tick, and flex has room."""
     settings = e2e_settings(redis_url, emulator, pagerduty, flex=True, default_sync_latency_s=1.0)
-    scheduler = harness(settings)
-    ledger = Ledger(redis, slo_bucket_s=1)
-    job_ids = await enqueue(ledger, [1.5] * 3)
-    await drive(scheduler, all_terminal(ledger, job_ids))
-    for job in await records(ledger, job_ids):
+    pipeline = harness(settings)
+    job_ids = await pipeline.enqueue([1.5] * 3)
+    await pipeline.run_until(all_terminal(pipeline.ledger, job_ids), within_s=1.5)
+    for job in await records(pipeline.ledger, job_ids):
         assert job.state == "succeeded"
         assert job.route == "flex"
         assert job.completed_ms is not None
@@ -251,12 +300,11 @@ async def test_flipped_jobs_go_to_flex_first(redis, redis_url, emulator, pagerdu
 
 async def test_flex_429_falls_through_to_standard(redis, redis_url, emulator, pagerduty, harness):
     settings = e2e_settings(redis_url, emulator, pagerduty, flex=True, default_sync_latency_s=1.0)
-    scheduler = harness(settings)
-    ledger = Ledger(redis, slo_bucket_s=1)
+    pipeline = harness(settings)
     emulator.configure(flex_unavailable=1.0)
-    job_ids = await enqueue(ledger, [1.5] * 2)
-    await drive(scheduler, all_terminal(ledger, job_ids))
-    for job in await records(ledger, job_ids):
+    job_ids = await pipeline.enqueue([1.5] * 2)
+    await pipeline.run_until(all_terminal(pipeline.ledger, job_ids), within_s=1.5)
+    for job in await records(pipeline.ledger, job_ids):
         assert job.state == "succeeded"
         assert job.route == "sync"
         assert job.completed_ms is not None
@@ -275,15 +323,14 @@ async def test_late_batch_result_for_a_flipped_job_is_duplicate_spend(
     """History says batches take 1 s, rarely 3 s. The 2.5 s job rides the batch until the batch
     outlasts the usual 1 s; then only a 3 s turnaround is left, so it flips. The 60 s job stays."""
     settings = e2e_settings(redis_url, emulator, pagerduty, turnaround_quantile=0.5)
-    scheduler = harness(settings)
-    ledger = Ledger(redis, slo_bucket_s=1)
-    now = int(time.time() * 1000)
+    pipeline = harness(settings)
+    now = pipeline.clock.ms
     for seconds in (1.0, 1.0, 1.0, 1.0, 3.0):
         await redis.lpush(keys.lane_turnarounds(LANE), sample(now, seconds))
     emulator.configure(turnaround_s=1.5)
-    urgent, relaxed = await enqueue(ledger, [2.5, 60])
-    await drive(scheduler, all_terminal(ledger, [urgent, relaxed]))
-    urgent_job, relaxed_job = await records(ledger, [urgent, relaxed])
+    urgent, relaxed = await pipeline.enqueue([2.5, 60])
+    await pipeline.run_until(all_terminal(pipeline.ledger, [urgent, relaxed]), within_s=60)
+    urgent_job, relaxed_job = await records(pipeline.ledger, [urgent, relaxed])
     assert urgent_job.route == "sync"
     assert relaxed_job.route == "batch"
     for job in (urgent_job, relaxed_job):
@@ -300,13 +347,11 @@ async def test_sync_outage_retries_until_deadline_then_fails_and_pages(
     """Backoff of 0.25 s doubling to 1 s: the retries (no attempt cap) go on until a 1.5 s
     deadline, so the last wait is cut to end just past it and that run fails deadline_exceeded."""
     slow_backoff = FAST_HTTP.model_copy(update={"backoff_base": 0.5, "backoff_max": 1.0})
-    settings = e2e_settings(redis_url, emulator, pagerduty, http=slow_backoff)
-    scheduler = harness(settings)
-    ledger = Ledger(redis, slo_bucket_s=1)
+    pipeline = harness(e2e_settings(redis_url, emulator, pagerduty, http=slow_backoff))
     emulator.configure(server_error={"POST /v1/chat/completions": 1.0})
-    job_ids = await enqueue(ledger, [1.5] * 2, state="sync")
-    await drive(scheduler, all_terminal(ledger, job_ids))
-    for job in await records(ledger, job_ids):
+    job_ids = await pipeline.enqueue([1.5] * 2, state="sync")
+    await pipeline.run_until(all_terminal(pipeline.ledger, job_ids), within_s=5)
+    for job in await records(pipeline.ledger, job_ids):
         assert job.state == "failed"
         assert job.error is not None
         assert job.error["type"] == "deadline_exceeded"
@@ -316,7 +361,7 @@ async def test_sync_outage_retries_until_deadline_then_fails_and_pages(
     async def paged() -> bool:
         return any(e["event_action"] == "trigger" for e in pd_events(pagerduty))
 
-    await drive(scheduler, paged)
+    await pipeline.run_until(paged, within_s=10)
     keys_paged = {e["dedup_key"] for e in pd_events(pagerduty)}
     assert dedup_key(LANE, "health") in keys_paged
 
@@ -324,13 +369,11 @@ async def test_sync_outage_retries_until_deadline_then_fails_and_pages(
 async def test_expired_batch_unfinished_jobs_finish_by_their_deadlines(
     redis, redis_url, emulator, pagerduty, harness
 ):
-    settings = e2e_settings(redis_url, emulator, pagerduty)
-    scheduler = harness(settings)
-    ledger = Ledger(redis, slo_bucket_s=1)
+    pipeline = harness(e2e_settings(redis_url, emulator, pagerduty))
     emulator.configure(expire={"gpt-4o-mini": 0.5})
-    job_ids = await enqueue(ledger, [12] * 4)
-    await drive(scheduler, all_terminal(ledger, job_ids))
-    jobs = await records(ledger, job_ids)
+    job_ids = await pipeline.enqueue([12] * 4)
+    await pipeline.run_until(all_terminal(pipeline.ledger, job_ids), within_s=12)
+    jobs = await records(pipeline.ledger, job_ids)
     for job in jobs:
         assert job.state == "succeeded"
         assert job.completed_ms is not None

@@ -3,9 +3,10 @@
 The scheduler decides alerts (:mod:`scheduler.alerting`) and queues one notification per event
 and channel in ``keys.ALERTS_DUE``; the ``send_alerts`` task delivers them. :class:`AlertSender`
 is the alert kind of :mod:`workers.outbox`, the same claim → lease → send → settle loop and the
-same Lua steps as completion webhooks: it claims due notifications with a lease (on the Redis
-server's clock, so a dead worker's claims come back by themselves and a worker whose clock runs
-ahead does not take notifications another is still sending), sends them concurrently, and settles
+same Lua steps as completion webhooks: it claims due notifications with a lease (on the injected
+clock, the Redis server's in production, so a dead worker's claims come back by themselves and a
+worker whose own clock runs ahead does not take notifications another is still sending), sends
+them concurrently, and settles
 each: sent (deleted), retried on ``settings.alerts.retry_schedule_s`` with ``alerts.jitter`` (a
 ``Retry-After`` longer than the step is honoured, up to the schedule's longest step), or dead-lettered
 (``keys.ALERTS_DEAD``) when refused for good (a 4xx other than 408 and 429) or out of retries.
@@ -34,7 +35,7 @@ from redis.asyncio import Redis
 
 from config.settings import AlertSettings
 from scheduler import keys, tasks
-from scheduler.clock import server_ms
+from scheduler.clock import Clock, ServerClock
 from workers import webhooks
 from workers.context import WorkerContext
 from workers.errors import ChannelNotConfigured, WorkerError
@@ -129,22 +130,22 @@ class AlertSender(Outbox[Notification, AlertReport]):
         redis: Redis,
         client: httpx.AsyncClient,
         alerts: AlertSettings,
+        clock: Clock | None = None,
         *,
         rng: random.Random | None = None,
     ) -> None:
-        super().__init__(redis, terms(alerts), rng=rng)
+        self.clock = clock or ServerClock(redis)  # the worker's ctx["clock"]
+        super().__init__(redis, terms(alerts), clock=self.clock, rng=rng)
         self.client = client
         self.alerts = alerts
 
     async def run(self, now_ms: int | None = None, budget_s: float = 60.0) -> dict[str, int]:
-        """Deliver every notification due at ``now_ms`` (default: the Redis server's time); counts by outcome."""
-        if now_ms is None:
-            # Due times and retries are stamped on the Redis server's clock; this worker's clock
-            # only measures the time passed since it was read.
-            offset = await server_ms(self.redis) / 1000 - time.time()
-            report = await self.drain(lambda: time.time() + offset, budget_s)
-        else:
-            report = await self.drain(lambda: now_ms / 1000, budget_s)
+        """Deliver every notification due at ``now_ms`` (default: the clock's now); counts by outcome.
+
+        Due times and retries are stamped from that one reading, as the scheduler stamps a tick.
+        """
+        now = await self.clock.now_ms() if now_ms is None else now_ms
+        report = await self.drain(lambda: now / 1000, budget_s)
         return {"sent": report.sent, "retry": report.retry, "dead": report.dead}
 
     def _new_report(self) -> AlertReport:
@@ -247,5 +248,5 @@ class AlertSender(Outbox[Notification, AlertReport]):
 async def send_alerts(ctx: WorkerContext) -> dict[str, int]:
     """arq task: deliver the alert notifications due now (enqueued by the scheduler's SLO step)."""
     settings = ctx["settings"]
-    sender = AlertSender(ctx["redis"], ctx["http"], settings.alerts)
+    sender = AlertSender(ctx["redis"], ctx["http"], settings.alerts, ctx["clock"])
     return await sender.run(budget_s=settings.worker.job_timeout_s / 2)

@@ -16,6 +16,7 @@ import httpx
 from arq.connections import ArqRedis
 
 from config.settings import Settings
+from scheduler.clock import Clock
 from scheduler.ledger import Ledger
 from workers.providers.base import ProviderAdapter
 
@@ -33,6 +34,7 @@ class WorkerContext(TypedDict):
     webhook_http: httpx.AsyncClient  # webhooks only: SSRF-guarded, no redirects (workers/webhooks.py)
     adapters: dict[str, ProviderAdapter]  # configured provider name -> its adapter
     hooks: dict[str, Hook]  # fault injection points for tests; empty in production
+    clock: Clock  # every task's "now": Redis TIME in production, a test's virtual clock in tests
     # Set by arq for each job:
     job_id: NotRequired[str]
     job_try: NotRequired[int]

@@ -3,8 +3,9 @@
 A kind (completion webhooks in :mod:`workers.webhooks`, alert notifications in
 :mod:`workers.alerts`) keeps one hash per item and a sorted set of item ids scored by when each is
 next due. :class:`Outbox` claims due items with a lease (scheduler/lua/outbox_claim.lua: the score
-moves to the lease's end on Redis server time, so a dead worker's claims come back by themselves
-and a worker whose clock runs ahead cannot take claims that are still live), sends them
+moves to the lease's end on the injected clock, the Redis server's time in production, so a dead
+worker's claims come back by themselves and a worker whose own clock runs ahead cannot take claims
+that are still live), sends them
 concurrently, and settles each in one guarded Lua step (scheduler/lua/outbox_settle.lua, applied
 only while the claim is still ours): done, retried at the next time of the kind's schedule
 (``Retry-After`` honoured up to the schedule's longest step), dead-lettered after the last attempt
@@ -34,6 +35,7 @@ import structlog
 from redis.asyncio import Redis
 
 from scheduler import keys, policy, scripts
+from scheduler.clock import Clock, ServerClock
 
 log = structlog.get_logger(__name__)
 
@@ -159,11 +161,13 @@ class Outbox(abc.ABC, Generic[T, R]):
         redis: Redis,
         terms: Terms,
         *,
+        clock: Clock | None = None,
         rng: random.Random | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.redis = redis
         self.terms = terms
+        self.lease_clock = clock or ServerClock(redis)  # leases run on it: the worker's ctx["clock"]
         self.rng = rng or random.Random()
         self.monotonic = monotonic
         self._claim = scripts.load(redis, "outbox_claim")
@@ -236,8 +240,9 @@ class Outbox(abc.ABC, Generic[T, R]):
             held[group] = held.get(group, 0) + 1
         rooms = {group: max(0, terms.group_hold - n) for group, n in held.items()}
         token = secrets.token_hex(8)
-        # Measured before the claim, so it ends no later than the lease Redis records after it.
+        # Measured before the shared clock is read, so it ends no later than the lease Redis records.
         lease_ends = self.monotonic() + terms.lease_s
+        lease_from = await self.lease_clock.now_ms()
         raw_ids, left = await self._claim(
             keys=[terms.due_key],
             args=[
@@ -249,6 +254,7 @@ class Outbox(abc.ABC, Generic[T, R]):
                 terms.group_hold,
                 orjson.dumps(rooms),
                 room * SCAN_PER_CLAIM,
+                lease_from,
             ],
         )
         ids = [i.decode() for i in raw_ids]

@@ -29,7 +29,7 @@ from redis.asyncio import Redis
 
 from config.settings import ProviderSettings
 from scheduler import keys, tokens
-from scheduler.clock import server_ms
+from scheduler.clock import Clock, ServerClock
 
 # Seconds a concurrency slot is held at most: past any sync call's read timeout.
 SLOT_MARGIN_S = 10
@@ -78,8 +78,9 @@ class Permit:
 class SyncLimits:
     """Shared per-provider limits for sync calls."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, clock: Clock | None = None) -> None:
         self.redis = redis
+        self.clock = clock or ServerClock(redis)  # the worker's ctx["clock"]
 
     async def acquire(
         self,
@@ -95,7 +96,7 @@ class SyncLimits:
         ``slot_s``: how long the slot lives unless renewed (default :func:`slot_ttl_s`); a caller
         whose call may outlast it renews it while the call runs (``sync_heartbeat.lua``).
         """
-        now = await server_ms(self.redis) if now_ms is None else now_ms
+        now = await self.clock.now_ms() if now_ms is None else now_ms
         hold = await self.redis.get(keys.sync_hold(provider))
         if hold is not None and int(hold) > now:
             return (int(hold) - now) / 1000
@@ -154,7 +155,7 @@ class SyncLimits:
 
     async def hold(self, provider: str, seconds: float, now_ms: int | None = None) -> None:
         """No sync call to ``provider`` for ``seconds`` (a 429's retry-after, spent rate limits)."""
-        now = await server_ms(self.redis) if now_ms is None else now_ms
+        now = await self.clock.now_ms() if now_ms is None else now_ms
         until = now + int(seconds * 1000)
         current = await self.redis.get(keys.sync_hold(provider))
         if current is not None and int(current) >= until:

@@ -37,6 +37,7 @@ from redis.asyncio import Redis
 
 from config.settings import Settings, WebhookSettings
 from scheduler import keys, tasks
+from scheduler.clock import Clock
 from scheduler.jobs import VIEW_FIELDS, JobRecord, iso
 from scheduler.webhook_dispatch import url_hash
 from workers import outbox
@@ -130,10 +131,11 @@ class Deliverer(Outbox[Delivery, DeliveryReport]):
         redis: Redis,
         client: httpx.AsyncClient,
         *,
+        clock: Clock | None = None,
         rng: random.Random | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        super().__init__(redis, terms(settings.webhooks), rng=rng, monotonic=monotonic)
+        super().__init__(redis, terms(settings.webhooks), clock=clock, rng=rng, monotonic=monotonic)
         self.settings = settings
         self.hooks = settings.webhooks
         self.client = client
@@ -251,6 +253,6 @@ class Deliverer(Outbox[Delivery, DeliveryReport]):
 async def deliver_webhooks(ctx: WorkerContext) -> dict[str, int]:
     """arq task: drain due deliveries for up to half the task timeout, on the process's webhook client."""
     settings = ctx["settings"]
-    deliverer = Deliverer(settings, ctx["redis"], ctx["webhook_http"])
+    deliverer = Deliverer(settings, ctx["redis"], ctx["webhook_http"], clock=ctx["clock"])
     report = await deliverer.run(budget_s=settings.worker.job_timeout_s / 2)
     return asdict(report)

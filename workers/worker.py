@@ -18,6 +18,7 @@ from arq.worker import Function, Worker, func
 
 from config.settings import HttpSettings, Settings
 from scheduler import tasks
+from scheduler.clock import Clock, ServerClock
 from scheduler.ledger import Ledger
 from scheduler.store import connect_arq
 from workers import alerts, providers, webhooks
@@ -56,7 +57,8 @@ async def startup(ctx: WorkerContext) -> None:
     """
     settings = ctx["settings"]
     ctx.setdefault("hooks", {})
-    ctx["ledger"] = Ledger.for_settings(ctx["redis"], settings, server_clock=True)
+    ctx.setdefault("clock", ServerClock(ctx["redis"]))
+    ctx["ledger"] = Ledger.for_settings(ctx["redis"], settings, clock=ctx["clock"])
     client = build_client(_http_settings(settings))
     ctx["http"] = client
     ctx["webhook_http"] = webhooks.build_client(settings)
@@ -99,8 +101,11 @@ def functions(settings: Settings) -> list[Function]:
     ]
 
 
-def worker_settings(settings: Settings, *, hooks: dict[str, Hook] | None = None) -> dict[str, Any]:
-    """Keyword arguments for ``arq.worker.Worker`` built from settings (tests add ``burst=True``)."""
+def worker_settings(
+    settings: Settings, *, hooks: dict[str, Hook] | None = None, clock: Clock | None = None
+) -> dict[str, Any]:
+    """Keyword arguments for ``arq.worker.Worker`` built from settings (tests add ``burst=True``);
+    ``clock`` is the tasks' "now" (default: the Redis server's clock)."""
     return {
         "functions": functions(settings),
         "redis_settings": tasks.redis_settings(settings.redis_url),
@@ -110,15 +115,19 @@ def worker_settings(settings: Settings, *, hooks: dict[str, Hook] | None = None)
         "job_deserializer": tasks.deserialize,
         "on_startup": startup,
         "on_shutdown": shutdown,
-        "ctx": {"settings": settings, "hooks": dict(hooks or {})},
+        "ctx": {"settings": settings, "hooks": dict(hooks or {})} | ({"clock": clock} if clock else {}),
         "job_timeout": settings.worker.job_timeout_s,
         "max_jobs": settings.worker.max_jobs,
     }
 
 
-async def run_burst(settings: Settings, *, hooks: dict[str, Hook] | None = None) -> Worker:
+async def run_burst(
+    settings: Settings, *, hooks: dict[str, Hook] | None = None, clock: Clock | None = None
+) -> Worker:
     """Run a worker until the queue is empty, then close it; returns it for its counters (tests, demo)."""
-    worker = Worker(**worker_settings(settings, hooks=hooks), burst=True, poll_delay=0, handle_signals=False)
+    worker = Worker(
+        **worker_settings(settings, hooks=hooks, clock=clock), burst=True, poll_delay=0, handle_signals=False
+    )
     try:
         await worker.main()
     finally:

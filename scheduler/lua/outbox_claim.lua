@@ -1,6 +1,7 @@
 -- The outbox's claim (workers/outbox.py), for every kind of outbound item: completion webhooks,
--- alert notifications. Claims a slice of due items under a lease that runs on this server's clock
--- (TIME), so a worker whose clock runs ahead cannot take items another worker is still sending.
+-- alert notifications. Claims a slice of due items under a lease measured on the processes' shared
+-- clock (ARGV 9: the Redis server's time in production, scheduler/clock.py), not the worker's own,
+-- so a worker whose clock runs ahead cannot take items another worker is still sending.
 -- A claim moves the score to the lease's end and records the lease in the item's hash; a worker
 -- that dies with claims in hand gives them back by themselves when the lease runs out.
 -- Fairness: each group (a webhook's tenant; alerts have none) may gain at most its room in one
@@ -9,10 +10,10 @@
 -- KEYS: 1 the kind's due zset.
 -- ARGV: 1 now ms (the caller's: which items are due), 2 lease ms, 3 most to claim,
 --       4 claim token, 5 item hash key prefix, 6 room of a group not listed,
---       7 JSON object group -> room, 8 most due entries to look at.
+--       7 JSON object group -> room, 8 most due entries to look at,
+--       9 the shared clock's now ms (leases start and are judged from it).
 -- Returns {claimed ids, 1 when due items were left for lack of group room else 0}.
-local t = redis.call('TIME')
-local server = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local server = tonumber(ARGV[9])
 local lease_end = server + tonumber(ARGV[2])
 local want = tonumber(ARGV[3])
 local default_room = tonumber(ARGV[6])

@@ -296,3 +296,21 @@ def test_embeddings_and_responses(sdk: openai.OpenAI) -> None:
 def test_invalid_sync_requests_are_400s(sdk: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError):
         sdk.chat.completions.create(model=MODEL, messages=[])
+
+
+def test_a_held_clock_moves_batches_only_when_set(sdk: openai.OpenAI, emulator: EmulatorControl) -> None:
+    """With its clock held (as the SLO end-to-end test holds it) a batch progresses only when the
+    clock is set forward, however long the machine takes; reset returns to the wall clock."""
+    start = 1_700_000_000.0
+    emulator.set_clock(start)
+    batch = _submit(sdk, _jsonl(2))
+    assert batch.created_at == int(start)
+    emulator.set_clock(start + 0.01)
+    assert sdk.batches.retrieve(batch.id).status in ("validating", "in_progress")
+    emulator.set_clock(start + 3600)
+    ended = sdk.batches.retrieve(batch.id)
+    assert ended.status == "completed"
+    assert ended.completed_at is not None
+    assert ended.completed_at <= start + 3600
+    emulator.reset()  # back on the wall clock
+    assert _submit(sdk, _jsonl(1)).created_at > start + 3600

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 from arq.jobs import Job, JobStatus
 
 from config.settings import SloSettings, TenantSettings
@@ -14,18 +13,10 @@ from scheduler.lanes import effective
 from scheduler.leader import Leader
 from scheduler.ledger import Finish, Ledger, day_of
 from scheduler.prediction import live_batches, predict_lane
-from scheduler.tasks import create_pool
 from tests.conftest import make_settings
 from tests.scheduler.slo_support import ENDPOINT, LANE, MODEL, PROVIDER, enqueue, submitted_batch
 
 NOW = 1_800_000_000_000
-
-
-@pytest.fixture
-async def pool(redis_url, redis):
-    p = await create_pool(redis_url)
-    yield p
-    await p.aclose()
 
 
 def slo_settings(redis_url, **slo):
@@ -40,20 +31,20 @@ def slo_settings(redis_url, **slo):
     )
 
 
-async def flip(redis, pool, settings, now_ms):
+async def flip(redis, arq_pool, settings, now_ms):
     health = await read_health(redis, settings, LANE, "openai", now_ms)
     live = await live_batches(redis)
     prediction = await predict_lane(redis, settings, health, live.get(LANE, []), now_ms)
-    return await Flipper(redis, pool, Ledger(redis), settings).run(prediction, now_ms)
+    return await Flipper(redis, arq_pool, Ledger(redis), settings).run(prediction, now_ms)
 
 
-async def test_queued_jobs_that_cannot_make_it_flip(redis, pool, redis_url):
+async def test_queued_jobs_that_cannot_make_it_flip(redis, arq_pool, redis_url):
     """Margin 2 s + two 1 s ticks: a 3 s deadline has reached its last safe moment and flips, a
     one-hour deadline waits for its batch."""
     settings = slo_settings(redis_url)
     ledger = Ledger(redis)
     near, far = await enqueue(ledger, NOW, [3, 3600])
-    report = await flip(redis, pool, settings, NOW)
+    report = await flip(redis, arq_pool, settings, NOW)
     assert report.flipped == [near]
     assert (await ledger.get(near)).state == "sync"
     assert await redis.zscore(keys.SYNC_QUEUE, near) is not None
@@ -61,30 +52,30 @@ async def test_queued_jobs_that_cannot_make_it_flip(redis, pool, redis_url):
     assert await redis.zcard(keys.lane_queue(LANE)) == 1
 
 
-async def test_batch_only_tenant_past_its_budget_does_not_flip(redis, pool, redis_url):
+async def test_batch_only_tenant_past_its_budget_does_not_flip(redis, arq_pool, redis_url):
     settings = slo_settings(redis_url)
     ledger = Ledger(redis)
     (held,) = await enqueue(ledger, NOW, [3], tenant="frugal")
     (flipped,) = await enqueue(ledger, NOW, [3])
     await redis.set(keys.budget_spend("frugal", budgets.month_of(NOW)), "5")
-    report = await flip(redis, pool, settings, NOW)
+    report = await flip(redis, arq_pool, settings, NOW)
     assert report.flipped == [flipped]
     assert report.held == 1
     assert (await ledger.get(held)).state == "queued"
 
 
-async def test_flips_are_bounded_per_tick(redis, pool, redis_url):
+async def test_flips_are_bounded_per_tick(redis, arq_pool, redis_url):
     settings = slo_settings(redis_url, max_flips_per_tick=3)
     ledger = Ledger(redis)
     await enqueue(ledger, NOW, [1, 1.5, 2, 2.5, 3])
-    first = await flip(redis, pool, settings, NOW)
+    first = await flip(redis, arq_pool, settings, NOW)
     assert len(first.flipped) == 3
-    second = await flip(redis, pool, settings, NOW)
+    second = await flip(redis, arq_pool, settings, NOW)
     assert len(second.flipped) == 2
 
 
 async def test_stalled_batch_flips_each_job_at_its_last_safe_moment_and_is_cancelled_once(
-    redis, pool, redis_url
+    redis, arq_pool, redis_url
 ):
     """A batch slower than its prior is not doomed: each job waits until its deadline less the margin
     and two ticks, then flips; once every job has flipped, the batch is cancelled."""
@@ -93,32 +84,32 @@ async def test_stalled_batch_flips_each_job_at_its_last_safe_moment_and_is_cance
     soon, later = await enqueue(ledger, NOW, [60, 90])
     batch_id = await submitted_batch(redis, settings, NOW)
     for at in (2_000, 11_000, 55_000):
-        waiting = await flip(redis, pool, settings, NOW + at)
+        waiting = await flip(redis, arq_pool, settings, NOW + at)
         assert waiting.flipped == []
         assert waiting.cancelled == []
-    first = await flip(redis, pool, settings, NOW + 56_500)
+    first = await flip(redis, arq_pool, settings, NOW + 56_500)
     assert first.flipped == [soon]
     assert first.cancelled == []
-    assert (await flip(redis, pool, settings, NOW + 85_000)).flipped == []
-    stalled = await flip(redis, pool, settings, NOW + 86_500)
+    assert (await flip(redis, arq_pool, settings, NOW + 85_000)).flipped == []
+    stalled = await flip(redis, arq_pool, settings, NOW + 86_500)
     assert stalled.flipped == [later]
     assert stalled.cancelled == [batch_id]
     job_ids = [soon, later]
-    job = Job(tasks.cancel_job_id(batch_id), pool)
+    job = Job(tasks.cancel_job_id(batch_id), arq_pool)
     assert await job.status() == JobStatus.queued
-    again = await flip(redis, pool, settings, NOW + 87_000)
+    again = await flip(redis, arq_pool, settings, NOW + 87_000)
     assert again.flipped == []
     assert again.cancelled == []
     for job_id in job_ids:
         assert (await ledger.get(job_id)).state == "sync"
 
 
-async def test_late_batch_result_for_a_flipped_job_is_duplicate_spend(redis, pool, redis_url):
+async def test_late_batch_result_for_a_flipped_job_is_duplicate_spend(redis, arq_pool, redis_url):
     settings = slo_settings(redis_url)
     ledger = Ledger(redis)
     (job_id,) = await enqueue(ledger, NOW, [60])
     batch_id = await submitted_batch(redis, settings, NOW)
-    assert (await flip(redis, pool, settings, NOW + 57_000)).flipped == [job_id]
+    assert (await flip(redis, arq_pool, settings, NOW + 57_000)).flipped == [job_id]
     codes = await ledger.finish(
         [Finish(job_id, "succeeded", "batch", batch_id=batch_id, result=b"{}", actual_usd=0.5, billed=True)],
         NOW + 58_000,
@@ -170,7 +161,7 @@ async def test_intake_without_history_trusts_batches(redis, redis_url):
 
 
 async def test_a_blind_lane_keeps_jobs_on_the_batch_route_until_their_last_safe_moment(
-    redis, pool, redis_url
+    redis, arq_pool, redis_url
 ):
     """No history and no prior tighter than the 24 h window: a 1 h deadline is not flipped at once
     (the lane must batch to learn its turnaround); a deadline within the sync margin is."""
@@ -179,26 +170,26 @@ async def test_a_blind_lane_keeps_jobs_on_the_batch_route_until_their_last_safe_
     near, far = await enqueue(ledger, NOW, [2, 3600])
     health = await read_health(redis, settings, LANE, "openai", NOW)
     assert health.blind
-    report = await flip(redis, pool, settings, NOW)
+    report = await flip(redis, arq_pool, settings, NOW)
     assert report.flipped == [near]
     assert (await ledger.get(far)).state == "queued"
     # an hour later, within the margin of its deadline, the far job flips too
-    later = await flip(redis, pool, settings, NOW + 3_599_000)
+    later = await flip(redis, arq_pool, settings, NOW + 3_599_000)
     assert later.flipped == [far]
 
 
-async def test_a_blind_lane_in_flight_batch_flips_only_near_its_deadlines(redis, pool, redis_url):
+async def test_a_blind_lane_in_flight_batch_flips_only_near_its_deadlines(redis, arq_pool, redis_url):
     settings = slo_settings(redis_url, prior_turnaround_s=None)
     ledger = Ledger(redis)
     await enqueue(ledger, NOW, [3600])
     batch_id = await submitted_batch(redis, settings, NOW)
-    assert (await flip(redis, pool, settings, NOW + 60_000)).flipped == []
-    flipped = (await flip(redis, pool, settings, NOW + 3_599_000)).flipped
+    assert (await flip(redis, arq_pool, settings, NOW + 60_000)).flipped == []
+    flipped = (await flip(redis, arq_pool, settings, NOW + 3_599_000)).flipped
     assert len(flipped) == 1
     assert (await ledger.get(flipped[0])).batch_id == batch_id
 
 
-async def test_jobs_of_a_batch_stuck_planned_flip_before_their_deadline(redis, pool, redis_url):
+async def test_jobs_of_a_batch_stuck_planned_flip_before_their_deadline(redis, arq_pool, redis_url):
     """A batch whose submission keeps failing (provider 5xx on create) stays ``planned`` for minutes
     while its submit task retries and reconciliation waits; its jobs must still flip in time. Its
     submission then leaves the flipped jobs out; nothing cancels a batch that never reached the provider."""
@@ -209,10 +200,10 @@ async def test_jobs_of_a_batch_stuck_planned_flip_before_their_deadline(redis, p
     batch_id = ids.batch_id(NOW)
     lane = effective(settings, PROVIDER, MODEL, ENDPOINT)
     assert await Batches(redis).reserve(lane, batch_id, token=token, now_ms=NOW, chunk=1000) == 2
-    assert (await flip(redis, pool, settings, NOW + 1_000)).flipped == []
-    assert (await flip(redis, pool, settings, NOW + 50_000)).flipped == []
+    assert (await flip(redis, arq_pool, settings, NOW + 1_000)).flipped == []
+    assert (await flip(redis, arq_pool, settings, NOW + 50_000)).flipped == []
     # 57 s later the batch is still planned: the near job's last safe moment has come.
-    stuck = await flip(redis, pool, settings, NOW + 57_000)
+    stuck = await flip(redis, arq_pool, settings, NOW + 57_000)
     assert stuck.flipped == [near]
     assert stuck.cancelled == []
     job = await ledger.get(near)
@@ -220,7 +211,7 @@ async def test_jobs_of_a_batch_stuck_planned_flip_before_their_deadline(redis, p
     assert (await ledger.get(far)).state == "batched"
 
 
-async def test_jobs_of_an_ended_batch_whose_ingestion_lags_flip_just_in_time(redis, pool, redis_url):
+async def test_jobs_of_an_ended_batch_whose_ingestion_lags_flip_just_in_time(redis, arq_pool, redis_url):
     """Results not yet in the ledger (a download failing, say): wait for them until only the sync
     margin is left, then flip; a job with time to spare stays with its batch."""
     settings = slo_settings(redis_url)
@@ -228,29 +219,31 @@ async def test_jobs_of_an_ended_batch_whose_ingestion_lags_flip_just_in_time(red
     near, far = await enqueue(ledger, NOW, [30, 3600])
     batch_id = await submitted_batch(redis, settings, NOW)
     await redis.hset(keys.batch(batch_id), mapping={"state": "ended", "ended_ms": NOW + 5_000})
-    assert (await flip(redis, pool, settings, NOW + 10_000)).flipped == []
-    late = await flip(redis, pool, settings, NOW + 28_000)
+    assert (await flip(redis, arq_pool, settings, NOW + 10_000)).flipped == []
+    late = await flip(redis, arq_pool, settings, NOW + 28_000)
     assert late.flipped == [near]
     assert (await ledger.get(far)).state == "batched"
 
 
-async def test_a_batch_whose_jobs_were_all_cancelled_by_their_producer_is_cancelled(redis, pool, redis_url):
+async def test_a_batch_whose_jobs_were_all_cancelled_by_their_producer_is_cancelled(
+    redis, arq_pool, redis_url
+):
     """Nothing in the batch is wanted any more: stop paying for it at the provider."""
     settings = slo_settings(redis_url)
     ledger = Ledger(redis)
     first, second = await enqueue(ledger, NOW, [3600, 3600])
     batch_id = await submitted_batch(redis, settings, NOW)
     await ledger.cancel(first, NOW + 500)  # before the tracker built the batch's deadline index
-    kept = await flip(redis, pool, settings, NOW + 1_000)
+    kept = await flip(redis, arq_pool, settings, NOW + 1_000)
     assert kept.cancelled == []  # one job still waits on the batch
     await ledger.cancel(second, NOW + 1_500)  # after it did
-    emptied = await flip(redis, pool, settings, NOW + 2_000)
+    emptied = await flip(redis, arq_pool, settings, NOW + 2_000)
     assert emptied.flipped == []
     assert emptied.cancelled == [batch_id]
-    assert await Job(tasks.cancel_job_id(batch_id), pool).status() == JobStatus.queued
+    assert await Job(tasks.cancel_job_id(batch_id), arq_pool).status() == JobStatus.queued
 
 
-async def test_a_batch_slower_than_any_seen_waits_and_a_stalled_one_flips_in_time(redis, pool, redis_url):
+async def test_a_batch_slower_than_any_seen_waits_and_a_stalled_one_flips_in_time(redis, arq_pool, redis_url):
     """History of 4–6 s batches; a batch in flight for 9 s whose jobs are due in 300 s: nothing flips.
     The same batch stalled: every job flips at its last safe moment, early enough that the sync lane
     (60 a minute) serves them all, in deadline order, by their deadlines."""
@@ -265,10 +258,10 @@ async def test_a_batch_slower_than_any_seen_waits_and_a_stalled_one_flips_in_tim
     job_ids = await enqueue(ledger, NOW, [300 + i * 0.1 for i in range(100)])
     deadlines = {j: NOW + 300_000 + i * 100 for i, j in enumerate(job_ids)}
     await submitted_batch(redis, settings, NOW)
-    assert (await flip(redis, pool, settings, NOW + 9_000)).flipped == []
+    assert (await flip(redis, arq_pool, settings, NOW + 9_000)).flipped == []
     flipped_at: dict[str, int] = {}
     for now in range(NOW + 10_000, NOW + 300_000, 1_000):
-        for job_id in (await flip(redis, pool, settings, now)).flipped:
+        for job_id in (await flip(redis, arq_pool, settings, now)).flipped:
             flipped_at[job_id] = now
     assert sorted(flipped_at) == sorted(job_ids)
     assert min(flipped_at.values()) > NOW + 150_000  # not at the first sign of slowness

@@ -7,7 +7,7 @@ import pytest
 from config.settings import BurnRule, SloSettings
 from scheduler import keys
 from scheduler.burn import BucketWindows
-from scheduler.clock import server_ms
+from scheduler.clock import ServerClock, server_ms
 from scheduler.lane_state import Evidence, LaneSloState, transition
 from scheduler.ledger import Finish, Ledger
 from tests.conftest import make_settings
@@ -104,7 +104,7 @@ def test_default_burn_rules_are_the_workbooks():
 async def test_a_worker_20s_behind_still_counts_its_late_job_in_the_burn_windows(redis):
     """The workers' ledger stamps a job's end with Redis's clock: a worker whose own clock is 20 s
     behind neither judges a late job on time nor writes it into a bucket the scheduler has folded."""
-    ledger = Ledger(redis, slo_bucket_s=1, server_clock=True)
+    ledger = Ledger(redis, slo_bucket_s=1, clock=ServerClock(redis))
     server = await server_ms(redis)
     ids = await enqueue(ledger, server - 100_000, [90])  # its deadline passed 10 s ago
     windows = BucketWindows(LANE, 1, [60, 3600])

@@ -18,6 +18,7 @@ from arq.connections import ArqRedis
 from config.settings import Settings
 from scheduler import keys, tasks
 from scheduler.batches import Batches
+from scheduler.clock import ServerClock
 from scheduler.ids import batch_id as new_batch_id
 from scheduler.ids import job_id as new_job_id
 from scheduler.jobs import NewJob
@@ -48,6 +49,7 @@ async def make_ctx(settings: Settings, http: httpx.AsyncClient, db: int = 0) -> 
         "webhook_http": http,
         "adapters": {n: make_adapter(n, p, http) for n, p in settings.providers.items()},
         "hooks": {},
+        "clock": ServerClock(redis),
         "job_try": 1,
     }
 

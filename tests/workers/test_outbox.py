@@ -12,6 +12,7 @@ import pytest
 
 from config.settings import AlertSettings
 from scheduler import keys
+from scheduler.clock import server_ms
 from workers.alerts import AlertSender, terms
 from workers.outbox import Outcome, Terms, retry_delay
 
@@ -60,7 +61,7 @@ async def test_an_outcome_settles_only_under_the_claim_that_is_still_live(redis)
     async def claim(sender: AlertSender, token: str, lease_ms: int) -> list[bytes]:
         ids, _ = await sender._claim(
             keys=[outbox.due_key],
-            args=[LATER_MS, lease_ms, 10, token, outbox.record_prefix, 10, b"{}", 40],
+            args=[LATER_MS, lease_ms, 10, token, outbox.record_prefix, 10, b"{}", 40, await server_ms(redis)],
         )
         return ids
 

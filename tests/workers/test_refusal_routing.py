@@ -13,8 +13,7 @@ from config.settings import LaneDefaults, SchedulerSettings, Settings, SloSettin
 from scheduler import budgets, keys
 from scheduler.batches import Batches
 from scheduler.ledger import Ledger
-from scheduler.service import Scheduler
-from scheduler.tasks import create_pool
+from scheduler.service import Scheduler, build_scheduler
 from tests.conftest import make_settings
 from tests.scheduler.planning_support import new_job
 from tests.workers.conftest import openai_settings
@@ -48,14 +47,10 @@ def settings(redis_url: str, emulator) -> Settings:
 
 
 @pytest.fixture
-async def scheduler(settings: Settings, redis, redis_url: str) -> AsyncIterator[Scheduler]:
-    pool: ArqRedis = await create_pool(redis_url)
-    try:
-        async with Scheduler(settings, redis, pool) as s:
-            s.steps = [(n, step) for n, step in s.steps if n in PLANNING_STEPS]
-            yield s
-    finally:
-        await pool.aclose()
+async def scheduler(settings: Settings, redis, arq_pool: ArqRedis) -> AsyncIterator[Scheduler]:
+    async with build_scheduler(settings, redis, arq_pool) as s:
+        s.steps = [(n, step) for n, step in s.steps if n in PLANNING_STEPS]
+        yield s
 
 
 async def submit_then_lose(

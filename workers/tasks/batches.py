@@ -13,7 +13,6 @@ input file is deleted at the provider, and once ingested its outputs (:mod:`work
 from __future__ import annotations
 
 import random
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -23,7 +22,6 @@ from structlog.contextvars import bind_contextvars
 
 from scheduler import keys, policy, tasks
 from scheduler.batches import Batches, BatchRecord
-from scheduler.clock import server_ms
 from scheduler.health import observed_turnaround_s
 from scheduler.ledger import Finish, Requeue
 from workers.context import WorkerContext, call_hook
@@ -48,10 +46,6 @@ log = structlog.get_logger(__name__)
 
 BODY_CHUNK = 1000  # job bodies read per pipelined round trip while building a batch input
 _rng = random.Random()  # jitter of submission retries
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 async def batch_lines(ctx: WorkerContext, batch_id: str, sent: list[int]) -> AsyncIterator[BatchLine]:
@@ -99,15 +93,15 @@ async def submit_batch(ctx: WorkerContext, batch_id: str) -> SubmitOutcome:
         log.error("batch.provider_unconfigured")
         return SubmitOutcome.NO_ADAPTER
     holder = ctx.get("job_id") or tasks.submit_job_id(batch_id, record.attempts)
-    lease = SubmitLease(batches, ctx["settings"], batch_id, holder)
-    taken = await lease.acquire(await server_ms(ctx["redis"]))
+    lease = SubmitLease(batches, ctx["settings"], batch_id, holder, ctx["clock"])
+    taken = await lease.acquire(await ctx["clock"].now_ms())
     if taken != "ok":
         note(lease=taken)
         return SubmitOutcome.LEASED
     if record.raw.get("create_started_ms"):
         # An earlier run got as far as the create call: the provider may hold the batch already.
         async with lease.heartbeat():  # verifying a candidate reads its requests: it may take a while
-            verdict = await matching.adopt(ctx, batches, adapter, record, _now_ms())
+            verdict = await matching.adopt(ctx, batches, adapter, record, await ctx["clock"].now_ms())
         if verdict == "ours":
             return SubmitOutcome.ADOPTED
         if verdict == "unknown":  # a candidate not readable yet: reconciliation decides later
@@ -139,19 +133,19 @@ async def submit_batch(ctx: WorkerContext, batch_id: str) -> SubmitOutcome:
         return await _drop_bad_line(ctx, batches, record, exc)
     except BatchTooLarge as exc:
         reason = {"type": "batch_refused", "code": "batch_too_large", "message": str(exc)}
-        await refuse(ctx, batches, record, reason, retriable=True, now_ms=_now_ms())
+        await refuse(ctx, batches, record, reason, retriable=True, now_ms=await ctx["clock"].now_ms())
         return SubmitOutcome.REFUSED
     except ProviderHTTPError as exc:
         if exc.retriable or isinstance(exc, AuthenticationError):
             return await _retry(ctx, lease, exc)
         reason = {"type": "batch_refused", "code": exc.type or str(exc.status), "message": exc.message}
         retriable = reason["code"] in RETRIABLE_CODES
-        await refuse(ctx, batches, record, reason, retriable=retriable, now_ms=_now_ms())
+        await refuse(ctx, batches, record, reason, retriable=retriable, now_ms=await ctx["clock"].now_ms())
         return SubmitOutcome.REFUSED
     except ProviderError as exc:  # nothing reached the provider (connect failures)
         return await _retry(ctx, lease, exc)
     if sent[0] == 0:  # every job left the batch (cancelled or flipped) before it was sent
-        await batches.update(batch_id, ("planned",), now_ms=_now_ms(), to_state="cancelled")
+        await batches.update(batch_id, ("planned",), now_ms=await ctx["clock"].now_ms(), to_state="cancelled")
         return SubmitOutcome.EMPTY
     await call_hook(ctx, "after_create", batch_id=batch_id, provider_batch_id=info.provider_batch_id)
     return await record_created(ctx, batches, record, info, sent=sent[0])
@@ -179,7 +173,7 @@ async def record_created(
 ) -> SubmitOutcome:
     """Record the provider's id on the planned batch; a second provider batch becomes a duplicate."""
     poll_s = ctx["settings"].scheduler.poll_initial_s
-    now_ms = _now_ms()
+    now_ms = await ctx["clock"].now_ms()
     outcome = await batches.mark_submitted(
         record.id, record.provider, info.provider_batch_id, now_ms=now_ms, poll_s=poll_s, how="created"
     )
@@ -204,7 +198,7 @@ async def _drop_bad_line(
     ctx: WorkerContext, batches: Batches, record: BatchRecord, exc: InvalidBatchInput
 ) -> SubmitOutcome:
     """One line cannot be sent: fail that job, send the rest back to the lane without an attempt."""
-    now_ms = _now_ms()
+    now_ms = await ctx["clock"].now_ms()
     error = {"type": "invalid_request", "code": "invalid_batch_line", "message": exc.reason}
     await ctx["ledger"].finish(
         [Finish(exc.custom_id, "failed", "batch", batch_id=record.id, error=error)], now_ms
@@ -248,7 +242,7 @@ async def poll_batch(ctx: WorkerContext, batch_id: str) -> PollOutcome:
     """Poll a batch once: record its status; when it ended, hand it to ingestion; else reschedule."""
     settings = ctx["settings"].scheduler
     batches, record = await bound_batch(ctx, batch_id)
-    now_ms = _now_ms()
+    now_ms = await ctx["clock"].now_ms()
     if record is None:
         await ctx["redis"].zrem(keys.BATCHES_POLL, batch_id)
         return PollOutcome.MISSING
@@ -361,7 +355,7 @@ async def cancel_batch(ctx: WorkerContext, batch_id: str) -> CancelOutcome:
     if adapter is None:
         return CancelOutcome.NO_ADAPTER
     info = await adapter.cancel_batch(record.provider_batch_id)
-    now_ms = _now_ms()
+    now_ms = await ctx["clock"].now_ms()
     poll_s = ctx["settings"].scheduler.poll_initial_s
     await batches.update(
         batch_id,

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from redis.asyncio import Redis
 from config.settings import Settings
 from scheduler import keys, policy, pricing, tasks
 from scheduler.batches import Batches, BatchRecord
+from scheduler.clock import Clock, ServerClock
 from scheduler.ledger import Finish, Ledger, Requeue
 from workers.context import WorkerContext, call_hook
 from workers.errors import ProviderError
@@ -79,9 +79,16 @@ class Ingestion:
     """Applies one batch's result lines to the ledger; one instance per task run."""
 
     def __init__(
-        self, settings: Settings, redis: Redis, ledger: Ledger, batch: BatchRecord, adapter: ProviderAdapter
+        self,
+        settings: Settings,
+        redis: Redis,
+        ledger: Ledger,
+        batch: BatchRecord,
+        adapter: ProviderAdapter,
+        clock: Clock | None = None,
     ) -> None:
         self.settings = settings
+        self.clock = clock or ServerClock(redis)  # the worker's ctx["clock"]
         self.redis = redis
         self.ledger = ledger
         self.batch = batch
@@ -133,7 +140,7 @@ class Ingestion:
 
     async def apply(self, chunk: Prepared) -> None:
         """Apply one prepared chunk and advance the cursor past it, all in one transaction."""
-        now_ms = int(time.time() * 1000)
+        now_ms = await self.clock.now_ms()
         retriable = chunk.retriable
         routed = await self.requeues_for(
             [line.custom_id for line in retriable], [line.error for line in retriable], now_ms
@@ -190,7 +197,7 @@ class Ingestion:
             waiting = [
                 i for i, (s, b) in zip(ids, rows, strict=True) if s == b"batched" and b == self.owner.encode()
             ]
-            now_ms = int(time.time() * 1000)
+            now_ms = await self.clock.now_ms()
             routed = await self.requeues_for(waiting, [NO_RESULT_ERROR] * len(waiting), now_ms)
             moved += (await self.ledger.requeue(routed.requeues, now_ms)).count("ok")
             failed = (await self.ledger.finish(routed.fails, now_ms)).count("ok")
@@ -209,7 +216,7 @@ async def ingest_batch(c: WorkerContext, batch_id: str) -> dict[str, int]:
     if record is None or record.state != "ended" or not record.provider_batch_id:
         note(skipped=True, state=record.state if record else None)
         return {}
-    ingestion = Ingestion(settings, redis, c["ledger"], record, c["adapters"][record.provider])
+    ingestion = Ingestion(settings, redis, c["ledger"], record, c["adapters"][record.provider], c["clock"])
     skip = int(await redis.get(keys.batch_cursor(batch_id)) or 0)
     note(resumed_from=skip)
     try:
@@ -222,7 +229,7 @@ async def ingest_batch(c: WorkerContext, batch_id: str) -> dict[str, int]:
         delay = policy.backoff(c.get("job_try", 1) - 1, sched.poll_initial_s, sched.poll_max_s, _rng)
         log.warning("batch.ingest_retry", error=str(exc), delay=delay)
         raise Retry(defer=delay) from exc
-    now_ms = int(time.time() * 1000)
+    now_ms = await c["clock"].now_ms()
     await batches.update(batch_id, ("ended",), now_ms=now_ms, to_state="ingested", ingested_ms=now_ms)
     await redis.delete(keys.batch_cursor(batch_id))
     await files.discard(c, record.provider, files.files_of(record), files.OUTPUT_ROLES)
@@ -233,7 +240,7 @@ async def _unreadable(c: WorkerContext, ingestion: Ingestion, exc: ProviderError
     """The provider will not give this batch's results (say the file is gone): its jobs still waiting
     go back to their lane, or on to sync, and the batch fails with the provider's reason."""
     moved = await ingestion.requeue_unanswered()
-    now_ms = int(time.time() * 1000)
+    now_ms = await c["clock"].now_ms()
     await Batches(c["redis"]).update(
         ingestion.batch.id, ("ended",), now_ms=now_ms, to_state="failed", error=str(exc), failed_ms=now_ms
     )

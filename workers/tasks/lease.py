@@ -19,7 +19,7 @@ import structlog
 
 from config.settings import Settings
 from scheduler.batches import Batches
-from scheduler.clock import server_ms
+from scheduler.clock import Clock, ServerClock
 from scheduler.heartbeat import heartbeat
 from workers.errors import LeaseLost
 
@@ -29,8 +29,11 @@ log = structlog.get_logger(__name__)
 class SubmitLease:
     """The lease of one batch, held by ``holder`` (the submitting arq job's id)."""
 
-    def __init__(self, batches: Batches, settings: Settings, batch_id: str, holder: str) -> None:
+    def __init__(
+        self, batches: Batches, settings: Settings, batch_id: str, holder: str, clock: Clock | None = None
+    ) -> None:
         self.batches = batches
+        self.clock = clock or ServerClock(batches.redis)  # the worker's ctx["clock"]
         self.batch_id = batch_id
         self.holder = holder
         self.lease_ms = int(settings.scheduler.submit_lease_s * 1000)
@@ -49,13 +52,13 @@ class SubmitLease:
 
     async def renew(self, extra_s: float = 0.0) -> str:
         """Extend the lease from now (by ``extra_s`` more, e.g. over an arq retry's deferral)."""
-        now = await server_ms(self.batches.redis)
+        now = await self.clock.now_ms()
         until = now + self.lease_ms + int(extra_s * 1000)
         return await self.batches.lease(self.batch_id, "renew", self.holder, now_ms=now, until_ms=until)
 
     async def before_create(self) -> None:
         """Stamp ``create_started_ms`` under the lease, or raise LeaseLost: the create must not happen."""
-        now = await server_ms(self.batches.redis)
+        now = await self.clock.now_ms()
         outcome = await self.batches.lease(
             self.batch_id, "create", self.holder, now_ms=now, until_ms=now + self.lease_ms
         )
@@ -63,9 +66,7 @@ class SubmitLease:
             raise LeaseLost(self.batch_id, outcome)
 
     async def release(self) -> None:
-        await self.batches.lease(
-            self.batch_id, "release", self.holder, now_ms=await server_ms(self.batches.redis)
-        )
+        await self.batches.lease(self.batch_id, "release", self.holder, now_ms=await self.clock.now_ms())
 
     def heartbeat(self) -> contextlib.AbstractAsyncContextManager[None]:
         """Renew the lease every third of its length while the body runs."""

@@ -19,7 +19,6 @@ record, polled and ingested under its own identity so its spend is counted.
 
 from __future__ import annotations
 
-import time
 from typing import Literal
 
 import structlog
@@ -110,7 +109,7 @@ async def adopt(
     listing = await adapter.list_batches(LIST_LIMIT)
     claimed = await batches.claimed(record.provider)
     pending = False
-    for info in candidates(record, listing, claimed, max(now_ms, _wall_ms())):
+    for info in candidates(record, listing, claimed, max(now_ms, await ctx["clock"].now_ms())):
         verdict = await verify(ctx, adapter, record, info)
         log.info("batch.match", batch_id=record.id, provider_batch_id=info.provider_batch_id, verdict=verdict)
         if verdict == "unknown":
@@ -122,7 +121,7 @@ async def adopt(
             record.id,
             record.provider,
             info.provider_batch_id,
-            now_ms=_wall_ms(),
+            now_ms=await ctx["clock"].now_ms(),
             poll_s=ctx["settings"].scheduler.poll_initial_s,
             how="adopted",
         )
@@ -132,10 +131,6 @@ async def adopt(
         if outcome == "ok":
             return "ours"
     return "unknown" if pending else "foreign"
-
-
-def _wall_ms() -> int:
-    return int(time.time() * 1000)
 
 
 async def reconcile(ctx: WorkerContext, batches: Batches, now_ms: int) -> dict[str, int]:
@@ -151,7 +146,11 @@ async def reconcile(ctx: WorkerContext, batches: Batches, now_ms: int) -> dict[s
         # Only a batch nobody is submitting: its lease lapsed and no create of it may still answer.
         # Taken in the name of the submission that would follow, so that task holds it.
         lease = SubmitLease(
-            batches, ctx["settings"], batch_id, tasks.submit_job_id(batch_id, record.attempts + 1)
+            batches,
+            ctx["settings"],
+            batch_id,
+            tasks.submit_job_id(batch_id, record.attempts + 1),
+            ctx["clock"],
         )
         taken = await lease.acquire(now_ms)
         if taken != "ok":
@@ -237,7 +236,7 @@ async def find_duplicates(ctx: WorkerContext, batches: Batches) -> int:
                 log.warning("batch.verify_failed", provider_batch_id=info.provider_batch_id, error=str(exc))
                 continue
             duplicate = await batches.record_duplicate(
-                record.id, name, info.provider_batch_id, now_ms=_wall_ms(), poll_s=poll_s
+                record.id, name, info.provider_batch_id, now_ms=await ctx["clock"].now_ms(), poll_s=poll_s
             )
             if duplicate is not None:
                 found += 1

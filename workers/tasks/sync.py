@@ -31,7 +31,6 @@ aggregates (``wasted_usd`` in ``/v1/costs``). Leases are stamped with the Redis 
 from __future__ import annotations
 
 import random
-import time
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -41,7 +40,6 @@ from structlog.contextvars import bind_contextvars
 
 from config.settings import HttpSettings, Settings
 from scheduler import health, keys, policy, pricing, scripts, tasks, tokens
-from scheduler.clock import server_ms
 from scheduler.heartbeat import heartbeat
 from scheduler.jobs import JobRecord, Route
 from scheduler.ledger import Finish
@@ -69,12 +67,11 @@ class RoutePlan:
     service_tier: str | None = None
 
 
-def choose_route(settings: Settings, job: JobRecord, attempt: int, now_ms: int | None = None) -> RoutePlan:
+def choose_route(settings: Settings, job: JobRecord, attempt: int, now_ms: int) -> RoutePlan:
     """The route and tier of this attempt: flex first where the provider sells it at batch price and
     the deadline leaves room for flex's slower answers, else the standard sync API."""
     provider = settings.providers.get(job.provider)
-    now = int(time.time() * 1000) if now_ms is None else now_ms
-    if provider is not None and provider.flex and now + provider.flex_latency_s * 1000 <= job.deadline_ms:
+    if provider is not None and provider.flex and now_ms + provider.flex_latency_s * 1000 <= job.deadline_ms:
         return RoutePlan("flex", "flex")
     return RoutePlan("sync")
 
@@ -159,14 +156,14 @@ class SyncCall:
         redis, lease_s = self.c["redis"], self.c["settings"].scheduler.sync_lease_s
         extend = scripts.load(redis, "sync_heartbeat")
         call_keys = [keys.SYNC_LEASES, keys.SYNC_DISPATCHES, keys.job(self.job.id)]
-        args: list[str | int] = [self.job.id, self.dispatch, int(lease_s * 1000)]
+        slot = [] if self.permit is None else [self.permit.token]
         if self.permit is not None:
             call_keys.append(keys.sync_slots(self.permit.provider))
-            args.append(self.permit.token)
 
         async def beat() -> bool:
             # False once superseded, or the job left the sync lane: nothing to keep.
-            return bool(await extend(keys=call_keys, args=args))
+            lease_end = await self.c["clock"].now_ms() + int(lease_s * 1000)
+            return bool(await extend(keys=call_keys, args=[self.job.id, self.dispatch, lease_end, *slot]))
 
         return heartbeat(beat, lease_s / HEARTBEATS_PER_LEASE, immediate=True, name="sync")
 
@@ -208,7 +205,8 @@ async def run_sync(c: WorkerContext, job_id: str, dispatch: int = 0) -> SyncOutc
     adapter = c["adapters"][job.provider]
     call = SyncCall(c, job, dispatch, adapter)
     await call.adopt()
-    now_ms = await server_ms(redis)
+    clock = c["clock"]
+    now_ms = await clock.now_ms()
     if now_ms > job.deadline_ms:
         error = {"type": "deadline_exceeded", "message": "the deadline passed before the job could be sent"}
         item = Finish(
@@ -216,7 +214,7 @@ async def run_sync(c: WorkerContext, job_id: str, dispatch: int = 0) -> SyncOutc
         )
         return await _finish(c, item)
     plan = choose_route(settings, job, attempt, now_ms)
-    limits = SyncLimits(redis)
+    limits = SyncLimits(redis, clock)
     config = settings.providers.get(job.provider)
     permit: Permit | float | None = None
     if config is not None:
@@ -226,7 +224,7 @@ async def run_sync(c: WorkerContext, job_id: str, dispatch: int = 0) -> SyncOutc
     if isinstance(permit, float):
         return await _later(c, job, permit)
     call.permit = permit
-    started = time.monotonic()
+    started_ms = await clock.now_ms()  # the shared clock: a virtual one in tests, so no machine speed counts
     try:
         answer, plan = await call.routed(plan)
     except ProviderError as exc:
@@ -237,7 +235,7 @@ async def run_sync(c: WorkerContext, job_id: str, dispatch: int = 0) -> SyncOutc
         if exc.retriable and (cap is None or attempt < cap):
             # Retry until the deadline: a wait that would end past it ends just past it instead,
             # so that run fails the job with deadline_exceeded (late, as the SLO counts it).
-            remaining = max(0.0, (job.deadline_ms - await server_ms(redis)) / 1000)
+            remaining = max(0.0, (job.deadline_ms - await clock.now_ms()) / 1000)
             delay = min(backoff_s(settings, job.provider, attempt, exc), remaining + DEADLINE_SLACK_S)
             return await _later(c, job, delay, attempt=attempt, error=str(exc))
         item = Finish(
@@ -252,7 +250,6 @@ async def run_sync(c: WorkerContext, job_id: str, dispatch: int = 0) -> SyncOutc
     finally:
         if permit is not None:
             await limits.release(permit)
-    seconds = time.monotonic() - started
     await limits.observe(job.provider, answer.headers)
     cost = pricing.shared(settings.pricing_file).job_cost(
         job.provider, adapter.kind, job.model, plan.route, answer.usage
@@ -268,7 +265,8 @@ async def run_sync(c: WorkerContext, job_id: str, dispatch: int = 0) -> SyncOutc
         wasted_usd=call.wasted_usd,
         **cost.finish_fields(),
     )
-    end_ms = await server_ms(redis)
+    end_ms = await clock.now_ms()
+    seconds = (end_ms - started_ms) / 1000
     async with redis.pipeline(transaction=True) as pipe:
         health.push_sample(
             pipe, keys.lane_sync_latencies(job.lane), end_ms, seconds, settings.slo.history_size
@@ -279,7 +277,7 @@ async def run_sync(c: WorkerContext, job_id: str, dispatch: int = 0) -> SyncOutc
 
 async def _finish(c: WorkerContext, item: Finish, **info: Any) -> SyncOutcome:
     """Finish the job (guarded: only from ``sync``); the summary tells the route and the ledger's answer."""
-    [code] = await c["ledger"].finish([item], await server_ms(c["redis"]))
+    [code] = await c["ledger"].finish([item], await c["clock"].now_ms())
     await _release(c, item.id)
     note(route=item.route, finish=code, **info)
     if code == "ok":
@@ -290,7 +288,7 @@ async def _finish(c: WorkerContext, item: Finish, **info: Any) -> SyncOutcome:
 async def _later(c: WorkerContext, job: JobRecord, delay: float, **info: Any) -> SyncOutcome:
     """Hand the job back to the dispatch for ``delay`` seconds (its lease ends then): waiting for the
     provider's limits costs no provider call and no attempt."""
-    until = await server_ms(c["redis"]) + int(delay * 1000)
+    until = await c["clock"].now_ms() + int(delay * 1000)
     await c["redis"].zadd(keys.SYNC_LEASES, {job.id: until}, xx=True)
     note(delay=round(delay, 3), **info)
     return SyncOutcome.DEFERRED
@@ -298,4 +296,4 @@ async def _later(c: WorkerContext, job: JobRecord, delay: float, **info: Any) ->
 
 async def _release(c: WorkerContext, job_id: str) -> None:
     """End the job's dispatch lease now; the dispatch step forgets it once it has left the sync queue."""
-    await c["redis"].zadd(keys.SYNC_LEASES, {job_id: await server_ms(c["redis"])}, xx=True)
+    await c["redis"].zadd(keys.SYNC_LEASES, {job_id: await c["clock"].now_ms()}, xx=True)
