@@ -5,9 +5,8 @@ A kind (completion webhooks in :mod:`workers.webhooks`, alert notifications in
 next due. :class:`Outbox` claims due items with a lease (scheduler/lua/outbox_claim.lua: the score
 moves to the lease's end on the injected clock, the Redis server's time in production, so a dead
 worker's claims come back by themselves and a worker whose own clock runs ahead cannot take claims
-that are still live), sends them
-concurrently, and settles each in one guarded Lua step (scheduler/lua/outbox_settle.lua, applied
-only while the claim is still ours): done, retried at the next time of the kind's schedule
+that are still live), sends them concurrently, and settles each in one guarded Lua step
+(scheduler/lua/outbox_settle.lua, applied only while the claim is still ours): done, retried at the next time of the kind's schedule
 (``Retry-After`` honoured up to the schedule's longest step), dead-lettered after the last attempt
 or when refused for good, or handed back unsent when its send could not end within the lease.
 
