@@ -289,7 +289,7 @@ class AlertSettings(_Strict):
     webhook: AlertWebhookSettings | None = None
     renotify_s: float = Field(default=4 * 3600.0, gt=0)
     resolve_after_s: float = Field(default=300.0, ge=0)
-    # Delivery (workers/alerts.py): per-call timeout, delays after each failed attempt (then the
+    # Delivery (workers/alerts.py): per-call deadline, delays after each failed attempt (then the
     # notification is dropped as dead), how long a claimed notification stays hidden from others.
     timeout_s: float = Field(default=10.0, gt=0)
     retry_schedule_s: list[float] = [5, 30, 120, 300, 900, 1800, 3600]
@@ -297,6 +297,17 @@ class AlertSettings(_Strict):
     jitter: float = Field(default=0.2, ge=0, le=1)
     lease_s: float = Field(default=60.0, gt=0)
     claim_batch: int = Field(default=100, gt=0)
+    # Bytes of a channel's answer read (for the error message); the rest is never read.
+    max_response_bytes: int = Field(default=4096, gt=0)
+
+    @field_validator("lease_s")
+    @classmethod
+    def _lease_outlives_a_send(cls, value: float, info: Any) -> float:
+        """A claim must last longer than one send, or no claimed notification could ever be sent."""
+        timeout = info.data.get("timeout_s")
+        if timeout is not None and value <= timeout:
+            raise ValueError(f"must be longer than alerts.timeout_s ({timeout:g} s)")
+        return value
 
 
 class BurnRule(_Strict):

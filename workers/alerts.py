@@ -1,17 +1,20 @@
 """Alert delivery: PagerDuty Events API v2, Slack incoming webhooks and a signed JSON webhook.
 
 The scheduler decides alerts (:mod:`scheduler.alerting`) and queues one notification per event
-and channel in ``keys.ALERTS_DUE``; the ``send_alerts`` task delivers them. It claims due ones
-with a lease (the claim moves the score to now + lease, the same Lua step completion webhooks
-use, so a dead worker's claims come back by themselves), sends them concurrently, and settles
-each: sent (deleted), retried on ``settings.alerts.retry_schedule_s`` with ``alerts.jitter``
-(:func:`scheduler.policy.scheduled_delay`; a ``Retry-After`` longer than the step is honoured),
-or dead-lettered (``keys.ALERTS_DEAD``) when refused for good (400) or out of retries. Nothing
-here runs inside the scheduler's tick, so a slow channel never holds it up. Delivery is at least
-once; PagerDuty's ``dedup_key`` folds a repeated trigger into the open alert.
-
-Claims and retries are stamped with the Redis server's clock (:mod:`scheduler.clock`), so a worker
-whose clock runs ahead does not re-claim notifications another is still sending.
+and channel in ``keys.ALERTS_DUE``; the ``send_alerts`` task delivers them. :class:`AlertSender`
+is the alert kind of :mod:`workers.outbox`, the same claim → lease → send → settle loop and the
+same Lua steps as completion webhooks: it claims due notifications with a lease (on the injected
+clock, the Redis server's in production, so a dead worker's claims come back by themselves and a
+worker whose own clock runs ahead does not take notifications another is still sending), sends
+them concurrently, and settles
+each: sent (deleted), retried on ``settings.alerts.retry_schedule_s`` with ``alerts.jitter`` (a
+``Retry-After`` longer than the step is honoured, up to the schedule's longest step), or dead-lettered
+(``keys.ALERTS_DEAD``) when refused for good (a 4xx other than 408 and 429) or out of retries.
+Each send has one deadline (``timeout_s``) over the whole call and reads at most
+``max_response_bytes`` of the answer (:func:`workers.http.post_capped`), so a channel that hangs or
+answers megabytes costs a worker no more than a completion webhook's receiver does. Nothing here
+runs inside the scheduler's tick, so a slow channel never holds it up. Delivery is at least once;
+PagerDuty's ``dedup_key`` folds a repeated trigger into the open alert.
 
 The webhook channel's body is the event as JSON, signed with Standard Webhooks headers by
 :func:`workers.webhooks.sign`, exactly like completion webhooks.
@@ -19,10 +22,10 @@ The webhook channel's body is the event as JSON, signed with Standard Webhooks h
 
 from __future__ import annotations
 
-import asyncio
 import random
-import secrets
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -30,13 +33,14 @@ import orjson
 import structlog
 from redis.asyncio import Redis
 
-from config.settings import AlertSettings, HttpSettings
-from scheduler import keys, policy, tasks
+from config.settings import AlertSettings
+from scheduler import keys, tasks
 from scheduler.clock import Clock, ServerClock
 from workers import webhooks
 from workers.context import WorkerContext
-from workers.errors import ChannelNotConfigured, ProviderHTTPError, WorkerError
-from workers.http import send
+from workers.errors import ChannelNotConfigured, WorkerError
+from workers.http import CappedResponse, error_for_response, post_capped
+from workers.outbox import Item, Outbox, Terms, Verdict
 from workers.summary import summarised
 
 log = structlog.get_logger(__name__)
@@ -84,8 +88,42 @@ def _iso(ms: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}Z"
 
 
-class AlertSender:
-    """Claims, sends and settles alert notifications; one per task run, on the process's client."""
+Notification = dict[str, Any]  # {"channel": str, "event": the alert event as a dict}
+
+
+def terms(alerts: AlertSettings) -> Terms:
+    """The alert outbox: its keys, lease, deadline and schedule; no fairness groups, and a sent
+    notification's record goes (a dead one stays ``keys.ALERT_DEAD_TTL_S`` for inspection)."""
+    return Terms(
+        name="alert",
+        due_key=keys.ALERTS_DUE,
+        dead_key=keys.ALERTS_DEAD,
+        record_prefix=keys.alert_notification(""),
+        lease_s=alerts.lease_s,
+        timeout_s=alerts.timeout_s,
+        claim_batch=alerts.claim_batch,
+        concurrency=alerts.claim_batch,
+        group_hold=alerts.claim_batch,
+        retry_schedule_s=alerts.retry_schedule_s,
+        jitter=alerts.jitter,
+        delete_done=True,
+        dead_ttl_s=keys.ALERT_DEAD_TTL_S,
+    )
+
+
+@dataclass(slots=True)
+class AlertReport:
+    """What one run did (counts per action)."""
+
+    claimed: int = 0
+    sent: int = 0
+    retry: int = 0
+    dead: int = 0
+    released: int = 0  # handed back unsent: the send could not have ended within the lease
+
+
+class AlertSender(Outbox[Notification, AlertReport]):
+    """The alert outbox: sends due notifications to their channels; one per task run, on the process's client."""
 
     def __init__(
         self,
@@ -96,121 +134,119 @@ class AlertSender:
         *,
         rng: random.Random | None = None,
     ) -> None:
-        self.redis = redis
         self.clock = clock or ServerClock(redis)  # the worker's ctx["clock"]
-        self.rng = rng or random.Random()  # jitter of retries, so channels failed together spread out
+        super().__init__(redis, terms(alerts), clock=self.clock, rng=rng)
         self.client = client
         self.alerts = alerts
-        self._claim = redis.register_script((webhooks.LUA_DIR / "webhook_claim.lua").read_text())
-        # One attempt per call: retries are the outbox's job, on its own schedule.
-        self._http = HttpSettings(
-            connect_timeout=alerts.timeout_s,
-            read_timeout=alerts.timeout_s,
-            write_timeout=alerts.timeout_s,
-            pool_timeout=alerts.timeout_s,
-            max_retries=0,
-        )
 
-    async def run(self, now_ms: int | None = None) -> dict[str, int]:
-        """Deliver every notification due now, a slice at a time; returns counts by outcome."""
-        counts = {"sent": 0, "retry": 0, "dead": 0}
-        while True:
-            now = await self.clock.now_ms() if now_ms is None else now_ms
-            token = secrets.token_hex(8)
-            lease_end = now + int(self.alerts.lease_s * 1000)
-            ids = await self._claim(
-                keys=[keys.ALERTS_DUE],
-                args=[now, lease_end, self.alerts.claim_batch, token, keys.alert_notification("")],
-            )
-            if not ids:
-                return counts
-            outcomes = await asyncio.gather(*(self._deliver(i.decode(), now) for i in ids))
-            for outcome in outcomes:
-                counts[outcome] += 1
-            if len(ids) < self.alerts.claim_batch:
-                return counts
+    async def run(self, now_ms: int | None = None, budget_s: float = 60.0) -> dict[str, int]:
+        """Deliver every notification due at ``now_ms`` (default: the clock's now); counts by outcome.
 
-    async def _deliver(self, nid: str, now_ms: int) -> str:
-        raw: dict[bytes, bytes] = await self.redis.hgetall(keys.alert_notification(nid))  # type: ignore[misc]
-        if not raw:
-            await self.redis.zrem(keys.ALERTS_DUE, nid)
-            return "dead"
-        channel = raw[b"channel"].decode()
-        event = orjson.loads(raw[b"event"])
-        attempts = int(raw.get(b"attempts", b"0")) + 1
-        bound = log.bind(notification=nid, channel=channel, lane=event["lane"], rule=event["rule"])
+        Due times and retries are stamped from that one reading, as the scheduler stamps a tick.
+        """
+        now = await self.clock.now_ms() if now_ms is None else now_ms
+        report = await self.drain(lambda: now / 1000, budget_s)
+        return {"sent": report.sent, "retry": report.retry, "dead": report.dead}
+
+    def _new_report(self) -> AlertReport:
+        return AlertReport()
+
+    def _metric(self, item: Item[Notification], action: str) -> str | None:
+        if action != "sent":
+            return None
+        event = item.data["event"]
+        return f"alert:{event['severity']}:{event['action']}"
+
+    def _log_fields(self, item: Item[Notification]) -> dict[str, Any]:
+        event = item.data.get("event") or {}
+        return {
+            "notification": item.id,
+            "channel": item.data.get("channel"),
+            "lane": event.get("lane"),
+            "rule": event.get("rule"),
+        }
+
+    async def _load(self, ids: list[str]) -> list[Item[Notification]]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for nid in ids:
+                pipe.hmget(keys.alert_notification(nid), ["channel", "event", "attempts"])
+            records = await pipe.execute()
+        items = []
+        for nid, (channel, event, attempts) in zip(ids, records, strict=True):
+            data = {"channel": channel.decode(), "event": orjson.loads(event)} if channel and event else {}
+            items.append(Item(nid, int(attempts or 0), "", data))
+        return items
+
+    async def _send(self, item: Item[Notification], clock: Callable[[], float]) -> Verdict:
+        if not item.data:
+            return Verdict("dead", "dead", False, error="notification record is gone")
+        channel, event = item.data["channel"], item.data["event"]
         try:
-            await self._send(channel, event)
-        except (WorkerError, httpx.HTTPError) as exc:
-            return await self._failed(nid, exc, attempts, now_ms, bound)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.zrem(keys.ALERTS_DUE, nid)
-            pipe.delete(keys.alert_notification(nid))
-            pipe.hincrby(keys.METRICS_GLOBAL, f"alert:{event['severity']}:{event['action']}", 1)
-            await pipe.execute()
-        bound.info("alert.sent", action=event["action"], attempts=attempts, dedup_key=event["dedup_key"])
-        return "sent"
+            response = await self._post(channel, event)
+        except WorkerError as exc:
+            # The error's type only: a transport error's text carries the URL, and a Slack
+            # webhook URL is a secret.
+            if not getattr(exc, "retriable", False):  # e.g. a channel no longer configured
+                error = type(exc).__name__
+                log.warning("alert.dead", **self._log_fields(item), attempts=item.attempts + 1, error=error)
+                return Verdict("dead", "dead", True, error=error)
+            return Verdict.failed(type(exc).__name__)
+        if response.is_success:
+            log.info(
+                "alert.sent",
+                **self._log_fields(item),
+                action=event["action"],
+                attempts=item.attempts + 1,
+                dedup_key=event["dedup_key"],
+            )
+            return Verdict("sent", "done", True, response.status_code)
+        # The channel's answer typed as a provider's is (429 and 5xx retry, other 4xx are for good).
+        answer = error_for_response(response.status_code, response.headers, response.body)
+        text = f"{type(answer).__name__} {answer.status}"
+        if not answer.retriable:
+            log.warning("alert.dead", **self._log_fields(item), attempts=item.attempts + 1, error=text)
+            return Verdict("dead", "dead", True, answer.status, text)
+        return Verdict.failed(text, answer.status, answer.retry_after)
 
-    async def _send(self, channel: str, event: dict[str, Any]) -> None:
+    async def _post(self, channel: str, event: dict[str, Any]) -> CappedResponse:
+        """POST ``event`` to ``channel`` in its format, within the deadline and the answer cap."""
         alerts = self.alerts
-        headers = {"user-agent": USER_AGENT}
+        headers = {
+            "user-agent": USER_AGENT,
+            "content-type": "application/json",
+            "accept-encoding": "identity",
+        }
         if channel == "pagerduty" and alerts.pagerduty is not None:
-            body = pagerduty_body(event, alerts.pagerduty.routing_key.get_secret_value())
-            await send(self.client, "POST", alerts.pagerduty.url, http=self._http, idempotent=True,
-                       json=body, headers=headers, timeout=alerts.timeout_s)  # fmt: skip
+            url = alerts.pagerduty.url
+            content = orjson.dumps(pagerduty_body(event, alerts.pagerduty.routing_key.get_secret_value()))
         elif channel == "slack" and alerts.slack is not None:
-            await send(self.client, "POST", alerts.slack.webhook_url.get_secret_value(), http=self._http,
-                       idempotent=True, json=slack_body(event), headers=headers, timeout=alerts.timeout_s)  # fmt: skip
+            url = alerts.slack.webhook_url.get_secret_value()
+            content = orjson.dumps(slack_body(event))
         elif channel == "webhook" and alerts.webhook is not None:
+            url = alerts.webhook.url
             content = webhook_body(event)
             msg_id = f"msg_{event['id']}"
             stamp = int(time.time())
-            headers |= {
-                "content-type": "application/json",
-                "webhook-id": msg_id,
-                "webhook-timestamp": str(stamp),
-            }
+            headers |= {"webhook-id": msg_id, "webhook-timestamp": str(stamp)}
             if alerts.webhook.secret is not None:
                 headers["webhook-signature"] = webhooks.sign(
                     [alerts.webhook.secret.get_secret_value()], msg_id, stamp, content
                 )
-            await send(self.client, "POST", alerts.webhook.url, http=self._http, idempotent=True,
-                       content=content, headers=headers, timeout=alerts.timeout_s)  # fmt: skip
         else:
             raise ChannelNotConfigured(channel)
-
-    async def _failed(
-        self, nid: str, exc: Exception, attempts: int, now_ms: int, bound: structlog.BoundLogger
-    ) -> str:
-        # The error's type and status only: a transport error's text carries the URL, and a
-        # Slack webhook URL is a secret.
-        status = exc.status if isinstance(exc, ProviderHTTPError) else None
-        error = type(exc).__name__ + (f" {status}" if status else "")
-        retriable = bool(getattr(exc, "retriable", isinstance(exc, httpx.HTTPError)))
-        delay = policy.scheduled_delay(self.alerts.retry_schedule_s, attempts, self.alerts.jitter, self.rng)
-        key = keys.alert_notification(nid)
-        if not retriable or delay is None:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.zrem(keys.ALERTS_DUE, nid)
-                pipe.zadd(keys.ALERTS_DEAD, {nid: now_ms})
-                pipe.hset(key, mapping={"attempts": attempts, "last_error": error, "status": "dead"})
-                pipe.expire(key, keys.ALERT_DEAD_TTL_S)
-                await pipe.execute()
-            bound.warning("alert.dead", attempts=attempts, error=error)
-            return "dead"
-        wait = getattr(exc, "retry_after", None)
-        if isinstance(wait, int | float) and wait > delay:
-            delay = float(wait)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping={"attempts": attempts, "last_error": error})
-            pipe.zadd(keys.ALERTS_DUE, {nid: now_ms + int(delay * 1000)})
-            await pipe.execute()
-        bound.info("alert.retry", attempts=attempts, delay=delay, error=error)
-        return "retry"
+        return await post_capped(
+            self.client,
+            url,
+            content=content,
+            headers=headers,
+            deadline_s=alerts.timeout_s,
+            max_body=alerts.max_response_bytes,
+        )
 
 
 @summarised(tasks.SEND_ALERTS)
 async def send_alerts(ctx: WorkerContext) -> dict[str, int]:
     """arq task: deliver the alert notifications due now (enqueued by the scheduler's SLO step)."""
-    sender = AlertSender(ctx["redis"], ctx["http"], ctx["settings"].alerts, ctx["clock"])
-    return await sender.run()
+    settings = ctx["settings"]
+    sender = AlertSender(ctx["redis"], ctx["http"], settings.alerts, ctx["clock"])
+    return await sender.run(budget_s=settings.worker.job_timeout_s / 2)

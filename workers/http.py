@@ -1,6 +1,8 @@
 """Outbound HTTP: the one place that builds httpx clients, maps httpx and provider errors, and retries.
 
-* :func:`build_client` makes the process's ``httpx.AsyncClient`` with every timeout explicit.
+* :func:`build_client` makes the process's ``httpx.AsyncClient`` with every timeout explicit;
+  :func:`build_guarded_client` makes the one for URLs tenants chose (SSRF-guarded, see
+  :mod:`workers.ssrf`).
 * :func:`translate_errors` turns httpx's exceptions into ours (always ``raise ... from exc``) and
   :func:`error_for_response` turns a provider's error answer (OpenAI's ``{"error": {...}}`` or
   Anthropic's ``{"type": "error", "error": {...}}``) into a :class:`~workers.errors.ProviderHTTPError`.
@@ -8,8 +10,8 @@
   :func:`open_stream` apply it. Only idempotent calls are retried after the request may have
   reached the provider; a non-idempotent call is retried only when the provider surely did nothing
   (connect failures, 429, 529).
-* :func:`post_capped` is for URLs someone else chose (webhooks): one deadline over the whole call,
-  and at most a few KB of the answer read.
+* :func:`post_capped` is for URLs someone else chose or that answer for someone else (webhooks,
+  alert channels): one deadline over the whole call, and at most a few KB of the answer read.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import asyncio
 import email.utils
 import random
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +44,7 @@ from workers.errors import (
     ServerError,
     WorkerError,
 )
+from workers.ssrf import guarded_transport
 
 log = structlog.get_logger(__name__)
 
@@ -66,6 +69,19 @@ def build_client(http: HttpSettings, *, max_connections: int = 100) -> httpx.Asy
     """The process's HTTP client for provider calls, with every timeout taken from settings."""
     limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
     return httpx.AsyncClient(timeout=timeout_for(http), limits=limits, follow_redirects=False)
+
+
+def build_guarded_client(
+    allowlist: Iterable[str], *, timeout_s: float, max_connections: int, user_agent: str
+) -> httpx.AsyncClient:
+    """A process's client for URLs tenants chose: SSRF-guarded connections, no redirects, ``timeout_s``
+    per operation (:func:`post_capped` adds the deadline over the whole call)."""
+    return httpx.AsyncClient(
+        transport=guarded_transport(allowlist, max_connections=max_connections),
+        timeout=httpx.Timeout(timeout_s),
+        follow_redirects=False,
+        headers={"user-agent": user_agent},
+    )
 
 
 @contextmanager

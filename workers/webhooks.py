@@ -1,20 +1,18 @@
-"""Completion webhooks: Standard Webhooks signing and the delivery loop.
+"""Completion webhooks: Standard Webhooks signing, and the webhook kind of :mod:`workers.outbox`.
 
 A job that turns terminal with a ``callback_url`` gets a delivery record ``wh_<job_id>`` in the same
 Lua step (scheduler/lua/finish.lua, cancel.lua), scored in ``keys.WEBHOOKS_DUE`` by its next attempt
-time. :class:`Deliverer` claims due deliveries with a lease (the claim moves the score to the
-lease's end on Redis server time, so a dead worker's claims come back by themselves and a worker
-whose clock runs ahead cannot take claims that are still live), sends them concurrently on one
-``httpx.AsyncClient``, and settles each: delivered, retried later on the exponential schedule with
-jitter (``Retry-After`` honoured), dead-lettered after the last attempt, or disabled when the
-receiver answers 410. One arq task drains thousands of deliveries; there is no task per HTTP call.
+time. :class:`Deliverer` is the outbox for them: it claims due deliveries with a lease, sends them
+concurrently on the process's SSRF-guarded client, and settles each: delivered, retried later on
+the exponential schedule with jitter (``Retry-After`` honoured), dead-lettered after the last
+attempt, or disabled when the receiver answers 410. One arq task drains thousands of deliveries;
+there is no task per HTTP call.
 
 Receivers are chosen by tenants, so none may cost a worker more than one send's worth: each send
 has one deadline over the whole call and reads at most ``max_response_bytes`` of the answer
 (:func:`workers.http.post_capped`); sends are limited per (tenant, URL), per tenant and per
 process, and a worker holds at most twice a tenant's limit of its deliveries, so a slow receiver
-fills only its own slots. A claimed delivery is sent only when its send can end before its lease
-does; otherwise it is handed back unsent, so no delivery is ever sent twice at once.
+fills only its own slots.
 
 Every attempt of one event carries the same ``webhook-id`` (``msg_<job_id>``), a fresh
 ``webhook-timestamp``, and one ``v1,`` signature per active secret of the tenant (rotation).
@@ -22,17 +20,15 @@ Every attempt of one event carries the same ``webhook-id`` (``msg_<job_id>``), a
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
 import random
-import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 import orjson
@@ -40,13 +36,15 @@ import structlog
 from redis.asyncio import Redis
 
 from config.settings import Settings, WebhookSettings
-from scheduler import keys, policy, tasks
+from scheduler import keys, tasks
+from scheduler.clock import Clock
 from scheduler.jobs import VIEW_FIELDS, JobRecord, iso
 from scheduler.webhook_dispatch import url_hash
+from workers import outbox
 from workers.context import WorkerContext
 from workers.errors import ResponseTimeout, UnsafeDestination, WorkerError
-from workers.http import post_capped, retry_after
-from workers.ssrf import guarded_transport
+from workers.http import build_guarded_client, post_capped, retry_after
+from workers.outbox import Item, Outbox, Terms, Verdict
 from workers.summary import summarised
 from workers.webhook_slots import limits_for
 
@@ -54,23 +52,14 @@ log = structlog.get_logger(__name__)
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 -- the format tag of a secret, not a secret
 USER_AGENT = "batchshift-webhooks/1"
-# Claim more once fewer than this share of a slice is still in flight, so slow receivers never
-# hold the fast ones back.
-REFILL_SHARE = 0.5
-LUA_DIR = Path(__file__).with_name("lua")
 # A worker holds at most this many times a tenant's concurrency of its deliveries: enough to keep
 # the tenant's slots busy between claims, too few for its backlog to fill the worker.
 TENANT_HOLD = 2
-# Due entries one claim looks at, per delivery it may claim (tenants without room are skipped).
-SCAN_PER_CLAIM = 4
-# Share of the lease kept free after the last send it covers (at most half what the lease has
-# beyond one send deadline).
-LEASE_MARGIN = 0.05
 # What a delivery's message needs: the delivery's own fields and the fields of the job's view
 # (scheduler.jobs.VIEW_FIELDS: never the request body, which can be large).
 DELIVERY_FIELDS = ("job_id", "tenant", "url", "type", "event_id", "attempts")
 
-Action = Literal["delivered", "retry", "dead", "disabled", "released"]
+Delivery = dict[str, Any]
 
 
 def secret_key(secret: str) -> bytes:
@@ -89,28 +78,36 @@ def sign(secrets_: Sequence[str], msg_id: str, timestamp: int, body: bytes) -> s
 
 
 def build_client(settings: Settings) -> httpx.AsyncClient:
-    """The process's webhook client: SSRF-guarded connections, no redirects, the configured timeout."""
+    """The process's webhook client (:func:`workers.http.build_guarded_client`) sized by settings."""
     hooks = settings.webhooks
-    return httpx.AsyncClient(
-        transport=guarded_transport(settings.webhook_allowlist, max_connections=hooks.concurrency),
-        timeout=httpx.Timeout(hooks.timeout_s),
-        follow_redirects=False,
-        headers={"user-agent": USER_AGENT},
+    return build_guarded_client(
+        settings.webhook_allowlist,
+        timeout_s=hooks.timeout_s,
+        max_connections=hooks.concurrency,
+        user_agent=USER_AGENT,
     )
 
 
-@dataclass(slots=True)
-class Outcome:
-    """What one claimed delivery came to, as the settle script takes it."""
+def terms(hooks: WebhookSettings) -> Terms:
+    """The webhook outbox: its keys, lease, deadline, fairness and schedule."""
+    return Terms(
+        name="webhook",
+        due_key=keys.WEBHOOKS_DUE,
+        dead_key=keys.WEBHOOKS_DEAD,
+        record_prefix=keys.webhook_delivery(""),
+        lease_s=hooks.lease_s,
+        timeout_s=hooks.timeout_s,
+        claim_batch=hooks.claim_batch,
+        concurrency=hooks.concurrency,
+        group_hold=hooks.per_tenant_concurrency * TENANT_HOLD,
+        retry_schedule_s=hooks.retry_schedule_s,
+        jitter=hooks.jitter,
+    )
 
-    id: str
-    token: str
-    action: Action
-    attempted: bool
-    next_ms: int | None = None
-    status_code: int | None = None
-    error: str | None = None
-    disable_key: str | None = None
+
+def capacity(hooks: WebhookSettings) -> int:
+    """Most deliveries a worker holds at once (:func:`workers.outbox.capacity`)."""
+    return outbox.capacity(terms(hooks))
 
 
 @dataclass(slots=True)
@@ -125,20 +122,8 @@ class DeliveryReport:
     released: int = 0  # handed back unsent: the send could not have ended within the lease
 
 
-def lease_slack(hooks: WebhookSettings) -> float:
-    """Seconds of a lease left free after the last send it covers (clock rates differ a little)."""
-    return min(hooks.lease_s * LEASE_MARGIN, (hooks.lease_s - hooks.timeout_s) / 2)
-
-
-def capacity(hooks: WebhookSettings) -> int:
-    """Most deliveries a worker holds at once: ``claim_batch``, but no more than could all be sent
-    within one lease if every receiver took the whole send deadline, so claims outlive their sends."""
-    rounds = int((hooks.lease_s - lease_slack(hooks)) // hooks.timeout_s)
-    return max(1, min(hooks.claim_batch, hooks.concurrency * rounds))
-
-
-class Deliverer:
-    """Claims, sends and settles due webhook deliveries; one per task run, sharing the process's client."""
+class Deliverer(Outbox[Delivery, DeliveryReport]):
+    """The webhook outbox: signs and sends due deliveries; one per task run, sharing the process's client."""
 
     def __init__(
         self,
@@ -146,84 +131,39 @@ class Deliverer:
         redis: Redis,
         client: httpx.AsyncClient,
         *,
+        clock: Clock | None = None,
         rng: random.Random | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        super().__init__(redis, terms(settings.webhooks), clock=clock, rng=rng, monotonic=monotonic)
         self.settings = settings
         self.hooks = settings.webhooks
-        self.redis = redis
         self.client = client
-        self.rng = rng or random.Random()
-        self.monotonic = monotonic
         self.limits = limits_for(client, self.hooks)
-        self._claim = redis.register_script((LUA_DIR / "webhook_claim_fair.lua").read_text())
-        self._settle = redis.register_script((LUA_DIR / "webhook_settle.lua").read_text())
-        self._prefix = keys.webhook_delivery("")
 
     async def run(self, clock: Callable[[], float] = time.time, budget_s: float = 60.0) -> DeliveryReport:
         """Deliver everything due, claiming as slots free up, until nothing is due or ``budget_s`` passed."""
-        report = DeliveryReport()
-        held_max = capacity(self.hooks)
-        started = clock()
-        in_flight: dict[asyncio.Task[Outcome], str] = {}  # each send and its tenant
-        exhausted = False  # nothing more is due, or the budget is spent
-        blocked = False  # what is due belongs to tenants without room: claim after a send ends
-        try:
-            while True:
-                room = held_max - len(in_flight)
-                if not exhausted and not blocked and room >= held_max * REFILL_SHARE:
-                    if clock() - started < budget_s:
-                        claimed, left = await self._claim_and_start(clock, room, in_flight)
-                        report.claimed += claimed
-                        exhausted = claimed < room and not left
-                        blocked = claimed < room and left
-                    else:
-                        exhausted = True
-                if not in_flight:
-                    if exhausted or blocked:  # blocked with nothing held: only others' claims are left
-                        return report
-                    continue
-                done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    del in_flight[task]
-                blocked = False
-                await self._apply([t.result() for t in done], int(clock() * 1000), report)
-        finally:
-            for task in in_flight:
-                task.cancel()
+        return await self.drain(clock, budget_s)
 
-    async def _claim_and_start(
-        self, clock: Callable[[], float], room: int, in_flight: dict[asyncio.Task[Outcome], str]
-    ) -> tuple[int, bool]:
-        """Claim up to ``room`` due deliveries and start their sends; return how many, and whether some were left."""
-        hold = self.hooks.per_tenant_concurrency * TENANT_HOLD
-        held: dict[str, int] = {}
-        for tenant in in_flight.values():
-            held[tenant] = held.get(tenant, 0) + 1
-        rooms = {tenant: max(0, hold - n) for tenant, n in held.items()}
-        token = secrets.token_hex(8)
-        # Measured before the claim, so it ends no later than the lease Redis records after it.
-        lease_ends = self.monotonic() + self.hooks.lease_s
-        raw_ids, left = await self._claim(
-            keys=[keys.WEBHOOKS_DUE],
-            args=[
-                int(clock() * 1000),
-                int(self.hooks.lease_s * 1000),
-                room,
-                token,
-                self._prefix,
-                hold,
-                orjson.dumps(rooms),
-                room * SCAN_PER_CLAIM,
-            ],
-        )
-        ids = [i.decode() for i in raw_ids]
-        for delivery in await self._load(ids):
-            task = asyncio.create_task(self._guarded_send(delivery, token, clock, lease_ends))
-            in_flight[task] = delivery.get("tenant", "")
-        return len(ids), bool(left)
+    def _new_report(self) -> DeliveryReport:
+        return DeliveryReport()
 
-    async def _load(self, ids: list[str]) -> list[dict[str, Any]]:
+    def _metric(self, item: Item[Delivery], action: str) -> str | None:
+        return f"webhook:{action}"
+
+    def _log_fields(self, item: Item[Delivery]) -> dict[str, Any]:
+        return {"delivery_id": item.id}
+
+    @asynccontextmanager
+    async def _slots(self, item: Item[Delivery]) -> AsyncIterator[None]:
+        """Per (tenant, URL), per tenant, then overall: a slow receiver fills only its own slots."""
+        tenant = item.group
+        url_key = url_hash(tenant, item.data.get("url", ""))
+        limits = self.limits
+        async with limits.url.hold(url_key), limits.tenant.hold(tenant), limits.total.hold(""):
+            yield
+
+    async def _load(self, ids: list[str]) -> list[Item[Delivery]]:
         """Each delivery with the job fields its message shows, its result and whether its URL is disabled."""
         if not ids:
             return []
@@ -248,36 +188,20 @@ class Deliverer:
             d["job"] = JobRecord.from_hash(job_raw) if job_raw.get(b"id") else None
             d["result"] = result
             d["disabled"] = bool(disabled)
-        return deliveries
+        return [Item(d["id"], int(d.get("attempts") or 0), d.get("tenant", ""), d) for d in deliveries]
 
-    async def _guarded_send(
-        self, delivery: dict[str, Any], token: str, clock: Callable[[], float], lease_ends: float
-    ) -> Outcome:
-        """Send once slots are free (per URL, per tenant, then overall), if the send can end within the lease."""
-        tenant = delivery.get("tenant", "")
-        url_key = url_hash(tenant, delivery.get("url", ""))
-        limits = self.limits
-        async with limits.url.hold(url_key), limits.tenant.hold(tenant), limits.total.hold(""):
-            latest_start = lease_ends - self.hooks.timeout_s - lease_slack(self.hooks)
-            if self.monotonic() > latest_start:
-                return Outcome(delivery["id"], token, "released", False)
-            try:
-                return await self._send(delivery, token, clock)
-            except Exception as exc:  # one broken delivery must not stop the loop; it is retried
-                log.exception("webhook.crashed", delivery_id=delivery["id"])
-                return self._failed(delivery, token, clock, None, f"internal error: {exc!r}", None)
-
-    async def _send(self, delivery: dict[str, Any], token: str, clock: Callable[[], float]) -> Outcome:
-        did, url = delivery["id"], delivery.get("url", "")
+    async def _send(self, item: Item[Delivery], clock: Callable[[], float]) -> Verdict:
+        delivery = item.data
+        did, url = item.id, delivery.get("url", "")
         job: JobRecord | None = delivery["job"]
         if delivery["disabled"]:
-            return Outcome(did, token, "disabled", False, error="receiver answered 410 before; URL disabled")
+            return Verdict("disabled", "dead", False, error="receiver answered 410 before; URL disabled")
         if job is None:
-            return Outcome(did, token, "dead", False, error="job no longer exists")
-        tenant = self.settings.tenants.get(delivery.get("tenant", ""))
+            return Verdict("dead", "dead", False, error="job no longer exists")
+        tenant = self.settings.tenants.get(item.group)
         signing = [s.get_secret_value() for s in tenant.webhook_secrets] if tenant else []
         if not signing:
-            return Outcome(did, token, "dead", False, error="tenant has no webhook secret to sign with")
+            return Verdict("dead", "dead", False, error="tenant has no webhook secret to sign with")
         body = orjson.dumps(
             {
                 "type": delivery.get("type"),
@@ -306,61 +230,29 @@ class Deliverer:
             )
         except UnsafeDestination as exc:
             log.warning("webhook.refused", delivery_id=did, job_id=job.id, reason=str(exc))
-            return Outcome(did, token, "dead", True, error=str(exc))
+            return Verdict("dead", "dead", True, error=str(exc))
         except ResponseTimeout as exc:
-            return self._failed(delivery, token, clock, None, f"timeout: {exc}", None)
+            return Verdict.failed(f"timeout: {exc}")
         except WorkerError as exc:
-            return self._failed(delivery, token, clock, None, f"{type(exc).__name__}: {exc}", None)
+            return Verdict.failed(f"{type(exc).__name__}: {exc}")
         code = response.status_code
         if response.is_success:
             log.debug("webhook.delivered", delivery_id=did, job_id=job.id, status=code)
-            return Outcome(did, token, "delivered", True, status_code=code)
+            return Verdict("delivered", "done", True, status_code=code)
         if code == 410:
             log.warning("webhook.disabled", delivery_id=did, job_id=job.id)
-            key = keys.disabled_url(url_hash(delivery.get("tenant", ""), url))
-            return Outcome(did, token, "disabled", True, status_code=code, error="410 Gone", disable_key=key)
-        wait = retry_after(response.headers)
+            key = keys.disabled_url(url_hash(item.group, url))
+            return Verdict("disabled", "dead", True, code, "410 Gone", set_key=key)
         error = f"HTTP {code}"
         if response.truncated:
             error += f"; answer larger than {limit} bytes, the rest not read"
-        return self._failed(delivery, token, clock, code, error, wait)
-
-    def _failed(
-        self,
-        delivery: dict[str, Any],
-        token: str,
-        clock: Callable[[], float],
-        code: int | None,
-        error: str,
-        wait: float | None,
-    ) -> Outcome:
-        """Retry on the schedule (or after ``Retry-After`` when longer), or dead-letter after the last attempt."""
-        attempts = int(delivery.get("attempts") or 0) + 1
-        schedule = self.hooks.retry_schedule_s
-        delay = policy.scheduled_delay(schedule, attempts, self.hooks.jitter, self.rng)
-        if delay is None:
-            log.warning("webhook.dead", delivery_id=delivery["id"], attempts=attempts, error=error)
-            return Outcome(delivery["id"], token, "dead", True, status_code=code, error=error)
-        if wait is not None:
-            delay = max(delay, min(wait, max(schedule)))
-        next_ms = int((clock() + delay) * 1000)
-        log.info("webhook.retry", delivery_id=delivery["id"], attempts=attempts, delay=delay, error=error)
-        return Outcome(delivery["id"], token, "retry", True, next_ms=next_ms, status_code=code, error=error)
-
-    async def _apply(self, outcomes: list[Outcome], now_ms: int, report: DeliveryReport) -> None:
-        payload = orjson.dumps([asdict(o) for o in outcomes])
-        await self._settle(
-            keys=[keys.WEBHOOKS_DUE, keys.WEBHOOKS_DEAD, keys.METRICS_GLOBAL],
-            args=[payload, now_ms, self._prefix],
-        )
-        for o in outcomes:
-            setattr(report, o.action, getattr(report, o.action) + 1)
+        return Verdict.failed(error, code, retry_after(response.headers))
 
 
 @summarised(tasks.DELIVER_WEBHOOKS)
 async def deliver_webhooks(ctx: WorkerContext) -> dict[str, int]:
     """arq task: drain due deliveries for up to half the task timeout, on the process's webhook client."""
     settings = ctx["settings"]
-    deliverer = Deliverer(settings, ctx["redis"], ctx["webhook_http"])
+    deliverer = Deliverer(settings, ctx["redis"], ctx["webhook_http"], clock=ctx["clock"])
     report = await deliverer.run(budget_s=settings.worker.job_timeout_s / 2)
     return asdict(report)

@@ -1,20 +1,23 @@
-"""Alert delivery to real local receivers: PagerDuty Events v2, Slack, the signed webhook; retries."""
+"""Alert delivery to real local receivers: PagerDuty Events v2, Slack, the signed webhook; retries,
+leases, and channels that hang or answer too much (capped as a webhook receiver is)."""
 
 from __future__ import annotations
 
 import random
 import time
+import tracemalloc
 
 import httpx
 import orjson
 import pytest
+from pydantic import ValidationError
 
 from config.settings import AlertSettings, AlertWebhookSettings, PagerDutySettings, SlackSettings
 from scheduler import keys
 from scheduler.alerting import Condition, dedup_key, evaluate
 from tests.conftest import make_settings
 from tests.scheduler.slo_support import lead
-from tests.workers.receiver import running_receiver
+from tests.workers.receiver import BodyPlan, running_receiver
 from workers.alerts import AlertSender
 from workers.errors import ChannelNotConfigured
 
@@ -74,6 +77,10 @@ async def test_trigger_and_resolve_reach_every_channel(redis, redis_url, client)
     assert all(r.verified for r in hooks)
     assert [orjson.loads(r.body)["type"] for r in hooks] == ["alert.trigger", "alert.resolve"]
     assert await redis.zcard(keys.ALERTS_DUE) == 0
+    assert await redis.keys(keys.alert_notification("*")) == []  # a sent notification's record goes
+    metrics = await redis.hgetall(keys.METRICS_GLOBAL)
+    counted = {k.decode(): int(v) for k, v in metrics.items() if k.startswith(b"alert:")}
+    assert counted == {"alert:critical:trigger": 3, "alert:critical:resolve": 3}
 
 
 async def test_failures_retry_then_succeed_and_400_is_dead(redis, redis_url, client):
@@ -120,6 +127,7 @@ async def test_failures_retry_then_succeed_and_400_is_dead(redis, redis_url, cli
     assert await redis.zcard(keys.ALERTS_DEAD) == 1
     dead = (await redis.zrange(keys.ALERTS_DEAD, 0, 0))[0].decode()
     assert (await redis.hget(keys.alert_notification(dead), "last_error")) == b"ProviderInvalidRequest 400"
+    assert 0 < await redis.ttl(keys.alert_notification(dead)) <= keys.ALERT_DEAD_TTL_S
 
 
 async def test_unreachable_channel_retries_then_dies_without_leaking_its_url(redis, redis_url, client):
@@ -142,6 +150,114 @@ def test_channel_error_pickles():
 
     err = pickle.loads(pickle.dumps(ChannelNotConfigured("slack")))  # noqa: S301 - our own bytes
     assert str(err) == "alert channel 'slack' is not configured"
+
+
+def slack_only(redis_url, url, **extra):
+    settings = alert_settings(redis_url, url, **extra)
+    settings.alerts.pagerduty = None
+    settings.alerts.webhook = None
+    return settings
+
+
+async def peak_mb(work):
+    """``work``'s result and the peak of Python memory it allocated (MB)."""
+    tracemalloc.start()
+    try:
+        result = await work
+        return result, tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()
+
+
+HUGE = BodyPlan(b"x" * 65536, 300 * 1024 * 1024 // 65536)  # 300 MB, as fast as the client reads
+TRICKLE = BodyPlan(b"x", 100_000, 0.05)  # a byte every 50 ms: each read well inside any read timeout
+
+
+@pytest.mark.parametrize(
+    ("status", "counts", "error"),
+    [
+        (200, {"sent": 1, "retry": 0, "dead": 0}, None),
+        (500, {"sent": 0, "retry": 1, "dead": 0}, b"ServerError 500"),
+    ],
+)
+async def test_a_channel_answering_300_mb_costs_a_few_kilobytes(
+    redis, redis_url, client, status, counts, error
+):
+    """Only ``max_response_bytes`` of an answer are read, as for a completion webhook's receiver."""
+    with running_receiver(lambda n: (status, {}, 0.0), plan=HUGE) as receiver:
+        settings = slack_only(redis_url, receiver.url.removesuffix("/hook"), timeout_s=30.0)
+        now = int(time.time() * 1000)
+        await evaluate(redis, settings, LANE, [health(True)], now, token=await lead(redis))
+        got, peak = await peak_mb(AlertSender(redis, client, settings.alerts).run(now))
+    assert got == counts
+    assert peak < 20
+    assert receiver.body_bytes_sent < 50 * 2**20  # the client hung up long before the end
+    if error is not None:
+        [nid] = await redis.zrange(keys.ALERTS_DUE, 0, -1)
+        record = await redis.hgetall(keys.alert_notification(nid.decode()))
+        assert record[b"last_error"] == error
+        assert record[b"last_status"] == str(status).encode()
+
+
+async def test_a_channel_that_hangs_is_cut_off_at_the_send_deadline(redis, redis_url, client):
+    """Every read gets its byte in time; the deadline over the whole send still ends it."""
+    with running_receiver(lambda n: (200, {}, 0.0), plan=TRICKLE) as receiver:
+        settings = slack_only(redis_url, receiver.url.removesuffix("/hook"), timeout_s=0.5)
+        now = int(time.time() * 1000)
+        await evaluate(redis, settings, LANE, [health(True)], now, token=await lead(redis))
+        counts = await AlertSender(redis, client, settings.alerts).run(now)
+    assert counts == {"sent": 0, "retry": 1, "dead": 0}
+    assert receiver.body_bytes_sent < TRICKLE.count
+    [nid] = await redis.zrange(keys.ALERTS_DUE, 0, -1)
+    assert await redis.hget(keys.alert_notification(nid.decode()), "last_error") == b"ResponseTimeout"
+
+
+async def test_retry_after_is_honoured_up_to_the_longest_step(redis, redis_url, client):
+    """A channel's day-long Retry-After cannot park a page past the schedule's longest step."""
+    with running_receiver(lambda n: (429, {"retry-after": "86400"}, 0.0)) as receiver:
+        settings = slack_only(redis_url, receiver.url.removesuffix("/hook"))
+        settings.alerts.retry_schedule_s = [1, 120]
+        now = int(time.time() * 1000)
+        await evaluate(redis, settings, LANE, [health(True)], now, token=await lead(redis))
+        assert (await AlertSender(redis, client, settings.alerts).run(now))["retry"] == 1
+    [(nid, score)] = await redis.zrange(keys.ALERTS_DUE, 0, -1, withscores=True)
+    assert score == now + 120_000
+    assert await redis.hget(keys.alert_notification(nid.decode()), "last_error") == b"RateLimited 429"
+
+
+async def test_a_worker_whose_clock_runs_ahead_leaves_live_claims_alone(redis, redis_url, client):
+    """Another worker holds the notification under a lease on Redis server time: a worker 60 s
+    ahead sees it due, yet claims nothing, and its lease-holder's outcome is the one that counts."""
+    with running_receiver() as receiver:
+        settings = slack_only(redis_url, receiver.url.removesuffix("/hook"))
+        now = int(time.time() * 1000)
+        await evaluate(redis, settings, LANE, [health(True)], now, token=await lead(redis))
+        other = AlertSender(redis, client, settings.alerts)
+        claimed, left = await other._claim_and_start(lambda: now / 1000, 10, in_flight := {})
+        assert (claimed, left) == (1, False)
+        assert await AlertSender(redis, client, settings.alerts).run(now + 60_000) == {
+            "sent": 0,
+            "retry": 0,
+            "dead": 0,
+        }
+        [outcome] = [await t for t in in_flight]
+    assert len(receiver.requests) == 1
+    assert outcome.action == "sent"
+    await other._apply([outcome], now, other._new_report())
+    assert await redis.zcard(keys.ALERTS_DUE) == 0
+
+
+async def test_a_due_entry_whose_record_is_gone_is_dropped(redis, redis_url, client):
+    settings = slack_only(redis_url, "http://127.0.0.1:9")
+    await redis.zadd(keys.ALERTS_DUE, {"alt_gone.slack": 0})
+    assert await AlertSender(redis, client, settings.alerts).run() == {"sent": 0, "retry": 0, "dead": 0}
+    assert await redis.zcard(keys.ALERTS_DUE) == 0
+    assert await redis.keys(keys.alert_notification("*")) == []  # the claim wrote no stub record
+
+
+def test_a_lease_no_longer_than_the_send_deadline_is_refused():
+    with pytest.raises(ValidationError, match="lease_s"):
+        AlertSettings(timeout_s=30, lease_s=30)
 
 
 class HighDraws(random.Random):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import pytest
@@ -126,3 +128,37 @@ def test_retry_delay_never_retries_permanent_errors() -> None:
     assert retry_delay(invalid, 0, settings, idempotent=True) is None
     unknown = errors.BatchCreateUnknown("b", "timeout")
     assert retry_delay(unknown, 0, settings, idempotent=False) is None
+
+
+WORKERS = Path(__file__).resolve().parents[2] / "workers"
+
+
+def _httpx_uses(tree: ast.AST) -> tuple[list[int], list[int]]:
+    """Lines that catch an httpx exception, and lines that build an httpx client."""
+    catches, builds = [], []
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.ExceptHandler)
+            and node.type is not None
+            and "httpx." in ast.unparse(node.type)
+        ):
+            catches.append(node.lineno)
+        if isinstance(node, ast.Call) and ast.unparse(node.func) == "httpx.AsyncClient":
+            builds.append(node.lineno)
+    return catches, builds
+
+
+def test_only_workers_http_builds_clients_and_catches_httpx_errors() -> None:
+    """Every outbound call goes through workers/http.py: nothing else in workers/ builds an httpx
+    client or catches httpx's exceptions (they are translated once, there)."""
+    offenders = {}
+    for path in sorted(WORKERS.rglob("*.py")):
+        if path.name == "http.py" and path.parent == WORKERS:
+            continue
+        catches, builds = _httpx_uses(ast.parse(path.read_text()))
+        if catches or builds:
+            offenders[str(path.relative_to(WORKERS))] = catches + builds
+    assert offenders == {}
+    catches, builds = _httpx_uses(ast.parse((WORKERS / "http.py").read_text()))
+    assert catches  # the check looks at the right shapes
+    assert builds

@@ -19,6 +19,7 @@ from standardwebhooks import Webhook
 
 from config.settings import Settings, TenantSettings, WebhookSettings
 from scheduler import keys
+from scheduler.clock import server_ms
 from scheduler.ids import job_id
 from scheduler.jobs import NewJob
 from scheduler.ledger import Finish, Ledger
@@ -293,6 +294,7 @@ async def claim(
                 room,
                 orjson.dumps(rooms or {}),
                 most * 4,
+                await server_ms(redis),
             ],
         )
     return sorted(i.decode() for i in ids), left

@@ -1,0 +1,82 @@
+"""The outbox's shared parts: the retry schedule, and settling only while the claim is still ours."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+import time
+
+import httpx
+import pytest
+
+from config.settings import AlertSettings
+from scheduler import keys
+from scheduler.clock import server_ms
+from workers.alerts import AlertSender, terms
+from workers.outbox import Outcome, Terms, retry_delay
+
+LATER_MS = int((time.time() + 3600) * 1000)  # a caller's "now" by which every lease's end is due
+SCHEDULE = Terms(
+    name="t",
+    due_key="due",
+    dead_key="dead",
+    record_prefix="item:",
+    lease_s=60,
+    timeout_s=10,
+    claim_batch=10,
+    concurrency=10,
+    group_hold=10,
+    retry_schedule_s=[5, 30, 120],
+)
+
+
+def test_each_failed_attempt_waits_its_step_then_the_item_is_dead() -> None:
+    rng = random.Random(1)
+    assert [retry_delay(SCHEDULE, n, rng, None) for n in (1, 2, 3, 4)] == [5, 30, 120, None]
+
+
+def test_jitter_stays_within_its_share_of_the_step() -> None:
+    jittered = dataclasses.replace(SCHEDULE, jitter=0.2)
+    delays = [retry_delay(jittered, 2, random.Random(seed), None) for seed in range(200)]
+    assert all(24 <= d <= 36 for d in delays if d is not None)
+    assert len(set(delays)) > 1
+
+
+@pytest.mark.parametrize(("asked", "delay"), [(1, 30), (60, 60), (86400, 120)])
+def test_retry_after_wins_when_longer_up_to_the_longest_step(asked: float, delay: float) -> None:
+    assert retry_delay(SCHEDULE, 2, random.Random(1), asked) == delay
+
+
+async def test_an_outcome_settles_only_under_the_claim_that_is_still_live(redis) -> None:
+    """A worker whose lease ran out, and whose item another worker claimed, settles nothing."""
+    alerts = AlertSettings(timeout_s=0.01, lease_s=0.05)
+    nid = "alt_1.slack"
+    await redis.hset(keys.alert_notification(nid), mapping={"id": nid, "channel": "slack", "attempts": 0})
+    await redis.zadd(keys.ALERTS_DUE, {nid: 0})
+    client = httpx.AsyncClient()  # never sends: the test settles by hand
+    first, second = AlertSender(redis, client, alerts), AlertSender(redis, client, alerts)
+    outbox = terms(alerts)
+
+    async def claim(sender: AlertSender, token: str, lease_ms: int) -> list[bytes]:
+        ids, _ = await sender._claim(
+            keys=[outbox.due_key],
+            args=[LATER_MS, lease_ms, 10, token, outbox.record_prefix, 10, b"{}", 40, await server_ms(redis)],
+        )
+        return ids
+
+    assert await claim(first, "first", 50) == [nid.encode()]
+    await asyncio.sleep(0.2)  # past the 50 ms lease on the Redis server's clock
+    assert await claim(second, "second", 30_000) == [nid.encode()]
+    late = Outcome(nid, "first", "sent", "done", "sent", True, status_code=200)
+    await first._apply([late], 1, first._new_report())
+    assert await redis.hget(keys.alert_notification(nid), "lease") == b"second"
+    assert await redis.zscore(keys.ALERTS_DUE, nid) is not None
+    live = Outcome(nid, "second", "retry", "retry", "failing", True, next_ms=5000, error="ConnectionFailed")
+    await second._apply([live], 1, second._new_report())
+    record = await redis.hgetall(keys.alert_notification(nid))
+    assert record[b"attempts"] == b"1"
+    assert record[b"last_error"] == b"ConnectionFailed"
+    assert b"lease" not in record
+    assert await redis.zscore(keys.ALERTS_DUE, nid) == 5000
+    await client.aclose()

@@ -1,0 +1,326 @@
+"""The outbox: claim → lease → send → settle, written once for every kind of outbound item.
+
+A kind (completion webhooks in :mod:`workers.webhooks`, alert notifications in
+:mod:`workers.alerts`) keeps one hash per item and a sorted set of item ids scored by when each is
+next due. :class:`Outbox` claims due items with a lease (scheduler/lua/outbox_claim.lua: the score
+moves to the lease's end on the injected clock, the Redis server's time in production, so a dead
+worker's claims come back by themselves and a worker whose own clock runs ahead cannot take claims
+that are still live), sends them concurrently, and settles each in one guarded Lua step
+(scheduler/lua/outbox_settle.lua, applied only while the claim is still ours): done, retried at the next time of the kind's schedule
+(``Retry-After`` honoured up to the schedule's longest step), dead-lettered after the last attempt
+or when refused for good, or handed back unsent when its send could not end within the lease.
+
+A subclass plugs in what differs: its :class:`Terms` (keys, lease, deadline, schedule), how its
+items are loaded (:meth:`Outbox._load`), the send slots one item takes (:meth:`Outbox._slots`),
+how one item is sent (:meth:`Outbox._send`, returning a :class:`Verdict`) and what it counts.
+Every send goes through :func:`workers.http.post_capped`: one deadline over the whole call and a
+capped read of the answer, so no receiver costs a worker more than one send's worth.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import random
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+from typing import Any, Generic, Literal, Protocol, TypeVar
+
+import orjson
+import structlog
+from redis.asyncio import Redis
+
+from scheduler import keys, policy, scripts
+from scheduler.clock import Clock, ServerClock
+
+log = structlog.get_logger(__name__)
+
+# Claim more once fewer than this share of a slice is still in flight, so slow receivers never
+# hold the fast ones back.
+REFILL_SHARE = 0.5
+# Due entries one claim looks at, per item it may claim (groups without room are skipped).
+SCAN_PER_CLAIM = 4
+# Share of the lease kept free after the last send it covers (at most half what the lease has
+# beyond one send deadline).
+LEASE_MARGIN = 0.05
+
+Settle = Literal["done", "retry", "dead", "released"]
+
+T = TypeVar("T")
+
+
+class Report(Protocol):
+    """What one run did: ``claimed`` plus one int attribute per action the kind reports."""
+
+    claimed: int
+
+
+R = TypeVar("R", bound=Report)
+
+
+@dataclass(frozen=True, slots=True)
+class Terms:
+    """One kind's outbox: where its items live and how they are claimed, sent and retried."""
+
+    name: str  # log events (``<name>.retry``, ``<name>.dead``)
+    due_key: str  # sorted set: item id -> next attempt (or lease end) in epoch ms
+    dead_key: str  # sorted set: dead-lettered item id -> when it died
+    record_prefix: str  # an item's hash is record_prefix + id
+    lease_s: float
+    timeout_s: float  # one send's deadline
+    claim_batch: int
+    concurrency: int  # sends in flight at once per worker
+    group_hold: int  # most items of one group (tenant) a worker holds at once
+    retry_schedule_s: Sequence[float]  # delays after each failed attempt, then dead
+    jitter: float = 0.0  # random share (±) of each delay
+    delete_done: bool = False  # a sent item's record is deleted (else kept with its status)
+    dead_ttl_s: int = 0  # seconds a dead item's record is kept (0: until retention retires it)
+
+
+@dataclass(slots=True)
+class Item(Generic[T]):
+    """One claimed item: its id, the attempts it has had, its fairness group and the kind's data."""
+
+    id: str
+    attempts: int
+    group: str
+    data: T
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What one send came to, in the kind's words; the outbox turns ``failed`` into retry or dead."""
+
+    action: str  # the report's name for it (``delivered``, ``sent``, ``disabled``, ``dead``...)
+    settle: Literal["done", "failed", "dead"]
+    attempted: bool = True
+    status_code: int | None = None
+    error: str | None = None
+    retry_after: float | None = None  # seconds the receiver asked for (failed only)
+    set_key: str | None = None  # a key set to now when the item settles (a URL's 410 mark)
+
+    @classmethod
+    def failed(cls, error: str, status_code: int | None = None, retry_after: float | None = None) -> Verdict:
+        """A failure worth another attempt, if the schedule has one left."""
+        return cls("retry", "failed", True, status_code, error, retry_after)
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What one claimed item came to, as the settle script takes it."""
+
+    id: str
+    token: str
+    action: str
+    settle: Settle
+    status: str
+    attempted: bool
+    next_ms: int | None = None
+    status_code: int | None = None
+    error: str | None = None
+    set_key: str | None = None
+    metric: str | None = None
+
+
+def lease_slack(terms: Terms) -> float:
+    """Seconds of a lease left free after the last send it covers (clock rates differ a little)."""
+    return min(terms.lease_s * LEASE_MARGIN, (terms.lease_s - terms.timeout_s) / 2)
+
+
+def capacity(terms: Terms) -> int:
+    """Most items a worker holds at once: ``claim_batch``, but no more than could all be sent
+    within one lease if every receiver took the whole send deadline, so claims outlive their sends."""
+    rounds = int((terms.lease_s - lease_slack(terms)) // terms.timeout_s)
+    return max(1, min(terms.claim_batch, terms.concurrency * rounds))
+
+
+def retry_delay(terms: Terms, attempts: int, rng: random.Random, retry_after: float | None) -> float | None:
+    """Seconds until attempt ``attempts + 1``, or None when the schedule is spent (dead-letter).
+
+    The schedule's step with the kind's jitter (:func:`scheduler.policy.scheduled_delay`); a longer
+    ``Retry-After`` wins, up to the schedule's longest step (a receiver cannot park an item for a year).
+    """
+    schedule = terms.retry_schedule_s
+    delay = policy.scheduled_delay(schedule, attempts, terms.jitter, rng)
+    if delay is None:
+        return None
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, max(schedule)))
+    return delay
+
+
+class Outbox(abc.ABC, Generic[T, R]):
+    """Claims, sends and settles one kind's due items; one per task run, on the process's client."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        terms: Terms,
+        *,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.redis = redis
+        self.terms = terms
+        self.lease_clock = clock or ServerClock(redis)  # leases run on it: the worker's ctx["clock"]
+        self.rng = rng or random.Random()
+        self.monotonic = monotonic
+        self._claim = scripts.load(redis, "outbox_claim")
+        self._settle = scripts.load(redis, "outbox_settle")
+
+    @abc.abstractmethod
+    def _new_report(self) -> R:
+        """An empty report of this kind."""
+
+    @abc.abstractmethod
+    async def _load(self, ids: list[str]) -> list[Item[T]]:
+        """The claimed items, in any order, with what their sends need."""
+
+    @abc.abstractmethod
+    async def _send(self, item: Item[T], clock: Callable[[], float]) -> Verdict:
+        """Send one item; transport failures come back as a failed verdict, never raised."""
+
+    def _metric(self, item: Item[T], action: str) -> str | None:
+        """The field of the global metrics hash a settled item counts in (None: not counted)."""
+        return None
+
+    def _log_fields(self, item: Item[T]) -> dict[str, Any]:
+        """Fields that name an item in log events."""
+        return {"id": item.id}
+
+    @asynccontextmanager
+    async def _slots(self, item: Item[T]) -> AsyncIterator[None]:
+        """Wait for the send slots ``item`` takes (none by default: ``capacity`` bounds the sends)."""
+        yield
+
+    async def drain(self, clock: Callable[[], float], budget_s: float) -> R:
+        """Send everything due, claiming as slots free up, until nothing is due or ``budget_s`` passed."""
+        report = self._new_report()
+        held_max = capacity(self.terms)
+        started = clock()
+        in_flight: dict[asyncio.Task[Outcome], str] = {}  # each send and its group
+        exhausted = False  # nothing more is due, or the budget is spent
+        blocked = False  # what is due belongs to groups without room: claim after a send ends
+        try:
+            while True:
+                room = held_max - len(in_flight)
+                if not exhausted and not blocked and room >= held_max * REFILL_SHARE:
+                    if clock() - started < budget_s:
+                        claimed, left = await self._claim_and_start(clock, room, in_flight)
+                        report.claimed += claimed
+                        exhausted = claimed < room and not left
+                        blocked = claimed < room and left
+                    else:
+                        exhausted = True
+                if not in_flight:
+                    if exhausted or blocked:  # blocked with nothing held: only others' claims are left
+                        return report
+                    continue
+                done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    del in_flight[task]
+                blocked = False
+                await self._apply([t.result() for t in done], int(clock() * 1000), report)
+        finally:
+            for task in in_flight:
+                task.cancel()
+
+    async def _claim_and_start(
+        self, clock: Callable[[], float], room: int, in_flight: dict[asyncio.Task[Outcome], str]
+    ) -> tuple[int, bool]:
+        """Claim up to ``room`` due items and start their sends; return how many, and whether some were left."""
+        terms = self.terms
+        held: dict[str, int] = {}
+        for group in in_flight.values():
+            held[group] = held.get(group, 0) + 1
+        rooms = {group: max(0, terms.group_hold - n) for group, n in held.items()}
+        token = secrets.token_hex(8)
+        # Measured before the shared clock is read, so it ends no later than the lease Redis records.
+        lease_ends = self.monotonic() + terms.lease_s
+        lease_from = await self.lease_clock.now_ms()
+        raw_ids, left = await self._claim(
+            keys=[terms.due_key],
+            args=[
+                int(clock() * 1000),
+                int(terms.lease_s * 1000),
+                room,
+                token,
+                terms.record_prefix,
+                terms.group_hold,
+                orjson.dumps(rooms),
+                room * SCAN_PER_CLAIM,
+                lease_from,
+            ],
+        )
+        ids = [i.decode() for i in raw_ids]
+        for item in await self._load(ids):
+            task = asyncio.create_task(self._guarded_send(item, token, clock, lease_ends))
+            in_flight[task] = item.group
+        return len(ids), bool(left)
+
+    async def _guarded_send(
+        self, item: Item[T], token: str, clock: Callable[[], float], lease_ends: float
+    ) -> Outcome:
+        """Send once the item's slots are free, if the send can end within the lease; else hand it back."""
+        async with self._slots(item):
+            latest_start = lease_ends - self.terms.timeout_s - lease_slack(self.terms)
+            if self.monotonic() > latest_start:
+                return Outcome(item.id, token, "released", "released", "", False)
+            try:
+                verdict = await self._send(item, clock)
+            except Exception as exc:  # one broken item must not stop the loop; it is retried
+                log.exception(f"{self.terms.name}.crashed", **self._log_fields(item))
+                verdict = Verdict.failed(f"internal error: {exc!r}")
+            return self._outcome(item, token, verdict, clock)
+
+    def _outcome(self, item: Item[T], token: str, verdict: Verdict, clock: Callable[[], float]) -> Outcome:
+        """The settle step a verdict stands for: a failure is retried on the schedule or dead-lettered."""
+        action, status = verdict.action, verdict.action
+        settle: Settle
+        next_ms = None
+        if verdict.settle == "failed":
+            attempts = item.attempts + 1
+            delay = retry_delay(self.terms, attempts, self.rng, verdict.retry_after)
+            fields = self._log_fields(item) | {"attempts": attempts, "error": verdict.error}
+            if delay is None:
+                action, settle, status = "dead", "dead", "dead"
+                log.warning(f"{self.terms.name}.dead", **fields)
+            else:
+                action, settle, status = "retry", "retry", "failing"
+                next_ms = int((clock() + delay) * 1000)
+                log.info(f"{self.terms.name}.retry", delay=delay, **fields)
+        else:
+            settle = verdict.settle
+        return Outcome(
+            item.id,
+            token,
+            action,
+            settle,
+            status,
+            verdict.attempted,
+            next_ms=next_ms,
+            status_code=verdict.status_code,
+            error=verdict.error,
+            set_key=verdict.set_key,
+            metric=self._metric(item, action),
+        )
+
+    async def _apply(self, outcomes: list[Outcome], now_ms: int, report: R) -> None:
+        """Settle ``outcomes`` in one guarded step and count them."""
+        terms = self.terms
+        await self._settle(
+            keys=[terms.due_key, terms.dead_key, keys.METRICS_GLOBAL],
+            args=[
+                orjson.dumps([asdict(o) for o in outcomes]),
+                now_ms,
+                terms.record_prefix,
+                int(terms.delete_done),
+                terms.dead_ttl_s,
+            ],
+        )
+        for o in outcomes:
+            setattr(report, o.action, getattr(report, o.action) + 1)
