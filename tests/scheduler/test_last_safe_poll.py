@@ -14,8 +14,7 @@ from config.settings import SloSettings
 from scheduler import keys, tasks
 from scheduler.batches import Batches
 from scheduler.ledger import Finish, Ledger
-from scheduler.service import Scheduler
-from scheduler.tasks import create_pool
+from scheduler.service import Scheduler, build_scheduler
 from tests.conftest import make_settings
 from tests.scheduler.slo_support import enqueue, submitted_batch
 
@@ -29,14 +28,7 @@ PULLED = LAST_SAFE - 15_000
 
 
 @pytest.fixture
-async def pool(redis_url, redis):
-    p = await create_pool(redis_url)
-    yield p
-    await p.aclose()
-
-
-@pytest.fixture
-async def late_batch(redis, redis_url, pool):
+async def late_batch(redis, redis_url, arq_pool):
     """One job due in 10 min in a batch that 400 s in is still running (its prior says 10 s), its next
     poll 5 min later: after the job's last safe moment."""
     settings = make_settings(
@@ -46,7 +38,7 @@ async def late_batch(redis, redis_url, pool):
     batch_id = await submitted_batch(redis, settings, NOW)
     await redis.delete(keys.LEADER_LEASE)  # the helper's lease; the scheduler leads from here
     await answered(redis, batch_id, NOW + 400_000, running=True, interval_s=300)
-    scheduler = Scheduler(settings, redis, pool, holder="t")
+    scheduler = build_scheduler(settings, redis, arq_pool, holder="t")
     yield scheduler, batch_id, job_id
     await scheduler.close()
 
@@ -81,7 +73,9 @@ async def tick(scheduler: Scheduler, at_ms: int):
     return await scheduler.tick(at_ms / 1000)
 
 
-async def test_the_poll_is_brought_forward_and_enqueued_before_the_last_safe_moment(redis, pool, late_batch):
+async def test_the_poll_is_brought_forward_and_enqueued_before_the_last_safe_moment(
+    redis, arq_pool, late_batch
+):
     scheduler, batch_id, job_id = late_batch
     early = await tick(scheduler, NOW + 500_000)
     assert early.steps["slo"].polls == {batch_id: PULLED}
@@ -90,7 +84,7 @@ async def test_the_poll_is_brought_forward_and_enqueued_before_the_last_safe_mom
     assert (await tick(scheduler, PULLED - 1_000)).steps["slo"].polls == {}  # asked for once
     due = await tick(scheduler, PULLED)
     assert due.polls == 1
-    assert await Job(tasks.poll_job_id(batch_id, PULLED), pool).status() == JobStatus.queued
+    assert await Job(tasks.poll_job_id(batch_id, PULLED), arq_pool).status() == JobStatus.queued
     assert due.steps["slo"].flipped == 0
 
 
