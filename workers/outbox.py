@@ -224,7 +224,7 @@ class Outbox(abc.ABC, Generic[T, R]):
                 for task in done:
                     del in_flight[task]
                 blocked = False
-                await self._apply([t.result() for t in done], int(clock() * 1000), report)
+                await self._apply([t.result() for t in done], round(clock() * 1000), report)
         finally:
             for task in in_flight:
                 task.cancel()
@@ -245,7 +245,7 @@ class Outbox(abc.ABC, Generic[T, R]):
         raw_ids, left = await self._claim(
             keys=[terms.due_key],
             args=[
-                int(clock() * 1000),
+                round(clock() * 1000),
                 int(terms.lease_s * 1000),
                 room,
                 token,
@@ -291,7 +291,7 @@ class Outbox(abc.ABC, Generic[T, R]):
                 log.warning(f"{self.terms.name}.dead", **fields)
             else:
                 action, settle, status = "retry", "retry", "failing"
-                next_ms = int((clock() + delay) * 1000)
+                next_ms = round((clock() + delay) * 1000)  # round: seconds as a float lose the last ms
                 log.info(f"{self.terms.name}.retry", delay=delay, **fields)
         else:
             settle = verdict.settle
