@@ -48,7 +48,7 @@ redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('ZREMRANGEBYSCORE', KEYS[14], '-inf', cutoff)
 if reserve > 0 then
   redis.call('INCRBYFLOAT', KEYS[17], ARGV[15])
-  redis.call('EXPIRE', KEYS[17], 40 * 86400)  -- as the spend key (finish.lua's BUDGET_TTL)
+  redis.call('EXPIRE', KEYS[17], K.BUDGET_TTL_S)  -- as the spend key
   redis.call('HSET', KEYS[1], 'reserve_usd', ARGV[15], 'reserve_key', KEYS[17])
 end
 if ARGV[11] == 'sync' then
@@ -76,5 +76,5 @@ if KEYS[11] ~= '' then
   redis.call('SADD', KEYS[12], KEYS[11])
 end
 redis.call('LPUSH', KEYS[9], '1')
-redis.call('LTRIM', KEYS[9], 0, 9)
+redis.call('LTRIM', KEYS[9], 0, K.WAKEUP_MAX - 1)
 return {'created', id}

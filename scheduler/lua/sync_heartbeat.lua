@@ -6,10 +6,10 @@
 -- KEYS: 1 leases (zset), 2 dispatch counts (hash), 3 the job, 4 the provider's sync slots (optional)
 -- ARGV: 1 job id, 2 dispatch, 3 lease ms, 4 the slot's token (with KEYS[4])
 -- Returns the new lease end (ms), or 0 when the dispatch is no longer current.
+-- uses: clock
 if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end
 if redis.call('HGET', KEYS[3], 'state') ~= 'sync' then return 0 end
-local t = redis.call('TIME')
-local lease_end = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[3])
+local lease_end = server_now_ms() + tonumber(ARGV[3])
 redis.call('ZADD', KEYS[1], 'XX', 'GT', lease_end, ARGV[1])
 if KEYS[4] then redis.call('ZADD', KEYS[4], 'XX', 'GT', lease_end, ARGV[4]) end
 return lease_end

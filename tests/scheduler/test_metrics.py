@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,7 +13,7 @@ from redis.asyncio import Redis
 
 from api.app import create_app
 from config.settings import DEFAULT_PRICING_PATH, Settings, TenantSettings
-from scheduler import ids, metrics, scripts
+from scheduler import ids, metrics
 from scheduler.batches import Batches
 from scheduler.jobs import NewJob
 from scheduler.ledger import Finish, Ledger
@@ -53,14 +52,6 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         for s in family.samples:
             found[(s.name, tuple(sorted(s.labels.items())))] = s.value
     return found
-
-
-def test_lua_histogram_buckets_equal_the_python_ones():
-    source = scripts.source("finish")
-    match = re.search(r"LATENCY_BUCKETS = \{([^}]*)\}", source)
-    assert match is not None
-    assert tuple(int(x) for x in match.group(1).replace("\n", " ").split(",")) == metrics.LATENCY_BUCKETS_S
-    assert metrics.LATENCY_BUCKETS_S[-1] > 24 * 3600
 
 
 async def populate(redis: Redis, now_ms: int) -> None:
