@@ -30,7 +30,7 @@ import structlog
 from redis.asyncio import Redis
 
 from config.settings import AlertSettings, HttpSettings
-from scheduler import keys
+from scheduler import keys, scripts
 from scheduler.clock import server_ms
 from workers import webhooks
 from workers.context import WorkerContext
@@ -89,7 +89,7 @@ class AlertSender:
         self.redis = redis
         self.client = client
         self.alerts = alerts
-        self._claim = redis.register_script((webhooks.LUA_DIR / "webhook_claim.lua").read_text())
+        self._claim = scripts.load(redis, "webhook_claim", webhooks.LUA_DIR)
         # One attempt per call: retries are the outbox's job, on its own schedule.
         self._http = HttpSettings(
             connect_timeout=alerts.timeout_s,

@@ -40,7 +40,7 @@ import structlog
 from redis.asyncio import Redis
 
 from config.settings import Settings, WebhookSettings
-from scheduler import keys
+from scheduler import keys, scripts
 from scheduler.jobs import VIEW_FIELDS, JobRecord, iso
 from scheduler.webhook_dispatch import url_hash
 from workers.errors import ResponseTimeout, UnsafeDestination, WorkerError
@@ -154,8 +154,8 @@ class Deliverer:
         self.rng = rng or random.Random()
         self.monotonic = monotonic
         self.limits = limits_for(client, self.hooks)
-        self._claim = redis.register_script((LUA_DIR / "webhook_claim_fair.lua").read_text())
-        self._settle = redis.register_script((LUA_DIR / "webhook_settle.lua").read_text())
+        self._claim = scripts.load(redis, "webhook_claim_fair", LUA_DIR)
+        self._settle = scripts.load(redis, "webhook_settle", LUA_DIR)
         self._prefix = keys.webhook_delivery("")
 
     async def run(self, clock: Callable[[], float] = time.time, budget_s: float = 60.0) -> DeliveryReport:
