@@ -1,7 +1,7 @@
 -- Cancel a job that is queued, batched or sync. A batch still holding it discards its result later.
 -- KEYS: 1 job.  ARGV: 1 job id, 2 now ms, 3 seconds the ended record is kept (retention).
 -- Returns {'ok', prior state} | {'refused', state} | {'missing', ''}.
--- uses: state, costs, outbox
+-- uses: state, budget, outbox
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return {'missing', ''} end
 if not contains({'queued', 'batched', 'sync'}, state) then return {'refused', state} end

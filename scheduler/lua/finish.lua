@@ -2,8 +2,8 @@
 -- that batch) moves; anything else changes nothing, and a billed result for it counts as duplicate
 -- spend. This file is the guard and the job's state and result; each other concern of a job's end
 -- is a library, composed into this one script (scheduler/scripts.py says why): costs and budgets
--- (lib/costs.lua), lane metrics and SLO buckets (lib/metrics.lua), the webhook outbox and pub/sub
--- (lib/outbox.lua). They move in the same step, gated by the same guard, so every aggregate always
+-- (lib/costs.lua, lib/budget.lua), lane metrics and SLO buckets (lib/metrics.lua), the webhook
+-- outbox and pub/sub (lib/outbox.lua). They move in the same step, gated by the same guard, so every aggregate always
 -- equals the jobs' sums.
 -- uses: json, state, costs, metrics, outbox
 -- ARGV: 1 JSON array of items, 2 now ms, 3 result ttl ms, 4 day (YYYY-MM-DD), 5 month (YYYY-MM),
@@ -29,7 +29,7 @@ for i, it in ipairs(items) do
   if not state then
     out[i] = 'missing'
   else
-    local job = {id = it.id, tenant = rec[3], feature = rec[4], lane = rec[5], model = rec[6],
+    local job = {key = jk, tenant = rec[3], feature = rec[4], lane = rec[5], model = rec[6],
       created_ms = tonumber(rec[9])}
     local batch = opt(it.batch)
     if contains(it.from, state) and (batch == nil or batch == rec[2]) then

@@ -1,21 +1,12 @@
 -- What ended jobs cost: the per-day, per-tenant aggregates reports read (keys.agg_*, read by
--- scheduler/costs.py) and the tenant's monthly budget (keys.budget_spend, keys.budget_committed,
--- scheduler/budgets.py).
--- uses: tally, json
-
--- Release the budget a job reserved at enqueue (keys.budget_committed) once it ends; only once,
--- since the fields go with it.
-local function release_reservation(jk)
-  local held = redis.call('HMGET', jk, 'reserve_usd', 'reserve_key')
-  if held[1] and held[2] and held[2] ~= '' then
-    redis.call('INCRBYFLOAT', held[2], -tonumber(held[1]))
-    redis.call('HDEL', jk, 'reserve_usd', 'reserve_key')
-  end
-end
+-- scheduler/costs.py) and what they add to the tenant's monthly spend (keys.budget_spend); the
+-- job's reservation is released through lib/budget.lua.
+-- uses: tally, json, budget
 
 -- The costs of one step's jobs, counted on ``day`` (YYYY-MM-DD) and ``month`` (YYYY-MM), the
 -- aggregates kept ``agg_ttl_s``. ended(job, item, on_time) counts a job's end and releases its
 -- reservation; duplicate(job, route, usd) counts a billed result nobody uses; flush() writes.
+-- ``job`` holds its record's key, tenant, feature, lane and model (finish.lua reads them once).
 -- Figures add up per (tenant, feature, lane, model, route) group first and are spread over the
 -- group's hashes (its tenant's day total and one per keys.AGG_DIMENSIONS) once, at flush: most
 -- chunks hold one or two groups.
@@ -47,7 +38,7 @@ local function new_costs(day, month, agg_ttl_s)
   end
 
   function costs.ended(job, it, on_time)
-    release_reservation(K.job(job.id))
+    release_reservation(job.key)
     local g = group(job, it.route)
     local actual, sync_usd, wasted = num(it.actual_usd), num(it.sync_usd), num(it.wasted_usd)
     add(g, 'jobs', 1)
