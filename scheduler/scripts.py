@@ -26,7 +26,6 @@ One composed script keeps one guard, one read per job and one atomic step.
 from __future__ import annotations
 
 import inspect
-import keyword
 import re
 from collections.abc import Callable, Iterable
 from functools import cache
@@ -100,7 +99,7 @@ def _mirror(module: ModuleType) -> dict[str, str]:
     Lua builds no key by hand)."""
     out: dict[str, str] = {}
     for name, value in vars(module).items():
-        if name.startswith("_") or name == "PREFIX" or keyword.iskeyword(name):
+        if name.startswith("_") or name == "PREFIX":
             continue
         if inspect.isfunction(value) and value.__module__ == module.__name__:
             out[name] = lua_key_function(value)

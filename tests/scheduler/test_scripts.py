@@ -147,3 +147,15 @@ async def test_a_finish_the_guard_refuses_writes_nothing(redis: Redis):
     stale = Finish(job.id, "succeeded", "batch", from_states=("batched",), actual_usd=0.5, sync_usd=1.0)
     assert await ledger.finish([stale], 1_800_000_001_000) == ["skip:queued"]
     assert {k: await redis.dump(k) for k in await redis.keys("*")} == before
+
+
+def test_scripts_py_is_the_only_lua_loader():
+    """Every script goes through the one loader, so none misses the prelude or its libraries."""
+    root = Path(scripts.__file__).resolve().parents[1]
+    callers = [
+        str(p.relative_to(root))
+        for package in ("api", "batchshift", "config", "scheduler", "workers")
+        for p in (root / package).rglob("*.py")
+        if "register_script(" in p.read_text() or '.lua")' in p.read_text()
+    ]
+    assert callers == ["scheduler/scripts.py"]
