@@ -20,7 +20,7 @@ end
 redis.call('HSET', KEYS[1], 'state', 'cancelled', 'completed_ms', ARGV[2])
 release_reservation(KEYS[1])
 restate(id, redis.call('HGET', KEYS[1], 'tenant'), state, 'cancelled')
-retain(id, ARGV[3])
+retain(KEYS[1], ARGV[3])
 enqueue_webhook(id, 'job.cancelled', ARGV[2])
 announce_ended({id})
 return {'ok', state}

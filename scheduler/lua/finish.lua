@@ -24,13 +24,13 @@ local out, ended = {}, {}
 for i, it in ipairs(items) do
   local jk = K.job(it.id)
   local rec = redis.call('HMGET', jk, 'state', 'batch_id', 'tenant', 'feature', 'lane', 'model',
-    'deadline_ms', 'size', 'created_ms', 'callback_url')
+    'deadline_ms', 'size', 'created_ms', 'callback_url', 'reserve_usd', 'reserve_key')
   local state = rec[1]
   if not state then
     out[i] = 'missing'
   else
     local job = {key = jk, tenant = rec[3], feature = rec[4], lane = rec[5], model = rec[6],
-      created_ms = tonumber(rec[9])}
+      created_ms = tonumber(rec[9]), reserve_usd = rec[11], reserve_key = rec[12]}
     local batch = opt(it.batch)
     if contains(it.from, state) and (batch == nil or batch == rec[2]) then
       if state == 'queued' then unqueue(it.id, rec[5], tonumber(rec[8])) end
@@ -42,7 +42,7 @@ for i, it in ipairs(items) do
       redis.call('HSET', jk, unpack(fields))
       if opt(it.r) then redis.call('SET', K.result(it.id), ARGV[it.r], 'PX', ttl) end
       restate(it.id, rec[3], state, it.state)
-      retain(it.id, job_ttl)
+      retain(jk, job_ttl)
       local on_time = now <= tonumber(rec[7])
       costs.ended(job, it, on_time)
       lane_metrics.ended(job, it, on_time)

@@ -19,10 +19,12 @@ local function reserve_budget(jk, committed_key, usd)
 end
 
 -- Release the budget a job reserved at enqueue once it ends; only once, since the fields go with it.
-local function release_reservation(jk)
-  local held = redis.call('HMGET', jk, 'reserve_usd', 'reserve_key')
-  if held[1] and held[2] and held[2] ~= '' then
-    redis.call('INCRBYFLOAT', held[2], -tonumber(held[1]))
+-- ``usd`` and ``key`` are the job's reserve_usd and reserve_key when the caller already read them
+-- (false when absent); nil reads them here.
+local function release_reservation(jk, usd, key)
+  if usd == nil then usd, key = unpack(redis.call('HMGET', jk, 'reserve_usd', 'reserve_key')) end
+  if usd and key and key ~= '' then
+    redis.call('INCRBYFLOAT', key, -tonumber(usd))
     redis.call('HDEL', jk, 'reserve_usd', 'reserve_key')
   end
 end

@@ -6,7 +6,8 @@
 -- The costs of one step's jobs, counted on ``day`` (YYYY-MM-DD) and ``month`` (YYYY-MM), the
 -- aggregates kept ``agg_ttl_s``. ended(job, item, on_time) counts a job's end and releases its
 -- reservation; duplicate(job, route, usd) counts a billed result nobody uses; flush() writes.
--- ``job`` holds its record's key, tenant, feature, lane and model (finish.lua reads them once).
+-- ``job`` holds its record's key, tenant, feature, lane, model and reservation (finish.lua reads
+-- them once).
 -- Figures add up per (tenant, feature, lane, model, route) group first and are spread over the
 -- group's hashes (its tenant's day total and one per keys.AGG_DIMENSIONS) once, at flush: most
 -- chunks hold one or two groups.
@@ -38,7 +39,7 @@ local function new_costs(day, month, agg_ttl_s)
   end
 
   function costs.ended(job, it, on_time)
-    release_reservation(job.key)
+    release_reservation(job.key, job.reserve_usd, job.reserve_key)
     local g = group(job, it.route)
     local actual, sync_usd, wasted = num(it.actual_usd), num(it.sync_usd), num(it.wasted_usd)
     add(g, 'jobs', 1)

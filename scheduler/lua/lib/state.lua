@@ -27,11 +27,11 @@ local function restate(id, tenant, from, to)
   redis.call('ZADD', K.tenant_status(tenant, to), 0, id)
 end
 
--- A job that ended keeps its record (status, usage, cost) for ``ttl_s`` seconds, without the request
--- body: nothing resubmits an ended job, and the body is most of the record's memory.
-local function retain(id, ttl_s)
-  redis.call('HDEL', K.job(id), 'body')
-  if ttl_s and tonumber(ttl_s) and tonumber(ttl_s) > 0 then redis.call('EXPIRE', K.job(id), ttl_s) end
+-- A job that ended keeps its record (``jk``: status, usage, cost) for ``ttl_s`` seconds, without
+-- the request body: nothing resubmits an ended job, and the body is most of the record's memory.
+local function retain(jk, ttl_s)
+  redis.call('HDEL', jk, 'body')
+  if ttl_s and tonumber(ttl_s) and tonumber(ttl_s) > 0 then redis.call('EXPIRE', jk, ttl_s) end
 end
 
 -- A job goes back to its lane: make sure the lane is registered and active again (the tick may
