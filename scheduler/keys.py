@@ -1,7 +1,9 @@
 """Every Redis key batchshift uses, with what it holds and why its TTL.
 
 A lane's keys share the hash tag ``{lane}`` so a move to Redis Cluster keeps a lane on one shard.
-All times are epoch milliseconds, UTC.
+All times are epoch milliseconds, UTC. Lua scripts build keys from these same definitions: the
+loader (scheduler/scripts.py) turns every key function and constant here into ``K.<name>``, so a
+key function must only interpolate its arguments, and no .lua file spells a key.
 """
 
 from __future__ import annotations
@@ -56,8 +58,9 @@ def tenant_lanes(tenant: str) -> str:
     return f"{PREFIX}:tenant:{tenant}:lanes"
 
 
-# List: a wake-up signal pushed on enqueue so the scheduler ticks early (trimmed to a few entries).
+# List: a wake-up signal pushed on enqueue so the scheduler ticks early (trimmed to WAKEUP_MAX entries).
 WAKEUP = f"{PREFIX}:scheduler:wakeup"
+WAKEUP_MAX = 10
 
 
 def idempotency(tenant: str, key: str) -> str:
@@ -127,8 +130,8 @@ def disabled_url(url_hash: str) -> str:
     return f"{PREFIX}:webhooks:disabled:{url_hash}"
 
 
-# Cost and SLO aggregates are written by the Lua scripts in scheduler/lua/ (see _lib.lua, which
-# builds the same names from PREFIX). Per UTC day and per tenant, so reports cost O(groups):
+# Cost and SLO aggregates are written by the Lua scripts in scheduler/lua/ (lib/costs.lua, with
+# the functions below). Per UTC day and per tenant, so reports cost O(groups):
 #   bs:agg:{day}:tenants                       set of tenants with figures that day
 #   bs:agg:{day}:t:{tenant}:{dim}              set of values of one dimension (feature, lane, model, route)
 #   bs:agg:{day}:t:{tenant}:{dim}:{value}      hash: jobs, input_tokens, output_tokens, actual_usd,
@@ -178,9 +181,14 @@ def budget_committed(tenant: str, month: str) -> str:
 
     enqueue.lua reserves each job's estimate here (checking spend + committed against a ``reject``
     envelope in the same step) and names this key on the job (``reserve_key``); finish.lua and
-    cancel.lua release it when the job ends. Same TTL as the spend key (40 days).
+    cancel.lua release it when the job ends. Same TTL as the spend key (BUDGET_TTL_S).
     """
     return f"{PREFIX}:budget:{tenant}:{month}:committed"
+
+
+# Seconds a month's budget keys (spend, committed) outlive their last write: longer than any month,
+# so a tenant's spend is kept until its month is over.
+BUDGET_TTL_S = 40 * 24 * 3600
 
 
 # SLO samples, written where the I/O happens and read by the SLO tracker. Capped lists, newest
@@ -273,7 +281,7 @@ ALERT_DEAD_TTL_S = 7 * 24 * 3600
 
 
 # Pub/sub channel: a job's id, published when the job turns terminal (every terminal transition
-# passes through _lib.lua's enqueue_webhook), so a long poll on GET /v1/jobs/{id}?wait= answers at
+# passes through lib/outbox.lua's enqueue_webhook), so a long poll on GET /v1/jobs/{id}?wait= answers at
 # once. Messages are not kept: a waiter subscribes first, then re-reads the job, then waits.
 JOBS_ENDED = f"{PREFIX}:jobs:ended"
 

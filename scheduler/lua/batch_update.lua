@@ -5,6 +5,7 @@
 --       poll zset alone, 'del' removes the batch from it), 4 now ms, 5 field to increment by 1 ('' none),
 --       6.. field/value pairs
 -- Returns {'ok', prior state, incremented value or ''} | {'skip', state, ''} | {'missing', '', ''}.
+-- uses: state
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return {'missing', '', ''} end
 local allowed = {}

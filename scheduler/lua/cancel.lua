@@ -1,6 +1,7 @@
 -- Cancel a job that is queued, batched or sync. A batch still holding it discards its result later.
 -- KEYS: 1 job.  ARGV: 1 job id, 2 now ms, 3 seconds the ended record is kept (retention).
 -- Returns {'ok', prior state} | {'refused', state} | {'missing', ''}.
+-- uses: state, budget, outbox
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return {'missing', ''} end
 if not contains({'queued', 'batched', 'sync'}, state) then return {'refused', state} end
@@ -12,14 +13,14 @@ elseif state == 'batched' then
   -- The SLO tracker's deadline index of the batch forgets it, so a batch whose jobs were all
   -- cancelled (or flipped) is cancelled at the provider too.
   local batch = redis.call('HGET', KEYS[1], 'batch_id')
-  if batch then redis.call('ZREM', PREFIX .. ':slo:batch:' .. batch .. ':deadlines', id) end
+  if batch then redis.call('ZREM', K.batch_deadlines(batch), id) end
 elseif state == 'sync' then
-  redis.call('ZREM', K_SYNC_QUEUE, id)
+  redis.call('ZREM', K.SYNC_QUEUE, id)
 end
 redis.call('HSET', KEYS[1], 'state', 'cancelled', 'completed_ms', ARGV[2])
 release_reservation(KEYS[1])
 restate(id, redis.call('HGET', KEYS[1], 'tenant'), state, 'cancelled')
-retain(id, ARGV[3])
+retain(KEYS[1], ARGV[3])
 enqueue_webhook(id, 'job.cancelled', ARGV[2])
 announce_ended({id})
 return {'ok', state}

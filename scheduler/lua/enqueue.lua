@@ -8,6 +8,7 @@
 --       12 max lanes per tenant ('' for none), 13 lane idle ms, 14 envelope usd ('' for none), 15 reservation usd,
 --       16.. field/value pairs
 -- Returns {'created'|'existing'|'conflict'|'lanes'|'budget', job id or detail}.
+-- uses: budget
 local idem = KEYS[7]
 if idem ~= '' then
   local prior = redis.call('GET', idem)
@@ -36,21 +37,14 @@ end
 -- A `reject` envelope counts billed spend and every admitted job's expected cost not yet settled.
 local reserve = tonumber(ARGV[15])
 if ARGV[14] ~= '' then
-  local envelope = tonumber(ARGV[14])
-  local held = tonumber(redis.call('GET', KEYS[16]) or '0') + tonumber(redis.call('GET', KEYS[17]) or '0')
-  if held >= envelope or held + reserve > envelope then
-    return {'budget', tostring(held)}
-  end
+  local held = budget_refusal(KEYS[16], KEYS[17], tonumber(ARGV[14]), reserve)
+  if held then return {'budget', tostring(held)} end
 end
 local fields = {}
 for i = 16, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('ZREMRANGEBYSCORE', KEYS[14], '-inf', cutoff)
-if reserve > 0 then
-  redis.call('INCRBYFLOAT', KEYS[17], ARGV[15])
-  redis.call('EXPIRE', KEYS[17], 40 * 86400)  -- as the spend key (finish.lua's BUDGET_TTL)
-  redis.call('HSET', KEYS[1], 'reserve_usd', ARGV[15], 'reserve_key', KEYS[17])
-end
+if reserve > 0 then reserve_budget(KEYS[1], KEYS[17], ARGV[15]) end
 if ARGV[11] == 'sync' then
   redis.call('ZADD', KEYS[2], ARGV[4], id)
 else
@@ -76,5 +70,5 @@ if KEYS[11] ~= '' then
   redis.call('SADD', KEYS[12], KEYS[11])
 end
 redis.call('LPUSH', KEYS[9], '1')
-redis.call('LTRIM', KEYS[9], 0, 9)
+redis.call('LTRIM', KEYS[9], 0, K.WAKEUP_MAX - 1)
 return {'created', id}

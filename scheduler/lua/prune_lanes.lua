@@ -8,10 +8,10 @@ local pruned = {}
 for i = 2, #ARGV do
   local lane = ARGV[i]
   local last = redis.call('ZSCORE', KEYS[1], lane)
-  if last and tonumber(last) <= cutoff and redis.call('ZCARD', k_queue(lane)) == 0 then
+  if last and tonumber(last) <= cutoff and redis.call('ZCARD', K.lane_queue(lane)) == 0 then
     redis.call('ZREM', KEYS[1], lane)
     redis.call('SREM', KEYS[2], lane)
-    redis.call('DEL', k_arrivals(lane), k_bytes(lane), PREFIX .. ':lane:{' .. lane .. '}:meta')
+    redis.call('DEL', K.lane_arrivals(lane), K.lane_bytes(lane), K.lane_meta(lane))
     pruned[#pruned + 1] = lane
   end
 end

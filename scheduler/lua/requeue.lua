@@ -3,13 +3,13 @@
 -- ARGV: 1 JSON array of items {id, from=[states], batch=?, target='lane'|'sync', attempt=bool,
 --       error=?}, 2 now ms
 -- Returns one code per item: 'ok' | 'skip:<state>' | 'missing'.
+-- uses: json, state
 local items = cjson.decode(ARGV[1])
 local now = ARGV[2]
-local function opt(v) if v == nil or v == cjson.null then return nil end return v end
 local out = {}
 local woke = false
 for i, it in ipairs(items) do
-  local jk = k_job(it.id)
+  local jk = K.job(it.id)
   local rec = redis.call('HMGET', jk, 'state', 'batch_id', 'lane', 'deadline_ms', 'created_ms', 'size',
     'tenant')
   local state = rec[1]
@@ -19,11 +19,11 @@ for i, it in ipairs(items) do
     if it.attempt then redis.call('HINCRBY', jk, 'attempts', 1) end
     if opt(it.error) then redis.call('HSET', jk, 'last_error', it.error) end
     if it.target == 'lane' then
-      if state == 'sync' then redis.call('ZREM', K_SYNC_QUEUE, it.id) end
+      if state == 'sync' then redis.call('ZREM', K.SYNC_QUEUE, it.id) end
       if state ~= 'queued' then
-        redis.call('ZADD', k_queue(rec[3]), rec[4], it.id)
-        redis.call('ZADD', k_arrivals(rec[3]), rec[5], it.id)
-        redis.call('INCRBY', k_bytes(rec[3]), rec[6])
+        redis.call('ZADD', K.lane_queue(rec[3]), rec[4], it.id)
+        redis.call('ZADD', K.lane_arrivals(rec[3]), rec[5], it.id)
+        redis.call('INCRBY', K.lane_bytes(rec[3]), rec[6])
         revive_lane(rec[3], jk, now)
       end
       redis.call('HSET', jk, 'state', 'queued', 'batch_id', '')
@@ -31,7 +31,7 @@ for i, it in ipairs(items) do
       woke = true
     else
       if state == 'queued' then unqueue(it.id, rec[3], tonumber(rec[6])) end
-      redis.call('ZADD', K_SYNC_QUEUE, rec[4], it.id)
+      redis.call('ZADD', K.SYNC_QUEUE, rec[4], it.id)
       redis.call('HSET', jk, 'state', 'sync', 'route', 'sync', 'flipped_ms', now)
       restate(it.id, rec[7], state, 'sync')
     end
@@ -41,7 +41,6 @@ for i, it in ipairs(items) do
   end
 end
 if woke then
-  redis.call('LPUSH', PREFIX .. ':scheduler:wakeup', '1')
-  redis.call('LTRIM', PREFIX .. ':scheduler:wakeup', 0, 9)
+  wake_scheduler()
 end
 return out

@@ -7,6 +7,7 @@
 --       7 now ms, 8 lane, 9 provider, 10 model, 11 endpoint, 12 latest deadline ms the batch holds
 -- Returns {'fenced'} | {'ok', jobs taken, bytes taken, full (1 when the next job would not fit in the
 -- caps, 2 when it is due after the band)}.
+-- uses: state
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'fenced'} end
 local batch_id = ARGV[2]
 local max_requests, max_bytes = tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -19,7 +20,7 @@ local taken, taken_bytes, full = 0, 0, 0
 local rows = redis.call('ZRANGE', KEYS[2], 0, chunk - 1, 'WITHSCORES')
 for i = 1, #rows, 2 do
   local id = rows[i]
-  local rec = redis.call('HMGET', k_job(id), 'state', 'size', 'tenant')
+  local rec = redis.call('HMGET', K.job(id), 'state', 'size', 'tenant')
   if rec[1] ~= 'queued' then
     -- Not queued any more (a stale index entry): drop it from the indexes, it is not ours to move.
     redis.call('ZREM', KEYS[2], id)
@@ -38,7 +39,7 @@ for i = 1, #rows, 2 do
     redis.call('ZREM', KEYS[2], id)
     redis.call('ZREM', KEYS[3], id)
     redis.call('DECRBY', KEYS[4], size)
-    redis.call('HSET', k_job(id), 'state', 'batched', 'batch_id', batch_id, 'batched_ms', now)
+    redis.call('HSET', K.job(id), 'state', 'batched', 'batch_id', batch_id, 'batched_ms', now)
     restate(id, rec[3], 'queued', 'batched')
     redis.call('SADD', KEYS[6], id)
     count = count + 1

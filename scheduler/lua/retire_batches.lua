@@ -6,15 +6,15 @@
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
 local deleted = 0
 for _, id in ipairs(ids) do
-  local bk = PREFIX .. ':batch:' .. id
+  local bk = K.batch(id)
   local rec = redis.call('HMGET', bk, 'state', 'provider', 'provider_batch_id')
   local state = rec[1]
   if not state or state == 'ingested' or state == 'failed' or state == 'cancelled' then
     if rec[2] and rec[3] and rec[3] ~= '' then
-      local map = PREFIX .. ':batches:provider:' .. rec[2]
+      local map = K.provider_batches(rec[2])
       if redis.call('HGET', map, rec[3]) == id then redis.call('HDEL', map, rec[3]) end
     end
-    redis.call('DEL', bk, bk .. ':jobs', bk .. ':cursor', PREFIX .. ':slo:batch:' .. id .. ':deadlines')
+    redis.call('DEL', bk, K.batch_jobs(id), K.batch_cursor(id), K.batch_deadlines(id))
     redis.call('ZREM', KEYS[2], id)
     deleted = deleted + 1
   end

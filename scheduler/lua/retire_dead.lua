@@ -10,9 +10,9 @@ if over > 0 and #ids < limit then
   for _, id in ipairs(extra) do ids[#ids + 1] = id end
 end
 for _, id in ipairs(ids) do
-  local tenant = redis.call('HGET', k_delivery(id), 'tenant')
-  if tenant then redis.call('ZREM', k_tenant_deliveries(tenant), id) end
-  redis.call('DEL', k_delivery(id))
+  local tenant = redis.call('HGET', K.webhook_delivery(id), 'tenant')
+  if tenant then redis.call('ZREM', K.tenant_deliveries(tenant), id) end
+  redis.call('DEL', K.webhook_delivery(id))
   redis.call('ZREM', KEYS[1], id)
 end
 return #ids

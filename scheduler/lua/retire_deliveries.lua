@@ -9,13 +9,13 @@ local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1], 'LIMIT'
   tonumber(ARGV[3]))
 local removed, deleted, kept = 0, 0, 0
 for _, id in ipairs(ids) do
-  local status = redis.call('HGET', k_delivery(id), 'status')
+  local status = redis.call('HGET', K.webhook_delivery(id), 'status')
   if not status then
     redis.call('ZREM', KEYS[1], id)
     removed = removed + 1
   elseif (status == 'delivered' or status == 'dead' or status == 'disabled')
       and not redis.call('ZSCORE', KEYS[2], id) and not redis.call('ZSCORE', KEYS[3], id) then
-    redis.call('DEL', k_delivery(id))
+    redis.call('DEL', K.webhook_delivery(id))
     redis.call('ZREM', KEYS[1], id)
     deleted = deleted + 1
   else

@@ -10,19 +10,19 @@ local cutoff = tonumber(ARGV[3])
 local ids = redis.call('ZRANGEBYLEX', KEYS[1], ARGV[1], ARGV[2], 'LIMIT', 0, tonumber(ARGV[4]))
 local removed, deleted = 0, 0
 for _, id in ipairs(ids) do
-  local rec = redis.call('HMGET', k_job(id), 'state', 'tenant', 'feature', 'completed_ms')
+  local rec = redis.call('HMGET', K.job(id), 'state', 'tenant', 'feature', 'completed_ms')
   local state = rec[1]
   if not state then
     redis.call('ZREM', KEYS[1], id)
-    redis.call('DEL', k_result(id))  -- a result never outlives its job
+    redis.call('DEL', K.result(id))  -- a result never outlives its job
     removed = removed + 1
   elseif (state == 'succeeded' or state == 'failed' or state == 'cancelled')
       and tonumber(rec[4] or '') and tonumber(rec[4]) < cutoff then
     local tenant = rec[2]
-    redis.call('DEL', k_job(id), k_result(id))
-    redis.call('ZREM', k_tenant_jobs(tenant), id)
-    redis.call('ZREM', k_tenant_status(tenant, state), id)
-    if rec[3] and rec[3] ~= '' then redis.call('ZREM', k_tenant_feature(tenant, rec[3]), id) end
+    redis.call('DEL', K.job(id), K.result(id))
+    redis.call('ZREM', K.tenant_jobs(tenant), id)
+    redis.call('ZREM', K.tenant_status(tenant, state), id)
+    if rec[3] and rec[3] ~= '' then redis.call('ZREM', K.tenant_feature(tenant, rec[3]), id) end
     redis.call('ZREM', KEYS[1], id)
     deleted = deleted + 1
   end

@@ -1,6 +1,7 @@
 -- One guarded state change: from any state not listed it changes nothing and says so.
 -- KEYS: 1 job.  ARGV: 1 comma-separated allowed prior states, 2 new state, 3.. field/value pairs.
 -- Returns {'ok', prior} | {'refused', state} | {'missing', ''}.
+-- uses: state
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return {'missing', ''} end
 local allowed = {}

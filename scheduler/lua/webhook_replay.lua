@@ -7,7 +7,7 @@
 local out = {}
 for i = 3, #ARGV, 2 do
   local id, mark = ARGV[i], ARGV[i + 1]
-  local hk = k_delivery(id)
+  local hk = K.webhook_delivery(id)
   local tenant = redis.call('HGET', hk, 'tenant')
   local code
   if not tenant or tenant ~= ARGV[2] then

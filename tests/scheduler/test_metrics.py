@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 
 import pytest
@@ -10,7 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
 from config.settings import DEFAULT_PRICING_PATH, TenantSettings
-from scheduler import ids, metrics, scripts
+from scheduler import ids, metrics
 from scheduler.batches import Batches
 from scheduler.jobs import NewJob
 from scheduler.ledger import Finish, Ledger
@@ -41,14 +40,6 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         for s in family.samples:
             found[(s.name, tuple(sorted(s.labels.items())))] = s.value
     return found
-
-
-def test_lua_histogram_buckets_equal_the_python_ones():
-    source = scripts.source("finish")
-    match = re.search(r"LATENCY_BUCKETS = \{([^}]*)\}", source)
-    assert match is not None
-    assert tuple(int(x) for x in match.group(1).replace("\n", " ").split(",")) == metrics.LATENCY_BUCKETS_S
-    assert metrics.LATENCY_BUCKETS_S[-1] > 24 * 3600
 
 
 async def populate(redis: Redis, now_ms: int) -> None:
