@@ -1,6 +1,6 @@
 -- The outbox's claim (workers/outbox.py), for every kind of outbound item: completion webhooks,
 -- alert notifications. Claims a slice of due items under a lease measured on the processes' shared
--- clock (ARGV 9: the Redis server's time in production, scheduler/clock.py), not the worker's own,
+-- clock (ARGV 9: the Redis server's time in production), not the worker's own,
 -- so a worker whose clock runs ahead cannot take items another worker is still sending.
 -- A claim moves the score to the lease's end and records the lease in the item's hash; a worker
 -- that dies with claims in hand gives them back by themselves when the lease runs out.
