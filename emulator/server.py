@@ -22,9 +22,18 @@ from emulator.app import create_app
 STARTUP_TIMEOUT_S = 10.0
 
 
-def _config(app: Any, host: str, port: int, log_level: str) -> uvicorn.Config:
-    # No websockets, no lifespan: the emulator needs neither, and skipping them keeps imports quiet.
-    return uvicorn.Config(app, host=host, port=port, log_level=log_level, ws="none", lifespan="off")
+def _config(app: Any, host: str, port: int, log_level: str, *, own_logging: bool = True) -> uvicorn.Config:
+    """No websockets, no lifespan: the emulator needs neither, and skipping them keeps imports quiet.
+
+    Run on its own it sets up uvicorn's logging; run inside another program (``own_logging=False``)
+    it leaves the host's logging alone: uvicorn's own setup would detach the ``uvicorn`` loggers
+    from the root logger for the whole process.
+    """
+    if own_logging:
+        return uvicorn.Config(app, host=host, port=port, log_level=log_level, ws="none", lifespan="off")
+    return uvicorn.Config(
+        app, host=host, port=port, log_config=None, access_log=False, ws="none", lifespan="off"
+    )
 
 
 def serve(
@@ -52,7 +61,7 @@ def running_emulator(
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(_config(create_app(config, api_key), host, port, log_level))
+    server = uvicorn.Server(_config(create_app(config, api_key), host, port, log_level, own_logging=False))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="emulator", daemon=True)
     thread.start()
     deadline = time.monotonic() + STARTUP_TIMEOUT_S

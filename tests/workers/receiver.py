@@ -125,7 +125,9 @@ def running_receiver(
         finally:
             watcher.cancel()
 
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", ws="none", lifespan="off")
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_config=None, access_log=False, ws="none", lifespan="off"
+    )  # log_config=None: uvicorn's own setup would detach its loggers from the root for the whole run
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
