@@ -19,8 +19,8 @@ from api.responses import JsonResponse
 from api.schemas import document
 from api.watcher import JobWatcher
 from config.settings import Settings
-from scheduler.ledger import Ledger
-from scheduler.store import check_server, connect
+from scheduler.ledger.ledger import Ledger
+from scheduler.ledger.store import check_server, connect
 
 
 def create_app(settings: Settings, *, redis: Redis | None = None) -> FastAPI:

@@ -18,7 +18,8 @@ from starlette.responses import Response
 from api.auth import Caller, admin, tenant_or_admin
 from api.responses import JsonResponse
 from config.settings import Settings
-from scheduler import budgets, costs, metrics
+from scheduler.costs import budgets, metrics
+from scheduler.costs import reports as costs
 from scheduler.errors import InvalidRequest, NotFound
 
 router = APIRouter(tags=["costs"])

@@ -29,11 +29,11 @@ from api.schemas import (
 )
 from api.watcher import JobWatcher
 from config.settings import Settings
-from scheduler.admission import AdmissionGate
+from scheduler.costs.admission import AdmissionGate
 from scheduler.errors import BatchshiftError, IdempotencyConflict, InvalidRequest, NotFound, PayloadTooLarge
 from scheduler.intake import admit, refusal, validate
-from scheduler.jobs import JobRecord, NewJob
-from scheduler.ledger import EnqueueOutcome, Ledger
+from scheduler.ledger.jobs import JobRecord, NewJob
+from scheduler.ledger.ledger import EnqueueOutcome, Ledger
 
 log = structlog.get_logger(__name__)
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Request
 
 from api.auth import admin
 from api.responses import JsonResponse
-from scheduler import slo
+from scheduler.slo import tracker as slo
 
 router = APIRouter(tags=["lanes"])
 

@@ -16,7 +16,7 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from scheduler import keys
+from scheduler.ledger import keys
 
 log = structlog.get_logger(__name__)
 

@@ -21,10 +21,10 @@ from api.auth import tenant
 from api.body import read_json
 from api.responses import JsonResponse
 from api.schemas import ReplayRequest, request_body
-from scheduler import keys, scripts
 from scheduler.errors import InvalidRequest
-from scheduler.jobs import iso
-from scheduler.webhook_dispatch import url_hash
+from scheduler.ledger import keys, scripts
+from scheduler.ledger.jobs import iso
+from scheduler.planning.webhook_dispatch import url_hash
 
 router = APIRouter(tags=["webhooks"])
 

@@ -314,7 +314,7 @@ def _run_simulate(args: argparse.Namespace) -> int:
     import orjson
 
     from batchshift.simulation import engine, outcome, report, scenario
-    from scheduler.pricing import Pricing
+    from scheduler.costs.pricing import Pricing
 
     settings = bootstrap()
     try:

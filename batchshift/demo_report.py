@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 from rich.console import Console
 from rich.table import Table
 
-from scheduler import keys
+from scheduler.ledger import keys
 
 ON_TIME_TARGET = 0.999
 

@@ -22,8 +22,8 @@ from api.app import create_app
 from batchshift.server_version import check_server as check_version
 from config.settings import Settings
 from scheduler import policy
+from scheduler.ledger.store import check_server, connect, connect_arq
 from scheduler.service import build_scheduler
-from scheduler.store import check_server, connect, connect_arq
 from workers.worker import close_worker, worker_settings
 
 log = structlog.get_logger(__name__)

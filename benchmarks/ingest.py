@@ -31,14 +31,14 @@ MODEL = "gpt-4o-mini"
 async def _prepare(redis_url: str, url: str) -> tuple[WorkerContext, str]:
     """50,000 queued jobs reserved into one batch, submitted to the emulator and polled until it ended."""
     from config.settings import ProviderSettings, Settings
-    from scheduler import keys
-    from scheduler.batches import Batches
-    from scheduler.clock import ServerClock
-    from scheduler.ids import batch_id, job_id
-    from scheduler.jobs import NewJob
-    from scheduler.lanes import effective
-    from scheduler.ledger import Ledger
-    from scheduler.tasks import create_pool
+    from scheduler.ledger import keys
+    from scheduler.ledger.clock import ServerClock
+    from scheduler.ledger.ids import batch_id, job_id
+    from scheduler.ledger.jobs import NewJob
+    from scheduler.ledger.ledger import Ledger
+    from scheduler.ledger.tasks import create_pool
+    from scheduler.planning.batches import Batches
+    from scheduler.planning.lanes import effective
     from workers.http import build_client
     from workers.providers import make_adapter
     from workers.tasks.batches import poll_batch, submit_batch

@@ -25,8 +25,8 @@ from redis.asyncio import Redis
 
 from batchshift.client import BatchshiftClient, job_request
 from batchshift.embedded_redis import embedded_redis, free_port
-from scheduler import ids, keys
-from scheduler.jobs import NewJob
+from scheduler.ledger import ids, keys
+from scheduler.ledger.jobs import NewJob
 
 API_KEY = "bench-tenant-key"
 BULK_JOBS = 20_000

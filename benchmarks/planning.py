@@ -27,11 +27,11 @@ from redis.asyncio import Redis
 
 from batchshift.embedded_redis import embedded_redis
 from config.settings import LaneSettings, ProviderSettings, SchedulerSettings, Settings, SloSettings
-from scheduler import ids, keys
-from scheduler.jobs import NewJob
-from scheduler.ledger import Ledger
+from scheduler.ledger import ids, keys
+from scheduler.ledger.jobs import NewJob
+from scheduler.ledger.ledger import Ledger
+from scheduler.ledger.tasks import create_pool
 from scheduler.service import Scheduler, build_scheduler
-from scheduler.tasks import create_pool
 
 ACTIVE_LANES = 1_000
 TICKS = 5

@@ -42,12 +42,12 @@ from config.settings import (
     SloSettings,
     TenantSettings,
 )
-from scheduler import ids, keys
-from scheduler.jobs import LIVE, NewJob
-from scheduler.ledger import Ledger
-from scheduler.retention import Retention
+from scheduler.ledger import ids, keys
+from scheduler.ledger.jobs import LIVE, NewJob
+from scheduler.ledger.ledger import Ledger
+from scheduler.ledger.retention import Retention
+from scheduler.ledger.store import connect, connect_arq
 from scheduler.service import Scheduler, build_scheduler
-from scheduler.store import connect, connect_arq
 from workers.worker import run_burst
 
 JOBS = int(os.environ.get("BATCHSHIFT_SOAK_JOBS", "200000"))

@@ -58,9 +58,9 @@ async def _ours(redis_url: str, url: str) -> dict[str, Any]:
     from redis.asyncio import Redis
 
     from config.settings import Settings, TenantSettings, WebhookSettings
-    from scheduler.ids import job_id
-    from scheduler.jobs import NewJob
-    from scheduler.ledger import Finish, Ledger
+    from scheduler.ledger.ids import job_id
+    from scheduler.ledger.jobs import NewJob
+    from scheduler.ledger.ledger import Finish, Ledger
     from workers.webhooks import Deliverer, build_client
 
     settings = Settings(

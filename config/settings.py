@@ -339,7 +339,7 @@ class SloSettings(_Strict):
     bucket_s: int = Field(default=SLO_BUCKET_S, gt=0)
     max_flips_per_tick: int = Field(default=1000, gt=0)  # bounds one tick's work; the rest flip next tick
     # A waiting job loads the sync lane's drain time once its batch has at least this chance of
-    # still running at its deadline less the sync margin (scheduler/flip_plan.py).
+    # still running at its deadline less the sync margin (scheduler/slo/flip_plan.py).
     flip_risk_probability: float = Field(default=0.05, gt=0, lt=1)
     # A job flips before its latest safe moment only when its batch has more than this chance of
     # still running at its deadline less the sync margin. Almost sure: a flip that was not needed

@@ -18,7 +18,7 @@
      └── TaskFailed                 an arq task raised: its exception's class name and message
 
 Every class pickles (copies, multiprocessing; arq carries a failed task's exception as msgpack, see
-``scheduler.tasks``): constructor arguments go to
+``scheduler.ledger.tasks``): constructor arguments go to
 ``super().__init__`` and the message is formatted in ``__str__``.
 """
 

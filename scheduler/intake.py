@@ -24,11 +24,14 @@ from urllib.parse import urlsplit
 import orjson
 
 from config.settings import ProviderSettings, Settings
-from scheduler import budgets, flips, ids, lanes
-from scheduler.admission import AdmissionCheck, AdmissionGate
+from scheduler.costs import budgets
+from scheduler.costs.admission import AdmissionCheck, AdmissionGate
 from scheduler.errors import BatchshiftError, BudgetExceeded, InvalidRequest, PayloadTooLarge
-from scheduler.jobs import NewJob, lane_name
-from scheduler.ledger import EnqueueOutcome
+from scheduler.ledger import ids
+from scheduler.ledger.jobs import NewJob, lane_name
+from scheduler.ledger.ledger import EnqueueOutcome
+from scheduler.planning import lanes
+from scheduler.slo import flips
 
 # The endpoints each provider kind serves; the first is the default.
 ENDPOINTS: Final[Mapping[str, tuple[str, ...]]] = {
@@ -329,7 +332,7 @@ def validate(
     )
 
 
-# Async admission checks (scheduler/admission.py), run in order on each validated job before it is
+# Async admission checks (scheduler/costs/admission.py), run in order on each validated job before it is
 # stored. Append yours.
 ADMISSION: tuple[AdmissionCheck, ...] = (
     flips.route_at_enqueue,  # a deadline no batch can meet goes straight to sync

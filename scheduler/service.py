@@ -13,8 +13,8 @@ round trip, reservation into planned batches, ``submit_batch``), ``lanes`` (prun
 ``polls`` (``poll_batch`` for every batch whose next poll is due) and ``reconcile`` (at a term's
 first tick and every ``reconcile_interval_s``, the ``reconcile_batches`` task for stale planned
 batches, pending provider file deletions and jobs stranded ``batched`` in closed batches). The
-others live beside what they own: ``slo`` (scheduler/slo.py), ``retention`` (scheduler/retention.py),
-``sync`` (scheduler/sync_dispatch.py) and ``webhooks`` (scheduler/webhook_dispatch.py).
+others live beside what they own: ``slo`` (scheduler/slo/tracker.py), ``retention`` (scheduler/ledger/retention.py),
+``sync`` (scheduler/planning/sync_dispatch.py) and ``webhooks`` (scheduler/planning/webhook_dispatch.py).
 """
 
 from __future__ import annotations
@@ -30,21 +30,21 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from config.settings import SchedulerSettings, Settings
-from scheduler import ids, keys, tasks
-from scheduler.batches import Batches
-from scheduler.clock import Clock, ServerClock
 from scheduler.errors import Fenced
-from scheduler.heartbeat import heartbeat
-from scheduler.lanes import Lane, adopt_registry, load_lanes, prune
-from scheduler.leader import Leader, holder_id
-from scheduler.ledger import Ledger
-from scheduler.planner import LaneBacklog, band_limit_ms, decide, pressure_horizon_ms
-from scheduler.retention import Retention, RetentionStep
-from scheduler.slo import SloTracker
-from scheduler.store import blocking_wait_s
-from scheduler.sync_dispatch import SyncDispatch
+from scheduler.ledger import ids, keys, tasks
+from scheduler.ledger.clock import Clock, ServerClock
+from scheduler.ledger.heartbeat import heartbeat
+from scheduler.ledger.leader import Leader, holder_id
+from scheduler.ledger.ledger import Ledger
+from scheduler.ledger.retention import Retention, RetentionStep
+from scheduler.ledger.store import blocking_wait_s
+from scheduler.planning.batches import Batches
+from scheduler.planning.lanes import Lane, adopt_registry, load_lanes, prune
+from scheduler.planning.planner import LaneBacklog, band_limit_ms, decide, pressure_horizon_ms
+from scheduler.planning.sync_dispatch import SyncDispatch
+from scheduler.planning.webhook_dispatch import WebhookDispatch
+from scheduler.slo.tracker import SloTracker
 from scheduler.tick import Step, Tick, TickReport
-from scheduler.webhook_dispatch import WebhookDispatch
 
 log = structlog.get_logger(__name__)
 
@@ -210,7 +210,7 @@ class PlanStep:
             tick.report.decisions[lane.name] = decision
             made = 0
             while made < (decision.batches if decision.flush else 0):
-                # A batch closed by its deadline band does not count (scheduler.planner).
+                # A batch closed by its deadline band does not count (scheduler.planning.planner).
                 head = await self.redis.zrange(keys.lane_queue(lane.name), 0, 0, withscores=True)
                 if not head:
                     break

@@ -11,9 +11,20 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from scheduler.planner import Decision
+
+class FlushDecision(Protocol):
+    """What the plan step decided for a lane (:class:`scheduler.planning.planner.Decision`)."""
+
+    @property
+    def flush(self) -> bool: ...
+
+    @property
+    def reason(self) -> str: ...
+
+    @property
+    def batches(self) -> int: ...
 
 
 @dataclass
@@ -24,7 +35,7 @@ class TickReport:
     leader: bool = False
     token: int | None = None
     fenced: bool = False  # the fencing token was refused mid-tick: we are not the leader any more
-    decisions: dict[str, Decision] = field(default_factory=dict)  # lane -> flush decision
+    decisions: dict[str, FlushDecision] = field(default_factory=dict)  # lane -> flush decision
     planned: list[str] = field(default_factory=list)  # batch ids planned this tick
     reserved: int = 0  # jobs moved from lanes into planned batches
     submits: int = 0  # submit_batch tasks enqueued

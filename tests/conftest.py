@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from batchshift.embedded_redis import KINDS, ServerKind, ServerUnavailable, find_server, running_server
 from config.settings import ProviderSettings, Settings, TenantSettings
 from emulator import server
-from scheduler.tasks import create_pool
+from scheduler.ledger.tasks import create_pool
 
 # Tests never read the shipped config/batchshift.toml: they build Settings themselves.
 os.environ["BATCHSHIFT_CONFIG"] = ""

@@ -14,7 +14,7 @@ from api.app import create_app
 from batchshift import client as bc
 from batchshift.client import BatchshiftClient, job_request
 from batchshift.embedded_redis import free_port
-from scheduler.ledger import Finish, Ledger
+from scheduler.ledger.ledger import Finish, Ledger
 from tests.api.harness import serve
 from tests.conftest import make_settings
 

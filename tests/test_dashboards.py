@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from scheduler import metrics
+from scheduler.costs import metrics
 
 DASHBOARDS = Path(__file__).resolve().parent.parent / "dashboards"
 METRIC_NAME = re.compile(r"\bbatchshift_[a-z0-9_]+")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from batchshift.demo_report import oracle_actual_usd
-from scheduler import keys
+from scheduler.ledger import keys
 
 DEADLINE = 1_800_000_100_000
 

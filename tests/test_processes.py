@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 from batchshift.embedded_redis import embedded_redis, free_port
 from batchshift.processes import SupervisedWorker
-from scheduler import tasks
-from scheduler.tasks import create_pool
+from scheduler.ledger import tasks
+from scheduler.ledger.tasks import create_pool
 from tests.conftest import make_settings
 from workers.tasks.outcomes import SubmitOutcome
 

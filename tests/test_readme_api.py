@@ -13,9 +13,9 @@ import pytest
 from redis.asyncio import Redis
 
 from api.app import create_app
-from scheduler.ids import job_id
-from scheduler.jobs import NewJob
-from scheduler.ledger import Finish, Ledger
+from scheduler.ledger.ids import job_id
+from scheduler.ledger.jobs import NewJob
+from scheduler.ledger.ledger import Finish, Ledger
 from tests.api.harness import serve
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()

@@ -16,8 +16,8 @@ from redis.exceptions import AuthenticationError
 
 from batchshift.embedded_redis import ServerUnavailable, find_server, free_port
 from batchshift.server_version import check_server
-from scheduler import tasks
-from scheduler.tasks import create_pool
+from scheduler.ledger import tasks
+from scheduler.ledger.tasks import create_pool
 from tests.conftest import make_settings
 from workers.tasks.outcomes import SubmitOutcome
 from workers.worker import run_burst

@@ -13,7 +13,7 @@ from batchshift.cli import main
 from batchshift.simulation import engine, scenario
 from batchshift.simulation.outcome import as_json
 from config.settings import SchedulerSettings, Settings
-from scheduler.pricing import Pricing
+from scheduler.costs.pricing import Pricing
 
 FIELDS = {
     "jobs",

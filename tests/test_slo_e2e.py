@@ -32,14 +32,14 @@ from config.settings import (
     SloSettings,
 )
 from emulator import server
-from scheduler import keys
-from scheduler.alerting import dedup_key
-from scheduler.clock import ManualClock
-from scheduler.health import sample
-from scheduler.jobs import JobRecord
-from scheduler.ledger import Ledger, day_of
+from scheduler.ledger import keys
+from scheduler.ledger.clock import ManualClock
+from scheduler.ledger.jobs import JobRecord
+from scheduler.ledger.ledger import Ledger, day_of
+from scheduler.ledger.samples import sample
+from scheduler.ledger.tasks import create_pool
 from scheduler.service import Scheduler, build_scheduler
-from scheduler.tasks import create_pool
+from scheduler.slo.alerting import dedup_key
 from tests.conftest import make_settings
 from tests.scheduler.slo_support import LANE, new_job
 from tests.workers.receiver import Receiver, running_receiver

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from scheduler import tasks
+from scheduler.ledger import tasks
 from workers.worker import FUNCTIONS, worker_settings
 
 

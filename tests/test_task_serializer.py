@@ -10,9 +10,10 @@ import msgspec
 import pytest
 from arq.worker import Worker, func
 
-from scheduler import errors, tasks
+from scheduler import errors
 from scheduler.errors import TaskFailed
-from scheduler.tasks import create_pool
+from scheduler.ledger import tasks
+from scheduler.ledger.tasks import create_pool
 from tests.conftest import make_settings
 from workers.worker import close_worker, worker_settings
 

@@ -1,6 +1,6 @@
 """Alert delivery: PagerDuty Events API v2, Slack incoming webhooks and a signed JSON webhook.
 
-The scheduler decides alerts (:mod:`scheduler.alerting`) and queues one notification per event
+The scheduler decides alerts (:mod:`scheduler.slo.alerting`) and queues one notification per event
 and channel in ``keys.ALERTS_DUE``; the ``send_alerts`` task delivers them. :class:`AlertSender`
 is the alert kind of :mod:`workers.outbox`, the same claim → lease → send → settle loop and the
 same Lua steps as completion webhooks: it claims due notifications with a lease (on the injected
@@ -34,8 +34,8 @@ import structlog
 from redis.asyncio import Redis
 
 from config.settings import AlertSettings
-from scheduler import keys, tasks
-from scheduler.clock import Clock, ServerClock
+from scheduler.ledger import keys, tasks
+from scheduler.ledger.clock import Clock, ServerClock
 from workers import webhooks
 from workers.context import WorkerContext
 from workers.errors import ChannelNotConfigured, WorkerError

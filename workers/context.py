@@ -16,8 +16,8 @@ import httpx
 from arq.connections import ArqRedis
 
 from config.settings import Settings
-from scheduler.clock import Clock
-from scheduler.ledger import Ledger
+from scheduler.ledger.clock import Clock
+from scheduler.ledger.ledger import Ledger
 from workers.providers.base import ProviderAdapter
 
 # A test hook: called with keyword arguments describing the point it interrupts.

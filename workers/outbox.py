@@ -2,11 +2,11 @@
 
 A kind (completion webhooks in :mod:`workers.webhooks`, alert notifications in
 :mod:`workers.alerts`) keeps one hash per item and a sorted set of item ids scored by when each is
-next due. :class:`Outbox` claims due items with a lease (scheduler/lua/outbox_claim.lua: the score
+next due. :class:`Outbox` claims due items with a lease (scheduler/ledger/lua/outbox_claim.lua: the score
 moves to the lease's end on the injected clock, the Redis server's time in production, so a dead
 worker's claims come back by themselves and a worker whose own clock runs ahead cannot take claims
 that are still live), sends them concurrently, and settles each in one guarded Lua step
-(scheduler/lua/outbox_settle.lua, applied only while the claim is still ours): done, retried at the next time of the kind's schedule
+(scheduler/ledger/lua/outbox_settle.lua, applied only while the claim is still ours): done, retried at the next time of the kind's schedule
 (``Retry-After`` honoured up to the schedule's longest step), dead-lettered after the last attempt
 or when refused for good, or handed back unsent when its send could not end within the lease.
 
@@ -33,8 +33,9 @@ import orjson
 import structlog
 from redis.asyncio import Redis
 
-from scheduler import keys, policy, scripts
-from scheduler.clock import Clock, ServerClock
+from scheduler import policy
+from scheduler.ledger import keys, scripts
+from scheduler.ledger.clock import Clock, ServerClock
 
 log = structlog.get_logger(__name__)
 

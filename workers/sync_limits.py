@@ -10,7 +10,7 @@ Every worker shares the limits through Redis, so they hold across processes:
 * the provider's own signal: ``x-ratelimit-remaining-requests`` / ``-tokens`` at 0 hold the provider
   until ``x-ratelimit-reset-*``, and a 429's ``retry-after`` holds it that long (``keys.sync_hold``).
 
-Slot expiry, minutes and holds are stamped with the Redis server's clock (:mod:`scheduler.clock`)
+Slot expiry, minutes and holds are stamped with the Redis server's clock (:mod:`scheduler.ledger.clock`)
 unless a caller passes ``now_ms``, so a worker whose clock is off neither frees others' slots early
 nor keeps its own too long.
 
@@ -28,8 +28,9 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from config.settings import ProviderSettings
-from scheduler import keys, tokens
-from scheduler.clock import Clock, ServerClock
+from scheduler.costs import tokens
+from scheduler.ledger import keys
+from scheduler.ledger.clock import Clock, ServerClock
 
 # Seconds a concurrency slot is held at most: past any sync call's read timeout.
 SLOT_MARGIN_S = 10
@@ -48,7 +49,7 @@ _DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(
 
 
 def estimate_tokens(body: bytes) -> int:
-    """Input tokens from the body's size, plus its output cap when it names one (:mod:`scheduler.tokens`)."""
+    """Input tokens from the body's size, plus its output cap when it names one (:mod:`scheduler.costs.tokens`)."""
     return sum(tokens.estimate(body))
 
 

@@ -1,7 +1,7 @@
 """Completion webhooks: Standard Webhooks signing, and the webhook kind of :mod:`workers.outbox`.
 
 A job that turns terminal with a ``callback_url`` gets a delivery record ``wh_<job_id>`` in the same
-Lua step (scheduler/lua/finish.lua, cancel.lua), scored in ``keys.WEBHOOKS_DUE`` by its next attempt
+Lua step (scheduler/ledger/lua/finish.lua, cancel.lua), scored in ``keys.WEBHOOKS_DUE`` by its next attempt
 time. :class:`Deliverer` is the outbox for them: it claims due deliveries with a lease, sends them
 concurrently on the process's SSRF-guarded client, and settles each: delivered, retried later on
 the exponential schedule with jitter (``Retry-After`` honoured), dead-lettered after the last
@@ -36,10 +36,10 @@ import structlog
 from redis.asyncio import Redis
 
 from config.settings import Settings, WebhookSettings
-from scheduler import keys, tasks
-from scheduler.clock import Clock
-from scheduler.jobs import VIEW_FIELDS, JobRecord, iso
-from scheduler.webhook_dispatch import url_hash
+from scheduler.ledger import keys, tasks
+from scheduler.ledger.clock import Clock
+from scheduler.ledger.jobs import VIEW_FIELDS, JobRecord, iso
+from scheduler.planning.webhook_dispatch import url_hash
 from workers import outbox
 from workers.context import WorkerContext
 from workers.errors import ResponseTimeout, UnsafeDestination, WorkerError

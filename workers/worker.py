@@ -1,7 +1,7 @@
 """The arq worker: which tasks it runs (registered by name), and the ``ctx`` it builds for them.
 
 :data:`FUNCTIONS` is the one registry: each task is added with one line, under the name
-:mod:`scheduler.tasks` gives it, and a test checks every name the scheduler enqueues is here.
+:mod:`scheduler.ledger.tasks` gives it, and a test checks every name the scheduler enqueues is here.
 ``job_timeout`` is short (settings.worker.job_timeout_s) because arq only re-runs a dead worker's
 task once that timeout has passed.
 """
@@ -17,10 +17,10 @@ import structlog
 from arq.worker import Function, Worker, func
 
 from config.settings import HttpSettings, Settings
-from scheduler import tasks
-from scheduler.clock import Clock, ServerClock
-from scheduler.ledger import Ledger
-from scheduler.store import connect_arq
+from scheduler.ledger import tasks
+from scheduler.ledger.clock import Clock, ServerClock
+from scheduler.ledger.ledger import Ledger
+from scheduler.ledger.store import connect_arq
 from workers import alerts, providers, webhooks
 from workers.context import Hook, WorkerContext
 from workers.http import build_client
@@ -35,7 +35,7 @@ def task(coroutine: Callable[..., Awaitable[Any]], name: str, **options: Any) ->
     return func(cast(Any, coroutine), name=name, **options)
 
 
-# Every task the worker runs, registered explicitly under its scheduler.tasks name; one line each.
+# Every task the worker runs, registered explicitly under its scheduler.ledger.tasks name; one line each.
 # Polls keep no result: a poll that died must be enqueueable again under the same id next tick.
 FUNCTIONS: list[Function] = [
     task(batches.submit_batch, tasks.SUBMIT_BATCH),

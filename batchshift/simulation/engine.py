@@ -44,7 +44,12 @@ from batchshift.simulation.outcome import Outcome
 from batchshift.simulation.scenario import LaneScenario, Scenario, ScenarioError
 from batchshift.simulation.sync_lane import SyncLane
 from config.settings import ProviderSettings, SchedulerSettings, Settings
-from scheduler.flip_plan import (
+from scheduler.costs.pricing import Pricing, RouteName
+from scheduler.costs.tokens import BYTES_PER_TOKEN
+from scheduler.planning.lanes import Lane, effective
+from scheduler.planning.planner import LaneBacklog, band_limit_ms, decide, pressure_horizon_ms
+from scheduler.policy import next_poll_s
+from scheduler.slo.flip_plan import (
     Plan,
     Policy,
     PollState,
@@ -55,13 +60,8 @@ from scheduler.flip_plan import (
     pulled_poll_ms,
     safe_horizon_ms,
 )
-from scheduler.health import LaneHealth, lane_health, observed_turnaround_s
-from scheduler.lanes import Lane, effective
-from scheduler.planner import LaneBacklog, band_limit_ms, decide, pressure_horizon_ms
-from scheduler.policy import next_poll_s
-from scheduler.prediction import expected_turnaround_s, next_flush_ms, sync_lane
-from scheduler.pricing import Pricing, RouteName
-from scheduler.tokens import BYTES_PER_TOKEN
+from scheduler.slo.health import LaneHealth, lane_health, observed_turnaround_s
+from scheduler.slo.prediction import expected_turnaround_s, next_flush_ms, sync_lane
 
 PolicyName = Literal["batchshift", "oracle", "always_sync", "batch_only", "fixed_escalation"]
 POLICIES: tuple[PolicyName, ...] = ("batchshift", "oracle", "always_sync", "batch_only", "fixed_escalation")

@@ -15,7 +15,7 @@ import math
 import random
 
 from batchshift.simulation.scenario import LaneScenario
-from scheduler.pricing import RouteName
+from scheduler.costs.pricing import RouteName
 
 
 class SyncLane:

@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 from api import auth
 from api.errors import install_error_handlers
 from config.settings import Settings
-from scheduler.ledger import Ledger
+from scheduler.ledger.ledger import Ledger
 from tests.api.harness import ACME, ADMIN, GLOBEX, asgi, asgi_client
 
 JOB = {"provider": "openai", "body": {"model": "m"}}

@@ -13,8 +13,8 @@ from redis.asyncio import Redis
 
 from api.app import create_app
 from config.settings import Settings, TenantSettings
-from scheduler import keys
-from scheduler.ledger import Finish, Ledger
+from scheduler.ledger import keys
+from scheduler.ledger.ledger import Finish, Ledger
 from tests.api.harness import ACME, asgi, asgi_client, bs_key_count, serve
 from tests.conftest import make_settings
 

@@ -7,10 +7,10 @@ import time
 from redis.asyncio import Redis
 
 from config.settings import Settings, TenantSettings, WebhookSettings
-from scheduler import keys
-from scheduler.ids import job_id
-from scheduler.jobs import NewJob
-from scheduler.ledger import Finish, Ledger
+from scheduler.ledger import keys
+from scheduler.ledger.ids import job_id
+from scheduler.ledger.jobs import NewJob
+from scheduler.ledger.ledger import Finish, Ledger
 from tests.api.harness import ACME, GLOBEX, asgi_client
 from tests.conftest import make_settings
 from tests.workers.receiver import running_receiver

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import orjson
 
-from scheduler import ids
-from scheduler.jobs import NewJob
+from scheduler.ledger import ids
+from scheduler.ledger.jobs import NewJob
 
 ENDPOINTS = {"openai": "/v1/chat/completions", "anthropic": "/v1/messages"}
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from redis.asyncio import Redis
 
 from config.settings import Settings
-from scheduler import ids
-from scheduler.batches import Batches
-from scheduler.jobs import NewJob
-from scheduler.lanes import effective
-from scheduler.leader import Leader
-from scheduler.ledger import Ledger
+from scheduler.ledger import ids
+from scheduler.ledger.jobs import NewJob
+from scheduler.ledger.leader import Leader
+from scheduler.ledger.ledger import Ledger
+from scheduler.planning.batches import Batches
+from scheduler.planning.lanes import effective
 
 PROVIDER, MODEL, ENDPOINT = "openai", "gpt-4o-mini", "/v1/chat/completions"
 LANE = f"{PROVIDER}:{MODEL}:{ENDPOINT}"

@@ -6,9 +6,18 @@ import orjson
 import pytest
 
 from config.settings import AlertSettings, PagerDutySettings, SlackSettings
-from scheduler import keys
-from scheduler.alerting import Condition, Incident, decide, dedup_key, due_count, evaluate, plan, write_lanes
 from scheduler.errors import Fenced
+from scheduler.ledger import keys
+from scheduler.slo.alerting import (
+    Condition,
+    Incident,
+    decide,
+    dedup_key,
+    due_count,
+    evaluate,
+    plan,
+    write_lanes,
+)
 from tests.conftest import make_settings
 from tests.scheduler.slo_support import lead
 

@@ -10,11 +10,12 @@ import pytest
 from redis.asyncio import Redis
 
 from config.settings import DEFAULT_PRICING_PATH, Settings, TenantSettings
-from scheduler import budgets, ids, keys
+from scheduler.costs import budgets
+from scheduler.costs.pricing import Pricing
 from scheduler.errors import BudgetExceeded, InvalidRequest
-from scheduler.jobs import NewJob
-from scheduler.ledger import Finish, Ledger
-from scheduler.pricing import Pricing
+from scheduler.ledger import ids, keys
+from scheduler.ledger.jobs import NewJob
+from scheduler.ledger.ledger import Finish, Ledger
 from tests.api.harness import asgi_client
 from tests.conftest import make_settings
 

@@ -11,11 +11,12 @@ import pytest
 from redis.asyncio import Redis
 
 from config.settings import DEFAULT_PRICING_PATH, Settings
-from scheduler import costs, ids, keys
+from scheduler.costs import reports as costs
+from scheduler.costs.pricing import Pricing, RouteName
 from scheduler.errors import InvalidRequest
-from scheduler.jobs import NewJob
-from scheduler.ledger import Finish, Ledger, Requeue, day_of
-from scheduler.pricing import Pricing, RouteName
+from scheduler.ledger import ids, keys
+from scheduler.ledger.jobs import NewJob
+from scheduler.ledger.ledger import Finish, Ledger, Requeue, day_of
 from tests.api.harness import asgi_client
 
 NOW = 1_800_000_000_000  # 2027-01-15T08:00:00Z

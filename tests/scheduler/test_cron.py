@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from scheduler import cron
+from scheduler.planning import cron
 
 
 def utc(text: str) -> float:

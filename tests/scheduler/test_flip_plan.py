@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from scheduler.flip_plan import (
+from scheduler.slo.flip_plan import (
     LEAD_TICKS,
     Plan,
     Policy,
@@ -19,7 +19,7 @@ from scheduler.flip_plan import (
     safe_horizon_ms,
     sync_rate,
 )
-from scheduler.survival import TurnaroundModel
+from scheduler.slo.survival import TurnaroundModel
 
 NOW = 1_800_000_000_000
 POLICY = Policy(risk_probability=0.05, early_probability=0.99, tick_s=1.0)

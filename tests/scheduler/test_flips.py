@@ -5,14 +5,15 @@ from __future__ import annotations
 from arq.jobs import Job, JobStatus
 
 from config.settings import SloSettings, TenantSettings
-from scheduler import budgets, ids, keys, tasks
-from scheduler.batches import Batches
-from scheduler.flips import Flipper
-from scheduler.health import read_health
-from scheduler.lanes import effective
-from scheduler.leader import Leader
-from scheduler.ledger import Finish, Ledger, day_of
-from scheduler.prediction import live_batches, predict_lane
+from scheduler.costs import budgets
+from scheduler.ledger import ids, keys, tasks
+from scheduler.ledger.leader import Leader
+from scheduler.ledger.ledger import Finish, Ledger, day_of
+from scheduler.planning.batches import Batches
+from scheduler.planning.lanes import effective
+from scheduler.slo.flips import Flipper
+from scheduler.slo.health import read_health
+from scheduler.slo.prediction import live_batches, predict_lane
 from tests.conftest import make_settings
 from tests.scheduler.slo_support import ENDPOINT, LANE, MODEL, PROVIDER, enqueue, submitted_batch
 
@@ -123,9 +124,9 @@ async def test_late_batch_result_for_a_flipped_job_is_duplicate_spend(redis, arq
 
 async def test_intake_routes_a_deadline_no_batch_can_meet_to_sync(redis, redis_url):
     """Fastest recent batch 30 s + sync margin 2 s: a 20 s deadline goes straight to sync at enqueue."""
-    from scheduler.admission import AdmissionGate
-    from scheduler.flips import _intake_health, route_at_enqueue
-    from scheduler.health import sample
+    from scheduler.costs.admission import AdmissionGate
+    from scheduler.ledger.samples import sample
+    from scheduler.slo.flips import _intake_health, route_at_enqueue
     from tests.scheduler.slo_support import new_job
 
     _intake_health.clear()
@@ -146,8 +147,8 @@ async def test_intake_routes_a_deadline_no_batch_can_meet_to_sync(redis, redis_u
 
 
 async def test_intake_without_history_trusts_batches(redis, redis_url):
-    from scheduler.admission import AdmissionGate
-    from scheduler.flips import _intake_health, route_at_enqueue
+    from scheduler.costs.admission import AdmissionGate
+    from scheduler.slo.flips import _intake_health, route_at_enqueue
     from tests.scheduler.slo_support import new_job
 
     _intake_health.clear()
@@ -247,7 +248,7 @@ async def test_a_batch_slower_than_any_seen_waits_and_a_stalled_one_flips_in_tim
     """History of 4–6 s batches; a batch in flight for 9 s whose jobs are due in 300 s: nothing flips.
     The same batch stalled: every job flips at its last safe moment, early enough that the sync lane
     (60 a minute) serves them all, in deadline order, by their deadlines."""
-    from scheduler.health import sample
+    from scheduler.ledger.samples import sample
 
     base = slo_settings(redis_url, prior_turnaround_s=None, min_samples=5)
     provider = base.providers["openai"].model_copy(update={"sync_rpm": 60, "sync_concurrency": 4})

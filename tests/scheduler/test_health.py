@@ -5,16 +5,9 @@ from __future__ import annotations
 import pytest
 
 from config.settings import SloSettings
-from scheduler import keys
-from scheduler.health import (
-    MIN_TURNAROUND_S,
-    observed_turnaround_s,
-    parse_sample,
-    push_sample,
-    quantile,
-    read_health,
-    sample,
-)
+from scheduler.ledger import keys
+from scheduler.ledger.samples import parse_sample, push_sample, sample
+from scheduler.slo.health import MIN_TURNAROUND_S, observed_turnaround_s, quantile, read_health
 from tests.conftest import make_settings
 
 LANE = "openai:gpt-4o-mini:/v1/chat/completions"

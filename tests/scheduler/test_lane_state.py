@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 
 from config.settings import BurnRule, SloSettings
-from scheduler import keys
-from scheduler.burn import BucketWindows
-from scheduler.clock import ServerClock, server_ms
-from scheduler.lane_state import Evidence, LaneSloState, transition
-from scheduler.ledger import Finish, Ledger
+from scheduler.ledger import keys
+from scheduler.ledger.clock import ServerClock, server_ms
+from scheduler.ledger.ledger import Finish, Ledger
+from scheduler.slo.burn import BucketWindows
+from scheduler.slo.lane_state import Evidence, LaneSloState, transition
 from tests.conftest import make_settings
 from tests.scheduler.slo_support import LANE, enqueue
 

@@ -7,10 +7,10 @@ import orjson
 import pytest
 
 from config.settings import LaneDefaults, LaneSettings, LimitSettings, ProviderSettings, SchedulerSettings
-from scheduler import keys, scripts
 from scheduler.errors import UnknownProvider
-from scheduler.lanes import effective, load_lanes, prune, serves
-from scheduler.ledger import Ledger, Requeue
+from scheduler.ledger import keys, scripts
+from scheduler.ledger.ledger import Ledger, Requeue
+from scheduler.planning.lanes import effective, load_lanes, prune, serves
 from tests.api.harness import asgi_client, bs_snapshot
 from tests.conftest import make_settings
 from tests.scheduler.planning_support import new_job

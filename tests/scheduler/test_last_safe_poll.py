@@ -11,9 +11,9 @@ import pytest
 from arq.jobs import Job, JobStatus
 
 from config.settings import SloSettings
-from scheduler import keys, tasks
-from scheduler.batches import Batches
-from scheduler.ledger import Finish, Ledger
+from scheduler.ledger import keys, tasks
+from scheduler.ledger.ledger import Finish, Ledger
+from scheduler.planning.batches import Batches
 from scheduler.service import Scheduler, build_scheduler
 from tests.conftest import make_settings
 from tests.scheduler.slo_support import enqueue, submitted_batch

@@ -9,12 +9,12 @@ import orjson
 import pytest
 
 from config.settings import AlertSettings, PagerDutySettings, SchedulerSettings, SloSettings
-from scheduler import keys
-from scheduler.batches import Batches
 from scheduler.errors import Fenced
-from scheduler.lanes import effective
-from scheduler.leader import Leader
-from scheduler.ledger import Ledger
+from scheduler.ledger import keys
+from scheduler.ledger.leader import Leader
+from scheduler.ledger.ledger import Ledger
+from scheduler.planning.batches import Batches
+from scheduler.planning.lanes import effective
 from scheduler.service import build_scheduler
 from scheduler.tick import Tick
 from tests.conftest import make_settings

@@ -9,10 +9,10 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from scheduler import ids, keys
 from scheduler.errors import IllegalTransition, NotFound
-from scheduler.jobs import NewJob
-from scheduler.ledger import Finish, Ledger, Requeue
+from scheduler.ledger import ids, keys
+from scheduler.ledger.jobs import NewJob
+from scheduler.ledger.ledger import Finish, Ledger, Requeue
 
 NOW = 1_800_000_000_000
 

@@ -9,11 +9,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
 from config.settings import DEFAULT_PRICING_PATH, TenantSettings
-from scheduler import ids, metrics
-from scheduler.batches import Batches
-from scheduler.jobs import NewJob
-from scheduler.ledger import Finish, Ledger
-from scheduler.pricing import Pricing
+from scheduler.costs import metrics
+from scheduler.costs.pricing import Pricing
+from scheduler.ledger import ids
+from scheduler.ledger.jobs import NewJob
+from scheduler.ledger.ledger import Finish, Ledger
+from scheduler.planning.batches import Batches
 from tests.api.harness import asgi_client
 from tests.conftest import make_settings
 

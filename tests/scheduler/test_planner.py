@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 import pytest
 
 from config.settings import LaneSettings
-from scheduler.lanes import LINE_OVERHEAD_BYTES, Lane, effective
-from scheduler.planner import LaneBacklog, band_limit_ms, batches_for, decide
+from scheduler.planning.lanes import LINE_OVERHEAD_BYTES, Lane, effective
+from scheduler.planning.planner import LaneBacklog, band_limit_ms, batches_for, decide
 from tests.conftest import make_settings
 
 NOW = datetime(2026, 3, 9, 12, 0, tzinfo=UTC).timestamp()

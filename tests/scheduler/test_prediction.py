@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from config.settings import LaneSettings, SloSettings
-from scheduler.health import read_health
-from scheduler.ledger import Ledger
-from scheduler.prediction import expected_turnaround_s, flush_lead_s, live_batches, predict_lane
+from scheduler.ledger.ledger import Ledger
+from scheduler.slo.health import read_health
+from scheduler.slo.prediction import expected_turnaround_s, flush_lead_s, live_batches, predict_lane
 from tests.conftest import make_settings
 from tests.scheduler.slo_support import LANE, enqueue, submitted_batch
 

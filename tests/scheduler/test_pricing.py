@@ -12,7 +12,7 @@ from structlog.testing import capture_logs
 
 from config.settings import DEFAULT_PRICING_PATH, SettingsError
 from emulator.server import running_emulator
-from scheduler.pricing import Pricing, RouteName, Usage, normalize_usage
+from scheduler.costs.pricing import Pricing, RouteName, Usage, normalize_usage
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,12 @@ import orjson
 from redis.asyncio import Redis
 
 from config.settings import Settings
-from scheduler import ids, keys
-from scheduler.batches import Batches
-from scheduler.jobs import NewJob
-from scheduler.lanes import effective
-from scheduler.ledger import Finish, Ledger, Requeue
-from scheduler.retention import Retention
+from scheduler.ledger import ids, keys
+from scheduler.ledger.jobs import NewJob
+from scheduler.ledger.ledger import Finish, Ledger, Requeue
+from scheduler.ledger.retention import Retention
+from scheduler.planning.batches import Batches
+from scheduler.planning.lanes import effective
 from tests.conftest import make_settings
 
 NOW = 1_800_000_000_000
@@ -229,8 +229,8 @@ async def test_trim_deletes_batches_that_ended_before_retention(redis_url: str, 
 async def test_the_scheduler_trims_when_it_starts_leading_then_every_reconcile_interval(
     redis_url: str, redis: Redis
 ):
+    from scheduler.ledger.tasks import create_pool
     from scheduler.service import build_scheduler
-    from scheduler.tasks import create_pool
 
     settings = retention_settings(redis_url)
     ledger = Ledger.for_settings(redis, settings)

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from scheduler import keys, metrics, scripts
-from scheduler.jobs import NewJob
-from scheduler.ledger import Finish, Ledger
+from scheduler.ledger import keys, scripts
+from scheduler.ledger.jobs import NewJob
+from scheduler.ledger.ledger import Finish, Ledger
 
 FOLDERS = (scripts.LUA_DIR, scripts.LIB_DIR)
 # Arguments that a careless prelude would mangle: quotes, backslashes, braces, digits, non-ASCII.
@@ -59,7 +59,7 @@ def test_hand_spelled_keys_are_found():
     assert hand_spelled("local q = x .. ':lane:{' .. lane .. '}:queue'")
     assert hand_spelled("local k = PREFIX .. ':sync:queue'")
     assert not hand_spelled("redis.call('ZREM', K.lane_queue(lane), id) -- 'jobs:' .. state")
-    assert not hand_spelled("-- the worker's own clock, scheduler/clock.py, not the server's")
+    assert not hand_spelled("-- the worker's own clock, scheduler/ledger/clock.py, not the server's")
 
 
 @pytest.mark.parametrize("path", lua_files(), ids=lambda p: f"{p.parent.name}/{p.name}")
@@ -100,9 +100,9 @@ async def test_the_preludes_keys_equal_keys_py_in_redis(redis: Redis):
 
 
 async def test_constants_come_from_python(redis: Redis):
-    """The histogram bounds finish.lua buckets by are metrics.LATENCY_BUCKETS_S, read back from Lua."""
-    assert await redis.eval(scripts.compose("return LATENCY_BUCKETS_S"), 0) == list(metrics.LATENCY_BUCKETS_S)
-    assert metrics.LATENCY_BUCKETS_S[-1] > 24 * 3600
+    """The histogram bounds finish.lua buckets by are keys.LATENCY_BUCKETS_S, read back from Lua."""
+    assert await redis.eval(scripts.compose("return LATENCY_BUCKETS_S"), 0) == list(keys.LATENCY_BUCKETS_S)
+    assert keys.LATENCY_BUCKETS_S[-1] > 24 * 3600
 
 
 def test_a_key_not_in_keys_py_fails_when_composed():
@@ -159,4 +159,4 @@ def test_scripts_py_is_the_only_lua_loader():
         for p in (root / package).rglob("*.py")
         if "register_script(" in p.read_text() or '.lua")' in p.read_text()
     ]
-    assert callers == ["scheduler/scripts.py"]
+    assert callers == ["scheduler/ledger/scripts.py"]

@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 
 from config.settings import LaneDefaults, LaneSettings, SchedulerSettings, SloSettings
-from scheduler import keys, tasks
-from scheduler.batches import Batches
-from scheduler.ledger import Ledger
+from scheduler.ledger import keys, tasks
+from scheduler.ledger.ledger import Ledger
+from scheduler.ledger.tasks import create_pool
+from scheduler.planning.batches import Batches
 from scheduler.service import PruneStep, Scheduler, build_scheduler
-from scheduler.tasks import create_pool
 from scheduler.tick import Tick
 from tests.conftest import make_settings
 from tests.scheduler.planning_support import arq_queue, enqueue_lane, new_job

@@ -6,11 +6,11 @@ import time
 from collections import Counter
 
 from config.settings import AlertSettings, SloSettings
-from scheduler import keys
-from scheduler.health import sample
-from scheduler.ledger import Ledger
+from scheduler.ledger import keys
+from scheduler.ledger.ledger import Ledger
+from scheduler.ledger.samples import sample
 from scheduler.service import Scheduler, build_scheduler
-from scheduler.slo import SloReport, SloTracker
+from scheduler.slo.tracker import SloReport, SloTracker
 from tests.api.harness import ACME, ADMIN, asgi_client
 from tests.conftest import make_settings
 from tests.scheduler.slo_support import LANE, enqueue, lead, new_job, submitted_batch

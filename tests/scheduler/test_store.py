@@ -16,8 +16,8 @@ from structlog.testing import capture_logs
 
 from batchshift.embedded_redis import embedded_redis, free_port
 from config.settings import Settings
-from scheduler import store
-from scheduler.ledger import Finish, Ledger
+from scheduler.ledger import store
+from scheduler.ledger.ledger import Finish, Ledger
 from tests.api.harness import ACME, asgi_client
 from tests.conftest import make_settings
 

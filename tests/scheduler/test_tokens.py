@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from scheduler import tokens
+from scheduler.costs import tokens
 from workers.sync_limits import estimate_tokens
 
 

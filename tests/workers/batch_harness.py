@@ -16,14 +16,14 @@ import orjson
 from arq.connections import ArqRedis
 
 from config.settings import Settings
-from scheduler import keys, tasks
-from scheduler.batches import Batches
-from scheduler.clock import ServerClock
-from scheduler.ids import batch_id as new_batch_id
-from scheduler.ids import job_id as new_job_id
-from scheduler.jobs import NewJob
-from scheduler.lanes import effective
-from scheduler.ledger import Ledger
+from scheduler.ledger import keys, tasks
+from scheduler.ledger.clock import ServerClock
+from scheduler.ledger.ids import batch_id as new_batch_id
+from scheduler.ledger.ids import job_id as new_job_id
+from scheduler.ledger.jobs import NewJob
+from scheduler.ledger.ledger import Ledger
+from scheduler.planning.batches import Batches
+from scheduler.planning.lanes import effective
 from workers.context import WorkerContext
 from workers.providers import make_adapter
 from workers.tasks.batches import poll_batch, submit_batch

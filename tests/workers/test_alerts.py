@@ -13,8 +13,8 @@ import pytest
 from pydantic import ValidationError
 
 from config.settings import AlertSettings, AlertWebhookSettings, PagerDutySettings, SlackSettings
-from scheduler import keys
-from scheduler.alerting import Condition, dedup_key, evaluate
+from scheduler.ledger import keys
+from scheduler.slo.alerting import Condition, dedup_key, evaluate
 from tests.conftest import make_settings
 from tests.scheduler.slo_support import lead
 from tests.workers.receiver import BodyPlan, running_receiver

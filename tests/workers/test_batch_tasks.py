@@ -13,9 +13,9 @@ from arq import Retry
 from structlog.testing import capture_logs
 
 from config.settings import LaneDefaults, SchedulerSettings, SloSettings
-from scheduler import keys, tasks
-from scheduler.batches import Batches
-from scheduler.ledger import Ledger
+from scheduler.ledger import keys, tasks
+from scheduler.ledger.ledger import Ledger
+from scheduler.planning.batches import Batches
 from scheduler.service import ReconcileStep, Scheduler, build_scheduler
 from tests.conftest import make_settings
 from tests.scheduler.planning_support import enqueue_lane

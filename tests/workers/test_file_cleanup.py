@@ -11,7 +11,7 @@ import pytest
 
 from config.settings import SchedulerSettings, Settings, SloSettings, WorkerSettings
 from emulator.server import EmulatorControl
-from scheduler import keys
+from scheduler.ledger import keys
 from tests.conftest import make_settings
 from tests.workers.batch_harness import enqueue_jobs, make_ctx, run_batch
 from tests.workers.conftest import FAST_HTTP, openai_settings

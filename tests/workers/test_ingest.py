@@ -22,8 +22,8 @@ from config.settings import (
     WorkerSettings,
 )
 from emulator.server import EmulatorControl
-from scheduler import keys
-from scheduler.batches import Batches
+from scheduler.ledger import keys
+from scheduler.planning.batches import Batches
 from tests.conftest import make_settings
 from tests.workers.batch_harness import MODEL, dump, emulator_results, enqueue_jobs, make_ctx, run_batch
 from tests.workers.conftest import FAST_HTTP, openai_settings
@@ -354,9 +354,9 @@ async def test_5000_jobs_end_succeeded_through_faulty_emulator_batches(
     has reached it: otherwise a slow machine lets the batch complete before the cancel arrives.
     """
     from config.settings import LaneSettings
-    from scheduler import tasks
+    from scheduler.ledger import tasks
+    from scheduler.ledger.tasks import create_pool
     from scheduler.service import build_scheduler
-    from scheduler.tasks import create_pool
     from workers.worker import run_burst
 
     expiring = "gpt-4.1-mini"

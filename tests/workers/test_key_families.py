@@ -16,8 +16,8 @@ from redis.asyncio import Redis
 
 from config.settings import Settings, SloSettings, TenantSettings, WebhookSettings
 from emulator.server import EmulatorControl
-from scheduler import keys
-from scheduler.retention import Retention
+from scheduler.ledger import keys
+from scheduler.ledger.retention import Retention
 from tests.conftest import make_settings
 from tests.workers.batch_harness import enqueue_jobs, make_ctx, run_batch
 from tests.workers.conftest import FAST_HTTP, openai_settings

@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from config.settings import AlertSettings
-from scheduler import keys
-from scheduler.clock import server_ms
+from scheduler.ledger import keys
+from scheduler.ledger.clock import server_ms
 from workers.alerts import AlertSender, terms
 from workers.outbox import Outcome, Terms, retry_delay
 

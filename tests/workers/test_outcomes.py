@@ -6,7 +6,7 @@ from enum import StrEnum
 
 import pytest
 
-from scheduler import tasks
+from scheduler.ledger import tasks
 from workers.tasks.outcomes import CancelOutcome, PollOutcome, SubmitOutcome, SyncOutcome
 
 MEMBERS = [m for kind in (SubmitOutcome, PollOutcome, CancelOutcome, SyncOutcome) for m in kind]

@@ -10,9 +10,10 @@ import pytest
 from arq.connections import ArqRedis
 
 from config.settings import LaneDefaults, SchedulerSettings, Settings, SloSettings, TenantSettings
-from scheduler import budgets, keys
-from scheduler.batches import Batches
-from scheduler.ledger import Ledger
+from scheduler.costs import budgets
+from scheduler.ledger import keys
+from scheduler.ledger.ledger import Ledger
+from scheduler.planning.batches import Batches
 from scheduler.service import Scheduler, build_scheduler
 from tests.conftest import make_settings
 from tests.scheduler.planning_support import new_job

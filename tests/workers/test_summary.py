@@ -19,8 +19,8 @@ from structlog.testing import capture_logs
 from structlog.typing import EventDict
 
 from config.logging import configure_logging
-from scheduler import tasks
-from scheduler.batches import Batches
+from scheduler.ledger import tasks
+from scheduler.planning.batches import Batches
 from tests.conftest import make_settings
 from tests.workers.batch_harness import enqueue_jobs, make_ctx, run_batch
 from tests.workers.conftest import FAST_HTTP, openai_settings

@@ -14,11 +14,12 @@ import pytest
 
 from config.settings import SchedulerSettings, Settings
 from emulator.server import EmulatorControl
-from scheduler import costs, keys
-from scheduler.clock import server_ms
-from scheduler.ids import job_id as new_job_id
-from scheduler.jobs import NewJob
-from scheduler.ledger import Ledger
+from scheduler.costs import reports as costs
+from scheduler.ledger import keys
+from scheduler.ledger.clock import server_ms
+from scheduler.ledger.ids import job_id as new_job_id
+from scheduler.ledger.jobs import NewJob
+from scheduler.ledger.ledger import Ledger
 from scheduler.service import build_scheduler
 from tests.conftest import make_settings
 from tests.workers.batch_harness import ENDPOINT, MODEL, make_ctx

@@ -7,8 +7,8 @@ import time
 import pytest
 
 from config.settings import ProviderSettings
-from scheduler import keys
-from scheduler.clock import server_ms
+from scheduler.ledger import keys
+from scheduler.ledger.clock import server_ms
 from workers.sync_limits import Permit, SyncLimits, estimate_tokens, reset_seconds, slot_ttl_s
 
 NOW = 1_800_000_000_000

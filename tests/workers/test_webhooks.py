@@ -18,12 +18,12 @@ from redis.asyncio import Redis
 from standardwebhooks import Webhook
 
 from config.settings import Settings, TenantSettings, WebhookSettings
-from scheduler import keys
-from scheduler.clock import server_ms
-from scheduler.ids import job_id
-from scheduler.jobs import NewJob
-from scheduler.ledger import Finish, Ledger
-from scheduler.webhook_dispatch import url_hash
+from scheduler.ledger import keys
+from scheduler.ledger.clock import server_ms
+from scheduler.ledger.ids import job_id
+from scheduler.ledger.jobs import NewJob
+from scheduler.ledger.ledger import Finish, Ledger
+from scheduler.planning.webhook_dispatch import url_hash
 from tests.conftest import make_settings
 from tests.workers.receiver import Answer, BodyPlan, running_receiver
 from workers.webhook_slots import Slots

@@ -20,10 +20,11 @@ import structlog
 from arq import Retry
 from structlog.contextvars import bind_contextvars
 
-from scheduler import keys, policy, tasks
-from scheduler.batches import Batches, BatchRecord
-from scheduler.health import observed_turnaround_s
-from scheduler.ledger import Finish, Requeue
+from scheduler import policy
+from scheduler.ledger import keys, tasks
+from scheduler.ledger.ledger import Finish, Requeue
+from scheduler.planning.batches import Batches, BatchRecord
+from scheduler.slo.health import observed_turnaround_s
 from workers.context import WorkerContext, call_hook
 from workers.errors import (
     AuthenticationError,

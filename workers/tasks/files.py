@@ -16,8 +16,8 @@ from collections.abc import Iterable
 
 import structlog
 
-from scheduler import keys
-from scheduler.batches import BatchRecord
+from scheduler.ledger import keys
+from scheduler.planning.batches import BatchRecord
 from workers.context import WorkerContext
 from workers.errors import ProviderError
 from workers.providers.base import StoredDeleting

@@ -33,10 +33,12 @@ from arq import Retry
 from redis.asyncio import Redis
 
 from config.settings import Settings
-from scheduler import keys, policy, pricing, tasks
-from scheduler.batches import Batches, BatchRecord
-from scheduler.clock import Clock, ServerClock
-from scheduler.ledger import Finish, Ledger, Requeue
+from scheduler import policy
+from scheduler.costs import pricing
+from scheduler.ledger import keys, tasks
+from scheduler.ledger.clock import Clock, ServerClock
+from scheduler.ledger.ledger import Finish, Ledger, Requeue
+from scheduler.planning.batches import Batches, BatchRecord
 from workers.context import WorkerContext, call_hook
 from workers.errors import ProviderError
 from workers.providers.base import ProviderAdapter, ResultLine

@@ -7,7 +7,7 @@ renewed every third of ``scheduler.submit_lease_s`` while it works and extended 
 deferral. Reconciliation takes a planned batch only by acquiring the same lease, which it gets
 only once the holder's lease has lapsed and the holder's create call (``create_started_ms``,
 stamped under the lease right before the call) began longer ago than ``scheduler.create_timeout_s``.
-The submitter stamps its lease with Redis's clock (scheduler/clock.py), which every host agrees on.
+The submitter stamps its lease with Redis's clock (scheduler/ledger/clock.py), which every host agrees on.
 A holder that lost its lease stops before creating: one create per batch, ever.
 """
 
@@ -18,9 +18,9 @@ import contextlib
 import structlog
 
 from config.settings import Settings
-from scheduler.batches import Batches
-from scheduler.clock import Clock, ServerClock
-from scheduler.heartbeat import heartbeat
+from scheduler.ledger.clock import Clock, ServerClock
+from scheduler.ledger.heartbeat import heartbeat
+from scheduler.planning.batches import Batches
 from workers.errors import LeaseLost
 
 log = structlog.get_logger(__name__)

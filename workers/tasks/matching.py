@@ -23,8 +23,8 @@ from typing import Literal
 
 import structlog
 
-from scheduler import keys, tasks
-from scheduler.batches import Batches, BatchRecord
+from scheduler.ledger import keys, tasks
+from scheduler.planning.batches import Batches, BatchRecord
 from workers.context import WorkerContext
 from workers.errors import BatchNotEnded, ProviderError, ProviderNotFound
 from workers.providers.base import BATCH_ID_METADATA_KEY, BatchInfo, ProviderAdapter

@@ -19,8 +19,8 @@ from typing import Any
 import orjson
 import structlog
 
-from scheduler.batches import Batches, BatchRecord
-from scheduler.ledger import Finish
+from scheduler.ledger.ledger import Finish
+from scheduler.planning.batches import Batches, BatchRecord
 from workers.context import WorkerContext
 from workers.tasks.routing import Routed, route_back
 

@@ -18,10 +18,13 @@ from typing import Any
 from redis.asyncio import Redis
 
 from config.settings import Settings
-from scheduler import budgets, keys, policy, prediction
-from scheduler.batches import BatchRecord
-from scheduler.health import read_health
-from scheduler.ledger import Finish, Requeue
+from scheduler import policy
+from scheduler.costs import budgets
+from scheduler.ledger import keys
+from scheduler.ledger.ledger import Finish, Requeue
+from scheduler.planning.batches import BatchRecord
+from scheduler.slo import prediction
+from scheduler.slo.health import read_health
 
 
 @dataclass(slots=True)

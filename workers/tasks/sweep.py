@@ -19,8 +19,8 @@ from collections.abc import AsyncIterator
 
 import structlog
 
-from scheduler import keys
-from scheduler.batches import Batches, BatchRecord
+from scheduler.ledger import keys
+from scheduler.planning.batches import Batches, BatchRecord
 from workers.context import WorkerContext
 from workers.tasks.routing import route_back
 

@@ -1,6 +1,6 @@
 """The sync lane: ``run_sync`` sends one job to the provider's synchronous API and writes the answer back.
 
-The scheduler's sync dispatch (scheduler/sync_dispatch.py) hands each job in the sync queue to one
+The scheduler's sync dispatch (scheduler/planning/sync_dispatch.py) hands each job in the sync queue to one
 ``run_sync(job_id, dispatch)`` at a time, under a lease. A run sends the job's body as is, and on a
 retriable failure (429, 529, 5xx, timeouts) hands the job back to the dispatch until a backoff
 (or the provider's ``retry-after``) has passed, by moving its lease end; the attempt count lives on
@@ -39,10 +39,12 @@ import structlog
 from structlog.contextvars import bind_contextvars
 
 from config.settings import HttpSettings, Settings
-from scheduler import health, keys, policy, pricing, scripts, tasks, tokens
-from scheduler.heartbeat import heartbeat
-from scheduler.jobs import JobRecord, Route
-from scheduler.ledger import Finish
+from scheduler import policy
+from scheduler.costs import pricing, tokens
+from scheduler.ledger import keys, samples, scripts, tasks
+from scheduler.ledger.heartbeat import heartbeat
+from scheduler.ledger.jobs import JobRecord, Route
+from scheduler.ledger.ledger import Finish
 from workers.context import WorkerContext
 from workers.errors import ProviderError, ProviderHTTPError, RateLimited, ResponseTimeout
 from workers.providers.base import ProviderAdapter, SyncResult
@@ -268,7 +270,7 @@ async def run_sync(c: WorkerContext, job_id: str, dispatch: int = 0) -> SyncOutc
     end_ms = await clock.now_ms()
     seconds = (end_ms - started_ms) / 1000
     async with redis.pipeline(transaction=True) as pipe:
-        health.push_sample(
+        samples.push_sample(
             pipe, keys.lane_sync_latencies(job.lane), end_ms, seconds, settings.slo.history_size
         )
         await pipe.execute()
