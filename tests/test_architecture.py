@@ -16,8 +16,10 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 PACKAGES = ("api", "batchshift", "config", "emulator", "scheduler", "workers")
-# The tick's steps: the service imports them, they import only the tick's own module.
-STEPS = ("retention", "slo", "sync_dispatch", "webhook_dispatch")
+# The scheduler's layers, bottom up, and the tick's steps in them: the service imports the steps,
+# the steps import only the tick's own module.
+LAYERS = ("ledger", "costs", "planning", "slo")
+STEPS = ("ledger.retention", "slo.tracker", "planning.sync_dispatch", "planning.webhook_dispatch")
 
 
 def lint_imports(cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -35,15 +37,18 @@ def lint_imports(cwd: Path) -> subprocess.CompletedProcess[str]:
 @pytest.fixture
 def tree(tmp_path: Path) -> Path:
     """Empty packages named as ours, with the layering's allowed imports and the tick's wiring."""
-    for name in PACKAGES:
+    for name in (*PACKAGES, *(f"scheduler/{layer}" for layer in LAYERS)):
         (tmp_path / name).mkdir()
         (tmp_path / name / "__init__.py").write_text("")
     (tmp_path / "scheduler" / "service.py").write_text(
         "".join(f"import scheduler.{module}\n" for module in (*STEPS, "tick"))
     )
+    (tmp_path / "scheduler" / "intake.py").write_text("import scheduler.slo\nimport scheduler.costs\n")
     (tmp_path / "scheduler" / "tick.py").write_text("")
     for module in STEPS:
-        (tmp_path / "scheduler" / f"{module}.py").write_text("import scheduler.tick\n")
+        (tmp_path / "scheduler" / f"{module.replace('.', '/')}.py").write_text("import scheduler.tick\n")
+    for below, above in zip(LAYERS, LAYERS[1:], strict=False):  # each layer uses the one below it
+        (tmp_path / "scheduler" / above / "uses.py").write_text(f"import scheduler.{below}\n")
     (tmp_path / "scheduler" / "policy.py").write_text("import config\n")
     (tmp_path / "workers" / "tasks.py").write_text("import config\nimport scheduler\n")
     (tmp_path / "api" / "app.py").write_text("import config\nimport scheduler\n")
@@ -74,6 +79,8 @@ def test_a_tree_shaped_like_ours_keeps_them(tree: Path):
         ("workers/cycle.py", "import workers.tasks\n", None),
         # A tick step reaching back into the service that runs it (issue 15's circle).
         ("scheduler/slo/tracker.py", "import scheduler.tick\nimport scheduler.service\n", "no cycles"),
+        # The ledger reaching up into the SLO tracker.
+        ("scheduler/ledger/keys.py", "import scheduler.slo\n", "inside the scheduler"),
     ],
 )
 def test_a_forbidden_import_breaks_its_contract(tree: Path, module: str, source: str, contract: str | None):
