@@ -13,7 +13,7 @@ import binascii
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
@@ -239,8 +239,27 @@ class RedisClientSettings(_Strict):
     socket_connect_timeout_s: float = Field(default=5.0, gt=0)
 
 
-class WebhookSettings(_Strict):
+class _OutboxSettings(_Strict):
+    """What the two outboxes (workers/outbox.py: webhooks, alerts) share."""
+
+    SECTION: ClassVar[str]
+    # Bytes of a receiver's answer read (for the error message); the rest is never read.
+    max_response_bytes: int = Field(default=4096, gt=0)
+
+    @field_validator("lease_s", check_fields=False)
+    @classmethod
+    def _lease_outlives_a_send(cls, value: float, info: Any) -> float:
+        """A claim must last longer than one send, or no claimed item could ever be sent."""
+        timeout = info.data.get("timeout_s")
+        if timeout is not None and value <= timeout:
+            raise ValueError(f"must be longer than {cls.SECTION}.timeout_s ({timeout:g} s)")
+        return value
+
+
+class WebhookSettings(_OutboxSettings):
     """Completion webhook delivery."""
+
+    SECTION = "webhooks"
 
     # The whole send (connect, request, answer) must end within it: a deadline, not a per-read timeout.
     timeout_s: float = Field(default=15.0, gt=0)
@@ -254,17 +273,6 @@ class WebhookSettings(_Strict):
     # holds only its own slots; a worker also claims at most twice a tenant's limit at a time.
     per_tenant_concurrency: int = Field(default=32, gt=0)
     per_url_concurrency: int = Field(default=16, gt=0)
-    # Bytes of a receiver's answer read (for the error message); the rest is never read.
-    max_response_bytes: int = Field(default=4096, gt=0)
-
-    @field_validator("lease_s")
-    @classmethod
-    def _lease_outlives_a_send(cls, value: float, info: Any) -> float:
-        """A claim must last longer than one send, or no claimed delivery could ever be sent."""
-        timeout = info.data.get("timeout_s")
-        if timeout is not None and value <= timeout:
-            raise ValueError(f"must be longer than webhooks.timeout_s ({timeout:g} s)")
-        return value
 
 
 class PagerDutySettings(_Strict):
@@ -281,8 +289,10 @@ class AlertWebhookSettings(_Strict):
     secret: SecretStr | None = None
 
 
-class AlertSettings(_Strict):
+class AlertSettings(_OutboxSettings):
     """Where on-call hears about lanes (contract: ``BATCHSHIFT_ALERTS``)."""
+
+    SECTION = "alerts"
 
     pagerduty: PagerDutySettings | None = None
     slack: SlackSettings | None = None
@@ -297,17 +307,6 @@ class AlertSettings(_Strict):
     jitter: float = Field(default=0.2, ge=0, le=1)
     lease_s: float = Field(default=60.0, gt=0)
     claim_batch: int = Field(default=100, gt=0)
-    # Bytes of a channel's answer read (for the error message); the rest is never read.
-    max_response_bytes: int = Field(default=4096, gt=0)
-
-    @field_validator("lease_s")
-    @classmethod
-    def _lease_outlives_a_send(cls, value: float, info: Any) -> float:
-        """A claim must last longer than one send, or no claimed notification could ever be sent."""
-        timeout = info.data.get("timeout_s")
-        if timeout is not None and value <= timeout:
-            raise ValueError(f"must be longer than alerts.timeout_s ({timeout:g} s)")
-        return value
 
 
 class BurnRule(_Strict):

@@ -216,19 +216,6 @@ def plan(
     return Plan(out, at_risk, sync, policy.tick_s, now_ms, soon)
 
 
-def horizons(
-    model: TurnaroundModel,
-    sources: Sequence[Source],
-    deadlines: Sequence[Sequence[int]],
-    sync_deadlines: Sequence[int],
-    sync: SyncLane,
-    policy: Policy,
-    now_ms: int,
-) -> dict[Hashable, float]:
-    """Per source, the deadline before which its jobs flip now (:func:`plan`'s horizons)."""
-    return plan(model, sources, deadlines, sync_deadlines, sync, policy, now_ms).horizons
-
-
 def poll_lead_ms(tick_s: float) -> float:
     """How long before a job's latest safe time its batch is polled once more."""
     return max(POLL_LEAD_TICKS * tick_s, POLL_LEAD_MIN_S) * 1000

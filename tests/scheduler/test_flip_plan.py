@@ -13,7 +13,7 @@ from scheduler.slo.flip_plan import (
     PollState,
     Source,
     SyncLane,
-    horizons,
+    plan,
     poll_lead_ms,
     pulled_poll_ms,
     safe_horizon_ms,
@@ -55,7 +55,7 @@ def test_a_healthy_lane_keeps_its_jobs_on_the_batch():
     m = model([4.0, 4.5, 5.0, 5.5, 6.0], [9.0])
     source = Source("b1", NOW - 9_000)
     due = [NOW + 300_000] * 100
-    out = horizons(m, [source], [due], [], SYNC, POLICY, NOW)
+    out = plan(m, [source], [due], [], SYNC, POLICY, NOW).horizons
     assert out["b1"] < NOW + 300_000
 
 
@@ -64,7 +64,7 @@ def test_a_batch_on_time_does_not_load_the_drain():
     m = model([4.0, 4.5, 5.0, 5.5, 6.0], [2.0])
     source = Source("b1", NOW - 2_000)
     due = [NOW + 300_000] * 10_000
-    assert horizons(m, [source], [due], [], SYNC, POLICY, NOW)["b1"] < NOW + 300_000
+    assert plan(m, [source], [due], [], SYNC, POLICY, NOW).horizons["b1"] < NOW + 300_000
 
 
 def test_an_overdue_batch_loads_the_drain():
@@ -72,7 +72,7 @@ def test_an_overdue_batch_loads_the_drain():
     m = model([4.0, 4.5, 5.0, 5.5, 6.0])
     source = Source("b1", NOW - 100_000)
     due = [NOW + 150_000] * 200
-    assert horizons(m, [source], [due], [], SYNC, POLICY, NOW)["b1"] > NOW + 150_000
+    assert plan(m, [source], [due], [], SYNC, POLICY, NOW).horizons["b1"] > NOW + 150_000
 
 
 def test_a_batch_that_almost_surely_misses_flips_early():
@@ -80,13 +80,13 @@ def test_a_batch_that_almost_surely_misses_flips_early():
     m = model([36_000.0 * f for f in (0.9, 0.95, 1.0, 1.05, 1.1)])
     source = Source("b1", NOW)
     due = [NOW + 3_600_000]
-    assert horizons(m, [source], [due], [], SYNC, POLICY, NOW)["b1"] > NOW + 3_600_000
+    assert plan(m, [source], [due], [], SYNC, POLICY, NOW).horizons["b1"] > NOW + 3_600_000
 
 
 def test_an_ended_batch_flips_just_in_time_and_the_queue_is_judged_from_the_next_flush():
     m = model([4.0, 4.5, 5.0, 5.5, 6.0])
     ended, queue = Source("b1", NOW - 5_000, ended=True), Source(None, NOW + 60_000)
-    out = horizons(m, [ended, queue], [[NOW + 100_000], [NOW + 100_000]], [], SYNC, POLICY, NOW)
+    out = plan(m, [ended, queue], [[NOW + 100_000], [NOW + 100_000]], [], SYNC, POLICY, NOW).horizons
     assert out["b1"] == NOW + (LEAD_TICKS + 10) * 1000
     assert out[None] < NOW + 100_000
 
@@ -95,8 +95,8 @@ def test_jobs_queued_for_sync_count_in_the_drain():
     m = model([4.0, 4.5, 5.0, 5.5, 6.0])
     source = Source("b1", NOW)
     due = [NOW + 100_000]
-    alone = horizons(m, [source], [due], [], SYNC, POLICY, NOW)["b1"]
-    behind = horizons(m, [source], [due], [NOW + 90_000] * 95, SYNC, POLICY, NOW)["b1"]
+    alone = plan(m, [source], [due], [], SYNC, POLICY, NOW).horizons["b1"]
+    behind = plan(m, [source], [due], [NOW + 90_000] * 95, SYNC, POLICY, NOW).horizons["b1"]
     assert alone < NOW + 100_000 < behind
 
 
@@ -142,9 +142,9 @@ def test_a_long_running_batch_keeps_its_jobs_until_their_last_safe_moment_by_def
     source = Source("b1", NOW - 3 * 3_600_000)
     due = [NOW + 30 * 60_000]
     production = Policy.for_settings(Settings())
-    assert horizons(m, [source], [due], [], SYNC, production, NOW)["b1"] < due[0]
+    assert plan(m, [source], [due], [], SYNC, production, NOW).horizons["b1"] < due[0]
     eager = Policy(risk_probability=0.05, early_probability=0.99, tick_s=1.0)
-    assert horizons(m, [source], [due], [], SYNC, eager, NOW)["b1"] > due[0]
+    assert plan(m, [source], [due], [], SYNC, eager, NOW).horizons["b1"] > due[0]
 
 
 @pytest.mark.parametrize(
