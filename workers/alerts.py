@@ -40,7 +40,7 @@ from workers import webhooks
 from workers.context import WorkerContext
 from workers.errors import ChannelNotConfigured, WorkerError
 from workers.http import CappedResponse, error_for_response, post_capped
-from workers.outbox import Item, Outbox, Terms, Verdict
+from workers.outbox import Item, Outbox, Report, Terms, Verdict
 from workers.summary import summarised
 
 log = structlog.get_logger(__name__)
@@ -112,14 +112,10 @@ def terms(alerts: AlertSettings) -> Terms:
 
 
 @dataclass(slots=True)
-class AlertReport:
+class AlertReport(Report):
     """What one run did (counts per action)."""
 
-    claimed: int = 0
     sent: int = 0
-    retry: int = 0
-    dead: int = 0
-    released: int = 0  # handed back unsent: the send could not have ended within the lease
 
 
 class AlertSender(Outbox[Notification, AlertReport]):

@@ -27,7 +27,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
-from typing import Any, Generic, Literal, Protocol, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 import orjson
 import structlog
@@ -53,10 +53,14 @@ Settle = Literal["done", "retry", "dead", "released"]
 T = TypeVar("T")
 
 
-class Report(Protocol):
-    """What one run did: ``claimed`` plus one int attribute per action the kind reports."""
+@dataclass(slots=True)
+class Report:
+    """What one run did: counts per action; each kind adds its own (``sent``, ``delivered``, ...)."""
 
-    claimed: int
+    claimed: int = 0
+    retry: int = 0
+    dead: int = 0
+    released: int = 0  # handed back unsent: the send could not have ended within the lease
 
 
 R = TypeVar("R", bound=Report)

@@ -44,7 +44,7 @@ from workers import outbox
 from workers.context import WorkerContext
 from workers.errors import ResponseTimeout, UnsafeDestination, WorkerError
 from workers.http import build_guarded_client, post_capped, retry_after
-from workers.outbox import Item, Outbox, Terms, Verdict
+from workers.outbox import Item, Outbox, Report, Terms, Verdict
 from workers.summary import summarised
 from workers.webhook_slots import limits_for
 
@@ -111,15 +111,11 @@ def capacity(hooks: WebhookSettings) -> int:
 
 
 @dataclass(slots=True)
-class DeliveryReport:
+class DeliveryReport(Report):
     """What one run of the loop did (counts per action)."""
 
-    claimed: int = 0
     delivered: int = 0
-    retry: int = 0
-    dead: int = 0
     disabled: int = 0
-    released: int = 0  # handed back unsent: the send could not have ended within the lease
 
 
 class Deliverer(Outbox[Delivery, DeliveryReport]):
