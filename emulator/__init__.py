@@ -34,6 +34,9 @@ returns to the start settings and the wall clock; ``GET /_emulator/requests`` li
                              statuses, in order, then the pattern is spent (deterministic faults)
     retry_after_s      1.0   the retry-after sent with injected 429/503/529 answers
     invalid_file       false true, or a list of models: OpenAI batches fail validation (errors.data)
+    token_limit_exceeded false  true, or a list of models (Azure: deployments): OpenAI and Azure batch
+                             creates fail fast, ``failed`` with ``token_limit_exceeded`` in errors.data
+                             (the enqueued-token quota is full)
     flex_unavailable   0.0   share of service_tier="flex" sync calls answered 429 "resource unavailable"
     cancel_s           0.2   seconds a batch stays cancelling/canceling after a cancel
     seed               0     seed of the draws behind the rate-based faults
