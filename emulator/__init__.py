@@ -5,7 +5,9 @@ nothing of ``config``, ``scheduler``, ``workers``, ``api`` or ``batchshift``, on
 libraries, so it can be read, run and changed apart from the service it stands in front of.
 
 The official ``openai`` and ``anthropic`` SDKs cannot tell it from the real thing for the calls
-batchshift makes. Build the ASGI app with :func:`emulator.app.create_app`; run it with
+batchshift makes. Azure OpenAI's routes (:mod:`emulator.azure_routes`: ``/openai/...`` with
+``api-version``, ``/openai/v1/...``, an ``api-key`` header) serve the same OpenAI batch state, so
+the ``openai`` SDK's ``AzureOpenAI`` client works against it too. Build the ASGI app with :func:`emulator.app.create_app`; run it with
 :func:`emulator.server.serve` (CLI) or :func:`emulator.server.running_emulator`
 (tests, benchmarks, demo). Batch state is computed from time (:mod:`emulator.state`);
 outputs and usage are deterministic (:mod:`emulator.outputs`, which also states the
