@@ -104,7 +104,10 @@ async def harness(redis, redis_url, emulator) -> AsyncIterator[Callable[[Setting
     created: list[Pipeline] = []
 
     def make(settings: Settings) -> Pipeline:
-        clock = ManualClock(int(time.time()) // 60 * 60_000)
+        # Twenty minutes behind the wall clock, on a whole minute: webhook deliveries are due by wall
+        # time (the delivery task reads time.time, not ctx["clock"]), so the virtual clock, jumps
+        # included, must never run ahead of it or a delivery would wait on the machine's speed.
+        clock = ManualClock((int(time.time()) // 60 - 20) * 60_000)
         emulator.set_clock(clock.seconds)
         scheduler = build_scheduler(settings, redis, pool, holder="e2e")
         options = worker_settings(settings, clock=clock) | {"max_jobs": 1}
