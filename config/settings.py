@@ -31,6 +31,9 @@ OPENAI_MAX_BATCH_REQUESTS = 50_000
 OPENAI_MAX_BATCH_BYTES = 200 * 1024 * 1024
 ANTHROPIC_MAX_BATCH_REQUESTS = 100_000
 ANTHROPIC_MAX_BATCH_BYTES = 256 * 1024 * 1024
+AZURE_MAX_BATCH_REQUESTS = 100_000  # Azure Global Batch: requests per input file
+AZURE_MAX_BATCH_BYTES = 200 * 1024 * 1024
+AZURE_MIN_POLL_S = 60.0  # Azure asks batch clients to poll a batch no more than once a minute
 # Retention and bucket defaults, defined here once: the fields below and the ledger built without
 # settings (scheduler.ledger.Ledger's keyword defaults) both take them.
 RESULT_RETENTION_S = 7 * 24 * 3600  # a finished job's result
@@ -61,7 +64,7 @@ class HttpSettings(_Strict):
 class ProviderSettings(_Strict):
     """One configured provider account: where it lives, how to authenticate, its limits."""
 
-    kind: Literal["openai", "anthropic"]
+    kind: Literal["openai", "anthropic", "azure_openai"]
     base_url: str
     api_key: SecretStr = SecretStr("")
     # OpenAI-compatible APIs (Azure, Groq, Together) differ in header and path prefix.
@@ -88,6 +91,17 @@ class ProviderSettings(_Strict):
     # or listed here; allow_any_model lifts the check (OpenAI-compatible servers with their own ids).
     models: list[str] = []
     allow_any_model: bool = False
+    # Azure OpenAI (kind azure_openai): base_url is the resource's https://RES.openai.azure.com/openai.
+    # With api_version, calls go to the dated API (?api-version=...); without, to the v1 API
+    # (base_url + /v1). A job's model is a Global Batch deployment's name; deployments maps such a
+    # name to the model it runs, for prices and the model catalogue (a name not listed is the model).
+    api_version: str | None = None
+    deployments: dict[str, str] = {}
+    # Seconds an uploaded batch input file lives (Azure: 1209600-2592000; a resource holds 500
+    # files without expiry, 10,000 with it); None: the provider's default.
+    input_file_expires_s: int | None = Field(default=None, gt=0)
+    # The shortest wait between two polls of one batch; None: the kind's (60 s on Azure, else none).
+    min_poll_interval_s: float | None = Field(default=None, ge=0)
 
     @field_validator("base_url")
     @classmethod
@@ -98,13 +112,23 @@ class ProviderSettings(_Strict):
 
     def batch_request_limit(self) -> int:
         """The most requests one batch may hold for this provider."""
-        default = OPENAI_MAX_BATCH_REQUESTS if self.kind == "openai" else ANTHROPIC_MAX_BATCH_REQUESTS
-        return self.max_batch_requests or default
+        default = {"openai": OPENAI_MAX_BATCH_REQUESTS, "azure_openai": AZURE_MAX_BATCH_REQUESTS}
+        return self.max_batch_requests or default.get(self.kind, ANTHROPIC_MAX_BATCH_REQUESTS)
 
     def batch_byte_limit(self) -> int:
         """The largest batch input, in bytes, this provider accepts."""
-        default = OPENAI_MAX_BATCH_BYTES if self.kind == "openai" else ANTHROPIC_MAX_BATCH_BYTES
-        return self.max_batch_bytes or default
+        default = {"openai": OPENAI_MAX_BATCH_BYTES, "azure_openai": AZURE_MAX_BATCH_BYTES}
+        return self.max_batch_bytes or default.get(self.kind, ANTHROPIC_MAX_BATCH_BYTES)
+
+    def priced_model(self, model: str) -> str:
+        """The model a job's ``model`` runs (an Azure deployment's, per ``deployments``), for prices."""
+        return self.deployments.get(model, model)
+
+    def min_poll_s(self) -> float:
+        """The shortest wait between two polls of one of this provider's batches."""
+        if self.min_poll_interval_s is not None:
+            return self.min_poll_interval_s
+        return AZURE_MIN_POLL_S if self.kind == "azure_openai" else 0.0
 
 
 class TenantSettings(_Strict):

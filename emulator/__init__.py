@@ -5,7 +5,9 @@ nothing of ``config``, ``scheduler``, ``workers``, ``api`` or ``batchshift``, on
 libraries, so it can be read, run and changed apart from the service it stands in front of.
 
 The official ``openai`` and ``anthropic`` SDKs cannot tell it from the real thing for the calls
-batchshift makes. Build the ASGI app with :func:`emulator.app.create_app`; run it with
+batchshift makes. Azure OpenAI's routes (:mod:`emulator.azure_routes`: ``/openai/...`` with
+``api-version``, ``/openai/v1/...``, an ``api-key`` header) serve the same OpenAI batch state, so
+the ``openai`` SDK's ``AzureOpenAI`` client works against it too. Build the ASGI app with :func:`emulator.app.create_app`; run it with
 :func:`emulator.server.serve` (CLI) or :func:`emulator.server.running_emulator`
 (tests, benchmarks, demo). Batch state is computed from time (:mod:`emulator.state`);
 outputs and usage are deterministic (:mod:`emulator.outputs`, which also states the
@@ -34,6 +36,9 @@ returns to the start settings and the wall clock; ``GET /_emulator/requests`` li
                              statuses, in order, then the pattern is spent (deterministic faults)
     retry_after_s      1.0   the retry-after sent with injected 429/503/529 answers
     invalid_file       false true, or a list of models: OpenAI batches fail validation (errors.data)
+    token_limit_exceeded false  true, or a list of models (Azure: deployments): OpenAI and Azure batch
+                             creates fail fast, ``failed`` with ``token_limit_exceeded`` in errors.data
+                             (the enqueued-token quota is full)
     flex_unavailable   0.0   share of service_tier="flex" sync calls answered 429 "resource unavailable"
     cancel_s           0.2   seconds a batch stays cancelling/canceling after a cancel
     seed               0     seed of the draws behind the rate-based faults

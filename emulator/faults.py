@@ -29,6 +29,7 @@ DEFAULTS: dict[str, Any] = {
     "retry_after_s": 1.0,
     "fail_next": {},
     "invalid_file": False,
+    "token_limit_exceeded": False,
     "flex_unavailable": 0.0,
     "cancel_s": 0.2,
     "seed": 0,
@@ -69,10 +70,10 @@ def validate(patch: dict[str, Any]) -> None:
                 raise ConfigError(f"{key}: an object of endpoint pattern -> rate")
         elif key == "stall" and not (isinstance(value, list) and all(isinstance(m, str) for m in value)):
             raise ConfigError("stall: a list of model names")
-        elif key == "invalid_file" and not (
+        elif key in ("invalid_file", "token_limit_exceeded") and not (
             isinstance(value, bool) or (isinstance(value, list) and all(isinstance(m, str) for m in value))
         ):
-            raise ConfigError("invalid_file: true/false or a list of model names")
+            raise ConfigError(f"{key}: true/false or a list of model names")
         elif key == "fail_next" and not (
             isinstance(value, dict)
             and all(isinstance(v, list) and all(isinstance(s, int) for s in v) for v in value.values())

@@ -33,6 +33,22 @@ _LINE_ERRORS: dict[int, tuple[str, str | None, str]] = {
 }
 
 
+def api_endpoint(endpoint: str) -> str:
+    """The endpoint as OpenAI's paths name it: Azure's batches say ``/chat/completions``."""
+    return endpoint if endpoint.startswith("/v1/") else "/v1" + endpoint
+
+
+def token_limit_error(model: str) -> dict[str, Any]:
+    """The batch error of a create refused because the enqueued-token quota is full."""
+    return {
+        "code": "token_limit_exceeded",
+        "message": f"The number of enqueued tokens has surpassed the configured limit for {model!r}. "
+        "Please try again once the current jobs have finished.",
+        "param": None,
+        "line": None,
+    }
+
+
 def validate(state: EmulatorState, batch: OpenAIBatch) -> None:
     """Read the input file once: batch-level errors, or the lines in their work order."""
     if batch.lines is not None or batch.errors:
@@ -78,7 +94,7 @@ def validate(state: EmulatorState, batch: OpenAIBatch) -> None:
         if isinstance(body, dict) and isinstance(body.get("model"), str):
             models.add(body["model"])
         ids.append(custom_id)
-        invalid.append(outputs.validate_openai(batch.endpoint, body))
+        invalid.append(outputs.validate_openai(api_endpoint(batch.endpoint), body))
     if not ids and not errors:
         problem("empty_file", "The input file is empty.")
     if len(ids) > OPENAI_MAX_REQUESTS:
@@ -163,6 +179,8 @@ def view(state: EmulatorState, batch: OpenAIBatch, now: float) -> dict[str, Any]
     for name in ("output_file_id", "error_file_id"):
         if getattr(batch, name) is not None:
             obj[name] = getattr(batch, name)
+        elif batch.azure:
+            obj[name] = ""
     if batch.usage is not None:
         obj["usage"] = {
             "input_tokens": batch.usage.get("input_tokens", 0),
@@ -216,7 +234,7 @@ def build_results(state: EmulatorState, batch: OpenAIBatch, done: int, final: st
             failed += 1
             continue
         request = orjson.loads(raw_lines[index])["body"]
-        answer = outputs.openai_answer(batch.endpoint, request, state.cache, "default")
+        answer = outputs.openai_answer(api_endpoint(batch.endpoint), request, state.cache, "default")
         outputs.openai_usage_totals(totals, answer)
         record.update(response={"status_code": 200, "request_id": request_id, "body": answer}, error=None)
         output += orjson.dumps(record) + b"\n"

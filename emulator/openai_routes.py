@@ -102,12 +102,21 @@ async def delete_file(request: Request, file_id: str) -> Response:
 
 @router.post("/v1/batches")
 async def create_batch(request: Request) -> Response:
+    return json_response(await new_batch(request, BATCH_ENDPOINTS))
+
+
+async def new_batch(request: Request, endpoints: tuple[str, ...], *, azure: bool = False) -> dict[str, Any]:
+    """Create a batch from the request's body; ``endpoints`` are the values ``endpoint`` may take.
+
+    A model listed in the ``token_limit_exceeded`` fault gets a batch that has already failed with
+    that code, as OpenAI and Azure answer a create once the enqueued-token quota is full.
+    """
     state, path = emulator_state(request), request.url.path
     body = await json_body(request, INVALID_JSON)
     if not isinstance(body, dict):
         raise error(path, 400, "The body must be a JSON object.")
     endpoint, window = body.get("endpoint"), body.get("completion_window")
-    if endpoint not in BATCH_ENDPOINTS:
+    if endpoint not in endpoints:
         raise error(path, 400, f"Invalid value for 'endpoint': {endpoint!r}.", code="invalid_value")
     if window != "24h":
         raise error(path, 400, "Invalid value for 'completion_window': only '24h' is supported.")
@@ -131,6 +140,7 @@ async def create_batch(request: Request) -> Response:
         raise error(path, 400, "The input file must be uploaded with purpose 'batch'.")
     now = state.now()
     model = first_line_model(input_file.first_line())
+    over_quota = faults.model_listed(state.config["token_limit_exceeded"], model)
     batch = OpenAIBatch(
         id=new_id("batch_"),
         endpoint=endpoint,
@@ -138,14 +148,17 @@ async def create_batch(request: Request) -> Response:
         completion_window=window,
         metadata=metadata,
         model=model,
-        run=state.new_run(model, now, validating=True),
+        run=state.new_run(model, now, validating=not over_quota),
         created_at=int(now),
         invalid_file=faults.model_listed(state.config["invalid_file"], model),
         line_error_rate=faults.per_model(state.config["line_error_rate"], model),
         line_error_status=int(state.config["line_error_status"]),
+        azure=azure,
     )
+    if over_quota:
+        batch.errors = [openai_batch.token_limit_error(model)]
     state.openai_batches[batch.id] = batch
-    return json_response(openai_batch.view(state, batch, now))
+    return openai_batch.view(state, batch, now)
 
 
 def _batch(request: Request, batch_id: str) -> OpenAIBatch:
@@ -206,9 +219,12 @@ async def cancel_batch(request: Request, batch_id: str) -> Response:
     return json_response(openai_batch.view(state, batch, now))
 
 
-async def _sync(request: Request, endpoint: str) -> Response:
+async def sync_answer(request: Request, endpoint: str, deployment: str | None = None) -> Response:
+    """Answer a sync call; ``deployment`` (Azure's path names it) is the model the call runs on."""
     state, path = emulator_state(request), request.url.path
     body = await json_body(request, INVALID_JSON)
+    if deployment is not None and isinstance(body, dict):
+        body["model"] = deployment
     problem = outputs.validate_openai(endpoint, body)
     if problem is not None:
         raise error(path, 400, problem)
@@ -231,14 +247,14 @@ async def _sync(request: Request, endpoint: str) -> Response:
 
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request) -> Response:
-    return await _sync(request, "/v1/chat/completions")
+    return await sync_answer(request, "/v1/chat/completions")
 
 
 @router.post("/v1/embeddings")
 async def embeddings(request: Request) -> Response:
-    return await _sync(request, "/v1/embeddings")
+    return await sync_answer(request, "/v1/embeddings")
 
 
 @router.post("/v1/responses")
 async def responses(request: Request) -> Response:
-    return await _sync(request, "/v1/responses")
+    return await sync_answer(request, "/v1/responses")

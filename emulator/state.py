@@ -170,6 +170,7 @@ class OpenAIBatch:
     invalid_file: bool
     line_error_rate: float
     line_error_status: int
+    azure: bool = False  # created through Azure's routes: file ids it lacks read "" (as Azure's do)
     lines: Lines | None = None
     errors: list[dict[str, Any]] = field(default_factory=list)
     output_file_id: str | None = None

@@ -241,7 +241,8 @@ async def admission(job: NewJob, gate: AdmissionGate) -> None:
         decoded = orjson.loads(job.body)
         body = decoded if isinstance(decoded, dict) else {}
         table = pricing.shared(settings.pricing_file)
-        terms = CostTerms(job.provider, provider.kind, job.model, job.endpoint, route, body, len(job.body))
+        model = provider.priced_model(job.model)  # an Azure deployment's model
+        terms = CostTerms(job.provider, provider.kind, model, job.endpoint, route, body, len(job.body))
         if config.max_job_cost_usd is not None:
             check_job_ceiling(settings, table, job.tenant, terms)
         if envelope is not None:

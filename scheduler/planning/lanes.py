@@ -83,10 +83,11 @@ def effective(settings: Settings, provider: str, model: str, endpoint: str) -> L
 
 
 def catalogue(settings: Settings, name: str, provider: ProviderSettings) -> frozenset[str]:
-    """The models provider ``name`` serves: priced for it in the pricing file, plus ``models``."""
+    """The models provider ``name`` serves: priced for it in the pricing file, plus ``models`` and
+    ``deployments`` (Azure deployment names)."""
     prices = pricing.shared(settings.pricing_file).provider_prices(name, provider.kind)
     priced = prices.models if prices is not None else {}
-    return frozenset(priced) | frozenset(provider.models)
+    return frozenset(priced) | frozenset(provider.models) | frozenset(provider.deployments)
 
 
 def serves(settings: Settings, name: str, provider: ProviderSettings, model: str) -> bool:

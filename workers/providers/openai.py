@@ -189,7 +189,7 @@ class OpenAIAdapter(BatchAdapter):
             "/files",
             idempotent=True,
             files={"file": (f"{batch_id}.jsonl", spooled.file, "application/jsonl")},
-            data={"purpose": "batch"},
+            data=self.upload_form(),
         )
         file_id = uploaded.get("id")
         if not isinstance(file_id, str):
@@ -213,6 +213,10 @@ class OpenAIAdapter(BatchAdapter):
             # Stopped before the create, or refused by it: no batch uses the upload (best effort).
             await self._drop_upload(file_id)
             raise
+
+    def upload_form(self) -> dict[str, str]:
+        """The form fields besides the file of a batch input upload."""
+        return {"purpose": "batch"}
 
     async def _drop_upload(self, file_id: str) -> None:
         if self.account.settings.delete_input_files:

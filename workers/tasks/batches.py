@@ -173,7 +173,7 @@ async def record_created(
     ctx: WorkerContext, batches: Batches, record: BatchRecord, info: BatchInfo, *, sent: int
 ) -> SubmitOutcome:
     """Record the provider's id on the planned batch; a second provider batch becomes a duplicate."""
-    poll_s = ctx["settings"].scheduler.poll_initial_s
+    poll_s = max(ctx["settings"].scheduler.poll_initial_s, _poll_floor_s(ctx, record.provider))
     now_ms = await ctx["clock"].now_ms()
     outcome = await batches.mark_submitted(
         record.id, record.provider, info.provider_batch_id, now_ms=now_ms, poll_s=poll_s, how="created"
@@ -210,6 +210,12 @@ async def _drop_bad_line(
     await batches.update(record.id, ("planned",), now_ms=now_ms, to_state="cancelled")
     log.warning("batch.line_refused", batch_id=record.id, job_id=exc.custom_id, reason=exc.reason)
     return SubmitOutcome.LINE_REFUSED
+
+
+def _poll_floor_s(ctx: WorkerContext, provider: str) -> float:
+    """The provider's shortest wait between two polls of one batch (Azure asks for a minute)."""
+    account = ctx["settings"].providers.get(provider)
+    return account.min_poll_s() if account is not None else 0.0
 
 
 def _overdue(ctx: WorkerContext, record: BatchRecord, now_ms: int) -> bool:
@@ -254,7 +260,7 @@ async def poll_batch(ctx: WorkerContext, batch_id: str) -> PollOutcome:
         note(state=record.state)
         return PollOutcome.SKIPPED
     adapter = ctx["adapters"].get(record.provider)
-    interval = policy.next_poll_s(record.poll_interval_s, settings)
+    interval = max(policy.next_poll_s(record.poll_interval_s, settings), _poll_floor_s(ctx, record.provider))
 
     async def poll_again(**fields: Any) -> None:
         """Schedule the next poll ``interval`` from now (backing off), recording ``fields`` with it."""

@@ -98,12 +98,15 @@ class Ingestion:
         self.adapter = adapter
         self.kind = adapter.kind
         self.pricing = pricing.shared(settings.pricing_file)
+        provider = settings.providers.get(batch.provider)
+        # The model the batch's deployment runs (Azure), as prices name it.
+        self.model = provider.priced_model(batch.model) if provider is not None else batch.model
         self.pending: Counter[str] = Counter()  # outcome counts not yet added to the batch record
         self.totals: Counter[str] = Counter()
 
     def finish_for(self, line: ResultLine) -> Finish:
         """The ledger change a succeeded or permanently failed line makes."""
-        cost = self.pricing.job_cost(self.batch.provider, self.kind, self.batch.model, "batch", line.usage)
+        cost = self.pricing.job_cost(self.batch.provider, self.kind, self.model, "batch", line.usage)
         base: dict[str, Any] = {"route": "batch", "from_states": ("batched",), "batch_id": self.owner}
         if line.outcome == "succeeded":
             return Finish(

@@ -87,11 +87,18 @@ def read_timeout_s(settings: Settings, job: JobRecord, plan: RoutePlan) -> float
     return settings.worker.sync_timeout_s
 
 
+def _priced_model(settings: Settings, job: JobRecord) -> str:
+    """The model the job's ``model`` runs (an Azure deployment's), as prices name it."""
+    provider = settings.providers.get(job.provider)
+    return provider.priced_model(job.model) if provider is not None else job.model
+
+
 def expected_usd(settings: Settings, kind: str, job: JobRecord, route: Route) -> float:
     """What one call may be billed: the body's input tokens and its output cap, at the route's price."""
     inputs, outputs = tokens.estimate(job.body)
     usage = {"input_tokens": inputs, "output_tokens": outputs}
-    price = pricing.shared(settings.pricing_file).job_cost(job.provider, kind, job.model, route, usage)
+    model = _priced_model(settings, job)
+    price = pricing.shared(settings.pricing_file).job_cost(job.provider, kind, model, route, usage)
     return price.actual_usd or 0.0
 
 
@@ -254,7 +261,7 @@ async def run_sync(c: WorkerContext, job_id: str, dispatch: int = 0) -> SyncOutc
             await limits.release(permit)
     await limits.observe(job.provider, answer.headers)
     cost = pricing.shared(settings.pricing_file).job_cost(
-        job.provider, adapter.kind, job.model, plan.route, answer.usage
+        job.provider, adapter.kind, _priced_model(settings, job), plan.route, answer.usage
     )
     item = Finish(
         job_id,
