@@ -61,6 +61,8 @@ class HttpSettings(_Strict):
 class ProviderSettings(_Strict):
     """One configured provider account: where it lives, how to authenticate, its limits."""
 
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)  # never print a secret
+
     kind: Literal["openai", "anthropic"]
     base_url: str
     api_key: SecretStr = SecretStr("")
@@ -88,6 +90,17 @@ class ProviderSettings(_Strict):
     # or listed here; allow_any_model lifts the check (OpenAI-compatible servers with their own ids).
     models: list[str] = []
     allow_any_model: bool = False
+    # Provider webhooks (OpenAI's batch.* events, Standard Webhooks): with a secret set, a batch's
+    # end arrives by event and polling is only the safety net, every webhook_poll_s at most.
+    webhook_secret: SecretStr | None = None
+    webhook_poll_s: float = Field(default=900.0, gt=0)
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _whsec(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith("whsec_"):
+            raise ValueError("must be a whsec_<base64> secret, as the provider shows it")
+        return value
 
     @field_validator("base_url")
     @classmethod

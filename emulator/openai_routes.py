@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from emulator import faults, multipart, openai_batch, outputs
+from emulator import events, faults, multipart, openai_batch, outputs
 from emulator.responses import emulator_state, error, found, json_body, json_response, retry_headers
 from emulator.state import OpenAIBatch, first_line_model, new_id
 
@@ -145,6 +145,7 @@ async def create_batch(request: Request) -> Response:
         line_error_status=int(state.config["line_error_status"]),
     )
     state.openai_batches[batch.id] = batch
+    events.watch(state, batch.id)
     return json_response(openai_batch.view(state, batch, now))
 
 
