@@ -6,8 +6,10 @@ guarded step: a batch still ``submitted`` that completed, expired or was cancell
 ``ended`` (its results, partial or whole, are then ingested; the caller enqueues ingestion at
 once); a failed one has its next poll pulled to now, since only the provider's batch object says
 why it failed and whether that is worth retrying. Any other state (already ended, ingested,
-cancelled by us, unknown) changes nothing, so a repeated or late event is harmless. With events
-configured, polling stays as the safety net at :func:`safety_poll_s`.
+cancelled by us, unknown) changes nothing, so a repeated or late event is harmless. An event that
+outruns the submission's last step (the provider's id not recorded yet) is kept, and that step
+polls the batch at once (:func:`first_poll_s`). With events configured, polling stays as the
+safety net at :func:`safety_poll_s`.
 """
 
 from __future__ import annotations
@@ -56,13 +58,32 @@ def safety_poll_s(interval_s: float, provider: ProviderSettings | None) -> float
     return interval_s
 
 
+async def first_poll_s(
+    redis: Redis, settings: Settings, provider: str, provider_batch_id: str, interval_s: float
+) -> float:
+    """The first poll of a batch just recorded as submitted: at once if an event already said it
+    ended (it arrived before the id was recorded), else :func:`safety_poll_s` of ``interval_s``."""
+    configured = settings.providers.get(provider)
+    if webhooks_configured(configured) and await redis.exists(
+        keys.provider_early_end(provider, provider_batch_id)
+    ):
+        return 0.0
+    return safety_poll_s(interval_s, configured)
+
+
 async def take_event(
     redis: Redis, settings: Settings, provider: str, provider_batch_id: str, status: str, now_ms: int
 ) -> EventOutcome:
     """Take the event "provider batch ``provider_batch_id`` ended with ``status``" at ``now_ms``."""
     raw = await redis.hget(keys.provider_batches(provider), provider_batch_id)  # type: ignore[misc]
     if raw is None:
-        return EventOutcome("unknown_batch")
+        # Perhaps ours, its id not recorded yet: leave word for the submission (:func:`first_poll_s`),
+        # then look again, so that one of the two sees the other whatever the order.
+        early = keys.provider_early_end(provider, provider_batch_id)
+        await redis.set(early, status, ex=keys.PROVIDER_EVENT_TTL_S)
+        raw = await redis.hget(keys.provider_batches(provider), provider_batch_id)  # type: ignore[misc]
+        if raw is None:
+            return EventOutcome("unknown_batch")
     batch_id = raw.decode()
     batches = Batches(redis)
     record = await batches.get(batch_id)

@@ -222,6 +222,13 @@ def provider_event(provider: str, event_id: str) -> str:
     return f"{PREFIX}:provider_events:{provider}:{event_id}"
 
 
+def provider_early_end(provider: str, provider_batch_id: str) -> str:
+    """String: the status an event reported for a provider batch not recorded as ours yet (the event
+    outran the submission's last step); that step then polls the batch at once. TTL
+    ``PROVIDER_EVENT_TTL_S``: events for other clients' batches of the same account expire unread."""
+    return f"{PREFIX}:provider_events:early:{provider}:{provider_batch_id}"
+
+
 def provider_files_pending(provider: str) -> str:
     """Set: file ids at a provider waiting to be deleted (the input file of an ended batch, the
     output and error files of an ingested one); a failed delete stays and is retried at each

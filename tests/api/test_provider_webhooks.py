@@ -323,3 +323,27 @@ def test_emulator_events_verify_with_the_reference_library(emulator: EmulatorCon
     assert event["object"] == "event"
     assert event["data"] == {"id": created.json()["id"]}
     assert got.headers["webhook-id"] == event["id"]
+
+
+async def test_an_event_before_the_id_is_recorded_makes_the_first_poll_immediate(
+    redis: Redis, redis_url: str, emulator: EmulatorControl, http: httpx.AsyncClient
+) -> None:
+    """The event outruns the submission's last step (recording the provider's id): it is kept, and
+    that step then schedules the first poll at once instead of a safety-net interval away."""
+    settings = hook_settings(redis_url, emulator.url)
+    ctx = await make_ctx(settings, http)
+    answers: list[dict[str, Any]] = []
+    async with asgi(create_app(settings, redis=redis)) as client:
+
+        async def event_first(batch_id: str, provider_batch_id: str) -> None:
+            body, headers = signed(batch_event(provider_batch_id), "msg_early")
+            answers.append((await client.post(PATH, content=body, headers=headers)).json())
+
+        ctx["hooks"]["after_create"] = event_first
+        bid, _ = await submitted_batch(ctx)
+    assert answers == [{"status": "unknown_batch", "batch_id": None}]
+    record = await Batches(redis).get(bid)
+    assert record is not None
+    assert record.submitted_ms is not None
+    assert await redis.zscore(keys.BATCHES_POLL, bid) == record.submitted_ms  # due now, not in 900 s
+    await ctx["redis"].aclose()

@@ -24,7 +24,7 @@ from scheduler import policy
 from scheduler.ledger import keys, tasks
 from scheduler.ledger.ledger import Finish, Requeue
 from scheduler.planning.batches import Batches, BatchRecord
-from scheduler.provider_events import safety_poll_s
+from scheduler.provider_events import first_poll_s, safety_poll_s
 from scheduler.slo.health import observed_turnaround_s
 from workers.context import WorkerContext, call_hook
 from workers.errors import (
@@ -182,7 +182,11 @@ async def record_created(
         record.id, record.provider, info.provider_batch_id, now_ms=now_ms, poll_s=poll_s, how="created"
     )
     if outcome == "ok":
-        await batches.update(record.id, ("submitted",), now_ms=now_ms, sent=sent)
+        # An end event that came before the id was recorded (checked after it was): poll it now.
+        redis, pbid = ctx["redis"], info.provider_batch_id
+        early = await first_poll_s(redis, ctx["settings"], record.provider, pbid, poll_s) < poll_s
+        next_poll_ms: int | str = now_ms if early else ""  # "": the due time stays
+        await batches.update(record.id, ("submitted",), now_ms=now_ms, next_poll_ms=next_poll_ms, sent=sent)
         log.info(
             "batch.submitted", batch_id=record.id, lane=record.lane, provider_batch_id=info.provider_batch_id
         )
