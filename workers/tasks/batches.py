@@ -345,6 +345,8 @@ async def learn_end(ctx: WorkerContext, batches: Batches, record: BatchRecord) -
     except ProviderError as exc:  # ingestion reads the batch again and decides
         log.warning("batch.end_unread", error=str(exc))
         return record
+    if not info.ended:  # the object lags the event: ingestion retries, and this read with it
+        return record
     now_ms = await ctx["clock"].now_ms()
     await batches.update(record.id, ("ended",), now_ms=now_ms, end_read_ms=now_ms, **_status_fields(info))
     await files.discard(ctx, record.provider, info.files, files.INPUT_ROLES)
