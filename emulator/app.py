@@ -69,6 +69,7 @@ def create_app(config: dict[str, Any] | None = None, api_key: str | None = None)
     @app.post("/_emulator/reset")
     async def reset() -> Response:
         state.reset()
+        events.watcher(state).forget()
         return json_response({"ok": True})
 
     @app.get("/_emulator/health")

@@ -69,6 +69,11 @@ class Watcher:
     task: asyncio.Task[None] | None = None
     sent: list[dict[str, Any]] = field(default_factory=list)  # events delivered (2xx), oldest first
 
+    def forget(self) -> None:
+        """Back to nothing watched and nothing sent (the emulator's reset)."""
+        self.batch_ids.clear()
+        self.sent.clear()
+
     def due(self) -> list[dict[str, Any]]:
         """Events for the watched batches that have ended; they are no longer watched."""
         now = self.state.now()
