@@ -64,6 +64,8 @@ class HttpSettings(_Strict):
 class ProviderSettings(_Strict):
     """One configured provider account: where it lives, how to authenticate, its limits."""
 
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)  # never print a secret
+
     kind: Literal["openai", "anthropic", "azure_openai"]
     base_url: str
     api_key: SecretStr = SecretStr("")
@@ -102,6 +104,17 @@ class ProviderSettings(_Strict):
     input_file_expires_s: int | None = Field(default=None, gt=0)
     # The shortest wait between two polls of one batch; None: the kind's (60 s on Azure, else none).
     min_poll_interval_s: float | None = Field(default=None, ge=0)
+    # Provider webhooks (OpenAI's batch.* events, Standard Webhooks): with a secret set, a batch's
+    # end arrives by event and polling is only the safety net, every webhook_poll_s at most.
+    webhook_secret: SecretStr | None = None
+    webhook_poll_s: float = Field(default=900.0, gt=0)
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _whsec(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith("whsec_"):
+            raise ValueError("must be a whsec_<base64> secret, as the provider shows it")
+        return value
 
     @field_validator("base_url")
     @classmethod

@@ -42,6 +42,10 @@ returns to the start settings and the wall clock; ``GET /_emulator/requests`` li
     flex_unavailable   0.0   share of service_tier="flex" sync calls answered 429 "resource unavailable"
     cancel_s           0.2   seconds a batch stays cancelling/canceling after a cancel
     seed               0     seed of the draws behind the rate-based faults
+    webhook_url        null  where OpenAI batch events (batch.completed, .failed, .expired,
+                             .cancelled) are posted when a batch created meanwhile ends
+                             (:mod:`emulator.events`); null sends none
+    webhook_secret     null  the whsec_<base64> secret signing them (Standard Webhooks)
 
 Endpoint patterns are fnmatch patterns on the path, optionally preceded by a method:
 ``"/v1/chat/completions"``, ``"POST /v1/messages/batches"``, ``"GET /v1/batches/*"``, ``"*"``.

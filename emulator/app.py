@@ -8,7 +8,7 @@ import orjson
 from fastapi import FastAPI, Request
 from starlette.responses import Response
 
-from emulator import anthropic_routes, azure_routes, openai_routes
+from emulator import anthropic_routes, azure_routes, events, openai_routes
 from emulator.faults import ConfigError
 from emulator.gate import Gate
 from emulator.responses import EmulatorError, error_response, json_response
@@ -63,9 +63,14 @@ def create_app(config: dict[str, Any] | None = None, api_key: str | None = None)
     async def get_requests() -> Response:
         return json_response(list(state.requests))
 
+    @app.get("/_emulator/events")
+    async def get_events() -> Response:
+        return json_response(events.watcher(state).sent)
+
     @app.post("/_emulator/reset")
     async def reset() -> Response:
         state.reset()
+        events.watcher(state).forget()
         return json_response({"ok": True})
 
     @app.get("/_emulator/health")

@@ -33,6 +33,8 @@ DEFAULTS: dict[str, Any] = {
     "flex_unavailable": 0.0,
     "cancel_s": 0.2,
     "seed": 0,
+    "webhook_url": None,
+    "webhook_secret": None,
 }
 
 
@@ -79,6 +81,12 @@ def validate(patch: dict[str, Any]) -> None:
             and all(isinstance(v, list) and all(isinstance(s, int) for s in v) for v in value.values())
         ):
             raise ConfigError("fail_next: an object of endpoint pattern -> list of HTTP statuses")
+        elif key == "webhook_url" and not (value is None or (isinstance(value, str) and "://" in value)):
+            raise ConfigError("webhook_url: an http(s) URL, or null to send no events")
+        elif key == "webhook_secret" and not (
+            value is None or (isinstance(value, str) and value.startswith("whsec_"))
+        ):
+            raise ConfigError("webhook_secret: a whsec_<base64> secret, or null")
         elif key in ("retry_after_s", "flex_unavailable", "cancel_s", "line_error_status", "seed") and (
             isinstance(value, bool) or not isinstance(value, int | float) or value < 0
         ):

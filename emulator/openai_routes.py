@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from emulator import faults, multipart, openai_batch, outputs
+from emulator import events, faults, multipart, openai_batch, outputs
 from emulator.responses import emulator_state, error, found, json_body, json_response, retry_headers
 from emulator.state import OpenAIBatch, first_line_model, new_id
 
@@ -158,6 +158,7 @@ async def new_batch(request: Request, endpoints: tuple[str, ...], *, azure: bool
     if over_quota:
         batch.errors = [openai_batch.token_limit_error(model)]
     state.openai_batches[batch.id] = batch
+    events.watch(state, batch.id)
     return openai_batch.view(state, batch, now)
 
 

@@ -100,6 +100,13 @@ class EmulatorControl:
         """Forget every file, batch and logged request; back to the start settings."""
         httpx.post(f"{self.url}/_emulator/reset").raise_for_status()
 
+    def events(self) -> list[dict[str, Any]]:
+        """The batch events delivered (answered 2xx) so far, oldest first (:mod:`emulator.events`)."""
+        response = httpx.get(f"{self.url}/_emulator/events")
+        response.raise_for_status()
+        sent: list[dict[str, Any]] = response.json()
+        return sent
+
     def requests(self) -> list[dict[str, Any]]:
         """The calls received since the last reset: method, path, query, status, and model/tier on sync calls."""
         response = httpx.get(f"{self.url}/_emulator/requests")

@@ -212,6 +212,23 @@ def provider_batches(provider: str) -> str:
     return f"{PREFIX}:batches:provider:{provider}"
 
 
+# A provider retries an event for days (Standard Webhooks: about three); its id is remembered longer.
+PROVIDER_EVENT_TTL_S = 7 * 24 * 3600
+
+
+def provider_event(provider: str, event_id: str) -> str:
+    """String: a provider webhook event already taken (its ``webhook-id``), so a repeat changes
+    nothing; set NX when the event arrives, TTL ``PROVIDER_EVENT_TTL_S``."""
+    return f"{PREFIX}:provider_events:{provider}:{event_id}"
+
+
+def provider_early_end(provider: str, provider_batch_id: str) -> str:
+    """String: the status an event reported for a provider batch not recorded as ours yet (the event
+    outran the submission's last step); that step then polls the batch at once. TTL
+    ``PROVIDER_EVENT_TTL_S``: events for other clients' batches of the same account expire unread."""
+    return f"{PREFIX}:provider_events:early:{provider}:{provider_batch_id}"
+
+
 def provider_files_pending(provider: str) -> str:
     """Set: file ids at a provider waiting to be deleted (the input file of an ended batch, the
     output and error files of an ingested one); a failed delete stays and is retried at each

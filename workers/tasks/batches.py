@@ -24,6 +24,7 @@ from scheduler import policy
 from scheduler.ledger import keys, tasks
 from scheduler.ledger.ledger import Finish, Requeue
 from scheduler.planning.batches import Batches, BatchRecord
+from scheduler.provider_events import first_poll_s, safety_poll_s
 from scheduler.slo.health import observed_turnaround_s
 from workers.context import WorkerContext, call_hook
 from workers.errors import (
@@ -173,13 +174,20 @@ async def record_created(
     ctx: WorkerContext, batches: Batches, record: BatchRecord, info: BatchInfo, *, sent: int
 ) -> SubmitOutcome:
     """Record the provider's id on the planned batch; a second provider batch becomes a duplicate."""
-    poll_s = max(ctx["settings"].scheduler.poll_initial_s, _poll_floor_s(ctx, record.provider))
+    poll_s = safety_poll_s(
+        max(ctx["settings"].scheduler.poll_initial_s, _poll_floor_s(ctx, record.provider)),
+        ctx["settings"].providers.get(record.provider),
+    )
     now_ms = await ctx["clock"].now_ms()
     outcome = await batches.mark_submitted(
         record.id, record.provider, info.provider_batch_id, now_ms=now_ms, poll_s=poll_s, how="created"
     )
     if outcome == "ok":
-        await batches.update(record.id, ("submitted",), now_ms=now_ms, sent=sent)
+        # An end event that came before the id was recorded (checked after it was): poll it now.
+        redis, pbid = ctx["redis"], info.provider_batch_id
+        early = await first_poll_s(redis, ctx["settings"], record.provider, pbid, poll_s) < poll_s
+        next_poll_ms: int | str = now_ms if early else ""  # "": the due time stays
+        await batches.update(record.id, ("submitted",), now_ms=now_ms, next_poll_ms=next_poll_ms, sent=sent)
         log.info(
             "batch.submitted", batch_id=record.id, lane=record.lane, provider_batch_id=info.provider_batch_id
         )
@@ -260,7 +268,10 @@ async def poll_batch(ctx: WorkerContext, batch_id: str) -> PollOutcome:
         note(state=record.state)
         return PollOutcome.SKIPPED
     adapter = ctx["adapters"].get(record.provider)
-    interval = max(policy.next_poll_s(record.poll_interval_s, settings), _poll_floor_s(ctx, record.provider))
+    interval = safety_poll_s(
+        max(policy.next_poll_s(record.poll_interval_s, settings), _poll_floor_s(ctx, record.provider)),
+        ctx["settings"].providers.get(record.provider),
+    )
 
     async def poll_again(**fields: Any) -> None:
         """Schedule the next poll ``interval`` from now (backing off), recording ``fields`` with it."""
@@ -328,6 +339,26 @@ async def poll_batch(ctx: WorkerContext, batch_id: str) -> PollOutcome:
     if moved.status == "ok":
         await files.discard(ctx, record.provider, info.files, files.INPUT_ROLES)
     return await _hand_to_ingest(ctx, batches, record, now_ms)
+
+
+async def learn_end(ctx: WorkerContext, batches: Batches, record: BatchRecord) -> BatchRecord:
+    """A batch a provider event marked ended has no poll's fields yet: read the provider's batch
+    once, record its counts and files (so its output files can be deleted after ingestion) and
+    delete its input file, as the poll that sees a batch end does."""
+    adapter = ctx["adapters"].get(record.provider)
+    if adapter is None or record.provider_batch_id is None or record.raw.get("end_read_ms"):
+        return record
+    try:
+        info = await adapter.get_batch(record.provider_batch_id)
+    except ProviderError as exc:  # ingestion reads the batch again and decides
+        log.warning("batch.end_unread", error=str(exc))
+        return record
+    if not info.ended:  # the object lags the event: ingestion retries, and this read with it
+        return record
+    now_ms = await ctx["clock"].now_ms()
+    await batches.update(record.id, ("ended",), now_ms=now_ms, end_read_ms=now_ms, **_status_fields(info))
+    await files.discard(ctx, record.provider, info.files, files.INPUT_ROLES)
+    return await batches.get(record.id) or record
 
 
 def _status_fields(info: BatchInfo) -> dict[str, Any]:

@@ -44,7 +44,7 @@ from workers.errors import ProviderError
 from workers.providers.base import ProviderAdapter, ResultLine
 from workers.summary import note, summarised
 from workers.tasks import files
-from workers.tasks.batches import bound_batch
+from workers.tasks.batches import bound_batch, learn_end
 from workers.tasks.routing import Routed, route_back
 
 log = structlog.get_logger(__name__)
@@ -221,6 +221,8 @@ async def ingest_batch(c: WorkerContext, batch_id: str) -> dict[str, int]:
     if record is None or record.state != "ended" or not record.provider_batch_id:
         note(skipped=True, state=record.state if record else None)
         return {}
+    if record.raw.get("ended_by") == "event":
+        record = await learn_end(c, batches, record)
     ingestion = Ingestion(settings, redis, c["ledger"], record, c["adapters"][record.provider], c["clock"])
     skip = int(await redis.get(keys.batch_cursor(batch_id)) or 0)
     note(resumed_from=skip)
