@@ -44,6 +44,7 @@ def tree(tmp_path: Path) -> Path:
         "".join(f"import scheduler.{module}\n" for module in (*STEPS, "tick"))
     )
     (tmp_path / "scheduler" / "intake.py").write_text("import scheduler.slo\nimport scheduler.costs\n")
+    (tmp_path / "scheduler" / "provider_events.py").write_text("import scheduler.planning\n")
     (tmp_path / "scheduler" / "tick.py").write_text("")
     for module in STEPS:
         (tmp_path / "scheduler" / f"{module.replace('.', '/')}.py").write_text("import scheduler.tick\n")
