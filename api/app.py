@@ -50,7 +50,7 @@ def create_app(settings: Settings, *, redis: Redis | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
-    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(RequestIdMiddleware, access_log=settings.log_access)
     app.include_router(health.router)
     app.include_router(costs.router)
     app.include_router(jobs.router)

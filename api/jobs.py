@@ -146,7 +146,7 @@ async def enqueue(
     if outcome.status == "existing":
         record = await _owned(ledger, tenant_name, outcome.job_id)
         return JsonResponse(record.view(await ledger.result(record.id)), status_code=202)
-    log.info("job.enqueued", job_id=job.id, lane=job.lane, tenant=tenant_name, state=job.state)
+    log.debug("job.enqueued", job_id=job.id, lane=job.lane, tenant=tenant_name, state=job.state)
     return JsonResponse(new_record(job).view(), status_code=202)
 
 
@@ -206,7 +206,7 @@ async def enqueue_bulk(request: Request, tenant_name: Tenant) -> JsonResponse:
             else {"status": 404, "error": NotFound(f"no job {prior}", "id").to_dict()}
         )
     created = sum(o.status == "created" for o in outcomes)
-    log.info(
+    log.debug(
         "jobs.enqueued",
         tenant=tenant_name,
         items=len(items),

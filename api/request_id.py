@@ -27,10 +27,12 @@ def _incoming(scope: Scope) -> str | None:
 
 
 class RequestIdMiddleware:
-    """Binds ``request_id`` to structlog's context for the request and logs one ``request.completed``."""
+    """Binds ``request_id`` to structlog's context for the request and logs one ``request.completed``
+    (the access line) unless ``access_log`` is off (``BATCHSHIFT_LOG_ACCESS``)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, access_log: bool = True) -> None:
         self.app = app
+        self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -51,10 +53,11 @@ class RequestIdMiddleware:
             try:
                 await self.app(scope, receive, send_with_id)
             finally:
-                log.info(
-                    "request.completed",
-                    method=scope.get("method"),
-                    path=scope.get("path"),
-                    status=status,
-                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
-                )
+                if self.access_log:
+                    log.info(
+                        "request.completed",
+                        method=scope.get("method"),
+                        path=scope.get("path"),
+                        status=status,
+                        duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                    )

@@ -22,6 +22,7 @@ STAGES: tuple[str, ...] = (
     "benchmarks.planning",
     "benchmarks.ingest",
     "benchmarks.webhooks",
+    "benchmarks.pipeline",
     "benchmarks.soak",
 )
 

@@ -417,6 +417,9 @@ class Settings(BaseSettings):
     pricing_file: Path = DEFAULT_PRICING_PATH
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
+    # The one access line per API request (``request.completed``); off, the hot path logs nothing
+    # at info (per-job lines are at debug), which at thousands of requests a second is much of the cost.
+    log_access: bool = True
 
     @field_validator("tenants")
     @classmethod

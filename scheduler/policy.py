@@ -3,7 +3,7 @@
 Where a job goes when its batch attempt ends without an answer (:func:`route_retry`: back to its
 lane, on to sync, or failed), the same rule seen from a flip (:func:`flip_route`), how long to wait
 before another try (:func:`backoff`, :func:`scheduled_delay`), when to poll a batch next
-(:func:`next_poll_s`) and when to give up on one (:func:`overdue`). Workers and the scheduler read
+(:func:`first_poll_s`, :func:`next_poll_s`) and when to give up on one (:func:`overdue`). Workers and the scheduler read
 what these need from Redis and the clock, and apply what they return; nothing here does I/O, so
 each rule has its own small test (tests/scheduler/test_policy.py), like :func:`scheduler.planner.decide`.
 Jitter is explicit: a caller passes the random source, or ``None`` for none.
@@ -125,6 +125,23 @@ def scheduled_delay(
     if rng is None or jitter <= 0:
         return step
     return step * (1 + rng.uniform(-jitter, jitter))
+
+
+# The first poll of a new batch comes after this share of the lane's fastest recent turnaround: early
+# enough to see a batch as fast as the fastest end soon after, late enough not to poll a slow lane
+# blind. A first poll that sees the batch ended teaches a turnaround of half its interval (the
+# midpoint rule), so a lane whose batches end at once walks its first poll down to the tick.
+FIRST_POLL_SHARE = 0.5
+
+
+def first_poll_s(turnarounds_s: Sequence[float], scheduler: SchedulerSettings) -> float:
+    """Seconds from a batch's submission to its first poll, from its lane's recent turnarounds:
+    ``poll_initial_s`` with no history, else ``FIRST_POLL_SHARE`` of the fastest, at least a tick
+    (polls are handed out by the tick) and at most ``poll_max_s``."""
+    if not turnarounds_s:
+        return scheduler.poll_initial_s
+    wanted = FIRST_POLL_SHARE * min(turnarounds_s)
+    return min(max(wanted, scheduler.tick_interval_s), scheduler.poll_max_s)
 
 
 def next_poll_s(previous_s: float | None, scheduler: SchedulerSettings) -> float:

@@ -109,3 +109,16 @@ def test_logged_tracebacks_show_no_local_variables(fmt: str):
     text = out.getvalue()
     assert "provider refused" in text  # the traceback itself is logged
     assert key not in text
+
+
+async def test_access_line_off_leaves_no_info_line_per_request(
+    log_output: io.StringIO, settings: Settings, redis: Redis
+):
+    """With ``log_access`` off an enqueue logs nothing at info: the hot path's lines are at debug."""
+    quiet = settings.model_copy(update={"log_access": False})
+    async with asgi_client(quiet, redis) as api:
+        response = await api.post("/v1/jobs", json={"provider": "openai", "body": {"model": "m"}})
+    lines = [orjson.loads(line) for line in log_output.getvalue().splitlines()]
+    mine = [line for line in lines if line.get("request_id") == response.headers["x-request-id"]]
+    assert "job.enqueued" in {line["event"] for line in mine}  # still there, at debug
+    assert not [line for line in mine if line["level"] != "debug"]

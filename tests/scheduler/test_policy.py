@@ -13,6 +13,7 @@ from scheduler.policy import (
     RetryDecision,
     RetryJob,
     backoff,
+    first_poll_s,
     flip_route,
     next_poll_s,
     overdue,
@@ -161,6 +162,28 @@ def test_each_interval_grows_by_the_backoff_factor():
 def test_the_interval_stops_at_the_longest():
     assert next_poll_s(20.0, POLLS) == 30.0
     assert next_poll_s(30.0, POLLS) == 30.0
+
+
+# --- first_poll_s ---------------------------------------------------------------------------------
+
+FIRST = SchedulerSettings(poll_initial_s=5.0, poll_max_s=300.0, tick_interval_s=1.0)
+
+
+def test_a_lane_without_history_polls_first_after_the_initial_interval():
+    assert first_poll_s([], FIRST) == 5.0
+
+
+def test_a_fast_lane_polls_first_at_half_its_fastest_turnaround():
+    assert first_poll_s([3.0, 9.0, 4.0], FIRST) == 1.5
+
+
+def test_a_lane_whose_batches_end_at_once_polls_first_after_one_tick():
+    assert first_poll_s([0.2, 0.5], FIRST) == 1.0
+
+
+def test_a_slow_lane_waits_longer_than_the_initial_interval_but_not_past_the_longest():
+    assert first_poll_s([120.0, 900.0], FIRST) == 60.0
+    assert first_poll_s([3600.0], FIRST) == 300.0
 
 
 # --- overdue --------------------------------------------------------------------------------------

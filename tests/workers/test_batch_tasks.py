@@ -16,6 +16,7 @@ from config.settings import LaneDefaults, SchedulerSettings, SloSettings
 from scheduler.ledger import keys, tasks
 from scheduler.ledger.ledger import Ledger
 from scheduler.planning.batches import Batches
+from scheduler.policy import first_poll_s
 from scheduler.service import ReconcileStep, Scheduler, build_scheduler
 from tests.conftest import make_settings
 from tests.scheduler.planning_support import enqueue_lane
@@ -179,6 +180,21 @@ async def test_a_cancelled_batch_teaches_the_lane_no_turnaround(
     assert record is not None
     assert record.raw["status"] == "cancelled"
     assert await redis.llen(keys.lane_turnarounds(LANES["openai"])) == 0
+
+
+async def test_a_new_batch_is_first_polled_from_its_lanes_turnarounds(
+    redis, scheduler, task_settings, emulator
+) -> None:
+    """With turnaround history the first poll follows it (policy.first_poll_s), not poll_initial_s."""
+    emulator.configure(stall=["*"])
+    await Batches(redis).push_turnaround(LANES["openai"], int(time.time() * 1000), 0.3, 10)
+    _, batch_id = await plan(redis, scheduler, "openai", 3)
+    await run_burst(task_settings)
+    record = await Batches(redis).get(batch_id)
+    assert record is not None
+    expected = first_poll_s([0.3], task_settings.scheduler)
+    assert expected != task_settings.scheduler.poll_initial_s
+    assert record.poll_interval_s == pytest.approx(expected)
 
 
 async def test_polls_back_off_to_the_cap(redis, scheduler, task_settings, emulator) -> None:

@@ -25,7 +25,7 @@ from scheduler.ledger import keys, tasks
 from scheduler.ledger.ledger import Finish, Requeue
 from scheduler.planning.batches import Batches, BatchRecord
 from scheduler.provider_events import first_poll_s, safety_poll_s
-from scheduler.slo.health import observed_turnaround_s
+from scheduler.slo.health import observed_turnaround_s, parse_samples
 from workers.context import WorkerContext, call_hook
 from workers.errors import (
     AuthenticationError,
@@ -170,15 +170,24 @@ async def _retry(ctx: WorkerContext, lease: SubmitLease, exc: ProviderError) -> 
     raise Retry(defer=after) from exc
 
 
+async def _first_poll_s(ctx: WorkerContext, lane: str, now_ms: int) -> float:
+    """When to poll a new batch first, from its lane's recent turnarounds (one list read per batch):
+    a lane whose batches end in seconds is not left waiting ``poll_initial_s``."""
+    slo = ctx["settings"].slo
+    raw: list[bytes] = await ctx["redis"].lrange(keys.lane_turnarounds(lane), 0, slo.history_size - 1)  # type: ignore[misc]
+    recent = parse_samples(raw, now_ms, slo.history_max_age_s, slo.history_size)
+    return policy.first_poll_s(recent, ctx["settings"].scheduler)
+
+
 async def record_created(
     ctx: WorkerContext, batches: Batches, record: BatchRecord, info: BatchInfo, *, sent: int
 ) -> SubmitOutcome:
     """Record the provider's id on the planned batch; a second provider batch becomes a duplicate."""
+    now_ms = await ctx["clock"].now_ms()
     poll_s = safety_poll_s(
-        max(ctx["settings"].scheduler.poll_initial_s, _poll_floor_s(ctx, record.provider)),
+        max(await _first_poll_s(ctx, record.lane, now_ms), _poll_floor_s(ctx, record.provider)),
         ctx["settings"].providers.get(record.provider),
     )
-    now_ms = await ctx["clock"].now_ms()
     outcome = await batches.mark_submitted(
         record.id, record.provider, info.provider_batch_id, now_ms=now_ms, poll_s=poll_s, how="created"
     )

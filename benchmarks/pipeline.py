@@ -1,0 +1,349 @@
+"""Pipeline: N jobs end to end, from the first bulk request to the last result stored and its webhook
+delivered, in two topologies on one Redis.
+
+``one process`` is ``batchshift run`` (API, scheduler and a worker in one process); ``processes``
+is two ``batchshift api``, one ``batchshift scheduler`` and two ``batchshift worker`` processes.
+Both start from an empty Redis (their own embedded server) and the provider emulator in its own
+process with a batch turnaround of 0, so what is measured is batchshift: intake, flush, submission,
+polls, ingestion, finishing and webhook delivery. This process posts the jobs in bulk requests
+(round robin over the APIs) and receives the webhooks; a job counts once its ``job.succeeded``
+delivery arrived.
+
+The baseline, measured in the same run against the same Redis server, writes the same job hashes
+and index entries with pipelined redis-py commands and reads every hash back: the floor cost of
+the bytes the pipeline stores and returns. Each row prints jobs/s and its ratio to it, p50/p99
+from enqueue to result (the job's ``completed_ms`` less its ``created_ms``, on the servers' own
+clock), each process's peak resident set (``VmHWM`` read before it stops) and Redis
+``used_memory`` per job once every result is in (records are kept for the retention, so this is
+what a job costs Redis while it is kept). ``BATCHSHIFT_PIPELINE_JOBS`` sets a smaller count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import uvicorn
+from redis.asyncio import Redis
+
+from batchshift.client import job_request
+from batchshift.embedded_redis import embedded_redis, free_port
+from benchmarks.support import ROOT, emulator_process, wait_until_up
+from scheduler.ledger import ids, keys
+from scheduler.ledger.jobs import NewJob
+
+JOBS = int(os.environ.get("BATCHSHIFT_PIPELINE_JOBS", "50000"))
+CHUNK = 1_000  # jobs per bulk request, as a backfill sends them
+API_KEY = "pipeline-bench-key"
+TENANT = "bench"
+WEBHOOK_SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+# A run that has not delivered every webhook by then is reported as failed, not waited on forever.
+TIMEOUT_S = float(os.environ.get("BATCHSHIFT_PIPELINE_TIMEOUT_S", "900"))
+BODY = {
+    "model": "gpt-4o-mini",
+    "messages": [
+        {"role": "system", "content": "You summarise support tickets in one sentence."},
+        {"role": "user", "content": "Customer reports the export button does nothing on Safari 17. " * 3},
+    ],
+    "max_tokens": 200,
+}
+
+
+@dataclass
+class Receiver:
+    """The producer's webhook endpoint: counts distinct deliveries and when the last one came."""
+
+    seen: set[str] = field(default_factory=set)
+    last: float = 0.0
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    expected: int = 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        while (await receive()).get("more_body"):
+            pass
+        msg_id = dict(scope["headers"]).get(b"webhook-id", b"")
+        if msg_id and msg_id not in self.seen:
+            self.seen.add(msg_id)
+            self.last = time.perf_counter()
+            if len(self.seen) >= self.expected:
+                self.done.set()
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+
+def _settings_env(redis_url: str, emulator_url: str) -> dict[str, str]:
+    """Every process's settings, by environment only; defaults except where the benchmark needs
+    otherwise (a loopback receiver, a tick and first poll fit for a provider answering at once)."""
+
+    def js(value: Any) -> str:
+        return orjson.dumps(value).decode()
+
+    return {
+        **os.environ,
+        "BATCHSHIFT_CONFIG": "",
+        "BATCHSHIFT_REDIS_URL": redis_url,
+        "BATCHSHIFT_TENANTS": js({TENANT: {"api_key": API_KEY, "webhook_secrets": [WEBHOOK_SECRET]}}),
+        "BATCHSHIFT_PROVIDERS": js(
+            {"openai": {"kind": "openai", "base_url": emulator_url + "/v1", "api_key": "sk-bench"}}
+        ),
+        "BATCHSHIFT_LANE_DEFAULTS": js({"max_wait": 0}),
+        "BATCHSHIFT_SCHEDULER": js({"tick_interval_s": 0.2, "poll_initial_s": 0.5, "poll_max_s": 2}),
+        "BATCHSHIFT_WEBHOOK_ALLOWLIST": js(["127.0.0.1/32"]),
+        "BATCHSHIFT_LOG_FORMAT": "json",
+        "BATCHSHIFT_LOG_LEVEL": "WARNING",
+    }
+
+
+def _spawn(env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "batchshift.cli", *args],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+@contextmanager
+def topology(
+    name: str, env: dict[str, str]
+) -> Iterator[tuple[list[str], dict[str, subprocess.Popen[bytes]]]]:
+    """The named topology's processes, running; yields the API URLs and the processes by role."""
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    urls: list[str] = []
+    try:
+        if name == "one process":
+            port = free_port()
+            procs["run"] = _spawn(env, "run", "--port", str(port))
+            urls.append(f"http://127.0.0.1:{port}")
+        else:
+            for n in (1, 2):
+                port = free_port()
+                procs[f"api {n}"] = _spawn(env, "api", "--port", str(port))
+                urls.append(f"http://127.0.0.1:{port}")
+            procs["scheduler"] = _spawn(env, "scheduler")
+            for n in (1, 2):
+                procs[f"worker {n}"] = _spawn(env, "worker")
+        for n, url in enumerate(urls):
+            proc = procs["run"] if name == "one process" else procs[f"api {n + 1}"]
+            wait_until_up(url + "/readyz", proc, f"API at {url}")
+        yield urls, procs
+    finally:
+        for proc in procs.values():
+            proc.terminate()
+        for proc in procs.values():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def peak_rss_mb(pid: int) -> float:
+    """A live process's resident-set high-water mark (``VmHWM``), in MB."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0
+    for line in text.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _payloads(count: int, receiver_url: str) -> list[bytes]:
+    def one(n: int) -> dict[str, Any]:
+        return job_request(
+            "openai",
+            {**BODY, "metadata": {"n": n}},
+            deadline_in=3600,
+            callback_url=f"{receiver_url}/hooks/{TENANT}",
+            tags={"feature": "pipeline"},
+        )
+
+    return [
+        orjson.dumps({"jobs": [one(n) for n in range(start, min(start + CHUNK, count))]})
+        for start in range(0, count, CHUNK)
+    ]
+
+
+async def baseline(redis: Redis, count: int) -> float:
+    """Raw redis-py: the same job hashes and index entries written pipelined, then read back."""
+    now = time.time_ns() // 1_000_000
+    jobs = [
+        NewJob(
+            id=ids.job_id(now),
+            tenant=TENANT,
+            provider="openai",
+            endpoint="/v1/chat/completions",
+            model=str(BODY["model"]),
+            body=orjson.dumps({**BODY, "metadata": {"n": n}}, option=orjson.OPT_SORT_KEYS),
+            deadline_ms=now + 3_600_000,
+            created_ms=now,
+            tags={"feature": "pipeline"},
+            callback_url="http://127.0.0.1:9/hooks/bench",
+        )
+        for n in range(count)
+    ]
+    started = time.perf_counter()
+    for start in range(0, count, CHUNK):
+        async with redis.pipeline(transaction=False) as pipe:
+            for job in jobs[start : start + CHUNK]:
+                pipe.hset(keys.job(job.id), mapping=job.fields())
+                pipe.zadd(keys.lane_queue(job.lane), {job.id: job.deadline_ms})
+                pipe.zadd(keys.tenant_jobs(job.tenant), {job.id: 0})
+            await pipe.execute()
+    for start in range(0, count, CHUNK):
+        async with redis.pipeline(transaction=False) as pipe:
+            for job in jobs[start : start + CHUNK]:
+                pipe.hgetall(keys.job(job.id))
+            await pipe.execute()
+    return count / (time.perf_counter() - started)
+
+
+async def _latencies(redis: Redis) -> list[int]:
+    """Every job's enqueue-to-result time in ms, sorted (from its record: created to completed)."""
+    ids_ = [raw.decode() for raw in await redis.zrange(keys.tenant_jobs(TENANT), 0, -1)]
+    out: list[int] = []
+    for start in range(0, len(ids_), CHUNK):
+        async with redis.pipeline(transaction=False) as pipe:
+            for job_id in ids_[start : start + CHUNK]:
+                pipe.hmget(keys.job(job_id), ["created_ms", "completed_ms"])
+            for created, completed in await pipe.execute():
+                if created and completed:
+                    out.append(int(completed) - int(created))
+    return sorted(out)
+
+
+def _quantile(sorted_values: list[int], q: float) -> float:
+    return (
+        sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))] / 1000
+        if sorted_values
+        else 0.0
+    )
+
+
+async def _post_all(urls: list[str], payloads: list[bytes]) -> None:
+    """Every bulk request, one at a time per API, the APIs in parallel (round robin)."""
+    import httpx
+
+    headers = {"authorization": f"Bearer {API_KEY}", "content-type": "application/json"}
+
+    async def feed(url: str, mine: list[bytes]) -> None:
+        async with httpx.AsyncClient(base_url=url, headers=headers, timeout=120) as http:
+            for payload in mine:
+                response = await http.post("/v1/jobs/bulk", content=payload)
+                response.raise_for_status()
+
+    await asyncio.gather(*(feed(url, payloads[n :: len(urls)]) for n, url in enumerate(urls)))
+
+
+async def _flush(redis: Redis) -> None:
+    """Empty Redis synchronously: a server that frees lazily (Valkey's default for FLUSHALL) would
+    count the last topology's jobs in this one's starting memory."""
+    await redis.execute_command("FLUSHALL", "SYNC")
+
+
+async def measure(name: str, redis_url: str, emulator_url: str, count: int) -> dict[str, Any]:
+    """One topology from an empty Redis: jobs/s end to end and the row's other figures."""
+    redis = Redis.from_url(redis_url)
+    receiver = Receiver(expected=count)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(receiver, host="127.0.0.1", port=port, log_level="error"))
+    serving = asyncio.create_task(server.serve())
+    try:
+        await _flush(redis)
+        while not server.started:
+            if serving.done():
+                raise RuntimeError("the webhook receiver did not start")
+            await asyncio.sleep(0.02)
+        before = int((await redis.info("memory"))["used_memory"])
+        payloads = _payloads(count, f"http://127.0.0.1:{port}")
+        with ExitStack() as stack:
+            urls, procs = stack.enter_context(topology(name, _settings_env(redis_url, emulator_url)))
+            started = time.perf_counter()
+            await _post_all(urls, payloads)
+            intake_s = time.perf_counter() - started
+            try:
+                await asyncio.wait_for(receiver.done.wait(), TIMEOUT_S)
+            except TimeoutError:
+                pass
+            rss = {role: peak_rss_mb(proc.pid) for role, proc in procs.items()}
+        elapsed = (receiver.last or time.perf_counter()) - started
+        used = int((await redis.info("memory"))["used_memory"]) - before
+        latencies = await _latencies(redis)
+    finally:
+        server.should_exit = True
+        await serving
+        await redis.aclose()
+    delivered = len(receiver.seen)
+    return {
+        "topology": name,
+        "delivered": delivered,
+        "throughput": delivered / elapsed,
+        "intake": count / intake_s,
+        "p50": _quantile(latencies, 0.5),
+        "p99": _quantile(latencies, 0.99),
+        "rss": rss,
+        "redis_per_job": used / max(1, delivered),
+        "failed": delivered < count,
+    }
+
+
+async def run() -> list[dict[str, Any]]:
+    with embedded_redis() as redis_url, emulator_process(turnaround_s=0.0) as emulator_url:
+        redis = Redis.from_url(redis_url)
+        try:
+            await _flush(redis)
+            base = await baseline(redis, JOBS)
+        finally:
+            await redis.aclose()
+        results = [
+            await measure(name, redis_url, emulator_url, JOBS) for name in ("one process", "processes")
+        ]
+    rows: list[dict[str, Any]] = [
+        {
+            "figure": f"pipeline baseline: raw redis-py writes + read-back, {JOBS:,} jobs",
+            "throughput": base,
+            "unit": "jobs/s",
+            "baseline": base,
+            "ratio": 1.0,
+        }
+    ]
+    for r in results:
+        rss = ", ".join(f"{role} {mb:.0f}" for role, mb in r["rss"].items())
+        figure = (
+            f"pipeline, {r['topology']}: {r['delivered']:,}/{JOBS:,} jobs in, done and delivered "
+            f"(intake {r['intake']:,.0f} jobs/s); enqueue->result p50 {r['p50']:.1f} s, p99 {r['p99']:.1f} s; "
+            f"peak RSS MB {rss}; Redis {r['redis_per_job']:,.0f} B/job"
+        )
+        if r["failed"]:
+            figure += f" FAILED: not every webhook arrived within {TIMEOUT_S:.0f} s"
+        rows.append(
+            {
+                "figure": figure,
+                "throughput": r["throughput"],
+                "unit": "jobs/s",
+                "baseline": base,
+                "ratio": r["throughput"] / base,
+                "peak_mb": max(r["rss"].values(), default=0.0),
+                "failed": r["failed"],
+            }
+        )
+    return rows
+
+
+if __name__ == "__main__":
+    for row in asyncio.run(run()):
+        print(row)
