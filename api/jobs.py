@@ -152,12 +152,10 @@ def _intake_span(tracing: Tracing, request: Request, tenant_name: str) -> Abstra
     )
 
 
-def _traced(job: NewJob, span: Span | None) -> None:
+def _traced(job: NewJob, context: dict[str, str]) -> None:
     """Store the intake span's context with the job: its later spans, in any process, continue it."""
-    if span is not None:
-        context = span.headers()
-        job.traceparent = context.get("traceparent", "")
-        job.tracestate = context.get("tracestate", "")
+    job.traceparent = context.get("traceparent", "")
+    job.tracestate = context.get("tracestate", "")
 
 
 async def _enqueue(
@@ -169,7 +167,7 @@ async def _enqueue(
         raw, tenant=tenant_name, now_ms=now_ms(), settings=settings, idempotency_header=idempotency_key
     )
     if span is not None:
-        _traced(job, span)
+        _traced(job, span.headers())
         span.set(**{"batchshift.job_id": job.id, "batchshift.lane": job.lane})
     prior = await _admitted(job, AdmissionGate(settings, request.app.state.redis), ledger)
     outcome = EnqueueOutcome("existing", prior) if prior else await ledger.enqueue(job)
@@ -216,14 +214,15 @@ async def _enqueue_bulk(request: Request, tenant_name: str, span: Span | None) -
             f"{len(items)} jobs, over the limit of {settings.limits.max_bulk_items} per request", "jobs"
         )
     gate, now = AdmissionGate(settings, request.app.state.redis), now_ms()
+    context = span.headers() if span is not None else None
     entries: list[dict[str, Any]] = [{} for _ in items]
     accepted: list[tuple[int, NewJob]] = []
     priors: dict[int, str] = {}  # retries of stored jobs that admission would refuse as new
     for index, item in enumerate(items):
         try:
             job = validate(item, tenant=tenant_name, now_ms=now, settings=settings)
-            if span is not None:
-                _traced(job, span)
+            if context is not None:
+                _traced(job, context)
             prior = await _admitted(job, gate, ledger)
         except BatchshiftError as exc:
             entries[index] = {"status": exc.status_code, "error": exc.to_dict()}

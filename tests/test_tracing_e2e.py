@@ -257,3 +257,32 @@ async def test_a_job_without_traceparent_starts_its_own_trace(redis, redis_url, 
     # A new trace: sampled, and (W3C level 2) its trace id flagged random.
     assert stored is not None
     assert stored.decode().startswith(f"00-{intake.trace_id.hex()}-{intake.span_id.hex()}-")
+
+
+async def test_every_item_of_a_bulk_request_joins_the_requests_trace(redis, redis_url, collector):
+    settings: Settings = make_settings(
+        redis_url, tracing=TracingSettings(enabled=True, endpoint=collector.url.removesuffix("/hook"))
+    )
+    tracing = Tracing.from_settings(settings.tracing)
+    traceparent, trace_id, producer_span = producer_traceparent()
+    item = {"provider": "openai", "body": {"model": "m", "messages": []}, "deadline_in": 60}
+    try:
+        app = create_app(settings, redis=redis, tracing=tracing)
+        async with asgi(app, {"authorization": "Bearer acme-key"}) as api:
+            response = await api.post(
+                "/v1/jobs/bulk",
+                json={"jobs": [item, item, {"provider": "nope"}]},
+                headers={"traceparent": traceparent},
+            )
+            assert response.status_code == 200
+        assert tracing.flush()
+    finally:
+        tracing.shutdown()
+    results = response.json()["results"]
+    assert [r["status"] for r in results] == [202, 202, 422]
+    [intake] = [s for s in spans_of(collector) if s.name == "job.intake"]
+    assert intake.trace_id.hex() == trace_id
+    assert intake.parent_span_id.hex() == producer_span
+    for entry in results[:2]:
+        stored = await redis.hget(keys.job(entry["job"]["id"]), "traceparent")
+        assert stored == f"00-{trace_id}-{intake.span_id.hex()}-01".encode()
