@@ -237,20 +237,14 @@ async def test_tracing_off_stores_no_trace_context(redis, redis_url):
 
 
 async def test_a_job_without_traceparent_starts_its_own_trace(redis, redis_url, collector):
+    """The API builds its own tracer from settings (as ``batchshift api`` does) and flushes it on exit."""
     settings: Settings = make_settings(
         redis_url, tracing=TracingSettings(enabled=True, endpoint=collector.url.removesuffix("/hook"))
     )
-    tracing = Tracing.from_settings(settings.tracing)
-    try:
-        async with asgi(
-            create_app(settings, redis=redis, tracing=tracing), {"authorization": "Bearer acme-key"}
-        ) as api:
-            body = {"provider": "openai", "body": {"model": "m", "messages": []}, "deadline_in": 60}
-            response = await api.post("/v1/jobs", json=body)
-            assert response.status_code == 202
-        assert tracing.flush()
-    finally:
-        tracing.shutdown()
+    async with asgi(create_app(settings, redis=redis), {"authorization": "Bearer acme-key"}) as api:
+        body = {"provider": "openai", "body": {"model": "m", "messages": []}, "deadline_in": 60}
+        response = await api.post("/v1/jobs", json=body)
+        assert response.status_code == 202
     stored = await redis.hget(keys.job(response.json()["id"]), "traceparent")
     [intake] = [s for s in spans_of(collector) if s.name == "job.intake"]
     assert intake.parent_span_id == b""
