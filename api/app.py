@@ -1,7 +1,8 @@
 """The API's app factory: one Redis client and one Ledger per process, built in the lifespan.
 
 Routers register here, one ``include_router`` line each. State other code may read:
-``app.state.settings``, ``app.state.redis``, ``app.state.ledger`` and ``app.state.watcher``.
+``app.state.settings``, ``app.state.redis``, ``app.state.ledger``, ``app.state.watcher`` and
+``app.state.tracing`` (config/tracing.py; the no-op until the lifespan starts).
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ from api.responses import JsonResponse
 from api.schemas import document
 from api.watcher import JobWatcher
 from config.settings import Settings
+from config.tracing import OFF, Tracing
 from scheduler.ledger.ledger import Ledger
 from scheduler.ledger.store import check_server, connect
 
 
-def create_app(settings: Settings, *, redis: Redis | None = None) -> FastAPI:
-    """Build the API. Pass ``redis`` to share a client (tests, ``batchshift run``); it is then not closed."""
+def create_app(settings: Settings, *, redis: Redis | None = None, tracing: Tracing | None = None) -> FastAPI:
+    """Build the API. Pass ``redis`` (or ``tracing``) to share one (tests, ``batchshift run``); it is then
+    not closed."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -34,10 +37,13 @@ def create_app(settings: Settings, *, redis: Redis | None = None) -> FastAPI:
         app.state.redis = client
         app.state.ledger = Ledger.for_settings(client, settings)
         app.state.watcher = JobWatcher(client, wait_s=settings.redis.socket_timeout_s / 2)
+        app.state.tracing = tracing or Tracing.from_settings(settings.tracing)
         try:
             yield
         finally:
             await app.state.watcher.close()
+            if tracing is None:
+                app.state.tracing.shutdown()
             if redis is None:
                 await client.aclose()
 
@@ -49,6 +55,7 @@ def create_app(settings: Settings, *, redis: Redis | None = None) -> FastAPI:
         default_response_class=JsonResponse,
     )
     app.state.settings = settings
+    app.state.tracing = OFF
     install_error_handlers(app)
     app.add_middleware(RequestIdMiddleware, access_log=settings.log_access)
     app.include_router(health.router)

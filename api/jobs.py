@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from contextlib import AbstractContextManager
 from typing import Annotated, Any, Literal
 
 import structlog
@@ -29,6 +30,7 @@ from api.schemas import (
 )
 from api.watcher import JobWatcher
 from config.settings import Settings
+from config.tracing import Span, Tracing
 from scheduler.costs.admission import AdmissionGate
 from scheduler.errors import BatchshiftError, IdempotencyConflict, InvalidRequest, NotFound, PayloadTooLarge
 from scheduler.intake import admit, refusal, validate
@@ -132,11 +134,41 @@ async def enqueue(
     idempotency_key: Annotated[str | None, Header(description="Same key, same request: same job.")] = None,
 ) -> JsonResponse:
     """Validate and store one job; a repeat with the same idempotency key answers the first job."""
+    tracing: Tracing = request.app.state.tracing
+    if not tracing.enabled:  # the hot path pays this one check
+        return await _enqueue(request, tenant_name, idempotency_key, None)
+    with _intake_span(tracing, request, tenant_name) as span:
+        return await _enqueue(request, tenant_name, idempotency_key, span)
+
+
+def _intake_span(tracing: Tracing, request: Request, tenant_name: str) -> AbstractContextManager[Span]:
+    """The intake span: a child of the producer's ``traceparent`` when it sent one, else a new trace."""
+    return tracing.span(
+        "job.intake",
+        parent=request.headers.get("traceparent"),
+        tracestate=request.headers.get("tracestate"),
+        kind="server",
+        attributes={"http.route": request.url.path, "batchshift.tenant": tenant_name},
+    )
+
+
+def _traced(job: NewJob, context: dict[str, str]) -> None:
+    """Store the intake span's context with the job: its later spans, in any process, continue it."""
+    job.traceparent = context.get("traceparent", "")
+    job.tracestate = context.get("tracestate", "")
+
+
+async def _enqueue(
+    request: Request, tenant_name: str, idempotency_key: str | None, span: Span | None
+) -> JsonResponse:
     settings, ledger = _settings(request), _ledger(request)
     raw = await read_json(request, settings.limits.max_body_bytes)
     job = validate(
         raw, tenant=tenant_name, now_ms=now_ms(), settings=settings, idempotency_header=idempotency_key
     )
+    if span is not None:
+        _traced(job, span.headers())
+        span.set(**{"batchshift.job_id": job.id, "batchshift.lane": job.lane})
     prior = await _admitted(job, AdmissionGate(settings, request.app.state.redis), ledger)
     outcome = EnqueueOutcome("existing", prior) if prior else await ledger.enqueue(job)
     if (refused := refusal(job, outcome, settings)) is not None:
@@ -158,6 +190,15 @@ async def enqueue(
 )
 async def enqueue_bulk(request: Request, tenant_name: Tenant) -> JsonResponse:
     """One entry per item, in order: the job view, or the error that item alone got."""
+    tracing: Tracing = request.app.state.tracing
+    if not tracing.enabled:
+        return await _enqueue_bulk(request, tenant_name, None)
+    with _intake_span(tracing, request, tenant_name) as span:
+        return await _enqueue_bulk(request, tenant_name, span)
+
+
+async def _enqueue_bulk(request: Request, tenant_name: str, span: Span | None) -> JsonResponse:
+    """Every item of one bulk request joins the request's trace (its ``traceparent``, if any)."""
     settings, ledger = _settings(request), _ledger(request)
     if request.headers.get("idempotency-key") is not None:
         raise InvalidRequest("bulk requests take idempotency_key per item, not the header", "idempotency_key")
@@ -173,12 +214,15 @@ async def enqueue_bulk(request: Request, tenant_name: Tenant) -> JsonResponse:
             f"{len(items)} jobs, over the limit of {settings.limits.max_bulk_items} per request", "jobs"
         )
     gate, now = AdmissionGate(settings, request.app.state.redis), now_ms()
+    context = span.headers() if span is not None else None
     entries: list[dict[str, Any]] = [{} for _ in items]
     accepted: list[tuple[int, NewJob]] = []
     priors: dict[int, str] = {}  # retries of stored jobs that admission would refuse as new
     for index, item in enumerate(items):
         try:
             job = validate(item, tenant=tenant_name, now_ms=now, settings=settings)
+            if context is not None:
+                _traced(job, context)
             prior = await _admitted(job, gate, ledger)
         except BatchshiftError as exc:
             entries[index] = {"status": exc.status_code, "error": exc.to_dict()}

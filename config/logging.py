@@ -1,10 +1,10 @@
 """structlog, configured once per process, with the standard library's loggers routed through it.
 
 Every line carries an ISO UTC timestamp, the level, the logger and whatever is bound in the context
-(``request_id``, ``job_id``, ``batch_id``, ``lane``). JSON in production, a console renderer on a
-TTY. uvicorn, arq and httpx log through the same formatter, so every line has the same keys. A
-redaction processor runs before rendering: values under keys named like a secret are replaced,
-and ``Bearer`` tokens inside strings are masked.
+(``request_id``, ``job_id``, ``batch_id``, ``lane``), and inside a span its ``trace_id`` and
+``span_id``. JSON in production, a console renderer on a TTY. uvicorn, arq and httpx log through
+the same formatter, so every line has the same keys. A redaction processor runs before rendering:
+values under keys named like a secret are replaced, and ``Bearer`` tokens inside strings are masked.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import structlog
 from structlog.processors import ExceptionRenderer
 from structlog.tracebacks import ExceptionDictTransformer
 from structlog.typing import EventDict, Processor
+
+from config.tracing import add_trace_ids
 
 LogFormat = Literal["auto", "json", "console"]
 
@@ -61,6 +63,7 @@ def shared_processors() -> list[Processor]:
     """The processors both structlog and stdlib records go through, redaction last."""
     return [
         structlog.contextvars.merge_contextvars,
+        add_trace_ids,  # a line inside a span names it (trace_id, span_id); nothing when tracing is off
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),

@@ -276,6 +276,17 @@ class RedisClientSettings(_Strict):
     socket_connect_timeout_s: float = Field(default=5.0, gt=0)
 
 
+class TracingSettings(_Strict):
+    """OpenTelemetry tracing (config/tracing.py): off by default, exported over OTLP/HTTP when on."""
+
+    enabled: bool = False
+    # OTLP/HTTP base URL (``/v1/traces`` is appended); unset: OTEL_EXPORTER_OTLP_ENDPOINT, else the
+    # SDK's default (http://localhost:4318).
+    endpoint: str | None = None
+    service_name: str | None = None  # unset: OTEL_SERVICE_NAME, else "batchshift"
+    export_timeout_s: float = Field(default=10.0, gt=0)  # one export call; never blocks a request
+
+
 class _OutboxSettings(_Strict):
     """What the two outboxes (workers/outbox.py: webhooks, alerts) share."""
 
@@ -414,6 +425,7 @@ class Settings(BaseSettings):
     slo: SloSettings = SloSettings()
     retention: RetentionSettings = RetentionSettings()
     redis: RedisClientSettings = RedisClientSettings()
+    tracing: TracingSettings = TracingSettings()
     pricing_file: Path = DEFAULT_PRICING_PATH
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"

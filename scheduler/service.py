@@ -30,6 +30,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from config.settings import SchedulerSettings, Settings
+from config.tracing import OFF, Tracing
 from scheduler.errors import Fenced
 from scheduler.ledger import ids, keys, tasks
 from scheduler.ledger.clock import Clock, ServerClock
@@ -58,11 +59,18 @@ class Scheduler:
     ``async with build_scheduler(settings, redis, arq_pool) as s: await s.run_forever()``."""
 
     def __init__(
-        self, settings: Settings, redis: Redis, leader: Leader, steps: Sequence[tuple[str, Step]]
+        self,
+        settings: Settings,
+        redis: Redis,
+        leader: Leader,
+        steps: Sequence[tuple[str, Step]],
+        *,
+        tracing: Tracing = OFF,
     ) -> None:
         self.settings = settings
         self.redis = redis
         self.leader = leader
+        self.tracing = tracing  # stopped by close(): build_scheduler hands it one to own (or OFF)
         self.steps: list[tuple[str, Step]] = list(steps)
         # The lease is renewed within a tick once this much of its TTL has passed (monotonic clock,
         # replaceable in tests), so a long tick never outlives it.
@@ -81,6 +89,7 @@ class Scheduler:
     async def close(self) -> None:
         """Stop the loop and hand the lease over."""
         self._stopping = True
+        self.tracing.shutdown()
         try:
             await self.leader.release()
         except (RedisError, OSError):
@@ -159,17 +168,24 @@ class Scheduler:
 
 
 def build_scheduler(
-    settings: Settings, redis: Redis, arq_pool: ArqRedis, *, holder: str | None = None
+    settings: Settings,
+    redis: Redis,
+    arq_pool: ArqRedis,
+    *,
+    holder: str | None = None,
+    tracing: Tracing | None = None,
 ) -> Scheduler:
     """The scheduler with its whole tick, each step given only what it needs.
 
     ``slo`` runs first, so at-risk jobs flip before the planner reserves them into a batch, and it
     is the plan step's turnaround model (its quantile plus the sync margin), so lanes flush before
-    their jobs would flip; it reads each lane's health once per tick for both.
+    their jobs would flip; it reads each lane's health once per tick for both. Flips are spans in
+    their jobs' traces, on ``tracing`` (shared, left open) or one built from settings (closed with it).
     """
     conf = settings.scheduler
     batches = Batches(redis)
-    slo = SloTracker(settings, redis, arq_pool, Ledger.for_settings(redis, settings))
+    owned = Tracing.from_settings(settings.tracing) if tracing is None else OFF  # a shared one is not ours
+    slo = SloTracker(settings, redis, arq_pool, Ledger.for_settings(redis, settings), tracing or owned)
     steps: list[tuple[str, Step]] = [
         ("slo", slo.step),
         ("plan", PlanStep(settings, redis, arq_pool, batches, slo.expected_turnaround)),
@@ -181,7 +197,7 @@ def build_scheduler(
         ("lanes", PruneStep(settings, redis)),
     ]
     leader = Leader(redis, holder=holder or holder_id(), ttl_s=conf.lease_ttl_s)
-    return Scheduler(settings, redis, leader, steps)
+    return Scheduler(settings, redis, leader, steps, tracing=owned)
 
 
 class PlanStep:

@@ -16,6 +16,7 @@ import httpx
 from arq.connections import ArqRedis
 
 from config.settings import Settings
+from config.tracing import OFF, Tracing
 from scheduler.ledger.clock import Clock
 from scheduler.ledger.ledger import Ledger
 from workers.providers.base import ProviderAdapter
@@ -35,6 +36,8 @@ class WorkerContext(TypedDict):
     adapters: dict[str, ProviderAdapter]  # configured provider name -> its adapter
     hooks: dict[str, Hook]  # fault injection points for tests; empty in production
     clock: Clock  # every task's "now": Redis TIME in production, a test's virtual clock in tests
+    tracing: NotRequired[Tracing]  # the process's tracer (config/tracing.py); the no-op when tracing is off
+    tracing_owned: NotRequired[bool]  # startup built it, so shutdown flushes and stops it
     # Set by arq for each job:
     job_id: NotRequired[str]
     job_try: NotRequired[int]
@@ -50,3 +53,8 @@ async def call_hook(ctx: WorkerContext, name: str, **info: Any) -> None:
     outcome = hook(**info)
     if isinstance(outcome, Awaitable):
         await outcome
+
+
+def tracing_of(ctx: WorkerContext) -> Tracing:
+    """The process's tracer; the no-op for a ctx built without startup (tests, benchmarks)."""
+    return ctx.get("tracing", OFF)

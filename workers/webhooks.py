@@ -16,6 +16,8 @@ fills only its own slots.
 
 Every attempt of one event carries the same ``webhook-id`` (``msg_<job_id>``), a fresh
 ``webhook-timestamp``, and one ``v1,`` signature per active secret of the tenant (rotation).
+With tracing on, each attempt is a span in the job's trace and its request carries the
+``traceparent`` of that span, so the producer's handler continues the trace.
 """
 
 from __future__ import annotations
@@ -36,12 +38,13 @@ import structlog
 from redis.asyncio import Redis
 
 from config.settings import Settings, WebhookSettings
+from config.tracing import OFF, Tracing
 from scheduler.ledger import keys, tasks
 from scheduler.ledger.clock import Clock
 from scheduler.ledger.jobs import VIEW_FIELDS, JobRecord, iso
 from scheduler.planning.webhook_dispatch import url_hash
 from workers import outbox
-from workers.context import WorkerContext
+from workers.context import WorkerContext, tracing_of
 from workers.errors import ResponseTimeout, UnsafeDestination, WorkerError
 from workers.http import build_guarded_client, post_capped, retry_after
 from workers.outbox import Item, Outbox, Report, Terms, Verdict
@@ -58,6 +61,7 @@ TENANT_HOLD = 2
 # What a delivery's message needs: the delivery's own fields and the fields of the job's view
 # (scheduler.jobs.VIEW_FIELDS: never the request body, which can be large).
 DELIVERY_FIELDS = ("job_id", "tenant", "url", "type", "event_id", "attempts")
+TRACE_FIELDS = ("traceparent", "tracestate")  # read with the job's view only when tracing is on
 
 Delivery = dict[str, Any]
 
@@ -130,9 +134,11 @@ class Deliverer(Outbox[Delivery, DeliveryReport]):
         clock: Clock | None = None,
         rng: random.Random | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        tracing: Tracing = OFF,
     ) -> None:
         super().__init__(redis, terms(settings.webhooks), clock=clock, rng=rng, monotonic=monotonic)
         self.settings = settings
+        self.tracing = tracing
         self.hooks = settings.webhooks
         self.client = client
         self.limits = limits_for(client, self.hooks)
@@ -171,16 +177,17 @@ class Deliverer(Outbox[Delivery, DeliveryReport]):
             {f: v.decode() for f, v in zip(DELIVERY_FIELDS, r, strict=True) if v is not None} | {"id": d}
             for d, r in zip(ids, records, strict=True)
         ]
+        job_fields = VIEW_FIELDS + TRACE_FIELDS if self.tracing.enabled else VIEW_FIELDS
         async with self.redis.pipeline(transaction=False) as pipe:
             for d in deliveries:
                 job_id = d.get("job_id", "")
-                pipe.hmget(keys.job(job_id), list(VIEW_FIELDS))
+                pipe.hmget(keys.job(job_id), list(job_fields))
                 pipe.get(keys.result(job_id))
                 pipe.exists(keys.disabled_url(url_hash(d.get("tenant", ""), d.get("url", ""))))
             replies = await pipe.execute()
         for i, d in enumerate(deliveries):
             values, result, disabled = replies[3 * i : 3 * i + 3]
-            job_raw = {f.encode(): v for f, v in zip(VIEW_FIELDS, values, strict=True) if v is not None}
+            job_raw = {f.encode(): v for f, v in zip(job_fields, values, strict=True) if v is not None}
             d["job"] = JobRecord.from_hash(job_raw) if job_raw.get(b"id") else None
             d["result"] = result
             d["disabled"] = bool(disabled)
@@ -188,7 +195,7 @@ class Deliverer(Outbox[Delivery, DeliveryReport]):
 
     async def _send(self, item: Item[Delivery], clock: Callable[[], float]) -> Verdict:
         delivery = item.data
-        did, url = item.id, delivery.get("url", "")
+        did = item.id
         job: JobRecord | None = delivery["job"]
         if delivery["disabled"]:
             return Verdict("disabled", "dead", False, error="receiver answered 410 before; URL disabled")
@@ -214,6 +221,32 @@ class Deliverer(Outbox[Delivery, DeliveryReport]):
             "webhook-timestamp": str(stamp),
             "webhook-signature": sign(signing, delivery["event_id"], stamp, body),
         }
+        if not self.tracing.enabled:
+            return await self._post(item, job, body, headers)
+        with self.tracing.span(
+            "webhook.deliver",
+            parent=job.traceparent,
+            tracestate=job.tracestate,
+            kind="client",
+            attributes={
+                "batchshift.job_id": job.id,
+                "batchshift.delivery_id": did,
+                "batchshift.attempt": item.attempts + 1,
+                "webhook.type": delivery.get("type"),
+            },
+        ) as span:
+            headers |= span.headers()  # the receiver continues the trace from this attempt
+            verdict = await self._post(item, job, body, headers)
+            span.set(**{"http.response.status_code": verdict.status_code})
+            if verdict.error:
+                span.error(verdict.error)
+            return verdict
+
+    async def _post(
+        self, item: Item[Delivery], job: JobRecord, body: bytes, headers: dict[str, str]
+    ) -> Verdict:
+        """Send one signed attempt and judge the receiver's answer."""
+        did, url = item.id, item.data.get("url", "")
         limit = self.hooks.max_response_bytes
         try:
             response = await post_capped(
@@ -249,6 +282,8 @@ class Deliverer(Outbox[Delivery, DeliveryReport]):
 async def deliver_webhooks(ctx: WorkerContext) -> dict[str, int]:
     """arq task: drain due deliveries for up to half the task timeout, on the process's webhook client."""
     settings = ctx["settings"]
-    deliverer = Deliverer(settings, ctx["redis"], ctx["webhook_http"], clock=ctx["clock"])
+    deliverer = Deliverer(
+        settings, ctx["redis"], ctx["webhook_http"], clock=ctx["clock"], tracing=tracing_of(ctx)
+    )
     report = await deliverer.run(budget_s=settings.worker.job_timeout_s / 2)
     return asdict(report)

@@ -17,6 +17,7 @@ import structlog
 from arq.worker import Function, Worker, func
 
 from config.settings import HttpSettings, Settings
+from config.tracing import Tracing
 from scheduler.ledger import tasks
 from scheduler.ledger.clock import Clock, ServerClock
 from scheduler.ledger.ledger import Ledger
@@ -58,6 +59,9 @@ async def startup(ctx: WorkerContext) -> None:
     settings = ctx["settings"]
     ctx.setdefault("hooks", {})
     ctx.setdefault("clock", ServerClock(ctx["redis"]))
+    if "tracing" not in ctx:
+        ctx["tracing"] = Tracing.from_settings(settings.tracing)
+        ctx["tracing_owned"] = True
     ctx["ledger"] = Ledger.for_settings(ctx["redis"], settings, clock=ctx["clock"])
     client = build_client(_http_settings(settings))
     ctx["http"] = client
@@ -73,6 +77,9 @@ async def shutdown(ctx: WorkerContext) -> None:
     for client in (ctx.get("http"), ctx.get("webhook_http")):
         if client is not None:
             await client.aclose()
+    tracing = ctx.get("tracing")
+    if tracing is not None and ctx.get("tracing_owned"):
+        tracing.shutdown()  # exports the spans still buffered
     log.info("worker.stopped")
 
 
@@ -102,10 +109,15 @@ def functions(settings: Settings) -> list[Function]:
 
 
 def worker_settings(
-    settings: Settings, *, hooks: dict[str, Hook] | None = None, clock: Clock | None = None
+    settings: Settings,
+    *,
+    hooks: dict[str, Hook] | None = None,
+    clock: Clock | None = None,
+    tracing: Tracing | None = None,
 ) -> dict[str, Any]:
     """Keyword arguments for ``arq.worker.Worker`` built from settings (tests add ``burst=True``);
-    ``clock`` is the tasks' "now" (default: the Redis server's clock)."""
+    ``clock`` is the tasks' "now" (default: the Redis server's clock), ``tracing`` a tracer shared
+    with the caller (default: one built from settings, stopped with the worker)."""
     return {
         "functions": functions(settings),
         "redis_settings": tasks.redis_settings(settings.redis_url),
@@ -115,7 +127,9 @@ def worker_settings(
         "job_deserializer": tasks.deserialize,
         "on_startup": startup,
         "on_shutdown": shutdown,
-        "ctx": {"settings": settings, "hooks": dict(hooks or {})} | ({"clock": clock} if clock else {}),
+        "ctx": {"settings": settings, "hooks": dict(hooks or {})}
+        | ({"clock": clock} if clock else {})
+        | ({"tracing": tracing} if tracing else {}),
         "job_timeout": settings.worker.job_timeout_s,
         "max_jobs": settings.worker.max_jobs,
     }

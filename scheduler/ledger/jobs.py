@@ -49,14 +49,17 @@ class NewJob:
     # spend + committed under, and this job's expected cost, reserved until it ends.
     envelope_usd: float | None = None
     reserve_usd: float = 0.0
+    # W3C trace context of the job's intake span (config/tracing.py); empty when tracing is off.
+    traceparent: str = ""
+    tracestate: str = ""
 
     @property
     def lane(self) -> str:
         return lane_name(self.provider, self.model, self.endpoint)
 
     def fields(self) -> dict[str, str | int | bytes]:
-        """The job hash's fields at enqueue."""
-        return {
+        """The job hash's fields at enqueue (trace context only when there is one: no empty fields)."""
+        fields: dict[str, str | int | bytes] = {
             "id": self.id,
             "tenant": self.tenant,
             "provider": self.provider,
@@ -76,6 +79,11 @@ class NewJob:
             "attempts": 0,
             "batch_id": "",
         }
+        if self.traceparent:
+            fields["traceparent"] = self.traceparent
+            if self.tracestate:
+                fields["tracestate"] = self.tracestate
+        return fields
 
 
 # The hash fields :meth:`JobRecord.view` shows (plus tenant and feature, which listings filter on):
@@ -127,6 +135,8 @@ class JobRecord:
     cost: dict[str, Any] | None
     error: dict[str, Any] | None
     raw: dict[str, bytes]
+    traceparent: str | None = None  # the intake span's W3C context, which later spans continue
+    tracestate: str | None = None
 
     @classmethod
     def from_hash(cls, raw: dict[bytes, bytes]) -> JobRecord:
@@ -163,6 +173,8 @@ class JobRecord:
             cost=opt_json("cost"),
             error=opt_json("error"),
             raw=h,
+            traceparent=s("traceparent") or None,
+            tracestate=s("tracestate") or None,
         )
 
     @classmethod

@@ -35,6 +35,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from config.settings import Settings
+from config.tracing import OFF, Tracing
 from scheduler import policy
 from scheduler.costs import budgets
 from scheduler.costs.admission import AdmissionGate
@@ -112,10 +113,13 @@ def queue_index_reads(pipe: Pipeline, batch_id: str) -> int:
 class Flipper:
     """Finds and flips at-risk jobs, one lane at a time, within a per-tick budget."""
 
-    def __init__(self, redis: Redis, pool: ArqRedis, ledger: Ledger, settings: Settings) -> None:
+    def __init__(
+        self, redis: Redis, pool: ArqRedis, ledger: Ledger, settings: Settings, tracing: Tracing = OFF
+    ) -> None:
         self.redis = redis
         self.pool = pool
         self.ledger = ledger
+        self.tracing = tracing
         self.batches = Batches(redis)
         self.settings = settings
         self.remaining = settings.slo.max_flips_per_tick
@@ -263,6 +267,10 @@ class Flipper:
                         report.flipped.append(job_id)
                         log.info("job.flipped", job_id=job_id, lane_batch=batch_id)
                 done = sum(1 for c in codes if c == "ok")
+                if self.tracing.enabled and done:
+                    await self._trace_flips(
+                        [j for j, c in zip(movable, codes, strict=True) if c == "ok"], batch_id
+                    )
                 self.remaining -= done
                 if batch_id is not None:
                     # Flipped, finished or moved: none of them is this batch's to wait for any more.
@@ -271,6 +279,25 @@ class Flipper:
                     offset += len(movable) - done  # not flippable (moved meanwhile): page past them
             if len(ids) < page:
                 return
+
+    async def _trace_flips(self, job_ids: list[str], batch_id: str | None) -> None:
+        """A ``job.flip`` span in each flipped job's trace (tracing on only: one read per job)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hmget(keys.job(job_id), ["traceparent", "tracestate", "lane"])
+            rows = await pipe.execute()
+        for job_id, (parent, state, lane) in zip(job_ids, rows, strict=True):
+            with self.tracing.span(
+                "job.flip",
+                parent=parent.decode() if parent else None,
+                tracestate=state.decode() if state else None,
+                attributes={
+                    "batchshift.job_id": job_id,
+                    "batchshift.lane": lane.decode() if lane else None,
+                    "batchshift.batch_id": batch_id,
+                },
+            ):
+                pass
 
     async def _pull_poll(
         self, batch_id: str, first_flip_ms: float, polls: flip_plan.PollState, now_ms: int, report: FlipReport

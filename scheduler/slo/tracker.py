@@ -29,6 +29,7 @@ from arq.connections import ArqRedis
 from redis.asyncio import Redis
 
 from config.settings import Settings
+from config.tracing import OFF, Tracing
 from scheduler.ledger import keys, tasks
 from scheduler.ledger.jobs import iso
 from scheduler.ledger.leader import Command
@@ -90,11 +91,13 @@ class _LaneReads:
 class SloTracker:
     """Keeps each lane's in-memory burn windows and state between ticks; one per scheduler."""
 
-    def __init__(self, settings: Settings, redis: Redis, arq: ArqRedis, ledger: Ledger) -> None:
+    def __init__(
+        self, settings: Settings, redis: Redis, arq: ArqRedis, ledger: Ledger, tracing: Tracing = OFF
+    ) -> None:
         self.settings = settings
         self.redis = redis
         self.arq = arq
-        self.flipper = Flipper(redis, arq, ledger, settings)
+        self.flipper = Flipper(redis, arq, ledger, settings, tracing)
         self.windows: dict[str, BucketWindows] = {}
         self.states: dict[str, LaneSloState] = {}
         self._health: dict[str, tuple[int, LaneHealth]] = {}

@@ -26,6 +26,7 @@ from scheduler.ledger.ledger import Finish, Requeue
 from scheduler.planning.batches import Batches, BatchRecord
 from scheduler.provider_events import first_poll_s, safety_poll_s
 from scheduler.slo.health import observed_turnaround_s, parse_samples
+from workers import traces
 from workers.context import WorkerContext, call_hook
 from workers.errors import (
     AuthenticationError,
@@ -78,6 +79,7 @@ async def bound_batch(ctx: WorkerContext, batch_id: str) -> tuple[Batches, Batch
 
 
 @summarised(tasks.SUBMIT_BATCH)
+@traces.batch_span("batch.submit")
 async def submit_batch(ctx: WorkerContext, batch_id: str) -> SubmitOutcome:
     """Create the provider batch of planned batch ``batch_id`` and record its id; returns the outcome.
 
@@ -262,6 +264,7 @@ async def _abandon(
 
 
 @summarised(tasks.POLL_BATCH)
+@traces.batch_span("batch.poll")
 async def poll_batch(ctx: WorkerContext, batch_id: str) -> PollOutcome:
     """Poll a batch once: record its status; when it ended, hand it to ingestion; else reschedule."""
     settings = ctx["settings"].scheduler

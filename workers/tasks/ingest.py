@@ -39,6 +39,7 @@ from scheduler.ledger import keys, tasks
 from scheduler.ledger.clock import Clock, ServerClock
 from scheduler.ledger.ledger import Finish, Ledger, Requeue
 from scheduler.planning.batches import Batches, BatchRecord
+from workers import traces
 from workers.context import WorkerContext, call_hook
 from workers.errors import ProviderError
 from workers.providers.base import ProviderAdapter, ResultLine
@@ -214,6 +215,7 @@ class Ingestion:
 
 
 @summarised(tasks.INGEST_BATCH)
+@traces.batch_span("batch.ingest")
 async def ingest_batch(c: WorkerContext, batch_id: str) -> dict[str, int]:
     """arq task: ingest an ended batch's results; a re-run resumes from the cursor and changes nothing twice."""
     settings, redis = c["settings"], c["redis"]

@@ -45,7 +45,8 @@ from scheduler.ledger import keys, samples, scripts, tasks
 from scheduler.ledger.heartbeat import heartbeat
 from scheduler.ledger.jobs import JobRecord, Route
 from scheduler.ledger.ledger import Finish
-from workers.context import WorkerContext
+from workers import traces
+from workers.context import WorkerContext, tracing_of
 from workers.errors import ProviderError, ProviderHTTPError, RateLimited, ResponseTimeout
 from workers.providers.base import ProviderAdapter, SyncResult
 from workers.summary import note, summarised
@@ -132,13 +133,26 @@ class SyncCall:
         await self._mark("begin", expected)
         try:
             async with self._heartbeat():
-                answer = await self.adapter.send_sync(
-                    job.endpoint,
-                    job.body,
-                    service_tier=plan.service_tier,
-                    max_retries=0,
-                    read_timeout=read_timeout_s(settings, job, plan),
-                )
+                with tracing_of(self.c).span(
+                    f"{traces.operation(job.endpoint)} {job.model}",
+                    parent=job.traceparent,
+                    tracestate=job.tracestate,
+                    kind="client",
+                    attributes=traces.request_attributes(self.adapter.kind, job.endpoint, job.model)
+                    | {
+                        "batchshift.job_id": job.id,
+                        "batchshift.route": plan.route,
+                        "openai.request.service_tier": plan.service_tier,
+                    },
+                ) as span:
+                    answer = await self.adapter.send_sync(
+                        job.endpoint,
+                        job.body,
+                        service_tier=plan.service_tier,
+                        max_retries=0,
+                        read_timeout=read_timeout_s(settings, job, plan),
+                    )
+                    span.set(**traces.usage_attributes(answer.usage, answer.headers))
         except ResponseTimeout:
             await self._mark("end", expected)  # sent, maybe answered and billed, never received
             raise

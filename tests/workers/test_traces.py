@@ -1,0 +1,61 @@
+"""What the workers' spans say: GenAI token counts under either provider's names; log lines name their span."""
+
+from __future__ import annotations
+
+from opentelemetry.sdk.trace import TracerProvider
+
+from config.tracing import OFF, Tracing, add_trace_ids, context_of
+from workers import traces
+
+
+def test_openai_usage_names_map_to_genai_token_counts():
+    said = traces.usage_attributes({"prompt_tokens": 12, "completion_tokens": 7}, {"x-request-id": "req_1"})
+    assert said == {
+        "gen_ai.usage.input_tokens": 12,
+        "gen_ai.usage.output_tokens": 7,
+        "batchshift.provider_request_id": "req_1",
+    }
+
+
+def test_anthropic_usage_names_map_to_genai_token_counts():
+    said = traces.usage_attributes({"input_tokens": 3, "output_tokens": 5}, {"request-id": "req_a"})
+    assert said == {
+        "gen_ai.usage.input_tokens": 3,
+        "gen_ai.usage.output_tokens": 5,
+        "batchshift.provider_request_id": "req_a",
+    }
+
+
+def test_no_usage_says_nothing():
+    assert traces.usage_attributes(None, {}) == {}
+
+
+def test_embeddings_are_their_own_operation():
+    assert traces.request_attributes("openai", "/v1/embeddings", "text-embedding-3-small") == {
+        "gen_ai.operation.name": "embeddings",
+        "gen_ai.provider.name": "openai",
+        "gen_ai.request.model": "text-embedding-3-small",
+    }
+
+
+def test_a_malformed_traceparent_is_no_parent():
+    assert context_of("00-zz-yy-01") is None
+    assert context_of("") is None
+
+
+def test_log_lines_inside_a_span_carry_its_ids():
+    tracing = Tracing(TracerProvider())
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    with tracing.span("work", parent=parent) as span:
+        event = add_trace_ids(None, "info", {"event": "x"})
+        own = span.headers()["traceparent"]
+    assert event["trace_id"] == "0af7651916cd43dd8448eb211c80319c"
+    assert own.split("-")[2] == event["span_id"]
+    assert "trace_id" not in add_trace_ids(None, "info", {"event": "y"})
+
+
+def test_off_records_nothing():
+    assert not OFF.enabled
+    with OFF.span("work", parent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01") as span:
+        assert span.headers() == {}
+        assert "trace_id" not in add_trace_ids(None, "info", {"event": "z"})
