@@ -1,11 +1,11 @@
-"""A provider emulator: OpenAI's and Anthropic's batch and sync wire formats, in memory, with faults.
+"""A provider emulator: OpenAI's, Anthropic's and Gemini's batch and sync wire formats, in memory, with faults.
 
 A product of its own, which users run for a keyless trial (``batchshift emulator``): it imports
 nothing of ``config``, ``scheduler``, ``workers``, ``api`` or ``batchshift``, only third-party
 libraries, so it can be read, run and changed apart from the service it stands in front of.
 
-The official ``openai`` and ``anthropic`` SDKs cannot tell it from the real thing for the calls
-batchshift makes. Build the ASGI app with :func:`emulator.app.create_app`; run it with
+The official ``openai``, ``anthropic`` and ``google-genai`` (at ``api_version="v1beta"``) SDKs
+cannot tell it from the real thing for the calls batchshift makes. Build the ASGI app with :func:`emulator.app.create_app`; run it with
 :func:`emulator.server.serve` (CLI) or :func:`emulator.server.running_emulator`
 (tests, benchmarks, demo). Batch state is computed from time (:mod:`emulator.state`);
 outputs and usage are deterministic (:mod:`emulator.outputs`, which also states the
@@ -37,6 +37,10 @@ returns to the start settings and the wall clock; ``GET /_emulator/requests`` li
     flex_unavailable   0.0   share of service_tier="flex" sync calls answered 429 "resource unavailable"
     cancel_s           0.2   seconds a batch stays cancelling/canceling after a cancel
     seed               0     seed of the draws behind the rate-based faults
+
+The faults apply to Gemini's routes (:mod:`emulator.gemini_batch`) as to the others; ``expire``
+there ends a batch ``EXPIRED`` with no output, and any Gemini batch still pending or running 48 h
+after its creation expires so (a stall held that long included).
 
 Endpoint patterns are fnmatch patterns on the path, optionally preceded by a method:
 ``"/v1/chat/completions"``, ``"POST /v1/messages/batches"``, ``"GET /v1/batches/*"``, ``"*"``.
