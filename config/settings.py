@@ -15,7 +15,15 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -31,6 +39,10 @@ OPENAI_MAX_BATCH_REQUESTS = 50_000
 OPENAI_MAX_BATCH_BYTES = 200 * 1024 * 1024
 ANTHROPIC_MAX_BATCH_REQUESTS = 100_000
 ANTHROPIC_MAX_BATCH_BYTES = 256 * 1024 * 1024
+GEMINI_MAX_BATCH_REQUESTS = 100_000  # no documented count limit; a bound keeps one batch's bookkeeping sane
+GEMINI_MAX_BATCH_BYTES = 2 * 1024**3  # the Files API's largest input file
+GEMINI_INLINE_BATCH_BYTES = 20 * 1000 * 1000  # inline requests, in total, below Gemini's 20 MB limit
+GEMINI_WINDOW_S = 48 * 3600  # a Gemini batch pending or running this long expires, with no results
 # Retention and bucket defaults, defined here once: the fields below and the ledger built without
 # settings (scheduler.ledger.Ledger's keyword defaults) both take them.
 RESULT_RETENTION_S = 7 * 24 * 3600  # a finished job's result
@@ -61,17 +73,22 @@ class HttpSettings(_Strict):
 class ProviderSettings(_Strict):
     """One configured provider account: where it lives, how to authenticate, its limits."""
 
-    kind: Literal["openai", "anthropic"]
+    kind: Literal["openai", "anthropic", "gemini"]
     base_url: str
     api_key: SecretStr = SecretStr("")
     # OpenAI-compatible APIs (Azure, Groq, Together) differ in header and path prefix.
-    auth_header: str | None = None  # default: "Authorization" (openai), "x-api-key" (anthropic)
+    auth_header: str | None = (
+        None  # default: "Authorization" (openai), "x-api-key" (anthropic, gemini: x-goog-api-key)
+    )
     auth_scheme: str | None = None  # default: "Bearer" for Authorization, none otherwise
     path_prefix: str = ""  # prepended to every path after base_url
     anthropic_version: str = "2023-06-01"
     max_batch_requests: int | None = Field(default=None, gt=0)  # None: the kind's documented limit
     max_batch_bytes: int | None = Field(default=None, gt=0)
-    completion_window_s: float = Field(default=24 * 3600, gt=0)
+    completion_window_s: float = Field(default=24 * 3600, gt=0)  # gemini: 48 h unless set
+    # Gemini: a batch input up to this size is sent inline in the create call, a larger one is
+    # uploaded as a JSONL file through the Files API first.
+    max_inline_batch_bytes: int = Field(default=GEMINI_INLINE_BATCH_BYTES, ge=0)
     # Flex: OpenAI's service_tier "flex" is priced like batch but answers synchronously.
     flex: bool = False
     flex_latency_s: float = Field(default=120.0, gt=0)
@@ -96,14 +113,25 @@ class ProviderSettings(_Strict):
             raise ValueError("must be an http(s) URL")
         return value.rstrip("/")
 
+    @model_validator(mode="after")
+    def _gemini_window(self) -> ProviderSettings:
+        """Gemini's batch window is 48 h: its batches expire then, not at 24 h."""
+        if self.kind == "gemini" and "completion_window_s" not in self.model_fields_set:
+            self.completion_window_s = GEMINI_WINDOW_S
+        return self
+
     def batch_request_limit(self) -> int:
         """The most requests one batch may hold for this provider."""
-        default = OPENAI_MAX_BATCH_REQUESTS if self.kind == "openai" else ANTHROPIC_MAX_BATCH_REQUESTS
+        default = {"openai": OPENAI_MAX_BATCH_REQUESTS, "gemini": GEMINI_MAX_BATCH_REQUESTS}.get(
+            self.kind, ANTHROPIC_MAX_BATCH_REQUESTS
+        )
         return self.max_batch_requests or default
 
     def batch_byte_limit(self) -> int:
         """The largest batch input, in bytes, this provider accepts."""
-        default = OPENAI_MAX_BATCH_BYTES if self.kind == "openai" else ANTHROPIC_MAX_BATCH_BYTES
+        default = {"openai": OPENAI_MAX_BATCH_BYTES, "gemini": GEMINI_MAX_BATCH_BYTES}.get(
+            self.kind, ANTHROPIC_MAX_BATCH_BYTES
+        )
         return self.max_batch_bytes or default
 
 

@@ -37,6 +37,7 @@ from scheduler.slo import flips
 ENDPOINTS: Final[Mapping[str, tuple[str, ...]]] = {
     "openai": ("/v1/chat/completions", "/v1/embeddings", "/v1/responses"),
     "anthropic": ("/v1/messages",),
+    "gemini": ("generateContent",),
 }
 
 FIELDS: Final = frozenset(

@@ -7,6 +7,7 @@ import httpx
 from config.settings import ProviderSettings
 from workers.providers.anthropic import AnthropicAdapter
 from workers.providers.base import ProviderAdapter
+from workers.providers.gemini import GeminiAdapter
 from workers.providers.openai import OpenAIAdapter
 
 
@@ -14,7 +15,9 @@ def make_adapter(name: str, settings: ProviderSettings, client: httpx.AsyncClien
     """The adapter for a configured provider, on the process's shared HTTP client."""
     if settings.kind == "anthropic":
         return AnthropicAdapter(name, settings, client)
+    if settings.kind == "gemini":
+        return GeminiAdapter(name, settings, client)
     return OpenAIAdapter(name, settings, client)
 
 
-__all__ = ["AnthropicAdapter", "OpenAIAdapter", "ProviderAdapter", "make_adapter"]
+__all__ = ["AnthropicAdapter", "GeminiAdapter", "OpenAIAdapter", "ProviderAdapter", "make_adapter"]
