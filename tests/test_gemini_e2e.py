@@ -145,3 +145,20 @@ async def test_gemini_batch_expiring_at_48_hours_sends_its_jobs_on(
     calls = [(c["method"], c["path"]) for c in emulator.requests()]
     assert ("DELETE", f"/v1beta/batches/{provider_batch_id}") in calls  # ingested (nothing), then deleted
     assert not any(path.startswith("/download/") for _, path in calls)
+
+
+async def test_a_create_refused_for_quota_is_retried_without_failing_jobs(
+    redis, redis_url, emulator, pagerduty, harness
+):
+    """Gemini answers a create over its enqueued-token quota 429 RESOURCE_EXHAUSTED with a retry-after
+    longer than a call waits, so the submission task itself tries again later, its jobs held."""
+    pipeline = harness(gemini_settings(redis_url, emulator, pagerduty))
+    create = f"POST /v1beta/models/{MODEL}:batchGenerateContent"
+    emulator.configure(fail_next={create: [429, 429]})
+    job_ids = await enqueue(pipeline, [30] * 2)
+    await pipeline.run_until(all_terminal(pipeline.ledger, job_ids), within_s=30)
+    for job in await records(pipeline.ledger, job_ids):
+        assert job.state == "succeeded"
+        assert job.route == "batch"
+    creates = [c["status"] for c in emulator.requests() if c["path"].endswith(":batchGenerateContent")]
+    assert creates == [429, 429, 200]
