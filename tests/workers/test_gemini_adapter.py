@@ -176,3 +176,18 @@ async def test_sync_errors_and_retries(gemini: GeminiAdapter, emulator: Emulator
     bad = orjson.dumps({"model": MODEL, "contents": []})
     with pytest.raises(errors.ProviderInvalidRequest):
         await gemini.send_sync(ENDPOINT, bad)
+
+
+async def test_request_ids_once_shown_else_only_the_display_name_tells(
+    gemini: GeminiAdapter, emulator: EmulatorControl
+) -> None:
+    """Reconciliation's evidence: a running batch shows no keys (matching then trusts only our id in
+    ``displayName``); an ended one shows its results' keys."""
+    info = await gemini.submit_batch(lines(2), endpoint=ENDPOINT, batch_id="b-9")
+    with pytest.raises(errors.ProviderNotFound):
+        [block async for block in gemini.request_ids(info)]
+    emulator.set_clock(T0 + 61)
+    ended = await gemini.get_batch(info.provider_batch_id)
+    ids = [r for block in [b async for b in gemini.request_ids(ended)] for r in block]
+    assert sorted(r.custom_id for r in ids) == ["job-0", "job-1"]
+    assert {r.model for r in ids} == {MODEL}

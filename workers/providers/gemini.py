@@ -26,7 +26,7 @@ import msgspec
 import orjson
 
 from workers import http
-from workers.errors import InvalidBatchInput, MalformedResponse
+from workers.errors import InvalidBatchInput, MalformedResponse, ProviderNotFound
 from workers.providers import batch_input, jsonl
 from workers.providers.account import parse_object
 from workers.providers.adapter import BatchAdapter, BeforeCreate
@@ -330,10 +330,18 @@ class GeminiAdapter(BatchAdapter):
             await self.delete(f"{BATCHES}/{object_id}")
 
     async def request_ids(self, info: BatchInfo) -> AsyncIterator[list[RequestId]]:
-        """The keys of an ended batch's results (Gemini does not give an uploaded file back, and a
-        running batch shows no keys: BatchNotEnded until it ends)."""
-        async for block in self.result_blocks(info.provider_batch_id):
-            yield [RequestId(line.custom_id, info.model) for line in block]
+        """The keys of an ended batch's results. Gemini shows no keys before then, never gives an
+        uploaded file back, and keeps nothing of an expired or cancelled batch: then the ids are
+        not to be had (ProviderNotFound), and only our id in ``displayName`` can tell the batch."""
+        shown = False
+        if info.ended:
+            async for block in self.result_blocks(info.provider_batch_id):
+                shown = True
+                yield [RequestId(line.custom_id, info.model) for line in block]
+        if not shown:
+            raise ProviderNotFound(
+                404, "NOT_FOUND", f"Gemini shows no request keys of {info.provider_batch_id}", False
+            )
 
     async def result_blocks(self, provider_batch_id: str) -> AsyncIterator[list[ResultLine]]:
         """The responses file, streamed; or the inlined responses; nothing for a batch that
