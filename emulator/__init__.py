@@ -33,7 +33,8 @@ returns to the start settings and the wall clock; ``GET /_emulator/requests`` li
     fail_next          {}    {endpoint pattern: [status, ...]}: the next calls matching answer these
                              statuses, in order, then the pattern is spent (deterministic faults)
     retry_after_s      1.0   the retry-after sent with injected 429/503/529 answers
-    invalid_file       false true, or a list of models: OpenAI batches fail validation (errors.data)
+    invalid_file       false true, or a list of models: OpenAI batches fail validation (errors.data),
+                             Gemini batches end FAILED
     flex_unavailable   0.0   share of service_tier="flex" sync calls answered 429 "resource unavailable"
     cancel_s           0.2   seconds a batch stays cancelling/canceling after a cancel
     seed               0     seed of the draws behind the rate-based faults

@@ -4,7 +4,8 @@ A batch is created by ``POST /v1beta/models/{model}:batchGenerateContent`` from 
 an uploaded JSONL file (``{"key", "request"}`` per line) and read back as a long-running operation
 whose ``metadata`` is the GenerateContentBatch (``state`` ``BATCH_STATE_*``, ``batchStats``,
 ``output``). Lifecycle: ``PENDING`` (no progress yet; a stalled batch stays there) → ``RUNNING`` →
-``SUCCEEDED``, or ``CANCELLED`` after a cancel, or ``EXPIRED``: at the end of its turnaround under
+``SUCCEEDED``, or ``FAILED`` at once under the ``invalid_file`` fault (the operation's ``error``
+says why), or ``CANCELLED`` after a cancel, or ``EXPIRED``: at the end of its turnaround under
 the ``expire`` fault, and in any case once it has been pending or running for 48 hours, as
 Gemini does. Cancelled and expired batches have no output at all; a succeeded batch answers every
 request, in input order, failed lines (``line_error_rate``) as a ``google.rpc.Status``.
@@ -179,6 +180,7 @@ def create(state: EmulatorState, model: str, body: Any, now: float) -> GeminiBat
         lines=lines,
         line_error_status=int(state.config["line_error_status"]),
         input_file=input_file,
+        invalid=faults.model_listed(state.config["invalid_file"], model),
     )
     state.gemini_batches[batch_id] = batch
     return batch
@@ -187,6 +189,8 @@ def create(state: EmulatorState, model: str, body: Any, now: float) -> GeminiBat
 def status(batch: GeminiBatch, now: float) -> tuple[str, int, float | None]:
     """(``BATCH_STATE_*``, requests done, end time) at wall time ``now``."""
     run, total = batch.run, len(batch.requests)
+    if batch.invalid:
+        return "BATCH_STATE_FAILED", 0, batch.created_at
     if run.cancel_elapsed is not None:
         if run.cancel_done(now):
             return "BATCH_STATE_CANCELLED", 0, run.cancel_at + run.cancel_s  # type: ignore[operator]
@@ -274,6 +278,8 @@ def view(state: EmulatorState, batch: GeminiBatch, now: float) -> dict[str, Any]
     if ended_at is not None:
         metadata["endTime"] = timestamp(ended_at)
     operation: dict[str, Any] = {"name": name, "metadata": metadata}
+    if current == "BATCH_STATE_FAILED":
+        operation["error"] = status_object(400, "The batch input could not be processed.")
     if current in ENDED:
         operation["done"] = True
     if output is not None:

@@ -224,6 +224,7 @@ class GeminiBatch:
     lines: Lines
     line_error_status: int
     input_file: str | None  # "files/…" when the input was a file, None when inline
+    invalid: bool = False  # the invalid_file fault: the batch fails as a whole
     final_counts: tuple[int, int] | None = None  # (succeeded, failed) once the output exists
     responses_file: str | None = None
     inlined: list[dict[str, Any]] | None = None

@@ -15,7 +15,7 @@ from tests.workers.conftest import FAST_HTTP
 from workers import errors
 from workers.providers import make_adapter
 from workers.providers.base import BATCH_ID_METADATA_KEY, BatchLine, ResultLine
-from workers.providers.gemini import GeminiAdapter
+from workers.providers.gemini import GeminiAdapter, batch_error
 
 MODEL = "gemini-2.5-flash"
 ENDPOINT = "generateContent"
@@ -191,3 +191,18 @@ async def test_request_ids_once_shown_else_only_the_display_name_tells(
     ids = [r for block in [b async for b in gemini.request_ids(ended)] for r in block]
     assert sorted(r.custom_id for r in ids) == ["job-0", "job-1"]
     assert {r.model for r in ids} == {MODEL}
+
+
+async def test_a_failed_batch_names_its_error(gemini: GeminiAdapter, emulator: EmulatorControl) -> None:
+    emulator.configure(invalid_file=[MODEL])
+    info = await gemini.submit_batch(lines(1), endpoint=ENDPOINT, batch_id="b-10")
+    assert info.status == "failed"
+    assert info.errors == [{"code": "INVALID_ARGUMENT", "message": "The batch input could not be processed."}]
+    assert await results(gemini, info.provider_batch_id) == {}
+
+
+def test_quota_and_overload_failures_are_the_lanes_not_the_jobs() -> None:
+    assert batch_error({"code": 429, "status": "RESOURCE_EXHAUSTED", "message": "quota"})["code"] == (
+        "token_limit_exceeded"
+    )
+    assert batch_error({"code": 503, "status": "UNAVAILABLE"})["code"] == "server_error"

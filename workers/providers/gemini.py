@@ -54,6 +54,12 @@ STATES: dict[str, Status] = {
 }
 # Line errors that are about the capacity, not the request: the work may be redone.
 RETRIABLE_LINE_CODES = frozenset({408, 429, 500, 502, 503, 504})
+ERROR_CODES = {
+    "RESOURCE_EXHAUSTED": "token_limit_exceeded",
+    "UNAVAILABLE": "server_error",
+    "INTERNAL": "server_error",
+    "DEADLINE_EXCEEDED": "timeout",
+}
 _FRACTION = re.compile(r"(\.\d{6})\d+")
 
 
@@ -66,6 +72,14 @@ def _epoch(value: Any) -> float | None:
 
 def _count(stats: dict[str, Any], key: str) -> int:
     return int(stats.get(key) or 0)  # int64 fields arrive as strings
+
+
+def batch_error(error: dict[str, Any]) -> dict[str, Any]:
+    """A failed batch's ``google.rpc.Status`` as a batch-level error: quota (``RESOURCE_EXHAUSTED``)
+    is the lane's enqueued-token limit, as OpenAI's ``token_limit_exceeded``; overload a server error."""
+    status = str(error.get("status") or "")
+    code = ERROR_CODES.get(status, status or str(error.get("code") or "batch_failed"))
+    return {"code": code, "message": str(error.get("message") or status)}
 
 
 def batch_info(obj: dict[str, Any]) -> BatchInfo:
@@ -101,7 +115,7 @@ def batch_info(obj: dict[str, Any]) -> BatchInfo:
             if status in ("completed", "cancelled", "expired", "failed")
             else None,
             metadata={BATCH_ID_METADATA_KEY: str(display)} if display else {},
-            errors=[obj["error"]] if isinstance(obj.get("error"), dict) else [],
+            errors=[batch_error(obj["error"])] if isinstance(obj.get("error"), dict) else [],
             files=files,
             model=str(model).removeprefix("models/") if model else None,
         )
