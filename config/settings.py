@@ -77,9 +77,8 @@ class ProviderSettings(_Strict):
     base_url: str
     api_key: SecretStr = SecretStr("")
     # OpenAI-compatible APIs (Azure, Groq, Together) differ in header and path prefix.
-    auth_header: str | None = (
-        None  # default: "Authorization" (openai), "x-api-key" (anthropic, gemini: x-goog-api-key)
-    )
+    # Default: "Authorization" (openai), "x-api-key" (anthropic), "x-goog-api-key" (gemini).
+    auth_header: str | None = None
     auth_scheme: str | None = None  # default: "Bearer" for Authorization, none otherwise
     path_prefix: str = ""  # prepended to every path after base_url
     anthropic_version: str = "2023-06-01"
