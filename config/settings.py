@@ -15,7 +15,15 @@ import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -34,6 +42,10 @@ ANTHROPIC_MAX_BATCH_BYTES = 256 * 1024 * 1024
 AZURE_MAX_BATCH_REQUESTS = 100_000  # Azure Global Batch: requests per input file
 AZURE_MAX_BATCH_BYTES = 200 * 1024 * 1024
 AZURE_MIN_POLL_S = 60.0  # Azure asks batch clients to poll a batch no more than once a minute
+GEMINI_MAX_BATCH_REQUESTS = 100_000  # no documented count limit; a bound keeps one batch's bookkeeping sane
+GEMINI_MAX_BATCH_BYTES = 2 * 1024**3  # the Files API's largest input file
+GEMINI_INLINE_BATCH_BYTES = 20 * 1000 * 1000  # inline requests, in total, below Gemini's 20 MB limit
+GEMINI_WINDOW_S = 48 * 3600  # a Gemini batch pending or running this long expires, with no results
 # Retention and bucket defaults, defined here once: the fields below and the ledger built without
 # settings (scheduler.ledger.Ledger's keyword defaults) both take them.
 RESULT_RETENTION_S = 7 * 24 * 3600  # a finished job's result
@@ -66,17 +78,21 @@ class ProviderSettings(_Strict):
 
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)  # never print a secret
 
-    kind: Literal["openai", "anthropic", "azure_openai"]
+    kind: Literal["openai", "anthropic", "azure_openai", "gemini"]
     base_url: str
     api_key: SecretStr = SecretStr("")
     # OpenAI-compatible APIs (Azure, Groq, Together) differ in header and path prefix.
-    auth_header: str | None = None  # default: "Authorization" (openai), "x-api-key" (anthropic)
+    # Default: "Authorization" (openai), "x-api-key" (anthropic), "x-goog-api-key" (gemini).
+    auth_header: str | None = None
     auth_scheme: str | None = None  # default: "Bearer" for Authorization, none otherwise
     path_prefix: str = ""  # prepended to every path after base_url
     anthropic_version: str = "2023-06-01"
     max_batch_requests: int | None = Field(default=None, gt=0)  # None: the kind's documented limit
     max_batch_bytes: int | None = Field(default=None, gt=0)
-    completion_window_s: float = Field(default=24 * 3600, gt=0)
+    completion_window_s: float = Field(default=24 * 3600, gt=0)  # gemini: 48 h unless set
+    # Gemini: a batch input up to this size is sent inline in the create call, a larger one is
+    # uploaded as a JSONL file through the Files API first.
+    max_inline_batch_bytes: int = Field(default=GEMINI_INLINE_BATCH_BYTES, ge=0)
     # Flex: OpenAI's service_tier "flex" is priced like batch but answers synchronously.
     flex: bool = False
     flex_latency_s: float = Field(default=120.0, gt=0)
@@ -123,14 +139,29 @@ class ProviderSettings(_Strict):
             raise ValueError("must be an http(s) URL")
         return value.rstrip("/")
 
+    @model_validator(mode="after")
+    def _gemini_window(self) -> ProviderSettings:
+        """Gemini's batch window is 48 h: its batches expire then, not at 24 h."""
+        if self.kind == "gemini" and "completion_window_s" not in self.model_fields_set:
+            self.completion_window_s = GEMINI_WINDOW_S
+        return self
+
     def batch_request_limit(self) -> int:
         """The most requests one batch may hold for this provider."""
-        default = {"openai": OPENAI_MAX_BATCH_REQUESTS, "azure_openai": AZURE_MAX_BATCH_REQUESTS}
+        default = {
+            "openai": OPENAI_MAX_BATCH_REQUESTS,
+            "azure_openai": AZURE_MAX_BATCH_REQUESTS,
+            "gemini": GEMINI_MAX_BATCH_REQUESTS,
+        }
         return self.max_batch_requests or default.get(self.kind, ANTHROPIC_MAX_BATCH_REQUESTS)
 
     def batch_byte_limit(self) -> int:
         """The largest batch input, in bytes, this provider accepts."""
-        default = {"openai": OPENAI_MAX_BATCH_BYTES, "azure_openai": AZURE_MAX_BATCH_BYTES}
+        default = {
+            "openai": OPENAI_MAX_BATCH_BYTES,
+            "azure_openai": AZURE_MAX_BATCH_BYTES,
+            "gemini": GEMINI_MAX_BATCH_BYTES,
+        }
         return self.max_batch_bytes or default.get(self.kind, ANTHROPIC_MAX_BATCH_BYTES)
 
     def priced_model(self, model: str) -> str:

@@ -1,13 +1,14 @@
-"""A provider emulator: OpenAI's and Anthropic's batch and sync wire formats, in memory, with faults.
+"""A provider emulator: OpenAI's, Anthropic's and Gemini's batch and sync wire formats, in memory, with faults.
 
 A product of its own, which users run for a keyless trial (``batchshift emulator``): it imports
 nothing of ``config``, ``scheduler``, ``workers``, ``api`` or ``batchshift``, only third-party
 libraries, so it can be read, run and changed apart from the service it stands in front of.
 
-The official ``openai`` and ``anthropic`` SDKs cannot tell it from the real thing for the calls
-batchshift makes. Azure OpenAI's routes (:mod:`emulator.azure_routes`: ``/openai/...`` with
-``api-version``, ``/openai/v1/...``, an ``api-key`` header) serve the same OpenAI batch state, so
-the ``openai`` SDK's ``AzureOpenAI`` client works against it too. Build the ASGI app with :func:`emulator.app.create_app`; run it with
+The official ``openai``, ``anthropic`` and ``google-genai`` (at ``api_version="v1beta"``) SDKs
+cannot tell it from the real thing for the calls batchshift makes. Azure OpenAI's routes
+(:mod:`emulator.azure_routes`: ``/openai/...`` with ``api-version``, ``/openai/v1/...``, an
+``api-key`` header) serve the same OpenAI batch state, so the ``openai`` SDK's ``AzureOpenAI``
+client works against it too. Build the ASGI app with :func:`emulator.app.create_app`; run it with
 :func:`emulator.server.serve` (CLI) or :func:`emulator.server.running_emulator`
 (tests, benchmarks, demo). Batch state is computed from time (:mod:`emulator.state`);
 outputs and usage are deterministic (:mod:`emulator.outputs`, which also states the
@@ -35,7 +36,8 @@ returns to the start settings and the wall clock; ``GET /_emulator/requests`` li
     fail_next          {}    {endpoint pattern: [status, ...]}: the next calls matching answer these
                              statuses, in order, then the pattern is spent (deterministic faults)
     retry_after_s      1.0   the retry-after sent with injected 429/503/529 answers
-    invalid_file       false true, or a list of models: OpenAI batches fail validation (errors.data)
+    invalid_file       false true, or a list of models: OpenAI batches fail validation (errors.data),
+                             Gemini batches end FAILED
     token_limit_exceeded false  true, or a list of models (Azure: deployments): OpenAI and Azure batch
                              creates fail fast, ``failed`` with ``token_limit_exceeded`` in errors.data
                              (the enqueued-token quota is full)
@@ -46,6 +48,10 @@ returns to the start settings and the wall clock; ``GET /_emulator/requests`` li
                              .cancelled) are posted when a batch created meanwhile ends
                              (:mod:`emulator.events`); null sends none
     webhook_secret     null  the whsec_<base64> secret signing them (Standard Webhooks)
+
+The faults apply to Gemini's routes (:mod:`emulator.gemini_batch`) as to the others; ``expire``
+there ends a batch ``EXPIRED`` with no output, and any Gemini batch still pending or running 48 h
+after its creation expires so (a stall held that long included).
 
 Endpoint patterns are fnmatch patterns on the path, optionally preceded by a method:
 ``"/v1/chat/completions"``, ``"POST /v1/messages/batches"``, ``"GET /v1/batches/*"``, ``"*"``.

@@ -8,7 +8,7 @@ import orjson
 from fastapi import FastAPI, Request
 from starlette.responses import Response
 
-from emulator import anthropic_routes, azure_routes, events, openai_routes
+from emulator import anthropic_routes, azure_routes, events, gemini_routes, openai_routes
 from emulator.faults import ConfigError
 from emulator.gate import Gate
 from emulator.responses import EmulatorError, error_response, json_response
@@ -29,6 +29,7 @@ def create_app(config: dict[str, Any] | None = None, api_key: str | None = None)
     app.include_router(openai_routes.router)
     app.include_router(anthropic_routes.router)
     app.include_router(azure_routes.router)
+    app.include_router(gemini_routes.router)
 
     @app.exception_handler(EmulatorError)
     async def _provider_error(request: Request, exc: EmulatorError) -> Response:

@@ -8,7 +8,14 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from emulator import faults
-from emulator.responses import EmulatorError, error, error_response, is_anthropic, retry_headers
+from emulator.responses import (
+    EmulatorError,
+    error,
+    error_response,
+    is_anthropic,
+    is_gemini,
+    retry_headers,
+)
 from emulator.state import EmulatorState
 
 ADMIN_PREFIX = "/_emulator"
@@ -51,7 +58,7 @@ class Gate:
     def _refusal(self, scope: Scope) -> EmulatorError | None:
         path, method = scope["path"], scope["method"]
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        refusal = self._auth(path, headers)
+        refusal = self._auth(path, headers, scope["query_string"].decode("latin-1"))
         if refusal is not None:
             return refusal
         status = faults.injected_status(self.state.config, self.state.rng, method, path)
@@ -62,7 +69,9 @@ class Gate:
             refusal.headers.update(retry_headers(float(self.state.config["retry_after_s"])))
         return refusal
 
-    def _auth(self, path: str, headers: dict[str, str]) -> EmulatorError | None:
+    def _auth(self, path: str, headers: dict[str, str], query: str) -> EmulatorError | None:
+        if is_gemini(path):
+            return self._gemini_auth(path, headers, query)
         bearer = headers.get("authorization", "")
         token = bearer[7:].strip() if bearer.lower().startswith("bearer ") else ""
         if is_anthropic(path):
@@ -85,6 +94,19 @@ class Gate:
             )
         if self.state.api_key is not None and key != self.state.api_key:
             return error(path, 401, f"Incorrect API key provided: {_masked(key)}.", code="invalid_api_key")
+        return None
+
+    def _gemini_auth(self, path: str, headers: dict[str, str], query: str) -> EmulatorError | None:
+        """``x-goog-api-key`` (or ``?key=``); a resumable upload's session URL is its own credential,
+        as the SDK sends its chunks without the key."""
+        params = dict(pair.partition("=")[::2] for pair in query.split("&") if pair)
+        if path == "/upload/v1beta/files" and "upload_id" in params:
+            return None
+        key = headers.get("x-goog-api-key") or params.get("key", "")
+        if not key:
+            return error(path, 403, "Method doesn't allow unregistered callers. Please use an API Key.")
+        if self.state.api_key is not None and key != self.state.api_key:
+            return error(path, 400, "API key not valid. Please pass a valid API key.")
         return None
 
 

@@ -9,10 +9,11 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from emulator import outputs
+from emulator import gemini_batch, outputs
 from emulator.state import EmulatorState
 
 ANTHROPIC_PREFIX = "/v1/messages"
+GEMINI_PREFIXES = ("/v1beta/", "/upload/v1beta/", "/download/v1beta/")
 T = TypeVar("T")
 
 
@@ -56,6 +57,11 @@ def is_anthropic(path: str) -> bool:
     return path == ANTHROPIC_PREFIX or path.startswith(ANTHROPIC_PREFIX + "/")
 
 
+def is_gemini(path: str) -> bool:
+    """Whether a path belongs to the Gemini API (its version path is v1beta)."""
+    return path.startswith(GEMINI_PREFIXES)
+
+
 def retry_headers(seconds: float) -> dict[str, str]:
     """``retry-after`` (whole seconds, as providers send it) and the precise ``retry-after-ms``."""
     return {"retry-after": str(math.ceil(seconds)), "retry-after-ms": str(round(seconds * 1000))}
@@ -78,6 +84,9 @@ def error(path: str, status: int, message: str | None = None, *, code: str | Non
         default = {429: "Number of requests has exceeded your rate limit.", 529: "Overloaded"}
         text = message or default.get(status, "Emulated error." if status < 500 else "Internal server error")
         return EmulatorError(status, outputs.anthropic_error(status, text))
+    if is_gemini(path):
+        status = 503 if status == 529 else status  # Gemini's overload answer is a 503 UNAVAILABLE
+        return EmulatorError(status, gemini_batch.error_body(status, message))
     if status == 529:  # OpenAI has no 529; its overload answer is a 503
         status = 503
     err_type, default_code, default_message = _OPENAI_STATUS.get(

@@ -192,6 +192,45 @@ class AnthropicBatch:
     final_counts: dict[str, int] | None = None
 
 
+@dataclass
+class GeminiFile:
+    """A Gemini Files API object: an uploaded batch input, or a batch's generated responses file."""
+
+    name: str  # "files/…"
+    display_name: str
+    mime_type: str
+    content: bytes
+    created_at: float
+    source: str  # "UPLOADED" or "GENERATED"
+
+
+@dataclass
+class GeminiUpload:
+    """A resumable upload session: what the start call announced, and the bytes received so far."""
+
+    file: GeminiFile
+    size: int
+    received: bytearray = field(default_factory=bytearray)
+
+
+@dataclass
+class GeminiBatch:
+    id: str  # without the "batches/" prefix
+    model: str  # without the "models/" prefix
+    display_name: str
+    run: Run
+    created_at: float
+    keys: list[str]
+    requests: list[bytes]  # each GenerateContentRequest, JSON
+    lines: Lines
+    line_error_status: int
+    input_file: str | None  # "files/…" when the input was a file, None when inline
+    invalid: bool = False  # the invalid_file fault: the batch fails as a whole
+    final_counts: tuple[int, int] | None = None  # (succeeded, failed) once the output exists
+    responses_file: str | None = None
+    inlined: list[dict[str, Any]] | None = None
+
+
 class EmulatorState:
     """Everything the emulator remembers; ``reset`` forgets it all."""
 
@@ -209,6 +248,9 @@ class EmulatorState:
         self.detached_inputs: dict[str, FileObject] = {}
         self.openai_batches: dict[str, OpenAIBatch] = {}
         self.anthropic_batches: dict[str, AnthropicBatch] = {}
+        self.gemini_batches: dict[str, GeminiBatch] = {}
+        self.gemini_files: dict[str, GeminiFile] = {}
+        self.gemini_uploads: dict[str, GeminiUpload] = {}
         self.cache = outputs.PromptCache()
         self.requests: deque[dict[str, Any]] = deque(maxlen=REQUEST_LOG_SIZE)
         # The emulator's clock: None follows the wall clock; a number (epoch seconds, set through
@@ -227,6 +269,7 @@ class EmulatorState:
             self.rng = random.Random(new["seed"])
         runs = [(b.model, b.run) for b in self.openai_batches.values()]
         runs += [(b.model, b.run) for b in self.anthropic_batches.values()]
+        runs += [(b.model, b.run) for b in self.gemini_batches.values()]
         for model, run in runs:
             if not faults.model_listed(new["stall"], model):
                 run.resume(now)

@@ -38,6 +38,7 @@ ENDPOINTS: Final[Mapping[str, tuple[str, ...]]] = {
     "openai": ("/v1/chat/completions", "/v1/embeddings", "/v1/responses"),
     "anthropic": ("/v1/messages",),
     "azure_openai": ("/v1/chat/completions",),  # Global Batch deployments serve chat completions
+    "gemini": ("generateContent",),
 }
 
 FIELDS: Final = frozenset(

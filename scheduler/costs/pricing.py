@@ -64,11 +64,20 @@ def _int(value: Any) -> int:
 def normalize_usage(kind: str, usage: dict[str, Any] | None) -> Usage | None:
     """A provider's usage object as :class:`Usage`; None when there is none to read.
 
-    ``kind`` is the provider kind (``openai`` or ``anthropic``). Unknown or negative numbers count
-    as zero rather than failing a result that has already been paid for.
+    ``kind`` is the provider kind (``openai``, ``anthropic`` or ``gemini``). Unknown or negative
+    numbers count as zero rather than failing a result that has already been paid for.
     """
     if not isinstance(usage, dict):
         return None
+    if kind == "gemini":
+        # usageMetadata: promptTokenCount includes the cached tokens; thinking is billed as output.
+        prompted = _int(usage.get("promptTokenCount"))
+        return Usage(
+            input_tokens=prompted,
+            output_tokens=_int(usage.get("candidatesTokenCount")) + _int(usage.get("thoughtsTokenCount")),
+            cache_read_tokens=min(_int(usage.get("cachedContentTokenCount")), prompted),
+            cache_write_tokens=0,
+        )
     if kind == "anthropic":
         read = _int(usage.get("cache_read_input_tokens"))
         created = _int(usage.get("cache_creation_input_tokens"))

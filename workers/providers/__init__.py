@@ -8,6 +8,7 @@ from config.settings import ProviderSettings
 from workers.providers.anthropic import AnthropicAdapter
 from workers.providers.azure import AzureAdapter
 from workers.providers.base import ProviderAdapter
+from workers.providers.gemini import GeminiAdapter
 from workers.providers.openai import OpenAIAdapter
 
 
@@ -17,7 +18,16 @@ def make_adapter(name: str, settings: ProviderSettings, client: httpx.AsyncClien
         return AnthropicAdapter(name, settings, client)
     if settings.kind == "azure_openai":
         return AzureAdapter(name, settings, client)
+    if settings.kind == "gemini":
+        return GeminiAdapter(name, settings, client)
     return OpenAIAdapter(name, settings, client)
 
 
-__all__ = ["AnthropicAdapter", "AzureAdapter", "OpenAIAdapter", "ProviderAdapter", "make_adapter"]
+__all__ = [
+    "AnthropicAdapter",
+    "AzureAdapter",
+    "GeminiAdapter",
+    "OpenAIAdapter",
+    "ProviderAdapter",
+    "make_adapter",
+]
