@@ -101,6 +101,7 @@ def node_environment(
                 "openai": {"kind": "openai", "base_url": f"{emulator}/v1", "flex": True, "flex_latency_s": 5}
                 | provider_common,
                 "anthropic": {"kind": "anthropic", "base_url": emulator} | provider_common,
+                "gemini": {"kind": "gemini", "base_url": emulator} | provider_common,
             }
         ),
         "BATCHSHIFT_LANE_DEFAULTS": js({"max_wait": 3, "default_deadline": 120}),

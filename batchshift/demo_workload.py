@@ -22,6 +22,7 @@ FEATURES: dict[str, dict[str, tuple[str, str, str]]] = {
     "growth": {
         "lead-enrichment": ("openai", "gpt-4.1-mini", "/v1/chat/completions"),
         "similar-docs": ("openai", "text-embedding-3-small", "/v1/embeddings"),
+        "market-brief": ("gemini", "gemini-2.5-flash", "generateContent"),
     },
 }
 
@@ -55,6 +56,12 @@ def _body(endpoint: str, model: str, rng: random.Random) -> dict[str, Any]:
     text = f"Here is {topic}. " + " ".join(rng.choice(_TOPICS) for _ in range(rng.randint(2, 12)))
     if endpoint == "/v1/embeddings":
         return {"model": model, "input": text}
+    if endpoint == "generateContent":  # Gemini: a GenerateContentRequest plus the model
+        return {
+            "model": model,
+            "contents": [{"role": "user", "parts": [{"text": f"Write a two-line brief on {text}"}]}],
+            "generationConfig": {"maxOutputTokens": rng.choice((128, 256))},
+        }
     if endpoint == "/v1/messages":
         return {
             "model": model,

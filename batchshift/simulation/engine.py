@@ -22,7 +22,8 @@ ended by its deadline (the oracle makes none).
 Simulated providers: a batch's turnaround is drawn from the lane's distribution, its clock stops
 during stalls, ``expire_share`` of batches expire at the completion window with no results (their
 jobs go back to the queue), and its end is seen by the first poll at or after it (the production
-poll schedule: ``poll_initial_s``, growing by ``poll_backoff`` up to ``poll_max_s``, each poll at
+poll schedule: the first poll from the lane's turnarounds (``policy.first_poll_s``), growing by
+``poll_backoff`` up to ``poll_max_s``, each poll at
 its due time, as a worker takes it within a production tick; a poll brought forward at the tick it
 falls due, after the tick's flips, as the polls step enqueues it). A batch all of whose jobs flipped is
 cancelled and bills nothing; a flipped job whose batch does end is billed twice (duplicate spend).
@@ -48,7 +49,7 @@ from scheduler.costs.pricing import Pricing, RouteName
 from scheduler.costs.tokens import BYTES_PER_TOKEN
 from scheduler.planning.lanes import Lane, effective
 from scheduler.planning.planner import LaneBacklog, band_limit_ms, decide, pressure_horizon_ms
-from scheduler.policy import next_poll_s
+from scheduler.policy import first_poll_s, next_poll_s
 from scheduler.slo.flip_plan import (
     Plan,
     Policy,
@@ -213,7 +214,7 @@ class _LaneRun:
         end = self._end_ms(now_ms, self._turnaround_s())
         if expired or end > now_ms + self.window_ms:
             expired, end = True, now_ms + self.window_ms
-        first_s = self.settings.scheduler.poll_initial_s
+        first_s = first_poll_s(list(self.turnarounds), self.settings.scheduler)  # as poll_batch's first
         batch = _Batch(
             len(self.batches), now_ms, end, expired, deadlines, jobs, now_ms + int(first_s * 1000), first_s
         )
