@@ -9,10 +9,12 @@ preceded by a method: ``"/v1/chat/completions"``, ``"POST /v1/batches"``,
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import fnmatch
 import hashlib
 import random
+from collections.abc import Callable
 from typing import Any
 
 DEFAULTS: dict[str, Any] = {
@@ -23,6 +25,7 @@ DEFAULTS: dict[str, Any] = {
     "line_error_status": 400,
     "sync_latency_s": 0.0,
     "flex_latency_s": 0.0,
+    "hold_sync": False,
     "rate_limit": {},
     "overload": {},
     "server_error": {},
@@ -33,6 +36,11 @@ DEFAULTS: dict[str, Any] = {
     "cancel_s": 0.2,
     "seed": 0,
 }
+
+
+# How often a held sync call looks whether it was let go: short beside any test's step, and the
+# release is observed, never timed.
+HOLD_POLL_S = 0.01
 
 
 class ConfigError(ValueError):
@@ -69,10 +77,10 @@ def validate(patch: dict[str, Any]) -> None:
                 raise ConfigError(f"{key}: an object of endpoint pattern -> rate")
         elif key == "stall" and not (isinstance(value, list) and all(isinstance(m, str) for m in value)):
             raise ConfigError("stall: a list of model names")
-        elif key == "invalid_file" and not (
+        elif key in ("invalid_file", "hold_sync") and not (
             isinstance(value, bool) or (isinstance(value, list) and all(isinstance(m, str) for m in value))
         ):
-            raise ConfigError("invalid_file: true/false or a list of model names")
+            raise ConfigError(f"{key}: true/false or a list of model names")
         elif key == "fail_next" and not (
             isinstance(value, dict)
             and all(isinstance(v, list) and all(isinstance(s, int) for s in v) for v in value.values())
@@ -110,6 +118,16 @@ def model_listed(value: Any, model: str) -> bool:
     if isinstance(value, bool):
         return value
     return model in value or "*" in value
+
+
+async def held(setting: Callable[[], Any], model: str) -> None:
+    """Wait while ``setting()`` (the current ``hold_sync``) names ``model``.
+
+    A test holds a sync call in flight for as long as its steps need and then lets it answer, so
+    "the call outlived its lease" never depends on how fast the machine runs.
+    """
+    while model_listed(setting(), model):  # noqa: ASYNC110 - the setting is replaced whole by any config post
+        await asyncio.sleep(HOLD_POLL_S)
 
 
 def _matches(pattern: str, method: str, path: str) -> bool:
