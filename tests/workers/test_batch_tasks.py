@@ -702,3 +702,22 @@ async def test_an_ingested_anthropic_batch_is_deleted_with_its_results(
     assert [(r["path"], r["status"]) for r in deletes] == [
         (f"/v1/messages/batches/{record.provider_batch_id}", 200)
     ]
+
+
+async def test_a_lane_hold_ends_by_the_ticks_clock_not_by_key_expiry(redis, scheduler: Scheduler):
+    """A refusal's lane hold outlives its length in real time while the tick's clock stands still,
+    and ends when that clock reaches it."""
+    now_ms = int(time.time() * 1000)
+    await enqueue_lane(
+        Ledger(redis),
+        "openai",
+        MODELS["openai"],
+        5,
+        now_ms=now_ms,
+        age_ms=61_000,
+        deadlines=lambda i: now_ms + 86_400_000,
+    )
+    await Batches(redis).hold_lane(LANES["openai"], now_ms + 50, now_ms)
+    await asyncio.sleep(0.2)  # four times the hold, in real time only
+    assert (await scheduler.tick(now_ms / 1000)).planned == []
+    assert len((await scheduler.tick((now_ms + 50) / 1000)).planned) == 1
