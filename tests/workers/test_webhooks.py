@@ -536,14 +536,19 @@ async def test_sends_in_flight_stay_within_the_tenant_and_url_limits(redis_url, 
 
 
 async def test_a_send_that_could_outlive_its_lease_is_handed_back_unsent(redis_url, redis, ledger) -> None:
-    """One slot, a 0.6 s deadline, a 1 s lease: the second send could not end in time, so it never starts."""
+    """One slot, a 0.6 s deadline, a 1 s lease: the second send could not end in time, so it never starts.
+
+    The outbox's monotonic clock moves a whole deadline per send the receiver saw, so how fast the
+    machine claims and starts sends does not count."""
     settings = hook_settings(redis_url, timeout_s=0.6, lease_s=1.0, per_tenant_concurrency=1)
     with running_receiver(lambda n: (500, {}, 0.0), plan=TRICKLE) as rx:
         first = await finished_job(ledger, rx.url)
         second = await finished_job(ledger, rx.url)
         clock = virtual_clock()
         async with build_client(settings) as client:
-            deliverer = Deliverer(settings, redis, client, clock=clock)
+            deliverer = Deliverer(
+                settings, redis, client, clock=clock, monotonic=lambda: 0.6 * len(rx.requests)
+            )
             ids, left = await deliverer._claim_and_start(clock.ms, 10, in_flight := {})
             assert (ids, left) == (2, False)
             outcomes = await asyncio.gather(*in_flight)
