@@ -152,7 +152,7 @@ async def test_a_finish_the_guard_refuses_writes_nothing(redis: Redis):
 
 def test_scripts_py_is_the_only_lua_loader():
     """Every script goes through the one loader, so none misses the prelude or its libraries."""
-    root = Path(scripts.__file__).resolve().parents[1]
+    root = Path(scripts.__file__).resolve().parents[2]
     callers = [
         str(p.relative_to(root))
         for package in ("api", "batchshift", "config", "scheduler", "workers")
