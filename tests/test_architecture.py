@@ -16,8 +16,10 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 PACKAGES = ("api", "batchshift", "config", "emulator", "scheduler", "workers")
-# The tick's steps: the service imports them, they import only the tick's own module.
-STEPS = ("retention", "slo", "sync_dispatch", "webhook_dispatch")
+# The scheduler's layers below the tick and intake (the scheduler-layers contract).
+SUBPACKAGES = ("ledger", "costs", "planning", "slo")
+# The tick's steps, each in its layer: the service imports them, they import only the tick's own module.
+STEPS = ("ledger/retention", "slo/tracker", "planning/sync_dispatch", "planning/webhook_dispatch")
 
 
 def lint_imports(cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -38,10 +40,14 @@ def tree(tmp_path: Path) -> Path:
     for name in PACKAGES:
         (tmp_path / name).mkdir()
         (tmp_path / name / "__init__.py").write_text("")
+    for name in SUBPACKAGES:
+        (tmp_path / "scheduler" / name).mkdir()
+        (tmp_path / "scheduler" / name / "__init__.py").write_text("")
     (tmp_path / "scheduler" / "service.py").write_text(
-        "".join(f"import scheduler.{module}\n" for module in (*STEPS, "tick"))
+        "".join(f"import scheduler.{module.replace('/', '.')}\n" for module in (*STEPS, "tick"))
     )
     (tmp_path / "scheduler" / "tick.py").write_text("")
+    (tmp_path / "scheduler" / "intake.py").write_text("")
     for module in STEPS:
         (tmp_path / "scheduler" / f"{module}.py").write_text("import scheduler.tick\n")
     (tmp_path / "scheduler" / "policy.py").write_text("import config\n")
