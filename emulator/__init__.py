@@ -30,6 +30,8 @@ returns to the start settings and the wall clock; ``GET /_emulator/requests`` li
     line_error_status  400   the status of those lines (400 fails for good; 429, 500, 529 retriable)
     sync_latency_s     0.0   added latency of sync calls; a number or {model: s}
     flex_latency_s     0.0   further latency of service_tier="flex" sync calls; a number or {model: s}
+    hold_sync          false true, or a list of models: their sync calls are received (and listed in
+                             requests) but not answered until the setting no longer names them
     rate_limit         {}    {endpoint pattern: rate}: answer 429 with retry-after
     overload           {}    {endpoint pattern: rate}: answer 529 (503 "overloaded" on OpenAI paths)
     server_error       {}    {endpoint pattern: rate}: answer 500

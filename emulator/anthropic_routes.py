@@ -33,6 +33,7 @@ async def create_message(request: Request) -> Response:
     latency = faults.per_model(state.config["sync_latency_s"], params["model"])
     if latency > 0:
         await asyncio.sleep(latency)
+    await faults.held(lambda: state.config["hold_sync"], params["model"])
     return json_response(outputs.anthropic_answer(params, state.cache, "standard"))
 
 

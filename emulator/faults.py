@@ -9,10 +9,12 @@ preceded by a method: ``"/v1/chat/completions"``, ``"POST /v1/batches"``,
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import fnmatch
 import hashlib
 import random
+from collections.abc import Callable
 from typing import Any
 
 DEFAULTS: dict[str, Any] = {
@@ -23,6 +25,7 @@ DEFAULTS: dict[str, Any] = {
     "line_error_status": 400,
     "sync_latency_s": 0.0,
     "flex_latency_s": 0.0,
+    "hold_sync": False,
     "rate_limit": {},
     "overload": {},
     "server_error": {},
@@ -36,6 +39,11 @@ DEFAULTS: dict[str, Any] = {
     "webhook_url": None,
     "webhook_secret": None,
 }
+
+
+# How often a held sync call looks whether it was let go: short beside any test's step, and the
+# release is observed, never timed.
+HOLD_POLL_S = 0.01
 
 
 class ConfigError(ValueError):
@@ -72,7 +80,7 @@ def validate(patch: dict[str, Any]) -> None:
                 raise ConfigError(f"{key}: an object of endpoint pattern -> rate")
         elif key == "stall" and not (isinstance(value, list) and all(isinstance(m, str) for m in value)):
             raise ConfigError("stall: a list of model names")
-        elif key in ("invalid_file", "token_limit_exceeded") and not (
+        elif key in ("invalid_file", "token_limit_exceeded", "hold_sync") and not (
             isinstance(value, bool) or (isinstance(value, list) and all(isinstance(m, str) for m in value))
         ):
             raise ConfigError(f"{key}: true/false or a list of model names")
@@ -119,6 +127,16 @@ def model_listed(value: Any, model: str) -> bool:
     if isinstance(value, bool):
         return value
     return model in value or "*" in value
+
+
+async def held(setting: Callable[[], Any], model: str) -> None:
+    """Wait while ``setting()`` (the current ``hold_sync``) names ``model``.
+
+    A test holds a sync call in flight for as long as its steps need and then lets it answer, so
+    "the call outlived its lease" never depends on how fast the machine runs.
+    """
+    while model_listed(setting(), model):  # noqa: ASYNC110 - the setting is replaced whole by any config post
+        await asyncio.sleep(HOLD_POLL_S)
 
 
 def _matches(pattern: str, method: str, path: str) -> bool:

@@ -242,6 +242,7 @@ async def sync_answer(request: Request, endpoint: str, deployment: str | None = 
         latency += faults.per_model(state.config["flex_latency_s"], body["model"])
     if latency > 0:
         await asyncio.sleep(latency)
+    await faults.held(lambda: state.config["hold_sync"], body["model"])
     answered_tier = tier if tier in ("flex", "priority", "scale") else "default"
     return json_response(outputs.openai_answer(endpoint, body, state.cache, answered_tier))
 

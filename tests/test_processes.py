@@ -38,7 +38,8 @@ async def test_a_worker_outlives_a_redis_restart_and_runs_tasks_again() -> None:
         try:
             job = await pool.enqueue_job(tasks.SUBMIT_BATCH, "bat_unknown", _job_id="after-restart")
             assert job is not None
-            assert await job.result(timeout=15) == SubmitOutcome.MISSING  # run by the restarted worker
+            # run by the restarted worker, however long that takes here (the test timeout bounds it)
+            assert await job.result(timeout=None) == SubmitOutcome.MISSING
         finally:
             await supervised.drain(1.0)
             running.cancel()

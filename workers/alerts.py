@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +39,7 @@ from workers import webhooks
 from workers.context import WorkerContext
 from workers.errors import ChannelNotConfigured, WorkerError
 from workers.http import CappedResponse, error_for_response, post_capped
-from workers.outbox import Item, Outbox, Report, Terms, Verdict
+from workers.outbox import Item, Outbox, Report, Terms, Verdict, reading
 from workers.summary import summarised
 
 log = structlog.get_logger(__name__)
@@ -141,7 +140,7 @@ class AlertSender(Outbox[Notification, AlertReport]):
         Due times and retries are stamped from that one reading, as the scheduler stamps a tick.
         """
         now = await self.clock.now_ms() if now_ms is None else now_ms
-        report = await self.drain(lambda: now / 1000, budget_s)
+        report = await self.drain(reading(now), budget_s)
         return {"sent": report.sent, "retry": report.retry, "dead": report.dead}
 
     def _new_report(self) -> AlertReport:
@@ -173,7 +172,7 @@ class AlertSender(Outbox[Notification, AlertReport]):
             items.append(Item(nid, int(attempts or 0), "", data))
         return items
 
-    async def _send(self, item: Item[Notification], clock: Callable[[], float]) -> Verdict:
+    async def _send(self, item: Item[Notification]) -> Verdict:
         if not item.data:
             return Verdict("dead", "dead", False, error="notification record is gone")
         channel, event = item.data["channel"], item.data["event"]
@@ -222,7 +221,7 @@ class AlertSender(Outbox[Notification, AlertReport]):
             url = alerts.webhook.url
             content = webhook_body(event)
             msg_id = f"msg_{event['id']}"
-            stamp = int(time.time())
+            stamp = int(time.time())  # wall time: receivers check it against their own clocks
             headers |= {"webhook-id": msg_id, "webhook-timestamp": str(stamp)}
             if alerts.webhook.secret is not None:
                 headers["webhook-signature"] = webhooks.sign(

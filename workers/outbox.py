@@ -2,7 +2,8 @@
 
 A kind (completion webhooks in :mod:`workers.webhooks`, alert notifications in
 :mod:`workers.alerts`) keeps one hash per item and a sorted set of item ids scored by when each is
-next due. :class:`Outbox` claims due items with a lease (scheduler/ledger/lua/outbox_claim.lua: the score
+next due, on the worker's injected clock (``ctx["clock"]``), so a test on a virtual clock decides
+what is due by its steps alone. :class:`Outbox` claims due items with a lease (scheduler/ledger/lua/outbox_claim.lua: the score
 moves to the lease's end on the injected clock, the Redis server's time in production, so a dead
 worker's claims come back by themselves and a worker whose own clock runs ahead cannot take claims
 that are still live), sends them concurrently, and settles each in one guarded Lua step
@@ -24,7 +25,7 @@ import asyncio
 import random
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from typing import Any, Generic, Literal, TypeVar
@@ -123,11 +124,21 @@ class Outcome:
     settle: Settle
     status: str
     attempted: bool
-    next_ms: int | None = None
+    next_ms: int | None = None  # a retry's due time; when None, the settle's now + ``delay_ms``
+    delay_ms: int | None = None
     status_code: int | None = None
     error: str | None = None
     set_key: str | None = None
     metric: str | None = None
+
+
+def reading(now_ms: int) -> Callable[[], Awaitable[int]]:
+    """A "now" that stays at ``now_ms``: one reading for a whole drain, as the scheduler stamps a tick."""
+
+    async def now() -> int:
+        return now_ms
+
+    return now
 
 
 def lease_slack(terms: Terms) -> float:
@@ -186,7 +197,7 @@ class Outbox(abc.ABC, Generic[T, R]):
         """The claimed items, in any order, with what their sends need."""
 
     @abc.abstractmethod
-    async def _send(self, item: Item[T], clock: Callable[[], float]) -> Verdict:
+    async def _send(self, item: Item[T]) -> Verdict:
         """Send one item; transport failures come back as a failed verdict, never raised."""
 
     def _metric(self, item: Item[T], action: str) -> str | None:
@@ -202,11 +213,17 @@ class Outbox(abc.ABC, Generic[T, R]):
         """Wait for the send slots ``item`` takes (none by default: ``capacity`` bounds the sends)."""
         yield
 
-    async def drain(self, clock: Callable[[], float], budget_s: float) -> R:
-        """Send everything due, claiming as slots free up, until nothing is due or ``budget_s`` passed."""
+    async def drain(self, now_ms: Callable[[], Awaitable[int]], budget_s: float) -> R:
+        """Send everything due, claiming as slots free up, until nothing is due or ``budget_s`` passed.
+
+        ``now_ms`` is the domain's "now" (the worker's injected clock): it decides what is due and
+        stamps settles and retries, read once per claim and once per settle. The budget is real
+        elapsed time on ``monotonic``: it exists to end the drain before the arq task's timeout,
+        which runs on the host's clock whatever the domain's clock says.
+        """
         report = self._new_report()
         held_max = capacity(self.terms)
-        started = clock()
+        started = self.monotonic()
         in_flight: dict[asyncio.Task[Outcome], str] = {}  # each send and its group
         exhausted = False  # nothing more is due, or the budget is spent
         blocked = False  # what is due belongs to groups without room: claim after a send ends
@@ -214,8 +231,8 @@ class Outbox(abc.ABC, Generic[T, R]):
             while True:
                 room = held_max - len(in_flight)
                 if not exhausted and not blocked and room >= held_max * REFILL_SHARE:
-                    if clock() - started < budget_s:
-                        claimed, left = await self._claim_and_start(clock, room, in_flight)
+                    if self.monotonic() - started < budget_s:
+                        claimed, left = await self._claim_and_start(await now_ms(), room, in_flight)
                         report.claimed += claimed
                         exhausted = claimed < room and not left
                         blocked = claimed < room and left
@@ -229,15 +246,16 @@ class Outbox(abc.ABC, Generic[T, R]):
                 for task in done:
                     del in_flight[task]
                 blocked = False
-                await self._apply([t.result() for t in done], round(clock() * 1000), report)
+                await self._apply([t.result() for t in done], await now_ms(), report)
         finally:
             for task in in_flight:
                 task.cancel()
 
     async def _claim_and_start(
-        self, clock: Callable[[], float], room: int, in_flight: dict[asyncio.Task[Outcome], str]
+        self, now_ms: int, room: int, in_flight: dict[asyncio.Task[Outcome], str]
     ) -> tuple[int, bool]:
-        """Claim up to ``room`` due items and start their sends; return how many, and whether some were left."""
+        """Claim up to ``room`` items due at ``now_ms`` and start their sends; return how many, and
+        whether some were left."""
         terms = self.terms
         held: dict[str, int] = {}
         for group in in_flight.values():
@@ -250,7 +268,7 @@ class Outbox(abc.ABC, Generic[T, R]):
         raw_ids, left = await self._claim(
             keys=[terms.due_key],
             args=[
-                round(clock() * 1000),
+                now_ms,
                 int(terms.lease_s * 1000),
                 room,
                 token,
@@ -263,30 +281,28 @@ class Outbox(abc.ABC, Generic[T, R]):
         )
         ids = [i.decode() for i in raw_ids]
         for item in await self._load(ids):
-            task = asyncio.create_task(self._guarded_send(item, token, clock, lease_ends))
+            task = asyncio.create_task(self._guarded_send(item, token, lease_ends))
             in_flight[task] = item.group
         return len(ids), bool(left)
 
-    async def _guarded_send(
-        self, item: Item[T], token: str, clock: Callable[[], float], lease_ends: float
-    ) -> Outcome:
+    async def _guarded_send(self, item: Item[T], token: str, lease_ends: float) -> Outcome:
         """Send once the item's slots are free, if the send can end within the lease; else hand it back."""
         async with self._slots(item):
             latest_start = lease_ends - self.terms.timeout_s - lease_slack(self.terms)
             if self.monotonic() > latest_start:
                 return Outcome(item.id, token, "released", "released", "", False)
             try:
-                verdict = await self._send(item, clock)
+                verdict = await self._send(item)
             except Exception as exc:  # one broken item must not stop the loop; it is retried
                 log.exception(f"{self.terms.name}.crashed", **self._log_fields(item))
                 verdict = Verdict.failed(f"internal error: {exc!r}")
-            return self._outcome(item, token, verdict, clock)
+            return self._outcome(item, token, verdict)
 
-    def _outcome(self, item: Item[T], token: str, verdict: Verdict, clock: Callable[[], float]) -> Outcome:
+    def _outcome(self, item: Item[T], token: str, verdict: Verdict) -> Outcome:
         """The settle step a verdict stands for: a failure is retried on the schedule or dead-lettered."""
         action, status = verdict.action, verdict.action
         settle: Settle
-        next_ms = None
+        delay_ms = None
         if verdict.settle == "failed":
             attempts = item.attempts + 1
             delay = retry_delay(self.terms, attempts, self.rng, verdict.retry_after)
@@ -296,7 +312,7 @@ class Outbox(abc.ABC, Generic[T, R]):
                 log.warning(f"{self.terms.name}.dead", **fields)
             else:
                 action, settle, status = "retry", "retry", "failing"
-                next_ms = round((clock() + delay) * 1000)  # round: seconds as a float lose the last ms
+                delay_ms = round(delay * 1000)  # stamped from the settle's now (see _apply)
                 log.info(f"{self.terms.name}.retry", delay=delay, **fields)
         else:
             settle = verdict.settle
@@ -307,7 +323,7 @@ class Outbox(abc.ABC, Generic[T, R]):
             settle,
             status,
             verdict.attempted,
-            next_ms=next_ms,
+            delay_ms=delay_ms,
             status_code=verdict.status_code,
             error=verdict.error,
             set_key=verdict.set_key,
@@ -315,8 +331,12 @@ class Outbox(abc.ABC, Generic[T, R]):
         )
 
     async def _apply(self, outcomes: list[Outcome], now_ms: int, report: R) -> None:
-        """Settle ``outcomes`` in one guarded step and count them."""
+        """Settle ``outcomes`` in one guarded step at ``now_ms`` and count them; a retry is due its
+        delay after ``now_ms`` (when its send ended, not when it was claimed)."""
         terms = self.terms
+        for o in outcomes:
+            if o.next_ms is None and o.delay_ms is not None:
+                o.next_ms = now_ms + o.delay_ms
         await self._settle(
             keys=[terms.due_key, terms.dead_key, keys.METRICS_GLOBAL],
             args=[

@@ -161,4 +161,5 @@ class SyncLimits:
         current = await self.redis.get(keys.sync_hold(provider))
         if current is not None and int(current) >= until:
             return  # a longer hold is already in force: a short retry-after must not cut it
-        await self.redis.set(keys.sync_hold(provider), until, px=max(1, int(seconds * 1000)))
+        # The stamp ends the hold (read against the caller's clock); PX only clears it away later.
+        await self.redis.set(keys.sync_hold(provider), until, px=until - now + keys.HOLD_GRACE_S * 1000)

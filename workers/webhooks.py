@@ -143,9 +143,15 @@ class Deliverer(Outbox[Delivery, DeliveryReport]):
         self.client = client
         self.limits = limits_for(client, self.hooks)
 
-    async def run(self, clock: Callable[[], float] = time.time, budget_s: float = 60.0) -> DeliveryReport:
-        """Deliver everything due, claiming as slots free up, until nothing is due or ``budget_s`` passed."""
-        return await self.drain(clock, budget_s)
+    async def run(self, now_ms: int | None = None, budget_s: float = 60.0) -> DeliveryReport:
+        """Deliver everything due, claiming as slots free up, until nothing is due or ``budget_s`` passed.
+
+        What is due, and when a retry is next due, is read from the injected clock at each claim
+        and settle (or is ``now_ms`` throughout, when given).
+        """
+        return await self.drain(
+            self.lease_clock.now_ms if now_ms is None else outbox.reading(now_ms), budget_s
+        )
 
     def _new_report(self) -> DeliveryReport:
         return DeliveryReport()
@@ -193,7 +199,7 @@ class Deliverer(Outbox[Delivery, DeliveryReport]):
             d["disabled"] = bool(disabled)
         return [Item(d["id"], int(d.get("attempts") or 0), d.get("tenant", ""), d) for d in deliveries]
 
-    async def _send(self, item: Item[Delivery], clock: Callable[[], float]) -> Verdict:
+    async def _send(self, item: Item[Delivery]) -> Verdict:
         delivery = item.data
         did = item.id
         job: JobRecord | None = delivery["job"]
@@ -212,7 +218,9 @@ class Deliverer(Outbox[Delivery, DeliveryReport]):
                 "data": job.view(delivery["result"]),
             }
         )
-        stamp = int(clock())
+        # Wall time, not the injected clock: receivers check this header against their own clocks
+        # (replay protection), so it must be the real time even when a test runs a virtual one.
+        stamp = int(time.time())
         headers = {
             "content-type": "application/json",
             # The answer is only read for an error message: never let it arrive compressed.

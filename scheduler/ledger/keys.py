@@ -237,7 +237,8 @@ def provider_files_pending(provider: str) -> str:
 
 
 def lane_hold(lane: str) -> str:
-    """String, with PX: epoch ms before which the lane must not flush (set after a token-limit refusal)."""
+    """String: epoch ms before which the lane must not flush (set after a token-limit refusal); PX
+    clears it HOLD_GRACE_S after that time."""
     return f"{PREFIX}:lane:{{{lane}}}:hold"
 
 
@@ -351,9 +352,16 @@ def sync_rate(provider: str, unit: str, minute: int) -> str:
 
 
 def sync_hold(provider: str) -> str:
-    """String with PX: epoch ms before which no sync call goes to a provider (its rate-limit headers or
-    a 429's retry-after said so)."""
+    """String: epoch ms before which no sync call goes to a provider (its rate-limit headers or a 429's
+    retry-after said so); PX clears it HOLD_GRACE_S after that time."""
     return f"{PREFIX}:sync:{provider}:hold"
+
+
+# A hold (lane_hold, sync_hold) ends when its stamp, compared with the reader's "now" (the injected
+# clock: Redis TIME in production, a virtual one in tests), has passed. The key's PX runs on Redis's
+# own clock, which a virtual clock does not move, so it only clears a hold away well after it can
+# matter; were it the hold's end, a test holding its clock still would see holds lapse early.
+HOLD_GRACE_S = 3600
 
 
 # -- retention (issue 12): every index below is trimmed by scheduler/ledger/retention.py -----------------

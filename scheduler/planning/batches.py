@@ -288,4 +288,8 @@ class Batches:
     async def hold_lane(self, lane: str, until_ms: int, now_ms: int) -> None:
         """Keep the lane from flushing before ``until_ms`` (after a token-limit refusal)."""
         if until_ms > now_ms:
-            await self.redis.set(keys.lane_hold(lane), until_ms, px=until_ms - now_ms)
+            # The stamp ends the hold (the planner reads it against the tick's now); PX only clears
+            # it away later (keys.HOLD_GRACE_S).
+            await self.redis.set(
+                keys.lane_hold(lane), until_ms, px=until_ms - now_ms + keys.HOLD_GRACE_S * 1000
+            )

@@ -44,7 +44,7 @@ async def asgi_client(
 
 
 @contextlib.contextmanager
-def serve(app: FastAPI, startup_timeout_s: float = 10.0) -> Iterator[str]:
+def serve(app: FastAPI) -> Iterator[str]:
     """Serve ``app`` with uvicorn on a free port in a thread; yield its base URL."""
     port = free_port()
     config = uvicorn.Config(
@@ -53,9 +53,8 @@ def serve(app: FastAPI, startup_timeout_s: float = 10.0) -> Iterator[str]:
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"api-{port}", daemon=True)
     thread.start()
-    deadline = time.monotonic() + startup_timeout_s
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
+    while not server.started:  # a server that never starts fails the test by its timeout
+        if not thread.is_alive():
             raise RuntimeError("the API server did not start")
         time.sleep(0.01)
     try:

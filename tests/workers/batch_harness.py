@@ -80,8 +80,9 @@ async def enqueue_jobs(
     return [j.id for j in jobs]
 
 
-async def run_batch(ctx: WorkerContext, *, model: str = MODEL, timeout_s: float = 30) -> str:
-    """Reserve the lane's queued jobs into one batch, submit it to the emulator and poll it until it ended."""
+async def run_batch(ctx: WorkerContext, *, model: str = MODEL) -> str:
+    """Reserve the lane's queued jobs into one batch, submit it to the emulator and poll it until it
+    ended (a batch that never ends fails the test by its timeout, not by a budget here)."""
     redis = ctx["redis"]
     settings = ctx["settings"]
     await redis.set(keys.LEADER_FENCE, "1")
@@ -90,9 +91,7 @@ async def run_batch(ctx: WorkerContext, *, model: str = MODEL, timeout_s: float 
     taken = await Batches(redis).reserve(lane, bid, token=1, now_ms=int(time.time() * 1000), chunk=5000)
     assert taken > 0
     assert await submit_batch(ctx, bid) is SubmitOutcome.SUBMITTED
-    deadline = time.monotonic() + timeout_s
-    while await poll_batch(ctx, bid) is not PollOutcome.ENDED:
-        assert time.monotonic() < deadline, "the emulator batch did not end"
+    while await poll_batch(ctx, bid) is not PollOutcome.ENDED:  # noqa: ASYNC110 - the emulator's batch
         await asyncio.sleep(0.05)
     return bid
 

@@ -131,9 +131,8 @@ def running_receiver(
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
+    while not server.started:  # a server that never starts fails the test by its timeout
+        if not thread.is_alive():
             raise RuntimeError("receiver did not start")
         time.sleep(0.01)
     try:

@@ -233,7 +233,7 @@ async def test_a_worker_whose_clock_runs_ahead_leaves_live_claims_alone(redis, r
         now = int(time.time() * 1000)
         await evaluate(redis, settings, LANE, [health(True)], now, token=await lead(redis))
         other = AlertSender(redis, client, settings.alerts)
-        claimed, left = await other._claim_and_start(lambda: now / 1000, 10, in_flight := {})
+        claimed, left = await other._claim_and_start(now, 10, in_flight := {})
         assert (claimed, left) == (1, False)
         assert await AlertSender(redis, client, settings.alerts).run(now + 60_000) == {
             "sent": 0,

@@ -250,11 +250,8 @@ CREATE_PATHS = {"openai": "/v1/batches", "anthropic": "/v1/messages/batches"}
 async def wait_ended(settings, redis, provider: str, provider_batch_id: str) -> None:
     """Until the emulator's batch has ended (its turnaround is a fraction of a second)."""
     async with worker_ctx(settings, redis) as ctx:
-        for _ in range(600):
-            if (await ctx["adapters"][provider].get_batch(provider_batch_id)).ended:
-                return
-            await asyncio.sleep(0.05)
-    raise AssertionError("the emulator batch did not end")
+        while not (await ctx["adapters"][provider].get_batch(provider_batch_id)).ended:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)  # a batch that never ends fails the test by its timeout
 
 
 @pytest.mark.parametrize("provider", ["openai", "anthropic"])
@@ -563,10 +560,9 @@ async def test_the_heartbeat_renews_the_lease_while_a_submission_works(
     assert await lease.acquire(int(time.time() * 1000)) == "ok"
     first = int(await redis.hget(keys.batch(batch_id), "lease_until_ms"))
     async with lease.heartbeat():
-        for _ in range(500):  # waits for the renewal itself, however slow the machine
+        # Waits for the renewal itself, however slow the machine (the test timeout bounds it).
+        while int(await redis.hget(keys.batch(batch_id), "lease_until_ms")) <= first:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
-            if int(await redis.hget(keys.batch(batch_id), "lease_until_ms")) > first:
-                break
     assert int(await redis.hget(keys.batch(batch_id), "lease_until_ms")) > first
     assert await redis.hget(keys.batch(batch_id), "lease_holder") == b"submit:x:0"
 
@@ -718,3 +714,22 @@ async def test_an_ingested_anthropic_batch_is_deleted_with_its_results(
     assert [(r["path"], r["status"]) for r in deletes] == [
         (f"/v1/messages/batches/{record.provider_batch_id}", 200)
     ]
+
+
+async def test_a_lane_hold_ends_by_the_ticks_clock_not_by_key_expiry(redis, scheduler: Scheduler):
+    """A refusal's lane hold outlives its length in real time while the tick's clock stands still,
+    and ends when that clock reaches it."""
+    now_ms = int(time.time() * 1000)
+    await enqueue_lane(
+        Ledger(redis),
+        "openai",
+        MODELS["openai"],
+        5,
+        now_ms=now_ms,
+        age_ms=61_000,
+        deadlines=lambda i: now_ms + 86_400_000,
+    )
+    await Batches(redis).hold_lane(LANES["openai"], now_ms + 50, now_ms)
+    await asyncio.sleep(0.2)  # four times the hold, in real time only
+    assert (await scheduler.tick(now_ms / 1000)).planned == []
+    assert len((await scheduler.tick((now_ms + 50) / 1000)).planned) == 1

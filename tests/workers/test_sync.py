@@ -16,7 +16,7 @@ from config.settings import SchedulerSettings, Settings
 from emulator.server import EmulatorControl
 from scheduler.costs import reports as costs
 from scheduler.ledger import keys
-from scheduler.ledger.clock import server_ms
+from scheduler.ledger.clock import ManualClock, server_ms
 from scheduler.ledger.ids import job_id as new_job_id
 from scheduler.ledger.jobs import NewJob
 from scheduler.ledger.ledger import Ledger
@@ -165,9 +165,9 @@ def long_call_settings(redis_url: str, url: str, *, lease_s: float, **provider: 
     )
 
 
-async def spend(redis) -> dict[str, Any]:
-    """Today's cost totals, as /v1/costs reports them."""
-    today = datetime.fromtimestamp(await server_ms(redis) / 1000, tz=UTC)
+async def spend(redis, now_ms: int | None = None) -> dict[str, Any]:
+    """Today's cost totals (the day of ``now_ms``, default the Redis server's), as /v1/costs reports them."""
+    today = datetime.fromtimestamp((now_ms or await server_ms(redis)) / 1000, tz=UTC)
     return (await costs.report(redis, "route", costs.period(None, None, today)))["total"]
 
 
@@ -180,22 +180,35 @@ async def until(condition: Callable[[], Awaitable[bool]]) -> None:
 async def test_a_call_longer_than_the_lease_is_not_dispatched_again_and_is_paid_once(
     redis_url, redis, emulator, http
 ) -> None:
-    """The heartbeat keeps the lease (and the call's concurrency slot) ahead of the call: ticks during a
-    3 s call on a 2 s lease hand nothing out again."""
-    emulator.configure(sync_latency_s=3.0)
-    settings = long_call_settings(redis_url, emulator.url, lease_s=2.0)
+    """The heartbeat keeps the lease (and the call's concurrency slot) ahead of the call: ticks during
+    a call held for four leases of the shared virtual clock hand nothing out again."""
+    lease_s = 1.0
+    settings = long_call_settings(redis_url, emulator.url, lease_s=lease_s)
     ctx = await make_ctx(settings, http)
+    clock = ctx["clock"] = ManualClock(int(time.time() * 1000))
     jid = await sync_job(ctx["ledger"])
+    emulator.configure(hold_sync=True)  # the call is answered only when the test lets it go
     async with build_scheduler(settings, redis, ctx["redis"]) as scheduler:
-        assert (await scheduler.tick(time.time())).steps["sync"] == 1
+        assert (await scheduler.tick(clock.seconds)).steps["sync"] == 1
         run = asyncio.create_task(run_sync(ctx, jid, 1))
+
+        async def call_arrived() -> bool:
+            return len(sync_calls(emulator)) == 1
+
+        async def beaten_since_the_step() -> bool:
+            """A heartbeat since the clock's last step has moved the lease a whole lease past it."""
+            return await redis.zscore(keys.SYNC_LEASES, jid) == clock.ms + int(lease_s * 1000)
+
+        await until(call_arrived)
         redispatched, slot_lapsed = 0, False
-        while not run.done():
-            redispatched += (await scheduler.tick(time.time())).steps["sync"]
-            now_ms = await server_ms(redis)
+        for _ in range(8):  # half a lease a step: without beats the lease lapses at the second
+            clock.advance(lease_s / 2)
+            await until(beaten_since_the_step)
+            redispatched += (await scheduler.tick(clock.seconds)).steps["sync"]
             slots = await redis.zrange(keys.sync_slots("openai"), 0, -1, withscores=True)
-            slot_lapsed |= any(lapses <= now_ms for _, lapses in slots)  # the slot lives with the lease
-            await asyncio.sleep(0.1)
+            slot_lapsed |= any(lapses <= clock.ms for _, lapses in slots)  # the slot lives with the lease
+        assert not run.done()
+        emulator.configure(hold_sync=False)
         assert await run is SyncOutcome.SUCCEEDED
         assert redispatched == 0
         assert not slot_lapsed
@@ -203,7 +216,7 @@ async def test_a_call_longer_than_the_lease_is_not_dispatched_again_and_is_paid_
     job = await ctx["ledger"].get(jid)
     assert job.state == "succeeded"
     assert len(sync_calls(emulator)) == 1
-    total = await spend(redis)
+    total = await spend(redis, clock.ms)
     assert total["actual_usd"] == pytest.approx(job.cost["actual_usd"])
     assert total["wasted_usd"] == 0
     assert total["duplicate_usd"] == 0

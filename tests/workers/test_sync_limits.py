@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
 
 from config.settings import ProviderSettings
 from scheduler.ledger import keys
-from scheduler.ledger.clock import server_ms
+from scheduler.ledger.clock import ManualClock, server_ms
 from workers.sync_limits import Permit, SyncLimits, estimate_tokens, reset_seconds, slot_ttl_s
 
 NOW = 1_800_000_000_000
@@ -105,3 +106,15 @@ async def test_slots_lapse_by_the_servers_clock_not_a_workers(redis, monkeypatch
     ttl_ms = slot_ttl_s(config) * 1000
     for _, lapses_ms in await redis.zrange(keys.sync_slots("openai"), 0, -1, withscores=True):
         assert lapses_ms <= server + ttl_ms
+
+
+async def test_a_hold_ends_by_the_callers_clock_not_by_key_expiry(redis):
+    """Under a virtual clock held still, real time passing does not lift a hold; the clock's step does."""
+    clock = ManualClock(NOW)
+    limits = SyncLimits(redis, clock)
+    config = provider()
+    await limits.hold("openai", 0.05)
+    await asyncio.sleep(0.2)  # four times the hold, in real time only
+    assert await limits.acquire("openai", config, BODY) == pytest.approx(0.05)
+    clock.advance(0.05)
+    assert isinstance(await limits.acquire("openai", config, BODY), Permit)

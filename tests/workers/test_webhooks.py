@@ -19,7 +19,7 @@ from standardwebhooks import Webhook
 
 from config.settings import Settings, TenantSettings, WebhookSettings
 from scheduler.ledger import keys
-from scheduler.ledger.clock import server_ms
+from scheduler.ledger.clock import ManualClock
 from scheduler.ledger.ids import job_id
 from scheduler.ledger.jobs import NewJob
 from scheduler.ledger.ledger import Finish, Ledger
@@ -34,14 +34,10 @@ T = TypeVar("T")
 NEW_SECRET = "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldY"  # base64 of 24 letters
 
 
-class Clock:
-    """A clock the test moves; starts at the real time so signature timestamps stay fresh."""
-
-    def __init__(self) -> None:
-        self.t = time.time()
-
-    def __call__(self) -> float:
-        return self.t
+def virtual_clock() -> ManualClock:
+    """The worker's injected clock, moved by the test; it starts at the real time only so that
+    dates the receiver sends (``Retry-After``) mean the same on both clocks."""
+    return ManualClock(int(time.time() * 1000))
 
 
 def hook_settings(redis_url: str, *, allow: bool = True, **webhooks: object) -> Settings:
@@ -63,7 +59,7 @@ async def finished_job(
 ) -> str:
     """A job that went through the sync lane and succeeded, so its delivery record exists."""
     jid = job_id()
-    now = int(time.time() * 1000) - 1000  # a second ago, so it is due at any test clock
+    now = int(time.time() * 1000) - 60_000  # a minute ago, so it is due at any test clock
     job = NewJob(
         jid,
         tenant,
@@ -109,9 +105,12 @@ def test_every_active_secret_signs_and_each_verifies_alone() -> None:
         )
 
 
-async def run(settings: Settings, redis: Redis, clock: Clock) -> dict[str, int]:
+async def run(
+    settings: Settings, redis: Redis, clock: ManualClock, now_ms: int | None = None
+) -> dict[str, int]:
+    """One deliver_webhooks run on the worker's clock ``clock`` (``now_ms``: a worker whose own "now" differs)."""
     async with build_client(settings) as client:
-        report = await Deliverer(settings, redis, client, rng=random.Random(1)).run(clock)
+        report = await Deliverer(settings, redis, client, clock=clock, rng=random.Random(1)).run(now_ms)
     return {k: getattr(report, k) for k in ("claimed", "delivered", "retry", "dead", "disabled")}
 
 
@@ -119,7 +118,7 @@ async def test_a_delivery_carries_the_job_view_and_verified_signatures(redis_url
     settings = hook_settings(redis_url)
     with running_receiver(secrets=(SECRET, NEW_SECRET)) as rx:
         jid = await finished_job(ledger, rx.url, result=b'{"id": "chatcmpl-1", "choices": []}')
-        report = await run(settings, redis, Clock())
+        report = await run(settings, redis, virtual_clock())
     assert report["delivered"] == 1
     [req] = rx.requests
     assert req.verified
@@ -139,7 +138,7 @@ async def test_three_500s_then_200_delivers_on_the_fourth_attempt_under_one_id(
     redis_url, redis, ledger
 ) -> None:
     settings = hook_settings(redis_url)
-    clock = Clock()
+    clock = virtual_clock()
 
     def answer(n: int) -> Answer:
         return (500 if n < 3 else 200), {}, 0.0
@@ -148,7 +147,7 @@ async def test_three_500s_then_200_delivers_on_the_fourth_attempt_under_one_id(
         jid = await finished_job(ledger, rx.url)
         for _ in range(4):
             await run(settings, redis, clock)
-            clock.t += 5  # past the longest scheduled delay (4 s)
+            clock.advance(5)  # past the longest scheduled delay (4 s)
     assert [r.verified for r in rx.requests] == [True] * 4
     assert {r.headers["webhook-id"] for r in rx.requests} == {f"msg_{jid}"}
     record = await delivery(redis, jid)
@@ -158,11 +157,11 @@ async def test_three_500s_then_200_delivers_on_the_fourth_attempt_under_one_id(
 
 async def test_nothing_is_sent_before_the_next_attempt_is_due(redis_url, redis, ledger) -> None:
     settings = hook_settings(redis_url)
-    clock = Clock()
+    clock = virtual_clock()
     with running_receiver(lambda n: (500, {}, 0.0)) as rx:
         jid = await finished_job(ledger, rx.url)
         await run(settings, redis, clock)
-        clock.t += 0.5  # the first retry waits 1 s
+        clock.advance(0.5)  # the first retry waits 1 s
         assert (await run(settings, redis, clock))["claimed"] == 0
     assert len(rx.requests) == 1
     assert (await delivery(redis, jid))["status"] == "failing"
@@ -170,12 +169,12 @@ async def test_nothing_is_sent_before_the_next_attempt_is_due(redis_url, redis, 
 
 async def test_after_the_last_attempt_the_delivery_is_dead_lettered(redis_url, redis, ledger) -> None:
     settings = hook_settings(redis_url, retry_schedule_s=[1, 1])
-    clock = Clock()
+    clock = virtual_clock()
     with running_receiver(lambda n: (503, {}, 0.0)) as rx:
         jid = await finished_job(ledger, rx.url)
         for _ in range(4):
             await run(settings, redis, clock)
-            clock.t += 2
+            clock.advance(2)
     assert len(rx.requests) == 3  # the first attempt and two retries
     record = await delivery(redis, jid)
     assert record["status"] == "dead"
@@ -188,9 +187,9 @@ async def test_410_disables_the_url(redis_url, redis, ledger) -> None:
     settings = hook_settings(redis_url)
     with running_receiver(lambda n: (410, {}, 0.0)) as rx:
         first = await finished_job(ledger, rx.url)
-        await run(settings, redis, Clock())
+        await run(settings, redis, virtual_clock())
         second = await finished_job(ledger, rx.url)
-        await run(settings, redis, Clock())
+        await run(settings, redis, virtual_clock())
     assert len(rx.requests) == 1  # the second event never went out
     assert (await delivery(redis, first))["status"] == "disabled"
     assert (await delivery(redis, second))["status"] == "disabled"
@@ -203,9 +202,9 @@ async def test_a_410_disables_the_url_for_its_tenant_only(redis_url, redis, ledg
     settings.tenants["globex"] = TenantSettings(api_key="globex-key", webhook_secrets=[SECRET])
     with running_receiver(lambda n: (410, {}, 0.0) if n == 0 else (200, {}, 0.0)) as rx:
         gone = await finished_job(ledger, rx.url)
-        await run(settings, redis, Clock())
+        await run(settings, redis, virtual_clock())
         other = await finished_job(ledger, rx.url, tenant="globex")
-        await run(settings, redis, Clock())
+        await run(settings, redis, virtual_clock())
     assert (await delivery(redis, gone))["status"] == "disabled"
     assert (await delivery(redis, other))["status"] == "delivered"
     assert len(rx.requests) == 2
@@ -213,14 +212,14 @@ async def test_a_410_disables_the_url_for_its_tenant_only(redis_url, redis, ledg
 
 async def test_a_timeout_is_retried(redis_url, redis, ledger) -> None:
     settings = hook_settings(redis_url, timeout_s=0.2)
-    clock = Clock()
+    clock = virtual_clock()
     with running_receiver(lambda n: (200, {}, 1.0 if n == 0 else 0.0)) as rx:
         jid = await finished_job(ledger, rx.url)
         await run(settings, redis, clock)
         record = await delivery(redis, jid)
         assert record["status"] == "failing"
         assert "timeout" in record["last_error"]
-        clock.t += 2
+        clock.advance(2)
         await run(settings, redis, clock)
     assert (await delivery(redis, jid))["status"] == "delivered"
 
@@ -230,7 +229,7 @@ async def test_a_redirect_is_not_followed(redis_url, redis, ledger) -> None:
 
     with running_receiver(lambda n: (302, {"location": "/elsewhere"}, 0.0)) as rx:
         jid = await finished_job(ledger, rx.url)
-        await run(settings, redis, Clock())
+        await run(settings, redis, virtual_clock())
     assert [r.path for r in rx.requests] == ["/hook"]
     record = await delivery(redis, jid)
     assert record["status"] == "failing"
@@ -239,13 +238,13 @@ async def test_a_redirect_is_not_followed(redis_url, redis, ledger) -> None:
 
 async def test_retry_after_is_honoured(redis_url, redis, ledger) -> None:
     settings = hook_settings(redis_url, retry_schedule_s=[1, 60])
-    clock = Clock()
+    clock = virtual_clock()
     with running_receiver(lambda n: (503, {"retry-after": "30"}, 0.0)) as rx:
         jid = await finished_job(ledger, rx.url)
         await run(settings, redis, clock)
     score = await redis.zscore(keys.WEBHOOKS_DUE, f"wh_{jid}")
     assert score is not None
-    assert score >= int((clock.t + 30) * 1000)
+    assert score >= int((clock.seconds + 30) * 1000)
     assert len(rx.requests) == 1
 
 
@@ -253,7 +252,7 @@ async def test_loopback_is_refused_without_the_allowlist(redis_url, redis, ledge
     settings = hook_settings(redis_url, allow=False)
     with running_receiver() as rx:
         jid = await finished_job(ledger, rx.url)
-        await run(settings, redis, Clock())
+        await run(settings, redis, virtual_clock())
     assert rx.requests == []
     record = await delivery(redis, jid)
     assert record["status"] == "dead"
@@ -264,7 +263,7 @@ async def test_a_tenant_without_secrets_gets_nothing_unsigned(redis_url, redis, 
     settings = hook_settings(redis_url)
     with running_receiver() as rx:
         jid = await finished_job(ledger, rx.url, tenant="globex")
-        await run(settings, redis, Clock())
+        await run(settings, redis, virtual_clock())
     assert rx.requests == []
     assert "no webhook secret" in (await delivery(redis, jid))["last_error"]
 
@@ -272,7 +271,7 @@ async def test_a_tenant_without_secrets_gets_nothing_unsigned(redis_url, redis, 
 async def claim(
     settings: Settings,
     redis: Redis,
-    now: float,
+    clock: ManualClock,
     *,
     token: str = "other-worker",
     lease_ms: int = 30_000,
@@ -280,13 +279,13 @@ async def claim(
     room: int = 10,
     rooms: dict[str, int] | None = None,
 ) -> tuple[list[str], int]:
-    """Claim as another worker would (which then dies, or is still sending)."""
+    """Claim at ``clock``'s now as another worker would (which then dies, or is still sending)."""
     async with build_client(settings) as client:
         script = Deliverer(settings, redis, client)._claim
         ids, left = await script(
             keys=[keys.WEBHOOKS_DUE],
             args=[
-                int(now * 1000),
+                clock.ms,
                 lease_ms,
                 most,
                 token,
@@ -294,7 +293,7 @@ async def claim(
                 room,
                 orjson.dumps(rooms or {}),
                 most * 4,
-                await server_ms(redis),
+                clock.ms,
             ],
         )
     return sorted(i.decode() for i in ids), left
@@ -302,26 +301,25 @@ async def claim(
 
 async def test_a_dead_workers_claims_come_back_after_the_lease(redis_url, redis, ledger) -> None:
     settings = hook_settings(redis_url)
-    clock = Clock()
+    clock = virtual_clock()
     with running_receiver() as rx:
         jid = await finished_job(ledger, rx.url)
-        assert (await claim(settings, redis, clock(), lease_ms=50))[0] == [f"wh_{jid}"]
-        await asyncio.sleep(0.2)  # past the 50 ms lease on the Redis server's clock
-        clock.t += 1  # the lease's end is the delivery's score: due again for any worker
+        assert (await claim(settings, redis, clock, lease_ms=50))[0] == [f"wh_{jid}"]
+        clock.advance(1)  # past the 50 ms lease; its end is the delivery's score: due again for any worker
         assert (await run(settings, redis, clock))["delivered"] == 1
     assert len(rx.requests) == 1
     assert (await delivery(redis, jid))["status"] == "delivered"
 
 
 async def test_a_worker_whose_clock_runs_ahead_leaves_live_claims_alone(redis_url, redis, ledger) -> None:
-    """Lease expiry is Redis server time: a worker 60 s ahead sees the score as due, yet claims nothing."""
+    """Leases run on the shared clock (Redis TIME in production), not a worker's own "now": a
+    worker 60 s ahead sees the score as due, yet claims nothing."""
     settings = hook_settings(redis_url)
-    clock = Clock()
+    clock = virtual_clock()
     with running_receiver() as rx:
         jid = await finished_job(ledger, rx.url)
-        assert (await claim(settings, redis, clock(), lease_ms=30_000))[0] == [f"wh_{jid}"]
-        clock.t += 60
-        assert (await run(settings, redis, clock))["claimed"] == 0
+        assert (await claim(settings, redis, clock, lease_ms=30_000))[0] == [f"wh_{jid}"]
+        assert (await run(settings, redis, clock, now_ms=clock.ms + 60_000))["claimed"] == 0
     assert rx.requests == []
     assert (await delivery(redis, jid))["lease"] == "other-worker"
 
@@ -331,11 +329,12 @@ async def test_one_claim_takes_at_most_each_tenants_room(redis_url, redis, ledge
     url = "http://127.0.0.1:9/hook"
     acme = {f"wh_{await finished_job(ledger, url)}" for _ in range(3)}
     globex = {f"wh_{await finished_job(ledger, url, tenant='globex')}" for _ in range(3)}
-    first, left = await claim(settings, redis, time.time(), room=2, rooms={"globex": 1})
+    clock = virtual_clock()
+    first, left = await claim(settings, redis, clock, room=2, rooms={"globex": 1})
     assert len(acme & set(first)) == 2
     assert len(globex & set(first)) == 1
     assert left == 1  # the rest is due but had no room
-    rest, left = await claim(settings, redis, time.time(), room=5, token="another")
+    rest, left = await claim(settings, redis, clock, room=5, token="another")
     assert set(rest) == (acme | globex) - set(first)  # live claims are skipped
     assert left == 0
 
@@ -345,7 +344,7 @@ async def test_fan_out_is_concurrent(redis_url, redis, ledger) -> None:
     settings = hook_settings(redis_url, concurrency=20, claim_batch=40)
     with running_receiver(lambda n: (200, {}, 0.05)) as rx:
         ids = [await finished_job(ledger, rx.url) for _ in range(100)]
-        report = await run(settings, redis, Clock())
+        report = await run(settings, redis, virtual_clock())
     assert report["delivered"] == 100
     assert {r.headers["webhook-id"] for r in rx.requests} == {f"msg_{j}" for j in ids}
     assert 1 < rx.peak <= 20
@@ -353,29 +352,33 @@ async def test_fan_out_is_concurrent(redis_url, redis, ledger) -> None:
 
 async def test_every_attempt_carries_its_own_timestamp_under_the_same_id(redis_url, redis, ledger) -> None:
     settings = hook_settings(redis_url, retry_schedule_s=[60, 60])
-    clock = Clock()
-    sent_at: list[int] = []
+    """The timestamp is the wall time of each send, whatever the worker's clock says: receivers
+    check it against their own clocks."""
+    clock = virtual_clock()
+    sent_within: list[tuple[int, int]] = []
     with running_receiver(lambda n: (500 if n < 2 else 200, {}, 0.0), secrets=(SECRET,)) as rx:
         jid = await finished_job(ledger, rx.url)
         for _ in range(3):
-            sent_at.append(int(clock()))
+            before = int(time.time())
             await run(settings, redis, clock)
-            clock.t += 61
-    assert [int(r.headers["webhook-timestamp"]) for r in rx.requests] == sent_at
-    assert len(set(sent_at)) == 3
+            sent_within.append((before, int(time.time())))
+            clock.advance(61)  # the virtual clock runs 183 s ahead of the wall by the end
+    stamps = [int(r.headers["webhook-timestamp"]) for r in rx.requests]
+    assert len(stamps) == 3
+    assert all(lo <= ts <= hi for ts, (lo, hi) in zip(stamps, sent_within, strict=True))
     assert {r.headers["webhook-id"] for r in rx.requests} == {f"msg_{jid}"}
 
 
 async def test_retry_after_as_an_http_date_is_honoured(redis_url, redis, ledger) -> None:
     settings = hook_settings(redis_url, retry_schedule_s=[1, 600])
-    clock = Clock()
+    clock = virtual_clock()
     when = email.utils.formatdate(time.time() + 120, usegmt=True)
     with running_receiver(lambda n: (503, {"retry-after": when}, 0.0)) as rx:
         jid = await finished_job(ledger, rx.url)
         await run(settings, redis, clock)
     score = await redis.zscore(keys.WEBHOOKS_DUE, f"wh_{jid}")
     assert score is not None
-    assert score >= int((clock.t + 100) * 1000)  # the date's 120 s, not the schedule's 1 s
+    assert score >= int((clock.seconds + 100) * 1000)  # the date's 120 s, not the schedule's 1 s
     assert len(rx.requests) == 1
 
 
@@ -383,9 +386,9 @@ async def test_410_disables_only_that_url(redis_url, redis, ledger) -> None:
     settings = hook_settings(redis_url)
     with running_receiver(lambda n: (410, {}, 0.0)) as gone, running_receiver() as alive:
         await finished_job(ledger, gone.url)
-        await run(settings, redis, Clock())
+        await run(settings, redis, virtual_clock())
         other = await finished_job(ledger, alive.url)
-        report = await run(settings, redis, Clock())
+        report = await run(settings, redis, virtual_clock())
     assert report["delivered"] == 1
     assert (await delivery(redis, other))["status"] == "delivered"
 
@@ -397,7 +400,7 @@ async def test_a_job_whose_result_expired_still_gets_a_signed_event(redis_url, r
     with running_receiver(secrets=(SECRET,)) as rx:
         jid = await finished_job(ledger, rx.url)
         await redis.delete(keys.result(jid))
-        assert (await run(settings, redis, Clock()))["delivered"] == 1
+        assert (await run(settings, redis, virtual_clock()))["delivered"] == 1
     [req] = rx.requests
     assert req.verified
     doc = orjson.loads(req.body)
@@ -410,7 +413,7 @@ async def test_a_tenant_removed_from_settings_gets_nothing_sent(redis_url, redis
     settings = hook_settings(redis_url)
     with running_receiver() as rx:
         jid = await finished_job(ledger, rx.url, tenant="initech")  # not (or no longer) configured
-        assert (await run(settings, redis, Clock()))["dead"] == 1
+        assert (await run(settings, redis, virtual_clock()))["dead"] == 1
     assert rx.requests == []
     record = await delivery(redis, jid)
     assert record["status"] == "dead"
@@ -464,7 +467,7 @@ async def test_a_300_mb_answer_costs_a_few_kilobytes(redis_url, redis, ledger) -
     settings = hook_settings(redis_url, timeout_s=30.0)
     with running_receiver(lambda n: (500, {}, 0.0), plan=HUGE) as rx:
         jid = await finished_job(ledger, rx.url)
-        report, peak = await peak_mb(run(settings, redis, Clock()))
+        report, peak = await peak_mb(run(settings, redis, virtual_clock()))
     assert report["retry"] == 1
     assert peak < 20
     assert rx.body_bytes_sent < 50 * 2**20  # the client hung up long before the end
@@ -479,7 +482,7 @@ async def test_a_trickling_receiver_is_cut_off_at_the_send_deadline(redis_url, r
     settings = hook_settings(redis_url, timeout_s=0.5)
     with running_receiver(lambda n: (500, {}, 0.0), plan=TRICKLE) as rx:
         jid = await finished_job(ledger, rx.url)
-        report, peak = await peak_mb(run(settings, redis, Clock()))
+        report, peak = await peak_mb(run(settings, redis, virtual_clock()))
     assert report["retry"] == 1
     assert peak < 20
     assert rx.body_bytes_sent < TRICKLE.count
@@ -501,7 +504,7 @@ async def test_hostile_receivers_do_not_hold_back_other_tenants(redis_url, redis
         hostile = [await finished_job(ledger, slow.url) for _ in range(3)]
         hostile += [await finished_job(ledger, huge.url) for _ in range(2)]
         others = [await finished_job(ledger, fine.url, tenant="globex") for _ in range(20)]
-        report = await run(settings, redis, Clock())
+        report = await run(settings, redis, virtual_clock())
     assert report["delivered"] == 20
     assert report["retry"] == 5
     for jid in others:
@@ -520,7 +523,7 @@ async def test_sends_in_flight_stay_within_the_tenant_and_url_limits(redis_url, 
         for _ in range(10):
             await finished_job(ledger, one.url)
             await finished_job(ledger, two.url)
-        report = await run(settings, redis, Clock())
+        report = await run(settings, redis, virtual_clock())
     assert report["delivered"] == 20
     assert one.peak <= 2
     assert two.peak <= 2
@@ -528,31 +531,36 @@ async def test_sends_in_flight_stay_within_the_tenant_and_url_limits(redis_url, 
         for _ in range(10):
             await finished_job(ledger, shared.url)
         settings = hook_settings(redis_url, concurrency=20, per_tenant_concurrency=3, per_url_concurrency=20)
-        assert (await run(settings, redis, Clock()))["delivered"] == 10
+        assert (await run(settings, redis, virtual_clock()))["delivered"] == 10
     assert shared.peak <= 3
 
 
 async def test_a_send_that_could_outlive_its_lease_is_handed_back_unsent(redis_url, redis, ledger) -> None:
-    """One slot, a 0.6 s deadline, a 1 s lease: the second send could not end in time, so it never starts."""
+    """One slot, a 0.6 s deadline, a 1 s lease: the second send could not end in time, so it never starts.
+
+    The outbox's monotonic clock moves a whole deadline per send the receiver saw, so how fast the
+    machine claims and starts sends does not count."""
     settings = hook_settings(redis_url, timeout_s=0.6, lease_s=1.0, per_tenant_concurrency=1)
     with running_receiver(lambda n: (500, {}, 0.0), plan=TRICKLE) as rx:
         first = await finished_job(ledger, rx.url)
         second = await finished_job(ledger, rx.url)
-        clock = Clock()
+        clock = virtual_clock()
         async with build_client(settings) as client:
-            deliverer = Deliverer(settings, redis, client)
-            ids, left = await deliverer._claim_and_start(clock, 10, in_flight := {})
+            deliverer = Deliverer(
+                settings, redis, client, clock=clock, monotonic=lambda: 0.6 * len(rx.requests)
+            )
+            ids, left = await deliverer._claim_and_start(clock.ms, 10, in_flight := {})
             assert (ids, left) == (2, False)
             outcomes = await asyncio.gather(*in_flight)
     assert sorted(o.action for o in outcomes) == ["released", "retry"]
     assert len(rx.requests) == 1
     released = next(o.id for o in outcomes if o.action == "released")
     assert released in (f"wh_{first}", f"wh_{second}")
-    await deliverer._apply(outcomes, int(clock() * 1000), DeliveryReport())
+    await deliverer._apply(outcomes, clock.ms, DeliveryReport())
     record = await redis.hgetall(keys.webhook_delivery(released))
     assert b"lease" not in record
     assert b"attempts" not in record or record[b"attempts"] == b"0"
-    assert await redis.zscore(keys.WEBHOOKS_DUE, released) == int(clock() * 1000)  # due again at once
+    assert await redis.zscore(keys.WEBHOOKS_DUE, released) == clock.ms  # due again at once
 
 
 async def test_a_delivery_reads_no_request_body(redis_url, redis, ledger) -> None:
@@ -561,7 +569,7 @@ async def test_a_delivery_reads_no_request_body(redis_url, redis, ledger) -> Non
     with running_receiver() as rx:
         jid = await finished_job(ledger, rx.url)
         await redis.hset(keys.job(jid), "body", b"x" * (8 * 2**20))  # type: ignore[misc]
-        report, peak = await peak_mb(run(settings, redis, Clock()))
+        report, peak = await peak_mb(run(settings, redis, virtual_clock()))
     assert report["delivered"] == 1
     assert peak < 4
     assert orjson.loads(rx.requests[0].body)["data"]["id"] == jid
@@ -625,7 +633,7 @@ async def test_a_compressed_answer_is_never_inflated(redis_url, redis, ledger) -
     bomb = BodyPlan(gzip_of_zeros(64), 1)
     with running_receiver(lambda n: (500, {"content-encoding": "gzip"}, 0.0), plan=bomb) as rx:
         jid = await finished_job(ledger, rx.url)
-        report, peak = await peak_mb(run(settings, redis, Clock()))
+        report, peak = await peak_mb(run(settings, redis, virtual_clock()))
     assert report["retry"] == 1
     assert peak < 20
     assert rx.requests[0].headers["accept-encoding"] == "identity"
