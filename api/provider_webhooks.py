@@ -30,7 +30,7 @@ from api.errors import error_body
 from api.responses import JsonResponse
 from config.settings import ProviderSettings, Settings
 from scheduler import provider_events
-from scheduler.errors import PayloadTooLarge
+from scheduler.errors import PayloadTooLarge, SignatureRefused
 from scheduler.ledger import keys, tasks
 from scheduler.ledger.clock import ServerClock
 
@@ -42,17 +42,6 @@ router = APIRouter(tags=["provider webhooks"])
 TOLERANCE_S = 300
 BODY_LIMIT = 64 * 1024  # an OpenAI batch event is a few hundred bytes
 SECRET_PREFIX = "whsec_"  # noqa: S105 -- the format tag of a secret, not a secret
-
-
-class SignatureRefused(Exception):
-    """Raised when an event's Standard Webhooks headers do not verify; the message says which check failed."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-    def __str__(self) -> str:
-        return self.reason
 
 
 def verify(secret: str, headers: dict[str, str], body: bytes, now_s: float) -> str:
@@ -125,8 +114,8 @@ async def provider_webhook(provider: str, request: Request) -> JsonResponse:
             configured.webhook_secret.get_secret_value(), dict(request.headers), body, time.time()
         )
     except SignatureRefused as exc:
-        log.warning("provider_webhook.refused", provider=provider, reason=exc.reason)
-        return JsonResponse(error_body("invalid_signature", exc.reason), 400)
+        log.warning("provider_webhook.refused", provider=provider, reason=exc.message)
+        return JsonResponse(error_body(exc.error_type, exc.message), exc.status_code)
     try:
         event: Any = orjson.loads(body)
         event_type = event["type"]

@@ -4,6 +4,7 @@
      ├── BatchshiftError            an answer the API gives (status code and error body)
      │    ├── InvalidRequest          400/422: a field is wrong (names the field)
      │    │    └── MalformedJSON      400: the body is not JSON
+     │    ├── SignatureRefused        400: a provider event's webhook signature does not verify
      │    ├── PayloadTooLarge         413: body or bulk over its limit
      │    ├── Unauthorized            401: no or unknown API key
      │    ├── Forbidden               403: the key may not do this (admin endpoints)
@@ -60,6 +61,13 @@ class MalformedJSON(InvalidRequest):
 
     status_code = 400
     error_type = "malformed_json"
+
+
+class SignatureRefused(BatchshiftError):
+    """Raised when a provider event's Standard Webhooks headers do not verify (the message says which check)."""
+
+    status_code = 400
+    error_type = "invalid_signature"
 
 
 class PayloadTooLarge(BatchshiftError):
