@@ -31,6 +31,7 @@ from scheduler.ledger.jobs import NewJob
 from scheduler.ledger.tasks import create_pool
 from scheduler.planning.batches import Batches, BatchRecord
 from scheduler.service import build_scheduler
+from tests.api.harness import ADMIN, asgi_client
 from tests.conftest import make_settings
 from tests.test_slo_e2e import SETTLE_POLL_S, Pipeline, all_terminal, records
 from tests.workers.receiver import Receiver, running_receiver
@@ -172,7 +173,8 @@ async def test_jobs_go_through_azure_batches_to_results_webhooks_and_costs(
     redis, redis_url, emulator, receiver, harness
 ):
     """Default poll floor: the submitted batch is next polled a minute later, not sooner."""
-    pipeline = harness(azure_settings(redis_url, emulator))
+    settings = azure_settings(redis_url, emulator)
+    pipeline = harness(settings)
     job_ids = await enqueue(pipeline, 3, 3600, callback_url=receiver.url)
 
     async def submitted() -> bool:
@@ -206,6 +208,15 @@ async def test_jobs_go_through_azure_batches_to_results_webhooks_and_costs(
     assert create["query"] == f"api-version={API_VERSION}"
     assert azure_calls(emulator, "POST", "/openai/files")
     assert not [r for r in emulator.requests() if r["path"].startswith("/v1/")]
+    # The lane shows where every lane shows: its SLO snapshot, its costs and its Prometheus series.
+    lane = (await records(pipeline.ledger, job_ids[:1]))[0].lane
+    async with asgi_client(settings, redis, ADMIN) as client:
+        lanes = await client.get("/v1/lanes")
+        by_lane = await client.get("/v1/costs", params={"group_by": "lane"})
+        metrics = await client.get("/metrics")
+    assert lane in lanes.text, lanes.text
+    assert lane in by_lane.text, by_lane.text
+    assert f'lane="{lane}"' in metrics.text
 
 
 @pytest.mark.parametrize(

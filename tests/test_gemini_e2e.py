@@ -17,6 +17,7 @@ from scheduler.ledger import ids, keys
 from scheduler.ledger.jobs import NewJob
 from scheduler.ledger.ledger import day_of
 from tests import test_slo_e2e as slo
+from tests.api.harness import ADMIN, asgi_client
 from tests.test_slo_e2e import FAST_HTTP, Pipeline, all_terminal, e2e_settings, records
 from tests.workers.receiver import running_receiver
 
@@ -97,6 +98,15 @@ async def test_gemini_jobs_by_batch_to_results_webhooks_and_costs(
     total = await redis.hgetall(keys.agg_total(day_of(pipeline.start_ms), "acme"))
     assert float(total[b"actual_usd"]) > 0
     assert float(total[b"sync_equivalent_usd"]) == pytest.approx(2 * float(total[b"actual_usd"]), rel=0.01)
+    # The lane shows where every lane shows: its SLO snapshot, its costs and its Prometheus series.
+    lane = (await records(pipeline.ledger, job_ids[:1]))[0].lane
+    async with asgi_client(settings, redis, ADMIN) as client:
+        lanes = await client.get("/v1/lanes")
+        by_lane = await client.get("/v1/costs", params={"group_by": "lane"})
+        metrics = await client.get("/metrics")
+    assert lane in lanes.text, lanes.text
+    assert lane in by_lane.text, by_lane.text
+    assert f'lane="{lane}"' in metrics.text
 
 
 async def test_stalled_gemini_lane_flips_its_jobs_in_time(redis, redis_url, emulator, pagerduty, harness):
