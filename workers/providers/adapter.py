@@ -139,15 +139,23 @@ class BatchAdapter:
         max_retries: int | None = None,
         read_timeout: float | None = None,
     ) -> SyncResult:
-        # A repeated sync call costs twice but changes nothing, so it is retried like a read.
-        response = await self.account.call(
-            "POST",
-            self.sync_path(endpoint),
-            idempotent=True,
-            max_retries=max_retries,
-            read_timeout=read_timeout,
-            content=with_service_tier(body, service_tier),
-            headers={"content-type": "application/json"},
+        response = await self.post_sync(
+            self.sync_path(endpoint), with_service_tier(body, service_tier), max_retries, read_timeout
         )
         doc = parse_object(response.content, f"POST {endpoint}")
         return SyncResult(response.content, doc.get("usage"), response.status_code, dict(response.headers))
+
+    async def post_sync(
+        self, path: str, content: bytes, max_retries: int | None, read_timeout: float | None
+    ) -> httpx.Response:
+        """POST one sync request body to ``path``: a repeated sync call costs twice but changes
+        nothing, so it is retried like a read."""
+        return await self.account.call(
+            "POST",
+            path,
+            idempotent=True,
+            max_retries=max_retries,
+            read_timeout=read_timeout,
+            content=content,
+            headers={"content-type": "application/json"},
+        )

@@ -93,14 +93,8 @@ class AzureAdapter(OpenAIAdapter):
             )
         deployment = str(parse_object(body, "sync request body").get("model") or "")  # intake requires it
         # Azure has no flex tier: service_tier is not sent.
-        response = await self.account.call(
-            "POST",
-            f"/deployments/{deployment}{self.sync_path(endpoint)}",
-            idempotent=True,
-            max_retries=max_retries,
-            read_timeout=read_timeout,
-            content=body,
-            headers={"content-type": "application/json"},
+        response = await self.post_sync(
+            f"/deployments/{deployment}{self.sync_path(endpoint)}", body, max_retries, read_timeout
         )
         doc = parse_object(response.content, f"POST {endpoint}")
         return SyncResult(response.content, doc.get("usage"), response.status_code, dict(response.headers))

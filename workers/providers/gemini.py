@@ -384,14 +384,8 @@ class GeminiAdapter(BatchAdapter):
     ) -> SyncResult:
         """``generateContent`` with the model in the path; ``service_tier`` is not sold here."""
         model, request = request_of(body)
-        response = await self.account.call(
-            "POST",
-            f"{VERSION}/models/{model}:{endpoint}",
-            idempotent=True,
-            max_retries=max_retries,
-            read_timeout=read_timeout,
-            content=request,
-            headers={"content-type": "application/json"},
+        response = await self.post_sync(
+            f"{VERSION}/models/{model}:{endpoint}", request, max_retries, read_timeout
         )
         doc = parse_object(response.content, f"POST {endpoint}")
         usage = doc.get("usageMetadata")
