@@ -25,7 +25,8 @@ from redis.asyncio import Redis
 
 from batchshift.client import BatchshiftClient, job_request
 from batchshift.embedded_redis import embedded_redis, free_port
-from scheduler.ledger import ids, keys
+from benchmarks.support import write_raw
+from scheduler.ledger import ids
 from scheduler.ledger.jobs import NewJob
 
 API_KEY = "bench-tenant-key"
@@ -106,13 +107,7 @@ async def baseline(redis: Redis, count: int) -> float:
         for n in range(count)
     ]
     started = time.perf_counter()
-    for start in range(0, count, BULK_CHUNK):
-        async with redis.pipeline(transaction=False) as pipe:
-            for job in jobs[start : start + BULK_CHUNK]:
-                pipe.hset(keys.job(job.id), mapping=job.fields())
-                pipe.zadd(keys.lane_queue(job.lane), {job.id: job.deadline_ms})
-                pipe.zadd(keys.tenant_jobs(job.tenant), {job.id: 0})
-            await pipe.execute()
+    await write_raw(redis, jobs, BULK_CHUNK)
     return count / (time.perf_counter() - started)
 
 

@@ -37,7 +37,7 @@ from redis.asyncio import Redis
 
 from batchshift.client import job_request
 from batchshift.embedded_redis import embedded_redis, free_port
-from benchmarks.support import ROOT, emulator_process, wait_until_up
+from benchmarks.support import ROOT, emulator_process, wait_until_up, write_raw
 from scheduler.ledger import ids, keys
 from scheduler.ledger.jobs import NewJob
 
@@ -197,13 +197,7 @@ async def baseline(redis: Redis, count: int) -> float:
         for n in range(count)
     ]
     started = time.perf_counter()
-    for start in range(0, count, CHUNK):
-        async with redis.pipeline(transaction=False) as pipe:
-            for job in jobs[start : start + CHUNK]:
-                pipe.hset(keys.job(job.id), mapping=job.fields())
-                pipe.zadd(keys.lane_queue(job.lane), {job.id: job.deadline_ms})
-                pipe.zadd(keys.tenant_jobs(job.tenant), {job.id: 0})
-            await pipe.execute()
+    await write_raw(redis, jobs, CHUNK)
     for start in range(0, count, CHUNK):
         async with redis.pipeline(transaction=False) as pipe:
             for job in jobs[start : start + CHUNK]:

@@ -10,13 +10,16 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+from redis.asyncio import Redis
 
 from batchshift.embedded_redis import free_port
+from scheduler.ledger import keys
+from scheduler.ledger.jobs import NewJob
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,3 +80,15 @@ def emulator_process(turnaround_s: float = 1.0) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+async def write_raw(redis: Redis, jobs: Sequence[NewJob], chunk: int) -> None:
+    """The raw redis-py baseline's writes: each job's hash, lane queue and tenant index entries,
+    pipelined in chunks, with none of intake's checks."""
+    for start in range(0, len(jobs), chunk):
+        async with redis.pipeline(transaction=False) as pipe:
+            for job in jobs[start : start + chunk]:
+                pipe.hset(keys.job(job.id), mapping=job.fields())
+                pipe.zadd(keys.lane_queue(job.lane), {job.id: job.deadline_ms})
+                pipe.zadd(keys.tenant_jobs(job.tenant), {job.id: 0})
+            await pipe.execute()
