@@ -9,12 +9,10 @@ window plus the grace, its jobs sent on; a batch is polled no faster than once a
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Iterator
 
 import orjson
 import pytest
-from arq.worker import Worker
 
 from config.settings import (
     HttpSettings,
@@ -26,16 +24,13 @@ from config.settings import (
 )
 from emulator import server
 from scheduler.ledger import ids, keys
-from scheduler.ledger.clock import ManualClock
 from scheduler.ledger.jobs import NewJob
-from scheduler.ledger.tasks import create_pool
 from scheduler.planning.batches import Batches, BatchRecord
-from scheduler.service import build_scheduler
+from tests import test_slo_e2e as slo
 from tests.api.harness import ADMIN, asgi_client
 from tests.conftest import make_settings
-from tests.test_slo_e2e import SETTLE_POLL_S, Pipeline, all_terminal, records
+from tests.test_slo_e2e import Pipeline, all_terminal, records
 from tests.workers.receiver import Receiver, running_receiver
-from workers.worker import worker_settings
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -46,17 +41,10 @@ SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # acme's signing secret in te
 FAST_HTTP = HttpSettings(max_retries=2, backoff_base=0.01, backoff_max=0.05, read_timeout=10)
 
 
-@pytest.fixture(scope="module")
-def emulator_url() -> Iterator[str]:
-    with server.running_emulator({"turnaround_s": 0.3, "retry_after_s": 0.2, "cancel_s": 0.1}) as url:
-        yield url
-
-
-@pytest.fixture
-def emulator(emulator_url: str) -> server.EmulatorControl:
-    control = server.EmulatorControl(emulator_url)
-    control.reset()
-    return control
+# The SLO end-to-end emulator and pipeline harness, shared by name (on the default Redis server).
+emulator_url = slo.emulator_url
+emulator = slo.emulator
+harness = slo.harness
 
 
 @pytest.fixture
@@ -97,30 +85,6 @@ def azure_settings(
         slo=SloSettings(prior_turnaround_s=1.0, min_samples=3, default_sync_latency_s=1.0, bucket_s=1),
         webhook_allowlist=["127.0.0.0/8"],
     )
-
-
-@pytest.fixture
-async def harness(redis, redis_url, emulator) -> AsyncIterator[Callable[[Settings], Pipeline]]:
-    pool = await create_pool(redis_url)
-    created: list[Pipeline] = []
-
-    def make(settings: Settings) -> Pipeline:
-        # Twenty minutes behind the wall clock, on a whole minute: webhook deliveries are due by wall
-        # time (the delivery task reads time.time, not ctx["clock"]), so the virtual clock, jumps
-        # included, must never run ahead of it or a delivery would wait on the machine's speed.
-        clock = ManualClock((int(time.time()) // 60 - 20) * 60_000)
-        emulator.set_clock(clock.seconds)
-        scheduler = build_scheduler(settings, redis, pool, holder="e2e")
-        options = worker_settings(settings, clock=clock) | {"max_jobs": 1}
-        worker = Worker(**options, poll_delay=SETTLE_POLL_S, handle_signals=False)
-        pipeline = Pipeline(scheduler, worker, clock, emulator)
-        created.append(pipeline)
-        return pipeline
-
-    yield make
-    for pipeline in created:
-        await pipeline.close()
-    await pool.aclose()
 
 
 async def enqueue(

@@ -23,11 +23,11 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span as SpanProto
 from api.app import create_app
 from config.settings import Settings, TracingSettings
 from config.tracing import Tracing
-from emulator import server
 from scheduler.ledger import keys
 from scheduler.ledger.clock import ManualClock
 from scheduler.ledger.tasks import create_pool
 from scheduler.service import build_scheduler
+from tests import test_slo_e2e as slo
 from tests.api.harness import asgi, asgi_client
 from tests.conftest import make_settings
 from tests.test_slo_e2e import SETTLE_POLL_S, Pipeline, all_terminal, e2e_settings, records
@@ -47,17 +47,10 @@ GENAI = (
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # acme's, in tests/conftest.py
 
 
-@pytest.fixture(scope="module")
-def emulator_url() -> Iterator[str]:
-    with server.running_emulator({"turnaround_s": 0.3, "retry_after_s": 0.2, "cancel_s": 0.1}) as url:
-        yield url
-
-
-@pytest.fixture
-def emulator(emulator_url: str) -> server.EmulatorControl:
-    control = server.EmulatorControl(emulator_url)
-    control.reset()
-    return control
+# The SLO end-to-end emulator and pager, shared by name.
+emulator_url = slo.emulator_url
+emulator = slo.emulator
+pagerduty = slo.pagerduty
 
 
 @pytest.fixture
@@ -99,12 +92,6 @@ def attrs(span: SpanProto) -> dict[str, Any]:
         kind = kv.value.WhichOneof("value")
         out[kv.key] = getattr(kv.value, kind) if kind else None
     return out
-
-
-@pytest.fixture
-def pagerduty() -> Iterator[Receiver]:
-    with running_receiver(lambda n: (202, {}, 0.0)) as receiver:
-        yield receiver
 
 
 @pytest.fixture
