@@ -37,6 +37,7 @@ from redis.asyncio import Redis
 
 from batchshift.client import job_request
 from batchshift.embedded_redis import embedded_redis, free_port
+from benchmarks.intake import BODY
 from benchmarks.support import ROOT, emulator_process, wait_until_up, write_raw
 from scheduler.ledger import ids, keys
 from scheduler.ledger.jobs import NewJob
@@ -48,14 +49,6 @@ TENANT = "bench"
 WEBHOOK_SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 # A run that has not delivered every webhook by then is reported as failed, not waited on forever.
 TIMEOUT_S = float(os.environ.get("BATCHSHIFT_PIPELINE_TIMEOUT_S", "900"))
-BODY = {
-    "model": "gpt-4o-mini",
-    "messages": [
-        {"role": "system", "content": "You summarise support tickets in one sentence."},
-        {"role": "user", "content": "Customer reports the export button does nothing on Safari 17. " * 3},
-    ],
-    "max_tokens": 200,
-}
 
 
 @dataclass
