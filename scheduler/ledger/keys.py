@@ -333,8 +333,8 @@ def lane_metrics(lane: str) -> str:
     """Hash: a lane's counters since it first held a job.
 
     Written by finish.lua: ``jobs:<succeeded|failed>:<route>``, ``actual_usd``,
-    ``sync_equivalent_usd``, ``saved_usd``, ``duplicate_usd``, ``wasted_usd``, ``on_time``, ``late``,
-    and the end-to-end histogram ``e2e:<le>`` / ``e2e:sum`` / ``e2e:count`` (per-bucket counts, not
+    ``sync_equivalent_usd``, ``saved_usd``, ``duplicate_usd``, ``wasted_usd``,
+    ``deduplicated_saved_usd``, ``on_time``, ``late``, and the end-to-end histogram ``e2e:<le>`` / ``e2e:sum`` / ``e2e:count`` (per-bucket counts, not
     cumulative). Written by ``metrics.observe_turnaround``: ``turnaround:<le>`` / ``:sum`` / ``:count``.
     """
     return f"{PREFIX}:metrics:{{{lane}}}"

@@ -246,6 +246,8 @@ async def test_followers_get_the_leaders_result_webhook_and_an_even_cost_share(
     assert int(total[b"input_tokens"]) == 10  # tokens the provider processed, once
     assert int(total[b"deduplicated_jobs"]) == 2
     assert float(total[b"deduplicated_saved_usd"]) == pytest.approx(0.6)  # the two calls not made
+    lane_saved = await redis.hget(keys.lane_metrics(LANE), "deduplicated_saved_usd")
+    assert float(lane_saved) == pytest.approx(0.6)  # batchshift_cost_deduplicated_saved_usd_total
     assert not await redis.exists(keys.dedup_followers(leader))
     assert not await redis.exists(keys.dedup_group("acme", group[0].dedup_digest))
 
