@@ -188,6 +188,9 @@ class DedupSettings(_Strict):
     features: list[str] = []
     window_s: float = Field(default=3600.0, gt=0)
     cost: Literal["split", "first"] = "split"  # split evenly across the group, or the first job pays all
+    # A group's followers end in one Lua step with their leader; a full group makes the next identical
+    # request lead a new one, so that step stays short.
+    max_followers: int = Field(default=1000, gt=0)
 
     def applies_to(self, feature: str | None) -> bool:
         """Whether a job with this ``feature`` tag takes part."""

@@ -38,10 +38,11 @@ def opted_in(settings: Settings, tenant: str, feature: str | None) -> DedupSetti
 
 
 def mark(job: NewJob, settings: Settings) -> NewJob:
-    """Name the job's group (and its window and cost rule) when its tenant opted it in."""
+    """Name the job's group (and its window, size and cost rule) when its tenant opted it in."""
     dedup = opted_in(settings, job.tenant, job.tags.get("feature"))
     if dedup is not None:
         job.dedup_digest = digest(job.provider, job.model, job.endpoint, job.body)
         job.dedup_window_ms = int(dedup.window_s * 1000)
+        job.dedup_max_followers = dedup.max_followers
         job.dedup_cost = dedup.cost
     return job

@@ -56,6 +56,7 @@ class NewJob:
     # its group of identical requests, the group's window and who pays for the shared call.
     dedup_digest: str = ""
     dedup_window_ms: int = 0
+    dedup_max_followers: int = 0
     dedup_cost: str = ""
 
     @property

@@ -226,6 +226,7 @@ class Ledger:
             "" if job.envelope_usd is None else repr(job.envelope_usd),
             repr(job.reserve_usd),
             job.dedup_window_ms,
+            job.dedup_max_followers,
         ]
         for name, value in job.fields().items():
             args.extend((name, value))

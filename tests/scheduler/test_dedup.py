@@ -168,6 +168,13 @@ async def test_fifty_identical_jobs_in_one_pipeline_share_one_leader(redis: Redi
     assert await redis.scard(keys.dedup_followers(outcomes[0].job_id)) == 49
 
 
+async def test_a_full_group_makes_the_next_identical_request_lead_a_new_one(redis: Redis, settings: Settings):
+    tuned = dedup_settings(settings.redis_url, max_followers=2)
+    jobs = [job(tuned) for _ in range(5)]
+    outcomes = await Ledger(redis).enqueue_many(jobs)
+    assert [o.attached_to for o in outcomes] == [None, jobs[0].id, jobs[0].id, None, jobs[3].id]
+
+
 async def test_other_tenants_bodies_and_opted_out_jobs_never_attach(redis: Redis, settings: Settings):
     tuned = dedup_settings(settings.redis_url)
     ledger = Ledger(redis)

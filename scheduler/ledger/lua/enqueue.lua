@@ -7,7 +7,7 @@
 -- ARGV: 1 job id, 2 request hash, 3 idempotency ttl s, 4 deadline ms, 5 created ms, 6 size,
 --       7 lane, 8 provider, 9 model, 10 endpoint, 11 state (queued|sync),
 --       12 max lanes per tenant ('' for none), 13 lane idle ms, 14 envelope usd ('' for none), 15 reservation usd,
---       16 dedup window ms, 17.. field/value pairs
+--       16 dedup window ms, 17 most followers per dedup group, 18.. field/value pairs
 -- Returns {'created'|'existing'|'conflict'|'lanes'|'budget', job id or detail}; a created job that
 -- attached to an identical live job (a follower, lib/dedup.lua) gets that leader's id third.
 -- uses: budget, dedup
@@ -43,10 +43,10 @@ if ARGV[14] ~= '' then
   if held then return {'budget', tostring(held)} end
 end
 local fields = {}
-for i = 17, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 18, #ARGV do fields[#fields + 1] = ARGV[i] end
 -- The group's live leader, due no later than this job: then this job follows it and enters no queue.
 local leader = nil
-if KEYS[18] ~= '' then leader = dedup_leader(KEYS[18], tonumber(ARGV[4])) end
+if KEYS[18] ~= '' then leader = dedup_leader(KEYS[18], tonumber(ARGV[4]), tonumber(ARGV[17])) end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('ZREMRANGEBYSCORE', KEYS[14], '-inf', cutoff)
 if reserve > 0 then reserve_budget(KEYS[1], KEYS[17], ARGV[15]) end

@@ -8,14 +8,16 @@
 
 local DEDUP_LIVE = {'queued', 'batched', 'sync'}
 
--- The live leader a new job due at ``deadline_ms`` attaches to under group key ``gk``, or nil.
-local function dedup_leader(gk, deadline_ms)
+-- The live leader a new job due at ``deadline_ms`` attaches to under group key ``gk``, or nil (none,
+-- due later than the job, or already followed by ``max_followers``: the job then leads a new group).
+local function dedup_leader(gk, deadline_ms, max_followers)
   local leader = redis.call('GET', gk)
   if not leader then return nil end
   local rec = redis.call('HMGET', K.job(leader), 'state', 'deadline_ms', 'dedup_of')
   if not rec[1] or not contains(DEDUP_LIVE, rec[1]) then return nil end
   if rec[3] and rec[3] ~= '' then return nil end  -- a follower never leads
   if tonumber(rec[2]) > deadline_ms then return nil end
+  if redis.call('SCARD', K.dedup_followers(leader)) >= max_followers then return nil end
   return leader
 end
 
