@@ -67,8 +67,10 @@ def _settings(request: Request) -> Settings:
     return settings
 
 
-def new_record(job: NewJob) -> JobRecord:
-    """The record a just-created job has, built without reading it back."""
+def new_record(job: NewJob, attached_to: str | None = None) -> JobRecord:
+    """The record a just-created job has, built without reading it back (``attached_to``: the
+    identical job it follows, when deduplication attached it; it then waits ``queued``)."""
+    state = "queued" if attached_to else job.state
     return JobRecord(
         id=job.id,
         tenant=job.tenant,
@@ -76,8 +78,8 @@ def new_record(job: NewJob) -> JobRecord:
         endpoint=job.endpoint,
         model=job.model,
         lane=job.lane,
-        state=job.state,
-        route="sync" if job.state == "sync" else None,
+        state=state,
+        route="sync" if state == "sync" else None,
         deadline_ms=job.deadline_ms,
         created_ms=job.created_ms,
         completed_ms=None,
@@ -91,6 +93,7 @@ def new_record(job: NewJob) -> JobRecord:
         cost=None,
         error=None,
         raw={},
+        dedup_of=attached_to,
     )
 
 
@@ -179,7 +182,7 @@ async def _enqueue(
         record = await _owned(ledger, tenant_name, outcome.job_id)
         return JsonResponse(record.view(await ledger.result(record.id)), status_code=202)
     log.debug("job.enqueued", job_id=job.id, lane=job.lane, tenant=tenant_name, state=job.state)
-    return JsonResponse(new_record(job).view(), status_code=202)
+    return JsonResponse(new_record(job, outcome.attached_to).view(), status_code=202)
 
 
 @router.post(
@@ -236,7 +239,7 @@ async def _enqueue_bulk(request: Request, tenant_name: str, span: Span | None) -
     found = {r.id: r for r in await ledger.get_views(existing) if r is not None} if existing else {}
     for (index, job), outcome in zip(accepted, outcomes, strict=True):
         if outcome.status == "created":
-            entries[index] = {"status": 202, "job": new_record(job).view()}
+            entries[index] = {"status": 202, "job": new_record(job, outcome.attached_to).view()}
         elif outcome.status == "existing" and outcome.job_id in found:
             entries[index] = {"status": 202, "job": found[outcome.job_id].view()}
         else:

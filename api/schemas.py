@@ -80,6 +80,9 @@ class JobView(BaseModel):
     error: dict[str, Any] | None
     usage: dict[str, Any] | None
     cost: dict[str, Any] | None
+    deduplicated_with: str | None = Field(
+        default=None, description="The identical job whose provider call answered this one (deduplication)."
+    )
 
 
 class BulkEntry(BaseModel):

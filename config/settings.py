@@ -175,8 +175,30 @@ class ProviderSettings(_Strict):
         return AZURE_MIN_POLL_S if self.kind == "azure_openai" else 0.0
 
 
+class DedupSettings(_Strict):
+    """Deduplication of identical requests, opt-in because sampled outputs differ between calls.
+
+    A job takes part when its tenant turned it on for all its jobs (``enabled``) or the job's
+    ``feature`` tag is listed (``features``). Within ``window_s`` of a group's first job, a request
+    with the same provider, model, endpoint and canonical body attaches to that job and shares its
+    one provider call; ``cost`` says who pays for it.
+    """
+
+    enabled: bool = False
+    features: list[str] = []
+    window_s: float = Field(default=3600.0, gt=0)
+    cost: Literal["split", "first"] = "split"  # split evenly across the group, or the first job pays all
+    # A group's followers end in one Lua step with their leader; a full group makes the next identical
+    # request lead a new one, so that step stays short.
+    max_followers: int = Field(default=1000, gt=0)
+
+    def applies_to(self, feature: str | None) -> bool:
+        """Whether a job with this ``feature`` tag takes part."""
+        return self.enabled or (feature is not None and feature in self.features)
+
+
 class TenantSettings(_Strict):
-    """A producer team: its API key, webhook signing secrets and budget."""
+    """A producer team: its API key, webhook signing secrets, budget and deduplication."""
 
     model_config = ConfigDict(hide_input_in_errors=True)  # an error must not print a secret
 
@@ -185,6 +207,7 @@ class TenantSettings(_Strict):
     monthly_budget_usd: float | None = Field(default=None, ge=0)
     budget_policy: Literal["reject", "batch_only"] = "reject"
     max_job_cost_usd: float | None = Field(default=None, gt=0)
+    dedup: DedupSettings = DedupSettings()
 
     @field_validator("webhook_secrets")
     @classmethod

@@ -27,7 +27,7 @@ from config.settings import ProviderSettings, Settings
 from scheduler.costs import budgets
 from scheduler.costs.admission import AdmissionCheck, AdmissionGate
 from scheduler.errors import BatchshiftError, BudgetExceeded, InvalidRequest, PayloadTooLarge
-from scheduler.ledger import ids
+from scheduler.ledger import dedup, ids
 from scheduler.ledger.jobs import NewJob, lane_name
 from scheduler.ledger.ledger import EnqueueOutcome
 from scheduler.planning import lanes
@@ -318,7 +318,7 @@ def validate(
     draft = Draft(raw, tenant, now_ms, settings, idempotency_header)
     for check in CHECKS:
         check(draft)
-    return NewJob(
+    job = NewJob(
         id=ids.job_id(now_ms),
         tenant=tenant,
         provider=draft.provider,
@@ -332,6 +332,7 @@ def validate(
         idempotency_key=draft.idempotency_key,
         request_hash=request_hash(draft) if draft.idempotency_key else "",
     )
+    return dedup.mark(job, settings)
 
 
 # Async admission checks (scheduler/costs/admission.py), run in order on each validated job before it is

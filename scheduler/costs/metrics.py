@@ -48,6 +48,10 @@ USD_COUNTERS: Final = {
         "Billed results discarded because their job had already finished elsewhere (flipped).",
     ),
     "wasted_usd": ("batchshift_cost_wasted_usd", "Billed attempts that failed."),
+    "deduplicated_saved_usd": (
+        "batchshift_cost_deduplicated_saved_usd",
+        "What deduplicated jobs would have cost on their own calls, less their share of the call they shared.",
+    ),
 }
 _LABEL_VALUE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 

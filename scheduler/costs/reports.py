@@ -38,6 +38,8 @@ FIELDS: Final = (
     "wasted_usd",
     "on_time",
     "late",
+    "deduplicated_jobs",
+    "deduplicated_saved_usd",
 )
 
 
@@ -113,6 +115,10 @@ def summarise(key: str | None, sums: dict[str, float]) -> dict[str, Any]:
             "duplicate_usd": round(sums.get("duplicate_usd", 0.0), USD_DIGITS),
             "wasted_usd": round(sums.get("wasted_usd", 0.0), USD_DIGITS),
             "on_time_pct": round(100 * sums.get("on_time", 0) / judged, 2) if judged else None,
+            # Deduplication: jobs answered by an identical job's provider call, and what that saved
+            # (already part of saved_usd).
+            "deduplicated_jobs": int(sums.get("deduplicated_jobs", 0)),
+            "deduplicated_saved_usd": round(sums.get("deduplicated_saved_usd", 0.0), USD_DIGITS),
         }
     )
     return row

@@ -52,6 +52,12 @@ class NewJob:
     # W3C trace context of the job's intake span (config/tracing.py); empty when tracing is off.
     traceparent: str = ""
     tracestate: str = ""
+    # Deduplication (scheduler/ledger/dedup.py), when the tenant opted this job in: the digest naming
+    # its group of identical requests, the group's window and who pays for the shared call.
+    dedup_digest: str = ""
+    dedup_window_ms: int = 0
+    dedup_max_followers: int = 0
+    dedup_cost: str = ""
 
     @property
     def lane(self) -> str:
@@ -79,6 +85,9 @@ class NewJob:
             "attempts": 0,
             "batch_id": "",
         }
+        if self.dedup_digest:
+            fields["dedup_digest"] = self.dedup_digest
+            fields["dedup_cost"] = self.dedup_cost
         if self.traceparent:
             fields["traceparent"] = self.traceparent
             if self.tracestate:
@@ -107,6 +116,7 @@ VIEW_FIELDS: Final = (
     "usage",
     "cost",
     "error",
+    "dedup_of",
 )
 
 
@@ -137,6 +147,7 @@ class JobRecord:
     raw: dict[str, bytes]
     traceparent: str | None = None  # the intake span's W3C context, which later spans continue
     tracestate: str | None = None
+    dedup_of: str | None = None  # the job whose provider call this one shares (deduplication)
 
     @classmethod
     def from_hash(cls, raw: dict[bytes, bytes]) -> JobRecord:
@@ -175,6 +186,7 @@ class JobRecord:
             raw=h,
             traceparent=s("traceparent") or None,
             tracestate=s("tracestate") or None,
+            dedup_of=s("dedup_of") or None,
         )
 
     @classmethod
@@ -209,4 +221,5 @@ class JobRecord:
             "error": self.error,
             "usage": self.usage,
             "cost": self.cost,
+            "deduplicated_with": self.dedup_of,
         }

@@ -68,6 +68,19 @@ def idempotency(tenant: str, key: str) -> str:
     return f"{PREFIX}:idem:{tenant}:{key}"
 
 
+def dedup_group(tenant: str, digest: str) -> str:
+    """String: the job id leading a tenant's group of identical requests (``digest`` of provider,
+    model, endpoint and canonical body), set by enqueue.lua with PX = the tenant's dedup window, so
+    only requests within the window attach; deleted when that job ends or hands the group on."""
+    return f"{PREFIX}:dedup:{tenant}:{digest}"
+
+
+def dedup_followers(job_id: str) -> str:
+    """Set: the jobs attached to a group leader, waiting for its one provider call. No TTL: it lives
+    exactly as long as the leader is live (finish.lua and cancel.lua delete it when the leader ends)."""
+    return f"{PREFIX}:dedup:followers:{job_id}"
+
+
 def tenant_jobs(tenant: str) -> str:
     """Sorted set (all scores 0): a tenant's job ids; ids sort by time, so lex order is age order.
     Trimmed with the job records by the retention pass (scheduler/ledger/retention.py)."""
@@ -136,7 +149,8 @@ def disabled_url(url_hash: str) -> str:
 #   bs:agg:{day}:t:{tenant}:{dim}              set of values of one dimension (feature, lane, model, route)
 #   bs:agg:{day}:t:{tenant}:{dim}:{value}      hash: jobs, input_tokens, output_tokens, actual_usd,
 #                                              sync_equivalent_usd, saved_usd, sync_jobs, flex_jobs,
-#                                              duplicate_usd, wasted_usd, on_time, late
+#                                              duplicate_usd, wasted_usd, on_time, late,
+#                                              deduplicated_jobs, deduplicated_saved_usd
 #   bs:agg:{day}:t:{tenant}:all                hash: the tenant's day total (same fields)
 # They expire after AGG_TTL_S.
 AGG_TTL_S = 400 * 24 * 3600
@@ -319,8 +333,8 @@ def lane_metrics(lane: str) -> str:
     """Hash: a lane's counters since it first held a job.
 
     Written by finish.lua: ``jobs:<succeeded|failed>:<route>``, ``actual_usd``,
-    ``sync_equivalent_usd``, ``saved_usd``, ``duplicate_usd``, ``wasted_usd``, ``on_time``, ``late``,
-    and the end-to-end histogram ``e2e:<le>`` / ``e2e:sum`` / ``e2e:count`` (per-bucket counts, not
+    ``sync_equivalent_usd``, ``saved_usd``, ``duplicate_usd``, ``wasted_usd``,
+    ``deduplicated_saved_usd``, ``on_time``, ``late``, and the end-to-end histogram ``e2e:<le>`` / ``e2e:sum`` / ``e2e:count`` (per-bucket counts, not
     cumulative). Written by ``metrics.observe_turnaround``: ``turnaround:<le>`` / ``:sum`` / ``:count``.
     """
     return f"{PREFIX}:metrics:{{{lane}}}"

@@ -40,6 +40,8 @@ class EnqueueOutcome:
 
     status: Literal["created", "existing", "conflict", "lanes", "budget"]
     job_id: str  # for "lanes": the tenant's lanes in use; for "budget": its spend + committed USD
+    # For a created job that attached to an identical one's group (deduplication): that job's id.
+    attached_to: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +123,12 @@ class Requeue:
         }
 
 
+def _enqueue_outcome(reply: Sequence[Any]) -> EnqueueOutcome:
+    """enqueue.lua's reply: status, job id, and for a follower the leader it attached to."""
+    attached = reply[2].decode() if len(reply) > 2 else None
+    return EnqueueOutcome(reply[0].decode(), reply[1].decode(), attached)
+
+
 def day_of(ms: int) -> str:
     """The UTC day (YYYY-MM-DD) that epoch milliseconds fall on."""
     return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d")
@@ -199,6 +207,7 @@ class Ledger:
             keys.LANES_ACTIVE,
             keys.budget_spend(job.tenant, month),
             keys.budget_committed(job.tenant, month),
+            keys.dedup_group(job.tenant, job.dedup_digest) if job.dedup_digest else "",
         ]
         args: list[Any] = [
             job.id,
@@ -216,6 +225,8 @@ class Ledger:
             self.lane_idle_ms,
             "" if job.envelope_usd is None else repr(job.envelope_usd),
             repr(job.reserve_usd),
+            job.dedup_window_ms,
+            job.dedup_max_followers,
         ]
         for name, value in job.fields().items():
             args.extend((name, value))
@@ -224,8 +235,7 @@ class Ledger:
     async def enqueue(self, job: NewJob) -> EnqueueOutcome:
         """Store and queue one job, or return the job an idempotency key already names."""
         call_keys, args = self._enqueue_call(job)
-        status, job_id = await self._enqueue(keys=call_keys, args=args)
-        return EnqueueOutcome(status.decode(), job_id.decode())
+        return _enqueue_outcome(await self._enqueue(keys=call_keys, args=args))
 
     async def enqueue_many(self, jobs: Sequence[NewJob]) -> list[EnqueueOutcome]:
         """Enqueue jobs in one pipeline; each is its own atomic step, so one conflict rejects only itself."""
@@ -236,7 +246,7 @@ class Ledger:
                 call_keys, args = self._enqueue_call(job)
                 await self._enqueue(keys=call_keys, args=args, client=pipe)
             replies = await pipe.execute()
-        return [EnqueueOutcome(s.decode(), i.decode()) for s, i in replies]
+        return [_enqueue_outcome(reply) for reply in replies]
 
     async def prior_job(self, job: NewJob) -> str | None:
         """The job id the job's idempotency key already names for this same request, or None.

@@ -2,13 +2,15 @@
 -- KEYS: 1 job, 2 queue (lane or sync), 3 lane arrivals, 4 lane bytes, 5 lane meta, 6 lanes set,
 --       7 idempotency key ('' for none), 8 tenant index, 9 wakeup list, 10 tenant's state index,
 --       11 tenant's feature index ('' for none), 12 tenant's feature names set, 13 tenants with indexes,
---       14 tenant lanes, 15 active lanes, 16 budget spend, 17 budget committed
+--       14 tenant lanes, 15 active lanes, 16 budget spend, 17 budget committed,
+--       18 dedup group ('' when the job takes no part in deduplication)
 -- ARGV: 1 job id, 2 request hash, 3 idempotency ttl s, 4 deadline ms, 5 created ms, 6 size,
 --       7 lane, 8 provider, 9 model, 10 endpoint, 11 state (queued|sync),
 --       12 max lanes per tenant ('' for none), 13 lane idle ms, 14 envelope usd ('' for none), 15 reservation usd,
---       16.. field/value pairs
--- Returns {'created'|'existing'|'conflict'|'lanes'|'budget', job id or detail}.
--- uses: budget
+--       16 dedup window ms, 17 most followers per dedup group, 18.. field/value pairs
+-- Returns {'created'|'existing'|'conflict'|'lanes'|'budget', job id or detail}; a created job that
+-- attached to an identical live job (a follower, lib/dedup.lua) gets that leader's id third.
+-- uses: budget, dedup
 local idem = KEYS[7]
 if idem ~= '' then
   local prior = redis.call('GET', idem)
@@ -41,11 +43,19 @@ if ARGV[14] ~= '' then
   if held then return {'budget', tostring(held)} end
 end
 local fields = {}
-for i = 16, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 18, #ARGV do fields[#fields + 1] = ARGV[i] end
+-- The group's live leader, due no later than this job: then this job follows it and enters no queue.
+local leader = nil
+if KEYS[18] ~= '' then leader = dedup_leader(KEYS[18], tonumber(ARGV[4]), tonumber(ARGV[17])) end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('ZREMRANGEBYSCORE', KEYS[14], '-inf', cutoff)
 if reserve > 0 then reserve_budget(KEYS[1], KEYS[17], ARGV[15]) end
-if ARGV[11] == 'sync' then
+local state_index = KEYS[10]
+if leader then
+  redis.call('HSET', KEYS[1], 'state', 'queued', 'route', '', 'dedup_of', leader)
+  redis.call('SADD', K.dedup_followers(leader), id)
+  state_index = K.tenant_status(redis.call('HGET', KEYS[1], 'tenant'), 'queued')
+elseif ARGV[11] == 'sync' then
   redis.call('ZADD', KEYS[2], ARGV[4], id)
 else
   redis.call('ZADD', KEYS[2], ARGV[4], id)
@@ -62,8 +72,11 @@ redis.call('PEXPIRE', KEYS[14], idle_ms)
 if idem ~= '' then
   redis.call('SET', idem, id .. '|' .. ARGV[2], 'EX', ARGV[3])
 end
+if KEYS[18] ~= '' and not leader then
+  redis.call('SET', KEYS[18], id, 'PX', ARGV[16])  -- it leads identical requests within the window
+end
 redis.call('ZADD', KEYS[8], 0, id)
-redis.call('ZADD', KEYS[10], 0, id)
+redis.call('ZADD', state_index, 0, id)
 redis.call('SADD', KEYS[13], redis.call('HGET', KEYS[1], 'tenant'))
 if KEYS[11] ~= '' then
   redis.call('ZADD', KEYS[11], 0, id)
@@ -71,4 +84,5 @@ if KEYS[11] ~= '' then
 end
 redis.call('LPUSH', KEYS[9], '1')
 redis.call('LTRIM', KEYS[9], 0, K.WAKEUP_MAX - 1)
+if leader then return {'created', id, leader} end
 return {'created', id}

@@ -49,6 +49,9 @@ local function new_costs(day, month, agg_ttl_s)
     add(g, 'sync_equivalent_usd', sync_usd)
     add(g, 'saved_usd', sync_usd - actual)
     add(g, 'wasted_usd', wasted)
+    -- Deduplication (lib/dedup.lua): jobs answered by another job's call, and what sharing saved.
+    if it.deduplicated then add(g, 'deduplicated_jobs', 1) end
+    add(g, 'deduplicated_saved_usd', num(it.dedup_saved_usd))
     if it.route == 'sync' then add(g, 'sync_jobs', 1) end
     if it.route == 'flex' then add(g, 'flex_jobs', 1) end
     add(g, on_time and 'on_time' or 'late', 1)
