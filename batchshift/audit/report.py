@@ -1,0 +1,162 @@
+"""The audit from logs to figures: read every log, weigh and price each feature, simulate its deadlines.
+
+:func:`run` returns an :class:`Audit`; :meth:`Audit.as_json` is the contract::
+
+    {"features": [{"feature", "calls", "input_tokens", "output_tokens", "list_usd", "batch_usd",
+                   "flex_usd", "saved_usd", "eligible", "reasons"}],
+     "total": {"calls", "list_usd", "batch_usd", "saved_usd", "eligible_share"},
+     "detail": {...}}
+
+A feature's ``saved_usd`` is what moving all of it to batch would save (list − batch). The total
+moves only the eligible features: its ``batch_usd`` is their batch cost plus everyone else's list
+cost, its ``saved_usd`` the difference, and ``eligible_share`` the share of calls in eligible
+features. ``detail`` carries what the contract's objects leave out: the inputs read, each feature's
+signals, its figures at deadlines of 1, 4 and 24 hours, and its breakdown by model and by caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from batchshift.audit import costing, deadlines, formats, signals
+from batchshift.audit.costing import FeatureCost
+from batchshift.audit.deadlines import DeadlineOutcome
+from batchshift.audit.rules import Rules
+from batchshift.audit.signals import Signals
+from batchshift.audit.traffic import FeatureTraffic, gather
+from config.settings import Settings
+from scheduler.costs.pricing import USD_DIGITS, Pricing
+
+
+@dataclass(slots=True)
+class Input:
+    """One log read: its name, the format its content showed, and how many calls it held."""
+
+    name: str
+    format: formats.Format
+    calls: int
+
+
+@dataclass(slots=True)
+class FeatureAudit:
+    """One feature: its traffic, what the signals say, what it costs and would save."""
+
+    traffic: FeatureTraffic
+    signals: Signals
+    cost: FeatureCost
+    deadlines: dict[str, DeadlineOutcome] | None
+    reasons: list[str]
+
+    @property
+    def name(self) -> str:
+        return self.traffic.feature
+
+    def as_json(self) -> dict[str, Any]:
+        """The contract's feature object: exactly its keys."""
+        total = self.cost.total.as_dict()
+        return {
+            "feature": self.name,
+            "calls": total["calls"],
+            "input_tokens": total["input_tokens"],
+            "output_tokens": total["output_tokens"],
+            "list_usd": total["list_usd"],
+            "batch_usd": total["batch_usd"],
+            "flex_usd": total["flex_usd"],
+            "saved_usd": total["saved_usd"],
+            "eligible": self.signals.eligible,
+            "reasons": self.reasons,
+        }
+
+    def detail(self) -> dict[str, Any]:
+        return {
+            "signals": self.signals.as_dict(),
+            "deadlines": None
+            if self.deadlines is None
+            else {name: outcome.as_dict() for name, outcome in self.deadlines.items()},
+            "hourly_calls": [round(x, 3) for x in deadlines.hourly_profile(self.traffic.starts)],
+            "by_model": [
+                {"provider": provider, "model": model, **cost.as_dict()}
+                for (provider, model), cost in sorted(
+                    self.cost.by_model.items(), key=lambda kv: -kv[1].list_usd
+                )
+            ],
+            "by_caller": [
+                {"caller": caller, **cost.as_dict()}
+                for caller, cost in sorted(self.cost.by_caller.items(), key=lambda kv: -kv[1].list_usd)
+            ],
+        }
+
+
+@dataclass(slots=True)
+class Audit:
+    """Every feature, most expensive first, and the inputs they came from."""
+
+    inputs: list[Input]
+    features: list[FeatureAudit] = field(default_factory=list)
+
+    def total(self) -> dict[str, Any]:
+        """The contract's total: moving the eligible features only."""
+        calls = sum(f.cost.total.calls for f in self.features)
+        listed = sum(f.cost.total.list_usd for f in self.features)
+        batch = sum(
+            f.cost.total.batch_usd if f.signals.eligible else f.cost.total.list_usd for f in self.features
+        )
+        eligible_calls = sum(f.cost.total.calls for f in self.features if f.signals.eligible)
+        return {
+            "calls": calls,
+            "list_usd": round(listed, 6),
+            "batch_usd": round(batch, 6),
+            "saved_usd": round(round(listed - batch, USD_DIGITS), 6),
+            "eligible_share": round(eligible_calls / calls, 6) if calls else 0.0,
+        }
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "features": [f.as_json() for f in self.features],
+            "total": self.total(),
+            "detail": {
+                "inputs": [{"name": i.name, "format": i.format, "calls": i.calls} for i in self.inputs],
+                "deadlines_h": list(deadlines.DEADLINES_H),
+                "features": {f.name: f.detail() for f in self.features},
+            },
+        }
+
+
+def read_logs(paths: Sequence[Path]) -> tuple[list[Input], dict[str, FeatureTraffic]]:
+    """Every call of every log, by feature; UnreadableLog names the first log that cannot be read."""
+    inputs: list[Input] = []
+    features: dict[str, FeatureTraffic] = {}
+    for path in paths:
+        fmt = formats.detect(path)
+        inputs.append(Input(path.name, fmt, gather(formats.read(path, fmt), features)))
+    return inputs, features
+
+
+def audit_feature(
+    traffic: FeatureTraffic, rules: Rules, settings: Settings, pricing: Pricing, *, simulate: bool
+) -> FeatureAudit:
+    """One feature weighed, priced and simulated."""
+    read = signals.read(traffic, rules.for_feature(traffic.feature))
+    cost = costing.price(traffic, pricing)
+    reasons = list(read.reasons)
+    for (provider, model), calls in sorted(cost.unpriced.items()):
+        reasons.append(f"pricing: {calls:,} calls of {provider} {model} are not in the pricing table (no $)")
+    outcomes = None
+    if simulate:
+        outcomes, why = deadlines.simulate(traffic, cost, settings, pricing)
+        if outcomes is None:
+            reasons.append(f"deadlines: not simulated ({why})")
+    return FeatureAudit(traffic, read, cost, outcomes, reasons)
+
+
+def run(
+    paths: Sequence[Path], rules: Rules, settings: Settings, pricing: Pricing, *, simulate: bool = True
+) -> Audit:
+    """The whole audit of ``paths``."""
+    inputs, features = read_logs(paths)
+    audits = [audit_feature(t, rules, settings, pricing, simulate=simulate) for t in features.values()]
+    audits.sort(key=lambda f: (-f.cost.total.list_usd, f.name))
+    return Audit(inputs, audits)
