@@ -23,11 +23,11 @@ from batchshift.audit.traffic import FeatureTraffic
 Pattern = Literal["scheduled bursts", "user-driven diurnal", "steady", "too short to tell"]
 
 STREAMING_SHARE = 0.5  # more than this share of calls streamed: someone reads the answer live
-BUSIEST_MINUTES = 0.05  # the share of the span's minutes whose calls measure burstiness
-BURST_SHARE = 0.5  # half the calls or more in the busiest 5 % of minutes: scheduled bursts
+BURST_FILL = 0.25  # calls filling under a quarter of the minutes random arrivals would: bursts
 DAY_HOURS = 12  # the busiest half-day of the hour-of-day profile...
 DIURNAL_SHARE = 0.7  # ...holding this share of calls, without bursts: a daily curve, like people
-MIN_SPAN_S = 6 * 3600  # shorter logs tell no arrival pattern
+MIN_SPAN_S = 6 * 3600  # shorter logs, or fewer calls, tell no arrival pattern
+MIN_CALLS = 20
 PATIENT_WAIT_S = 30.0  # callers already waiting this long at the median tolerate more
 BATCH_WORDS = frozenset(
     {"batch", "offline", "nightly", "cron", "scheduled", "backfill", "eval", "evals", "etl", "bulk", "async",
@@ -36,6 +36,7 @@ BATCH_WORDS = frozenset(
 LIVE_WORDS = frozenset(
     {"interactive", "chat", "realtime", "live", "ui", "frontend", "user-facing", "copilot"}
 )
+NAMING_TAGS = ("feature:", "caller:")
 _WORD = re.compile(r"[a-z0-9]+(?:-facing)?")
 
 
@@ -45,7 +46,7 @@ class Signals:
 
     streamed_share: float | None  # None: the log does not say
     pattern: Pattern
-    burst_share: float  # calls in the busiest 5 % of minutes
+    minute_fill: float  # minutes holding a call over those random arrivals would fill
     day_share: float  # calls in the busiest 12 hours of the hour-of-day profile
     median_wait_s: float | None
     batch_tags: list[str] = field(default_factory=list)
@@ -58,7 +59,7 @@ class Signals:
         return {
             "streamed_share": None if self.streamed_share is None else round(self.streamed_share, 4),
             "arrival_pattern": self.pattern,
-            "burst_share": round(self.burst_share, 4),
+            "minute_fill": round(self.minute_fill, 4),
             "day_share": round(self.day_share, 4),
             "median_wait_s": None if self.median_wait_s is None else round(self.median_wait_s, 3),
             "batch_tags": self.batch_tags,
@@ -68,43 +69,49 @@ class Signals:
 
 
 def arrival_pattern(starts: list[float]) -> tuple[Pattern, float, float]:
-    """(pattern, burst share, day share) of arrival times in Unix seconds."""
+    """(pattern, minute fill, day share) of arrival times in Unix seconds.
+
+    The minute fill is the number of minutes of the log's span holding a call, over the number that
+    as many calls arriving independently at random would be expected to fill (M (1 - e^(-n/M))):
+    far below 1 when calls come in scheduled bursts, whether there are a hundred calls or a million.
+    """
     if not starts:
-        return "too short to tell", 0.0, 0.0
+        return "too short to tell", 1.0, 0.0
     first, last = min(starts), max(starts)
-    minutes = Counter(int((s - first) // 60) for s in starts)
     span_minutes = int((last - first) // 60) + 1
-    top = max(1, math.ceil(span_minutes * BUSIEST_MINUTES))
-    burst = sum(count for _, count in minutes.most_common(top)) / len(starts)
+    occupied = len({int((s - first) // 60) for s in starts})
+    expected = span_minutes * (1 - math.exp(-len(starts) / span_minutes))
+    fill = occupied / expected
     hours = [0] * 24
     for s in starts:
         hours[int(s // 3600) % 24] += 1
     day = max(sum(hours[(h + i) % 24] for i in range(DAY_HOURS)) for h in range(24)) / len(starts)
-    if last - first < MIN_SPAN_S:
-        return "too short to tell", burst, day
-    if burst >= BURST_SHARE:
-        return "scheduled bursts", burst, day
+    if last - first < MIN_SPAN_S or len(starts) < MIN_CALLS:
+        return "too short to tell", fill, day
+    if fill <= BURST_FILL:
+        return "scheduled bursts", fill, day
     if day >= DIURNAL_SHARE:
-        return "user-driven diurnal", burst, day
-    return "steady", burst, day
+        return "user-driven diurnal", fill, day
+    return "steady", fill, day
 
 
 def _tag_words(tags: Counter[str], callers: set[str], vocabulary: frozenset[str]) -> list[str]:
-    """The tags and callers one of whose words is in ``vocabulary``."""
-    named = list(tags) + sorted(callers)
+    """The tags and callers one of whose words is in ``vocabulary`` (the tags naming the feature and
+    caller are not signals: the caller is matched by name, the feature only by the user's rules)."""
+    named = [t for t in tags if not t.startswith(NAMING_TAGS)] + sorted(callers)
     return sorted({t for t in named if vocabulary & set(_WORD.findall(t.lower()))})
 
 
 def read(traffic: FeatureTraffic, rule: Rule | None) -> Signals:
     """Every signal of one feature, its verdict and the reasons for it."""
     streamed = traffic.streamed / traffic.stream_known if traffic.stream_known else None
-    pattern, burst, day = arrival_pattern(traffic.starts)
+    pattern, fill, day = arrival_pattern(traffic.starts)
     wait = statistics.median(traffic.latencies_ms) / 1000 if traffic.latencies_ms else None
     callers = {caller for caller, _, _ in traffic.usage}
     out = Signals(
         streamed_share=streamed,
         pattern=pattern,
-        burst_share=burst,
+        minute_fill=fill,
         day_share=day,
         median_wait_s=wait,
         batch_tags=_tag_words(traffic.tags, callers, BATCH_WORDS),
@@ -137,7 +144,7 @@ def _weigh(out: Signals) -> tuple[int, int]:
     if out.pattern == "scheduled bursts":
         for_ += 1
         reasons.append(
-            f"arrivals: scheduled bursts ({out.burst_share:.0%} of calls in the busiest 5% of minutes)"
+            f"arrivals: scheduled bursts (calls fill {out.minute_fill:.0%} of the minutes random arrivals would)"
         )
     elif out.pattern == "user-driven diurnal":
         against += 1
@@ -145,9 +152,11 @@ def _weigh(out: Signals) -> tuple[int, int]:
             f"arrivals: a daily curve like user traffic ({out.day_share:.0%} in the busiest 12 hours)"
         )
     elif out.pattern == "steady":
-        reasons.append(f"arrivals: steady ({out.burst_share:.0%} in the busiest 5% of minutes)")
+        reasons.append(
+            f"arrivals: steady (calls fill {out.minute_fill:.0%} of the minutes random arrivals would)"
+        )
     else:
-        reasons.append("arrivals: the log spans under 6 hours, too short to tell a pattern")
+        reasons.append("arrivals: under 20 calls or 6 hours of log, too few to tell a pattern")
     if out.batch_tags:
         for_ += 1
         reasons.append(f"tags: {', '.join(out.batch_tags[:5])} suggest offline work")
