@@ -1,7 +1,8 @@
 """Tells a log's format by its content, never by its name, and reads it with the matching reader.
 
 The first bytes decide: OTLP JSON carries ``resourceSpans``; a LiteLLM JSON export is a list (or
-``{"data": [...]}``) of rows with ``spend``, ``startTime`` and ``model``; a CSV whose header names
+``{"data": [...]}``) of rows with ``spend``, ``startTime`` and ``model`` (read from the first
+rows: the whole file is parsed once, by the reader); a CSV whose header names
 those columns is a LiteLLM CSV export; a first line that is one JSON object with ``timestamp``,
 ``model`` and ``usage`` is the audit's JSONL.
 """
@@ -36,11 +37,7 @@ def detect(path: Path) -> Format:
     if text.startswith("{") and _is_jsonl_record(first_line):
         return "jsonl"
     if text.startswith(("[", "{")):
-        try:
-            whole = orjson.loads(path.read_bytes())
-        except orjson.JSONDecodeError:
-            whole = None
-        if litellm.is_rows(whole):
+        if all(f'"{column}"' in text for column in litellm.SIGNATURE):  # the first rows' keys
             return "litellm-json"
     elif litellm.is_csv_header(first_line):
         return "litellm-csv"

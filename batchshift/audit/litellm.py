@@ -106,8 +106,8 @@ def read_json(path: Path) -> Iterator[Call]:
     except orjson.JSONDecodeError as exc:
         raise UnreadableLog(f"{path.name}: not JSON ({exc})") from None
     rows = doc.get("data") if isinstance(doc, dict) else doc
-    if not isinstance(rows, list):
-        raise UnreadableLog(f"{path.name}: expected a list of spend-log rows")
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and SIGNATURE <= r.keys() for r in rows[:1]):
+        raise UnreadableLog(f"{path.name}: expected a list of spend-log rows (spend, startTime, model)")
     yield from _calls(rows)
 
 
@@ -115,12 +115,6 @@ def read_csv(path: Path) -> Iterator[Call]:
     """Every row of a CSV spend-log export as a :class:`Call`."""
     with path.open(newline="", encoding="utf-8-sig") as handle:
         yield from _calls(csv.DictReader(handle))
-
-
-def is_rows(rows: Any) -> bool:
-    """Whether parsed JSON looks like spend-log rows (checked on the first row)."""
-    rows = rows.get("data") if isinstance(rows, dict) else rows
-    return isinstance(rows, list) and bool(rows) and isinstance(rows[0], dict) and SIGNATURE <= rows[0].keys()
 
 
 def is_csv_header(line: str) -> bool:
