@@ -4,6 +4,7 @@ rules, signals, the JSON contract, the HTML report, and the 100,000-record run."
 from __future__ import annotations
 
 import json
+import pickle
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from batchshift.audit import formats, report, rules
-from batchshift.audit.errors import InvalidRules, UnreadableLog
+from batchshift.audit.errors import AuditError, InvalidRules, UnreadableLog
 from batchshift.cli import main
 from config.settings import Settings
 from scheduler.costs.pricing import Pricing
@@ -341,3 +342,59 @@ def test_100000_otlp_records_and_a_litellm_export(tmp_path, pricing, capsys):
         )
         simulated = result["detail"]["features"]["nightly-summary"]["deadlines"]
         assert simulated["24h"]["on_time_ratio"] == 1.0
+
+
+def test_an_unpriced_model_counts_calls_and_tokens_but_no_dollars(tmp_path, capsys):
+    log = jsonl(
+        tmp_path / "calls.jsonl",
+        [{"timestamp": 1_796_000_000, "provider": "openai", "model": "gpt-9-ultra", "endpoint": "/v1/x",
+          "usage": {"prompt_tokens": 10, "completion_tokens": 5}, "tags": ["feature:labs"]}],
+    )  # fmt: skip
+    (feature,) = run_json(capsys, str(log))["features"]
+    assert (feature["calls"], feature["input_tokens"], feature["output_tokens"]) == (1, 10, 5)
+    assert (feature["list_usd"], feature["batch_usd"], feature["flex_usd"]) == (0.0, 0.0, None)
+    assert (
+        "pricing: 1 call of openai gpt-9-ultra not in the pricing table, left out of the $"
+        in feature["reasons"]
+    )
+    assert "deadlines: not simulated (no priced model)" in feature["reasons"]
+
+
+def test_a_litellm_page_export_and_older_otel_attribute_names_are_read(tmp_path, fixture_calls, capsys):
+    rows = tmp_path / "rows.json"
+    audit_fixtures.write_litellm_json(rows, fixture_calls[:200])
+    paged = tmp_path / "paged.json"
+    paged.write_text(json.dumps({"data": json.loads(rows.read_text()), "total": 200, "page": 1}))
+    assert formats.detect(paged) == "litellm-json"
+    assert len(list(formats.read(paged, "litellm-json"))) == 200
+    span = {
+        "traceId": "1" * 32, "spanId": "1" * 16, "name": "chat", "kind": 3,
+        "startTimeUnixNano": "1796000000000000000", "endTimeUnixNano": "1796000002500000000",
+        "attributes": [
+            {"key": "gen_ai.system", "value": {"stringValue": "anthropic"}},
+            {"key": "gen_ai.request.model", "value": {"stringValue": "claude-haiku-4-5-20251001"}},
+            {"key": "gen_ai.usage.input_tokens", "value": {"intValue": 1000}},
+            {"key": "gen_ai.usage.output_tokens", "value": {"intValue": "100"}},
+            {"key": "gen_ai.usage.cache_read_input_tokens", "value": {"intValue": "400"}},
+            {"key": "app.feature", "value": {"stringValue": "triage"}},
+        ],
+    }  # fmt: skip
+    otlp = tmp_path / "otlp.json"
+    otlp.write_text(json.dumps({"resourceSpans": [{"resource": {}, "scopeSpans": [{"spans": [span]}]}]}))
+    (call,) = formats.read(otlp, formats.detect(otlp))
+    assert (call.feature, call.caller, call.provider, call.model) == (
+        "triage", "(untagged)", "anthropic", "claude-haiku-4-5-20251001",
+    )  # fmt: skip
+    assert (call.usage.input_tokens, call.usage.cache_read_tokens, call.latency_ms) == (1000, 400, 2500.0)
+    # A dated snapshot is priced as its base model: 600 uncached x $1.00, 400 cached x $0.10, 100 out x $5.00 per M.
+    (feature,) = run_json(capsys, str(otlp), "--no-simulation")["features"]
+    assert feature["list_usd"] == pytest.approx((600 * 1.00 + 400 * 0.10 + 100 * 5.00) / 1e6)
+
+
+@pytest.mark.parametrize(
+    "error", [AuditError("x.log: bad"), UnreadableLog("x.log: bad"), InvalidRules("r: bad")]
+)
+def test_audit_errors_survive_pickling(error):
+    copy = pickle.loads(pickle.dumps(error))  # noqa: S301 - our own bytes, made one line above
+    assert type(copy) is type(error)
+    assert str(copy) == str(error)

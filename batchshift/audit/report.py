@@ -143,7 +143,10 @@ def audit_feature(
     cost = costing.price(traffic, pricing)
     reasons = list(read.reasons)
     for (provider, model), calls in sorted(cost.unpriced.items()):
-        reasons.append(f"pricing: {calls:,} calls of {provider} {model} are not in the pricing table (no $)")
+        counted = f"{calls:,} call{'s' if calls != 1 else ''}"
+        reasons.append(
+            f"pricing: {counted} of {provider} {model} not in the pricing table, left out of the $"
+        )
     outcomes = None
     if simulate:
         outcomes, why = deadlines.simulate(traffic, cost, settings, pricing)
