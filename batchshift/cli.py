@@ -357,6 +357,9 @@ def _run_audit(args: argparse.Namespace) -> int:
     from scheduler.costs.pricing import Pricing
 
     settings = bootstrap()
+    if args.simulate_top < 0:
+        print("batchshift: --simulate-top must be 0 or more", file=sys.stderr)
+        return EXIT_USAGE
     started = time.perf_counter()
     try:
         user_rules = rules.load(Path(args.rules)) if args.rules else rules.Rules()
@@ -365,7 +368,7 @@ def _run_audit(args: argparse.Namespace) -> int:
             user_rules,
             settings,
             Pricing.load(settings.pricing_file),
-            simulate=not args.no_simulation,
+            simulate_top=0 if args.no_simulation else args.simulate_top,
         )
     except AuditError as exc:
         print(f"batchshift: {exc}", file=sys.stderr)
@@ -397,8 +400,13 @@ def _add_audit(subparsers: Subparsers) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument("--html", metavar="FILE", help="also write a self-contained HTML report with charts")
     parser.add_argument(
-        "--no-simulation", action="store_true", help="skip the deadline simulations (1 h, 4 h, 24 h)"
+        "--simulate-top",
+        type=int,
+        default=20,  # batchshift.audit.report.DEFAULT_SIMULATE_TOP, not imported to keep --help fast
+        metavar="N",
+        help="simulate the deadlines (1 h, 4 h, 24 h) of the N most expensive features (default 20)",
     )
+    parser.add_argument("--no-simulation", action="store_true", help="skip the deadline simulations")
     parser.set_defaults(handler=_run_audit)
 
 

@@ -398,3 +398,22 @@ def test_audit_errors_survive_pickling(error):
     copy = pickle.loads(pickle.dumps(error))  # noqa: S301 - our own bytes, made one line above
     assert type(copy) is type(error)
     assert str(copy) == str(error)
+
+
+def test_only_the_most_expensive_features_are_simulated_when_asked(tmp_path, fixture_calls, capsys):
+    path = tmp_path / "otlp.json"
+    audit_fixtures.write_otlp(path, fixture_calls)
+    result = run_json(capsys, str(path), "--simulate-top", "1")
+    first, *rest = result["features"]
+    assert result["detail"]["features"][first["feature"]]["deadlines"] is not None
+    for feature in rest:
+        assert result["detail"]["features"][feature["feature"]]["deadlines"] is None
+        assert "deadlines: not simulated (only the 1 most expensive features are)" in feature["reasons"]
+    assert main(["audit", str(path), "--simulate-top", "-1"]) == 2
+
+
+def test_the_cli_default_matches_the_report_default():
+    from batchshift.cli import build_parser
+
+    args = build_parser().parse_args(["audit", "x.log"])
+    assert args.simulate_top == report.DEFAULT_SIMULATE_TOP

@@ -30,6 +30,10 @@ from batchshift.audit.traffic import FeatureTraffic, gather
 from config.settings import Settings
 from scheduler.costs.pricing import USD_DIGITS, Pricing
 
+# Features whose deadlines are simulated by default, most expensive first: a simulation takes a
+# fraction of a second whatever the feature's volume, so the count of features sets the run time.
+DEFAULT_SIMULATE_TOP = 20
+
 
 @dataclass(slots=True)
 class Input:
@@ -135,10 +139,8 @@ def read_logs(paths: Sequence[Path]) -> tuple[list[Input], dict[str, FeatureTraf
     return inputs, features
 
 
-def audit_feature(
-    traffic: FeatureTraffic, rules: Rules, settings: Settings, pricing: Pricing, *, simulate: bool
-) -> FeatureAudit:
-    """One feature weighed, priced and simulated."""
+def audit_feature(traffic: FeatureTraffic, rules: Rules, pricing: Pricing) -> FeatureAudit:
+    """One feature weighed and priced (its deadlines are simulated afterwards, by :func:`run`)."""
     read = signals.read(traffic, rules.for_feature(traffic.feature))
     cost = costing.price(traffic, pricing)
     reasons = list(read.reasons)
@@ -147,19 +149,30 @@ def audit_feature(
         reasons.append(
             f"pricing: {counted} of {provider} {model} not in the pricing table, left out of the $"
         )
-    outcomes = None
-    if simulate:
-        outcomes, why = deadlines.simulate(traffic, cost, settings, pricing)
-        if outcomes is None:
-            reasons.append(f"deadlines: not simulated ({why})")
-    return FeatureAudit(traffic, read, cost, outcomes, reasons)
+    return FeatureAudit(traffic, read, cost, None, reasons)
 
 
 def run(
-    paths: Sequence[Path], rules: Rules, settings: Settings, pricing: Pricing, *, simulate: bool = True
+    paths: Sequence[Path],
+    rules: Rules,
+    settings: Settings,
+    pricing: Pricing,
+    *,
+    simulate_top: int | None = DEFAULT_SIMULATE_TOP,
 ) -> Audit:
-    """The whole audit of ``paths``."""
+    """The whole audit of ``paths``; the deadlines of the ``simulate_top`` most expensive features are
+    simulated (None: all of them; 0: none), since each simulation costs the same whatever the volume."""
     inputs, features = read_logs(paths)
-    audits = [audit_feature(t, rules, settings, pricing, simulate=simulate) for t in features.values()]
+    audits = [audit_feature(t, rules, pricing) for t in features.values()]
     audits.sort(key=lambda f: (-f.cost.total.list_usd, f.name))
+    for rank, feature in enumerate(audits):
+        if simulate_top is not None and rank >= simulate_top:
+            if simulate_top:
+                feature.reasons.append(
+                    f"deadlines: not simulated (only the {simulate_top} most expensive features are)"
+                )
+            continue
+        feature.deadlines, why = deadlines.simulate(feature.traffic, feature.cost, settings, pricing)
+        if feature.deadlines is None:
+            feature.reasons.append(f"deadlines: not simulated ({why})")
     return Audit(inputs, audits)
