@@ -408,7 +408,7 @@ def test_only_the_most_expensive_features_are_simulated_when_asked(tmp_path, fix
     assert result["detail"]["features"][first["feature"]]["deadlines"] is not None
     for feature in rest:
         assert result["detail"]["features"][feature["feature"]]["deadlines"] is None
-        assert "deadlines: not simulated (only the 1 most expensive features are)" in feature["reasons"]
+        assert "deadlines: not simulated (only the 1 most expensive feature is)" in feature["reasons"]
     assert main(["audit", str(path), "--simulate-top", "-1"]) == 2
 
 

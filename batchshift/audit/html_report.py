@@ -118,7 +118,8 @@ def render(audit: Audit, generated: datetime | None = None) -> str:
 <p>The policy lab's simulator run on each feature's traffic, every call given the deadline.</p>
 <div class="chart">{charts.deadline_bars(audit.features)}</div>
 <h2>Features</h2>
-<table><thead><tr><th scope=col>feature</th><th scope=col>calls</th><th scope=col>list</th>
+<table><caption>Features, most expensive first; 1 h, 4 h, 24 h: simulated at that deadline</caption>
+<thead><tr><th scope=col>feature</th><th scope=col>calls</th><th scope=col>list</th>
 <th scope=col>batch</th><th scope=col>flex</th><th scope=col>saved by batch</th><th scope=col>eligible</th>
 <th scope=col>1 h</th><th scope=col>4 h</th><th scope=col>24 h</th></tr></thead><tbody>{rows}</tbody></table>
 {"".join(_feature_section(f) for f in audit.features)}

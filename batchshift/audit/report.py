@@ -168,8 +168,9 @@ def run(
     for rank, feature in enumerate(audits):
         if simulate_top is not None and rank >= simulate_top:
             if simulate_top:
+                which = "feature is" if simulate_top == 1 else "features are"
                 feature.reasons.append(
-                    f"deadlines: not simulated (only the {simulate_top} most expensive features are)"
+                    f"deadlines: not simulated (only the {simulate_top} most expensive {which})"
                 )
             continue
         feature.deadlines, why = deadlines.simulate(feature.traffic, feature.cost, settings, pricing)
