@@ -417,3 +417,20 @@ def test_the_cli_default_matches_the_report_default():
 
     args = build_parser().parse_args(["audit", "x.log"])
     assert args.simulate_top == report.DEFAULT_SIMULATE_TOP
+
+
+def test_a_log_without_llm_calls_gives_an_empty_audit(tmp_path, capsys):
+    path = tmp_path / "otlp.json"
+    span = {"name": "GET /", "startTimeUnixNano": "1", "endTimeUnixNano": "2", "attributes": []}
+    path.write_text(json.dumps({"resourceSpans": [{"resource": {}, "scopeSpans": [{"spans": [span]}]}]}))
+    result = run_json(capsys, str(path), "--html", str(tmp_path / "report.html"))
+    assert result["features"] == []
+    assert result["total"] == {
+        "calls": 0,
+        "list_usd": 0.0,
+        "batch_usd": 0.0,
+        "saved_usd": 0.0,
+        "eligible_share": 0.0,
+    }
+    assert all(isinstance(result["total"][k], float) for k in TOTAL_KEYS[1:])
+    assert "no feature could be simulated" in (tmp_path / "report.html").read_text()

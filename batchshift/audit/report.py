@@ -104,9 +104,10 @@ class Audit:
     def total(self) -> dict[str, Any]:
         """The contract's total: moving the eligible features only."""
         calls = sum(f.cost.total.calls for f in self.features)
-        listed = sum(f.cost.total.list_usd for f in self.features)
+        listed = sum((f.cost.total.list_usd for f in self.features), 0.0)
         batch = sum(
-            f.cost.total.batch_usd if f.signals.eligible else f.cost.total.list_usd for f in self.features
+            (f.cost.total.batch_usd if f.signals.eligible else f.cost.total.list_usd for f in self.features),
+            0.0,
         )
         eligible_calls = sum(f.cost.total.calls for f in self.features if f.signals.eligible)
         return {
