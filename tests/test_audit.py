@@ -13,7 +13,8 @@ import pytest
 
 from batchshift.audit import formats, report, rules
 from batchshift.audit.errors import AuditError, InvalidRules, UnreadableLog
-from batchshift.cli import main
+from batchshift.audit.signals import arrival_pattern
+from batchshift.cli import build_parser, main
 from config.settings import Settings
 from scheduler.costs.pricing import Pricing
 from tests import audit_fixtures
@@ -413,8 +414,6 @@ def test_only_the_most_expensive_features_are_simulated_when_asked(tmp_path, fix
 
 
 def test_the_cli_default_matches_the_report_default():
-    from batchshift.cli import build_parser
-
     args = build_parser().parse_args(["audit", "x.log"])
     assert args.simulate_top == report.DEFAULT_SIMULATE_TOP
 
@@ -434,3 +433,26 @@ def test_a_log_without_llm_calls_gives_an_empty_audit(tmp_path, capsys):
     }
     assert all(isinstance(result["total"][k], float) for k in TOTAL_KEYS[1:])
     assert "no feature could be simulated" in (tmp_path / "report.html").read_text()
+
+
+DAY_S = 86_400
+
+
+@pytest.mark.parametrize(
+    ("starts", "pattern"),
+    [
+        # 30 calls a night within two minutes of 02:00, three nights: few calls, still bursts.
+        ([d * DAY_S + 7200 + i * 4 for d in range(3) for i in range(30)], "scheduled bursts"),
+        # every 5 minutes for three days
+        ([i * 300.0 for i in range(3 * 288)], "steady"),
+        # every 5 minutes, but only 08:00-18:00
+        ([d * DAY_S + 8 * 3600 + i * 300.0 for d in range(3) for i in range(120)], "user-driven diurnal"),
+        # a busy hour: plenty of calls, too short a log
+        ([i * 1.0 for i in range(3600)], "too short to tell"),
+        # a long log of too few calls
+        ([i * 3600.0 for i in range(10)], "too short to tell"),
+    ],
+    ids=["sparse-bursts", "steady", "diurnal", "short", "few"],
+)
+def test_the_arrival_pattern(starts, pattern):
+    assert arrival_pattern([1_796_000_000 - 1_796_000_000 % DAY_S + s for s in starts])[0] == pattern
