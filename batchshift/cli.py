@@ -343,6 +343,73 @@ def _add_simulate(subparsers: Subparsers) -> None:
     parser.set_defaults(handler=_run_simulate)
 
 
+# -- batchshift audit -------------------------------------------------------------------------
+
+
+def _run_audit(args: argparse.Namespace) -> int:
+    import time
+    from pathlib import Path
+
+    import orjson
+
+    from batchshift.audit import html_report, report, rules, terminal
+    from batchshift.audit.errors import AuditError
+    from scheduler.costs.pricing import Pricing
+
+    settings = bootstrap()
+    if args.simulate_top < 0:
+        print("batchshift: --simulate-top must be 0 or more", file=sys.stderr)
+        return EXIT_USAGE
+    started = time.perf_counter()
+    try:
+        user_rules = rules.load(Path(args.rules)) if args.rules else rules.Rules()
+        audit = report.run(
+            [Path(p) for p in args.logs],
+            user_rules,
+            settings,
+            Pricing.load(settings.pricing_file),
+            simulate_top=0 if args.no_simulation else args.simulate_top,
+        )
+    except AuditError as exc:
+        print(f"batchshift: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.html:
+        Path(args.html).write_text(html_report.render(audit), encoding="utf-8")
+    if args.json:
+        sys.stdout.write(orjson.dumps(audit.as_json()).decode() + "\n")
+    else:
+        terminal.print_report(audit)
+        print(f"audited in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    return 0
+
+
+def _add_audit(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "audit",
+        help="read logs of synchronous LLM calls: what could move to batch or flex, and what it saves",
+    )
+    parser.add_argument(
+        "logs",
+        nargs="+",
+        metavar="LOG",
+        help="OTLP JSON, LiteLLM spend logs (JSON or CSV), or the audit's JSONL",
+    )
+    parser.add_argument(
+        "--rules", metavar="RULES.toml", help="per-feature tolerances: [[rules]] feature, tolerance_h"
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    parser.add_argument("--html", metavar="FILE", help="also write a self-contained HTML report with charts")
+    parser.add_argument(
+        "--simulate-top",
+        type=int,
+        default=20,  # batchshift.audit.report.DEFAULT_SIMULATE_TOP, not imported to keep --help fast
+        metavar="N",
+        help="simulate the deadlines (1 h, 4 h, 24 h) of the N most expensive features (default 20)",
+    )
+    parser.add_argument("--no-simulation", action="store_true", help="skip the deadline simulations")
+    parser.set_defaults(handler=_run_audit)
+
+
 # Every subcommand, in the order `batchshift --help` lists them. Append yours.
 COMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     _add_api,
@@ -354,6 +421,7 @@ COMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     _add_costs,
     _add_lanes,
     _add_simulate,
+    _add_audit,
 )
 
 

@@ -240,7 +240,12 @@ class Pricing:
         self, provider: str, kind: str, model: str, route: RouteName, usage: dict[str, Any] | None
     ) -> JobCost:
         """Cost of one answer: ``route`` price × normalised usage, and the sync equivalent."""
-        normal = normalize_usage(kind, usage)
+        return self.usage_cost(provider, kind, model, route, normalize_usage(kind, usage))
+
+    def usage_cost(
+        self, provider: str, kind: str, model: str, route: RouteName, normal: Usage | None
+    ) -> JobCost:
+        """Cost of usage already normalised, e.g. summed over many calls (prices are linear in tokens)."""
         terms = self._terms(provider, kind, model, route)
         if normal is None or terms is None:
             return JobCost(normal, None, None)
