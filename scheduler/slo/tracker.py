@@ -48,7 +48,10 @@ from scheduler.slo.prediction import (
     live_batches,
     prediction_from,
     queue_prediction_reads,
+    sync_lane,
 )
+from scheduler.slo.sibling_plan import LaneLoad, Sibling, sibling
+from scheduler.slo.siblings import Failover, lane_parts
 from scheduler.tick import Tick
 
 log = structlog.get_logger(__name__)
@@ -60,6 +63,7 @@ class LaneReport:
 
     state: str
     flipped: int = 0
+    relaned: int = 0  # moved to sibling lanes before any flip
     held: int = 0
     cancelled: list[str] = field(default_factory=list)
     alerts: list[str] = field(default_factory=list)  # "<action>:<rule>"
@@ -71,6 +75,7 @@ class SloReport:
 
     lanes: dict[str, LaneReport] = field(default_factory=dict)
     flipped: int = 0
+    relaned: int = 0
     cancelled: list[str] = field(default_factory=list)
     polls: dict[str, int] = field(default_factory=dict)  # batch id -> its poll brought forward to (ms)
     alerts: list[alerting.AlertEvent] = field(default_factory=list)
@@ -98,6 +103,8 @@ class SloTracker:
         self.redis = redis
         self.arq = arq
         self.flipper = Flipper(redis, arq, ledger, settings, tracing)
+        self.failover = Failover(redis, ledger, settings)
+        self._in_flight: dict[str, list[LiveBatch]] = {}  # this tick's batches by lane, for siblings
         self.windows: dict[str, BucketWindows] = {}
         self.states: dict[str, LaneSloState] = {}
         self._health: dict[str, tuple[int, LaneHealth]] = {}
@@ -134,6 +141,7 @@ class SloTracker:
         report = SloReport()
         self.flipper.new_tick()
         in_flight = await live_batches(self.redis)
+        self._in_flight = in_flight
         lanes = await load_lanes(self.redis, self.settings)
         reads = await self._read(lanes, in_flight, now_ms)
         writes: list[list[Command]] = []
@@ -220,6 +228,13 @@ class SloTracker:
         prediction = prediction_from(
             settings, health, batches, now_ms, lane.provider, reads.oldest, reads.earliest
         )
+        relaned = 0
+        if settings.siblings_of(lane.name):
+            load = await self._load(lane.name, reads.state.state, health, batches, now_ms)
+            moved = await self.failover.run(
+                load, prediction, lambda name: self._sibling(name, now_ms), now_ms
+            )
+            relaned = moved.total
         flips = await self.flipper.run(prediction, now_ms)
         windows = self._windows(lane.name)
         evidence = gather(settings, health, prediction, windows, flips.at_risk)
@@ -235,16 +250,56 @@ class SloTracker:
         planned = alerting.decide_lane(settings, lane.name, reads.incidents, conditions, now_ms)
         planned.writes.append(snapshot)
         report.flipped += len(flips.flipped)
+        report.relaned += relaned
         report.cancelled += flips.cancelled
         report.polls |= flips.polls
         lane_report = LaneReport(
             state=after.state,
             flipped=len(flips.flipped),
+            relaned=relaned,
             held=flips.held,
             cancelled=flips.cancelled,
             alerts=[f"{e.action}:{e.rule}" for e in planned.events],
         )
         return lane_report, planned
+
+    async def _load(
+        self, lane: str, state: str, health: LaneHealth, batches: list[LiveBatch], now_ms: int
+    ) -> LaneLoad:
+        """A lane as the failover decision sees it: its state, usual turnaround, slowest batch, hold."""
+        elapsed = [
+            (now_ms - b.submitted_ms) / 1000
+            for b in batches
+            if b.submitted_ms is not None and b.ended_ms is None
+        ]
+        return LaneLoad(
+            lane,
+            state,
+            health.usual_turnaround(),
+            max(elapsed, default=0.0),
+            await self.failover.held(lane, now_ms),
+        )
+
+    async def _sibling(self, name: str, now_ms: int) -> Sibling | None:
+        """Sibling lane ``name`` as a destination (None: its provider is not configured)."""
+        provider = lane_parts(name)[0]
+        if provider not in self.settings.providers:
+            return None
+        state = self.states.get(name)
+        if state is None:
+            raw = await self.redis.get(keys.lane_slo(name))
+            state = LaneSloState.from_dict(orjson.loads(raw) if raw else None)
+        health = await read_health(self.redis, self.settings, name, provider, now_ms)
+        load = await self._load(name, state.state, health, self._in_flight.get(name, []), now_ms)
+        turnaround = health.turnaround(self.settings.slo.turnaround_quantile)
+        margin = sync_lane(self.settings, provider, health).margin_s
+        return sibling(
+            load,
+            self.settings.slo.lagging_factor,
+            turnaround,
+            margin,
+            self.settings.scheduler.tick_interval_s,
+        )
 
     def _figures(
         self,
