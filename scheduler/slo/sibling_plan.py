@@ -1,16 +1,19 @@
 """The sibling failover decision as pure functions: which waiting jobs of a lane move to which sibling.
 
-Sibling lanes serve the same model (``settings.sibling_lanes``, in order of preference). A lane
-*fails over* when it lags (its SLO state is not healthy, or a batch of it is in flight longer
-than ``settings.slo.lagging_factor`` times its usual turnaround: the lane state's own lagging
-rule) or when its enqueued-token quota is full (the lane is held after a token-limit refusal).
-Then its queued jobs, and the jobs of its *stalled* batches (in flight past that same limit),
-move to the first sibling, in order of preference, that is healthy (its SLO state healthy, not
-lagging by the same rule, not held) and whose predicted completion for a job moved now fits the
-job's deadline: the sibling's next flush (:data:`flip_plan.LEAD_TICKS` ticks: a moved job
+Sibling lanes serve the same model (``settings.sibling_lanes``, in order of preference). A batch
+is *stalled* once in flight ``settings.slo.lagging_factor`` times the turnaround the lane plans
+with (its quantile ``settings.slo.turnaround_quantile``; the usual turnaround when that is longer):
+the lane state's lagging rule, measured against the planning quantile so that a heavy-tailed
+lane's slow-but-usual batches (one in twenty runs past that quantile) are no stalls. A lane *fails over* when it lags (its SLO state is not healthy, or a batch of it is
+stalled) or when its enqueued-token quota is full (the lane is held after a token-limit refusal).
+Then its queued jobs, and the jobs of its stalled batches, move to the first sibling, in order of
+preference, that is healthy (its SLO state healthy, no stalled batch, not held) and whose
+predicted completion for a job moved now fits the job's deadline: the sibling's next flush (:data:`flip_plan.LEAD_TICKS` ticks: a moved job
 arrived long ago, so the sibling flushes at once) plus its turnaround at the planning quantile
 plus its flip margin, so a moved job still has its sync fallback on the sibling. A job no sibling
-fits stays, and the flip logic decides it unchanged.
+fits stays, and the flip logic decides it unchanged. A job moves once at most: a sibling that
+lags in turn flips it as its own, rather than sending it back to a lane that only looks
+healthy because its stalled batches were emptied.
 
 Moving comes before flipping: a job that can still finish by batch on a sibling pays batch price,
 not flex's or sync's. :mod:`scheduler.slo.siblings` reads Redis and applies the moves.
@@ -30,7 +33,7 @@ class LaneLoad:
 
     lane: str
     state: str  # its SLO state: healthy, lagging, breaching
-    usual_turnaround_s: float  # what "lagging" is measured against (the lane state's median)
+    stall_after_s: float  # a batch in flight longer than this is stalled (:func:`stall_limit_s`)
     slowest_elapsed_s: float  # the longest one of its batches has been in flight
     held: bool  # its quota is full: held after a token-limit refusal
 
@@ -48,27 +51,21 @@ class Sibling:
         return self.healthy and now_ms + self.completion_s * 1000 <= deadline_ms
 
 
-def stalled(elapsed_s: float, usual_turnaround_s: float, lagging_factor: float) -> bool:
-    """A batch in flight ``elapsed_s`` is stalled once past the lane state's lagging limit."""
-    return elapsed_s > lagging_factor * usual_turnaround_s
+def stall_limit_s(usual_turnaround_s: float, planning_turnaround_s: float, lagging_factor: float) -> float:
+    """How long a batch may be in flight before it counts as stalled."""
+    return lagging_factor * max(usual_turnaround_s, planning_turnaround_s)
 
 
-def lags(load: LaneLoad, lagging_factor: float) -> bool:
-    """Whether a lane's waiting jobs should look for a sibling: not healthy, lagging now, or held."""
-    return (
-        load.state != "healthy"
-        or load.held
-        or stalled(load.slowest_elapsed_s, load.usual_turnaround_s, lagging_factor)
-    )
+def lags(load: LaneLoad) -> bool:
+    """Whether a lane's waiting jobs should look for a sibling: not healthy, a batch stalled, or held."""
+    return load.state != "healthy" or load.held or load.slowest_elapsed_s > load.stall_after_s
 
 
-def sibling(
-    load: LaneLoad, lagging_factor: float, turnaround_s: float, flip_margin_s: float, tick_s: float
-) -> Sibling:
+def sibling(load: LaneLoad, turnaround_s: float, flip_margin_s: float, tick_s: float) -> Sibling:
     """``load``'s lane as a destination, with its turnaround at the planning quantile and flip margin."""
     return Sibling(
         load.lane,
-        healthy=not lags(load, lagging_factor),
+        healthy=not lags(load),
         completion_s=LEAD_TICKS * tick_s + turnaround_s + flip_margin_s,
     )
 

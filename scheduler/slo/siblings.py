@@ -88,7 +88,7 @@ class Failover:
         report = FailoverReport()
         slo = self.settings.slo
         names = self.settings.siblings_of(load.lane)
-        if not names or not sibling_plan.lags(load, slo.lagging_factor):
+        if not names or not sibling_plan.lags(load):
             return report
         found = [await lookup(name) for name in names]
         siblings = [s for s in found if s is not None and s.healthy]
@@ -99,7 +99,7 @@ class Failover:
             b = batch.batch
             if b.submitted_ms is None or b.ended_ms is not None:
                 continue
-            if not sibling_plan.stalled(batch.elapsed_s, load.usual_turnaround_s, slo.lagging_factor):
+            if batch.elapsed_s <= load.stall_after_s:
                 continue
             index = await ensure_deadline_index(self.redis, b.id)
             budget -= await self._move(index, load.lane, siblings, now_ms, budget, report, batch_id=b.id)

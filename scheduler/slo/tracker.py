@@ -50,7 +50,7 @@ from scheduler.slo.prediction import (
     queue_prediction_reads,
     sync_lane,
 )
-from scheduler.slo.sibling_plan import LaneLoad, Sibling, sibling
+from scheduler.slo.sibling_plan import LaneLoad, Sibling, sibling, stall_limit_s
 from scheduler.slo.siblings import Failover, lane_parts
 from scheduler.tick import Tick
 
@@ -272,13 +272,11 @@ class SloTracker:
             for b in batches
             if b.submitted_ms is not None and b.ended_ms is None
         ]
-        return LaneLoad(
-            lane,
-            state,
-            health.usual_turnaround(),
-            max(elapsed, default=0.0),
-            await self.failover.held(lane, now_ms),
+        slo = self.settings.slo
+        limit = stall_limit_s(
+            health.usual_turnaround(), health.turnaround(slo.turnaround_quantile), slo.lagging_factor
         )
+        return LaneLoad(lane, state, limit, max(elapsed, default=0.0), await self.failover.held(lane, now_ms))
 
     async def _sibling(self, name: str, now_ms: int) -> Sibling | None:
         """Sibling lane ``name`` as a destination (None: its provider is not configured)."""
@@ -293,13 +291,7 @@ class SloTracker:
         load = await self._load(name, state.state, health, self._in_flight.get(name, []), now_ms)
         turnaround = health.turnaround(self.settings.slo.turnaround_quantile)
         margin = sync_lane(self.settings, provider, health).margin_s
-        return sibling(
-            load,
-            self.settings.slo.lagging_factor,
-            turnaround,
-            margin,
-            self.settings.scheduler.tick_interval_s,
-        )
+        return sibling(load, turnaround, margin, self.settings.scheduler.tick_interval_s)
 
     def _figures(
         self,

@@ -11,7 +11,7 @@ from scheduler.ledger import keys
 from scheduler.ledger.ledger import Finish, Ledger, Relane, day_of
 from scheduler.slo.health import read_health
 from scheduler.slo.prediction import live_batches, predict_lane
-from scheduler.slo.sibling_plan import LaneLoad, Sibling
+from scheduler.slo.sibling_plan import LaneLoad, Sibling, stall_limit_s
 from scheduler.slo.siblings import Failover, adapted_body, lane_parts
 from tests.conftest import make_settings
 from tests.scheduler.slo_support import ENDPOINT, LANE, MODEL, enqueue, submitted_batch
@@ -78,8 +78,11 @@ async def test_relane_moves_a_queued_job_to_the_siblings_queue(redis, redis_url)
     assert int(await redis.get(keys.lane_bytes(SIBLING))) == len(body)
     assert await redis.hget(keys.lane_meta(SIBLING), "provider") == b"azure"
     assert await redis.zscore(keys.LANES_ACTIVE, SIBLING) is not None
-    # Guarded: moved once, it is no longer the first lane's to move.
-    assert await ledger.relane([relane(job_id)], NOW + 2) == ["skip:queued"]
+    # Guarded: moved once, it is no longer the first lane's to move, nor any lane's.
+    assert await ledger.relane([relane(job_id)], NOW + 2) == ["skip:relaned"]
+    back = Relane(job_id, SIBLING, LANE, "openai", MODEL, ENDPOINT)
+    assert await ledger.relane([back], NOW + 3) == ["skip:relaned"]
+    assert (await ledger.get(job_id)).lane == SIBLING
 
 
 async def test_a_moved_jobs_answer_from_its_stalled_batch_is_duplicate_spend(redis, redis_url):
@@ -115,7 +118,7 @@ async def test_failover_takes_a_stalled_batchs_jobs_once_past_the_lagging_limit(
     health = await read_health(redis, settings, LANE, "openai", now)
     live = await live_batches(redis)
     prediction = await predict_lane(redis, settings, health, live.get(LANE, []), now)
-    load = LaneLoad(LANE, "healthy", health.usual_turnaround(), float(elapsed_s), held=False)
+    load = LaneLoad(LANE, "healthy", stall_limit_s(10.0, 10.0, 2.0), float(elapsed_s), held=False)
 
     async def lookup(name: str) -> Sibling:
         return Sibling(name, healthy=True, completion_s=60.0)

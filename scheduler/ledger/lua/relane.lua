@@ -3,10 +3,11 @@
 -- rewritten; guarded by the expected prior state, the batch that still holds it and its lane, so a
 -- job that finished, flipped or moved meanwhile is left alone. A job taken from a batch is no longer
 -- that batch's: its answer there, if the batch still ends, is skipped and counted as duplicate spend,
--- as a flipped job's is.
+-- as a flipped job's is. A job moves once at most (its `relanes` count): no ping-pong between
+-- two lanes that lag in turn.
 -- ARGV: 1 JSON array of items {id, from=[states], batch=?, lane (expected), to (lane), provider,
 --       model, endpoint, b=? (ARGV index of the adapted body)}, 2 now ms, 3.. adapted bodies
--- Returns one code per item: 'ok' | 'skip:<state>' | 'missing'.
+-- Returns one code per item: 'ok' | 'skip:<state>' | 'skip:relaned' | 'missing'.
 -- uses: json, state
 local items = cjson.decode(ARGV[1])
 local now = ARGV[2]
@@ -15,10 +16,12 @@ local moved = false
 for i, it in ipairs(items) do
   local jk = K.job(it.id)
   local rec = redis.call('HMGET', jk, 'state', 'batch_id', 'lane', 'deadline_ms', 'created_ms', 'size',
-    'tenant')
+    'tenant', 'relanes')
   local state = rec[1]
   if not state then
     out[i] = 'missing'
+  elseif rec[8] then
+    out[i] = 'skip:relaned'
   elseif contains(it.from, state) and (opt(it.batch) == nil or opt(it.batch) == rec[2])
       and rec[3] == it.lane then
     if state == 'queued' then unqueue(it.id, rec[3], tonumber(rec[6])) end
