@@ -501,6 +501,23 @@ class Settings(BaseSettings):
                 raise ValueError(f"sibling lanes must share one endpoint: {group}")
         return value
 
+    @model_validator(mode="after")
+    def _sibling_wire_formats(self) -> Settings:
+        # A moved job's body goes to the sibling as is (only its model renamed): OpenAI and Azure
+        # OpenAI speak one format, Anthropic and Gemini each their own.
+        family = {"openai": "openai", "azure_openai": "openai", "anthropic": "anthropic", "gemini": "gemini"}
+        for group in self.sibling_lanes:
+            kinds = {
+                family[account.kind]
+                for lane in group
+                if (account := self.providers.get(lane.partition(":")[0])) is not None
+            }
+            if len(kinds) > 1:
+                raise ValueError(
+                    f"sibling lanes must speak one wire format (OpenAI and Azure OpenAI do): {group}"
+                )
+        return self
+
     @classmethod
     def settings_customise_sources(
         cls,

@@ -150,3 +150,15 @@ def test_sibling_lanes_name_each_lanes_siblings_in_order_of_preference():
 def test_bad_sibling_groups_are_refused(groups, message):
     with pytest.raises(ValidationError, match=message):
         Settings(sibling_lanes=groups)
+
+
+def test_siblings_must_speak_one_wire_format():
+    providers = {
+        name: {"kind": kind, "base_url": "http://127.0.0.1:9", "api_key": "k"}
+        for name, kind in (("openai", "openai"), ("azure", "azure_openai"), ("anthropic", "anthropic"))
+    }
+    ok = [["openai:m:/v1/chat/completions", "azure:m-batch:/v1/chat/completions"]]
+    assert Settings(providers=providers, sibling_lanes=ok).siblings_of(ok[0][0]) == [ok[0][1]]
+    mixed = [["openai:m:/v1/messages", "anthropic:m:/v1/messages"]]
+    with pytest.raises(ValidationError, match="one wire format"):
+        Settings(providers=providers, sibling_lanes=mixed)

@@ -7,8 +7,9 @@ each job's body is adapted to the sibling's model name (an Azure deployment, ano
 for the model), and the ledger's guarded ``relane`` step moves it. A job taken from a stalled batch
 leaves that batch's deadline index, so the flip step neither flips it nor waits for it; a batch
 left empty is cancelled by the flip step as a batch whose jobs all flipped is, and its late answer
-for a moved job is duplicate spend. A tick moves at most ``settings.slo.max_flips_per_tick`` jobs
-per lane; the rest move next tick, earliest deadline first.
+for a moved job is duplicate spend. A tick looks at most at ``settings.slo.max_flips_per_tick`` jobs per
+place (the earliest due); the rest move on later ticks. Jobs a sibling sent here move no further,
+and count against that look.
 """
 
 from __future__ import annotations
@@ -133,10 +134,12 @@ class Failover:
             return 0
         async with self.redis.pipeline(transaction=False) as pipe:
             for job_id, _ in chosen:
-                pipe.hget(keys.job(job_id), "body")
-            bodies = await pipe.execute()
+                pipe.hmget(keys.job(job_id), ["body", "relanes"])
+            rows = await pipe.execute()
         items = []
-        for (job_id, to), body in zip(chosen, bodies, strict=True):
+        for (job_id, to), (body, relanes) in zip(chosen, rows, strict=True):
+            if relanes is not None:
+                continue  # moved here from a sibling: it moves once at most (relane.lua holds the rule)
             provider, model, endpoint = lane_parts(to)
             items.append(
                 Relane(

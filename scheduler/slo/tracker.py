@@ -34,7 +34,7 @@ from scheduler.ledger import keys, tasks
 from scheduler.ledger.jobs import iso
 from scheduler.ledger.leader import Command
 from scheduler.ledger.ledger import Ledger
-from scheduler.planning.lanes import Lane, load_lanes
+from scheduler.planning.lanes import Lane, load_lanes, serves
 from scheduler.slo import alerting
 from scheduler.slo.alerting import Condition
 from scheduler.slo.burn import BucketWindows
@@ -279,9 +279,12 @@ class SloTracker:
         return LaneLoad(lane, state, limit, max(elapsed, default=0.0), await self.failover.held(lane, now_ms))
 
     async def _sibling(self, name: str, now_ms: int) -> Sibling | None:
-        """Sibling lane ``name`` as a destination (None: its provider is not configured)."""
-        provider = lane_parts(name)[0]
-        if provider not in self.settings.providers:
+        """Sibling lane ``name`` as a destination (None: its provider is not configured, or does not
+        serve its model)."""
+        provider, model, _ = lane_parts(name)
+        account = self.settings.providers.get(provider)
+        if account is None or not serves(self.settings, provider, account, model):
+            log.warning("lane.sibling_unconfigured", lane=name)
             return None
         state = self.states.get(name)
         if state is None:
