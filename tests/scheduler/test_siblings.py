@@ -7,6 +7,7 @@ import orjson
 import pytest
 
 from config.settings import ProviderSettings, SloSettings
+from scheduler.costs import metrics
 from scheduler.ledger import keys
 from scheduler.ledger.ledger import Finish, Ledger, Relane, day_of
 from scheduler.slo.health import read_health
@@ -78,6 +79,9 @@ async def test_relane_moves_a_queued_job_to_the_siblings_queue(redis, redis_url)
     assert int(await redis.get(keys.lane_bytes(SIBLING))) == len(body)
     assert await redis.hget(keys.lane_meta(SIBLING), "provider") == b"azure"
     assert await redis.zscore(keys.LANES_ACTIVE, SIBLING) is not None
+    assert await redis.hget(keys.lane_metrics(LANE), "relaned") == b"1"
+    exported = metrics.render(await metrics.snapshot(redis, make_settings(redis_url), NOW)).decode()
+    assert f'batchshift_jobs_relaned_total{{lane="{LANE}"}} 1.0' in exported
     # Guarded: moved once, it is no longer the first lane's to move, nor any lane's.
     assert await ledger.relane([relane(job_id)], NOW + 2) == ["skip:relaned"]
     back = Relane(job_id, SIBLING, LANE, "openai", MODEL, ENDPOINT)

@@ -35,6 +35,7 @@ for i, it in ipairs(items) do
       'model', it.model, 'endpoint', it.endpoint, 'relaned_from', rec[3], 'relaned_ms', now)
     if state == 'batched' then redis.call('HSET', jk, 'relaned_from_batch', rec[2]) end
     redis.call('HINCRBY', jk, 'relanes', 1)
+    redis.call('HINCRBY', K.lane_metrics(rec[3]), 'relaned', 1)
     redis.call('ZADD', K.lane_queue(it.to), rec[4], it.id)
     -- Its arrival stays its enqueue time: a moved job has waited already, the sibling flushes it at once.
     redis.call('ZADD', K.lane_arrivals(it.to), rec[5], it.id)
