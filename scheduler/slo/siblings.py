@@ -22,6 +22,7 @@ import structlog
 from redis.asyncio import Redis
 
 from config.settings import Settings
+from config.tracing import OFF, Tracing
 from scheduler.ledger import keys
 from scheduler.ledger.ledger import Ledger, Relane
 from scheduler.slo import sibling_plan
@@ -72,10 +73,11 @@ SiblingLookup = Callable[[str], Awaitable[Sibling | None]]
 class Failover:
     """Moves waiting jobs of lagging lanes to healthy siblings, one lane at a time."""
 
-    def __init__(self, redis: Redis, ledger: Ledger, settings: Settings) -> None:
+    def __init__(self, redis: Redis, ledger: Ledger, settings: Settings, tracing: Tracing = OFF) -> None:
         self.redis = redis
         self.ledger = ledger
         self.settings = settings
+        self.tracing = tracing
 
     async def held(self, lane: str, now_ms: int) -> bool:
         """Whether the lane is held after a token-limit refusal (its enqueued-token quota is full)."""
@@ -158,13 +160,35 @@ class Failover:
         for start in range(0, len(items), RELANE_CHUNK):
             chunk = items[start : start + RELANE_CHUNK]
             codes = await self.ledger.relane(chunk, now_ms)
-            for item, code in zip(chunk, codes, strict=True):
-                if code == "ok":
-                    report.moved[item.to] = report.moved.get(item.to, 0) + 1
-                    moved += 1
+            done = [item for item, code in zip(chunk, codes, strict=True) if code == "ok"]
+            for item in done:
+                report.moved[item.to] = report.moved.get(item.to, 0) + 1
+            moved += len(done)
+            if self.tracing.enabled and done:
+                await self._trace(done, batch_id)
             if batch_id is not None:
                 # Moved, finished or flipped: none of them is this batch's to wait for any more.
                 await self.redis.zrem(zset, *(item.id for item in chunk))
         if batch_id is not None:
             report.from_batches += moved
         return moved
+
+    async def _trace(self, moved: Sequence[Relane], batch_id: str | None) -> None:
+        """A ``job.relane`` span in each moved job's trace (tracing on only: one read per job)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for item in moved:
+                pipe.hmget(keys.job(item.id), ["traceparent", "tracestate"])
+            rows = await pipe.execute()
+        for item, (parent, state) in zip(moved, rows, strict=True):
+            with self.tracing.span(
+                "job.relane",
+                parent=parent.decode() if parent else None,
+                tracestate=state.decode() if state else None,
+                attributes={
+                    "batchshift.job_id": item.id,
+                    "batchshift.lane": item.lane,
+                    "batchshift.sibling_lane": item.to,
+                    "batchshift.batch_id": batch_id,
+                },
+            ):
+                pass

@@ -103,7 +103,7 @@ class SloTracker:
         self.redis = redis
         self.arq = arq
         self.flipper = Flipper(redis, arq, ledger, settings, tracing)
-        self.failover = Failover(redis, ledger, settings)
+        self.failover = Failover(redis, ledger, settings, tracing)
         self._in_flight: dict[str, list[LiveBatch]] = {}  # this tick's batches by lane, for siblings
         self.windows: dict[str, BucketWindows] = {}
         self.states: dict[str, LaneSloState] = {}

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from config.settings import ProviderSettings, SloSettings
+from config.tracing import Tracing
 from scheduler.costs import metrics
 from scheduler.ledger import keys
 from scheduler.ledger.ledger import Finish, Ledger, Relane, day_of
@@ -15,7 +19,7 @@ from scheduler.slo.prediction import live_batches, predict_lane
 from scheduler.slo.sibling_plan import LaneLoad, Sibling, stall_limit_s
 from scheduler.slo.siblings import Failover, adapted_body, lane_parts
 from tests.conftest import make_settings
-from tests.scheduler.slo_support import ENDPOINT, LANE, MODEL, enqueue, submitted_batch
+from tests.scheduler.slo_support import ENDPOINT, LANE, MODEL, enqueue, new_job, submitted_batch
 
 NOW = 1_800_000_000_000
 DEPLOYMENT = "gpt-4o-mini-batch"
@@ -134,3 +138,27 @@ async def test_failover_takes_a_stalled_batchs_jobs_once_past_the_lagging_limit(
     assert (job.state, job.batch_id) == (("queued", None) if moved else ("batched", batch_id))
     if moved:  # no longer the batch's for the flip step to flip or wait for
         assert await redis.zscore(keys.batch_deadlines(batch_id), job_id) is None
+
+
+async def test_a_moved_job_gets_a_relane_span_in_its_trace(redis, redis_url):
+    settings = settings_with_sibling(redis_url)
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    ledger = Ledger(redis)
+    job = new_job(NOW, 3600)
+    job.traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    await ledger.enqueue(job)
+    health = await read_health(redis, settings, LANE, "openai", NOW)
+    prediction = await predict_lane(redis, settings, health, [], NOW)
+    load = LaneLoad(LANE, "lagging", 20.0, 0.0, held=False)
+
+    async def lookup(name: str) -> Sibling:
+        return Sibling(name, healthy=True, completion_s=60.0)
+
+    report = await Failover(redis, ledger, settings, Tracing(provider)).run(load, prediction, lookup, NOW)
+    assert report.moved == {SIBLING: 1}
+    [span] = exporter.get_finished_spans()
+    assert span.name == "job.relane"
+    assert span.context.trace_id == int("0af7651916cd43dd8448eb211c80319c", 16)
+    assert span.attributes["batchshift.sibling_lane"] == SIBLING
