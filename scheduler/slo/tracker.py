@@ -1,7 +1,8 @@
 """The SLO tracker's tick step: predict, flip, judge each lane, decide alerts, publish the lane's snapshot.
 
 Per lane, every tick: read its health (:mod:`scheduler.slo.health`), predict its queued jobs and
-batches in flight (:mod:`scheduler.slo.prediction`), flip the jobs at risk, cancel emptied batches and
+batches in flight (:mod:`scheduler.slo.prediction`), move the waiting jobs of a lagging or
+quota-full lane to a healthy sibling lane (:mod:`scheduler.slo.siblings`), flip the jobs at risk, cancel emptied batches and
 bring forward the poll of a batch whose next one would come after a job's latest safe flip time
 (:mod:`scheduler.slo.flips`; the polls step enqueues it), bring its burn-rate windows up to date (:mod:`scheduler.slo.burn`),
 move its state on with hysteresis (:mod:`scheduler.slo.lane_state`), decide its alerts into the outbox
@@ -266,7 +267,8 @@ class SloTracker:
     async def _load(
         self, lane: str, state: str, health: LaneHealth, batches: list[LiveBatch], now_ms: int
     ) -> LaneLoad:
-        """A lane as the failover decision sees it: its state, usual turnaround, slowest batch, hold."""
+        """A lane as the failover decision sees it: its state, when its batches count as stalled, its
+        slowest batch in flight, and whether its quota is full."""
         elapsed = [
             (now_ms - b.submitted_ms) / 1000
             for b in batches
