@@ -470,6 +470,10 @@ class Settings(BaseSettings):
     providers: dict[str, ProviderSettings] = {}
     lane_defaults: LaneDefaults = LaneDefaults()
     lanes: dict[str, LaneSettings] = {}
+    # Groups of lanes serving the same model (``provider:model:endpoint`` each), in order of
+    # preference: a lagging or quota-full lane's jobs move to its group's first healthy lane whose
+    # turnaround fits their deadlines, before any flip to flex or sync (scheduler/slo/siblings.py).
+    sibling_lanes: list[list[str]] = []
     limits: LimitSettings = LimitSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
     worker: WorkerSettings = WorkerSettings()
@@ -497,6 +501,46 @@ class Settings(BaseSettings):
                 raise ValueError(f"tenant name {name!r} must match {TENANT_NAME.pattern}")
         return value
 
+    @field_validator("sibling_lanes")
+    @classmethod
+    def _sibling_groups(cls, value: list[list[str]]) -> list[list[str]]:
+        # A job moves between siblings with its body as is (only its model renamed): the lanes of a
+        # group must speak one endpoint, and a lane in two groups would have no one preference order.
+        seen: set[str] = set()
+        for group in value:
+            if len(group) < 2:
+                raise ValueError(f"a sibling group needs at least two lanes: {group}")
+            endpoints = set()
+            for lane in group:
+                provider, _, rest = lane.partition(":")
+                model, _, endpoint = rest.rpartition(":")
+                if not (provider and model and endpoint.startswith("/")):
+                    raise ValueError(f"sibling lane {lane!r} is not provider:model:endpoint")
+                if lane in seen:
+                    raise ValueError(f"lane {lane!r} is in two sibling groups")
+                seen.add(lane)
+                endpoints.add(endpoint)
+            if len(endpoints) > 1:
+                raise ValueError(f"sibling lanes must share one endpoint: {group}")
+        return value
+
+    @model_validator(mode="after")
+    def _sibling_wire_formats(self) -> Settings:
+        # A moved job's body goes to the sibling as is (only its model renamed): OpenAI and Azure
+        # OpenAI speak one format, Anthropic and Gemini each their own.
+        family = {"openai": "openai", "azure_openai": "openai", "anthropic": "anthropic", "gemini": "gemini"}
+        for group in self.sibling_lanes:
+            kinds = {
+                family[account.kind]
+                for lane in group
+                if (account := self.providers.get(lane.partition(":")[0])) is not None
+            }
+            if len(kinds) > 1:
+                raise ValueError(
+                    f"sibling lanes must speak one wire format (OpenAI and Azure OpenAI do): {group}"
+                )
+        return self
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -513,6 +557,13 @@ class Settings(BaseSettings):
                 _ShadowedTomlSource(settings_cls, toml_path, shadowed_by=(init_settings, env_settings))
             )
         return tuple(sources)
+
+    def siblings_of(self, lane: str) -> list[str]:
+        """The lanes ``lane``'s jobs may move to, in order of preference (its sibling group less itself)."""
+        for group in self.sibling_lanes:
+            if lane in group:
+                return [other for other in group if other != lane]
+        return []
 
     def lane_settings(self, lane: str) -> LaneSettings:
         """The lane's effective settings: its overrides on top of the defaults."""

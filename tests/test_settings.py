@@ -7,9 +7,10 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from batchshift import cli
-from config.settings import DEFAULT_CONFIG_PATH, SettingsError, load_settings
+from config.settings import DEFAULT_CONFIG_PATH, Settings, SettingsError, load_settings
 
 TOML = """
 redis_url = "redis://file:6379/1"
@@ -127,3 +128,37 @@ def test_a_settings_error_carries_no_input_values(config_file: Path, monkeypatch
     assert secret not in str(caught.value)
     assert caught.value.__cause__ is None
     assert caught.value.__suppress_context__
+
+
+def test_sibling_lanes_name_each_lanes_siblings_in_order_of_preference():
+    a, b, c = (f"{p}:gpt-4.1-mini:/v1/chat/completions" for p in ("openai", "azure", "together"))
+    settings = Settings(sibling_lanes=[[a, b, c]])
+    assert settings.siblings_of(a) == [b, c]
+    assert settings.siblings_of(c) == [a, b]
+    assert settings.siblings_of("openai:gpt-4o:/v1/chat/completions") == []
+
+
+@pytest.mark.parametrize(
+    ("groups", "message"),
+    [
+        ([["openai:m:/v1/chat/completions"]], "at least two lanes"),
+        ([["openai:m:/v1/chat/completions", "azure:m"]], "provider:model:endpoint"),
+        ([["openai:m:/v1/chat/completions", "azure:m:/v1/embeddings"]], "one endpoint"),
+        ([["a:m:/v1/x", "b:m:/v1/x"], ["a:m:/v1/x", "c:m:/v1/x"]], "two sibling groups"),
+    ],
+)
+def test_bad_sibling_groups_are_refused(groups, message):
+    with pytest.raises(ValidationError, match=message):
+        Settings(sibling_lanes=groups)
+
+
+def test_siblings_must_speak_one_wire_format():
+    providers = {
+        name: {"kind": kind, "base_url": "http://127.0.0.1:9", "api_key": "k"}
+        for name, kind in (("openai", "openai"), ("azure", "azure_openai"), ("anthropic", "anthropic"))
+    }
+    ok = [["openai:m:/v1/chat/completions", "azure:m-batch:/v1/chat/completions"]]
+    assert Settings(providers=providers, sibling_lanes=ok).siblings_of(ok[0][0]) == [ok[0][1]]
+    mixed = [["openai:m:/v1/messages", "anthropic:m:/v1/messages"]]
+    with pytest.raises(ValidationError, match="one wire format"):
+        Settings(providers=providers, sibling_lanes=mixed)

@@ -143,7 +143,9 @@ def test_the_simulator_does_not_import_workers():
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
-@pytest.mark.parametrize("name", ["healthy", "heavy_tail", "stall", "outage", "expiry_storm", "tight"])
+@pytest.mark.parametrize(
+    "name", ["healthy", "heavy_tail", "stall", "outage", "expiry_storm", "tight", "sibling"]
+)
 def test_every_preset_is_a_valid_scenario(name):
     path = Path(__file__).parent.parent / "config" / "scenarios" / f"{name}.toml"
     assert scenario.load(path).lanes
@@ -184,3 +186,51 @@ def test_batches_ending_between_polls_just_before_their_jobs_last_safe_moment_ke
     assert result["batchshift"]["on_time_ratio"] == 1.0
     assert result["batchshift"]["flipped"] < result["batchshift"]["jobs"] * 0.02
     assert result["batchshift"]["saved_ratio"] > 0.48  # the oracle: 0.5
+
+
+def sibling_scenario(tmp_path: Path) -> Path:
+    """A lane stalled for 3 of its 4 hours (longer than its deadlines), and a healthy sibling serving
+    the same model with light traffic of its own."""
+    stalled = LANE.format(rate=200, deadline="[1.5, 3]", stalls="[{ start_h = 1, duration_h = 3 }]", rpm=600)
+    sibling = LANE.format(rate=60, deadline="[1.5, 3]", stalls="[]", rpm=600)
+    path = tmp_path / "sibling.toml"
+    path.write_text(
+        "duration_h = 4\nseed = 2\ntick_s = 60\n"
+        + stalled
+        + "siblings = [1]\n"
+        + sibling
+        + "siblings = [0]\n"
+    )
+    return path
+
+
+def test_a_sibling_lane_takes_a_stalled_lanes_jobs_at_batch_price_instead_of_sync(tmp_path):
+    """The same arrivals with and without the sibling: with it, the stalled lane's waiting jobs move
+    to the sibling's batches, so fewer flip, more is saved and every deadline is kept."""
+    spec = scenario.load(sibling_scenario(tmp_path))
+    settings = Settings()
+    pricing = Pricing.load(settings.pricing_file)
+    with_sibling = engine.run_policy(spec, settings, pricing, "batchshift")
+    without = engine.run_policy(spec, settings, pricing, "batchshift", siblings=False)
+    assert with_sibling.jobs == without.jobs
+    assert with_sibling.on_time == with_sibling.jobs
+    assert without.on_time == without.jobs
+    assert with_sibling.relaned > 0
+    assert without.relaned == 0
+    assert with_sibling.flipped < without.flipped / 10
+    saved = with_sibling.as_dict()["saved_ratio"], without.as_dict()["saved_ratio"]
+    assert saved[0] > saved[1] + 0.05
+    print(f"sibling scenario: saved {saved[0]:.2%} with the sibling, {saved[1]:.2%} without")
+
+
+def test_a_scenario_with_siblings_reports_batchshift_without_them_too(tmp_path):
+    result = run(sibling_scenario(tmp_path), policies=("batchshift", "always_sync"))["policies"]
+    assert list(result) == ["batchshift", engine.NO_SIBLINGS, "always_sync"]
+    assert set(result[engine.NO_SIBLINGS]) == FIELDS
+
+
+def test_a_sibling_must_be_another_lane_of_the_scenario(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text(sibling_scenario(tmp_path).read_text().replace("siblings = [1]", "siblings = [0]"))
+    with pytest.raises(scenario.ScenarioError, match="siblings"):
+        scenario.load(path)

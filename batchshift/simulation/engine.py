@@ -29,6 +29,14 @@ falls due, after the tick's flips, as the polls step enqueues it). A batch all o
 cancelled and bills nothing; a flipped job whose batch does end is billed twice (duplicate spend).
 Random draws come from streams seeded by the scenario's seed and the lane, so runs reproduce and
 every policy sees the same arrivals.
+
+Sibling lanes (a lane's ``siblings``): under ``batchshift``, before its flips, a lane whose batch is
+stalled (:func:`scheduler.slo.sibling_plan.lags`) moves its queued jobs and its stalled batches'
+jobs to the first sibling, in order of preference, that is healthy and whose turnaround fits
+each job's deadline (:func:`~scheduler.slo.sibling_plan.destinations`), as the tracker does. A
+moved job is the sibling's from then on (its prices, its batches, and it moves no further); one taken from a stalled batch
+that ends after all is billed there too (duplicate spend). The lab has no SLO state machine: a
+lane lags while a batch of it is stalled. ``batchshift_no_siblings`` is the same run without them.
 """
 
 from __future__ import annotations
@@ -50,6 +58,7 @@ from scheduler.costs.tokens import BYTES_PER_TOKEN
 from scheduler.planning.lanes import Lane, effective
 from scheduler.planning.planner import LaneBacklog, band_limit_ms, decide, pressure_horizon_ms
 from scheduler.policy import first_poll_s, next_poll_s
+from scheduler.slo import sibling_plan
 from scheduler.slo.flip_plan import (
     Plan,
     Policy,
@@ -65,6 +74,9 @@ from scheduler.slo.health import LaneHealth, lane_health, observed_turnaround_s
 from scheduler.slo.prediction import expected_turnaround_s, next_flush_ms, sync_lane
 
 PolicyName = Literal["batchshift", "oracle", "always_sync", "batch_only", "fixed_escalation"]
+# The report's name for batchshift's run without sibling lanes (a scenario with siblings only).
+NO_SIBLINGS = "batchshift_no_siblings"
+MOVED = -2  # a job's ``done`` once it moved to a sibling lane (-1: still waiting)
 POLICIES: tuple[PolicyName, ...] = ("batchshift", "oracle", "always_sync", "batch_only", "fixed_escalation")
 EPOCH_MS = 1_800_000_000_000  # the virtual clock's start: a fixed instant, so runs reproduce
 ENDPOINT = "/v1/chat/completions"
@@ -148,6 +160,8 @@ class _LaneRun:
         self.turnarounds: deque[float] = deque(maxlen=settings.slo.history_size)
         self.sync_latencies: deque[float] = deque(maxlen=settings.slo.history_size)
         self.outcome = Outcome()
+        self.siblings: list[_LaneRun] = []  # in order of preference (batchshift with siblings only)
+        self.adopted: set[int] = set()  # jobs moved here from a sibling: they move no further
         self.stalls = [
             (EPOCH_MS + int(s.start_h * 3_600_000), EPOCH_MS + int((s.start_h + s.duration_h) * 3_600_000))
             for s in sorted(spec.stalls, key=lambda s: s.start_h)
@@ -184,6 +198,17 @@ class _LaneRun:
                     self.q_deadlines.insert(slot, self.deadline[job])
                     self.q_jobs.insert(slot, job)
             self.next_arrival_ms = at + self._gap_ms(at)
+
+    def adopt(self, arrival_ms: int, deadline_ms: int) -> None:
+        """Take a job moved here from a sibling lane: it queues as if it had arrived here."""
+        job = len(self.arrival)
+        self.arrival.append(arrival_ms)
+        self.deadline.append(deadline_ms)
+        self.done.append(-1)
+        self.adopted.add(job)
+        slot = bisect.bisect_right(self.q_deadlines, deadline_ms)
+        self.q_deadlines.insert(slot, deadline_ms)
+        self.q_jobs.insert(slot, job)
 
     # -- the simulated batch API --------------------------------------------------------------------
 
@@ -263,6 +288,66 @@ class _LaneRun:
             sorted(self.sync_latencies),
             in_flight=[(now_ms - b.submitted_ms) / 1000 for b in self.batches if not b.cancelled],
         )
+
+    def _load(self, now_ms: int, health: LaneHealth) -> sibling_plan.LaneLoad:
+        """The lane as the failover decision sees it (no SLO state machine here: judged by its batches)."""
+        slowest = max(
+            ((now_ms - b.submitted_ms) / 1000 for b in self.batches if not b.cancelled), default=0.0
+        )
+        ended = health.with_in_flight(())  # as the tracker reads it: the batches that ended
+        slo = self.settings.slo
+        limit = sibling_plan.stall_limit_s(
+            ended.usual_turnaround(), ended.turnaround(slo.turnaround_quantile), slo.lagging_factor
+        )
+        return sibling_plan.LaneLoad(self.lane.name, "healthy", limit, slowest, held=False)
+
+    def as_sibling(self, now_ms: int) -> sibling_plan.Sibling:
+        """This lane as a destination for a sibling's jobs, as the tracker judges one."""
+        health = self.health(now_ms)
+        return sibling_plan.sibling(
+            self._load(now_ms, health),
+            health.turnaround(self.settings.slo.turnaround_quantile),
+            sync_lane(self.settings, self.provider, health).margin_s,
+            self.scenario.tick_s,
+        )
+
+    def _move(self, deadlines: list[int], jobs: list[int], siblings: list[sibling_plan.Sibling],
+              now_ms: int, batch: _Batch | None = None) -> None:  # fmt: skip
+        """Move the jobs of ``deadlines``/``jobs`` (a queue, sorted) that a sibling fits."""
+        targets = sibling_plan.destinations(deadlines, siblings, now_ms)
+        if not any(targets):
+            return
+        runs = {s.lane.name: s for s in self.siblings}
+        keep_d, keep_j = [], []
+        for deadline, job, target in zip(deadlines, jobs, targets, strict=True):
+            if target is None or job in self.adopted:
+                keep_d.append(deadline)
+                keep_j.append(job)
+                continue
+            runs[target].adopt(self.arrival[job], deadline)
+            self.done[job] = MOVED
+            self.outcome.relaned += 1
+            if batch is not None:
+                batch.flipped.append(job)  # billed twice if the batch ends after all
+        deadlines[:], jobs[:] = keep_d, keep_j
+        if batch is not None and not batch.jobs:
+            batch.cancelled = True  # every job left: the tracker cancels it at the provider
+
+    def _failover(self, now_ms: int, health: LaneHealth) -> None:
+        """Move waiting jobs to healthy siblings before any flip, as the tracker does."""
+        load = self._load(now_ms, health)
+        if not sibling_plan.lags(load):
+            return
+        siblings = [s.as_sibling(now_ms) for s in self.siblings]
+        if not any(s.healthy for s in siblings):
+            return
+        for batch in self.batches:
+            elapsed = (now_ms - batch.submitted_ms) / 1000
+            if batch.cancelled or batch.observed_ms is not None or not batch.jobs:
+                continue
+            if elapsed > load.stall_after_s:
+                self._move(batch.deadlines, batch.jobs, siblings, now_ms, batch)
+        self._move(self.q_deadlines, self.q_jobs, siblings, now_ms)
 
     def _flip_prefix(self, batch: _Batch | None, horizon: float, budget: list[int]) -> None:
         deadlines = self.q_deadlines if batch is None else batch.deadlines
@@ -378,6 +463,9 @@ class _LaneRun:
         self._ingest(now_ms)
         if self.policy != "always_sync":
             health = self.health(now_ms)
+            if self.siblings:
+                self._failover(now_ms, health)
+                health = self.health(now_ms)  # a batch every job left is cancelled
             self._flips(now_ms, health, budget)
             self._plan(now_ms, health)
             self._poll(now_ms, pulled=True)
@@ -390,7 +478,7 @@ class _LaneRun:
 
     def close(self) -> None:
         """Jobs never finished count, late; duplicate spend is spend."""
-        unfinished = sum(1 for d in self.done if d < 0)
+        unfinished = sum(1 for d in self.done if d == -1)
         self.outcome.jobs += unfinished
         self.outcome.sync_equivalent_usd += unfinished * self.prices.sync
         self.outcome.actual_usd += self.outcome.duplicate_usd
@@ -454,13 +542,19 @@ def lane_prices(pricing: Pricing, index: int, spec: LaneScenario) -> _Prices:
     )
 
 
-def run_policy(scenario: Scenario, settings: Settings, pricing: Pricing, policy: PolicyName) -> Outcome:
-    """One policy over the whole scenario."""
+def run_policy(
+    scenario: Scenario, settings: Settings, pricing: Pricing, policy: PolicyName, *, siblings: bool = True
+) -> Outcome:
+    """One policy over the whole scenario (``batchshift`` with the scenario's sibling lanes unless
+    ``siblings`` is off)."""
     sim_settings = scenario_settings(settings, scenario)
     lanes = [
         _LaneRun(i, spec, scenario, sim_settings, policy, lane_prices(pricing, i, spec))
         for i, spec in enumerate(scenario.lanes)
     ]
+    if policy == "batchshift" and siblings:
+        for lane, spec in zip(lanes, scenario.lanes, strict=True):
+            lane.siblings = [lanes[i] for i in spec.siblings]
     tick_ms = int(scenario.tick_s * 1000)
     # One simulated tick stands for tick_s / tick_interval_s production ticks of flips.
     per_tick = int(
@@ -485,11 +579,17 @@ def run_policy(scenario: Scenario, settings: Settings, pricing: Pricing, policy:
         total.flipped += o.flipped
         total.by_sync += o.by_sync
         total.needless += o.needless
+        total.relaned += o.relaned
     return total
 
 
 def simulate(
     scenario: Scenario, settings: Settings, pricing: Pricing, policies: tuple[PolicyName, ...] = POLICIES
 ) -> dict[str, Outcome]:
-    """Every policy over the scenario."""
-    return {name: run_policy(scenario, settings, pricing, name) for name in policies}
+    """Every policy over the scenario; with sibling lanes, batchshift without them too (right after it)."""
+    out: dict[str, Outcome] = {}
+    for name in policies:
+        out[name] = run_policy(scenario, settings, pricing, name)
+        if name == "batchshift" and scenario.has_siblings:
+            out[NO_SIBLINGS] = run_policy(scenario, settings, pricing, name, siblings=False)
+    return out

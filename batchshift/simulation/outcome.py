@@ -18,6 +18,7 @@ class Outcome:
     flipped: int = 0
     by_sync: int = 0  # served by sync or flex
     needless: int = 0  # flipped although its batch would have made the deadline (not in the JSON)
+    relaned: int = 0  # moved to a sibling lane before any flip (not in the JSON)
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -15,10 +15,12 @@ from batchshift.simulation.outcome import Outcome
 
 
 def table(outcomes: dict[str, Outcome], title: str) -> Table:
-    """One row per policy; "needless" counts flipped jobs whose batch would have made their deadline."""
+    """One row per policy; "needless" counts flipped jobs whose batch would have made their deadline,
+    "to sibling" jobs moved to a sibling lane."""
     out = Table(title=title)
+    siblings = _with_siblings(outcomes)
     for name in ("policy", "jobs", "on time", "saved", "actual $", "sync-eq. $", "dup. $", "flipped",
-                 "needless", "sync share"):  # fmt: skip
+                 "needless", *(["to sibling"] if siblings else []), "sync share"):  # fmt: skip
         out.add_column(name, justify="left" if name == "policy" else "right", no_wrap=True)
     for name, outcome in outcomes.items():
         p = outcome.as_dict()
@@ -32,13 +34,20 @@ def table(outcomes: dict[str, Outcome], title: str) -> Table:
             f"{p['duplicate_usd']:,.2f}",
             f"{p['flipped']:,}",
             f"{outcome.needless:,}",
+            *([f"{outcome.relaned:,}"] if siblings else []),
             f"{p['sync_share']:.2%}",
         )
     return out
 
 
+def _with_siblings(outcomes: dict[str, Outcome]) -> bool:
+    """Whether the run had sibling lanes (the table then has their column, and is wider)."""
+    return any(o.relaned for o in outcomes.values())
+
+
 def print_table(outcomes: dict[str, Outcome], title: str, console: Console | None = None) -> None:
-    (console or Console(width=max(Console().width, 120))).print(table(outcomes, title))
+    width = 150 if _with_siblings(outcomes) else 120
+    (console or Console(width=max(Console().width, width))).print(table(outcomes, title))
 
 
 def plot(outcomes: dict[str, Outcome], title: str, path: Path) -> None:
@@ -49,7 +58,7 @@ def plot(outcomes: dict[str, Outcome], title: str, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 5))
-    markers = "osD^v"
+    markers = "osD^vP"
     for i, (name, outcome) in enumerate(outcomes.items()):
         p = outcome.as_dict()
         # Policies often land on the same spot (healthy lanes): a legend, and labels offset apart.

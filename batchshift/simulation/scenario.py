@@ -22,7 +22,11 @@ sync_rpm = 3000
 sync_concurrency = 64
 flex = false
 flex_unavailable_share = 0.0    # share of flex calls refused (429), then sent to standard sync
+siblings = [1]                  # lanes (indexes in this list) serving the same model, in order of
+                                # preference: batchshift moves this lane's waiting jobs there when it lags
 ```
+
+A scenario with sibling lanes also reports ``batchshift_no_siblings``: the same run without them.
 """
 
 from __future__ import annotations
@@ -95,6 +99,7 @@ class LaneScenario(_Strict):
     sync_concurrency: int = Field(default=64, gt=0)
     flex: bool = False
     flex_unavailable_share: float = Field(default=0.0, ge=0, le=1)
+    siblings: list[Annotated[int, Field(ge=0)]] = []
 
     @model_validator(mode="after")
     def _one_rate(self) -> LaneScenario:
@@ -119,6 +124,18 @@ class Scenario(_Strict):
     tick_s: float = Field(default=60.0, gt=0)
     fixed_escalation_h: float = Field(default=1.0, gt=0)
     lanes: list[LaneScenario] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _siblings_exist(self) -> Scenario:
+        for i, lane in enumerate(self.lanes):
+            for other in lane.siblings:
+                if other == i or other >= len(self.lanes):
+                    raise ValueError(f"lanes[{i}].siblings: {other} is not another lane's index")
+        return self
+
+    @property
+    def has_siblings(self) -> bool:
+        return any(lane.siblings for lane in self.lanes)
 
 
 class ScenarioError(Exception):

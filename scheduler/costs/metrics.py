@@ -202,6 +202,11 @@ class SnapshotCollector(Collector):
         late = CounterMetricFamily(
             "batchshift_jobs_late", "Finished jobs done after their deadline.", labels=["lane"]
         )
+        relaned = CounterMetricFamily(
+            "batchshift_jobs_relaned",
+            "Jobs moved from a lane to a sibling lane's batches before any flip.",
+            labels=["lane"],
+        )
         ratio = GaugeMetricFamily(
             "batchshift_on_time_ratio",
             "Share of a lane's finished jobs done by their deadline, ever.",
@@ -218,11 +223,12 @@ class SnapshotCollector(Collector):
             good, bad = c.get("on_time", 0.0), c.get("late", 0.0)
             on_time.add_metric([lane], good)
             late.add_metric([lane], bad)
+            relaned.add_metric([lane], c.get("relaned", 0.0))
             if good + bad:
                 ratio.add_metric([lane], good / (good + bad))
             for name, family in usd.items():
                 family.add_metric([lane], c.get(name, 0.0))
-        yield from (depth, age, jobs, on_time, late, ratio, *usd.values())
+        yield from (depth, age, jobs, on_time, late, relaned, ratio, *usd.values())
         yield _histogram(
             "batchshift_job_end_to_end_seconds", "Job enqueue to finish, by lane.", s.lanes, "e2e"
         )

@@ -336,6 +336,7 @@ def lane_metrics(lane: str) -> str:
     ``sync_equivalent_usd``, ``saved_usd``, ``duplicate_usd``, ``wasted_usd``,
     ``deduplicated_saved_usd``, ``on_time``, ``late``, and the end-to-end histogram ``e2e:<le>`` / ``e2e:sum`` / ``e2e:count`` (per-bucket counts, not
     cumulative). Written by ``metrics.observe_turnaround``: ``turnaround:<le>`` / ``:sum`` / ``:count``.
+    Written by relane.lua: ``relaned`` (jobs moved from this lane to a sibling lane).
     """
     return f"{PREFIX}:metrics:{{{lane}}}"
 

@@ -31,6 +31,8 @@ from scheduler.ledger.jobs import VIEW_FIELDS, JobRecord, NewJob
 
 # finish.lua's fixed arguments before the result bodies (ARGV 1-8).
 FINISH_FIXED_ARGS = 8
+# relane.lua's fixed arguments before the adapted bodies (ARGV 1-2).
+RELANE_FIXED_ARGS = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +131,40 @@ def _enqueue_outcome(reply: Sequence[Any]) -> EnqueueOutcome:
     return EnqueueOutcome(reply[0].decode(), reply[1].decode(), attached)
 
 
+@dataclass(slots=True)
+class Relane:
+    """Move a job from ``lane`` to its sibling lane ``to`` (provider, model, endpoint), with its body
+    adapted to the sibling's model name when it names one (``body``)."""
+
+    id: str
+    lane: str
+    to: str
+    provider: str
+    model: str
+    endpoint: str
+    from_states: Sequence[str] = ("queued",)
+    batch_id: str | None = None  # taken from a stalled batch: the job must still be in it
+    body: bytes | None = None
+
+    def encode(self, blobs: list[bytes]) -> dict[str, Any]:
+        """The script's view of this item; the adapted body travels apart, appended to ``blobs``."""
+        index = None
+        if self.body is not None:
+            blobs.append(self.body)
+            index = RELANE_FIXED_ARGS + len(blobs)
+        return {
+            "id": self.id,
+            "from": list(self.from_states),
+            "batch": self.batch_id,
+            "lane": self.lane,
+            "to": self.to,
+            "provider": self.provider,
+            "model": self.model,
+            "endpoint": self.endpoint,
+            "b": index,
+        }
+
+
 def day_of(ms: int) -> str:
     """The UTC day (YYYY-MM-DD) that epoch milliseconds fall on."""
     return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d")
@@ -165,6 +201,7 @@ class Ledger:
         self._finish = scripts.load(redis, "finish")
         self._requeue = scripts.load(redis, "requeue")
         self._transition = scripts.load(redis, "transition")
+        self._relane = scripts.load(redis, "relane")
 
     @classmethod
     def for_settings(cls, redis: Redis, settings: Settings, *, clock: Clock | None = None) -> Ledger:
@@ -409,6 +446,15 @@ class Ledger:
         codes = await self._requeue(
             args=[orjson.dumps([item.encode() for item in items]), await self._now(now_ms)]
         )
+        return [c.decode() for c in codes]
+
+    async def relane(self, items: Sequence[Relane], now_ms: int) -> list[str]:
+        """Move a chunk of jobs to sibling lanes (one guarded step per job); one code per item."""
+        if not items:
+            return []
+        blobs: list[bytes] = []
+        encoded = orjson.dumps([item.encode(blobs) for item in items])
+        codes = await self._relane(args=[encoded, await self._now(now_ms), *blobs])
         return [c.decode() for c in codes]
 
     async def queue_requeue(self, pipe: Pipeline, items: Sequence[Requeue], now_ms: int) -> None:

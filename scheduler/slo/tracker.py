@@ -1,7 +1,8 @@
 """The SLO tracker's tick step: predict, flip, judge each lane, decide alerts, publish the lane's snapshot.
 
 Per lane, every tick: read its health (:mod:`scheduler.slo.health`), predict its queued jobs and
-batches in flight (:mod:`scheduler.slo.prediction`), flip the jobs at risk, cancel emptied batches and
+batches in flight (:mod:`scheduler.slo.prediction`), move the waiting jobs of a lagging or
+quota-full lane to a healthy sibling lane (:mod:`scheduler.slo.siblings`), flip the jobs at risk, cancel emptied batches and
 bring forward the poll of a batch whose next one would come after a job's latest safe flip time
 (:mod:`scheduler.slo.flips`; the polls step enqueues it), bring its burn-rate windows up to date (:mod:`scheduler.slo.burn`),
 move its state on with hysteresis (:mod:`scheduler.slo.lane_state`), decide its alerts into the outbox
@@ -34,7 +35,7 @@ from scheduler.ledger import keys, tasks
 from scheduler.ledger.jobs import iso
 from scheduler.ledger.leader import Command
 from scheduler.ledger.ledger import Ledger
-from scheduler.planning.lanes import Lane, load_lanes
+from scheduler.planning.lanes import Lane, load_lanes, serves
 from scheduler.slo import alerting
 from scheduler.slo.alerting import Condition
 from scheduler.slo.burn import BucketWindows
@@ -48,7 +49,10 @@ from scheduler.slo.prediction import (
     live_batches,
     prediction_from,
     queue_prediction_reads,
+    sync_lane,
 )
+from scheduler.slo.sibling_plan import LaneLoad, Sibling, sibling, stall_limit_s
+from scheduler.slo.siblings import Failover, lane_parts
 from scheduler.tick import Tick
 
 log = structlog.get_logger(__name__)
@@ -60,6 +64,7 @@ class LaneReport:
 
     state: str
     flipped: int = 0
+    relaned: int = 0  # moved to sibling lanes before any flip
     held: int = 0
     cancelled: list[str] = field(default_factory=list)
     alerts: list[str] = field(default_factory=list)  # "<action>:<rule>"
@@ -71,6 +76,7 @@ class SloReport:
 
     lanes: dict[str, LaneReport] = field(default_factory=dict)
     flipped: int = 0
+    relaned: int = 0
     cancelled: list[str] = field(default_factory=list)
     polls: dict[str, int] = field(default_factory=dict)  # batch id -> its poll brought forward to (ms)
     alerts: list[alerting.AlertEvent] = field(default_factory=list)
@@ -98,6 +104,8 @@ class SloTracker:
         self.redis = redis
         self.arq = arq
         self.flipper = Flipper(redis, arq, ledger, settings, tracing)
+        self.failover = Failover(redis, ledger, settings, tracing)
+        self._in_flight: dict[str, list[LiveBatch]] = {}  # this tick's batches by lane, for siblings
         self.windows: dict[str, BucketWindows] = {}
         self.states: dict[str, LaneSloState] = {}
         self._health: dict[str, tuple[int, LaneHealth]] = {}
@@ -134,6 +142,7 @@ class SloTracker:
         report = SloReport()
         self.flipper.new_tick()
         in_flight = await live_batches(self.redis)
+        self._in_flight = in_flight
         lanes = await load_lanes(self.redis, self.settings)
         reads = await self._read(lanes, in_flight, now_ms)
         writes: list[list[Command]] = []
@@ -220,6 +229,13 @@ class SloTracker:
         prediction = prediction_from(
             settings, health, batches, now_ms, lane.provider, reads.oldest, reads.earliest
         )
+        relaned = 0
+        if settings.siblings_of(lane.name):
+            load = await self._load(lane.name, reads.state.state, health, batches, now_ms)
+            moved = await self.failover.run(
+                load, prediction, lambda name: self._sibling(name, now_ms), now_ms
+            )
+            relaned = moved.total
         flips = await self.flipper.run(prediction, now_ms)
         windows = self._windows(lane.name)
         evidence = gather(settings, health, prediction, windows, flips.at_risk)
@@ -235,16 +251,52 @@ class SloTracker:
         planned = alerting.decide_lane(settings, lane.name, reads.incidents, conditions, now_ms)
         planned.writes.append(snapshot)
         report.flipped += len(flips.flipped)
+        report.relaned += relaned
         report.cancelled += flips.cancelled
         report.polls |= flips.polls
         lane_report = LaneReport(
             state=after.state,
             flipped=len(flips.flipped),
+            relaned=relaned,
             held=flips.held,
             cancelled=flips.cancelled,
             alerts=[f"{e.action}:{e.rule}" for e in planned.events],
         )
         return lane_report, planned
+
+    async def _load(
+        self, lane: str, state: str, health: LaneHealth, batches: list[LiveBatch], now_ms: int
+    ) -> LaneLoad:
+        """A lane as the failover decision sees it: its state, when its batches count as stalled, its
+        slowest batch in flight, and whether its quota is full."""
+        elapsed = [
+            (now_ms - b.submitted_ms) / 1000
+            for b in batches
+            if b.submitted_ms is not None and b.ended_ms is None
+        ]
+        slo = self.settings.slo
+        limit = stall_limit_s(
+            health.usual_turnaround(), health.turnaround(slo.turnaround_quantile), slo.lagging_factor
+        )
+        return LaneLoad(lane, state, limit, max(elapsed, default=0.0), await self.failover.held(lane, now_ms))
+
+    async def _sibling(self, name: str, now_ms: int) -> Sibling | None:
+        """Sibling lane ``name`` as a destination (None: its provider is not configured, or does not
+        serve its model)."""
+        provider, model, _ = lane_parts(name)
+        account = self.settings.providers.get(provider)
+        if account is None or not serves(self.settings, provider, account, model):
+            log.warning("lane.sibling_unconfigured", lane=name)
+            return None
+        state = self.states.get(name)
+        if state is None:
+            raw = await self.redis.get(keys.lane_slo(name))
+            state = LaneSloState.from_dict(orjson.loads(raw) if raw else None)
+        health = await read_health(self.redis, self.settings, name, provider, now_ms)
+        load = await self._load(name, state.state, health, self._in_flight.get(name, []), now_ms)
+        turnaround = health.turnaround(self.settings.slo.turnaround_quantile)
+        margin = sync_lane(self.settings, provider, health).margin_s
+        return sibling(load, turnaround, margin, self.settings.scheduler.tick_interval_s)
 
     def _figures(
         self,
