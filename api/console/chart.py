@@ -54,8 +54,12 @@ class Chart:
 
 
 def money(value: float) -> str:
-    """Dollars as a tick or cell shows them: cents above a dollar, more digits below."""
-    return f"${value:,.2f}" if value >= 1 or value == 0 else f"${value:.4f}"
+    """Dollars as a tick or cell shows them: cents from a dollar up, six decimals below (a batch
+    of small jobs costs fractions of a cent)."""
+    if value == 0 or abs(value) >= 1:
+        return f"${value:,.2f}"
+    digits = f"{value:.6f}".rstrip("0")
+    return f"${digits}" if len(digits.split(".")[1]) >= 2 else f"${value:.2f}"
 
 
 def savings_chart(days: list[str], rows: dict[str, dict[str, float]]) -> Chart:
