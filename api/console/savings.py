@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response
 
 from api.console.access import tenant_scope, viewer
-from api.console.chart import SERIES, money, savings_chart
+from api.console.chart import SERIES, savings_chart
 from api.console.render import page
 from api.console.sessions import Session
 from scheduler.costs import reports as costs
@@ -80,5 +80,4 @@ async def savings_page(
         features=[row["key"] for row in by_feature["groups"]],
         chosen={"tenant": tenant or "", "feature": feature or "", "days": count},
         periods=PERIODS,
-        money=money,
     )

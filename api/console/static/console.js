@@ -32,20 +32,32 @@
     const t = lane.turnaround_s || {};
     const burns = Object.keys(lane.burn_rates || {}).sort()
       .map((rule) => rule + ": " + num(lane.burn_rates[rule].long, 2) + " / " + num(lane.burn_rates[rule].short, 2));
+    const burnCell = document.createElement("td");
+    burnCell.dataset.field = "burn";
+    if (burns.length) {
+      const list = document.createElement("ul");
+      list.className = "burns";
+      for (const text of burns) list.append(cell("li", text));
+      burnCell.append(list);
+    } else {
+      burnCell.textContent = "–";
+    }
     const cells = [
       ["queued", String(lane.queued), "n"],
       ["oldest", num(lane.oldest_job_age_s, 1), "n"],
       ["in_flight", String(lane.batches_in_flight), "n"],
       ["turnaround", [t.p50, t.p95, t.p99].map((v) => num(v, 1)).join(" / "), "n"],
       ["on_time", pct(lane.on_time_ratio), "n"],
-      ["burn", burns.length ? burns.join(", ") : "–", ""],
-      ["sync_share", pct(lane.sync_share), "n"],
     ];
     for (const [field, text, cls] of cells) {
       const td = cell("td", text, cls);
       td.dataset.field = field;
       tr.append(td);
     }
+    tr.append(burnCell);
+    const share = cell("td", pct(lane.sync_share), "n");
+    share.dataset.field = "sync_share";
+    tr.append(share);
     return tr;
   }
 
