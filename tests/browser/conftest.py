@@ -46,9 +46,13 @@ def _chromium() -> Path:
     return CHROMIUM
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def chromium() -> Iterator[Browser]:
-    """One headless Chromium for the session."""
+    """A headless Chromium for one test.
+
+    Per test, not per session: while Playwright's sync API is started it leaves its own event loop
+    marked as running in the main thread, and pytest-asyncio's session loop then refuses to run the
+    async tests that follow. Stopping it after each test hands the thread back clean."""
     executable = _chromium()
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
