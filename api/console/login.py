@@ -85,7 +85,10 @@ async def login(
     if caller is None:
         log.info("console.sign_in_refused")
         return _login_form(request, error="That key is not valid.", status=401)
-    token = await open_session(request.app.state.redis, caller.tenant, settings.console.session_ttl_s)
+    redis = request.app.state.redis
+    if previous := request.cookies.get(COOKIE):  # a new sign-in ends the session it replaces
+        await close_session(redis, previous)
+    token = await open_session(redis, caller.tenant, settings.console.session_ttl_s)
     session = Session(tenant=caller.tenant, csrf="")
     log.info("console.signed_in", tenant=caller.tenant, admin=caller.admin)
     response = RedirectResponse(_home(session), status_code=303)

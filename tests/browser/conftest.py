@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -32,6 +32,10 @@ CHROMIUM_ARGS = [
 ROOT = Path(__file__).resolve().parents[2]
 ENSURE_SCRIPT = ROOT / "scripts" / "ensure_chromium.sh"
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
+# Milliseconds a page action or an ``expect`` waits for its outcome: generous, since CI's two shared
+# cores may be slow; a test that passes waits only as long as the page takes.
+WAIT_MS = 15_000
+expect.set_options(timeout=WAIT_MS)
 
 
 def _chromium() -> Path:
@@ -68,7 +72,7 @@ def chromium() -> Iterator[Browser]:
 def browser_page(chromium: Browser) -> Iterator[Page]:
     """A page in a fresh browser context (no cookies shared between tests), 1280x860."""
     context = chromium.new_context(viewport={"width": 1280, "height": 860})
-    context.set_default_timeout(15_000)
+    context.set_default_timeout(WAIT_MS)
     page = context.new_page()
     try:
         yield page
