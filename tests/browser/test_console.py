@@ -41,6 +41,7 @@ from tests.workers.receiver import running_receiver
 pytestmark = pytest.mark.timeout(300)
 
 AUDIT_MAX_BYTES = 100_000
+LANE = "openai:gpt-4o-mini:/v1/chat/completions"
 WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # acme's in tests.conftest.make_settings
 
 
@@ -150,8 +151,13 @@ def test_admin_signs_in_and_sees_lanes_update_as_jobs_flow(
     expect(lane_cell(page, "queued")).to_have_text("3")
     page.screenshot(path=artifacts / "lanes-queued.png", full_page=True)
 
+    console.traffic.run_until(lane_snapshot_shows(batches_in_flight=1), within_s=5)
+    expect(lane_cell(page, "queued")).to_have_text("0")
+    expect(lane_cell(page, "in_flight")).to_have_text("1")
+    page.screenshot(path=artifacts / "lanes-in-flight.png", full_page=True)
+
     console.finish(job_ids)
-    console.traffic.run_until(lane_judged, within_s=5)
+    console.traffic.run_until(lane_snapshot_shows(finished_jobs=3), within_s=5)
     expect(lane_cell(page, "queued")).to_have_text("0")
     expect(lane_cell(page, "on_time")).to_have_text("100.0%")
     expect(lane_cell(page, "state")).to_have_text("healthy")
@@ -163,10 +169,15 @@ def test_admin_signs_in_and_sees_lanes_update_as_jobs_flow(
     expect(page).to_have_url(f"{console.url}/ui/login")  # the session is gone server side
 
 
-async def lane_judged(redis: Redis) -> bool:
-    """The tick's lane snapshot counts the finished jobs (the on-time ratio is then known)."""
-    raw = await redis.get(keys.lane_slo("openai:gpt-4o-mini:/v1/chat/completions"))
-    return bool(raw) and orjson.loads(raw).get("finished_jobs", 0) >= 3
+def lane_snapshot_shows(**figures: int):
+    """A check that the tick's last snapshot of the lane holds these figures (what the page shows)."""
+
+    async def check(redis: Redis) -> bool:
+        raw = await redis.get(keys.lane_slo(LANE))
+        snapshot = orjson.loads(raw) if raw else {}
+        return all(snapshot.get(name) == value for name, value in figures.items())
+
+    return check
 
 
 def test_savings_chart_reflects_costs(browser_page: Page, console: Console, artifacts: Path):
