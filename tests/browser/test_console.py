@@ -33,6 +33,7 @@ from config.settings import (
 from emulator.server import EmulatorControl
 from scheduler.ledger import keys
 from tests.api.harness import ACME, ADMIN, GLOBEX, serve
+from tests.browser import accessibility
 from tests.browser.traffic import Traffic, running_traffic
 from tests.conftest import make_settings
 from tests.workers.receiver import running_receiver
@@ -121,12 +122,18 @@ def console(redis_url: str, emulator: EmulatorControl) -> Iterator[Console]:
         yield Console(url, settings, traffic, http)
 
 
+def snap(page: Page, path: Path) -> None:
+    """Check the page's accessibility, then write its screenshot as a test artefact."""
+    assert accessibility.problems(page) == [], page.url
+    page.screenshot(path=path, full_page=True)
+
+
 def sign_in(page: Page, console: Console, key: str, shots: Path | None = None) -> None:
     page.goto(f"{console.url}/ui/")
     expect(page).to_have_url(f"{console.url}/ui/login")
     page.get_by_label("API key").fill(key)
     if shots is not None:
-        page.screenshot(path=shots / "login.png")
+        snap(page, shots / "login.png")
     page.get_by_role("button", name="Sign in").click()
     expect(page.get_by_text("Signed in as")).to_be_visible()
 
@@ -148,19 +155,19 @@ def test_admin_signs_in_and_sees_lanes_update_as_jobs_flow(
     job_ids = console.enqueue(ACME, "nightly-summary", count=3)
     # No reload: the page's script polls /ui/data/lanes and redraws the row.
     expect(lane_cell(page, "queued")).to_have_text("3")
-    page.screenshot(path=artifacts / "lanes-queued.png", full_page=True)
+    snap(page, artifacts / "lanes-queued.png")
 
     console.traffic.run_until(lane_snapshot_shows(batches_in_flight=1), within_s=5)
     expect(lane_cell(page, "queued")).to_have_text("0")
     expect(lane_cell(page, "in_flight")).to_have_text("1")
-    page.screenshot(path=artifacts / "lanes-in-flight.png", full_page=True)
+    snap(page, artifacts / "lanes-in-flight.png")
 
     console.finish(job_ids)
     console.traffic.run_until(lane_snapshot_shows(finished_jobs=3), within_s=5)
     expect(lane_cell(page, "queued")).to_have_text("0")
     expect(lane_cell(page, "on_time")).to_have_text("100.0%")
     expect(lane_cell(page, "state")).to_have_text("healthy")
-    page.screenshot(path=artifacts / "lanes.png", full_page=True)
+    snap(page, artifacts / "lanes.png")
 
     page.get_by_role("button", name="Sign out").click()
     expect(page).to_have_url(f"{console.url}/ui/login")
@@ -210,7 +217,7 @@ def test_savings_chart_reflects_costs(browser_page: Page, console: Console, arti
     for name in ("acme", "globex"):
         cells = page.locator(f'#savings-tenants tr[data-key="{name}"] td')
         expect(cells.nth(0)).to_have_text(str(tenants[name]["jobs"]))
-    page.screenshot(path=artifacts / "savings.png", full_page=True)
+    snap(page, artifacts / "savings.png")
 
     page.get_by_label("Feature").select_option("backfill")
     page.get_by_role("button", name="Show").click()
@@ -230,7 +237,7 @@ def test_find_a_job_and_read_its_timeline(browser_page: Page, console: Console, 
     sign_in(page, console, "acme-key")
     page.get_by_role("link", name="Jobs").click()
     expect(page.locator("#jobs")).to_contain_text(job_id)
-    page.screenshot(path=artifacts / "jobs.png", full_page=True)
+    snap(page, artifacts / "jobs.png")
     page.get_by_label("Job id").fill(job_id)
     page.get_by_role("button", name="Search").click()
     expect(page).to_have_url(f"{console.url}/ui/jobs/{job_id}")
@@ -240,7 +247,7 @@ def test_find_a_job_and_read_its_timeline(browser_page: Page, console: Console, 
     assert names == ["enqueued", "batched", "ended", "webhook queued", "webhook attempt", "webhook delivered"]
     expect(page.locator('#timeline li[data-event="webhook attempt"]')).to_contain_text("HTTP 200")
     expect(page.locator('#timeline li[data-event="ended"]')).to_contain_text("succeeded by batch, on time")
-    page.screenshot(path=artifacts / "job.png", full_page=True)
+    snap(page, artifacts / "job.png")
 
 
 def test_replay_a_dead_lettered_delivery(browser_page: Page, console: Console, artifacts: Path):
@@ -257,7 +264,7 @@ def test_replay_a_dead_lettered_delivery(browser_page: Page, console: Console, a
         page.get_by_role("link", name="Dead letters").click()
         row = page.locator(f'#deliveries tr[data-delivery="wh_{job_id}"]')
         expect(row).to_contain_text("HTTP 500")
-        page.screenshot(path=artifacts / "deliveries.png", full_page=True)
+        snap(page, artifacts / "deliveries.png")
         page.get_by_label(f"Replay wh_{job_id}").check()
         page.get_by_role("button", name="Replay selected").click()
         expect(page.locator("#replay-outcome")).to_have_text("Replayed 1.")
@@ -289,7 +296,7 @@ def test_a_tenant_never_sees_another_tenants_data(browser_page: Page, console: C
     expect(page.get_by_text("(read-only)")).to_be_visible()
     expect(page.locator("#total-jobs")).to_have_text("2")
     expect(page.locator("main")).not_to_contain_text("acme")
-    page.screenshot(path=artifacts / "tenant-savings.png", full_page=True)
+    snap(page, artifacts / "tenant-savings.png")
 
     page.goto(f"{console.url}/ui/jobs")
     for job_id in globex_jobs:
@@ -373,7 +380,7 @@ def test_upload_and_view_audit_reports(browser_page: Page, console: Console, art
     frame = page.frame_locator("#audit-frame")
     expect(frame.locator("#chart")).to_have_text("chart drawn")  # the report's own script ran
     expect(frame.locator("#reach")).to_have_text("isolated")  # but could not reach the console
-    page.screenshot(path=artifacts / "audit-html.png", full_page=True)
+    snap(page, artifacts / "audit-html.png")
 
     json_file = tmp_path / "audit.json"
     json_file.write_bytes(orjson.dumps(JSON_REPORT))
@@ -386,11 +393,11 @@ def test_upload_and_view_audit_reports(browser_page: Page, console: Console, art
     expect(rows.nth(0)).to_contain_text("yes")
     expect(rows.nth(1)).to_contain_text("streaming")
     expect(page.locator("#audit-features tfoot")).to_contain_text("eligible share 0.6")
-    page.screenshot(path=artifacts / "audit-json.png", full_page=True)
+    snap(page, artifacts / "audit-json.png")
 
     page.goto(f"{console.url}/ui/audits")
     expect(page.locator("#audits tbody tr")).to_have_count(2)
-    page.screenshot(path=artifacts / "audits.png", full_page=True)
+    snap(page, artifacts / "audits.png")
     assert errors == []
 
     csrf = page.locator('form[action="/ui/audits"] input[name="csrf"]').get_attribute("value")
