@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from typing import Annotated, Literal
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import RedirectResponse, Response
@@ -46,8 +47,10 @@ async def jobs_page(
     tenant: Annotated[str, Query(max_length=64)] = "",
     status: Annotated[Status, Query()] = "",
     feature: Annotated[str, Query(max_length=256)] = "",
+    cursor: Annotated[str, Query(pattern=r"^[A-Za-z0-9_-]{0,64}$")] = "",
 ) -> Response:
-    """A found id opens its timeline; otherwise the newest jobs matching the filters."""
+    """A found id opens its timeline; otherwise the newest jobs matching the filters. One tenant's
+    list pages on with ``cursor`` (the ledger's listing cursor); all tenants' shows the newest page."""
     ledger: Ledger = request.app.state.ledger
     settings = request.app.state.settings
     job_id = job_id.strip()
@@ -56,9 +59,14 @@ async def jobs_page(
             return RedirectResponse(f"/ui/jobs/{job_id}", status_code=303)
     scope = tenant_scope(session, settings, tenant or None) or sorted(settings.tenants)
     found: list[JobRecord] = []
+    next_cursor: str | None = None
     for name in scope:
-        records, _ = await ledger.list_jobs(
-            name, status=status or None, feature=feature or None, limit=PAGE_SIZE
+        records, next_cursor = await ledger.list_jobs(
+            name,
+            status=status or None,
+            feature=feature or None,
+            limit=PAGE_SIZE,
+            cursor=(cursor or None) if len(scope) == 1 else None,
         )
         found += records
     found.sort(key=lambda r: r.id, reverse=True)  # ids sort by creation time
@@ -71,6 +79,9 @@ async def jobs_page(
         tenants=sorted(settings.tenants) if session.admin else [],
         statuses=STATUSES,
         chosen={"id": job_id, "tenant": tenant, "status": status, "feature": feature},
+        older=urlencode({"tenant": tenant, "status": status, "feature": feature, "cursor": next_cursor})
+        if next_cursor and len(scope) == 1
+        else None,
     )
 
 

@@ -147,3 +147,19 @@ async def test_assets_are_served_from_the_package(client):
     assert css.headers["content-type"].startswith("text/css")
     assert (await client.get("/ui/static/console.js")).headers["content-type"].startswith("text/javascript")
     assert (await client.get("/ui/static/..%2Fsessions.py")).status_code == 404
+
+
+async def test_a_tenants_job_list_pages_on_to_older_jobs(client):
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    jobs = {"jobs": [{"provider": "openai", "body": body, "deadline_in": 3600} for _ in range(55)]}
+    created = await client.post("/v1/jobs/bulk", json=jobs, headers={"authorization": "Bearer acme-key"})
+    ids = [entry["job"]["id"] for entry in created.json()["results"]]
+    await sign_in(client, "acme-key")
+    first = await client.get("/ui/jobs")
+    shown = re.findall(r'href="/ui/jobs/(job_[A-Za-z0-9]+)"', first.text)
+    assert shown == sorted(ids, reverse=True)[:50]
+    older = re.search(r'href="/ui/jobs\?([^"]+)" id="older-jobs"', first.text)
+    assert older is not None
+    second = await client.get(f"/ui/jobs?{older.group(1).replace('&amp;', '&')}")
+    assert re.findall(r'href="/ui/jobs/(job_[A-Za-z0-9]+)"', second.text) == sorted(ids, reverse=True)[50:]
+    assert 'id="older-jobs"' not in second.text
