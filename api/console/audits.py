@@ -93,12 +93,13 @@ async def upload(request: Request, session: Annotated[Session, Depends(admin_vie
     now = int(time.time() * 1000)
     report_id = f"{now:013d}{secrets.token_hex(8)}"
     redis = request.app.state.redis
+    number = await redis.incr(keys.CONSOLE_AUDIT_SEQ)
     async with redis.pipeline(transaction=True) as pipe:
         pipe.hset(
             keys.console_audit(report_id),
             mapping={"name": name, "kind": kind, "size": len(body), "uploaded_ms": now, "body": body},
         )
-        pipe.zadd(keys.CONSOLE_AUDITS, {report_id: now})
+        pipe.zadd(keys.CONSOLE_AUDITS, {report_id: number})
         await pipe.execute()
     old = await redis.zrange(keys.CONSOLE_AUDITS, 0, -(settings.console.audit_max_reports + 1))
     if old:

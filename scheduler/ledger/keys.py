@@ -416,6 +416,10 @@ def console_audit(report_id: str) -> str:
     return f"{PREFIX}:console:audit:{report_id}"
 
 
-# Sorted set: uploaded audit report ids scored by upload time (ms); kept to console.audit_max_reports,
-# the oldest report deleted with its entry by the upload that overflows it.
+# Sorted set: uploaded audit report ids scored by their upload's number (CONSOLE_AUDIT_SEQ), so two
+# uploads in one millisecond keep their order; kept to console.audit_max_reports, the oldest report
+# deleted with its entry by the upload that overflows it.
 CONSOLE_AUDITS = f"{PREFIX}:console:audits"
+
+# Integer: uploads of audit reports so far, numbering them for CONSOLE_AUDITS. Never expires (one key).
+CONSOLE_AUDIT_SEQ = f"{PREFIX}:console:audits:seq"

@@ -163,3 +163,25 @@ async def test_a_tenants_job_list_pages_on_to_older_jobs(client):
     second = await client.get(f"/ui/jobs?{older.group(1).replace('&amp;', '&')}")
     assert re.findall(r'href="/ui/jobs/(job_[A-Za-z0-9]+)"', second.text) == sorted(ids, reverse=True)[50:]
     assert 'id="older-jobs"' not in second.text
+
+
+async def test_only_the_newest_audit_reports_are_kept(redis, redis_url):
+    settings = make_settings(redis_url, console=ConsoleSettings(audit_max_reports=2))
+    async with asgi(create_app(settings, redis=redis)) as client:
+        await sign_in(client, "admin-key")
+        csrf = csrf_of(await client.get("/ui/audits"))
+        opened = []
+        for n in range(3):
+            report = {"report": (f"audit-{n}.json", b'{"features": [], "total": {}}', "application/json")}
+            answer = await client.post("/ui/audits", data={"csrf": csrf}, files=report)
+            assert answer.status_code == 303
+            opened.append(answer.headers["location"].rsplit("/", 1)[1])
+        listing = await client.get("/ui/audits")
+        assert "audit-0.json" not in listing.text
+        assert "audit-1.json" in listing.text
+        assert "audit-2.json" in listing.text
+        assert not await redis.exists(keys.console_audit(opened[0]))
+        assert (await client.get(f"/ui/audits/{opened[0]}")).status_code == 404
+        report_file = await client.get(f"/ui/audits/{opened[2]}/file")
+        assert report_file.headers["content-type"] == "application/json"
+        assert report_file.headers["content-security-policy"].startswith("sandbox")
