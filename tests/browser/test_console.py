@@ -28,6 +28,7 @@ from config.settings import (
     ProviderSettings,
     SchedulerSettings,
     Settings,
+    SloSettings,
     WebhookSettings,
 )
 from emulator.server import EmulatorControl
@@ -53,14 +54,19 @@ class Console:
     http: httpx.Client  # to the same API, for enqueueing and for the JSON the pages must agree with
 
     def enqueue(
-        self, headers: dict[str, str], feature: str, count: int = 1, callback_url: str | None = None
+        self,
+        headers: dict[str, str],
+        feature: str,
+        count: int = 1,
+        callback_url: str | None = None,
+        deadline_in: float = 3600,
     ) -> list[str]:
         jobs = []
         for i in range(count):
             item: dict[str, object] = {
                 "provider": "openai",
                 "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"{feature} {i}"}]},
-                "deadline_in": 3600,
+                "deadline_in": deadline_in,
                 "tags": {"feature": feature},
             }
             if callback_url:
@@ -104,6 +110,16 @@ def console_settings(redis_url: str, emulator: EmulatorControl) -> Settings:
         ),
         webhooks=WebhookSettings(retry_schedule_s=[], timeout_s=5, lease_s=10),  # one failure: dead
         webhook_allowlist=["127.0.0.0/8"],
+        # The SLO e2e tests' model: a lane's turnaround is learnt from a prior of 1 s, so a stalled
+        # batch puts a job with seconds to spare at risk, and it is flipped to sync, within seconds.
+        slo=SloSettings(
+            prior_turnaround_s=1.0,
+            min_samples=3,
+            default_sync_latency_s=1.0,
+            sync_retry_allowance=2,
+            bucket_s=1,
+            recover_ticks=2,
+        ),
         console=ConsoleSettings(refresh_s=0.3, audit_max_bytes=AUDIT_MAX_BYTES),
         log_access=False,
     )
@@ -248,6 +264,22 @@ def test_find_a_job_and_read_its_timeline(browser_page: Page, console: Console, 
     expect(page.locator('#timeline li[data-event="webhook attempt"]')).to_contain_text("HTTP 200")
     expect(page.locator('#timeline li[data-event="ended"]')).to_contain_text("succeeded by batch, on time")
     snap(page, artifacts / "job.png")
+
+
+def test_a_flipped_jobs_timeline(
+    browser_page: Page, console: Console, artifacts: Path, emulator: EmulatorControl
+):
+    page = browser_page
+    emulator.configure(stall=["gpt-4o-mini"])  # its batches never end: the job must go to sync in time
+    (job_id,) = console.enqueue(ACME, "urgent-report", deadline_in=6)
+    console.finish([job_id])
+    sign_in(page, console, "acme-key")
+    page.goto(f"{console.url}/ui/jobs/{job_id}")
+    events = page.locator("#timeline li")
+    names = [events.nth(i).get_attribute("data-event") for i in range(events.count())]
+    assert names == ["enqueued", "batched", "flipped", "ended"]
+    expect(page.locator('#timeline li[data-event="ended"]')).to_contain_text("succeeded by sync, on time")
+    snap(page, artifacts / "job-flipped.png")
 
 
 def test_replay_a_dead_lettered_delivery(browser_page: Page, console: Console, artifacts: Path):
