@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint types pytest demo bench install clean
+.PHONY: test lint types pytest demo bench install clean chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -14,7 +14,11 @@ $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+# Debian's Chromium for the browser tests (tests/browser); quiet and quick when it is there.
+chromium:
+	@sh scripts/ensure_chromium.sh
+
+install: $(STAMP) chromium
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -24,7 +28,7 @@ lint: $(STAMP)
 types: $(STAMP)
 	$(BIN)/mypy config scheduler workers api emulator batchshift
 
-pytest: $(STAMP)
+pytest: $(STAMP) chromium
 	$(BIN)/pytest
 
 test: lint types pytest

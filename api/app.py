@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from redis.asyncio import Redis
 
-from api import costs, health, jobs, lanes, provider_webhooks, webhooks
+from api import console, costs, health, jobs, lanes, provider_webhooks, webhooks
 from api.errors import install_error_handlers
 from api.request_id import RequestIdMiddleware
 from api.responses import JsonResponse
@@ -64,5 +64,6 @@ def create_app(settings: Settings, *, redis: Redis | None = None, tracing: Traci
     app.include_router(lanes.router)
     app.include_router(webhooks.router)
     app.include_router(provider_webhooks.router)
+    app.include_router(console.router)
     document(app)
     return app

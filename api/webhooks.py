@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
+from redis.asyncio import Redis
 
 from api.auth import tenant
 from api.body import read_json
@@ -144,25 +145,34 @@ async def replay(request: Request, tenant_name: Annotated[str, Depends(tenant)])
     """Moves each named (or each since-``since``) dead delivery back to due now; same ``webhook-id``."""
     body = await read_json(request, REPLAY_BODY_LIMIT)
     ids = await _replay_ids(request, tenant_name, body)
-    redis = request.app.state.redis
+    replayed, skipped = await replay_deliveries(request.app.state.redis, tenant_name, ids)
+    return JsonResponse({"replayed": replayed, "skipped": skipped})
+
+
+async def replay_deliveries(
+    redis: Redis, tenant_name: str, ids: list[str]
+) -> tuple[list[str], list[dict[str, str]]]:
+    """Replay the tenant's dead deliveries among ``ids`` in one Lua step (the console's replay
+    button calls it too); returns the replayed ids and the skipped ones with why."""
     replayed: list[str] = []
     skipped: list[dict[str, str]] = []
-    if ids:
-        async with redis.pipeline(transaction=False) as pipe:
-            for did in ids:
-                pipe.hget(keys.webhook_delivery(did), "url")
-            urls = await pipe.execute()
-        pairs: list[str] = []
-        for did, url in zip(ids, urls, strict=True):
-            pairs += [did, keys.disabled_url(url_hash(tenant_name, url.decode())) if url else ""]
-        script = scripts.load(redis, "webhook_replay")
-        flat = await script(
-            keys=[keys.WEBHOOKS_DUE, keys.WEBHOOKS_DEAD], args=[int(time.time() * 1000), tenant_name, *pairs]
-        )
-        for i in range(0, len(flat), 2):
-            did, code = flat[i].decode(), flat[i + 1].decode()
-            if code == "ok":
-                replayed.append(did)
-            else:
-                skipped.append({"id": did, "reason": code})
-    return JsonResponse({"replayed": replayed, "skipped": skipped})
+    if not ids:
+        return replayed, skipped
+    async with redis.pipeline(transaction=False) as pipe:
+        for did in ids:
+            pipe.hget(keys.webhook_delivery(did), "url")
+        urls = await pipe.execute()
+    pairs: list[str] = []
+    for did, url in zip(ids, urls, strict=True):
+        pairs += [did, keys.disabled_url(url_hash(tenant_name, url.decode())) if url else ""]
+    script = scripts.load(redis, "webhook_replay")
+    flat = await script(
+        keys=[keys.WEBHOOKS_DUE, keys.WEBHOOKS_DEAD], args=[int(time.time() * 1000), tenant_name, *pairs]
+    )
+    for i in range(0, len(flat), 2):
+        did, code = flat[i].decode(), flat[i + 1].decode()
+        if code == "ok":
+            replayed.append(did)
+        else:
+            skipped.append({"id": did, "reason": code})
+    return replayed, skipped

@@ -321,6 +321,22 @@ class RetentionSettings(_Strict):
     trim_chunk: int = Field(default=1_000, gt=0)  # index entries examined per Lua call of a trim
 
 
+class ConsoleSettings(_Strict):
+    """The web console at ``/ui/`` (api/console/): its sessions and uploaded audit reports."""
+
+    # Seconds a console session lasts after sign-in (its Redis key's TTL); sign in again after.
+    session_ttl_s: int = Field(default=8 * 3600, gt=0)
+    # Mark the session cookie ``Secure`` even on plain-HTTP requests (a TLS-terminating proxy in front).
+    # Requests that arrive over HTTPS always get a Secure cookie.
+    secure_cookie: bool = False
+    # Seconds between the lanes page's refreshes of its table.
+    refresh_s: float = Field(default=5.0, gt=0)
+    # Bytes an uploaded audit report (``batchshift audit --html/--json`` output) may hold.
+    audit_max_bytes: int = Field(default=5 * 1024 * 1024, gt=0)
+    # Uploaded audit reports kept; the oldest goes when one more is uploaded.
+    audit_max_reports: int = Field(default=50, gt=0)
+
+
 class RedisClientSettings(_Strict):
     """Every Redis client batchshift creates (API, scheduler, worker, arq pools)."""
 
@@ -482,6 +498,7 @@ class Settings(BaseSettings):
     alerts: AlertSettings = AlertSettings()
     slo: SloSettings = SloSettings()
     retention: RetentionSettings = RetentionSettings()
+    console: ConsoleSettings = ConsoleSettings()
     redis: RedisClientSettings = RedisClientSettings()
     tracing: TracingSettings = TracingSettings()
     pricing_file: Path = DEFAULT_PRICING_PATH

@@ -413,3 +413,28 @@ TENANTS_INDEXED = f"{PREFIX}:tenants"
 # Sorted set: batches that reached an end state (ingested, failed, cancelled), scored by when. The
 # retention pass deletes each one's record, job set, cursor and provider-id entry after retention.
 BATCHES_ENDED = f"{PREFIX}:batches:ended"
+
+
+# -- the web console (api/console/) ----------------------------------------------------------------
+
+
+def console_session(token_hash: str) -> str:
+    """Hash: one console session (``tenant``, empty for the admin; ``csrf``, its form token), keyed by
+    the SHA-256 of the cookie's token so the stored key cannot be replayed as a cookie. The API key
+    that signed in is never stored. TTL ``console.session_ttl_s``; sign-out deletes it."""
+    return f"{PREFIX}:console:session:{token_hash}"
+
+
+def console_audit(report_id: str) -> str:
+    """Hash: one uploaded audit report (``name``, ``kind`` html|json, ``size``, ``uploaded_ms``,
+    ``body``), at most ``console.audit_max_bytes``; deleted when it falls out of CONSOLE_AUDITS."""
+    return f"{PREFIX}:console:audit:{report_id}"
+
+
+# Sorted set: uploaded audit report ids scored by their upload's number (CONSOLE_AUDIT_SEQ), so two
+# uploads in one millisecond keep their order; kept to console.audit_max_reports, the oldest report
+# deleted with its entry by the upload that overflows it.
+CONSOLE_AUDITS = f"{PREFIX}:console:audits"
+
+# Integer: uploads of audit reports so far, numbering them for CONSOLE_AUDITS. Never expires (one key).
+CONSOLE_AUDIT_SEQ = f"{PREFIX}:console:audits:seq"

@@ -10,12 +10,16 @@
 -- 'released' hands a claimed item back unsent and due now (its send could not end within the
 -- lease); nothing else about it changes. ``set_key`` is set to now (a webhook URL's 410 mark);
 -- ``metric`` is a field of the metrics hash counted once.
+-- Each attempt is also appended to the item's ``attempt_log`` (JSON [[ms, status, error], ...], the
+-- last ATTEMPT_LOG_MAX), in this same step, for the console's job timeline.
 -- Returns the number of outcomes applied.
 local outcomes = cjson.decode(ARGV[1])
 local now = ARGV[2]
 local delete_done = ARGV[4] == '1'
 local dead_ttl = tonumber(ARGV[5])
 local applied = 0
+local ATTEMPT_LOG_MAX = 20
+local ATTEMPT_ERROR_CHARS = 200
 local function opt(v) if v == nil or v == cjson.null then return nil end return v end
 for _, o in ipairs(outcomes) do
   local hk = ARGV[3] .. o.id
@@ -27,6 +31,10 @@ for _, o in ipairs(outcomes) do
       if o.attempted then
         redis.call('HINCRBY', hk, 'attempts', 1)
         redis.call('HSET', hk, 'last_attempt_ms', now, 'last_status', opt(o.status_code) or 0)
+        local log = cjson.decode(redis.call('HGET', hk, 'attempt_log') or '[]')
+        log[#log + 1] = {tonumber(now), opt(o.status_code) or 0, string.sub(opt(o.error) or '', 1, ATTEMPT_ERROR_CHARS)}
+        while #log > ATTEMPT_LOG_MAX do table.remove(log, 1) end
+        redis.call('HSET', hk, 'attempt_log', cjson.encode(log))
       end
       redis.call('HSET', hk, 'last_error', opt(o.error) or '')
       if o.settle == 'done' then
