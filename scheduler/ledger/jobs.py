@@ -52,6 +52,10 @@ class NewJob:
     # W3C trace context of the job's intake span (config/tracing.py); empty when tracing is off.
     traceparent: str = ""
     tracestate: str = ""
+    # A line of a client's batch (/v1/batches, /v1/messages/batches): the batch it counts towards
+    # when it ends (lib/client_batch.lua) and the client's id for the line.
+    client_batch: str = ""
+    custom_id: str = ""
 
     @property
     def lane(self) -> str:
@@ -79,6 +83,9 @@ class NewJob:
             "attempts": 0,
             "batch_id": "",
         }
+        if self.client_batch:
+            fields["client_batch"] = self.client_batch
+            fields["custom_id"] = self.custom_id
         if self.traceparent:
             fields["traceparent"] = self.traceparent
             if self.tracestate:

@@ -398,3 +398,46 @@ TENANTS_INDEXED = f"{PREFIX}:tenants"
 # Sorted set: batches that reached an end state (ingested, failed, cancelled), scored by when. The
 # retention pass deletes each one's record, job set, cursor and provider-id entry after retention.
 BATCHES_ENDED = f"{PREFIX}:batches:ended"
+
+
+# -- client batches (issue 18): the OpenAI- and Anthropic-compatible batch endpoints ------------------
+
+
+def client_file(file_id: str) -> str:
+    """Hash: an uploaded file's metadata (id, tenant, purpose, filename, bytes, created_ms). Deleted by
+    DELETE /v1/files/{id}; expires with CLIENT_FILE_TTL_S."""
+    return f"{PREFIX}:cfile:{file_id}"
+
+
+def client_file_content(file_id: str) -> str:
+    """String: an uploaded file's bytes, appended chunk by chunk as the upload streams in; same
+    lifetime as its metadata hash."""
+    return f"{PREFIX}:cfile:{file_id}:content"
+
+
+# Seconds an uploaded input file is kept: OpenAI keeps batch files until deleted; we keep them past
+# the longest completion window with room, as their lines are copied into jobs at batch creation.
+CLIENT_FILE_TTL_S = 7 * 24 * 3600
+
+
+def client_batch(batch_id: str) -> str:
+    """Hash: one client batch (api, tenant, endpoint, window, state, timestamps, metadata, errors) and
+    its counters ``total``, ``ended``, ``succeeded``, ``failed``, ``cancelled``, which the job-end
+    scripts (lib/client_batch.lua) bump in the same step that ends each of its jobs."""
+    return f"{PREFIX}:cbatch:{batch_id}"
+
+
+def client_batch_lines(batch_id: str) -> str:
+    """List: the batch's job ids in input line order; an output file is streamed by walking it."""
+    return f"{PREFIX}:cbatch:{batch_id}:lines"
+
+
+def tenant_client_batches(tenant: str) -> str:
+    """Sorted set (all scores 0): a tenant's client batch ids; ids sort by time, so lex order lists
+    newest first."""
+    return f"{PREFIX}:tenant:{tenant}:cbatches"
+
+
+# Seconds a client batch (record, lines, listing entry) is kept after it was created: past the
+# longest completion window (24 h) and the job records' default retention (7 days).
+CLIENT_BATCH_TTL_S = 8 * 24 * 3600

@@ -1,7 +1,7 @@
 -- Cancel a job that is queued, batched or sync. A batch still holding it discards its result later.
 -- KEYS: 1 job.  ARGV: 1 job id, 2 now ms, 3 seconds the ended record is kept (retention).
 -- Returns {'ok', prior state} | {'refused', state} | {'missing', ''}.
--- uses: state, budget, outbox
+-- uses: state, budget, outbox, client_batch
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return {'missing', ''} end
 if not contains({'queued', 'batched', 'sync'}, state) then return {'refused', state} end
@@ -22,5 +22,6 @@ release_reservation(KEYS[1])
 restate(id, redis.call('HGET', KEYS[1], 'tenant'), state, 'cancelled')
 retain(KEYS[1], ARGV[3])
 enqueue_webhook(id, 'job.cancelled', ARGV[2])
+client_batch_job_ended(KEYS[1], 'cancelled', ARGV[2])
 announce_ended({id})
 return {'ok', state}

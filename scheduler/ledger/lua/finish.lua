@@ -5,7 +5,7 @@
 -- (lib/costs.lua, lib/budget.lua), lane metrics and SLO buckets (lib/metrics.lua), the webhook
 -- outbox and pub/sub (lib/outbox.lua). They move in the same step, gated by the same guard, so every aggregate always
 -- equals the jobs' sums.
--- uses: json, state, costs, metrics, outbox
+-- uses: json, state, costs, metrics, outbox, client_batch
 -- ARGV: 1 JSON array of items, 2 now ms, 3 result ttl ms, 4 day (YYYY-MM-DD), 5 month (YYYY-MM),
 --       6 SLO bucket width s, 7 aggregate ttl s, 8 seconds an ended job record is kept (retention),
 --       9.. blobs: result bodies, usage, cost (raw JSON)
@@ -48,6 +48,7 @@ for i, it in ipairs(items) do
       lane_metrics.ended(job, it, on_time)
       enqueue_webhook(it.id, it.state == 'succeeded' and 'job.succeeded' or 'job.failed', now,
         rec[10], rec[3])
+      client_batch_job_ended(jk, it.state, now)
       ended[#ended + 1] = it.id
       out[i] = 'ok'
     else

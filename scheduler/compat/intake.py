@@ -1,0 +1,193 @@
+"""Creating a client batch: check its lines and turn them into jobs, record the batch, then enqueue
+the jobs or fail it.
+
+The record exists (``validating``) before the first job is enqueued, so a job that ends at once
+already counts on it; the batch starts once every line is a job or refused.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from redis.asyncio import Redis
+
+from config.settings import Settings
+from scheduler.compat import lines as line_checks
+from scheduler.compat.batches import Api, ClientBatch, ClientBatches, window_seconds
+from scheduler.compat.files import ClientFiles
+from scheduler.costs.admission import AdmissionGate
+from scheduler.errors import InvalidRequest
+from scheduler.ledger import ids
+from scheduler.ledger.ledger import Ledger
+
+ANTHROPIC_ENDPOINT: Final = "/v1/messages"
+OPENAI_ENDPOINTS: Final = ("/v1/chat/completions", "/v1/embeddings", "/v1/responses")
+MAX_METADATA_PAIRS: Final = 16
+
+
+def check_metadata(metadata: object) -> dict[str, str] | None:
+    """OpenAI's metadata rule: up to 16 string pairs, keys up to 64 and values up to 512 characters."""
+    if metadata is None:
+        return None
+    if not (
+        isinstance(metadata, dict)
+        and len(metadata) <= MAX_METADATA_PAIRS
+        and all(
+            isinstance(k, str) and len(k) <= 64 and isinstance(v, str) and len(v) <= 512
+            for k, v in metadata.items()
+        )
+    ):
+        raise InvalidRequest(
+            "Invalid 'metadata': up to 16 string pairs, keys <= 64 and values <= 512 characters.", "metadata"
+        )
+    return metadata
+
+
+def draft(
+    api: Api,
+    tenant: str,
+    *,
+    endpoint: str,
+    input_file_id: str,
+    window: str,
+    window_s: float,
+    metadata: dict[str, str] | None,
+    total: int,
+    now_ms: int,
+) -> ClientBatch:
+    """A new batch, not stored yet: what its lines' jobs are made from."""
+    return ClientBatch(
+        id=ids.new_id("batch" if api == "openai" else "msgbatch", now_ms),
+        api=api,
+        tenant=tenant,
+        endpoint=endpoint,
+        input_file_id=input_file_id,
+        window=window,
+        created_ms=now_ms,
+        expires_ms=now_ms + int(window_s * 1000),
+        state="validating",
+        total=total,
+        ended=0,
+        succeeded=0,
+        failed=0,
+        cancelled=0,
+        ended_ms=None,
+        in_progress_ms=None,
+        cancelling_ms=None,
+        failed_ms=None,
+        model="",
+        metadata=metadata,
+        errors=None,
+    )
+
+
+class BatchIntake:
+    """Creates client batches for one process (the API's)."""
+
+    def __init__(self, settings: Settings, redis: Redis, ledger: Ledger) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.ledger = ledger
+        self.batches = ClientBatches(redis)
+        self.files = ClientFiles(redis)
+
+    async def _record(self, batch: ClientBatch) -> None:
+        await self.batches.open(
+            batch.id,
+            api=batch.api,
+            tenant=batch.tenant,
+            endpoint=batch.endpoint,
+            input_file_id=batch.input_file_id,
+            window=batch.window,
+            created_ms=batch.created_ms,
+            expires_ms=batch.expires_ms,
+            metadata=batch.metadata,
+            total=batch.total,
+        )
+
+    async def _reread(self, batch: ClientBatch) -> ClientBatch:
+        found = await self.batches.get(batch.tenant, batch.id)
+        assert found is not None
+        return found
+
+    async def openai(
+        self,
+        tenant: str,
+        *,
+        input_file_id: str,
+        endpoint: str,
+        window: object,
+        metadata: dict[str, str] | None,
+        now_ms: int,
+    ) -> ClientBatch:
+        """An OpenAI batch from an uploaded file (checked by the caller to be the tenant's): one that
+        fails validation is recorded ``failed`` with its line errors, as OpenAI reports them."""
+        window_s = window_seconds(window, self.settings.limits.max_deadline_horizon_s)
+        errors = line_checks.LineErrors()
+        lines = await line_checks.openai_lines(
+            self.files.lines(input_file_id), endpoint, errors, self.settings.compat.max_requests
+        )
+        batch = draft(
+            "openai",
+            tenant,
+            endpoint=endpoint,
+            input_file_id=input_file_id,
+            window=str(window),
+            window_s=window_s,
+            metadata=metadata,
+            total=len(lines),
+            now_ms=now_ms,
+        )
+        jobs = (
+            [] if errors.count else line_checks.jobs_for(lines, batch, self.settings, errors, now_ms=now_ms)
+        )
+        await self._record(batch)
+        if errors.count:
+            await self.batches.fail(batch.id, now_ms, errors.data)
+        else:
+            gate = AdmissionGate(self.settings, self.redis)
+            await line_checks.enqueue_lines(
+                jobs, batch, self.batches, self.ledger, gate, self.settings, now_ms
+            )
+        return await self._reread(batch)
+
+    async def anthropic(self, tenant: str, requests: object, *, now_ms: int) -> ClientBatch:
+        """An Anthropic Message Batch from its inline requests; an invalid request refuses the create
+        (Anthropic checks them at once), naming it."""
+        errors = line_checks.LineErrors()
+        lines = line_checks.anthropic_lines(requests, errors, self.settings.compat.max_requests)
+        window_s = self.settings.compat.anthropic_window_s
+        batch = draft(
+            "anthropic",
+            tenant,
+            endpoint=ANTHROPIC_ENDPOINT,
+            input_file_id="",
+            window=f"{int(window_s)}s",
+            window_s=window_s,
+            metadata=None,
+            total=len(lines),
+            now_ms=now_ms,
+        )
+        if not errors.count:
+            jobs = line_checks.jobs_for(lines, batch, self.settings, errors, now_ms=now_ms)
+        if errors.count:
+            first = errors.data[0]
+            param = first["param"] or "requests"
+            if param.startswith("requests"):
+                raise InvalidRequest(first["message"], param)
+            where = f"requests.{first['line']}.params"
+            raise InvalidRequest(f"{where}: {first['message']}", where)
+        await self._record(batch)
+        gate = AdmissionGate(self.settings, self.redis)
+        await line_checks.enqueue_lines(jobs, batch, self.batches, self.ledger, gate, self.settings, now_ms)
+        return await self._reread(batch)
+
+    async def cancel(self, batch: ClientBatch, now_ms: int) -> ClientBatch:
+        """in_progress → cancelling, then every line's live job is cancelled (each its own guarded
+        step; a job that ends meanwhile keeps its end). The batch is cancelled once all have ended."""
+        await self.batches.request_cancel(batch.id, now_ms)
+        start = 0
+        while entries := await self.batches.line_entries(batch.id, start, line_checks.ENQUEUE_CHUNK):
+            await self.ledger.cancel_many([e for e in entries if not e.startswith("!")], now_ms)
+            start += len(entries)
+        return await self._reread(batch)
