@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import anthropic
 import httpx
+import httpx2
 import openai
 from fastapi import FastAPI
 from redis.asyncio import Redis
@@ -57,8 +58,10 @@ async def openai_sdk(app: FastAPI, key: str = "acme-key") -> AsyncIterator[opena
 
 @contextlib.asynccontextmanager
 async def anthropic_sdk(app: FastAPI, key: str = "acme-key") -> AsyncIterator[anthropic.AsyncAnthropic]:
+    # This SDK's HTTP stack is httpx2 (a fork of httpx), which has its own ASGI transport.
+    http_client = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url="http://api")
     client = anthropic.AsyncAnthropic(
-        base_url="http://api", api_key=key, max_retries=0, http_client=_transport(app)
+        base_url="http://api", api_key=key, max_retries=0, http_client=http_client
     )
     try:
         yield client
