@@ -57,9 +57,13 @@ async def create_batch(request: Request, tenant_name: Tenant) -> JsonResponse:
     """Every request becomes a job of the tenant; an invalid one refuses the create (400)."""
     settings: Settings = request.app.state.settings
     body = await read_json(request, settings.limits.max_body_bytes * BULK_BODY_FACTOR)
-    if not isinstance(body, dict) or set(body) - {"requests"}:
-        raise InvalidRequest("The body must be an object with 'requests' only.", "requests")
-    batch = await _intake(request).anthropic(tenant_name, body.get("requests"), now_ms=await _now(request))
+    if not isinstance(body, dict) or set(body) - {"requests", "callback_url"}:
+        raise InvalidRequest(
+            "The body must be an object with 'requests' (and batchshift's 'callback_url').", "requests"
+        )
+    batch = await _intake(request).anthropic(
+        tenant_name, body.get("requests"), now_ms=await _now(request), callback_url=body.get("callback_url")
+    )
     return JsonResponse(await _view(request, batch))
 
 

@@ -35,8 +35,10 @@ Tenant = Annotated[str, Depends(tenant)]
 # Form overhead around the file: boundaries, part headers, the purpose field.
 MAX_FORM_OVERHEAD: Final = 64 * 1024
 UPLOAD_SLICE: Final = 1024 * 1024
+# ``output_expires_after`` is taken and ignored (outputs follow retention); ``callback_url`` is a
+# batchshift extension (the SDK's ``extra_body``): a ``batch.completed`` webhook when the batch ends.
 BATCH_FIELDS: Final = frozenset(
-    {"input_file_id", "endpoint", "completion_window", "metadata", "output_expires_after"}
+    {"input_file_id", "endpoint", "completion_window", "metadata", "output_expires_after", "callback_url"}
 )
 
 
@@ -190,6 +192,7 @@ async def create_batch(request: Request, tenant_name: Tenant) -> JsonResponse:
         window=body.get("completion_window"),
         metadata=metadata,
         now_ms=await _now(request),
+        callback_url=body.get("callback_url"),
     )
     return JsonResponse(batch.openai_view(await _now(request)))
 

@@ -82,6 +82,7 @@ class ClientBatch:
     model: str
     metadata: dict[str, str] | None
     errors: list[dict[str, Any]] | None
+    callback_url: str | None = None
 
     @classmethod
     def from_hash(cls, batch_id: str, raw: dict[bytes, bytes]) -> ClientBatch:
@@ -113,6 +114,7 @@ class ClientBatch:
             model=h.get("model", ""),
             metadata=orjson.loads(h["metadata"]) if h.get("metadata") else None,
             errors=orjson.loads(h["errors"]) if h.get("errors") else None,
+            callback_url=h.get("callback_url") or None,
         )
 
     def status(self, now_ms: int) -> str:
@@ -169,6 +171,10 @@ class ClientBatch:
         }
         return obj
 
+    def view(self, now_ms: int, results_url: str) -> dict[str, Any]:
+        """The batch as its own API shows it (``batch.completed`` webhooks carry this)."""
+        return self.openai_view(now_ms) if self.api == "openai" else self.anthropic_view(now_ms, results_url)
+
     def anthropic_view(self, now_ms: int, results_url: str) -> dict[str, Any]:
         """Anthropic's MessageBatch object."""
         status = self.status(now_ms)
@@ -221,8 +227,9 @@ class ClientBatches:
         expires_ms: int,
         metadata: dict[str, str] | None,
         total: int,
+        callback_url: str | None = None,
     ) -> None:
-        """Record a new batch in ``validating``."""
+        """Record a new batch in ``validating``; with ``callback_url``, its end sends ``batch.completed``."""
         fields: dict[str, str | int] = {
             "api": api,
             "tenant": tenant,
@@ -233,6 +240,7 @@ class ClientBatches:
             "expires_ms": expires_ms,
             "total": total,
             "metadata": orjson.dumps(metadata).decode() if metadata is not None else "",
+            "callback_url": callback_url or "",
         }
         args: list[str | int] = [batch_id, keys.CLIENT_BATCH_TTL_S]
         for name, value in fields.items():

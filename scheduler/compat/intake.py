@@ -17,6 +17,7 @@ from scheduler.compat.batches import Api, ClientBatch, ClientBatches, window_sec
 from scheduler.compat.files import ClientFiles
 from scheduler.costs.admission import AdmissionGate
 from scheduler.errors import InvalidRequest
+from scheduler.intake import MAX_URL, check_url
 from scheduler.ledger import ids
 from scheduler.ledger.ledger import Ledger
 
@@ -103,6 +104,7 @@ class BatchIntake:
             expires_ms=batch.expires_ms,
             metadata=batch.metadata,
             total=batch.total,
+            callback_url=batch.callback_url,
         )
 
     async def _reread(self, batch: ClientBatch) -> ClientBatch:
@@ -119,10 +121,12 @@ class BatchIntake:
         window: object,
         metadata: dict[str, str] | None,
         now_ms: int,
+        callback_url: object = None,
     ) -> ClientBatch:
         """An OpenAI batch from an uploaded file (checked by the caller to be the tenant's): one that
         fails validation is recorded ``failed`` with its line errors, as OpenAI reports them."""
         window_s = window_seconds(window, self.settings.limits.max_deadline_horizon_s)
+        callback = self.callback(tenant, callback_url)
         errors = line_checks.LineErrors()
         lines = await line_checks.openai_lines(
             self.files.lines(input_file_id), endpoint, errors, self.settings.compat.max_requests
@@ -138,6 +142,7 @@ class BatchIntake:
             total=len(lines),
             now_ms=now_ms,
         )
+        batch.callback_url = callback
         jobs = (
             [] if errors.count else line_checks.jobs_for(lines, batch, self.settings, errors, now_ms=now_ms)
         )
@@ -151,7 +156,27 @@ class BatchIntake:
             )
         return await self._reread(batch)
 
-    async def anthropic(self, tenant: str, requests: object, *, now_ms: int) -> ClientBatch:
+    def callback(self, tenant: str, url: object) -> str | None:
+        """A batch's ``callback_url`` (a batchshift extension): an http(s) URL, and the tenant must
+        have a signing secret, as for a job's callback."""
+        if url is None:
+            return None
+        if not isinstance(url, str) or len(url) > MAX_URL:
+            raise InvalidRequest(
+                f"callback_url must be a URL string of at most {MAX_URL} characters", "callback_url"
+            )
+        check_url(url, "callback_url")
+        tenant_settings = self.settings.tenants.get(tenant)
+        if tenant_settings is None or not tenant_settings.webhook_secrets:
+            raise InvalidRequest(
+                "callback_url needs a webhook signing secret: the tenant has no webhook_secrets configured",
+                "callback_url",
+            )
+        return url
+
+    async def anthropic(
+        self, tenant: str, requests: object, *, now_ms: int, callback_url: object = None
+    ) -> ClientBatch:
         """An Anthropic Message Batch from its inline requests; an invalid request refuses the create
         (Anthropic checks them at once), naming it."""
         errors = line_checks.LineErrors()
@@ -168,6 +193,7 @@ class BatchIntake:
             total=len(lines),
             now_ms=now_ms,
         )
+        batch.callback_url = self.callback(tenant, callback_url)
         if not errors.count:
             jobs = line_checks.jobs_for(lines, batch, self.settings, errors, now_ms=now_ms)
         if errors.count:

@@ -5,7 +5,7 @@
 if redis.call('EXISTS', KEYS[1]) == 1 then return 'exists' end
 local fields = {}
 for i = 3, #ARGV do fields[#fields + 1] = ARGV[i] end
-redis.call('HSET', KEYS[1], 'state', 'validating', 'ended', 0, 'succeeded', 0, 'failed', 0, 'cancelled', 0,
+redis.call('HSET', KEYS[1], 'id', ARGV[1], 'state', 'validating', 'ended', 0, 'succeeded', 0, 'failed', 0, 'cancelled', 0,
   unpack(fields))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('ZADD', KEYS[2], 0, ARGV[1])

@@ -2,6 +2,21 @@
 -- the same step, and the step that ends its last job (or that starts a batch whose jobs all ended
 -- already) stamps ``ended_ms``. A GET then reads one hash, never the batch's jobs.
 
+-- A batch with a callback URL gets one ``batch.completed`` delivery (keys.webhook_delivery
+-- ``wh_<batch id>``, event id ``msg_<batch id>``) when it ends; the webhook outbox sends it.
+local function enqueue_batch_webhook(ck, now_ms)
+  local rec = redis.call('HMGET', ck, 'id', 'tenant', 'callback_url')
+  local url = rec[3]
+  if not url or url == '' then return end
+  local did = 'wh_' .. rec[1]
+  if redis.call('EXISTS', K.webhook_delivery(did)) == 1 then return end
+  redis.call('HSET', K.webhook_delivery(did),
+    'id', did, 'client_batch', rec[1], 'tenant', rec[2], 'url', url, 'event_id', 'msg_' .. rec[1],
+    'type', 'batch.completed', 'created_ms', now_ms, 'attempts', 0, 'status', 'pending')
+  redis.call('ZADD', K.WEBHOOKS_DUE, now_ms, did)
+  redis.call('ZADD', K.tenant_deliveries(rec[2]), now_ms, did)
+end
+
 -- Stamp the batch's end once every line has ended; only a started batch (in_progress, cancelling)
 -- ends: a validating batch's lines are still being enqueued, and its start checks again.
 local function close_client_batch(ck, now_ms)
@@ -10,6 +25,7 @@ local function close_client_batch(ck, now_ms)
   if rec[4] and rec[4] ~= '' then return end
   if tonumber(rec[3] or '0') >= tonumber(rec[2] or '0') then
     redis.call('HSET', ck, 'ended_ms', now_ms)
+    enqueue_batch_webhook(ck, now_ms)
   end
 end
 
