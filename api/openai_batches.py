@@ -15,6 +15,8 @@ from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 from starlette.responses import StreamingResponse
 
 from api.auth import tenant
@@ -25,7 +27,7 @@ from scheduler.compat import outputs
 from scheduler.compat.batches import ClientBatch
 from scheduler.compat.files import derived
 from scheduler.compat.intake import OPENAI_ENDPOINTS, BatchIntake, check_metadata
-from scheduler.errors import InvalidRequest, NotFound, PayloadTooLarge
+from scheduler.errors import InvalidRequest, NotFound
 from scheduler.ledger.clock import Clock
 
 router = APIRouter(tags=["openai-compatible"])
@@ -53,6 +55,11 @@ def _intake(request: Request) -> BatchIntake:
     return intake
 
 
+def too_large(limit: int) -> str:
+    """OpenAI's words for a batch file over its size limit (a 400, not a 413)."""
+    return f"Batch input files may be at most {limit} bytes."
+
+
 async def _upload_chunks(upload: UploadFile) -> AsyncIterator[bytes]:
     while chunk := await upload.read(UPLOAD_SLICE):
         yield chunk
@@ -65,11 +72,12 @@ async def create_file(request: Request, tenant_name: Tenant) -> JsonResponse:
     limit = settings.compat.max_file_bytes
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit + MAX_FORM_OVERHEAD:
-        raise PayloadTooLarge(f"Batch input files may be at most {limit} bytes.", "file")
+        raise InvalidRequest(too_large(limit), "file")
     try:
         form = await request.form(max_files=1, max_fields=4)
-    except Exception as exc:  # starlette raises its own errors for a malformed or oversized form
-        raise InvalidRequest(f"Could not parse the multipart form: {exc}.", "file") from None
+    except (MultiPartException, HTTPException) as exc:  # starlette's answers to a malformed form
+        detail = exc.message if isinstance(exc, MultiPartException) else exc.detail
+        raise InvalidRequest(f"Could not parse the multipart form: {detail}.", "file") from None
     try:
         upload, purpose = form.get("file"), form.get("purpose")
         if not isinstance(upload, UploadFile):
@@ -79,7 +87,7 @@ async def create_file(request: Request, tenant_name: Tenant) -> JsonResponse:
                 f"Invalid value for 'purpose': {purpose!r}. batchshift takes files for batches only ('batch').",
                 "purpose",
             )
-        record = await _intake(request).files.create(
+        record = await _intake(request).files.create(  # over the limit: OpenAI's 400, nothing kept
             tenant_name,
             "batch",
             upload.filename or "upload.jsonl",

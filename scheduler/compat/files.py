@@ -15,7 +15,7 @@ from typing import Any, Final, Literal
 
 from redis.asyncio import Redis
 
-from scheduler.errors import PayloadTooLarge
+from scheduler.errors import InvalidRequest
 from scheduler.ledger import ids, keys
 
 # Bytes read from Redis per slice of a file's content.
@@ -76,15 +76,15 @@ class ClientFiles:
         max_bytes: int,
         now_ms: int,
     ) -> ClientFile:
-        """Store an upload as it streams; PayloadTooLarge (nothing kept) once it passes ``max_bytes``."""
+        """Store an upload as it streams; InvalidRequest (nothing kept) once it passes ``max_bytes``."""
         file_id = ids.new_id("file", now_ms).replace("file_", "file-", 1)
         content = keys.client_file_content(file_id)
         size = 0
         try:
             async for chunk in chunks:
                 size += len(chunk)
-                if size > max_bytes:
-                    raise PayloadTooLarge(f"batch input files may be at most {max_bytes} bytes", "file")
+                if size > max_bytes:  # OpenAI answers a batch file over its limit with a 400
+                    raise InvalidRequest(f"Batch input files may be at most {max_bytes} bytes.", "file")
                 if chunk:
                     await self.redis.append(content, chunk)
         except BaseException:

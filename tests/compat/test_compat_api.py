@@ -1,0 +1,170 @@
+"""The compatible endpoints' own rules, through the official SDKs against our API in process (no
+pipeline: jobs stay queued): upload limits, OpenAI's line errors, the window's expiry, admission
+refusals as failed lines, and lines routed to whichever provider serves their model."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator
+
+import openai
+import pytest
+from fastapi import FastAPI
+
+from api.app import create_app
+from config.settings import CompatSettings, ProviderSettings, Settings, TenantSettings
+from scheduler.ledger import keys
+from scheduler.ledger.clock import ManualClock
+from tests.compat.support import CHAT, jsonl, openai_sdk
+from tests.conftest import make_settings
+
+NOW_MS = 1_790_000_000_000
+
+
+@contextlib.asynccontextmanager
+async def api(settings: Settings, redis) -> AsyncIterator[tuple[FastAPI, ManualClock]]:
+    app = create_app(settings, redis=redis)
+    clock = ManualClock(NOW_MS)
+    async with app.router.lifespan_context(app):
+        app.state.clock = clock
+        yield app, clock
+
+
+async def _create(sdk: openai.AsyncOpenAI, content: bytes, window: str = "24h"):
+    uploaded = await sdk.files.create(file=("in.jsonl", content), purpose="batch")
+    return await sdk.batches.create(input_file_id=uploaded.id, endpoint=CHAT, completion_window=window)  # type: ignore[arg-type]
+
+
+async def test_an_upload_over_the_limit_is_refused_with_openais_400_and_nothing_kept(redis, redis_url):
+    settings = make_settings(redis_url, compat=CompatSettings(max_file_bytes=1000))
+    async with api(settings, redis) as (app, _), openai_sdk(app) as sdk:
+        with pytest.raises(openai.BadRequestError, match="at most 1000 bytes") as refused:
+            await sdk.files.create(file=("in.jsonl", jsonl([f"r{i}" for i in range(20)])), purpose="batch")
+        assert isinstance(refused.value.body, dict)
+        assert refused.value.body["param"] == "file"
+        with pytest.raises(openai.BadRequestError, match="purpose"):
+            await sdk.files.create(file=("in.jsonl", b"{}"), purpose="fine-tune")
+        fits = await sdk.files.create(file=("in.jsonl", jsonl(["one"])), purpose="batch")
+    assert [k async for k in redis.scan_iter(match="bs:cfile:*")] != []
+    assert {k.decode() async for k in redis.scan_iter(match="bs:cfile:*")} == {
+        keys.client_file(fits.id),
+        keys.client_file_content(fits.id),
+    }
+
+
+async def test_line_errors_as_openai_reports_them(redis, redis_url):
+    settings = make_settings(redis_url)
+    good = json.loads(jsonl(["ok"]).decode())
+    lines = [
+        good,
+        {**good, "custom_id": None},
+        good,  # the same custom_id again
+        {**good, "custom_id": "m", "method": "GET"},
+        {**good, "custom_id": "u", "url": "/v1/embeddings"},
+        {**good, "custom_id": "b", "body": "text"},
+        {**good, "custom_id": "s", "body": {**good["body"], "stream": True}},
+    ]
+    content = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    async with api(settings, redis) as (app, _), openai_sdk(app) as sdk:
+        batch = await _create(sdk, content)
+        empty = await _create(sdk, b"\n\n")
+    assert batch.status == "failed"
+    assert batch.errors is not None
+    assert batch.errors.data is not None
+    assert [(e.code, e.line) for e in batch.errors.data] == [
+        ("missing_required_parameter", 2),
+        ("duplicate_custom_id", 3),
+        ("invalid_method", 4),
+        ("url_mismatch", 5),
+        ("invalid_request", 6),
+    ]
+    assert empty.errors is not None
+    assert empty.errors.data is not None
+    assert [e.code for e in empty.errors.data] == ["empty_file"]
+    assert await redis.zcard(keys.tenant_jobs("acme")) == 0
+
+
+async def test_a_line_intake_refuses_fails_the_batch_naming_it(redis, redis_url):
+    settings = make_settings(redis_url)
+    good = json.loads(jsonl(["ok"]).decode())
+    streaming = {**good, "custom_id": "s", "body": {**good["body"], "stream": True}}
+    content = (json.dumps(good) + "\n" + json.dumps(streaming) + "\n").encode()
+    async with api(settings, redis) as (app, _), openai_sdk(app) as sdk:
+        batch = await _create(sdk, content)
+    assert batch.errors is not None
+    assert batch.errors.data is not None
+    [error] = batch.errors.data
+    assert (error.line, error.param) == (2, "body.stream")
+
+
+async def test_the_window_passing_with_lines_unanswered_expires_the_batch(redis, redis_url):
+    settings = make_settings(redis_url)
+    async with api(settings, redis) as (app, clock), openai_sdk(app) as sdk:
+        batch = await _create(sdk, jsonl(["a", "b"]), window="1h")
+        clock.advance(3599)
+        assert (await sdk.batches.retrieve(batch.id)).status == "in_progress"
+        clock.advance(2)
+        expired = await sdk.batches.retrieve(batch.id)
+        assert expired.status == "expired"
+        assert expired.expired_at == batch.created_at + 3600
+        assert expired.request_counts is not None
+        assert (expired.request_counts.completed, expired.request_counts.failed) == (0, 2)
+        assert expired.output_file_id is None
+        assert expired.error_file_id is not None
+        errors = [
+            json.loads(line) for line in (await sdk.files.content(expired.error_file_id)).text.splitlines()
+        ]
+    assert [(e["custom_id"], e["error"]["code"]) for e in errors] == [
+        ("a", "batch_expired"),
+        ("b", "batch_expired"),
+    ]
+
+
+async def test_lines_admission_refuses_are_failed_lines_and_the_rest_runs(redis, redis_url):
+    """A spent `reject` envelope refuses each line at admission: the batch still runs, and ends at
+    once, every line in the error file with the refusal."""
+    tenants = {
+        "acme": TenantSettings(api_key="acme-key", monthly_budget_usd=0.0, budget_policy="reject"),
+    }
+    settings = make_settings(redis_url, tenants=tenants)
+    async with api(settings, redis) as (app, _), openai_sdk(app) as sdk:
+        batch = await _create(sdk, jsonl(["a", "b", "c"]))
+        assert batch.status == "completed"
+        assert batch.request_counts is not None
+        assert (batch.request_counts.total, batch.request_counts.failed) == (3, 3)
+        assert batch.error_file_id is not None
+        errors = [
+            json.loads(line) for line in (await sdk.files.content(batch.error_file_id)).text.splitlines()
+        ]
+    assert [e["custom_id"] for e in errors] == ["a", "b", "c"]
+    assert {e["error"]["code"] for e in errors} == {"budget_exceeded"}
+    assert await redis.zcard(keys.tenant_jobs("acme")) == 0
+
+
+async def test_each_line_goes_to_the_provider_serving_its_model(redis, redis_url):
+    providers = {
+        "openai": ProviderSettings(kind="openai", base_url="http://127.0.0.1:9/v1", api_key="sk"),
+        "azure": ProviderSettings(
+            kind="azure_openai",
+            base_url="http://127.0.0.1:9/openai",
+            api_key="az",
+            api_version="2024-10-21",
+            deployments={"gpt-4o-mini-batch": "gpt-4o-mini"},
+        ),
+    }
+    settings = make_settings(redis_url, providers=providers)
+    content = jsonl(["o"]) + jsonl(["z"], model="gpt-4o-mini-batch")
+    async with api(settings, redis) as (app, _), openai_sdk(app) as sdk:
+        batch = await _create(sdk, content)
+        assert batch.status == "in_progress"
+        unknown = await _create(sdk, jsonl(["x"], model="no-such-model"))
+    assert unknown.errors is not None
+    assert unknown.errors.data is not None
+    assert [(e.code, e.line) for e in unknown.errors.data] == [("model_not_found", 1)]
+    job_ids = [j.decode() for j in await redis.zrange(keys.tenant_jobs("acme"), 0, -1)]
+    lanes = sorted([(await redis.hget(keys.job(j), "lane")).decode() for j in job_ids])
+    assert lanes == [
+        "azure:gpt-4o-mini-batch:/v1/chat/completions",
+        "openai:gpt-4o-mini:/v1/chat/completions",
+    ]
