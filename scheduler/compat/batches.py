@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 
 from scheduler.compat.files import derived_id
 from scheduler.errors import IllegalTransition, InvalidRequest, NotFound
-from scheduler.ledger import keys, scripts
+from scheduler.ledger import ids, keys, scripts
 
 Api = Literal["openai", "anthropic"]
 
@@ -242,7 +242,9 @@ class ClientBatches:
             "metadata": orjson.dumps(metadata).decode() if metadata is not None else "",
             "callback_url": callback_url or "",
         }
-        args: list[str | int] = [batch_id, keys.CLIENT_BATCH_TTL_S]
+        kept_from = created_ms - keys.CLIENT_BATCH_TTL_S * 1000
+        floors = [ids.floor_id(prefix, kept_from) for prefix in ("batch", "msgbatch")]
+        args: list[str | int] = [batch_id, keys.CLIENT_BATCH_TTL_S, *floors]
         for name, value in fields.items():
             args.extend((name, value))
         await self._open(keys=[keys.client_batch(batch_id), keys.tenant_client_batches(tenant)], args=args)

@@ -168,3 +168,16 @@ async def test_each_line_goes_to_the_provider_serving_its_model(redis, redis_url
         "azure:gpt-4o-mini-batch:/v1/chat/completions",
         "openai:gpt-4o-mini:/v1/chat/completions",
     ]
+
+
+async def test_the_tenants_batch_index_forgets_batches_past_their_ttl(redis, redis_url):
+    settings = make_settings(redis_url)
+    async with api(settings, redis) as (app, clock), openai_sdk(app) as sdk:
+        old = await _create(sdk, jsonl(["a"]))
+        clock.advance(keys.CLIENT_BATCH_TTL_S - 1)
+        kept = await _create(sdk, jsonl(["b"]))
+        assert [b.id async for b in sdk.batches.list()] == [kept.id, old.id]
+        clock.advance(2)
+        newest = await _create(sdk, jsonl(["c"]))
+    index = [i.decode() for i in await redis.zrange(keys.tenant_client_batches("acme"), 0, -1)]
+    assert index == [kept.id, newest.id]

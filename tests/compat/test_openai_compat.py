@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 
+import httpx
 import openai
 import pytest
 
 from scheduler.ledger import keys
+from scheduler.ledger.ledger import day_of
 from tests import test_slo_e2e as slo
+from tests.api.harness import ACME
 from tests.compat.support import (
     CHAT,
     compat_app,
@@ -82,6 +85,15 @@ async def test_500_lines_upload_create_retrieve_until_completed_every_custom_id_
         assert b'"body":' + stored + b"}" in first
         meta = await sdk.files.retrieve(done.output_file_id)
         assert (meta.bytes, meta.purpose) == (len(output.content), "batch_output")
+        # Costed like any job: the feature from the metadata, each line at the batch price.
+        day = day_of(pipeline.clock.ms)
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://api", headers=ACME
+        ) as client:
+            report = (await client.get(f"/v1/costs?group_by=feature&from={day}&to={day}")).json()
+        [row] = report["groups"]
+        assert (row["key"], row["jobs"], row["sync_share"]) == ("nightly-summaries", 500, 0)
+        assert 0 < row["actual_usd"] < row["sync_equivalent_usd"]
     # Each line was an ordinary job of the tenant, tagged by the metadata, pooled into one provider batch.
     job = await pipeline.ledger.get(job_id)
     assert job is not None
