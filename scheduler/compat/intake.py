@@ -7,6 +7,7 @@ already counts on it; the batch starts once every line is a job or refused.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Final
 
 from redis.asyncio import Redis
@@ -16,9 +17,10 @@ from scheduler.compat import lines as line_checks
 from scheduler.compat.batches import Api, ClientBatch, ClientBatches, window_seconds
 from scheduler.compat.files import ClientFiles
 from scheduler.costs.admission import AdmissionGate
-from scheduler.errors import InvalidRequest
+from scheduler.errors import BatchshiftError, InvalidRequest
 from scheduler.intake import MAX_URL, check_url
 from scheduler.ledger import ids
+from scheduler.ledger.jobs import NewJob
 from scheduler.ledger.ledger import Ledger
 
 ANTHROPIC_ENDPOINT: Final = "/v1/messages"
@@ -124,13 +126,13 @@ class BatchIntake:
         callback_url: object = None,
     ) -> ClientBatch:
         """An OpenAI batch from an uploaded file (checked by the caller to be the tenant's): one that
-        fails validation is recorded ``failed`` with its line errors, as OpenAI reports them."""
+        fails validation is recorded ``failed`` with its line errors, as OpenAI reports them.
+
+        The file is read twice, a chunk of lines at a time, so a 200 MB file is never held whole:
+        once to check every line (intake's own checks included), once to enqueue them.
+        """
         window_s = window_seconds(window, self.settings.limits.max_deadline_horizon_s)
         callback = self.callback(tenant, callback_url)
-        errors = line_checks.LineErrors()
-        lines = await line_checks.openai_lines(
-            self.files.lines(input_file_id), endpoint, errors, self.settings.compat.max_requests
-        )
         batch = draft(
             "openai",
             tenant,
@@ -139,22 +141,53 @@ class BatchIntake:
             window=str(window),
             window_s=window_s,
             metadata=metadata,
-            total=len(lines),
+            total=0,
             now_ms=now_ms,
         )
         batch.callback_url = callback
-        jobs = (
-            [] if errors.count else line_checks.jobs_for(lines, batch, self.settings, errors, now_ms=now_ms)
-        )
+        errors = line_checks.LineErrors()
+        async for chunk in line_checks.chunks(self._read(batch, errors)):
+            batch.total += len(chunk)
+            if not errors.count:
+                line_checks.jobs_for(chunk, batch, self.settings, errors, now_ms=now_ms)
         await self._record(batch)
         if errors.count:
             await self.batches.fail(batch.id, now_ms, errors.data)
-        else:
-            gate = AdmissionGate(self.settings, self.redis)
-            await line_checks.enqueue_lines(
-                jobs, batch, self.batches, self.ledger, gate, self.settings, now_ms
-            )
+            return await self._reread(batch)
+        ignored = line_checks.LineErrors()  # the same lines passed the first reading
+        lines = line_checks.chunks(self._read(batch, ignored))
+        await self._enqueue(
+            batch,
+            (line_checks.jobs_for(c, batch, self.settings, ignored, now_ms=now_ms) async for c in lines),
+            now_ms,
+        )
         return await self._reread(batch)
+
+    def _read(self, batch: ClientBatch, errors: line_checks.LineErrors) -> AsyncIterator[line_checks.Line]:
+        return line_checks.openai_lines(
+            self.files.lines(batch.input_file_id), batch.endpoint, errors, self.settings.compat.max_requests
+        )
+
+    async def _enqueue(
+        self, batch: ClientBatch, job_chunks: AsyncIterator[list[NewJob]], now_ms: int
+    ) -> None:
+        """Enqueue the lines' jobs chunk by chunk, recording their entries in order, then start the
+        batch. Lines missing from a second reading (the file deleted meanwhile) count as refused."""
+        gate = AdmissionGate(self.settings, self.redis)
+        refused = lines = 0
+        models: set[str] = set()
+        async for jobs in job_chunks:
+            entries, chunk_refused = await line_checks.enqueue_chunk(jobs, self.ledger, gate, self.settings)
+            await self.batches.add_lines(batch.id, entries)
+            refused += chunk_refused
+            lines += len(entries)
+            models.update(job.model for job in jobs)
+        if lines < batch.total:
+            gone = BatchshiftError("the input file was deleted while the batch was created")
+            missing = [line_checks.refused_entry("", gone)] * (batch.total - lines)
+            await self.batches.add_lines(batch.id, missing)
+            refused += len(missing)
+        await self.batches.start(batch.id, now_ms, refused=refused, model=",".join(sorted(models)))
 
     def callback(self, tenant: str, url: object) -> str | None:
         """A batch's ``callback_url`` (a batchshift extension): an http(s) URL, and the tenant must
@@ -194,8 +227,9 @@ class BatchIntake:
             now_ms=now_ms,
         )
         batch.callback_url = self.callback(tenant, callback_url)
-        if not errors.count:
-            jobs = line_checks.jobs_for(lines, batch, self.settings, errors, now_ms=now_ms)
+        jobs = (
+            [] if errors.count else line_checks.jobs_for(lines, batch, self.settings, errors, now_ms=now_ms)
+        )
         if errors.count:
             first = errors.data[0]
             param = first["param"] or "requests"
@@ -204,8 +238,7 @@ class BatchIntake:
             where = f"requests.{first['line']}.params"
             raise InvalidRequest(f"{where}: {first['message']}", where)
         await self._record(batch)
-        gate = AdmissionGate(self.settings, self.redis)
-        await line_checks.enqueue_lines(jobs, batch, self.batches, self.ledger, gate, self.settings, now_ms)
+        await self._enqueue(batch, _in_chunks(jobs), now_ms)
         return await self._reread(batch)
 
     async def cancel(self, batch: ClientBatch, now_ms: int) -> ClientBatch:
@@ -217,3 +250,8 @@ class BatchIntake:
             await self.ledger.cancel_many([e for e in entries if not e.startswith("!")], now_ms)
             start += len(entries)
         return await self._reread(batch)
+
+
+async def _in_chunks(jobs: list[NewJob]) -> AsyncIterator[list[NewJob]]:
+    for start in range(0, len(jobs), line_checks.ENQUEUE_CHUNK):
+        yield jobs[start : start + line_checks.ENQUEUE_CHUNK]

@@ -9,14 +9,14 @@ that runs, with the refusal in the error file.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, Iterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
 import orjson
 
 from config.settings import Settings
-from scheduler.compat.batches import ClientBatch, ClientBatches
+from scheduler.compat.batches import ClientBatch
 from scheduler.costs.admission import AdmissionGate
 from scheduler.errors import BatchshiftError
 from scheduler.intake import _TAG_KEY, _UNSAFE_TAG_VALUE, ENDPOINTS, MAX_TAG_VALUE, admit, refusal, validate
@@ -54,11 +54,11 @@ class LineErrors:
 
 async def openai_lines(
     raw_lines: AsyncIterable[bytes], endpoint: str, errors: LineErrors, max_requests: int
-) -> list[Line]:
-    """The requests of an OpenAI batch input file; problems go to ``errors`` by line number."""
-    lines: list[Line] = []
+) -> AsyncIterator[Line]:
+    """The requests of an OpenAI batch input file, as they are read; problems go to ``errors`` by
+    line number (a request is yielded only when its own line is fine)."""
     seen: set[str] = set()
-    number = 0
+    number = count = 0
     async for raw in raw_lines:
         number += 1
         if not raw.strip():
@@ -96,12 +96,24 @@ async def openai_lines(
         if not isinstance(body, dict):
             errors.add("invalid_request", "The line's body must be a JSON object.", number, "body")
             continue
-        lines.append(Line(number, custom_id, body))
-    if not lines and not errors.count:
+        count += 1
+        yield Line(number, custom_id, body)
+    if not count and not errors.count:
         errors.add("empty_file", "The input file is empty.")
-    if len(lines) > max_requests:
+    if count > max_requests:
         errors.add("too_many_requests", f"A batch may hold at most {max_requests} requests.")
-    return lines
+
+
+async def chunks(lines: AsyncIterable[Line], size: int = ENQUEUE_CHUNK) -> AsyncIterator[list[Line]]:
+    """``lines`` in lists of ``size``: the unit a batch's lines are checked and enqueued in."""
+    chunk: list[Line] = []
+    async for line in lines:
+        chunk.append(line)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def anthropic_lines(requests: object, errors: LineErrors, max_requests: int) -> list[Line]:
@@ -214,47 +226,34 @@ def refused_entry(custom_id: str, exc: BatchshiftError) -> str:
     )
 
 
-async def enqueue_lines(
-    jobs: list[NewJob],
-    batch: ClientBatch,
-    store: ClientBatches,
-    ledger: Ledger,
-    gate: AdmissionGate,
-    settings: Settings,
-    now_ms: int,
-) -> None:
-    """Admit and enqueue every line's job, record the lines in order, then start the batch."""
+async def enqueue_chunk(
+    jobs: list[NewJob], ledger: Ledger, gate: AdmissionGate, settings: Settings
+) -> tuple[list[str], int]:
+    """Admit and enqueue a chunk of lines' jobs: their line entries in order (the job id, or the
+    refusal of a line admission or the enqueue step refused), and how many were refused."""
     entries: list[str] = []
     refused = 0
-    for start in range(0, len(jobs), ENQUEUE_CHUNK):
-        chunk = jobs[start : start + ENQUEUE_CHUNK]
-        admitted: list[NewJob] = []
-        chunk_entries: list[str | NewJob] = []
-        for job in chunk:
-            try:
-                await admit(job, gate)
-            except BatchshiftError as exc:
-                chunk_entries.append(refused_entry(job.custom_id, exc))
-                refused += 1
-                continue
-            admitted.append(job)
-            chunk_entries.append(job)
-        outcomes = iter(await ledger.enqueue_many(admitted))
-        for entry in chunk_entries:
-            if isinstance(entry, str):
-                entries.append(entry)
-                continue
-            outcome = next(outcomes)
-            if outcome.status == "created":
-                entries.append(entry.id)
-            else:
-                error = refusal(entry, outcome, settings) or BatchshiftError(
-                    f"not enqueued: {outcome.status}"
-                )
-                entries.append(refused_entry(entry.custom_id, error))
-                refused += 1
-    await store.add_lines(batch.id, entries)
-    models = sorted({job.model for job in jobs})
-    await store.start(
-        batch.id, now_ms, refused=refused, model=models[0] if len(models) == 1 else ",".join(models)
-    )
+    admitted: list[NewJob] = []
+    pending: list[str | NewJob] = []
+    for job in jobs:
+        try:
+            await admit(job, gate)
+        except BatchshiftError as exc:
+            pending.append(refused_entry(job.custom_id, exc))
+            refused += 1
+            continue
+        admitted.append(job)
+        pending.append(job)
+    outcomes = iter(await ledger.enqueue_many(admitted))
+    for entry in pending:
+        if isinstance(entry, str):
+            entries.append(entry)
+            continue
+        outcome = next(outcomes)
+        if outcome.status == "created":
+            entries.append(entry.id)
+        else:
+            error = refusal(entry, outcome, settings) or BatchshiftError(f"not enqueued: {outcome.status}")
+            entries.append(refused_entry(entry.custom_id, error))
+            refused += 1
+    return entries, refused
