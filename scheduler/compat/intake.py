@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Final
 
+import structlog
 from redis.asyncio import Redis
 
 from config.settings import Settings
@@ -22,6 +23,8 @@ from scheduler.intake import MAX_URL, check_url
 from scheduler.ledger import ids
 from scheduler.ledger.jobs import NewJob
 from scheduler.ledger.ledger import Ledger
+
+log = structlog.get_logger(__name__)
 
 ANTHROPIC_ENDPOINT: Final = "/v1/messages"
 OPENAI_ENDPOINTS: Final = ("/v1/chat/completions", "/v1/embeddings", "/v1/responses")
@@ -153,6 +156,7 @@ class BatchIntake:
         await self._record(batch)
         if errors.count:
             await self.batches.fail(batch.id, now_ms, errors.data)
+            log.info("client_batch.failed", client_batch=batch.id, tenant=tenant, line_errors=errors.count)
             return await self._reread(batch)
         ignored = line_checks.LineErrors()  # the same lines passed the first reading
         lines = line_checks.chunks(self._read(batch, ignored))
@@ -188,6 +192,14 @@ class BatchIntake:
             await self.batches.add_lines(batch.id, missing)
             refused += len(missing)
         await self.batches.start(batch.id, now_ms, refused=refused, model=",".join(sorted(models)))
+        log.info(
+            "client_batch.started",
+            client_batch=batch.id,
+            tenant=batch.tenant,
+            api=batch.api,
+            lines=batch.total,
+            refused=refused,
+        )
 
     def callback(self, tenant: str, url: object) -> str | None:
         """A batch's ``callback_url`` (a batchshift extension): an http(s) URL, and the tenant must
@@ -249,6 +261,7 @@ class BatchIntake:
         while entries := await self.batches.line_entries(batch.id, start, line_checks.ENQUEUE_CHUNK):
             await self.ledger.cancel_many([e for e in entries if not e.startswith("!")], now_ms)
             start += len(entries)
+        log.info("client_batch.cancelled", client_batch=batch.id, tenant=batch.tenant)
         return await self._reread(batch)
 
 

@@ -19,7 +19,7 @@ from config.settings import Settings
 from scheduler.compat.batches import ClientBatch
 from scheduler.costs.admission import AdmissionGate
 from scheduler.errors import BatchshiftError
-from scheduler.intake import _TAG_KEY, _UNSAFE_TAG_VALUE, ENDPOINTS, MAX_TAG_VALUE, admit, refusal, validate
+from scheduler.intake import ENDPOINTS, admit, refusal, tag_allowed, validate
 from scheduler.ledger.jobs import NewJob
 from scheduler.ledger.ledger import Ledger
 from scheduler.planning import lanes
@@ -167,7 +167,7 @@ def tags_of(metadata: Mapping[str, str] | None, feature_key: str) -> dict[str, s
     allows metadata tags do not), and ``feature`` from ``feature_key``."""
     tags: dict[str, str] = {}
     for key, value in (metadata or {}).items():
-        if _TAG_KEY.fullmatch(key) and len(value) <= MAX_TAG_VALUE and not _UNSAFE_TAG_VALUE.search(value):
+        if tag_allowed(key, value):
             tags[key] = value
     if feature_key in tags:
         tags["feature"] = tags[feature_key]
