@@ -70,9 +70,16 @@ async def test_each_client_batch_sends_one_signed_batch_completed(
             extra_body={"callback_url": receiver.url},
         )
         plain = await sdk.batches.create(input_file_id=uploaded.id, endpoint=CHAT, completion_window="24h")
+        dropped = await sdk.batches.create(
+            input_file_id=uploaded.id,
+            endpoint=CHAT,
+            completion_window="24h",
+            extra_body={"callback_url": receiver.url},
+        )
+        assert (await sdk.batches.cancel(dropped.id)).status == "cancelled"
 
         async def both_called() -> bool:
-            return len(receiver.requests) >= 2
+            return len(receiver.requests) >= 3
 
         await pipeline.run_until(both_called, within_s=20)
         await pipeline.run_for(1)  # nothing more comes: one event per batch, none without a callback
@@ -86,11 +93,15 @@ async def test_each_client_batch_sends_one_signed_batch_completed(
                     completion_window="24h",
                     extra_body={"callback_url": receiver.url},
                 )
-    assert len(receiver.requests) == 2
+    assert len(receiver.requests) == 3
     assert all(r.verified for r in receiver.requests)
     events = {orjson.loads(r.body)["data"]["id"]: orjson.loads(r.body) for r in receiver.requests}
-    assert set(events) == {batch.id, message_batch.id}
-    assert {e["type"] for e in events.values()} == {"batch.completed"}
+    assert {batch_id: e["type"] for batch_id, e in events.items()} == {
+        batch.id: "batch.completed",
+        message_batch.id: "batch.completed",
+        dropped.id: "batch.cancelled",
+    }
+    assert events[dropped.id]["data"]["status"] == "cancelled"
     openai_event = events[batch.id]["data"]
     assert openai_event["status"] == "completed"
     assert openai_event["request_counts"] == {"total": 3, "completed": 3, "failed": 0}
@@ -98,7 +109,4 @@ async def test_each_client_batch_sends_one_signed_batch_completed(
     anthropic_event = events[message_batch.id]["data"]
     assert anthropic_event["processing_status"] == "ended"
     assert anthropic_event["request_counts"]["succeeded"] == 1
-    assert {r.headers["webhook-id"] for r in receiver.requests} == {
-        f"msg_{batch.id}",
-        f"msg_{message_batch.id}",
-    }
+    assert {r.headers["webhook-id"] for r in receiver.requests} == {f"msg_{b}" for b in events}

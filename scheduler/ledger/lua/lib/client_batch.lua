@@ -2,17 +2,25 @@
 -- the same step, and the step that ends its last job (or that starts a batch whose jobs all ended
 -- already) stamps ``ended_ms``. A GET then reads one hash, never the batch's jobs.
 
--- A batch with a callback URL gets one ``batch.completed`` delivery (keys.webhook_delivery
--- ``wh_<batch id>``, event id ``msg_<batch id>``) when it ends; the webhook outbox sends it.
+-- A batch with a callback URL gets one delivery (keys.webhook_delivery ``wh_<batch id>``, event id
+-- ``msg_<batch id>``) when it ends, typed as OpenAI's batch events are: ``batch.completed``,
+-- ``batch.cancelled`` (the client cancelled it) or ``batch.expired`` (its window passed first).
+-- The webhook outbox sends it.
 local function enqueue_batch_webhook(ck, now_ms)
-  local rec = redis.call('HMGET', ck, 'id', 'tenant', 'callback_url')
+  local rec = redis.call('HMGET', ck, 'id', 'tenant', 'callback_url', 'state', 'expires_ms')
   local url = rec[3]
   if not url or url == '' then return end
+  local event_type = 'batch.completed'
+  if rec[4] == 'cancelling' then
+    event_type = 'batch.cancelled'
+  elseif tonumber(now_ms) > tonumber(rec[5]) then
+    event_type = 'batch.expired'
+  end
   local did = 'wh_' .. rec[1]
   if redis.call('EXISTS', K.webhook_delivery(did)) == 1 then return end
   redis.call('HSET', K.webhook_delivery(did),
     'id', did, 'client_batch', rec[1], 'tenant', rec[2], 'url', url, 'event_id', 'msg_' .. rec[1],
-    'type', 'batch.completed', 'created_ms', now_ms, 'attempts', 0, 'status', 'pending')
+    'type', event_type, 'created_ms', now_ms, 'attempts', 0, 'status', 'pending')
   redis.call('ZADD', K.WEBHOOKS_DUE, now_ms, did)
   redis.call('ZADD', K.tenant_deliveries(rec[2]), now_ms, did)
 end
