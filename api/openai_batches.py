@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.datastructures import UploadFile
@@ -98,6 +98,30 @@ async def create_file(request: Request, tenant_name: Tenant) -> JsonResponse:
     finally:
         await form.close()
     return JsonResponse(record.view())
+
+
+@router.get("/v1/files", summary="The tenant's uploaded files")
+async def list_files(
+    request: Request,
+    tenant_name: Tenant,
+    purpose: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 10_000,
+    order: Annotated[Literal["asc", "desc"], Query()] = "desc",
+    after: Annotated[str | None, Query(max_length=64)] = None,
+) -> JsonResponse:
+    """OpenAI's file list (uploads; output and error files are reached from their batch)."""
+    page, has_more = await _intake(request).files.page(
+        tenant_name, purpose=purpose, after=after, limit=limit, newest_first=order == "desc"
+    )
+    return JsonResponse(
+        {
+            "object": "list",
+            "data": [f.view() for f in page],
+            "first_id": page[0].id if page else None,
+            "last_id": page[-1].id if page else None,
+            "has_more": has_more,
+        }
+    )
 
 
 async def _derived_batch(request: Request, tenant_name: str, file_id: str) -> tuple[ClientBatch, str] | None:

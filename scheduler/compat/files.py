@@ -91,7 +91,11 @@ class ClientFiles:
             await self.redis.delete(content)
             raise
         record = ClientFile(file_id, tenant, purpose, filename, size, now_ms)
+        index = keys.tenant_client_files(tenant)
+        floor = "file-" + ids.floor_id("file", now_ms - keys.CLIENT_FILE_TTL_S * 1000).removeprefix("file_")
         async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zremrangebylex(index, "-", f"({floor}")
+            pipe.zadd(index, {file_id: 0})
             pipe.hset(
                 keys.client_file(file_id),
                 mapping={
@@ -125,8 +129,36 @@ class ClientFiles:
         """Delete the tenant's file; False when there is none. A batch made from it runs on."""
         if await self.get(tenant, file_id) is None:
             return False
-        await self.redis.delete(keys.client_file(file_id), keys.client_file_content(file_id))
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(keys.client_file(file_id), keys.client_file_content(file_id))
+            pipe.zrem(keys.tenant_client_files(tenant), file_id)
+            await pipe.execute()
         return True
+
+    async def page(
+        self, tenant: str, *, purpose: str | None, after: str | None, limit: int, newest_first: bool
+    ) -> tuple[list[ClientFile], bool]:
+        """The tenant's uploads in id (time) order from after ``after``, and whether more follow."""
+        index = keys.tenant_client_files(tenant)
+        bound: str = f"({after}" if after else ("+" if newest_first else "-")
+        page: list[ClientFile] = []
+        while True:
+            if newest_first:
+                found = await self.redis.zrevrangebylex(index, bound, "-", start=0, num=limit + 1)
+            else:
+                found = await self.redis.zrangebylex(index, bound, "+", start=0, num=limit + 1)
+            if not found:
+                return page, False
+            for raw_id in found:
+                bound = f"({raw_id.decode()}"
+                record = await self.get(tenant, raw_id.decode())
+                if record is None or (purpose and record.purpose != purpose):
+                    continue
+                if len(page) == limit:
+                    return page, True
+                page.append(record)
+            if len(found) < limit + 1:
+                return page, False
 
     async def content(self, file_id: str) -> AsyncIterator[bytes]:
         """The file's bytes in slices of READ_SLICE."""

@@ -415,6 +415,12 @@ def client_file_content(file_id: str) -> str:
     return f"{PREFIX}:cfile:{file_id}:content"
 
 
+def tenant_client_files(tenant: str) -> str:
+    """Sorted set (all scores 0): a tenant's uploaded file ids (time-sortable), for GET /v1/files;
+    ids past CLIENT_FILE_TTL_S are trimmed at each upload, a deleted file's id at its delete."""
+    return f"{PREFIX}:tenant:{tenant}:cfiles"
+
+
 # Seconds an uploaded input file is kept: OpenAI keeps batch files until deleted; we keep them past
 # the longest completion window with room, as their lines are copied into jobs at batch creation.
 CLIENT_FILE_TTL_S = 7 * 24 * 3600

@@ -204,11 +204,16 @@ async def test_list_pages_newest_first_and_each_tenant_sees_its_own(
         assert [b.id async for b in sdk.batches.list(limit=2)] == created[::-1]
         async with openai_sdk(app, key="globex-key") as globex:
             assert (await globex.batches.list()).data == []
+            assert (await globex.files.list()).data == []
             with pytest.raises(openai.NotFoundError):
                 await globex.batches.retrieve(created[0])
             with pytest.raises(openai.NotFoundError):
                 await globex.files.retrieve(uploaded.id)
+        second = await sdk.files.create(file=("two.jsonl", jsonl(["b"])), purpose="batch")
+        assert [f.id async for f in sdk.files.list(limit=1)] == [second.id, uploaded.id]
+        assert [f.id for f in (await sdk.files.list(order="asc")).data] == [uploaded.id, second.id]
         deleted = await sdk.files.delete(uploaded.id)
+        assert [f.id for f in (await sdk.files.list()).data] == [second.id]
         assert deleted.deleted is True
         with pytest.raises(openai.NotFoundError):
             await sdk.files.retrieve(uploaded.id)
