@@ -18,7 +18,7 @@ from scheduler.compat import lines as line_checks
 from scheduler.compat.batches import Api, ClientBatch, ClientBatches, window_seconds
 from scheduler.compat.files import ClientFiles
 from scheduler.costs.admission import AdmissionGate
-from scheduler.errors import BatchshiftError, InvalidRequest
+from scheduler.errors import BatchshiftError, IllegalTransition, InvalidRequest
 from scheduler.intake import MAX_URL, check_url
 from scheduler.ledger import ids
 from scheduler.ledger.jobs import NewJob
@@ -255,7 +255,10 @@ class BatchIntake:
 
     async def cancel(self, batch: ClientBatch, now_ms: int) -> ClientBatch:
         """in_progress → cancelling, then every line's live job is cancelled (each its own guarded
-        step; a job that ends meanwhile keeps its end). The batch is cancelled once all have ended."""
+        step; a job that ends meanwhile keeps its end). The batch is cancelled once all have ended.
+        An expired batch is over, as a completed one is (the script guards that one)."""
+        if (status := batch.status(now_ms)) == "expired":
+            raise IllegalTransition(f"Cannot cancel a batch with status '{status}'.", "batch_id")
         await self.batches.request_cancel(batch.id, now_ms)
         start = 0
         while entries := await self.batches.line_entries(batch.id, start, line_checks.ENQUEUE_CHUNK):
