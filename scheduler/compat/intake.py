@@ -19,7 +19,7 @@ from scheduler.compat.batches import Api, ClientBatch, ClientBatches, window_sec
 from scheduler.compat.files import ClientFiles
 from scheduler.costs.admission import AdmissionGate
 from scheduler.errors import BatchshiftError, IllegalTransition, InvalidRequest
-from scheduler.intake import MAX_URL, check_url
+from scheduler.intake import ENDPOINTS, MAX_URL, check_url
 from scheduler.ledger import ids
 from scheduler.ledger.jobs import NewJob
 from scheduler.ledger.ledger import Ledger
@@ -27,7 +27,7 @@ from scheduler.ledger.ledger import Ledger
 log = structlog.get_logger(__name__)
 
 ANTHROPIC_ENDPOINT: Final = "/v1/messages"
-OPENAI_ENDPOINTS: Final = ("/v1/chat/completions", "/v1/embeddings", "/v1/responses")
+OPENAI_ENDPOINTS: Final = ENDPOINTS["openai"]  # what an OpenAI batch's ``endpoint`` may name
 MAX_METADATA_PAIRS: Final = 16
 
 
@@ -153,6 +153,8 @@ class BatchIntake:
             batch.total += len(chunk)
             if not errors.count:
                 line_checks.jobs_for(chunk, batch, self.settings, errors, now_ms=now_ms)
+        if errors.count:
+            batch.total = 0  # as OpenAI counts a batch that failed validation: nothing ran
         await self._record(batch)
         if errors.count:
             await self.batches.fail(batch.id, now_ms, errors.data)

@@ -70,6 +70,8 @@ async def test_line_errors_as_openai_reports_them(redis, redis_url):
         batch = await _create(sdk, content)
         empty = await _create(sdk, b"\n\n")
     assert batch.status == "failed"
+    assert batch.request_counts is not None
+    assert batch.request_counts.total == 0
     assert batch.errors is not None
     assert batch.errors.data is not None
     assert [(e.code, e.line) for e in batch.errors.data] == [
