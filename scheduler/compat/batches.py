@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
 import orjson
@@ -21,6 +20,7 @@ from redis.asyncio import Redis
 from scheduler.compat.files import derived_id
 from scheduler.errors import IllegalTransition, InvalidRequest, NotFound
 from scheduler.ledger import ids, keys, scripts
+from scheduler.ledger.jobs import iso
 
 Api = Literal["openai", "anthropic"]
 
@@ -49,12 +49,6 @@ def window_seconds(window: object, horizon_s: float) -> int:
             "completion_window",
         )
     return seconds
-
-
-def _iso(ms: int | None) -> str | None:
-    if ms is None:
-        return None
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat().replace("+00:00", "Z")
 
 
 @dataclass(slots=True)
@@ -193,11 +187,11 @@ class ClientBatch:
                 "canceled": self.cancelled,
                 "expired": expired,
             },
-            "ended_at": _iso(self.ended_ms if status != "expired" else self.expires_ms) if ended else None,
-            "created_at": _iso(self.created_ms),
-            "expires_at": _iso(self.expires_ms),
+            "ended_at": iso(self.ended_ms if status != "expired" else self.expires_ms) if ended else None,
+            "created_at": iso(self.created_ms),
+            "expires_at": iso(self.expires_ms),
             "archived_at": None,
-            "cancel_initiated_at": _iso(self.cancelling_ms),
+            "cancel_initiated_at": iso(self.cancelling_ms),
             "results_url": results_url if ended else None,
         }
 
