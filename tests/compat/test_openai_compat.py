@@ -12,7 +12,7 @@ import pytest
 from scheduler.ledger import keys
 from scheduler.ledger.ledger import day_of
 from tests import test_slo_e2e as slo
-from tests.api.harness import ACME
+from tests.api.harness import ACME, bs_snapshot
 from tests.compat.support import (
     CHAT,
     compat_app,
@@ -132,6 +132,7 @@ async def test_windows_1h_accepted_junk_refused_in_openai_error_shape(
         short = await sdk.batches.create(input_file_id=uploaded.id, endpoint=CHAT, completion_window="1h")  # type: ignore[arg-type]
         assert short.completion_window == "1h"
         assert short.expires_at - short.created_at == 3600
+        before = await bs_snapshot(redis)
         for window in ("24 hours", "0h", "1d"):
             with pytest.raises(openai.BadRequestError) as refused:
                 await sdk.batches.create(input_file_id=uploaded.id, endpoint=CHAT, completion_window=window)  # type: ignore[arg-type]
@@ -143,6 +144,11 @@ async def test_windows_1h_accepted_junk_refused_in_openai_error_shape(
             assert set(body) == {"message", "type", "param", "code"}
         with pytest.raises(openai.BadRequestError):
             await sdk.batches.create(input_file_id="file-nope", endpoint=CHAT, completion_window="24h")
+        with pytest.raises(openai.BadRequestError, match="metadata"):
+            await sdk.batches.create(
+                input_file_id=uploaded.id, endpoint=CHAT, completion_window="24h", metadata={"k": "v" * 513}
+            )
+        assert await bs_snapshot(redis) == before  # refused: nothing stored
         with pytest.raises(openai.AuthenticationError):
             async with openai_sdk(app, key="wrong") as stranger:
                 await stranger.batches.list()
