@@ -70,8 +70,12 @@ async def create_file(request: Request, tenant_name: Tenant) -> JsonResponse:
     """A JSONL file for ``POST /v1/batches``; only ``purpose=batch`` is taken."""
     settings: Settings = request.app.state.settings
     limit = settings.compat.max_file_bytes
+    # The form is spooled to disk as it is parsed, before any part's size is known: a declared
+    # length bounds it up front (the SDKs always send one), so no upload fills the disk.
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit + MAX_FORM_OVERHEAD:
+    if declared is None or not declared.isdigit():
+        raise InvalidRequest("Content-Length is required for a file upload.", "content-length")
+    if int(declared) > limit + MAX_FORM_OVERHEAD:
         raise InvalidRequest(too_large(limit), "file")
     try:
         form = await request.form(max_files=1, max_fields=4)

@@ -8,6 +8,7 @@ import contextlib
 import json
 from collections.abc import AsyncIterator
 
+import httpx
 import openai
 import pytest
 from fastapi import FastAPI
@@ -16,6 +17,7 @@ from api.app import create_app
 from config.settings import CompatSettings, ProviderSettings, Settings, TenantSettings
 from scheduler.ledger import keys
 from scheduler.ledger.clock import ManualClock
+from tests.api.harness import ACME
 from tests.compat.support import CHAT, jsonl, openai_sdk
 from tests.conftest import make_settings
 
@@ -183,3 +185,20 @@ async def test_the_tenants_batch_index_forgets_batches_past_their_ttl(redis, red
         newest = await _create(sdk, jsonl(["c"]))
     index = [i.decode() for i in await redis.zrange(keys.tenant_client_batches("acme"), 0, -1)]
     assert index == [kept.id, newest.id]
+
+
+async def test_an_upload_without_a_declared_length_is_refused_before_it_is_read(redis, redis_url):
+    settings = make_settings(redis_url)
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b'--b\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n--b--\r\n'
+
+    async with api(settings, redis) as (app, _):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api", headers=ACME) as client:
+            answer = await client.post(
+                "/v1/files", content=body(), headers={"content-type": "multipart/form-data; boundary=b"}
+            )
+    assert answer.status_code == 400
+    assert answer.json()["error"]["param"] == "content-length"
+    assert [k async for k in redis.scan_iter(match="bs:cfile*")] == []
