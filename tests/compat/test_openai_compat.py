@@ -223,3 +223,28 @@ async def test_list_pages_newest_first_and_each_tenant_sees_its_own(
         assert deleted.deleted is True
         with pytest.raises(openai.NotFoundError):
             await sdk.files.retrieve(uploaded.id)
+
+
+async def test_an_embeddings_batch_runs_like_a_chat_one(redis, redis_url, emulator, pagerduty, harness):
+    settings = compat_settings(redis_url, emulator, pagerduty)
+    pipeline = harness(settings)
+    lines = [
+        {
+            "custom_id": f"e{i}",
+            "method": "POST",
+            "url": "/v1/embeddings",
+            "body": {"model": "text-embedding-3-small", "input": f"text {i}"},
+        }
+        for i in range(3)
+    ]
+    content = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    async with compat_app(settings, redis, pipeline) as app, openai_sdk(app) as sdk:
+        uploaded = await sdk.files.create(file=("in.jsonl", content), purpose="batch")
+        batch = await sdk.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/embeddings", completion_window="24h"
+        )
+        done = await _retrieve_until(sdk, pipeline, batch.id, "completed", within_s=20)
+        assert done.output_file_id is not None
+        output = _lines((await sdk.files.content(done.output_file_id)).text)
+    assert sorted(line["custom_id"] for line in output) == ["e0", "e1", "e2"]
+    assert {line["response"]["body"]["object"] for line in output} == {"list"}
