@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 
+import httpx
 import openai
 import pytest
 
 from config.settings import SchedulerSettings
 from scheduler.ledger import keys
 from tests import test_slo_e2e as slo
+from tests.api.harness import ADMIN
 from tests.compat.support import CHAT, compat_app, compat_settings, jsonl, openai_sdk, provider_batch_creates
 
 pytestmark = pytest.mark.timeout(900)
@@ -96,6 +98,10 @@ async def test_two_tenants_lines_for_one_model_go_out_in_one_provider_batch(
             ]
             return statuses == ["completed", "completed"]
 
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api", headers=ADMIN) as operator:
+            lanes = {lane["lane"]: lane for lane in (await operator.get("/v1/lanes")).json()["data"]}
+        assert lanes["openai:gpt-4o-mini:/v1/chat/completions"]["queued"] == 14  # both tenants' lines
         await pipeline.run_until(both_completed, within_s=20)
         [provider_batch] = provider_batch_creates(emulator)  # one batch for both tenants' lines
         for name, sdk, other in (("acme", acme, "globex"), ("globex", globex, "acme")):
