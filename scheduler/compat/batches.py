@@ -77,6 +77,11 @@ class ClientBatch:
     metadata: dict[str, str] | None
     errors: list[dict[str, Any]] | None
     callback_url: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    actual_usd: float = 0.0
+    sync_equivalent_usd: float = 0.0
+    wasted_usd: float = 0.0
 
     @classmethod
     def from_hash(cls, batch_id: str, raw: dict[bytes, bytes]) -> ClientBatch:
@@ -109,6 +114,11 @@ class ClientBatch:
             metadata=orjson.loads(h["metadata"]) if h.get("metadata") else None,
             errors=orjson.loads(h["errors"]) if h.get("errors") else None,
             callback_url=h.get("callback_url") or None,
+            input_tokens=int(h.get("input_tokens") or 0),
+            output_tokens=int(h.get("output_tokens") or 0),
+            actual_usd=float(h.get("actual_usd") or 0),
+            sync_equivalent_usd=float(h.get("sync_equivalent_usd") or 0),
+            wasted_usd=float(h.get("wasted_usd") or 0),
         )
 
     def status(self, now_ms: int) -> str:
@@ -162,8 +172,25 @@ class ClientBatch:
                 "failed": self.failed + self.cancelled + (self.live if status == "expired" else 0),
             },
             "metadata": self.metadata,
+            "usage": {
+                "input_tokens": self.input_tokens,
+                "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens": self.output_tokens,
+                "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": self.input_tokens + self.output_tokens,
+            },
+            "cost": self.cost(),  # a batchshift extension: the SDKs keep unknown fields
         }
         return obj
+
+    def cost(self) -> dict[str, float]:
+        """What the batch's ended lines cost, what the sync API would have, and the difference."""
+        return {
+            "actual_usd": round(self.actual_usd, 6),
+            "sync_equivalent_usd": round(self.sync_equivalent_usd, 6),
+            "saved_usd": round(self.sync_equivalent_usd - self.actual_usd, 6),
+            "wasted_usd": round(self.wasted_usd, 6),
+        }
 
     def view(self, now_ms: int, results_url: str) -> dict[str, Any]:
         """The batch as its own API shows it (``batch.completed`` webhooks carry this)."""
@@ -193,6 +220,7 @@ class ClientBatch:
             "archived_at": None,
             "cancel_initiated_at": iso(self.cancelling_ms),
             "results_url": results_url if ended else None,
+            "cost": self.cost(),  # a batchshift extension
         }
 
 

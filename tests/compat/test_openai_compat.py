@@ -94,6 +94,13 @@ async def test_500_lines_upload_create_retrieve_until_completed_every_custom_id_
         [row] = report["groups"]
         assert (row["key"], row["jobs"], row["sync_share"]) == ("nightly-summaries", 500, 0)
         assert 0 < row["actual_usd"] < row["sync_equivalent_usd"]
+        # The batch itself shows its usage and cost (the cost a batchshift extension), the same figures.
+        assert done.usage is not None
+        assert done.usage.input_tokens == row["input_tokens"]
+        assert done.usage.output_tokens == row["output_tokens"]
+        cost = done.to_dict()["cost"]
+        assert cost["actual_usd"] == pytest.approx(row["actual_usd"], abs=1e-6)
+        assert cost["sync_equivalent_usd"] == pytest.approx(row["sync_equivalent_usd"], abs=1e-6)
     # Each line was an ordinary job of the tenant, tagged by the metadata, pooled into one provider batch.
     job = await pipeline.ledger.get(job_id)
     assert job is not None

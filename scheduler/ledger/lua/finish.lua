@@ -48,7 +48,7 @@ for i, it in ipairs(items) do
       lane_metrics.ended(job, it, on_time)
       enqueue_webhook(it.id, it.state == 'succeeded' and 'job.succeeded' or 'job.failed', now,
         rec[10], rec[3])
-      client_batch_job_ended(jk, it.state, now)
+      client_batch_job_ended(jk, it.state, now, it)
       ended[#ended + 1] = it.id
       out[i] = 'ok'
     else

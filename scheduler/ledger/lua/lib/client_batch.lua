@@ -38,13 +38,25 @@ local function close_client_batch(ck, now_ms)
 end
 
 -- A job (hash ``jk``) just ended in ``to_state`` (succeeded, failed, cancelled): count it on its
--- client batch, if it belongs to one.
-local function client_batch_job_ended(jk, to_state, now_ms)
+-- client batch, if it belongs to one. ``item`` (finish.lua's, absent for a cancel) adds its tokens
+-- and cost, so the batch shows its usage and what it cost against the sync price.
+local function client_batch_job_ended(jk, to_state, now_ms, item)
   local cb = redis.call('HGET', jk, 'client_batch')
   if not cb or cb == '' then return end
   local ck = K.client_batch(cb)
   if redis.call('EXISTS', ck) == 0 then return end
   redis.call('HINCRBY', ck, to_state, 1)
   redis.call('HINCRBY', ck, 'ended', 1)
+  if item then  -- the same figures lib/costs.lua adds to the cost aggregates
+    for _, name in ipairs({'input_tokens', 'output_tokens'}) do
+      local n = tonumber(item[name]) or 0
+      if n ~= 0 then redis.call('HINCRBY', ck, name, n) end
+    end
+    for field, name in pairs({actual_usd = 'actual_usd', sync_equivalent_usd = 'sync_usd',
+        wasted_usd = 'wasted_usd'}) do
+      local usd = tonumber(item[name]) or 0
+      if usd ~= 0 then redis.call('HINCRBYFLOAT', ck, field, usd) end
+    end
+  end
   close_client_batch(ck, now_ms)
 end
