@@ -442,6 +442,9 @@ class CompatSettings(_Strict):
     feature_metadata_key: str = "feature"
     # Anthropic's Message Batches take no window; their jobs get this one (Anthropic's own: 24 h).
     anthropic_window_s: float = Field(default=24 * 3600.0, gt=0)
+    # Seconds after which a batch still `validating` counts as a create that died (creating 50,000
+    # lines takes seconds): its owner may then cancel it, which cancels every line it enqueued.
+    stale_create_s: float = Field(default=600.0, gt=0)
 
 
 class Settings(BaseSettings):

@@ -235,6 +235,7 @@ class ClientBatches:
         self.redis = redis
         self._open = scripts.load(redis, "client_batch_open")
         self._state = scripts.load(redis, "client_batch_state")
+        self._settle = scripts.load(redis, "client_batch_settle")
 
     async def open(
         self,
@@ -292,6 +293,24 @@ class ClientBatches:
                 pipe.rpush(key, *entries[start : start + LINES_CHUNK])
             pipe.expire(key, keys.CLIENT_BATCH_TTL_S)
             await pipe.execute()
+
+    async def set_lines(self, batch_id: str, entries: dict[int, str]) -> None:
+        """Replace line entries by position (a listed job that admission or the enqueue refused)."""
+        if not entries:
+            return
+        key = keys.client_batch_lines(batch_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for index, entry in entries.items():
+                pipe.lset(key, index, entry)
+            await pipe.execute()
+
+    async def abandon(self, batch_id: str, now_ms: int) -> None:
+        """validating → cancelling: a create that died (the caller judged it stale)."""
+        await self._change(batch_id, ("validating",), "cancelling", now_ms, cancelling_ms=now_ms)
+
+    async def settle(self, batch_id: str, now_ms: int) -> None:
+        """An abandoned batch's lines that never became jobs count as cancelled; it ends."""
+        await self._settle(keys=[keys.client_batch(batch_id)], args=[now_ms])
 
     async def start(self, batch_id: str, now_ms: int, *, refused: int, model: str) -> None:
         """validating → in_progress, every line now a job (or refused, counted failed)."""

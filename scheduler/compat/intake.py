@@ -183,8 +183,14 @@ class BatchIntake:
         refused = lines = 0
         models: set[str] = set()
         async for jobs in job_chunks:
+            # Listed before they exist: a create that dies leaves every job it made findable, so
+            # cancelling the stale batch cancels them all (:meth:`cancel`).
+            await self.batches.add_lines(batch.id, [job.id for job in jobs])
             entries, chunk_refused = await line_checks.enqueue_chunk(jobs, self.ledger, gate, self.settings)
-            await self.batches.add_lines(batch.id, entries)
+            await self.batches.set_lines(
+                batch.id,
+                {lines + i: e for i, (e, job) in enumerate(zip(entries, jobs, strict=True)) if e != job.id},
+            )
             refused += chunk_refused
             lines += len(entries)
             models.update(job.model for job in jobs)
@@ -261,12 +267,20 @@ class BatchIntake:
         An expired batch is over, as a completed one is (the script guards that one)."""
         if (status := batch.status(now_ms)) == "expired":
             raise IllegalTransition(f"Cannot cancel a batch with status '{status}'.", "batch_id")
-        await self.batches.request_cancel(batch.id, now_ms)
+        abandoned = batch.state == "validating"
+        if abandoned:  # a create that died: its lines may be partly enqueued, partly not
+            if now_ms - batch.created_ms < self.settings.compat.stale_create_s * 1000:
+                raise IllegalTransition("Cannot cancel a batch with status 'validating'.", "batch_id")
+            await self.batches.abandon(batch.id, now_ms)
+        else:
+            await self.batches.request_cancel(batch.id, now_ms)
         start = 0
         while entries := await self.batches.line_entries(batch.id, start, line_checks.ENQUEUE_CHUNK):
             await self.ledger.cancel_many([e for e in entries if not e.startswith("!")], now_ms)
             start += len(entries)
-        log.info("client_batch.cancelled", client_batch=batch.id, tenant=batch.tenant)
+        if abandoned:  # every job it made is ended now; the lines it never made count as cancelled
+            await self.batches.settle(batch.id, now_ms)
+        log.info("client_batch.cancelled", client_batch=batch.id, tenant=batch.tenant, abandoned=abandoned)
         return await self._reread(batch)
 
 

@@ -68,7 +68,7 @@ async def outcomes(redis: Redis, store: ClientBatches, batch: ClientBatch) -> As
 
 
 def _openai_error(outcome: LineOutcome, status: str) -> dict[str, Any]:
-    if outcome.state == "cancelled":
+    if outcome.state == "cancelled" or (outcome.state == "missing" and status == "cancelled"):
         return {
             "code": "batch_cancelled",
             "message": "This request was not executed because the batch was cancelled.",
@@ -132,11 +132,11 @@ async def openai_file(
 def _anthropic_result(outcome: LineOutcome, status: str) -> bytes:
     if outcome.state == "succeeded" and outcome.result is not None:
         return b'{"type":"succeeded","message":' + outcome.result + b"}"
-    if outcome.state == "cancelled" or (
-        outcome.state in ("queued", "batched", "sync") and status != "expired"
-    ):
+    live = outcome.state in ("queued", "batched", "sync")
+    never_made = outcome.state == "missing" and status == "cancelled"  # an abandoned create's line
+    if outcome.state == "cancelled" or never_made or (live and status != "expired"):
         return b'{"type":"canceled"}'
-    if outcome.state in ("queued", "batched", "sync"):
+    if live:
         return b'{"type":"expired"}'
     error = outcome.error or {}
     detail = {

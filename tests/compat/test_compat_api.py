@@ -15,6 +15,8 @@ from fastapi import FastAPI
 
 from api.app import create_app
 from config.settings import CompatSettings, ProviderSettings, Settings, TenantSettings
+from scheduler.compat.intake import BatchIntake, draft
+from scheduler.compat.lines import Line, LineErrors, jobs_for
 from scheduler.ledger import keys
 from scheduler.ledger.clock import ManualClock
 from tests.api.harness import ACME
@@ -202,3 +204,49 @@ async def test_an_upload_without_a_declared_length_is_refused_before_it_is_read(
     assert answer.status_code == 400
     assert answer.json()["error"]["param"] == "content-length"
     assert [k async for k in redis.scan_iter(match="bs:cfile*")] == []
+
+
+async def test_a_create_that_died_midway_can_be_cancelled_once_stale_cancelling_what_it_enqueued(
+    redis, redis_url
+):
+    """The create's process dies after enqueueing 2 of 4 lines (listed, one never made a job):
+    the batch stays validating; once stale, cancelling it cancels the 2 jobs and ends it."""
+    settings = make_settings(redis_url)
+    async with api(settings, redis) as (app, clock), openai_sdk(app) as sdk:
+        intake: BatchIntake = app.state.batch_intake
+        uploaded = await sdk.files.create(file=("in.jsonl", jsonl(["a", "b", "c", "d"])), purpose="batch")
+        batch = draft(
+            "openai",
+            "acme",
+            endpoint=CHAT,
+            input_file_id=uploaded.id,
+            window="24h",
+            window_s=86400,
+            metadata=None,
+            total=4,
+            now_ms=clock.ms,
+        )
+        lines = [Line(n, cid, json.loads(jsonl([cid]))["body"]) for n, cid in enumerate("abc", start=1)]
+        jobs = jobs_for(lines, batch, settings, LineErrors(), now_ms=clock.ms)
+        await intake._record(batch)
+        await intake.batches.add_lines(batch.id, [job.id for job in jobs])  # listed, then the crash:
+        await intake.ledger.enqueue_many(jobs[:2])  # only two became jobs
+        assert (await sdk.batches.retrieve(batch.id)).status == "validating"
+        with pytest.raises(openai.BadRequestError, match="validating"):
+            await sdk.batches.cancel(batch.id)  # not stale yet: the create may still be running
+        clock.advance(settings.compat.stale_create_s + 1)
+        assert [b.status for b in (await sdk.batches.list()).data] == ["validating"]
+        cancelled = await sdk.batches.cancel(batch.id)
+        assert cancelled.status == "cancelled"
+        assert cancelled.request_counts is not None
+        assert (cancelled.request_counts.total, cancelled.request_counts.failed) == (4, 4)
+        assert cancelled.error_file_id is not None
+        errors = [
+            json.loads(line) for line in (await sdk.files.content(cancelled.error_file_id)).text.splitlines()
+        ]
+    assert [(e["custom_id"], e["error"]["code"]) for e in errors] == [
+        ("a", "batch_cancelled"),
+        ("b", "batch_cancelled"),
+        ("", "batch_cancelled"),  # listed, never made a job: nothing is known of it but its place
+    ]
+    assert [r.state for r in await intake.ledger.get_many([j.id for j in jobs[:2]])] == ["cancelled"] * 2  # type: ignore[union-attr]
