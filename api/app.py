@@ -1,7 +1,8 @@
 """The API's app factory: one Redis client and one Ledger per process, built in the lifespan.
 
 Routers register here, one ``include_router`` line each. State other code may read:
-``app.state.settings``, ``app.state.redis``, ``app.state.ledger``, ``app.state.watcher`` and
+``app.state.settings``, ``app.state.redis``, ``app.state.ledger``, ``app.state.batch_intake``
+(the compatible batch endpoints'), ``app.state.watcher`` and
 ``app.state.tracing`` (config/tracing.py; the no-op until the lifespan starts).
 """
 
@@ -13,7 +14,17 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from redis.asyncio import Redis
 
-from api import console, costs, health, jobs, lanes, provider_webhooks, webhooks
+from api import (
+    anthropic_batches,
+    console,
+    costs,
+    health,
+    jobs,
+    lanes,
+    openai_batches,
+    provider_webhooks,
+    webhooks,
+)
 from api.errors import install_error_handlers
 from api.request_id import RequestIdMiddleware
 from api.responses import JsonResponse
@@ -21,6 +32,7 @@ from api.schemas import document
 from api.watcher import JobWatcher
 from config.settings import Settings
 from config.tracing import OFF, Tracing
+from scheduler.compat.intake import BatchIntake
 from scheduler.ledger.ledger import Ledger
 from scheduler.ledger.store import check_server, connect
 
@@ -36,6 +48,7 @@ def create_app(settings: Settings, *, redis: Redis | None = None, tracing: Traci
             await check_server(client)
         app.state.redis = client
         app.state.ledger = Ledger.for_settings(client, settings)
+        app.state.batch_intake = BatchIntake(settings, client, app.state.ledger)
         app.state.watcher = JobWatcher(client, wait_s=settings.redis.socket_timeout_s / 2)
         app.state.tracing = tracing or Tracing.from_settings(settings.tracing)
         try:
@@ -64,6 +77,8 @@ def create_app(settings: Settings, *, redis: Redis | None = None, tracing: Traci
     app.include_router(lanes.router)
     app.include_router(webhooks.router)
     app.include_router(provider_webhooks.router)
+    app.include_router(openai_batches.router)
+    app.include_router(anthropic_batches.router)
     app.include_router(console.router)
     document(app)
     return app

@@ -74,6 +74,21 @@ async def tenant(request: Request) -> str:
     return found.tenant
 
 
+async def anthropic_tenant(request: Request) -> str:
+    """Dependency of the Anthropic-shaped routes only: the tenant whose key is in ``x-api-key``, as
+    the ``anthropic`` SDK sends it (a Bearer key is taken too); 401 / 403 as :func:`tenant`."""
+    key = request.headers.get("x-api-key", "").strip()
+    if not key:
+        return await tenant(request)
+    settings: Settings = request.app.state.settings
+    found = identify(settings, key)
+    if found is None:
+        raise Unauthorized("unknown API key", "x-api-key")
+    if found.tenant is None:
+        raise Forbidden("this endpoint takes a tenant API key, not the admin key", "x-api-key")
+    return found.tenant
+
+
 async def admin(request: Request) -> None:
     """Dependency: require the admin key; 401 for a missing or unknown key, 403 for a tenant key."""
     if not caller(request).admin:

@@ -20,6 +20,7 @@ from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException
 
+from api.compat_errors import compat_body, compat_status, shape_of
 from api.responses import JsonResponse
 from scheduler.errors import BatchshiftError, Unauthorized
 
@@ -40,9 +41,22 @@ def field_name(loc: Sequence[Any]) -> str | None:
     return ".".join(parts) or None
 
 
+def _compat(request: Request, status: int, message: str, field: str | None) -> JsonResponse | None:
+    """The answer in a provider's error shape on the compatible endpoints (api/compat_errors.py)."""
+    shape = shape_of(request.url.path)
+    if shape is None:
+        return None
+    status = compat_status(status)
+    return JsonResponse(compat_body(shape, status, message, field), status_code=status)
+
+
 async def _batchshift_error(request: Request, exc: Exception) -> JsonResponse:
     assert isinstance(exc, BatchshiftError)
     headers = {"www-authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+    compat = _compat(request, exc.status_code, exc.message, exc.field)
+    if compat is not None:
+        compat.headers.update(headers or {})
+        return compat
     return JsonResponse({"error": exc.to_dict()}, status_code=exc.status_code, headers=headers)
 
 
@@ -56,12 +70,16 @@ async def _validation_error(request: Request, exc: Exception) -> JsonResponse:
     message = str(first.get("msg", "invalid value"))
     if field:
         message = f"{field}: {message}"
+    if (compat := _compat(request, 422, message, field)) is not None:
+        return compat
     return JsonResponse(error_body("invalid_request", message, field), 422)
 
 
 async def _http_error(request: Request, exc: Exception) -> JsonResponse:
     assert isinstance(exc, HTTPException)
     kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    if (compat := _compat(request, exc.status_code, str(exc.detail), None)) is not None:
+        return compat
     return JsonResponse(error_body(kind, str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
 
 

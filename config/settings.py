@@ -470,6 +470,22 @@ class SloSettings(_Strict):
     ]
 
 
+class CompatSettings(_Strict):
+    """The OpenAI- and Anthropic-compatible batch endpoints (``/v1/files``, ``/v1/batches``,
+    ``/v1/messages/batches``): what a client's batch may hold and how its lines become jobs."""
+
+    # OpenAI's own limits for a batch input file: 200 MB and 50,000 requests.
+    max_file_bytes: int = Field(default=200 * 1024 * 1024, gt=0)
+    max_requests: int = Field(default=50_000, gt=0)
+    # The batch metadata key whose value becomes each job's ``feature`` tag (costs per feature).
+    feature_metadata_key: str = "feature"
+    # Anthropic's Message Batches take no window; their jobs get this one (Anthropic's own: 24 h).
+    anthropic_window_s: float = Field(default=24 * 3600.0, gt=0)
+    # Seconds after which a batch still `validating` counts as a create that died (creating 50,000
+    # lines takes seconds): its owner may then cancel it, which cancels every line it enqueued.
+    stale_create_s: float = Field(default=600.0, gt=0)
+
+
 class Settings(BaseSettings):
     """Every setting batchshift reads. See README's configuration reference."""
 
@@ -501,6 +517,7 @@ class Settings(BaseSettings):
     console: ConsoleSettings = ConsoleSettings()
     redis: RedisClientSettings = RedisClientSettings()
     tracing: TracingSettings = TracingSettings()
+    compat: CompatSettings = CompatSettings()
     pricing_file: Path = DEFAULT_PRICING_PATH
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"

@@ -262,6 +262,16 @@ def _tags(draft: Draft) -> None:
     draft.tags = tags
 
 
+def tag_allowed(key: str, value: object) -> bool:
+    """Whether one tag passes :func:`_tags`' rules (for callers that drop a tag rather than refuse)."""
+    return (
+        bool(_TAG_KEY.fullmatch(key))
+        and isinstance(value, str)
+        and len(value) <= MAX_TAG_VALUE
+        and not _UNSAFE_TAG_VALUE.search(value)
+    )
+
+
 def _idempotency_key(draft: Draft) -> None:
     in_body, header = draft.raw.get("idempotency_key"), draft.idempotency_header
     if in_body is not None and not isinstance(in_body, str):

@@ -46,6 +46,8 @@ def tree(tmp_path: Path) -> Path:
     (tmp_path / "scheduler" / "intake.py").write_text("import scheduler.slo\nimport scheduler.costs\n")
     (tmp_path / "scheduler" / "provider_events.py").write_text("import scheduler.planning\n")
     (tmp_path / "scheduler" / "tick.py").write_text("")
+    (tmp_path / "scheduler" / "compat").mkdir()  # the client batches, above intake
+    (tmp_path / "scheduler" / "compat" / "__init__.py").write_text("import scheduler.intake\n")
     for module in STEPS:
         (tmp_path / "scheduler" / f"{module.replace('.', '/')}.py").write_text("import scheduler.tick\n")
     for below, above in zip(LAYERS, LAYERS[1:], strict=False):  # each layer uses the one below it

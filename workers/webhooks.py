@@ -39,6 +39,7 @@ from redis.asyncio import Redis
 
 from config.settings import Settings, WebhookSettings
 from config.tracing import OFF, Tracing
+from scheduler.compat.batches import ClientBatch
 from scheduler.ledger import keys, tasks
 from scheduler.ledger.clock import Clock
 from scheduler.ledger.jobs import VIEW_FIELDS, JobRecord, iso
@@ -60,7 +61,7 @@ USER_AGENT = "batchshift-webhooks/1"
 TENANT_HOLD = 2
 # What a delivery's message needs: the delivery's own fields and the fields of the job's view
 # (scheduler.jobs.VIEW_FIELDS: never the request body, which can be large).
-DELIVERY_FIELDS = ("job_id", "tenant", "url", "type", "event_id", "attempts")
+DELIVERY_FIELDS = ("job_id", "client_batch", "tenant", "url", "type", "event_id", "attempts")
 TRACE_FIELDS = ("traceparent", "tracestate")  # read with the job's view only when tracing is on
 
 Delivery = dict[str, Any]
@@ -186,17 +187,25 @@ class Deliverer(Outbox[Delivery, DeliveryReport]):
         job_fields = VIEW_FIELDS + TRACE_FIELDS if self.tracing.enabled else VIEW_FIELDS
         async with self.redis.pipeline(transaction=False) as pipe:
             for d in deliveries:
-                job_id = d.get("job_id", "")
-                pipe.hmget(keys.job(job_id), list(job_fields))
-                pipe.get(keys.result(job_id))
+                if batch_id := d.get("client_batch"):  # a batch.completed event: the batch's record
+                    pipe.hgetall(keys.client_batch(batch_id))
+                    pipe.exists(keys.client_batch(batch_id))  # keeps three replies per delivery
+                else:
+                    job_id = d.get("job_id", "")
+                    pipe.hmget(keys.job(job_id), list(job_fields))
+                    pipe.get(keys.result(job_id))
                 pipe.exists(keys.disabled_url(url_hash(d.get("tenant", ""), d.get("url", ""))))
             replies = await pipe.execute()
         for i, d in enumerate(deliveries):
             values, result, disabled = replies[3 * i : 3 * i + 3]
+            d["disabled"] = bool(disabled)
+            if batch_id := d.get("client_batch"):
+                d["job"], d["result"] = None, None
+                d["batch"] = ClientBatch.from_hash(batch_id, values) if values else None
+                continue
             job_raw = {f.encode(): v for f, v in zip(job_fields, values, strict=True) if v is not None}
             d["job"] = JobRecord.from_hash(job_raw) if job_raw.get(b"id") else None
             d["result"] = result
-            d["disabled"] = bool(disabled)
         return [Item(d["id"], int(d.get("attempts") or 0), d.get("tenant", ""), d) for d in deliveries]
 
     async def _send(self, item: Item[Delivery]) -> Verdict:
@@ -205,12 +214,17 @@ class Deliverer(Outbox[Delivery, DeliveryReport]):
         job: JobRecord | None = delivery["job"]
         if delivery["disabled"]:
             return Verdict("disabled", "dead", False, error="receiver answered 410 before; URL disabled")
-        if job is None:
-            return Verdict("dead", "dead", False, error="job no longer exists")
+        if job is None and delivery.get("batch") is None:
+            return Verdict("dead", "dead", False, error="job or client batch no longer exists")
         tenant = self.settings.tenants.get(item.group)
         signing = [s.get_secret_value() for s in tenant.webhook_secrets] if tenant else []
         if not signing:
             return Verdict("dead", "dead", False, error="tenant has no webhook secret to sign with")
+        if job is None:
+            event = batch_event(delivery)
+            return await self._post(
+                item, delivery["batch"].id, event, self._headers(delivery, signing, event)
+            )
         body = orjson.dumps(
             {
                 "type": delivery.get("type"),
@@ -218,19 +232,9 @@ class Deliverer(Outbox[Delivery, DeliveryReport]):
                 "data": job.view(delivery["result"]),
             }
         )
-        # Wall time, not the injected clock: receivers check this header against their own clocks
-        # (replay protection), so it must be the real time even when a test runs a virtual one.
-        stamp = int(time.time())
-        headers = {
-            "content-type": "application/json",
-            # The answer is only read for an error message: never let it arrive compressed.
-            "accept-encoding": "identity",
-            "webhook-id": delivery["event_id"],
-            "webhook-timestamp": str(stamp),
-            "webhook-signature": sign(signing, delivery["event_id"], stamp, body),
-        }
+        headers = self._headers(delivery, signing, body)
         if not self.tracing.enabled:
-            return await self._post(item, job, body, headers)
+            return await self._post(item, job.id, body, headers)
         with self.tracing.span(
             "webhook.deliver",
             parent=job.traceparent,
@@ -244,16 +248,31 @@ class Deliverer(Outbox[Delivery, DeliveryReport]):
             },
         ) as span:
             headers |= span.headers()  # the receiver continues the trace from this attempt
-            verdict = await self._post(item, job, body, headers)
+            verdict = await self._post(item, job.id, body, headers)
             span.set(**{"http.response.status_code": verdict.status_code})
             if verdict.error:
                 span.error(verdict.error)
             return verdict
 
+    @staticmethod
+    def _headers(delivery: Delivery, signing: Sequence[str], body: bytes) -> dict[str, str]:
+        """One attempt's headers, signed over ``body`` with every active secret."""
+        # Wall time, not the injected clock: receivers check this header against their own clocks
+        # (replay protection), so it must be the real time even when a test runs a virtual one.
+        stamp = int(time.time())
+        return {
+            "content-type": "application/json",
+            # The answer is only read for an error message: never let it arrive compressed.
+            "accept-encoding": "identity",
+            "webhook-id": delivery["event_id"],
+            "webhook-timestamp": str(stamp),
+            "webhook-signature": sign(signing, delivery["event_id"], stamp, body),
+        }
+
     async def _post(
-        self, item: Item[Delivery], job: JobRecord, body: bytes, headers: dict[str, str]
+        self, item: Item[Delivery], subject: str, body: bytes, headers: dict[str, str]
     ) -> Verdict:
-        """Send one signed attempt and judge the receiver's answer."""
+        """Send one signed attempt (of job or client batch ``subject``) and judge the receiver's answer."""
         did, url = item.id, item.data.get("url", "")
         limit = self.hooks.max_response_bytes
         try:
@@ -266,7 +285,7 @@ class Deliverer(Outbox[Delivery, DeliveryReport]):
                 max_body=limit,
             )
         except UnsafeDestination as exc:
-            log.warning("webhook.refused", delivery_id=did, job_id=job.id, reason=str(exc))
+            log.warning("webhook.refused", delivery_id=did, subject=subject, reason=str(exc))
             return Verdict("dead", "dead", True, error=str(exc))
         except ResponseTimeout as exc:
             return Verdict.failed(f"timeout: {exc}")
@@ -274,16 +293,26 @@ class Deliverer(Outbox[Delivery, DeliveryReport]):
             return Verdict.failed(f"{type(exc).__name__}: {exc}")
         code = response.status_code
         if response.is_success:
-            log.debug("webhook.delivered", delivery_id=did, job_id=job.id, status=code)
+            log.debug("webhook.delivered", delivery_id=did, subject=subject, status=code)
             return Verdict("delivered", "done", True, status_code=code)
         if code == 410:
-            log.warning("webhook.disabled", delivery_id=did, job_id=job.id)
+            log.warning("webhook.disabled", delivery_id=did, subject=subject)
             key = keys.disabled_url(url_hash(item.group, url))
             return Verdict("disabled", "dead", True, code, "410 Gone", set_key=key)
         error = f"HTTP {code}"
         if response.truncated:
             error += f"; answer larger than {limit} bytes, the rest not read"
         return Verdict.failed(error, code, retry_after(response.headers))
+
+
+def batch_event(delivery: Delivery) -> bytes:
+    """A ``batch.completed`` event: the client batch as its own API shows it, at its end."""
+    batch: ClientBatch = delivery["batch"]
+    ended_ms = batch.ended_ms or batch.expires_ms
+    results_url = f"/v1/messages/batches/{batch.id}/results"  # relative: a worker knows no API host
+    return orjson.dumps(
+        {"type": delivery.get("type"), "timestamp": iso(ended_ms), "data": batch.view(ended_ms, results_url)}
+    )
 
 
 @summarised(tasks.DELIVER_WEBHOOKS)

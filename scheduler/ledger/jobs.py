@@ -58,6 +58,10 @@ class NewJob:
     dedup_window_ms: int = 0
     dedup_max_followers: int = 0
     dedup_cost: str = ""
+    # A line of a client's batch (/v1/batches, /v1/messages/batches): the batch it counts towards
+    # when it ends (lib/client_batch.lua) and the client's id for the line.
+    client_batch: str = ""
+    custom_id: str = ""
 
     @property
     def lane(self) -> str:
@@ -88,6 +92,9 @@ class NewJob:
         if self.dedup_digest:
             fields["dedup_digest"] = self.dedup_digest
             fields["dedup_cost"] = self.dedup_cost
+        if self.client_batch:
+            fields["client_batch"] = self.client_batch
+            fields["custom_id"] = self.custom_id
         if self.traceparent:
             fields["traceparent"] = self.traceparent
             if self.tracestate:

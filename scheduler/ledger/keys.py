@@ -438,3 +438,50 @@ CONSOLE_AUDITS = f"{PREFIX}:console:audits"
 
 # Integer: uploads of audit reports so far, numbering them for CONSOLE_AUDITS. Never expires (one key).
 CONSOLE_AUDIT_SEQ = f"{PREFIX}:console:audits:seq"
+# -- client batches (issue 18): the OpenAI- and Anthropic-compatible batch endpoints ------------------
+
+
+def client_file(file_id: str) -> str:
+    """Hash: an uploaded file's metadata (id, tenant, purpose, filename, bytes, created_ms). Deleted by
+    DELETE /v1/files/{id}; expires with CLIENT_FILE_TTL_S."""
+    return f"{PREFIX}:cfile:{file_id}"
+
+
+def client_file_content(file_id: str) -> str:
+    """String: an uploaded file's bytes, appended chunk by chunk as the upload streams in; same
+    lifetime as its metadata hash."""
+    return f"{PREFIX}:cfile:{file_id}:content"
+
+
+def tenant_client_files(tenant: str) -> str:
+    """Sorted set (all scores 0): a tenant's uploaded file ids (time-sortable), for GET /v1/files;
+    ids past CLIENT_FILE_TTL_S are trimmed at each upload, a deleted file's id at its delete."""
+    return f"{PREFIX}:tenant:{tenant}:cfiles"
+
+
+# Seconds an uploaded input file is kept: OpenAI keeps batch files until deleted; we keep them past
+# the longest completion window with room, as their lines are copied into jobs at batch creation.
+CLIENT_FILE_TTL_S = 7 * 24 * 3600
+
+
+def client_batch(batch_id: str) -> str:
+    """Hash: one client batch (api, tenant, endpoint, window, state, timestamps, metadata, errors) and
+    its counters ``total``, ``ended``, ``succeeded``, ``failed``, ``cancelled``, which the job-end
+    scripts (lib/client_batch.lua) bump in the same step that ends each of its jobs."""
+    return f"{PREFIX}:cbatch:{batch_id}"
+
+
+def client_batch_lines(batch_id: str) -> str:
+    """List: the batch's job ids in input line order; an output file is streamed by walking it."""
+    return f"{PREFIX}:cbatch:{batch_id}:lines"
+
+
+def tenant_client_batches(tenant: str) -> str:
+    """Sorted set (all scores 0): a tenant's client batch ids; ids sort by time, so lex order lists
+    newest first."""
+    return f"{PREFIX}:tenant:{tenant}:cbatches"
+
+
+# Seconds a client batch (record, lines, listing entry) is kept after it was created: past the
+# longest completion window (24 h) and the job records' default retention (7 days).
+CLIENT_BATCH_TTL_S = 8 * 24 * 3600

@@ -407,6 +407,19 @@ class Ledger:
             raise IllegalTransition(f"job {job_id} is already {outcome.prior}", "status")
         return outcome
 
+    async def cancel_many(self, job_ids: Sequence[str], now_ms: int) -> list[str]:
+        """Cancel many jobs in one pipeline, each its own guarded step; one status per job (``ok``,
+        ``refused``: it had ended, ``missing``)."""
+        if not job_ids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                await self._cancel(
+                    keys=[keys.job(job_id)], args=[job_id, now_ms, self.job_ttl_s], client=pipe
+                )
+            replies = await pipe.execute()
+        return [status.decode() for status, _ in replies]
+
     def _finish_args(self, items: Sequence[Finish], now_ms: int) -> list[Any]:
         """finish.lua's arguments: the items as JSON, the fixed settings, then the raw blobs.
 

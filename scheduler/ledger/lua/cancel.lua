@@ -3,7 +3,7 @@
 -- which takes its place in the lane queue (lib/dedup.lua), so no follower is left waiting.
 -- KEYS: 1 job.  ARGV: 1 job id, 2 now ms, 3 seconds the ended record is kept (retention).
 -- Returns {'ok', prior state} | {'refused', state} | {'missing', ''}.
--- uses: state, budget, outbox, dedup
+-- uses: state, budget, outbox, dedup, client_batch
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return {'missing', ''} end
 if not contains({'queued', 'batched', 'sync'}, state) then return {'refused', state} end
@@ -30,5 +30,6 @@ release_reservation(KEYS[1])
 restate(id, redis.call('HGET', KEYS[1], 'tenant'), state, 'cancelled')
 retain(KEYS[1], ARGV[3])
 enqueue_webhook(id, 'job.cancelled', ARGV[2])
+client_batch_job_ended(KEYS[1], 'cancelled', ARGV[2])
 announce_ended({id})
 return {'ok', state}

@@ -6,7 +6,7 @@
 -- outbox and pub/sub (lib/outbox.lua), and a deduplicated group's followers and cost shares
 -- (lib/dedup.lua). They move in the same step, gated by the same guard, so every aggregate always
 -- equals the jobs' sums.
--- uses: json, state, costs, metrics, outbox, dedup
+-- uses: json, state, costs, metrics, outbox, dedup, client_batch
 -- ARGV: 1 JSON array of items, 2 now ms, 3 result ttl ms, 4 day (YYYY-MM-DD), 5 month (YYYY-MM),
 --       6 SLO bucket width s, 7 aggregate ttl s, 8 seconds an ended job record is kept (retention),
 --       9.. blobs: result bodies, usage, cost (raw JSON)
@@ -37,6 +37,7 @@ local function record_end(id, jk, state, job, rec, it, cost_blob)
   costs.ended(job, it, on_time)
   lane_metrics.ended(job, it, on_time)
   enqueue_webhook(id, it.state == 'succeeded' and 'job.succeeded' or 'job.failed', now, rec[10], rec[3])
+  client_batch_job_ended(jk, it.state, now, it)
   ended[#ended + 1] = id
 end
 
