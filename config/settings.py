@@ -213,6 +213,11 @@ class LaneSettings(_Strict):
     cron_window_s: float | None = Field(default=None, gt=0)  # how long a window stays open
     timezone: str | None = None
     default_deadline: float | None = Field(default=None, gt=0)
+    # Prefix-aware grouping (scheduler/planning/prefixes.py): jobs sharing a leading prompt go into
+    # the same batch, adjacent, with the providers' cache hints. prefix_tokens is how much leading
+    # content (in tokens) two jobs must share to be grouped when no Anthropic cache breakpoint says.
+    group_prefixes: bool | None = None
+    prefix_tokens: int | None = Field(default=None, gt=0)
 
 
 class LaneDefaults(LaneSettings):
@@ -222,6 +227,8 @@ class LaneDefaults(LaneSettings):
     default_deadline: float | None = Field(default=24 * 3600.0, gt=0)
     cron_window_s: float | None = Field(default=3600.0, gt=0)
     timezone: str | None = "UTC"
+    group_prefixes: bool | None = True
+    prefix_tokens: int | None = Field(default=1024, gt=0)  # the smallest prompt OpenAI and Anthropic cache
 
 
 class LimitSettings(_Strict):

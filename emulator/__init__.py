@@ -46,6 +46,8 @@ returns to the start settings and the wall clock; ``GET /_emulator/requests`` li
     flex_unavailable   0.0   share of service_tier="flex" sync calls answered 429 "resource unavailable"
     cancel_s           0.2   seconds a batch stays cancelling/canceling after a cancel
     seed               0     seed of the draws behind the rate-based faults
+    cache_window       8     OpenAI batch lines a prompt prefix stays warm for, in input order
+                             (:mod:`emulator.prompt_cache`; 0: no cache hits inside batches)
     webhook_url        null  where OpenAI batch events (batch.completed, .failed, .expired,
                              .cancelled) are posted when a batch created meanwhile ends
                              (:mod:`emulator.events`); null sends none

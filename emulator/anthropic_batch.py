@@ -145,8 +145,16 @@ def build_results(state: EmulatorState, batch: AnthropicBatch, done: int) -> Non
             }
         else:
             params = orjson.loads(batch.requests[index])
-            result = {"type": "succeeded", "message": outputs.anthropic_answer(params, state.cache, "batch")}
+            cache = state.cache.at(_line_end(batch, position))
+            result = {"type": "succeeded", "message": outputs.anthropic_answer(params, cache, "batch")}
         counts[result["type"]] += 1
         out += orjson.dumps({"custom_id": custom_id, "result": result}) + b"\n"
     batch.results = bytes(out)
     batch.final_counts = counts
+
+
+def _line_end(batch: AnthropicBatch, position: int) -> float:
+    """Wall time the ``position``-th request of the work order was done: the cache's time for it."""
+    run = batch.run
+    share = (position + 1) / max(len(batch.lines.order), 1)
+    return run.wall(run.work_start + (run.work_end - run.work_start) * share)

@@ -34,7 +34,7 @@ async def create_message(request: Request) -> Response:
     if latency > 0:
         await asyncio.sleep(latency)
     await faults.held(lambda: state.config["hold_sync"], params["model"])
-    return json_response(outputs.anthropic_answer(params, state.cache, "standard"))
+    return json_response(outputs.anthropic_answer(params, state.cache.at(state.now()), "standard"))
 
 
 @router.post("/v1/messages/batches")

@@ -244,7 +244,7 @@ async def sync_answer(request: Request, endpoint: str, deployment: str | None = 
         await asyncio.sleep(latency)
     await faults.held(lambda: state.config["hold_sync"], body["model"])
     answered_tier = tier if tier in ("flex", "priority", "scale") else "default"
-    return json_response(outputs.openai_answer(endpoint, body, state.cache, answered_tier))
+    return json_response(outputs.openai_answer(endpoint, body, state.cache.at(state.now()), answered_tier))
 
 
 @router.post("/v1/chat/completions")

@@ -1,0 +1,87 @@
+"""The emulator's prompt-caching model: when a request reports cached input tokens.
+
+Deterministic, so cost tests can assert exact figures, and shaped like the providers' caches so
+that how batchshift arranges a batch changes what it pays:
+
+- **OpenAI batch lines** are looked at in the input file's order: a line's prefix is cached when one
+  of the ``cache_window`` lines before it in the same batch carried the same prefix (and the same
+  ``prompt_cache_key``). A provider works a batch through many machines at once, so a prefix stays
+  warm only where requests sharing it arrive together; nothing carries over between batches.
+- **OpenAI sync calls** hit a prefix (with the same ``prompt_cache_key``) used within
+  :data:`OPENAI_IDLE_TTL_S` on the emulator's clock.
+- **Anthropic** (batch and sync) keeps one cache per model: an entry is warm for its TTL after it
+  was last written or read (``cache_control.ttl``: ``"1h"`` one hour, else five minutes); a batch
+  line uses the time its work ended on the batch's clock. A hit refreshes the entry.
+
+What a prefix is, and the token figures reported, are :mod:`emulator.outputs`'s concern.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import deque
+from typing import Protocol
+
+OPENAI_IDLE_TTL_S = 600.0  # OpenAI: a cached prefix stays warm 5-10 minutes idle; the upper end
+ONE_HOUR_S = 3600.0
+ANTHROPIC_TTL_S = {"1h": ONE_HOUR_S}
+ANTHROPIC_DEFAULT_TTL_S = 300.0  # "5m", the default ephemeral TTL
+DEFAULT_WINDOW = 8  # OpenAI batch lines a prefix stays warm for, unless the cache_window setting says
+
+
+def prefix_key(*parts: str) -> bytes:
+    """A cache entry's identity (model, cache key, prefix text...)."""
+    return hashlib.sha256("\0".join(parts).encode()).digest()
+
+
+class Warmth(Protocol):
+    """What an answer asks its cache: was this prefix warm? (and it is warm from now on)."""
+
+    def seen(self, key: bytes, ttl_s: float) -> bool: ...
+
+
+class TimedCache:
+    """Entries with the time they were last used and their TTL; the emulator keeps one."""
+
+    def __init__(self) -> None:
+        self._entries: dict[bytes, tuple[float, float]] = {}  # key -> (last used, ttl seconds)
+
+    def at(self, now: float) -> Warmth:
+        """The cache as a request at ``now`` (epoch seconds) finds it."""
+        return _TimedView(self, now)
+
+    def use(self, key: bytes, now: float, ttl_s: float) -> bool:
+        """Record a use at ``now``; True when the entry was warm then."""
+        entry = self._entries.get(key)
+        warm = entry is not None and entry[0] <= now <= entry[0] + entry[1]
+        if entry is None or now >= entry[0]:
+            self._entries[key] = (now, max(ttl_s, entry[1]) if warm and entry else ttl_s)
+        return warm
+
+
+class _TimedView:
+    def __init__(self, cache: TimedCache, now: float) -> None:
+        self.cache, self.now = cache, now
+
+    def seen(self, key: bytes, ttl_s: float) -> bool:
+        return self.cache.use(key, self.now, ttl_s)
+
+
+class BatchWindow:
+    """One OpenAI batch's recent prefixes: the last ``window`` lines' keys, in input order."""
+
+    def __init__(self, window: int) -> None:
+        self.recent: deque[bytes] = deque(maxlen=max(window, 0))
+
+    def seen(self, key: bytes, ttl_s: float) -> bool:
+        warm = key in self.recent
+        if self.recent.maxlen:
+            self.recent.append(key)
+        return warm
+
+
+def anthropic_ttl(ttl: object) -> float:
+    """Seconds an Anthropic ``cache_control.ttl`` keeps an entry warm."""
+    return (
+        ANTHROPIC_TTL_S.get(ttl, ANTHROPIC_DEFAULT_TTL_S) if isinstance(ttl, str) else ANTHROPIC_DEFAULT_TTL_S
+    )
