@@ -114,6 +114,8 @@ async def test_grouping_prefixes_costs_at_least_30_percent_less(redis_url, emula
         f"{orjson.dumps(await _batches(pipeline)).decode()}"
     )
     assert saving >= 0.30
+    # Each batch held whole groups, adjacent: one cold read per group in the whole run.
+    assert cached["grouped"] == (JOBS - GROUPS) * (PREFIX_TOKENS // 128 * 128)
 
 
 async def _batches(pipeline: Pipeline) -> dict[str, int]:

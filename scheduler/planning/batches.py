@@ -17,7 +17,7 @@ duplicate_of (this is a second provider batch of that batch), duplicates, error 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +26,13 @@ from redis.asyncio import Redis
 from scheduler.costs import metrics
 from scheduler.errors import Fenced
 from scheduler.ledger import keys, samples, scripts
+from scheduler.planning import prefixes
 from scheduler.planning.lanes import LINE_OVERHEAD_BYTES, Lane
+
+# Prefix grouping's reads (Batches.reserve_grouped): jobs looked at beyond a batch's capacity when
+# choosing its members, and the band's first jobs read to see whether the lane has prefixes at all.
+GROUP_LOOKAHEAD = 10_000
+GROUP_PROBE = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +107,7 @@ class Batches:
         self._duplicate = scripts.load(redis, "batch_duplicate")
         self._update = scripts.load(redis, "batch_update")
         self._lease = scripts.load(redis, "batch_lease")
+        self._reserve_jobs = scripts.load(redis, "reserve_jobs")
 
     async def reserve(self, lane: Lane, batch_id: str, *, token: int, now_ms: int, chunk: int) -> int:
         """Move up to one batch's worth of the lane's jobs into planned batch ``batch_id``, in chunks.
@@ -159,6 +166,96 @@ class Batches:
             total += taken
             if full or taken < chunk:
                 return total, full == 2
+
+    async def reserve_grouped(
+        self,
+        lane: Lane,
+        batch_id: str,
+        *,
+        token: int,
+        now_ms: int,
+        chunk: int,
+        until_ms: int,
+        urgent_until_ms: int,
+    ) -> tuple[int, bool]:
+        """Like :meth:`reserve_band`, taking jobs that share a prompt prefix together when the band
+        holds more than the batch: :func:`prefixes.group_order` picks among the band's first
+        ``max_batch_requests`` + :data:`GROUP_LOOKAHEAD` jobs, urgent ones first.
+
+        A band that fits the batch, or whose first :data:`GROUP_PROBE` jobs carry no prefix, is
+        reserved in deadline order (:meth:`reserve_band`): its membership would not change, and a lane
+        without prefixes pays one short read.
+
+        Raises:
+            Fenced: ``token`` is not the current leader's; nothing was moved by this call.
+        """
+        queue = keys.lane_queue(lane.name)
+        band = await self.redis.zcount(queue, "-inf", until_ms)
+
+        def plain() -> Awaitable[tuple[int, bool]]:
+            return self.reserve_band(
+                lane, batch_id, token=token, now_ms=now_ms, chunk=chunk, until_ms=until_ms
+            )
+
+        if band <= lane.max_batch_requests:
+            return await plain()
+        rows = await self.redis.zrangebyscore(
+            queue, "-inf", until_ms, start=0, num=GROUP_PROBE, withscores=True
+        )
+        found = await self._prefixes([member for member, _ in rows])
+        if not any(found):
+            return await plain()
+        scan = min(band, lane.max_batch_requests + GROUP_LOOKAHEAD)
+        if scan > len(rows):
+            more = await self.redis.zrangebyscore(
+                queue, "-inf", until_ms, start=len(rows), num=scan - len(rows), withscores=True
+            )
+            found += await self._prefixes([member for member, _ in more])
+            rows += more
+        order = prefixes.group_order(
+            [(m.decode(), int(score), p.decode()) for (m, score), p in zip(rows, found, strict=True)],
+            urgent_until_ms=urgent_until_ms,
+        )
+        total = 0
+        for start in range(0, len(order), chunk):
+            reply = await self._reserve_jobs(
+                keys=[
+                    keys.LEADER_FENCE,
+                    queue,
+                    keys.lane_arrivals(lane.name),
+                    keys.lane_bytes(lane.name),
+                    keys.batch(batch_id),
+                    keys.batch_jobs(batch_id),
+                    keys.BATCHES_PLANNED,
+                ],
+                args=[
+                    token,
+                    batch_id,
+                    lane.max_batch_requests,
+                    lane.max_batch_bytes,
+                    LINE_OVERHEAD_BYTES,
+                    now_ms,
+                    lane.name,
+                    lane.provider,
+                    lane.model,
+                    lane.endpoint,
+                    *order[start : start + chunk],
+                ],
+            )
+            if reply[0] == b"fenced":
+                raise Fenced(token)
+            total += int(reply[1])
+            if int(reply[3]):
+                break
+        return total, False
+
+    async def _prefixes(self, job_ids: Sequence[bytes]) -> list[bytes]:
+        """The jobs' prefix keys (b"" for none), in one pipelined round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hget(keys.job(job_id.decode()), "prefix")
+            found = await pipe.execute() if job_ids else []
+        return [p or b"" for p in found]
 
     async def get(self, batch_id: str) -> BatchRecord | None:
         raw: dict[bytes, bytes] = await self.redis.hgetall(keys.batch(batch_id))  # type: ignore[misc]

@@ -21,7 +21,7 @@ and Anthropic's one-hour ``cache_control`` TTL on every breakpoint unless the pr
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, Final
 
 import orjson
@@ -116,3 +116,23 @@ def _markers(value: Any) -> Iterator[dict[str, Any]]:
     elif isinstance(value, list):
         for item in value:
             yield from _markers(item)
+
+
+def group_order(candidates: Sequence[tuple[str, int, str]], *, urgent_until_ms: int) -> list[str]:
+    """The order a grouping batch takes a deadline band's jobs in, ``(job id, deadline ms, prefix)``
+    given earliest deadline first.
+
+    Jobs due before ``urgent_until_ms`` (under deadline pressure) come first, in deadline order, so
+    grouping never holds back a job that must go now. The rest follow group by group, the group with
+    the earliest deadline first, each group's jobs adjacent in deadline order; a job without a
+    prefix is a group of its own. A job left out of this batch by its cap is not urgent: a later
+    batch takes it before it would be.
+    """
+    urgent: list[str] = []
+    groups: dict[str, list[str]] = {}
+    for job_id, deadline_ms, prefix in candidates:
+        if deadline_ms <= urgent_until_ms:
+            urgent.append(job_id)
+        else:
+            groups.setdefault(prefix or f"\0{job_id}", []).append(job_id)
+    return urgent + [job_id for members in groups.values() for job_id in members]
