@@ -18,6 +18,7 @@ from config.settings import LaneDefaults, LaneSettings, ProviderSettings, Schedu
 from scheduler import intake
 from scheduler.ledger.jobs import lane_name
 from tests import test_slo_e2e as slo
+from tests.api.harness import ADMIN, asgi_client
 from tests.conftest import make_settings
 from tests.test_slo_e2e import FAST_HTTP, Pipeline, all_terminal, records
 
@@ -116,6 +117,21 @@ async def test_grouping_prefixes_costs_at_least_30_percent_less(redis_url, emula
     assert saving >= 0.30
     # Each batch held whole groups, adjacent: one cold read per group in the whole run.
     assert cached["grouped"] == (JOBS - GROUPS) * (PREFIX_TOKENS // 128 * 128)
+
+    # The cache share is reported per lane (/v1/costs and /v1/lanes) and per feature.
+    async with asgi_client(conf, pipeline.scheduler.redis, ADMIN) as client:
+        by_lane = (await client.get("/v1/costs", params={"group_by": "lane"})).json()
+        by_feature = (await client.get("/v1/costs", params={"group_by": "feature"})).json()
+        lanes = (await client.get("/v1/lanes")).json()["data"]
+    rows = {row["key"].split(":")[0]: row for row in by_lane["groups"]}
+    for name in ("grouped", "plain"):
+        assert rows[name]["cached_input_tokens"] == cached[name]
+        assert rows[name]["cache_share"] == round(cached[name] / rows[name]["input_tokens"], 4)
+    shares = {view["lane"].split(":")[0]: view["cache_share"] for view in lanes}
+    assert shares == {name: rows[name]["cache_share"] for name in ("grouped", "plain")}
+    assert [(r["key"], r["cached_input_tokens"]) for r in by_feature["groups"]] == [
+        ("reports", cached["grouped"] + cached["plain"])
+    ]
 
 
 async def _batches(pipeline: Pipeline) -> dict[str, int]:
