@@ -218,6 +218,9 @@ class LaneSettings(_Strict):
     # content (in tokens) two jobs must share to be grouped when no Anthropic cache breakpoint says.
     group_prefixes: bool | None = None
     prefix_tokens: int | None = Field(default=None, gt=0)
+    # A prefix group this large gets a one-request warm-up batch first, and its other jobs wait until
+    # it ended (within their deadlines), so they read the cache the warm-up wrote. None: off.
+    warmup_min_group: int | None = Field(default=None, gt=1)
 
 
 class LaneDefaults(LaneSettings):

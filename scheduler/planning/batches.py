@@ -17,6 +17,7 @@ duplicate_of (this is a second provider batch of that batch), duplicates, error 
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -184,7 +185,9 @@ class Batches:
 
         A band that fits the batch, or whose first :data:`GROUP_PROBE` jobs carry no prefix, is
         reserved in deadline order (:meth:`reserve_band`): its membership would not change, and a lane
-        without prefixes pays one short read.
+        without prefixes pays one short read. With the lane's ``warmup_min_group`` set, a large group
+        not warmed lately is first sent alone as a one-request warm-up batch, and its other jobs wait
+        (unless under deadline pressure) until that batch has ended (:meth:`_warmups`).
 
         Raises:
             Fenced: ``token`` is not the current leader's; nothing was moved by this call.
@@ -197,7 +200,7 @@ class Batches:
                 lane, batch_id, token=token, now_ms=now_ms, chunk=chunk, until_ms=until_ms
             )
 
-        if band <= lane.max_batch_requests:
+        if band <= lane.max_batch_requests and lane.warmup_min_group is None:
             return await plain()
         rows = await self.redis.zrangebyscore(
             queue, "-inf", until_ms, start=0, num=GROUP_PROBE, withscores=True
@@ -212,10 +215,14 @@ class Batches:
             )
             found += await self._prefixes([member for member, _ in more])
             rows += more
-        order = prefixes.group_order(
-            [(m.decode(), int(score), p.decode()) for (m, score), p in zip(rows, found, strict=True)],
-            urgent_until_ms=urgent_until_ms,
-        )
+        candidates = [(m.decode(), int(score), p.decode()) for (m, score), p in zip(rows, found, strict=True)]
+        if lane.warmup_min_group is not None:
+            warmup, held = await self._warmups(lane, batch_id, candidates, urgent_until_ms)
+            if warmup is not None:
+                candidates = [warmup]
+            else:
+                candidates = [c for c in candidates if c[2] not in held or c[1] <= urgent_until_ms]
+        order = prefixes.group_order(candidates, urgent_until_ms=urgent_until_ms)
         total = 0
         for start in range(0, len(order), chunk):
             reply = await self._reserve_jobs(
@@ -248,6 +255,40 @@ class Batches:
             if int(reply[3]):
                 break
         return total, False
+
+    async def _warmups(
+        self, lane: Lane, batch_id: str, candidates: Sequence[tuple[str, int, str]], urgent_until_ms: int
+    ) -> tuple[tuple[str, int, str] | None, set[str]]:
+        """The one job of a warm-up batch to send now (claiming its group's warm-up for ``batch_id``),
+        else None; and the groups whose warm-up batch has not ended yet, whose jobs wait.
+
+        A group of at least ``warmup_min_group`` candidates is warmed once per
+        :data:`keys.PREFIX_WARMUP_TTL_S`. While any candidate is under deadline pressure no warm-up
+        is sent: that batch must go now, whole.
+        """
+        assert lane.warmup_min_group is not None
+        sizes = Counter(prefix for _, _, prefix in candidates if prefix)
+        large = [prefix for prefix, size in sizes.items() if size >= lane.warmup_min_group]
+        if not large:
+            return None, set()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for prefix in large:
+                pipe.get(keys.prefix_warmup(lane.name, prefix))
+            claimed: list[bytes | None] = await pipe.execute()
+        urgent = any(deadline <= urgent_until_ms for _, deadline, _ in candidates)
+        held: set[str] = set()
+        for prefix, warmup_batch in zip(large, claimed, strict=True):
+            if warmup_batch is None:
+                if urgent:
+                    continue
+                key = keys.prefix_warmup(lane.name, prefix)
+                if await self.redis.set(key, batch_id, nx=True, ex=keys.PREFIX_WARMUP_TTL_S):
+                    return next(c for c in candidates if c[2] == prefix), set()
+                continue
+            state = await self.redis.hget(keys.batch(warmup_batch.decode()), "state")  # type: ignore[misc]
+            if state in (b"planned", b"submitted"):
+                held.add(prefix)
+        return None, held
 
     async def _prefixes(self, job_ids: Sequence[bytes]) -> list[bytes]:
         """The jobs' prefix keys (b"" for none), in one pipelined round trip."""

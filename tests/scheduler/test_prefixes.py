@@ -175,3 +175,46 @@ async def test_a_lane_without_prefixes_is_reserved_in_deadline_order(
     )
     assert taken == 4
     assert {m.decode() for m in await redis.smembers(keys.batch_jobs("bat_1"))} == {j.id for j in jobs[:4]}
+
+
+async def test_a_large_group_is_warmed_by_one_request_before_the_rest(redis, redis_url) -> None:
+    settings = Settings(
+        redis_url=redis_url,
+        providers={"openai": ProviderSettings(kind="openai", base_url="http://127.0.0.1:9/v1")},
+        lanes={f"openai:gpt-4.1-mini:{CHAT}": LaneSettings(max_batch_requests=10, warmup_min_group=3)},
+    )
+    a = [grouped_job("a", 2_000 + i) for i in range(4)]
+    small = [grouped_job("s", 2_100 + i) for i in range(2)]
+    await Ledger(redis).enqueue_many([*a, *small])
+    await redis.set(keys.LEADER_FENCE, "1")
+    lane = effective(settings, "openai", "gpt-4.1-mini", CHAT)
+    store = Batches(redis)
+
+    async def plan(batch_id: str, urgent_until_ms: int = 0) -> set[str]:
+        await store.reserve_grouped(
+            lane, batch_id, token=1, now_ms=0, chunk=100, until_ms=10_000, urgent_until_ms=urgent_until_ms
+        )
+        return {m.decode() for m in await redis.smembers(keys.batch_jobs(batch_id))}
+
+    assert await plan("bat_warm") == {a[0].id}  # the warm-up: the group's first job, alone
+    assert await plan("bat_2") == {j.id for j in small}  # group a waits for its warm-up batch
+    assert await plan("bat_3") == set()
+    await store.update("bat_warm", ["planned"], now_ms=1, to_state="ended")
+    assert await plan("bat_4") == {j.id for j in a[1:]}  # warm now: the rest go together
+
+
+async def test_no_warm_up_while_a_job_is_under_pressure(redis, redis_url) -> None:
+    settings = Settings(
+        redis_url=redis_url,
+        providers={"openai": ProviderSettings(kind="openai", base_url="http://127.0.0.1:9/v1")},
+        lanes={f"openai:gpt-4.1-mini:{CHAT}": LaneSettings(max_batch_requests=10, warmup_min_group=3)},
+    )
+    a = [grouped_job("a", 2_000 + i) for i in range(4)]
+    await Ledger(redis).enqueue_many(a)
+    await redis.set(keys.LEADER_FENCE, "1")
+    lane = effective(settings, "openai", "gpt-4.1-mini", CHAT)
+    taken, _ = await Batches(redis).reserve_grouped(
+        lane, "bat_1", token=1, now_ms=0, chunk=100, until_ms=10_000, urgent_until_ms=2_000
+    )
+    assert taken == 4
+    assert await redis.get(keys.prefix_warmup(lane.name, "a")) is None
