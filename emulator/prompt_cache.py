@@ -41,22 +41,32 @@ class Warmth(Protocol):
 
 
 class TimedCache:
-    """Entries with the time they were last used and their TTL; the emulator keeps one."""
+    """Entries with the span they were in use and their TTL; the emulator keeps one.
+
+    Batches' results are built when first asked for, not in the order their lines ran, so a use may
+    come earlier than one already recorded: an entry is warm at ``now`` when it was first written at
+    or before ``now`` and last used no more than its TTL before it (a gap longer than the TTL inside
+    the recorded span is not modelled).
+    """
 
     def __init__(self) -> None:
-        self._entries: dict[bytes, tuple[float, float]] = {}  # key -> (last used, ttl seconds)
+        self._entries: dict[bytes, tuple[float, float, float]] = {}  # key -> (first, last use, ttl s)
 
     def at(self, now: float) -> Warmth:
         """The cache as a request at ``now`` (epoch seconds) finds it."""
         return _TimedView(self, now)
 
     def use(self, key: bytes, now: float, ttl_s: float) -> bool:
-        """Record a use at ``now``; True when the entry was warm then."""
+        """Record a use at ``now``; True when the entry was warm then (a read), False (a write)."""
         entry = self._entries.get(key)
-        warm = entry is not None and entry[0] <= now <= entry[0] + entry[1]
-        if entry is None or now >= entry[0]:
-            self._entries[key] = (now, max(ttl_s, entry[1]) if warm and entry else ttl_s)
-        return warm
+        if entry is not None and entry[0] <= now <= entry[1] + entry[2]:
+            self._entries[key] = (entry[0], max(entry[1], now), max(entry[2], ttl_s))
+            return True
+        if entry is not None and now < entry[0] and entry[0] <= now + ttl_s:
+            self._entries[key] = (now, entry[1], max(entry[2], ttl_s))  # written earlier than known
+        else:
+            self._entries[key] = (now, now, ttl_s)
+        return False
 
 
 class _TimedView:

@@ -143,3 +143,88 @@ async def _batches(pipeline: Pipeline) -> dict[str, int]:
             lane = (await redis.hget(key, "lane") or b"").decode()
             counts[lane] = counts.get(lane, 0) + 1
     return counts
+
+
+ANTHROPIC_MODEL = "claude-haiku-4-5"
+WAVE_GROUPS = 5
+WAVE_JOBS = 25  # per lane and wave: five jobs in each of five groups
+WAVE_GAP_S = 600.0  # past Anthropic's default five-minute cache TTL, within the hour
+
+
+def anthropic_settings(redis_url: str, emulator_url: str) -> Settings:
+    account = {"kind": "anthropic", "base_url": emulator_url, "api_key": "sk-ant-test", "http": FAST_HTTP}
+    return make_settings(
+        redis_url,
+        providers={"grouped": ProviderSettings(**account), "plain": ProviderSettings(**account)},
+        lane_defaults=LaneDefaults(max_wait=0.1),
+        lanes={lane_name("plain", ANTHROPIC_MODEL, "/v1/messages"): LaneSettings(group_prefixes=False)},
+        scheduler=SchedulerSettings(
+            tick_interval_s=0.1, poll_initial_s=0.1, poll_max_s=0.2, poll_backoff=1, lease_ttl_s=10
+        ),
+    )
+
+
+async def wave(pipeline: Pipeline, conf: Settings, wave_number: int) -> dict[str, list[str]]:
+    """Each lane gets the same jobs: a cache breakpoint after a 4,000-token document per group."""
+    out: dict[str, list[str]] = {}
+    for provider in ("grouped", "plain"):
+        jobs = []
+        for i in range(WAVE_JOBS):
+            # Each lane's own documents: the emulator's cache is one per model, as an account's is.
+            document = (
+                f"Contract {provider} {i % WAVE_GROUPS}: " + "clause and counter-clause. " * PREFIX_TOKENS
+            )
+            body = {
+                "model": ANTHROPIC_MODEL,
+                "max_tokens": 32,
+                "system": [
+                    {
+                        "type": "text",
+                        "text": document[: PREFIX_TOKENS * 4],
+                        "cache_control": {"type": "ephemeral"},
+                    }
+                ],
+                "messages": [{"role": "user", "content": f"Wave {wave_number}, question {i}."}],
+            }
+            jobs.append(
+                intake.validate(
+                    {"provider": provider, "body": body, "deadline_in": DEADLINE_S},
+                    tenant="acme",
+                    now_ms=pipeline.clock.ms,
+                    settings=conf,
+                )
+            )
+        outcomes = await pipeline.ledger.enqueue_many(jobs)
+        out[provider] = [o.job_id for o in outcomes]
+    return out
+
+
+async def test_anthropic_one_hour_ttl_carries_the_cache_across_batches(redis_url, emulator, harness) -> None:
+    """Two waves ten minutes apart: the grouping lane's one-hour entries are still warm for the
+    second, the plain lane's five-minute ones are written again."""
+    conf = anthropic_settings(redis_url, emulator.url)
+    pipeline = harness(conf)
+    first = await wave(pipeline, conf, 1)
+    await pipeline.run_until(all_terminal(pipeline.ledger, first["grouped"] + first["plain"]), within_s=30)
+    pipeline.clock.advance(WAVE_GAP_S)
+    emulator.set_clock(pipeline.clock.seconds)
+    second = await wave(pipeline, conf, 2)
+    await pipeline.run_until(all_terminal(pipeline.ledger, second["grouped"] + second["plain"]), within_s=30)
+
+    figures: dict[str, dict[str, float]] = {}
+    for name in ("grouped", "plain"):
+        jobs = await records(pipeline.ledger, first[name] + second[name])
+        assert {(j.state, j.route) for j in jobs} == {("succeeded", "batch")}
+        assert all(j.completed_ms is not None and j.completed_ms <= j.deadline_ms for j in jobs)
+        usage = [j.usage or {} for j in jobs]
+        figures[name] = {
+            "usd": sum(j.cost["actual_usd"] for j in jobs if j.cost),
+            "written": sum(u.get("cache_creation_input_tokens", 0) for u in usage),
+            "read": sum(u.get("cache_read_input_tokens", 0) for u in usage),
+        }
+    print(f"\nAnthropic, two waves {WAVE_GAP_S:.0f} s apart: {figures}")
+    # Grouped: each group written once (one hour); plain: once a wave (five minutes).
+    assert figures["grouped"]["written"] == WAVE_GROUPS * PREFIX_TOKENS
+    assert figures["plain"]["written"] == 2 * WAVE_GROUPS * PREFIX_TOKENS
+    assert figures["grouped"]["read"] == (2 * WAVE_JOBS - WAVE_GROUPS) * PREFIX_TOKENS
+    assert figures["grouped"]["usd"] < figures["plain"]["usd"]

@@ -171,3 +171,16 @@ def test_anthropic_batch_lines_share_an_entry(emulator: EmulatorControl, clock: 
     poll_until(lambda: sdk.messages.batches.retrieve(again.id), lambda b: b.processing_status == "ended")
     (result,) = list(sdk.messages.batches.results(again.id))
     assert result.result.message.usage.cache_read_input_tokens == 1_253  # type: ignore[union-attr]
+
+
+def test_uses_recorded_out_of_order_stay_consistent() -> None:
+    """Results are built when first read, so a batch that ran earlier may be built later."""
+    from emulator.prompt_cache import TimedCache
+
+    cache = TimedCache()
+    assert cache.use(b"k", 1_000.0, 300) is False  # written at 1,000
+    assert cache.use(b"k", 900.0, 300) is False  # a line that ran before: it wrote the entry
+    assert cache.use(b"k", 950.0, 300) is True
+    assert cache.use(b"k", 1_250.0, 300) is True
+    assert cache.use(b"k", 1_551.0, 300) is True  # last use 1,250 + 300
+    assert cache.use(b"k", 1_900.0, 300) is False  # idle past the TTL: written again
