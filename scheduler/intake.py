@@ -346,10 +346,11 @@ def _prefix(draft: Draft) -> str:
     if override is not None:
         group = group if override.group_prefixes is None else override.group_prefixes
         tokens = override.prefix_tokens or tokens
-    if group is False:
-        return ""
+    tokens = tokens or 1024
+    if group is False or len(draft.body) < tokens * prefixes.BYTES_PER_TOKEN:
+        return ""  # a whole request this short is below what any provider caches: no group to join
     return prefixes.prefix_key(
-        draft.parsed, kind=draft.provider_settings.kind, endpoint=draft.endpoint, prefix_tokens=tokens or 1024
+        draft.parsed, kind=draft.provider_settings.kind, endpoint=draft.endpoint, prefix_tokens=tokens
     )
 
 

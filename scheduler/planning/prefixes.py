@@ -9,7 +9,8 @@ messages (or input items), each block serialised canonically:
   own cache breakpoint; the ``cache_control`` values themselves are left out, so two jobs differing
   only in a TTL share a group). Without a breakpoint, the rule below.
 - Otherwise: the first ``prefix_tokens`` tokens' worth of leading content (4 bytes a token). A
-  request shorter than that has no prefix key (``""``): no provider caches so short a prompt.
+  request shorter than that has no prefix key (``""``): no provider caches so short a prompt (intake
+  applies this to the whole encoded body first, for both rules, so a short job costs no hashing).
 
 Jobs sharing a key go into the same batch, adjacent (:mod:`scheduler.planning.planner`,
 :mod:`workers.tasks.batches`), and their bodies carry the providers' cache hints
