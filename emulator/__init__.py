@@ -11,7 +11,7 @@ cannot tell it from the real thing for the calls batchshift makes. Azure OpenAI'
 client works against it too. Build the ASGI app with :func:`emulator.app.create_app`; run it with
 :func:`emulator.server.serve` (CLI) or :func:`emulator.server.running_emulator`
 (tests, benchmarks, demo). Batch state is computed from time (:mod:`emulator.state`);
-outputs and usage are deterministic (:mod:`emulator.outputs`, which also states the
+outputs and usage are deterministic (:mod:`emulator.outputs`; :mod:`emulator.prompt_cache` states the
 prompt-caching rule).
 
 Settings (flags at start, ``POST /_emulator/config`` at run time: a JSON object whose top-level
