@@ -109,6 +109,9 @@ class ProviderSettings(_Strict):
     # or listed here; allow_any_model lifts the check (OpenAI-compatible servers with their own ids).
     models: list[str] = []
     allow_any_model: bool = False
+    # Batches of a lane grouping prompt prefixes set OpenAI's prompt_cache_key (kind openai); an
+    # OpenAI-compatible host that refuses unknown request fields needs false.
+    prompt_cache_key: bool = True
     # Azure OpenAI (kind azure_openai): base_url is the resource's https://RES.openai.azure.com/openai.
     # With api_version, calls go to the dated API (?api-version=...); without, to the v1 API
     # (base_url + /v1). A job's model is a Global Batch deployment's name; deployments maps such a

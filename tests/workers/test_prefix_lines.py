@@ -86,6 +86,14 @@ async def test_anthropic_breakpoints_get_the_one_hour_ttl(redis, redis_url) -> N
     assert sent["system"][0]["cache_control"] == {"type": "ephemeral", "ttl": "1h"}
 
 
+async def test_a_host_refusing_prompt_cache_key_gets_none(redis, redis_url) -> None:
+    settings = conf(redis_url)
+    settings.providers["openai"] = settings.providers["openai"].model_copy(update={"prompt_cache_key": False})
+    body = {"model": "gpt-4.1-mini", "messages": [{"role": "user", "content": "q"}]}
+    ((_, sent),) = await lines_of(settings, redis, [job("openai", CHAT, body, "a")])
+    assert sent == body
+
+
 async def test_a_plain_lane_sends_bodies_untouched(redis, redis_url) -> None:
     settings = conf(
         redis_url, **{lane_name("openai", "gpt-4.1-mini", CHAT): LaneSettings(group_prefixes=False)}

@@ -63,6 +63,8 @@ async def batch_lines(ctx: WorkerContext, record: BatchRecord, sent: list[int]) 
     account = settings.providers.get(record.provider)
     grouped = account is not None and settings.lane_settings(record.lane).group_prefixes is not False
     kind = account.kind if account is not None else ""
+    if kind == "openai" and account is not None and not account.prompt_cache_key:
+        kind = ""  # an OpenAI-compatible host that refuses the field: no hint
     async for chunk in _ordered_job_ids(ctx, record.id, grouped=grouped):
         async with redis.pipeline(transaction=False) as pipe:
             for job_id in chunk:
