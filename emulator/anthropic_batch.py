@@ -38,7 +38,7 @@ def rfc3339(at: float | None) -> str | None:
     return datetime.fromtimestamp(at, UTC).isoformat().replace("+00:00", "Z")
 
 
-def create(state: EmulatorState, body: Any, now: float) -> AnthropicBatch:
+def create(state: EmulatorState, body: Any, now: float, account: str = "") -> AnthropicBatch:
     """A new batch from a create request's body, or CreateRefused naming the problem."""
     requests = body.get("requests") if isinstance(body, dict) else None
     if not isinstance(requests, list) or not requests:
@@ -77,6 +77,7 @@ def create(state: EmulatorState, body: Any, now: float) -> AnthropicBatch:
         requests=params_raw,
         lines=lines,
         line_error_status=int(state.config["line_error_status"]),
+        account=account,
     )
     state.anthropic_batches[batch.id] = batch
     return batch
@@ -145,7 +146,7 @@ def build_results(state: EmulatorState, batch: AnthropicBatch, done: int) -> Non
             }
         else:
             params = orjson.loads(batch.requests[index])
-            cache = state.cache.at(_line_end(batch, position))
+            cache = state.cache.at(_line_end(batch, position), batch.account)
             result = {"type": "succeeded", "message": outputs.anthropic_answer(params, cache, "batch")}
         counts[result["type"]] += 1
         out += orjson.dumps({"custom_id": custom_id, "result": result}) + b"\n"

@@ -8,8 +8,8 @@ that how batchshift arranges a batch changes what it pays:
   ``prompt_cache_key``). A provider works a batch through many machines at once, so a prefix stays
   warm only where requests sharing it arrive together; nothing carries over between batches.
 - **OpenAI sync calls** hit a prefix (with the same ``prompt_cache_key``) used within
-  :data:`OPENAI_IDLE_TTL_S` on the emulator's clock.
-- **Anthropic** (batch and sync) keeps one cache per model: an entry is warm for its TTL after it
+  :data:`OPENAI_IDLE_TTL_S` on the emulator's clock, by a call with the same API key.
+- **Anthropic** (batch and sync) keeps one cache per API key and model (an organisation's): an entry is warm for its TTL after it
   was last written or read (``cache_control.ttl``: ``"1h"`` one hour, else five minutes); a batch
   line uses the time its work ended on the batch's clock. A hit refreshes the entry.
 
@@ -50,31 +50,33 @@ class TimedCache:
     """
 
     def __init__(self) -> None:
-        self._entries: dict[bytes, tuple[float, float, float]] = {}  # key -> (first, last use, ttl s)
+        # (account, key) -> (first use, last use, ttl s)
+        self._entries: dict[tuple[str, bytes], tuple[float, float, float]] = {}
 
-    def at(self, now: float) -> Warmth:
-        """The cache as a request at ``now`` (epoch seconds) finds it."""
-        return _TimedView(self, now)
+    def at(self, now: float, account: str = "") -> Warmth:
+        """The cache as a request at ``now`` (epoch seconds) with ``account``'s API key finds it."""
+        return _TimedView(self, now, account)
 
-    def use(self, key: bytes, now: float, ttl_s: float) -> bool:
+    def use(self, key: bytes, now: float, ttl_s: float, account: str = "") -> bool:
         """Record a use at ``now``; True when the entry was warm then (a read), False (a write)."""
-        entry = self._entries.get(key)
+        key_of = (account, key)
+        entry = self._entries.get(key_of)
         if entry is not None and entry[0] <= now <= entry[1] + entry[2]:
-            self._entries[key] = (entry[0], max(entry[1], now), max(entry[2], ttl_s))
+            self._entries[key_of] = (entry[0], max(entry[1], now), max(entry[2], ttl_s))
             return True
         if entry is not None and now < entry[0] and entry[0] <= now + ttl_s:
-            self._entries[key] = (now, entry[1], max(entry[2], ttl_s))  # written earlier than known
+            self._entries[key_of] = (now, entry[1], max(entry[2], ttl_s))  # written earlier than known
         else:
-            self._entries[key] = (now, now, ttl_s)
+            self._entries[key_of] = (now, now, ttl_s)
         return False
 
 
 class _TimedView:
-    def __init__(self, cache: TimedCache, now: float) -> None:
-        self.cache, self.now = cache, now
+    def __init__(self, cache: TimedCache, now: float, account: str) -> None:
+        self.cache, self.now, self.account = cache, now, account
 
     def seen(self, key: bytes, ttl_s: float) -> bool:
-        return self.cache.use(key, self.now, ttl_s)
+        return self.cache.use(key, self.now, ttl_s, self.account)
 
 
 class BatchWindow:

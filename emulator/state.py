@@ -191,6 +191,7 @@ class AnthropicBatch:
     line_error_status: int
     results: bytes | None = None
     final_counts: dict[str, int] | None = None
+    account: str = ""  # the creating call's API key: whose prompt cache its requests use
 
 
 @dataclass

@@ -152,10 +152,14 @@ WAVE_GAP_S = 600.0  # past Anthropic's default five-minute cache TTL, within the
 
 
 def anthropic_settings(redis_url: str, emulator_url: str) -> Settings:
-    account = {"kind": "anthropic", "base_url": emulator_url, "api_key": "sk-ant-test", "http": FAST_HTTP}
+    account = {"kind": "anthropic", "base_url": emulator_url, "http": FAST_HTTP}
     return make_settings(
         redis_url,
-        providers={"grouped": ProviderSettings(**account), "plain": ProviderSettings(**account)},
+        # Two accounts (API keys): the emulator keeps a prompt cache per key, as Anthropic per organisation.
+        providers={
+            "grouped": ProviderSettings(**account, api_key="sk-ant-grouped"),
+            "plain": ProviderSettings(**account, api_key="sk-ant-plain"),
+        },
         lane_defaults=LaneDefaults(max_wait=0.1),
         lanes={lane_name("plain", ANTHROPIC_MODEL, "/v1/messages"): LaneSettings(group_prefixes=False)},
         scheduler=SchedulerSettings(
@@ -170,10 +174,7 @@ async def wave(pipeline: Pipeline, conf: Settings, wave_number: int) -> dict[str
     for provider in ("grouped", "plain"):
         jobs = []
         for i in range(WAVE_JOBS):
-            # Each lane's own documents: the emulator's cache is one per model, as an account's is.
-            document = (
-                f"Contract {provider} {i % WAVE_GROUPS}: " + "clause and counter-clause. " * PREFIX_TOKENS
-            )
+            document = f"Contract {i % WAVE_GROUPS}: " + "clause and counter-clause. " * PREFIX_TOKENS
             body = {
                 "model": ANTHROPIC_MODEL,
                 "max_tokens": 32,

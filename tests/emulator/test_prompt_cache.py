@@ -184,3 +184,11 @@ def test_uses_recorded_out_of_order_stay_consistent() -> None:
     assert cache.use(b"k", 1_250.0, 300) is True
     assert cache.use(b"k", 1_549.0, 300) is True  # within 300 s of the last use (1,250)
     assert cache.use(b"k", 1_900.0, 300) is False  # idle past the TTL: written again
+
+
+def test_each_api_key_has_its_own_cache(emulator: EmulatorControl, clock: list[float]) -> None:
+    ours = anthropic.Anthropic(base_url=emulator.url, api_key="sk-ant-ours", max_retries=0)
+    theirs = anthropic.Anthropic(base_url=emulator.url, api_key="sk-ant-theirs", max_retries=0)
+    assert _message(ours, None).cache_creation_input_tokens == 1_253
+    assert _message(theirs, None).cache_creation_input_tokens == 1_253
+    assert _message(ours, None).cache_read_input_tokens == 1_253
