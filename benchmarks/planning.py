@@ -6,7 +6,8 @@ the fenced, chunked ``reserve_batch`` script, ``submit_batch`` enqueues). The ba
 run and on the same data, is the floor cost of the same moves in raw redis-py with no checks:
 ZPOPMIN the lane queue, ZREM the arrival index and HSET each job ``batched``, SADD the batch set,
 pipelined. The ratio is planning throughput over the baseline's. Peak memory is ru_maxrss of this
-process.
+process. The same jobs in prompt prefix groups measure prefix grouping's reservation (the band's
+prefixes read, whole groups chosen, ``reserve_jobs``) against the deadline-order one.
 
 A second figure is one whole scheduler tick (every step, the SLO tracker's included) over
 ``ACTIVE_LANES`` active lanes, each holding jobs that do not flush yet: a tick's work grows with
@@ -41,6 +42,7 @@ LANES = (("openai", "gpt-4o-mini"), ("openai", "gpt-4.1"), ("anthropic", "claude
 ENDPOINTS = {"openai": "/v1/chat/completions", "anthropic": "/v1/messages"}
 BATCH_CAP = 5_000
 ROUNDS = 3
+PREFIX_GROUPS = 20  # the grouped figure: jobs in this many prompt prefix groups
 BODY = orjson.dumps({"messages": [{"role": "user", "content": "Summarise this ticket in one line. " * 8}]})
 
 
@@ -57,8 +59,9 @@ def _settings(redis_url: str) -> Settings:
     )
 
 
-async def _fill(ledger: Ledger, now_ms: int) -> list[str]:
-    """Queue the jobs (arrived two minutes ago, so max_wait flushes everything)."""
+async def _fill(ledger: Ledger, now_ms: int, groups: int = 0) -> list[str]:
+    """Queue the jobs (arrived two minutes ago, so max_wait flushes everything); with ``groups``,
+    in that many prompt prefix groups, interleaved."""
     job_ids: list[str] = []
     for provider, model in LANES:
         for start in range(0, JOBS_PER_LANE, 2_000):
@@ -72,6 +75,7 @@ async def _fill(ledger: Ledger, now_ms: int) -> list[str]:
                     body=BODY,
                     deadline_ms=now_ms + 3_600_000 + (n * 7919) % 100_000 * 1000,
                     created_ms=now_ms - 120_000,
+                    prefix=f"group{n % groups:04d}" if groups else "",
                 )
                 for n in range(start, start + 2_000)
             ]
@@ -177,6 +181,7 @@ def _timed(step: Any, into: list[float]) -> Any:
 async def run() -> list[dict[str, Any]]:
     total = JOBS_PER_LANE * len(LANES)
     planned_s: list[float] = []
+    grouped_s: list[float] = []
     baseline_s: list[float] = []
     with embedded_redis() as url:
         redis = Redis.from_url(url)
@@ -192,12 +197,18 @@ async def run() -> list[dict[str, Any]]:
                     scheduler.steps = [(n, s) for n, s in scheduler.steps if n == "plan"]
                     planned_s.append(await _planned(redis, scheduler, now))
                 await redis.flushdb()
+                await _fill(Ledger(redis), int(now * 1000), PREFIX_GROUPS)
+                async with build_scheduler(settings, redis, pool) as scheduler:
+                    scheduler.steps = [(n, s) for n, s in scheduler.steps if n == "plan"]
+                    grouped_s.append(await _planned(redis, scheduler, now))
+                await redis.flushdb()
                 await _fill(Ledger(redis), int(now * 1000))
                 baseline_s.append(await _baseline(redis))
         finally:
             await pool.aclose()
             await redis.aclose()
     throughput = total / min(planned_s)
+    grouped = total / min(grouped_s)
     baseline = total / min(baseline_s)
     interval_ms = SchedulerSettings().tick_interval_s * 1000
     tick_ms = sorted(tick_s)[len(tick_s) // 2] * 1000
@@ -209,6 +220,15 @@ async def run() -> list[dict[str, Any]]:
             "unit": "jobs/s",
             "baseline": baseline,
             "ratio": throughput / baseline,
+            "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        },
+        {
+            "figure": f"the same in {PREFIX_GROUPS} prompt prefix groups, reserved whole "
+            "(baseline: the same jobs without prefixes, deadline order)",
+            "throughput": grouped,
+            "unit": "jobs/s",
+            "baseline": throughput,
+            "ratio": grouped / throughput,
             "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         },
         {

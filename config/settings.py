@@ -109,6 +109,9 @@ class ProviderSettings(_Strict):
     # or listed here; allow_any_model lifts the check (OpenAI-compatible servers with their own ids).
     models: list[str] = []
     allow_any_model: bool = False
+    # Batches of a lane grouping prompt prefixes set OpenAI's prompt_cache_key (kind openai); an
+    # OpenAI-compatible host that refuses unknown request fields needs false.
+    prompt_cache_key: bool = True
     # Azure OpenAI (kind azure_openai): base_url is the resource's https://RES.openai.azure.com/openai.
     # With api_version, calls go to the dated API (?api-version=...); without, to the v1 API
     # (base_url + /v1). A job's model is a Global Batch deployment's name; deployments maps such a
@@ -236,6 +239,14 @@ class LaneSettings(_Strict):
     cron_window_s: float | None = Field(default=None, gt=0)  # how long a window stays open
     timezone: str | None = None
     default_deadline: float | None = Field(default=None, gt=0)
+    # Prefix-aware grouping (scheduler/planning/prefixes.py): jobs sharing a leading prompt go into
+    # the same batch, adjacent, with the providers' cache hints. prefix_tokens is how much leading
+    # content (in tokens) two jobs must share to be grouped when no Anthropic cache breakpoint says.
+    group_prefixes: bool | None = None
+    prefix_tokens: int | None = Field(default=None, gt=0)
+    # A prefix group this large gets a one-request warm-up batch first, and its other jobs wait until
+    # it ended (within their deadlines), so they read the cache the warm-up wrote. None: off.
+    warmup_min_group: int | None = Field(default=None, gt=1)
 
 
 class LaneDefaults(LaneSettings):
@@ -245,6 +256,8 @@ class LaneDefaults(LaneSettings):
     default_deadline: float | None = Field(default=24 * 3600.0, gt=0)
     cron_window_s: float | None = Field(default=3600.0, gt=0)
     timezone: str | None = "UTC"
+    group_prefixes: bool | None = True
+    prefix_tokens: int | None = Field(default=1024, gt=0)  # the smallest prompt OpenAI and Anthropic cache
 
 
 class LimitSettings(_Strict):

@@ -11,7 +11,7 @@ cannot tell it from the real thing for the calls batchshift makes. Azure OpenAI'
 client works against it too. Build the ASGI app with :func:`emulator.app.create_app`; run it with
 :func:`emulator.server.serve` (CLI) or :func:`emulator.server.running_emulator`
 (tests, benchmarks, demo). Batch state is computed from time (:mod:`emulator.state`);
-outputs and usage are deterministic (:mod:`emulator.outputs`, which also states the
+outputs and usage are deterministic (:mod:`emulator.outputs`; :mod:`emulator.prompt_cache` states the
 prompt-caching rule).
 
 Settings (flags at start, ``POST /_emulator/config`` at run time: a JSON object whose top-level
@@ -46,6 +46,8 @@ returns to the start settings and the wall clock; ``GET /_emulator/requests`` li
     flex_unavailable   0.0   share of service_tier="flex" sync calls answered 429 "resource unavailable"
     cancel_s           0.2   seconds a batch stays cancelling/canceling after a cancel
     seed               0     seed of the draws behind the rate-based faults
+    cache_window       8     OpenAI batch lines a prompt prefix stays warm for, in input order
+                             (:mod:`emulator.prompt_cache`; 0: no cache hits inside batches)
     webhook_url        null  where OpenAI batch events (batch.completed, .failed, .expired,
                              .cancelled) are posted when a batch created meanwhile ends
                              (:mod:`emulator.events`); null sends none

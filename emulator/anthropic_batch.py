@@ -38,7 +38,7 @@ def rfc3339(at: float | None) -> str | None:
     return datetime.fromtimestamp(at, UTC).isoformat().replace("+00:00", "Z")
 
 
-def create(state: EmulatorState, body: Any, now: float) -> AnthropicBatch:
+def create(state: EmulatorState, body: Any, now: float, account: str = "") -> AnthropicBatch:
     """A new batch from a create request's body, or CreateRefused naming the problem."""
     requests = body.get("requests") if isinstance(body, dict) else None
     if not isinstance(requests, list) or not requests:
@@ -77,6 +77,7 @@ def create(state: EmulatorState, body: Any, now: float) -> AnthropicBatch:
         requests=params_raw,
         lines=lines,
         line_error_status=int(state.config["line_error_status"]),
+        account=account,
     )
     state.anthropic_batches[batch.id] = batch
     return batch
@@ -145,8 +146,16 @@ def build_results(state: EmulatorState, batch: AnthropicBatch, done: int) -> Non
             }
         else:
             params = orjson.loads(batch.requests[index])
-            result = {"type": "succeeded", "message": outputs.anthropic_answer(params, state.cache, "batch")}
+            cache = state.cache.at(_line_end(batch, position), batch.account)
+            result = {"type": "succeeded", "message": outputs.anthropic_answer(params, cache, "batch")}
         counts[result["type"]] += 1
         out += orjson.dumps({"custom_id": custom_id, "result": result}) + b"\n"
     batch.results = bytes(out)
     batch.final_counts = counts
+
+
+def _line_end(batch: AnthropicBatch, position: int) -> float:
+    """Wall time the ``position``-th request of the work order was done: the cache's time for it."""
+    run = batch.run
+    share = (position + 1) / max(len(batch.lines.order), 1)
+    return run.wall(run.work_start + (run.work_end - run.work_start) * share)

@@ -34,7 +34,9 @@ async def create_message(request: Request) -> Response:
     if latency > 0:
         await asyncio.sleep(latency)
     await faults.held(lambda: state.config["hold_sync"], params["model"])
-    return json_response(outputs.anthropic_answer(params, state.cache, "standard"))
+    return json_response(
+        outputs.anthropic_answer(params, state.cache.at(state.now(), _account(request)), "standard")
+    )
 
 
 @router.post("/v1/messages/batches")
@@ -43,10 +45,15 @@ async def create_batch(request: Request) -> Response:
     now = state.now()
     body = await json_body(request, INVALID_JSON)
     try:
-        batch = anthropic_batch.create(state, body, now)
+        batch = anthropic_batch.create(state, body, now, _account(request))
     except anthropic_batch.CreateRefused as exc:
         raise error(request.url.path, 400, str(exc)) from exc
     return json_response(anthropic_batch.view(state, batch, now, _base_url(request)))
+
+
+def _account(request: Request) -> str:
+    """Whose prompt cache a call uses: its API key's (``x-api-key``, or a bearer token as the gate takes)."""
+    return request.headers.get("x-api-key") or request.headers.get("authorization", "")
 
 
 def _batch(request: Request, batch_id: str) -> AnthropicBatch:

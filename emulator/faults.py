@@ -17,6 +17,8 @@ import random
 from collections.abc import Callable
 from typing import Any
 
+from emulator.prompt_cache import DEFAULT_WINDOW
+
 DEFAULTS: dict[str, Any] = {
     "turnaround_s": 2.0,
     "stall": [],
@@ -36,6 +38,7 @@ DEFAULTS: dict[str, Any] = {
     "flex_unavailable": 0.0,
     "cancel_s": 0.2,
     "seed": 0,
+    "cache_window": DEFAULT_WINDOW,
     "webhook_url": None,
     "webhook_secret": None,
 }
@@ -95,6 +98,8 @@ def validate(patch: dict[str, Any]) -> None:
             value is None or (isinstance(value, str) and value.startswith("whsec_"))
         ):
             raise ConfigError("webhook_secret: a whsec_<base64> secret, or null")
+        elif key == "cache_window" and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise ConfigError("cache_window: a whole number of batch lines (0: no caching in batches)")
         elif key in ("retry_after_s", "flex_unavailable", "cancel_s", "line_error_status", "seed") and (
             isinstance(value, bool) or not isinstance(value, int | float) or value < 0
         ):

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from emulator import faults, outputs
+from emulator.prompt_cache import BatchWindow
 from emulator.state import (
     MAX_VALIDATION_ERRORS,
     OPENAI_MAX_REQUESTS,
@@ -204,6 +205,7 @@ def build_results(state: EmulatorState, batch: OpenAIBatch, done: int, final: st
     output, errors = bytearray(), bytearray()
     totals: dict[str, int] = {}
     completed = failed = 0
+    answers = _answers(state, batch, raw_lines, set(lines.order[:done]))
     for position, index in enumerate(lines.order):
         custom_id = lines.custom_ids[index]
         line_id = outputs.seed_of({"batch": batch.id, "custom_id": custom_id})
@@ -233,8 +235,7 @@ def build_results(state: EmulatorState, batch: OpenAIBatch, done: int, final: st
             errors += orjson.dumps(record) + b"\n"
             failed += 1
             continue
-        request = orjson.loads(raw_lines[index])["body"]
-        answer = outputs.openai_answer(api_endpoint(batch.endpoint), request, state.cache, "default")
+        answer = answers[index]
         outputs.openai_usage_totals(totals, answer)
         record.update(response={"status_code": 200, "request_id": request_id, "body": answer}, error=None)
         output += orjson.dumps(record) + b"\n"
@@ -245,3 +246,20 @@ def build_results(state: EmulatorState, batch: OpenAIBatch, done: int, final: st
         batch.error_file_id = state.add_file(f"{batch.id}_error.jsonl", "batch_output", [bytes(errors)]).id
     batch.usage = totals
     batch.final_counts = (completed, failed)
+
+
+def _answers(
+    state: EmulatorState, batch: OpenAIBatch, raw_lines: list[bytes], done: set[int]
+) -> dict[int, dict[str, Any]]:
+    """The answers of the lines that ran, by line index, worked out in the input's order: the
+    prompt cache judges a line by the lines just before it in the file (:mod:`emulator.prompt_cache`)."""
+    assert batch.lines is not None
+    window = BatchWindow(int(state.config["cache_window"]))
+    endpoint = api_endpoint(batch.endpoint)
+    answers: dict[int, dict[str, Any]] = {}
+    for index in range(len(raw_lines)):
+        if index not in done or batch.lines.invalid[index] is not None or batch.lines.fails[index]:
+            continue
+        request = orjson.loads(raw_lines[index])["body"]
+        answers[index] = outputs.openai_answer(endpoint, request, window, "default")
+    return answers

@@ -244,7 +244,11 @@ async def sync_answer(request: Request, endpoint: str, deployment: str | None = 
         await asyncio.sleep(latency)
     await faults.held(lambda: state.config["hold_sync"], body["model"])
     answered_tier = tier if tier in ("flex", "priority", "scale") else "default"
-    return json_response(outputs.openai_answer(endpoint, body, state.cache, answered_tier))
+    # Whose prompt cache the call uses: its API key's (Azure's api-key header, else the bearer token).
+    cache = state.cache.at(
+        state.now(), request.headers.get("api-key") or request.headers.get("authorization", "")
+    )
+    return json_response(outputs.openai_answer(endpoint, body, cache, answered_tier))
 
 
 @router.post("/v1/chat/completions")

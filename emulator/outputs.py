@@ -5,12 +5,12 @@ the same body sent synchronously get the same text and usage. Tokens are counted
 the UTF-8 byte length (at least 1), plus 4 per message.
 
 Prompt caching (documented for cost tests): a request's *cache prefix* is, on OpenAI, its leading
-system/developer messages (chat) or its ``instructions`` (responses); on Anthropic, every system and
-message block up to and including the last one carrying ``cache_control``. A prefix of at least
-1,024 tokens is remembered per model; the first request with it reports nothing cached (Anthropic:
-``cache_creation_input_tokens``), every later one reports it as read (OpenAI ``cached_tokens``,
-rounded down to a multiple of 128; Anthropic ``cache_read_input_tokens``). :class:`PromptCache`
-holds what was seen; ``POST /_emulator/reset`` forgets it.
+system/developer messages (chat) or its ``instructions`` (responses), together with its
+``prompt_cache_key``; on Anthropic, every system and message block up to and including the last one
+carrying ``cache_control``. A prefix of at least 1,024 tokens can be cached: when it is warm
+(:mod:`emulator.prompt_cache` says when) OpenAI reports it as ``cached_tokens`` (rounded down to a
+multiple of 128) and Anthropic as ``cache_read_input_tokens``; when cold, Anthropic reports it as
+``cache_creation_input_tokens``. ``POST /_emulator/reset`` forgets every entry.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from typing import Any
 
 import orjson
 
+from emulator.prompt_cache import ONE_HOUR_S, OPENAI_IDLE_TTL_S, Warmth, anthropic_ttl, prefix_key
+
 MIN_CACHED_PREFIX_TOKENS = 1024  # both providers' smallest cacheable prefix
 OPENAI_CACHE_BLOCK = 128  # OpenAI reports cache hits in 128-token increments
 DEFAULT_MAX_OUTPUT = 64  # the longest natural answer; max_tokens below it truncates
@@ -34,21 +36,6 @@ _WORDS = (
     "batch shift latency budget deadline token queue lane model result cost window provider "
     "request answer emulated steady quiet careful simple honest"
 ).split()
-
-
-class PromptCache:
-    """Which cache prefixes have been seen, per model."""
-
-    def __init__(self) -> None:
-        self._seen: set[bytes] = set()
-
-    def hit(self, model: str, prefix: str) -> bool:
-        """Record the prefix; True when it had been seen before."""
-        key = hashlib.sha256(f"{model}\0{prefix}".encode()).digest()
-        if key in self._seen:
-            return True
-        self._seen.add(key)
-        return False
 
 
 def tokens(text: str) -> int:
@@ -113,16 +100,18 @@ def validate_openai(endpoint: str, body: Any) -> str | None:
     return None
 
 
-def _openai_cached(cache: PromptCache, model: str, prefix: str) -> int:
+def _openai_cached(cache: Warmth, body: dict[str, Any], prefix: str) -> int:
     prefix_tokens = tokens(prefix) if prefix else 0
-    if prefix_tokens < MIN_CACHED_PREFIX_TOKENS or not cache.hit(model, prefix):
+    if prefix_tokens < MIN_CACHED_PREFIX_TOKENS:
+        return 0
+    cache_key = body.get("prompt_cache_key")
+    key = prefix_key("openai", body["model"], cache_key if isinstance(cache_key, str) else "", prefix)
+    if not cache.seen(key, OPENAI_IDLE_TTL_S):
         return 0
     return prefix_tokens // OPENAI_CACHE_BLOCK * OPENAI_CACHE_BLOCK
 
 
-def openai_answer(
-    endpoint: str, body: dict[str, Any], cache: PromptCache, service_tier: str
-) -> dict[str, Any]:
+def openai_answer(endpoint: str, body: dict[str, Any], cache: Warmth, service_tier: str) -> dict[str, Any]:
     """The answer OpenAI would give to a valid ``body`` on ``endpoint``."""
     if endpoint == "/v1/embeddings":
         return _embeddings(body)
@@ -131,7 +120,7 @@ def openai_answer(
     return _chat(body, cache, service_tier)
 
 
-def _chat(body: dict[str, Any], cache: PromptCache, service_tier: str) -> dict[str, Any]:
+def _chat(body: dict[str, Any], cache: Warmth, service_tier: str) -> dict[str, Any]:
     seed, model = seed_of(body), body["model"]
     messages = body["messages"] if isinstance(body["messages"], list) else [body["messages"]]
     prompt = sum(tokens(_text(m.get("content") if isinstance(m, dict) else m)) for m in messages)
@@ -141,7 +130,7 @@ def _chat(body: dict[str, Any], cache: PromptCache, service_tier: str) -> dict[s
         if not isinstance(message, dict) or message.get("role") not in ("system", "developer"):
             break
         prefix += _text(message.get("content"))
-    cached = _openai_cached(cache, model, prefix)
+    cached = _openai_cached(cache, body, prefix)
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
     text, completion, cut = reply(seed, max_tokens)
     return {
@@ -174,7 +163,7 @@ def _chat(body: dict[str, Any], cache: PromptCache, service_tier: str) -> dict[s
     }
 
 
-def _responses(body: dict[str, Any], cache: PromptCache, service_tier: str) -> dict[str, Any]:
+def _responses(body: dict[str, Any], cache: Warmth, service_tier: str) -> dict[str, Any]:
     seed, model = seed_of(body), body["model"]
     instructions = body.get("instructions")
     raw_input = body["input"]
@@ -183,7 +172,7 @@ def _responses(body: dict[str, Any], cache: PromptCache, service_tier: str) -> d
     prefix = instructions if isinstance(instructions, str) else ""
     if prefix:
         prompt += tokens(prefix)
-    cached = _openai_cached(cache, model, prefix)
+    cached = _openai_cached(cache, body, prefix)
     text, output, cut = reply(seed, body.get("max_output_tokens"))
     now = int(time.time())
     return {
@@ -306,26 +295,29 @@ def validate_anthropic(params: Any) -> str | None:
     return None
 
 
-def anthropic_answer(params: dict[str, Any], cache: PromptCache, service_tier: str) -> dict[str, Any]:
+def anthropic_answer(params: dict[str, Any], cache: Warmth, service_tier: str) -> dict[str, Any]:
     """The Message Anthropic would return for valid ``params``."""
     seed, model = seed_of(params), params["model"]
-    blocks: list[tuple[str, bool]] = []  # (text, carries cache_control)
+    blocks: list[tuple[str, Any]] = []  # (text, its cache_control or None)
     system = params.get("system")
     for block in system if isinstance(system, list) else ([system] if system else []):
-        blocks.append((_text(block), isinstance(block, dict) and "cache_control" in block))
+        blocks.append((_text(block), block.get("cache_control") if isinstance(block, dict) else None))
     total = 0
     for message in params["messages"]:
         content = message.get("content") if isinstance(message, dict) else message
         total += PER_MESSAGE_TOKENS
         for block in content if isinstance(content, list) else [content]:
-            blocks.append((_text(block), isinstance(block, dict) and "cache_control" in block))
-    last_marked = max((i for i, (_, marked) in enumerate(blocks) if marked), default=-1)
+            blocks.append((_text(block), block.get("cache_control") if isinstance(block, dict) else None))
+    last_marked = max((i for i, (_, marked) in enumerate(blocks) if marked is not None), default=-1)
     prefix = "".join(text for text, _ in blocks[: last_marked + 1])
     total += sum(tokens(text) for text, _ in blocks)
     prefix_tokens = sum(tokens(text) for text, _ in blocks[: last_marked + 1])
     created = read = 0
+    ttl = 0.0
     if prefix_tokens >= MIN_CACHED_PREFIX_TOKENS:
-        if cache.hit(model, prefix):
+        marker = blocks[last_marked][1]
+        ttl = anthropic_ttl(marker.get("ttl") if isinstance(marker, dict) else None)
+        if cache.seen(prefix_key("anthropic", model, prefix), ttl):
             read = prefix_tokens
         else:
             created = prefix_tokens
@@ -343,6 +335,10 @@ def anthropic_answer(params: dict[str, Any], cache: PromptCache, service_tier: s
             "output_tokens": output,
             "cache_creation_input_tokens": created,
             "cache_read_input_tokens": read,
+            "cache_creation": {
+                "ephemeral_5m_input_tokens": created if ttl < ONE_HOUR_S else 0,
+                "ephemeral_1h_input_tokens": created if ttl >= ONE_HOUR_S else 0,
+            },
             "service_tier": service_tier,
         },
     }

@@ -20,7 +20,8 @@ from typing import Any
 
 import orjson
 
-from emulator import faults, outputs
+from emulator import faults
+from emulator.prompt_cache import TimedCache
 
 OPENAI_MAX_REQUESTS = 50_000
 VALIDATING_SHARE = 0.1  # of the turnaround spent validating (OpenAI)
@@ -190,6 +191,7 @@ class AnthropicBatch:
     line_error_status: int
     results: bytes | None = None
     final_counts: dict[str, int] | None = None
+    account: str = ""  # the creating call's API key: whose prompt cache its requests use
 
 
 @dataclass
@@ -251,7 +253,7 @@ class EmulatorState:
         self.gemini_batches: dict[str, GeminiBatch] = {}
         self.gemini_files: dict[str, GeminiFile] = {}
         self.gemini_uploads: dict[str, GeminiUpload] = {}
-        self.cache = outputs.PromptCache()
+        self.cache = TimedCache()
         self.requests: deque[dict[str, Any]] = deque(maxlen=REQUEST_LOG_SIZE)
         # The emulator's clock: None follows the wall clock; a number (epoch seconds, set through
         # ``POST /_emulator/clock``) holds it there, so a test steps it along with its own clock.

@@ -30,7 +30,7 @@ from scheduler.errors import BatchshiftError, BudgetExceeded, InvalidRequest, Pa
 from scheduler.ledger import dedup, ids
 from scheduler.ledger.jobs import NewJob, lane_name
 from scheduler.ledger.ledger import EnqueueOutcome
-from scheduler.planning import lanes
+from scheduler.planning import lanes, prefixes
 from scheduler.slo import flips
 
 # The endpoints each provider kind serves; the first is the default.
@@ -79,6 +79,7 @@ class Draft:
     callback_url: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
     idempotency_key: str | None = None
+    parsed: dict[str, Any] = field(default_factory=dict)  # the body as received, for the prefix key
 
 
 Check = Callable[[Draft], None]
@@ -139,7 +140,7 @@ def _body(draft: Draft) -> None:
     limit = draft.settings.limits.max_body_bytes
     if len(encoded) > limit:
         raise PayloadTooLarge(f"body is {len(encoded)} bytes, over the limit of {limit}", "body")
-    draft.model, draft.body = model, encoded
+    draft.model, draft.body, draft.parsed = model, encoded, body
 
 
 def _model(draft: Draft) -> None:
@@ -341,6 +342,25 @@ def validate(
         tags=draft.tags,
         idempotency_key=draft.idempotency_key,
         request_hash=request_hash(draft) if draft.idempotency_key else "",
+        prefix=_prefix(draft),
+    )
+
+
+def _prefix(draft: Draft) -> str:
+    """The job's prompt prefix group, when its lane groups by prefix (else "")."""
+    assert draft.provider_settings is not None
+    # The two fields read directly: merging a lane's whole settings per job would cost bulk intake.
+    defaults = draft.settings.lane_defaults
+    override = draft.settings.lanes.get(lane_name(draft.provider, draft.model, draft.endpoint))
+    group, tokens = defaults.group_prefixes, defaults.prefix_tokens
+    if override is not None:
+        group = group if override.group_prefixes is None else override.group_prefixes
+        tokens = override.prefix_tokens or tokens
+    tokens = tokens or 1024
+    if group is False or len(draft.body) < tokens * prefixes.BYTES_PER_TOKEN:
+        return ""  # a whole request this short is below what any provider caches: no group to join
+    return prefixes.prefix_key(
+        draft.parsed, kind=draft.provider_settings.kind, endpoint=draft.endpoint, prefix_tokens=tokens
     )
     return dedup.mark(job, settings)
 

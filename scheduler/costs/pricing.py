@@ -134,6 +134,7 @@ class JobCost(NamedTuple):
         return {
             "input_tokens": self.usage.input_tokens if self.usage else 0,
             "output_tokens": self.usage.output_tokens if self.usage else 0,
+            "cached_tokens": self.usage.cache_read_tokens if self.usage else 0,
             "actual_usd": self.actual_usd or 0.0,
             "sync_usd": self.sync_equivalent_usd or 0.0,
             "cost": self.as_dict(),

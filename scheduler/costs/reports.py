@@ -29,6 +29,7 @@ FIELDS: Final = (
     "jobs",
     "input_tokens",
     "output_tokens",
+    "cached_input_tokens",
     "actual_usd",
     "sync_equivalent_usd",
     "saved_usd",
@@ -95,8 +96,10 @@ def summarise(key: str | None, sums: dict[str, float]) -> dict[str, Any]:
     """One report row from summed fields, with the derived shares.
 
     ``saved_pct`` and ``on_time_pct`` are percentages (0-100) of the sync-equivalent cost and of the
-    finished jobs; ``sync_share`` is the ratio (0-1) of jobs that went to paid sync.
+    finished jobs; ``sync_share`` is the ratio (0-1) of jobs that went to paid sync, ``cache_share``
+    the ratio (0-1) of input tokens read from the provider's prompt cache.
     """
+    inputs = sums.get("input_tokens", 0.0)
     jobs = int(sums.get("jobs", 0))
     sync_eq = sums.get("sync_equivalent_usd", 0.0)
     saved = sums.get("saved_usd", 0.0)
@@ -107,6 +110,8 @@ def summarise(key: str | None, sums: dict[str, float]) -> dict[str, Any]:
             "jobs": jobs,
             "input_tokens": int(sums.get("input_tokens", 0)),
             "output_tokens": int(sums.get("output_tokens", 0)),
+            "cached_input_tokens": int(sums.get("cached_input_tokens", 0)),
+            "cache_share": round(sums.get("cached_input_tokens", 0) / inputs, 4) if inputs else None,
             "actual_usd": round(sums.get("actual_usd", 0.0), USD_DIGITS),
             "sync_equivalent_usd": round(sync_eq, USD_DIGITS),
             "saved_usd": round(saved, USD_DIGITS),

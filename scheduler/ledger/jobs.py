@@ -44,6 +44,7 @@ class NewJob:
     tags: dict[str, str] = field(default_factory=dict)
     idempotency_key: str | None = None
     request_hash: str = ""
+    prefix: str = ""  # the prompt prefix group (scheduler/planning/prefixes.py); "" for none
     state: Literal["queued", "sync"] = "queued"
     # Set by budget admission for a tenant with a `reject` envelope: the envelope enqueue keeps
     # spend + committed under, and this job's expected cost, reserved until it ends.
@@ -88,6 +89,7 @@ class NewJob:
             "idempotency_key": self.idempotency_key or "",
             "attempts": 0,
             "batch_id": "",
+            "prefix": self.prefix,
         }
         if self.dedup_digest:
             fields["dedup_digest"] = self.dedup_digest

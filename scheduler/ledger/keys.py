@@ -250,6 +250,17 @@ def provider_files_pending(provider: str) -> str:
     return f"{PREFIX}:files:delete:{provider}"
 
 
+def prefix_warmup(lane: str, prefix: str) -> str:
+    """String: the id of the one-request warm-up batch sent for a prefix group (lane setting
+    ``warmup_min_group``); the group's other jobs wait until that batch has ended. Expires after
+    PREFIX_WARMUP_TTL_S, the cache TTL the warm-up's entry was written with, so a group that comes
+    back later is warmed again."""
+    return f"{PREFIX}:lane:{{{lane}}}:warmup:{prefix}"
+
+
+PREFIX_WARMUP_TTL_S = 3600  # Anthropic's one-hour cache TTL, which grouped batches ask for
+
+
 def lane_hold(lane: str) -> str:
     """String: epoch ms before which the lane must not flush (set after a token-limit refusal); PX
     clears it HOLD_GRACE_S after that time."""

@@ -69,6 +69,7 @@ class Finish:
     cost: dict[str, Any] | None = None
     input_tokens: int = 0
     output_tokens: int = 0
+    cached_tokens: int = 0  # input tokens read from the provider's prompt cache (a subset of input_tokens)
     actual_usd: float = 0.0
     sync_usd: float = 0.0
     billed: bool = False  # a billed result that is not applied counts as duplicate spend
@@ -96,6 +97,7 @@ class Finish:
             "error": orjson.dumps(self.error).decode() if self.error is not None else None,
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
+            "cached_tokens": self.cached_tokens,
             "actual_usd": self.actual_usd,
             "sync_usd": self.sync_usd,
             "billed": self.billed,

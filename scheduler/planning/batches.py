@@ -17,7 +17,8 @@ duplicate_of (this is a second provider batch of that batch), duplicates, error 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +27,13 @@ from redis.asyncio import Redis
 from scheduler.costs import metrics
 from scheduler.errors import Fenced
 from scheduler.ledger import keys, samples, scripts
+from scheduler.planning import prefixes
 from scheduler.planning.lanes import LINE_OVERHEAD_BYTES, Lane
+
+# Prefix grouping's reads (Batches.reserve_grouped): jobs looked at beyond a batch's capacity when
+# choosing its members, and the band's first jobs read to see whether the lane has prefixes at all.
+GROUP_LOOKAHEAD = 10_000
+GROUP_PROBE = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +108,7 @@ class Batches:
         self._duplicate = scripts.load(redis, "batch_duplicate")
         self._update = scripts.load(redis, "batch_update")
         self._lease = scripts.load(redis, "batch_lease")
+        self._reserve_jobs = scripts.load(redis, "reserve_jobs")
 
     async def reserve(self, lane: Lane, batch_id: str, *, token: int, now_ms: int, chunk: int) -> int:
         """Move up to one batch's worth of the lane's jobs into planned batch ``batch_id``, in chunks.
@@ -159,6 +167,136 @@ class Batches:
             total += taken
             if full or taken < chunk:
                 return total, full == 2
+
+    async def reserve_grouped(
+        self,
+        lane: Lane,
+        batch_id: str,
+        *,
+        token: int,
+        now_ms: int,
+        chunk: int,
+        until_ms: int,
+        urgent_until_ms: int,
+    ) -> tuple[int, bool]:
+        """Like :meth:`reserve_band`, taking jobs that share a prompt prefix together when the band
+        holds more than the batch: :func:`prefixes.group_order` picks among the band's first
+        ``max_batch_requests`` + :data:`GROUP_LOOKAHEAD` jobs, urgent ones first.
+
+        A band that fits the batch, or whose first :data:`GROUP_PROBE` jobs carry no prefix, is
+        reserved in deadline order (:meth:`reserve_band`): its membership would not change, and a lane
+        without prefixes pays one short read. With the lane's ``warmup_min_group`` set, a large group
+        not warmed lately is first sent alone as a one-request warm-up batch, and its other jobs wait
+        (unless under deadline pressure) until that batch has ended (:meth:`_warmups`).
+
+        Raises:
+            Fenced: ``token`` is not the current leader's; nothing was moved by this call.
+        """
+        queue = keys.lane_queue(lane.name)
+        band = await self.redis.zcount(queue, "-inf", until_ms)
+
+        def plain() -> Awaitable[tuple[int, bool]]:
+            return self.reserve_band(
+                lane, batch_id, token=token, now_ms=now_ms, chunk=chunk, until_ms=until_ms
+            )
+
+        if band <= lane.max_batch_requests and lane.warmup_min_group is None:
+            return await plain()
+        rows = await self.redis.zrangebyscore(
+            queue, "-inf", until_ms, start=0, num=GROUP_PROBE, withscores=True
+        )
+        found = await self._prefixes([member for member, _ in rows])
+        if not any(found):
+            return await plain()
+        scan = min(band, lane.max_batch_requests + GROUP_LOOKAHEAD)
+        if scan > len(rows):
+            more = await self.redis.zrangebyscore(
+                queue, "-inf", until_ms, start=len(rows), num=scan - len(rows), withscores=True
+            )
+            found += await self._prefixes([member for member, _ in more])
+            rows += more
+        candidates = [(m.decode(), int(score), p.decode()) for (m, score), p in zip(rows, found, strict=True)]
+        if lane.warmup_min_group is not None:
+            warmup, held = await self._warmups(lane, batch_id, candidates, urgent_until_ms)
+            if warmup is not None:
+                candidates = [warmup]
+            else:
+                candidates = [c for c in candidates if c[2] not in held or c[1] <= urgent_until_ms]
+        order = prefixes.group_order(candidates, urgent_until_ms=urgent_until_ms)
+        total = 0
+        for start in range(0, len(order), chunk):
+            reply = await self._reserve_jobs(
+                keys=[
+                    keys.LEADER_FENCE,
+                    queue,
+                    keys.lane_arrivals(lane.name),
+                    keys.lane_bytes(lane.name),
+                    keys.batch(batch_id),
+                    keys.batch_jobs(batch_id),
+                    keys.BATCHES_PLANNED,
+                ],
+                args=[
+                    token,
+                    batch_id,
+                    lane.max_batch_requests,
+                    lane.max_batch_bytes,
+                    LINE_OVERHEAD_BYTES,
+                    now_ms,
+                    lane.name,
+                    lane.provider,
+                    lane.model,
+                    lane.endpoint,
+                    *order[start : start + chunk],
+                ],
+            )
+            if reply[0] == b"fenced":
+                raise Fenced(token)
+            total += int(reply[1])
+            if int(reply[3]):
+                break
+        return total, False
+
+    async def _warmups(
+        self, lane: Lane, batch_id: str, candidates: Sequence[tuple[str, int, str]], urgent_until_ms: int
+    ) -> tuple[tuple[str, int, str] | None, set[str]]:
+        """The one job of a warm-up batch to send now (claiming its group's warm-up for ``batch_id``),
+        else None; and the groups whose warm-up batch has not ended yet, whose jobs wait.
+
+        A group of at least ``warmup_min_group`` candidates is warmed once per
+        :data:`keys.PREFIX_WARMUP_TTL_S`. While any candidate is under deadline pressure no warm-up
+        is sent: that batch must go now, whole.
+        """
+        assert lane.warmup_min_group is not None
+        sizes = Counter(prefix for _, _, prefix in candidates if prefix)
+        large = [prefix for prefix, size in sizes.items() if size >= lane.warmup_min_group]
+        if not large:
+            return None, set()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for prefix in large:
+                pipe.get(keys.prefix_warmup(lane.name, prefix))
+            claimed: list[bytes | None] = await pipe.execute()
+        urgent = any(deadline <= urgent_until_ms for _, deadline, _ in candidates)
+        held: set[str] = set()
+        for prefix, warmup_batch in zip(large, claimed, strict=True):
+            if warmup_batch is None:
+                if urgent:
+                    continue
+                key = keys.prefix_warmup(lane.name, prefix)
+                if await self.redis.set(key, batch_id, nx=True, ex=keys.PREFIX_WARMUP_TTL_S):
+                    return next(c for c in candidates if c[2] == prefix), set()
+                continue
+            state = await self.redis.hget(keys.batch(warmup_batch.decode()), "state")  # type: ignore[misc]
+            if state in (b"planned", b"submitted"):
+                held.add(prefix)
+        return None, held
+
+    async def _prefixes(self, job_ids: Sequence[bytes]) -> list[bytes]:
+        """The jobs' prefix keys (b"" for none), in one pipelined round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hget(keys.job(job_id.decode()), "prefix")
+            found = await pipe.execute() if job_ids else []
+        return [p or b"" for p in found]
 
     async def get(self, batch_id: str) -> BatchRecord | None:
         raw: dict[bytes, bytes] = await self.redis.hgetall(keys.batch(batch_id))  # type: ignore[misc]

@@ -50,6 +50,8 @@ class Lane:
     timezone: str
     default_deadline_s: float
     completion_window_s: float  # the provider's promise; the turnaround prior before any history
+    group_prefixes: bool = True  # jobs sharing a prompt prefix share a batch, adjacent (prefixes.py)
+    warmup_min_group: int | None = None  # prefix groups this large are warmed by a one-request batch
 
     def batch_bytes(self, requests: int, body_bytes: int) -> int:
         """Bytes ``requests`` jobs with ``body_bytes`` of bodies take in a batch input."""
@@ -79,6 +81,8 @@ def effective(settings: Settings, provider: str, model: str, endpoint: str) -> L
         timezone=ls.timezone or "UTC",
         default_deadline_s=ls.default_deadline or 24 * 3600.0,
         completion_window_s=account.completion_window_s,
+        group_prefixes=ls.group_prefixes is not False,
+        warmup_min_group=ls.warmup_min_group if ls.group_prefixes is not False else None,
     )
 
 

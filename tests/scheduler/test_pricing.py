@@ -125,6 +125,7 @@ def test_unknown_model_costs_none_and_warns_once(pricing: Pricing):
     assert cost.finish_fields() == {
         "input_tokens": 5,
         "output_tokens": 0,
+        "cached_tokens": 0,
         "actual_usd": 0.0,
         "sync_usd": 0.0,
         "cost": None,

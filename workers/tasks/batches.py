@@ -23,6 +23,7 @@ from structlog.contextvars import bind_contextvars
 from scheduler import policy
 from scheduler.ledger import keys, tasks
 from scheduler.ledger.ledger import Finish, Requeue
+from scheduler.planning import prefixes
 from scheduler.planning.batches import Batches, BatchRecord
 from scheduler.provider_events import first_poll_s, safety_poll_s
 from scheduler.slo.health import observed_turnaround_s, parse_samples
@@ -51,21 +52,54 @@ BODY_CHUNK = 1000  # job bodies read per pipelined round trip while building a b
 _rng = random.Random()  # jitter of submission retries
 
 
-async def batch_lines(ctx: WorkerContext, batch_id: str, sent: list[int]) -> AsyncIterator[BatchLine]:
+async def batch_lines(ctx: WorkerContext, record: BatchRecord, sent: list[int]) -> AsyncIterator[BatchLine]:
     """The batch's requests, read in pipelined chunks; jobs no longer in this batch are left out.
 
-    ``sent`` (one counter) counts the lines produced, for the record.
+    In a lane that groups by prompt prefix, jobs sharing a prefix come out adjacent and their bodies
+    carry the provider's cache hints (:mod:`scheduler.planning.prefixes`). ``sent`` (one counter)
+    counts the lines produced, for the record.
     """
-    redis = ctx["redis"]
-    async for chunk in Batches(redis).job_ids(batch_id, BODY_CHUNK):
+    redis, settings = ctx["redis"], ctx["settings"]
+    account = settings.providers.get(record.provider)
+    grouped = account is not None and settings.lane_settings(record.lane).group_prefixes is not False
+    kind = account.kind if account is not None else ""
+    if kind == "openai" and account is not None and not account.prompt_cache_key:
+        kind = ""  # an OpenAI-compatible host that refuses the field: no hint
+    async for chunk in _ordered_job_ids(ctx, record.id, grouped=grouped):
         async with redis.pipeline(transaction=False) as pipe:
             for job_id in chunk:
-                pipe.hmget(keys.job(job_id), ["state", "batch_id", "body"])
+                pipe.hmget(keys.job(job_id), ["state", "batch_id", "body", "prefix"])
             rows = await pipe.execute()
-        for job_id, (state, owner, body) in zip(chunk, rows, strict=True):
-            if state == b"batched" and owner is not None and owner.decode() == batch_id and body:
+        for job_id, (state, owner, body, prefix) in zip(chunk, rows, strict=True):
+            if state == b"batched" and owner is not None and owner.decode() == record.id and body:
                 sent[0] += 1
+                if grouped and prefix:
+                    body = prefixes.with_cache_hints(
+                        body, prefix.decode(), kind=kind, endpoint=record.endpoint
+                    )
                 yield BatchLine(custom_id=job_id, body=body)
+
+
+async def _ordered_job_ids(ctx: WorkerContext, batch_id: str, *, grouped: bool) -> AsyncIterator[list[str]]:
+    """The batch's job ids in chunks: as stored, or (grouped) sorted by prefix so a group is adjacent.
+
+    Sorting reads only ids and prefix keys (a few dozen bytes a job), never the bodies.
+    """
+    batches, redis = Batches(ctx["redis"]), ctx["redis"]
+    if not grouped:
+        async for chunk in batches.job_ids(batch_id, BODY_CHUNK):
+            yield chunk
+        return
+    keyed: list[tuple[bytes, str]] = []
+    async for chunk in batches.job_ids(batch_id, BODY_CHUNK):
+        async with redis.pipeline(transaction=False) as pipe:
+            for job_id in chunk:
+                pipe.hget(keys.job(job_id), "prefix")
+            found = await pipe.execute()
+        keyed.extend((prefix or b"", job_id) for prefix, job_id in zip(found, chunk, strict=True))
+    keyed.sort()
+    for start in range(0, len(keyed), BODY_CHUNK):
+        yield [job_id for _, job_id in keyed[start : start + BODY_CHUNK]]
 
 
 async def bound_batch(ctx: WorkerContext, batch_id: str) -> tuple[Batches, BatchRecord | None]:
@@ -120,7 +154,7 @@ async def submit_batch(ctx: WorkerContext, batch_id: str) -> SubmitOutcome:
     try:
         async with lease.heartbeat():
             info = await adapter.submit_batch(
-                batch_lines(ctx, batch_id, sent),
+                batch_lines(ctx, record, sent),
                 endpoint=record.endpoint,
                 batch_id=batch_id,
                 before_create=before_create,

@@ -12,7 +12,7 @@
 --       9.. blobs: result bodies, usage, cost (raw JSON)
 -- item: {id, from=[states], batch=?, r=?, u=?, c=? (ARGV indexes of its result, usage, cost),
 --        state, route, error=?,
---        input_tokens, output_tokens, actual_usd, sync_usd, billed, wasted_usd}
+--        input_tokens, output_tokens, cached_tokens, actual_usd, sync_usd, billed, wasted_usd}
 -- Returns one code per item: 'ok' | 'skip:<state>' | 'missing'.
 local items = cjson.decode(ARGV[1])
 local now = tonumber(ARGV[2])

@@ -100,7 +100,7 @@ local function dedup_group_costs(it, blob, size, rule)
   for k, v in pairs(it) do leader[k] = v; follower[k] = v end
   leader.actual_usd, leader.dedup_saved_usd = leader_usd, call_usd - leader_usd
   follower.actual_usd, follower.dedup_saved_usd, follower.deduplicated = follower_usd, call_usd - follower_usd, true
-  follower.input_tokens, follower.output_tokens, follower.wasted_usd = 0, 0, 0
+  follower.input_tokens, follower.output_tokens, follower.cached_tokens, follower.wasted_usd = 0, 0, 0, 0
   return {
     leader = leader, follower = follower,
     leader_cost = dedup_cost_record(blob, leader_usd, call_usd),

@@ -1,0 +1,53 @@
+-- Reserve chosen queued jobs of a lane into a planned batch, in the order given (prefix grouping:
+-- the planner picked them from the lane's deadline band). Refused unless the caller holds the
+-- current fencing token. A job no longer queued in this lane is skipped (and dropped from the lane's
+-- indexes when its record says it left); the caps still hold, checked here as reserve_batch does.
+-- KEYS: 1 leader fence, 2 lane queue, 3 lane arrivals, 4 lane bytes, 5 batch, 6 batch jobs,
+--       7 planned batches zset
+-- ARGV: 1 fencing token, 2 batch id, 3 max requests, 4 max bytes, 5 per-line overhead bytes, 6 now ms,
+--       7 lane, 8 provider, 9 model, 10 endpoint, 11.. job ids
+-- Returns {'fenced'} | {'ok', jobs taken, bytes taken, full (1 when the next job would not fit the caps)}.
+-- uses: state
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'fenced'} end
+local batch_id = ARGV[2]
+local max_requests, max_bytes = tonumber(ARGV[3]), tonumber(ARGV[4])
+local overhead, now = tonumber(ARGV[5]), ARGV[6]
+local have = redis.call('HMGET', KEYS[5], 'requests', 'bytes')
+local count, bytes = tonumber(have[1] or '0'), tonumber(have[2] or '0')
+local taken, taken_bytes, full = 0, 0, 0
+for i = 11, #ARGV do
+  local id = ARGV[i]
+  if redis.call('ZSCORE', KEYS[2], id) then
+    local rec = redis.call('HMGET', K.job(id), 'state', 'size', 'tenant')
+    if rec[1] ~= 'queued' then
+      redis.call('ZREM', KEYS[2], id)
+      redis.call('ZREM', KEYS[3], id)
+    else
+      local size = tonumber(rec[2] or '0')
+      if count >= max_requests or (count > 0 and bytes + size + overhead > max_bytes) then
+        full = 1
+        break
+      end
+      redis.call('ZREM', KEYS[2], id)
+      redis.call('ZREM', KEYS[3], id)
+      redis.call('DECRBY', KEYS[4], size)
+      redis.call('HSET', K.job(id), 'state', 'batched', 'batch_id', batch_id, 'batched_ms', now)
+      restate(id, rec[3], 'queued', 'batched')
+      redis.call('SADD', KEYS[6], id)
+      count = count + 1
+      bytes = bytes + size + overhead
+      taken = taken + 1
+      taken_bytes = taken_bytes + size
+    end
+  end
+end
+if taken > 0 then
+  if redis.call('EXISTS', KEYS[5]) == 0 then
+    redis.call('HSET', KEYS[5], 'id', batch_id, 'state', 'planned', 'lane', ARGV[7], 'provider', ARGV[8],
+      'model', ARGV[9], 'endpoint', ARGV[10], 'planned_ms', now, 'attempts', 0)
+    redis.call('ZADD', KEYS[7], now, batch_id)
+  end
+  redis.call('HSET', KEYS[5], 'requests', count, 'bytes', bytes)
+end
+if full == 0 and count >= max_requests then full = 1 end
+return {'ok', taken, taken_bytes, full}
