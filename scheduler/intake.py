@@ -344,6 +344,7 @@ def validate(
         request_hash=request_hash(draft) if draft.idempotency_key else "",
         prefix=_prefix(draft),
     )
+    return dedup.mark(job, settings)
 
 
 def _prefix(draft: Draft) -> str:
@@ -362,7 +363,6 @@ def _prefix(draft: Draft) -> str:
     return prefixes.prefix_key(
         draft.parsed, kind=draft.provider_settings.kind, endpoint=draft.endpoint, prefix_tokens=tokens
     )
-    return dedup.mark(job, settings)
 
 
 # Async admission checks (scheduler/costs/admission.py), run in order on each validated job before it is
