@@ -52,9 +52,9 @@ DEFAULT_SERVICE = "batchshift"
 TRACES_PATH = "/v1/traces"  # OTLP/HTTP's path under a base endpoint, as the spec appends it
 # The variables that name a collector: set, ``make demo`` turns tracing on.
 ENDPOINT_VARS = (
+    "BATCHSHIFT_TRACING__ENDPOINT",
     "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
     "OTEL_EXPORTER_OTLP_ENDPOINT",
-    "BATCHSHIFT_TRACING__ENDPOINT",
 )
 
 
