@@ -482,9 +482,8 @@ class Settings(BaseSettings):
     slo: SloSettings = SloSettings()
     retention: RetentionSettings = RetentionSettings()
     redis: RedisClientSettings = RedisClientSettings()
-    tracing: TracingSettings = Field(
-        default_factory=TracingSettings
-    )  # built at load: it reads OTEL_* variables
+    # Built at load, not at import: its protocol defaults to the OTEL_* variables of that moment.
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
     pricing_file: Path = DEFAULT_PRICING_PATH
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"

@@ -73,7 +73,7 @@ class Scheduler:
         self.leader = leader
         self.tracing = tracing  # sampled ticks are traced on it
         self.owns_tracing = owns_tracing  # then close() stops it; a shared one is its owner's to stop
-        self.ticks_led = 0  # ticks run as leader: every tick_sample_every-th is traced
+        self.ticks_led = 0  # leader ticks, counted while tracing is on: every tick_sample_every-th is traced
         self.steps: list[tuple[str, Step]] = list(steps)
         # The lease is renewed within a tick once this much of its TTL has passed (monotonic clock,
         # replaceable in tests), so a long tick never outlives it.
