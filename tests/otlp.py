@@ -92,7 +92,6 @@ class GrpcCollector(trace_service_pb2_grpc.TraceServiceServicer):
 
     endpoint: str = ""  # http://127.0.0.1:<port>: plaintext, as a local collector
     received: list[ExportTraceServiceRequest] = field(default_factory=list)
-    metadata: list[dict[str, str]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def Export(  # noqa: N802 - the gRPC service's method name
@@ -100,7 +99,6 @@ class GrpcCollector(trace_service_pb2_grpc.TraceServiceServicer):
     ) -> ExportTraceServiceResponse:
         with self.lock:
             self.received.append(request)
-            self.metadata.append(dict(context.invocation_metadata()))  # type: ignore[arg-type]
         return ExportTraceServiceResponse()
 
     def exports(self) -> list[ExportTraceServiceRequest]:
