@@ -95,7 +95,8 @@ class Span:
 
 
 NOOP_SPAN = Span(trace.INVALID_SPAN)
-_NO_PHASE: AbstractContextManager[Span] = nullcontext(NOOP_SPAN)  # reusable: it holds no state
+# The shared no-op span as a context manager: what a span costs when tracing is off (it holds no state).
+NO_SPAN: AbstractContextManager[Span] = nullcontext(NOOP_SPAN)
 # The tracer of the span open in this task (None: none is), which :func:`phase` opens children on.
 _OPEN: ContextVar[Tracing | None] = ContextVar("batchshift_tracing_open", default=None)
 
@@ -105,7 +106,7 @@ def phase(name: str, **attributes: Any) -> AbstractContextManager[Span]:
     shared no-op when no span is open (tracing off, or work outside any traced operation)."""
     tracing = _OPEN.get()
     if tracing is None:
-        return _NO_PHASE
+        return NO_SPAN
     return tracing.span(name, attributes=attributes)
 
 

@@ -6,7 +6,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from config.tracing import NOOP_SPAN, OFF, Tracing, add_trace_ids, context_of, phase
+from config.tracing import NO_SPAN, NOOP_SPAN, OFF, Tracing, add_trace_ids, context_of, phase
+from scheduler.ledger.jobs import JobRecord
 from workers import traces
 
 
@@ -91,3 +92,29 @@ def test_a_phase_is_a_child_of_the_span_open_in_its_task():
         assert spans[name].parent is not None
         assert spans[name].parent.span_id == submit.span_id
     assert spans["batch.spool"].attributes == {"batchshift.requests": 3}
+
+
+def test_a_sync_call_span_is_built_only_when_tracing_is_on():
+    job = JobRecord.from_hash(
+        {
+            b"id": b"job_1",
+            b"endpoint": b"/v1/chat/completions",
+            b"model": b"gpt-4o-mini",
+            b"deadline_ms": b"2000",
+            b"created_ms": b"1000",
+            b"traceparent": b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        }
+    )
+    assert traces.sync_call_span(OFF, "openai", job, "sync", None) is NO_SPAN
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    with traces.sync_call_span(Tracing(provider), "openai", job, "flex", "flex") as span:
+        assert span is not NOOP_SPAN
+    [call] = exporter.get_finished_spans()
+    assert call.name == "chat gpt-4o-mini"
+    assert call.parent is not None
+    assert format(call.parent.span_id, "016x") == "b7ad6b7169203331"
+    assert call.attributes is not None
+    assert call.attributes["batchshift.route"] == "flex"
+    assert call.attributes["gen_ai.request.model"] == "gpt-4o-mini"
