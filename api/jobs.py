@@ -30,7 +30,7 @@ from api.schemas import (
 )
 from api.watcher import JobWatcher
 from config.settings import Settings
-from config.tracing import Span, Tracing
+from config.tracing import Span, Tracing, phase
 from scheduler.costs.admission import AdmissionGate
 from scheduler.errors import BatchshiftError, IdempotencyConflict, InvalidRequest, NotFound, PayloadTooLarge
 from scheduler.intake import admit, refusal, validate
@@ -165,15 +165,18 @@ async def _enqueue(
     request: Request, tenant_name: str, idempotency_key: str | None, span: Span | None
 ) -> JsonResponse:
     settings, ledger = _settings(request), _ledger(request)
-    raw = await read_json(request, settings.limits.max_body_bytes)
-    job = validate(
-        raw, tenant=tenant_name, now_ms=now_ms(), settings=settings, idempotency_header=idempotency_key
-    )
+    with phase("job.validate"):
+        raw = await read_json(request, settings.limits.max_body_bytes)
+        job = validate(
+            raw, tenant=tenant_name, now_ms=now_ms(), settings=settings, idempotency_header=idempotency_key
+        )
     if span is not None:
         _traced(job, span.headers())
         span.set(**{"batchshift.job_id": job.id, "batchshift.lane": job.lane})
-    prior = await _admitted(job, AdmissionGate(settings, request.app.state.redis), ledger)
-    outcome = EnqueueOutcome("existing", prior) if prior else await ledger.enqueue(job)
+    with phase("job.admit"):
+        prior = await _admitted(job, AdmissionGate(settings, request.app.state.redis), ledger)
+    with phase("job.store"):
+        outcome = EnqueueOutcome("existing", prior) if prior else await ledger.enqueue(job)
     if (refused := refusal(job, outcome, settings)) is not None:
         raise refused
     if outcome.status == "conflict":
@@ -219,22 +222,32 @@ async def _enqueue_bulk(request: Request, tenant_name: str, span: Span | None) -
     gate, now = AdmissionGate(settings, request.app.state.redis), now_ms()
     context = span.headers() if span is not None else None
     entries: list[dict[str, Any]] = [{} for _ in items]
+    valid: list[tuple[int, NewJob]] = []
+    with phase("job.validate", **{"batchshift.items": len(items)}):
+        for index, item in enumerate(items):
+            try:
+                job = validate(item, tenant=tenant_name, now_ms=now, settings=settings)
+            except BatchshiftError as exc:
+                entries[index] = {"status": exc.status_code, "error": exc.to_dict()}
+            else:
+                if context is not None:
+                    _traced(job, context)
+                valid.append((index, job))
     accepted: list[tuple[int, NewJob]] = []
     priors: dict[int, str] = {}  # retries of stored jobs that admission would refuse as new
-    for index, item in enumerate(items):
-        try:
-            job = validate(item, tenant=tenant_name, now_ms=now, settings=settings)
-            if context is not None:
-                _traced(job, context)
-            prior = await _admitted(job, gate, ledger)
-        except BatchshiftError as exc:
-            entries[index] = {"status": exc.status_code, "error": exc.to_dict()}
-        else:
-            if prior is None:
-                accepted.append((index, job))
+    with phase("job.admit", **{"batchshift.items": len(valid)}):
+        for index, job in valid:  # in request order, as each item's admission counts the ones before
+            try:
+                prior = await _admitted(job, gate, ledger)
+            except BatchshiftError as exc:
+                entries[index] = {"status": exc.status_code, "error": exc.to_dict()}
             else:
-                priors[index] = prior
-    outcomes = await ledger.enqueue_many([job for _, job in accepted])
+                if prior is None:
+                    accepted.append((index, job))
+                else:
+                    priors[index] = prior
+    with phase("job.store", **{"batchshift.items": len(accepted)}):
+        outcomes = await ledger.enqueue_many([job for _, job in accepted])
     existing = [o.job_id for o in outcomes if o.status == "existing"] + list(priors.values())
     found = {r.id: r for r in await ledger.get_views(existing) if r is not None} if existing else {}
     for (index, job), outcome in zip(accepted, outcomes, strict=True):

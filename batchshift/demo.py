@@ -41,6 +41,7 @@ from batchshift.demo_report import Outcome, oracle_actual_usd, report, timestamp
 from batchshift.demo_workload import FEATURES, STALLED_MODEL, Wave, wave_requests
 from batchshift.embedded_redis import ProcessDied, RunningServer, ServerKind, free_port, running_server
 from batchshift.server_version import ServerError, check_server
+from config.tracing import ENDPOINT_VARS, endpoint_configured
 from emulator.server import EmulatorControl, running_emulator
 
 ADMIN_KEY = "demo-admin-" + secrets.token_hex(8)
@@ -143,7 +144,18 @@ def node_environment(
         "BATCHSHIFT_LOG_FORMAT": "json",
         "BATCHSHIFT_LOG_LEVEL": "WARNING",
     }
+    if endpoint_configured(os.environ):  # traces to the collector named (the OTEL_* pass through)
+        settings["BATCHSHIFT_TRACING__ENABLED"] = os.environ.get("BATCHSHIFT_TRACING__ENABLED", "true")
+        settings["OTEL_SERVICE_NAME"] = os.environ.get("OTEL_SERVICE_NAME", "batchshift-demo")
     return {**os.environ, **settings}
+
+
+def _collector(env: dict[str, str]) -> str:
+    """Where the node's spans go, as the standard variables name it (most specific first)."""
+    for name in ENDPOINT_VARS:
+        if env.get(name):
+            return env[name]
+    return "the OTLP default endpoint"
 
 
 @contextlib.contextmanager
@@ -283,6 +295,10 @@ class Demo:
             env = node_environment(redis_url, emulator, receivers, self.tenants)
             self.callback_base = receivers
             self.console.print(f"batchshift run: logs in {NODE_LOG}")
+            if env.get("BATCHSHIFT_TRACING__ENABLED") == "true":
+                self.console.print(
+                    f"Tracing: spans of service {env['OTEL_SERVICE_NAME']} go to {_collector(env)}"
+                )
             async with _node(env, free_port(), NODE_LOG, self.node_exit) as api:
                 yield api
 

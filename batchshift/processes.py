@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 from api.app import create_app
 from batchshift.server_version import check_server as check_version
 from config.settings import Settings
+from config.tracing import Tracing
 from scheduler import policy
 from scheduler.ledger.store import check_server, connect, connect_arq
 from scheduler.service import build_scheduler
@@ -70,9 +71,16 @@ class SupervisedWorker:
     Tasks cut short are safe to run again: every task is idempotent and guarded.
     """
 
-    def __init__(self, settings: Settings, *, max_backoff_s: float = MAX_RESTART_BACKOFF_S) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        max_backoff_s: float = MAX_RESTART_BACKOFF_S,
+        tracing: Tracing | None = None,
+    ) -> None:
         self.settings = settings
         self.max_backoff_s = max_backoff_s
+        self.tracing = tracing  # shared with the process's other parts; None: each worker builds its own
         self.worker: Worker | None = None
         self.restarts = 0
         self._stopping = False
@@ -81,7 +89,7 @@ class SupervisedWorker:
     async def run(self) -> None:
         """Run workers one after another until :meth:`drain` is called."""
         while not self._stopping:
-            self.worker = Worker(**worker_settings(self.settings), handle_signals=False)
+            self.worker = Worker(**worker_settings(self.settings, tracing=self.tracing), handle_signals=False)
             try:
                 if not self._checked:  # UnsupportedServer is not retried: the server will not get newer
                     await check_redis(self.settings)
@@ -152,18 +160,19 @@ async def run_worker(settings: Settings, grace_s: float = DEFAULT_GRACE_S) -> No
 
 
 async def run_node(settings: Settings, host: str, port: int, grace_s: float = DEFAULT_GRACE_S) -> None:
-    """API, scheduler and worker in one process, for single-node deployments."""
+    """API, scheduler and worker in one process, for single-node deployments; they share one tracer
+    (one exporter), stopped last so it exports every span they ended."""
     stop = _stop_event()
     await check_redis(settings)
+    tracing = Tracing.from_settings(settings.tracing)
+    app = create_app(settings, tracing=tracing)
     server = _Server(
-        uvicorn.Config(
-            create_app(settings), host=host, port=port, log_config=None, access_log=False, server_header=False
-        )
+        uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, server_header=False)
     )
     redis = connect(settings)
     arq_pool = connect_arq(settings)
-    worker = SupervisedWorker(settings)
-    scheduler = build_scheduler(settings, redis, arq_pool)
+    worker = SupervisedWorker(settings, tracing=tracing)
+    scheduler = build_scheduler(settings, redis, arq_pool, tracing=tracing)
     parts = {
         asyncio.create_task(server.serve(), name="api"),
         asyncio.create_task(scheduler.run_forever(), name="scheduler"),
@@ -186,5 +195,6 @@ async def run_node(settings: Settings, host: str, port: int, grace_s: float = DE
     results = await asyncio.gather(*parts, return_exceptions=True)
     await arq_pool.aclose()
     await redis.aclose()
+    tracing.shutdown()
     failed = [r for r in results if isinstance(r, Exception)]
     log.info("node.stopped", failed_parts=len(failed))

@@ -359,15 +359,41 @@ class RedisClientSettings(_Strict):
     socket_connect_timeout_s: float = Field(default=5.0, gt=0)
 
 
+OTLP_PROTOCOLS = ("grpc", "http/protobuf")
+# Where the OTel spec reads the OTLP protocol from, most specific first.
+OTLP_PROTOCOL_VARS = ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
+
+
 class TracingSettings(_Strict):
-    """OpenTelemetry tracing (config/tracing.py): off by default, exported over OTLP/HTTP when on."""
+    """OpenTelemetry tracing (config/tracing.py): off by default, exported over OTLP when on."""
 
     enabled: bool = False
-    # OTLP/HTTP base URL (``/v1/traces`` is appended); unset: OTEL_EXPORTER_OTLP_ENDPOINT, else the
-    # SDK's default (http://localhost:4318).
+    # OTLP over gRPC or HTTP (protobuf); unset: the standard OTEL_EXPORTER_OTLP_TRACES_PROTOCOL,
+    # else OTEL_EXPORTER_OTLP_PROTOCOL, else http/protobuf.
+    protocol: Literal["grpc", "http/protobuf"] = Field(default=None, validate_default=True)
+    # The collector's base URL (HTTP: ``/v1/traces`` is appended); unset: the SDK reads
+    # OTEL_EXPORTER_OTLP_TRACES_ENDPOINT / OTEL_EXPORTER_OTLP_ENDPOINT, else its default
+    # (http://localhost:4318 over HTTP, http://localhost:4317 over gRPC).
     endpoint: str | None = None
     service_name: str | None = None  # unset: OTEL_SERVICE_NAME, else "batchshift"
     export_timeout_s: float = Field(default=10.0, gt=0)  # one export call; never blocks a request
+    # One leader tick in this many is traced (a ``scheduler.tick`` span with a span per step), so a
+    # 1 s tick sends one trace a minute, not sixty; 0: ticks are never traced.
+    tick_sample_every: int = Field(default=60, ge=0)
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _standard_protocol(cls, value: str | None) -> str:
+        """Unset, the protocol the standard OTel variables name; a value the SDK cannot export says so."""
+        if value is not None:
+            return value
+        for name in OTLP_PROTOCOL_VARS:
+            found = os.environ.get(name)
+            if found:
+                if found not in OTLP_PROTOCOLS:
+                    raise ValueError(f"{name}={found!r}: must be one of {', '.join(OTLP_PROTOCOLS)}")
+                return found
+        return "http/protobuf"
 
 
 class _OutboxSettings(_Strict):
@@ -529,7 +555,8 @@ class Settings(BaseSettings):
     retention: RetentionSettings = RetentionSettings()
     console: ConsoleSettings = ConsoleSettings()
     redis: RedisClientSettings = RedisClientSettings()
-    tracing: TracingSettings = TracingSettings()
+    # Built at load, not at import: its protocol defaults to the OTEL_* variables of that moment.
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
     compat: CompatSettings = CompatSettings()
     pricing_file: Path = DEFAULT_PRICING_PATH
     log_format: Literal["auto", "json", "console"] = "auto"

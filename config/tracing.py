@@ -4,22 +4,28 @@ A job's life spans several processes and hours, so its trace is carried as data:
 W3C ``traceparent`` (and ``tracestate``) of its span with the job, and every later span of that job
 (a sync call, a webhook attempt) is started as a child of that stored context, in whatever process
 runs it. A batch serves many traces, so its spans *link* to each job's trace instead of having a
-parent. Spans export over OTLP/HTTP (protobuf) through a batch processor, so a send never waits
-for the collector.
+parent. Spans export over OTLP, gRPC or HTTP (protobuf), through a batch processor, so a send
+never waits for the collector.
+
+A piece of work inside a span (intake's validate, admit and store; a submission's spool, upload
+and create) is a :func:`phase`: a child of the span open in this task, if one is. Code that runs
+inside a span (a provider adapter) marks its phases without being handed the tracer.
 
 Off by default (``settings.tracing.enabled``): :data:`OFF` then answers every call with a shared
 no-op span, and the hot paths test :attr:`Tracing.enabled` before doing anything, so tracing off
-costs one attribute read. The SDK is imported only when tracing is turned on. The sampler is the
-SDK's, read the standard way (``OTEL_TRACES_SAMPLER``, ``OTEL_TRACES_SAMPLER_ARG``; default:
-parent-based, always on); the endpoint and service name default to ``OTEL_EXPORTER_OTLP_ENDPOINT``
-and ``OTEL_SERVICE_NAME`` when their settings are unset.
+costs one attribute read; a :func:`phase` outside any span costs one context variable read. The
+SDK is imported only when tracing is turned on. The sampler is the SDK's, read the standard way
+(``OTEL_TRACES_SAMPLER``, ``OTEL_TRACES_SAMPLER_ARG``; default: parent-based, always on); the
+protocol, endpoint and service name default to the standard ``OTEL_EXPORTER_OTLP_*`` and
+``OTEL_SERVICE_NAME`` variables when their settings are unset.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Literal
 
 from opentelemetry import trace
@@ -29,6 +35,7 @@ from structlog.typing import EventDict
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SpanExporter
 
     from config.settings import TracingSettings
 
@@ -43,6 +50,12 @@ _KINDS: Mapping[str, trace.SpanKind] = {
 _PROPAGATOR = TraceContextTextMapPropagator()
 DEFAULT_SERVICE = "batchshift"
 TRACES_PATH = "/v1/traces"  # OTLP/HTTP's path under a base endpoint, as the spec appends it
+# The variables that name a collector: set, ``make demo`` turns tracing on.
+ENDPOINT_VARS = (
+    "BATCHSHIFT_TRACING__ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+)
 
 
 def context_of(traceparent: str | None, tracestate: str | None = None) -> Context | None:
@@ -82,6 +95,24 @@ class Span:
 
 
 NOOP_SPAN = Span(trace.INVALID_SPAN)
+# The shared no-op span as a context manager: what a span costs when tracing is off (it holds no state).
+NO_SPAN: AbstractContextManager[Span] = nullcontext(NOOP_SPAN)
+# The tracer of the span open in this task (None: none is), which :func:`phase` opens children on.
+_OPEN: ContextVar[Tracing | None] = ContextVar("batchshift_tracing_open", default=None)
+
+
+def phase(name: str, **attributes: Any) -> AbstractContextManager[Span]:
+    """A span ``name`` for one piece of the work of the span open in this task, as its child; the
+    shared no-op when no span is open (tracing off, or work outside any traced operation)."""
+    tracing = _OPEN.get()
+    if tracing is None:
+        return NO_SPAN
+    return tracing.span(name, attributes=attributes)
+
+
+def endpoint_configured(environ: Mapping[str, str]) -> bool:
+    """Whether ``environ`` names a collector to export to."""
+    return any(environ.get(name) for name in ENDPOINT_VARS)
 
 
 class Tracing:
@@ -97,19 +128,13 @@ class Tracing:
         """The exporting tracer the settings ask for, or :data:`OFF`."""
         if not settings.enabled:
             return OFF
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-        endpoint = settings.endpoint or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
         service = settings.service_name or os.environ.get("OTEL_SERVICE_NAME") or DEFAULT_SERVICE
         provider = TracerProvider(resource=Resource.create({"service.name": service}))
-        exporter = OTLPSpanExporter(
-            endpoint=endpoint.rstrip("/") + TRACES_PATH if endpoint else None,
-            timeout=settings.export_timeout_s,
-        )
-        provider.add_span_processor(BatchSpanProcessor(exporter))
+        provider.add_span_processor(BatchSpanProcessor(_exporter(settings)))
         return cls(provider)
 
     @contextmanager
@@ -133,14 +158,18 @@ class Tracing:
             context = context_of(traceparent)
             if context is not None:
                 link_list.append(trace.Link(trace.get_current_span(context).get_span_context()))
-        with self._tracer.start_as_current_span(
-            name,
-            context=context_of(parent, tracestate),
-            kind=_KINDS[kind],
-            links=link_list,
-            attributes={k: v for k, v in (attributes or {}).items() if v is not None},
-        ) as span:
-            yield Span(span)
+        opened = _OPEN.set(self)  # phase() opens this span's children on this tracer
+        try:
+            with self._tracer.start_as_current_span(
+                name,
+                context=context_of(parent, tracestate),
+                kind=_KINDS[kind],
+                links=link_list,
+                attributes={k: v for k, v in (attributes or {}).items() if v is not None},
+            ) as span:
+                yield Span(span)
+        finally:
+            _OPEN.reset(opened)
 
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Export every ended span now (tests, shutdown); True when all went out in time."""
@@ -153,6 +182,20 @@ class Tracing:
 
 
 OFF = Tracing()
+
+
+def _exporter(settings: TracingSettings) -> SpanExporter:
+    """The OTLP exporter of the settings' protocol; an unset endpoint is left to the SDK, which reads
+    the standard variables (``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``, ``OTEL_EXPORTER_OTLP_ENDPOINT``)."""
+    if settings.protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+
+        # An http:// endpoint means a plaintext channel (a local collector), https:// TLS.
+        return GrpcExporter(endpoint=settings.endpoint, timeout=settings.export_timeout_s)
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+
+    endpoint = settings.endpoint.rstrip("/") + TRACES_PATH if settings.endpoint else None
+    return HttpExporter(endpoint=endpoint, timeout=settings.export_timeout_s)
 
 
 def add_trace_ids(_logger: Any, _method: str, event_dict: EventDict) -> EventDict:

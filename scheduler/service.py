@@ -30,7 +30,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from config.settings import SchedulerSettings, Settings
-from config.tracing import OFF, Tracing
+from config.tracing import OFF, Tracing, phase
 from scheduler.errors import Fenced
 from scheduler.ledger import ids, keys, tasks
 from scheduler.ledger.clock import Clock, ServerClock
@@ -66,11 +66,14 @@ class Scheduler:
         steps: Sequence[tuple[str, Step]],
         *,
         tracing: Tracing = OFF,
+        owns_tracing: bool = False,
     ) -> None:
         self.settings = settings
         self.redis = redis
         self.leader = leader
-        self.tracing = tracing  # stopped by close(): build_scheduler hands it one to own (or OFF)
+        self.tracing = tracing  # sampled ticks are traced on it
+        self.owns_tracing = owns_tracing  # then close() stops it; a shared one is its owner's to stop
+        self.ticks_led = 0  # leader ticks, counted while tracing is on: every tick_sample_every-th is traced
         self.steps: list[tuple[str, Step]] = list(steps)
         # The lease is renewed within a tick once this much of its TTL has passed (monotonic clock,
         # replaceable in tests), so a long tick never outlives it.
@@ -89,7 +92,8 @@ class Scheduler:
     async def close(self) -> None:
         """Stop the loop and hand the lease over."""
         self._stopping = True
-        self.tracing.shutdown()
+        if self.owns_tracing:
+            self.tracing.shutdown()
         try:
             await self.leader.release()
         except (RedisError, OSError):
@@ -128,14 +132,29 @@ class Scheduler:
             return True
 
         async with heartbeat(renew, self.leader.ttl_ms / 3000, name="leader"):
-            await self._run_steps(tick, token, report)
+            if self._sampled():
+                with self.tracing.span("scheduler.tick", attributes={"batchshift.token": token}) as span:
+                    await self._run_steps(tick, token, report)
+                    span.set(**_tick_attributes(report))
+            else:
+                await self._run_steps(tick, token, report)
         return report
 
+    def _sampled(self) -> bool:
+        """Whether this leader tick is traced: the first, then one in ``tracing.tick_sample_every``."""
+        every = self.settings.tracing.tick_sample_every
+        if not self.tracing.enabled or every == 0:
+            return False
+        self.ticks_led += 1
+        return (self.ticks_led - 1) % every == 0
+
     async def _run_steps(self, tick: Tick, token: int, report: TickReport) -> None:
+        """Each step in order; in a traced tick, each is a ``tick.<step>`` span of it."""
         for name, step in self.steps:
             try:
                 await self.keep_lease(token)
-                await step(tick)
+                with phase(f"tick.{name}"):
+                    await step(tick)
             except Fenced:
                 report.fenced = True
                 report.leader = False
@@ -167,6 +186,18 @@ class Scheduler:
                 await asyncio.sleep(interval)
 
 
+def _tick_attributes(report: TickReport) -> dict[str, int | bool]:
+    """What a traced tick's span says it did."""
+    return {
+        "batchshift.planned": len(report.planned),
+        "batchshift.reserved": report.reserved,
+        "batchshift.submits": report.submits,
+        "batchshift.polls": report.polls,
+        "batchshift.step_errors": len(report.errors),
+        "batchshift.fenced": report.fenced,
+    }
+
+
 def build_scheduler(
     settings: Settings,
     redis: Redis,
@@ -180,12 +211,13 @@ def build_scheduler(
     ``slo`` runs first, so at-risk jobs flip before the planner reserves them into a batch, and it
     is the plan step's turnaround model (its quantile plus the sync margin), so lanes flush before
     their jobs would flip; it reads each lane's health once per tick for both. Flips are spans in
-    their jobs' traces, on ``tracing`` (shared, left open) or one built from settings (closed with it).
+    their jobs' traces, and sampled ticks are traced, on ``tracing`` (shared, left open) or one
+    built from settings (closed with it).
     """
     conf = settings.scheduler
     batches = Batches(redis)
-    owned = Tracing.from_settings(settings.tracing) if tracing is None else OFF  # a shared one is not ours
-    slo = SloTracker(settings, redis, arq_pool, Ledger.for_settings(redis, settings), tracing or owned)
+    used = Tracing.from_settings(settings.tracing) if tracing is None else tracing
+    slo = SloTracker(settings, redis, arq_pool, Ledger.for_settings(redis, settings), used)
     steps: list[tuple[str, Step]] = [
         ("slo", slo.step),
         ("plan", PlanStep(settings, redis, arq_pool, batches, slo.expected_turnaround)),
@@ -197,7 +229,7 @@ def build_scheduler(
         ("lanes", PruneStep(settings, redis)),
     ]
     leader = Leader(redis, holder=holder or holder_id(), ttl_s=conf.lease_ttl_s)
-    return Scheduler(settings, redis, leader, steps, tracing=owned)
+    return Scheduler(settings, redis, leader, steps, tracing=used, owns_tracing=tracing is None)
 
 
 class PlanStep:

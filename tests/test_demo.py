@@ -10,6 +10,9 @@ from rich.console import Console
 
 from batchshift.demo import Demo, Plan
 from batchshift.demo_report import report
+from config.settings import OTLP_PROTOCOL_VARS
+from config.tracing import ENDPOINT_VARS
+from tests.otlp import attrs, base_url, http_exports, running_http_collector, service_names, spans_of
 
 
 @pytest.mark.timeout(240)
@@ -41,3 +44,42 @@ async def test_demo_workload_small_scale_ends_every_job_on_time_and_pages_once(m
     assert total["saved_pct"] >= 40
     assert "PASS" in console.file.getvalue()  # type: ignore[attr-defined]
     assert demo.node_exit.code == 0  # batchshift run shut down gracefully on SIGTERM
+
+
+@pytest.mark.timeout(240)
+async def test_the_demo_exports_its_traces_when_an_endpoint_is_set(monkeypatch):
+    """``OTEL_EXPORTER_OTLP_ENDPOINT=... make demo``: the node's spans reach that collector (a
+    real OTLP/HTTP receiver here), one trace per producer request through to its webhooks."""
+    monkeypatch.delenv("BATCHSHIFT_REDIS_URL", raising=False)
+    for name in ("BATCHSHIFT_TRACING__ENABLED", "OTEL_SERVICE_NAME", *ENDPOINT_VARS, *OTLP_PROTOCOL_VARS):
+        monkeypatch.delenv(name, raising=False)
+    console = Console(file=io.StringIO(), width=200)
+    with running_http_collector() as collector:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", base_url(collector))
+        demo = Demo(Plan(jobs=20, stall_at=2, lift_at=6, give_up_at=90), console)
+        outcome = await demo.run()
+        assert demo.node_exit.code == 0  # a graceful stop: the node's tracer exported what it held
+        exports = http_exports(collector)
+    assert outcome.ended == outcome.jobs == 20
+    assert f"go to {base_url(collector)}" in console.file.getvalue()  # type: ignore[attr-defined]
+    assert service_names(exports) == {"batchshift-demo"}
+    spans = spans_of(exports)
+    assert {s.name for s in spans} >= {
+        "job.intake",
+        "job.validate",
+        "job.admit",
+        "job.store",
+        "scheduler.tick",
+        "batch.submit",
+        "batch.spool",
+        "batch.create",
+        "batch.poll",
+        "batch.ingest",
+        "webhook.deliver",
+    }
+    # Every job stored under a traced intake; every webhook attempt in one of those traces.
+    assert sum(attrs(s)["batchshift.items"] for s in spans if s.name == "job.store") == outcome.jobs
+    intake_traces = {s.trace_id for s in spans if s.name == "job.intake"}
+    hooks = [s for s in spans if s.name == "webhook.deliver"]
+    assert len(hooks) >= outcome.webhooks_delivered > 0
+    assert {s.trace_id for s in hooks} <= intake_traces

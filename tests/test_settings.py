@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from batchshift import cli
-from config.settings import DEFAULT_CONFIG_PATH, Settings, SettingsError, load_settings
+from config.settings import DEFAULT_CONFIG_PATH, OTLP_PROTOCOL_VARS, Settings, SettingsError, load_settings
 
 TOML = """
 redis_url = "redis://file:6379/1"
@@ -72,6 +72,9 @@ def test_nested_delimiter_sets_one_nested_field(config_file: Path, monkeypatch: 
         ("BATCHSHIFT_LOG_FORMAT", "xml"),
         # a ':' in a tenant name could make two tenants' Redis keys meet
         ("BATCHSHIFT_TENANTS", '{"a:b": {"api_key": "k"}}'),
+        # the OTel spec's http/json has no Python exporter: said at startup, not at the first export
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+        ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc/json"),
     ],
 )
 def test_bad_setting_is_a_settings_error_naming_it(
@@ -162,3 +165,29 @@ def test_siblings_must_speak_one_wire_format():
     mixed = [["openai:m:/v1/messages", "anthropic:m:/v1/messages"]]
     with pytest.raises(ValidationError, match="one wire format"):
         Settings(providers=providers, sibling_lanes=mixed)
+
+
+@pytest.mark.parametrize(
+    ("environ", "protocol"),
+    [
+        ({}, "http/protobuf"),
+        ({"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, "grpc"),
+        # the signal's own variable wins over the general one, as the OTel spec says
+        (
+            {"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf"},
+            "http/protobuf",
+        ),
+        (
+            {"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "BATCHSHIFT_TRACING__PROTOCOL": "http/protobuf"},
+            "http/protobuf",
+        ),
+    ],
+)
+def test_the_otlp_protocol_is_read_the_standard_way(
+    config_file: Path, monkeypatch: pytest.MonkeyPatch, environ: dict[str, str], protocol: str
+):
+    for name in OTLP_PROTOCOL_VARS:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    assert load_settings().tracing.protocol == protocol

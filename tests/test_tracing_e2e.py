@@ -2,13 +2,12 @@
 
 The API (in this process, over ASGI), the scheduler's tick, an arq worker and the emulator share
 one virtual clock (the harness of tests/test_slo_e2e.py). Spans are exported over OTLP/HTTP to a
-real receiver started here and decoded with ``opentelemetry-proto``; webhooks go to a real
-receiver, whose recorded ``traceparent`` headers are checked against those spans.
+real receiver started here (tests/otlp.py) and decoded with ``opentelemetry-proto``; webhooks go
+to a real receiver, whose recorded ``traceparent`` headers are checked against those spans.
 """
 
 from __future__ import annotations
 
-import gzip
 import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -17,7 +16,6 @@ from typing import Any
 import httpx
 import pytest
 from arq.worker import Worker
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as SpanProto
 
 from api.app import create_app
@@ -30,6 +28,15 @@ from scheduler.service import build_scheduler
 from tests import test_slo_e2e as slo
 from tests.api.harness import asgi, asgi_client
 from tests.conftest import make_settings
+from tests.otlp import (
+    attrs,
+    base_url,
+    children,
+    running_grpc_collector,
+    running_http_collector,
+    service_names,
+    spans_of,
+)
 from tests.test_slo_e2e import SETTLE_POLL_S, Pipeline, all_terminal, e2e_settings, records
 from tests.workers.receiver import Receiver, running_receiver
 from workers.worker import worker_settings
@@ -53,11 +60,18 @@ emulator = slo.emulator
 pagerduty = slo.pagerduty
 
 
+TICK_SAMPLE_EVERY = 3
+
+
 @pytest.fixture
 def collector() -> Iterator[Receiver]:
     """A real OTLP/HTTP receiver: records each export request (protobuf) and answers 200."""
-    with running_receiver(lambda n: (200, {"content-type": "application/x-protobuf"}, 0.0)) as receiver:
+    with running_http_collector() as receiver:
         yield receiver
+
+
+def exporting_to(collector: Receiver, **settings: Any) -> TracingSettings:
+    return TracingSettings(enabled=True, protocol="http/protobuf", endpoint=base_url(collector), **settings)
 
 
 @pytest.fixture
@@ -72,35 +86,13 @@ def producer_traceparent() -> tuple[str, str, str]:
     return f"00-{trace_id}-{span_id}-01", trace_id, span_id
 
 
-def spans_of(collector: Receiver) -> list[SpanProto]:
-    spans: list[SpanProto] = []
-    for request in collector.requests:
-        assert request.path == "/v1/traces"
-        body = request.body
-        if request.headers.get("content-encoding") == "gzip":
-            body = gzip.decompress(body)
-        export = ExportTraceServiceRequest.FromString(body)
-        for resource in export.resource_spans:
-            for scope in resource.scope_spans:
-                spans.extend(scope.spans)
-    return spans
-
-
-def attrs(span: SpanProto) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for kv in span.attributes:
-        kind = kv.value.WhichOneof("value")
-        out[kv.key] = getattr(kv.value, kind) if kind else None
-    return out
-
-
 @pytest.fixture
 async def traced(redis, redis_url, emulator, collector, pagerduty) -> AsyncIterator[dict[str, Any]]:
     """The API, scheduler and worker of one process sharing one exporting tracer."""
     base = e2e_settings(redis_url, emulator, pagerduty)
     settings = base.model_copy(
         update={
-            "tracing": TracingSettings(enabled=True, endpoint=collector.url.removesuffix("/hook")),
+            "tracing": exporting_to(collector, tick_sample_every=TICK_SAMPLE_EVERY),
             "webhook_allowlist": ["127.0.0.0/8"],
         }
     )
@@ -162,6 +154,10 @@ async def test_one_trace_from_the_producer_to_its_webhook(redis, emulator, colle
         [intake] = named("job.intake", trace_id)
         assert intake.parent_span_id.hex() == producer_span
         assert attrs(intake)["batchshift.job_id"] == job_id
+        # Its phases, in order, its first children (the job's later spans follow).
+        phases = [c.name for c in children(spans, intake)]
+        assert phases[:3] == ["job.validate", "job.admit", "job.store"]
+        assert not {"job.validate", "job.admit", "job.store"} & set(phases[3:])
         # The stored context is the intake span's.
         record = found[job_id]
         assert record.traceparent == f"00-{trace_id}-{intake.span_id.hex()}-01"
@@ -207,6 +203,26 @@ async def test_one_trace_from_the_producer_to_its_webhook(redis, emulator, colle
                 s for s in batch_spans if s.name == name and attrs(s)["batchshift.batch_id"] == batch_id
             ]
             assert {link.trace_id.hex() for link in span.links} == traces, name
+        # The submission's phases (OpenAI: the input file is uploaded, then the batch created on it).
+        [submit] = [
+            s for s in batch_spans if s.name == "batch.submit" and attrs(s)["batchshift.batch_id"] == batch_id
+        ]
+        phases = children(spans, submit)
+        assert [p.name for p in phases] == ["batch.spool", "batch.upload", "batch.create"]
+        assert attrs(phases[0])["batchshift.requests"] == len(batch_jobs)
+        assert attrs(phases[1])["batchshift.input_bytes"] == attrs(phases[0])["batchshift.input_bytes"] > 0
+
+    # Ticks: the first the scheduler led, then one in TICK_SAMPLE_EVERY, each a trace of its own
+    # with a span per step, in the tick's order.
+    scheduler = pipeline.scheduler
+    ticks = [s for s in spans if s.name == "scheduler.tick"]
+    assert scheduler.ticks_led > 2 * TICK_SAMPLE_EVERY
+    assert len(ticks) == (scheduler.ticks_led + TICK_SAMPLE_EVERY - 1) // TICK_SAMPLE_EVERY
+    step_spans = [f"tick.{name}" for name, _ in scheduler.steps]
+    for tick in ticks:
+        assert tick.parent_span_id == b""
+        assert tick.trace_id.hex() not in trace_of.values()
+        assert [c.name for c in children(spans, tick)] == step_spans
 
 
 async def test_tracing_off_stores_no_trace_context(redis, redis_url):
@@ -225,9 +241,7 @@ async def test_tracing_off_stores_no_trace_context(redis, redis_url):
 
 async def test_a_job_without_traceparent_starts_its_own_trace(redis, redis_url, collector):
     """The API builds its own tracer from settings (as ``batchshift api`` does) and flushes it on exit."""
-    settings: Settings = make_settings(
-        redis_url, tracing=TracingSettings(enabled=True, endpoint=collector.url.removesuffix("/hook"))
-    )
+    settings: Settings = make_settings(redis_url, tracing=exporting_to(collector))
     async with asgi(create_app(settings, redis=redis), {"authorization": "Bearer acme-key"}) as api:
         body = {"provider": "openai", "body": {"model": "m", "messages": []}, "deadline_in": 60}
         response = await api.post("/v1/jobs", json=body)
@@ -241,9 +255,7 @@ async def test_a_job_without_traceparent_starts_its_own_trace(redis, redis_url, 
 
 
 async def test_every_item_of_a_bulk_request_joins_the_requests_trace(redis, redis_url, collector):
-    settings: Settings = make_settings(
-        redis_url, tracing=TracingSettings(enabled=True, endpoint=collector.url.removesuffix("/hook"))
-    )
+    settings: Settings = make_settings(redis_url, tracing=exporting_to(collector))
     tracing = Tracing.from_settings(settings.tracing)
     traceparent, trace_id, producer_span = producer_traceparent()
     item = {"provider": "openai", "body": {"model": "m", "messages": []}, "deadline_in": 60}
@@ -261,9 +273,44 @@ async def test_every_item_of_a_bulk_request_joins_the_requests_trace(redis, redi
         tracing.shutdown()
     results = response.json()["results"]
     assert [r["status"] for r in results] == [202, 202, 422]
-    [intake] = [s for s in spans_of(collector) if s.name == "job.intake"]
+    spans = spans_of(collector)
+    [intake] = [s for s in spans if s.name == "job.intake"]
     assert intake.trace_id.hex() == trace_id
     assert intake.parent_span_id.hex() == producer_span
+    # One span per phase for the whole request, saying how many items reached it.
+    phases = children(spans, intake)
+    assert [(p.name, attrs(p)["batchshift.items"]) for p in phases] == [
+        ("job.validate", 3),
+        ("job.admit", 2),
+        ("job.store", 2),
+    ]
     for entry in results[:2]:
         stored = await redis.hget(keys.job(entry["job"]["id"]), "traceparent")
         assert stored == f"00-{trace_id}-{intake.span_id.hex()}-01".encode()
+
+
+async def test_spans_export_over_grpc_when_the_standard_variables_say_so(redis, redis_url, monkeypatch):
+    """``OTEL_EXPORTER_OTLP_PROTOCOL=grpc`` and ``OTEL_EXPORTER_OTLP_ENDPOINT`` alone: the API's
+    spans reach a real gRPC OTLP receiver, intake with its phases, in the producer's trace."""
+    with running_grpc_collector() as collector:
+        monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", raising=False)
+        monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", raising=False)
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint)
+        monkeypatch.setenv("OTEL_SERVICE_NAME", "batchshift-grpc")
+        settings: Settings = make_settings(redis_url, tracing=TracingSettings(enabled=True))
+        assert settings.tracing.protocol == "grpc"
+        traceparent, trace_id, producer_span = producer_traceparent()
+        body = {"provider": "openai", "body": {"model": "m", "messages": []}, "deadline_in": 60}
+        async with asgi(create_app(settings, redis=redis), {"authorization": "Bearer acme-key"}) as api:
+            response = await api.post("/v1/jobs", json=body, headers={"traceparent": traceparent})
+            assert response.status_code == 202
+        # Leaving the app shut its tracer down, which exports what it holds before returning.
+        exports = collector.exports()
+    assert service_names(exports) == {"batchshift-grpc"}
+    spans = spans_of(exports)
+    [intake] = [s for s in spans if s.name == "job.intake"]
+    assert intake.trace_id.hex() == trace_id
+    assert intake.parent_span_id.hex() == producer_span
+    assert attrs(intake)["batchshift.job_id"] == response.json()["id"]
+    assert [c.name for c in children(spans, intake)] == ["job.validate", "job.admit", "job.store"]

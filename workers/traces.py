@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractContextManager
 from typing import Any, Concatenate, Final, ParamSpec, TypeVar
 
 from redis.asyncio import Redis
 
+from config.tracing import NO_SPAN, Span, Tracing
 from scheduler.ledger import keys
+from scheduler.ledger.jobs import JobRecord
 from scheduler.planning.batches import Batches
 from workers.context import WorkerContext, tracing_of
 
@@ -50,6 +53,27 @@ def request_attributes(provider_kind: str, endpoint: str, model: str) -> dict[st
         "gen_ai.provider.name": provider_kind,
         "gen_ai.request.model": model,
     }
+
+
+def sync_call_span(
+    tracing: Tracing, provider_kind: str, job: JobRecord, route: str, service_tier: str | None
+) -> AbstractContextManager[Span]:
+    """The span of one sync call, in the job's trace (``chat <model>``, a client span); tracing
+    off, the shared no-op, with nothing built."""
+    if not tracing.enabled:
+        return NO_SPAN
+    return tracing.span(
+        f"{operation(job.endpoint)} {job.model}",
+        parent=job.traceparent,
+        tracestate=job.tracestate,
+        kind="client",
+        attributes=request_attributes(provider_kind, job.endpoint, job.model)
+        | {
+            "batchshift.job_id": job.id,
+            "batchshift.route": route,
+            "openai.request.service_tier": service_tier,
+        },
+    )
 
 
 def usage_attributes(usage: Mapping[str, Any] | None, headers: Mapping[str, str]) -> dict[str, Any]:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from config.tracing import OFF, Tracing, add_trace_ids, context_of
+from config.tracing import NO_SPAN, NOOP_SPAN, OFF, Tracing, add_trace_ids, context_of, phase
+from scheduler.ledger.jobs import JobRecord
 from workers import traces
 
 
@@ -59,3 +62,59 @@ def test_off_records_nothing():
     with OFF.span("work", parent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01") as span:
         assert span.headers() == {}
         assert "trace_id" not in add_trace_ids(None, "info", {"event": "z"})
+
+
+def test_a_phase_outside_any_span_is_the_shared_no_op():
+    """Tracing off (or no traced operation open): a phase allocates nothing and records nothing."""
+    assert phase("batch.spool") is phase("job.store")
+    with phase("batch.spool") as span:
+        assert span is NOOP_SPAN
+    with OFF.span("work"), phase("job.store") as inner:
+        assert inner is NOOP_SPAN
+
+
+def test_a_phase_is_a_child_of_the_span_open_in_its_task():
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing = Tracing(provider)
+    with tracing.span("batch.submit"):
+        with phase("batch.spool", **{"batchshift.requests": 3}):
+            pass
+        with phase("batch.create"):
+            pass
+    with phase("after"):  # the span has ended: no phase to open
+        pass
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    assert set(spans) == {"batch.submit", "batch.spool", "batch.create"}
+    submit = spans["batch.submit"].context
+    for name in ("batch.spool", "batch.create"):
+        assert spans[name].parent is not None
+        assert spans[name].parent.span_id == submit.span_id
+    assert spans["batch.spool"].attributes == {"batchshift.requests": 3}
+
+
+def test_a_sync_call_span_is_built_only_when_tracing_is_on():
+    job = JobRecord.from_hash(
+        {
+            b"id": b"job_1",
+            b"endpoint": b"/v1/chat/completions",
+            b"model": b"gpt-4o-mini",
+            b"deadline_ms": b"2000",
+            b"created_ms": b"1000",
+            b"traceparent": b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        }
+    )
+    assert traces.sync_call_span(OFF, "openai", job, "sync", None) is NO_SPAN
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    with traces.sync_call_span(Tracing(provider), "openai", job, "flex", "flex") as span:
+        assert span is not NOOP_SPAN
+    [call] = exporter.get_finished_spans()
+    assert call.name == "chat gpt-4o-mini"
+    assert call.parent is not None
+    assert format(call.parent.span_id, "016x") == "b7ad6b7169203331"
+    assert call.attributes is not None
+    assert call.attributes["batchshift.route"] == "flex"
+    assert call.attributes["gen_ai.request.model"] == "gpt-4o-mini"

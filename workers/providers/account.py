@@ -10,6 +10,7 @@ import httpx
 import orjson
 
 from config.settings import ProviderSettings
+from config.tracing import phase
 from workers import http
 from workers.errors import (
     BatchCreateUnknown,
@@ -99,7 +100,8 @@ class ProviderAccount:
         could hide a created batch, and a blind retry could create a second one.
         """
         try:
-            return await self.call_json("POST", path, idempotent=False, **request)
+            with phase("batch.create"):
+                return await self.call_json("POST", path, idempotent=False, **request)
         except (ResponseTimeout, ServerError) as exc:
             raise BatchCreateUnknown(batch_id, str(exc)) from exc
 

@@ -18,6 +18,7 @@ from typing import IO
 
 import orjson
 
+from config.tracing import phase
 from workers.errors import BatchTooLarge, InvalidBatchInput
 from workers.providers.base import BatchLine
 
@@ -176,21 +177,25 @@ async def spool(
     request_limit: int,
     byte_limit: int,
 ) -> BatchInput:
-    """Spool ``lines`` to a temporary file; raises before anything is sent if they break a limit."""
+    """Spool ``lines`` to a temporary file; raises before anything is sent if they break a limit.
+
+    A ``batch.spool`` phase of the span open (a submission's), reading the lines included."""
     batch = BatchInput(fmt, endpoint, request_limit, byte_limit)
-    try:
-        if isinstance(lines, AsyncIterable):
-            async for line in lines:
-                batch.add(line)
-        else:
-            for line in lines:
-                batch.add(line)
-        if batch.requests == 0:
-            raise InvalidBatchInput("", "a batch needs at least one line")
-        batch.finish()
-    except BaseException:
-        batch.close()
-        raise
+    with phase("batch.spool") as span:
+        try:
+            if isinstance(lines, AsyncIterable):
+                async for line in lines:
+                    batch.add(line)
+            else:
+                for line in lines:
+                    batch.add(line)
+            if batch.requests == 0:
+                raise InvalidBatchInput("", "a batch needs at least one line")
+            batch.finish()
+        except BaseException:
+            batch.close()
+            raise
+        span.set(**{"batchshift.requests": batch.requests, "batchshift.input_bytes": batch.nbytes})
     return batch
 
 

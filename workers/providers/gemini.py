@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 import msgspec
 import orjson
 
+from config.tracing import phase
 from workers import http
 from workers.errors import InvalidBatchInput, MalformedResponse, ProviderNotFound
 from workers.providers import batch_input, jsonl
@@ -273,7 +274,8 @@ class GeminiAdapter(BatchAdapter):
                     items.append({"request": line["request"], "metadata": {"key": line["key"]}})
             batch["inputConfig"] = {"requests": {"requests": items}}
         else:
-            batch["inputConfig"] = {"fileName": await self._upload(spooled, batch_id)}
+            with phase("batch.upload", **{"batchshift.input_bytes": spooled.nbytes}):
+                batch["inputConfig"] = {"fileName": await self._upload(spooled, batch_id)}
         if before_create is not None:
             await before_create()
         return await self.account.create(

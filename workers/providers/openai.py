@@ -16,6 +16,7 @@ from typing import Any, cast
 import msgspec
 import orjson
 
+from config.tracing import phase
 from workers import http
 from workers.errors import (
     BatchCreateUnknown,
@@ -184,13 +185,14 @@ class OpenAIAdapter(BatchAdapter):
     async def create(self, spooled: BatchInput, batch_id: str, before_create: BeforeCreate) -> dict[str, Any]:
         """Upload the input as a ``purpose=batch`` file, then create the batch on it."""
         # Re-sending an upload at worst leaves an unused file behind, so it is retried freely.
-        uploaded = await self.account.call_json(
-            "POST",
-            "/files",
-            idempotent=True,
-            files={"file": (f"{batch_id}.jsonl", spooled.file, "application/jsonl")},
-            data=self.upload_form(),
-        )
+        with phase("batch.upload", **{"batchshift.input_bytes": spooled.nbytes}):
+            uploaded = await self.account.call_json(
+                "POST",
+                "/files",
+                idempotent=True,
+                files={"file": (f"{batch_id}.jsonl", spooled.file, "application/jsonl")},
+                data=self.upload_form(),
+            )
         file_id = uploaded.get("id")
         if not isinstance(file_id, str):
             raise MalformedResponse("file upload answered without an id")

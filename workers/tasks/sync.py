@@ -133,17 +133,9 @@ class SyncCall:
         await self._mark("begin", expected)
         try:
             async with self._heartbeat():
-                with tracing_of(self.c).span(
-                    f"{traces.operation(job.endpoint)} {job.model}",
-                    parent=job.traceparent,
-                    tracestate=job.tracestate,
-                    kind="client",
-                    attributes=traces.request_attributes(self.adapter.kind, job.endpoint, job.model)
-                    | {
-                        "batchshift.job_id": job.id,
-                        "batchshift.route": plan.route,
-                        "openai.request.service_tier": plan.service_tier,
-                    },
+                tracing = tracing_of(self.c)
+                with traces.sync_call_span(
+                    tracing, self.adapter.kind, job, plan.route, plan.service_tier
                 ) as span:
                     answer = await self.adapter.send_sync(
                         job.endpoint,
@@ -152,7 +144,8 @@ class SyncCall:
                         max_retries=0,
                         read_timeout=read_timeout_s(settings, job, plan),
                     )
-                    span.set(**traces.usage_attributes(answer.usage, answer.headers))
+                    if tracing.enabled:
+                        span.set(**traces.usage_attributes(answer.usage, answer.headers))
         except ResponseTimeout:
             await self._mark("end", expected)  # sent, maybe answered and billed, never received
             raise
