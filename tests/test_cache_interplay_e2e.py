@@ -307,14 +307,18 @@ async def test_a_large_prefix_group_is_warmed_by_a_one_request_batch_then_reads_
     assert len(creates) == len(records_by_start)
 
 
+@pytest.mark.parametrize("dedup", [False, True], ids=["plain", "with-a-dedup-follower"])
 async def test_a_moved_jobs_stalled_batch_completing_later_is_duplicate_spend_answered_once(
-    redis, redis_url, emulator, pagerduty, harness, receiver
+    redis, redis_url, emulator, pagerduty, harness, receiver, dedup
 ):
     """The stalled OpenAI batch cannot be cancelled (the emulator refuses the cancel); its jobs move to
     the Azure sibling and finish there. The stall then lifts and the old batch completes with answers
-    for all of them: each is recorded as duplicate spend, no job is answered or notified twice."""
+    for all of them: each is recorded as duplicate spend, no job is answered or notified twice. With
+    dedup on, a fourth job repeats the first: it never entered a batch, and ends once, with its leader."""
     base = sibling_settings(redis_url, emulator, pagerduty)
     settings = base.model_copy(update={"webhook_allowlist": ["127.0.0.0/8"]})
+    if dedup:
+        settings = with_dedup(settings)
     pipeline: Pipeline = harness(settings)
     emulator.configure(stall=["gpt-4o-mini"], server_error={"POST /v1/batches/*/cancel": 1.0})
     items = [
@@ -326,13 +330,21 @@ async def test_a_moved_jobs_stalled_batch_completing_later_is_duplicate_spend_an
         }
         for i in range(3)
     ]
-    job_ids = await bulk(pipeline, items)
+    job_ids = await bulk(pipeline, items + items[:1] if dedup else items)
     await pipeline.run_until(all_terminal(pipeline.ledger, job_ids), within_s=20)
-    moved = await records(pipeline.ledger, job_ids)
+    ended = await records(pipeline.ledger, job_ids)
+    moved = [j for j in ended if j.dedup_of is None]
+    assert len(moved) == 3
     assert {(j.state, j.route, j.lane) for j in moved} == {("succeeded", "batch", SIBLING)}
+    if dedup:
+        [follower] = [j for j in ended if j.dedup_of is not None]
+        assert follower.dedup_of == job_ids[0]
+        assert "relaned_from" not in follower.raw  # it waited on its leader, in no queue or batch
     [old_batch_id] = {j.raw["relaned_from_batch"].decode() for j in moved}
-    answers = {j.id: await pipeline.ledger.result(j.id) for j in moved}
-    costs = {j.id: j.cost for j in moved}
+    answers = {j.id: await pipeline.ledger.result(j.id) for j in ended}
+    if dedup:
+        assert answers[job_ids[-1]] == answers[job_ids[0]]  # the follower has its leader's answer
+    costs = {j.id: j.cost for j in ended}
     day_total = keys.agg_total(day_of(pipeline.start_ms), "acme")
     assert float((await redis.hgetall(day_total)).get(b"duplicate_usd", 0)) == 0
 
@@ -357,7 +369,7 @@ async def test_a_moved_jobs_stalled_batch_completing_later_is_duplicate_spend_an
         sum(float(c["actual_usd"]) for c in costs.values() if c)
     )
     for job in late:
-        assert (job.state, job.route, job.lane) == ("succeeded", "batch", SIBLING)
+        assert (job.state, job.route) == ("succeeded", "batch")
         assert await pipeline.ledger.result(job.id) == answers[job.id]  # the sibling's answer stays
         assert job.cost == costs[job.id]
     events = [orjson.loads(r.body) for r in receiver.requests]
