@@ -350,18 +350,13 @@ def validate(
 def _prefix(draft: Draft) -> str:
     """The job's prompt prefix group, when its lane groups by prefix (else "")."""
     assert draft.provider_settings is not None
-    # The two fields read directly: merging a lane's whole settings per job would cost bulk intake.
-    defaults = draft.settings.lane_defaults
-    override = draft.settings.lanes.get(lane_name(draft.provider, draft.model, draft.endpoint))
-    group, tokens = defaults.group_prefixes, defaults.prefix_tokens
-    if override is not None:
-        group = group if override.group_prefixes is None else override.group_prefixes
-        tokens = override.prefix_tokens or tokens
-    tokens = tokens or 1024
-    if group is False or len(draft.body) < tokens * prefixes.BYTES_PER_TOKEN:
-        return ""  # a whole request this short is below what any provider caches: no group to join
-    return prefixes.prefix_key(
-        draft.parsed, kind=draft.provider_settings.kind, endpoint=draft.endpoint, prefix_tokens=tokens
+    return prefixes.for_lane(
+        draft.settings,
+        lane_name(draft.provider, draft.model, draft.endpoint),
+        draft.parsed,
+        len(draft.body),
+        kind=draft.provider_settings.kind,
+        endpoint=draft.endpoint,
     )
 
 

@@ -147,6 +147,7 @@ class Relane:
     from_states: Sequence[str] = ("queued",)
     batch_id: str | None = None  # taken from a stalled batch: the job must still be in it
     body: bytes | None = None
+    prefix: str | None = None  # its prompt prefix group on ``to`` ("": none); None keeps the stored one
 
     def encode(self, blobs: list[bytes]) -> dict[str, Any]:
         """The script's view of this item; the adapted body travels apart, appended to ``blobs``."""
@@ -164,6 +165,7 @@ class Relane:
             "model": self.model,
             "endpoint": self.endpoint,
             "b": index,
+            "prefix": self.prefix,
         }
 
 

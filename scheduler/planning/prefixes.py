@@ -27,6 +27,8 @@ from typing import Any, Final
 
 import orjson
 
+from config.settings import Settings
+
 BYTES_PER_TOKEN: Final = 4  # the same rough rule the cost estimates use
 KEY_HEX: Final = 16  # 64 bits of sha256: collisions between a lane's groups are negligible
 PROMPT_CACHE_KEY_PREFIX: Final = "bs-"
@@ -81,6 +83,27 @@ def prefix_key(body: dict[str, Any], *, kind: str, endpoint: str, prefix_tokens:
         if have >= want:
             return digest.hexdigest()[:KEY_HEX]
     return ""
+
+
+def for_lane(
+    settings: Settings, lane: str, parsed: dict[str, Any], size: int, *, kind: str, endpoint: str
+) -> str:
+    """The prefix key of a request of ``size`` bytes (``parsed``) in ``lane``, by that lane's
+    ``group_prefixes`` and ``prefix_tokens`` ("" when the lane does not group, or it is too short).
+
+    Intake keys a job by its own lane; a job moved to a sibling lane is keyed again by the sibling's.
+    """
+    # The two fields read directly: merging a lane's whole settings per job would cost bulk intake.
+    defaults = settings.lane_defaults
+    override = settings.lanes.get(lane)
+    group, tokens = defaults.group_prefixes, defaults.prefix_tokens
+    if override is not None:
+        group = group if override.group_prefixes is None else override.group_prefixes
+        tokens = override.prefix_tokens or tokens
+    tokens = tokens or 1024
+    if group is False or size < tokens * BYTES_PER_TOKEN:
+        return ""  # a whole request this short is below what any provider caches: no group to join
+    return prefix_key(parsed, kind=kind, endpoint=endpoint, prefix_tokens=tokens)
 
 
 def with_cache_hints(body: bytes, prefix: str, *, kind: str, endpoint: str) -> bytes:

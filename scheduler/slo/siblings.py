@@ -25,6 +25,7 @@ from config.settings import Settings
 from config.tracing import OFF, Tracing
 from scheduler.ledger import keys
 from scheduler.ledger.ledger import Ledger, Relane
+from scheduler.planning import prefixes
 from scheduler.slo import sibling_plan
 from scheduler.slo.flips import ensure_deadline_index
 from scheduler.slo.prediction import LanePrediction
@@ -65,6 +66,20 @@ def adapted_body(body: bytes, model: str) -> bytes | None:
         return None
     parsed["model"] = model
     return orjson.dumps(parsed)
+
+
+def sibling_prefix(settings: Settings, body: bytes, lane: str) -> str | None:
+    """The prefix key a job of ``body`` takes on sibling ``lane`` (by that lane's own prefix settings,
+    so it groups with the sibling's own jobs); None when the body cannot be read (the key stays)."""
+    provider, _, endpoint = lane_parts(lane)
+    account = settings.providers.get(provider)
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if account is None or not isinstance(parsed, dict):
+        return None
+    return prefixes.for_lane(settings, lane, parsed, len(body), kind=account.kind, endpoint=endpoint)
 
 
 SiblingLookup = Callable[[str], Awaitable[Sibling | None]]
@@ -143,6 +158,7 @@ class Failover:
             if relanes is not None:
                 continue  # moved here from a sibling: it moves once at most (relane.lua holds the rule)
             provider, model, endpoint = lane_parts(to)
+            adapted = adapted_body(body, model) if body else None
             items.append(
                 Relane(
                     job_id,
@@ -153,7 +169,8 @@ class Failover:
                     endpoint,
                     from_states=("batched",) if batch_id else ("queued",),
                     batch_id=batch_id,
-                    body=adapted_body(body, model) if body else None,
+                    body=adapted,
+                    prefix=sibling_prefix(self.settings, adapted or body, to) if body else None,
                 )
             )
         moved = 0

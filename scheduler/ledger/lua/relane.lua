@@ -6,7 +6,8 @@
 -- as a flipped job's is. A job moves once at most (its `relanes` count): no ping-pong between
 -- two lanes that lag in turn.
 -- ARGV: 1 JSON array of items {id, from=[states], batch=?, lane (expected), to (lane), provider,
---       model, endpoint, b=? (ARGV index of the adapted body)}, 2 now ms, 3.. adapted bodies
+--       model, endpoint, b=? (ARGV index of the adapted body), prefix=? (its prefix group on the
+--       sibling lane, which counts prefixes by its own settings)}, 2 now ms, 3.. adapted bodies
 -- Returns one code per item: 'ok' | 'skip:<state>' | 'skip:relaned' | 'missing'.
 -- uses: json, state
 local items = cjson.decode(ARGV[1])
@@ -33,6 +34,7 @@ for i, it in ipairs(items) do
     end
     redis.call('HSET', jk, 'state', 'queued', 'batch_id', '', 'lane', it.to, 'provider', it.provider,
       'model', it.model, 'endpoint', it.endpoint, 'relaned_from', rec[3], 'relaned_ms', now)
+    if opt(it.prefix) ~= nil then redis.call('HSET', jk, 'prefix', it.prefix) end
     if state == 'batched' then redis.call('HSET', jk, 'relaned_from_batch', rec[2]) end
     redis.call('HINCRBY', jk, 'relanes', 1)
     redis.call('HINCRBY', K.lane_metrics(rec[3]), 'relaned', 1)
