@@ -14,7 +14,8 @@ or when refused for good, or handed back unsent when its send could not end with
 A subclass plugs in what differs: its :class:`Terms` (keys, lease, deadline, schedule), how its
 items are loaded (:meth:`Outbox._load`), the send slots one item takes (:meth:`Outbox._slots`),
 how one item is sent (:meth:`Outbox._send`, returning a :class:`Verdict`) and what it counts.
-Every send goes through :func:`workers.http.post_capped`: one deadline over the whole call and a
+Every send goes through :func:`workers.http.post_capped` (alerts) or
+:meth:`workers.webhook_http.WebhookClient.post` (webhooks): one deadline over the whole call and a
 capped read of the answer, so no receiver costs a worker more than one send's worth.
 """
 

@@ -15,9 +15,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-import httpx
-
 from config.settings import WebhookSettings
+from workers.webhook_http import WebhookClient
 
 
 class Slots:
@@ -62,10 +61,10 @@ class Limits:
 
 
 # One set of limits per webhook client, i.e. per process: concurrent delivery tasks share them.
-_LIMITS: weakref.WeakKeyDictionary[httpx.AsyncClient, Limits] = weakref.WeakKeyDictionary()
+_LIMITS: weakref.WeakKeyDictionary[WebhookClient, Limits] = weakref.WeakKeyDictionary()
 
 
-def limits_for(client: httpx.AsyncClient, hooks: WebhookSettings) -> Limits:
+def limits_for(client: WebhookClient, hooks: WebhookSettings) -> Limits:
     """The send slots shared by every :class:`Deliverer` on ``client``."""
     limits = _LIMITS.get(client)
     if limits is None:

@@ -10,7 +10,7 @@ there is no task per HTTP call.
 
 Receivers are chosen by tenants, so none may cost a worker more than one send's worth: each send
 has one deadline over the whole call and reads at most ``max_response_bytes`` of the answer
-(:func:`workers.http.post_capped`); sends are limited per (tenant, URL), per tenant and per
+(:meth:`workers.webhook_http.WebhookClient.post`); sends are limited per (tenant, URL), per tenant and per
 process, and a worker holds at most twice a tenant's limit of its deliveries, so a slow receiver
 fills only its own slots.
 
@@ -32,7 +32,6 @@ from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import httpx
 import orjson
 import structlog
 from redis.asyncio import Redis
@@ -46,9 +45,10 @@ from scheduler.planning.webhook_dispatch import url_hash
 from workers import outbox
 from workers.context import WorkerContext, tracing_of
 from workers.errors import ResponseTimeout, UnsafeDestination, WorkerError
-from workers.http import build_guarded_client, post_capped, retry_after
+from workers.http import retry_after
 from workers.outbox import Item, Outbox, Report, Terms, Verdict
 from workers.summary import summarised
+from workers.webhook_http import WebhookClient
 from workers.webhook_slots import limits_for
 
 log = structlog.get_logger(__name__)
@@ -81,10 +81,10 @@ def sign(secrets_: Sequence[str], msg_id: str, timestamp: int, body: bytes) -> s
     )
 
 
-def build_client(settings: Settings) -> httpx.AsyncClient:
-    """The process's webhook client (:func:`workers.http.build_guarded_client`) sized by settings."""
+def build_client(settings: Settings) -> WebhookClient:
+    """The process's webhook client (:class:`workers.webhook_http.WebhookClient`) sized by settings."""
     hooks = settings.webhooks
-    return build_guarded_client(
+    return WebhookClient(
         settings.webhook_allowlist,
         timeout_s=hooks.timeout_s,
         max_connections=hooks.concurrency,
@@ -129,7 +129,7 @@ class Deliverer(Outbox[Delivery, DeliveryReport]):
         self,
         settings: Settings,
         redis: Redis,
-        client: httpx.AsyncClient,
+        client: WebhookClient,
         *,
         clock: Clock | None = None,
         rng: random.Random | None = None,
@@ -257,8 +257,7 @@ class Deliverer(Outbox[Delivery, DeliveryReport]):
         did, url = item.id, item.data.get("url", "")
         limit = self.hooks.max_response_bytes
         try:
-            response = await post_capped(
-                self.client,
+            response = await self.client.post(
                 url,
                 content=body,
                 headers=headers,
