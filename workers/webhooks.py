@@ -38,7 +38,7 @@ from redis.asyncio import Redis
 
 from config.settings import Settings, WebhookSettings
 from config.tracing import OFF, Tracing
-from scheduler.ledger import keys, tasks
+from scheduler.ledger import keys, scripts, tasks
 from scheduler.ledger.clock import Clock
 from scheduler.ledger.jobs import VIEW_FIELDS, JobRecord, iso
 from scheduler.planning.webhook_dispatch import url_hash
@@ -59,7 +59,8 @@ USER_AGENT = "batchshift-webhooks/1"
 # the tenant's slots busy between claims, too few for its backlog to fill the worker.
 TENANT_HOLD = 2
 # What a delivery's message needs: the delivery's own fields and the fields of the job's view
-# (scheduler.jobs.VIEW_FIELDS: never the request body, which can be large).
+# (scheduler.jobs.VIEW_FIELDS: never the request body, which can be large). job_id comes first:
+# scheduler/ledger/lua/webhook_load.lua reads the job from it.
 DELIVERY_FIELDS = ("job_id", "tenant", "url", "type", "event_id", "attempts")
 TRACE_FIELDS = ("traceparent", "tracestate")  # read with the job's view only when tracing is on
 
@@ -142,6 +143,7 @@ class Deliverer(Outbox[Delivery, DeliveryReport]):
         self.hooks = settings.webhooks
         self.client = client
         self.limits = limits_for(client, self.hooks)
+        self._load_records = scripts.load(redis, "webhook_load")
 
     async def run(self, now_ms: int | None = None, budget_s: float = 60.0) -> DeliveryReport:
         """Deliver everything due, claiming as slots free up, until nothing is due or ``budget_s`` passed.
@@ -166,37 +168,42 @@ class Deliverer(Outbox[Delivery, DeliveryReport]):
     async def _slots(self, item: Item[Delivery]) -> AsyncIterator[None]:
         """Per (tenant, URL), per tenant, then overall: a slow receiver fills only its own slots."""
         tenant = item.group
-        url_key = url_hash(tenant, item.data.get("url", ""))
+        url_key = item.data["url_hash"]
         limits = self.limits
         async with limits.url.hold(url_key), limits.tenant.hold(tenant), limits.total.hold(""):
             yield
 
     async def _load(self, ids: list[str]) -> list[Item[Delivery]]:
-        """Each delivery with the job fields its message shows, its result and whether its URL is disabled."""
+        """Each delivery with the job fields its message shows, its result and whether its URL is
+        disabled: one script call for the records (scheduler/ledger/lua/webhook_load.lua), one
+        pipelined read per distinct URL for the 410 marks."""
         if not ids:
             return []
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for did in ids:
-                pipe.hmget(keys.webhook_delivery(did), list(DELIVERY_FIELDS))
-            records = await pipe.execute()
-        deliveries = [
-            {f: v.decode() for f, v in zip(DELIVERY_FIELDS, r, strict=True) if v is not None} | {"id": d}
-            for d, r in zip(ids, records, strict=True)
-        ]
         job_fields = VIEW_FIELDS + TRACE_FIELDS if self.tracing.enabled else VIEW_FIELDS
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for d in deliveries:
-                job_id = d.get("job_id", "")
-                pipe.hmget(keys.job(job_id), list(job_fields))
-                pipe.get(keys.result(job_id))
-                pipe.exists(keys.disabled_url(url_hash(d.get("tenant", ""), d.get("url", ""))))
-            replies = await pipe.execute()
-        for i, d in enumerate(deliveries):
-            values, result, disabled = replies[3 * i : 3 * i + 3]
+        flat = await self._load_records(
+            keys=[], args=[len(DELIVERY_FIELDS), len(job_fields), *DELIVERY_FIELDS, *job_fields, *ids]
+        )
+        width = len(DELIVERY_FIELDS) + len(job_fields) + 1
+        deliveries: list[Delivery] = []
+        for n, did in enumerate(ids):
+            row = flat[n * width : (n + 1) * width]
+            d = {f: v.decode() for f, v in zip(DELIVERY_FIELDS, row, strict=False) if v is not None} | {
+                "id": did
+            }
+            values = row[len(DELIVERY_FIELDS) : -1]
             job_raw = {f.encode(): v for f, v in zip(job_fields, values, strict=True) if v is not None}
             d["job"] = JobRecord.from_hash(job_raw) if job_raw.get(b"id") else None
-            d["result"] = result
-            d["disabled"] = bool(disabled)
+            d["result"] = row[-1]
+            d["url_hash"] = url_hash(d.get("tenant", ""), d.get("url", ""))
+            deliveries.append(d)
+        urls = sorted({d["url_hash"] for d in deliveries})
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key in urls:
+                pipe.exists(keys.disabled_url(key))
+            marks = await pipe.execute()
+        disabled = {key for key, mark in zip(urls, marks, strict=True) if mark}
+        for d in deliveries:
+            d["disabled"] = d["url_hash"] in disabled
         return [Item(d["id"], int(d.get("attempts") or 0), d.get("tenant", ""), d) for d in deliveries]
 
     async def _send(self, item: Item[Delivery]) -> Verdict:
