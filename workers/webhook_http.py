@@ -31,6 +31,9 @@ from workers.errors import ConnectionFailed, ResponseTimeout, UnsafeDestination
 from workers.http import CappedResponse
 from workers.ssrf import AddressPolicy, _literal
 
+# Most URLs whose parse and literal check are remembered (all are forgotten when it is reached).
+CHECKED_URLS = 10_000
+
 
 class GuardedResolver(AbstractResolver):
     """aiohttp's resolver for webhooks: every address a name resolves to is checked, or the call is refused."""
@@ -74,6 +77,9 @@ class WebhookClient:
         self.max_connections = max_connections
         self.user_agent = user_agent
         self._session: aiohttp.ClientSession | None = None
+        # URLs parsed and passed by _check_literal (the same URL's verdict never changes; names are
+        # checked by the resolver at each connect): a backfill sends thousands to one URL.
+        self._checked: dict[str, URL] = {}
 
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -115,11 +121,16 @@ class WebhookClient:
         when the deadline passes or the answer broke off, :class:`ConnectionFailed` when the request
         never reached the receiver.
         """
-        try:
-            target = URL(url)
-        except (TypeError, ValueError) as exc:
-            raise UnsafeDestination(url, "", f"not a URL: {exc}") from exc
-        self._check_literal(target)
+        target = self._checked.get(url)
+        if target is None:
+            try:
+                target = URL(url)
+            except (TypeError, ValueError) as exc:
+                raise UnsafeDestination(url, "", f"not a URL: {exc}") from exc
+            self._check_literal(target)
+            if len(self._checked) >= CHECKED_URLS:
+                self._checked.clear()
+            self._checked[url] = target
         session = self._open()
         try:
             async with asyncio.timeout(deadline_s):
