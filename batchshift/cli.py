@@ -212,11 +212,9 @@ def _add_lanes(subparsers: Subparsers) -> None:
 
 
 def _run_scheduler(args: argparse.Namespace) -> int:
-    import asyncio
+    from batchshift.processes import run_loop, run_scheduler
 
-    from batchshift.processes import run_scheduler
-
-    asyncio.run(run_scheduler(bootstrap()))
+    run_loop(run_scheduler(bootstrap()))
     return 0
 
 
@@ -228,11 +226,9 @@ def _add_scheduler(subparsers: Subparsers) -> None:
 
 
 def _run_worker(args: argparse.Namespace) -> int:
-    import asyncio
+    from batchshift.processes import run_loop, run_worker
 
-    from batchshift.processes import run_worker
-
-    asyncio.run(run_worker(bootstrap(), grace_s=args.grace))
+    run_loop(run_worker(bootstrap(), grace_s=args.grace))
     return 0
 
 
@@ -243,11 +239,9 @@ def _add_worker(subparsers: Subparsers) -> None:
 
 
 def _run_node(args: argparse.Namespace) -> int:
-    import asyncio
+    from batchshift.processes import run_loop, run_node
 
-    from batchshift.processes import run_node
-
-    asyncio.run(run_node(bootstrap(), args.host, args.port, grace_s=args.grace))
+    run_loop(run_node(bootstrap(), args.host, args.port, grace_s=args.grace))
     return 0
 
 

@@ -1,10 +1,10 @@
-"""Webhook delivery benchmark: signed deliveries per second to a local receiver, against raw httpx.
+"""Webhook delivery benchmark: signed deliveries per second to a local receiver, against raw aiohttp.
 
 Ours: 5,000 jobs finish with a callback URL; :class:`workers.webhooks.Deliverer` claims, signs,
 sends (SSRF-guarded client, each send under its deadline and answer cap) and settles them. All go
 to one tenant's one URL, so the default per-URL limit (16 at once) holds them, not the overall 64.
-Baseline, same run and same receiver: raw ``httpx.AsyncClient.post`` of a body of the same size,
-64 at once, nothing else.
+Baseline, same run and same receiver: raw ``aiohttp.ClientSession.post`` (the client our sends use,
+and the cheapest per request we measured) of a body of the same size, 64 at once, nothing else.
 The receiver is a minimal ASGI app under uvicorn in its own process, so its CPU is not ours.
 Target: ratio at least 0.5. Peak is the resident-set growth during our step (``VmHWM``).
 """
@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import httpx
+import aiohttp
 
 from batchshift.embedded_redis import free_port
 from benchmarks.support import ROOT, reset_peak, status_kb, wait_until_up
@@ -115,12 +115,15 @@ async def _ours(redis_url: str, url: str) -> dict[str, Any]:
 async def _raw(url: str, size: int) -> dict[str, Any]:
     body = b"x" * size
     semaphore = asyncio.Semaphore(CONCURRENCY)
-    limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
-    async with httpx.AsyncClient(limits=limits) as client:
+    connector = aiohttp.TCPConnector(limit=CONCURRENCY)
+    async with aiohttp.ClientSession(connector=connector) as client:
 
         async def one() -> None:
-            async with semaphore:
-                response = await client.post(url, content=body, headers={"content-type": "application/json"})
+            async with (
+                semaphore,
+                client.post(url, data=body, headers={"content-type": "application/json"}) as response,
+            ):
+                await response.read()
                 response.raise_for_status()
 
         started = time.perf_counter()
@@ -129,7 +132,7 @@ async def _raw(url: str, size: int) -> dict[str, Any]:
 
 
 async def run() -> list[dict[str, Any]]:
-    """Deliveries per second, ours against raw httpx at the same concurrency."""
+    """Deliveries per second, ours against raw aiohttp at the same concurrency."""
     from batchshift.embedded_redis import embedded_redis
 
     with embedded_redis() as redis_url, _receiver() as url:

@@ -20,6 +20,7 @@ from config.tracing import OFF, Tracing
 from scheduler.ledger.clock import Clock
 from scheduler.ledger.ledger import Ledger
 from workers.providers.base import ProviderAdapter
+from workers.webhook_http import WebhookClient
 
 # A test hook: called with keyword arguments describing the point it interrupts.
 Hook = Callable[..., Awaitable[None] | None]
@@ -32,7 +33,7 @@ class WorkerContext(TypedDict):
     settings: Settings
     ledger: Ledger
     http: httpx.AsyncClient  # the one HTTP client of this process
-    webhook_http: httpx.AsyncClient  # webhooks only: SSRF-guarded, no redirects (workers/webhooks.py)
+    webhook_http: WebhookClient  # webhooks only: SSRF-guarded, no redirects (workers/webhooks.py)
     adapters: dict[str, ProviderAdapter]  # configured provider name -> its adapter
     hooks: dict[str, Hook]  # fault injection points for tests; empty in production
     clock: Clock  # every task's "now": Redis TIME in production, a test's virtual clock in tests

@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-import httpx
-
 from config.settings import WebhookSettings
+from workers.webhook_http import WebhookClient
 
 
 class Slots:
@@ -30,20 +27,42 @@ class Slots:
     def __len__(self) -> int:
         return len(self._entries)
 
-    @asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
-        entry = self._entries.get(key)
+    def hold(self, key: str) -> _Hold:
+        """``async with slots.hold(key)``: one of ``key``'s slots for the block (a plain class, not an
+        ``asynccontextmanager``: three of these wrap every webhook send)."""
+        return _Hold(self, key)
+
+
+class _Hold:
+    """One hold on a key's slots (see :meth:`Slots.hold`)."""
+
+    __slots__ = ("_semaphore", "_users", "key", "slots")
+
+    def __init__(self, slots: Slots, key: str) -> None:
+        self.slots = slots
+        self.key = key
+
+    async def __aenter__(self) -> None:
+        entries = self.slots._entries
+        entry = entries.get(self.key)
         if entry is None:
-            entry = self._entries[key] = (asyncio.Semaphore(self.limit), [0])
-        semaphore, users = entry
-        users[0] += 1
+            entry = entries[self.key] = (asyncio.Semaphore(self.slots.limit), [0])
+        self._semaphore, self._users = entry
+        self._users[0] += 1
         try:
-            async with semaphore:
-                yield
-        finally:
-            users[0] -= 1
-            if not users[0]:
-                del self._entries[key]
+            await self._semaphore.acquire()
+        except BaseException:
+            self._leave()
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._semaphore.release()
+        self._leave()
+
+    def _leave(self) -> None:
+        self._users[0] -= 1
+        if not self._users[0]:
+            del self.slots._entries[self.key]
 
 
 @dataclass(slots=True)
@@ -62,10 +81,10 @@ class Limits:
 
 
 # One set of limits per webhook client, i.e. per process: concurrent delivery tasks share them.
-_LIMITS: weakref.WeakKeyDictionary[httpx.AsyncClient, Limits] = weakref.WeakKeyDictionary()
+_LIMITS: weakref.WeakKeyDictionary[WebhookClient, Limits] = weakref.WeakKeyDictionary()
 
 
-def limits_for(client: httpx.AsyncClient, hooks: WebhookSettings) -> Limits:
+def limits_for(client: WebhookClient, hooks: WebhookSettings) -> Limits:
     """The send slots shared by every :class:`Deliverer` on ``client``."""
     limits = _LIMITS.get(client)
     if limits is None:

@@ -10,7 +10,7 @@ there is no task per HTTP call.
 
 Receivers are chosen by tenants, so none may cost a worker more than one send's worth: each send
 has one deadline over the whole call and reads at most ``max_response_bytes`` of the answer
-(:func:`workers.http.post_capped`); sends are limited per (tenant, URL), per tenant and per
+(:meth:`workers.webhook_http.WebhookClient.post`); sends are limited per (tenant, URL), per tenant and per
 process, and a worker holds at most twice a tenant's limit of its deliveries, so a slow receiver
 fills only its own slots.
 
@@ -32,7 +32,6 @@ from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import httpx
 import orjson
 import structlog
 from redis.asyncio import Redis
@@ -40,16 +39,17 @@ from redis.asyncio import Redis
 from config.settings import Settings, WebhookSettings
 from config.tracing import OFF, Tracing
 from scheduler.compat.batches import ClientBatch
-from scheduler.ledger import keys, tasks
+from scheduler.ledger import keys, scripts, tasks
 from scheduler.ledger.clock import Clock
 from scheduler.ledger.jobs import VIEW_FIELDS, JobRecord, iso
 from scheduler.planning.webhook_dispatch import url_hash
 from workers import outbox
 from workers.context import WorkerContext, tracing_of
 from workers.errors import ResponseTimeout, UnsafeDestination, WorkerError
-from workers.http import build_guarded_client, post_capped, retry_after
+from workers.http import retry_after
 from workers.outbox import Item, Outbox, Report, Terms, Verdict
 from workers.summary import summarised
+from workers.webhook_http import WebhookClient
 from workers.webhook_slots import limits_for
 
 log = structlog.get_logger(__name__)
@@ -60,8 +60,9 @@ USER_AGENT = "batchshift-webhooks/1"
 # the tenant's slots busy between claims, too few for its backlog to fill the worker.
 TENANT_HOLD = 2
 # What a delivery's message needs: the delivery's own fields and the fields of the job's view
-# (scheduler.jobs.VIEW_FIELDS: never the request body, which can be large).
-DELIVERY_FIELDS = ("job_id", "client_batch", "tenant", "url", "type", "event_id", "attempts")
+# (scheduler.jobs.VIEW_FIELDS: never the request body, which can be large). job_id comes first:
+# scheduler/ledger/lua/webhook_load.lua reads the job from it; a client batch's event has none.
+DELIVERY_FIELDS = ("job_id", "tenant", "url", "type", "event_id", "attempts", "client_batch")
 TRACE_FIELDS = ("traceparent", "tracestate")  # read with the job's view only when tracing is on
 
 Delivery = dict[str, Any]
@@ -82,10 +83,10 @@ def sign(secrets_: Sequence[str], msg_id: str, timestamp: int, body: bytes) -> s
     )
 
 
-def build_client(settings: Settings) -> httpx.AsyncClient:
-    """The process's webhook client (:func:`workers.http.build_guarded_client`) sized by settings."""
+def build_client(settings: Settings) -> WebhookClient:
+    """The process's webhook client (:class:`workers.webhook_http.WebhookClient`) sized by settings."""
     hooks = settings.webhooks
-    return build_guarded_client(
+    return WebhookClient(
         settings.webhook_allowlist,
         timeout_s=hooks.timeout_s,
         max_connections=hooks.concurrency,
@@ -130,7 +131,7 @@ class Deliverer(Outbox[Delivery, DeliveryReport]):
         self,
         settings: Settings,
         redis: Redis,
-        client: httpx.AsyncClient,
+        client: WebhookClient,
         *,
         clock: Clock | None = None,
         rng: random.Random | None = None,
@@ -143,6 +144,7 @@ class Deliverer(Outbox[Delivery, DeliveryReport]):
         self.hooks = settings.webhooks
         self.client = client
         self.limits = limits_for(client, self.hooks)
+        self._load_records = scripts.load(redis, "webhook_load")
 
     async def run(self, now_ms: int | None = None, budget_s: float = 60.0) -> DeliveryReport:
         """Deliver everything due, claiming as slots free up, until nothing is due or ``budget_s`` passed.
@@ -167,45 +169,49 @@ class Deliverer(Outbox[Delivery, DeliveryReport]):
     async def _slots(self, item: Item[Delivery]) -> AsyncIterator[None]:
         """Per (tenant, URL), per tenant, then overall: a slow receiver fills only its own slots."""
         tenant = item.group
-        url_key = url_hash(tenant, item.data.get("url", ""))
+        url_key = item.data["url_hash"]
         limits = self.limits
         async with limits.url.hold(url_key), limits.tenant.hold(tenant), limits.total.hold(""):
             yield
 
     async def _load(self, ids: list[str]) -> list[Item[Delivery]]:
-        """Each delivery with the job fields its message shows, its result and whether its URL is disabled."""
+        """Each delivery with the job fields its message shows, its result and whether its URL is
+        disabled: one script call for the records (scheduler/ledger/lua/webhook_load.lua), one
+        pipelined read per distinct URL for the 410 marks."""
         if not ids:
             return []
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for did in ids:
-                pipe.hmget(keys.webhook_delivery(did), list(DELIVERY_FIELDS))
-            records = await pipe.execute()
-        deliveries = [
-            {f: v.decode() for f, v in zip(DELIVERY_FIELDS, r, strict=True) if v is not None} | {"id": d}
-            for d, r in zip(ids, records, strict=True)
-        ]
         job_fields = VIEW_FIELDS + TRACE_FIELDS if self.tracing.enabled else VIEW_FIELDS
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for d in deliveries:
-                if batch_id := d.get("client_batch"):  # a batch.completed event: the batch's record
-                    pipe.hgetall(keys.client_batch(batch_id))
-                    pipe.exists(keys.client_batch(batch_id))  # keeps three replies per delivery
-                else:
-                    job_id = d.get("job_id", "")
-                    pipe.hmget(keys.job(job_id), list(job_fields))
-                    pipe.get(keys.result(job_id))
-                pipe.exists(keys.disabled_url(url_hash(d.get("tenant", ""), d.get("url", ""))))
-            replies = await pipe.execute()
-        for i, d in enumerate(deliveries):
-            values, result, disabled = replies[3 * i : 3 * i + 3]
-            d["disabled"] = bool(disabled)
-            if batch_id := d.get("client_batch"):
-                d["job"], d["result"] = None, None
-                d["batch"] = ClientBatch.from_hash(batch_id, values) if values else None
-                continue
+        flat = await self._load_records(
+            keys=[], args=[len(DELIVERY_FIELDS), len(job_fields), *DELIVERY_FIELDS, *job_fields, *ids]
+        )
+        width = len(DELIVERY_FIELDS) + len(job_fields) + 1
+        deliveries: list[Delivery] = []
+        for n, did in enumerate(ids):
+            row = flat[n * width : (n + 1) * width]
+            d = {f: v.decode() for f, v in zip(DELIVERY_FIELDS, row, strict=False) if v is not None} | {
+                "id": did
+            }
+            values = row[len(DELIVERY_FIELDS) : -1]
             job_raw = {f.encode(): v for f, v in zip(job_fields, values, strict=True) if v is not None}
             d["job"] = JobRecord.from_hash(job_raw) if job_raw.get(b"id") else None
-            d["result"] = result
+            d["result"] = row[-1]
+            d["url_hash"] = url_hash(d.get("tenant", ""), d.get("url", ""))
+            deliveries.append(d)
+        urls = sorted({d["url_hash"] for d in deliveries})
+        batch_events = [d for d in deliveries if d.get("client_batch")]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key in urls:
+                pipe.exists(keys.disabled_url(key))
+            for d in batch_events:  # a batch.* event shows the client batch's record, not a job
+                pipe.hgetall(keys.client_batch(d["client_batch"]))
+            replies = await pipe.execute()
+        marks, batches = replies[: len(urls)], replies[len(urls) :]
+        disabled = {key for key, mark in zip(urls, marks, strict=True) if mark}
+        for d in deliveries:
+            d["disabled"] = d["url_hash"] in disabled
+        for d, values in zip(batch_events, batches, strict=True):
+            d["job"], d["result"] = None, None
+            d["batch"] = ClientBatch.from_hash(d["client_batch"], values) if values else None
         return [Item(d["id"], int(d.get("attempts") or 0), d.get("tenant", ""), d) for d in deliveries]
 
     async def _send(self, item: Item[Delivery]) -> Verdict:
@@ -276,8 +282,7 @@ class Deliverer(Outbox[Delivery, DeliveryReport]):
         did, url = item.id, item.data.get("url", "")
         limit = self.hooks.max_response_bytes
         try:
-            response = await post_capped(
-                self.client,
+            response = await self.client.post(
                 url,
                 content=body,
                 headers=headers,

@@ -7,6 +7,7 @@ found. This one rule is what makes crashes and retries safe.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -169,9 +170,19 @@ class Relane:
         }
 
 
+DAY_MS = 86_400_000
+
+
 def day_of(ms: int) -> str:
     """The UTC day (YYYY-MM-DD) that epoch milliseconds fall on."""
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d")
+    return _day(ms // DAY_MS)
+
+
+@functools.lru_cache(maxsize=64)
+def _day(day: int) -> str:
+    """A UTC day by its number since the epoch (every UTC day is 86,400 s in epoch time): intake asks
+    once per job, and formatting a datetime was a few per cent of a bulk enqueue's CPU."""
+    return datetime.fromtimestamp(day * (DAY_MS // 1000), tz=UTC).strftime("%Y-%m-%d")
 
 
 class Ledger:

@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 from scheduler.errors import IllegalTransition, NotFound
 from scheduler.ledger import ids, keys
 from scheduler.ledger.jobs import NewJob
-from scheduler.ledger.ledger import Finish, Ledger, Requeue
+from scheduler.ledger.ledger import Finish, Ledger, Requeue, day_of
 
 NOW = 1_800_000_000_000
 
@@ -174,3 +174,18 @@ async def test_requeue_returns_a_batched_job_to_its_lane_once(redis: Redis):
     assert await ledger.requeue([flip], NOW) == ["ok"]
     assert await redis.zcard(keys.lane_queue(job.lane)) == 0
     assert await redis.zscore(keys.SYNC_QUEUE, job.id) == job.deadline_ms
+
+
+@pytest.mark.parametrize(
+    ("ms", "day"),
+    [
+        (0, "1970-01-01"),
+        (86_399_999, "1970-01-01"),
+        (86_400_000, "1970-01-02"),
+        (-1, "1969-12-31"),
+        (1_709_164_800_000, "2024-02-29"),  # a leap day's first millisecond
+        (1_735_689_599_999, "2024-12-31"),  # the last of a year
+    ],
+)
+def test_the_day_of_a_millisecond_is_its_utc_day(ms: int, day: str) -> None:
+    assert day_of(ms) == day

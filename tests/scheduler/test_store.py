@@ -11,7 +11,9 @@ import time
 from collections.abc import Iterator
 
 import httpx
+import pytest
 from redis.asyncio import Redis
+from redis.exceptions import DataError
 from structlog.testing import capture_logs
 
 from batchshift.embedded_redis import embedded_redis, free_port
@@ -191,3 +193,28 @@ async def test_a_command_cancelled_mid_flight_always_finishes_cancelling(redis_u
             assert done, "a cancelled command never finished cancelling"
     finally:
         await client.aclose()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("SET", "k", "v"),
+        ("EVALSHA", b"abc", 2, "key:é", b"\x00\xff", 0.1, 1 / 3, 1e20, -0.0, 2**70, memoryview(b"mv")),
+        ("SCRIPT LOAD", "return 1"),
+        (b"CLIENT SETNAME", "x"),
+    ],
+)
+def test_commands_are_packed_as_redis_pys_own_packer_packs_them(
+    redis_url: str, args: tuple[object, ...]
+) -> None:
+    """hiredis packs our commands; the bytes on the wire are those of redis-py's Python packer."""
+    pool = store._pool(make_settings(redis_url))
+    ours = pool.make_connection()
+    theirs = pool.connection_class.__mro__[1](**pool.connection_kwargs)
+    assert b"".join(ours.pack_command(*args)) == b"".join(bytes(p) for p in theirs.pack_command(*args))
+
+
+def test_a_bool_is_refused_as_redis_py_refuses_it(redis_url: str) -> None:
+    ours = store._pool(make_settings(redis_url)).make_connection()
+    with pytest.raises(DataError):
+        ours.pack_command("SET", "k", True)

@@ -10,6 +10,7 @@ import pytest
 from tests.workers.receiver import running_receiver
 from workers.errors import UnsafeDestination
 from workers.ssrf import AddressPolicy, guarded_transport
+from workers.webhook_http import WebhookClient
 
 REFUSED = [
     "0.0.0.0",  # this network
@@ -101,3 +102,36 @@ async def test_non_http_schemes_are_refused() -> None:
     async with httpx.AsyncClient(transport=guarded_transport([], max_connections=1)) as client:
         with pytest.raises((UnsafeDestination, httpx.UnsupportedProtocol)):
             await client.get("ftp://8.8.8.8/x")
+
+
+def webhook_client(allowlist: list[str]) -> WebhookClient:
+    return WebhookClient(allowlist, timeout_s=2.0, max_connections=4, user_agent="test")
+
+
+async def post(client: WebhookClient, url: str) -> int:
+    response = await client.post(url, content=b"{}", headers={}, deadline_s=2.0, max_body=4096)
+    return response.status_code
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "127.1", "2130706433", "[::ffff:127.0.0.1]"])
+async def test_the_webhook_client_refuses_loopback_in_every_spelling_before_connecting(host: str) -> None:
+    """A name goes through the guarded resolver; an IP literal (aiohttp asks no resolver about
+    those) is checked before the send; a non-canonical numeric host is refused outright."""
+    with running_receiver() as receiver:
+        async with webhook_client([]) as client:
+            with pytest.raises(UnsafeDestination):
+                await post(client, receiver.url.replace("127.0.0.1", host))
+        assert receiver.requests == []
+
+
+async def test_the_webhook_client_connects_to_an_allowlisted_address_with_the_names_host_header() -> None:
+    with running_receiver() as receiver:
+        async with webhook_client(["127.0.0.0/8", "::1/128"]) as client:
+            assert await post(client, receiver.url.replace("127.0.0.1", "localhost")) == 200
+        assert receiver.requests[0].headers["host"].startswith("localhost:")
+
+
+async def test_the_webhook_client_refuses_non_http_schemes() -> None:
+    async with webhook_client([]) as client:
+        with pytest.raises(UnsafeDestination, match="scheme"):
+            await post(client, "ftp://8.8.8.8/x")

@@ -6,6 +6,7 @@
 -- that dies with claims in hand gives them back by themselves when the lease runs out.
 -- Fairness: each group (a webhook's tenant; alerts have none) may gain at most its room in one
 -- claim (the caller passes what it still holds), so one tenant's backlog never fills a worker.
+-- A run of refusals as long as a group's whole room ends the scan (the rest is that backlog).
 -- A due entry whose record is gone (retired, or deleted once sent) is dropped from the due set.
 -- KEYS: 1 the kind's due zset.
 -- ARGV: 1 now ms (the caller's: which items are due), 2 lease ms, 3 most to claim,
@@ -26,7 +27,11 @@ local chosen = {}
 local orphans = {}
 local left = 0
 local offset = 0
-while #chosen < want and offset < scan do
+-- Entries in a row refused for lack of room: a run as long as a whole group's room is one group's
+-- backlog (a backfill's thousands of deliveries to one tenant), and scanning on through it to the
+-- scan limit cost more Redis CPU per delivery than the rest of the pipeline's scripts together.
+local refused_run = 0
+while #chosen < want and offset < scan and refused_run < default_room do
   local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', offset, math.min(page, scan - offset))
   if #ids == 0 then break end
   offset = offset + #ids
@@ -43,9 +48,12 @@ while #chosen < want and offset < scan do
         if room > 0 then
           rooms[group] = room - 1
           chosen[#chosen + 1] = id
+          refused_run = 0
           if #chosen >= want then break end
         else
           left = 1
+          refused_run = refused_run + 1
+          if refused_run >= default_room then break end
         end
       end
     end
