@@ -1,6 +1,7 @@
 """The API's app factory: one Redis client and one Ledger per process, built in the lifespan.
 
-Routers register here, one ``include_router`` line each. State other code may read:
+Routers register here, one ``include_router`` line each; POST /v1/jobs is answered by a middleware
+ahead of routing (api/enqueue_path.py), its route declared in api/jobs.py as the others. State other code may read:
 ``app.state.settings``, ``app.state.redis``, ``app.state.ledger``, ``app.state.watcher`` and
 ``app.state.tracing`` (config/tracing.py; the no-op until the lifespan starts).
 """
@@ -14,6 +15,7 @@ from fastapi import FastAPI
 from redis.asyncio import Redis
 
 from api import costs, health, jobs, lanes, provider_webhooks, webhooks
+from api.enqueue_path import EnqueueFastPath
 from api.errors import install_error_handlers
 from api.request_id import RequestIdMiddleware
 from api.responses import JsonResponse
@@ -57,6 +59,7 @@ def create_app(settings: Settings, *, redis: Redis | None = None, tracing: Traci
     app.state.settings = settings
     app.state.tracing = OFF
     install_error_handlers(app)
+    app.add_middleware(EnqueueFastPath)  # POST /v1/jobs without routing; inside the request id
     app.add_middleware(RequestIdMiddleware, access_log=settings.log_access)
     app.include_router(health.router)
     app.include_router(costs.router)
