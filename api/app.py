@@ -55,6 +55,9 @@ def create_app(settings: Settings, *, redis: Redis | None = None, tracing: Traci
         version="0.1.0",
         lifespan=lifespan,
         default_response_class=JsonResponse,
+        # Traces come from our own tracing (BATCHSHIFT_TRACING, the job's spans across processes);
+        # FastAPI's native OpenTelemetry looked up the global providers on every request, for nothing.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
     app.state.tracing = OFF
