@@ -2,7 +2,8 @@
 
 Routers register here, one ``include_router`` line each; POST /v1/jobs is answered by a middleware
 ahead of routing (api/enqueue_path.py), its route declared in api/jobs.py as the others. State other code may read:
-``app.state.settings``, ``app.state.redis``, ``app.state.ledger``, ``app.state.watcher`` and
+``app.state.settings``, ``app.state.redis``, ``app.state.ledger``, ``app.state.enqueues`` (single
+enqueues grouped into one Redis round trip), ``app.state.watcher`` and
 ``app.state.tracing`` (config/tracing.py; the no-op until the lifespan starts).
 """
 
@@ -23,6 +24,7 @@ from api.schemas import document
 from api.watcher import JobWatcher
 from config.settings import Settings
 from config.tracing import OFF, Tracing
+from scheduler.ledger.group_enqueue import GroupEnqueue
 from scheduler.ledger.ledger import Ledger
 from scheduler.ledger.store import check_server, connect
 
@@ -38,11 +40,13 @@ def create_app(settings: Settings, *, redis: Redis | None = None, tracing: Traci
             await check_server(client)
         app.state.redis = client
         app.state.ledger = Ledger.for_settings(client, settings)
+        app.state.enqueues = GroupEnqueue(app.state.ledger)
         app.state.watcher = JobWatcher(client, wait_s=settings.redis.socket_timeout_s / 2)
         app.state.tracing = tracing or Tracing.from_settings(settings.tracing)
         try:
             yield
         finally:
+            await app.state.enqueues.close()
             await app.state.watcher.close()
             if tracing is None:
                 app.state.tracing.shutdown()

@@ -37,6 +37,7 @@ from config.tracing import Span, Tracing
 from scheduler.costs.admission import AdmissionGate
 from scheduler.errors import BatchshiftError, IdempotencyConflict, InvalidRequest, NotFound, PayloadTooLarge
 from scheduler.intake import admit, refusal, validate
+from scheduler.ledger.group_enqueue import GroupEnqueue
 from scheduler.ledger.jobs import JobRecord, NewJob
 from scheduler.ledger.ledger import EnqueueOutcome, Ledger
 
@@ -214,7 +215,8 @@ async def _enqueue(
         _traced(job, span.headers())
         span.set(**{"batchshift.job_id": job.id, "batchshift.lane": job.lane})
     prior = await _admitted(job, AdmissionGate(settings, state.redis), ledger)
-    outcome = EnqueueOutcome("existing", prior) if prior else await ledger.enqueue(job)
+    enqueues: GroupEnqueue = state.enqueues
+    outcome = EnqueueOutcome("existing", prior) if prior else await enqueues.enqueue(job)
     if (refused := refusal(job, outcome, settings)) is not None:
         raise refused
     if outcome.status == "conflict":
