@@ -8,6 +8,7 @@ only its own jobs: another tenant's job answers 404, as if it did not exist.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -42,6 +43,9 @@ from scheduler.ledger.jobs import JobRecord, NewJob
 from scheduler.ledger.ledger import EnqueueOutcome, Ledger
 
 log = structlog.get_logger(__name__)
+# The stdlib logger's level check, as structlog's filter_by_level makes it, without building the event
+# first: the single enqueue's debug line cost 3% of its server time while filtered out.
+_debug_enabled = logging.getLogger(__name__).isEnabledFor
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -224,7 +228,8 @@ async def _enqueue(
     if outcome.status == "existing":
         record = await _owned(ledger, tenant_name, outcome.job_id)
         return record.view(await ledger.result(record.id))
-    log.debug("job.enqueued", job_id=job.id, lane=job.lane, tenant=tenant_name, state=job.state)
+    if _debug_enabled(logging.DEBUG):
+        log.debug("job.enqueued", job_id=job.id, lane=job.lane, tenant=tenant_name, state=job.state)
     return new_record(job, outcome.attached_to).view()
 
 

@@ -7,6 +7,7 @@ found. This one rule is what makes crashes and retries safe.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -165,9 +166,18 @@ class Relane:
         }
 
 
+DAY_MS = 86_400_000
+
+
 def day_of(ms: int) -> str:
     """The UTC day (YYYY-MM-DD) that epoch milliseconds fall on."""
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d")
+    return _day(ms // DAY_MS)
+
+
+@functools.lru_cache(maxsize=64)
+def _day(day: int) -> str:
+    """Cached per day number: every enqueue names its month's budget keys."""
+    return datetime.fromtimestamp(day * 86_400, tz=UTC).strftime("%Y-%m-%d")
 
 
 class Ledger:

@@ -174,3 +174,13 @@ async def test_requeue_returns_a_batched_job_to_its_lane_once(redis: Redis):
     assert await ledger.requeue([flip], NOW) == ["ok"]
     assert await redis.zcard(keys.lane_queue(job.lane)) == 0
     assert await redis.zscore(keys.SYNC_QUEUE, job.id) == job.deadline_ms
+
+
+def test_day_of_names_the_utc_day_at_every_boundary():
+    from datetime import UTC, datetime
+
+    from scheduler.ledger.ledger import day_of
+
+    for ms in (0, 1, 86_399_999, 86_400_000, -1, -86_400_001, NOW, NOW + 86_400_000 * 400 + 123):
+        assert day_of(ms) == datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d")
+    assert day_of(1_800_000_000_000) == "2027-01-15"
