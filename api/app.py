@@ -1,8 +1,10 @@
 """The API's app factory: one Redis client and one Ledger per process, built in the lifespan.
 
-Routers register here, one ``include_router`` line each. State other code may read:
-``app.state.settings``, ``app.state.redis``, ``app.state.ledger``, ``app.state.batch_intake``
-(the compatible batch endpoints'), ``app.state.watcher`` and
+Routers register here, one ``include_router`` line each; POST /v1/jobs is answered by a middleware
+ahead of routing (api/enqueue_path.py), its route declared in api/jobs.py as the others. State other code may read:
+``app.state.settings``, ``app.state.redis``, ``app.state.ledger``, ``app.state.enqueues`` (single
+enqueues grouped into one Redis round trip), ``app.state.batch_intake`` (the compatible batch
+endpoints'), ``app.state.watcher`` and
 ``app.state.tracing`` (config/tracing.py; the no-op until the lifespan starts).
 """
 
@@ -25,6 +27,7 @@ from api import (
     provider_webhooks,
     webhooks,
 )
+from api.enqueue_path import EnqueueFastPath
 from api.errors import install_error_handlers
 from api.request_id import RequestIdMiddleware
 from api.responses import JsonResponse
@@ -33,6 +36,7 @@ from api.watcher import JobWatcher
 from config.settings import Settings
 from config.tracing import OFF, Tracing
 from scheduler.compat.intake import BatchIntake
+from scheduler.ledger.group_enqueue import GroupEnqueue
 from scheduler.ledger.ledger import Ledger
 from scheduler.ledger.store import check_server, connect
 
@@ -49,11 +53,13 @@ def create_app(settings: Settings, *, redis: Redis | None = None, tracing: Traci
         app.state.redis = client
         app.state.ledger = Ledger.for_settings(client, settings)
         app.state.batch_intake = BatchIntake(settings, client, app.state.ledger)
+        app.state.enqueues = GroupEnqueue(app.state.ledger)
         app.state.watcher = JobWatcher(client, wait_s=settings.redis.socket_timeout_s / 2)
         app.state.tracing = tracing or Tracing.from_settings(settings.tracing)
         try:
             yield
         finally:
+            await app.state.enqueues.close()
             await app.state.watcher.close()
             if tracing is None:
                 app.state.tracing.shutdown()
@@ -66,10 +72,14 @@ def create_app(settings: Settings, *, redis: Redis | None = None, tracing: Traci
         version="0.1.0",
         lifespan=lifespan,
         default_response_class=JsonResponse,
+        # Traces come from our own tracing (BATCHSHIFT_TRACING, the job's spans across processes);
+        # FastAPI's native OpenTelemetry looked up the global providers on every request, for nothing.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
     app.state.tracing = OFF
     install_error_handlers(app)
+    app.add_middleware(EnqueueFastPath)  # POST /v1/jobs without routing; inside the request id
     app.add_middleware(RequestIdMiddleware, access_log=settings.log_access)
     app.include_router(health.router)
     app.include_router(costs.router)

@@ -28,7 +28,11 @@ class Caller:
 
 def bearer_key(request: Request) -> str:
     """The Bearer token of the request; raise Unauthorized when there is none."""
-    header = request.headers.get("authorization", "")
+    return bearer_token(request.headers.get("authorization", ""))
+
+
+def bearer_token(header: str) -> str:
+    """The token of an ``Authorization: Bearer ...`` header value; raise Unauthorized when there is none."""
     scheme, _, token = header.partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
@@ -56,10 +60,24 @@ def identify(settings: Settings, key: str) -> Caller | None:
 def caller(request: Request) -> Caller:
     """Dependency: the authenticated caller, tenant or admin; 401 when the key is missing or unknown."""
     settings: Settings = request.app.state.settings
-    found = identify(settings, bearer_key(request))
+    return known_caller(settings, bearer_key(request))
+
+
+def known_caller(settings: Settings, key: str) -> Caller:
+    """The caller ``key`` belongs to; 401 when it belongs to nobody."""
+    found = identify(settings, key)
     if found is None:
         raise Unauthorized("unknown API key", "authorization")
     return found
+
+
+def tenant_of(settings: Settings, authorization: str) -> str:
+    """The tenant an ``Authorization`` header names; 401 for a missing or unknown key, 403 for the admin
+    key. The enqueue fast path (api/enqueue_path.py) calls it with the raw header."""
+    found = known_caller(settings, bearer_token(authorization))
+    if found.tenant is None:
+        raise Forbidden("this endpoint takes a tenant API key, not the admin key", "authorization")
+    return found.tenant
 
 
 # The dependencies are ``async def`` though they never await: FastAPI runs a plain ``def``
@@ -68,10 +86,8 @@ def caller(request: Request) -> Caller:
 
 async def tenant(request: Request) -> str:
     """Dependency: the calling tenant's name; 401 for a missing or unknown key, 403 for the admin key."""
-    found = caller(request)
-    if found.tenant is None:
-        raise Forbidden("this endpoint takes a tenant API key, not the admin key", "authorization")
-    return found.tenant
+    settings: Settings = request.app.state.settings
+    return tenant_of(settings, request.headers.get("authorization", ""))
 
 
 async def anthropic_tenant(request: Request) -> str:

@@ -9,7 +9,7 @@ may be sent again as is; with an idempotency key nothing is doubled); anything e
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import structlog
@@ -122,12 +122,31 @@ async def _unexpected_error(request: Request, exc: Exception) -> JsonResponse:
     return JsonResponse(error_body("internal_error", "internal error"), 500)
 
 
+Handler = Callable[[Request, Exception], Awaitable[JsonResponse]]
+
+# The handlers of errors a route may raise, by class. Anything else is ``_unexpected_error``'s,
+# which Starlette runs in its outermost middleware (and then re-raises, for the server's log).
+HANDLERS: dict[type[Exception], Handler] = {
+    BatchshiftError: _batchshift_error,
+    RequestValidationError: _validation_error,
+    HTTPException: _http_error,
+    RedisConnectionError: _store_unavailable,
+    RedisTimeoutError: _store_unavailable,
+    ResponseError: _response_error,
+}
+
+
+def handler_for(exc: Exception) -> Handler | None:
+    """The handler of ``exc``'s nearest class in ``HANDLERS``, as Starlette looks it up; None for
+    an unexpected error (left to propagate). For code that answers outside FastAPI's routing."""
+    for cls in type(exc).__mro__:
+        if cls in HANDLERS:
+            return HANDLERS[cls]
+    return None
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers on ``app``."""
-    app.add_exception_handler(BatchshiftError, _batchshift_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(HTTPException, _http_error)
-    app.add_exception_handler(RedisConnectionError, _store_unavailable)
-    app.add_exception_handler(RedisTimeoutError, _store_unavailable)
-    app.add_exception_handler(ResponseError, _response_error)
+    for cls, handler in HANDLERS.items():
+        app.add_exception_handler(cls, handler)
     app.add_exception_handler(Exception, _unexpected_error)

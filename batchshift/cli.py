@@ -62,7 +62,7 @@ def _run_api(args: argparse.Namespace) -> int:
     settings = bootstrap()
     asyncio.run(check_redis(settings))  # logs the server and its version; refuses one too old
     # log_config=None keeps our logging; the request-id middleware logs each request instead of
-    # uvicorn's access log, with the request id bound.
+    # uvicorn's access log, with the request id bound (when BATCHSHIFT_LOG_ACCESS is on).
     uvicorn.run(
         create_app(settings),
         host=args.host,

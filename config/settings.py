@@ -561,9 +561,10 @@ class Settings(BaseSettings):
     pricing_file: Path = DEFAULT_PRICING_PATH
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
-    # The one access line per API request (``request.completed``); off, the hot path logs nothing
-    # at info (per-job lines are at debug), which at thousands of requests a second is much of the cost.
-    log_access: bool = True
+    # The one access line per API request (``request.completed``). Off by default: the hot path then
+    # logs nothing at info (per-job lines are at debug); the line was a quarter of a single enqueue's
+    # server time. A proxy or load balancer in front usually keeps the access log anyway.
+    log_access: bool = False
 
     @field_validator("tenants")
     @classmethod

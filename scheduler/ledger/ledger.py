@@ -128,7 +128,7 @@ class Requeue:
         }
 
 
-def _enqueue_outcome(reply: Sequence[Any]) -> EnqueueOutcome:
+def enqueue_outcome(reply: Sequence[Any]) -> EnqueueOutcome:
     """enqueue.lua's reply: status, job id, and for a follower the leader it attached to."""
     attached = reply[2].decode() if len(reply) > 2 else None
     return EnqueueOutcome(reply[0].decode(), reply[1].decode(), attached)
@@ -237,7 +237,13 @@ class Ledger:
 
     # -- intake ---------------------------------------------------------------------------------
 
-    def _enqueue_call(self, job: NewJob) -> tuple[list[str], list[Any]]:
+    @property
+    def enqueue_sha(self) -> str:
+        """The SHA1 of enqueue.lua, for callers that send it in their own pipeline (group_enqueue.py)."""
+        return str(self._enqueue.sha)
+
+    def enqueue_call(self, job: NewJob) -> tuple[list[str], list[Any]]:
+        """The keys and args of enqueue.lua for ``job``."""
         queue = keys.SYNC_QUEUE if job.state == "sync" else keys.lane_queue(job.lane)
         idem = keys.idempotency(job.tenant, job.idempotency_key) if job.idempotency_key else ""
         month = day_of(job.created_ms)[:7]
@@ -286,8 +292,8 @@ class Ledger:
 
     async def enqueue(self, job: NewJob) -> EnqueueOutcome:
         """Store and queue one job, or return the job an idempotency key already names."""
-        call_keys, args = self._enqueue_call(job)
-        return _enqueue_outcome(await self._enqueue(keys=call_keys, args=args))
+        call_keys, args = self.enqueue_call(job)
+        return enqueue_outcome(await self._enqueue(keys=call_keys, args=args))
 
     async def enqueue_many(self, jobs: Sequence[NewJob]) -> list[EnqueueOutcome]:
         """Enqueue jobs in one pipeline; each is its own atomic step, so one conflict rejects only itself."""
@@ -295,10 +301,10 @@ class Ledger:
             return []
         async with self.redis.pipeline(transaction=False) as pipe:
             for job in jobs:
-                call_keys, args = self._enqueue_call(job)
+                call_keys, args = self.enqueue_call(job)
                 await self._enqueue(keys=call_keys, args=args, client=pipe)
             replies = await pipe.execute()
-        return [_enqueue_outcome(reply) for reply in replies]
+        return [enqueue_outcome(reply) for reply in replies]
 
     async def prior_job(self, job: NewJob) -> str | None:
         """The job id the job's idempotency key already names for this same request, or None.

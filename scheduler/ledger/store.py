@@ -10,7 +10,9 @@ shorter than the socket timeout (the scheduler's wake-up wait, the API's long-po
 redis-py bounds a command's send with ``asyncio.wait_for`` when a socket timeout is set, and on
 Python 3.11 a task cancelled inside that ``wait_for`` may never finish cancelling (a worker's
 shutdown, a heartbeat stopped, a test's teardown then hang for good). So the connections here
-bound the send with ``asyncio.timeout`` instead (:func:`_timeout_safe`); reads already do.
+bound the send with ``asyncio.timeout`` instead (:func:`_timeout_safe`); reads already do. They
+also pack commands with hiredis, as redis-py's own synchronous client does (its asyncio client packs
+in Python, arg by arg: a single enqueue's EVALSHA of about 70 args spent 7% of its server time there).
 
 batchshift keeps leases, cursors and counters in Redis that must never be evicted, and loses
 acknowledged jobs on a restart without persistence, so at startup :func:`check_server` reads

@@ -43,6 +43,7 @@ def log_output() -> Iterator[io.StringIO]:
 async def test_request_lines_carry_the_request_id_and_no_secret(
     log_output: io.StringIO, settings: Settings, redis: Redis
 ):
+    settings = settings.model_copy(update={"log_access": True})
     async with asgi_client(settings, redis) as api:
         response = await api.post("/v1/jobs", json={"provider": "openai", "body": {"model": "m"}})
         structlog.get_logger("test").info("probe.logged", settings=settings.model_dump(), headers=dict(ACME))
@@ -114,9 +115,10 @@ def test_logged_tracebacks_show_no_local_variables(fmt: str):
 async def test_access_line_off_leaves_no_info_line_per_request(
     log_output: io.StringIO, settings: Settings, redis: Redis
 ):
-    """With ``log_access`` off an enqueue logs nothing at info: the hot path's lines are at debug."""
-    quiet = settings.model_copy(update={"log_access": False})
-    async with asgi_client(quiet, redis) as api:
+    """With ``log_access`` off (the default) an enqueue logs nothing at info: the hot path's lines are
+    at debug."""
+    assert Settings.model_fields["log_access"].default is False
+    async with asgi_client(settings, redis) as api:
         response = await api.post("/v1/jobs", json={"provider": "openai", "body": {"model": "m"}})
     lines = [orjson.loads(line) for line in log_output.getvalue().splitlines()]
     mine = [line for line in lines if line.get("request_id") == response.headers["x-request-id"]]

@@ -189,3 +189,13 @@ async def test_requeue_returns_a_batched_job_to_its_lane_once(redis: Redis):
 )
 def test_the_day_of_a_millisecond_is_its_utc_day(ms: int, day: str) -> None:
     assert day_of(ms) == day
+
+
+def test_day_of_names_the_utc_day_at_every_boundary():
+    from datetime import UTC, datetime
+
+    from scheduler.ledger.ledger import day_of
+
+    for ms in (0, 1, 86_399_999, 86_400_000, -1, -86_400_001, NOW, NOW + 86_400_000 * 400 + 123):
+        assert day_of(ms) == datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d")
+    assert day_of(1_800_000_000_000) == "2027-01-15"

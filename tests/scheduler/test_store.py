@@ -53,6 +53,41 @@ async def test_clients_carry_the_configured_socket_timeouts(redis_url: str):
         await client.aclose()
 
 
+# Arguments of every kind our commands send: text, bytes, ints, floats, a memoryview, a word pair.
+_ARGS: list[tuple[object, ...]] = [
+    ("EVALSHA", "abc", 2, "bs:{lane}:q", "é", 0.1, 1e20, 12345678901234567890, -0.0, 1 / 3),
+    ("SET", b"k", b"\x00\xff" * 5000, memoryview(b"mv")),
+    ("SCRIPT LOAD", "return 1"),
+    (b"CLIENT SETNAME", "x"),
+]
+
+
+def test_commands_are_packed_as_redis_py_packs_them(redis_url: str):
+    """hiredis packs (scheduler/ledger/store.py): the bytes are those redis-py's own packer sends."""
+    from redis.asyncio.connection import Connection
+    from redis.exceptions import DataError
+
+    ours = store._pool(make_settings(redis_url)).make_connection()
+    assert type(ours).pack_command is not Connection.pack_command  # the packing under test is ours
+    theirs = Connection()
+    for args in _ARGS:
+        assert b"".join(ours.pack_command(*args)) == b"".join(theirs.pack_command(*args))
+    for bad in (None, True, object()):
+        with pytest.raises(DataError):
+            theirs.pack_command("SET", "k", bad)
+        with pytest.raises(DataError):
+            ours.pack_command("SET", "k", bad)
+
+
+async def test_a_script_runs_through_the_packed_connection(redis_url: str):
+    client = store.connect(make_settings(redis_url))
+    try:
+        script = client.register_script("return {KEYS[1], ARGV[1], ARGV[2]}")
+        assert await script(keys=["bs:k"], args=["é", 0.5]) == [b"bs:k", "é".encode(), b"0.5"]
+    finally:
+        await client.aclose()
+
+
 async def test_worker_pool_has_the_socket_timeouts(redis_url: str):
     from workers.worker import worker_settings
 
