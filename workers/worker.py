@@ -9,7 +9,6 @@ task once that timeout has passed.
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
@@ -150,8 +149,13 @@ async def run_burst(
 
 
 async def close_worker(worker: Worker) -> None:
-    """Close an arq worker: its tasks, on_shutdown, its pool."""
-    with warnings.catch_warnings():
-        # arq 0.28 closes its pool with redis-py's deprecated close(); the pool is closed all the same.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        await worker.close()
+    """Close an arq worker: its tasks, on_shutdown, its pool.
+
+    arq 0.28 closes its pool with redis-py's deprecated ``close()``; this worker's pool answers that
+    call with ``aclose()`` instead. (Silencing the warning with ``warnings.catch_warnings`` around the
+    await was not safe: workers closing concurrently restored each other's filters out of order.)
+    """
+    pool = worker._pool  # None once closed, or if the worker never started
+    if pool is not None:
+        pool.close = pool.aclose
+    await worker.close()
