@@ -282,7 +282,7 @@ class ClientBatches:
         if status == b"missing":
             raise NotFound(f"No batch found with id '{batch_id}'.", "batch_id")
         if status == b"refused":
-            raise IllegalTransition(f"Cannot do this to a batch with status '{prior.decode()}'.", "batch_id")
+            raise IllegalTransition(f"Cannot do this to a batch with status '{prior.decode()}'.")
         return str(prior.decode())
 
     async def add_lines(self, batch_id: str, entries: Sequence[str]) -> None:

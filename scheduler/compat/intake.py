@@ -264,16 +264,22 @@ class BatchIntake:
     async def cancel(self, batch: ClientBatch, now_ms: int) -> ClientBatch:
         """in_progress → cancelling, then every line's live job is cancelled (each its own guarded
         step; a job that ends meanwhile keeps its end). The batch is cancelled once all have ended.
-        An expired batch is over, as a completed one is (the script guards that one)."""
-        if (status := batch.status(now_ms)) == "expired":
-            raise IllegalTransition(f"Cannot cancel a batch with status '{status}'.", "batch_id")
-        abandoned = batch.state == "validating"
-        if abandoned:  # a create that died: its lines may be partly enqueued, partly not
+        A batch over (completed, failed, expired, cancelled) refuses, as OpenAI's does (409); one
+        still ``cancelling`` (a second cancel, or a retry of one that died midway) is cancelled
+        again, line by line, and answered as it stands."""
+        status = batch.status(now_ms)
+        if status in ("completed", "failed", "expired", "cancelled"):
+            raise IllegalTransition(f"Cannot cancel a batch with status '{status}'.")
+        if batch.state == "cancelling":
+            abandoned = batch.in_progress_ms is None  # never started: its create died
+        elif batch.state == "validating":  # a create that died: lines partly enqueued, partly not
             if now_ms - batch.created_ms < self.settings.compat.stale_create_s * 1000:
-                raise IllegalTransition("Cannot cancel a batch with status 'validating'.", "batch_id")
+                raise IllegalTransition("Cannot cancel a batch with status 'validating'.")
             await self.batches.abandon(batch.id, now_ms)
+            abandoned = True
         else:
             await self.batches.request_cancel(batch.id, now_ms)
+            abandoned = False
         start = 0
         while entries := await self.batches.line_entries(batch.id, start, line_checks.ENQUEUE_CHUNK):
             await self.ledger.cancel_many([e for e in entries if not e.startswith("!")], now_ms)

@@ -232,7 +232,7 @@ async def test_a_create_that_died_midway_can_be_cancelled_once_stale_cancelling_
         await intake.batches.add_lines(batch.id, [job.id for job in jobs])  # listed, then the crash:
         await intake.ledger.enqueue_many(jobs[:2])  # only two became jobs
         assert (await sdk.batches.retrieve(batch.id)).status == "validating"
-        with pytest.raises(openai.BadRequestError, match="validating"):
+        with pytest.raises(openai.ConflictError, match="validating"):
             await sdk.batches.cancel(batch.id)  # not stale yet: the create may still be running
         clock.advance(settings.compat.stale_create_s + 1)
         assert [b.status for b in (await sdk.batches.list()).data] == ["validating"]

@@ -1,0 +1,363 @@
+"""Our OpenAI-compatible routes against OpenAI's contract: every object they answer validates against
+the published OpenAPI schemas (../shared/specs/, as tests/emulator/test_schema.py checks the
+emulator's), and the edges a ported batch script hits behave as OpenAI's do, through the official
+SDK against our API in process (no pipeline: jobs stay queued).
+
+The spec's schemas leave ``nullable`` off the Batch and File fields a fresh object has no value
+for, while its own examples (and OpenAI's wire) carry them as ``null``; the SDK types them
+``Optional``. We answer as the wire does, so a ``null`` in a property the schema does not require
+is checked as absent: every present value is still checked against its type and enum.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from fastapi import FastAPI
+
+from config.settings import Settings
+from scheduler.compat.intake import BatchIntake, draft
+from scheduler.ledger import keys
+from tests import test_slo_e2e as slo
+from tests.compat.support import CHAT, compat_app, compat_settings, jsonl, openai_sdk
+from tests.compat.test_compat_api import api
+from tests.conftest import make_settings
+from tests.emulator import test_schema as schema
+from tests.emulator.test_schema import CURRENT, JUNE_2025, Specs
+
+pytestmark = pytest.mark.timeout(600)
+
+specs = schema.specs  # OpenAI's spec files, loaded once (the emulator's schema tests' fixture)
+
+SCHEMA_REQUIRED = {
+    "Batch": {"id", "object", "endpoint", "input_file_id", "completion_window", "status", "created_at"},
+    "OpenAIFile": {"id", "object", "bytes", "created_at", "filename", "purpose", "status"},
+}
+
+
+def _as_spec_reads(schema: str, obj: dict[str, Any]) -> dict[str, Any]:
+    """``obj`` with each ``null`` the schema neither requires nor types dropped (see the module)."""
+    if schema in ("ListBatchesResponse", "ListFilesResponse"):
+        item = "Batch" if schema == "ListBatchesResponse" else "OpenAIFile"
+        return {**obj, "data": [_as_spec_reads(item, o) for o in obj["data"]]}
+    required = SCHEMA_REQUIRED.get(schema)
+    if required is None:
+        return obj
+    # metadata is typed nullable (anyOf object | null) and stays as sent.
+    return {k: v for k, v in obj.items() if v is not None or k in required or k == "metadata"}
+
+
+def _check(specs: Specs, schema: str, obj: dict[str, Any]) -> None:
+    assert specs.errors(CURRENT, schema, _as_spec_reads(schema, obj)) == [], (schema, obj)
+
+
+@contextlib.asynccontextmanager
+async def _raw(app: FastAPI, key: str = "acme-key") -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://api/v1",
+        headers={"authorization": f"Bearer {key}"},
+    ) as client:
+        yield client
+
+
+async def _upload(client: httpx.AsyncClient, content: bytes) -> dict[str, Any]:
+    answer = await client.post("/files", files={"file": ("in.jsonl", content)}, data={"purpose": "batch"})
+    assert answer.status_code == 200, answer.text
+    return dict(answer.json())
+
+
+async def _create(client: httpx.AsyncClient, content: bytes, window: str = "24h") -> dict[str, Any]:
+    file_id = (await _upload(client, content))["id"]
+    answer = await client.post(
+        "/batches", json={"input_file_id": file_id, "endpoint": CHAT, "completion_window": window}
+    )
+    assert answer.status_code == 200, answer.text
+    return dict(answer.json())
+
+
+async def _validating(app: FastAPI, settings: Settings, now_ms: int, file_id: str) -> str:
+    """A batch whose create died before its first job: recorded, still ``validating``."""
+    intake: BatchIntake = app.state.batch_intake
+    batch = draft(
+        "openai",
+        "acme",
+        endpoint=CHAT,
+        input_file_id=file_id,
+        window="24h",
+        window_s=86400,
+        metadata=None,
+        total=2,
+        now_ms=now_ms,
+    )
+    await intake._record(batch)
+    return batch.id
+
+
+async def test_every_batch_status_and_file_object_matches_the_spec(redis, redis_url, specs: Specs):
+    settings = make_settings(redis_url)
+    seen: dict[str, dict[str, Any]] = {}
+    async with api(settings, redis) as (app, clock), _raw(app) as client:
+        uploaded = await _upload(client, jsonl(["a", "b"]))
+        _check(specs, "OpenAIFile", uploaded)
+        _check(specs, "OpenAIFile", (await client.get(f"/files/{uploaded['id']}")).json())
+        seen["validating"] = (
+            await client.get(f"/batches/{await _validating(app, settings, clock.ms, uploaded['id'])}")
+        ).json()
+        seen["in_progress"] = await _create(client, jsonl(["a", "b"]), window="2h")
+        seen["failed"] = await _create(client, b'{"custom_id": "x"\n')
+        to_cancel = await _create(client, jsonl(["c", "d"]))
+        # cancelling: the state is set, its lines not cancelled yet (what a client sees meanwhile).
+        intake: BatchIntake = app.state.batch_intake
+        await intake.batches.request_cancel(to_cancel["id"], clock.ms)
+        seen["cancelling"] = (await client.get(f"/batches/{to_cancel['id']}")).json()
+        seen["cancelled"] = (await client.post(f"/batches/{to_cancel['id']}/cancel")).json()
+        expiring = await _create(client, jsonl(["e"]), window="1h")
+        clock.advance(3601)
+        seen["expired"] = (await client.get(f"/batches/{expiring['id']}")).json()
+        assert {name: obj["status"] for name, obj in seen.items()} == {name: name for name in seen}
+        for obj in seen.values():
+            _check(specs, "Batch", obj)
+        assert seen["failed"]["errors"]["data"][0]["line"] == 1
+        error_file = seen["cancelled"]["error_file_id"]
+        meta = (await client.get(f"/files/{error_file}")).json()
+        _check(specs, "OpenAIFile", meta)
+        assert meta["purpose"] == "batch_output"
+        lines = [
+            json.loads(line)
+            for line in (await client.get(f"/files/{error_file}/content")).content.splitlines()
+        ]
+        assert [line["custom_id"] for line in lines] == ["c", "d"]
+        for line in lines:
+            assert specs.errors(JUNE_2025, "BatchRequestOutput", line) == []
+        listed = (await client.get("/batches", params={"limit": 100})).json()
+        _check(specs, "ListBatchesResponse", listed)
+        assert {b["status"] for b in listed["data"]} == set(seen) - {"cancelling"}
+        files = (await client.get("/files")).json()
+        _check(specs, "ListFilesResponse", files)
+        deleted = (await client.delete(f"/files/{uploaded['id']}")).json()
+        _check(specs, "DeleteFileResponse", deleted)
+        assert deleted == {"id": uploaded["id"], "object": "file", "deleted": True}
+
+
+async def test_errors_match_the_spec_with_openais_status_codes(redis, redis_url, specs: Specs):
+    settings = make_settings(redis_url)
+    async with api(settings, redis) as (app, _), _raw(app) as client:
+        done = await _create(client, jsonl(["a"]))
+        answers = {
+            "unknown batch": await client.get("/batches/batch_01JZZZZZZZZZZZZZZZZZZZZZZZ"),
+            "unknown file": await client.get("/files/file-nope/content"),
+            "bad window": await client.post(
+                "/batches",
+                json={"input_file_id": done["input_file_id"], "endpoint": CHAT, "completion_window": "1d"},
+            ),
+            "bad purpose": await client.post(
+                "/files", files={"file": ("in.jsonl", b"{}")}, data={"purpose": "fine-tune"}
+            ),
+        }
+        await client.post(f"/batches/{done['id']}/cancel")
+        answers["cancel a cancelled batch"] = await client.post(f"/batches/{done['id']}/cancel")
+        async with _raw(app, key="wrong") as stranger:
+            answers["bad key"] = await stranger.get("/batches")
+        assert {name: a.status_code for name, a in answers.items()} == {
+            "unknown batch": 404,
+            "unknown file": 404,
+            "bad window": 400,
+            "bad purpose": 400,
+            "cancel a cancelled batch": 409,
+            "bad key": 401,
+        }
+        for answer in answers.values():
+            assert specs.errors(CURRENT, "ErrorResponse", answer.json()) == []
+        conflict = answers["cancel a cancelled batch"].json()["error"]
+        assert conflict == {
+            "message": "Cannot cancel a batch with status 'cancelled'.",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": None,
+        }
+
+
+async def test_unknown_and_other_tenants_ids_read_as_not_found_for_every_call(redis, redis_url):
+    settings = make_settings(redis_url)
+    async with (
+        api(settings, redis) as (app, _),
+        openai_sdk(app) as sdk,
+        openai_sdk(app, "globex-key") as globex,
+    ):
+        uploaded = await sdk.files.create(file=("in.jsonl", jsonl(["a"])), purpose="batch")
+        batch = await sdk.batches.create(input_file_id=uploaded.id, endpoint=CHAT, completion_window="24h")
+        for call in (
+            lambda: globex.batches.retrieve(batch.id),
+            lambda: globex.batches.cancel(batch.id),
+            lambda: globex.files.retrieve(uploaded.id),
+            lambda: globex.files.content(uploaded.id),
+            lambda: globex.files.delete(uploaded.id),
+            lambda: sdk.batches.retrieve("batch_nope"),
+            lambda: sdk.batches.cancel("batch_nope"),
+            lambda: sdk.files.content(f"file-{batch.id}-output"),  # not ended: no output file yet
+        ):
+            with pytest.raises(openai.NotFoundError):
+                await call()
+        with pytest.raises(openai.BadRequestError, match="input_file_id"):
+            await globex.batches.create(input_file_id=uploaded.id, endpoint=CHAT, completion_window="24h")
+        assert (await sdk.batches.retrieve(batch.id)).status == "in_progress"  # the stranger changed nothing
+        assert (await sdk.files.content(uploaded.id)).content == jsonl(["a"])
+
+
+async def test_cancel_twice_and_cancel_a_completed_or_failed_batch(redis, redis_url):
+    """A second cancel of a batch still ``cancelling`` finishes it and answers it; a batch that is
+    over refuses with OpenAI's 409 (the SDK's ConflictError), nothing changed."""
+    settings = make_settings(redis_url)
+    async with api(settings, redis) as (app, clock), openai_sdk(app) as sdk:
+        uploaded = await sdk.files.create(file=("in.jsonl", jsonl(["a", "b"])), purpose="batch")
+        batch = await sdk.batches.create(input_file_id=uploaded.id, endpoint=CHAT, completion_window="24h")
+        intake: BatchIntake = app.state.batch_intake
+        # A cancel that died after its state change, before cancelling the lines:
+        await intake.batches.request_cancel(batch.id, clock.ms)
+        assert (await sdk.batches.retrieve(batch.id)).status == "cancelling"
+        again = await sdk.batches.cancel(batch.id)
+        assert again.status == "cancelled"
+        assert again.request_counts is not None
+        assert (again.request_counts.completed, again.request_counts.failed) == (0, 2)
+        with pytest.raises(openai.ConflictError, match="status 'cancelled'"):
+            await sdk.batches.cancel(batch.id)
+        bad = await sdk.files.create(file=("bad.jsonl", b"not json\n"), purpose="batch")
+        failed = await sdk.batches.create(input_file_id=bad.id, endpoint=CHAT, completion_window="24h")
+        with pytest.raises(openai.ConflictError, match="status 'failed'"):
+            await sdk.batches.cancel(failed.id)
+        expiring = await sdk.batches.create(input_file_id=uploaded.id, endpoint=CHAT, completion_window="1h")
+        clock.advance(3601)
+        with pytest.raises(openai.ConflictError, match="status 'expired'"):
+            await sdk.batches.cancel(expiring.id)
+        assert (await sdk.batches.retrieve(expiring.id)).status == "expired"
+
+
+async def test_files_delete_then_content_is_404_and_an_output_file_is_not_deleted(redis, redis_url):
+    settings = make_settings(redis_url)
+    async with api(settings, redis) as (app, _), openai_sdk(app) as sdk:
+        uploaded = await sdk.files.create(file=("in.jsonl", jsonl(["a"])), purpose="batch")
+        batch = await sdk.batches.create(input_file_id=uploaded.id, endpoint=CHAT, completion_window="24h")
+        assert (await sdk.files.delete(uploaded.id)).deleted is True
+        for call in (
+            lambda: sdk.files.content(uploaded.id),
+            lambda: sdk.files.retrieve(uploaded.id),
+            lambda: sdk.files.delete(uploaded.id),
+        ):
+            with pytest.raises(openai.NotFoundError):
+                await call()
+        # The batch made from it runs on (its lines are jobs already), as OpenAI's does.
+        assert (await sdk.batches.retrieve(batch.id)).status == "in_progress"
+        cancelled = await sdk.batches.cancel(batch.id)
+        assert cancelled.error_file_id is not None
+        with pytest.raises(openai.BadRequestError, match="not deleted"):
+            await sdk.files.delete(cancelled.error_file_id)
+        assert len((await sdk.files.content(cancelled.error_file_id)).text.splitlines()) == 1
+
+
+@pytest.mark.parametrize("shape", ["bom", "crlf", "no final newline", "blank last lines"])
+async def test_jsonl_a_text_editor_writes_is_read_as_its_lines(redis, redis_url, shape: str):
+    plain = jsonl(["a", "b", "c"])
+    content = {
+        "bom": b"\xef\xbb\xbf" + plain,
+        "crlf": plain.replace(b"\n", b"\r\n"),
+        "no final newline": plain.rstrip(b"\n"),
+        "blank last lines": plain + b"\n\r\n  \n",
+    }[shape]
+    settings = make_settings(redis_url)
+    async with api(settings, redis) as (app, _), openai_sdk(app) as sdk:
+        uploaded = await sdk.files.create(file=("in.jsonl", content), purpose="batch")
+        assert (await sdk.files.content(uploaded.id)).content == content  # kept byte for byte
+        batch = await sdk.batches.create(input_file_id=uploaded.id, endpoint=CHAT, completion_window="24h")
+        assert (batch.status, batch.errors) == ("in_progress", None)
+        assert batch.request_counts is not None
+        assert batch.request_counts.total == 3
+
+
+def _line(custom_id: str, *, url: str = CHAT, model: str = "gpt-4o-mini") -> str:
+    return json.dumps(
+        {
+            "custom_id": custom_id,
+            "method": "POST",
+            "url": url,
+            "body": {"model": model, "messages": [{"role": "user", "content": "hi"}]},
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "code", "line"),
+    [
+        ((_line("a") + "\n" + _line("a") + "\n").encode(), "duplicate_custom_id", 2),
+        ((_line("a") + "\n" + _line("b", url="/v1/embeddings") + "\n").encode(), "url_mismatch", 2),
+        (b"", "empty_file", None),
+        (b"\n\n", "empty_file", None),
+        (b"\xef\xbb\xbf", "empty_file", None),
+    ],
+    ids=["duplicate custom_id", "endpoint mismatch", "0 bytes", "only blank lines", "only a BOM"],
+)
+async def test_invalid_files_fail_the_batch_as_openai_reports_them(
+    redis, redis_url, content: bytes, code: str, line: int | None
+):
+    settings = make_settings(redis_url)
+    async with api(settings, redis) as (app, _), openai_sdk(app) as sdk:
+        uploaded = await sdk.files.create(file=("in.jsonl", content), purpose="batch")
+        assert uploaded.bytes == len(content)
+        batch = await sdk.batches.create(input_file_id=uploaded.id, endpoint=CHAT, completion_window="24h")
+        assert batch.status == "failed"
+        assert batch.errors is not None
+        assert batch.errors.data is not None
+        assert [(e.code, e.line) for e in batch.errors.data] == [(code, line)]
+        assert batch.request_counts is not None
+        assert batch.request_counts.total == 0
+    assert await redis.zcard(keys.tenant_jobs("acme")) == 0
+
+
+async def test_mixed_models_in_one_file_run_each_line_on_its_own_lane(redis, redis_url):
+    """OpenAI wants one model per batch file; batchshift routes each line by its model (issue 18's
+    pooling), so a mixed file runs, and the batch's ``model`` names every model in it."""
+    settings = make_settings(redis_url)
+    content = (_line("a") + "\n" + _line("b", model="gpt-4o") + "\n").encode()
+    async with api(settings, redis) as (app, _), openai_sdk(app) as sdk:
+        uploaded = await sdk.files.create(file=("in.jsonl", content), purpose="batch")
+        batch = await sdk.batches.create(input_file_id=uploaded.id, endpoint=CHAT, completion_window="24h")
+    assert (batch.status, batch.model) == ("in_progress", "gpt-4o,gpt-4o-mini")
+
+
+# The SLO end-to-end emulator, pager and pipeline harness, shared by name (a completed batch).
+emulator_url = slo.emulator_url
+emulator = slo.emulator
+pagerduty = slo.pagerduty
+harness = slo.harness
+
+
+async def test_a_completed_batch_its_output_file_and_lines_match_the_spec(
+    redis, redis_url, emulator, pagerduty, harness, specs: Specs
+):
+    settings = compat_settings(redis_url, emulator, pagerduty)
+    pipeline = harness(settings)
+    async with compat_app(settings, redis, pipeline) as app, _raw(app) as client:
+        created = await _create(client, jsonl(["a", "b", "c"]))
+
+        async def completed() -> bool:
+            return bool((await client.get(f"/batches/{created['id']}")).json()["status"] == "completed")
+
+        await pipeline.run_until(completed, within_s=30)
+        done = (await client.get(f"/batches/{created['id']}")).json()
+        _check(specs, "Batch", done)
+        assert done["error_file_id"] is None
+        meta = (await client.get(f"/files/{done['output_file_id']}")).json()
+        _check(specs, "OpenAIFile", meta)
+        content = (await client.get(f"/files/{done['output_file_id']}/content")).content
+        assert meta["bytes"] == len(content)
+        lines = [json.loads(line) for line in content.splitlines()]
+        assert sorted(line["custom_id"] for line in lines) == ["a", "b", "c"]
+        for line in lines:
+            assert specs.errors(JUNE_2025, "BatchRequestOutput", line) == []
+        _check(specs, "ListBatchesResponse", (await client.get("/batches")).json())
