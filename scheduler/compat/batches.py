@@ -270,7 +270,14 @@ class ClientBatches:
         args: list[str | int] = [batch_id, keys.CLIENT_BATCH_TTL_S, *floors]
         for name, value in fields.items():
             args.extend((name, value))
-        await self._open(keys=[keys.client_batch(batch_id), keys.tenant_client_batches(tenant)], args=args)
+        await self._open(
+            keys=[
+                keys.client_batch(batch_id),
+                keys.tenant_client_batches(tenant),
+                keys.CLIENT_BATCHES_VALIDATING,
+            ],
+            args=args,
+        )
 
     async def _change(
         self, batch_id: str, from_states: Sequence[str], to: str, now_ms: int, refused: int = 0, **fields: Any
@@ -278,7 +285,9 @@ class ClientBatches:
         args: list[Any] = [",".join(from_states), to, now_ms, refused]
         for name, value in fields.items():
             args.extend((name, value))
-        status, prior = await self._state(keys=[keys.client_batch(batch_id)], args=args)
+        status, prior = await self._state(
+            keys=[keys.client_batch(batch_id), keys.CLIENT_BATCHES_VALIDATING], args=args
+        )
         if status == b"missing":
             raise NotFound(f"No batch found with id '{batch_id}'.", "batch_id")
         if status == b"refused":
@@ -330,12 +339,26 @@ class ClientBatches:
 
     async def get(self, tenant: str, batch_id: str) -> ClientBatch | None:
         """The tenant's batch, or None (also another tenant's, or one of the other API)."""
+        batch = await self.find(batch_id)
+        return batch if batch is not None and batch.tenant == tenant else None
+
+    async def find(self, batch_id: str) -> ClientBatch | None:
+        """The batch of any tenant (for the scheduler's own passes), or None."""
         if not BATCH_ID.fullmatch(batch_id):
             return None
         raw: dict[bytes, bytes] = await self.redis.hgetall(keys.client_batch(batch_id))  # type: ignore[misc]
-        if not raw or raw.get(b"tenant", b"").decode() != tenant:
-            return None
-        return ClientBatch.from_hash(batch_id, raw)
+        return ClientBatch.from_hash(batch_id, raw) if raw and b"tenant" in raw else None
+
+    async def validating_before(self, cutoff_ms: int, limit: int) -> list[str]:
+        """Ids of batches still ``validating`` that were created before ``cutoff_ms``, oldest first."""
+        found = await self.redis.zrangebyscore(
+            keys.CLIENT_BATCHES_VALIDATING, "-inf", f"({cutoff_ms}", start=0, num=limit
+        )
+        return [raw.decode() for raw in found]
+
+    async def unlist_validating(self, batch_id: str) -> None:
+        """Drop an index entry whose batch is gone (its record expired) or has moved on."""
+        await self.redis.zrem(keys.CLIENT_BATCHES_VALIDATING, batch_id)
 
     async def page(
         self, tenant: str, api: Api, *, after: str | None, limit: int

@@ -29,6 +29,8 @@ log = structlog.get_logger(__name__)
 ANTHROPIC_ENDPOINT: Final = "/v1/messages"
 OPENAI_ENDPOINTS: Final = ENDPOINTS["openai"]  # what an OpenAI batch's ``endpoint`` may name
 MAX_METADATA_PAIRS: Final = 16
+# Stale creates cancelled per reconcile pass; the rest wait for the next one.
+STALE_SWEEP: Final = 100
 
 
 def check_metadata(metadata: object) -> dict[str, str] | None:
@@ -288,6 +290,26 @@ class BatchIntake:
             await self.batches.settle(batch.id, now_ms)
         log.info("client_batch.cancelled", client_batch=batch.id, tenant=batch.tenant, abandoned=abandoned)
         return await self._reread(batch)
+
+    async def cancel_stale_creates(self, now_ms: int, limit: int = STALE_SWEEP) -> int:
+        """Cancel the batches still ``validating`` past ``compat.stale_create_s``: creates that died
+        with their process. Each is cancelled as its owner's cancel would (:meth:`cancel`: one guarded
+        step out of ``validating``, its enqueued lines cancelled, the rest counted cancelled), so the
+        client sees it end ``cancelled`` without acting. Returns how many."""
+        cutoff = now_ms - int(self.settings.compat.stale_create_s * 1000)
+        cancelled = 0
+        for batch_id in await self.batches.validating_before(cutoff, limit):
+            batch = await self.batches.find(batch_id)
+            if batch is None or batch.state != "validating":
+                await self.batches.unlist_validating(batch_id)
+                continue
+            try:
+                await self.cancel(batch, now_ms)
+            except IllegalTransition:  # its create finished, or its owner cancelled it, meanwhile
+                continue
+            cancelled += 1
+            log.warning("client_batch.stale_create_cancelled", client_batch=batch_id, tenant=batch.tenant)
+        return cancelled
 
 
 async def _in_chunks(jobs: list[NewJob]) -> AsyncIterator[list[NewJob]]:
