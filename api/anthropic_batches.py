@@ -72,10 +72,15 @@ async def list_batches(
     request: Request,
     tenant_name: Tenant,
     after_id: Annotated[str | None, Query(max_length=64)] = None,
+    before_id: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 20,
 ) -> JsonResponse:
+    """``after_id`` pages toward older batches, ``before_id`` toward newer ones (the SDK's
+    auto-paging follows whichever it was given); ``has_more`` tells of more that way."""
+    if after_id is not None and before_id is not None:
+        raise InvalidRequest("Only one of after_id and before_id may be given.", "before_id")
     page, has_more = await _intake(request).batches.page(
-        tenant_name, "anthropic", after=after_id, limit=limit
+        tenant_name, "anthropic", after=after_id, before=before_id, limit=limit
     )
     return JsonResponse(
         {

@@ -224,6 +224,10 @@ class ClientBatch:
         }
 
 
+def _newest_first(page: list[ClientBatch], walked_toward_newer: bool) -> list[ClientBatch]:
+    return page[::-1] if walked_toward_newer else page
+
+
 def _s(ms: int | None) -> int | None:
     return ms // 1000 if ms is not None else None
 
@@ -361,31 +365,37 @@ class ClientBatches:
         await self.redis.zrem(keys.CLIENT_BATCHES_VALIDATING, batch_id)
 
     async def page(
-        self, tenant: str, api: Api, *, after: str | None, limit: int
+        self, tenant: str, api: Api, *, after: str | None, limit: int, before: str | None = None
     ) -> tuple[list[ClientBatch], bool]:
-        """The tenant's batches of one API, newest first, after ``after``; and whether more follow."""
+        """The tenant's batches of one API, newest first: the ``limit`` older than ``after`` (or the
+        newest), or with ``before`` (Anthropic's ``before_id``) the ``limit`` just newer than it;
+        and whether more follow in that direction."""
         index = keys.tenant_client_batches(tenant)
         prefix = "batch_" if api == "openai" else "msgbatch_"
-        upper: bytes | str = f"({after}" if after else "+"
+        toward_newer = before is not None
+        bound: bytes | str = f"({before}" if toward_newer else (f"({after}" if after else "+")
         page: list[ClientBatch] = []
         while True:
-            batch_ids = await self.redis.zrevrangebylex(index, upper, "-", start=0, num=limit + 1)
+            if toward_newer:
+                batch_ids = await self.redis.zrangebylex(index, bound, "+", start=0, num=limit + 1)
+            else:
+                batch_ids = await self.redis.zrevrangebylex(index, bound, "-", start=0, num=limit + 1)
             if not batch_ids:
-                return page, False
+                return _newest_first(page, toward_newer), False
             async with self.redis.pipeline(transaction=False) as pipe:
                 for raw_id in batch_ids:
                     pipe.hgetall(keys.client_batch(raw_id.decode()))
                 rows = await pipe.execute()
             for raw_id, row in zip(batch_ids, rows, strict=True):
-                upper = b"(" + raw_id
+                bound = b"(" + raw_id
                 batch_id = raw_id.decode()
                 if not row or not batch_id.startswith(prefix):
                     continue
                 if len(page) == limit:
-                    return page, True
+                    return _newest_first(page, toward_newer), True
                 page.append(ClientBatch.from_hash(batch_id, row))
             if len(batch_ids) < limit + 1:
-                return page, False
+                return _newest_first(page, toward_newer), False
 
     async def line_entries(self, batch_id: str, start: int, count: int) -> list[str]:
         """Line entries ``start`` to ``start + count - 1`` in input order."""

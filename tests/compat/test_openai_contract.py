@@ -361,3 +361,29 @@ async def test_a_completed_batch_its_output_file_and_lines_match_the_spec(
         for line in lines:
             assert specs.errors(JUNE_2025, "BatchRequestOutput", line) == []
         _check(specs, "ListBatchesResponse", (await client.get("/batches")).json())
+
+
+async def test_a_script_uploading_an_open_file_with_the_newer_expiry_options_runs(redis, redis_url, tmp_path):
+    """What a current script sends: an open file, ``expires_after`` on the upload and
+    ``output_expires_after`` on the create (taken; files follow batchshift's retention)."""
+    path = tmp_path / "requests.jsonl"
+    path.write_bytes(jsonl(["a", "b"]))
+    settings = make_settings(redis_url)
+    async with api(settings, redis) as (app, _), openai_sdk(app) as sdk:
+        with path.open("rb") as handle:
+            uploaded = await sdk.files.create(
+                file=handle, purpose="batch", expires_after={"anchor": "created_at", "seconds": 3600}
+            )
+        assert (uploaded.filename, uploaded.bytes) == ("requests.jsonl", path.stat().st_size)
+        batch = await sdk.batches.create(
+            input_file_id=uploaded.id,
+            endpoint=CHAT,
+            completion_window="24h",
+            output_expires_after={"anchor": "created_at", "seconds": 7200},
+        )
+        assert batch.request_counts is not None
+        assert (batch.status, batch.request_counts.total) == ("in_progress", 2)
+        with pytest.raises(openai.BadRequestError, match="endpoint"):
+            await sdk.batches.create(
+                input_file_id=uploaded.id, endpoint="/v1/completions", completion_window="24h"
+            )
