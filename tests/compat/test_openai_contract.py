@@ -387,3 +387,38 @@ async def test_a_script_uploading_an_open_file_with_the_newer_expiry_options_run
             await sdk.batches.create(
                 input_file_id=uploaded.id, endpoint="/v1/completions", completion_window="24h"
             )
+
+
+async def test_a_line_the_provider_refused_is_in_the_error_file_as_openai_writes_it(
+    redis, redis_url, emulator, pagerduty, harness, specs: Specs
+):
+    """A request the provider answered with a 400: its error-file line carries the ``response``
+    (status and OpenAI's error body, the job id as request id) and ``error: null``, as OpenAI's do."""
+    settings = compat_settings(redis_url, emulator, pagerduty)
+    pipeline = harness(settings)
+    emulator.configure(line_error_rate=1.0)
+    async with compat_app(settings, redis, pipeline) as app, _raw(app) as client:
+        created = await _create(client, jsonl(["a", "b"]))
+
+        async def over() -> bool:
+            return bool((await client.get(f"/batches/{created['id']}")).json()["status"] == "completed")
+
+        await pipeline.run_until(over, within_s=30)
+        done = (await client.get(f"/batches/{created['id']}")).json()
+        _check(specs, "Batch", done)
+        assert done["request_counts"] == {"total": 2, "completed": 0, "failed": 2}
+        assert done["output_file_id"] is None
+        content = (await client.get(f"/files/{done['error_file_id']}/content")).content
+    lines = [json.loads(line) for line in content.splitlines()]
+    assert sorted(line["custom_id"] for line in lines) == ["a", "b"]
+    for line in lines:
+        assert specs.errors(JUNE_2025, "BatchRequestOutput", line) == []
+        assert line["error"] is None
+        assert line["response"]["status_code"] == 400
+        assert line["response"]["request_id"].startswith("job_")
+        assert line["response"]["body"]["error"] == {
+            "message": "Emulated invalid request.",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "invalid_value",
+        }
