@@ -82,6 +82,7 @@ class ClientBatch:
     actual_usd: float = 0.0
     sync_equivalent_usd: float = 0.0
     wasted_usd: float = 0.0
+    deleted_files: frozenset[str] = frozenset()  # "output" / "errors": deleted by the client
 
     @classmethod
     def from_hash(cls, batch_id: str, raw: dict[bytes, bytes]) -> ClientBatch:
@@ -119,6 +120,7 @@ class ClientBatch:
             actual_usd=float(h.get("actual_usd") or 0),
             sync_equivalent_usd=float(h.get("sync_equivalent_usd") or 0),
             wasted_usd=float(h.get("wasted_usd") or 0),
+            deleted_files=frozenset(k for k in ("output", "errors") if h.get(f"deleted_{k}")),
         )
 
     def status(self, now_ms: int) -> str:
@@ -240,6 +242,7 @@ class ClientBatches:
         self._open = scripts.load(redis, "client_batch_open")
         self._state = scripts.load(redis, "client_batch_state")
         self._settle = scripts.load(redis, "client_batch_settle")
+        self._file_delete = scripts.load(redis, "client_batch_file_delete")
 
     async def open(
         self,
@@ -324,6 +327,12 @@ class ClientBatches:
     async def settle(self, batch_id: str, now_ms: int) -> None:
         """An abandoned batch's lines that never became jobs count as cancelled; it ends."""
         await self._settle(keys=[keys.client_batch(batch_id)], args=[now_ms])
+
+    async def delete_file(self, batch_id: str, kind: str, now_ms: int) -> bool:
+        """Delete an ended batch's output or error file (one guarded step); False when it was
+        deleted before, or the batch has none yet."""
+        answer = await self._file_delete(keys=[keys.client_batch(batch_id)], args=[kind, now_ms])
+        return bool(answer == b"deleted")
 
     async def start(self, batch_id: str, now_ms: int, *, refused: int, model: str) -> None:
         """validating → in_progress, every line now a job (or refused, counted failed)."""

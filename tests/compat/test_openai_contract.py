@@ -239,26 +239,33 @@ async def test_cancel_twice_and_cancel_a_completed_or_failed_batch(redis, redis_
         assert (await sdk.batches.retrieve(expiring.id)).status == "expired"
 
 
-async def test_files_delete_then_content_is_404_and_an_output_file_is_not_deleted(redis, redis_url):
+async def test_files_delete_then_content_is_404_for_uploads_and_result_files(redis, redis_url):
+    """A ported script's clean-up: delete the input, download then delete the error file. Each
+    reads as missing after, and the batch still names its error file, as OpenAI's does."""
     settings = make_settings(redis_url)
     async with api(settings, redis) as (app, _), openai_sdk(app) as sdk:
         uploaded = await sdk.files.create(file=("in.jsonl", jsonl(["a"])), purpose="batch")
         batch = await sdk.batches.create(input_file_id=uploaded.id, endpoint=CHAT, completion_window="24h")
+        with pytest.raises(openai.NotFoundError):  # not ended: it has no error file yet
+            await sdk.files.delete(f"file-{batch.id}-errors")
         assert (await sdk.files.delete(uploaded.id)).deleted is True
-        for call in (
-            lambda: sdk.files.content(uploaded.id),
-            lambda: sdk.files.retrieve(uploaded.id),
-            lambda: sdk.files.delete(uploaded.id),
-        ):
-            with pytest.raises(openai.NotFoundError):
-                await call()
         # The batch made from it runs on (its lines are jobs already), as OpenAI's does.
         assert (await sdk.batches.retrieve(batch.id)).status == "in_progress"
         cancelled = await sdk.batches.cancel(batch.id)
-        assert cancelled.error_file_id is not None
-        with pytest.raises(openai.BadRequestError, match="not deleted"):
-            await sdk.files.delete(cancelled.error_file_id)
-        assert len((await sdk.files.content(cancelled.error_file_id)).text.splitlines()) == 1
+        error_file = cancelled.error_file_id
+        assert error_file is not None
+        assert len((await sdk.files.content(error_file)).text.splitlines()) == 1
+        async with openai_sdk(app, "globex-key") as globex:
+            with pytest.raises(openai.NotFoundError):
+                await globex.files.delete(error_file)
+        deleted = await sdk.files.delete(error_file)
+        assert (deleted.id, deleted.deleted) == (error_file, True)
+        for gone in (uploaded.id, error_file):
+            for call in (sdk.files.content, sdk.files.retrieve, sdk.files.delete):
+                with pytest.raises(openai.NotFoundError):
+                    await call(gone)
+        after = await sdk.batches.retrieve(batch.id)
+        assert (after.status, after.error_file_id) == ("cancelled", error_file)
 
 
 @pytest.mark.parametrize("shape", ["bom", "crlf", "no final newline", "blank last lines"])
