@@ -362,6 +362,11 @@ class ClientBatches:
         raw: dict[bytes, bytes] = await self.redis.hgetall(keys.client_batch(batch_id))  # type: ignore[misc]
         return ClientBatch.from_hash(batch_id, raw) if raw and b"tenant" in raw else None
 
+    async def state_of(self, batch_id: str) -> str | None:
+        """The stored state alone (``validating``, ``in_progress``, ...), or None without a record."""
+        state: bytes | None = await self.redis.hget(keys.client_batch(batch_id), "state")  # type: ignore[misc]
+        return state.decode() if state is not None else None
+
     async def validating_before(self, cutoff_ms: int, limit: int) -> list[str]:
         """Ids of batches still ``validating`` that were created before ``cutoff_ms``, oldest first."""
         found = await self.redis.zrangebyscore(

@@ -185,6 +185,12 @@ class BatchIntake:
         refused = lines = 0
         models: set[str] = set()
         async for jobs in job_chunks:
+            if await self.batches.state_of(batch.id) != "validating":
+                # Judged a dead create and cancelled (by its owner or the reconcile pass) while
+                # this one was slow: enqueue no more of it.
+                raise IllegalTransition(
+                    f"Batch '{batch.id}' was cancelled while it was created (after compat.stale_create_s)."
+                )
             # Listed before they exist: a create that dies leaves every job it made findable, so
             # cancelling the stale batch cancels them all (:meth:`cancel`).
             await self.batches.add_lines(batch.id, [job.id for job in jobs])
