@@ -6,6 +6,7 @@ from __future__ import annotations
 import anthropic
 import httpx
 import pytest
+from anthropic.types.messages import MessageBatch, MessageBatchIndividualResponse
 
 from tests import test_slo_e2e as slo
 from tests.compat.support import (
@@ -207,3 +208,14 @@ async def test_cancel_twice_and_request_counts_as_the_batch_moves(
             ("b", "canceled"),
             ("c", "canceled"),
         ]
+        # The raw objects pass the SDK's own types validated (not merely read leniently).
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://api", headers={"x-api-key": "acme-key"}
+        ) as raw:
+            listed = (await raw.get("/v1/messages/batches")).json()
+            lines = (await raw.get(f"/v1/messages/batches/{batch.id}/results")).content.splitlines()
+    assert set(listed) == {"data", "has_more", "first_id", "last_id"}
+    for obj in listed["data"]:
+        MessageBatch.model_validate(obj)
+    for line in lines:
+        MessageBatchIndividualResponse.model_validate_json(line)
