@@ -103,6 +103,14 @@ async def cancel_batch(request: Request, batch_id: str, tenant_name: Tenant) -> 
     return JsonResponse(await _view(request, await _intake(request).cancel(batch, await _now(request))))
 
 
+@router.delete("/{batch_id}", summary="Delete an ended Message Batch")
+async def delete_batch(request: Request, batch_id: str, tenant_name: Tenant) -> JsonResponse:
+    """Anthropic's rule: only a batch that ended; one still processing is cancelled first."""
+    batch = await _batch(request, tenant_name, batch_id)
+    await _intake(request).batches.delete(batch.id, await _now(request))
+    return JsonResponse({"id": batch.id, "type": "message_batch_deleted"})
+
+
 @router.get("/{batch_id}/results", name="batch_results", summary="An ended batch's results, as JSONL")
 async def batch_results(request: Request, batch_id: str, tenant_name: Tenant) -> StreamingResponse:
     batch = await _batch(request, tenant_name, batch_id)

@@ -226,6 +226,11 @@ class ClientBatch:
         }
 
 
+def _kept(raw: dict[bytes, bytes]) -> bool:
+    """A stored batch that was not deleted (Anthropic's ``DELETE``)."""
+    return bool(raw) and b"tenant" in raw and not raw.get(b"deleted_batch")
+
+
 def _newest_first(page: list[ClientBatch], walked_toward_newer: bool) -> list[ClientBatch]:
     return page[::-1] if walked_toward_newer else page
 
@@ -242,7 +247,7 @@ class ClientBatches:
         self._open = scripts.load(redis, "client_batch_open")
         self._state = scripts.load(redis, "client_batch_state")
         self._settle = scripts.load(redis, "client_batch_settle")
-        self._file_delete = scripts.load(redis, "client_batch_file_delete")
+        self._delete = scripts.load(redis, "client_batch_delete")
 
     async def open(
         self,
@@ -331,8 +336,19 @@ class ClientBatches:
     async def delete_file(self, batch_id: str, kind: str, now_ms: int) -> bool:
         """Delete an ended batch's output or error file (one guarded step); False when it was
         deleted before, or the batch has none yet."""
-        answer = await self._file_delete(keys=[keys.client_batch(batch_id)], args=[kind, now_ms])
+        answer = await self._delete(keys=[keys.client_batch(batch_id)], args=[kind, now_ms])
         return bool(answer == b"deleted")
+
+    async def delete(self, batch_id: str, now_ms: int) -> None:
+        """Delete an ended batch (Anthropic's ``DELETE``): it reads as missing from then on. Its
+        jobs stay, under their own retention, as any job's do."""
+        answer = await self._delete(keys=[keys.client_batch(batch_id)], args=["batch", now_ms])
+        if answer == b"live":
+            raise IllegalTransition(
+                f"Message batch '{batch_id}' is still processing: cancel it first, then delete it."
+            )
+        if answer != b"deleted":
+            raise NotFound(f"No message batch found with id '{batch_id}'.", "message_batch_id")
 
     async def start(self, batch_id: str, now_ms: int, *, refused: int, model: str) -> None:
         """validating → in_progress, every line now a job (or refused, counted failed)."""
@@ -360,7 +376,7 @@ class ClientBatches:
         if not BATCH_ID.fullmatch(batch_id):
             return None
         raw: dict[bytes, bytes] = await self.redis.hgetall(keys.client_batch(batch_id))  # type: ignore[misc]
-        return ClientBatch.from_hash(batch_id, raw) if raw and b"tenant" in raw else None
+        return ClientBatch.from_hash(batch_id, raw) if _kept(raw) else None
 
     async def state_of(self, batch_id: str) -> str | None:
         """The stored state alone (``validating``, ``in_progress``, ...), or None without a record."""
@@ -403,7 +419,7 @@ class ClientBatches:
             for raw_id, row in zip(batch_ids, rows, strict=True):
                 bound = b"(" + raw_id
                 batch_id = raw_id.decode()
-                if not row or not batch_id.startswith(prefix):
+                if not _kept(row) or not batch_id.startswith(prefix):
                     continue
                 if len(page) == limit:
                     return _newest_first(page, toward_newer), True

@@ -219,3 +219,27 @@ async def test_cancel_twice_and_request_counts_as_the_batch_moves(
         MessageBatch.model_validate(obj)
     for line in lines:
         MessageBatchIndividualResponse.model_validate_json(line)
+
+
+async def test_delete_an_ended_batch_and_refuse_one_still_processing(
+    redis, redis_url, emulator, pagerduty, harness
+):
+    settings = compat_settings(redis_url, emulator, pagerduty)
+    pipeline = harness(settings)
+    emulator.configure(stall=[ANTHROPIC_MODEL])
+    async with compat_app(settings, redis, pipeline) as app, anthropic_sdk(app) as sdk:
+        running = await sdk.messages.batches.create(requests=_requests(["a"]))  # type: ignore[arg-type]
+        ended = await sdk.messages.batches.create(requests=_requests(["b"]))  # type: ignore[arg-type]
+        await sdk.messages.batches.cancel(ended.id)
+        with pytest.raises(anthropic.BadRequestError, match="cancel it first"):
+            await sdk.messages.batches.delete(running.id)
+        deleted = await sdk.messages.batches.delete(ended.id)
+        assert (deleted.id, deleted.type) == (ended.id, "message_batch_deleted")
+        for call in (sdk.messages.batches.retrieve, sdk.messages.batches.delete, sdk.messages.batches.cancel):
+            with pytest.raises(anthropic.NotFoundError):
+                await call(ended.id)
+        assert [b.id for b in (await sdk.messages.batches.list()).data] == [running.id]
+        async with anthropic_sdk(app, key="globex-key") as globex:
+            with pytest.raises(anthropic.NotFoundError):
+                await globex.messages.batches.delete(running.id)
+        assert (await sdk.messages.batches.retrieve(running.id)).processing_status == "in_progress"
