@@ -236,7 +236,12 @@ async def test_cancel_twice_and_cancel_a_completed_or_failed_batch(redis, redis_
         clock.advance(3601)
         with pytest.raises(openai.ConflictError, match="status 'expired'"):
             await sdk.batches.cancel(expiring.id)
-        assert (await sdk.batches.retrieve(expiring.id)).status == "expired"
+        expired = await sdk.batches.retrieve(expiring.id)
+        assert expired.status == "expired"
+        assert expired.error_file_id is not None  # its lines still live, the window passed: over
+        assert (await sdk.files.delete(expired.error_file_id)).deleted is True
+        with pytest.raises(openai.NotFoundError):
+            await sdk.files.content(expired.error_file_id)
 
 
 async def test_files_delete_then_content_is_404_for_uploads_and_result_files(redis, redis_url):
