@@ -72,10 +72,15 @@ async def list_batches(
     request: Request,
     tenant_name: Tenant,
     after_id: Annotated[str | None, Query(max_length=64)] = None,
+    before_id: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 20,
 ) -> JsonResponse:
+    """``after_id`` pages toward older batches, ``before_id`` toward newer ones (the SDK's
+    auto-paging follows whichever it was given); ``has_more`` tells of more that way."""
+    if after_id is not None and before_id is not None:
+        raise InvalidRequest("Only one of after_id and before_id may be given.", "before_id")
     page, has_more = await _intake(request).batches.page(
-        tenant_name, "anthropic", after=after_id, limit=limit
+        tenant_name, "anthropic", after=after_id, before=before_id, limit=limit
     )
     return JsonResponse(
         {
@@ -96,6 +101,14 @@ async def get_batch(request: Request, batch_id: str, tenant_name: Tenant) -> Jso
 async def cancel_batch(request: Request, batch_id: str, tenant_name: Tenant) -> JsonResponse:
     batch = await _batch(request, tenant_name, batch_id)
     return JsonResponse(await _view(request, await _intake(request).cancel(batch, await _now(request))))
+
+
+@router.delete("/{batch_id}", summary="Delete an ended Message Batch")
+async def delete_batch(request: Request, batch_id: str, tenant_name: Tenant) -> JsonResponse:
+    """Anthropic's rule: only a batch that ended; one still processing is cancelled first."""
+    batch = await _batch(request, tenant_name, batch_id)
+    await _intake(request).batches.delete(batch.id, await _now(request))
+    return JsonResponse({"id": batch.id, "type": "message_batch_deleted"})
 
 
 @router.get("/{batch_id}/results", name="batch_results", summary="An ended batch's results, as JSONL")

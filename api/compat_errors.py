@@ -1,7 +1,8 @@
 """The error shapes of the compatible endpoints, so the ``openai`` and ``anthropic`` SDKs raise their
 own exceptions: OpenAI's ``{"error": {"message", "type", "param", "code"}}`` under ``/v1/files`` and
 ``/v1/batches``, Anthropic's ``{"type": "error", "error": {"type", "message"}}`` under
-``/v1/messages/batches``. Both answer a bad field with 400, as the providers do (not our 422).
+``/v1/messages/batches``. Both answer a bad field with 400, as the providers do (not our 422);
+OpenAI answers a refused state change (cancelling a completed batch) with 409, Anthropic with 400.
 """
 
 from __future__ import annotations
@@ -35,9 +36,12 @@ def shape_of(path: str) -> Shape | None:
     return None
 
 
-def compat_status(status: int) -> int:
-    """Providers answer field errors and refused state changes with 400."""
-    return 400 if status in (409, 422) else status
+def compat_status(shape: Shape, status: int) -> int:
+    """Providers answer field errors with 400; OpenAI keeps 409 for a refused state change (its SDK
+    raises ``ConflictError`` on ``Cannot cancel a batch with status 'completed'.``)."""
+    if status == 422 or (status == 409 and shape == "anthropic"):
+        return 400
+    return status
 
 
 def compat_body(

@@ -46,7 +46,7 @@ def _compat(request: Request, status: int, message: str, field: str | None) -> J
     shape = shape_of(request.url.path)
     if shape is None:
         return None
-    status = compat_status(status)
+    status = compat_status(shape, status)
     return JsonResponse(compat_body(shape, status, message, field), status_code=status)
 
 

@@ -139,6 +139,8 @@ async def _derived_batch(request: Request, tenant_name: str, file_id: str) -> tu
     view = batch.openai_view(await _now(request))
     if view["output_file_id" if named[1] == "output" else "error_file_id"] != file_id:
         raise NotFound(f"No such File object: {file_id}", "file_id")
+    if named[1] in batch.deleted_files:
+        raise NotFound(f"No such File object: {file_id}", "file_id")
     return batch, named[1]
 
 
@@ -189,11 +191,13 @@ async def get_file_content(request: Request, file_id: str, tenant_name: Tenant) 
 
 @router.delete("/v1/files/{file_id}", summary="Delete an uploaded file")
 async def delete_file(request: Request, file_id: str, tenant_name: Tenant) -> JsonResponse:
-    """A batch made from the file runs on (its lines are jobs already), as OpenAI's do."""
-    if derived(file_id) is not None:
-        raise InvalidRequest(
-            "Output and error files are read from their batch and are not deleted.", "file_id"
-        )
+    """A batch made from the file runs on (its lines are jobs already), as OpenAI's do. A deleted
+    output or error file reads as missing; its batch still names it, as OpenAI's does."""
+    found = await _derived_batch(request, tenant_name, file_id)
+    if found is not None:
+        if not await _intake(request).batches.delete_file(found[0].id, found[1], await _now(request)):
+            raise NotFound(f"No such File object: {file_id}", "file_id")
+        return JsonResponse({"id": file_id, "object": "file", "deleted": True})
     if not await _intake(request).files.delete(tenant_name, file_id):
         raise NotFound(f"No such File object: {file_id}", "file_id")
     return JsonResponse({"id": file_id, "object": "file", "deleted": True})

@@ -82,6 +82,7 @@ class ClientBatch:
     actual_usd: float = 0.0
     sync_equivalent_usd: float = 0.0
     wasted_usd: float = 0.0
+    deleted_files: frozenset[str] = frozenset()  # "output" / "errors": deleted by the client
 
     @classmethod
     def from_hash(cls, batch_id: str, raw: dict[bytes, bytes]) -> ClientBatch:
@@ -119,6 +120,7 @@ class ClientBatch:
             actual_usd=float(h.get("actual_usd") or 0),
             sync_equivalent_usd=float(h.get("sync_equivalent_usd") or 0),
             wasted_usd=float(h.get("wasted_usd") or 0),
+            deleted_files=frozenset(k for k in ("output", "errors") if h.get(f"deleted_{k}")),
         )
 
     def status(self, now_ms: int) -> str:
@@ -224,6 +226,15 @@ class ClientBatch:
         }
 
 
+def _kept(raw: dict[bytes, bytes]) -> bool:
+    """A stored batch that was not deleted (Anthropic's ``DELETE``)."""
+    return bool(raw) and b"tenant" in raw and not raw.get(b"deleted_batch")
+
+
+def _newest_first(page: list[ClientBatch], walked_toward_newer: bool) -> list[ClientBatch]:
+    return page[::-1] if walked_toward_newer else page
+
+
 def _s(ms: int | None) -> int | None:
     return ms // 1000 if ms is not None else None
 
@@ -236,6 +247,7 @@ class ClientBatches:
         self._open = scripts.load(redis, "client_batch_open")
         self._state = scripts.load(redis, "client_batch_state")
         self._settle = scripts.load(redis, "client_batch_settle")
+        self._delete = scripts.load(redis, "client_batch_delete")
 
     async def open(
         self,
@@ -270,7 +282,14 @@ class ClientBatches:
         args: list[str | int] = [batch_id, keys.CLIENT_BATCH_TTL_S, *floors]
         for name, value in fields.items():
             args.extend((name, value))
-        await self._open(keys=[keys.client_batch(batch_id), keys.tenant_client_batches(tenant)], args=args)
+        await self._open(
+            keys=[
+                keys.client_batch(batch_id),
+                keys.tenant_client_batches(tenant),
+                keys.CLIENT_BATCHES_VALIDATING,
+            ],
+            args=args,
+        )
 
     async def _change(
         self, batch_id: str, from_states: Sequence[str], to: str, now_ms: int, refused: int = 0, **fields: Any
@@ -278,11 +297,13 @@ class ClientBatches:
         args: list[Any] = [",".join(from_states), to, now_ms, refused]
         for name, value in fields.items():
             args.extend((name, value))
-        status, prior = await self._state(keys=[keys.client_batch(batch_id)], args=args)
+        status, prior = await self._state(
+            keys=[keys.client_batch(batch_id), keys.CLIENT_BATCHES_VALIDATING], args=args
+        )
         if status == b"missing":
             raise NotFound(f"No batch found with id '{batch_id}'.", "batch_id")
         if status == b"refused":
-            raise IllegalTransition(f"Cannot do this to a batch with status '{prior.decode()}'.", "batch_id")
+            raise IllegalTransition(f"Cannot do this to a batch with status '{prior.decode()}'.")
         return str(prior.decode())
 
     async def add_lines(self, batch_id: str, entries: Sequence[str]) -> None:
@@ -312,6 +333,23 @@ class ClientBatches:
         """An abandoned batch's lines that never became jobs count as cancelled; it ends."""
         await self._settle(keys=[keys.client_batch(batch_id)], args=[now_ms])
 
+    async def delete_file(self, batch_id: str, kind: str, now_ms: int) -> bool:
+        """Delete an ended batch's output or error file (one guarded step); False when it was
+        deleted before, or the batch has none yet."""
+        answer = await self._delete(keys=[keys.client_batch(batch_id)], args=[kind, now_ms])
+        return bool(answer == b"deleted")
+
+    async def delete(self, batch_id: str, now_ms: int) -> None:
+        """Delete an ended batch (Anthropic's ``DELETE``): it reads as missing from then on. Its
+        jobs stay, under their own retention, as any job's do."""
+        answer = await self._delete(keys=[keys.client_batch(batch_id)], args=["batch", now_ms])
+        if answer == b"live":
+            raise IllegalTransition(
+                f"Message batch '{batch_id}' is still processing: cancel it first, then delete it."
+            )
+        if answer != b"deleted":
+            raise NotFound(f"No message batch found with id '{batch_id}'.", "message_batch_id")
+
     async def start(self, batch_id: str, now_ms: int, *, refused: int, model: str) -> None:
         """validating → in_progress, every line now a job (or refused, counted failed)."""
         await self._change(
@@ -330,39 +368,64 @@ class ClientBatches:
 
     async def get(self, tenant: str, batch_id: str) -> ClientBatch | None:
         """The tenant's batch, or None (also another tenant's, or one of the other API)."""
+        batch = await self.find(batch_id)
+        return batch if batch is not None and batch.tenant == tenant else None
+
+    async def find(self, batch_id: str) -> ClientBatch | None:
+        """The batch of any tenant (for the scheduler's own passes), or None."""
         if not BATCH_ID.fullmatch(batch_id):
             return None
         raw: dict[bytes, bytes] = await self.redis.hgetall(keys.client_batch(batch_id))  # type: ignore[misc]
-        if not raw or raw.get(b"tenant", b"").decode() != tenant:
-            return None
-        return ClientBatch.from_hash(batch_id, raw)
+        return ClientBatch.from_hash(batch_id, raw) if _kept(raw) else None
+
+    async def state_of(self, batch_id: str) -> str | None:
+        """The stored state alone (``validating``, ``in_progress``, ...), or None without a record."""
+        state: bytes | None = await self.redis.hget(keys.client_batch(batch_id), "state")  # type: ignore[misc]
+        return state.decode() if state is not None else None
+
+    async def validating_before(self, cutoff_ms: int, limit: int) -> list[str]:
+        """Ids of batches still ``validating`` that were created before ``cutoff_ms``, oldest first."""
+        found = await self.redis.zrangebyscore(
+            keys.CLIENT_BATCHES_VALIDATING, "-inf", f"({cutoff_ms}", start=0, num=limit
+        )
+        return [raw.decode() for raw in found]
+
+    async def unlist_validating(self, batch_id: str) -> None:
+        """Drop an index entry whose batch is gone (its record expired) or has moved on."""
+        await self.redis.zrem(keys.CLIENT_BATCHES_VALIDATING, batch_id)
 
     async def page(
-        self, tenant: str, api: Api, *, after: str | None, limit: int
+        self, tenant: str, api: Api, *, after: str | None, limit: int, before: str | None = None
     ) -> tuple[list[ClientBatch], bool]:
-        """The tenant's batches of one API, newest first, after ``after``; and whether more follow."""
+        """The tenant's batches of one API, newest first: the ``limit`` older than ``after`` (or the
+        newest), or with ``before`` (Anthropic's ``before_id``) the ``limit`` just newer than it;
+        and whether more follow in that direction."""
         index = keys.tenant_client_batches(tenant)
         prefix = "batch_" if api == "openai" else "msgbatch_"
-        upper: bytes | str = f"({after}" if after else "+"
+        toward_newer = before is not None
+        bound: bytes | str = f"({before}" if toward_newer else (f"({after}" if after else "+")
         page: list[ClientBatch] = []
         while True:
-            batch_ids = await self.redis.zrevrangebylex(index, upper, "-", start=0, num=limit + 1)
+            if toward_newer:
+                batch_ids = await self.redis.zrangebylex(index, bound, "+", start=0, num=limit + 1)
+            else:
+                batch_ids = await self.redis.zrevrangebylex(index, bound, "-", start=0, num=limit + 1)
             if not batch_ids:
-                return page, False
+                return _newest_first(page, toward_newer), False
             async with self.redis.pipeline(transaction=False) as pipe:
                 for raw_id in batch_ids:
                     pipe.hgetall(keys.client_batch(raw_id.decode()))
                 rows = await pipe.execute()
             for raw_id, row in zip(batch_ids, rows, strict=True):
-                upper = b"(" + raw_id
+                bound = b"(" + raw_id
                 batch_id = raw_id.decode()
-                if not row or not batch_id.startswith(prefix):
+                if not _kept(row) or not batch_id.startswith(prefix):
                     continue
                 if len(page) == limit:
-                    return page, True
+                    return _newest_first(page, toward_newer), True
                 page.append(ClientBatch.from_hash(batch_id, row))
             if len(batch_ids) < limit + 1:
-                return page, False
+                return _newest_first(page, toward_newer), False
 
     async def line_entries(self, batch_id: str, start: int, count: int) -> list[str]:
         """Line entries ``start`` to ``start + count - 1`` in input order."""

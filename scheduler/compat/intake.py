@@ -29,6 +29,8 @@ log = structlog.get_logger(__name__)
 ANTHROPIC_ENDPOINT: Final = "/v1/messages"
 OPENAI_ENDPOINTS: Final = ENDPOINTS["openai"]  # what an OpenAI batch's ``endpoint`` may name
 MAX_METADATA_PAIRS: Final = 16
+# Stale creates cancelled per reconcile pass; the rest wait for the next one.
+STALE_SWEEP: Final = 100
 
 
 def check_metadata(metadata: object) -> dict[str, str] | None:
@@ -183,6 +185,12 @@ class BatchIntake:
         refused = lines = 0
         models: set[str] = set()
         async for jobs in job_chunks:
+            if await self.batches.state_of(batch.id) != "validating":
+                # Judged a dead create and cancelled (by its owner or the reconcile pass) while
+                # this one was slow: enqueue no more of it.
+                raise IllegalTransition(
+                    f"Batch '{batch.id}' was cancelled while it was created (after compat.stale_create_s)."
+                )
             # Listed before they exist: a create that dies leaves every job it made findable, so
             # cancelling the stale batch cancels them all (:meth:`cancel`).
             await self.batches.add_lines(batch.id, [job.id for job in jobs])
@@ -264,16 +272,22 @@ class BatchIntake:
     async def cancel(self, batch: ClientBatch, now_ms: int) -> ClientBatch:
         """in_progress → cancelling, then every line's live job is cancelled (each its own guarded
         step; a job that ends meanwhile keeps its end). The batch is cancelled once all have ended.
-        An expired batch is over, as a completed one is (the script guards that one)."""
-        if (status := batch.status(now_ms)) == "expired":
-            raise IllegalTransition(f"Cannot cancel a batch with status '{status}'.", "batch_id")
-        abandoned = batch.state == "validating"
-        if abandoned:  # a create that died: its lines may be partly enqueued, partly not
+        A batch over (completed, failed, expired, cancelled) refuses, as OpenAI's does (409); one
+        still ``cancelling`` (a second cancel, or a retry of one that died midway) is cancelled
+        again, line by line, and answered as it stands."""
+        status = batch.status(now_ms)
+        if status in ("completed", "failed", "expired", "cancelled"):
+            raise IllegalTransition(f"Cannot cancel a batch with status '{status}'.")
+        if batch.state == "cancelling":
+            abandoned = batch.in_progress_ms is None  # never started: its create died
+        elif batch.state == "validating":  # a create that died: lines partly enqueued, partly not
             if now_ms - batch.created_ms < self.settings.compat.stale_create_s * 1000:
-                raise IllegalTransition("Cannot cancel a batch with status 'validating'.", "batch_id")
+                raise IllegalTransition("Cannot cancel a batch with status 'validating'.")
             await self.batches.abandon(batch.id, now_ms)
+            abandoned = True
         else:
             await self.batches.request_cancel(batch.id, now_ms)
+            abandoned = False
         start = 0
         while entries := await self.batches.line_entries(batch.id, start, line_checks.ENQUEUE_CHUNK):
             await self.ledger.cancel_many([e for e in entries if not e.startswith("!")], now_ms)
@@ -282,6 +296,26 @@ class BatchIntake:
             await self.batches.settle(batch.id, now_ms)
         log.info("client_batch.cancelled", client_batch=batch.id, tenant=batch.tenant, abandoned=abandoned)
         return await self._reread(batch)
+
+    async def cancel_stale_creates(self, now_ms: int, limit: int = STALE_SWEEP) -> int:
+        """Cancel the batches still ``validating`` past ``compat.stale_create_s``: creates that died
+        with their process. Each is cancelled as its owner's cancel would (:meth:`cancel`: one guarded
+        step out of ``validating``, its enqueued lines cancelled, the rest counted cancelled), so the
+        client sees it end ``cancelled`` without acting. Returns how many."""
+        cutoff = now_ms - int(self.settings.compat.stale_create_s * 1000)
+        cancelled = 0
+        for batch_id in await self.batches.validating_before(cutoff, limit):
+            batch = await self.batches.find(batch_id)
+            if batch is None or batch.state != "validating":
+                await self.batches.unlist_validating(batch_id)
+                continue
+            try:
+                await self.cancel(batch, now_ms)
+            except IllegalTransition:  # its create finished, or its owner cancelled it, meanwhile
+                continue
+            cancelled += 1
+            log.warning("client_batch.stale_create_cancelled", client_batch=batch_id, tenant=batch.tenant)
+        return cancelled
 
 
 async def _in_chunks(jobs: list[NewJob]) -> AsyncIterator[list[NewJob]]:

@@ -28,6 +28,7 @@ from scheduler.planning import lanes
 MAX_LINE_ERRORS: Final = 100
 # Jobs enqueued per pipeline.
 ENQUEUE_CHUNK: Final = 1000
+UTF8_BOM: Final = b"\xef\xbb\xbf"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +62,8 @@ async def openai_lines(
     number = count = 0
     async for raw in raw_lines:
         number += 1
+        if number == 1:  # a UTF-8 byte order mark, as Windows editors and PowerShell write one
+            raw = raw.removeprefix(UTF8_BOM)
         if not raw.strip():
             continue
         try:

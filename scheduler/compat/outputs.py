@@ -2,7 +2,9 @@
 
 OpenAI's output file holds a line per succeeded request, its error file one per failed, cancelled
 or (the window passed) expired request: ``{"id", "custom_id", "response": {"status_code",
-"request_id", "body"}, "error"}``. Anthropic's results hold every request: ``{"custom_id",
+"request_id", "body"}, "error"}``. As in OpenAI's, a request the provider's API answered with an
+HTTP error has that ``response`` (status and error body) and ``error: null``; one that never got an
+answer (cancelled, expired) has ``response: null`` and the ``error``. Anthropic's results hold every request: ``{"custom_id",
 "result": {"type": "succeeded", "message"} | errored | canceled | expired}``. A stored result body
 is written into its line byte for byte, as the provider returned it; nothing is built whole.
 """
@@ -85,6 +87,25 @@ def _openai_error(outcome: LineOutcome, status: str) -> dict[str, Any]:
     }
 
 
+def _http_failure(outcome: LineOutcome) -> tuple[int, dict[str, Any]] | None:
+    """A line the provider's API answered with an HTTP error (its status kept on the job's error):
+    that status and OpenAI's error body, rebuilt from the error's fields (the body itself is not
+    stored). None for every other end (cancelled, expired, refused, a batch-level line error)."""
+    error = outcome.error or {}
+    http_status = error.get("status")
+    if outcome.state != "failed" or not isinstance(http_status, int) or http_status < 400:
+        return None
+    body = {
+        "error": {
+            "message": str(error.get("message") or ""),
+            "type": str(error.get("type") or "invalid_request_error"),
+            "param": error.get("param"),
+            "code": error.get("code"),
+        }
+    }
+    return http_status, body
+
+
 def _line_id(outcome: LineOutcome, index: int) -> str:
     return (
         f"batch_req_{outcome.job_id.removeprefix('job_')}" if outcome.job_id else f"batch_req_refused_{index}"
@@ -119,9 +140,25 @@ async def openai_file(
                 + b'},"error":null}\n'
             )
         elif kind == "errors" and not succeeded:
-            out.append(
-                head + b',"response":null,"error":' + orjson.dumps(_openai_error(outcome, status)) + b"}\n"
-            )
+            http = _http_failure(outcome)
+            if http is not None:  # as OpenAI writes a request its API refused: the answer, no error
+                out.append(
+                    head
+                    + b',"response":{"status_code":'
+                    + str(http[0]).encode()
+                    + b',"request_id":'
+                    + orjson.dumps(outcome.job_id)
+                    + b',"body":'
+                    + orjson.dumps(http[1])
+                    + b'},"error":null}\n'
+                )
+            else:
+                out.append(
+                    head
+                    + b',"response":null,"error":'
+                    + orjson.dumps(_openai_error(outcome, status))
+                    + b"}\n"
+                )
         if len(out) >= CHUNK:
             yield b"".join(out)
             out = []

@@ -493,6 +493,11 @@ def tenant_client_batches(tenant: str) -> str:
     return f"{PREFIX}:tenant:{tenant}:cbatches"
 
 
+# Sorted set: client batches still ``validating`` (being created), scored by their creation ms. A
+# batch leaves it in the step that moves it on; one still in it past ``compat.stale_create_s`` is a
+# create that died, and the reconcile pass cancels it (scheduler/compat/intake.py).
+CLIENT_BATCHES_VALIDATING = f"{PREFIX}:cbatches:validating"
+
 # Seconds a client batch (record, lines, listing entry) is kept after it was created: past the
 # longest completion window (24 h) and the job records' default retention (7 days).
 CLIENT_BATCH_TTL_S = 8 * 24 * 3600

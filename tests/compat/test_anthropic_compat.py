@@ -6,6 +6,7 @@ from __future__ import annotations
 import anthropic
 import httpx
 import pytest
+from anthropic.types.messages import MessageBatch, MessageBatchIndividualResponse
 
 from tests import test_slo_e2e as slo
 from tests.compat.support import (
@@ -148,3 +149,97 @@ async def test_x_api_key_is_taken_only_by_the_anthropic_routes(
                     "message": "No message batch found with id 'msgbatch_nope'.",
                 },
             }
+
+
+async def test_list_pages_toward_newer_with_before_id_as_the_sdk_follows_it(
+    redis, redis_url, emulator, pagerduty, harness
+):
+    settings = compat_settings(redis_url, emulator, pagerduty)
+    pipeline = harness(settings)
+    async with compat_app(settings, redis, pipeline) as app, anthropic_sdk(app) as sdk:
+        created = [(await sdk.messages.batches.create(requests=_requests([f"x{i}"]))).id for i in range(5)]  # type: ignore[arg-type]
+        page = await sdk.messages.batches.list(before_id=created[0], limit=2)
+        assert [b.id for b in page.data] == [created[2], created[1]]  # newest first, as every page
+        assert (page.first_id, page.last_id, page.has_more) == (created[2], created[1], True)
+        newer = [b.id async for b in sdk.messages.batches.list(before_id=created[0], limit=2)]
+        assert newer == [created[2], created[1], created[4], created[3]]
+        last = await sdk.messages.batches.list(before_id=created[3], limit=2)
+        assert ([b.id for b in last.data], last.has_more) == ([created[4]], False)
+        assert (await sdk.messages.batches.list(before_id=created[4])).data == []
+        with pytest.raises(anthropic.BadRequestError, match="before_id"):
+            await sdk.messages.batches.list(before_id=created[4], after_id=created[0])
+
+
+async def test_cancel_twice_and_request_counts_as_the_batch_moves(
+    redis, redis_url, emulator, pagerduty, harness
+):
+    """in_progress (every request processing) → canceling → ended; the counts always sum to the
+    requests; a second cancel of the ended batch is refused in Anthropic's error shape."""
+    settings = compat_settings(redis_url, emulator, pagerduty)
+    pipeline = harness(settings)
+    emulator.configure(stall=[ANTHROPIC_MODEL])
+    async with compat_app(settings, redis, pipeline) as app, anthropic_sdk(app) as sdk:
+        batch = await sdk.messages.batches.create(requests=_requests(["a", "b", "c"]))  # type: ignore[arg-type]
+        assert batch.processing_status == "in_progress"
+        assert batch.request_counts.to_dict() == {
+            "processing": 3,
+            "succeeded": 0,
+            "errored": 0,
+            "canceled": 0,
+            "expired": 0,
+        }
+        assert (batch.results_url, batch.ended_at, batch.cancel_initiated_at) == (None, None, None)
+        await pipeline.run_for(1)  # submitted to the stalled provider batch
+        ended = await sdk.messages.batches.cancel(batch.id)
+        assert ended.processing_status == "ended"
+        assert ended.request_counts.canceled == 3
+        assert ended.cancel_initiated_at is not None
+        assert ended.ended_at is not None
+        assert ended.results_url is not None
+        assert ended.results_url.endswith(f"/v1/messages/batches/{batch.id}/results")
+        with pytest.raises(anthropic.BadRequestError) as refused:
+            await sdk.messages.batches.cancel(batch.id)
+        assert isinstance(refused.value.body, dict)
+        assert refused.value.body["type"] == "error"
+        assert refused.value.body["error"]["type"] == "invalid_request_error"
+        results = [r async for r in await sdk.messages.batches.results(batch.id)]
+        assert sorted((r.custom_id, r.result.type) for r in results) == [
+            ("a", "canceled"),
+            ("b", "canceled"),
+            ("c", "canceled"),
+        ]
+        # The raw objects pass the SDK's own types validated (not merely read leniently).
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://api", headers={"x-api-key": "acme-key"}
+        ) as raw:
+            listed = (await raw.get("/v1/messages/batches")).json()
+            lines = (await raw.get(f"/v1/messages/batches/{batch.id}/results")).content.splitlines()
+    assert set(listed) == {"data", "has_more", "first_id", "last_id"}
+    for obj in listed["data"]:
+        MessageBatch.model_validate(obj)
+    for line in lines:
+        MessageBatchIndividualResponse.model_validate_json(line)
+
+
+async def test_delete_an_ended_batch_and_refuse_one_still_processing(
+    redis, redis_url, emulator, pagerduty, harness
+):
+    settings = compat_settings(redis_url, emulator, pagerduty)
+    pipeline = harness(settings)
+    emulator.configure(stall=[ANTHROPIC_MODEL])
+    async with compat_app(settings, redis, pipeline) as app, anthropic_sdk(app) as sdk:
+        running = await sdk.messages.batches.create(requests=_requests(["a"]))  # type: ignore[arg-type]
+        ended = await sdk.messages.batches.create(requests=_requests(["b"]))  # type: ignore[arg-type]
+        await sdk.messages.batches.cancel(ended.id)
+        with pytest.raises(anthropic.BadRequestError, match="cancel it first"):
+            await sdk.messages.batches.delete(running.id)
+        deleted = await sdk.messages.batches.delete(ended.id)
+        assert (deleted.id, deleted.type) == (ended.id, "message_batch_deleted")
+        for call in (sdk.messages.batches.retrieve, sdk.messages.batches.delete, sdk.messages.batches.cancel):
+            with pytest.raises(anthropic.NotFoundError):
+                await call(ended.id)
+        assert [b.id for b in (await sdk.messages.batches.list()).data] == [running.id]
+        async with anthropic_sdk(app, key="globex-key") as globex:
+            with pytest.raises(anthropic.NotFoundError):
+                await globex.messages.batches.delete(running.id)
+        assert (await sdk.messages.batches.retrieve(running.id)).processing_status == "in_progress"

@@ -17,6 +17,7 @@ from api.app import create_app
 from config.settings import CompatSettings, ProviderSettings, Settings, TenantSettings
 from scheduler.compat.intake import BatchIntake, draft
 from scheduler.compat.lines import Line, LineErrors, jobs_for
+from scheduler.errors import IllegalTransition
 from scheduler.ledger import keys
 from scheduler.ledger.clock import ManualClock
 from tests.api.harness import ACME
@@ -232,7 +233,7 @@ async def test_a_create_that_died_midway_can_be_cancelled_once_stale_cancelling_
         await intake.batches.add_lines(batch.id, [job.id for job in jobs])  # listed, then the crash:
         await intake.ledger.enqueue_many(jobs[:2])  # only two became jobs
         assert (await sdk.batches.retrieve(batch.id)).status == "validating"
-        with pytest.raises(openai.BadRequestError, match="validating"):
+        with pytest.raises(openai.ConflictError, match="validating"):
             await sdk.batches.cancel(batch.id)  # not stale yet: the create may still be running
         clock.advance(settings.compat.stale_create_s + 1)
         assert [b.status for b in (await sdk.batches.list()).data] == ["validating"]
@@ -250,3 +251,41 @@ async def test_a_create_that_died_midway_can_be_cancelled_once_stale_cancelling_
         ("", "batch_cancelled"),  # listed, never made a job: nothing is known of it but its place
     ]
     assert [r.state for r in await intake.ledger.get_many([j.id for j in jobs[:2]])] == ["cancelled"] * 2  # type: ignore[union-attr]
+
+
+async def test_a_slow_create_swept_as_dead_enqueues_no_more_lines(redis, redis_url):
+    """A create still running past ``compat.stale_create_s`` is cancelled by the reconcile pass
+    between two chunks of lines: the first chunk's jobs are cancelled, the second is never made,
+    the create answers 409, and the batch ends cancelled with its counts whole."""
+    settings = make_settings(redis_url)
+    async with api(settings, redis) as (app, clock):
+        intake: BatchIntake = app.state.batch_intake
+        batch = draft(
+            "openai",
+            "acme",
+            endpoint=CHAT,
+            input_file_id="file-gone",
+            window="24h",
+            window_s=86400,
+            metadata=None,
+            total=4,
+            now_ms=clock.ms,
+        )
+        lines = [Line(n, cid, json.loads(jsonl([cid]))["body"]) for n, cid in enumerate("abcd", start=1)]
+        jobs = jobs_for(lines, batch, settings, LineErrors(), now_ms=clock.ms)
+        await intake._record(batch)
+
+        async def slow_chunks() -> AsyncIterator[list]:
+            yield jobs[:2]
+            clock.advance(settings.compat.stale_create_s + 1)
+            assert await intake.cancel_stale_creates(clock.ms) == 1  # the reconcile pass, meanwhile
+            yield jobs[2:]
+
+        with pytest.raises(IllegalTransition, match="cancelled while it was created"):
+            await intake._enqueue(batch, slow_chunks(), clock.ms)
+        swept = await intake.batches.find(batch.id)
+        assert swept is not None
+        assert swept.status(clock.ms) == "cancelled"
+        assert (swept.total, swept.ended, swept.cancelled) == (4, 4, 4)
+        records = await intake.ledger.get_many([j.id for j in jobs])
+    assert [r.state if r else None for r in records] == ["cancelled", "cancelled", None, None]

@@ -9,7 +9,9 @@ import httpx
 import openai
 import pytest
 
-from config.settings import SchedulerSettings
+from config.settings import CompatSettings, SchedulerSettings
+from scheduler.compat.intake import BatchIntake, draft
+from scheduler.compat.lines import Line, LineErrors, jobs_for
 from scheduler.ledger import keys
 from tests import test_slo_e2e as slo
 from tests.api.harness import ADMIN
@@ -125,3 +127,56 @@ async def test_two_tenants_lines_for_one_model_go_out_in_one_provider_batch(
     ]
     assert {job.batch_id for job in lane_jobs if job is not None} != {None}
     assert len({job.batch_id for job in lane_jobs if job is not None}) == 1
+
+
+async def test_a_create_that_died_is_cancelled_by_the_reconcile_pass_without_its_owner(
+    redis, redis_url, emulator, pagerduty, harness
+):
+    """The create's process died after enqueueing 2 of its 3 lines: the batch stays ``validating``
+    until ``compat.stale_create_s`` has passed, then the reconcile pass cancels it (its jobs
+    cancelled, the line never made counted cancelled), with no call from its owner."""
+    base = compat_settings(redis_url, emulator, pagerduty)
+    settings = base.model_copy(
+        update={
+            "scheduler": base.scheduler.model_copy(update={"reconcile_interval_s": 1.0}),
+            "compat": CompatSettings(stale_create_s=5),
+        }
+    )
+    pipeline = harness(settings)
+    emulator.configure(stall=["gpt-4o-mini"])  # its jobs would otherwise end on their own
+    async with compat_app(settings, redis, pipeline) as app, openai_sdk(app) as sdk:
+        intake: BatchIntake = app.state.batch_intake
+        uploaded = await sdk.files.create(file=("in.jsonl", jsonl(["a", "b", "c"])), purpose="batch")
+        batch = draft(
+            "openai",
+            "acme",
+            endpoint=CHAT,
+            input_file_id=uploaded.id,
+            window="24h",
+            window_s=86400,
+            metadata=None,
+            total=3,
+            now_ms=pipeline.clock.ms,
+        )
+        lines = [Line(n, cid, json.loads(jsonl([cid]))["body"]) for n, cid in enumerate("ab", start=1)]
+        jobs = jobs_for(lines, batch, settings, LineErrors(), now_ms=pipeline.clock.ms)
+        await intake._record(batch)
+        await intake.batches.add_lines(batch.id, [job.id for job in jobs])
+        await intake.ledger.enqueue_many(jobs)  # and here the create's process died
+        live = await sdk.batches.create(input_file_id=uploaded.id, endpoint=CHAT, completion_window="24h")
+
+        async def ended() -> bool:
+            return (await sdk.batches.retrieve(batch.id)).status != "validating"
+
+        await pipeline.run_for(4)
+        assert (await sdk.batches.retrieve(batch.id)).status == "validating"  # not stale yet
+        await pipeline.run_until(ended, within_s=5)
+        assert pipeline.clock.ms - batch.created_ms >= 5000
+        cancelled = await sdk.batches.retrieve(batch.id)
+        assert cancelled.status == "cancelled"
+        assert cancelled.request_counts is not None
+        assert (cancelled.request_counts.total, cancelled.request_counts.failed) == (3, 3)
+        assert [r.state for r in await intake.ledger.get_many([j.id for j in jobs])] == ["cancelled"] * 2  # type: ignore[union-attr]
+        # A batch whose create finished is left alone, and the index keeps no ended batch.
+        assert (await sdk.batches.retrieve(live.id)).status == "in_progress"
+    assert await redis.zcard(keys.CLIENT_BATCHES_VALIDATING) == 0

@@ -23,6 +23,7 @@ from typing import Literal
 
 import structlog
 
+from scheduler.compat.intake import BatchIntake
 from scheduler.ledger import keys, tasks
 from scheduler.planning.batches import Batches, BatchRecord
 from workers.context import WorkerContext
@@ -203,6 +204,8 @@ async def reconcile(ctx: WorkerContext, batches: Batches, now_ms: int) -> dict[s
     counts["duplicates"] = await find_duplicates(ctx, batches)
     counts["files_deleted"] = await files.retry_pending(ctx)
     counts["stranded"] = await sweep.sweep_stranded(ctx, now_ms)
+    intake = BatchIntake(ctx["settings"], ctx["redis"], ctx["ledger"])
+    counts["stale_client_batches"] = await intake.cancel_stale_creates(now_ms)
     log.info("batch.reconciled", **counts)
     return counts
 

@@ -1,7 +1,8 @@
 -- Record a new client batch (state ``validating``) and list it for its tenant; an id already taken
 -- changes nothing. The tenant's index forgets ids older than the records' TTL (ids sort by time:
 -- everything below the floors is gone), so it stays as small as the batches kept.
--- KEYS: 1 client batch, 2 tenant's client batch index.
+-- It is listed as validating (scored by its ``created_ms`` field) until client_batch_state.lua moves it on.
+-- KEYS: 1 client batch, 2 tenant's client batch index, 3 the validating batches.
 -- ARGV: 1 batch id, 2 ttl s, 3 and 4 the lowest ids still kept (OpenAI's and Anthropic's prefixes),
 --       5.. field/value pairs.
 -- Returns 'created' | 'exists'.
@@ -16,4 +17,5 @@ for _, floor in ipairs({ARGV[3], ARGV[4]}) do
   redis.call('ZREMRANGEBYLEX', KEYS[2], '[' .. prefix, '(' .. floor)
 end
 redis.call('ZADD', KEYS[2], 0, ARGV[1])
+redis.call('ZADD', KEYS[3], redis.call('HGET', KEYS[1], 'created_ms'), ARGV[1])
 return 'created'
