@@ -7,7 +7,7 @@
 --       7 now ms, 8 lane, 9 provider, 10 model, 11 endpoint, 12 latest deadline ms the batch holds
 -- Returns {'fenced'} | {'ok', jobs taken, bytes taken, full (1 when the next job would not fit in the
 -- caps, 2 when it is due after the band)}.
--- uses: state
+-- uses: reserve
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'fenced'} end
 local batch_id = ARGV[2]
 local max_requests, max_bytes = tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -36,12 +36,7 @@ for i = 1, #rows, 2 do
       full = 2
       break
     end
-    redis.call('ZREM', KEYS[2], id)
-    redis.call('ZREM', KEYS[3], id)
-    redis.call('DECRBY', KEYS[4], size)
-    redis.call('HSET', K.job(id), 'state', 'batched', 'batch_id', batch_id, 'batched_ms', now)
-    restate(id, rec[3], 'queued', 'batched')
-    redis.call('SADD', KEYS[6], id)
+    reserve_job(id, rec[3], size, batch_id, now)
     count = count + 1
     bytes = bytes + size + overhead
     taken = taken + 1
@@ -49,12 +44,7 @@ for i = 1, #rows, 2 do
   end
 end
 if taken > 0 then
-  if redis.call('EXISTS', KEYS[5]) == 0 then
-    redis.call('HSET', KEYS[5], 'id', batch_id, 'state', 'planned', 'lane', ARGV[8], 'provider', ARGV[9],
-      'model', ARGV[10], 'endpoint', ARGV[11], 'planned_ms', now, 'attempts', 0)
-    redis.call('ZADD', KEYS[7], now, batch_id)
-  end
-  redis.call('HSET', KEYS[5], 'requests', count, 'bytes', bytes)
+  reserve_record(batch_id, now, ARGV[8], ARGV[9], ARGV[10], ARGV[11], count, bytes)
 end
 if full == 0 and count >= max_requests then full = 1 end
 return {'ok', taken, taken_bytes, full}

@@ -7,7 +7,7 @@
 -- ARGV: 1 fencing token, 2 batch id, 3 max requests, 4 max bytes, 5 per-line overhead bytes, 6 now ms,
 --       7 lane, 8 provider, 9 model, 10 endpoint, 11.. job ids
 -- Returns {'fenced'} | {'ok', jobs taken, bytes taken, full (1 when the next job would not fit the caps)}.
--- uses: state
+-- uses: reserve
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'fenced'} end
 local batch_id = ARGV[2]
 local max_requests, max_bytes = tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -28,12 +28,7 @@ for i = 11, #ARGV do
         full = 1
         break
       end
-      redis.call('ZREM', KEYS[2], id)
-      redis.call('ZREM', KEYS[3], id)
-      redis.call('DECRBY', KEYS[4], size)
-      redis.call('HSET', K.job(id), 'state', 'batched', 'batch_id', batch_id, 'batched_ms', now)
-      restate(id, rec[3], 'queued', 'batched')
-      redis.call('SADD', KEYS[6], id)
+      reserve_job(id, rec[3], size, batch_id, now)
       count = count + 1
       bytes = bytes + size + overhead
       taken = taken + 1
@@ -42,12 +37,7 @@ for i = 11, #ARGV do
   end
 end
 if taken > 0 then
-  if redis.call('EXISTS', KEYS[5]) == 0 then
-    redis.call('HSET', KEYS[5], 'id', batch_id, 'state', 'planned', 'lane', ARGV[7], 'provider', ARGV[8],
-      'model', ARGV[9], 'endpoint', ARGV[10], 'planned_ms', now, 'attempts', 0)
-    redis.call('ZADD', KEYS[7], now, batch_id)
-  end
-  redis.call('HSET', KEYS[5], 'requests', count, 'bytes', bytes)
+  reserve_record(batch_id, now, ARGV[7], ARGV[8], ARGV[9], ARGV[10], count, bytes)
 end
 if full == 0 and count >= max_requests then full = 1 end
 return {'ok', taken, taken_bytes, full}
