@@ -98,6 +98,19 @@ class Update:
     incremented: int | None = None
 
 
+def _reserve_keys(lane: str, batch_id: str) -> list[str]:
+    """The keys reserve_batch.lua and reserve_jobs.lua share (lua/lib/reserve.lua)."""
+    return [
+        keys.LEADER_FENCE,
+        keys.lane_queue(lane),
+        keys.lane_arrivals(lane),
+        keys.lane_bytes(lane),
+        keys.batch(batch_id),
+        keys.batch_jobs(batch_id),
+        keys.BATCHES_PLANNED,
+    ]
+
+
 class Batches:
     """Reads and changes batch records. Construct once per process; it holds only script handles."""
 
@@ -137,15 +150,7 @@ class Batches:
         total = 0
         while True:
             reply = await self._reserve(
-                keys=[
-                    keys.LEADER_FENCE,
-                    keys.lane_queue(lane.name),
-                    keys.lane_arrivals(lane.name),
-                    keys.lane_bytes(lane.name),
-                    keys.batch(batch_id),
-                    keys.batch_jobs(batch_id),
-                    keys.BATCHES_PLANNED,
-                ],
+                keys=_reserve_keys(lane.name, batch_id),
                 args=[
                     token,
                     batch_id,
@@ -226,15 +231,7 @@ class Batches:
         total = 0
         for start in range(0, len(order), chunk):
             reply = await self._reserve_jobs(
-                keys=[
-                    keys.LEADER_FENCE,
-                    queue,
-                    keys.lane_arrivals(lane.name),
-                    keys.lane_bytes(lane.name),
-                    keys.batch(batch_id),
-                    keys.batch_jobs(batch_id),
-                    keys.BATCHES_PLANNED,
-                ],
+                keys=_reserve_keys(lane.name, batch_id),
                 args=[
                     token,
                     batch_id,
