@@ -41,6 +41,28 @@ def _add_bind(parser: argparse.ArgumentParser, what: str, port: int) -> None:
     parser.add_argument("--port", type=int, default=port, help=f"port {what} binds (default {port})")
 
 
+def _unwritable(path: str) -> str | None:
+    """Why a report cannot be written to ``path``, asked before minutes of work rather than after."""
+    from pathlib import Path
+
+    target = Path(path)
+    if target.is_dir():
+        return f"cannot write {path}: it is a directory"
+    if not target.parent.is_dir():
+        return f"cannot write {path}: no directory {target.parent}"
+    return None
+
+
+def _write_report(path: str, write: Callable[[], object]) -> int:
+    """Run ``write``; an OS refusal (permissions, a full disk) is one line naming the file, not a traceback."""
+    try:
+        write()
+    except OSError as exc:
+        print(f"batchshift: cannot write {path}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _add_grace(parser: argparse.ArgumentParser) -> None:
     """``--grace`` for a command that runs worker tasks."""
     parser.add_argument(
@@ -311,6 +333,9 @@ def _run_simulate(args: argparse.Namespace) -> int:
     from scheduler.costs.pricing import Pricing
 
     settings = bootstrap()
+    if args.plot and (problem := _unwritable(args.plot)):
+        print(f"batchshift: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         spec = scenario.load(Path(args.scenario))
         outcomes = engine.simulate(spec, settings, Pricing.load(settings.pricing_file))
@@ -323,7 +348,7 @@ def _run_simulate(args: argparse.Namespace) -> int:
     else:
         report.print_table(outcomes, title)
     if args.plot:
-        report.plot(outcomes, title, Path(args.plot))
+        return _write_report(args.plot, lambda: report.plot(outcomes, title, Path(args.plot)))
     return 0
 
 
@@ -354,6 +379,9 @@ def _run_audit(args: argparse.Namespace) -> int:
     if args.simulate_top < 0:
         print("batchshift: --simulate-top must be 0 or more", file=sys.stderr)
         return EXIT_USAGE
+    if args.html and (problem := _unwritable(args.html)):
+        print(f"batchshift: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     started = time.perf_counter()
     try:
         user_rules = rules.load(Path(args.rules)) if args.rules else rules.Rules()
@@ -368,7 +396,9 @@ def _run_audit(args: argparse.Namespace) -> int:
         print(f"batchshift: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if args.html:
-        Path(args.html).write_text(html_report.render(audit), encoding="utf-8")
+        html = html_report.render(audit)
+        if status := _write_report(args.html, lambda: Path(args.html).write_text(html, encoding="utf-8")):
+            return status
     if args.json:
         sys.stdout.write(orjson.dumps(audit.as_json()).decode() + "\n")
     else:
@@ -427,12 +457,18 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in COMMANDS:
         add(subparsers)
+    for command_parser in subparsers.choices.values():  # for main's errors, in the command's own usage
+        command_parser.set_defaults(command_parser=command_parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``batchshift`` console script; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # argparse would name the top-level usage; the command's own usage says what it takes
+        command_parser: argparse.ArgumentParser = args.command_parser
+        command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     handler: Handler = args.handler
     try:
         return handler(args)

@@ -456,3 +456,21 @@ DAY_S = 86_400
 )
 def test_the_arrival_pattern(starts, pattern):
     assert arrival_pattern([1_796_000_000 - 1_796_000_000 % DAY_S + s for s in starts])[0] == pattern
+
+
+def test_an_unwritable_html_path_is_refused_before_the_audit_runs(tmp_path, capsys):
+    log = hand_fixture(tmp_path)
+    missing = tmp_path / "no-such-dir" / "report.html"
+    assert main(["audit", str(log), "--no-simulation", "--html", str(missing)]) == 2
+    assert f"cannot write {missing}: no directory {missing.parent}" in capsys.readouterr().err
+    assert main(["audit", str(log), "--no-simulation", "--html", str(tmp_path)]) == 2
+    assert "it is a directory" in capsys.readouterr().err
+
+
+def test_an_unknown_flag_shows_the_commands_own_usage(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["audit", str(hand_fixture(tmp_path)), "--bogus"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: batchshift audit" in err
+    assert "unrecognized arguments: --bogus" in err
