@@ -128,8 +128,19 @@ def _admin_call(args: argparse.Namespace, call: Callable[[BatchshiftClient], Awa
     return None
 
 
-def _run_costs(args: argparse.Namespace) -> int:
+# Columns a report table is laid out in at least: rich would otherwise cut lane names and headers
+# to 80 columns whenever the output is a pipe or a file (``batchshift lanes > lanes.txt``).
+REPORT_WIDTH = 170
+
+
+def _print_wide(table: Any) -> None:
+    """Print ``table`` no narrower than ``REPORT_WIDTH`` columns (wider on a wider terminal)."""
     from rich.console import Console
+
+    Console(width=max(Console().width, REPORT_WIDTH)).print(table)
+
+
+def _run_costs(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     report = _admin_call(
@@ -167,7 +178,7 @@ def _run_costs(args: argparse.Namespace) -> int:
     for row in report["groups"]:
         table.add_row(str(row["key"]), *cells(row))
     table.add_row("total", *cells(report["total"]), style="bold")
-    Console().print(table)
+    _print_wide(table)
     return 0
 
 
@@ -178,7 +189,9 @@ def _add_costs(subparsers: Subparsers) -> None:
     )
     parser.add_argument("--from", dest="start", help="first UTC day, YYYY-MM-DD (default: 30 days ago)")
     parser.add_argument("--to", dest="end", help="last UTC day, YYYY-MM-DD (default: today)")
-    parser.add_argument("--url", default="http://127.0.0.1:8000", help="the API's base URL")
+    parser.add_argument(
+        "--url", default="http://127.0.0.1:8000", help="the API's base URL (default http://127.0.0.1:8000)"
+    )
     parser.add_argument("--api-key", help="a tenant or admin key (default: the configured admin key)")
     parser.set_defaults(handler=_run_costs)
 
@@ -187,7 +200,6 @@ def _add_costs(subparsers: Subparsers) -> None:
 
 
 def _run_lanes(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.table import Table
 
     lanes = _admin_call(args, lambda client: client.lanes())
@@ -219,13 +231,15 @@ def _run_lanes(args: argparse.Namespace) -> int:
             show(lane["sync_share"], "{:.1%}"),
             show(lane["predicted_oldest_completion"]),
         )
-    Console().print(table)
+    _print_wide(table)
     return 0
 
 
 def _add_lanes(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser("lanes", help="print each lane's health, queue and on-time SLO")
-    parser.add_argument("--url", default="http://127.0.0.1:8000", help="the API's base URL")
+    parser.add_argument(
+        "--url", default="http://127.0.0.1:8000", help="the API's base URL (default http://127.0.0.1:8000)"
+    )
     parser.add_argument("--api-key", help="the admin key (default: the configured admin key)")
     parser.set_defaults(handler=_run_lanes)
 
@@ -295,7 +309,7 @@ def _run_emulator(args: argparse.Namespace) -> int:
 
 def _add_emulator(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
-        "emulator", help="serve the OpenAI + Anthropic provider emulator (development, tests, demo)"
+        "emulator", help="serve the OpenAI + Anthropic + Gemini provider emulator (development, tests, demo)"
     )
     _add_bind(parser, "the emulator", 8090)
     parser.add_argument("--api-key", help="accept only this key (default: any non-empty key)")
