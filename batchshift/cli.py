@@ -296,13 +296,28 @@ def _add_run(subparsers: Subparsers) -> None:
 def _run_emulator(args: argparse.Namespace) -> int:
     import orjson
 
+    from emulator.faults import ConfigError, validate
     from emulator.server import serve
 
-    faults = orjson.loads(args.config) if args.config else {}
+    try:
+        faults = orjson.loads(args.config) if args.config else {}
+    except orjson.JSONDecodeError as exc:
+        print(f"batchshift: --config is not JSON: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if not isinstance(faults, dict):
+        print(
+            "batchshift: --config must be a JSON object, e.g. '{\"line_error_rate\": 0.05}'", file=sys.stderr
+        )
+        return EXIT_USAGE
     if args.turnaround is not None:
         faults["turnaround_s"] = args.turnaround
     if args.stall:
         faults["stall"] = args.stall
+    try:  # refused here in one line, before the server starts, rather than as its traceback
+        validate(faults)
+    except ConfigError as exc:
+        print(f"batchshift: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     serve(args.host, args.port, api_key=args.api_key, **faults)
     return 0
 
@@ -313,7 +328,9 @@ def _add_emulator(subparsers: Subparsers) -> None:
     )
     _add_bind(parser, "the emulator", 8090)
     parser.add_argument("--api-key", help="accept only this key (default: any non-empty key)")
-    parser.add_argument("--turnaround", type=float, help="seconds from submission to a batch's end")
+    parser.add_argument(
+        "--turnaround", type=float, help="seconds from submission to a batch's end (default 2)"
+    )
     parser.add_argument("--stall", nargs="*", metavar="MODEL", help="models whose batches make no progress")
     parser.add_argument(
         "--config", help="other emulator settings as a JSON object, e.g. '{\"line_error_rate\": 0.05}'"
