@@ -171,6 +171,22 @@ def test_an_unknown_format_is_refused_naming_the_file(tmp_path, content):
         formats.detect(path)
 
 
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("", "mystery.log: the file is empty"),
+        ("\n  \n", "mystery.log: the file is empty"),
+        ('{"timestamp": 1, "model": "gpt-4o-mini", "tokens": 3}\n', "line 1 is a JSON object without usage"),
+        ('{"a": 1}\n', "without model, timestamp, usage"),
+    ],
+)
+def test_an_empty_log_or_a_jsonl_line_missing_keys_says_so(tmp_path, content, message):
+    path = tmp_path / "mystery.log"
+    path.write_text(content)
+    with pytest.raises(UnreadableLog, match=message):
+        formats.detect(path)
+
+
 def test_the_cli_refuses_an_unreadable_log_with_the_usage_status(tmp_path, capsys):
     path = tmp_path / "mystery.log"
     path.write_text("hello\n")
