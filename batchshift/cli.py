@@ -66,7 +66,10 @@ def _write_report(path: str, write: Callable[[], object]) -> int:
 def _add_grace(parser: argparse.ArgumentParser) -> None:
     """``--grace`` for a command that runs worker tasks."""
     parser.add_argument(
-        "--grace", type=float, default=30.0, help="seconds tasks in flight get to finish on SIGTERM"
+        "--grace",
+        type=float,
+        default=30.0,
+        help="seconds tasks in flight get to finish on SIGTERM (default 30)",
     )
 
 
@@ -97,7 +100,11 @@ def _run_api(args: argparse.Namespace) -> int:
 
 
 def _add_api(subparsers: Subparsers) -> None:
-    parser = subparsers.add_parser("api", help="serve the HTTP API (intake, job status)")
+    parser = subparsers.add_parser(
+        "api",
+        help="serve the HTTP API (intake, job status)",
+        description="serve the HTTP API (intake, job status)",
+    )
     _add_bind(parser, "the API", 8000)
     parser.set_defaults(handler=_run_api)
 
@@ -183,7 +190,11 @@ def _run_costs(args: argparse.Namespace) -> int:
 
 
 def _add_costs(subparsers: Subparsers) -> None:
-    parser = subparsers.add_parser("costs", help="print what jobs cost and what batching saved")
+    parser = subparsers.add_parser(
+        "costs",
+        help="print what jobs cost and what batching saved",
+        description="print what jobs cost and what batching saved",
+    )
     parser.add_argument(
         "--group-by", default="tenant", choices=("tenant", "feature", "lane", "model", "route", "day")
     )
@@ -236,7 +247,11 @@ def _run_lanes(args: argparse.Namespace) -> int:
 
 
 def _add_lanes(subparsers: Subparsers) -> None:
-    parser = subparsers.add_parser("lanes", help="print each lane's health, queue and on-time SLO")
+    parser = subparsers.add_parser(
+        "lanes",
+        help="print each lane's health, queue and on-time SLO",
+        description="print each lane's health, queue and on-time SLO",
+    )
     parser.add_argument(
         "--url", default="http://127.0.0.1:8000", help="the API's base URL (default http://127.0.0.1:8000)"
     )
@@ -256,7 +271,9 @@ def _run_scheduler(args: argparse.Namespace) -> int:
 
 def _add_scheduler(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
-        "scheduler", help="run the tick loop under the Redis leader lease (one acts, others stand by)"
+        "scheduler",
+        help="run the tick loop under the Redis leader lease (one acts, others stand by)",
+        description="run the tick loop under the Redis leader lease (one acts, others stand by)",
     )
     parser.set_defaults(handler=_run_scheduler)
 
@@ -269,7 +286,11 @@ def _run_worker(args: argparse.Namespace) -> int:
 
 
 def _add_worker(subparsers: Subparsers) -> None:
-    parser = subparsers.add_parser("worker", help="run the arq worker (submit, poll, ingest, sync, webhooks)")
+    parser = subparsers.add_parser(
+        "worker",
+        help="run the arq worker (submit, poll, ingest, sync, webhooks)",
+        description="run the arq worker (submit, poll, ingest, sync, webhooks)",
+    )
     _add_grace(parser)
     parser.set_defaults(handler=_run_worker)
 
@@ -283,7 +304,9 @@ def _run_node(args: argparse.Namespace) -> int:
 
 def _add_run(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
-        "run", help="run the API, the scheduler and a worker in one process (single-node deployments)"
+        "run",
+        help="run the API, the scheduler and a worker in one process (single-node deployments)",
+        description="run the API, the scheduler and a worker in one process (single-node deployments)",
     )
     _add_bind(parser, "the API", 8000)
     _add_grace(parser)
@@ -324,7 +347,9 @@ def _run_emulator(args: argparse.Namespace) -> int:
 
 def _add_emulator(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
-        "emulator", help="serve the OpenAI + Anthropic + Gemini provider emulator (development, tests, demo)"
+        "emulator",
+        help="serve the OpenAI + Anthropic + Gemini provider emulator (development, tests, demo)",
+        description="serve the OpenAI + Anthropic + Gemini provider emulator (development, tests, demo)",
     )
     _add_bind(parser, "the emulator", 8090)
     parser.add_argument("--api-key", help="accept only this key (default: any non-empty key)")
@@ -346,7 +371,9 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 def _add_demo(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
-        "demo", help="run the whole job on this machine: jobs in, a lagging lane rescued, savings reported"
+        "demo",
+        help="run the whole job on this machine: jobs in, a lagging lane rescued, savings reported",
+        description="run the whole job on this machine: jobs in, a lagging lane rescued, savings reported",
     )
     parser.add_argument("--jobs", type=int, default=900, help="jobs to submit (default 900)")
     parser.set_defaults(handler=_run_demo)
@@ -385,7 +412,9 @@ def _run_simulate(args: argparse.Namespace) -> int:
 
 def _add_simulate(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
-        "simulate", help="the policy lab: run a scenario against every flip policy on a virtual clock"
+        "simulate",
+        help="the policy lab: run a scenario against every flip policy on a virtual clock",
+        description="the policy lab: run a scenario against every flip policy on a virtual clock",
     )
     parser.add_argument("scenario", metavar="SCENARIO.toml", help="scenario file (see config/scenarios/)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
@@ -442,6 +471,7 @@ def _add_audit(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
         "audit",
         help="read logs of synchronous LLM calls: what could move to batch or flex, and what it saves",
+        description="read logs of synchronous LLM calls: what could move to batch or flex, and what it saves",
     )
     parser.add_argument(
         "logs",

@@ -29,3 +29,19 @@ def test_the_emulator_help_states_its_turnaround_default(capsys):
         main(["emulator", "--help"])
     shown = " ".join(capsys.readouterr().out.split())  # argparse wraps the help text
     assert f"seconds from submission to a batch's end (default {DEFAULTS['turnaround_s']:g})" in shown
+
+
+@pytest.mark.parametrize(
+    "command",
+    ["api", "scheduler", "worker", "run", "emulator", "demo", "costs", "lanes", "simulate", "audit"],
+)
+def test_each_commands_help_opens_with_what_it_does(command, capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    listing = " ".join(capsys.readouterr().out.split()).replace("- ", "-")  # argparse wraps at hyphens too
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    paragraphs = capsys.readouterr().out.split("\n\n")
+    description = " ".join(paragraphs[1].split()).replace("- ", "-")  # after the usage, before the arguments
+    assert not description.startswith(("options:", "positional arguments:"))
+    assert f"{command} {description}" in listing  # the line `batchshift --help` lists for it
