@@ -63,6 +63,12 @@ def _write_report(path: str, write: Callable[[], object]) -> int:
     return 0
 
 
+def _command(subparsers: Subparsers, name: str, summary: str) -> argparse.ArgumentParser:
+    """A subcommand whose own ``--help`` opens with the summary ``batchshift --help`` lists for it."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(name, help=summary, description=summary)
+    return parser
+
+
 def _add_grace(parser: argparse.ArgumentParser) -> None:
     """``--grace`` for a command that runs worker tasks."""
     parser.add_argument(
@@ -100,11 +106,7 @@ def _run_api(args: argparse.Namespace) -> int:
 
 
 def _add_api(subparsers: Subparsers) -> None:
-    parser = subparsers.add_parser(
-        "api",
-        help="serve the HTTP API (intake, job status)",
-        description="serve the HTTP API (intake, job status)",
-    )
+    parser = _command(subparsers, "api", "serve the HTTP API (intake, job status)")
     _add_bind(parser, "the API", 8000)
     parser.set_defaults(handler=_run_api)
 
@@ -190,11 +192,7 @@ def _run_costs(args: argparse.Namespace) -> int:
 
 
 def _add_costs(subparsers: Subparsers) -> None:
-    parser = subparsers.add_parser(
-        "costs",
-        help="print what jobs cost and what batching saved",
-        description="print what jobs cost and what batching saved",
-    )
+    parser = _command(subparsers, "costs", "print what jobs cost and what batching saved")
     parser.add_argument(
         "--group-by", default="tenant", choices=("tenant", "feature", "lane", "model", "route", "day")
     )
@@ -247,11 +245,7 @@ def _run_lanes(args: argparse.Namespace) -> int:
 
 
 def _add_lanes(subparsers: Subparsers) -> None:
-    parser = subparsers.add_parser(
-        "lanes",
-        help="print each lane's health, queue and on-time SLO",
-        description="print each lane's health, queue and on-time SLO",
-    )
+    parser = _command(subparsers, "lanes", "print each lane's health, queue and on-time SLO")
     parser.add_argument(
         "--url", default="http://127.0.0.1:8000", help="the API's base URL (default http://127.0.0.1:8000)"
     )
@@ -270,10 +264,8 @@ def _run_scheduler(args: argparse.Namespace) -> int:
 
 
 def _add_scheduler(subparsers: Subparsers) -> None:
-    parser = subparsers.add_parser(
-        "scheduler",
-        help="run the tick loop under the Redis leader lease (one acts, others stand by)",
-        description="run the tick loop under the Redis leader lease (one acts, others stand by)",
+    parser = _command(
+        subparsers, "scheduler", "run the tick loop under the Redis leader lease (one acts, others stand by)"
     )
     parser.set_defaults(handler=_run_scheduler)
 
@@ -286,11 +278,7 @@ def _run_worker(args: argparse.Namespace) -> int:
 
 
 def _add_worker(subparsers: Subparsers) -> None:
-    parser = subparsers.add_parser(
-        "worker",
-        help="run the arq worker (submit, poll, ingest, sync, webhooks)",
-        description="run the arq worker (submit, poll, ingest, sync, webhooks)",
-    )
+    parser = _command(subparsers, "worker", "run the arq worker (submit, poll, ingest, sync, webhooks)")
     _add_grace(parser)
     parser.set_defaults(handler=_run_worker)
 
@@ -303,10 +291,8 @@ def _run_node(args: argparse.Namespace) -> int:
 
 
 def _add_run(subparsers: Subparsers) -> None:
-    parser = subparsers.add_parser(
-        "run",
-        help="run the API, the scheduler and a worker in one process (single-node deployments)",
-        description="run the API, the scheduler and a worker in one process (single-node deployments)",
+    parser = _command(
+        subparsers, "run", "run the API, the scheduler and a worker in one process (single-node deployments)"
     )
     _add_bind(parser, "the API", 8000)
     _add_grace(parser)
@@ -346,10 +332,10 @@ def _run_emulator(args: argparse.Namespace) -> int:
 
 
 def _add_emulator(subparsers: Subparsers) -> None:
-    parser = subparsers.add_parser(
+    parser = _command(
+        subparsers,
         "emulator",
-        help="serve the OpenAI + Anthropic + Gemini provider emulator (development, tests, demo)",
-        description="serve the OpenAI + Anthropic + Gemini provider emulator (development, tests, demo)",
+        "serve the OpenAI + Anthropic + Gemini provider emulator (development, tests, demo)",
     )
     _add_bind(parser, "the emulator", 8090)
     parser.add_argument("--api-key", help="accept only this key (default: any non-empty key)")
@@ -370,10 +356,10 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def _add_demo(subparsers: Subparsers) -> None:
-    parser = subparsers.add_parser(
+    parser = _command(
+        subparsers,
         "demo",
-        help="run the whole job on this machine: jobs in, a lagging lane rescued, savings reported",
-        description="run the whole job on this machine: jobs in, a lagging lane rescued, savings reported",
+        "run the whole job on this machine: jobs in, a lagging lane rescued, savings reported",
     )
     parser.add_argument("--jobs", type=int, default=900, help="jobs to submit (default 900)")
     parser.set_defaults(handler=_run_demo)
@@ -411,10 +397,8 @@ def _run_simulate(args: argparse.Namespace) -> int:
 
 
 def _add_simulate(subparsers: Subparsers) -> None:
-    parser = subparsers.add_parser(
-        "simulate",
-        help="the policy lab: run a scenario against every flip policy on a virtual clock",
-        description="the policy lab: run a scenario against every flip policy on a virtual clock",
+    parser = _command(
+        subparsers, "simulate", "the policy lab: run a scenario against every flip policy on a virtual clock"
     )
     parser.add_argument("scenario", metavar="SCENARIO.toml", help="scenario file (see config/scenarios/)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
@@ -468,10 +452,10 @@ def _run_audit(args: argparse.Namespace) -> int:
 
 
 def _add_audit(subparsers: Subparsers) -> None:
-    parser = subparsers.add_parser(
+    parser = _command(
+        subparsers,
         "audit",
-        help="read logs of synchronous LLM calls: what could move to batch or flex, and what it saves",
-        description="read logs of synchronous LLM calls: what could move to batch or flex, and what it saves",
+        "read logs of synchronous LLM calls: what could move to batch or flex, and what it saves",
     )
     parser.add_argument(
         "logs",
