@@ -380,6 +380,9 @@ def _run_simulate(args: argparse.Namespace) -> int:
     if args.plot and (problem := _unwritable(args.plot)):
         print(f"batchshift: {problem}", file=sys.stderr)
         return EXIT_USAGE
+    if args.plot and Path(args.plot).suffix.lower() not in ("", ".png"):
+        print(f"batchshift: --plot writes a PNG: name it *.png, not {args.plot}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         spec = scenario.load(Path(args.scenario))
         outcomes = engine.simulate(spec, settings, Pricing.load(settings.pricing_file))

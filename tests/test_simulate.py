@@ -242,3 +242,5 @@ def test_a_directory_or_an_unwritable_plot_is_refused_in_one_line(tmp_path, caps
     png = tmp_path / "no-such-dir" / "plot.png"
     assert main(["simulate", str(write(tmp_path, hours=1)), "--plot", str(png)]) == 2
     assert f"cannot write {png}: no directory {png.parent}" in capsys.readouterr().err
+    assert main(["simulate", str(write(tmp_path, hours=1)), "--plot", str(tmp_path / "plot.xyz")]) == 2
+    assert "--plot writes a PNG: name it *.png" in capsys.readouterr().err
