@@ -41,10 +41,41 @@ def _add_bind(parser: argparse.ArgumentParser, what: str, port: int) -> None:
     parser.add_argument("--port", type=int, default=port, help=f"port {what} binds (default {port})")
 
 
+def _unwritable(path: str) -> str | None:
+    """Why a report cannot be written to ``path``, asked before minutes of work rather than after."""
+    from pathlib import Path
+
+    target = Path(path)
+    if target.is_dir():
+        return f"cannot write {path}: it is a directory"
+    if not target.parent.is_dir():
+        return f"cannot write {path}: no directory {target.parent}"
+    return None
+
+
+def _write_report(path: str, write: Callable[[], object]) -> int:
+    """Run ``write``; an OS refusal (permissions, a full disk) is one line naming the file, not a traceback."""
+    try:
+        write()
+    except OSError as exc:
+        print(f"batchshift: cannot write {path}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _command(subparsers: Subparsers, name: str, summary: str) -> argparse.ArgumentParser:
+    """A subcommand whose own ``--help`` opens with the summary ``batchshift --help`` lists for it."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(name, help=summary, description=summary)
+    return parser
+
+
 def _add_grace(parser: argparse.ArgumentParser) -> None:
     """``--grace`` for a command that runs worker tasks."""
     parser.add_argument(
-        "--grace", type=float, default=30.0, help="seconds tasks in flight get to finish on SIGTERM"
+        "--grace",
+        type=float,
+        default=30.0,
+        help="seconds tasks in flight get to finish on SIGTERM (default 30)",
     )
 
 
@@ -75,7 +106,7 @@ def _run_api(args: argparse.Namespace) -> int:
 
 
 def _add_api(subparsers: Subparsers) -> None:
-    parser = subparsers.add_parser("api", help="serve the HTTP API (intake, job status)")
+    parser = _command(subparsers, "api", "serve the HTTP API (intake, job status)")
     _add_bind(parser, "the API", 8000)
     parser.set_defaults(handler=_run_api)
 
@@ -106,8 +137,19 @@ def _admin_call(args: argparse.Namespace, call: Callable[[BatchshiftClient], Awa
     return None
 
 
-def _run_costs(args: argparse.Namespace) -> int:
+# Columns a report table is laid out in at least: rich would otherwise cut lane names and headers
+# to 80 columns whenever the output is a pipe or a file (``batchshift lanes > lanes.txt``).
+REPORT_WIDTH = 170
+
+
+def _print_wide(table: Any) -> None:
+    """Print ``table`` no narrower than ``REPORT_WIDTH`` columns (wider on a wider terminal)."""
     from rich.console import Console
+
+    Console(width=max(Console().width, REPORT_WIDTH)).print(table)
+
+
+def _run_costs(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     report = _admin_call(
@@ -145,18 +187,20 @@ def _run_costs(args: argparse.Namespace) -> int:
     for row in report["groups"]:
         table.add_row(str(row["key"]), *cells(row))
     table.add_row("total", *cells(report["total"]), style="bold")
-    Console().print(table)
+    _print_wide(table)
     return 0
 
 
 def _add_costs(subparsers: Subparsers) -> None:
-    parser = subparsers.add_parser("costs", help="print what jobs cost and what batching saved")
+    parser = _command(subparsers, "costs", "print what jobs cost and what batching saved")
     parser.add_argument(
         "--group-by", default="tenant", choices=("tenant", "feature", "lane", "model", "route", "day")
     )
     parser.add_argument("--from", dest="start", help="first UTC day, YYYY-MM-DD (default: 30 days ago)")
     parser.add_argument("--to", dest="end", help="last UTC day, YYYY-MM-DD (default: today)")
-    parser.add_argument("--url", default="http://127.0.0.1:8000", help="the API's base URL")
+    parser.add_argument(
+        "--url", default="http://127.0.0.1:8000", help="the API's base URL (default http://127.0.0.1:8000)"
+    )
     parser.add_argument("--api-key", help="a tenant or admin key (default: the configured admin key)")
     parser.set_defaults(handler=_run_costs)
 
@@ -165,7 +209,6 @@ def _add_costs(subparsers: Subparsers) -> None:
 
 
 def _run_lanes(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.table import Table
 
     lanes = _admin_call(args, lambda client: client.lanes())
@@ -197,13 +240,15 @@ def _run_lanes(args: argparse.Namespace) -> int:
             show(lane["sync_share"], "{:.1%}"),
             show(lane["predicted_oldest_completion"]),
         )
-    Console().print(table)
+    _print_wide(table)
     return 0
 
 
 def _add_lanes(subparsers: Subparsers) -> None:
-    parser = subparsers.add_parser("lanes", help="print each lane's health, queue and on-time SLO")
-    parser.add_argument("--url", default="http://127.0.0.1:8000", help="the API's base URL")
+    parser = _command(subparsers, "lanes", "print each lane's health, queue and on-time SLO")
+    parser.add_argument(
+        "--url", default="http://127.0.0.1:8000", help="the API's base URL (default http://127.0.0.1:8000)"
+    )
     parser.add_argument("--api-key", help="the admin key (default: the configured admin key)")
     parser.set_defaults(handler=_run_lanes)
 
@@ -219,8 +264,8 @@ def _run_scheduler(args: argparse.Namespace) -> int:
 
 
 def _add_scheduler(subparsers: Subparsers) -> None:
-    parser = subparsers.add_parser(
-        "scheduler", help="run the tick loop under the Redis leader lease (one acts, others stand by)"
+    parser = _command(
+        subparsers, "scheduler", "run the tick loop under the Redis leader lease (one acts, others stand by)"
     )
     parser.set_defaults(handler=_run_scheduler)
 
@@ -233,7 +278,7 @@ def _run_worker(args: argparse.Namespace) -> int:
 
 
 def _add_worker(subparsers: Subparsers) -> None:
-    parser = subparsers.add_parser("worker", help="run the arq worker (submit, poll, ingest, sync, webhooks)")
+    parser = _command(subparsers, "worker", "run the arq worker (submit, poll, ingest, sync, webhooks)")
     _add_grace(parser)
     parser.set_defaults(handler=_run_worker)
 
@@ -246,8 +291,8 @@ def _run_node(args: argparse.Namespace) -> int:
 
 
 def _add_run(subparsers: Subparsers) -> None:
-    parser = subparsers.add_parser(
-        "run", help="run the API, the scheduler and a worker in one process (single-node deployments)"
+    parser = _command(
+        subparsers, "run", "run the API, the scheduler and a worker in one process (single-node deployments)"
     )
     _add_bind(parser, "the API", 8000)
     _add_grace(parser)
@@ -260,24 +305,43 @@ def _add_run(subparsers: Subparsers) -> None:
 def _run_emulator(args: argparse.Namespace) -> int:
     import orjson
 
+    from emulator.faults import ConfigError, validate
     from emulator.server import serve
 
-    faults = orjson.loads(args.config) if args.config else {}
+    try:
+        faults = orjson.loads(args.config) if args.config else {}
+    except orjson.JSONDecodeError as exc:
+        print(f"batchshift: --config is not JSON: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if not isinstance(faults, dict):
+        print(
+            "batchshift: --config must be a JSON object, e.g. '{\"line_error_rate\": 0.05}'", file=sys.stderr
+        )
+        return EXIT_USAGE
     if args.turnaround is not None:
         faults["turnaround_s"] = args.turnaround
     if args.stall:
         faults["stall"] = args.stall
+    try:  # refused here in one line, before the server starts, rather than as its traceback
+        validate(faults)
+    except ConfigError as exc:
+        print(f"batchshift: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     serve(args.host, args.port, api_key=args.api_key, **faults)
     return 0
 
 
 def _add_emulator(subparsers: Subparsers) -> None:
-    parser = subparsers.add_parser(
-        "emulator", help="serve the OpenAI + Anthropic provider emulator (development, tests, demo)"
+    parser = _command(
+        subparsers,
+        "emulator",
+        "serve the OpenAI + Anthropic + Gemini provider emulator (development, tests, demo)",
     )
     _add_bind(parser, "the emulator", 8090)
     parser.add_argument("--api-key", help="accept only this key (default: any non-empty key)")
-    parser.add_argument("--turnaround", type=float, help="seconds from submission to a batch's end")
+    parser.add_argument(
+        "--turnaround", type=float, help="seconds from submission to a batch's end (default 2)"
+    )
     parser.add_argument("--stall", nargs="*", metavar="MODEL", help="models whose batches make no progress")
     parser.add_argument(
         "--config", help="other emulator settings as a JSON object, e.g. '{\"line_error_rate\": 0.05}'"
@@ -292,8 +356,10 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def _add_demo(subparsers: Subparsers) -> None:
-    parser = subparsers.add_parser(
-        "demo", help="run the whole job on this machine: jobs in, a lagging lane rescued, savings reported"
+    parser = _command(
+        subparsers,
+        "demo",
+        "run the whole job on this machine: jobs in, a lagging lane rescued, savings reported",
     )
     parser.add_argument("--jobs", type=int, default=900, help="jobs to submit (default 900)")
     parser.set_defaults(handler=_run_demo)
@@ -311,6 +377,12 @@ def _run_simulate(args: argparse.Namespace) -> int:
     from scheduler.costs.pricing import Pricing
 
     settings = bootstrap()
+    if args.plot and (problem := _unwritable(args.plot)):
+        print(f"batchshift: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.plot and Path(args.plot).suffix.lower() not in ("", ".png"):
+        print(f"batchshift: --plot writes a PNG: name it *.png, not {args.plot}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         spec = scenario.load(Path(args.scenario))
         outcomes = engine.simulate(spec, settings, Pricing.load(settings.pricing_file))
@@ -323,13 +395,13 @@ def _run_simulate(args: argparse.Namespace) -> int:
     else:
         report.print_table(outcomes, title)
     if args.plot:
-        report.plot(outcomes, title, Path(args.plot))
+        return _write_report(args.plot, lambda: report.plot(outcomes, title, Path(args.plot)))
     return 0
 
 
 def _add_simulate(subparsers: Subparsers) -> None:
-    parser = subparsers.add_parser(
-        "simulate", help="the policy lab: run a scenario against every flip policy on a virtual clock"
+    parser = _command(
+        subparsers, "simulate", "the policy lab: run a scenario against every flip policy on a virtual clock"
     )
     parser.add_argument("scenario", metavar="SCENARIO.toml", help="scenario file (see config/scenarios/)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
@@ -354,6 +426,9 @@ def _run_audit(args: argparse.Namespace) -> int:
     if args.simulate_top < 0:
         print("batchshift: --simulate-top must be 0 or more", file=sys.stderr)
         return EXIT_USAGE
+    if args.html and (problem := _unwritable(args.html)):
+        print(f"batchshift: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     started = time.perf_counter()
     try:
         user_rules = rules.load(Path(args.rules)) if args.rules else rules.Rules()
@@ -368,7 +443,9 @@ def _run_audit(args: argparse.Namespace) -> int:
         print(f"batchshift: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if args.html:
-        Path(args.html).write_text(html_report.render(audit), encoding="utf-8")
+        html = html_report.render(audit)
+        if status := _write_report(args.html, lambda: Path(args.html).write_text(html, encoding="utf-8")):
+            return status
     if args.json:
         sys.stdout.write(orjson.dumps(audit.as_json()).decode() + "\n")
     else:
@@ -378,9 +455,10 @@ def _run_audit(args: argparse.Namespace) -> int:
 
 
 def _add_audit(subparsers: Subparsers) -> None:
-    parser = subparsers.add_parser(
+    parser = _command(
+        subparsers,
         "audit",
-        help="read logs of synchronous LLM calls: what could move to batch or flex, and what it saves",
+        "read logs of synchronous LLM calls: what could move to batch or flex, and what it saves",
     )
     parser.add_argument(
         "logs",
@@ -427,12 +505,18 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in COMMANDS:
         add(subparsers)
+    for command_parser in subparsers.choices.values():  # for main's errors, in the command's own usage
+        command_parser.set_defaults(command_parser=command_parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``batchshift`` console script; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # argparse would name the top-level usage; the command's own usage says what it takes
+        command_parser: argparse.ArgumentParser = args.command_parser
+        command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     handler: Handler = args.handler
     try:
         return handler(args)

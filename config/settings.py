@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import os
 import re
 from pathlib import Path
@@ -707,4 +708,14 @@ def load_settings(**overrides: Any) -> Settings:
         # and a traceback printed anywhere would show them.
         raise SettingsError("invalid settings:\n  " + "\n  ".join(problems)) from None
     except ValueError as exc:  # malformed JSON in an env var surfaces as SettingsError from pydantic
-        raise SettingsError(f"invalid settings: {exc}") from None
+        raise SettingsError(f"invalid settings: {_env_json_problem(exc) or exc}") from None
+
+
+def _env_json_problem(exc: ValueError) -> str | None:
+    """Name the variable and the JSON error where pydantic-settings says only "error parsing value for
+    field ... from source EnvSettingsSource"; the decoder's message holds a position, not the value."""
+    field = re.search(r'field "([^"]+)" from source "EnvSettingsSource"', str(exc))
+    cause = exc.__cause__
+    if field is None or not isinstance(cause, json.JSONDecodeError):
+        return None
+    return f"BATCHSHIFT_{field.group(1).upper()} is not valid JSON: {cause.msg} at column {cause.colno}"

@@ -171,6 +171,22 @@ def test_an_unknown_format_is_refused_naming_the_file(tmp_path, content):
         formats.detect(path)
 
 
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("", "mystery.log: the file is empty"),
+        ("\n  \n", "mystery.log: the file is empty"),
+        ('{"timestamp": 1, "model": "gpt-4o-mini", "tokens": 3}\n', "line 1 is a JSON object without usage"),
+        ('{"a": 1}\n', "without model, timestamp, usage"),
+    ],
+)
+def test_an_empty_log_or_a_jsonl_line_missing_keys_says_so(tmp_path, content, message):
+    path = tmp_path / "mystery.log"
+    path.write_text(content)
+    with pytest.raises(UnreadableLog, match=message):
+        formats.detect(path)
+
+
 def test_the_cli_refuses_an_unreadable_log_with_the_usage_status(tmp_path, capsys):
     path = tmp_path / "mystery.log"
     path.write_text("hello\n")
@@ -456,3 +472,21 @@ DAY_S = 86_400
 )
 def test_the_arrival_pattern(starts, pattern):
     assert arrival_pattern([1_796_000_000 - 1_796_000_000 % DAY_S + s for s in starts])[0] == pattern
+
+
+def test_an_unwritable_html_path_is_refused_before_the_audit_runs(tmp_path, capsys):
+    log = hand_fixture(tmp_path)
+    missing = tmp_path / "no-such-dir" / "report.html"
+    assert main(["audit", str(log), "--no-simulation", "--html", str(missing)]) == 2
+    assert f"cannot write {missing}: no directory {missing.parent}" in capsys.readouterr().err
+    assert main(["audit", str(log), "--no-simulation", "--html", str(tmp_path)]) == 2
+    assert "it is a directory" in capsys.readouterr().err
+
+
+def test_an_unknown_flag_shows_the_commands_own_usage(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["audit", str(hand_fixture(tmp_path)), "--bogus"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: batchshift audit" in err
+    assert "unrecognized arguments: --bogus" in err

@@ -185,9 +185,7 @@ def test_server_max_wait_reads_the_stated_limit_or_halves():
 
 
 @pytest.mark.parametrize("command", [["costs", "--group-by", "feature"], ["lanes"]])
-def test_cli_reports_go_through_the_client(
-    api_url: str, redis: Redis, command: list[str], capsys, monkeypatch
-):
+def test_cli_reports_go_through_the_client(api_url: str, redis: Redis, command: list[str], capsys):
     """`batchshift costs` and `lanes` print the API's report (a lane the SLO tracker has not seen yet
     included), and a refused key exits 1 saying why."""
     from batchshift.cli import main
@@ -197,9 +195,12 @@ def test_cli_reports_go_through_the_client(
             await client.enqueue("openai", BODY, tags={"feature": "report"})
 
     asyncio.run(enqueue())
-    monkeypatch.setenv("COLUMNS", "250")  # rich truncates cells to the terminal's width
     assert main([*command, "--url", api_url, "--api-key", "admin-key"]) == 0
     shown = capsys.readouterr().out
-    assert ("costs by feature" if command[0] == "costs" else "openai:gpt-4o-mini") in shown
+    # whole, not cut to 80 columns as rich does by default when the output is not a terminal
+    assert (
+        "costs by feature" if command[0] == "costs" else "openai:gpt-4o-mini:/v1/chat/completions"
+    ) in shown
+    assert "…" not in shown
     assert main([*command, "--url", api_url, "--api-key", "wrong-key"]) == 1
     assert "401 unauthorized" in capsys.readouterr().err

@@ -86,6 +86,17 @@ def test_bad_setting_is_a_settings_error_naming_it(
     assert name in str(caught.value)
 
 
+def test_malformed_json_in_an_env_var_names_the_variable_and_not_its_value(
+    config_file: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("BATCHSHIFT_PROVIDERS", '{"openai": {"api_key": "sk-secret-in-bad-json"')
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert "BATCHSHIFT_PROVIDERS is not valid JSON" in message
+    assert "sk-secret" not in message
+
+
 def test_missing_config_file_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     monkeypatch.setenv("BATCHSHIFT_CONFIG", str(tmp_path / "nope.toml"))
     with pytest.raises(SettingsError, match="BATCHSHIFT_CONFIG"):

@@ -234,3 +234,13 @@ def test_a_sibling_must_be_another_lane_of_the_scenario(tmp_path):
     path.write_text(sibling_scenario(tmp_path).read_text().replace("siblings = [1]", "siblings = [0]"))
     with pytest.raises(scenario.ScenarioError, match="siblings"):
         scenario.load(path)
+
+
+def test_a_directory_or_an_unwritable_plot_is_refused_in_one_line(tmp_path, capsys):
+    assert main(["simulate", str(tmp_path)]) == 2
+    assert f"cannot read {tmp_path}" in capsys.readouterr().err
+    png = tmp_path / "no-such-dir" / "plot.png"
+    assert main(["simulate", str(write(tmp_path, hours=1)), "--plot", str(png)]) == 2
+    assert f"cannot write {png}: no directory {png.parent}" in capsys.readouterr().err
+    assert main(["simulate", str(write(tmp_path, hours=1)), "--plot", str(tmp_path / "plot.xyz")]) == 2
+    assert "--plot writes a PNG: name it *.png" in capsys.readouterr().err

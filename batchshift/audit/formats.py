@@ -31,6 +31,8 @@ def detect(path: Path) -> Format:
     except OSError as exc:
         raise UnreadableLog(f"cannot read {path}: {exc.strerror}") from None
     text = head.decode("utf-8-sig", errors="replace").lstrip()
+    if not text:
+        raise UnreadableLog(f"{path.name}: the file is empty")
     first_line = text.split("\n", 1)[0].strip()
     if '"resourceSpans"' in text[:4096]:
         return "otlp"
@@ -41,10 +43,24 @@ def detect(path: Path) -> Format:
             return "litellm-json"
     elif litellm.is_csv_header(first_line):
         return "litellm-csv"
+    if missing := _jsonl_keys_missing(first_line):  # most likely a hand-written JSONL line
+        raise UnreadableLog(
+            f"{path.name}: line 1 is a JSON object without {', '.join(missing)}, which each line of "
+            "the audit's JSONL needs (nor is the file OTLP JSON or a LiteLLM spend log)"
+        )
     raise UnreadableLog(
         f"{path.name}: not a format the audit reads (OTLP JSON, LiteLLM spend logs as JSON or CSV, "
         "or the audit's JSONL)"
     )
+
+
+def _jsonl_keys_missing(line: str) -> list[str]:
+    """The audit JSONL's required keys a JSON-object line lacks; none for anything else."""
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return []
+    return sorted(jsonl.SIGNATURE - record.keys()) if isinstance(record, dict) else []
 
 
 def _is_jsonl_record(line: str) -> bool:

@@ -73,5 +73,5 @@ def plot(outcomes: dict[str, Outcome], title: str, path: Path) -> None:
     ax.set_title(title)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, format="png")  # a PNG whatever the name ends with
     plt.close(fig)

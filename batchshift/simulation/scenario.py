@@ -151,6 +151,8 @@ def load(path: Path) -> Scenario:
         return Scenario.model_validate(tomllib.loads(path.read_text()))
     except FileNotFoundError:
         raise ScenarioError(f"scenario not found: {path}") from None
+    except OSError as exc:  # a directory, a file it may not read
+        raise ScenarioError(f"cannot read {path}: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"{path.name}: {exc}") from None
     except ValidationError as exc:
