@@ -286,8 +286,7 @@ def _add_worker(subparsers: Subparsers) -> None:
 def _run_node(args: argparse.Namespace) -> int:
     from batchshift.processes import run_loop, run_node
 
-    run_loop(run_node(bootstrap(), args.host, args.port, grace_s=args.grace))
-    return 0
+    return run_loop(run_node(bootstrap(), args.host, args.port, grace_s=args.grace))
 
 
 def _add_run(subparsers: Subparsers) -> None:
