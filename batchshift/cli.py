@@ -35,6 +35,16 @@ def bootstrap() -> Settings:
     return settings
 
 
+def bootstrap_process() -> Settings:
+    """:func:`bootstrap` for a long-running process (api, scheduler, worker, run): it also says
+    whether tracing is on and where its spans go."""
+    from config.tracing import log_startup
+
+    settings = bootstrap()
+    log_startup(settings.tracing)
+    return settings
+
+
 def _add_bind(parser: argparse.ArgumentParser, what: str, port: int) -> None:
     """``--host`` and ``--port`` for a command that serves HTTP."""
     parser.add_argument("--host", default="127.0.0.1", help=f"address {what} binds (default 127.0.0.1)")
@@ -90,7 +100,7 @@ def _run_api(args: argparse.Namespace) -> int:
     from api.app import create_app
     from batchshift.processes import check_redis
 
-    settings = bootstrap()
+    settings = bootstrap_process()
     asyncio.run(check_redis(settings))  # logs the server and its version; refuses one too old
     # log_config=None keeps our logging; the request-id middleware logs each request instead of
     # uvicorn's access log, with the request id bound (when BATCHSHIFT_LOG_ACCESS is on).
@@ -259,7 +269,7 @@ def _add_lanes(subparsers: Subparsers) -> None:
 def _run_scheduler(args: argparse.Namespace) -> int:
     from batchshift.processes import run_loop, run_scheduler
 
-    run_loop(run_scheduler(bootstrap()))
+    run_loop(run_scheduler(bootstrap_process()))
     return 0
 
 
@@ -273,7 +283,7 @@ def _add_scheduler(subparsers: Subparsers) -> None:
 def _run_worker(args: argparse.Namespace) -> int:
     from batchshift.processes import run_loop, run_worker
 
-    run_loop(run_worker(bootstrap(), grace_s=args.grace))
+    run_loop(run_worker(bootstrap_process(), grace_s=args.grace))
     return 0
 
 
@@ -286,8 +296,7 @@ def _add_worker(subparsers: Subparsers) -> None:
 def _run_node(args: argparse.Namespace) -> int:
     from batchshift.processes import run_loop, run_node
 
-    run_loop(run_node(bootstrap(), args.host, args.port, grace_s=args.grace))
-    return 0
+    return run_loop(run_node(bootstrap_process(), args.host, args.port, grace_s=args.grace))
 
 
 def _add_run(subparsers: Subparsers) -> None:

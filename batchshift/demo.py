@@ -48,7 +48,6 @@ ADMIN_KEY = "demo-admin-" + secrets.token_hex(8)
 # Batches take 4 s (a day, scaled down); a fifth of flex calls find no flex capacity (429) and
 # fall through to standard sync, as they do on a busy day.
 EMULATOR_CONFIG = {"turnaround_s": {"*": 4.0}, "flex_unavailable": 0.2}
-NODE_LOG = Path(tempfile.gettempdir()) / "batchshift-demo-node.log"
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,11 +253,14 @@ class Demo:
         self.node_exit = NodeExit()
         self.phase = "starting"
         self.rng = random.Random(7)  # noqa: S311 - a reproducible workload, not a secret
+        # Each run's own log directory, so two demos on one machine never write to the same logs.
+        self.log_dir = Path(tempfile.mkdtemp(prefix="batchshift-demo-"))
+        self.node_log = self.log_dir / "node.log"
+        self.redis_log = self.log_dir / "redis.log"
 
     async def run(self) -> Outcome:
         """Run the demo; raises ProcessDied (one line) if a process it started dies on the way."""
-        redis_log = Path(tempfile.gettempdir()) / "batchshift-demo-redis.log"
-        with _redis(self.redis_server, redis_log) as (redis_url, self.server):
+        with _redis(self.redis_server, self.redis_log) as (redis_url, self.server):
             try:
                 await self._check_redis(redis_url)
                 with running_emulator(EMULATOR_CONFIG) as emulator:
@@ -287,19 +289,19 @@ class Demo:
             self.server.check()
         node = self.node_exit.process
         if node is not None and node.poll() is not None:
-            raise ProcessDied("batchshift run", node.returncode, str(NODE_LOG))
+            raise ProcessDied("batchshift run", node.returncode, str(self.node_log))
 
     @contextlib.asynccontextmanager
     async def _stack(self, redis_url: str, emulator: str) -> AsyncIterator[str]:
         async with _receivers(self.tenants, self.inbox) as receivers:
             env = node_environment(redis_url, emulator, receivers, self.tenants)
             self.callback_base = receivers
-            self.console.print(f"batchshift run: logs in {NODE_LOG}")
+            self.console.print(f"batchshift run: logs in {self.node_log}")
             if env.get("BATCHSHIFT_TRACING__ENABLED") == "true":
                 self.console.print(
                     f"Tracing: spans of service {env['OTEL_SERVICE_NAME']} go to {_collector(env)}"
                 )
-            async with _node(env, free_port(), NODE_LOG, self.node_exit) as api:
+            async with _node(env, free_port(), self.node_log, self.node_exit) as api:
                 yield api
 
     async def _drive(self, api: str, emulator: EmulatorControl) -> None:

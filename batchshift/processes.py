@@ -59,6 +59,16 @@ class _Server(uvicorn.Server):
         yield
 
 
+async def _serve_api(server: _Server) -> int:
+    """uvicorn's serve, its exit code if it fails to start (a port in use, which uvicorn logs): it
+    raises SystemExit, which asyncio reports a second time as a task exception never retrieved."""
+    try:
+        await server.serve()
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
+    return 0
+
+
 def _stop_event() -> asyncio.Event:
     """An event set by SIGTERM or SIGINT."""
     stop = asyncio.Event()
@@ -174,9 +184,10 @@ async def run_worker(settings: Settings, grace_s: float = DEFAULT_GRACE_S) -> No
         await main
 
 
-async def run_node(settings: Settings, host: str, port: int, grace_s: float = DEFAULT_GRACE_S) -> None:
+async def run_node(settings: Settings, host: str, port: int, grace_s: float = DEFAULT_GRACE_S) -> int:
     """API, scheduler and worker in one process, for single-node deployments; they share one tracer
-    (one exporter), stopped last so it exports every span they ended."""
+    (one exporter), stopped last so it exports every span they ended. Returns the process's exit
+    code: 0, or uvicorn's (3) when the API could not start."""
     stop = _stop_event()
     await check_redis(settings)
     tracing = Tracing.from_settings(settings.tracing)
@@ -189,7 +200,7 @@ async def run_node(settings: Settings, host: str, port: int, grace_s: float = DE
     worker = SupervisedWorker(settings, tracing=tracing)
     scheduler = build_scheduler(settings, redis, arq_pool, tracing=tracing)
     parts = {
-        asyncio.create_task(server.serve(), name="api"),
+        api := asyncio.create_task(_serve_api(server), name="api"),
         asyncio.create_task(scheduler.run_forever(), name="scheduler"),
         asyncio.create_task(worker.run(), name="worker"),
     }
@@ -213,3 +224,4 @@ async def run_node(settings: Settings, host: str, port: int, grace_s: float = DE
     tracing.shutdown()
     failed = [r for r in results if isinstance(r, Exception)]
     log.info("node.stopped", failed_parts=len(failed))
+    return 0 if api.cancelled() or api.exception() is not None else api.result()

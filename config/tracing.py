@@ -23,11 +23,13 @@ protocol, endpoint and service name default to the standard ``OTEL_EXPORTER_OTLP
 from __future__ import annotations
 
 import os
+import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Literal
 
+import structlog
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -38,6 +40,8 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
 
     from config.settings import TracingSettings
+
+log = structlog.get_logger(__name__)
 
 Kind = Literal["internal", "server", "client", "producer", "consumer"]
 _KINDS: Mapping[str, trace.SpanKind] = {
@@ -182,6 +186,38 @@ class Tracing:
 
 
 OFF = Tracing()
+
+# Where the SDK's exporters send spans when no endpoint is named.
+DEFAULT_ENDPOINTS = {"grpc": "http://localhost:4317", "http/protobuf": "http://localhost:4318" + TRACES_PATH}
+
+
+def export_endpoint(settings: TracingSettings, environ: Mapping[str, str] = os.environ) -> str:
+    """Where spans go, resolved as the exporter resolves it, without any credentials a URL carries
+    (its user and password, its query): the startup line names the collector, never a secret."""
+    if settings.endpoint:
+        endpoint = settings.endpoint.rstrip("/") + ("" if settings.protocol == "grpc" else TRACES_PATH)
+    elif environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        endpoint = environ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
+    elif environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        base = environ["OTEL_EXPORTER_OTLP_ENDPOINT"]
+        endpoint = base if settings.protocol == "grpc" else base.rstrip("/") + TRACES_PATH
+    else:
+        endpoint = DEFAULT_ENDPOINTS[settings.protocol]
+    if "://" not in endpoint:  # gRPC's host:port form
+        return endpoint.rpartition("@")[2]
+    url = urllib.parse.urlsplit(endpoint)
+    return urllib.parse.urlunsplit((url.scheme, url.netloc.rpartition("@")[2], url.path, "", ""))
+
+
+def log_startup(settings: TracingSettings) -> None:
+    """One line when tracing is on saying how and where spans go (never the exporter's headers)."""
+    if settings.enabled:
+        log.info(
+            "tracing.enabled",
+            protocol=settings.protocol,
+            endpoint=export_endpoint(settings),
+            service=settings.service_name or os.environ.get("OTEL_SERVICE_NAME") or DEFAULT_SERVICE,
+        )
 
 
 def _exporter(settings: TracingSettings) -> SpanExporter:

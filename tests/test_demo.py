@@ -44,6 +44,23 @@ async def test_demo_workload_small_scale_ends_every_job_on_time_and_pages_once(m
     assert total["saved_pct"] >= 40
     assert "PASS" in console.file.getvalue()  # type: ignore[attr-defined]
     assert demo.node_exit.code == 0  # batchshift run shut down gracefully on SIGTERM
+    assert demo.node_log.stat().st_size > 0  # the run's own log, named where the demo starts
+    assert f"logs in {demo.node_log}" in console.file.getvalue()  # type: ignore[attr-defined]
+
+
+def test_each_demo_run_logs_to_a_directory_of_its_own():
+    """Two demos on one machine never write to the same logs."""
+    console = Console(file=io.StringIO())
+    first, second = (Demo(Plan(jobs=1, stall_at=1, lift_at=2, give_up_at=3), console) for _ in range(2))
+    try:
+        assert first.log_dir != second.log_dir
+        for demo in (first, second):
+            assert demo.log_dir.is_dir()
+            assert demo.log_dir.name.startswith("batchshift-demo-")
+            assert {demo.node_log.parent, demo.redis_log.parent} == {demo.log_dir}
+    finally:
+        for demo in (first, second):
+            demo.log_dir.rmdir()
 
 
 @pytest.mark.timeout(240)

@@ -23,6 +23,8 @@ FIELDS = {
     "saved_ratio",
     "duplicate_usd",
     "flipped",
+    "needless",
+    "relaned",
     "sync_share",
 }
 
@@ -217,6 +219,8 @@ def test_a_sibling_lane_takes_a_stalled_lanes_jobs_at_batch_price_instead_of_syn
     assert without.on_time == without.jobs
     assert with_sibling.relaned > 0
     assert without.relaned == 0
+    assert with_sibling.as_dict()["relaned"] == with_sibling.relaned
+    assert with_sibling.as_dict()["needless"] == with_sibling.needless
     assert with_sibling.flipped < without.flipped / 10
     saved = with_sibling.as_dict()["saved_ratio"], without.as_dict()["saved_ratio"]
     assert saved[0] > saved[1] + 0.05

@@ -1,4 +1,4 @@
-"""What one policy's run came to: the figures of the JSON contract, plus needless flips for the table."""
+"""What one policy's run came to: the figures of the JSON contract (which the table shows too)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ class Outcome:
     duplicate_usd: float = 0.0
     flipped: int = 0
     by_sync: int = 0  # served by sync or flex
-    needless: int = 0  # flipped although its batch would have made the deadline (not in the JSON)
-    relaned: int = 0  # moved to a sibling lane before any flip (not in the JSON)
+    needless: int = 0  # flipped although its batch would have made the deadline
+    relaned: int = 0  # moved to a sibling lane before any flip ("to sibling")
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -31,6 +31,8 @@ class Outcome:
             else 0.0,
             "duplicate_usd": round(self.duplicate_usd, 6),
             "flipped": self.flipped,
+            "needless": self.needless,
+            "relaned": self.relaned,
             "sync_share": round(self.by_sync / self.jobs, 6) if self.jobs else 0.0,
         }
 
