@@ -314,3 +314,24 @@ async def test_spans_export_over_grpc_when_the_standard_variables_say_so(redis, 
     assert intake.parent_span_id.hex() == producer_span
     assert attrs(intake)["batchshift.job_id"] == response.json()["id"]
     assert [c.name for c in children(spans, intake)] == ["job.validate", "job.admit", "job.store"]
+
+
+async def test_the_sampler_is_the_sdks_read_from_otel_traces_sampler(redis, redis_url, monkeypatch):
+    """``OTEL_TRACES_SAMPLER`` is honoured as the SDK reads it: ``always_off`` exports no span of
+    the jobs it takes, while ``always_on`` (the same request) exports its intake span."""
+    exported = {}
+    for sampler in ("always_off", "always_on"):
+        with running_grpc_collector() as collector:
+            monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", raising=False)
+            monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", raising=False)
+            monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+            monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint)
+            monkeypatch.setenv("OTEL_TRACES_SAMPLER", sampler)
+            settings: Settings = make_settings(redis_url, tracing=TracingSettings(enabled=True))
+            body = {"provider": "openai", "body": {"model": "m", "messages": []}, "deadline_in": 60}
+            async with asgi(create_app(settings, redis=redis), {"authorization": "Bearer acme-key"}) as api:
+                response = await api.post("/v1/jobs", json=body)
+                assert response.status_code == 202  # sampling never changes what the API does
+            exported[sampler] = [s.name for s in spans_of(collector.exports())]
+    assert exported["always_off"] == []
+    assert "job.intake" in exported["always_on"]
