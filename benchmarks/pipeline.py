@@ -17,13 +17,26 @@ clock), each process's peak resident set (``VmHWM`` read before it stops) and CP
 (user + system from the first request to the last webhook: on a shared machine, where jobs/s
 depends on what else runs, this is the figure a change moves), and Redis
 ``used_memory`` per job once every result is in (records are kept for the retention, so this is
-what a job costs Redis while it is kept). ``BATCHSHIFT_PIPELINE_JOBS`` sets a smaller count.
+what a job costs Redis while it is kept). The Redis server's CPU (``INFO cpu``) and this process's
+(posting the jobs, receiving the webhooks) are printed beside the batchshift processes'.
+
+Settings, for working on a stage: ``BATCHSHIFT_PIPELINE_JOBS`` sets a smaller count,
+``BATCHSHIFT_PIPELINE_TOPOLOGIES`` a comma-separated subset (``one process,processes``),
+``BATCHSHIFT_PIPELINE_PROFILE`` a directory where py-spy (``pip install py-spy``) records each
+process's samples (``<topology>-<role>.txt``, collapsed stacks) and where each topology's Redis
+time per command and Lua script is written (``<topology>-redis.txt``, from the slow log at a
+threshold of 0, which itself costs Redis time: the figures of a profiled run are not comparable).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import hashlib
 import os
+import resource
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -41,7 +54,7 @@ from batchshift.client import job_request
 from batchshift.embedded_redis import embedded_redis, free_port
 from benchmarks.intake import BODY
 from benchmarks.support import ROOT, emulator_process, wait_until_up, write_raw
-from scheduler.ledger import ids, keys
+from scheduler.ledger import ids, keys, scripts
 from scheduler.ledger.jobs import NewJob
 
 JOBS = int(os.environ.get("BATCHSHIFT_PIPELINE_JOBS", "50000"))
@@ -58,6 +71,9 @@ TIMEOUT_S = float(os.environ.get("BATCHSHIFT_PIPELINE_TIMEOUT_S", "900"))
 # A process counts as started once it used at most this share of a core over one probe.
 IDLE_PROBE_S = 0.5
 IDLE_CPU_SHARE = 0.1
+TOPOLOGIES = ("one process", "processes")
+PROFILE_DIR = os.environ.get("BATCHSHIFT_PIPELINE_PROFILE", "")
+PROFILE_RATE_HZ = 250
 
 
 @dataclass
@@ -175,6 +191,93 @@ def wait_until_idle(procs: dict[str, subprocess.Popen[bytes]], timeout_s: float 
         before = now
 
 
+def selected_topologies() -> tuple[str, ...]:
+    """The topologies to run: all, or those ``BATCHSHIFT_PIPELINE_TOPOLOGIES`` names."""
+    raw = os.environ.get("BATCHSHIFT_PIPELINE_TOPOLOGIES", "")
+    chosen = tuple(name.strip() for name in raw.split(",") if name.strip()) or TOPOLOGIES
+    unknown = [name for name in chosen if name not in TOPOLOGIES]
+    if unknown:
+        raise SystemExit(f"BATCHSHIFT_PIPELINE_TOPOLOGIES: unknown {unknown}; known: {list(TOPOLOGIES)}")
+    return chosen
+
+
+def _slug(text: str) -> str:
+    return text.replace(" ", "_")
+
+
+@contextmanager
+def sampled(name: str, procs: dict[str, subprocess.Popen[bytes]]) -> Iterator[None]:
+    """With ``BATCHSHIFT_PIPELINE_PROFILE``, py-spy samples every process while the block runs."""
+    if not PROFILE_DIR:
+        yield
+        return
+    spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
+    if spy is None:
+        raise SystemExit("BATCHSHIFT_PIPELINE_PROFILE needs py-spy: pip install py-spy")
+    Path(PROFILE_DIR).mkdir(parents=True, exist_ok=True)
+    spies = [
+        subprocess.Popen(
+            [
+                spy,
+                "record",
+                "--pid",
+                str(proc.pid),
+                "--format",
+                "raw",
+                "--nonblocking",
+                "--rate",
+                str(PROFILE_RATE_HZ),
+                "--output",
+                str(Path(PROFILE_DIR) / f"{_slug(name)}-{_slug(role)}.txt"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for role, proc in procs.items()
+    ]
+    try:
+        yield
+    finally:
+        for one in spies:
+            one.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+        for one in spies:
+            one.wait(timeout=60)
+
+
+async def start_redis_profile(redis: Redis) -> None:
+    """Log every command to the slow log (threshold 0), from empty."""
+    await redis.config_set("slowlog-max-len", 5_000_000)
+    await redis.config_set("slowlog-log-slower-than", 0)
+    await redis.slowlog_reset()
+
+
+async def write_redis_profile(redis: Redis, name: str) -> None:
+    """The slow log's time per command and per Lua script (by name), most first, to a file.
+
+    Commands a script runs are logged too, so a script's time includes theirs."""
+    await redis.config_set("slowlog-log-slower-than", 10_000)
+    names = {hashlib.sha1(scripts.source(n).encode()).hexdigest(): n for n in scripts.script_names()}  # noqa: S324 -- Redis names scripts by SHA-1
+    spent: collections.Counter[str] = collections.Counter()
+    calls: collections.Counter[str] = collections.Counter()
+    entries = await redis.execute_command("SLOWLOG", "GET", "-1")  # type: ignore[no-untyped-call]
+    for entry in entries:
+        args = entry[3]
+        command = args[0].decode().lower()
+        if command == "evalsha" and len(args) > 1:
+            command = "evalsha " + names.get(args[1].decode(), args[1].decode()[:12])
+        spent[command] += entry[2]
+        calls[command] += 1
+    await redis.slowlog_reset()
+    total = sum(spent.values()) or 1
+    lines = [f"{name}: {total / 1e6:.3f} s of Redis time logged (a script's includes its commands')"]
+    lines += [
+        f"{us / 1e6:8.3f} s {100 * us / total:5.1f}% {calls[cmd]:9,d} calls {us / calls[cmd]:9.1f} us/call  {cmd}"
+        for cmd, us in spent.most_common()
+    ]
+    out = Path(PROFILE_DIR, f"{_slug(name)}-redis.txt")
+    await asyncio.to_thread(out.write_text, "\n".join(lines) + "\n")
+
+
 def peak_rss_mb(pid: int) -> float:
     """A live process's resident-set high-water mark (``VmHWM``), in MB."""
     try:
@@ -268,6 +371,18 @@ async def _post_all(urls: list[str], payloads: list[bytes]) -> None:
     await asyncio.gather(*(feed(url, payloads[n :: len(urls)]) for n, url in enumerate(urls)))
 
 
+async def redis_cpu_s(redis: Redis) -> float:
+    """The Redis server's CPU time so far (user + system), in seconds."""
+    info = await redis.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def own_cpu_s() -> float:
+    """This process's CPU time so far: posting the jobs and receiving their webhooks."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 async def _flush(redis: Redis) -> None:
     """Empty Redis synchronously: a server that frees lazily (Valkey's default for FLUSHALL) would
     count the last topology's jobs in this one's starting memory."""
@@ -288,21 +403,30 @@ async def measure(name: str, redis_url: str, emulator_url: str, count: int) -> d
                 raise RuntimeError("the webhook receiver did not start")
             await asyncio.sleep(0.02)
         before = int((await redis.info("memory"))["used_memory"])
+        if PROFILE_DIR:
+            await start_redis_profile(redis)
         payloads = _payloads(count, f"http://127.0.0.1:{port}")
         with ExitStack() as stack:
             urls, procs = stack.enter_context(topology(name, _settings_env(redis_url, emulator_url)))
             cpu_before = {role: cpu_s(proc.pid) for role, proc in procs.items()}
-            started = time.perf_counter()
-            await _post_all(urls, payloads)
-            intake_s = time.perf_counter() - started
-            try:
-                await asyncio.wait_for(receiver.done.wait(), TIMEOUT_S)
-            except TimeoutError:
-                pass
+            cpu_before["redis"] = await redis_cpu_s(redis)
+            cpu_before["bench"] = own_cpu_s()
+            with sampled(name, procs):
+                started = time.perf_counter()
+                await _post_all(urls, payloads)
+                intake_s = time.perf_counter() - started
+                try:
+                    await asyncio.wait_for(receiver.done.wait(), TIMEOUT_S)
+                except TimeoutError:
+                    pass
             rss = {role: peak_rss_mb(proc.pid) for role, proc in procs.items()}
             cpu = {role: cpu_s(proc.pid) - cpu_before[role] for role, proc in procs.items()}
+            cpu["redis"] = await redis_cpu_s(redis) - cpu_before["redis"]
+            cpu["bench"] = own_cpu_s() - cpu_before["bench"]
         elapsed = (receiver.last or time.perf_counter()) - started
         used = int((await redis.info("memory"))["used_memory"]) - before
+        if PROFILE_DIR:
+            await write_redis_profile(redis, name)
         latencies = await _latencies(redis)
     finally:
         server.should_exit = True
@@ -331,9 +455,7 @@ async def run() -> list[dict[str, Any]]:
             base = await baseline(redis, JOBS)
         finally:
             await redis.aclose()
-        results = [
-            await measure(name, redis_url, emulator_url, JOBS) for name in ("one process", "processes")
-        ]
+        results = [await measure(name, redis_url, emulator_url, JOBS) for name in selected_topologies()]
     rows: list[dict[str, Any]] = [
         {
             "figure": f"pipeline baseline: raw redis-py writes + read-back, {JOBS:,} jobs",
@@ -345,11 +467,14 @@ async def run() -> list[dict[str, Any]]:
     ]
     for r in results:
         rss = ", ".join(f"{role} {mb:.0f}" for role, mb in r["rss"].items())
-        cpu = ", ".join(f"{role} {ms:.2f}" for role, ms in r["cpu_ms_per_job"].items())
+        ours = {role: ms for role, ms in r["cpu_ms_per_job"].items() if role not in ("redis", "bench")}
+        cpu = ", ".join(f"{role} {ms:.2f}" for role, ms in ours.items())
+        cpu += f" (batchshift {sum(ours.values()):.2f}); Redis {r['cpu_ms_per_job']['redis']:.2f}"
+        cpu += f", this client and receiver {r['cpu_ms_per_job']['bench']:.2f}"
         figure = (
             f"pipeline, {r['topology']}: {r['delivered']:,}/{JOBS:,} jobs in, done and delivered "
             f"(intake {r['intake']:,.0f} jobs/s); enqueue->result p50 {r['p50']:.1f} s, p99 {r['p99']:.1f} s; "
-            f"peak RSS MB {rss}; CPU ms/job {cpu} (total {sum(r['cpu_ms_per_job'].values()):.2f}); "
+            f"peak RSS MB {rss}; CPU ms/job {cpu}; "
             f"Redis {r['redis_per_job']:,.0f} B/job"
         )
         if r["failed"]:
