@@ -22,7 +22,6 @@ import random
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -266,18 +265,44 @@ async def iter_line_blocks(response: httpx.Response) -> AsyncIterator[bytes]:
         yield pending
 
 
-@dataclass(frozen=True, slots=True)
 class CappedResponse:
-    """An answer read by :func:`post_capped`: its status, headers and at most ``max_body`` bytes of body."""
+    """An answer read by :func:`post_capped` or the webhook client: its status, headers and at most
+    ``max_body`` bytes of body.
 
-    status_code: int
-    headers: httpx.Headers
-    body: bytes
-    truncated: bool  # the receiver sent more than was read
+    Headers may be given as raw ``(name, value)`` pairs: they become :class:`httpx.Headers` only when
+    read, since a delivered webhook's answer headers never are (only a failed one's ``retry-after``).
+    """
+
+    __slots__ = ("_headers", "body", "status_code", "truncated")
+
+    def __init__(
+        self,
+        status_code: int,
+        headers: httpx.Headers | list[tuple[bytes, bytes]],
+        body: bytes,
+        truncated: bool,  # the receiver sent more than was read
+    ) -> None:
+        self.status_code = status_code
+        self._headers = headers
+        self.body = body
+        self.truncated = truncated
+
+    @property
+    def headers(self) -> httpx.Headers:
+        headers = self._headers
+        if not isinstance(headers, httpx.Headers):
+            headers = self._headers = httpx.Headers(headers)
+        return headers
 
     @property
     def is_success(self) -> bool:
         return 200 <= self.status_code < 300
+
+    def __repr__(self) -> str:
+        return (
+            f"CappedResponse(status_code={self.status_code!r}, headers={self.headers!r}, "
+            f"body={self.body!r}, truncated={self.truncated!r})"
+        )
 
 
 async def post_capped(

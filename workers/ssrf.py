@@ -6,8 +6,8 @@ multicast, reserved, documentation and benchmark ranges are refused, for IPv4 an
 forms that embed an IPv4 address (IPv4-mapped, 6to4, NAT64) are judged by the address they embed.
 ``settings.webhook_allowlist`` (CIDRs or host names) lets tests and the demo call loopback.
 
-Webhooks send through :class:`workers.webhook_http.WebhookClient`, whose aiohttp resolver applies the
-policy the same way; :func:`guarded_transport` builds the same guard for an httpx client. Its network
+Webhooks send through :class:`workers.webhook_http.WebhookClient`, which resolves and connects through
+the policy the same way; :func:`guarded_transport` builds the same guard for an httpx client. Its network
 backend resolves the host itself, checks every address the name resolves to, and opens the TCP
 connection to the checked address; TLS still verifies the certificate against the host name, and the ``Host`` header is the
 name, so a DNS answer that changes between check and connect (DNS rebinding) cannot slip through.

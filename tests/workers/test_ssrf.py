@@ -115,7 +115,7 @@ async def post(client: WebhookClient, url: str) -> int:
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "127.1", "2130706433", "[::ffff:127.0.0.1]"])
 async def test_the_webhook_client_refuses_loopback_in_every_spelling_before_connecting(host: str) -> None:
-    """A name goes through the guarded resolver; an IP literal (aiohttp asks no resolver about
+    """A name goes through the guarded resolver; an IP literal (no resolver is asked about
     those) is checked before the send; a non-canonical numeric host is refused outright."""
     with running_receiver() as receiver:
         async with webhook_client([]) as client:
