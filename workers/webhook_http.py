@@ -94,6 +94,7 @@ class _Connection(asyncio.Protocol):
         self.truncated = False
         self.done = False
         self.reusable = False
+        self.refusal = ""  # why an answer's head was refused, when it was by us rather than the parser
 
     # --- one exchange
 
@@ -172,7 +173,7 @@ class _Connection(asyncio.Protocol):
                 self._bad("upgrade without an answer head")
             self.reusable = False
         except httptools.HttpParserError as exc:
-            self._bad(f"{type(exc).__name__}: {exc}")
+            self._bad(self.refusal or f"{type(exc).__name__}: {exc}")
             return
         if not self.headers_done:  # the parser holds an unfinished head: bound it
             self.head_bytes += len(data)
@@ -209,7 +210,8 @@ class _Connection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if len(value) > MAX_FIELD_BYTES or len(name) > MAX_FIELD_BYTES:
-            raise httptools.HttpParserError(f"header field over {MAX_FIELD_BYTES} bytes")
+            self.refusal = f"header field over {MAX_FIELD_BYTES} bytes"
+            raise httptools.HttpParserError(self.refusal)  # stops the parser; data_received reports it
         if len(name) in (14, 17) and name.lower() in (b"content-length", b"transfer-encoding"):
             self.framed = True
         self.headers.append((name, value))
