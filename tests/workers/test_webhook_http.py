@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import uvloop
 
 from tests.test_redis_tls import make_certificates
 from workers.errors import ConnectionFailed, ResponseTimeout
@@ -163,16 +164,16 @@ async def test_a_truncated_answer_drops_its_connection() -> None:
     assert server.connections == 2
 
 
-@pytest.mark.parametrize(
-    ("answer", "error"),
-    [
-        (b"garbage\r\n\r\n", ConnectionFailed),  # not HTTP
-        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", ConnectionFailed),  # bad chunk
-        (b"HTTP/1.1 200 OK\r\nX: " + b"a" * 70_000 + b"\r\n\r\n", ConnectionFailed),  # endless head
-        (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", ResponseTimeout),  # broke off
-        (None, ResponseTimeout),  # hung up without an answer
-    ],
-)
+BROKEN = [
+    (b"garbage\r\n\r\n", ConnectionFailed),  # not HTTP
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", ConnectionFailed),  # bad chunk
+    (b"HTTP/1.1 200 OK\r\nX: " + b"a" * 70_000 + b"\r\n\r\n", ConnectionFailed),  # endless head
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", ResponseTimeout),  # broke off
+    (None, ResponseTimeout),  # hung up without an answer
+]
+
+
+@pytest.mark.parametrize(("answer", "error"), BROKEN)
 async def test_broken_answers_raise_the_same_errors_as_before(
     answer: bytes | None, error: type[Exception]
 ) -> None:
@@ -240,3 +241,19 @@ async def test_tls_verifies_the_certificate_against_the_name(
             assert await post(c, server.url) == (200, b"ok")
             assert await post(c, server.url) == (200, b"ok")
     assert server.connections == 1  # the refused handshake never reached the handler
+
+
+def test_the_client_works_on_uvloop() -> None:
+    """Workers run on uvloop, whose transports are not asyncio's classes: the same sends on it."""
+
+    async def scenarios() -> None:
+        await test_sequential_sends_share_one_keep_alive_connection_and_carry_the_request()
+        await test_a_chunked_answer_is_read_whole_and_the_connection_reused()
+        await test_connection_close_is_honoured()
+        await test_a_truncated_answer_drops_its_connection()
+        await test_connections_stay_within_max_connections()
+        await test_a_stalled_read_times_out_at_timeout_s_within_a_longer_deadline()
+        for answer, error in BROKEN:
+            await test_broken_answers_raise_the_same_errors_as_before(answer, error)
+
+    uvloop.run(scenarios())
