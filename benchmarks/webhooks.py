@@ -3,8 +3,9 @@
 Ours: 5,000 jobs finish with a callback URL; :class:`workers.webhooks.Deliverer` claims, signs,
 sends (SSRF-guarded client, each send under its deadline and answer cap) and settles them. All go
 to one tenant's one URL, so the default per-URL limit (16 at once) holds them, not the overall 64.
-Baseline, same run and same receiver: raw ``aiohttp.ClientSession.post`` (the client our sends use,
-and the cheapest per request we measured) of a body of the same size, 64 at once, nothing else.
+Baseline, same run and same receiver: raw ``aiohttp.ClientSession.post`` (the cheapest general
+client per request we measured; our sends use a leaner HTTP/1.1 client, ``workers/webhook_http.py``)
+of a body of the same size, 64 at once, nothing else.
 The receiver is a minimal ASGI app under uvicorn in its own process, so its CPU is not ours.
 Target: ratio at least 0.5. Peak is the resident-set growth during our step (``VmHWM``).
 """
