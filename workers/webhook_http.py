@@ -122,7 +122,7 @@ class _Connection(asyncio.Protocol):
 
     def _on_timer(self) -> None:
         now = self.loop.time() + 0.001  # call_at may fire up to the clock's resolution early
-        if now >= self.deadline:
+        if now >= self.deadline or not self.idle_s:
             self._fail(
                 ResponseTimeout(
                     "POST", self.url, f"no complete answer within the {self.deadline_s:g} s deadline"
@@ -431,6 +431,8 @@ class WebhookClient:
                     except BaseException:
                         if waiter.done() and not waiter.cancelled():
                             self._wake()  # pass the room it was given on
+                        elif waiter in self._waiters:  # (a wake may have skipped it already)
+                            self._waiters.remove(waiter)
                         raise
                 self._open += 1
                 try:
