@@ -195,7 +195,7 @@ class _Connection(asyncio.Protocol):
         waiter = self.waiter
         if waiter is None or waiter.done():
             return
-        if self.headers_done and not self.framed:  # a body delimited by the connection's close
+        if self.headers_done and not self.framed and exc is None:  # a body ended by a clean close
             self._finish()
             return
         reason = "answer broke off" if self.headers_done else "ServerDisconnectedError: Server disconnected"

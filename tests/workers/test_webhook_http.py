@@ -39,7 +39,12 @@ class Server:
 
 @asynccontextmanager
 async def scripted(
-    script: Script, *, delay_s: float = 0.0, tls: ssl.SSLContext | None = None, host: str = "127.0.0.1"
+    script: Script,
+    *,
+    delay_s: float = 0.0,
+    tls: ssl.SSLContext | None = None,
+    host: str = "127.0.0.1",
+    bind: str = "127.0.0.1",
 ) -> AsyncIterator[Server]:
     server = Server(url="")
 
@@ -75,7 +80,7 @@ async def scripted(
             server.open_now -= 1
             writer.close()
 
-    listener = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=tls)
+    listener = await asyncio.start_server(handle, bind, 0, ssl=tls)
     port = listener.sockets[0].getsockname()[1]
     server.url = f"{'https' if tls else 'http'}://{host}:{port}/hook?x=1"
     try:
@@ -241,6 +246,12 @@ async def test_tls_verifies_the_certificate_against_the_name(
             assert await post(c, server.url) == (200, b"ok")
             assert await post(c, server.url) == (200, b"ok")
     assert server.connections == 1  # the refused handshake never reached the handler
+    # A trusted certificate for another name (it names localhost and 127.0.0.1) is refused too.
+    async with scripted(lambda n: (OK, False), tls=context, host="127.0.0.2", bind="127.0.0.2") as server:
+        async with client() as c:
+            with pytest.raises(ConnectionFailed, match="mismatch"):
+                await post(c, server.url)
+    assert server.connections == 0
 
 
 def test_the_client_works_on_uvloop() -> None:
