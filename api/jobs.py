@@ -1,7 +1,7 @@
 """The /v1/jobs routes: enqueue (one or bulk), read (with a long poll), list, cancel.
 
 Bodies are read under the byte limit and parsed with orjson; scheduler.intake validates them
-into NewJobs; the ledger stores them in one atomic step each (bulk: one pipeline). A tenant sees
+into NewJobs; the ledger stores them, each judged alone (bulk: a chunk of jobs per script call). A tenant sees
 only its own jobs: another tenant's job answers 404, as if it did not exist.
 """
 
