@@ -273,10 +273,11 @@ async def _enqueue_bulk(request: Request, tenant_name: str, span: Span | None) -
     context = span.headers() if span is not None else None
     entries: list[dict[str, Any]] = [{} for _ in items]
     valid: list[tuple[int, NewJob]] = []
+    memo: dict[Any, Any] = {}
     with phase("job.validate", **{"batchshift.items": len(items)}):
         for index, item in enumerate(items):
             try:
-                job = validate(item, tenant=tenant_name, now_ms=now, settings=settings)
+                job = validate(item, tenant=tenant_name, now_ms=now, settings=settings, memo=memo)
             except BatchshiftError as exc:
                 entries[index] = {"status": exc.status_code, "error": exc.to_dict()}
             else:

@@ -81,6 +81,8 @@ class Draft:
     tags: dict[str, str] = field(default_factory=dict)
     idempotency_key: str | None = None
     parsed: dict[str, Any] = field(default_factory=dict)  # the body as received, for the prefix key
+    # Verdicts of one request's items that are the same for each (a bulk request's, see ``validate``).
+    memo: dict[Any, Any] | None = None
 
 
 Check = Callable[[Draft], None]
@@ -147,7 +149,14 @@ def _body(draft: Draft) -> None:
 def _model(draft: Draft) -> None:
     """The model must be in the provider's catalogue: every unknown name would be a new lane."""
     assert draft.provider_settings is not None
-    if not lanes.serves(draft.settings, draft.provider, draft.provider_settings, draft.model):
+    memo, key = draft.memo, ("serves", draft.provider, draft.model)
+    if memo is not None and key in memo:
+        served = memo[key]
+    else:
+        served = lanes.serves(draft.settings, draft.provider, draft.provider_settings, draft.model)
+        if memo is not None:
+            memo[key] = served
+    if not served:
         raise InvalidRequest(
             f"body.model {draft.model!r} is not served by provider {draft.provider!r}: use a model of "
             "the pricing file, or list it in the provider's models (or set allow_any_model)",
@@ -329,12 +338,20 @@ def request_hash(draft: Draft) -> str:
 
 
 def validate(
-    raw: object, *, tenant: str, now_ms: int, settings: Settings, idempotency_header: str | None = None
+    raw: object,
+    *,
+    tenant: str,
+    now_ms: int,
+    settings: Settings,
+    idempotency_header: str | None = None,
+    memo: dict[Any, Any] | None = None,
 ) -> NewJob:
-    """Run every check on one request; return the NewJob or raise the first refusal."""
+    """Run every check on one request; return the NewJob or raise the first refusal. ``memo``: one dict
+    for all the items of one request, so what is the same for each (whether the provider serves a
+    model: a set built from the pricing table) is worked out once per request."""
     if not isinstance(raw, dict):
         raise InvalidRequest("a job must be a JSON object")
-    draft = Draft(raw, tenant, now_ms, settings, idempotency_header)
+    draft = Draft(raw, tenant, now_ms, settings, idempotency_header, memo=memo)
     for check in CHECKS:
         check(draft)
     job = NewJob(
