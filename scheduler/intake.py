@@ -89,6 +89,8 @@ Check = Callable[[Draft], None]
 
 
 def _fields(draft: Draft) -> None:
+    if FIELDS.issuperset(draft.raw):
+        return
     unknown = sorted(set(draft.raw) - FIELDS)
     if unknown:
         raise InvalidRequest(f"unknown field {unknown[0]!r}", unknown[0])
@@ -261,7 +263,10 @@ def _tags(draft: Draft) -> None:
         raise InvalidRequest("tags must be an object of string to string", "tags")
     if len(tags) > MAX_TAGS:
         raise InvalidRequest(f"tags: at most {MAX_TAGS} tags per job", "tags")
+    memo = draft.memo  # a request's items mostly share their tags: each is checked once per request
     for key, value in tags.items():
+        if memo is not None and isinstance(value, str) and ("tag", key, value) in memo:
+            continue
         if not _TAG_KEY.fullmatch(key):  # fullmatch: `$` would let a trailing newline through
             raise InvalidRequest(f"tags: name {key!r} must match [A-Za-z0-9_.:-]{{1,{MAX_TAG_KEY}}}", "tags")
         if not isinstance(value, str) or len(value) > MAX_TAG_VALUE:
@@ -270,6 +275,8 @@ def _tags(draft: Draft) -> None:
             )
         if _UNSAFE_TAG_VALUE.search(value):  # a value is part of aggregate key names
             raise InvalidRequest(f"tags.{key} must not contain braces or control characters", f"tags.{key}")
+        if memo is not None:
+            memo["tag", key, value] = True  # it passed
     draft.tags = tags
 
 

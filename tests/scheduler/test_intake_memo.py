@@ -31,3 +31,29 @@ def test_a_memo_shared_by_a_requests_items_changes_no_verdict(redis_url: str):
     with_memo = [verdict(item, settings, memo) for item in items]
     assert with_memo == [verdict(item, settings, None) for item in items]
     assert [v[0] for v in with_memo] == ["valid", "refused", "valid", "refused", "valid", "valid", "valid"]
+
+
+def test_a_tag_refused_in_one_item_is_refused_in_the_next_and_a_passed_one_passes(redis_url: str):
+    settings = make_settings(redis_url)
+    tags: list[Any] = [
+        {"feature": "a"},
+        {"feature": "a{b}"},
+        {"feature": "a{b}"},
+        {"feature": ["a"]},
+        {"bad key": "a"},
+        {"feature": "a", "team": "x"},
+        {"feature": "a"},
+    ]
+    items = [{"provider": "openai", "body": {"model": "m"}, "tags": t} for t in tags]
+    memo: dict[Any, Any] = {}
+    with_memo = [verdict(item, settings, memo) for item in items]
+    assert with_memo == [verdict(item, settings, None) for item in items]
+    assert [v[0] for v in with_memo] == [
+        "valid",
+        "refused",
+        "refused",
+        "refused",
+        "refused",
+        "valid",
+        "valid",
+    ]
