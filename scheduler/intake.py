@@ -131,9 +131,9 @@ def _body(draft: Draft) -> None:
     if not isinstance(body, dict):
         raise InvalidRequest("body must be a JSON object (the provider-native request)", "body")
     model = body.get("model")
-    if not isinstance(model, str) or not model.strip():
-        raise InvalidRequest("body.model is required (a non-empty string)", "body.model")
-    if not MODEL_NAME.fullmatch(model):
+    if not isinstance(model, str) or not MODEL_NAME.fullmatch(model):  # a match is never blank
+        if not isinstance(model, str) or not model.strip():
+            raise InvalidRequest("body.model is required (a non-empty string)", "body.model")
         raise InvalidRequest(
             f"body.model must be 1-{MAX_MODEL} characters of letters, digits and ._:/@+-", "body.model"
         )
