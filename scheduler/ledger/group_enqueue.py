@@ -2,23 +2,19 @@
 
 At a few thousand single enqueues a second the API's own time went mostly to Redis calls: each
 EVALSHA took a pooled connection, a send, a read and two timeouts. Here an enqueue joins a queue;
-one drain task sends whatever has queued as one pipeline of EVALSHAs and hands each caller its own
-reply, then sends what queued meanwhile. Each job is still its own atomic script run, in arrival
-order, so idempotency, deduplication, lanes and budgets behave as with separate calls. An idle API
-adds nothing: a lone enqueue goes out at once as a pipeline of one. A reply that is an error fails
+one drain task sends whatever has queued as one call of the chunked enqueue script and hands each
+caller its own outcome, then sends what queued meanwhile. The script judges each job on its own, in
+arrival order, so idempotency, deduplication, lanes and budgets behave as with separate calls. An idle API
+adds nothing: a lone enqueue goes out at once as a call of one. A reply that is an error fails
 only its own caller; a connection that fails fails the group sent on it.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from typing import Any
-
-from redis.exceptions import NoScriptError
 
 from scheduler.ledger.jobs import NewJob
-from scheduler.ledger.ledger import EnqueueOutcome, Ledger, enqueue_outcome
+from scheduler.ledger.ledger import ENQUEUE_CHUNK, EnqueueOutcome, Ledger
 
 Waiter = tuple[NewJob, "asyncio.Future[EnqueueOutcome]"]
 
@@ -57,31 +53,21 @@ class GroupEnqueue:
     async def _send(self, group: list[Waiter]) -> None:
         self.groups += 1
         self.grouped += len(group)
+        for start in range(0, len(group), ENQUEUE_CHUNK):
+            await self._send_chunk(group[start : start + ENQUEUE_CHUNK])
+
+    async def _send_chunk(self, group: list[Waiter]) -> None:
         try:
-            replies = await self._pipeline([job for job, _ in group])
+            outcomes = await self.ledger.enqueue_chunk([job for job, _ in group])
         except Exception as exc:  # the connection failed (or was cut): nobody in the group has a reply
             for _, future in group:
                 if not future.done():
                     future.set_exception(exc)
             return
-        for (job, future), reply in zip(group, replies, strict=True):
+        for (_, future), outcome in zip(group, outcomes, strict=True):
             if future.done():  # its caller went away
                 continue
-            if isinstance(reply, NoScriptError):  # Redis lost its scripts (a restart): load and run again
-                try:
-                    future.set_result(await self.ledger.enqueue(job))
-                except Exception as exc:
-                    future.set_exception(exc)
-            elif isinstance(reply, Exception):
-                future.set_exception(reply)
+            if isinstance(outcome, Exception):
+                future.set_exception(outcome)
             else:
-                future.set_result(enqueue_outcome(reply))
-
-    async def _pipeline(self, jobs: Sequence[NewJob]) -> list[Any]:
-        """One pipeline of EVALSHAs, replies (or their errors) in order."""
-        async with self.ledger.redis.pipeline(transaction=False) as pipe:
-            for job in jobs:
-                call_keys, args = self.ledger.enqueue_call(job)
-                pipe.evalsha(self.ledger.enqueue_sha, len(call_keys), *call_keys, *args)
-            replies: list[Any] = await pipe.execute(raise_on_error=False)
-        return replies
+                future.set_result(outcome)

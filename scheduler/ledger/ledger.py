@@ -16,6 +16,7 @@ from typing import Any, Literal
 import orjson
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.exceptions import ResponseError
 
 from config.settings import (
     IDEMPOTENCY_TTL_S,
@@ -128,10 +129,56 @@ class Requeue:
         }
 
 
-def enqueue_outcome(reply: Sequence[Any]) -> EnqueueOutcome:
-    """enqueue.lua's reply: status, job id, and for a follower the leader it attached to."""
-    attached = reply[2].decode() if len(reply) > 2 else None
-    return EnqueueOutcome(reply[0].decode(), reply[1].decode(), attached)
+# Jobs per enqueue.lua call: a bulk request of more goes in several calls, so one call holds Redis
+# for a few milliseconds at most.
+ENQUEUE_CHUNK = 1000
+
+
+def enqueue_reply(job: NewJob, reply: Any) -> EnqueueOutcome | ResponseError:
+    """enqueue.lua's entry for ``job``: 1 (created), {status, job id or detail}, {'created', id,
+    leader} for a follower, or {'error', message} for a job that met an error."""
+    if reply == 1:
+        return EnqueueOutcome("created", job.id)
+    status = reply[0].decode()
+    if status == "error":
+        return ResponseError(reply[1].decode())
+    return EnqueueOutcome(status, reply[1].decode(), reply[2].decode() if len(reply) > 2 else None)
+
+
+def _enqueue_fields(job: NewJob) -> list[str]:
+    """A job's entry in enqueue.lua's JSON array (its ARGV 4 describes the positions)."""
+    tags = job.tags
+    fields = [
+        job.id,
+        job.tenant,
+        job.provider,
+        job.endpoint,
+        job.model,
+        job.state,
+        str(job.deadline_ms),
+        str(job.created_ms),
+        job.callback_url or "",
+        orjson.dumps(tags).decode() if tags else "{}",
+        tags.get("feature", "") if tags else "",
+        job.idempotency_key or "",
+        job.prefix,
+        job.request_hash,
+        "" if job.envelope_usd is None else repr(job.envelope_usd),
+        repr(job.reserve_usd),
+        day_of(job.created_ms)[:7],
+    ]
+    if job.dedup_digest or job.client_batch or job.traceparent:
+        fields += (
+            job.dedup_digest,
+            job.dedup_cost,
+            str(job.dedup_window_ms),
+            str(job.dedup_max_followers),
+            job.client_batch,
+            job.custom_id,
+            job.traceparent,
+            job.tracestate,
+        )
+    return fields
 
 
 @dataclass(slots=True)
@@ -237,74 +284,47 @@ class Ledger:
 
     # -- intake ---------------------------------------------------------------------------------
 
-    @property
-    def enqueue_sha(self) -> str:
-        """The SHA1 of enqueue.lua, for callers that send it in their own pipeline (group_enqueue.py)."""
-        return str(self._enqueue.sha)
-
-    def enqueue_call(self, job: NewJob) -> tuple[list[str], list[Any]]:
-        """The keys and args of enqueue.lua for ``job``."""
-        queue = keys.SYNC_QUEUE if job.state == "sync" else keys.lane_queue(job.lane)
-        idem = keys.idempotency(job.tenant, job.idempotency_key) if job.idempotency_key else ""
-        month = day_of(job.created_ms)[:7]
-        call_keys = [
-            keys.job(job.id),
-            queue,
-            keys.lane_arrivals(job.lane),
-            keys.lane_bytes(job.lane),
-            keys.lane_meta(job.lane),
-            keys.LANES,
-            idem,
-            keys.tenant_jobs(job.tenant),
-            keys.WAKEUP,
-            keys.tenant_status(job.tenant, job.state),
-            keys.tenant_feature(job.tenant, feature) if (feature := job.tags.get("feature")) else "",
-            keys.tenant_features(job.tenant),
-            keys.TENANTS_INDEXED,
-            keys.tenant_lanes(job.tenant),
-            keys.LANES_ACTIVE,
-            keys.budget_spend(job.tenant, month),
-            keys.budget_committed(job.tenant, month),
-            keys.dedup_group(job.tenant, job.dedup_digest) if job.dedup_digest else "",
-        ]
+    def enqueue_args(self, jobs: Sequence[NewJob]) -> list[Any]:
+        """enqueue.lua's ARGV for ``jobs`` (it takes no KEYS: it builds them as keys.py does): the
+        settings, every job's small fields as one JSON array, then the bodies."""
         args: list[Any] = [
-            job.id,
-            job.request_hash,
             self.idempotency_ttl_s,
-            job.deadline_ms,
-            job.created_ms,
-            len(job.body),
-            job.lane,
-            job.provider,
-            job.model,
-            job.endpoint,
-            job.state,
             "" if self.max_lanes_per_tenant is None else self.max_lanes_per_tenant,
             self.lane_idle_ms,
-            "" if job.envelope_usd is None else repr(job.envelope_usd),
-            repr(job.reserve_usd),
-            job.dedup_window_ms,
-            job.dedup_max_followers,
+            orjson.dumps([_enqueue_fields(job) for job in jobs]),
         ]
-        for name, value in job.fields().items():
-            args.extend((name, value))
-        return call_keys, args
+        args.extend([job.body for job in jobs])
+        return args
 
     async def enqueue(self, job: NewJob) -> EnqueueOutcome:
         """Store and queue one job, or return the job an idempotency key already names."""
-        call_keys, args = self.enqueue_call(job)
-        return enqueue_outcome(await self._enqueue(keys=call_keys, args=args))
+        outcome = (await self.enqueue_chunk([job]))[0]
+        if isinstance(outcome, ResponseError):
+            raise outcome
+        return outcome
 
-    async def enqueue_many(self, jobs: Sequence[NewJob]) -> list[EnqueueOutcome]:
-        """Enqueue jobs in one pipeline; each is its own atomic step, so one conflict rejects only itself."""
+    async def enqueue_chunk(self, jobs: Sequence[NewJob]) -> list[EnqueueOutcome | ResponseError]:
+        """One call of enqueue.lua for ``jobs`` (at most :data:`ENQUEUE_CHUNK`): each job's outcome, or
+        the error that job alone met (the others are stored or refused as if enqueued one by one)."""
         if not jobs:
             return []
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for job in jobs:
-                call_keys, args = self.enqueue_call(job)
-                await self._enqueue(keys=call_keys, args=args, client=pipe)
-            replies = await pipe.execute()
-        return [enqueue_outcome(reply) for reply in replies]
+        replies = await self._enqueue(args=self.enqueue_args(jobs))
+        return [enqueue_reply(job, reply) for job, reply in zip(jobs, replies, strict=True)]
+
+    async def enqueue_many(self, jobs: Sequence[NewJob]) -> list[EnqueueOutcome]:
+        """Enqueue jobs in order, a chunk per script call; each job is judged on its own, so one conflict
+        rejects only itself. A job that met an error raises it (after every job was tried)."""
+        outcomes: list[EnqueueOutcome] = []
+        failed: ResponseError | None = None
+        for start in range(0, len(jobs), ENQUEUE_CHUNK):
+            for outcome in await self.enqueue_chunk(jobs[start : start + ENQUEUE_CHUNK]):
+                if isinstance(outcome, ResponseError):
+                    failed = failed or outcome
+                else:
+                    outcomes.append(outcome)
+        if failed is not None:
+            raise failed
+        return outcomes
 
     async def prior_job(self, job: NewJob) -> str | None:
         """The job id the job's idempotency key already names for this same request, or None.

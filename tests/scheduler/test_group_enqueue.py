@@ -1,5 +1,5 @@
-"""Single enqueues sent together as one pipeline (scheduler/ledger/group_enqueue.py): one round trip,
-each job its own atomic step, each caller its own answer or error."""
+"""Single enqueues sent together as one enqueue.lua call (scheduler/ledger/group_enqueue.py): one round trip,
+each job judged alone, each caller its own answer or error."""
 
 from __future__ import annotations
 

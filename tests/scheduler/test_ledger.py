@@ -39,6 +39,15 @@ def test_ids_made_in_one_millisecond_sort_in_the_order_they_were_made():
     assert len(set(made)) == 500
 
 
+def test_id_parts_are_base32_digits_most_significant_first():
+    for value, width in [(0, 10), (31, 1), (32, 2), (1_800_000_000_000, 10), ((1 << 80) - 1, 16), (12345, 3)]:
+        digits, rest = [], value
+        for _ in range(width):
+            rest, digit = divmod(rest, 32)
+            digits.append("0123456789ABCDEFGHJKMNPQRSTVWXYZ"[digit])
+        assert ids._encode(value, width) == "".join(reversed(digits))
+
+
 def test_ids_are_sortable_unique_and_valid_custom_ids():
     made = [ids.job_id(NOW + i) for i in range(200)]
     assert made == sorted(made)

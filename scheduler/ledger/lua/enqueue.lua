@@ -1,88 +1,250 @@
--- Enqueue one job atomically: idempotency check, lane cap, budget reservation, record, queue.
--- KEYS: 1 job, 2 queue (lane or sync), 3 lane arrivals, 4 lane bytes, 5 lane meta, 6 lanes set,
---       7 idempotency key ('' for none), 8 tenant index, 9 wakeup list, 10 tenant's state index,
---       11 tenant's feature index ('' for none), 12 tenant's feature names set, 13 tenants with indexes,
---       14 tenant lanes, 15 active lanes, 16 budget spend, 17 budget committed,
---       18 dedup group ('' when the job takes no part in deduplication)
--- ARGV: 1 job id, 2 request hash, 3 idempotency ttl s, 4 deadline ms, 5 created ms, 6 size,
---       7 lane, 8 provider, 9 model, 10 endpoint, 11 state (queued|sync),
---       12 max lanes per tenant ('' for none), 13 lane idle ms, 14 envelope usd ('' for none), 15 reservation usd,
---       16 dedup window ms, 17 most followers per dedup group, 18.. field/value pairs
--- Returns {'created'|'existing'|'conflict'|'lanes'|'budget', job id or detail}; a created job that
--- attached to an identical live job (a follower, lib/dedup.lua) gets that leader's id third.
+-- Enqueue a chunk of jobs in one call, each judged on its own exactly as a single enqueue of it in
+-- request order would be: idempotency (existing, conflict), the tenant's lane cap, the budget envelope
+-- and its reservation, deduplication (leader or follower), sync or queued. What later jobs of the
+-- chunk read (idempotency keys, the tenant's lanes, the budget, dedup groups and followers, job
+-- records) is written in each job's own turn; what nothing in the chunk reads (lane queues and
+-- arrivals, byte counters, listing indexes, lane registration, the wake-up) is gathered and written
+-- once per key after the last job, so a chunk of one lane pays those commands once, not per job.
+-- ARGV: 1 idempotency ttl s, 2 max lanes per tenant ('' for none), 3 lane idle ms,
+--       4 the jobs: a JSON array, per job an array of strings:
+--         1 id, 2 tenant, 3 provider, 4 endpoint, 5 model, 6 state (queued|sync), 7 deadline ms,
+--         8 created ms, 9 callback url, 10 tags (JSON), 11 feature, 12 idempotency key, 13 prefix,
+--         14 request hash, 15 envelope usd ('' for none), 16 reservation usd, 17 budget month,
+--         then optional: 18 dedup digest, 19 dedup cost, 20 dedup window ms, 21 most followers per
+--         group, 22 client batch, 23 custom id, 24 traceparent, 25 tracestate
+--       5.. the jobs' bodies, in the same order.
+-- Returns one entry per job: 1 for a job created (not a follower), else {status, job id or detail}
+-- as enqueue reports it ('existing'|'conflict'|'lanes'|'budget'), or {'created', id, leader id} for a
+-- job that attached to an identical live job (a follower, lib/dedup.lua).
+-- Every job's reads come before its first write, and a refused job writes nothing: a script's first
+-- write decides whether Redis refuses it for OOM (HSET is one it refuses), and then nothing is written.
 -- uses: budget, dedup
-local idem = KEYS[7]
-if idem ~= '' then
-  local prior = redis.call('GET', idem)
-  if prior then
-    local sep = string.find(prior, '|', 1, true)
-    local prior_id = string.sub(prior, 1, sep - 1)
-    if string.sub(prior, sep + 1) == ARGV[2] then
-      return {'existing', prior_id}
+local idem_ttl, cap, idle_ms = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local jobs = cjson.decode(ARGV[4])
+local out = {}
+
+-- Gathered writes, each applied once at the end, and for each the jobs it serves (which fail, alone,
+-- when it fails): sorted set key -> {score, member, ...} in job order; lane -> bytes queued, its meta
+-- and last enqueue time; set key -> members.
+local zadds, zorder = {}, {}
+local lanes, lane_order = {}, {}
+local sadds, sorder = {}, {}
+local tenant_lane_keys, tl_order = {}, {}
+local created = {}
+local current  -- the job being enqueued (its index)
+
+local function served(entry)
+  local jobs_of = entry.jobs
+  if jobs_of[#jobs_of] ~= current then jobs_of[#jobs_of + 1] = current end
+end
+
+local function zadd(key, score, member)
+  local entry = zadds[key]
+  if not entry then
+    entry = {list = {}, jobs = {}}
+    zadds[key] = entry
+    zorder[#zorder + 1] = key
+  end
+  local list = entry.list
+  list[#list + 1] = score
+  list[#list + 1] = member
+  served(entry)
+end
+
+local function sadd(key, member)
+  local entry = sadds[key]
+  if not entry then
+    entry = {set = {}, jobs = {}}
+    sadds[key] = entry
+    sorder[#sorder + 1] = key
+  end
+  entry.set[member] = true
+  served(entry)
+end
+
+-- The tenant's lanes (keys.tenant_lanes) are read by later jobs' cap checks, so they change in each
+-- job's turn; a prune with the cutoff already applied, and an entry already at this score, are
+-- skipped (nothing added since could fall under that cutoff when it is below every score added).
+local pruned, lowest, lane_at = {}, {}, {}
+
+local function use_lane(tlk, lane, now, cutoff)
+  if pruned[tlk] ~= cutoff or lowest[tlk] <= cutoff then
+    redis.call('ZREMRANGEBYSCORE', tlk, '-inf', cutoff)
+    pruned[tlk], lowest[tlk] = cutoff, math.huge
+    lane_at[tlk] = {}
+  end
+  local at = lane_at[tlk]
+  if at[lane] ~= now then
+    redis.call('ZADD', tlk, now, lane)
+    at[lane] = now
+    if now < lowest[tlk] then lowest[tlk] = now end
+  end
+  local jobs_of = tenant_lane_keys[tlk]
+  if not jobs_of then
+    jobs_of = {}
+    tenant_lane_keys[tlk] = jobs_of
+    tl_order[#tl_order + 1] = tlk
+  end
+  jobs_of[#jobs_of + 1] = current
+end
+
+local function enqueue(j, body)
+  local id, tenant = j[1], j[2]
+  local idem = ''
+  if j[12] ~= '' then
+    idem = K.idempotency(tenant, j[12])
+    local prior = redis.call('GET', idem)
+    if prior then
+      local sep = string.find(prior, '|', 1, true)
+      local prior_id = string.sub(prior, 1, sep - 1)
+      if string.sub(prior, sep + 1) == j[14] then return {'existing', prior_id} end
+      return {'conflict', prior_id}
     end
-    return {'conflict', prior_id}
+  end
+  local provider, endpoint, model, state = j[3], j[4], j[5], j[6]
+  local lane = provider .. ':' .. model .. ':' .. endpoint
+  local now = tonumber(j[8])
+  local cutoff = now - idle_ms
+  local tlk = K.tenant_lanes(tenant)
+  -- The tenant's lanes used within the idle window; one more than the cap is refused.
+  if cap ~= '' then
+    local seen = redis.call('ZSCORE', tlk, lane)
+    local used = redis.call('ZCOUNT', tlk, '(' .. cutoff, '+inf')
+    if not (seen and tonumber(seen) > cutoff) and used >= tonumber(cap) then
+      return {'lanes', tostring(used)}
+    end
+  end
+  -- A `reject` envelope counts billed spend and every admitted job's expected cost not yet settled.
+  local reserve = j[16]
+  local reserving = tonumber(reserve) > 0
+  local committed = nil
+  if j[15] ~= '' or reserving then committed = K.budget_committed(tenant, j[17]) end
+  if j[15] ~= '' then
+    local held = budget_refusal(K.budget_spend(tenant, j[17]), committed, tonumber(j[15]), tonumber(reserve))
+    if held then return {'budget', tostring(held)} end
+  end
+  local digest = j[18] or ''
+  local gk = digest ~= '' and K.dedup_group(tenant, digest) or nil
+  -- The group's live leader, due no later than this job: then this job follows it and enters no queue.
+  local leader = nil
+  if gk then leader = dedup_leader(gk, tonumber(j[7]), tonumber(j[21])) end
+  local jk = K.job(id)
+  local route = state == 'sync' and 'sync' or ''
+  local fields = {
+    'id', id, 'tenant', tenant, 'provider', provider, 'endpoint', endpoint, 'model', model,
+    'lane', lane, 'state', state, 'route', route, 'deadline_ms', j[7], 'created_ms', j[8],
+    'body', body, 'size', #body, 'callback_url', j[9], 'tags', j[10], 'feature', j[11],
+    'idempotency_key', j[12], 'attempts', 0, 'batch_id', '', 'prefix', j[13],
+  }
+  if digest ~= '' then
+    fields[#fields + 1] = 'dedup_digest'; fields[#fields + 1] = digest
+    fields[#fields + 1] = 'dedup_cost'; fields[#fields + 1] = j[19]
+  end
+  if (j[22] or '') ~= '' then
+    fields[#fields + 1] = 'client_batch'; fields[#fields + 1] = j[22]
+    fields[#fields + 1] = 'custom_id'; fields[#fields + 1] = j[23]
+  end
+  if (j[24] or '') ~= '' then
+    fields[#fields + 1] = 'traceparent'; fields[#fields + 1] = j[24]
+    if (j[25] or '') ~= '' then fields[#fields + 1] = 'tracestate'; fields[#fields + 1] = j[25] end
+  end
+  redis.call('HSET', jk, unpack(fields))
+  use_lane(tlk, lane, now, cutoff)
+  if reserving then reserve_budget(jk, committed, reserve) end
+  local listed = state
+  if leader then
+    redis.call('HSET', jk, 'state', 'queued', 'route', '', 'dedup_of', leader)
+    redis.call('SADD', K.dedup_followers(leader), id)
+    listed = 'queued'
+  elseif state == 'sync' then
+    zadd(K.SYNC_QUEUE, j[7], id)
+  else
+    zadd(K.lane_queue(lane), j[7], id)
+    zadd(K.lane_arrivals(lane), j[8], id)
+  end
+  local entry = lanes[lane]
+  if not entry then
+    entry = {provider = provider, model = model, endpoint = endpoint, jobs = {}}
+    lanes[lane] = entry
+    lane_order[#lane_order + 1] = lane
+  end
+  if not leader and state ~= 'sync' then entry.bytes = (entry.bytes or 0) + #body end
+  entry.active = now  -- the last enqueue's time, as sequential enqueues would leave it
+  served(entry)
+  if idem ~= '' then redis.call('SET', idem, id .. '|' .. j[14], 'EX', idem_ttl) end
+  if gk and not leader then
+    redis.call('SET', gk, id, 'PX', j[20])  -- it leads identical requests within the window
+  end
+  zadd(K.tenant_jobs(tenant), 0, id)
+  zadd(K.tenant_status(tenant, listed), 0, id)
+  sadd(K.TENANTS_INDEXED, tenant)
+  if j[11] ~= '' then
+    local fk = K.tenant_feature(tenant, j[11])
+    zadd(fk, 0, id)
+    sadd(K.tenant_features(tenant), fk)
+  end
+  created[#created + 1] = current
+  if leader then return {'created', id, leader} end
+  return 1
+end
+
+-- Up to this many members per gathered command (Lua's unpack has a stack limit).
+local SPAN = 2000
+
+-- Run a gathered write; when it fails, each job it serves fails with its error (as that job's own
+-- script run would have), the others stand.
+local function guarded(jobs_of, ...)
+  local ok, err = pcall(redis.call, ...)
+  if not ok then
+    if type(err) == 'table' then err = err.err or cjson.encode(err) end
+    for _, i in ipairs(jobs_of) do out[i] = {'error', tostring(err)} end
   end
 end
-local id, lane, now = ARGV[1], ARGV[7], tonumber(ARGV[5])
-local idle_ms = tonumber(ARGV[13])
--- The tenant's lanes used within the idle window; one more than the cap is refused. Read-only
--- until the record is written: a script's first write decides whether Redis refuses it for OOM,
--- and HSET (unlike a removal) is one it refuses.
-local cutoff = now - idle_ms
-if ARGV[12] ~= '' then
-  local seen = redis.call('ZSCORE', KEYS[14], lane)
-  local used = redis.call('ZCOUNT', KEYS[14], '(' .. cutoff, '+inf')
-  if not (seen and tonumber(seen) > cutoff) and used >= tonumber(ARGV[12]) then
-    return {'lanes', tostring(used)}
+
+local function flush()
+  for _, key in ipairs(zorder) do
+    local entry = zadds[key]
+    local list = entry.list
+    for i = 1, #list, SPAN do
+      guarded(entry.jobs, 'ZADD', key, unpack(list, i, math.min(i + SPAN - 1, #list)))
+    end
+  end
+  for _, lane in ipairs(lane_order) do
+    local entry = lanes[lane]
+    local mk = K.lane_meta(lane)
+    if entry.bytes then guarded(entry.jobs, 'INCRBY', K.lane_bytes(lane), entry.bytes) end
+    guarded(entry.jobs, 'HSETNX', mk, 'provider', entry.provider)
+    guarded(entry.jobs, 'HSETNX', mk, 'model', entry.model)
+    guarded(entry.jobs, 'HSETNX', mk, 'endpoint', entry.endpoint)
+    guarded(entry.jobs, 'SADD', K.LANES, lane)
+    guarded(entry.jobs, 'ZADD', K.LANES_ACTIVE, entry.active, lane)
+  end
+  for _, key in ipairs(sorder) do
+    local entry = sadds[key]
+    local members = {}
+    for member in pairs(entry.set) do members[#members + 1] = member end
+    guarded(entry.jobs, 'SADD', key, unpack(members))
+  end
+  for _, tlk in ipairs(tl_order) do guarded(tenant_lane_keys[tlk], 'PEXPIRE', tlk, idle_ms) end
+  if #created > 0 then
+    local ones = {}
+    for i = 1, math.min(#created, K.WAKEUP_MAX) do ones[i] = '1' end
+    guarded(created, 'LPUSH', K.WAKEUP, unpack(ones))
+    guarded(created, 'LTRIM', K.WAKEUP, 0, K.WAKEUP_MAX - 1)
   end
 end
--- A `reject` envelope counts billed spend and every admitted job's expected cost not yet settled.
-local reserve = tonumber(ARGV[15])
-if ARGV[14] ~= '' then
-  local held = budget_refusal(KEYS[16], KEYS[17], tonumber(ARGV[14]), reserve)
-  if held then return {'budget', tostring(held)} end
+
+-- Each job runs protected: a command that fails (Redis out of memory at a job's first write, a key of
+-- the wrong type) fails that job alone, {'error', message}, as its own script run would, and the jobs
+-- after it still run; the gathered writes of every job created go out at the end either way.
+for i, j in ipairs(jobs) do
+  current = i
+  local ok, reply = pcall(enqueue, j, ARGV[4 + i])
+  if not ok then
+    if type(reply) == 'table' then reply = reply.err or cjson.encode(reply) end
+    reply = {'error', tostring(reply)}
+  end
+  out[i] = reply
 end
-local fields = {}
-for i = 18, #ARGV do fields[#fields + 1] = ARGV[i] end
--- The group's live leader, due no later than this job: then this job follows it and enters no queue.
-local leader = nil
-if KEYS[18] ~= '' then leader = dedup_leader(KEYS[18], tonumber(ARGV[4]), tonumber(ARGV[17])) end
-redis.call('HSET', KEYS[1], unpack(fields))
-redis.call('ZREMRANGEBYSCORE', KEYS[14], '-inf', cutoff)
-if reserve > 0 then reserve_budget(KEYS[1], KEYS[17], ARGV[15]) end
-local state_index = KEYS[10]
-if leader then
-  redis.call('HSET', KEYS[1], 'state', 'queued', 'route', '', 'dedup_of', leader)
-  redis.call('SADD', K.dedup_followers(leader), id)
-  state_index = K.tenant_status(redis.call('HGET', KEYS[1], 'tenant'), 'queued')
-elseif ARGV[11] == 'sync' then
-  redis.call('ZADD', KEYS[2], ARGV[4], id)
-else
-  redis.call('ZADD', KEYS[2], ARGV[4], id)
-  redis.call('ZADD', KEYS[3], ARGV[5], id)
-  redis.call('INCRBY', KEYS[4], ARGV[6])
-end
-redis.call('HSETNX', KEYS[5], 'provider', ARGV[8])
-redis.call('HSETNX', KEYS[5], 'model', ARGV[9])
-redis.call('HSETNX', KEYS[5], 'endpoint', ARGV[10])
-redis.call('SADD', KEYS[6], lane)
-redis.call('ZADD', KEYS[15], now, lane)
-redis.call('ZADD', KEYS[14], now, lane)
-redis.call('PEXPIRE', KEYS[14], idle_ms)
-if idem ~= '' then
-  redis.call('SET', idem, id .. '|' .. ARGV[2], 'EX', ARGV[3])
-end
-if KEYS[18] ~= '' and not leader then
-  redis.call('SET', KEYS[18], id, 'PX', ARGV[16])  -- it leads identical requests within the window
-end
-redis.call('ZADD', KEYS[8], 0, id)
-redis.call('ZADD', state_index, 0, id)
-redis.call('SADD', KEYS[13], redis.call('HGET', KEYS[1], 'tenant'))
-if KEYS[11] ~= '' then
-  redis.call('ZADD', KEYS[11], 0, id)
-  redis.call('SADD', KEYS[12], KEYS[11])
-end
-redis.call('LPUSH', KEYS[9], '1')
-redis.call('LTRIM', KEYS[9], 0, K.WAKEUP_MAX - 1)
-if leader then return {'created', id, leader} end
-return {'created', id}
+flush()
+return out

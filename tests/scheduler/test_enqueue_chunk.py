@@ -1,0 +1,120 @@
+"""enqueue.lua takes a chunk of jobs per call: each judged as if enqueued alone, one after another."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from scheduler.ledger import ids, keys
+from scheduler.ledger.jobs import NewJob
+from scheduler.ledger.ledger import Ledger
+
+NOW = 1_800_000_000_000
+
+
+def job(tenant: str = "acme", model: str = "m", **kw: Any) -> NewJob:
+    fields: dict[str, Any] = {
+        "id": ids.job_id(NOW),
+        "tenant": tenant,
+        "provider": "openai",
+        "endpoint": "/v1/chat/completions",
+        "model": model,
+        "body": b'{"model":"' + model.encode() + b'"}',
+        "deadline_ms": NOW + 3_600_000,
+        "created_ms": NOW,
+    }
+    fields.update(kw)
+    return NewJob(**fields)
+
+
+def mixed_jobs() -> list[NewJob]:
+    """Jobs whose outcomes depend on the ones before them: every rule enqueue judges by."""
+    dedup = {"dedup_digest": "d1", "dedup_window_ms": 60_000, "dedup_max_followers": 1, "dedup_cost": "split"}
+    budget = {"envelope_usd": 1.0, "reserve_usd": 0.4}
+    return [
+        job(idempotency_key="k1", request_hash="h1", tags={"feature": "summaries"}),
+        job(idempotency_key="k1", request_hash="h1"),  # existing: the job just above
+        job(idempotency_key="k1", request_hash="h2"),  # conflict
+        job(model="m2", state="sync"),  # a second lane (cap 2), straight to sync
+        job(model="m3"),  # a third lane: over the cap
+        job(model="m2", traceparent="00-" + "a" * 32 + "-" + "b" * 16 + "-01", tracestate="x=1"),
+        job(tenant="beta", **budget),
+        job(tenant="beta", **budget),
+        job(tenant="beta", **budget),  # 1.2 of a 1.0 envelope: refused
+        job(tenant="gamma", **dedup),  # leads its group
+        job(tenant="gamma", **dedup),  # follows it
+        job(tenant="gamma", **dedup),  # the group is full: leads a new one
+        job(tenant="gamma", client_batch="cb1", custom_id="line-1", tags={"feature": "eval"}),
+        job(tenant="acme", created_ms=NOW + 5, deadline_ms=NOW + 7_200_000),
+    ]
+
+
+async def dump(redis: Redis) -> dict[bytes, Any]:
+    """Every key's type, content and whether it expires."""
+    out: dict[bytes, Any] = {}
+    for key in sorted(await redis.keys("*")):
+        kind = (await redis.type(key)).decode()
+        if kind == "string":
+            value: Any = await redis.get(key)
+        elif kind == "hash":
+            value = await redis.hgetall(key)
+        elif kind == "zset":
+            value = await redis.zrange(key, 0, -1, withscores=True)
+        elif kind == "set":
+            value = sorted(await redis.smembers(key))
+        else:
+            value = await redis.lrange(key, 0, -1)
+        out[key] = (kind, value, await redis.pttl(key) > 0)
+    return out
+
+
+async def test_a_chunk_stores_and_answers_what_one_by_one_enqueues_do(redis: Redis):
+    ledger = Ledger(redis, max_lanes_per_tenant=2)
+    jobs = mixed_jobs()
+    chunked = await ledger.enqueue_many(jobs)
+    state = await dump(redis)
+    await redis.flushdb()
+    alone = [await ledger.enqueue(j) for j in jobs]
+    assert chunked == alone
+    assert state == await dump(redis)
+    assert [o.status for o in chunked] == [
+        "created", "existing", "conflict", "created", "lanes", "created",
+        "created", "created", "budget", "created", "created", "created", "created", "created",
+    ]  # fmt: skip
+    assert chunked[10].attached_to == jobs[9].id
+    assert chunked[11].attached_to is None
+
+
+async def test_the_job_record_holds_the_new_jobs_fields(redis: Redis):
+    jobs = mixed_jobs()
+    await Ledger(redis).enqueue_many([jobs[0], jobs[5], jobs[12]])
+    for j in (jobs[0], jobs[5], jobs[12]):
+        expected = {k.encode(): v if isinstance(v, bytes) else str(v).encode() for k, v in j.fields().items()}
+        assert await redis.hgetall(keys.job(j.id)) == expected
+
+
+async def test_a_job_that_meets_an_error_fails_alone_and_the_others_are_stored(redis: Redis):
+    ledger = Ledger(redis)
+    fine, broken, later = job(), job(model="broken"), job()
+    await redis.set(keys.lane_queue(broken.lane), "not a sorted set")  # its queue write fails: WRONGTYPE
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        await ledger.enqueue_many([fine, broken, later])
+    outcomes = await ledger.enqueue_chunk([job(), job(model="broken")])
+    assert [type(o).__name__ for o in outcomes] == ["EnqueueOutcome", "ResponseError"]
+    assert await redis.zcard(keys.lane_queue(fine.lane)) == 3
+    assert int(await redis.get(keys.lane_bytes(fine.lane))) == 3 * len(fine.body)
+
+
+async def test_a_bulk_past_one_chunk_goes_in_several_calls_in_order(
+    redis: Redis, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr("scheduler.ledger.ledger.ENQUEUE_CHUNK", 3)
+    ledger = Ledger(redis)
+    jobs = [job(idempotency_key=f"k{i % 4}", request_hash="h") for i in range(10)]
+    outcomes = await ledger.enqueue_many(jobs)
+    assert [o.status for o in outcomes] == ["created"] * 4 + ["existing"] * 6
+    assert [o.job_id for o in outcomes[4:]] == [jobs[i % 4].id for i in range(4, 10)]
+    assert await redis.llen(keys.WAKEUP) == 4  # one wake-up per job created, as one by one
