@@ -16,16 +16,29 @@ local function new_costs(day, month, agg_ttl_s)
   local groups, order = {}, {}
   local costs = {}
 
+  -- Groups are found through nested tables (tenant, feature, lane, model, route) rather than a
+  -- joined string: building that string for every job cost more than the rest of its costs.
+  local index = {}
+  local function child(t, k)
+    local c = t[k]
+    if not c then
+      c = {}
+      t[k] = c
+    end
+    return c
+  end
+
   local function group(job, route)
     local feature = job.feature or ''
     if feature == '' then feature = '-' end
-    local id = job.tenant .. '\0' .. feature .. '\0' .. job.lane .. '\0' .. job.model .. '\0' .. route
-    local g = groups[id]
+    local level = child(child(child(child(index, job.tenant), feature), job.lane), job.model)
+    local g = level[route]
     if not g then
       g = {tenant = job.tenant, values = {feature = feature, lane = job.lane, model = job.model, route = route},
         sums = {}}
-      groups[id] = g
-      order[#order + 1] = id
+      level[route] = g
+      order[#order + 1] = #order + 1
+      groups[#order] = g
     end
     return g
   end
@@ -34,8 +47,16 @@ local function new_costs(day, month, agg_ttl_s)
     if amount ~= 0 then g.sums[field] = (g.sums[field] or 0) + amount end
   end
 
+  local spend_keys = {}
   local function spend(tenant, amount)
-    if amount > 0 then tally.incr(K.budget_spend(tenant, month), amount, K.BUDGET_TTL_S) end
+    if amount > 0 then
+      local key = spend_keys[tenant]
+      if not key then
+        key = K.budget_spend(tenant, month)
+        spend_keys[tenant] = key
+      end
+      tally.incr(key, amount, K.BUDGET_TTL_S)
+    end
   end
 
   function costs.ended(job, it, on_time)

@@ -3,14 +3,36 @@
 -- 3 lane arrivals, 4 lane bytes, 5 batch, 6 batch jobs, 7 planned batches zset.
 -- uses: state
 
--- Move queued job ``id`` (of ``tenant``, ``size`` bytes) out of its lane into batch ``batch_id``.
-local function reserve_job(id, tenant, size, batch_id, now)
-  redis.call('ZREM', KEYS[2], id)
-  redis.call('ZREM', KEYS[3], id)
-  redis.call('DECRBY', KEYS[4], size)
-  redis.call('HSET', K.job(id), 'state', 'batched', 'batch_id', batch_id, 'batched_ms', now)
-  restate(id, tenant, 'queued', 'batched')
-  redis.call('SADD', KEYS[6], id)
+-- The jobs one call moves out of its lane into batch ``batch_id``. take(id, jk, tenant, size) moves
+-- queued job ``id`` (record ``jk``, of ``tenant``, ``size`` bytes): its record at once; its lane
+-- indexes, byte counter, listing indexes and the batch's job set once for all at flush(), one
+-- command per key rather than six per job. Nothing in the call may read those keys in between
+-- for a job it took (a later read of the lane queue would still see it).
+local function new_reserver(batch_id, now)
+  local ids, total = {}, 0
+  local restates = new_restates()
+  local r = {}
+
+  function r.take(id, jk, tenant, size)
+    redis.call('HSET', jk, 'state', 'batched', 'batch_id', batch_id, 'batched_ms', now)
+    ids[#ids + 1] = id
+    total = total + size
+    restates.move(id, tenant, 'queued', 'batched')
+  end
+
+  function r.flush()
+    if #ids == 0 then return end
+    for i = 1, #ids, 1000 do
+      local last = math.min(i + 999, #ids)
+      redis.call('ZREM', KEYS[2], unpack(ids, i, last))
+      redis.call('ZREM', KEYS[3], unpack(ids, i, last))
+      redis.call('SADD', KEYS[6], unpack(ids, i, last))
+    end
+    redis.call('DECRBY', KEYS[4], total)
+    restates.flush()
+  end
+
+  return r
 end
 
 -- After a call that took jobs: the batch record exists (created planned on its first call, for the
