@@ -106,6 +106,7 @@ class Ingestion:
         self.pending: Counter[str] = Counter()  # outcome counts not yet added to the batch record
         self.totals: Counter[str] = Counter()
         self._costs: dict[pricing.Usage | None, dict[str, Any]] = {}  # cost_fields' memo
+        self._by_usage: dict[int, tuple[dict[str, Any] | None, dict[str, Any]]] = {}
 
     def finish_for(self, line: ResultLine) -> Finish:
         """The ledger change a succeeded or permanently failed line makes."""
@@ -133,10 +134,17 @@ class Ingestion:
         )
 
     def cost_fields(self, usage: dict[str, Any] | None) -> dict[str, Any]:
-        """A success's priced fields for :class:`Finish`, memoised by its normalised usage: a batch's
-        lines repeat a few token counts, and pricing each anew was most of a line's CPU. The same
-        prices as :meth:`pricing.Pricing.job_cost` (which is this, unmemoised); nothing mutates the
-        shared fields."""
+        """A success's priced fields for :class:`Finish`, memoised: a batch's lines repeat a few token
+        counts, and pricing each anew was the largest part of a line's CPU. The same prices as
+        :meth:`pricing.Pricing.job_cost` (normalise, then :meth:`~pricing.Pricing.usage_cost`).
+
+        Adapters hand out one shared dict per distinct usage (:func:`workers.providers.jsonl.usage_of`),
+        so the memo is first by that dict's identity (an entry holds the dict, so its id cannot be
+        reused while cached), then by the normalised usage. Nothing mutates the shared fields.
+        """
+        known = self._by_usage.get(id(usage))
+        if known is not None and known[0] is usage:
+            return known[1]
         normal = pricing.normalize_usage(self.kind, usage)
         fields = self._costs.get(normal)
         if fields is None:
@@ -144,6 +152,8 @@ class Ingestion:
             fields = cost.finish_fields()
             if len(self._costs) < COST_MEMO:
                 self._costs[normal] = fields
+        if len(self._by_usage) < COST_MEMO:
+            self._by_usage[id(usage)] = (usage, fields)
         return fields
 
     async def requeues_for(
