@@ -4,7 +4,8 @@ Which jobs flip is :func:`scheduler.flip_plan.plan`, a pure function: per place 
 a deadline before which its jobs flip now (at their latest safe flip time, or earlier when the
 model says their batch will almost surely miss). Both places are ordered by deadline, so the reads
 are ranges: the lane queue (``keys.lane_queue``, scored by deadline) and, per batch in flight, a
-deadline index built once when the tracker first sees the batch (``keys.batch_deadlines``); first
+deadline index (``keys.batch_deadlines``: written as jobs are reserved into the batch, or built
+from its job records when the tracker first sees a batch without one); first
 the at-risk prefixes that load the sync lane's drain (with the jobs already queued for sync,
 ``keys.SYNC_QUEUE``), then the flips. A tick flips at most ``settings.slo.max_flips_per_tick``
 jobs; the rest flip next tick, still earliest deadline first.
@@ -73,7 +74,8 @@ class FlipReport:
 
 
 async def ensure_deadline_index(redis: Redis, batch_id: str) -> str:
-    """The batch's deadline index, built from its job set the first time it is asked for.
+    """The batch's deadline index; reservation writes it (lib/reserve.lua), and a batch without one
+    gets it built from its job set the first time it is asked for.
 
     Each chunk of ids is read and indexed by one script call (deadline_index.lua), not a pipelined
     read per job: building the index of every new batch was most of the scheduler's CPU per job.

@@ -38,7 +38,7 @@ for i = 1, #rows, 2 do
       full = 2
       break
     end
-    reserver.take(id, jk, rec[3], size)
+    reserver.take(id, jk, rec[3], size, rows[i + 1])
     count = count + 1
     bytes = bytes + size + overhead
     taken = taken + 1

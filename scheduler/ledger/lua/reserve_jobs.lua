@@ -18,7 +18,8 @@ local taken, taken_bytes, full = 0, 0, 0
 local reserver = new_reserver(batch_id, now)
 for i = 11, #ARGV do
   local id = ARGV[i]
-  if redis.call('ZSCORE', KEYS[2], id) then
+  local deadline = redis.call('ZSCORE', KEYS[2], id)
+  if deadline then
     local jk = K.job(id)
     local rec = redis.call('HMGET', jk, 'state', 'size', 'tenant')
     if rec[1] ~= 'queued' then
@@ -30,7 +31,7 @@ for i = 11, #ARGV do
         full = 1
         break
       end
-      reserver.take(id, jk, rec[3], size)
+      reserver.take(id, jk, rec[3], size, deadline)
       count = count + 1
       bytes = bytes + size + overhead
       taken = taken + 1

@@ -3,19 +3,23 @@
 -- 3 lane arrivals, 4 lane bytes, 5 batch, 6 batch jobs, 7 planned batches zset.
 -- uses: state
 
--- The jobs one call moves out of its lane into batch ``batch_id``. take(id, jk, tenant, size) moves
--- queued job ``id`` (record ``jk``, of ``tenant``, ``size`` bytes): its record at once; its lane
--- indexes, byte counter, listing indexes and the batch's job set once for all at flush(), one
--- command per key rather than six per job. Nothing in the call may read those keys in between
--- for a job it took (a later read of the lane queue would still see it).
+-- The jobs one call moves out of its lane into batch ``batch_id``. take(id, jk, tenant, size,
+-- deadline) moves queued job ``id`` (record ``jk``, of ``tenant``, ``size`` bytes, due at
+-- ``deadline`` ms, its lane queue score): its record at once; its lane indexes, byte counter,
+-- listing indexes, the batch's job set and the batch's deadline index (keys.batch_deadlines, which
+-- the SLO tracker would otherwise build from the job records on its first sight of the batch) once
+-- for all at flush(), one command per key rather than six per job. Nothing in the call may read
+-- those keys in between for a job it took (a later read of the lane queue would still see it).
 local function new_reserver(batch_id, now)
-  local ids, total = {}, 0
+  local ids, scored, total = {}, {}, 0
   local restates = new_restates()
   local r = {}
 
-  function r.take(id, jk, tenant, size)
+  function r.take(id, jk, tenant, size, deadline)
     redis.call('HSET', jk, 'state', 'batched', 'batch_id', batch_id, 'batched_ms', now)
     ids[#ids + 1] = id
+    scored[#scored + 1] = deadline
+    scored[#scored + 1] = id
     total = total + size
     restates.move(id, tenant, 'queued', 'batched')
   end
@@ -28,6 +32,11 @@ local function new_reserver(batch_id, now)
       redis.call('ZREM', KEYS[3], unpack(ids, i, last))
       redis.call('SADD', KEYS[6], unpack(ids, i, last))
     end
+    local index = K.batch_deadlines(batch_id)
+    for i = 1, #scored, 1000 do
+      redis.call('ZADD', index, unpack(scored, i, math.min(i + 999, #scored)))
+    end
+    redis.call('EXPIRE', index, K.BATCH_DEADLINES_TTL_S)
     redis.call('DECRBY', KEYS[4], total)
     restates.flush()
   end
