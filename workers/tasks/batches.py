@@ -66,7 +66,9 @@ async def batch_lines(ctx: WorkerContext, record: BatchRecord, sent: list[int]) 
     if kind == "openai" and account is not None and not account.prompt_cache_key:
         kind = ""  # an OpenAI-compatible host that refuses the field: no hint
     bodies = scripts.load(redis, "batch_bodies")
-    async for chunk in _ordered_job_ids(ctx, record.id, grouped=grouped):
+    # A batch whose reservation counted no prefixed job (``prefixed``) needs no prefix read to order.
+    prefixed = grouped and record.raw.get("prefixed") != "0"
+    async for chunk in _ordered_job_ids(ctx, record.id, grouped=grouped, prefixed=prefixed):
         # One call per chunk (batch_bodies.lua): only jobs still batched here, with a body.
         rows = await bodies(args=[record.id, *chunk])
         for i in range(0, len(rows), 3):
@@ -77,15 +79,24 @@ async def batch_lines(ctx: WorkerContext, record: BatchRecord, sent: list[int]) 
             yield BatchLine(custom_id=rows[i].decode(), body=body)
 
 
-async def _ordered_job_ids(ctx: WorkerContext, batch_id: str, *, grouped: bool) -> AsyncIterator[list[str]]:
+async def _ordered_job_ids(
+    ctx: WorkerContext, batch_id: str, *, grouped: bool, prefixed: bool = True
+) -> AsyncIterator[list[str]]:
     """The batch's job ids in chunks: as stored, or (grouped) sorted by prefix so a group is adjacent.
 
-    Sorting reads only ids and prefix keys (a few dozen bytes a job), never the bodies.
+    Sorting reads only ids and prefix keys (a few dozen bytes a job), never the bodies; with no
+    prefixed job in the batch (``prefixed`` false) every key is empty, so the ids sort alone.
     """
     batches, redis = Batches(ctx["redis"]), ctx["redis"]
     if not grouped:
         async for chunk in batches.job_ids(batch_id, BODY_CHUNK):
             yield chunk
+        return
+    if not prefixed:
+        ids = [job_id async for chunk in batches.job_ids(batch_id, BODY_CHUNK) for job_id in chunk]
+        ids.sort()
+        for start in range(0, len(ids), BODY_CHUNK):
+            yield ids[start : start + BODY_CHUNK]
         return
     keyed: list[tuple[bytes, str]] = []
     prefixes_of = scripts.load(redis, "job_prefixes")

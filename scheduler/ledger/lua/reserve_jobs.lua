@@ -21,7 +21,7 @@ for i = 11, #ARGV do
   local deadline = redis.call('ZSCORE', KEYS[2], id)
   if deadline then
     local jk = K.job(id)
-    local rec = redis.call('HMGET', jk, 'state', 'size', 'tenant')
+    local rec = redis.call('HMGET', jk, 'state', 'size', 'tenant', 'prefix')
     if rec[1] ~= 'queued' then
       redis.call('ZREM', KEYS[2], id)
       redis.call('ZREM', KEYS[3], id)
@@ -31,7 +31,7 @@ for i = 11, #ARGV do
         full = 1
         break
       end
-      reserver.take(id, jk, rec[3], size, deadline)
+      reserver.take(id, jk, rec[3], size, deadline, rec[4])
       count = count + 1
       bytes = bytes + size + overhead
       taken = taken + 1
@@ -41,7 +41,7 @@ for i = 11, #ARGV do
 end
 reserver.flush()
 if taken > 0 then
-  reserve_record(batch_id, now, ARGV[7], ARGV[8], ARGV[9], ARGV[10], count, bytes)
+  reserve_record(batch_id, now, ARGV[7], ARGV[8], ARGV[9], ARGV[10], count, bytes, reserver.prefixed)
 end
 if full == 0 and count >= max_requests then full = 1 end
 return {'ok', taken, taken_bytes, full}

@@ -4,8 +4,9 @@
 -- uses: state
 
 -- The jobs one call moves out of its lane into batch ``batch_id``. take(id, jk, tenant, size,
--- deadline) moves queued job ``id`` (record ``jk``, of ``tenant``, ``size`` bytes, due at
--- ``deadline`` ms, its lane queue score): its record at once; its lane indexes, byte counter,
+-- deadline, prefix) moves queued job ``id`` (record ``jk``, of ``tenant``, ``size`` bytes, due at
+-- ``deadline`` ms, its lane queue score, with prompt ``prefix``) and counts it in ``prefixed`` when
+-- it has one: its record at once; its lane indexes, byte counter,
 -- listing indexes, the batch's job set and the batch's deadline index (keys.batch_deadlines, which
 -- the SLO tracker would otherwise build from the job records on its first sight of the batch) once
 -- for all at flush(), one command per key rather than six per job. Nothing in the call may read
@@ -13,14 +14,15 @@
 local function new_reserver(batch_id, now)
   local ids, scored, total = {}, {}, 0
   local restates = new_restates()
-  local r = {}
+  local r = {prefixed = 0}  -- how many of the jobs taken carry a prompt prefix
 
-  function r.take(id, jk, tenant, size, deadline)
+  function r.take(id, jk, tenant, size, deadline, prefix)
     redis.call('HSET', jk, 'state', 'batched', 'batch_id', batch_id, 'batched_ms', now)
     ids[#ids + 1] = id
     scored[#scored + 1] = deadline
     scored[#scored + 1] = id
     total = total + size
+    if prefix and prefix ~= '' then r.prefixed = r.prefixed + 1 end
     restates.move(id, tenant, 'queued', 'batched')
   end
 
@@ -45,12 +47,14 @@ local function new_reserver(batch_id, now)
 end
 
 -- After a call that took jobs: the batch record exists (created planned on its first call, for the
--- lane, provider, model and endpoint given) and holds the running request and byte counts.
-local function reserve_record(batch_id, now, lane, provider, model, endpoint, count, bytes)
+-- lane, provider, model and endpoint given) and holds the running request and byte counts, and how
+-- many of its jobs carry a prompt prefix (``prefixed``: none lets the submission skip reading them).
+local function reserve_record(batch_id, now, lane, provider, model, endpoint, count, bytes, prefixed)
   if redis.call('EXISTS', KEYS[5]) == 0 then
     redis.call('HSET', KEYS[5], 'id', batch_id, 'state', 'planned', 'lane', lane, 'provider', provider,
       'model', model, 'endpoint', endpoint, 'planned_ms', now, 'attempts', 0)
     redis.call('ZADD', KEYS[7], now, batch_id)
   end
   redis.call('HSET', KEYS[5], 'requests', count, 'bytes', bytes)
+  redis.call('HINCRBY', KEYS[5], 'prefixed', prefixed)
 end
