@@ -5,12 +5,12 @@
 
 -- The jobs one call moves out of its lane into batch ``batch_id``. take(id, jk, tenant, size,
 -- deadline, prefix) moves queued job ``id`` (record ``jk``, of ``tenant``, ``size`` bytes, due at
--- ``deadline`` ms, its lane queue score, with prompt ``prefix``) and counts it in ``prefixed`` when
--- it has one: its record at once; its lane indexes, byte counter,
--- listing indexes, the batch's job set and the batch's deadline index (keys.batch_deadlines, which
--- the SLO tracker would otherwise build from the job records on its first sight of the batch) once
--- for all at flush(), one command per key rather than six per job. Nothing in the call may read
--- those keys in between for a job it took (a later read of the lane queue would still see it).
+-- ``deadline`` ms, its lane queue score, with prompt ``prefix``; ``prefixed`` counts those with one):
+-- its record at once; its lane indexes, byte counter, listing indexes, the batch's job set and the
+-- batch's deadline index (keys.batch_deadlines, which the SLO tracker would otherwise build from the
+-- job records on its first sight of the batch) once for all at flush(), one command per key rather
+-- than six per job. Nothing in the call may read those keys in between for a job it took (a later
+-- read of the lane queue would still see it).
 local function new_reserver(batch_id, now)
   local ids, scored, total = {}, {}, 0
   local restates = new_restates()
