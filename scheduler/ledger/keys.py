@@ -291,9 +291,10 @@ LANE_SLO_TTL_S = 7 * 24 * 3600
 
 
 def batch_deadlines(batch_id: str) -> str:
-    """Sorted set: a batch's job ids scored by deadline_ms, built once when the SLO tracker first sees
-    the batch in flight, so finding its at-risk jobs is one ZRANGEBYSCORE instead of a scan. Flipped
-    and finished jobs are removed; expires with BATCH_DEADLINES_TTL_S."""
+    """Sorted set: a batch's job ids scored by deadline_ms, written as jobs are reserved into the batch
+    (or built when the SLO tracker first sees a batch without one), so finding its at-risk jobs is one
+    ZRANGEBYSCORE instead of a scan. Flipped and finished jobs are removed; expires with
+    BATCH_DEADLINES_TTL_S."""
     return f"{PREFIX}:slo:batch:{batch_id}:deadlines"
 
 

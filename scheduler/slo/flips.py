@@ -4,7 +4,8 @@ Which jobs flip is :func:`scheduler.flip_plan.plan`, a pure function: per place 
 a deadline before which its jobs flip now (at their latest safe flip time, or earlier when the
 model says their batch will almost surely miss). Both places are ordered by deadline, so the reads
 are ranges: the lane queue (``keys.lane_queue``, scored by deadline) and, per batch in flight, a
-deadline index built once when the tracker first sees the batch (``keys.batch_deadlines``); first
+deadline index (``keys.batch_deadlines``: written as jobs are reserved into the batch, or built
+from its job records when the tracker first sees a batch without one); first
 the at-risk prefixes that load the sync lane's drain (with the jobs already queued for sync,
 ``keys.SYNC_QUEUE``), then the flips. A tick flips at most ``settings.slo.max_flips_per_tick``
 jobs; the rest flip next tick, still earliest deadline first.
@@ -39,7 +40,7 @@ from config.tracing import OFF, Tracing
 from scheduler import policy
 from scheduler.costs import budgets
 from scheduler.costs.admission import AdmissionGate
-from scheduler.ledger import keys, tasks
+from scheduler.ledger import keys, scripts, tasks
 from scheduler.ledger.jobs import NewJob
 from scheduler.ledger.ledger import Ledger, Requeue
 from scheduler.planning.batches import Batches
@@ -73,27 +74,21 @@ class FlipReport:
 
 
 async def ensure_deadline_index(redis: Redis, batch_id: str) -> str:
-    """The batch's deadline index, built from its job set the first time it is asked for."""
+    """The batch's deadline index; reservation writes it (lib/reserve.lua), and a batch without one
+    gets it built from its job set the first time it is asked for.
+
+    Each chunk of ids is read and indexed by one script call (deadline_index.lua), not a pipelined
+    read per job: building the index of every new batch was most of the scheduler's CPU per job.
+    """
     index = keys.batch_deadlines(batch_id)
     if await redis.exists(index):
         return index
-    members = [m.decode() for m in await redis.smembers(keys.batch_jobs(batch_id))]  # type: ignore[misc]
+    members = list(await redis.smembers(keys.batch_jobs(batch_id)))  # type: ignore[misc]
+    script = scripts.load(redis, "deadline_index")
     for start in range(0, len(members), INDEX_CHUNK):
-        chunk = members[start : start + INDEX_CHUNK]
-        async with redis.pipeline(transaction=False) as pipe:
-            for job_id in chunk:
-                pipe.hmget(keys.job(job_id), ["deadline_ms", "state", "batch_id"])
-            rows = await pipe.execute()
         # Only jobs still waiting on this batch: one cancelled by its producer (or already moved on)
         # is nothing to flip, and must not keep an otherwise empty batch from being cancelled.
-        owner = batch_id.encode()
-        scored = {
-            j: int(d)
-            for j, (d, state, b) in zip(chunk, rows, strict=True)
-            if state == b"batched" and b == owner
-        }
-        if scored:
-            await redis.zadd(index, scored)
+        await script(keys=[index], args=[batch_id, *members[start : start + INDEX_CHUNK]])
     # An empty batch gets a placeholder-free index: nothing to flip, and no cancel either.
     await redis.expire(index, keys.BATCH_DEADLINES_TTL_S)
     return index

@@ -6,16 +6,16 @@ from arq.jobs import Job, JobStatus
 
 from config.settings import SloSettings, TenantSettings
 from scheduler.costs import budgets
-from scheduler.ledger import ids, keys, tasks
+from scheduler.ledger import ids, keys, scripts, tasks
 from scheduler.ledger.leader import Leader
 from scheduler.ledger.ledger import Finish, Ledger, day_of
-from scheduler.planning.batches import Batches
+from scheduler.planning.batches import Batches, _reserve_keys
 from scheduler.planning.lanes import effective
-from scheduler.slo.flips import Flipper
+from scheduler.slo.flips import Flipper, ensure_deadline_index
 from scheduler.slo.health import read_health
 from scheduler.slo.prediction import live_batches, predict_lane
 from tests.conftest import make_settings
-from tests.scheduler.slo_support import ENDPOINT, LANE, MODEL, PROVIDER, enqueue, submitted_batch
+from tests.scheduler.slo_support import ENDPOINT, LANE, MODEL, PROVIDER, enqueue, lead, submitted_batch
 
 NOW = 1_800_000_000_000
 
@@ -272,3 +272,57 @@ async def test_a_batch_slower_than_any_seen_waits_and_a_stalled_one_flips_in_tim
         start = max(flipped_at[job_id], free_ms)
         free_ms = start + 1_000
         assert start + 1_000 <= deadlines[job_id]
+
+
+async def test_reserving_writes_the_batchs_deadline_index(redis, redis_url):
+    """Both reservation scripts index what they take by deadline, with the index's expiry, so the
+    tracker's first sight of the batch reads no job record; a job they skip is not indexed."""
+    settings = slo_settings(redis_url)
+    ledger = Ledger(redis)
+    jobs = await enqueue(ledger, NOW, [7200, 60, 3600])
+    batch_id = await submitted_batch(redis, settings, NOW)
+    index = keys.batch_deadlines(batch_id)
+    deadlines = sorted((NOW + s * 1000, j) for j, s in zip(jobs, [7200, 60, 3600], strict=True))
+    assert await redis.zrange(index, 0, -1, withscores=True) == [(j.encode(), float(d)) for d, j in deadlines]
+    assert 0 < await redis.ttl(index) <= keys.BATCH_DEADLINES_TTL_S
+
+    chosen, other = await enqueue(ledger, NOW, [600, 900])
+    await ledger.cancel(other, NOW)
+    lane = effective(settings, PROVIDER, MODEL, ENDPOINT)
+    second = ids.batch_id(NOW)
+    reply = await scripts.load(redis, "reserve_jobs")(
+        keys=_reserve_keys(lane.name, second),
+        args=[
+            await lead(redis),
+            second,
+            100,
+            10**9,
+            0,
+            NOW,
+            lane.name,
+            PROVIDER,
+            MODEL,
+            ENDPOINT,
+            other,
+            chosen,
+        ],
+    )
+    assert int(reply[1]) == 1
+    assert await redis.zrange(keys.batch_deadlines(second), 0, -1, withscores=True) == [
+        (chosen.encode(), float(NOW + 600_000))
+    ]
+
+
+async def test_a_batch_without_an_index_gets_one_from_its_jobs_still_waiting(redis, redis_url):
+    """A batch whose index is missing (reserved before reservation wrote it) has it built on first
+    sight, from the records: only jobs still batched in it, scored by deadline."""
+    settings = slo_settings(redis_url)
+    ledger = Ledger(redis)
+    kept, gone = await enqueue(ledger, NOW, [3600, 1800])
+    batch_id = await submitted_batch(redis, settings, NOW)
+    index = keys.batch_deadlines(batch_id)
+    await redis.delete(index)
+    await ledger.cancel(gone, NOW + 1)
+    assert await ensure_deadline_index(redis, batch_id) == index
+    assert await redis.zrange(index, 0, -1, withscores=True) == [(kept.encode(), float(NOW + 3_600_000))]
+    assert 0 < await redis.ttl(index) <= keys.BATCH_DEADLINES_TTL_S

@@ -101,3 +101,24 @@ async def test_a_plain_lane_sends_bodies_untouched(redis, redis_url) -> None:
     body = {"model": "gpt-4.1-mini", "messages": [{"role": "user", "content": "q"}]}
     ((_, sent),) = await lines_of(settings, redis, [job("openai", CHAT, body, "a")])
     assert sent == body
+
+
+async def test_reservation_counts_prefixed_jobs_and_a_batch_without_any_comes_out_in_id_order(
+    redis, redis_url
+) -> None:
+    """The batch record counts its prefixed jobs; with none, the grouping lane's lines come out in
+    id order (what sorting by an empty prefix gives) without a prefix read, bodies untouched."""
+    settings = conf(redis_url)
+    plain = [
+        job("openai", CHAT, {"model": "gpt-4.1-mini", "messages": [{"role": "user", "content": f"q{i}"}]}, "")
+        for i in range(5)
+    ]
+    lines = await lines_of(settings, redis, list(reversed(plain)))
+    assert await redis.hget(keys.batch("bat_1"), "prefixed") == b"0"
+    assert [cid for cid, _ in lines] == sorted(j.id for j in plain)
+    assert [body for _, body in lines] == [orjson.loads(j.body) for j in sorted(plain, key=lambda j: j.id)]
+
+    await redis.flushdb()
+    mixed = [*plain[:2], job("openai", CHAT, {"model": "gpt-4.1-mini", "messages": []}, "a")]
+    await lines_of(settings, redis, mixed)
+    assert await redis.hget(keys.batch("bat_1"), "prefixed") == b"1"

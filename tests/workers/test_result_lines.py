@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from workers import errors
-from workers.providers import anthropic, openai
+from workers.providers import anthropic, jsonl, openai
 
 # As OpenAI writes them: spaces after separators, keys in its order, a float written its own way.
 OPENAI_OK = (
@@ -97,3 +97,18 @@ def test_an_unreadable_openai_line_is_malformed(block: bytes):
 def test_an_unreadable_anthropic_line_is_malformed(block: bytes):
     with pytest.raises(errors.MalformedResponse):
         anthropic.result_lines(block)
+
+
+def test_lines_with_the_same_usage_share_one_decoded_usage_and_a_bad_usage_is_still_malformed():
+    """A batch's lines repeat a few usages: each distinct one is decoded once (jsonl.usage_of), a
+    missing usage is None, and a usage that is not an object is refused as before."""
+    other = OPENAI_OK.replace(b'"job-1"', b'"job-2"').replace(
+        b'"completion_tokens": 3', b'"completion_tokens": 4'
+    )
+    first, again, different = openai.result_lines(b"\n".join([OPENAI_OK, OPENAI_OK, other]))
+    assert first.usage == {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12}
+    assert again.usage is first.usage
+    assert different.usage == {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 12}
+    assert jsonl.usage_of(b'{"id": "x"}', "OpenAI") is None
+    with pytest.raises(errors.MalformedResponse, match="unreadable OpenAI result body"):
+        jsonl.usage_of(b'{"usage": 5}', "OpenAI")

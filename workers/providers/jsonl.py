@@ -18,11 +18,17 @@ LineT = TypeVar("LineT")
 NULL = msgspec.Raw(b"null")  # the default of a Raw field the line leaves out
 
 
-class _Usage(msgspec.Struct):
-    usage: dict[str, Any] | None = None
+class _UsageRaw(msgspec.Struct):
+    usage: msgspec.Raw = NULL
 
 
-_USAGE = msgspec.json.Decoder(_Usage)
+_USAGE_RAW = msgspec.json.Decoder(_UsageRaw)
+_USAGE = msgspec.json.Decoder(dict[str, Any] | None)
+# Usage objects already decoded, by their bytes: a batch's lines repeat a few token counts, and a
+# fresh dict per line (three, with the details) was most of a line's allocations and so of the
+# garbage collector's work. Callers share the dict and never change it. Emptied when full.
+_USAGES: dict[bytes, dict[str, Any] | None] = {}
+USAGE_MEMO = 4096
 
 
 def decode_lines(decoder: msgspec.json.Decoder[LineT], block: bytes, provider: str) -> list[LineT]:
@@ -34,8 +40,15 @@ def decode_lines(decoder: msgspec.json.Decoder[LineT], block: bytes, provider: s
 
 
 def usage_of(body: bytes, provider: str) -> dict[str, Any] | None:
-    """The ``usage`` object of a response body, without building the rest of it."""
+    """The ``usage`` object of a response body, without building the rest of it (shared: read only)."""
     try:
-        return _USAGE.decode(body).usage
+        raw = bytes(_USAGE_RAW.decode(body).usage)
+        if raw in _USAGES:
+            return _USAGES[raw]
+        usage = _USAGE.decode(raw)
     except msgspec.MsgspecError as exc:
         raise MalformedResponse(f"unreadable {provider} result body: {exc}") from exc
+    if len(_USAGES) >= USAGE_MEMO:
+        _USAGES.clear()
+    _USAGES[raw] = usage
+    return usage

@@ -21,7 +21,7 @@ from arq import Retry
 from structlog.contextvars import bind_contextvars
 
 from scheduler import policy
-from scheduler.ledger import keys, tasks
+from scheduler.ledger import keys, scripts, tasks
 from scheduler.ledger.ledger import Finish, Requeue
 from scheduler.planning import prefixes
 from scheduler.planning.batches import Batches, BatchRecord
@@ -65,38 +65,44 @@ async def batch_lines(ctx: WorkerContext, record: BatchRecord, sent: list[int]) 
     kind = account.kind if account is not None else ""
     if kind == "openai" and account is not None and not account.prompt_cache_key:
         kind = ""  # an OpenAI-compatible host that refuses the field: no hint
-    async for chunk in _ordered_job_ids(ctx, record.id, grouped=grouped):
-        async with redis.pipeline(transaction=False) as pipe:
-            for job_id in chunk:
-                pipe.hmget(keys.job(job_id), ["state", "batch_id", "body", "prefix"])
-            rows = await pipe.execute()
-        for job_id, (state, owner, body, prefix) in zip(chunk, rows, strict=True):
-            if state == b"batched" and owner is not None and owner.decode() == record.id and body:
-                sent[0] += 1
-                if grouped and prefix:
-                    body = prefixes.with_cache_hints(
-                        body, prefix.decode(), kind=kind, endpoint=record.endpoint
-                    )
-                yield BatchLine(custom_id=job_id, body=body)
+    bodies = scripts.load(redis, "batch_bodies")
+    # A batch whose reservation counted no prefixed job (``prefixed``) needs no prefix read to order.
+    prefixed = grouped and record.raw.get("prefixed") != "0"
+    async for chunk in _ordered_job_ids(ctx, record.id, grouped=grouped, prefixed=prefixed):
+        # One call per chunk (batch_bodies.lua): only jobs still batched here, with a body.
+        rows = await bodies(args=[record.id, *chunk])
+        for i in range(0, len(rows), 3):
+            body, prefix = rows[i + 1], rows[i + 2]
+            sent[0] += 1
+            if grouped and prefix:
+                body = prefixes.with_cache_hints(body, prefix.decode(), kind=kind, endpoint=record.endpoint)
+            yield BatchLine(custom_id=rows[i].decode(), body=body)
 
 
-async def _ordered_job_ids(ctx: WorkerContext, batch_id: str, *, grouped: bool) -> AsyncIterator[list[str]]:
+async def _ordered_job_ids(
+    ctx: WorkerContext, batch_id: str, *, grouped: bool, prefixed: bool = True
+) -> AsyncIterator[list[str]]:
     """The batch's job ids in chunks: as stored, or (grouped) sorted by prefix so a group is adjacent.
 
-    Sorting reads only ids and prefix keys (a few dozen bytes a job), never the bodies.
+    Sorting reads only ids and prefix keys (a few dozen bytes a job), never the bodies; with no
+    prefixed job in the batch (``prefixed`` false) every key is empty, so the ids sort alone.
     """
     batches, redis = Batches(ctx["redis"]), ctx["redis"]
     if not grouped:
         async for chunk in batches.job_ids(batch_id, BODY_CHUNK):
             yield chunk
         return
+    if not prefixed:
+        ids = [job_id async for chunk in batches.job_ids(batch_id, BODY_CHUNK) for job_id in chunk]
+        ids.sort()
+        for start in range(0, len(ids), BODY_CHUNK):
+            yield ids[start : start + BODY_CHUNK]
+        return
     keyed: list[tuple[bytes, str]] = []
+    prefixes_of = scripts.load(redis, "job_prefixes")
     async for chunk in batches.job_ids(batch_id, BODY_CHUNK):
-        async with redis.pipeline(transaction=False) as pipe:
-            for job_id in chunk:
-                pipe.hget(keys.job(job_id), "prefix")
-            found = await pipe.execute()
-        keyed.extend((prefix or b"", job_id) for prefix, job_id in zip(found, chunk, strict=True))
+        found = await prefixes_of(args=chunk)  # one call per chunk (job_prefixes.lua)
+        keyed.extend(zip(found, chunk, strict=True))
     keyed.sort()
     for start in range(0, len(keyed), BODY_CHUNK):
         yield [job_id for _, job_id in keyed[start : start + BODY_CHUNK]]

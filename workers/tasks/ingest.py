@@ -53,6 +53,7 @@ log = structlog.get_logger(__name__)
 # A cursor outlives any retry of its ingestion; it is deleted once the batch is ingested.
 CURSOR_TTL_S = 7 * 24 * 3600
 _rng = random.Random()  # jitter of download retries
+COST_MEMO = 4096  # distinct usages whose priced fields an ingestion keeps
 NO_RESULT_ERROR = {"type": "no_result", "message": "the provider returned no result line for this request"}
 
 
@@ -104,10 +105,11 @@ class Ingestion:
         self.model = provider.priced_model(batch.model) if provider is not None else batch.model
         self.pending: Counter[str] = Counter()  # outcome counts not yet added to the batch record
         self.totals: Counter[str] = Counter()
+        self._costs: dict[pricing.Usage | None, dict[str, Any]] = {}  # cost_fields' memo
+        self._by_usage: dict[int, tuple[dict[str, Any] | None, dict[str, Any]]] = {}
 
     def finish_for(self, line: ResultLine) -> Finish:
         """The ledger change a succeeded or permanently failed line makes."""
-        cost = self.pricing.job_cost(self.batch.provider, self.kind, self.model, "batch", line.usage)
         base: dict[str, Any] = {"route": "batch", "from_states": ("batched",), "batch_id": self.owner}
         if line.outcome == "succeeded":
             return Finish(
@@ -117,8 +119,9 @@ class Ingestion:
                 usage=line.usage,
                 billed=True,
                 **base,
-                **cost.finish_fields(),
+                **self.cost_fields(line.usage),
             )
+        cost = self.pricing.job_cost(self.batch.provider, self.kind, self.model, "batch", line.usage)
         wasted = (cost.actual_usd or 0.0) if line.billed else 0.0
         return Finish(
             line.custom_id,
@@ -129,6 +132,29 @@ class Ingestion:
             wasted_usd=wasted,
             **base,
         )
+
+    def cost_fields(self, usage: dict[str, Any] | None) -> dict[str, Any]:
+        """A success's priced fields for :class:`Finish`, memoised: a batch's lines repeat a few token
+        counts, and pricing each anew was the largest part of a line's CPU. The same prices as
+        :meth:`pricing.Pricing.job_cost` (normalise, then :meth:`~pricing.Pricing.usage_cost`).
+
+        Adapters hand out one shared dict per distinct usage (:func:`workers.providers.jsonl.usage_of`),
+        so the memo is first by that dict's identity (an entry holds the dict, so its id cannot be
+        reused while cached), then by the normalised usage. Nothing mutates the shared fields.
+        """
+        known = self._by_usage.get(id(usage))
+        if known is not None and known[0] is usage:
+            return known[1]
+        normal = pricing.normalize_usage(self.kind, usage)
+        fields = self._costs.get(normal)
+        if fields is None:
+            cost = self.pricing.usage_cost(self.batch.provider, self.kind, self.model, "batch", normal)
+            fields = cost.finish_fields()
+            if len(self._costs) < COST_MEMO:
+                self._costs[normal] = fields
+        if len(self._by_usage) < COST_MEMO:
+            self._by_usage[id(usage)] = (usage, fields)
+        return fields
 
     async def requeues_for(
         self, ids: Sequence[str], errors: Sequence[dict[str, Any] | None], now_ms: int

@@ -20,6 +20,7 @@ local ttl = ARGV[3]
 local job_ttl = ARGV[8]
 local costs = new_costs(ARGV[4], ARGV[5], tonumber(ARGV[7]))
 local lane_metrics = new_lane_metrics(now, tonumber(ARGV[6]))
+local restates = new_restates()
 
 local out, ended = {}, {}
 
@@ -31,18 +32,18 @@ local function record_end(id, jk, state, job, rec, it, cost_blob)
   if opt(it.error) then fields[#fields + 1] = 'error'; fields[#fields + 1] = it.error end
   redis.call('HSET', jk, unpack(fields))
   if opt(it.r) then redis.call('SET', K.result(id), ARGV[it.r], 'PX', ttl) end
-  restate(id, rec[3], state, it.state)
+  restates.move(id, rec[3], state, it.state)
   retain(jk, job_ttl)
   local on_time = now <= tonumber(rec[7])
   costs.ended(job, it, on_time)
   lane_metrics.ended(job, it, on_time)
   enqueue_webhook(id, it.state == 'succeeded' and 'job.succeeded' or 'job.failed', now, rec[10], rec[3])
-  client_batch_job_ended(jk, it.state, now, it)
+  if rec[15] and rec[15] ~= '' then client_batch_job_ended(jk, it.state, now, it) end
   ended[#ended + 1] = id
 end
 
 local FIELDS = {'state', 'batch_id', 'tenant', 'feature', 'lane', 'model', 'deadline_ms', 'size',
-  'created_ms', 'callback_url', 'reserve_usd', 'reserve_key', 'dedup_digest', 'dedup_cost'}
+  'created_ms', 'callback_url', 'reserve_usd', 'reserve_key', 'dedup_digest', 'dedup_cost', 'client_batch'}
 
 local function job_of(jk, rec)
   return {key = jk, tenant = rec[3], feature = rec[4], lane = rec[5], model = rec[6],
@@ -90,6 +91,7 @@ for i, it in ipairs(items) do
     end
   end
 end
+restates.flush()
 costs.flush()
 lane_metrics.flush()
 announce_ended(ended)

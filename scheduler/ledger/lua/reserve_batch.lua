@@ -17,10 +17,12 @@ local until_ms = tonumber(ARGV[12])
 local have = redis.call('HMGET', KEYS[5], 'requests', 'bytes')
 local count, bytes = tonumber(have[1] or '0'), tonumber(have[2] or '0')
 local taken, taken_bytes, full = 0, 0, 0
+local reserver = new_reserver(batch_id, now)
 local rows = redis.call('ZRANGE', KEYS[2], 0, chunk - 1, 'WITHSCORES')
 for i = 1, #rows, 2 do
   local id = rows[i]
-  local rec = redis.call('HMGET', K.job(id), 'state', 'size', 'tenant')
+  local jk = K.job(id)
+  local rec = redis.call('HMGET', jk, 'state', 'size', 'tenant', 'prefix')
   if rec[1] ~= 'queued' then
     -- Not queued any more (a stale index entry): drop it from the indexes, it is not ours to move.
     redis.call('ZREM', KEYS[2], id)
@@ -36,15 +38,16 @@ for i = 1, #rows, 2 do
       full = 2
       break
     end
-    reserve_job(id, rec[3], size, batch_id, now)
+    reserver.take(id, jk, rec[3], size, rows[i + 1], rec[4])
     count = count + 1
     bytes = bytes + size + overhead
     taken = taken + 1
     taken_bytes = taken_bytes + size
   end
 end
+reserver.flush()
 if taken > 0 then
-  reserve_record(batch_id, now, ARGV[8], ARGV[9], ARGV[10], ARGV[11], count, bytes)
+  reserve_record(batch_id, now, ARGV[8], ARGV[9], ARGV[10], ARGV[11], count, bytes, reserver.prefixed)
 end
 if full == 0 and count >= max_requests then full = 1 end
 return {'ok', taken, taken_bytes, full}

@@ -15,10 +15,13 @@ local overhead, now = tonumber(ARGV[5]), ARGV[6]
 local have = redis.call('HMGET', KEYS[5], 'requests', 'bytes')
 local count, bytes = tonumber(have[1] or '0'), tonumber(have[2] or '0')
 local taken, taken_bytes, full = 0, 0, 0
+local reserver = new_reserver(batch_id, now)
 for i = 11, #ARGV do
   local id = ARGV[i]
-  if redis.call('ZSCORE', KEYS[2], id) then
-    local rec = redis.call('HMGET', K.job(id), 'state', 'size', 'tenant')
+  local deadline = redis.call('ZSCORE', KEYS[2], id)
+  if deadline then
+    local jk = K.job(id)
+    local rec = redis.call('HMGET', jk, 'state', 'size', 'tenant', 'prefix')
     if rec[1] ~= 'queued' then
       redis.call('ZREM', KEYS[2], id)
       redis.call('ZREM', KEYS[3], id)
@@ -28,7 +31,7 @@ for i = 11, #ARGV do
         full = 1
         break
       end
-      reserve_job(id, rec[3], size, batch_id, now)
+      reserver.take(id, jk, rec[3], size, deadline, rec[4])
       count = count + 1
       bytes = bytes + size + overhead
       taken = taken + 1
@@ -36,8 +39,9 @@ for i = 11, #ARGV do
     end
   end
 end
+reserver.flush()
 if taken > 0 then
-  reserve_record(batch_id, now, ARGV[7], ARGV[8], ARGV[9], ARGV[10], count, bytes)
+  reserve_record(batch_id, now, ARGV[7], ARGV[8], ARGV[9], ARGV[10], count, bytes, reserver.prefixed)
 end
 if full == 0 and count >= max_requests then full = 1 end
 return {'ok', taken, taken_bytes, full}

@@ -3,23 +3,58 @@
 -- 3 lane arrivals, 4 lane bytes, 5 batch, 6 batch jobs, 7 planned batches zset.
 -- uses: state
 
--- Move queued job ``id`` (of ``tenant``, ``size`` bytes) out of its lane into batch ``batch_id``.
-local function reserve_job(id, tenant, size, batch_id, now)
-  redis.call('ZREM', KEYS[2], id)
-  redis.call('ZREM', KEYS[3], id)
-  redis.call('DECRBY', KEYS[4], size)
-  redis.call('HSET', K.job(id), 'state', 'batched', 'batch_id', batch_id, 'batched_ms', now)
-  restate(id, tenant, 'queued', 'batched')
-  redis.call('SADD', KEYS[6], id)
+-- The jobs one call moves out of its lane into batch ``batch_id``. take(id, jk, tenant, size,
+-- deadline, prefix) moves queued job ``id`` (record ``jk``, of ``tenant``, ``size`` bytes, due at
+-- ``deadline`` ms, its lane queue score, with prompt ``prefix``; ``prefixed`` counts those with one):
+-- its record at once; its lane indexes, byte counter, listing indexes, the batch's job set and the
+-- batch's deadline index (keys.batch_deadlines, which the SLO tracker would otherwise build from the
+-- job records on its first sight of the batch) once for all at flush(), one command per key rather
+-- than six per job. Nothing in the call may read those keys in between for a job it took (a later
+-- read of the lane queue would still see it).
+local function new_reserver(batch_id, now)
+  local ids, scored, total = {}, {}, 0
+  local restates = new_restates()
+  local r = {prefixed = 0}  -- how many of the jobs taken carry a prompt prefix
+
+  function r.take(id, jk, tenant, size, deadline, prefix)
+    redis.call('HSET', jk, 'state', 'batched', 'batch_id', batch_id, 'batched_ms', now)
+    ids[#ids + 1] = id
+    scored[#scored + 1] = deadline
+    scored[#scored + 1] = id
+    total = total + size
+    if prefix and prefix ~= '' then r.prefixed = r.prefixed + 1 end
+    restates.move(id, tenant, 'queued', 'batched')
+  end
+
+  function r.flush()
+    if #ids == 0 then return end
+    for i = 1, #ids, 1000 do
+      local last = math.min(i + 999, #ids)
+      redis.call('ZREM', KEYS[2], unpack(ids, i, last))
+      redis.call('ZREM', KEYS[3], unpack(ids, i, last))
+      redis.call('SADD', KEYS[6], unpack(ids, i, last))
+    end
+    local index = K.batch_deadlines(batch_id)
+    for i = 1, #scored, 1000 do
+      redis.call('ZADD', index, unpack(scored, i, math.min(i + 999, #scored)))
+    end
+    redis.call('EXPIRE', index, K.BATCH_DEADLINES_TTL_S)
+    redis.call('DECRBY', KEYS[4], total)
+    restates.flush()
+  end
+
+  return r
 end
 
 -- After a call that took jobs: the batch record exists (created planned on its first call, for the
--- lane, provider, model and endpoint given) and holds the running request and byte counts.
-local function reserve_record(batch_id, now, lane, provider, model, endpoint, count, bytes)
+-- lane, provider, model and endpoint given) and holds the running request and byte counts, and how
+-- many of its jobs carry a prompt prefix (``prefixed``: none lets the submission skip reading them).
+local function reserve_record(batch_id, now, lane, provider, model, endpoint, count, bytes, prefixed)
   if redis.call('EXISTS', KEYS[5]) == 0 then
     redis.call('HSET', KEYS[5], 'id', batch_id, 'state', 'planned', 'lane', lane, 'provider', provider,
       'model', model, 'endpoint', endpoint, 'planned_ms', now, 'attempts', 0)
     redis.call('ZADD', KEYS[7], now, batch_id)
   end
   redis.call('HSET', KEYS[5], 'requests', count, 'bytes', bytes)
+  redis.call('HINCRBY', KEYS[5], 'prefixed', prefixed)
 end

@@ -27,6 +27,72 @@ local function restate(id, tenant, from, to)
   redis.call('ZADD', K.tenant_status(tenant, to), 0, id)
 end
 
+-- The same index moves for a chunk of jobs, written once per index at the step's end: move(id,
+-- tenant, from, to) is restate's, flush() sends one ZREM and one ZADD per index touched rather than
+-- two commands per job. The last move of an id in an index wins, as if each had been sent at once;
+-- nothing in the step may read these indexes between a move and the flush.
+local function new_restates()
+  local ops, order, index_keys = {}, {}, {}
+  local r = {}
+
+  -- keys.tenant_status, built once per tenant and state of the step.
+  local function index(tenant, state)
+    local by_state = index_keys[tenant]
+    if not by_state then
+      by_state = {}
+      index_keys[tenant] = by_state
+    end
+    local key = by_state[state]
+    if not key then
+      key = K.tenant_status(tenant, state)
+      by_state[state] = key
+    end
+    return key
+  end
+
+  local function put(key, id, op)
+    local o = ops[key]
+    if not o then
+      o = {}
+      ops[key] = o
+      order[#order + 1] = key
+    end
+    o[id] = op
+  end
+
+  function r.move(id, tenant, from, to)
+    if not tenant or from == to then return end
+    if from then put(index(tenant, from), id, false) end
+    put(index(tenant, to), id, true)
+  end
+
+  -- ``cmd`` on ``key`` with ``args``, in slices that stay under Lua's unpack limit (even-sized, so
+  -- ZADD's score/member pairs stay whole).
+  local function send(cmd, key, args)
+    for i = 1, #args, 1000 do
+      redis.call(cmd, key, unpack(args, i, math.min(i + 999, #args)))
+    end
+  end
+
+  function r.flush()
+    for _, key in ipairs(order) do
+      local rem, add = {}, {}
+      for id, op in pairs(ops[key]) do
+        if op then
+          add[#add + 1] = 0
+          add[#add + 1] = id
+        else
+          rem[#rem + 1] = id
+        end
+      end
+      if #rem > 0 then send('ZREM', key, rem) end
+      if #add > 0 then send('ZADD', key, add) end
+    end
+  end
+
+  return r
+end
+
 -- A job that ended keeps its record (``jk``: status, usage, cost) for ``ttl_s`` seconds, without
 -- the request body: nothing resubmits an ended job, and the body is most of the record's memory.
 local function retain(jk, ttl_s)

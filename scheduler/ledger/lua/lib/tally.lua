@@ -1,14 +1,16 @@
 -- Increments summed per key and field over a step, and written once at its end: a chunk of 500
 -- jobs of one lane touches a few dozen aggregate fields, not tens of thousands.
 
--- A new tally. add(key, field, amount, ttl_s) sums a hash field; member(key, value, ttl_s) adds to
+-- A new tally. add(key, field, amount, ttl_s) sums a hash field (fields(key, ttl_s): the sums
+-- themselves); member(key, value, ttl_s) adds to
 -- a set; incr(key, amount, ttl_s) sums a float string; flush() writes them all (ttl_s 0: no TTL).
 local function new_tally()
   local sums, sum_keys, members, member_keys, incrs, incr_keys, ttl_of = {}, {}, {}, {}, {}, {}, {}
   local t = {}
 
-  function t.add(key, field, amount, ttl_s)
-    if amount == 0 then return end
+  -- The table of ``key``'s field sums, for a caller that adds many figures per job: it adds as
+  -- add() does (skipping zeros) without a call per figure. A key left empty writes nothing.
+  function t.fields(key, ttl_s)
     local fields = sums[key]
     if not fields then
       fields = {}
@@ -16,6 +18,12 @@ local function new_tally()
       sum_keys[#sum_keys + 1] = key
       ttl_of[key] = ttl_s
     end
+    return fields
+  end
+
+  function t.add(key, field, amount, ttl_s)
+    if amount == 0 then return end
+    local fields = t.fields(key, ttl_s)
     fields[field] = (fields[field] or 0) + amount
   end
 
