@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
@@ -42,7 +43,11 @@ FIRST_RESTART_DELAY_S = 0.5  # doubled per restart in a row (scheduler.policy.ba
 def run_loop(main: Coroutine[Any, Any, T]) -> T:
     """Run a process's main coroutine on uvloop where it is installed (as uvicorn does for the API):
     its event loop and socket transports are C, so ``batchshift run``, ``scheduler`` and ``worker``
-    pay less loop overhead per webhook, Redis reply and request."""
+    pay less loop overhead per webhook, Redis reply and request.
+
+    What is alive when the process starts (modules, settings) lives as long as it: frozen out of
+    the collector's reach, full collections, which a batch's parsed lines trigger, no longer walk it."""
+    gc.freeze()
     try:
         import uvloop
     except ImportError:  # not built for this platform (uvicorn[standard] skips it on Windows)
