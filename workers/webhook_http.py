@@ -13,7 +13,10 @@ An IP literal is checked when the URL is first parsed, a host that looks numeric
 canonical address is refused, and only http(s) is spoken. Redirects are never followed (an answer
 is returned as it is), no proxy is ever used, and an answer is never inflated: its first
 ``max_body`` raw bytes are read and the connection is then dropped. A connection is reused only
-after an answer read to its end that did not ask to close; at most ``max_connections`` are open.
+after an answer read to its end that did not ask to close and had nothing after it (a second answer
+is never read into the first); one idle for ``KEEPALIVE_S`` is closed; at most ``max_connections``
+are open. A host name is refused unless it is made of host-name characters (a NUL would cut the name
+the resolver sees), and no header value may hold CR, LF or NUL.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import re
 import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -45,6 +49,10 @@ MAX_HEAD_BYTES = 64 * 1024
 MAX_FIELD_BYTES = 8190
 
 _Key = tuple[bool, str, int]
+# What a host name may hold once yarl has parsed it (lower case, IDNA as punycode; percent-escapes are
+# left as they are): control characters, spaces and the like would reach the resolver (which stops
+# at a NUL) and the Host header, and no name that resolves holds them.
+_HOST_NAME = re.compile(r"[A-Za-z0-9._%-]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +60,8 @@ class _Target:
     """A URL parsed and checked once: where to connect and the request head up to its length."""
 
     key: _Key  # (tls, host, port): the pool a connection belongs to
-    host: str  # as sent: punycode, IPv6 without brackets
+    host: str  # as resolved: punycode, IPv6 without brackets
+    server_name: str  # TLS's SNI and the name the certificate must match (no trailing dot)
     port: int
     tls: bool
     literal: IPAddress | None  # the checked address of an IP literal host
@@ -206,15 +215,27 @@ class _Connection(asyncio.Protocol):
     # --- httptools callbacks
 
     def on_message_begin(self) -> None:
-        if self.done:  # a second answer to one request
-            self.reusable = False
+        if self.headers_done:  # bytes after the answer (a second answer, a body a 204 may not have)
+            # Stop here: the parser would go on in the same read and overwrite the status, headers
+            # and body of the answer already given, and the connection must never be reused.
+            self.refusal = "bytes after the answer"
+            raise httptools.HttpParserError(self.refusal)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if len(value) > MAX_FIELD_BYTES or len(name) > MAX_FIELD_BYTES:
             self.refusal = f"header field over {MAX_FIELD_BYTES} bytes"
             raise httptools.HttpParserError(self.refusal)  # stops the parser; data_received reports it
-        if len(name) in (14, 17) and name.lower() in (b"content-length", b"transfer-encoding"):
+        if self.headers_done:  # a trailer after a chunked body: never kept, but counted (bounded)
+            self.head_bytes += len(name) + len(value) + 4
+            if self.head_bytes > MAX_HEAD_BYTES:
+                self.refusal = f"answer head and trailers over {MAX_HEAD_BYTES} bytes"
+                raise httptools.HttpParserError(self.refusal)
+            return
+        if len(name) == 14 and name.lower() == b"content-length":
             self.framed = True
+        elif len(name) == 17 and name.lower() == b"transfer-encoding":
+            # Chunked only when it is the last coding; otherwise the body ends at the close (RFC 9112 6.3).
+            self.framed = value.rstrip().lower().endswith(b"chunked")
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -276,6 +297,7 @@ class WebhookClient:
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._generation = 0  # bumped by aclose: older connections are closed, never reused
         self._ssl: ssl.SSLContext | None = None
+        self._sweeper: asyncio.TimerHandle | None = None  # closes connections idle for KEEPALIVE_S
 
     def _check_literal(self, target: URL) -> None:
         """Refuse what needs no resolver to reach: a scheme other than http(s), or an IP literal the
@@ -288,6 +310,8 @@ class WebhookClient:
             self.policy.check(host, literal)
         elif ":" in host or host.replace(".", "").isdigit():
             raise UnsafeDestination(host, "", "not a canonical IP address")
+        elif host and not _HOST_NAME.fullmatch(host):
+            raise UnsafeDestination(host, "", "invalid URL: not a host name")
 
     def _target(self, url: str) -> _Target:
         try:
@@ -299,17 +323,20 @@ class WebhookClient:
         if not host or port is None:
             raise UnsafeDestination(url, "", "invalid URL: no host")
         tls = parsed.scheme == "https"
-        authority = f"[{host}]" if ":" in host else host
-        if not parsed.is_default_port():
-            authority += f":{port}"
+        # aiohttp's Host: IPv6 in brackets, no default port, no trailing dot, never the userinfo.
+        authority = parsed.host_port_subcomponent
+        # The path and query as yarl re-quoted them (no fragment): CR, LF and TAB are dropped, other
+        # control characters and spaces percent-encoded, so the request line cannot be split.
         lines = [f"POST {parsed.raw_path_qs or '/'} HTTP/1.1", f"Host: {authority}"]
-        if parsed.raw_user is not None:  # credentials in the URL: HTTP Basic, as aiohttp sends them
-            pair = f"{unquote(parsed.raw_user)}:{unquote(parsed.raw_password or '')}"
+        if parsed.raw_user is not None or parsed.raw_password is not None:
+            # credentials in the URL: HTTP Basic, as aiohttp sends them (base64: no line break gets in)
+            pair = f"{unquote(parsed.raw_user or '')}:{unquote(parsed.raw_password or '')}"
             lines.append("Authorization: Basic " + base64.b64encode(pair.encode("latin-1")).decode())
         head = "\r\n".join(lines) + "\r\nContent-Length: "
         if "\n" in head.replace("\r\n", "") or "\r" in head.replace("\r\n", ""):
             raise UnsafeDestination(url, "", "invalid URL: line break")
-        target = _Target((tls, host, port), host, port, tls, _literal(host), head, len(lines))
+        server_name = host.rstrip(".")  # as aiohttp: a certificate never names the root's dot
+        target = _Target((tls, host, port), host, server_name, port, tls, _literal(host), head, len(lines))
         if len(self._checked) >= CHECKED_URLS:
             self._checked.clear()
         self._checked[url] = target
@@ -327,8 +354,8 @@ class WebhookClient:
         parts.append("\r\n")
         head = "".join(parts)
         expected = target.lines + 2 + len(headers) + agent
-        if head.count("\n") != expected or head.count("\r") != expected:
-            raise ValueError("Newline or carriage return character detected in an HTTP header")
+        if head.count("\n") != expected or head.count("\r") != expected or "\0" in head:
+            raise ValueError("Newline, carriage return or NUL character detected in an HTTP header")
         return head.encode() + content
 
     async def post(
@@ -372,11 +399,29 @@ class WebhookClient:
     def _release(self, conn: _Connection, loop: asyncio.AbstractEventLoop) -> None:
         if conn.reusable and not conn.lost and conn.generation == self._generation:
             conn.reusable = False
-            conn.idle_since = loop.time()
+            conn.idle_since = now = loop.time()
             self._idle.setdefault(conn.key, []).append(conn)
+            if self._sweeper is None:
+                self._sweeper = loop.call_at(now + KEEPALIVE_S, self._sweep, loop)
             self._wake()
         else:
             self._discard(conn)
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Close connections idle for KEEPALIVE_S (as aiohttp's keepalive_timeout did), even when no send
+        comes to take them: a receiver that never hangs up must not hold our sockets."""
+        self._sweeper = None
+        stale = loop.time() - KEEPALIVE_S
+        oldest = None
+        for key, idle in list(self._idle.items()):
+            while idle and idle[0].idle_since <= stale:  # oldest first: released in time order
+                self._discard(idle.pop(0))
+            if not idle:
+                del self._idle[key]  # one entry per host ever called would grow without end
+            elif oldest is None or idle[0].idle_since < oldest:
+                oldest = idle[0].idle_since
+        if oldest is not None:
+            self._sweeper = loop.call_at(oldest + KEEPALIVE_S, self._sweep, loop)
 
     def _discard(self, conn: _Connection) -> None:
         if conn.transport is not None and not conn.lost:
@@ -456,23 +501,38 @@ class WebhookClient:
             addresses = await self.policy.resolve(target.host, target.port)
         context = self._ssl_context() if target.tls else None
         failure: BaseException | None = None
-        for ip in addresses:
-            try:
-                async with asyncio.timeout(self.timeout_s) as within:
-                    _, conn = await loop.create_connection(
-                        lambda: _Connection(self, target.key, loop),
-                        str(ip),
-                        target.port,
-                        ssl=context,
-                        server_hostname=target.host if context is not None else None,
-                    )
-                return conn
-            except OSError as exc:
-                failure = exc
-            except TimeoutError as exc:
-                if not within.expired():
-                    raise  # the whole call's deadline, not this connect's
-                failure = exc
+        # Every connection made here: a cancellation (the deadline, a timeout) that lands just as
+        # create_connection returns loses its result, and nothing else would ever close it.
+        made: list[_Connection] = []
+
+        def connection() -> _Connection:
+            conn = _Connection(self, target.key, loop)
+            made.append(conn)
+            return conn
+
+        try:
+            for ip in addresses:
+                try:
+                    async with asyncio.timeout(self.timeout_s) as within:
+                        _, conn = await loop.create_connection(
+                            connection,
+                            str(ip),
+                            target.port,
+                            ssl=context,
+                            server_hostname=target.server_name if context is not None else None,
+                        )
+                    made.remove(conn)
+                    return conn
+                except OSError as exc:
+                    failure = exc
+                except TimeoutError as exc:
+                    if not within.expired():
+                        raise  # the whole call's deadline, not this connect's
+                    failure = exc
+        finally:
+            for lost in made:
+                if lost.transport is not None:
+                    lost.transport.abort()
         raise ConnectionFailed(
             "POST", url, f"cannot connect to {target.host}:{target.port}: {type(failure).__name__}: {failure}"
         )
@@ -485,6 +545,9 @@ class WebhookClient:
     async def aclose(self) -> None:
         """Close idle connections; busy ones are closed when their send ends."""
         self._generation += 1
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         idle, self._idle = self._idle, {}
         for conns in idle.values():
             for conn in conns:
