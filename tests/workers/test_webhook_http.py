@@ -274,6 +274,11 @@ def test_the_client_works_on_uvloop() -> None:
         await test_a_stalled_read_times_out_at_timeout_s_within_a_longer_deadline()
         for answer, error in BROKEN:
             await test_broken_answers_raise_the_same_errors_as_before(answer, error)
+        await test_a_second_answer_in_the_same_read_is_not_mixed_in_and_drops_the_connection()
+        await test_a_truncated_answer_followed_by_another_keeps_the_first()
+        await test_trailers_are_not_headers_and_are_bounded()
+        await test_a_transfer_coding_other_than_chunked_is_a_body_ending_at_close()
+        await test_many_failing_sends_leave_no_socket_timer_or_task_behind()
 
     uvloop.run(scenarios())
 
@@ -531,3 +536,26 @@ async def test_many_failing_sends_leave_no_socket_timer_or_task_behind() -> None
         assert open_sockets() <= before
         assert c._open == 0
         assert len(asyncio.all_tasks()) <= tasks
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl makes the test certificates")
+async def test_tls_sends_the_name_as_sni_never_an_address(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection goes to the checked address, but SNI and the certificate check use the name;
+    an IP literal host sends no SNI (RFC 6066) and is checked against the certificate's IP SAN."""
+    make_certificates(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.crt"))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tmp_path / "server.crt", tmp_path / "server.key")
+    names: list[str | None] = []
+
+    def sni(sock: ssl.SSLObject, name: str | None, ctx: ssl.SSLContext) -> None:
+        names.append(name)
+
+    context.sni_callback = sni
+    for host, sent in [("localhost", "localhost"), ("127.0.0.1", None)]:
+        async with scripted(lambda n: (OK, False), tls=context, host=host) as server, client() as c:
+            assert await post(c, server.url) == (200, b"ok")
+        assert names.pop() == sent
+        assert f"\r\nHost: {server.url.split('/')[2]}\r\n".encode() in server.requests[0][1]
