@@ -82,6 +82,7 @@ class _Connection(asyncio.Protocol):
         self.counted = False  # holds one of the client's max_connections
         self.lost = False
         self.idle_since = 0.0
+        self.used = 0  # exchanges begun on this connection
         self.waiter: asyncio.Future[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
         self._reset(0, "", 0.0, 0.0, 0.0)
@@ -105,6 +106,8 @@ class _Connection(asyncio.Protocol):
         self.done = False
         self.reusable = False
         self.refusal = ""  # why an answer's head was refused, when it was by us rather than the parser
+        self.received = False  # any byte of an answer
+        self.unheard = False  # the peer closed before a byte of answer came
 
     # --- one exchange
 
@@ -115,6 +118,7 @@ class _Connection(asyncio.Protocol):
         if self.lost or self.transport is None:
             raise ResponseTimeout("POST", url, "ServerDisconnectedError: Server disconnected")
         self._reset(max_body, url, deadline, deadline_s, idle_s if idle_s < deadline_s else 0.0)
+        self.used += 1
         waiter = self.waiter = self.loop.create_future()
         self.transport.write(data)
         when = deadline
@@ -172,6 +176,7 @@ class _Connection(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.abort()
             return
+        self.received = True
         if self.idle_s:
             self.last_read = self.loop.time()
         try:
@@ -207,6 +212,7 @@ class _Connection(asyncio.Protocol):
         if self.headers_done and not self.framed and exc is None:  # a body ended by a clean close
             self._finish()
             return
+        self.unheard = not self.received
         reason = "answer broke off" if self.headers_done else "ServerDisconnectedError: Server disconnected"
         if exc is not None:
             reason += f": {type(exc).__name__}: {exc}"
@@ -368,6 +374,11 @@ class WebhookClient:
         :class:`UnsafeDestination` for a destination the guard refuses, :class:`ResponseTimeout`
         when the deadline passes or the answer broke off, :class:`ConnectionFailed` when the request
         never reached the receiver (or the answer was not HTTP).
+
+        A kept-alive connection the receiver closed as the request went out (its idle timeout ran
+        out first; before any byte of answer) is not the receiver's answer: the request is sent once
+        more on a new connection within the same deadline, as browsers do (a webhook is delivered at
+        least once anyway: the outbox would send it again, only later).
         """
         target = self._checked.get(url) or self._target(url)
         data = self._request(target, content, headers)
@@ -376,6 +387,16 @@ class WebhookClient:
         conn = None if self._waiters else self._take_idle(target.key, loop)
         if conn is None:
             conn = await self._connection(target, url, loop, deadline, deadline_s)
+        try:
+            await conn.exchange(data, url, deadline, deadline_s, self.timeout_s, max_body)
+        except ResponseTimeout:
+            if not conn.unheard or conn.used < 2:
+                raise
+        else:
+            return CappedResponse(conn.status, conn.headers, b"".join(conn.parts), conn.truncated)
+        finally:
+            self._release(conn, loop)
+        conn = await self._connection(target, url, loop, deadline, deadline_s, reuse=False)
         try:
             await conn.exchange(data, url, deadline, deadline_s, self.timeout_s, max_body)
         finally:
@@ -458,13 +479,21 @@ class WebhookClient:
         return True
 
     async def _connection(
-        self, target: _Target, url: str, loop: asyncio.AbstractEventLoop, deadline: float, deadline_s: float
+        self,
+        target: _Target,
+        url: str,
+        loop: asyncio.AbstractEventLoop,
+        deadline: float,
+        deadline_s: float,
+        *,
+        reuse: bool = True,
     ) -> _Connection:
-        """A connection for ``target``: an idle one, or a new one once there is room (within the deadline)."""
+        """A connection for ``target``: an idle one (unless not ``reuse``), or a new one once there is
+        room (within the deadline)."""
         try:
             async with asyncio.timeout_at(deadline):
                 while True:
-                    conn = self._take_idle(target.key, loop)
+                    conn = self._take_idle(target.key, loop) if reuse else None
                     if conn is not None:
                         return conn
                     if self._open < self.max_connections or self._evict_idle():

@@ -559,3 +559,34 @@ async def test_tls_sends_the_name_as_sni_never_an_address(
             assert await post(c, server.url) == (200, b"ok")
         assert names.pop() == sent
         assert f"\r\nHost: {server.url.split('/')[2]}\r\n".encode() in server.requests[0][1]
+
+
+# --- a kept-alive connection closed by the receiver as the request went out
+
+
+async def test_a_reused_connection_closed_before_any_answer_is_sent_again_on_a_new_one() -> None:
+    """The receiver's keep-alive ran out just as the request was sent: not its answer, so the request
+    goes once more on a new connection (aiohttp reported it, and the outbox sent it again later)."""
+    script: list[tuple[bytes | None, bool]] = [(OK, False), (None, True), (OK, False)]
+    async with scripted(lambda n: script[n]) as server, client() as c:
+        assert await post(c, server.url) == (200, b"ok")
+        assert await post(c, server.url) == (200, b"ok")
+    assert [number for number, _, _ in server.requests] == [0, 0, 1]
+
+
+async def test_it_is_sent_again_only_once_and_never_after_part_of_an_answer() -> None:
+    async with scripted(lambda n: (OK, False) if n == 0 else (None, True)) as server, client() as c:
+        assert await post(c, server.url) == (200, b"ok")
+        with pytest.raises(ResponseTimeout, match="disconnected"):
+            await post(c, server.url)
+    assert len(server.requests) == 3  # the first send, the reused connection, one new connection
+    partial = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"
+    async with scripted(lambda n: (OK, False) if n == 0 else (partial, True)) as server, client() as c:
+        assert await post(c, server.url) == (200, b"ok")
+        with pytest.raises(ResponseTimeout, match="broke off"):
+            await post(c, server.url)
+    assert len(server.requests) == 2
+    async with scripted(lambda n: (None, True)) as server, client() as c:  # a new connection: its answer
+        with pytest.raises(ResponseTimeout, match="disconnected"):
+            await post(c, server.url)
+    assert len(server.requests) == 1
