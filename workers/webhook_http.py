@@ -98,7 +98,8 @@ class _Connection(asyncio.Protocol):
         self.headers: list[tuple[bytes, bytes]] = []
         self.parts: list[bytes] = []
         self.kept = 0
-        self.head_bytes = 0
+        self.head_bytes = 0  # raw bytes of a head not yet complete
+        self.field_bytes = 0  # bytes of header (and trailer) lines
         self.headers_done = False
         self.framed = False  # content-length or transfer-encoding: the body does not end at close
         self.keep_alive = False
@@ -231,11 +232,12 @@ class _Connection(asyncio.Protocol):
         if len(value) > MAX_FIELD_BYTES or len(name) > MAX_FIELD_BYTES:
             self.refusal = f"header field over {MAX_FIELD_BYTES} bytes"
             raise httptools.HttpParserError(self.refusal)  # stops the parser; data_received reports it
-        if self.headers_done:  # a trailer after a chunked body: never kept, but counted (bounded)
-            self.head_bytes += len(name) + len(value) + 4
-            if self.head_bytes > MAX_HEAD_BYTES:
-                self.refusal = f"answer head and trailers over {MAX_HEAD_BYTES} bytes"
-                raise httptools.HttpParserError(self.refusal)
+        # The fields' total (a head that ends within one read is not bounded by data_received's count).
+        self.field_bytes += len(name) + len(value) + 4  # with ": " and CRLF
+        if self.field_bytes > MAX_HEAD_BYTES:
+            self.refusal = f"answer head or trailers over {MAX_HEAD_BYTES} bytes"
+            raise httptools.HttpParserError(self.refusal)
+        if self.headers_done:  # a trailer after a chunked body: counted above, never kept
             return
         if len(name) == 14 and name.lower() == b"content-length":
             self.framed = True
@@ -273,7 +275,7 @@ class _Connection(asyncio.Protocol):
             self.headers = []
             self.headers_done = False
             self.framed = False
-            self.head_bytes = 0
+            self.head_bytes = self.field_bytes = 0
             return
         self.done = True
         self.reusable = self.keep_alive

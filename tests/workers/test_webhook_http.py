@@ -181,6 +181,7 @@ BROKEN = [
     (b"garbage\r\n\r\n", ConnectionFailed),  # not HTTP
     (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", ConnectionFailed),  # bad chunk
     (b"HTTP/1.1 200 OK\r\nX: " + b"a" * 70_000 + b"\r\n\r\n", ConnectionFailed),  # endless head
+    (b"HTTP/1.1 200 OK\r\n" + b"X-A: b\r\n" * 10_000 + b"\r\n", ConnectionFailed),  # endless fields
     (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", ResponseTimeout),  # broke off
     (None, ResponseTimeout),  # hung up without an answer
 ]
@@ -590,3 +591,16 @@ async def test_it_is_sent_again_only_once_and_never_after_part_of_an_answer() ->
         with pytest.raises(ResponseTimeout, match="disconnected"):
             await post(c, server.url)
     assert len(server.requests) == 1
+
+
+async def test_a_connection_is_reused_only_for_the_same_scheme_host_and_port() -> None:
+    """The pool's key is (tls, host, port): a connection made for one name never carries another's
+    requests, even to the same address (each name was resolved and checked for itself)."""
+    async with scripted(lambda n: (OK, False)) as server, client() as c:
+        by_name = server.url.replace("127.0.0.1", "localhost")
+        for url in (server.url, by_name, server.url, by_name):
+            assert await post(c, url) == (200, b"ok")
+    hosts = [(number, head.split(b"\r\n")[1]) for number, head, _ in server.requests]
+    assert server.connections == 2
+    assert hosts[0][0] == hosts[2][0] != hosts[1][0] == hosts[3][0]
+    assert hosts[0][1] == hosts[2][1] != hosts[1][1] == hosts[3][1]
