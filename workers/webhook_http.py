@@ -13,7 +13,10 @@ An IP literal is checked when the URL is first parsed, a host that looks numeric
 canonical address is refused, and only http(s) is spoken. Redirects are never followed (an answer
 is returned as it is), no proxy is ever used, and an answer is never inflated: its first
 ``max_body`` raw bytes are read and the connection is then dropped. A connection is reused only
-after an answer read to its end that did not ask to close; at most ``max_connections`` are open.
+after an answer read to its end that did not ask to close and had nothing after it (a second answer
+is never read into the first); one idle for ``KEEPALIVE_S`` is closed; at most ``max_connections``
+are open. A host name is refused unless it is made of host-name characters (a NUL would cut the name
+the resolver sees), and no header value may hold CR, LF or NUL.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import re
 import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -45,6 +49,10 @@ MAX_HEAD_BYTES = 64 * 1024
 MAX_FIELD_BYTES = 8190
 
 _Key = tuple[bool, str, int]
+# What a host name may hold once yarl has parsed it (lower case, IDNA as punycode; percent-escapes are
+# left as they are): control characters, spaces and the like would reach the resolver (which stops
+# at a NUL) and the Host header, and no name that resolves holds them.
+_HOST_NAME = re.compile(r"[A-Za-z0-9._%-]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +60,8 @@ class _Target:
     """A URL parsed and checked once: where to connect and the request head up to its length."""
 
     key: _Key  # (tls, host, port): the pool a connection belongs to
-    host: str  # as sent: punycode, IPv6 without brackets
+    host: str  # as resolved: punycode, IPv6 without brackets
+    server_name: str  # TLS's SNI and the name the certificate must match (no trailing dot)
     port: int
     tls: bool
     literal: IPAddress | None  # the checked address of an IP literal host
@@ -73,6 +82,7 @@ class _Connection(asyncio.Protocol):
         self.counted = False  # holds one of the client's max_connections
         self.lost = False
         self.idle_since = 0.0
+        self.used = 0  # exchanges begun on this connection
         self.waiter: asyncio.Future[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
         self._reset(0, "", 0.0, 0.0, 0.0)
@@ -88,7 +98,8 @@ class _Connection(asyncio.Protocol):
         self.headers: list[tuple[bytes, bytes]] = []
         self.parts: list[bytes] = []
         self.kept = 0
-        self.head_bytes = 0
+        self.head_bytes = 0  # raw bytes of a head not yet complete
+        self.field_bytes = 0  # bytes of header (and trailer) lines
         self.headers_done = False
         self.framed = False  # content-length or transfer-encoding: the body does not end at close
         self.keep_alive = False
@@ -96,6 +107,8 @@ class _Connection(asyncio.Protocol):
         self.done = False
         self.reusable = False
         self.refusal = ""  # why an answer's head was refused, when it was by us rather than the parser
+        self.received = False  # any byte of an answer
+        self.unheard = False  # the peer closed before a byte of answer came
 
     # --- one exchange
 
@@ -106,6 +119,7 @@ class _Connection(asyncio.Protocol):
         if self.lost or self.transport is None:
             raise ResponseTimeout("POST", url, "ServerDisconnectedError: Server disconnected")
         self._reset(max_body, url, deadline, deadline_s, idle_s if idle_s < deadline_s else 0.0)
+        self.used += 1
         waiter = self.waiter = self.loop.create_future()
         self.transport.write(data)
         when = deadline
@@ -163,6 +177,7 @@ class _Connection(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.abort()
             return
+        self.received = True
         if self.idle_s:
             self.last_read = self.loop.time()
         try:
@@ -198,6 +213,7 @@ class _Connection(asyncio.Protocol):
         if self.headers_done and not self.framed and exc is None:  # a body ended by a clean close
             self._finish()
             return
+        self.unheard = not self.received
         reason = "answer broke off" if self.headers_done else "ServerDisconnectedError: Server disconnected"
         if exc is not None:
             reason += f": {type(exc).__name__}: {exc}"
@@ -206,15 +222,28 @@ class _Connection(asyncio.Protocol):
     # --- httptools callbacks
 
     def on_message_begin(self) -> None:
-        if self.done:  # a second answer to one request
-            self.reusable = False
+        if self.headers_done:  # bytes after the answer (a second answer, a body a 204 may not have)
+            # Stop here: the parser would go on in the same read and overwrite the status, headers
+            # and body of the answer already given, and the connection must never be reused.
+            self.refusal = "bytes after the answer"
+            raise httptools.HttpParserError(self.refusal)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if len(value) > MAX_FIELD_BYTES or len(name) > MAX_FIELD_BYTES:
             self.refusal = f"header field over {MAX_FIELD_BYTES} bytes"
             raise httptools.HttpParserError(self.refusal)  # stops the parser; data_received reports it
-        if len(name) in (14, 17) and name.lower() in (b"content-length", b"transfer-encoding"):
+        # The fields' total (a head that ends within one read is not bounded by data_received's count).
+        self.field_bytes += len(name) + len(value) + 4  # with ": " and CRLF
+        if self.field_bytes > MAX_HEAD_BYTES:
+            self.refusal = f"answer head or trailers over {MAX_HEAD_BYTES} bytes"
+            raise httptools.HttpParserError(self.refusal)
+        if self.headers_done:  # a trailer after a chunked body: counted above, never kept
+            return
+        if len(name) == 14 and name.lower() == b"content-length":
             self.framed = True
+        elif len(name) == 17 and name.lower() == b"transfer-encoding":
+            # Chunked only when it is the last coding; otherwise the body ends at the close (RFC 9112 6.3).
+            self.framed = value.rstrip().lower().endswith(b"chunked")
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -246,7 +275,7 @@ class _Connection(asyncio.Protocol):
             self.headers = []
             self.headers_done = False
             self.framed = False
-            self.head_bytes = 0
+            self.head_bytes = self.field_bytes = 0
             return
         self.done = True
         self.reusable = self.keep_alive
@@ -276,6 +305,7 @@ class WebhookClient:
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._generation = 0  # bumped by aclose: older connections are closed, never reused
         self._ssl: ssl.SSLContext | None = None
+        self._sweeper: asyncio.TimerHandle | None = None  # closes connections idle for KEEPALIVE_S
 
     def _check_literal(self, target: URL) -> None:
         """Refuse what needs no resolver to reach: a scheme other than http(s), or an IP literal the
@@ -288,6 +318,8 @@ class WebhookClient:
             self.policy.check(host, literal)
         elif ":" in host or host.replace(".", "").isdigit():
             raise UnsafeDestination(host, "", "not a canonical IP address")
+        elif host and not _HOST_NAME.fullmatch(host):
+            raise UnsafeDestination(host, "", "invalid URL: not a host name")
 
     def _target(self, url: str) -> _Target:
         try:
@@ -299,17 +331,20 @@ class WebhookClient:
         if not host or port is None:
             raise UnsafeDestination(url, "", "invalid URL: no host")
         tls = parsed.scheme == "https"
-        authority = f"[{host}]" if ":" in host else host
-        if not parsed.is_default_port():
-            authority += f":{port}"
+        # aiohttp's Host: IPv6 in brackets, no default port, no trailing dot, never the userinfo.
+        authority = parsed.host_port_subcomponent
+        # The path and query as yarl re-quoted them (no fragment): CR, LF and TAB are dropped, other
+        # control characters and spaces percent-encoded, so the request line cannot be split.
         lines = [f"POST {parsed.raw_path_qs or '/'} HTTP/1.1", f"Host: {authority}"]
-        if parsed.raw_user is not None:  # credentials in the URL: HTTP Basic, as aiohttp sends them
-            pair = f"{unquote(parsed.raw_user)}:{unquote(parsed.raw_password or '')}"
+        if parsed.raw_user is not None or parsed.raw_password is not None:
+            # credentials in the URL: HTTP Basic, as aiohttp sends them (base64: no line break gets in)
+            pair = f"{unquote(parsed.raw_user or '')}:{unquote(parsed.raw_password or '')}"
             lines.append("Authorization: Basic " + base64.b64encode(pair.encode("latin-1")).decode())
         head = "\r\n".join(lines) + "\r\nContent-Length: "
         if "\n" in head.replace("\r\n", "") or "\r" in head.replace("\r\n", ""):
             raise UnsafeDestination(url, "", "invalid URL: line break")
-        target = _Target((tls, host, port), host, port, tls, _literal(host), head, len(lines))
+        server_name = host.rstrip(".")  # as aiohttp: a certificate never names the root's dot
+        target = _Target((tls, host, port), host, server_name, port, tls, _literal(host), head, len(lines))
         if len(self._checked) >= CHECKED_URLS:
             self._checked.clear()
         self._checked[url] = target
@@ -327,8 +362,8 @@ class WebhookClient:
         parts.append("\r\n")
         head = "".join(parts)
         expected = target.lines + 2 + len(headers) + agent
-        if head.count("\n") != expected or head.count("\r") != expected:
-            raise ValueError("Newline or carriage return character detected in an HTTP header")
+        if head.count("\n") != expected or head.count("\r") != expected or "\0" in head:
+            raise ValueError("Newline, carriage return or NUL character detected in an HTTP header")
         return head.encode() + content
 
     async def post(
@@ -341,6 +376,11 @@ class WebhookClient:
         :class:`UnsafeDestination` for a destination the guard refuses, :class:`ResponseTimeout`
         when the deadline passes or the answer broke off, :class:`ConnectionFailed` when the request
         never reached the receiver (or the answer was not HTTP).
+
+        A kept-alive connection the receiver closed as the request went out (its idle timeout ran
+        out first; before any byte of answer) is not the receiver's answer: the request is sent once
+        more on a new connection within the same deadline, as browsers do (a webhook is delivered at
+        least once anyway: the outbox would send it again, only later).
         """
         target = self._checked.get(url) or self._target(url)
         data = self._request(target, content, headers)
@@ -349,6 +389,16 @@ class WebhookClient:
         conn = None if self._waiters else self._take_idle(target.key, loop)
         if conn is None:
             conn = await self._connection(target, url, loop, deadline, deadline_s)
+        try:
+            await conn.exchange(data, url, deadline, deadline_s, self.timeout_s, max_body)
+        except ResponseTimeout:
+            if not conn.unheard or conn.used < 2:
+                raise
+        else:
+            return CappedResponse(conn.status, conn.headers, b"".join(conn.parts), conn.truncated)
+        finally:
+            self._release(conn, loop)
+        conn = await self._connection(target, url, loop, deadline, deadline_s, reuse=False)
         try:
             await conn.exchange(data, url, deadline, deadline_s, self.timeout_s, max_body)
         finally:
@@ -372,11 +422,29 @@ class WebhookClient:
     def _release(self, conn: _Connection, loop: asyncio.AbstractEventLoop) -> None:
         if conn.reusable and not conn.lost and conn.generation == self._generation:
             conn.reusable = False
-            conn.idle_since = loop.time()
+            conn.idle_since = now = loop.time()
             self._idle.setdefault(conn.key, []).append(conn)
+            if self._sweeper is None:
+                self._sweeper = loop.call_at(now + KEEPALIVE_S, self._sweep, loop)
             self._wake()
         else:
             self._discard(conn)
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Close connections idle for KEEPALIVE_S (as aiohttp's keepalive_timeout did), even when no send
+        comes to take them: a receiver that never hangs up must not hold our sockets."""
+        self._sweeper = None
+        stale = loop.time() - KEEPALIVE_S
+        oldest = None
+        for key, idle in list(self._idle.items()):
+            while idle and idle[0].idle_since <= stale:  # oldest first: released in time order
+                self._discard(idle.pop(0))
+            if not idle:
+                del self._idle[key]  # one entry per host ever called would grow without end
+            elif oldest is None or idle[0].idle_since < oldest:
+                oldest = idle[0].idle_since
+        if oldest is not None:
+            self._sweeper = loop.call_at(oldest + KEEPALIVE_S, self._sweep, loop)
 
     def _discard(self, conn: _Connection) -> None:
         if conn.transport is not None and not conn.lost:
@@ -413,13 +481,21 @@ class WebhookClient:
         return True
 
     async def _connection(
-        self, target: _Target, url: str, loop: asyncio.AbstractEventLoop, deadline: float, deadline_s: float
+        self,
+        target: _Target,
+        url: str,
+        loop: asyncio.AbstractEventLoop,
+        deadline: float,
+        deadline_s: float,
+        *,
+        reuse: bool = True,
     ) -> _Connection:
-        """A connection for ``target``: an idle one, or a new one once there is room (within the deadline)."""
+        """A connection for ``target``: an idle one (unless not ``reuse``), or a new one once there is
+        room (within the deadline)."""
         try:
             async with asyncio.timeout_at(deadline):
                 while True:
-                    conn = self._take_idle(target.key, loop)
+                    conn = self._take_idle(target.key, loop) if reuse else None
                     if conn is not None:
                         return conn
                     if self._open < self.max_connections or self._evict_idle():
@@ -456,23 +532,38 @@ class WebhookClient:
             addresses = await self.policy.resolve(target.host, target.port)
         context = self._ssl_context() if target.tls else None
         failure: BaseException | None = None
-        for ip in addresses:
-            try:
-                async with asyncio.timeout(self.timeout_s) as within:
-                    _, conn = await loop.create_connection(
-                        lambda: _Connection(self, target.key, loop),
-                        str(ip),
-                        target.port,
-                        ssl=context,
-                        server_hostname=target.host if context is not None else None,
-                    )
-                return conn
-            except OSError as exc:
-                failure = exc
-            except TimeoutError as exc:
-                if not within.expired():
-                    raise  # the whole call's deadline, not this connect's
-                failure = exc
+        # Every connection made here: a cancellation (the deadline, a timeout) that lands just as
+        # create_connection returns loses its result, and nothing else would ever close it.
+        made: list[_Connection] = []
+
+        def connection() -> _Connection:
+            conn = _Connection(self, target.key, loop)
+            made.append(conn)
+            return conn
+
+        try:
+            for ip in addresses:
+                try:
+                    async with asyncio.timeout(self.timeout_s) as within:
+                        _, conn = await loop.create_connection(
+                            connection,
+                            str(ip),
+                            target.port,
+                            ssl=context,
+                            server_hostname=target.server_name if context is not None else None,
+                        )
+                    made.remove(conn)
+                    return conn
+                except OSError as exc:
+                    failure = exc
+                except TimeoutError as exc:
+                    if not within.expired():
+                        raise  # the whole call's deadline, not this connect's
+                    failure = exc
+        finally:
+            for lost in made:
+                if lost.transport is not None:
+                    lost.transport.abort()
         raise ConnectionFailed(
             "POST", url, f"cannot connect to {target.host}:{target.port}: {type(failure).__name__}: {failure}"
         )
@@ -485,6 +576,9 @@ class WebhookClient:
     async def aclose(self) -> None:
         """Close idle connections; busy ones are closed when their send ends."""
         self._generation += 1
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         idle, self._idle = self._idle, {}
         for conns in idle.values():
             for conn in conns:

@@ -113,7 +113,28 @@ async def post(client: WebhookClient, url: str) -> int:
     return response.status_code
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "127.1", "2130706433", "[::ffff:127.0.0.1]"])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "127.0.0.1",
+        "localhost",
+        "localhost.",
+        "LOCALHOST",
+        "127.1",
+        "2130706433",
+        "0x7f.1",  # hex and octal forms inet_aton takes: resolved, then refused as loopback
+        "0x7f000001",
+        "0177.0.0.1",
+        "017700000001",
+        "127.0.0.1.",
+        "[::1]",
+        "[::ffff:127.0.0.1]",
+        "[::ffff:7f00:1]",
+        "[::127.0.0.1]",  # IPv4-compatible
+        "[64:ff9b::7f00:1]",  # NAT64 of loopback
+        "[fe80::1%25lo]",  # scoped
+    ],
+)
 async def test_the_webhook_client_refuses_loopback_in_every_spelling_before_connecting(host: str) -> None:
     """A name goes through the guarded resolver; an IP literal (no resolver is asked about
     those) is checked before the send; a non-canonical numeric host is refused outright."""
