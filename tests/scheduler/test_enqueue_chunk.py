@@ -10,7 +10,7 @@ from redis.exceptions import ResponseError
 
 from scheduler.ledger import ids, keys
 from scheduler.ledger.jobs import NewJob
-from scheduler.ledger.ledger import Ledger
+from scheduler.ledger.ledger import EnqueueOutcome, Ledger, day_of
 
 NOW = 1_800_000_000_000
 
@@ -118,3 +118,86 @@ async def test_a_bulk_past_one_chunk_goes_in_several_calls_in_order(
     assert [o.status for o in outcomes] == ["created"] * 4 + ["existing"] * 6
     assert [o.job_id for o in outcomes[4:]] == [jobs[i % 4].id for i in range(4, 10)]
     assert await redis.llen(keys.WAKEUP) == 4  # one wake-up per job created, as one by one
+
+
+def _broken_cases() -> list[tuple[str, NewJob, list[tuple[str, str]]]]:
+    """A job, and keys planted (key, kind) so that one of its writes meets the wrong type."""
+    month = day_of(NOW)[:7]
+    budget = {"envelope_usd": 5.0, "reserve_usd": 0.4}
+    lane = job(model="broken").lane
+    return [
+        ("tenant lanes", job(tenant="delta"), [(keys.tenant_lanes("delta"), "string")]),
+        (
+            "budget",
+            job(tenant="delta", reserve_usd=0.4),
+            [(keys.budget_committed("delta", month), "nan-text")],
+        ),
+        ("budget envelope", job(tenant="delta", **budget), [(keys.budget_committed("delta", month), "hash")]),
+        ("lane queue", job(tenant="delta", model="broken"), [(keys.lane_queue(lane), "string")]),
+        ("lane bytes", job(tenant="delta", model="broken"), [(keys.lane_bytes(lane), "nan-text")]),
+        ("lane meta", job(tenant="delta", model="broken"), [(keys.lane_meta(lane), "string")]),
+        ("status index", job(tenant="delta"), [(keys.tenant_status("delta", "queued"), "string")]),
+        (
+            "feature index",
+            job(tenant="delta", tags={"feature": "f"}),
+            [(keys.tenant_feature("delta", "f"), "set")],
+        ),
+        ("sync queue", job(tenant="delta", state="sync"), [(keys.SYNC_QUEUE, "string")]),
+    ]
+
+
+def plain(outcomes: list[Any]) -> list[Any]:
+    """Outcomes comparable by value (an error by its message)."""
+    return [str(o) if isinstance(o, ResponseError) else o for o in outcomes]
+
+
+async def plant(redis: Redis, planted: list[tuple[str, str]]) -> None:
+    for key, kind in planted:
+        if kind == "string":
+            await redis.set(key, "planted")
+        elif kind == "nan-text":
+            await redis.set(key, "not a number")
+        elif kind == "hash":
+            await redis.hset(key, "planted", "1")
+        else:
+            await redis.sadd(key, "planted")
+
+
+@pytest.mark.parametrize("case", range(len(_broken_cases())), ids=[c[0] for c in _broken_cases()])
+async def test_a_job_meeting_a_key_of_the_wrong_type_writes_nothing_and_the_others_stand(
+    redis: Redis, case: int
+):
+    """Whichever of its writes would fail, the job fails before its first one: no record, no index
+    entry, no reservation, no idempotency key; the other jobs end as if it had never been sent."""
+    _, broken, planted = _broken_cases()[case]
+    broken.idempotency_key, broken.request_hash = "kb", "hb"
+    ledger = Ledger(redis, max_lanes_per_tenant=2)
+    jobs = mixed_jobs()
+    await plant(redis, planted)
+    outcomes = await ledger.enqueue_chunk([*jobs[:7], broken, *jobs[7:]])
+    assert isinstance(outcomes[7], ResponseError)
+    assert str(outcomes[7]).startswith(("WRONGTYPE", "ERR value is not"))
+    state = await dump(redis)
+    assert broken.id.encode() not in repr(state).encode()
+    await redis.flushdb()
+    await plant(redis, planted)
+    alone = [(await ledger.enqueue_chunk([j]))[0] for j in jobs]
+    assert plain(outcomes[:7] + outcomes[8:]) == plain(alone)
+    assert state == await dump(redis)
+
+
+async def test_a_follower_whose_leaders_followers_key_is_broken_fails_alone(redis: Redis):
+    dedup = {"dedup_digest": "d9", "dedup_window_ms": 60_000, "dedup_max_followers": 5, "dedup_cost": "split"}
+    ledger = Ledger(redis)
+    leader = job(**dedup)
+    await ledger.enqueue(leader)
+    await redis.set(keys.dedup_followers(leader.id), "planted")
+    follower, other = job(**dedup), job()
+    outcomes = await ledger.enqueue_chunk([follower, other])
+    assert isinstance(outcomes[0], ResponseError)
+    assert str(outcomes[0]).startswith("WRONGTYPE")
+    assert outcomes[1] == EnqueueOutcome("created", other.id)
+    assert not await redis.exists(keys.job(follower.id))
+    assert await redis.zrange(keys.tenant_jobs("acme"), 0, -1) == sorted(
+        [leader.id.encode(), other.id.encode()]
+    )

@@ -18,6 +18,9 @@
 -- job that attached to an identical live job (a follower, lib/dedup.lua).
 -- Every job's reads come before its first write, and a refused job writes nothing: a script's first
 -- write decides whether Redis refuses it for OOM (HSET is one it refuses), and then nothing is written.
+-- Those reads include the type of every key the job will write (once per key per call): a key of the
+-- wrong type fails the job before its first write, so a failed job leaves nothing behind, and the
+-- gathered writes cannot fail for the jobs that were created.
 -- uses: budget, dedup
 local idem_ttl, cap, idle_ms = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local jobs = cjson.decode(ARGV[4])
@@ -60,6 +63,28 @@ local function sadd(key, member)
   end
   entry.set[member] = true
   served(entry)
+end
+
+-- Keys whose type this call has checked (then only its own writes touch them, with the right type).
+local checked = {}
+
+-- Raise WRONGTYPE unless ``key`` is missing or of ``kind``; with ``counter`` ('integer' or 'float'),
+-- a string key must also hold a number INCRBY / INCRBYFLOAT accepts.
+local function expect(key, kind, counter)
+  if checked[key] then return end
+  local found = redis.call('TYPE', key)['ok']
+  if found ~= 'none' and found ~= kind then
+    error({err = 'WRONGTYPE Operation against a key holding the wrong kind of value'})
+  end
+  if counter and found == 'string' then
+    local value = redis.call('GET', key)
+    if counter == 'integer' and not string.match(value, '^-?%d+$') then
+      error({err = 'ERR value is not an integer or out of range'})
+    elseif not tonumber(value) then
+      error({err = 'ERR value is not a valid float'})
+    end
+  end
+  checked[key] = true
 end
 
 -- The tenant's lanes (keys.tenant_lanes) are read by later jobs' cap checks, so they change in each
@@ -129,6 +154,30 @@ local function enqueue(j, body)
   local leader = nil
   if gk then leader = dedup_leader(gk, tonumber(j[7]), tonumber(j[21])) end
   local jk = K.job(id)
+  local listed = leader and 'queued' or state
+  -- Every key written below, then the gathered ones, holds the type its write needs.
+  expect(tlk, 'zset')
+  if reserving then expect(committed, 'string', 'float') end
+  if leader then
+    expect(K.dedup_followers(leader), 'set')
+  elseif state == 'sync' then
+    expect(K.SYNC_QUEUE, 'zset')
+  else
+    expect(K.lane_queue(lane), 'zset')
+    expect(K.lane_arrivals(lane), 'zset')
+    expect(K.lane_bytes(lane), 'string', 'integer')
+  end
+  expect(K.lane_meta(lane), 'hash')
+  expect(K.LANES, 'set')
+  expect(K.LANES_ACTIVE, 'zset')
+  expect(K.tenant_jobs(tenant), 'zset')
+  expect(K.tenant_status(tenant, listed), 'zset')
+  expect(K.TENANTS_INDEXED, 'set')
+  if j[11] ~= '' then
+    expect(K.tenant_feature(tenant, j[11]), 'zset')
+    expect(K.tenant_features(tenant), 'set')
+  end
+  expect(K.WAKEUP, 'list')
   local route = state == 'sync' and 'sync' or ''
   local fields = {
     'id', id, 'tenant', tenant, 'provider', provider, 'endpoint', endpoint, 'model', model,
@@ -151,11 +200,9 @@ local function enqueue(j, body)
   redis.call('HSET', jk, unpack(fields))
   use_lane(tlk, lane, now, cutoff)
   if reserving then reserve_budget(jk, committed, reserve) end
-  local listed = state
   if leader then
     redis.call('HSET', jk, 'state', 'queued', 'route', '', 'dedup_of', leader)
     redis.call('SADD', K.dedup_followers(leader), id)
-    listed = 'queued'
   elseif state == 'sync' then
     zadd(K.SYNC_QUEUE, j[7], id)
   else
