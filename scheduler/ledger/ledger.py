@@ -311,17 +311,25 @@ class Ledger:
         replies = await self._enqueue(args=self.enqueue_args(jobs))
         return [enqueue_reply(job, reply) for job, reply in zip(jobs, replies, strict=True)]
 
+    async def enqueue_each(self, jobs: Sequence[NewJob]) -> list[EnqueueOutcome | ResponseError]:
+        """Enqueue jobs in order, a chunk per script call: each job's outcome, or the error it alone met
+        (a key of the wrong type, Redis out of memory: it wrote nothing). The caller can tell each job
+        apart: those created stay created when others failed."""
+        outcomes: list[EnqueueOutcome | ResponseError] = []
+        for start in range(0, len(jobs), ENQUEUE_CHUNK):
+            outcomes += await self.enqueue_chunk(jobs[start : start + ENQUEUE_CHUNK])
+        return outcomes
+
     async def enqueue_many(self, jobs: Sequence[NewJob]) -> list[EnqueueOutcome]:
         """Enqueue jobs in order, a chunk per script call; each job is judged on its own, so one conflict
         rejects only itself. A job that met an error raises it (after every job was tried)."""
         outcomes: list[EnqueueOutcome] = []
         failed: ResponseError | None = None
-        for start in range(0, len(jobs), ENQUEUE_CHUNK):
-            for outcome in await self.enqueue_chunk(jobs[start : start + ENQUEUE_CHUNK]):
-                if isinstance(outcome, ResponseError):
-                    failed = failed or outcome
-                else:
-                    outcomes.append(outcome)
+        for outcome in await self.enqueue_each(jobs):
+            if isinstance(outcome, ResponseError):
+                failed = failed or outcome
+            else:
+                outcomes.append(outcome)
         if failed is not None:
             raise failed
         return outcomes

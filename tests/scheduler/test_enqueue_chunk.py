@@ -201,3 +201,23 @@ async def test_a_follower_whose_leaders_followers_key_is_broken_fails_alone(redi
     assert await redis.zrange(keys.tenant_jobs("acme"), 0, -1) == sorted(
         [leader.id.encode(), other.id.encode()]
     )
+
+
+async def test_redis_out_of_memory_refuses_each_job_of_a_call_and_writes_nothing(redis: Redis):
+    """A script call that begins over maxmemory is refused at its first write: every job of the chunk
+    (none has written yet) fails with OOM, cleanly; a call begun under the limit stores all its jobs."""
+    ledger = Ledger(redis, max_lanes_per_tenant=2)
+    before = await ledger.enqueue_chunk(mixed_jobs()[:2])
+    state = await dump(redis)
+    await redis.config_set("maxmemory-policy", "noeviction")
+    await redis.config_set("maxmemory", 1)
+    try:
+        refused = await ledger.enqueue_chunk(mixed_jobs())
+    finally:
+        await redis.config_set("maxmemory", 0)
+    assert [o.status for o in before if isinstance(o, EnqueueOutcome)] == ["created", "existing"]
+    # Answers that write nothing still come (an idempotency key's job); every job to store is refused.
+    assert [str(o)[:4] if isinstance(o, ResponseError) else o.status for o in refused] == [
+        "existing", "existing", "conflict", *["OOM "] * 11
+    ]  # fmt: skip
+    assert await dump(redis) == state
