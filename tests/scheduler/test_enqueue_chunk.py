@@ -221,3 +221,44 @@ async def test_redis_out_of_memory_refuses_each_job_of_a_call_and_writes_nothing
         "existing", "existing", "conflict", *["OOM "] * 11
     ]  # fmt: skip
     assert await dump(redis) == state
+
+
+@pytest.mark.parametrize("length", [0, 3, 9, 10, 14])
+async def test_the_wake_up_list_ends_as_one_push_per_job_trimmed_leaves_it(redis: Redis, length: int):
+    for _ in range(length):
+        await redis.lpush(keys.WAKEUP, "1")
+    await Ledger(redis).enqueue_chunk([job(), job(), job()])
+    assert await redis.lrange(keys.WAKEUP, 0, -1) == [b"1"] * min(length + 3, keys.WAKEUP_MAX)
+
+
+async def test_a_wake_up_list_of_the_wrong_type_fails_no_job(redis: Redis):
+    """The wake-up is a hint (the scheduler ticks on its own too): the jobs are stored all the same."""
+    await redis.set(keys.WAKEUP, "planted")
+    outcomes = await Ledger(redis).enqueue_chunk([first := job(), job()])
+    assert [o.status for o in outcomes if isinstance(o, EnqueueOutcome)] == ["created", "created"]
+    assert await redis.zcard(keys.lane_queue(first.lane)) == 2
+
+
+async def test_lane_registration_written_once_matches_one_by_one_with_a_partial_meta(redis: Redis):
+    """A lane's meta fields and registration are written only where missing: as HSETNX/SADD per job."""
+    jobs = [job(), job(model="m2"), job()]
+
+    async def planted() -> None:
+        await redis.flushdb()
+        await redis.hset(keys.lane_meta(jobs[0].lane), "model", "kept")
+        await redis.sadd(keys.LANES, jobs[1].lane)
+        await redis.sadd(keys.TENANTS_INDEXED, "someone")
+
+    await planted()
+    await Ledger(redis).enqueue_chunk(jobs)
+    chunked = await dump(redis)
+    await planted()
+    for j in jobs:
+        await Ledger(redis).enqueue(j)
+    assert await dump(redis) == chunked
+    assert await redis.hgetall(keys.lane_meta(jobs[0].lane)) == {
+        b"model": b"kept",
+        b"provider": b"openai",
+        b"endpoint": b"/v1/chat/completions",
+    }
+    assert sorted(await redis.smembers(keys.LANES)) == sorted({jobs[0].lane.encode(), jobs[1].lane.encode()})
