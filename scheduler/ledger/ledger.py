@@ -312,12 +312,18 @@ class Ledger:
         return [enqueue_reply(job, reply) for job, reply in zip(jobs, replies, strict=True)]
 
     async def enqueue_each(self, jobs: Sequence[NewJob]) -> list[EnqueueOutcome | ResponseError]:
-        """Enqueue jobs in order, a chunk per script call: each job's outcome, or the error it alone met
-        (a key of the wrong type, Redis out of memory: it wrote nothing). The caller can tell each job
-        apart: those created stay created when others failed."""
+        """Enqueue jobs in order, a chunk per script call: each job's outcome, or the error it met
+        (a key of the wrong type, Redis out of memory: it wrote nothing). A call Redis answered with an
+        error (BUSY running another script: it did not run) is that error for each job of its chunk;
+        the later chunks are still tried. So the caller can tell each job apart: those created stay
+        created when others failed. A lost connection or a timeout raises (what it stored is unknown)."""
         outcomes: list[EnqueueOutcome | ResponseError] = []
         for start in range(0, len(jobs), ENQUEUE_CHUNK):
-            outcomes += await self.enqueue_chunk(jobs[start : start + ENQUEUE_CHUNK])
+            chunk = jobs[start : start + ENQUEUE_CHUNK]
+            try:
+                outcomes += await self.enqueue_chunk(chunk)
+            except ResponseError as exc:
+                outcomes += [exc] * len(chunk)
         return outcomes
 
     async def enqueue_many(self, jobs: Sequence[NewJob]) -> list[EnqueueOutcome]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -262,3 +263,27 @@ async def test_lane_registration_written_once_matches_one_by_one_with_a_partial_
         b"endpoint": b"/v1/chat/completions",
     }
     assert sorted(await redis.smembers(keys.LANES)) == sorted({jobs[0].lane.encode(), jobs[1].lane.encode()})
+
+
+async def test_a_call_redis_answers_busy_is_that_error_for_each_job_of_its_chunk(
+    redis: Redis, redis_url: str, monkeypatch: pytest.MonkeyPatch
+):
+    """Redis busy running another script answers BUSY without running ours: each job of the chunk
+    gets that error (the API answers those items 503) and the outcomes of other chunks still come."""
+    monkeypatch.setattr("scheduler.ledger.ledger.ENQUEUE_CHUNK", 2)
+    ledger = Ledger(redis)
+    await ledger.enqueue_chunk([job()])  # the script is loaded: its EVALSHA needs no reload
+    await redis.config_set("busy-reply-threshold", 50)
+    other = Redis.from_url(redis_url)
+    spinning = asyncio.create_task(other.eval("while true do end", 0))  # no writes: SCRIPT KILL ends it
+    try:
+        await asyncio.sleep(0.2)
+        outcomes = await ledger.enqueue_each([job(), job(), job()])
+    finally:
+        await redis.script_kill()
+        with pytest.raises(ResponseError):
+            await spinning
+        await redis.config_set("busy-reply-threshold", 5000)
+        await other.aclose()
+    assert [str(o)[:5] for o in outcomes] == ["BUSY "] * 3
+    assert await redis.zcard(keys.tenant_jobs("acme")) == 1
