@@ -30,9 +30,10 @@ local idem_ttl, cap, idle_ms = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local jobs = cjson.decode(ARGV[4])
 local out = {}
 
--- Gathered writes, each applied once at the end, and for each the jobs it serves (which fail, alone,
--- when it fails): sorted set key -> {score, member, ...} in job order; lane -> bytes queued, its meta
--- and last enqueue time; set key -> members.
+-- Gathered writes, each applied once at the end, and for each the jobs it serves: sorted set key ->
+-- {score, member, ...} in job order; lane -> bytes queued, its missing meta and last enqueue time; set
+-- key -> members. Their keys' types were checked before those jobs wrote anything, so they cannot
+-- fail; should one fail all the same, the jobs it serves are reported failed (see guarded).
 local zadds, zorder = {}, {}
 local lanes, lane_order = {}, {}
 local sadds, sorder = {}, {}
@@ -300,8 +301,8 @@ end
 -- Up to this many members per gathered command (Lua's unpack has a stack limit).
 local SPAN = 2000
 
--- Run a gathered write; when it fails, each job it serves fails with its error (as that job's own
--- script run would have), the others stand.
+-- Run a gathered write; should it fail (its key was checked, so it should not), each job it serves
+-- is reported with its error, the others stand.
 local function guarded(jobs_of, ...)
   local ok, err = pcall(redis.call, ...)
   if not ok then
