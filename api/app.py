@@ -41,6 +41,22 @@ from scheduler.ledger.group_enqueue import GroupEnqueue
 from scheduler.ledger.ledger import Ledger
 from scheduler.ledger.store import check_server, connect
 
+_heap_frozen = False
+
+
+def freeze_startup_heap() -> None:
+    """Once per process, at the first app's startup: collect, then move what is alive (modules,
+    settings, the app) out of the collector's reach for good. A full collection then no longer walks
+    it: a bulk request's parse makes enough objects to trigger full collections, and they were most of
+    its orjson.loads time. Collected first and only once, so no garbage (a test's, an earlier app's) is
+    frozen along, never to be freed."""
+    global _heap_frozen
+    if _heap_frozen:
+        return
+    _heap_frozen = True
+    gc.collect()
+    gc.freeze()
+
 
 def create_app(settings: Settings, *, redis: Redis | None = None, tracing: Tracing | None = None) -> FastAPI:
     """Build the API. Pass ``redis`` (or ``tracing``) to share one (tests, ``batchshift run``); it is then
@@ -58,10 +74,7 @@ def create_app(settings: Settings, *, redis: Redis | None = None, tracing: Traci
         app.state.watcher = JobWatcher(client, wait_s=settings.redis.socket_timeout_s / 2)
         app.state.tracing = tracing or Tracing.from_settings(settings.tracing)
         if redis is None:  # a process of its own (tests share a client and collect as usual)
-            # What is alive now (modules, settings, the app) lives as long as the process: out of the
-            # collector's reach, a full collection no longer walks it. A bulk request's parse makes
-            # enough objects to trigger full collections: they were most of its orjson.loads time.
-            gc.freeze()
+            freeze_startup_heap()
         try:
             yield
         finally:

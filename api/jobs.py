@@ -19,10 +19,12 @@ from typing import Annotated, Any, Literal
 
 import structlog
 from fastapi import APIRouter, Depends, Header, Query, Request
+from redis.exceptions import ResponseError
 from starlette.datastructures import State
 
 from api.auth import tenant
 from api.body import read_json
+from api.errors import error_body, store_unavailable
 from api.responses import JsonResponse
 from api.schemas import (
     BulkRequest,
@@ -298,11 +300,15 @@ async def _enqueue_bulk(request: Request, tenant_name: str, span: Span | None) -
                 else:
                     priors[index] = prior
     with phase("job.store", **{"batchshift.items": len(accepted)}):
-        outcomes = await ledger.enqueue_many([job for _, job in accepted])
-    existing = [o.job_id for o in outcomes if o.status == "existing"] + list(priors.values())
+        outcomes = await ledger.enqueue_each([job for _, job in accepted])
+    _fail_whole_unless_stored(outcomes)
+    existing = [o.job_id for o in outcomes if isinstance(o, EnqueueOutcome) and o.status == "existing"]
+    existing += priors.values()
     found = {r.id: r for r in await ledger.get_views(existing) if r is not None} if existing else {}
     for (index, job), outcome in zip(accepted, outcomes, strict=True):
-        if outcome.status == "created":
+        if isinstance(outcome, ResponseError):
+            entries[index] = _store_failed(job, outcome)
+        elif outcome.status == "created":
             entries[index] = {"status": 202, "job": created_view(job, outcome.attached_to)}
         elif outcome.status == "existing" and outcome.job_id in found:
             entries[index] = {"status": 202, "job": found[outcome.job_id].view()}
@@ -316,7 +322,7 @@ async def _enqueue_bulk(request: Request, tenant_name: str, span: Span | None) -
             if record is not None and record.tenant == tenant_name
             else {"status": 404, "error": NotFound(f"no job {prior}", "id").to_dict()}
         )
-    created = sum(o.status == "created" for o in outcomes)
+    created = sum(isinstance(o, EnqueueOutcome) and o.status == "created" for o in outcomes)
     log.debug(
         "jobs.enqueued",
         tenant=tenant_name,
@@ -325,6 +331,28 @@ async def _enqueue_bulk(request: Request, tenant_name: str, span: Span | None) -
         refused=len(items) - len(accepted),
     )
     return JsonResponse({"results": entries})
+
+
+def _fail_whole_unless_stored(outcomes: list[EnqueueOutcome | ResponseError]) -> None:
+    """Raise the first job's error when jobs failed and none was created: nothing of the request was
+    stored, so it fails as a whole (503 and retry-after when Redis is out of memory), as it always
+    has. When some were created, each item answers for itself: a retry of the whole request would
+    store the created ones twice."""
+    failed = next((o for o in outcomes if isinstance(o, ResponseError)), None)
+    if failed is not None and not any(
+        isinstance(o, EnqueueOutcome) and o.status == "created" for o in outcomes
+    ):
+        raise failed
+
+
+def _store_failed(job: NewJob, exc: ResponseError) -> dict[str, Any]:
+    """The entry of a bulk item whose job Redis refused (it stored nothing of it): 503 when a retry
+    can succeed (Redis out of memory, busy, read-only), 500 otherwise, as a request alone would get."""
+    if store_unavailable(exc):
+        log.warning("job.store_unavailable", job_id=job.id, error=str(exc))
+        return {"status": 503, **error_body("unavailable", "the job store is unavailable; retry the job")}
+    log.error("job.store_failed", job_id=job.id, error=str(exc))
+    return {"status": 500, **error_body("internal_error", "internal error")}
 
 
 @router.get("/{job_id}", summary="Read a job", responses={200: {"model": JobView}, **_ERRORS})

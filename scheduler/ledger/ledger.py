@@ -311,17 +311,31 @@ class Ledger:
         replies = await self._enqueue(args=self.enqueue_args(jobs))
         return [enqueue_reply(job, reply) for job, reply in zip(jobs, replies, strict=True)]
 
+    async def enqueue_each(self, jobs: Sequence[NewJob]) -> list[EnqueueOutcome | ResponseError]:
+        """Enqueue jobs in order, a chunk per script call: each job's outcome, or the error it met
+        (a key of the wrong type, Redis out of memory: it wrote nothing). A call Redis answered with an
+        error (BUSY running another script: it did not run) is that error for each job of its chunk;
+        the later chunks are still tried. So the caller can tell each job apart: those created stay
+        created when others failed. A lost connection or a timeout raises (what it stored is unknown)."""
+        outcomes: list[EnqueueOutcome | ResponseError] = []
+        for start in range(0, len(jobs), ENQUEUE_CHUNK):
+            chunk = jobs[start : start + ENQUEUE_CHUNK]
+            try:
+                outcomes += await self.enqueue_chunk(chunk)
+            except ResponseError as exc:
+                outcomes += [exc] * len(chunk)
+        return outcomes
+
     async def enqueue_many(self, jobs: Sequence[NewJob]) -> list[EnqueueOutcome]:
         """Enqueue jobs in order, a chunk per script call; each job is judged on its own, so one conflict
         rejects only itself. A job that met an error raises it (after every job was tried)."""
         outcomes: list[EnqueueOutcome] = []
         failed: ResponseError | None = None
-        for start in range(0, len(jobs), ENQUEUE_CHUNK):
-            for outcome in await self.enqueue_chunk(jobs[start : start + ENQUEUE_CHUNK]):
-                if isinstance(outcome, ResponseError):
-                    failed = failed or outcome
-                else:
-                    outcomes.append(outcome)
+        for outcome in await self.enqueue_each(jobs):
+            if isinstance(outcome, ResponseError):
+                failed = failed or outcome
+            else:
+                outcomes.append(outcome)
         if failed is not None:
             raise failed
         return outcomes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 from redis.asyncio import Redis
 
 from api.jobs import created_view
@@ -43,3 +44,16 @@ async def test_created_views_are_the_stored_records_views(redis: Redis):
         stored = await ledger.get_view(j.id)
         assert stored is not None
         assert created_view(j, outcome.attached_to) == stored.view()
+
+
+async def test_a_job_created_on_a_whole_second_shows_the_same_times_as_its_record(redis: Redis):
+    """A time on a whole second is written without a fraction, in the created view as in the stored one."""
+    second = 1_800_000_000_000
+    j = job(created_ms=second, deadline_ms=second + 3_600_000)
+    [outcome] = await Ledger(redis).enqueue_many([j])
+    stored = await Ledger(redis).get_view(j.id)
+    assert stored is not None
+    view = created_view(j, outcome.attached_to)
+    assert view == stored.view()
+    assert orjson.dumps(view) == orjson.dumps(stored.view())
+    assert (view["created_at"], view["deadline"]) == ("2027-01-15T08:00:00Z", "2027-01-15T09:00:00Z")

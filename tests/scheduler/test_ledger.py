@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import re
 
 import orjson
@@ -46,6 +47,30 @@ def test_id_parts_are_base32_digits_most_significant_first():
             rest, digit = divmod(rest, 32)
             digits.append("0123456789ABCDEFGHJKMNPQRSTVWXYZ"[digit])
         assert ids._encode(value, width) == "".join(reversed(digits))
+
+
+def test_id_encoding_equals_the_digit_by_digit_one_on_random_values():
+    """ids._encode (two digits a step) against the encoding ids had before, digit by digit."""
+    rng = random.Random(7)
+    for _ in range(5000):
+        width = rng.choice([1, 2, 3, 10, 16])
+        value = rng.getrandbits(rng.choice([5 * width, 5 * width + 7, 64]))
+        digits, rest = [], value
+        for _ in range(width):
+            rest, digit = divmod(rest, 32)
+            digits.append("0123456789ABCDEFGHJKMNPQRSTVWXYZ"[digit])
+        assert ids._encode(value, width) == "".join(reversed(digits))
+
+
+def test_ids_across_milliseconds_keep_their_length_and_sort_by_time_then_order_made():
+    """The millisecond's text is reused within a millisecond only: a new one (later or, after a clock
+    step back, earlier) is encoded afresh."""
+    made = [(ms, ids.job_id(ms)) for ms in (NOW, NOW, NOW + 1, NOW + 1, NOW - 5, NOW + 2**20, NOW + 2**20)]
+    for ms, made_id in made:
+        assert made_id.startswith(ids.floor_id("job", ms))
+        assert len(made_id) == len("job_") + 26
+    ordered = sorted(made, key=lambda pair: pair[0])
+    assert sorted(made_id for _, made_id in made) == [made_id for _, made_id in ordered]
 
 
 def test_ids_are_sortable_unique_and_valid_custom_ids():

@@ -18,14 +18,22 @@
 -- job that attached to an identical live job (a follower, lib/dedup.lua).
 -- Every job's reads come before its first write, and a refused job writes nothing: a script's first
 -- write decides whether Redis refuses it for OOM (HSET is one it refuses), and then nothing is written.
+-- Those reads include the type of every key the job will write (once per key per call): a key of the
+-- wrong type fails the job before its first write, so a failed job leaves nothing behind, and the
+-- gathered writes cannot fail for the jobs that were created. (Redis judges maxmemory as a call
+-- begins: one begun over it refuses every job that would write, OOM, each cleanly; one begun under it
+-- stores all its jobs, so memory may overshoot by one chunk, as a MULTI of them would.) The lane
+-- registration, the tenant and feature name sets and the wake-up list are read first and written only
+-- where something is missing: the end state is the one a write per job leaves.
 -- uses: budget, dedup
 local idem_ttl, cap, idle_ms = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local jobs = cjson.decode(ARGV[4])
 local out = {}
 
--- Gathered writes, each applied once at the end, and for each the jobs it serves (which fail, alone,
--- when it fails): sorted set key -> {score, member, ...} in job order; lane -> bytes queued, its meta
--- and last enqueue time; set key -> members.
+-- Gathered writes, each applied once at the end, and for each the jobs it serves: sorted set key ->
+-- {score, member, ...} in job order; lane -> bytes queued, its missing meta and last enqueue time; set
+-- key -> members. Their keys' types were checked before those jobs wrote anything, so they cannot
+-- fail; should one fail all the same, the jobs it serves are reported failed (see guarded).
 local zadds, zorder = {}, {}
 local lanes, lane_order = {}, {}
 local sadds, sorder = {}, {}
@@ -60,6 +68,99 @@ local function sadd(key, member)
   end
   entry.set[member] = true
   served(entry)
+end
+
+-- Keys whose type this call has checked (then only its own writes touch them, with the right type).
+local checked = {}
+
+-- Raise WRONGTYPE unless ``key`` is missing or of ``kind``; with ``counter`` ('integer' or 'float'),
+-- a string key must also hold a number INCRBY / INCRBYFLOAT accepts.
+local function expect(key, kind, counter)
+  if checked[key] then return end
+  if counter then  -- GET raises WRONGTYPE itself (one call, not two)
+    local value = redis.call('GET', key)
+    if value and counter == 'integer' and not string.match(value, '^-?%d+$') then
+      error({err = 'ERR value is not an integer or out of range'})
+    elseif value and not tonumber(value) then
+      error({err = 'ERR value is not a valid float'})
+    end
+  else
+    local found = redis.call('TYPE', key)['ok']
+    if found ~= 'none' and found ~= kind then
+      error({err = 'WRONGTYPE Operation against a key holding the wrong kind of value'})
+    end
+  end
+  checked[key] = true
+end
+
+-- What this call read of a lane, before its first job's first write (HMGET and SISMEMBER raise
+-- WRONGTYPE themselves, so they check the meta hash and the lanes set too): the meta fields missing
+-- and whether it is registered, so the end writes only what is missing. Its gathered writes go out
+-- once a job of it was created.
+local function lane_entry(lane, provider, model, endpoint)
+  local entry = lanes[lane]
+  if entry then return entry end
+  local meta = redis.call('HMGET', K.lane_meta(lane), 'provider', 'model', 'endpoint')
+  entry = {missing = {}, jobs = {}, registered = redis.call('SISMEMBER', K.LANES, lane) == 1,
+           queue = K.lane_queue(lane), arrivals = K.lane_arrivals(lane)}
+  local values = {provider, model, endpoint}
+  for i, name in ipairs({'provider', 'model', 'endpoint'}) do
+    if not meta[i] then entry.missing[#entry.missing + 1] = {name, values[i]} end
+  end
+  lanes[lane] = entry
+  lane_order[#lane_order + 1] = lane
+  return entry
+end
+
+-- Whether ``member`` is in set ``key`` (read once per call, which checks the key's type): then the
+-- end need not add it.
+local members_known = {}
+
+local function is_member(key, member)
+  local known = members_known[key]
+  if not known then
+    known = {}
+    members_known[key] = known
+  end
+  if known[member] == nil then known[member] = redis.call('SISMEMBER', key, member) == 1 end
+  return known[member]
+end
+
+-- A tenant's keys, built once per call, and its listing indexes checked (by type) once per call.
+local tenants = {}
+
+local function tenant_entry(tenant)
+  local t = tenants[tenant]
+  if not t then
+    t = {lanes = K.tenant_lanes(tenant), jobs = K.tenant_jobs(tenant), status = {}, features = {}}
+    tenants[tenant] = t
+  end
+  return t
+end
+
+-- The tenant's listing keys a job of state ``listed`` and feature ``feature`` ('' for none) is
+-- written to, checked: its status index, and its feature index with whether the tenant's feature
+-- names already hold it.
+local function tenant_indexes(t, tenant, listed, feature)
+  if t.indexed == nil then
+    expect(t.jobs, 'zset')
+    t.indexed = is_member(K.TENANTS_INDEXED, tenant)
+  end
+  local sk = t.status[listed]
+  if not sk then
+    sk = K.tenant_status(tenant, listed)
+    expect(sk, 'zset')
+    t.status[listed] = sk
+  end
+  if feature == '' then return sk, nil end
+  local f = t.features[feature]
+  if not f then
+    local fk = K.tenant_feature(tenant, feature)
+    expect(fk, 'zset')
+    f = {key = fk, named = is_member(K.tenant_features(tenant), fk)}
+    t.features[feature] = f
+  end
+  return sk, f
 end
 
 -- The tenant's lanes (keys.tenant_lanes) are read by later jobs' cap checks, so they change in each
@@ -105,7 +206,8 @@ local function enqueue(j, body)
   local lane = provider .. ':' .. model .. ':' .. endpoint
   local now = tonumber(j[8])
   local cutoff = now - idle_ms
-  local tlk = K.tenant_lanes(tenant)
+  local t = tenant_entry(tenant)
+  local tlk = t.lanes
   -- The tenant's lanes used within the idle window; one more than the cap is refused.
   if cap ~= '' then
     local seen = redis.call('ZSCORE', tlk, lane)
@@ -129,6 +231,23 @@ local function enqueue(j, body)
   local leader = nil
   if gk then leader = dedup_leader(gk, tonumber(j[7]), tonumber(j[21])) end
   local jk = K.job(id)
+  local listed = leader and 'queued' or state
+  -- Every key written below, then the gathered ones, holds the type its write needs.
+  if cap == '' then expect(tlk, 'zset') end  -- else its reads above met any wrong type
+  if reserving then expect(committed, 'string', 'float') end
+  if leader then expect(K.dedup_followers(leader), 'set') end
+  local entry = lane_entry(lane, provider, model, endpoint)
+  if leader then  -- a follower enters no queue
+  elseif state == 'sync' then
+    expect(K.SYNC_QUEUE, 'zset')
+  elseif not entry.queue_checked then
+    expect(entry.queue, 'zset')
+    expect(entry.arrivals, 'zset')
+    expect(K.lane_bytes(lane), 'string', 'integer')
+    entry.queue_checked = true
+  end
+  expect(K.LANES_ACTIVE, 'zset')
+  local sk, feature = tenant_indexes(t, tenant, listed, j[11])
   local route = state == 'sync' and 'sync' or ''
   local fields = {
     'id', id, 'tenant', tenant, 'provider', provider, 'endpoint', endpoint, 'model', model,
@@ -151,22 +270,14 @@ local function enqueue(j, body)
   redis.call('HSET', jk, unpack(fields))
   use_lane(tlk, lane, now, cutoff)
   if reserving then reserve_budget(jk, committed, reserve) end
-  local listed = state
   if leader then
     redis.call('HSET', jk, 'state', 'queued', 'route', '', 'dedup_of', leader)
     redis.call('SADD', K.dedup_followers(leader), id)
-    listed = 'queued'
   elseif state == 'sync' then
     zadd(K.SYNC_QUEUE, j[7], id)
   else
-    zadd(K.lane_queue(lane), j[7], id)
-    zadd(K.lane_arrivals(lane), j[8], id)
-  end
-  local entry = lanes[lane]
-  if not entry then
-    entry = {provider = provider, model = model, endpoint = endpoint, jobs = {}}
-    lanes[lane] = entry
-    lane_order[#lane_order + 1] = lane
+    zadd(entry.queue, j[7], id)
+    zadd(entry.arrivals, j[8], id)
   end
   if not leader and state ~= 'sync' then entry.bytes = (entry.bytes or 0) + #body end
   entry.active = now  -- the last enqueue's time, as sequential enqueues would leave it
@@ -175,13 +286,12 @@ local function enqueue(j, body)
   if gk and not leader then
     redis.call('SET', gk, id, 'PX', j[20])  -- it leads identical requests within the window
   end
-  zadd(K.tenant_jobs(tenant), 0, id)
-  zadd(K.tenant_status(tenant, listed), 0, id)
-  sadd(K.TENANTS_INDEXED, tenant)
-  if j[11] ~= '' then
-    local fk = K.tenant_feature(tenant, j[11])
-    zadd(fk, 0, id)
-    sadd(K.tenant_features(tenant), fk)
+  zadd(t.jobs, 0, id)
+  zadd(sk, 0, id)
+  if not t.indexed then sadd(K.TENANTS_INDEXED, tenant) end
+  if feature then
+    zadd(feature.key, 0, id)
+    if not feature.named then sadd(K.tenant_features(tenant), feature.key) end
   end
   created[#created + 1] = current
   if leader then return {'created', id, leader} end
@@ -191,8 +301,8 @@ end
 -- Up to this many members per gathered command (Lua's unpack has a stack limit).
 local SPAN = 2000
 
--- Run a gathered write; when it fails, each job it serves fails with its error (as that job's own
--- script run would have), the others stand.
+-- Run a gathered write; should it fail (its key was checked, so it should not), each job it serves
+-- is reported with its error, the others stand.
 local function guarded(jobs_of, ...)
   local ok, err = pcall(redis.call, ...)
   if not ok then
@@ -211,13 +321,14 @@ local function flush()
   end
   for _, lane in ipairs(lane_order) do
     local entry = lanes[lane]
-    local mk = K.lane_meta(lane)
-    if entry.bytes then guarded(entry.jobs, 'INCRBY', K.lane_bytes(lane), entry.bytes) end
-    guarded(entry.jobs, 'HSETNX', mk, 'provider', entry.provider)
-    guarded(entry.jobs, 'HSETNX', mk, 'model', entry.model)
-    guarded(entry.jobs, 'HSETNX', mk, 'endpoint', entry.endpoint)
-    guarded(entry.jobs, 'SADD', K.LANES, lane)
-    guarded(entry.jobs, 'ZADD', K.LANES_ACTIVE, entry.active, lane)
+    if #entry.jobs > 0 then  -- else no job of it was created (read before a refusal or an error)
+      if entry.bytes then guarded(entry.jobs, 'INCRBY', K.lane_bytes(lane), entry.bytes) end
+      for _, field in ipairs(entry.missing) do
+        guarded(entry.jobs, 'HSETNX', K.lane_meta(lane), field[1], field[2])
+      end
+      if not entry.registered then guarded(entry.jobs, 'SADD', K.LANES, lane) end
+      guarded(entry.jobs, 'ZADD', K.LANES_ACTIVE, entry.active, lane)
+    end
   end
   for _, key in ipairs(sorder) do
     local entry = sadds[key]
@@ -226,11 +337,16 @@ local function flush()
     guarded(entry.jobs, 'SADD', key, unpack(members))
   end
   for _, tlk in ipairs(tl_order) do guarded(tenant_lane_keys[tlk], 'PEXPIRE', tlk, idle_ms) end
-  if #created > 0 then
+  -- A hint (the scheduler also ticks on its own): a wake-up list of the wrong type fails no job.
+  -- Its entries are all '1', so a push per job trimmed to WAKEUP_MAX leaves min(length + jobs,
+  -- WAKEUP_MAX) of them: pushed only while the list is short (it mostly is full under load).
+  if #created == 0 then return end
+  local ok, length = pcall(redis.call, 'LLEN', K.WAKEUP)
+  if ok and length ~= K.WAKEUP_MAX then
     local ones = {}
-    for i = 1, math.min(#created, K.WAKEUP_MAX) do ones[i] = '1' end
-    guarded(created, 'LPUSH', K.WAKEUP, unpack(ones))
-    guarded(created, 'LTRIM', K.WAKEUP, 0, K.WAKEUP_MAX - 1)
+    for i = 1, math.max(math.min(#created, K.WAKEUP_MAX - length), 1) do ones[i] = '1' end
+    redis.call('LPUSH', K.WAKEUP, unpack(ones))
+    if length + #ones > K.WAKEUP_MAX then redis.call('LTRIM', K.WAKEUP, 0, K.WAKEUP_MAX - 1) end
   end
 end
 
