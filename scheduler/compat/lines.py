@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import orjson
+import structlog
+from redis.exceptions import ResponseError
 
 from config.settings import Settings
 from scheduler.compat.batches import ClientBatch
@@ -21,11 +23,15 @@ from scheduler.costs.admission import AdmissionGate
 from scheduler.errors import BatchshiftError
 from scheduler.intake import ENDPOINTS, admit, refusal, tag_allowed, validate
 from scheduler.ledger.jobs import NewJob
-from scheduler.ledger.ledger import Ledger
+from scheduler.ledger.ledger import EnqueueOutcome, Ledger
 from scheduler.planning import lanes
 
 # OpenAI stops listing line errors after this many.
+log = structlog.get_logger(__name__)
+
 MAX_LINE_ERRORS: Final = 100
+# A line the job store refused while others of its chunk were stored (its error entry's message).
+STORE_FAILED: Final = "the job store refused this line (out of memory or busy); it was not enqueued"
 # Jobs enqueued per pipeline.
 ENQUEUE_CHUNK: Final = 1000
 UTF8_BOM: Final = b"\xef\xbb\xbf"
@@ -247,13 +253,25 @@ async def enqueue_chunk(
             continue
         admitted.append(job)
         pending.append(job)
-    outcomes = iter(await ledger.enqueue_many(admitted))
+    results = await ledger.enqueue_each(admitted)
+    failed = next((o for o in results if isinstance(o, ResponseError)), None)
+    if failed is not None and not any(
+        isinstance(o, EnqueueOutcome) and o.status == "created" for o in results
+    ):
+        raise failed  # nothing of the chunk was stored: the create fails as a whole, as a request would
+    outcomes = iter(results)
     for entry in pending:
         if isinstance(entry, str):
             entries.append(entry)
             continue
         outcome = next(outcomes)
-        if outcome.status == "created":
+        if isinstance(outcome, ResponseError):
+            # Others of the chunk were stored: this line alone is refused (it wrote nothing), so the
+            # batch's stored lines are never created twice by a retried create.
+            log.warning("client_batch.line_store_failed", job_id=entry.id, error=str(outcome))
+            entries.append(refused_entry(entry.custom_id, BatchshiftError(STORE_FAILED)))
+            refused += 1
+        elif outcome.status == "created":
             entries.append(entry.id)
         else:
             error = refusal(entry, outcome, settings) or BatchshiftError(f"not enqueued: {outcome.status}")

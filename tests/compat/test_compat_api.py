@@ -289,3 +289,20 @@ async def test_a_slow_create_swept_as_dead_enqueues_no_more_lines(redis, redis_u
         assert (swept.total, swept.ended, swept.cancelled) == (4, 4, 4)
         records = await intake.ledger.get_many([j.id for j in jobs])
     assert [r.state if r else None for r in records] == ["cancelled", "cancelled", None, None]
+
+
+async def test_a_line_the_job_store_refuses_fails_alone_and_the_stored_lines_run(redis, redis_url):
+    """Redis refusing one line's job (its lane queue is not a sorted set) while it stored the others
+    of the chunk: that line is a failed line of the batch, the others are queued once each."""
+    settings = make_settings(redis_url)
+    await redis.set(keys.lane_queue("openai:gpt-4o:/v1/chat/completions"), "not a sorted set")
+    content = jsonl(["a"]) + jsonl(["b"], model="gpt-4o") + jsonl(["c"])
+    async with api(settings, redis) as (app, _), openai_sdk(app) as sdk:
+        batch = await _create(sdk, content)
+        assert batch.status == "in_progress"
+        assert batch.request_counts is not None
+        assert (batch.request_counts.total, batch.request_counts.failed) == (3, 1)
+    job_ids = [j.decode() for j in await redis.zrange(keys.tenant_jobs("acme"), 0, -1)]
+    assert len(job_ids) == 2
+    custom_ids = sorted([(await redis.hget(keys.job(j), "custom_id")).decode() for j in job_ids])
+    assert custom_ids == ["a", "c"]
