@@ -26,8 +26,7 @@ import asyncio
 import random
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
@@ -132,6 +131,21 @@ class Outcome:
     set_key: str | None = None
     metric: str | None = None
 
+    def row(self) -> tuple[Any, ...]:
+        """What outbox_settle.lua reads of it, in its order (an array decodes cheaper than an object)."""
+        return (
+            self.id,
+            self.token,
+            self.settle,
+            self.status,
+            self.attempted,
+            self.next_ms,
+            self.status_code,
+            self.error,
+            self.set_key,
+            self.metric,
+        )
+
 
 def reading(now_ms: int) -> Callable[[], Awaitable[int]]:
     """A "now" that stays at ``now_ms``: one reading for a whole drain, as the scheduler stamps a tick."""
@@ -193,9 +207,15 @@ class Outbox(abc.ABC, Generic[T, R]):
     def _new_report(self) -> R:
         """An empty report of this kind."""
 
-    @abc.abstractmethod
     async def _load(self, ids: list[str]) -> list[Item[T]]:
-        """The claimed items, in any order, with what their sends need."""
+        """The claimed items, in any order, with what their sends need (a kind that reads them in
+        its claim overrides :meth:`_claim_items` instead)."""
+        raise NotImplementedError
+
+    async def _claim_items(self, args: list[Any]) -> tuple[list[Item[T]], bool]:
+        """Claim with outbox_claim.lua's ``args`` and load the claimed items; whether some were left."""
+        raw_ids, left = await self._claim(keys=[self.terms.due_key], args=args)
+        return await self._load([i.decode() for i in raw_ids]), bool(left)
 
     @abc.abstractmethod
     async def _send(self, item: Item[T]) -> Verdict:
@@ -209,10 +229,13 @@ class Outbox(abc.ABC, Generic[T, R]):
         """Fields that name an item in log events."""
         return {"id": item.id}
 
-    @asynccontextmanager
-    async def _slots(self, item: Item[T]) -> AsyncIterator[None]:
-        """Wait for the send slots ``item`` takes (none by default: ``capacity`` bounds the sends)."""
-        yield
+    def _take_slots(self, item: Item[T]) -> Awaitable[None] | None:
+        """Take the send slots ``item`` takes: None when taken at once, else what to await for them
+        (an awaitable that, cancelled, holds none). None by default: ``capacity`` bounds the sends."""
+        return None
+
+    def _give_slots(self, item: Item[T]) -> None:
+        """Give back what :meth:`_take_slots` took."""
 
     async def drain(self, now_ms: Callable[[], Awaitable[int]], budget_s: float) -> R:
         """Send everything due, claiming as slots free up, until nothing is due or ``budget_s`` passed.
@@ -226,14 +249,27 @@ class Outbox(abc.ABC, Generic[T, R]):
         held_max = capacity(self.terms)
         started = self.monotonic()
         in_flight: dict[asyncio.Task[Outcome], str] = {}  # each send and its group
+        # Sends that ended, in the order they did: one callback per task, where asyncio.wait over
+        # every task in flight would add and remove a callback on each of them at every wake.
+        ended: list[asyncio.Task[Outcome]] = []
+        wake = asyncio.Event()
+
+        def on_end(task: asyncio.Task[Outcome]) -> None:
+            ended.append(task)
+            wake.set()
+
         exhausted = False  # nothing more is due, or the budget is spent
         blocked = False  # what is due belongs to groups without room: claim after a send ends
+        # When "now" is the lease clock's own reading, one reading serves the claim and its lease.
+        shared = now_ms == self.lease_clock.now_ms
         try:
             while True:
                 room = held_max - len(in_flight)
                 if not exhausted and not blocked and room >= held_max * REFILL_SHARE:
                     if self.monotonic() - started < budget_s:
-                        claimed, left = await self._claim_and_start(await now_ms(), room, in_flight)
+                        claimed, left = await self._claim_and_start(
+                            None if shared else await now_ms(), room, in_flight, on_end
+                        )
                         report.claimed += claimed
                         exhausted = claimed < room and not left
                         blocked = claimed < room and left
@@ -243,7 +279,11 @@ class Outbox(abc.ABC, Generic[T, R]):
                     if exhausted or blocked:  # blocked with nothing held: only others' claims are left
                         return report
                     continue
-                done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                if not ended:
+                    wake.clear()
+                    await wake.wait()
+                done = ended[:]
+                ended.clear()
                 for task in done:
                     del in_flight[task]
                 blocked = False
@@ -253,10 +293,14 @@ class Outbox(abc.ABC, Generic[T, R]):
                 task.cancel()
 
     async def _claim_and_start(
-        self, now_ms: int, room: int, in_flight: dict[asyncio.Task[Outcome], str]
+        self,
+        now_ms: int | None,
+        room: int,
+        in_flight: dict[asyncio.Task[Outcome], str],
+        on_end: Callable[[asyncio.Task[Outcome]], object] | None = None,
     ) -> tuple[int, bool]:
-        """Claim up to ``room`` items due at ``now_ms`` and start their sends; return how many, and
-        whether some were left."""
+        """Claim up to ``room`` items due at ``now_ms`` (None: the lease clock's reading) and start
+        their sends (``on_end`` called as each ends); return how many, and whether some were left."""
         terms = self.terms
         held: dict[str, int] = {}
         for group in in_flight.values():
@@ -266,10 +310,9 @@ class Outbox(abc.ABC, Generic[T, R]):
         # Measured before the shared clock is read, so it ends no later than the lease Redis records.
         lease_ends = self.monotonic() + terms.lease_s
         lease_from = await self.lease_clock.now_ms()
-        raw_ids, left = await self._claim(
-            keys=[terms.due_key],
-            args=[
-                now_ms,
+        items, left = await self._claim_items(
+            [
+                lease_from if now_ms is None else now_ms,
                 int(terms.lease_s * 1000),
                 room,
                 token,
@@ -278,17 +321,21 @@ class Outbox(abc.ABC, Generic[T, R]):
                 orjson.dumps(rooms),
                 room * SCAN_PER_CLAIM,
                 lease_from,
-            ],
+            ]
         )
-        ids = [i.decode() for i in raw_ids]
-        for item in await self._load(ids):
+        for item in items:
             task = asyncio.create_task(self._guarded_send(item, token, lease_ends))
+            if on_end is not None:
+                task.add_done_callback(on_end)
             in_flight[task] = item.group
-        return len(ids), bool(left)
+        return len(items), left
 
     async def _guarded_send(self, item: Item[T], token: str, lease_ends: float) -> Outcome:
         """Send once the item's slots are free, if the send can end within the lease; else hand it back."""
-        async with self._slots(item):
+        wait = self._take_slots(item)
+        if wait is not None:
+            await wait
+        try:
             latest_start = lease_ends - self.terms.timeout_s - lease_slack(self.terms)
             if self.monotonic() > latest_start:
                 return Outcome(item.id, token, "released", "released", "", False)
@@ -298,6 +345,8 @@ class Outbox(abc.ABC, Generic[T, R]):
                 log.exception(f"{self.terms.name}.crashed", **self._log_fields(item))
                 verdict = Verdict.failed(f"internal error: {exc!r}")
             return self._outcome(item, token, verdict)
+        finally:
+            self._give_slots(item)
 
     def _outcome(self, item: Item[T], token: str, verdict: Verdict) -> Outcome:
         """The settle step a verdict stands for: a failure is retried on the schedule or dead-lettered."""
@@ -341,7 +390,7 @@ class Outbox(abc.ABC, Generic[T, R]):
         await self._settle(
             keys=[terms.due_key, terms.dead_key, keys.METRICS_GLOBAL],
             args=[
-                orjson.dumps(outcomes),  # orjson writes dataclasses natively: asdict's deep copy was the cost
+                orjson.dumps([o.row() for o in outcomes]),
                 now_ms,
                 terms.record_prefix,
                 int(terms.delete_done),

@@ -23,12 +23,11 @@ With tracing on, each attempt is a span in the job's trace and its request carri
 from __future__ import annotations
 
 import base64
-import hashlib
+import functools
 import hmac
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -61,15 +60,18 @@ USER_AGENT = "batchshift-webhooks/1"
 TENANT_HOLD = 2
 # What a delivery's message needs: the delivery's own fields and the fields of the job's view
 # (scheduler.jobs.VIEW_FIELDS: never the request body, which can be large). job_id comes first:
-# scheduler/ledger/lua/webhook_load.lua reads the job from it; a client batch's event has none.
+# scheduler/ledger/lua/webhook_claim.lua reads the job from it; a client batch's event has none.
 DELIVERY_FIELDS = ("job_id", "tenant", "url", "type", "event_id", "attempts", "client_batch")
 TRACE_FIELDS = ("traceparent", "tracestate")  # read with the job's view only when tracing is on
 
 Delivery = dict[str, Any]
 
 
+@functools.lru_cache(maxsize=256)
 def secret_key(secret: str) -> bytes:
-    """The HMAC key of a ``whsec_<base64>`` secret (unpadded base64 is tolerated, as the spec's library does)."""
+    """The HMAC key of a ``whsec_<base64>`` secret (unpadded base64 is tolerated, as the spec's library does).
+
+    Cached by secret: a tenant's few secrets sign every one of its deliveries."""
     raw = secret.removeprefix(SECRET_PREFIX)
     return base64.b64decode(raw + "=" * (-len(raw) % 4))
 
@@ -78,8 +80,7 @@ def sign(secrets_: Sequence[str], msg_id: str, timestamp: int, body: bytes) -> s
     """The ``webhook-signature`` header: ``v1,<base64 HMAC-SHA256 of id.timestamp.body>`` per secret."""
     signed = f"{msg_id}.{timestamp}.".encode() + body
     return " ".join(
-        "v1," + base64.b64encode(hmac.new(secret_key(s), signed, hashlib.sha256).digest()).decode()
-        for s in secrets_
+        "v1," + base64.b64encode(hmac.digest(secret_key(s), signed, "sha256")).decode() for s in secrets_
     )
 
 
@@ -144,7 +145,7 @@ class Deliverer(Outbox[Delivery, DeliveryReport]):
         self.hooks = settings.webhooks
         self.client = client
         self.limits = limits_for(client, self.hooks)
-        self._load_records = scripts.load(redis, "webhook_load")
+        self._claim_load = scripts.load(redis, "webhook_claim")
 
     async def run(self, now_ms: int | None = None, budget_s: float = 60.0) -> DeliveryReport:
         """Deliver everything due, claiming as slots free up, until nothing is due or ``budget_s`` passed.
@@ -165,38 +166,37 @@ class Deliverer(Outbox[Delivery, DeliveryReport]):
     def _log_fields(self, item: Item[Delivery]) -> dict[str, Any]:
         return {"delivery_id": item.id}
 
-    @asynccontextmanager
-    async def _slots(self, item: Item[Delivery]) -> AsyncIterator[None]:
+    def _take_slots(self, item: Item[Delivery]) -> Awaitable[None] | None:
         """Per (tenant, URL), per tenant, then overall: a slow receiver fills only its own slots."""
-        tenant = item.group
-        url_key = item.data["url_hash"]
-        limits = self.limits
-        async with limits.url.hold(url_key), limits.tenant.hold(tenant), limits.total.hold(""):
-            yield
+        return self.limits.take(item.data["url_hash"], item.group)
 
-    async def _load(self, ids: list[str]) -> list[Item[Delivery]]:
-        """Each delivery with the job fields its message shows, its result and whether its URL is
-        disabled: one script call for the records (scheduler/ledger/lua/webhook_load.lua), one
-        pipelined read per distinct URL for the 410 marks."""
-        if not ids:
-            return []
+    def _give_slots(self, item: Item[Delivery]) -> None:
+        self.limits.give(item.data["url_hash"], item.group)
+
+    async def _claim_items(self, args: list[Any]) -> tuple[list[Item[Delivery]], bool]:
+        """Claim due deliveries and read, in the same script call (scheduler/ledger/lua/webhook_claim.lua),
+        each one's fields, the job fields its message shows and its result; then one pipelined read
+        per distinct URL for the 410 marks (and per client batch event, its batch)."""
         job_fields = VIEW_FIELDS + TRACE_FIELDS if self.tracing.enabled else VIEW_FIELDS
-        flat = await self._load_records(
-            keys=[], args=[len(DELIVERY_FIELDS), len(job_fields), *DELIVERY_FIELDS, *job_fields, *ids]
+        raw_ids, left, rows, jobs, results = await self._claim_load(
+            keys=[self.terms.due_key],
+            args=[*args, len(DELIVERY_FIELDS), len(job_fields), *DELIVERY_FIELDS, *job_fields],
         )
-        width = len(DELIVERY_FIELDS) + len(job_fields) + 1
         deliveries: list[Delivery] = []
-        for n, did in enumerate(ids):
-            row = flat[n * width : (n + 1) * width]
-            d = {f: v.decode() for f, v in zip(DELIVERY_FIELDS, row, strict=False) if v is not None} | {
-                "id": did
-            }
-            values = row[len(DELIVERY_FIELDS) : -1]
-            job_raw = {f.encode(): v for f, v in zip(job_fields, values, strict=True) if v is not None}
+        for raw_id, row, job, result in zip(raw_ids, rows, jobs, results, strict=True):
+            d = {f: v.decode() for f, v in zip(DELIVERY_FIELDS, row, strict=False) if v is not None}
+            d["id"] = raw_id.decode()
+            job_raw = {f.encode(): v for f, v in zip(job_fields, job, strict=False) if v is not None}
             d["job"] = JobRecord.from_hash(job_raw) if job_raw.get(b"id") else None
-            d["result"] = row[-1]
+            d["result"] = result
             d["url_hash"] = url_hash(d.get("tenant", ""), d.get("url", ""))
             deliveries.append(d)
+        return await self._with_marks(deliveries), bool(left)
+
+    async def _with_marks(self, deliveries: list[Delivery]) -> list[Item[Delivery]]:
+        """``deliveries`` as items, with their URLs' 410 marks and their client batches read."""
+        if not deliveries:
+            return []
         urls = sorted({d["url_hash"] for d in deliveries})
         batch_events = [d for d in deliveries if d.get("client_batch")]
         async with self.redis.pipeline(transaction=False) as pipe:

@@ -26,7 +26,7 @@ from scheduler.ledger.ledger import Finish, Ledger
 from scheduler.planning.webhook_dispatch import url_hash
 from tests.conftest import make_settings
 from tests.workers.receiver import Answer, BodyPlan, running_receiver
-from workers.webhook_slots import Slots
+from workers.webhook_slots import Limits, Slots
 from workers.webhooks import Deliverer, DeliveryReport, build_client, capacity, sign
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -153,6 +153,46 @@ async def test_three_500s_then_200_delivers_on_the_fourth_attempt_under_one_id(
     record = await delivery(redis, jid)
     assert record["status"] == "delivered"
     assert record["attempts"] == "4"
+
+
+async def test_each_attempt_is_logged_for_the_timeline_and_the_record_says_how_it_ended(
+    redis_url, redis, ledger
+) -> None:
+    """The settle's one write per item: attempts, last status and error, next time, attempt_log."""
+    settings = hook_settings(redis_url)
+    clock = virtual_clock()
+
+    def answer(n: int) -> Answer:
+        return (500 if n < 1 else 200), {}, 0.0
+
+    with running_receiver(answer, secrets=(SECRET,)) as rx:
+        jid = await finished_job(ledger, rx.url)
+        first_ms = clock.ms
+        await run(settings, redis, clock)
+        failing = await delivery(redis, jid)
+        clock.advance(5)
+        await run(settings, redis, clock)
+    # The first entry is written without decoding a log: the bytes a JSON encoder writes for it.
+    assert failing["attempt_log"] == f'[[{first_ms},500,"HTTP 500"]]'
+    assert failing["attempts"] == "1"
+    assert failing["status"] == "failing"
+    assert (failing["last_status"], failing["last_error"]) == ("500", "HTTP 500")
+    assert int(failing["next_ms"]) == first_ms + 1000
+    assert "lease" not in failing
+    assert "lease_until" not in failing
+    record = await delivery(redis, jid)
+    assert orjson.loads(record["attempt_log"]) == [[first_ms, 500, "HTTP 500"], [clock.ms, 200, ""]]
+    assert record["attempts"] == "2"
+    assert (record["status"], record["last_status"], record["last_error"]) == ("delivered", "200", "")
+    assert (record["delivered_ms"], record["next_ms"], record["last_attempt_ms"]) == (
+        str(clock.ms),
+        "",
+        str(clock.ms),
+    )
+    assert "lease" not in record
+    metrics = await redis.hgetall(keys.METRICS_GLOBAL)  # type: ignore[misc]
+    assert metrics[b"webhook:retry"] == b"1"
+    assert metrics[b"webhook:delivered"] == b"1"
 
 
 async def test_nothing_is_sent_before_the_next_attempt_is_due(redis_url, redis, ledger) -> None:
@@ -618,6 +658,51 @@ async def test_send_slots_hold_their_limit_and_forget_keys_no_one_uses() -> None
     await asyncio.gather(*tasks)
     assert peak == {"a": 2, "b": 1}
     assert len(slots) == 0
+
+
+async def test_a_send_cancelled_while_waiting_for_slots_holds_none() -> None:
+    """A wait for the tenant's slot that is cancelled gives back the URL slot it held."""
+    limits = Limits(Slots(4), Slots(1), Slots(4))
+    assert limits.take("u1", "acme") is None  # all three free: taken at once
+    waiting = limits.take("u2", "acme")  # the tenant's one slot is held
+    assert waiting is not None
+    task = asyncio.ensure_future(waiting)
+    await asyncio.sleep(0)
+    assert (len(limits.url), len(limits.tenant), len(limits.total)) == (2, 1, 1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert (len(limits.url), len(limits.tenant), len(limits.total)) == (1, 1, 1)
+    limits.give("u1", "acme")
+    assert (len(limits.url), len(limits.tenant), len(limits.total)) == (0, 0, 0)
+
+
+async def test_a_freed_slot_goes_to_the_first_in_line_even_when_it_was_cancelled() -> None:
+    slots = Slots(1)
+    assert slots.try_take("k")
+    first = asyncio.ensure_future(slots.take("k"))
+    second = asyncio.ensure_future(slots.take("k"))
+    await asyncio.sleep(0)
+    slots.give("k")  # handed to the first in line
+    first.cancel()  # ...which is cancelled before it runs: the slot passes on to the second
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    await second
+    assert not slots.try_take("k")
+    slots.give("k")
+    assert len(slots) == 0
+
+
+async def test_a_due_delivery_whose_record_is_gone_is_dropped(redis_url, redis, ledger) -> None:
+    settings = hook_settings(redis_url)
+    await redis.zadd(keys.WEBHOOKS_DUE, {"wh_gone": 0})
+    with running_receiver() as rx:
+        jid = await finished_job(ledger, rx.url)
+        report = await run(settings, redis, virtual_clock())
+    assert (report["claimed"], report["delivered"]) == (1, 1)
+    assert len(rx.requests) == 1
+    assert (await delivery(redis, jid))["status"] == "delivered"
+    assert await redis.zcard(keys.WEBHOOKS_DUE) == 0
 
 
 def gzip_of_zeros(megabytes: int) -> bytes:

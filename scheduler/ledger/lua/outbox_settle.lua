@@ -1,62 +1,110 @@
 -- The outbox's settle (workers/outbox.py): record what happened to claimed items, each only while
 -- its claim is still ours (a lease that ran out may have been claimed again by another worker,
 -- whose outcome then counts).
+-- uses: bulk
 -- KEYS: 1 the kind's due zset, 2 its dead-letter zset, 3 the global metrics hash.
 -- ARGV: 1 JSON array of outcomes, 2 now ms, 3 item hash key prefix,
 --       4 '1' when a sent item's record is deleted (else it stays, marked with its status),
 --       5 seconds a dead item's record is kept (0: until retention retires it).
--- outcome: {id, token, settle = 'done'|'retry'|'dead'|'released', status, attempted = bool,
---           next_ms = ?, status_code = ?, error = ?, set_key = ?, metric = ?}
+-- outcome: [id, token, settle = 'done'|'retry'|'dead'|'released', status, attempted = bool,
+--           next_ms = ?, status_code = ?, error = ?, set_key = ?, metric = ?] (an array, in this
+--           order: workers.outbox.Outcome.row)
 -- 'released' hands a claimed item back unsent and due now (its send could not end within the
 -- lease); nothing else about it changes. ``set_key`` is set to now (a webhook URL's 410 mark);
 -- ``metric`` is a field of the metrics hash counted once.
 -- Each attempt is also appended to the item's ``attempt_log`` (JSON [[ms, status, error], ...], the
 -- last ATTEMPT_LOG_MAX), in this same step, for the console's job timeline.
+-- Each item costs a read, a delete of its lease and one write of its fields; the due and dead
+-- sets and the metrics are written once per call.
 -- Returns the number of outcomes applied.
 local outcomes = cjson.decode(ARGV[1])
 local now = ARGV[2]
+local now_n = tonumber(now)
 local delete_done = ARGV[4] == '1'
 local dead_ttl = tonumber(ARGV[5])
 local applied = 0
 local ATTEMPT_LOG_MAX = 20
 local ATTEMPT_ERROR_CHARS = 200
-local function opt(v) if v == nil or v == cjson.null then return nil end return v end
+local null = cjson.null
+local function opt(v) if v == nil or v == null then return nil end return v end
+local released, done, retry, dead = {}, {}, {}, {}
+local metrics = {}
 for _, o in ipairs(outcomes) do
-  local hk = ARGV[3] .. o.id
-  if redis.call('HGET', hk, 'lease') == o.token then
+  local id, token, settle, status, attempted = o[1], o[2], o[3], o[4], o[5]
+  local next_ms, status_code, err, set_key, metric = opt(o[6]), opt(o[7]), opt(o[8]), opt(o[9]), opt(o[10])
+  local hk = ARGV[3] .. id
+  local f = redis.call('HMGET', hk, 'lease', 'attempts', 'attempt_log')
+  if f[1] == token then
     redis.call('HDEL', hk, 'lease', 'lease_until')
-    if o.settle == 'released' then
-      redis.call('ZADD', KEYS[1], now, o.id)
+    if settle == 'released' then
+      released[#released + 1] = id
     else
-      if o.attempted then
-        redis.call('HINCRBY', hk, 'attempts', 1)
-        redis.call('HSET', hk, 'last_attempt_ms', now, 'last_status', opt(o.status_code) or 0)
-        local log = cjson.decode(redis.call('HGET', hk, 'attempt_log') or '[]')
-        log[#log + 1] = {tonumber(now), opt(o.status_code) or 0, string.sub(opt(o.error) or '', 1, ATTEMPT_ERROR_CHARS)}
-        while #log > ATTEMPT_LOG_MAX do table.remove(log, 1) end
-        redis.call('HSET', hk, 'attempt_log', cjson.encode(log))
-      end
-      redis.call('HSET', hk, 'last_error', opt(o.error) or '')
-      if o.settle == 'done' then
-        redis.call('ZREM', KEYS[1], o.id)
-        if delete_done then
-          redis.call('DEL', hk)
-        else
-          redis.call('HSET', hk, 'status', o.status, 'delivered_ms', now, 'next_ms', '')
+      local gone = settle == 'done' and delete_done
+      if not gone then
+        local fields = {'last_error', err or ''}
+        if attempted then
+          local code = status_code or 0
+          local entry = {now_n, code, string.sub(err or '', 1, ATTEMPT_ERROR_CHARS)}
+          local text
+          if f[3] then
+            local log = cjson.decode(f[3])
+            log[#log + 1] = entry
+            while #log > ATTEMPT_LOG_MAX do table.remove(log, 1) end
+            text = cjson.encode(log)
+          else
+            text = '[' .. cjson.encode(entry) .. ']'  -- the first attempt: what encoding {entry} writes
+          end
+          local n = #fields
+          fields[n + 1] = 'attempts'
+          fields[n + 2] = (tonumber(f[2]) or 0) + 1
+          fields[n + 3] = 'last_attempt_ms'
+          fields[n + 4] = now
+          fields[n + 5] = 'last_status'
+          fields[n + 6] = code
+          fields[n + 7] = 'attempt_log'
+          fields[n + 8] = text
         end
-      elseif o.settle == 'retry' then
-        redis.call('ZADD', KEYS[1], o.next_ms, o.id)
-        redis.call('HSET', hk, 'status', o.status, 'next_ms', o.next_ms)
+        local n = #fields
+        fields[n + 1] = 'status'
+        fields[n + 2] = status
+        fields[n + 3] = 'next_ms'
+        if settle == 'done' then
+          fields[n + 4] = ''
+          fields[n + 5] = 'delivered_ms'
+          fields[n + 6] = now
+        elseif settle == 'retry' then
+          fields[n + 4] = next_ms
+        else
+          fields[n + 4] = ''
+          fields[n + 5] = 'dead_ms'
+          fields[n + 6] = now
+        end
+        redis.call('HSET', hk, unpack(fields))
+      end
+      if settle == 'done' then
+        done[#done + 1] = id
+        if gone then redis.call('DEL', hk) end
+      elseif settle == 'retry' then
+        retry[#retry + 1] = next_ms
+        retry[#retry + 1] = id
       else
-        if opt(o.set_key) then redis.call('SET', o.set_key, now) end
-        redis.call('ZREM', KEYS[1], o.id)
-        redis.call('ZADD', KEYS[2], now, o.id)
-        redis.call('HSET', hk, 'status', o.status, 'dead_ms', now, 'next_ms', '')
+        if set_key then redis.call('SET', set_key, now) end
+        dead[#dead + 1] = id
         if dead_ttl > 0 then redis.call('EXPIRE', hk, dead_ttl) end
       end
-      if opt(o.metric) then redis.call('HINCRBY', KEYS[3], o.metric, 1) end
+      if metric then metrics[metric] = (metrics[metric] or 0) + 1 end
     end
     applied = applied + 1
   end
 end
+if #released > 0 then bulk('ZADD', KEYS[1], released, now) end
+if #done > 0 then bulk('ZREM', KEYS[1], done) end
+for i = 1, #retry, BULK_CHUNK do
+  redis.call('ZADD', KEYS[1], unpack(retry, i, math.min(i + BULK_CHUNK - 1, #retry)))
+end
+if #dead > 0 then
+  bulk('ZREM', KEYS[1], dead)
+  bulk('ZADD', KEYS[2], dead, now)
+end
+for metric, n in pairs(metrics) do redis.call('HINCRBY', KEYS[3], metric, n) end
 return applied
