@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
@@ -21,10 +22,28 @@ def lane_name(provider: str, model: str, endpoint: str) -> str:
     return f"{provider}:{model}:{endpoint}"
 
 
+# Epoch ms below this (2**32 s, in 2106) take iso's fast path: up to there ms / 1000 as a float is
+# within a quarter of a microsecond of the exact value, so fromtimestamp rounds to the exact ms.
+_ISO_FAST_END: Final = 2**32 * 1000
+
+
+@functools.lru_cache(maxsize=1024)
+def _iso_second(seconds: int) -> str:
+    """``YYYY-MM-DDTHH:MM:SS`` of an epoch second (jobs of one run share a handful of them)."""
+    return datetime.fromtimestamp(seconds, tz=UTC).isoformat()[:19]
+
+
 def iso(ms: int | None) -> str | None:
-    """Epoch milliseconds as RFC 3339 UTC, or None."""
+    """Epoch milliseconds as RFC 3339 UTC, or None.
+
+    What ``datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat()`` writes (with ``Z`` for ``+00:00``):
+    the fraction as microseconds, left out when zero. An int in range is written from its cached
+    second and its own milliseconds (a job view writes three of these, a webhook body four)."""
     if ms is None:
         return None
+    if type(ms) is int and 0 <= ms < _ISO_FAST_END:
+        frac = ms % 1000
+        return _iso_second(ms // 1000) + (f".{frac:03d}000Z" if frac else "Z")
     return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat().replace("+00:00", "Z")
 
 

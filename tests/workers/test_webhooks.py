@@ -19,7 +19,7 @@ from standardwebhooks import Webhook
 
 from config.settings import Settings, TenantSettings, WebhookSettings
 from scheduler.ledger import keys
-from scheduler.ledger.clock import ManualClock
+from scheduler.ledger.clock import ManualClock, server_ms
 from scheduler.ledger.ids import job_id
 from scheduler.ledger.jobs import NewJob
 from scheduler.ledger.ledger import Finish, Ledger
@@ -362,6 +362,32 @@ async def test_a_worker_whose_clock_runs_ahead_leaves_live_claims_alone(redis_ur
         assert (await run(settings, redis, clock, now_ms=clock.ms + 60_000))["claimed"] == 0
     assert rx.requests == []
     assert (await delivery(redis, jid))["lease"] == "other-worker"
+
+
+async def test_on_the_servers_clock_the_scripts_read_it_themselves(redis_url, redis, ledger) -> None:
+    """Production's clock (no injected one): the claim's lease and the settle's stamps and retry
+    time are the Redis server's TIME, read inside each script, and a live lease on it still holds."""
+    settings = hook_settings(redis_url, lease_s=30.0)
+    with running_receiver(lambda n: (500, {}, 0.0)) as rx:
+        jid = await finished_job(ledger, rx.url)
+        before = await server_ms(redis)
+        async with build_client(settings) as client:
+            report = await Deliverer(settings, redis, client, rng=random.Random(1)).run()
+        after = await server_ms(redis)
+        assert (report.claimed, report.retry) == (1, 1)
+        record = await delivery(redis, jid)
+        assert before <= int(record["last_attempt_ms"]) <= after
+        assert before + 1000 <= int(record["next_ms"]) <= after + 1000  # the first step: 1 s
+        assert await redis.zscore(keys.WEBHOOKS_DUE, f"wh_{jid}") == int(record["next_ms"])
+        # A claim another worker holds on the server's clock is left alone by a worker far ahead.
+        await asyncio.sleep(1.1)
+        assert (await claim(settings, redis, ManualClock(after + 2000), lease_ms=30_000))[0] == [f"wh_{jid}"]
+        held = await delivery(redis, jid)
+        async with build_client(settings) as client:
+            ahead = await Deliverer(settings, redis, client).run(now_ms=after + 120_000)
+        assert ahead.claimed == 0
+    assert len(rx.requests) == 1
+    assert (await delivery(redis, jid))["lease"] == held["lease"] == "other-worker"
 
 
 async def test_one_claim_takes_at_most_each_tenants_room(redis_url, redis, ledger) -> None:

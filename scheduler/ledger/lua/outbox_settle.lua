@@ -1,14 +1,16 @@
 -- The outbox's settle (workers/outbox.py): record what happened to claimed items, each only while
 -- its claim is still ours (a lease that ran out may have been claimed again by another worker,
 -- whose outcome then counts).
--- uses: bulk
+-- uses: bulk, server_time
 -- KEYS: 1 the kind's due zset, 2 its dead-letter zset, 3 the global metrics hash.
--- ARGV: 1 JSON array of outcomes, 2 now ms, 3 item hash key prefix,
+-- ARGV: 1 JSON array of outcomes, 2 now ms ('': the Redis server's TIME, read here), 3 item hash
+--       key prefix,
 --       4 '1' when a sent item's record is deleted (else it stays, marked with its status),
 --       5 seconds a dead item's record is kept (0: until retention retires it).
 -- outcome: [id, token, settle = 'done'|'retry'|'dead'|'released', status, attempted = bool,
---           next_ms = ?, status_code = ?, error = ?, set_key = ?, metric = ?] (an array, in this
---           order: workers.outbox.Outcome.row)
+--           next_ms = ?, status_code = ?, error = ?, set_key = ?, metric = ?, delay_ms = ?] (an
+--           array, in this order: workers.outbox.Outcome.row); a retry without next_ms is due
+--           delay_ms after now.
 -- 'released' hands a claimed item back unsent and due now (its send could not end within the
 -- lease); nothing else about it changes. ``set_key`` is set to now (a webhook URL's 410 mark);
 -- ``metric`` is a field of the metrics hash counted once.
@@ -18,7 +20,7 @@
 -- sets and the metrics are written once per call.
 -- Returns the number of outcomes applied.
 local outcomes = cjson.decode(ARGV[1])
-local now = ARGV[2]
+local now = ARGV[2] == '' and server_time_ms() or ARGV[2]
 local now_n = tonumber(now)
 local delete_done = ARGV[4] == '1'
 local dead_ttl = tonumber(ARGV[5])
@@ -32,6 +34,7 @@ local metrics = {}
 for _, o in ipairs(outcomes) do
   local id, token, settle, status, attempted = o[1], o[2], o[3], o[4], o[5]
   local next_ms, status_code, err, set_key, metric = opt(o[6]), opt(o[7]), opt(o[8]), opt(o[9]), opt(o[10])
+  if next_ms == nil and opt(o[11]) then next_ms = now_n + o[11] end
   local hk = ARGV[3] .. id
   local f = redis.call('HMGET', hk, 'lease', 'attempts', 'attempt_log')
   if f[1] == token then

@@ -10,17 +10,19 @@
 -- A run of refusals as long as a group's whole room ends the scan (the rest is that backlog).
 -- A due entry whose record is gone (retired, or deleted once sent) is dropped from the due set.
 -- KEYS: 1 the kind's due zset.
--- ARGV: 1 now ms (the caller's: which items are due), 2 lease ms, 3 most to claim,
---       4 claim token, 5 item hash key prefix, 6 room of a group not listed,
+-- ARGV: 1 now ms (the caller's: which items are due; '': the shared clock's), 2 lease ms,
+--       3 most to claim, 4 claim token, 5 item hash key prefix, 6 room of a group not listed,
 --       7 JSON object group -> room, 8 most due entries to look at,
---       9 the shared clock's now ms (leases start and are judged from it).
--- uses: bulk
+--       9 the shared clock's now ms (leases start and are judged from it; '': the Redis server's
+--       TIME, read here, which saves the caller a round trip when that is its shared clock).
+-- uses: bulk, server_time
 
 -- Claim what ARGV describes; ``extra`` names more fields of each item's hash to read in the same
 -- HMGET. Returns the claimed ids, 1 when due items were left for lack of group room else 0, and
 -- per claimed id its record's values of ``extra`` (nil values as false).
 local function outbox_claim(extra)
-  local server = tonumber(ARGV[9])
+  local server = tonumber(ARGV[9] == '' and server_time_ms() or ARGV[9])
+  local due = ARGV[1] == '' and server or ARGV[1]
   local lease_end = server + tonumber(ARGV[2])
   local want = tonumber(ARGV[3])
   local default_room = tonumber(ARGV[6])
@@ -40,7 +42,7 @@ local function outbox_claim(extra)
   -- scan limit cost more Redis CPU per delivery than the rest of the pipeline's scripts together.
   local refused_run = 0
   while #chosen < want and offset < scan and refused_run < default_room do
-    local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', offset, math.min(page, scan - offset))
+    local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', due, 'LIMIT', offset, math.min(page, scan - offset))
     if #ids == 0 then break end
     offset = offset + #ids
     for _, id in ipairs(ids) do
