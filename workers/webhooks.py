@@ -40,7 +40,7 @@ from config.tracing import OFF, Tracing
 from scheduler.compat.batches import ClientBatch
 from scheduler.ledger import keys, scripts, tasks
 from scheduler.ledger.clock import Clock
-from scheduler.ledger.jobs import VIEW_FIELDS, JobRecord, iso
+from scheduler.ledger.jobs import VIEW_FIELDS, iso, view_of_fields
 from scheduler.planning.webhook_dispatch import url_hash
 from workers import outbox
 from workers.context import WorkerContext, tracing_of
@@ -186,8 +186,7 @@ class Deliverer(Outbox[Delivery, DeliveryReport]):
         for raw_id, row, job, result in zip(raw_ids, rows, jobs, results, strict=True):
             d = {f: v.decode() for f, v in zip(DELIVERY_FIELDS, row, strict=False) if v is not None}
             d["id"] = raw_id.decode()
-            job_raw = {f.encode(): v for f, v in zip(job_fields, job, strict=False) if v is not None}
-            d["job"] = JobRecord.from_hash(job_raw) if job_raw.get(b"id") else None
+            d["job"] = job if job and job[0] else None  # its job_fields' values, while the job is there
             d["result"] = result
             d["url_hash"] = url_hash(d.get("tenant", ""), d.get("url", ""))
             deliveries.append(d)
@@ -217,44 +216,42 @@ class Deliverer(Outbox[Delivery, DeliveryReport]):
     async def _send(self, item: Item[Delivery]) -> Verdict:
         delivery = item.data
         did = item.id
-        job: JobRecord | None = delivery["job"]
+        values: list[bytes | None] | None = delivery["job"]
         if delivery["disabled"]:
             return Verdict("disabled", "dead", False, error="receiver answered 410 before; URL disabled")
-        if job is None and delivery.get("batch") is None:
+        if values is None and delivery.get("batch") is None:
             return Verdict("dead", "dead", False, error="job or client batch no longer exists")
         tenant = self.settings.tenants.get(item.group)
         signing = [s.get_secret_value() for s in tenant.webhook_secrets] if tenant else []
         if not signing:
             return Verdict("dead", "dead", False, error="tenant has no webhook secret to sign with")
-        if job is None:
+        if values is None:
             event = batch_event(delivery)
             return await self._post(
                 item, delivery["batch"].id, event, self._headers(delivery, signing, event)
             )
-        body = orjson.dumps(
-            {
-                "type": delivery.get("type"),
-                "timestamp": iso(job.completed_ms),
-                "data": job.view(delivery["result"]),
-            }
-        )
+        view = view_of_fields(values, delivery["result"])
+        job_id = view["id"]
+        # The event's time is the job's end: its view's completed_at, the same iso(completed_ms).
+        body = orjson.dumps({"type": delivery.get("type"), "timestamp": view["completed_at"], "data": view})
         headers = self._headers(delivery, signing, body)
         if not self.tracing.enabled:
-            return await self._post(item, job.id, body, headers)
+            return await self._post(item, job_id, body, headers)
+        traceparent, tracestate = values[len(VIEW_FIELDS) :]  # read with the view when tracing is on
         with self.tracing.span(
             "webhook.deliver",
-            parent=job.traceparent,
-            tracestate=job.tracestate,
+            parent=traceparent.decode() if traceparent else None,
+            tracestate=tracestate.decode() if tracestate else None,
             kind="client",
             attributes={
-                "batchshift.job_id": job.id,
+                "batchshift.job_id": job_id,
                 "batchshift.delivery_id": did,
                 "batchshift.attempt": item.attempts + 1,
                 "webhook.type": delivery.get("type"),
             },
         ) as span:
             headers |= span.headers()  # the receiver continues the trace from this attempt
-            verdict = await self._post(item, job.id, body, headers)
+            verdict = await self._post(item, job_id, body, headers)
             span.set(**{"http.response.status_code": verdict.status_code})
             if verdict.error:
                 span.error(verdict.error)
