@@ -17,9 +17,10 @@
 --       TIME, read here, which saves the caller a round trip when that is its shared clock).
 -- uses: bulk, server_time
 
--- Claim what ARGV describes; ``extra`` names more fields of each item's hash to read in the same
--- HMGET. Returns the claimed ids, 1 when due items were left for lack of group room else 0, and
--- per claimed id its record's values of ``extra`` (nil values as false).
+-- Claim what ARGV describes; ``extra`` names more fields of each claimed item's hash to read (only
+-- of those claimed: a claim behind a tenant's backlog looks at many it refuses). Returns the
+-- claimed ids, 1 when due items were left for lack of group room else 0, and per claimed id its
+-- record's values of ``extra`` (nil values as false).
 local function outbox_claim(extra)
   local server = tonumber(ARGV[9] == '' and server_time_ms() or ARGV[9])
   local due = ARGV[1] == '' and server or ARGV[1]
@@ -47,13 +48,9 @@ local function outbox_claim(extra)
     offset = offset + #ids
     for _, id in ipairs(ids) do
       local hk = ARGV[5] .. id
-      local f = redis.call('HMGET', hk, 'lease', 'lease_until', 'tenant', unpack(extra))
-      -- A field read proves the record is there; with none, ask (an item may have none of these).
-      local present = false
-      for i = 1, 3 + nextra do
-        if f[i] then present = true break end
-      end
-      if not present and redis.call('EXISTS', hk) == 0 then
+      local f = redis.call('HMGET', hk, 'lease', 'lease_until', 'tenant')
+      -- A field read proves the record is there (a webhook's tenant); with none, ask.
+      if not (f[1] or f[2] or f[3]) and redis.call('EXISTS', hk) == 0 then
         orphans[#orphans + 1] = id
       else
         local held = f[1] and tonumber(f[2] or '0') > server  -- still leased: another worker is on it
@@ -63,11 +60,7 @@ local function outbox_claim(extra)
           if room > 0 then
             rooms[group] = room - 1
             chosen[#chosen + 1] = id
-            if nextra > 0 then
-              local row = {}
-              for i = 1, nextra do row[i] = f[3 + i] end
-              rows[#chosen] = row
-            end
+            if nextra > 0 then rows[#chosen] = redis.call('HMGET', hk, unpack(extra)) end
             refused_run = 0
             if #chosen >= want then break end
           else
