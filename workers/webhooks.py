@@ -23,6 +23,7 @@ With tracing on, each attempt is a span in the job's trace and its request carri
 from __future__ import annotations
 
 import base64
+import collections
 import functools
 import hmac
 import random
@@ -59,12 +60,46 @@ USER_AGENT = "batchshift-webhooks/1"
 # the tenant's slots busy between claims, too few for its backlog to fill the worker.
 TENANT_HOLD = 2
 # What a delivery's message needs: the delivery's own fields and the fields of the job's view
-# (scheduler.jobs.VIEW_FIELDS: never the request body, which can be large). job_id comes first:
-# scheduler/ledger/lua/webhook_claim.lua reads the job from it; a client batch's event has none.
+# (scheduler.jobs.VIEW_FIELDS: never the request body, which can be large). job_id, tenant and url
+# come first: scheduler/ledger/lua/webhook_claim.lua reads the job from job_id (a client batch's
+# event has none) and the URL's 410 mark from tenant and url.
 DELIVERY_FIELDS = ("job_id", "tenant", "url", "type", "event_id", "attempts", "client_batch")
 TRACE_FIELDS = ("traceparent", "tracestate")  # read with the job's view only when tracing is on
 
 Delivery = dict[str, Any]
+# URLs whose keys.disabled_url hash the claim script is given (it cannot make a SHA-256): the most
+# recently seen, per process; a claimed delivery to another URL has its mark read after the claim.
+KNOWN_URLS = 16
+
+
+class KnownUrls:
+    """The ``url_hash`` of the (tenant, URL) pairs seen last, at most ``size`` of them."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._hashes: collections.OrderedDict[tuple[str, str], str] = collections.OrderedDict()
+
+    def hash(self, tenant: str, url: str) -> str:
+        """``url_hash(tenant, url)``, remembered as the latest seen."""
+        key = (tenant, url)
+        found = self._hashes.get(key)
+        if found is None:
+            found = self._hashes[key] = url_hash(tenant, url)
+            if len(self._hashes) > self.size:
+                self._hashes.popitem(last=False)
+        else:
+            self._hashes.move_to_end(key)
+        return found
+
+    def pairs(self) -> list[str]:
+        """``"<tenant>\n<url>", hash`` for each, flat, as webhook_claim.lua takes them."""
+        out: list[str] = []
+        for (tenant, url), hashed in self._hashes.items():
+            out += (f"{tenant}\n{url}", hashed)
+        return out
+
+
+_KNOWN_URLS = KnownUrls(KNOWN_URLS)
 
 
 @functools.lru_cache(maxsize=256)
@@ -178,42 +213,54 @@ class Deliverer(Outbox[Delivery, DeliveryReport]):
 
     async def _claim_items(self, args: list[Any]) -> tuple[list[Item[Delivery]], bool]:
         """Claim due deliveries and read, in the same script call (scheduler/ledger/lua/webhook_claim.lua),
-        each one's fields, the job fields its message shows and its result; then one pipelined read
-        per distinct URL for the 410 marks (and per client batch event, its batch)."""
+        each one's fields, the job fields its message shows, its result and, for URLs this process
+        has seen, the URL's 410 mark; then one pipelined read of the marks of other URLs and of the
+        client batches of batch events, when there are any."""
         job_fields = VIEW_FIELDS + TRACE_FIELDS if self.tracing.enabled else VIEW_FIELDS
-        raw_ids, left, rows, jobs, results = await self._claim_load(
+        known = _KNOWN_URLS.pairs()
+        raw_ids, left, rows, jobs, results, marks = await self._claim_load(
             keys=[self.terms.due_key],
-            args=[*args, len(DELIVERY_FIELDS), len(job_fields), *DELIVERY_FIELDS, *job_fields],
+            args=[
+                *args,
+                len(DELIVERY_FIELDS),
+                len(job_fields),
+                len(known) // 2,
+                *DELIVERY_FIELDS,
+                *job_fields,
+                *known,
+            ],
         )
         deliveries: list[Delivery] = []
-        for raw_id, row, job, result in zip(raw_ids, rows, jobs, results, strict=True):
+        for raw_id, row, job, result, mark in zip(raw_ids, rows, jobs, results, marks, strict=True):
             d = {f: v.decode() for f, v in zip(DELIVERY_FIELDS, row, strict=False) if v is not None}
             d["id"] = raw_id.decode()
             d["job"] = job if job and job[0] else None  # its job_fields' values, while the job is there
             d["result"] = result
-            d["url_hash"] = url_hash(d.get("tenant", ""), d.get("url", ""))
+            d["url_hash"] = _KNOWN_URLS.hash(d.get("tenant", ""), d.get("url", ""))
+            d["disabled"] = None if mark is None else bool(mark)  # None: read below
             deliveries.append(d)
         return await self._with_marks(deliveries), bool(left)
 
     async def _with_marks(self, deliveries: list[Delivery]) -> list[Item[Delivery]]:
-        """``deliveries`` as items, with their URLs' 410 marks and their client batches read."""
-        if not deliveries:
-            return []
-        urls = sorted({d["url_hash"] for d in deliveries})
+        """``deliveries`` as items, with the 410 marks the claim did not read and their client
+        batches read (one pipelined round trip, only when there is something to read)."""
+        urls = sorted({d["url_hash"] for d in deliveries if d["disabled"] is None})
         batch_events = [d for d in deliveries if d.get("client_batch")]
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for key in urls:
-                pipe.exists(keys.disabled_url(key))
-            for d in batch_events:  # a batch.* event shows the client batch's record, not a job
-                pipe.hgetall(keys.client_batch(d["client_batch"]))
-            replies = await pipe.execute()
-        marks, batches = replies[: len(urls)], replies[len(urls) :]
-        disabled = {key for key, mark in zip(urls, marks, strict=True) if mark}
-        for d in deliveries:
-            d["disabled"] = d["url_hash"] in disabled
-        for d, values in zip(batch_events, batches, strict=True):
-            d["job"], d["result"] = None, None
-            d["batch"] = ClientBatch.from_hash(d["client_batch"], values) if values else None
+        if urls or batch_events:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key in urls:
+                    pipe.exists(keys.disabled_url(key))
+                for d in batch_events:  # a batch.* event shows the client batch's record, not a job
+                    pipe.hgetall(keys.client_batch(d["client_batch"]))
+                replies = await pipe.execute()
+            marks, batches = replies[: len(urls)], replies[len(urls) :]
+            disabled = {key for key, mark in zip(urls, marks, strict=True) if mark}
+            for d in deliveries:
+                if d["disabled"] is None:
+                    d["disabled"] = d["url_hash"] in disabled
+            for d, values in zip(batch_events, batches, strict=True):
+                d["job"], d["result"] = None, None
+                d["batch"] = ClientBatch.from_hash(d["client_batch"], values) if values else None
         return [Item(d["id"], int(d.get("attempts") or 0), d.get("tenant", ""), d) for d in deliveries]
 
     async def _send(self, item: Item[Delivery]) -> Verdict:

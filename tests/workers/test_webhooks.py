@@ -27,7 +27,8 @@ from scheduler.planning.webhook_dispatch import url_hash
 from tests.conftest import make_settings
 from tests.workers.receiver import Answer, BodyPlan, running_receiver
 from workers.webhook_slots import Limits, Slots
-from workers.webhooks import Deliverer, DeliveryReport, build_client, capacity, sign
+from workers.webhooks import _KNOWN_URLS as KNOWN
+from workers.webhooks import Deliverer, DeliveryReport, KnownUrls, build_client, capacity, sign
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 T = TypeVar("T")
@@ -234,6 +235,44 @@ async def test_410_disables_the_url(redis_url, redis, ledger) -> None:
     assert (await delivery(redis, first))["status"] == "disabled"
     assert (await delivery(redis, second))["status"] == "disabled"
     assert await redis.exists(keys.disabled_url(url_hash("acme", rx.url)))
+
+
+async def test_a_disabled_url_is_not_sent_to_whether_or_not_the_worker_has_seen_it(
+    redis_url, redis, ledger
+) -> None:
+    """The 410 mark is read after the claim for a URL new to the process, in the claim for one it knows."""
+    settings = hook_settings(redis_url)
+    with running_receiver() as rx:
+        url = f"{rx.url}?fresh={job_id()}"  # never seen by this process
+        await redis.set(keys.disabled_url(url_hash("acme", url)), 1)
+        first = await finished_job(ledger, url)
+        assert (await run(settings, redis, virtual_clock()))["disabled"] == 1
+        assert ("acme", url) in KNOWN._hashes  # now known: the next claim reads its mark itself
+        second = await finished_job(ledger, url)
+        assert (await run(settings, redis, virtual_clock()))["disabled"] == 1
+        await redis.delete(keys.disabled_url(url_hash("acme", url)))  # a replay lifts the mark
+        third = await finished_job(ledger, url)
+        assert (await run(settings, redis, virtual_clock()))["delivered"] == 1
+    assert len(rx.requests) == 1
+    assert [(await delivery(redis, j))["status"] for j in (first, second, third)] == [
+        "disabled",
+        "disabled",
+        "delivered",
+    ]
+
+
+def test_known_urls_keep_the_latest_seen_and_their_hashes() -> None:
+    known = KnownUrls(2)
+    assert known.hash("acme", "https://a") == url_hash("acme", "https://a")
+    known.hash("acme", "https://b")
+    known.hash("acme", "https://a")  # seen again: the latest
+    known.hash("globex", "https://a")  # evicts acme's b, the least recently seen
+    assert known.pairs() == [
+        "acme\nhttps://a",
+        url_hash("acme", "https://a"),
+        "globex\nhttps://a",
+        url_hash("globex", "https://a"),
+    ]
 
 
 async def test_a_410_disables_the_url_for_its_tenant_only(redis_url, redis, ledger) -> None:
