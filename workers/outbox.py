@@ -212,6 +212,7 @@ class Outbox(abc.ABC, Generic[T, R]):
         )
         self.rng = rng or random.Random()
         self.monotonic = monotonic
+        self._keys = [terms.due_key, terms.dead_key, keys.METRICS_GLOBAL]  # the claim's and settle's
         self._claim = scripts.load(redis, "outbox_claim")
         self._settle = scripts.load(redis, "outbox_settle")
 
@@ -225,8 +226,9 @@ class Outbox(abc.ABC, Generic[T, R]):
         raise NotImplementedError
 
     async def _claim_items(self, args: list[Any]) -> tuple[list[Item[T]], bool]:
-        """Claim with outbox_claim.lua's ``args`` and load the claimed items; whether some were left."""
-        raw_ids, left = await self._claim(keys=[self.terms.due_key], args=args)
+        """Claim with outbox_claim.lua's ``args`` (settling first what they carry) and load the
+        claimed items; whether some were left."""
+        raw_ids, left = await self._claim(keys=self._keys, args=args)
         return await self._load([i.decode() for i in raw_ids]), bool(left)
 
     @abc.abstractmethod
@@ -255,7 +257,8 @@ class Outbox(abc.ABC, Generic[T, R]):
         ``now_ms`` is the domain's "now" (the worker's injected clock): it decides what is due and
         stamps settles and retries, read once per claim and once per settle. The budget is real
         elapsed time on ``monotonic``: it exists to end the drain before the arq task's timeout,
-        which runs on the host's clock whatever the domain's clock says.
+        which runs on the host's clock whatever the domain's clock says. What ended is settled
+        first in the step of the claim that follows it, or on its own when no claim follows.
         """
         report = self._new_report()
         held_max = capacity(self.terms)
@@ -276,19 +279,26 @@ class Outbox(abc.ABC, Generic[T, R]):
         # (and when that clock is the server's, the claim and settle scripts read it themselves).
         shared = now_ms == self.lease_clock.now_ms
         settle_now = reading_none if shared and self._server_time else now_ms
+        outcomes: list[Outcome] = []  # of sends that ended, not settled yet
         try:
             while True:
                 room = held_max - len(in_flight)
                 if not exhausted and not blocked and room >= held_max * REFILL_SHARE:
                     if self.monotonic() - started < budget_s:
+                        settle_at = await settle_now() if outcomes else None
                         claimed, left = await self._claim_and_start(
-                            None if shared else await now_ms(), room, in_flight, on_end
+                            None if shared else await now_ms(), room, in_flight, on_end, outcomes, settle_at
                         )
+                        self._count(outcomes, report)
+                        outcomes = []
                         report.claimed += claimed
                         exhausted = claimed < room and not left
                         blocked = claimed < room and left
                     else:
                         exhausted = True
+                if outcomes:
+                    await self._apply(outcomes, await settle_now(), report)
+                    outcomes = []
                 if not in_flight:
                     if exhausted or blocked:  # blocked with nothing held: only others' claims are left
                         return report
@@ -301,7 +311,7 @@ class Outbox(abc.ABC, Generic[T, R]):
                 for task in done:
                     del in_flight[task]
                 blocked = False
-                await self._apply([t.result() for t in done], await settle_now(), report)
+                outcomes = [t.result() for t in done]
         finally:
             for task in in_flight:
                 task.cancel()
@@ -312,9 +322,13 @@ class Outbox(abc.ABC, Generic[T, R]):
         room: int,
         in_flight: dict[asyncio.Task[Outcome], str],
         on_end: Callable[[asyncio.Task[Outcome]], object] | None = None,
+        settle: Sequence[Outcome] = (),
+        settle_ms: int | None = None,
     ) -> tuple[int, bool]:
         """Claim up to ``room`` items due at ``now_ms`` (None: the lease clock's reading) and start
         their sends (``on_end`` called as each ends); return how many, and whether some were left.
+        ``settle`` is settled first in the same step, at ``settle_ms`` (None: the server's time),
+        as :meth:`_apply` would.
 
         When the lease clock is the server's (``_server_time``), the script reads it itself."""
         terms = self.terms
@@ -337,6 +351,10 @@ class Outbox(abc.ABC, Generic[T, R]):
                 orjson.dumps(rooms),
                 room * SCAN_PER_CLAIM,
                 lease_from,
+                orjson.dumps([o.row() for o in settle]) if settle else "",
+                "" if settle_ms is None else settle_ms,
+                int(terms.delete_done),
+                terms.dead_ttl_s,
             ]
         )
         for item in items:
@@ -402,7 +420,7 @@ class Outbox(abc.ABC, Generic[T, R]):
         ended, not when it was claimed)."""
         terms = self.terms
         await self._settle(
-            keys=[terms.due_key, terms.dead_key, keys.METRICS_GLOBAL],
+            keys=self._keys,
             args=[
                 orjson.dumps([o.row() for o in outcomes]),
                 "" if now_ms is None else now_ms,
@@ -411,5 +429,10 @@ class Outbox(abc.ABC, Generic[T, R]):
                 terms.dead_ttl_s,
             ],
         )
+        self._count(outcomes, report)
+
+    @staticmethod
+    def _count(outcomes: Sequence[Outcome], report: R) -> None:
+        """Count settled ``outcomes`` in ``report``, by action."""
         for o in outcomes:
             setattr(report, o.action, getattr(report, o.action) + 1)

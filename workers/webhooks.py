@@ -219,7 +219,7 @@ class Deliverer(Outbox[Delivery, DeliveryReport]):
         job_fields = VIEW_FIELDS + TRACE_FIELDS if self.tracing.enabled else VIEW_FIELDS
         known = _KNOWN_URLS.pairs()
         raw_ids, left, rows, jobs, results, marks = await self._claim_load(
-            keys=[self.terms.due_key],
+            keys=self._keys,
             args=[
                 *args,
                 len(DELIVERY_FIELDS),

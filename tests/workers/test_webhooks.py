@@ -196,6 +196,30 @@ async def test_each_attempt_is_logged_for_the_timeline_and_the_record_says_how_i
     assert metrics[b"webhook:delivered"] == b"1"
 
 
+async def test_what_ended_is_settled_in_the_step_of_the_next_claim(redis_url, redis, ledger) -> None:
+    """Two held at a time: each claim after the first settles the sends that ended before it."""
+    settings = hook_settings(redis_url, claim_batch=2, concurrency=2)
+    clock = virtual_clock()
+    with running_receiver(lambda n: ((500 if n == 0 else 200), {}, 0.0)) as rx:
+        jids = [await finished_job(ledger, rx.url) for _ in range(5)]
+        report = await run(settings, redis, clock)
+    assert report == {"claimed": 5, "delivered": 4, "retry": 1, "dead": 0, "disabled": 0}
+    records = [await delivery(redis, j) for j in jids]
+    assert sorted(r["status"] for r in records) == ["delivered"] * 4 + ["failing"]
+    for r in records:
+        assert "lease" not in r
+        assert r["attempts"] == "1"
+        assert int(r["last_attempt_ms"]) == clock.ms
+        if r["status"] == "failing":
+            assert int(r["next_ms"]) == clock.ms + 1000
+            assert r["attempt_log"] == f'[[{clock.ms},500,"HTTP 500"]]'
+        else:
+            assert r["attempt_log"] == f'[[{clock.ms},200,""]]'
+    assert await redis.zcard(keys.WEBHOOKS_DUE) == 1
+    metrics = await redis.hgetall(keys.METRICS_GLOBAL)  # type: ignore[misc]
+    assert (metrics[b"webhook:delivered"], metrics[b"webhook:retry"]) == (b"4", b"1")
+
+
 async def test_nothing_is_sent_before_the_next_attempt_is_due(redis_url, redis, ledger) -> None:
     settings = hook_settings(redis_url)
     clock = virtual_clock()
