@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import io
 import random
 import time
 import tracemalloc
@@ -16,7 +17,9 @@ import pytest
 from pydantic import ValidationError
 from redis.asyncio import Redis
 from standardwebhooks import Webhook
+from structlog.testing import capture_logs
 
+from config.logging import configure_logging
 from config.settings import Settings, TenantSettings, WebhookSettings
 from scheduler.ledger import keys
 from scheduler.ledger.clock import ManualClock, server_ms
@@ -218,6 +221,28 @@ async def test_what_ended_is_settled_in_the_step_of_the_next_claim(redis_url, re
     assert await redis.zcard(keys.WEBHOOKS_DUE) == 1
     metrics = await redis.hgetall(keys.METRICS_GLOBAL)  # type: ignore[misc]
     assert (metrics[b"webhook:delivered"], metrics[b"webhook:retry"]) == (b"4", b"1")
+
+
+@pytest.mark.parametrize("level", ["DEBUG", "INFO"])
+async def test_a_delivered_send_is_logged_at_debug_when_debug_is_on(redis_url, redis, ledger, level) -> None:
+    """The debug line is skipped only where the configured level filter would drop it anyway."""
+    settings = hook_settings(redis_url)
+    out = io.StringIO()
+    configure_logging(level, "json", stream=out)
+    with running_receiver() as rx:
+        jid = await finished_job(ledger, rx.url)
+        assert (await run(settings, redis, virtual_clock()))["delivered"] == 1
+    lines = [orjson.loads(line) for line in out.getvalue().splitlines()]
+    delivered = [line for line in lines if line.get("event") == "webhook.delivered"]
+    if level == "DEBUG":
+        assert [(d["delivery_id"], d["status"]) for d in delivered] == [(f"wh_{jid}", 200)]
+    else:
+        assert delivered == []
+    with capture_logs() as captured:  # a configuration without the level filter sees every event
+        with running_receiver() as rx:
+            await finished_job(ledger, rx.url)
+            await run(settings, redis, virtual_clock())
+    assert [e["event"] for e in captured if e["event"] == "webhook.delivered"] == ["webhook.delivered"]
 
 
 async def test_nothing_is_sent_before_the_next_attempt_is_due(redis_url, redis, ledger) -> None:
