@@ -3,20 +3,23 @@
 A kind (completion webhooks in :mod:`workers.webhooks`, alert notifications in
 :mod:`workers.alerts`) keeps one hash per item and a sorted set of item ids scored by when each is
 next due, on the worker's injected clock (``ctx["clock"]``), so a test on a virtual clock decides
-what is due by its steps alone. :class:`Outbox` claims due items with a lease (scheduler/ledger/lua/outbox_claim.lua: the score
-moves to the lease's end on the injected clock, the Redis server's time in production, so a dead
-worker's claims come back by themselves and a worker whose own clock runs ahead cannot take claims
-that are still live), sends them concurrently, and settles each in one guarded Lua step
-(scheduler/ledger/lua/outbox_settle.lua, applied only while the claim is still ours): done, retried at the next time of the kind's schedule
-(``Retry-After`` honoured up to the schedule's longest step), dead-lettered after the last attempt
-or when refused for good, or handed back unsent when its send could not end within the lease.
+what is due by its steps alone. :class:`Outbox` claims due items with a lease
+(scheduler/ledger/lua/lib/outbox_claim.lua: the score moves to the lease's end on the injected
+clock, the Redis server's time in production, so a dead worker's claims come back by themselves
+and a worker whose own clock runs ahead cannot take claims that are still live), sends them
+concurrently, and settles each in one guarded Lua step (scheduler/ledger/lua/lib/outbox_settle.lua,
+applied only while the claim is still ours; run first in the step of the next claim, or alone when
+none follows): done, retried at the next time of the kind's schedule (``Retry-After`` honoured up
+to the schedule's longest step), dead-lettered after the last attempt or when refused for good, or
+handed back unsent when its send could not end within the lease.
 
 A subclass plugs in what differs: its :class:`Terms` (keys, lease, deadline, schedule), how its
-items are loaded (:meth:`Outbox._load`), the send slots one item takes (:meth:`Outbox._slots`),
-how one item is sent (:meth:`Outbox._send`, returning a :class:`Verdict`) and what it counts.
-Every send goes through :func:`workers.http.post_capped` (alerts) or
-:meth:`workers.webhook_http.WebhookClient.post` (webhooks): one deadline over the whole call and a
-capped read of the answer, so no receiver costs a worker more than one send's worth.
+items are loaded (:meth:`Outbox._load`, or read in the claim's own step by overriding
+:meth:`Outbox._claim_items`), the send slots one item takes (:meth:`Outbox._take_slots`,
+:meth:`Outbox._give_slots`), how one item is sent (:meth:`Outbox._send`, returning a
+:class:`Verdict`) and what it counts. Every send goes through :func:`workers.http.post_capped`
+(alerts) or :meth:`workers.webhook_http.WebhookClient.post` (webhooks): one deadline over the whole
+call and a capped read of the answer, so no receiver costs a worker more than one send's worth.
 """
 
 from __future__ import annotations
@@ -132,7 +135,7 @@ class Outcome:
     metric: str | None = None
 
     def row(self) -> tuple[Any, ...]:
-        """What outbox_settle.lua reads of it, in its order (an array decodes cheaper than an object)."""
+        """What lib/outbox_settle.lua reads of it, in its order (an array decodes cheaper than an object)."""
         return (
             self.id,
             self.token,
