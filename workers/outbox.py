@@ -277,7 +277,13 @@ class Outbox(abc.ABC, Generic[T, R]):
             wake.set()
 
         exhausted = False  # nothing more is due, or the budget is spent
-        blocked = False  # what is due belongs to groups without room: claim after a send ends
+        # What is due belongs to groups without room: claim again once a share of a group's hold of
+        # sends ended (or none is left in flight). A claim behind a group's backlog looks at a whole
+        # group's room of entries it refuses, so claiming after every end cost more Redis time in
+        # refusals than in what was claimed.
+        blocked = False
+        ended_since = 0  # sends ended since the claim that found the due items blocked
+        unblock_after = max(1, int(self.terms.group_hold * REFILL_SHARE))
         # When "now" is the lease clock's own reading, one reading serves the claim and its lease
         # (and when that clock is the server's, the claim and settle scripts read it themselves).
         shared = now_ms == self.lease_clock.now_ms
@@ -297,6 +303,7 @@ class Outbox(abc.ABC, Generic[T, R]):
                         report.claimed += claimed
                         exhausted = claimed < room and not left
                         blocked = claimed < room and left
+                        ended_since = 0
                     else:
                         exhausted = True
                 if outcomes:
@@ -313,7 +320,9 @@ class Outbox(abc.ABC, Generic[T, R]):
                 ended.clear()
                 for task in done:
                     del in_flight[task]
-                blocked = False
+                ended_since += len(done)
+                if ended_since >= unblock_after or not in_flight:
+                    blocked = False
                 outcomes = [t.result() for t in done]
         finally:
             for task in in_flight:

@@ -245,6 +245,17 @@ async def test_a_delivered_send_is_logged_at_debug_when_debug_is_on(redis_url, r
     assert [e["event"] for e in captured if e["event"] == "webhook.delivered"] == ["webhook.delivered"]
 
 
+async def test_one_run_delivers_a_tenants_whole_backlog_through_its_hold(redis_url, redis, ledger) -> None:
+    """A backlog larger than the tenant's hold (4 here) is claimed in turns as its sends end, in one run."""
+    settings = hook_settings(redis_url, per_tenant_concurrency=2)
+    with running_receiver(lambda n: (200, {}, 0.01)) as rx:
+        jids = [await finished_job(ledger, rx.url) for _ in range(11)]
+        report = await run(settings, redis, virtual_clock())
+    assert (report["claimed"], report["delivered"]) == (11, 11)
+    assert len(rx.requests) == 11
+    assert {(await delivery(redis, j))["status"] for j in jids} == {"delivered"}
+
+
 async def test_nothing_is_sent_before_the_next_attempt_is_due(redis_url, redis, ledger) -> None:
     settings = hook_settings(redis_url)
     clock = virtual_clock()
