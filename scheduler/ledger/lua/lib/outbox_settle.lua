@@ -29,6 +29,7 @@ local function outbox_settle(outcomes_json, now, prefix, delete_done_arg, dead_t
   local outcomes = cjson.decode(outcomes_json)
   if now == '' then now = server_time_ms() end
   local now_n = tonumber(now)
+  local now_text = tostring(now_n) == now and now or nil  -- now as cjson writes the number, when it is
   local delete_done = delete_done_arg == '1'
   local dead_ttl = tonumber(dead_ttl_arg)
   local applied = 0
@@ -57,8 +58,12 @@ local function outbox_settle(outcomes_json, now, prefix, delete_done_arg, dead_t
               log[#log + 1] = entry
               while #log > ATTEMPT_LOG_MAX do table.remove(log, 1) end
               text = cjson.encode(log)
+            elseif now_text then
+              -- The first attempt, written as cjson writes {entry}: numbers as %.14g (tostring's
+              -- format, which now_text was checked to be), the error as a JSON string.
+              text = '[[' .. now_text .. ',' .. tostring(code) .. ',' .. cjson.encode(entry[3]) .. ']]'
             else
-              text = '[' .. cjson.encode(entry) .. ']'  -- the first attempt: what encoding {entry} writes
+              text = '[' .. cjson.encode(entry) .. ']'
             end
             local n = #fields
             fields[n + 1] = 'attempts'
