@@ -3,20 +3,23 @@
 A kind (completion webhooks in :mod:`workers.webhooks`, alert notifications in
 :mod:`workers.alerts`) keeps one hash per item and a sorted set of item ids scored by when each is
 next due, on the worker's injected clock (``ctx["clock"]``), so a test on a virtual clock decides
-what is due by its steps alone. :class:`Outbox` claims due items with a lease (scheduler/ledger/lua/outbox_claim.lua: the score
-moves to the lease's end on the injected clock, the Redis server's time in production, so a dead
-worker's claims come back by themselves and a worker whose own clock runs ahead cannot take claims
-that are still live), sends them concurrently, and settles each in one guarded Lua step
-(scheduler/ledger/lua/outbox_settle.lua, applied only while the claim is still ours): done, retried at the next time of the kind's schedule
-(``Retry-After`` honoured up to the schedule's longest step), dead-lettered after the last attempt
-or when refused for good, or handed back unsent when its send could not end within the lease.
+what is due by its steps alone. :class:`Outbox` claims due items with a lease
+(scheduler/ledger/lua/lib/outbox_claim.lua: the score moves to the lease's end on the injected
+clock, the Redis server's time in production, so a dead worker's claims come back by themselves
+and a worker whose own clock runs ahead cannot take claims that are still live), sends them
+concurrently, and settles each in one guarded Lua step (scheduler/ledger/lua/lib/outbox_settle.lua,
+applied only while the claim is still ours; run first in the step of the next claim, or alone when
+none follows): done, retried at the next time of the kind's schedule (``Retry-After`` honoured up
+to the schedule's longest step), dead-lettered after the last attempt or when refused for good, or
+handed back unsent when its send could not end within the lease.
 
 A subclass plugs in what differs: its :class:`Terms` (keys, lease, deadline, schedule), how its
-items are loaded (:meth:`Outbox._load`), the send slots one item takes (:meth:`Outbox._slots`),
-how one item is sent (:meth:`Outbox._send`, returning a :class:`Verdict`) and what it counts.
-Every send goes through :func:`workers.http.post_capped` (alerts) or
-:meth:`workers.webhook_http.WebhookClient.post` (webhooks): one deadline over the whole call and a
-capped read of the answer, so no receiver costs a worker more than one send's worth.
+items are loaded (:meth:`Outbox._load`, or read in the claim's own step by overriding
+:meth:`Outbox._claim_items`), the send slots one item takes (:meth:`Outbox._take_slots`,
+:meth:`Outbox._give_slots`), how one item is sent (:meth:`Outbox._send`, returning a
+:class:`Verdict`) and what it counts. Every send goes through :func:`workers.http.post_capped`
+(alerts) or :meth:`workers.webhook_http.WebhookClient.post` (webhooks): one deadline over the whole
+call and a capped read of the answer, so no receiver costs a worker more than one send's worth.
 """
 
 from __future__ import annotations
@@ -26,8 +29,7 @@ import asyncio
 import random
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
@@ -132,6 +134,22 @@ class Outcome:
     set_key: str | None = None
     metric: str | None = None
 
+    def row(self) -> tuple[Any, ...]:
+        """What lib/outbox_settle.lua reads of it, in its order (an array decodes cheaper than an object)."""
+        return (
+            self.id,
+            self.token,
+            self.settle,
+            self.status,
+            self.attempted,
+            self.next_ms,
+            self.status_code,
+            self.error,
+            self.set_key,
+            self.metric,
+            self.delay_ms,
+        )
+
 
 def reading(now_ms: int) -> Callable[[], Awaitable[int]]:
     """A "now" that stays at ``now_ms``: one reading for a whole drain, as the scheduler stamps a tick."""
@@ -140,6 +158,11 @@ def reading(now_ms: int) -> Callable[[], Awaitable[int]]:
         return now_ms
 
     return now
+
+
+async def reading_none() -> None:
+    """No reading: the settle script reads the server's time itself."""
+    return None
 
 
 def lease_slack(terms: Terms) -> float:
@@ -184,8 +207,15 @@ class Outbox(abc.ABC, Generic[T, R]):
         self.redis = redis
         self.terms = terms
         self.lease_clock = clock or ServerClock(redis)  # leases run on it: the worker's ctx["clock"]
+        # Production's lease clock is the TIME of the server the scripts run on: they read it
+        # themselves, a round trip less per claim and settle.
+        lc = self.lease_clock
+        self._server_time = (
+            isinstance(lc, ServerClock) and type(lc).now_ms is ServerClock.now_ms and lc.redis is redis
+        )
         self.rng = rng or random.Random()
         self.monotonic = monotonic
+        self._keys = [terms.due_key, terms.dead_key, keys.METRICS_GLOBAL]  # the claim's and settle's
         self._claim = scripts.load(redis, "outbox_claim")
         self._settle = scripts.load(redis, "outbox_settle")
 
@@ -193,9 +223,16 @@ class Outbox(abc.ABC, Generic[T, R]):
     def _new_report(self) -> R:
         """An empty report of this kind."""
 
-    @abc.abstractmethod
     async def _load(self, ids: list[str]) -> list[Item[T]]:
-        """The claimed items, in any order, with what their sends need."""
+        """The claimed items, in any order, with what their sends need (a kind that reads them in
+        its claim overrides :meth:`_claim_items` instead)."""
+        raise NotImplementedError
+
+    async def _claim_items(self, args: list[Any]) -> tuple[list[Item[T]], bool]:
+        """Claim with outbox_claim.lua's ``args`` (settling first what they carry) and load the
+        claimed items; whether some were left."""
+        raw_ids, left = await self._claim(keys=self._keys, args=args)
+        return await self._load([i.decode() for i in raw_ids]), bool(left)
 
     @abc.abstractmethod
     async def _send(self, item: Item[T]) -> Verdict:
@@ -209,10 +246,13 @@ class Outbox(abc.ABC, Generic[T, R]):
         """Fields that name an item in log events."""
         return {"id": item.id}
 
-    @asynccontextmanager
-    async def _slots(self, item: Item[T]) -> AsyncIterator[None]:
-        """Wait for the send slots ``item`` takes (none by default: ``capacity`` bounds the sends)."""
-        yield
+    def _take_slots(self, item: Item[T]) -> Awaitable[None] | None:
+        """Take the send slots ``item`` takes: None when taken at once, else what to await for them
+        (an awaitable that, cancelled, holds none). None by default: ``capacity`` bounds the sends."""
+        return None
+
+    def _give_slots(self, item: Item[T]) -> None:
+        """Give back what :meth:`_take_slots` took."""
 
     async def drain(self, now_ms: Callable[[], Awaitable[int]], budget_s: float) -> R:
         """Send everything due, claiming as slots free up, until nothing is due or ``budget_s`` passed.
@@ -220,43 +260,89 @@ class Outbox(abc.ABC, Generic[T, R]):
         ``now_ms`` is the domain's "now" (the worker's injected clock): it decides what is due and
         stamps settles and retries, read once per claim and once per settle. The budget is real
         elapsed time on ``monotonic``: it exists to end the drain before the arq task's timeout,
-        which runs on the host's clock whatever the domain's clock says.
+        which runs on the host's clock whatever the domain's clock says. What ended is settled
+        first in the step of the claim that follows it, or on its own when no claim follows.
         """
         report = self._new_report()
         held_max = capacity(self.terms)
         started = self.monotonic()
         in_flight: dict[asyncio.Task[Outcome], str] = {}  # each send and its group
+        # Sends that ended, in the order they did: one callback per task, where asyncio.wait over
+        # every task in flight would add and remove a callback on each of them at every wake.
+        ended: list[asyncio.Task[Outcome]] = []
+        wake = asyncio.Event()
+
+        def on_end(task: asyncio.Task[Outcome]) -> None:
+            ended.append(task)
+            wake.set()
+
         exhausted = False  # nothing more is due, or the budget is spent
-        blocked = False  # what is due belongs to groups without room: claim after a send ends
+        # What is due belongs to groups without room: claim again once a share of a group's hold of
+        # sends ended (or none is left in flight). A claim behind a group's backlog looks at a whole
+        # group's room of entries it refuses, so claiming after every end cost more Redis time in
+        # refusals than in what was claimed.
+        blocked = False
+        ended_since = 0  # sends ended since the claim that found the due items blocked
+        unblock_after = max(1, int(self.terms.group_hold * REFILL_SHARE))
+        # When "now" is the lease clock's own reading, one reading serves the claim and its lease
+        # (and when that clock is the server's, the claim and settle scripts read it themselves).
+        shared = now_ms == self.lease_clock.now_ms
+        settle_now = reading_none if shared and self._server_time else now_ms
+        outcomes: list[Outcome] = []  # of sends that ended, not settled yet
         try:
             while True:
                 room = held_max - len(in_flight)
                 if not exhausted and not blocked and room >= held_max * REFILL_SHARE:
                     if self.monotonic() - started < budget_s:
-                        claimed, left = await self._claim_and_start(await now_ms(), room, in_flight)
+                        settle_at = await settle_now() if outcomes else None
+                        claimed, left = await self._claim_and_start(
+                            None if shared else await now_ms(), room, in_flight, on_end, outcomes, settle_at
+                        )
+                        self._count(outcomes, report)
+                        outcomes = []
                         report.claimed += claimed
                         exhausted = claimed < room and not left
                         blocked = claimed < room and left
+                        ended_since = 0
                     else:
                         exhausted = True
+                if outcomes:
+                    await self._apply(outcomes, await settle_now(), report)
+                    outcomes = []
                 if not in_flight:
                     if exhausted or blocked:  # blocked with nothing held: only others' claims are left
                         return report
                     continue
-                done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                if not ended:
+                    wake.clear()
+                    await wake.wait()
+                done = ended[:]
+                ended.clear()
                 for task in done:
                     del in_flight[task]
-                blocked = False
-                await self._apply([t.result() for t in done], await now_ms(), report)
+                ended_since += len(done)
+                if ended_since >= unblock_after or not in_flight:
+                    blocked = False
+                outcomes = [t.result() for t in done]
         finally:
             for task in in_flight:
                 task.cancel()
 
     async def _claim_and_start(
-        self, now_ms: int, room: int, in_flight: dict[asyncio.Task[Outcome], str]
+        self,
+        now_ms: int | None,
+        room: int,
+        in_flight: dict[asyncio.Task[Outcome], str],
+        on_end: Callable[[asyncio.Task[Outcome]], object] | None = None,
+        settle: Sequence[Outcome] = (),
+        settle_ms: int | None = None,
     ) -> tuple[int, bool]:
-        """Claim up to ``room`` items due at ``now_ms`` and start their sends; return how many, and
-        whether some were left."""
+        """Claim up to ``room`` items due at ``now_ms`` (None: the lease clock's reading) and start
+        their sends (``on_end`` called as each ends); return how many, and whether some were left.
+        ``settle`` is settled first in the same step, at ``settle_ms`` (None: the server's time),
+        as :meth:`_apply` would.
+
+        When the lease clock is the server's (``_server_time``), the script reads it itself."""
         terms = self.terms
         held: dict[str, int] = {}
         for group in in_flight.values():
@@ -265,11 +351,10 @@ class Outbox(abc.ABC, Generic[T, R]):
         token = secrets.token_hex(8)
         # Measured before the shared clock is read, so it ends no later than the lease Redis records.
         lease_ends = self.monotonic() + terms.lease_s
-        lease_from = await self.lease_clock.now_ms()
-        raw_ids, left = await self._claim(
-            keys=[terms.due_key],
-            args=[
-                now_ms,
+        lease_from = "" if self._server_time else await self.lease_clock.now_ms()
+        items, left = await self._claim_items(
+            [
+                lease_from if now_ms is None else now_ms,
                 int(terms.lease_s * 1000),
                 room,
                 token,
@@ -278,17 +363,25 @@ class Outbox(abc.ABC, Generic[T, R]):
                 orjson.dumps(rooms),
                 room * SCAN_PER_CLAIM,
                 lease_from,
-            ],
+                orjson.dumps([o.row() for o in settle]) if settle else "",
+                "" if settle_ms is None else settle_ms,
+                int(terms.delete_done),
+                terms.dead_ttl_s,
+            ]
         )
-        ids = [i.decode() for i in raw_ids]
-        for item in await self._load(ids):
+        for item in items:
             task = asyncio.create_task(self._guarded_send(item, token, lease_ends))
+            if on_end is not None:
+                task.add_done_callback(on_end)
             in_flight[task] = item.group
-        return len(ids), bool(left)
+        return len(items), left
 
     async def _guarded_send(self, item: Item[T], token: str, lease_ends: float) -> Outcome:
         """Send once the item's slots are free, if the send can end within the lease; else hand it back."""
-        async with self._slots(item):
+        wait = self._take_slots(item)
+        if wait is not None:
+            await wait
+        try:
             latest_start = lease_ends - self.terms.timeout_s - lease_slack(self.terms)
             if self.monotonic() > latest_start:
                 return Outcome(item.id, token, "released", "released", "", False)
@@ -298,6 +391,8 @@ class Outbox(abc.ABC, Generic[T, R]):
                 log.exception(f"{self.terms.name}.crashed", **self._log_fields(item))
                 verdict = Verdict.failed(f"internal error: {exc!r}")
             return self._outcome(item, token, verdict)
+        finally:
+            self._give_slots(item)
 
     def _outcome(self, item: Item[T], token: str, verdict: Verdict) -> Outcome:
         """The settle step a verdict stands for: a failure is retried on the schedule or dead-lettered."""
@@ -331,22 +426,25 @@ class Outbox(abc.ABC, Generic[T, R]):
             metric=self._metric(item, action),
         )
 
-    async def _apply(self, outcomes: list[Outcome], now_ms: int, report: R) -> None:
-        """Settle ``outcomes`` in one guarded step at ``now_ms`` and count them; a retry is due its
-        delay after ``now_ms`` (when its send ended, not when it was claimed)."""
+    async def _apply(self, outcomes: list[Outcome], now_ms: int | None, report: R) -> None:
+        """Settle ``outcomes`` in one guarded step at ``now_ms`` (None: the Redis server's time, read
+        by the step itself) and count them; a retry is due its delay after that now (when its send
+        ended, not when it was claimed)."""
         terms = self.terms
-        for o in outcomes:
-            if o.next_ms is None and o.delay_ms is not None:
-                o.next_ms = now_ms + o.delay_ms
         await self._settle(
-            keys=[terms.due_key, terms.dead_key, keys.METRICS_GLOBAL],
+            keys=self._keys,
             args=[
-                orjson.dumps(outcomes),  # orjson writes dataclasses natively: asdict's deep copy was the cost
-                now_ms,
+                orjson.dumps([o.row() for o in outcomes]),
+                "" if now_ms is None else now_ms,
                 terms.record_prefix,
                 int(terms.delete_done),
                 terms.dead_ttl_s,
             ],
         )
+        self._count(outcomes, report)
+
+    @staticmethod
+    def _count(outcomes: Sequence[Outcome], report: R) -> None:
+        """Count settled ``outcomes`` in ``report``, by action."""
         for o in outcomes:
             setattr(report, o.action, getattr(report, o.action) + 1)

@@ -23,12 +23,13 @@ With tracing on, each attempt is a span in the job's trace and its request carri
 from __future__ import annotations
 
 import base64
-import hashlib
+import collections
+import functools
 import hmac
+import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -41,7 +42,7 @@ from config.tracing import OFF, Tracing
 from scheduler.compat.batches import ClientBatch
 from scheduler.ledger import keys, scripts, tasks
 from scheduler.ledger.clock import Clock
-from scheduler.ledger.jobs import VIEW_FIELDS, JobRecord, iso
+from scheduler.ledger.jobs import VIEW_FIELDS, iso, view_of_fields
 from scheduler.planning.webhook_dispatch import url_hash
 from workers import outbox
 from workers.context import WorkerContext, tracing_of
@@ -60,16 +61,53 @@ USER_AGENT = "batchshift-webhooks/1"
 # the tenant's slots busy between claims, too few for its backlog to fill the worker.
 TENANT_HOLD = 2
 # What a delivery's message needs: the delivery's own fields and the fields of the job's view
-# (scheduler.jobs.VIEW_FIELDS: never the request body, which can be large). job_id comes first:
-# scheduler/ledger/lua/webhook_load.lua reads the job from it; a client batch's event has none.
+# (scheduler.jobs.VIEW_FIELDS: never the request body, which can be large). job_id, tenant and url
+# come first: scheduler/ledger/lua/webhook_claim.lua reads the job from job_id (a client batch's
+# event has none) and the URL's 410 mark from tenant and url.
 DELIVERY_FIELDS = ("job_id", "tenant", "url", "type", "event_id", "attempts", "client_batch")
 TRACE_FIELDS = ("traceparent", "tracestate")  # read with the job's view only when tracing is on
 
 Delivery = dict[str, Any]
+# URLs whose keys.disabled_url hash the claim script is given (it cannot make a SHA-256): the most
+# recently seen, per process; a claimed delivery to another URL has its mark read after the claim.
+KNOWN_URLS = 16
 
 
+class KnownUrls:
+    """The ``url_hash`` of the (tenant, URL) pairs seen last, at most ``size`` of them."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._hashes: collections.OrderedDict[tuple[str, str], str] = collections.OrderedDict()
+
+    def hash(self, tenant: str, url: str) -> str:
+        """``url_hash(tenant, url)``, remembered as the latest seen."""
+        key = (tenant, url)
+        found = self._hashes.get(key)
+        if found is None:
+            found = self._hashes[key] = url_hash(tenant, url)
+            if len(self._hashes) > self.size:
+                self._hashes.popitem(last=False)
+        else:
+            self._hashes.move_to_end(key)
+        return found
+
+    def pairs(self) -> list[str]:
+        """``"<tenant>\n<url>", hash`` for each, flat, as webhook_claim.lua takes them."""
+        out: list[str] = []
+        for (tenant, url), hashed in self._hashes.items():
+            out += (f"{tenant}\n{url}", hashed)
+        return out
+
+
+_KNOWN_URLS = KnownUrls(KNOWN_URLS)
+
+
+@functools.lru_cache(maxsize=256)
 def secret_key(secret: str) -> bytes:
-    """The HMAC key of a ``whsec_<base64>`` secret (unpadded base64 is tolerated, as the spec's library does)."""
+    """The HMAC key of a ``whsec_<base64>`` secret (unpadded base64 is tolerated, as the spec's library does).
+
+    Cached by secret: a tenant's few secrets sign every one of its deliveries."""
     raw = secret.removeprefix(SECRET_PREFIX)
     return base64.b64decode(raw + "=" * (-len(raw) % 4))
 
@@ -78,8 +116,20 @@ def sign(secrets_: Sequence[str], msg_id: str, timestamp: int, body: bytes) -> s
     """The ``webhook-signature`` header: ``v1,<base64 HMAC-SHA256 of id.timestamp.body>`` per secret."""
     signed = f"{msg_id}.{timestamp}.".encode() + body
     return " ".join(
-        "v1," + base64.b64encode(hmac.new(secret_key(s), signed, hashlib.sha256).digest()).decode()
-        for s in secrets_
+        "v1," + base64.b64encode(hmac.digest(secret_key(s), signed, "sha256")).decode() for s in secrets_
+    )
+
+
+def drops_debug(bound: Any) -> bool:
+    """Whether ``bound`` drops a debug event before anything sees it: the configuration's first
+    processor is the stdlib level filter and its stdlib logger is above debug (production's
+    configuration at INFO, config/logging.py), so not calling it changes nothing."""
+    processors = structlog.get_config()["processors"]
+    return (
+        isinstance(bound, structlog.stdlib.BoundLogger)
+        and bool(processors)
+        and processors[0] is structlog.stdlib.filter_by_level
+        and not bound.isEnabledFor(logging.DEBUG)
     )
 
 
@@ -144,7 +194,11 @@ class Deliverer(Outbox[Delivery, DeliveryReport]):
         self.hooks = settings.webhooks
         self.client = client
         self.limits = limits_for(client, self.hooks)
-        self._load_records = scripts.load(redis, "webhook_load")
+        self._claim_load = scripts.load(redis, "webhook_claim")
+        # Bound once per run, as the module's lazy logger binds the configuration at each call: a
+        # delivered send logs at debug, and that bind was most of what a dropped debug line cost.
+        self._log = log.bind()
+        self._debug = not drops_debug(self._log)
 
     async def run(self, now_ms: int | None = None, budget_s: float = 60.0) -> DeliveryReport:
         """Deliver everything due, claiming as slots free up, until nothing is due or ``budget_s`` passed.
@@ -165,96 +219,104 @@ class Deliverer(Outbox[Delivery, DeliveryReport]):
     def _log_fields(self, item: Item[Delivery]) -> dict[str, Any]:
         return {"delivery_id": item.id}
 
-    @asynccontextmanager
-    async def _slots(self, item: Item[Delivery]) -> AsyncIterator[None]:
+    def _take_slots(self, item: Item[Delivery]) -> Awaitable[None] | None:
         """Per (tenant, URL), per tenant, then overall: a slow receiver fills only its own slots."""
-        tenant = item.group
-        url_key = item.data["url_hash"]
-        limits = self.limits
-        async with limits.url.hold(url_key), limits.tenant.hold(tenant), limits.total.hold(""):
-            yield
+        return self.limits.take(item.data["url_hash"], item.group)
 
-    async def _load(self, ids: list[str]) -> list[Item[Delivery]]:
-        """Each delivery with the job fields its message shows, its result and whether its URL is
-        disabled: one script call for the records (scheduler/ledger/lua/webhook_load.lua), one
-        pipelined read per distinct URL for the 410 marks."""
-        if not ids:
-            return []
+    def _give_slots(self, item: Item[Delivery]) -> None:
+        self.limits.give(item.data["url_hash"], item.group)
+
+    async def _claim_items(self, args: list[Any]) -> tuple[list[Item[Delivery]], bool]:
+        """Claim due deliveries and read, in the same script call (scheduler/ledger/lua/webhook_claim.lua),
+        each one's fields, the job fields its message shows, its result and, for URLs this process
+        has seen, the URL's 410 mark; then one pipelined read of the marks of other URLs and of the
+        client batches of batch events, when there are any."""
         job_fields = VIEW_FIELDS + TRACE_FIELDS if self.tracing.enabled else VIEW_FIELDS
-        flat = await self._load_records(
-            keys=[], args=[len(DELIVERY_FIELDS), len(job_fields), *DELIVERY_FIELDS, *job_fields, *ids]
+        known = _KNOWN_URLS.pairs()
+        raw_ids, left, rows, jobs, results, marks = await self._claim_load(
+            keys=self._keys,
+            args=[
+                *args,
+                len(DELIVERY_FIELDS),
+                len(job_fields),
+                len(known) // 2,
+                *DELIVERY_FIELDS,
+                *job_fields,
+                *known,
+            ],
         )
-        width = len(DELIVERY_FIELDS) + len(job_fields) + 1
         deliveries: list[Delivery] = []
-        for n, did in enumerate(ids):
-            row = flat[n * width : (n + 1) * width]
-            d = {f: v.decode() for f, v in zip(DELIVERY_FIELDS, row, strict=False) if v is not None} | {
-                "id": did
-            }
-            values = row[len(DELIVERY_FIELDS) : -1]
-            job_raw = {f.encode(): v for f, v in zip(job_fields, values, strict=True) if v is not None}
-            d["job"] = JobRecord.from_hash(job_raw) if job_raw.get(b"id") else None
-            d["result"] = row[-1]
-            d["url_hash"] = url_hash(d.get("tenant", ""), d.get("url", ""))
+        for raw_id, row, job, result, mark in zip(raw_ids, rows, jobs, results, marks, strict=True):
+            d = {f: v.decode() for f, v in zip(DELIVERY_FIELDS, row, strict=False) if v is not None}
+            d["id"] = raw_id.decode()
+            d["job"] = job if job and job[0] else None  # its job_fields' values, while the job is there
+            d["result"] = result
+            d["url_hash"] = _KNOWN_URLS.hash(d.get("tenant", ""), d.get("url", ""))
+            d["disabled"] = None if mark is None else bool(mark)  # None: read below
             deliveries.append(d)
-        urls = sorted({d["url_hash"] for d in deliveries})
+        return await self._with_marks(deliveries), bool(left)
+
+    async def _with_marks(self, deliveries: list[Delivery]) -> list[Item[Delivery]]:
+        """``deliveries`` as items, with the 410 marks the claim did not read and their client
+        batches read (one pipelined round trip, only when there is something to read)."""
+        urls = sorted({d["url_hash"] for d in deliveries if d["disabled"] is None})
         batch_events = [d for d in deliveries if d.get("client_batch")]
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for key in urls:
-                pipe.exists(keys.disabled_url(key))
-            for d in batch_events:  # a batch.* event shows the client batch's record, not a job
-                pipe.hgetall(keys.client_batch(d["client_batch"]))
-            replies = await pipe.execute()
-        marks, batches = replies[: len(urls)], replies[len(urls) :]
-        disabled = {key for key, mark in zip(urls, marks, strict=True) if mark}
-        for d in deliveries:
-            d["disabled"] = d["url_hash"] in disabled
-        for d, values in zip(batch_events, batches, strict=True):
-            d["job"], d["result"] = None, None
-            d["batch"] = ClientBatch.from_hash(d["client_batch"], values) if values else None
+        if urls or batch_events:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key in urls:
+                    pipe.exists(keys.disabled_url(key))
+                for d in batch_events:  # a batch.* event shows the client batch's record, not a job
+                    pipe.hgetall(keys.client_batch(d["client_batch"]))
+                replies = await pipe.execute()
+            marks, batches = replies[: len(urls)], replies[len(urls) :]
+            disabled = {key for key, mark in zip(urls, marks, strict=True) if mark}
+            for d in deliveries:
+                if d["disabled"] is None:
+                    d["disabled"] = d["url_hash"] in disabled
+            for d, values in zip(batch_events, batches, strict=True):
+                d["job"], d["result"] = None, None
+                d["batch"] = ClientBatch.from_hash(d["client_batch"], values) if values else None
         return [Item(d["id"], int(d.get("attempts") or 0), d.get("tenant", ""), d) for d in deliveries]
 
     async def _send(self, item: Item[Delivery]) -> Verdict:
         delivery = item.data
         did = item.id
-        job: JobRecord | None = delivery["job"]
+        values: list[bytes | None] | None = delivery["job"]
         if delivery["disabled"]:
             return Verdict("disabled", "dead", False, error="receiver answered 410 before; URL disabled")
-        if job is None and delivery.get("batch") is None:
+        if values is None and delivery.get("batch") is None:
             return Verdict("dead", "dead", False, error="job or client batch no longer exists")
         tenant = self.settings.tenants.get(item.group)
         signing = [s.get_secret_value() for s in tenant.webhook_secrets] if tenant else []
         if not signing:
             return Verdict("dead", "dead", False, error="tenant has no webhook secret to sign with")
-        if job is None:
+        if values is None:
             event = batch_event(delivery)
             return await self._post(
                 item, delivery["batch"].id, event, self._headers(delivery, signing, event)
             )
-        body = orjson.dumps(
-            {
-                "type": delivery.get("type"),
-                "timestamp": iso(job.completed_ms),
-                "data": job.view(delivery["result"]),
-            }
-        )
+        view = view_of_fields(values, delivery["result"])
+        job_id = view["id"]
+        # The event's time is the job's end: its view's completed_at, the same iso(completed_ms).
+        body = orjson.dumps({"type": delivery.get("type"), "timestamp": view["completed_at"], "data": view})
         headers = self._headers(delivery, signing, body)
         if not self.tracing.enabled:
-            return await self._post(item, job.id, body, headers)
+            return await self._post(item, job_id, body, headers)
+        traceparent, tracestate = values[len(VIEW_FIELDS) :]  # read with the view when tracing is on
         with self.tracing.span(
             "webhook.deliver",
-            parent=job.traceparent,
-            tracestate=job.tracestate,
+            parent=traceparent.decode() if traceparent else None,
+            tracestate=tracestate.decode() if tracestate else None,
             kind="client",
             attributes={
-                "batchshift.job_id": job.id,
+                "batchshift.job_id": job_id,
                 "batchshift.delivery_id": did,
                 "batchshift.attempt": item.attempts + 1,
                 "webhook.type": delivery.get("type"),
             },
         ) as span:
             headers |= span.headers()  # the receiver continues the trace from this attempt
-            verdict = await self._post(item, job.id, body, headers)
+            verdict = await self._post(item, job_id, body, headers)
             span.set(**{"http.response.status_code": verdict.status_code})
             if verdict.error:
                 span.error(verdict.error)
@@ -290,7 +352,7 @@ class Deliverer(Outbox[Delivery, DeliveryReport]):
                 max_body=limit,
             )
         except UnsafeDestination as exc:
-            log.warning("webhook.refused", delivery_id=did, subject=subject, reason=str(exc))
+            self._log.warning("webhook.refused", delivery_id=did, subject=subject, reason=str(exc))
             return Verdict("dead", "dead", True, error=str(exc))
         except ResponseTimeout as exc:
             return Verdict.failed(f"timeout: {exc}")
@@ -298,10 +360,11 @@ class Deliverer(Outbox[Delivery, DeliveryReport]):
             return Verdict.failed(f"{type(exc).__name__}: {exc}")
         code = response.status_code
         if response.is_success:
-            log.debug("webhook.delivered", delivery_id=did, subject=subject, status=code)
+            if self._debug:
+                self._log.debug("webhook.delivered", delivery_id=did, subject=subject, status=code)
             return Verdict("delivered", "done", True, status_code=code)
         if code == 410:
-            log.warning("webhook.disabled", delivery_id=did, subject=subject)
+            self._log.warning("webhook.disabled", delivery_id=did, subject=subject)
             key = keys.disabled_url(url_hash(item.group, url))
             return Verdict("disabled", "dead", True, code, "410 Gone", set_key=key)
         error = f"HTTP {code}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
@@ -21,10 +23,28 @@ def lane_name(provider: str, model: str, endpoint: str) -> str:
     return f"{provider}:{model}:{endpoint}"
 
 
+# Epoch ms below this (2**32 s, in 2106) take iso's fast path: up to there ms / 1000 as a float is
+# within a quarter of a microsecond of the exact value, so fromtimestamp rounds to the exact ms.
+_ISO_FAST_END: Final = 2**32 * 1000
+
+
+@functools.lru_cache(maxsize=1024)
+def _iso_second(seconds: int) -> str:
+    """``YYYY-MM-DDTHH:MM:SS`` of an epoch second (jobs of one run share a handful of them)."""
+    return datetime.fromtimestamp(seconds, tz=UTC).isoformat()[:19]
+
+
 def iso(ms: int | None) -> str | None:
-    """Epoch milliseconds as RFC 3339 UTC, or None."""
+    """Epoch milliseconds as RFC 3339 UTC, or None.
+
+    What ``datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat()`` writes (with ``Z`` for ``+00:00``):
+    the fraction as microseconds, left out when zero. An int in range is written from its cached
+    second and its own milliseconds (a job view writes three of these, a webhook body four)."""
     if ms is None:
         return None
+    if type(ms) is int and 0 <= ms < _ISO_FAST_END:
+        frac = ms % 1000
+        return _iso_second(ms // 1000) + (f".{frac:03d}000Z" if frac else "Z")
     return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat().replace("+00:00", "Z")
 
 
@@ -212,23 +232,113 @@ class JobRecord:
 
     def view(self, result: bytes | None = None) -> dict[str, Any]:
         """The job as the API and completion webhooks show it."""
-        return {
-            "id": self.id,
-            "status": self.state,
-            "route": self.route,
-            "provider": self.provider,
-            "endpoint": self.endpoint,
-            "model": self.model,
-            "lane": self.lane,
-            "deadline": iso(self.deadline_ms),
-            "created_at": iso(self.created_ms),
-            "completed_at": iso(self.completed_ms),
-            "tags": self.tags,
-            "callback_url": self.callback_url,
-            "attempts": self.attempts,
-            "result": orjson.loads(result) if result else None,
-            "error": self.error,
-            "usage": self.usage,
-            "cost": self.cost,
-            "deduplicated_with": self.dedup_of,
-        }
+        return _view(
+            self.id,
+            self.state,
+            self.route,
+            self.provider,
+            self.endpoint,
+            self.model,
+            self.lane,
+            self.deadline_ms,
+            self.created_ms,
+            self.completed_ms,
+            self.tags,
+            self.callback_url,
+            self.attempts,
+            result,
+            self.error,
+            self.usage,
+            self.cost,
+            self.dedup_of,
+        )
+
+
+def _view(
+    id_: str,
+    state: str,
+    route: str | None,
+    provider: str,
+    endpoint: str,
+    model: str,
+    lane: str,
+    deadline_ms: int,
+    created_ms: int,
+    completed_ms: int | None,
+    tags: dict[str, str],
+    callback_url: str | None,
+    attempts: int,
+    result: bytes | None,
+    error: dict[str, Any] | None,
+    usage: dict[str, Any] | None,
+    cost: dict[str, Any] | None,
+    dedup_of: str | None,
+) -> dict[str, Any]:
+    """The view's one layout, for :meth:`JobRecord.view` and :func:`view_of_fields`."""
+    return {
+        "id": id_,
+        "status": state,
+        "route": route,
+        "provider": provider,
+        "endpoint": endpoint,
+        "model": model,
+        "lane": lane,
+        "deadline": iso(deadline_ms),
+        "created_at": iso(created_ms),
+        "completed_at": iso(completed_ms),
+        "tags": tags,
+        "callback_url": callback_url,
+        "attempts": attempts,
+        "result": orjson.loads(result) if result else None,
+        "error": error,
+        "usage": usage,
+        "cost": cost,
+        "deduplicated_with": dedup_of,
+    }
+
+
+def view_of_fields(values: Sequence[bytes | None], result: bytes | None = None) -> dict[str, Any]:
+    """The view of a job read as an HMGET of :data:`VIEW_FIELDS` (in that order, the record there):
+    what ``JobRecord.from_view_fields(values).view(result)`` returns, decoding only what the view
+    shows (a completion webhook builds one per delivery). Values after the view's fields are ignored."""
+    (
+        id_,
+        _tenant,
+        provider,
+        endpoint,
+        model,
+        lane,
+        state,
+        route,
+        deadline_ms,
+        created_ms,
+        completed_ms,
+        callback_url,
+        tags,
+        _feature,
+        attempts,
+        usage,
+        cost,
+        error,
+        dedup_of,
+    ) = values[: len(VIEW_FIELDS)]
+    return _view(
+        id_.decode() if id_ else "",
+        state.decode() if state else "",
+        route.decode() if route else None,
+        provider.decode() if provider else "",
+        endpoint.decode() if endpoint else "",
+        model.decode() if model else "",
+        lane.decode() if lane else "",
+        int((deadline_ms or b"").decode()),
+        int((created_ms or b"").decode()),
+        int(completed_ms) if completed_ms else None,
+        (orjson.loads(tags) if tags else None) or {},
+        callback_url.decode() if callback_url else None,
+        int(attempts) if attempts else 0,
+        result,
+        orjson.loads(error) if error else None,
+        orjson.loads(usage) if usage else None,
+        orjson.loads(cost) if cost else None,
+        dedup_of.decode() if dedup_of else None,
+    )

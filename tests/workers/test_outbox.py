@@ -80,3 +80,36 @@ async def test_an_outcome_settles_only_under_the_claim_that_is_still_live(redis)
     assert b"lease" not in record
     assert await redis.zscore(keys.ALERTS_DUE, nid) == 5000
     await client.aclose()
+
+
+@pytest.mark.parametrize(
+    ("now", "code", "error"),
+    [
+        (1_764_523_251_000, 200, None),
+        (1_764_523_251_007, 500, "HTTP 500"),
+        (1_764_523_251_999, None, 'timeout: "slow" / \\ \u00e9\n\t\x01 ' + "x" * 300),
+        (123_456_789_012_345, 503, "a/b"),  # 15 digits: cjson writes it in exponent form
+    ],
+)
+async def test_the_first_attempt_log_entry_is_what_cjson_writes(redis, now, code, error) -> None:
+    """The settle writes the first entry without encoding a log: the same bytes as encoding it."""
+    alerts = AlertSettings()
+    sender = AlertSender(redis, httpx.AsyncClient(), alerts)
+    outbox = terms(alerts)
+    nid = "alt_log.slack"
+    await redis.hset(outbox.record_prefix + nid, mapping={"id": nid, "lease": "tok", "attempts": 0})
+    await redis.zadd(outbox.due_key, {nid: 0})
+    failed = Outcome(
+        nid, "tok", "retry", "retry", "failing", True, delay_ms=1000, status_code=code, error=error
+    )
+    await sender._apply([failed], now, sender._new_report())
+    written = await redis.hget(outbox.record_prefix + nid, "attempt_log")
+    expected = await redis.eval(
+        "return cjson.encode({{tonumber(ARGV[1]), tonumber(ARGV[2]), string.sub(ARGV[3], 1, 200)}})",
+        0,
+        now,
+        code or 0,
+        error or "",
+    )
+    assert written == expected
+    assert await redis.zscore(outbox.due_key, nid) == now + 1000

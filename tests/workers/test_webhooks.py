@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import io
 import random
 import time
 import tracemalloc
@@ -16,18 +17,21 @@ import pytest
 from pydantic import ValidationError
 from redis.asyncio import Redis
 from standardwebhooks import Webhook
+from structlog.testing import capture_logs
 
+from config.logging import configure_logging
 from config.settings import Settings, TenantSettings, WebhookSettings
 from scheduler.ledger import keys
-from scheduler.ledger.clock import ManualClock
+from scheduler.ledger.clock import ManualClock, server_ms
 from scheduler.ledger.ids import job_id
 from scheduler.ledger.jobs import NewJob
 from scheduler.ledger.ledger import Finish, Ledger
 from scheduler.planning.webhook_dispatch import url_hash
 from tests.conftest import make_settings
 from tests.workers.receiver import Answer, BodyPlan, running_receiver
-from workers.webhook_slots import Slots
-from workers.webhooks import Deliverer, DeliveryReport, build_client, capacity, sign
+from workers.webhook_slots import Limits, Slots
+from workers.webhooks import _KNOWN_URLS as KNOWN
+from workers.webhooks import Deliverer, DeliveryReport, KnownUrls, build_client, capacity, sign
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 T = TypeVar("T")
@@ -155,6 +159,103 @@ async def test_three_500s_then_200_delivers_on_the_fourth_attempt_under_one_id(
     assert record["attempts"] == "4"
 
 
+async def test_each_attempt_is_logged_for_the_timeline_and_the_record_says_how_it_ended(
+    redis_url, redis, ledger
+) -> None:
+    """The settle's one write per item: attempts, last status and error, next time, attempt_log."""
+    settings = hook_settings(redis_url)
+    clock = virtual_clock()
+
+    def answer(n: int) -> Answer:
+        return (500 if n < 1 else 200), {}, 0.0
+
+    with running_receiver(answer, secrets=(SECRET,)) as rx:
+        jid = await finished_job(ledger, rx.url)
+        first_ms = clock.ms
+        await run(settings, redis, clock)
+        failing = await delivery(redis, jid)
+        clock.advance(5)
+        await run(settings, redis, clock)
+    # The first entry is written without decoding a log: the bytes a JSON encoder writes for it.
+    assert failing["attempt_log"] == f'[[{first_ms},500,"HTTP 500"]]'
+    assert failing["attempts"] == "1"
+    assert failing["status"] == "failing"
+    assert (failing["last_status"], failing["last_error"]) == ("500", "HTTP 500")
+    assert int(failing["next_ms"]) == first_ms + 1000
+    assert "lease" not in failing
+    assert "lease_until" not in failing
+    record = await delivery(redis, jid)
+    assert orjson.loads(record["attempt_log"]) == [[first_ms, 500, "HTTP 500"], [clock.ms, 200, ""]]
+    assert record["attempts"] == "2"
+    assert (record["status"], record["last_status"], record["last_error"]) == ("delivered", "200", "")
+    assert (record["delivered_ms"], record["next_ms"], record["last_attempt_ms"]) == (
+        str(clock.ms),
+        "",
+        str(clock.ms),
+    )
+    assert "lease" not in record
+    metrics = await redis.hgetall(keys.METRICS_GLOBAL)  # type: ignore[misc]
+    assert metrics[b"webhook:retry"] == b"1"
+    assert metrics[b"webhook:delivered"] == b"1"
+
+
+async def test_what_ended_is_settled_in_the_step_of_the_next_claim(redis_url, redis, ledger) -> None:
+    """Two held at a time: each claim after the first settles the sends that ended before it."""
+    settings = hook_settings(redis_url, claim_batch=2, concurrency=2)
+    clock = virtual_clock()
+    with running_receiver(lambda n: ((500 if n == 0 else 200), {}, 0.0)) as rx:
+        jids = [await finished_job(ledger, rx.url) for _ in range(5)]
+        report = await run(settings, redis, clock)
+    assert report == {"claimed": 5, "delivered": 4, "retry": 1, "dead": 0, "disabled": 0}
+    records = [await delivery(redis, j) for j in jids]
+    assert sorted(r["status"] for r in records) == ["delivered"] * 4 + ["failing"]
+    for r in records:
+        assert "lease" not in r
+        assert r["attempts"] == "1"
+        assert int(r["last_attempt_ms"]) == clock.ms
+        if r["status"] == "failing":
+            assert int(r["next_ms"]) == clock.ms + 1000
+            assert r["attempt_log"] == f'[[{clock.ms},500,"HTTP 500"]]'
+        else:
+            assert r["attempt_log"] == f'[[{clock.ms},200,""]]'
+    assert await redis.zcard(keys.WEBHOOKS_DUE) == 1
+    metrics = await redis.hgetall(keys.METRICS_GLOBAL)  # type: ignore[misc]
+    assert (metrics[b"webhook:delivered"], metrics[b"webhook:retry"]) == (b"4", b"1")
+
+
+@pytest.mark.parametrize("level", ["DEBUG", "INFO"])
+async def test_a_delivered_send_is_logged_at_debug_when_debug_is_on(redis_url, redis, ledger, level) -> None:
+    """The debug line is skipped only where the configured level filter would drop it anyway."""
+    settings = hook_settings(redis_url)
+    out = io.StringIO()
+    configure_logging(level, "json", stream=out)
+    with running_receiver() as rx:
+        jid = await finished_job(ledger, rx.url)
+        assert (await run(settings, redis, virtual_clock()))["delivered"] == 1
+    lines = [orjson.loads(line) for line in out.getvalue().splitlines()]
+    delivered = [line for line in lines if line.get("event") == "webhook.delivered"]
+    if level == "DEBUG":
+        assert [(d["delivery_id"], d["status"]) for d in delivered] == [(f"wh_{jid}", 200)]
+    else:
+        assert delivered == []
+    with capture_logs() as captured:  # a configuration without the level filter sees every event
+        with running_receiver() as rx:
+            await finished_job(ledger, rx.url)
+            await run(settings, redis, virtual_clock())
+    assert [e["event"] for e in captured if e["event"] == "webhook.delivered"] == ["webhook.delivered"]
+
+
+async def test_one_run_delivers_a_tenants_whole_backlog_through_its_hold(redis_url, redis, ledger) -> None:
+    """A backlog larger than the tenant's hold (4 here) is claimed in turns as its sends end, in one run."""
+    settings = hook_settings(redis_url, per_tenant_concurrency=2)
+    with running_receiver(lambda n: (200, {}, 0.01)) as rx:
+        jids = [await finished_job(ledger, rx.url) for _ in range(11)]
+        report = await run(settings, redis, virtual_clock())
+    assert (report["claimed"], report["delivered"]) == (11, 11)
+    assert len(rx.requests) == 11
+    assert {(await delivery(redis, j))["status"] for j in jids} == {"delivered"}
+
+
 async def test_nothing_is_sent_before_the_next_attempt_is_due(redis_url, redis, ledger) -> None:
     settings = hook_settings(redis_url)
     clock = virtual_clock()
@@ -194,6 +295,44 @@ async def test_410_disables_the_url(redis_url, redis, ledger) -> None:
     assert (await delivery(redis, first))["status"] == "disabled"
     assert (await delivery(redis, second))["status"] == "disabled"
     assert await redis.exists(keys.disabled_url(url_hash("acme", rx.url)))
+
+
+async def test_a_disabled_url_is_not_sent_to_whether_or_not_the_worker_has_seen_it(
+    redis_url, redis, ledger
+) -> None:
+    """The 410 mark is read after the claim for a URL new to the process, in the claim for one it knows."""
+    settings = hook_settings(redis_url)
+    with running_receiver() as rx:
+        url = f"{rx.url}?fresh={job_id()}"  # never seen by this process
+        await redis.set(keys.disabled_url(url_hash("acme", url)), 1)
+        first = await finished_job(ledger, url)
+        assert (await run(settings, redis, virtual_clock()))["disabled"] == 1
+        assert ("acme", url) in KNOWN._hashes  # now known: the next claim reads its mark itself
+        second = await finished_job(ledger, url)
+        assert (await run(settings, redis, virtual_clock()))["disabled"] == 1
+        await redis.delete(keys.disabled_url(url_hash("acme", url)))  # a replay lifts the mark
+        third = await finished_job(ledger, url)
+        assert (await run(settings, redis, virtual_clock()))["delivered"] == 1
+    assert len(rx.requests) == 1
+    assert [(await delivery(redis, j))["status"] for j in (first, second, third)] == [
+        "disabled",
+        "disabled",
+        "delivered",
+    ]
+
+
+def test_known_urls_keep_the_latest_seen_and_their_hashes() -> None:
+    known = KnownUrls(2)
+    assert known.hash("acme", "https://a") == url_hash("acme", "https://a")
+    known.hash("acme", "https://b")
+    known.hash("acme", "https://a")  # seen again: the latest
+    known.hash("globex", "https://a")  # evicts acme's b, the least recently seen
+    assert known.pairs() == [
+        "acme\nhttps://a",
+        url_hash("acme", "https://a"),
+        "globex\nhttps://a",
+        url_hash("globex", "https://a"),
+    ]
 
 
 async def test_a_410_disables_the_url_for_its_tenant_only(redis_url, redis, ledger) -> None:
@@ -322,6 +461,32 @@ async def test_a_worker_whose_clock_runs_ahead_leaves_live_claims_alone(redis_ur
         assert (await run(settings, redis, clock, now_ms=clock.ms + 60_000))["claimed"] == 0
     assert rx.requests == []
     assert (await delivery(redis, jid))["lease"] == "other-worker"
+
+
+async def test_on_the_servers_clock_the_scripts_read_it_themselves(redis_url, redis, ledger) -> None:
+    """Production's clock (no injected one): the claim's lease and the settle's stamps and retry
+    time are the Redis server's TIME, read inside each script, and a live lease on it still holds."""
+    settings = hook_settings(redis_url, lease_s=30.0)
+    with running_receiver(lambda n: (500, {}, 0.0)) as rx:
+        jid = await finished_job(ledger, rx.url)
+        before = await server_ms(redis)
+        async with build_client(settings) as client:
+            report = await Deliverer(settings, redis, client, rng=random.Random(1)).run()
+        after = await server_ms(redis)
+        assert (report.claimed, report.retry) == (1, 1)
+        record = await delivery(redis, jid)
+        assert before <= int(record["last_attempt_ms"]) <= after
+        assert before + 1000 <= int(record["next_ms"]) <= after + 1000  # the first step: 1 s
+        assert await redis.zscore(keys.WEBHOOKS_DUE, f"wh_{jid}") == int(record["next_ms"])
+        # A claim another worker holds on the server's clock is left alone by a worker far ahead.
+        await asyncio.sleep(1.1)
+        assert (await claim(settings, redis, ManualClock(after + 2000), lease_ms=30_000))[0] == [f"wh_{jid}"]
+        held = await delivery(redis, jid)
+        async with build_client(settings) as client:
+            ahead = await Deliverer(settings, redis, client).run(now_ms=after + 120_000)
+        assert ahead.claimed == 0
+    assert len(rx.requests) == 1
+    assert (await delivery(redis, jid))["lease"] == held["lease"] == "other-worker"
 
 
 async def test_one_claim_takes_at_most_each_tenants_room(redis_url, redis, ledger) -> None:
@@ -618,6 +783,51 @@ async def test_send_slots_hold_their_limit_and_forget_keys_no_one_uses() -> None
     await asyncio.gather(*tasks)
     assert peak == {"a": 2, "b": 1}
     assert len(slots) == 0
+
+
+async def test_a_send_cancelled_while_waiting_for_slots_holds_none() -> None:
+    """A wait for the tenant's slot that is cancelled gives back the URL slot it held."""
+    limits = Limits(Slots(4), Slots(1), Slots(4))
+    assert limits.take("u1", "acme") is None  # all three free: taken at once
+    waiting = limits.take("u2", "acme")  # the tenant's one slot is held
+    assert waiting is not None
+    task = asyncio.ensure_future(waiting)
+    await asyncio.sleep(0)
+    assert (len(limits.url), len(limits.tenant), len(limits.total)) == (2, 1, 1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert (len(limits.url), len(limits.tenant), len(limits.total)) == (1, 1, 1)
+    limits.give("u1", "acme")
+    assert (len(limits.url), len(limits.tenant), len(limits.total)) == (0, 0, 0)
+
+
+async def test_a_freed_slot_goes_to_the_first_in_line_even_when_it_was_cancelled() -> None:
+    slots = Slots(1)
+    assert slots.try_take("k")
+    first = asyncio.ensure_future(slots.take("k"))
+    second = asyncio.ensure_future(slots.take("k"))
+    await asyncio.sleep(0)
+    slots.give("k")  # handed to the first in line
+    first.cancel()  # ...which is cancelled before it runs: the slot passes on to the second
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    await second
+    assert not slots.try_take("k")
+    slots.give("k")
+    assert len(slots) == 0
+
+
+async def test_a_due_delivery_whose_record_is_gone_is_dropped(redis_url, redis, ledger) -> None:
+    settings = hook_settings(redis_url)
+    await redis.zadd(keys.WEBHOOKS_DUE, {"wh_gone": 0})
+    with running_receiver() as rx:
+        jid = await finished_job(ledger, rx.url)
+        report = await run(settings, redis, virtual_clock())
+    assert (report["claimed"], report["delivered"]) == (1, 1)
+    assert len(rx.requests) == 1
+    assert (await delivery(redis, jid))["status"] == "delivered"
+    assert await redis.zcard(keys.WEBHOOKS_DUE) == 0
 
 
 def gzip_of_zeros(megabytes: int) -> bytes:

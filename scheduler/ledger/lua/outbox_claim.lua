@@ -1,70 +1,11 @@
--- The outbox's claim (workers/outbox.py), for every kind of outbound item: completion webhooks,
--- alert notifications. Claims a slice of due items under a lease measured on the processes' shared
--- clock (ARGV 9: the Redis server's time in production), not the worker's own,
--- so a worker whose clock runs ahead cannot take items another worker is still sending.
--- A claim moves the score to the lease's end and records the lease in the item's hash; a worker
--- that dies with claims in hand gives them back by themselves when the lease runs out.
--- Fairness: each group (a webhook's tenant; alerts have none) may gain at most its room in one
--- claim (the caller passes what it still holds), so one tenant's backlog never fills a worker.
--- A run of refusals as long as a group's whole room ends the scan (the rest is that backlog).
--- A due entry whose record is gone (retired, or deleted once sent) is dropped from the due set.
--- KEYS: 1 the kind's due zset.
--- ARGV: 1 now ms (the caller's: which items are due), 2 lease ms, 3 most to claim,
---       4 claim token, 5 item hash key prefix, 6 room of a group not listed,
---       7 JSON object group -> room, 8 most due entries to look at,
---       9 the shared clock's now ms (leases start and are judged from it).
+-- The outbox's claim for kinds that load their items themselves (alerts): lib/outbox_claim.lua,
+-- after settling what ended (lib/outbox_settle.lua) in the same step when outcomes are given.
+-- uses: outbox_claim, outbox_settle
+-- KEYS: 1 the due zset, 2 the dead-letter zset, 3 the global metrics hash (2 and 3: when settling).
+-- ARGV 1-9: as lib/outbox_claim.lua says; 10 JSON array of outcomes to settle first (absent or '':
+-- none), 11 the settle's now ms ('': the server's TIME), 12 '1' when a sent item's record is
+-- deleted, 13 seconds a dead item's record is kept (the item hash key prefix is ARGV 5).
 -- Returns {claimed ids, 1 when due items were left for lack of group room else 0}.
-local server = tonumber(ARGV[9])
-local lease_end = server + tonumber(ARGV[2])
-local want = tonumber(ARGV[3])
-local default_room = tonumber(ARGV[6])
-local rooms = cjson.decode(ARGV[7])
-local scan = tonumber(ARGV[8])
-local page = math.max(want, 100)
-
--- Look first, write after: a claimed entry's new score takes it out of the range being paged.
-local chosen = {}
-local orphans = {}
-local left = 0
-local offset = 0
--- Entries in a row refused for lack of room: a run as long as a whole group's room is one group's
--- backlog (a backfill's thousands of deliveries to one tenant), and scanning on through it to the
--- scan limit cost more Redis CPU per delivery than the rest of the pipeline's scripts together.
-local refused_run = 0
-while #chosen < want and offset < scan and refused_run < default_room do
-  local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', offset, math.min(page, scan - offset))
-  if #ids == 0 then break end
-  offset = offset + #ids
-  for _, id in ipairs(ids) do
-    local hk = ARGV[5] .. id
-    if redis.call('EXISTS', hk) == 0 then
-      orphans[#orphans + 1] = id
-    else
-      local f = redis.call('HMGET', hk, 'lease', 'lease_until', 'tenant')
-      local held = f[1] and tonumber(f[2] or '0') > server  -- still leased: another worker is on it
-      if not held then
-        local group = f[3] or ''
-        local room = rooms[group] or default_room
-        if room > 0 then
-          rooms[group] = room - 1
-          chosen[#chosen + 1] = id
-          refused_run = 0
-          if #chosen >= want then break end
-        else
-          left = 1
-          refused_run = refused_run + 1
-          if refused_run >= default_room then break end
-        end
-      end
-    end
-  end
-end
-if offset >= scan then left = 1 end
-for _, id in ipairs(orphans) do
-  redis.call('ZREM', KEYS[1], id)
-end
-for _, id in ipairs(chosen) do
-  redis.call('ZADD', KEYS[1], lease_end, id)
-  redis.call('HSET', ARGV[5] .. id, 'lease', ARGV[4], 'lease_until', lease_end)
-end
+if ARGV[10] and ARGV[10] ~= '' then outbox_settle(ARGV[10], ARGV[11], ARGV[5], ARGV[12], ARGV[13]) end
+local chosen, left = outbox_claim({})
 return {chosen, left}
