@@ -277,12 +277,15 @@ class Outbox(abc.ABC, Generic[T, R]):
             wake.set()
 
         exhausted = False  # nothing more is due, or the budget is spent
-        # What is due belongs to groups without room: claim again once a share of a group's hold of
-        # sends ended (or none is left in flight). A claim behind a group's backlog looks at a whole
-        # group's room of entries it refuses, so claiming after every end cost more Redis time in
-        # refusals than in what was claimed.
+        # What is due belongs to groups without room: claim again once a share of a full group's
+        # hold of sends ended, at once when a send of any other group ends (its group may have more
+        # due: a slow receiver filling its own group's hold must not hold the others back), or when
+        # none is left in flight. A claim behind a group's backlog looks at a whole group's room of
+        # entries it refuses, so claiming after every end of that group's sends cost more Redis time
+        # in refusals than in what was claimed.
         blocked = False
-        ended_since = 0  # sends ended since the claim that found the due items blocked
+        ended_since = 0  # sends of the full groups ended since the claim that found them blocked
+        full: set[str] = set()  # groups holding their whole hold at that claim
         unblock_after = max(1, int(self.terms.group_hold * REFILL_SHARE))
         # When "now" is the lease clock's own reading, one reading serves the claim and its lease
         # (and when that clock is the server's, the claim and settle scripts read it themselves).
@@ -304,6 +307,7 @@ class Outbox(abc.ABC, Generic[T, R]):
                         exhausted = claimed < room and not left
                         blocked = claimed < room and left
                         ended_since = 0
+                        full = self._full_groups(in_flight) if blocked else set()
                     else:
                         exhausted = True
                 if outcomes:
@@ -319,14 +323,23 @@ class Outbox(abc.ABC, Generic[T, R]):
                 done = ended[:]
                 ended.clear()
                 for task in done:
-                    del in_flight[task]
-                ended_since += len(done)
+                    if in_flight.pop(task) in full:
+                        ended_since += 1
+                    else:
+                        blocked = False
                 if ended_since >= unblock_after or not in_flight:
                     blocked = False
                 outcomes = [t.result() for t in done]
         finally:
             for task in in_flight:
                 task.cancel()
+
+    def _full_groups(self, in_flight: dict[asyncio.Task[Outcome], str]) -> set[str]:
+        """The groups holding their whole hold of sends in flight."""
+        held: dict[str, int] = {}
+        for group in in_flight.values():
+            held[group] = held.get(group, 0) + 1
+        return {group for group, n in held.items() if n >= self.terms.group_hold}
 
     async def _claim_and_start(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import random
 import time
@@ -14,7 +15,7 @@ from config.settings import AlertSettings
 from scheduler.ledger import keys
 from scheduler.ledger.clock import server_ms
 from workers.alerts import AlertSender, terms
-from workers.outbox import Outcome, Terms, retry_delay
+from workers.outbox import Item, Outbox, Outcome, Report, Terms, Verdict, retry_delay
 
 LATER_MS = int((time.time() + 3600) * 1000)  # a caller's "now" by which every lease's end is due
 SCHEDULE = Terms(
@@ -113,3 +114,63 @@ async def test_the_first_attempt_log_entry_is_what_cjson_writes(redis, now, code
     )
     assert written == expected
     assert await redis.zscore(outbox.due_key, nid) == now + 1000
+
+
+@dataclasses.dataclass(slots=True)
+class SentReport(Report):
+    sent: int = 0
+
+
+class GatedOutbox(Outbox[str, SentReport]):
+    """A kind whose sends wait on their group's gate: the test decides when each group's sends end."""
+
+    def __init__(self, redis, terms_: Terms, gates: dict[str, asyncio.Event]) -> None:
+        super().__init__(redis, terms_)
+        self.gates = gates
+        self.sent: list[str] = []
+        self.started: dict[str, asyncio.Event] = collections.defaultdict(asyncio.Event)
+        self.done: dict[str, asyncio.Event] = collections.defaultdict(asyncio.Event)
+
+    def _new_report(self) -> SentReport:
+        return SentReport()
+
+    async def _load(self, ids: list[str]) -> list[Item[str]]:
+        groups = [await self.redis.hget(self.terms.record_prefix + i, "tenant") for i in ids]
+        return [Item(i, 0, g.decode(), i) for i, g in zip(ids, groups, strict=True)]
+
+    async def _send(self, item: Item[str]) -> Verdict:
+        self.started[item.id].set()
+        await self.gates[item.group].wait()
+        self.sent.append(item.id)
+        self.done[item.id].set()
+        return Verdict("sent", "done")
+
+
+async def _due(redis, terms_: Terms, group: str, *ids: str) -> None:
+    for n, item_id in enumerate(ids):
+        await redis.hset(terms_.record_prefix + item_id, mapping={"id": item_id, "tenant": group})
+        await redis.zadd(terms_.due_key, {item_id: n})
+
+
+async def test_a_group_filling_its_hold_does_not_hold_back_what_other_groups_have_due(redis) -> None:
+    """A slow group holds its whole hold, with more of it due: the drain waits for a share of that
+    group's sends to end before asking again, but a send of another group ending makes it claim at
+    once, so what that group has due meanwhile goes out while the slow group's sends still hang."""
+    gated = dataclasses.replace(SCHEDULE, due_key="gated:due", record_prefix="gated:", group_hold=4)
+    gates = {"slow": asyncio.Event(), "fast": asyncio.Event()}
+    outbox = GatedOutbox(redis, gated, gates)
+    await _due(redis, gated, "slow", *(f"s{n}" for n in range(6)))  # 4 held, 2 left: blocked
+    await _due(redis, gated, "fast", "f0")
+    drain = asyncio.create_task(outbox.drain(outbox.lease_clock.now_ms, budget_s=3600))
+    await asyncio.wait_for(outbox.started["f0"].wait(), 30)  # the first claim took f0
+    await _due(redis, gated, "fast", "f1", "f2")  # due while the drain is blocked
+    gates["fast"].set()
+    try:
+        async with asyncio.timeout(30):
+            await outbox.done["f1"].wait()
+            await outbox.done["f2"].wait()
+    finally:
+        gates["slow"].set()  # and the slow group's sends end: the drain delivers the rest
+    await asyncio.wait_for(drain, 30)
+    assert sorted(outbox.sent) == ["f0", "f1", "f2", *(f"s{n}" for n in range(6))]
+    assert not any(s.startswith("s") for s in outbox.sent[: outbox.sent.index("f2")])
