@@ -199,6 +199,12 @@ class Deliverer(Outbox[Delivery, DeliveryReport]):
         # delivered send logs at debug, and that bind was most of what a dropped debug line cost.
         self._log = log.bind()
         self._debug = not drops_debug(self._log)
+        # Claims begun in this run, and per URL hash that answered 410 in it the number of the last
+        # claim begun by then: a delivery of that claim or an earlier one had its URL's mark read
+        # before the 410 was settled (it may be waiting for the URL's slot behind the send that got
+        # it), so it is not sent; a later claim reads the mark after the settle (and after a replay).
+        self._claims = 0
+        self._gone: dict[str, int] = {}
 
     async def run(self, now_ms: int | None = None, budget_s: float = 60.0) -> DeliveryReport:
         """Deliver everything due, claiming as slots free up, until nothing is due or ``budget_s`` passed.
@@ -233,6 +239,8 @@ class Deliverer(Outbox[Delivery, DeliveryReport]):
         client batches of batch events, when there are any."""
         job_fields = VIEW_FIELDS + TRACE_FIELDS if self.tracing.enabled else VIEW_FIELDS
         known = _KNOWN_URLS.pairs()
+        self._claims += 1
+        claim = self._claims
         raw_ids, left, rows, jobs, results, marks = await self._claim_load(
             keys=self._keys,
             args=[
@@ -253,6 +261,7 @@ class Deliverer(Outbox[Delivery, DeliveryReport]):
             d["result"] = result
             d["url_hash"] = _KNOWN_URLS.hash(d.get("tenant", ""), d.get("url", ""))
             d["disabled"] = None if mark is None else bool(mark)  # None: read below
+            d["claim"] = claim
             deliveries.append(d)
         return await self._with_marks(deliveries), bool(left)
 
@@ -282,7 +291,7 @@ class Deliverer(Outbox[Delivery, DeliveryReport]):
         delivery = item.data
         did = item.id
         values: list[bytes | None] | None = delivery["job"]
-        if delivery["disabled"]:
+        if delivery["disabled"] or self._gone.get(delivery["url_hash"], 0) >= delivery["claim"]:
             return Verdict("disabled", "dead", False, error="receiver answered 410 before; URL disabled")
         if values is None and delivery.get("batch") is None:
             return Verdict("dead", "dead", False, error="job or client batch no longer exists")
@@ -365,7 +374,8 @@ class Deliverer(Outbox[Delivery, DeliveryReport]):
             return Verdict("delivered", "done", True, status_code=code)
         if code == 410:
             self._log.warning("webhook.disabled", delivery_id=did, subject=subject)
-            key = keys.disabled_url(url_hash(item.group, url))
+            self._gone[item.data["url_hash"]] = self._claims
+            key = keys.disabled_url(item.data["url_hash"])  # url_hash(tenant, url), as claimed
             return Verdict("disabled", "dead", True, code, "410 Gone", set_key=key)
         error = f"HTTP {code}"
         if response.truncated:

@@ -558,6 +558,25 @@ async def test_410_disables_only_that_url(redis_url, redis, ledger) -> None:
     assert (await delivery(redis, other))["status"] == "delivered"
 
 
+async def test_a_410_in_a_run_stops_the_sends_to_that_url_it_already_claimed(
+    redis_url, redis, ledger
+) -> None:
+    """Deliveries claimed with the one that got 410, waiting for the URL's slot behind it, are not
+    sent; a delivery to the URL claimed after a replay lifted the mark is."""
+    settings = hook_settings(redis_url, per_url_concurrency=1)
+    with running_receiver(lambda n: (410, {}, 0.0) if n == 0 else (200, {}, 0.0)) as rx:
+        jids = [await finished_job(ledger, rx.url) for _ in range(3)]
+        report = await run(settings, redis, virtual_clock())
+        assert (report["claimed"], report["disabled"]) == (3, 3)
+        assert len(rx.requests) == 1
+        assert {(await delivery(redis, j))["status"] for j in jids} == {"disabled"}
+        await redis.delete(keys.disabled_url(url_hash("acme", rx.url)))  # what a replay lifts
+        later = await finished_job(ledger, rx.url)
+        assert (await run(settings, redis, virtual_clock()))["delivered"] == 1
+    assert len(rx.requests) == 2
+    assert (await delivery(redis, later))["status"] == "delivered"
+
+
 async def test_a_job_whose_result_expired_still_gets_a_signed_event(redis_url, redis, ledger) -> None:
     """Retention ended before the (replayed) delivery: the event goes out with the job's status,
     usage and cost and a null result, as GET /v1/jobs/{id} shows it then."""
