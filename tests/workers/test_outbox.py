@@ -9,6 +9,7 @@ import random
 import time
 
 import httpx
+import orjson
 import pytest
 
 from config.settings import AlertSettings
@@ -90,6 +91,11 @@ async def test_an_outcome_settles_only_under_the_claim_that_is_still_live(redis)
         (1_764_523_251_007, 500, "HTTP 500"),
         (1_764_523_251_999, None, 'timeout: "slow" / \\ \u00e9\n\t\x01 ' + "x" * 300),
         (123_456_789_012_345, 503, "a/b"),  # 15 digits: cjson writes it in exponent form
+        (1_764_523_250_000, 410, "410 Gone"),
+        (0, None, ""),
+        (1_764_523_251_001, 502, "x" + "\u00e9" * 150),  # cut at 200 bytes, inside a character
+        (1_764_523_251_002, 500, '\u2028\u2029 \x7f \x00 \x1f \\\\ "" 日本 \U0001f600' * 12),
+        (99_999_999_999_999, 429, "\\u0041 </script>"),  # 14 digits: still plain
     ],
 )
 async def test_the_first_attempt_log_entry_is_what_cjson_writes(redis, now, code, error) -> None:
@@ -105,14 +111,12 @@ async def test_the_first_attempt_log_entry_is_what_cjson_writes(redis, now, code
     )
     await sender._apply([failed], now, sender._new_report())
     written = await redis.hget(outbox.record_prefix + nid, "attempt_log")
+    cut = (error or "").encode()[:200].decode(errors="ignore")  # 200 bytes of whole characters
     expected = await redis.eval(
-        "return cjson.encode({{tonumber(ARGV[1]), tonumber(ARGV[2]), string.sub(ARGV[3], 1, 200)}})",
-        0,
-        now,
-        code or 0,
-        error or "",
+        "return cjson.encode({{tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]}})", 0, now, code or 0, cut
     )
     assert written == expected
+    assert orjson.loads(written)[0][2] == cut  # what the console's timeline parses
     assert await redis.zscore(outbox.due_key, nid) == now + 1000
 
 

@@ -12,7 +12,8 @@
 -- lease); nothing else about it changes. ``set_key`` is set to now (a webhook URL's 410 mark);
 -- ``metric`` is a field of the metrics hash counted once.
 -- Each attempt is also appended to the item's ``attempt_log`` (JSON [[ms, status, error], ...], the
--- last ATTEMPT_LOG_MAX), in this same step, for the console's job timeline.
+-- last ATTEMPT_LOG_MAX, each error cut to ATTEMPT_ERROR_CHARS bytes of whole characters), in this
+-- same step, for the console's job timeline.
 -- Each item costs a read, a delete of its lease and one write of its fields; the due and dead
 -- sets and the metrics are written once per call.
 
@@ -20,6 +21,18 @@ local ATTEMPT_LOG_MAX = 20
 local ATTEMPT_ERROR_CHARS = 200
 
 local function outbox_opt(v) if v == nil or v == cjson.null then return nil end return v end
+
+-- ``s`` cut to at most ``n`` bytes, never inside a UTF-8 character: the console parses the log as
+-- JSON, which a split character makes invalid.
+local function outbox_cut(s, n)
+  if #s <= n then return s end
+  local b = string.byte(s, n + 1)
+  while n > 0 and b >= 128 and b < 192 do  -- a continuation byte: its character began before it
+    n = n - 1
+    b = string.byte(s, n + 1)
+  end
+  return string.sub(s, 1, n)
+end
 
 -- Apply ``outcomes_json`` (a JSON array of outcomes) at ``now`` (epoch ms; '': the Redis server's
 -- TIME) to the items under hash key ``prefix``; ``delete_done_arg`` '1' deletes a sent item's record
@@ -51,7 +64,7 @@ local function outbox_settle(outcomes_json, now, prefix, delete_done_arg, dead_t
           local fields = {'last_error', err or ''}
           if attempted then
             local code = status_code or 0
-            local entry = {now_n, code, string.sub(err or '', 1, ATTEMPT_ERROR_CHARS)}
+            local entry = {now_n, code, outbox_cut(err or '', ATTEMPT_ERROR_CHARS)}
             local text
             if f[3] then
               local log = cjson.decode(f[3])
