@@ -24,7 +24,7 @@ from config.settings import Settings, TenantSettings, WebhookSettings
 from scheduler.ledger import keys
 from scheduler.ledger.clock import ManualClock, server_ms
 from scheduler.ledger.ids import job_id
-from scheduler.ledger.jobs import NewJob
+from scheduler.ledger.jobs import VIEW_FIELDS, JobRecord, NewJob, view_of_fields
 from scheduler.ledger.ledger import Finish, Ledger
 from scheduler.planning.webhook_dispatch import url_hash
 from tests.conftest import make_settings
@@ -867,3 +867,129 @@ async def test_a_compressed_answer_is_never_inflated(redis_url, redis, ledger) -
     assert peak < 20
     assert rx.requests[0].headers["accept-encoding"] == "identity"
     assert "larger than 4096 bytes" in (await delivery(redis, jid))["last_error"]
+
+
+def job_shape(rng: random.Random, n: int) -> tuple[dict[str, bytes], bytes | None]:
+    """A terminal job's hash as the ledger may hold it, and its result: one of many shapes (route,
+    result, error, cost, usage, tags, client batch line, dedup follower, cancelled, unicode...)."""
+    jid = f"job_shape{n:04d}_{rng.randrange(10**6)}"
+    state = rng.choice(["succeeded", "failed", "cancelled"])
+    created = rng.choice([1_764_523_251_000, 1_764_523_251_007, 946_684_800_000]) + rng.randrange(10**6)
+    text = rng.choice(["plain", "ünïcødé ✓ 日本", 'quote " back \\ slash', "ctl \x01\t\n", "/a/b", "\u2028"])
+    raw: dict[str, bytes] = {
+        "id": jid.encode(),
+        "tenant": b"acme",
+        "provider": rng.choice([b"openai", b"anthropic"]),
+        "endpoint": rng.choice([b"/v1/chat/completions", b"/v1/messages"]),
+        "model": rng.choice(["gpt-4o-mini", "claude-3-5-haiku", "modèle-ü"]).encode(),
+        "state": state.encode(),
+        "route": rng.choice([b"batch", b"flex", b"sync", b""]),
+        "deadline_ms": str(created + rng.choice([0, 999, 86_400_000])).encode(),
+        "created_ms": str(created).encode(),
+        "body": b'{"model":"m"}',
+        "size": b"13",
+        "callback_url": b"placeholder",
+        "tags": orjson.dumps(rng.choice([{}, {"feature": "chat"}, {"k": text, "ü": "✓"}])),
+        "feature": rng.choice([b"", b"chat"]),
+        "batch_id": rng.choice([b"", b"bat_1"]),
+        "prefix": b"",
+    }
+    raw["lane"] = raw["provider"] + b":" + raw["model"] + b":" + raw["endpoint"]
+    if rng.random() < 0.8:
+        raw["completed_ms"] = str(created + rng.choice([0, 1, 1000, 123_456])).encode()
+    if rng.random() < 0.7:
+        raw["attempts"] = str(rng.choice([0, 1, 3])).encode()
+    if state == "failed" or rng.random() < 0.2:
+        raw["error"] = orjson.dumps(
+            {"type": "provider_error", "message": text, "code": rng.choice([None, 500])}
+        )
+    if rng.random() < 0.6:
+        raw["usage"] = orjson.dumps({"input_tokens": rng.randrange(10**5), "output_tokens": 7})
+    if rng.random() < 0.6:
+        raw["cost"] = orjson.dumps({"usd": rng.choice([0.0, 1e-7, 0.125, 12.5]), "discounted": True})
+    if rng.random() < 0.3:
+        raw["dedup_of"] = b"job_leader_1"
+        raw["dedup_digest"] = b"d" * 16
+    if rng.random() < 0.3:
+        raw["client_batch"] = b"cbat_1"
+        raw["custom_id"] = text.encode()
+    if rng.random() < 0.3:
+        raw["traceparent"] = b"00-" + b"1" * 32 + b"-" + b"2" * 16 + b"-01"
+    result = rng.choice(
+        [None, b'{"ok": 1}', orjson.dumps({"content": [{"type": "text", "text": text}], "n": 1.5e-9})]
+    )
+    return raw, result
+
+
+def test_the_view_of_claimed_fields_is_the_records_view_for_every_shape() -> None:
+    """jobs.view_of_fields (what a delivery decodes) equals JobRecord.view over many job shapes."""
+    rng = random.Random(16)
+    for n in range(2000):
+        raw, result = job_shape(rng, n)
+        values = [raw.get(f) for f in VIEW_FIELDS]
+        record = JobRecord.from_view_fields(values)
+        assert record is not None
+        assert orjson.dumps(view_of_fields(values, result)) == orjson.dumps(record.view(result)), raw
+
+
+async def test_each_body_is_the_job_view_byte_for_byte_for_every_shape(redis_url, redis) -> None:
+    """What the receiver gets is ``{"type", "timestamp", "data": JobRecord.view}`` of the stored job,
+    the same bytes, and verifies with both of the tenant's secrets, for many job shapes."""
+    settings = hook_settings(redis_url)
+    rng = random.Random(7)
+    with running_receiver(secrets=(SECRET, NEW_SECRET)) as rx:
+        shapes = [job_shape(rng, n) for n in range(60)]
+        for raw, result in shapes:
+            jid = raw["id"].decode()
+            raw["callback_url"] = rx.url.encode()
+            await redis.hset(keys.job(jid), mapping=raw)  # type: ignore[arg-type]
+            if result is not None:
+                await redis.set(keys.result(jid), result)
+            did = f"wh_{jid}"
+            await redis.hset(
+                keys.webhook_delivery(did),
+                mapping={
+                    "id": did,
+                    "job_id": jid,
+                    "tenant": "acme",
+                    "url": rx.url,
+                    "event_id": f"msg_{jid}",
+                    "type": f"job.{raw['state'].decode()}",
+                    "created_ms": 0,
+                    "attempts": 0,
+                    "status": "pending",
+                },
+            )
+            await redis.zadd(keys.WEBHOOKS_DUE, {did: 0})
+        assert (await run(settings, redis, virtual_clock()))["delivered"] == len(shapes)
+    by_id = {req.headers["webhook-id"]: req for req in rx.requests}
+    assert len(by_id) == len(shapes)
+    for raw, _ in shapes:
+        jid = raw["id"].decode()
+        stored = JobRecord.from_hash(await redis.hgetall(keys.job(jid)))  # type: ignore[misc]
+        view = stored.view(await redis.get(keys.result(jid)))
+        req = by_id[f"msg_{jid}"]
+        expected = {"type": f"job.{stored.state}", "timestamp": view["completed_at"], "data": view}
+        assert req.body == orjson.dumps(expected), jid
+        assert req.verified
+        for secret in (SECRET, NEW_SECRET):
+            Webhook(secret).verify(req.body, req.headers)
+
+
+async def test_a_tenants_changed_secrets_sign_the_next_delivery(redis_url, redis, ledger) -> None:
+    """Keys are cached by secret, so a rotation in settings signs with the new secret at once."""
+    before = hook_settings(redis_url)
+    after = before.model_copy(
+        update={"tenants": {"acme": TenantSettings(api_key="acme-key", webhook_secrets=[NEW_SECRET])}}
+    )
+    with running_receiver() as rx:
+        await finished_job(ledger, rx.url)
+        assert (await run(before, redis, virtual_clock()))["delivered"] == 1
+        await finished_job(ledger, rx.url)
+        assert (await run(after, redis, virtual_clock()))["delivered"] == 1
+    first, second = rx.requests
+    assert len(first.headers["webhook-signature"].split(" ")) == 2
+    assert len(second.headers["webhook-signature"].split(" ")) == 1
+    Webhook(NEW_SECRET).verify(second.body, second.headers)
+    with pytest.raises(Exception, match="(?i)signature"):
+        Webhook(SECRET).verify(second.body, second.headers)
