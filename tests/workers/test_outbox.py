@@ -7,14 +7,16 @@ import collections
 import dataclasses
 import random
 import time
+from typing import Any
 
 import httpx
 import orjson
 import pytest
+from redis import exceptions as redis_exceptions
 
 from config.settings import AlertSettings
 from scheduler.ledger import keys
-from scheduler.ledger.clock import server_ms
+from scheduler.ledger.clock import ManualClock, server_ms
 from workers.alerts import AlertSender, terms
 from workers.outbox import Item, Outbox, Outcome, Report, Terms, Verdict, retry_delay
 
@@ -178,3 +180,55 @@ async def test_a_group_filling_its_hold_does_not_hold_back_what_other_groups_hav
     await asyncio.wait_for(drain, 30)
     assert sorted(outbox.sent) == ["f0", "f1", "f2", *(f"s{n}" for n in range(6))]
     assert not any(s.startswith("s") for s in outbox.sent[: outbox.sent.index("f2")])
+
+
+class LostClaimOutbox(GatedOutbox):
+    """A kind on a virtual clock whose claim call carrying outcomes to settle fails before it reaches
+    Redis (a lost connection), as many times as ``failures`` says."""
+
+    def __init__(self, redis, terms_: Terms, clock: ManualClock, failures: int) -> None:
+        super().__init__(redis, terms_, collections.defaultdict(_open_gate))
+        self.lease_clock = clock
+        self._server_time = False
+        self.failures = failures
+
+    async def _claim_items(self, args: list[Any]) -> tuple[list[Item[str]], bool]:
+        if args[9] and self.failures:  # ARGV 10: the outcomes this claim settles first
+            self.failures -= 1
+            raise redis_exceptions.ConnectionError("connection lost")
+        return await super()._claim_items(args)
+
+
+def _open_gate() -> asyncio.Event:
+    gate = asyncio.Event()
+    gate.set()
+    return gate
+
+
+async def test_outcomes_lost_with_a_failed_claim_call_are_sent_again_after_the_lease(redis) -> None:
+    """Sends whose outcomes rode on a claim call that failed stay claimed and due at the lease's end:
+    nothing is dropped from the due set, and the next drain after the lease sends and settles them."""
+    terms_ = dataclasses.replace(SCHEDULE, due_key="lost:due", record_prefix="lost:", claim_batch=2)
+    clock = ManualClock(1_000_000)
+    await _due(redis, terms_, "g", "a", "b", "c")
+    failing = LostClaimOutbox(redis, terms_, clock, failures=1)
+    with pytest.raises(redis_exceptions.ConnectionError):
+        await failing.drain(clock.now_ms, budget_s=3600)
+    assert sorted(failing.sent) == ["a", "b"]  # sent, then the claim carrying their outcomes failed
+    lease_end = clock.ms + int(terms_.lease_s * 1000)
+    for item_id in ("a", "b"):
+        assert await redis.zscore(terms_.due_key, item_id) == lease_end
+        record = await redis.hgetall(terms_.record_prefix + item_id)
+        assert b"lease" in record
+        assert b"status" not in record
+    assert await redis.zscore(terms_.due_key, "c") == 2  # never claimed
+    again = LostClaimOutbox(redis, terms_, clock, failures=0)
+    assert (await again.drain(clock.now_ms, budget_s=3600)).claimed == 1  # a and b are still leased
+    clock.advance(terms_.lease_s)
+    assert (await again.drain(clock.now_ms, budget_s=3600)).claimed == 2
+    assert sorted(again.sent) == ["a", "b", "c"]
+    assert await redis.zcard(terms_.due_key) == 0
+    for item_id in ("a", "b", "c"):
+        record = await redis.hgetall(terms_.record_prefix + item_id)
+        assert (record[b"status"], record[b"attempts"]) == (b"sent", b"1")
+        assert b"lease" not in record
