@@ -232,3 +232,47 @@ async def test_outcomes_lost_with_a_failed_claim_call_are_sent_again_after_the_l
         record = await redis.hgetall(terms_.record_prefix + item_id)
         assert (record[b"status"], record[b"attempts"]) == (b"sent", b"1")
         assert b"lease" not in record
+
+
+async def test_an_outcome_applied_again_settles_nothing(redis) -> None:
+    """A settle that is sent again (a claim call retried after its reply was lost) changes nothing:
+    the first one ended the claim it was fenced by."""
+    terms_ = dataclasses.replace(SCHEDULE, due_key="twice:due", record_prefix="twice:")
+    clock = ManualClock(1_000_000)
+    await _due(redis, terms_, "g", "a")
+    outbox = LostClaimOutbox(redis, terms_, clock, failures=0)
+    claimed, _ = await outbox._claim_and_start(clock.ms, 1, in_flight := {})
+    assert claimed == 1
+    [outcome] = await asyncio.gather(*in_flight)
+    failed = dataclasses.replace(outcome, action="retry", settle="retry", status="failing", delay_ms=5000)
+    for _ in range(2):
+        await outbox._apply([failed], clock.ms, outbox._new_report())
+    record = await redis.hgetall(terms_.record_prefix + "a")
+    assert (record[b"attempts"], record[b"status"]) == (b"1", b"failing")
+    assert len(orjson.loads(record[b"attempt_log"])) == 1
+    assert await redis.zscore(terms_.due_key, "a") == clock.ms + 5000
+
+
+async def test_a_cancelled_drains_claims_are_sent_again_after_the_lease(redis) -> None:
+    """A drain cancelled with sends in flight (the task's timeout) leaves its items claimed and due at
+    the lease's end; the next drain after it sends them."""
+    terms_ = dataclasses.replace(SCHEDULE, due_key="cancel:due", record_prefix="cancel:")
+    clock = ManualClock(1_000_000)
+    await _due(redis, terms_, "g", "a", "b")
+    stuck = GatedOutbox(redis, terms_, {"g": asyncio.Event()})
+    stuck.lease_clock, stuck._server_time = clock, False
+    drain = asyncio.create_task(stuck.drain(clock.now_ms, budget_s=3600))
+    await asyncio.wait_for(stuck.started["b"].wait(), 30)
+    drain.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await drain
+    lease_end = clock.ms + int(terms_.lease_s * 1000)
+    assert await redis.zrange(terms_.due_key, 0, -1, withscores=True) == [
+        (b"a", lease_end),
+        (b"b", lease_end),
+    ]
+    clock.advance(terms_.lease_s)
+    again = LostClaimOutbox(redis, terms_, clock, failures=0)
+    assert (await again.drain(clock.now_ms, budget_s=3600)).claimed == 2
+    assert sorted(again.sent) == ["a", "b"]
+    assert await redis.zcard(terms_.due_key) == 0
