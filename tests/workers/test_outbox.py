@@ -276,3 +276,26 @@ async def test_a_cancelled_drains_claims_are_sent_again_after_the_lease(redis) -
     assert (await again.drain(clock.now_ms, budget_s=3600)).claimed == 2
     assert sorted(again.sent) == ["a", "b"]
     assert await redis.zcard(terms_.due_key) == 0
+
+
+async def test_sends_ending_after_the_budget_are_settled_before_the_drain_returns(redis) -> None:
+    """The budget stops claiming, not settling: what ends after it is settled, the rest stays due."""
+    terms_ = dataclasses.replace(SCHEDULE, due_key="budget:due", record_prefix="budget:", claim_batch=2)
+    clock = ManualClock(1_000_000)
+    await _due(redis, terms_, "g", "a", "b", "c")
+    gate = asyncio.Event()
+    outbox = GatedOutbox(redis, terms_, {"g": gate})
+    outbox.lease_clock, outbox._server_time = clock, False
+    elapsed = [0.0]
+    outbox.monotonic = lambda: elapsed[0]
+    drain = asyncio.create_task(outbox.drain(clock.now_ms, budget_s=10))
+    await asyncio.wait_for(outbox.started["b"].wait(), 30)
+    elapsed[0] = 20.0  # the budget is spent while both sends are in flight
+    gate.set()
+    report = await asyncio.wait_for(drain, 30)
+    assert (report.claimed, report.sent) == (2, 2)
+    for item_id in ("a", "b"):
+        record = await redis.hgetall(terms_.record_prefix + item_id)
+        assert record[b"status"] == b"sent"
+        assert b"lease" not in record
+    assert await redis.zrange(terms_.due_key, 0, -1, withscores=True) == [(b"c", 2.0)]
