@@ -9,10 +9,13 @@ passes ``tick(now)``; each worker task reads it from ``ctx["clock"]``. Productio
 :class:`ServerClock`; a test that must not depend on machine speed shares one :class:`ManualClock`
 between the tick, the worker and the emulator and moves it in steps.
 
-Lua scripts never read ``TIME``: they take ``now`` (or a time computed from it) as an argument
-from the caller's clock. An offset key added by every script and every reader would do too, but
-costs production a read per script and per clock read for the tests' sake; an argument costs
-nothing and makes each script a pure function of its inputs.
+Lua scripts take ``now`` (or a time computed from it) as an argument from the caller's clock. An
+offset key added by every script and every reader would do too, but costs production a read per
+script and per clock read for the tests' sake; an argument costs nothing and makes each script a
+pure function of its inputs. One exception: when the caller's clock is the very server a script
+runs on (:class:`ServerClock` on the same client), the outbox's claim and settle scripts are passed
+no time and read ``TIME`` themselves, a round trip less per claim; on any other clock they take it
+as an argument like every script.
 """
 
 from __future__ import annotations
