@@ -14,10 +14,8 @@ local max_requests, max_bytes = tonumber(ARGV[3]), tonumber(ARGV[4])
 local chunk, overhead = tonumber(ARGV[5]), tonumber(ARGV[6])
 local now = ARGV[7]
 local until_ms = tonumber(ARGV[12])
-local have = redis.call('HMGET', KEYS[5], 'requests', 'bytes')
-local count, bytes = tonumber(have[1] or '0'), tonumber(have[2] or '0')
-local taken, taken_bytes, full = 0, 0, 0
-local reserver = new_reserver(batch_id, now)
+local full = 0
+local reserver = new_reserver(batch_id, now, max_requests, max_bytes, overhead)
 local rows = redis.call('ZRANGE', KEYS[2], 0, chunk - 1, 'WITHSCORES')
 for i = 1, #rows, 2 do
   local id = rows[i]
@@ -29,8 +27,7 @@ for i = 1, #rows, 2 do
     redis.call('ZREM', KEYS[3], id)
   else
     local size = tonumber(rec[2] or '0')
-    -- A lone job larger than the byte cap still goes alone; the provider's refusal then fails it.
-    if count >= max_requests or (count > 0 and bytes + size + overhead > max_bytes) then
+    if not reserver.fits(size) then
       full = 1
       break
     end
@@ -39,15 +36,6 @@ for i = 1, #rows, 2 do
       break
     end
     reserver.take(id, jk, rec[3], size, rows[i + 1], rec[4])
-    count = count + 1
-    bytes = bytes + size + overhead
-    taken = taken + 1
-    taken_bytes = taken_bytes + size
   end
 end
-reserver.flush()
-if taken > 0 then
-  reserve_record(batch_id, now, ARGV[8], ARGV[9], ARGV[10], ARGV[11], count, bytes, reserver.prefixed)
-end
-if full == 0 and count >= max_requests then full = 1 end
-return {'ok', taken, taken_bytes, full}
+return reserver.finish(full, ARGV[8], ARGV[9], ARGV[10], ARGV[11])

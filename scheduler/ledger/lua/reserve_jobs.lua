@@ -12,10 +12,8 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'fenced'} end
 local batch_id = ARGV[2]
 local max_requests, max_bytes = tonumber(ARGV[3]), tonumber(ARGV[4])
 local overhead, now = tonumber(ARGV[5]), ARGV[6]
-local have = redis.call('HMGET', KEYS[5], 'requests', 'bytes')
-local count, bytes = tonumber(have[1] or '0'), tonumber(have[2] or '0')
-local taken, taken_bytes, full = 0, 0, 0
-local reserver = new_reserver(batch_id, now)
+local full = 0
+local reserver = new_reserver(batch_id, now, max_requests, max_bytes, overhead)
 for i = 11, #ARGV do
   local id = ARGV[i]
   local deadline = redis.call('ZSCORE', KEYS[2], id)
@@ -27,21 +25,12 @@ for i = 11, #ARGV do
       redis.call('ZREM', KEYS[3], id)
     else
       local size = tonumber(rec[2] or '0')
-      if count >= max_requests or (count > 0 and bytes + size + overhead > max_bytes) then
+      if not reserver.fits(size) then
         full = 1
         break
       end
       reserver.take(id, jk, rec[3], size, deadline, rec[4])
-      count = count + 1
-      bytes = bytes + size + overhead
-      taken = taken + 1
-      taken_bytes = taken_bytes + size
     end
   end
 end
-reserver.flush()
-if taken > 0 then
-  reserve_record(batch_id, now, ARGV[7], ARGV[8], ARGV[9], ARGV[10], count, bytes, reserver.prefixed)
-end
-if full == 0 and count >= max_requests then full = 1 end
-return {'ok', taken, taken_bytes, full}
+return reserver.finish(full, ARGV[7], ARGV[8], ARGV[9], ARGV[10])
