@@ -52,6 +52,23 @@ async def members(redis, batch_id: str) -> set[str]:
     return {m.decode() for m in await redis.smembers(keys.batch_jobs(batch_id))}
 
 
+async def calls_of_two(redis, script: str, lane: Lane, jobs: list[NewJob], calls: int) -> list[list[int]]:
+    """``calls`` calls of ``script`` into batch bat_1, two jobs each (reserve_batch: the next two in
+    deadline order; reserve_jobs: the next two of ``jobs``); each reply's figures: taken, bytes, full."""
+    reserve = scripts.load(redis, script)
+    common = [1, "bat_1", lane.max_batch_requests, lane.max_batch_bytes]
+    tail = [0, lane.name, lane.provider, lane.model, lane.endpoint]
+    replies = []
+    for n in range(calls):
+        if script == "reserve_batch":
+            args = [*common, 2, LINE_OVERHEAD_BYTES, *tail, 2**62]
+        else:
+            args = [*common, LINE_OVERHEAD_BYTES, *tail, *(j.id for j in jobs[2 * n : 2 * n + 2])]
+        reply = await reserve(keys=_reserve_keys(lane.name, "bat_1"), args=args)
+        replies.append([int(v) for v in reply[1:]])
+    return replies
+
+
 async def test_the_byte_cap_closes_the_batch_in_deadline_order(redis, redis_url) -> None:
     lane = lane_for(redis_url, max_batch_bytes=2 * LINE + LINE // 2)
     jobs = await queued(redis, 5)
@@ -76,17 +93,7 @@ async def test_a_call_that_reaches_the_request_cap_says_the_batch_is_full(redis,
     stops there); a third takes nothing and says so too."""
     lane = lane_for(redis_url, max_batch_requests=4)
     jobs = await queued(redis, 6)
-    reserve = scripts.load(redis, script)
-    common = [1, "bat_1", lane.max_batch_requests, lane.max_batch_bytes]
-    tail = [0, lane.name, lane.provider, lane.model, lane.endpoint]
-    replies = []
-    for n in range(3):
-        if script == "reserve_batch":
-            args = [*common, 2, LINE_OVERHEAD_BYTES, *tail, 2**62]
-        else:
-            args = [*common, LINE_OVERHEAD_BYTES, *tail, *(j.id for j in jobs[2 * n : 2 * n + 2])]
-        reply = await reserve(keys=_reserve_keys(lane.name, "bat_1"), args=args)
-        replies.append([int(v) for v in reply[1:]])
+    replies = await calls_of_two(redis, script, lane, jobs, 3)
     assert replies == [[2, 2 * len(BODY), 0], [2, 2 * len(BODY), 1], [0, 0, 1]]
     assert await members(redis, "bat_1") == {j.id for j in jobs[:4]}
     assert (await redis.hgetall(keys.batch("bat_1")))[b"requests"] == b"4"
@@ -98,17 +105,7 @@ async def test_the_caps_count_what_the_batch_already_holds(redis, redis_url, scr
     and bytes: with room for three lines, it takes one more and says the batch is full."""
     lane = lane_for(redis_url, max_batch_requests=10, max_batch_bytes=3 * LINE)
     jobs = await queued(redis, 5)
-    reserve = scripts.load(redis, script)
-    common = [1, "bat_1", lane.max_batch_requests, lane.max_batch_bytes]
-    tail = [0, lane.name, lane.provider, lane.model, lane.endpoint]
-    replies = []
-    for n in range(2):
-        if script == "reserve_batch":
-            args = [*common, 2, LINE_OVERHEAD_BYTES, *tail, 2**62]
-        else:
-            args = [*common, LINE_OVERHEAD_BYTES, *tail, *(j.id for j in jobs[2 * n : 2 * n + 2])]
-        reply = await reserve(keys=_reserve_keys(lane.name, "bat_1"), args=args)
-        replies.append([int(v) for v in reply[1:]])
+    replies = await calls_of_two(redis, script, lane, jobs, 2)
     assert replies == [[2, 2 * len(BODY), 0], [1, len(BODY), 1]]
     assert await members(redis, "bat_1") == {j.id for j in jobs[:3]}
     record = await redis.hgetall(keys.batch("bat_1"))
