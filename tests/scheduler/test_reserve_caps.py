@@ -110,3 +110,19 @@ async def test_the_caps_count_what_the_batch_already_holds(redis, redis_url, scr
     assert await members(redis, "bat_1") == {j.id for j in jobs[:3]}
     record = await redis.hgetall(keys.batch("bat_1"))
     assert (record[b"requests"], record[b"bytes"]) == (b"3", str(3 * LINE).encode())
+
+
+@pytest.mark.parametrize("script", ["reserve_batch", "reserve_jobs"])
+async def test_a_stale_queue_entry_is_dropped_not_moved(redis, redis_url, script) -> None:
+    """A lane queue entry whose job is no longer queued (cancelled, here) leaves the lane's indexes;
+    the job itself is not touched and the next queued job is taken."""
+    lane = lane_for(redis_url)
+    jobs = await queued(redis, 3)
+    await redis.hset(keys.job(jobs[0].id), "state", "cancelled")
+    replies = await calls_of_two(redis, script, lane, jobs, 1)
+    assert replies == [[1, len(BODY), 0]]
+    assert await members(redis, "bat_1") == {jobs[1].id}
+    assert await redis.zscore(keys.lane_queue(lane.name), jobs[0].id) is None
+    assert await redis.zscore(keys.lane_arrivals(lane.name), jobs[0].id) is None
+    assert await redis.hget(keys.job(jobs[0].id), "state") == b"cancelled"
+    assert await redis.zscore(keys.lane_queue(lane.name), jobs[2].id) is not None

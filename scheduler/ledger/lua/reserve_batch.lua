@@ -19,14 +19,8 @@ local reserver = new_reserver(batch_id, now, max_requests, max_bytes, overhead)
 local rows = redis.call('ZRANGE', KEYS[2], 0, chunk - 1, 'WITHSCORES')
 for i = 1, #rows, 2 do
   local id = rows[i]
-  local jk = K.job(id)
-  local rec = redis.call('HMGET', jk, 'state', 'size', 'tenant', 'prefix')
-  if rec[1] ~= 'queued' then
-    -- Not queued any more (a stale index entry): drop it from the indexes, it is not ours to move.
-    redis.call('ZREM', KEYS[2], id)
-    redis.call('ZREM', KEYS[3], id)
-  else
-    local size = tonumber(rec[2] or '0')
+  local jk, size, tenant, prefix = reserver.queued(id)
+  if jk then
     if not reserver.fits(size) then
       full = 1
       break
@@ -35,7 +29,7 @@ for i = 1, #rows, 2 do
       full = 2
       break
     end
-    reserver.take(id, jk, rec[3], size, rows[i + 1], rec[4])
+    reserver.take(id, jk, tenant, size, rows[i + 1], prefix)
   end
 end
 return reserver.finish(full, ARGV[8], ARGV[9], ARGV[10], ARGV[11])

@@ -18,18 +18,13 @@ for i = 11, #ARGV do
   local id = ARGV[i]
   local deadline = redis.call('ZSCORE', KEYS[2], id)
   if deadline then
-    local jk = K.job(id)
-    local rec = redis.call('HMGET', jk, 'state', 'size', 'tenant', 'prefix')
-    if rec[1] ~= 'queued' then
-      redis.call('ZREM', KEYS[2], id)
-      redis.call('ZREM', KEYS[3], id)
-    else
-      local size = tonumber(rec[2] or '0')
+    local jk, size, tenant, prefix = reserver.queued(id)
+    if jk then
       if not reserver.fits(size) then
         full = 1
         break
       end
-      reserver.take(id, jk, rec[3], size, deadline, rec[4])
+      reserver.take(id, jk, tenant, size, deadline, prefix)
     end
   end
 end

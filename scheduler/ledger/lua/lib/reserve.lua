@@ -19,6 +19,8 @@ end
 -- The jobs one call moves out of its lane into batch ``batch_id``, within the batch's caps
 -- (``max_requests``, ``max_bytes``, each line costing ``overhead`` bytes beyond its body), counted on
 -- from what the batch already holds.
+-- queued(id): the job's record key, size, tenant and prompt prefix while it is queued; else nil,
+--   and a stale index entry (the job left the queue) is dropped from the lane's indexes, not ours to move.
 -- fits(size): whether a job of ``size`` bytes still fits (a lone job larger than the byte cap still
 --   goes alone; the provider's refusal then fails it).
 -- take(id, jk, tenant, size, deadline, prefix): moves queued job ``id`` (record ``jk``, of
@@ -38,6 +40,17 @@ local function new_reserver(batch_id, now, max_requests, max_bytes, overhead)
   local restates = new_restates()
   local prefixed = 0  -- how many of the jobs taken carry a prompt prefix
   local r = {}
+
+  function r.queued(id)
+    local jk = K.job(id)
+    local rec = redis.call('HMGET', jk, 'state', 'size', 'tenant', 'prefix')
+    if rec[1] ~= 'queued' then
+      redis.call('ZREM', KEYS[2], id)
+      redis.call('ZREM', KEYS[3], id)
+      return nil
+    end
+    return jk, tonumber(rec[2] or '0'), rec[3], rec[4]
+  end
 
   function r.fits(size)
     return count < max_requests and (count == 0 or bytes + size + overhead <= max_bytes)
