@@ -266,25 +266,19 @@ class PlanStep:
                     tick.now_ms, int(head[0][1]), conf.batch_deadline_spread, conf.batch_deadline_band_min_s
                 )
                 batch_id = ids.batch_id(tick.now_ms)
+                band = {
+                    "token": tick.token,
+                    "now_ms": tick.now_ms,
+                    "chunk": conf.reserve_chunk,
+                    "until_ms": until,
+                }
                 if lane.group_prefixes:
+                    urgent = pressure_horizon_ms(tick.now, turnaround, conf.tick_interval_s)
                     taken, banded = await self.batches.reserve_grouped(
-                        lane,
-                        batch_id,
-                        token=tick.token,
-                        now_ms=tick.now_ms,
-                        chunk=conf.reserve_chunk,
-                        until_ms=until,
-                        urgent_until_ms=pressure_horizon_ms(tick.now, turnaround, conf.tick_interval_s),
+                        lane, batch_id, **band, urgent_until_ms=urgent
                     )
                 else:
-                    taken, banded = await self.batches.reserve_band(
-                        lane,
-                        batch_id,
-                        token=tick.token,
-                        now_ms=tick.now_ms,
-                        chunk=conf.reserve_chunk,
-                        until_ms=until,
-                    )
+                    taken, banded = await self.batches.reserve_band(lane, batch_id, **band)
                 if taken == 0:
                     break
                 made += not banded
