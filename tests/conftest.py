@@ -8,9 +8,10 @@ the embedded server is what ``make demo`` runs on, the machine's is what product
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import NoReturn
 
 import pytest
@@ -102,6 +103,14 @@ async def redis(redis_url: str) -> AsyncIterator[Redis]:
         yield client
     finally:
         await client.aclose()
+
+
+async def until(condition: Callable[[], bool], give_up_s: float = 60) -> None:
+    """Wait for ``condition`` on this machine's time, however slow; the caller asserts the outcome."""
+    for _ in range(int(give_up_s / 0.02)):
+        if condition():
+            return
+        await asyncio.sleep(0.02)
 
 
 def make_settings(redis_url: str, **overrides: object) -> Settings:

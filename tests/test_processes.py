@@ -3,22 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 from batchshift.embedded_redis import embedded_redis, free_port
 from batchshift.processes import SupervisedWorker
 from scheduler.ledger import tasks
 from scheduler.ledger.tasks import create_pool
-from tests.conftest import make_settings
+from tests.conftest import make_settings, until
 from workers.tasks.outcomes import SubmitOutcome
-
-
-async def until(condition: Callable[[], bool], give_up_s: float = 60) -> None:
-    """Wait for ``condition`` on this machine's time, however slow; the caller asserts the outcome."""
-    for _ in range(int(give_up_s / 0.02)):
-        if condition():
-            return
-        await asyncio.sleep(0.02)
 
 
 async def test_a_worker_outlives_a_redis_restart_and_runs_tasks_again() -> None:

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import uvloop
 
+from tests.conftest import until
 from tests.test_redis_tls import make_certificates
 from workers import webhook_http
 from workers.errors import ConnectionFailed, ResponseTimeout, UnsafeDestination
@@ -159,10 +160,7 @@ async def test_a_receiver_closing_an_idle_connection_costs_nothing() -> None:
     """The receiver hangs up after answering (no ``Connection: close``): the next send opens a new one."""
     async with scripted(lambda n: (OK, True)) as server, client() as c:
         assert await post(c, server.url) == (200, b"ok")
-        for _ in range(200):  # until the client has seen the close
-            if not any(c._idle.values()):
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: not any(c._idle.values()))  # the client has seen the close
         assert await post(c, server.url) == (200, b"ok")
     assert server.connections == 2
 
@@ -465,10 +463,7 @@ async def test_an_idle_connection_is_closed_after_the_keep_alive_time_without_an
     async with scripted(lambda n: (OK, False)) as server, client() as c:
         assert await post(c, server.url) == (200, b"ok")
         assert server.open_now == 1
-        for _ in range(100):
-            if server.open_now == 0:
-                break
-            await asyncio.sleep(0.02)
+        await until(lambda: server.open_now == 0)
         assert server.open_now == 0
         assert c._idle == {}
         assert await post(c, server.url) == (200, b"ok")
@@ -493,10 +488,7 @@ async def test_a_connection_made_as_the_connect_is_cancelled_is_closed(
     async with scripted(lambda n: (OK, False)) as server, client() as c:
         with pytest.raises(asyncio.CancelledError):
             await post(c, server.url)
-        for _ in range(100):
-            if server.connections == 1 and server.open_now == 0:
-                break
-            await asyncio.sleep(0.02)
+        await until(lambda: server.connections == 1 and server.open_now == 0)
         assert (server.connections, server.open_now) == (1, 0)
         assert c._open == 0
 
@@ -530,10 +522,8 @@ async def test_many_failing_sends_leave_no_socket_timer_or_task_behind() -> None
                     await post(c, server.url if n % 7 else refused, deadline_s=0.2)
             with contextlib.suppress(UnsafeDestination):
                 await post(c, "http://127.1/")
-        for _ in range(100):  # the receiver's side of each connection closes as it sees ours close
-            if open_sockets() <= before and len(asyncio.all_tasks()) <= tasks:
-                break
-            await asyncio.sleep(0.02)
+        # The receiver's side of each connection closes as it sees ours close.
+        await until(lambda: open_sockets() <= before and len(asyncio.all_tasks()) <= tasks)
         assert open_sockets() <= before
         assert c._open == 0
         assert len(asyncio.all_tasks()) <= tasks
